@@ -1,0 +1,182 @@
+"""Read evaluation and training tables (csv, tsv, jsonl, parquet, hf:, builtin:).
+
+Files are read through Hugging Face ``datasets`` (the same reader a user's
+training scripts use) and handed to the rest of promptaudit as pandas frames.
+Every failure is a :class:`~promptaudit.errors.DataError` naming the file and
+column at fault.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from promptaudit.errors import DataError
+
+__all__ = ["load_table", "require_columns", "encode_labels", "SUPPORTED_SUFFIXES"]
+
+logger = logging.getLogger(__name__)
+
+#: File suffix -> ``datasets`` builder name.
+SUPPORTED_SUFFIXES = {
+    ".csv": "csv",
+    ".tsv": "csv",
+    ".jsonl": "json",
+    ".json": "json",
+    ".parquet": "parquet",
+}
+
+
+def load_table(
+    source: str | Path,
+    *,
+    required_columns: Sequence[str] = (),
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Load a table and check that it holds the required columns.
+
+    Parameters
+    ----------
+    source : str or Path
+        A file path (``.csv``, ``.tsv``, ``.jsonl``, ``.json``, ``.parquet``),
+        ``hf:NAME[:split]`` (a Hub dataset, needs network) or ``builtin:NAME``
+        (a generated corpus from :mod:`promptaudit.corpora`).
+    required_columns : sequence of str
+        Columns that must exist; a missing one raises naming the column and
+        listing the available ones.
+    seed : int
+        Seed for generated ``builtin:`` corpora.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per example, ``(n_rows, n_columns)``; never empty.
+    """
+    text = str(source)
+    if text.startswith("builtin:"):
+        from promptaudit.corpora import load_builtin_table
+
+        frame = load_builtin_table(text[len("builtin:"):], seed=seed)
+    elif text.startswith("hf:"):
+        frame = _load_hub_dataset(text[len("hf:"):])
+    else:
+        frame = _load_file(Path(text))
+    if len(frame) == 0:
+        raise DataError(f"{text}: the data is empty (no rows); an audit needs at least one example")
+    require_columns(frame, required_columns, source=text)
+    return frame
+
+
+def require_columns(frame: pd.DataFrame, columns: Sequence[str], *, source: str) -> None:
+    """Raise a :class:`DataError` naming the first column of ``columns`` missing in ``frame``."""
+    for column in columns:
+        if column not in frame.columns:
+            available = ", ".join(map(str, frame.columns)) or "none"
+            raise DataError(
+                f"{source}: column {column!r} not found; available columns: {available}"
+            )
+
+
+def encode_labels(values: pd.Series, labels: Sequence[str], *, source: str, column: str) -> np.ndarray:
+    """Map a label column to integer indices into ``labels``.
+
+    A column may hold label names (``"positive"``) or integer indices into the
+    label list (``1``, ``"1"``). Anything else is an error naming the value.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n,)`` int64 indices.
+    """
+    if values.isna().any():
+        row = int(np.flatnonzero(values.isna().to_numpy())[0])
+        raise DataError(f"{source}: column {column!r} has a missing label at row {row}")
+    name_to_index = {str(name): i for i, name in enumerate(labels)}
+    out = np.empty(len(values), dtype=np.int64)
+    for row, value in enumerate(values.tolist()):
+        key = str(value).strip()
+        if key in name_to_index:
+            out[row] = name_to_index[key]
+            continue
+        try:
+            as_float = float(key)
+        except ValueError:
+            as_float = float("nan")
+        if as_float.is_integer() and 0 <= int(as_float) < len(labels):
+            out[row] = int(as_float)
+            continue
+        allowed = ", ".join(labels)
+        raise DataError(
+            f"{source}: column {column!r} row {row} has label {value!r}; allowed: "
+            f"{allowed} or an index 0..{len(labels) - 1}"
+        )
+    return out
+
+
+def _load_file(path: Path) -> pd.DataFrame:
+    if not path.exists():
+        raise DataError(f"{path}: data file not found")
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory; expected a data file ({_suffix_list()})")
+    suffix = path.suffix.lower()
+    if suffix not in SUPPORTED_SUFFIXES:
+        raise DataError(f"{path}: unsupported data file type {suffix!r}; allowed: {_suffix_list()}")
+    if suffix != ".parquet":
+        _check_utf8(path)
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: the data is empty (no rows); an audit needs at least one example")
+    import datasets
+
+    builder = SUPPORTED_SUFFIXES[suffix]
+    kwargs: dict = {}
+    if suffix == ".tsv":
+        kwargs["sep"] = "\t"
+    if builder == "csv":
+        # Keep text as text: "NA" or "null" in a sentence is not a missing value.
+        kwargs["keep_default_na"] = False
+        kwargs["quoting"] = 3 if suffix == ".tsv" else 0  # GLUE TSVs hold bare quotes
+    datasets.disable_progress_bars()
+    try:
+        dataset = datasets.load_dataset(
+            builder,
+            data_files=str(path),
+            split="train",
+            keep_in_memory=True,
+            cache_dir=None,
+            **kwargs,
+        )
+    except Exception as exc:  # datasets raises many types; all mean "cannot parse"
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"{path}: could not be read as {suffix[1:]}: {first_line}") from exc
+    return dataset.to_pandas()
+
+
+def _load_hub_dataset(reference: str) -> pd.DataFrame:
+    name, _, split = reference.partition(":")
+    import datasets
+
+    try:
+        dataset = datasets.load_dataset(name, split=split or "train")
+    except Exception as exc:
+        raise DataError(f"hf:{reference}: could not load the dataset: {exc}".splitlines()[0]) from exc
+    return dataset.to_pandas()
+
+
+def _check_utf8(path: Path) -> None:
+    with path.open("rb") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(
+                    f"{path}: line {line_number} is not valid UTF-8 (byte {exc.start}); "
+                    "save the file as UTF-8"
+                ) from None
+
+
+def _suffix_list() -> str:
+    return ", ".join(SUPPORTED_SUFFIXES)

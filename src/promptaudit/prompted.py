@@ -1,0 +1,422 @@
+"""PromptedModel: the one forward pass every stage of an audit uses.
+
+``inputs_embeds = [prompt ; embed(input_ids)]`` with the attention mask extended
+by ones and token types by zeros over the virtual tokens, exactly as PEFT's
+prompt-learning forward does, so probabilities match ``PeftModel`` to float
+precision. Label probabilities are read per task:
+
+* ``sequence-classification``: softmax over the classifier logits;
+* ``causal-lm``: softmax over the next-token logits of the label words (the
+  verbalizer) at the last real input token;
+* ``masked-lm``: softmax over the verbalizer logits at a ``[MASK]`` token that
+  is appended to every input as a second segment (it is never truncated away).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from promptaudit.errors import InputError, ModelError, PromptError
+from promptaudit.models import LoadedModel, Task, load_base_model
+from promptaudit.prompts import SoftPrompt, check_prompt_tensor, load_prompt
+
+__all__ = [
+    "PromptedModel",
+    "EncodedBatch",
+    "verbalizer_token_ids",
+    "load_prompted_model",
+    "apply_head_state",
+]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class EncodedBatch:
+    """Tokenized inputs for one batch.
+
+    Attributes
+    ----------
+    input_ids : torch.LongTensor
+        ``(batch, seq)``, right-padded.
+    attention_mask : torch.LongTensor
+        ``(batch, seq)``.
+    token_type_ids : torch.LongTensor or None
+        ``(batch, seq)`` where the model uses token types.
+    readout_index : torch.LongTensor or None
+        ``(batch,)`` position *within the input* whose logits hold the label
+        (last real token for causal LMs, the mask token for masked LMs).
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    token_type_ids: torch.Tensor | None
+    readout_index: torch.Tensor | None
+
+    def to(self, device: torch.device) -> EncodedBatch:
+        def move(t):
+            return None if t is None else t.to(device)
+
+        return EncodedBatch(
+            move(self.input_ids), move(self.attention_mask), move(self.token_type_ids),
+            move(self.readout_index),
+        )
+
+
+def verbalizer_token_ids(tokenizer, labels: Sequence[str]) -> list[int]:
+    """First token id of each label word, as the model would see it mid-sentence.
+
+    Label words are tokenized with a leading space (byte-level BPE tokenizers
+    mark word starts that way; WordPiece ignores it). Two labels that share a
+    first token cannot be told apart and are refused.
+    """
+    ids = []
+    for label in labels:
+        pieces = tokenizer.encode(" " + str(label), add_special_tokens=False)
+        if not pieces:
+            raise InputError(f"labels: label word {label!r} tokenizes to nothing")
+        if len(pieces) > 1:
+            logger.warning("label word %r is %d tokens; its first token stands for it", label,
+                           len(pieces))
+        ids.append(int(pieces[0]))
+    if len(set(ids)) != len(ids):
+        raise InputError(
+            f"labels: label words {list(labels)} share a first token; choose words that "
+            "start with different tokens"
+        )
+    return ids
+
+
+class PromptedModel:
+    """A frozen model steered by a soft prompt.
+
+    Parameters
+    ----------
+    model : transformers.PreTrainedModel
+        Task model in eval mode (frozen).
+    tokenizer : transformers.PreTrainedTokenizerBase
+        Right-padding tokenizer with a pad token.
+    prompt : torch.Tensor or None
+        ``(num_virtual_tokens, hidden)`` soft prompt; ``None`` runs the bare model
+        (a baseline).
+    task : Task
+    labels : sequence of str
+        Label names in index order; the verbalizer words for LM tasks.
+    max_length : int
+        Most input tokens per text (the prompt comes on top, within the
+        model's position limit).
+    batch_size : int
+        Texts per forward pass in :meth:`predict_proba`.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer,
+        prompt: torch.Tensor | None,
+        *,
+        task: Task | str,
+        labels: Sequence[str],
+        max_length: int = 128,
+        batch_size: int = 32,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.task = Task.parse(task)
+        self.labels = [str(label) for label in labels]
+        self.batch_size = int(batch_size)
+        self.device = next(model.parameters()).device
+        self.embedding_layer = model.get_input_embeddings()
+        self.dtype = self.embedding_layer.weight.dtype
+        self.prompt = None if prompt is None else prompt.detach().to(self.device, self.dtype)
+        if self.prompt is not None and self.prompt.shape[-1] != self.hidden_size:
+            raise ModelError(
+                f"prompt hidden size {self.prompt.shape[-1]} does not match the model's "
+                f"hidden size {self.hidden_size}"
+            )
+        max_positions = getattr(model.config, "max_position_embeddings", None) or getattr(
+            model.config, "n_positions", None) or 10**6
+        self.max_length = int(min(max_length, max_positions - self.num_virtual_tokens))
+        if self.max_length < 4:
+            raise InputError(f"max_length: {max_length} leaves no room for input tokens")
+        self.uses_token_types = "token_type_ids" in getattr(tokenizer, "model_input_names", [])
+        if self.task is Task.SEQUENCE_CLASSIFICATION:
+            head_size = int(getattr(model.config, "num_labels", len(self.labels)))
+            if head_size != len(self.labels):
+                raise InputError(
+                    f"labels: {len(self.labels)} labels given but the classifier head has "
+                    f"{head_size} outputs"
+                )
+            self.label_token_ids = None
+        else:
+            self.label_token_ids = torch.tensor(
+                verbalizer_token_ids(tokenizer, self.labels), device=self.device
+            )
+        if self.task is Task.MASKED_LM and tokenizer.mask_token is None:
+            raise ModelError("task masked-lm: the tokenizer has no mask token")
+
+    # ------------------------------------------------------------------ shapes
+    @property
+    def num_virtual_tokens(self) -> int:
+        return 0 if self.prompt is None else int(self.prompt.shape[0])
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.embedding_layer.weight.shape[1])
+
+    @property
+    def word_embeddings(self) -> torch.Tensor:
+        """``(vocab, hidden)`` input embedding matrix (no copy)."""
+        return self.embedding_layer.weight
+
+    def with_prompt(self, prompt: torch.Tensor | None) -> PromptedModel:
+        """The same model and settings with another prompt (or none)."""
+        return PromptedModel(
+            self.model, self.tokenizer, prompt, task=self.task, labels=self.labels,
+            max_length=self.max_length + self.num_virtual_tokens, batch_size=self.batch_size,
+        )
+
+    # ---------------------------------------------------------------- encoding
+    def encode(self, texts: Sequence[str]) -> EncodedBatch:
+        """Tokenize ``texts`` (right-padded, truncated to :attr:`max_length`)."""
+        texts = [str(t) for t in texts]
+        if self.task is Task.MASKED_LM:
+            seconds = [self.tokenizer.mask_token] * len(texts)
+            encoded = self.tokenizer(
+                texts, seconds, padding=True, truncation="only_first",
+                max_length=self.max_length, return_tensors="pt",
+            )
+        else:
+            encoded = self.tokenizer(
+                texts, padding=True, truncation=True, max_length=self.max_length,
+                return_tensors="pt",
+            )
+        input_ids = encoded["input_ids"]
+        attention_mask = encoded["attention_mask"]
+        token_type_ids = encoded.get("token_type_ids") if self.uses_token_types else None
+        readout = None
+        if self.task is Task.CAUSAL_LM:
+            readout = attention_mask.sum(dim=1) - 1
+        elif self.task is Task.MASKED_LM:
+            is_mask = input_ids == self.tokenizer.mask_token_id
+            readout = is_mask.int().argmax(dim=1)
+        return EncodedBatch(input_ids, attention_mask, token_type_ids, readout)
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """``(batch, seq)`` ids -> ``(batch, seq, hidden)`` input embeddings."""
+        return self.embedding_layer(input_ids.to(self.device))
+
+    # ----------------------------------------------------------------- forward
+    def label_logits(
+        self,
+        prompt_embeds: torch.Tensor | None,
+        input_embeds: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        readout_index: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Differentiable forward from embeddings to label logits.
+
+        Parameters
+        ----------
+        prompt_embeds : torch.Tensor or None
+            ``(batch, num_virtual_tokens, hidden)`` or ``(num_virtual_tokens,
+            hidden)`` (broadcast); ``None`` for no prompt.
+        input_embeds : torch.Tensor
+            ``(batch, seq, hidden)``.
+        attention_mask : torch.Tensor
+            ``(batch, seq)`` for the input part.
+        token_type_ids : torch.Tensor, optional
+            ``(batch, seq)``.
+        readout_index : torch.Tensor, optional
+            ``(batch,)`` input position of the label logits (LM tasks).
+
+        Returns
+        -------
+        torch.Tensor
+            ``(batch, n_labels)`` logits.
+        """
+        batch = input_embeds.shape[0]
+        attention_mask = attention_mask.to(input_embeds.device)
+        if prompt_embeds is not None:
+            if prompt_embeds.ndim == 2:
+                prompt_embeds = prompt_embeds.unsqueeze(0).expand(batch, -1, -1)
+            n_virtual = prompt_embeds.shape[1]
+            embeds = torch.cat([prompt_embeds.to(input_embeds.dtype), input_embeds], dim=1)
+            prefix = attention_mask.new_ones(batch, n_virtual)
+            mask = torch.cat([prefix, attention_mask], dim=1)
+            if token_type_ids is not None:
+                token_type_ids = torch.cat(
+                    [token_type_ids.new_zeros(batch, n_virtual), token_type_ids.to(mask.device)],
+                    dim=1,
+                )
+        else:
+            n_virtual = 0
+            embeds, mask = input_embeds, attention_mask
+        kwargs = {"inputs_embeds": embeds, "attention_mask": mask}
+        if token_type_ids is not None:
+            kwargs["token_type_ids"] = token_type_ids
+        logits = self.model(**kwargs).logits
+        if self.task is Task.SEQUENCE_CLASSIFICATION:
+            return logits.float()
+        if readout_index is None:
+            raise ValueError("readout_index is required for language-model tasks")
+        rows = torch.arange(batch, device=logits.device)
+        at_readout = logits[rows, readout_index.to(logits.device) + n_virtual]
+        return at_readout[:, self.label_token_ids].float()
+
+    def label_probabilities(self, *args, **kwargs) -> torch.Tensor:
+        """Softmax of :meth:`label_logits`: ``(batch, n_labels)``."""
+        return torch.softmax(self.label_logits(*args, **kwargs), dim=-1)
+
+    def forward_batch(self, batch: EncodedBatch, prompt: torch.Tensor | None = None) -> torch.Tensor:
+        """Label probabilities ``(batch, n_labels)`` of an encoded batch."""
+        batch = batch.to(self.device)
+        prompt = self.prompt if prompt is None else prompt
+        return self.label_probabilities(
+            prompt, self.embed(batch.input_ids), batch.attention_mask, batch.token_type_ids,
+            batch.readout_index,
+        )
+
+    # -------------------------------------------------------------- inference
+    def predict_proba(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray:
+        """Label probabilities for each text.
+
+        Texts are batched by length (less padding), then returned in input order.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(n_texts, n_labels)`` float64 probabilities.
+        """
+        texts = [str(t) for t in texts]
+        out = np.zeros((len(texts), len(self.labels)), dtype=np.float64)
+        if not texts:
+            return out
+        order = np.argsort([len(t) for t in texts], kind="stable")
+        starts = range(0, len(texts), self.batch_size)
+        if progress:
+            from tqdm.auto import tqdm
+
+            starts = tqdm(starts, desc="predict", unit="batch", leave=False)
+        with torch.inference_mode():
+            for start in starts:
+                index = order[start:start + self.batch_size]
+                probs = self.forward_batch(self.encode([texts[i] for i in index]))
+                out[index] = probs.double().cpu().numpy()
+        return out
+
+    def count_truncated(self, texts: Sequence[str]) -> int:
+        """How many of ``texts`` exceed :attr:`max_length` tokens and get cut."""
+        total = 0
+        for start in range(0, len(texts), 256):
+            chunk = [str(t) for t in texts[start:start + 256]]
+            if self.task is Task.MASKED_LM:
+                ids = self.tokenizer(chunk, [self.tokenizer.mask_token] * len(chunk))["input_ids"]
+            else:
+                ids = self.tokenizer(chunk)["input_ids"]
+            total += sum(len(x) > self.max_length for x in ids)
+        return total
+
+
+def load_prompted_model(
+    model: str,
+    prompt: str | None,
+    *,
+    task: Task | str | None = None,
+    labels: Sequence[str] | None = None,
+    device: str = "auto",
+    dtype: str = "float32",
+    max_length: int = 128,
+    batch_size: int = 32,
+    trust_remote_code: bool = False,
+) -> tuple[PromptedModel, SoftPrompt | None, LoadedModel]:
+    """Load a base model and a soft prompt and wire them into a :class:`PromptedModel`.
+
+    The task comes from ``task`` or else the adapter's ``task_type``; ``model``
+    overrides the adapter's ``base_model_name_or_path`` (a differing one is
+    logged as a warning). A ``SEQ_CLS`` adapter's trained classifier head is
+    loaded into the model. Labels default to the head's size (``LABEL_i``
+    names from the model config) for classification and are required for LM
+    tasks.
+
+    Returns
+    -------
+    (PromptedModel, SoftPrompt or None, LoadedModel)
+    """
+    soft = load_prompt(prompt) if prompt is not None else None
+    if task is None:
+        if soft is None or soft.task is None:
+            allowed = ", ".join(t.value for t in Task)
+            raise InputError(f"task: not given and the prompt does not say; allowed: {allowed}")
+        task = soft.task
+    task = Task.parse(task)
+    if soft is not None and soft.task is not None and soft.task is not task:
+        raise InputError(
+            f"task: {task.value!r} given but the adapter {soft.source} was trained for "
+            f"{soft.task.value!r}"
+        )
+    num_labels = len(labels) if labels else None
+    if task is Task.SEQUENCE_CLASSIFICATION and soft is not None and soft.head_state:
+        head_rows = head_output_size(soft.head_state)
+        if num_labels is not None and head_rows is not None and head_rows != num_labels:
+            raise InputError(
+                f"labels: {num_labels} labels given but the adapter's classifier head has "
+                f"{head_rows} outputs"
+            )
+        num_labels = num_labels or head_rows
+    if task is not Task.SEQUENCE_CLASSIFICATION and not labels:
+        raise InputError(f"labels: task {task.value} needs label words (the verbalizer), e.g. --labels negative,positive")
+    loaded = load_base_model(
+        model, task=task, num_labels=num_labels, device=device, dtype=dtype,
+        trust_remote_code=trust_remote_code,
+    )
+    hidden = int(loaded.model.get_input_embeddings().weight.shape[1])
+    if soft is not None and soft.base_model and soft.base_model not in (model, loaded.resolved):
+        logger.warning("prompt %s was trained on base model %s; auditing it on %s as asked",
+                       soft.source, soft.base_model, model)
+    if soft is not None:
+        check_prompt_tensor(soft.embeddings, source=soft.source, hidden_size=hidden)
+        if task is Task.SEQUENCE_CLASSIFICATION:
+            apply_head_state(loaded.model, soft.head_state, source=soft.source)
+    if not labels:
+        id2label = getattr(loaded.model.config, "id2label", None) or {}
+        labels = [str(id2label.get(i, f"LABEL_{i}")) for i in range(loaded.model.config.num_labels)]
+    prompted = PromptedModel(
+        loaded.model, loaded.tokenizer, None if soft is None else soft.embeddings,
+        task=task, labels=labels, max_length=max_length, batch_size=batch_size,
+    )
+    return prompted, soft, loaded
+
+
+def head_output_size(head_state: dict[str, torch.Tensor]) -> int | None:
+    """Number of outputs of a saved classifier head (rows of its last weight)."""
+    weights = [k for k in head_state if k.endswith("weight") and head_state[k].ndim == 2]
+    if not weights:
+        return None
+    return int(head_state[sorted(weights)[-1]].shape[0])
+
+
+def apply_head_state(model: torch.nn.Module, head_state: dict[str, torch.Tensor], *, source: str) -> None:
+    """Copy an adapter's trained classifier head (``modules_to_save``) into ``model``."""
+    if not head_state:
+        logger.warning("prompt %s carries no classifier head; the base model's head is used", source)
+        return
+    own = model.state_dict()
+    update = {}
+    for key, value in head_state.items():
+        target = key if key in own else key.removeprefix("model.")
+        if target not in own:
+            raise PromptError(f"{source}: adapter weight {key!r} has no counterpart in the base model")
+        if tuple(own[target].shape) != tuple(value.shape):
+            raise PromptError(
+                f"{source}: adapter weight {key!r} has shape {tuple(value.shape)}; the model's "
+                f"is {tuple(own[target].shape)}"
+            )
+        update[target] = value.to(own[target].dtype)
+    model.load_state_dict(update, strict=False)

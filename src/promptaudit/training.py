@@ -1,0 +1,373 @@
+"""Train a soft prompt with PEFT prompt tuning and save a PEFT adapter.
+
+The model is wrapped with ``peft.get_peft_model`` and a ``PromptTuningConfig``;
+only the prompt (and, for sequence classification, PEFT's trainable copy of the
+classifier head in ``modules_to_save``) is optimised. The saved directory is a
+plain PEFT adapter: ``PeftModel.from_pretrained`` loads it.
+
+Training is deterministic for a seed (shuffle order per epoch comes from
+``seed + epoch``), writes a checkpoint after every epoch into
+``<out>/.checkpoints/``, and ``resume=True`` continues from the last one.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from promptaudit.errors import InputError
+from promptaudit.models import LoadedModel, Task, load_base_model
+from promptaudit.prompted import verbalizer_token_ids
+from promptaudit.prompts import text_init_token_ids
+
+__all__ = ["InitMethod", "TrainingConfig", "TrainingResult", "train_prompt", "CHECKPOINT_DIR"]
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = ".checkpoints"
+_TASK_TYPES = {Task.SEQUENCE_CLASSIFICATION: "SEQ_CLS", Task.CAUSAL_LM: "CAUSAL_LM"}
+
+
+class InitMethod(str, enum.Enum):
+    """How the virtual tokens start: copies of a text's token embeddings, random, or sampled vocabulary rows."""
+
+    TEXT = "text"
+    RANDOM = "random"
+    VOCAB = "vocab"
+
+    @property
+    def peft_name(self) -> str:
+        return {"text": "TEXT", "random": "RANDOM", "vocab": "SAMPLE_VOCAB"}[self.value]
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Hyper-parameters of prompt tuning (PEFT ``PromptTuningConfig`` plus the loop)."""
+
+    num_virtual_tokens: int = 20
+    init: InitMethod = InitMethod.TEXT
+    init_text: str | None = None
+    epochs: int = 2
+    learning_rate: float = 0.03
+    batch_size: int = 32
+    max_length: int = 128
+    seed: int = 0
+    validation_fraction: float = 0.1
+
+    def check(self) -> None:
+        """Raise :class:`InputError` naming the first out-of-range field."""
+        if self.num_virtual_tokens < 1:
+            raise InputError(f"num_virtual_tokens: {self.num_virtual_tokens}; must be >= 1")
+        if self.epochs < 1:
+            raise InputError(f"epochs: {self.epochs}; must be >= 1")
+        if not self.learning_rate > 0:
+            raise InputError(f"learning_rate: {self.learning_rate}; must be > 0")
+        if self.batch_size < 1:
+            raise InputError(f"batch_size: {self.batch_size}; must be >= 1")
+        if self.max_length < 4:
+            raise InputError(f"max_length: {self.max_length}; must be >= 4")
+        if not 0 <= self.validation_fraction < 1:
+            raise InputError(f"validation_fraction: {self.validation_fraction}; must be in [0, 1)")
+        if self.init is InitMethod.TEXT and not (self.init_text or "").strip():
+            raise InputError("init_text: required when init is 'text'")
+
+
+@dataclass
+class TrainingResult:
+    """What a training run produced.
+
+    Attributes
+    ----------
+    adapter_dir : Path
+    history : list of dict
+        One entry per epoch: ``epoch``, ``train_loss``, ``val_accuracy`` (None
+        without validation data), ``seconds``.
+    init_tokens : list of str
+        The tokens PEFT's text init copied into the virtual tokens, in order.
+    init_special_tokens : list of str
+        Special tokens ([CLS], [SEP], BOS, ...) among them: they are part of
+        the starting prompt and are reported, not hidden.
+    n_train, n_validation : int
+    train_examples_per_second : float
+    """
+
+    adapter_dir: Path
+    history: list[dict] = field(default_factory=list)
+    init_tokens: list[str] = field(default_factory=list)
+    init_special_tokens: list[str] = field(default_factory=list)
+    n_train: int = 0
+    n_validation: int = 0
+    train_examples_per_second: float = 0.0
+
+
+def train_prompt(
+    model: str,
+    texts: Sequence[str],
+    label_ids: Sequence[int],
+    *,
+    labels: Sequence[str],
+    out_dir: str | Path,
+    task: Task | str = Task.SEQUENCE_CLASSIFICATION,
+    config: TrainingConfig | None = None,
+    validation_texts: Sequence[str] | None = None,
+    validation_label_ids: Sequence[int] | None = None,
+    device: str = "auto",
+    resume: bool = False,
+    progress: bool = True,
+    loaded: LoadedModel | None = None,
+) -> TrainingResult:
+    """Train a soft prompt and save it as a PEFT adapter in ``out_dir``.
+
+    Parameters
+    ----------
+    model : str
+        Base model reference (Hub id, directory, ``builtin:minilm``).
+    texts : sequence of str
+        ``(n,)`` training texts.
+    label_ids : sequence of int
+        ``(n,)`` indices into ``labels``.
+    labels : sequence of str
+        Label names (verbalizer words for ``causal-lm``).
+    out_dir : str or Path
+        Where the adapter is written (atomically: a crash leaves the old one).
+    task : {"sequence-classification", "causal-lm"}
+    config : TrainingConfig
+    validation_texts, validation_label_ids : optional
+        Held-out data for per-epoch accuracy; without them a seeded
+        ``config.validation_fraction`` of the training data is held out.
+    resume : bool
+        Continue from the last checkpoint in ``out_dir/.checkpoints``.
+    loaded : LoadedModel, optional
+        An already loaded base model to reuse (tests, benchmarks).
+
+    Returns
+    -------
+    TrainingResult
+    """
+    from peft import PromptTuningConfig, get_peft_model, set_peft_model_state_dict
+
+    config = config or TrainingConfig()
+    config.check()
+    task = Task.parse(task)
+    if task not in _TASK_TYPES:
+        raise InputError(
+            f"task: training supports {', '.join(t.value for t in _TASK_TYPES)}; got {task.value}"
+        )
+    texts = [str(t) for t in texts]
+    label_ids = np.asarray(label_ids, dtype=np.int64)
+    if len(texts) == 0:
+        raise InputError("data: no training examples")
+    if len(texts) != len(label_ids):
+        raise InputError(f"data: {len(texts)} texts but {len(label_ids)} labels")
+    if validation_texts is None and config.validation_fraction > 0 and len(texts) >= 10:
+        texts, label_ids, validation_texts, validation_label_ids = _hold_out(
+            texts, label_ids, config.validation_fraction, config.seed)
+    out_dir = Path(out_dir)
+
+    torch.manual_seed(config.seed)  # the classifier head's initial weights
+    if loaded is None:
+        loaded = load_base_model(model, task=task, num_labels=len(labels), device=device)
+    base, tokenizer = loaded.model, loaded.tokenizer
+    base.requires_grad_(False)
+    peft_config = PromptTuningConfig(
+        task_type=_TASK_TYPES[task],
+        num_virtual_tokens=config.num_virtual_tokens,
+        prompt_tuning_init=config.init.peft_name,
+        prompt_tuning_init_text=config.init_text if config.init is InitMethod.TEXT else None,
+        tokenizer_name_or_path=loaded.resolved if config.init is InitMethod.TEXT else None,
+    )
+    torch.manual_seed(config.seed)  # random / sampled-vocabulary init
+    peft_model = get_peft_model(base, peft_config)
+    verbalizer = None if task is Task.SEQUENCE_CLASSIFICATION else torch.tensor(
+        verbalizer_token_ids(tokenizer, labels), device=loaded.device)
+
+    init_tokens, init_special = _describe_init(tokenizer, config)
+    if init_special:
+        logger.warning("text init copies special tokens into the prompt: %s", ", ".join(init_special))
+
+    trainable = [p for p in peft_model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=0.0)
+    result = TrainingResult(adapter_dir=out_dir, init_tokens=init_tokens,
+                            init_special_tokens=init_special, n_train=len(texts),
+                            n_validation=0 if validation_texts is None else len(validation_texts))
+    start_epoch = 0
+    checkpoints = out_dir / CHECKPOINT_DIR
+    if resume:
+        last = _last_checkpoint(checkpoints)
+        if last is None:
+            raise InputError(f"{checkpoints}: --resume given but there is no checkpoint to resume from")
+        state = _read_checkpoint(last)
+        set_peft_model_state_dict(peft_model, state["adapter"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch = state["trainer"]["epoch"]
+        result.history = state["trainer"]["history"]
+        logger.info("resuming from %s (epoch %d done)", last, start_epoch)
+
+    examples_seen, train_seconds = 0, 0.0
+    for epoch in range(start_epoch, config.epochs):
+        started = time.perf_counter()
+        peft_model.train()
+        torch.manual_seed(config.seed * 1000 + epoch)  # dropout masks
+        order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(config.seed + epoch))
+        batches = range(0, len(texts), config.batch_size)
+        if progress:
+            from tqdm.auto import tqdm
+
+            batches = tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch")
+        total_loss = 0.0
+        for start in batches:
+            index = order[start:start + config.batch_size].tolist()
+            loss = _batch_loss(peft_model, tokenizer, [texts[i] for i in index],
+                               torch.as_tensor(label_ids[index], device=loaded.device),
+                               task=task, verbalizer=verbalizer, max_length=config.max_length,
+                               n_virtual=config.num_virtual_tokens)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total_loss += float(loss.detach()) * len(index)
+        epoch_seconds = time.perf_counter() - started
+        examples_seen += len(texts)
+        train_seconds += epoch_seconds
+        val_accuracy = None
+        if validation_texts is not None and len(validation_texts):
+            val_accuracy = _accuracy(peft_model, tokenizer, validation_texts, validation_label_ids,
+                                     task=task, verbalizer=verbalizer, max_length=config.max_length,
+                                     n_virtual=config.num_virtual_tokens,
+                                     batch_size=max(config.batch_size, 64))
+        entry = {"epoch": epoch + 1, "train_loss": total_loss / len(texts),
+                 "val_accuracy": val_accuracy, "seconds": epoch_seconds}
+        result.history.append(entry)
+        logger.info("epoch %d: loss %.4f, validation accuracy %s", epoch + 1, entry["train_loss"],
+                    "n/a" if val_accuracy is None else f"{val_accuracy:.4f}")
+        _write_checkpoint(checkpoints / f"epoch-{epoch + 1:04d}", peft_model, optimizer,
+                          {"epoch": epoch + 1, "history": result.history, "config": _config_dict(config)})
+    result.train_examples_per_second = examples_seen / train_seconds if train_seconds else 0.0
+    peft_model.eval()
+    _save_adapter_atomically(peft_model, out_dir, training_info={
+        "config": _config_dict(config), "history": result.history, "labels": list(labels),
+        "task": task.value, "base_model": model, "init_tokens": init_tokens,
+        "init_special_tokens": init_special, "n_train": result.n_train,
+        "n_validation": result.n_validation,
+    })
+    return result
+
+
+# ----------------------------------------------------------------- helpers
+def _hold_out(texts, label_ids, fraction, seed):
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(texts))
+    n_val = max(1, int(round(len(texts) * fraction)))
+    val, train = order[:n_val], np.sort(order[n_val:])
+    return ([texts[i] for i in train], label_ids[train], [texts[i] for i in val], label_ids[val])
+
+
+def _describe_init(tokenizer, config: TrainingConfig) -> tuple[list[str], list[str]]:
+    if config.init is not InitMethod.TEXT:
+        return [], []
+    ids = text_init_token_ids(tokenizer, config.init_text, config.num_virtual_tokens)
+    tokens = tokenizer.convert_ids_to_tokens(ids)
+    special_ids = set(tokenizer.all_special_ids)
+    special = sorted({tok for tok, i in zip(tokens, ids) if i in special_ids})
+    return tokens, special
+
+
+def _encode(tokenizer, texts, max_length, device):
+    encoded = tokenizer(texts, padding=True, truncation=True, max_length=max_length,
+                        return_tensors="pt")
+    return {k: v.to(device) for k, v in encoded.items()}
+
+
+def _label_logits(peft_model, tokenizer, texts, *, task, verbalizer, max_length, n_virtual):
+    device = next(peft_model.parameters()).device
+    encoded = _encode(tokenizer, texts, max_length, device)
+    if task is Task.SEQUENCE_CLASSIFICATION:
+        return peft_model(**encoded).logits.float()
+    encoded.pop("token_type_ids", None)
+    logits = peft_model(**encoded).logits
+    last = encoded["attention_mask"].sum(dim=1) - 1 + n_virtual
+    rows = torch.arange(len(texts), device=device)
+    return logits[rows, last][:, verbalizer].float()
+
+
+def _batch_loss(peft_model, tokenizer, texts, targets, **kwargs) -> torch.Tensor:
+    logits = _label_logits(peft_model, tokenizer, texts, **kwargs)
+    return torch.nn.functional.cross_entropy(logits, targets)
+
+
+def _accuracy(peft_model, tokenizer, texts, label_ids, *, batch_size, **kwargs) -> float:
+    peft_model.eval()
+    correct = 0
+    with torch.inference_mode():
+        for start in range(0, len(texts), batch_size):
+            chunk = [str(t) for t in texts[start:start + batch_size]]
+            pred = _label_logits(peft_model, tokenizer, chunk, **kwargs).argmax(dim=-1).cpu().numpy()
+            correct += int((pred == np.asarray(label_ids[start:start + batch_size])).sum())
+    return correct / len(texts)
+
+
+def _config_dict(config: TrainingConfig) -> dict:
+    out = asdict(config)
+    out["init"] = config.init.value
+    return out
+
+
+def _write_checkpoint(path: Path, peft_model, optimizer, trainer_state: dict) -> None:
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=path.parent))
+    adapter = {k: v.detach().contiguous().cpu() for k, v in get_peft_model_state_dict(peft_model).items()}
+    save_file(adapter, str(tmp / "adapter.safetensors"))
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, sort_keys=True, indent=2))
+    if path.exists():
+        shutil.rmtree(path)
+    shutil.move(str(tmp), str(path))
+
+
+def _last_checkpoint(checkpoints: Path) -> Path | None:
+    if not checkpoints.is_dir():
+        return None
+    done = sorted(p for p in checkpoints.glob("epoch-*") if (p / "trainer_state.json").exists())
+    return done[-1] if done else None
+
+
+def _read_checkpoint(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return {
+        "adapter": load_file(str(path / "adapter.safetensors")),
+        "optimizer": torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True),
+        "trainer": json.loads((path / "trainer_state.json").read_text()),
+    }
+
+
+def _save_adapter_atomically(peft_model, out_dir: Path, *, training_info: dict) -> None:
+    """Save the adapter into a temporary folder beside ``out_dir``, then move each file in.
+
+    Every file lands with an atomic ``os.replace``, so a crash leaves each
+    file either old or new, never half-written; checkpoints stay where they are.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".adapter.tmp-", dir=out_dir))
+    try:
+        peft_model.save_pretrained(str(tmp))
+        (tmp / "training_info.json").write_text(json.dumps(training_info, sort_keys=True, indent=2))
+        for item in tmp.iterdir():
+            item.replace(out_dir / item.name)
+        stale = out_dir / "adapter_model.bin"
+        if stale.exists() and (out_dir / "adapter_model.safetensors").exists():
+            stale.unlink()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
