@@ -17,7 +17,7 @@ import pandas as pd
 
 from promptaudit.errors import DataError
 
-__all__ = ["load_table", "require_columns", "encode_labels", "SUPPORTED_SUFFIXES"]
+__all__ = ["load_table", "require_columns", "encode_labels", "infer_labels", "SUPPORTED_SUFFIXES"]
 
 logger = logging.getLogger(__name__)
 
@@ -180,3 +180,12 @@ def _check_utf8(path: Path) -> None:
 
 def _suffix_list() -> str:
     return ", ".join(SUPPORTED_SUFFIXES)
+
+
+def infer_labels(values: pd.Series) -> list[str]:
+    """Label names when the user gives none: ``0..max`` for integer labels, else sorted names."""
+    clean = values.dropna()
+    as_text = clean.astype(str).str.strip()
+    if len(as_text) and as_text.str.fullmatch(r"\d+").all():
+        return [str(i) for i in range(int(as_text.astype(int).max()) + 1)]
+    return sorted(as_text.unique().tolist())

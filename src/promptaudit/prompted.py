@@ -31,6 +31,7 @@ __all__ = [
     "verbalizer_token_ids",
     "load_prompted_model",
     "apply_head_state",
+    "predictions_frame",
 ]
 
 logger = logging.getLogger(__name__)
@@ -350,6 +351,8 @@ def load_prompted_model(
     (PromptedModel, SoftPrompt or None, LoadedModel)
     """
     soft = load_prompt(prompt) if prompt is not None else None
+    if not labels and soft is not None and soft.labels:
+        labels = soft.labels
     if task is None:
         if soft is None or soft.task is None:
             allowed = ", ".join(t.value for t in Task)
@@ -420,3 +423,23 @@ def apply_head_state(model: torch.nn.Module, head_state: dict[str, torch.Tensor]
             )
         update[target] = value.to(own[target].dtype)
     model.load_state_dict(update, strict=False)
+
+
+def predictions_frame(texts: Sequence[str], probs: np.ndarray, labels: Sequence[str], *,
+                      text_column: str = "text"):
+    """One row per input: the text, ``p_<label>`` for every label, and ``prediction``.
+
+    Parameters
+    ----------
+    texts : sequence of str
+        ``(n,)``.
+    probs : numpy.ndarray
+        ``(n, n_labels)``.
+    """
+    import pandas as pd
+
+    table = pd.DataFrame({text_column: list(texts)})
+    for index, label in enumerate(labels):
+        table[f"p_{label}"] = probs[:, index]
+    table["prediction"] = [labels[i] for i in probs.argmax(axis=1)]
+    return table

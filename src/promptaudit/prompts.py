@@ -79,6 +79,8 @@ class SoftPrompt:
         model (``classifier.weight``), empty when the adapter has none.
     config : dict
         The raw adapter config (empty for tensor files).
+    labels : list of str or None
+        Label names recorded by ``promptaudit train`` (``training_info.json``).
     """
 
     embeddings: torch.Tensor
@@ -91,6 +93,7 @@ class SoftPrompt:
     init_text: str | None = None
     head_state: dict[str, torch.Tensor] = field(default_factory=dict)
     config: dict = field(default_factory=dict)
+    labels: list[str] | None = None
 
     @property
     def num_virtual_tokens(self) -> int:
@@ -219,7 +222,22 @@ def _load_adapter_dir(path: Path, source: str) -> SoftPrompt:
         init_text=init_text,
         head_state=head_state,
         config=config,
+        labels=_recorded_labels(path),
     )
+
+
+def _recorded_labels(path: Path) -> list[str] | None:
+    """Labels that ``promptaudit train`` wrote beside the adapter, if any."""
+    info = path / "training_info.json"
+    if not info.exists():
+        return None
+    try:
+        labels = json.loads(info.read_text(encoding="utf-8")).get("labels")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return None
+    if isinstance(labels, list) and all(isinstance(x, str) for x in labels) and len(labels) >= 2:
+        return labels
+    return None
 
 
 def _adapter_weights_file(path: Path, source: str) -> Path:

@@ -1,0 +1,367 @@
+"""The ``promptaudit`` command line: a thin layer over the library.
+
+Each command calls one library function and prints its result. Domain errors
+(:class:`~promptaudit.errors.InputError`) become a one-line ``error:`` message
+and exit code 2; a failed gate is exit code 1; success is 0.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from promptaudit.errors import InputError, PromptAuditError
+
+app = typer.Typer(
+    name="promptaudit",
+    help="Audit tuned (soft) prompts for fairness and explain them.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+EXIT_OK, EXIT_GATE_FAILED, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
+
+ModelOption = Annotated[str, typer.Option("--model", "-m", help="Hub id, local directory or builtin:minilm.")]
+PromptOption = Annotated[str, typer.Option("--prompt", "-p", help="PEFT adapter directory, .safetensors/.pt tensor file, or Hub id.")]
+TaskOption = Annotated[str | None, typer.Option("--task", help="sequence-classification, causal-lm or masked-lm (default: from the adapter).")]
+LabelsOption = Annotated[str | None, typer.Option("--labels", help="Comma-separated labels in index order (verbalizer words for LM tasks).")]
+DeviceOption = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
+DataOption = Annotated[Path, typer.Option("--data", "-d", help="csv, tsv, jsonl or parquet file (or hf:NAME[:split], builtin:NAME).")]
+TextColumnOption = Annotated[str, typer.Option("--text-column", help="Column holding the input text.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print the JSON object of the result contract.")]
+VerboseOption = Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")]
+
+
+def _configure_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+    for noisy in ("transformers", "datasets", "peft", "matplotlib", "httpx", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+def _fail(message: str, code: int) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def handle_errors(func):
+    """Map library errors to exit codes with a one-line message (no traceback)."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except PromptAuditError as exc:
+            _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, EXIT_BAD_INPUT)
+        except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as exc:
+            where = exc.filename or ""
+            _fail(f"{where}: {exc.strerror or type(exc).__name__}".lstrip(": "), EXIT_BAD_INPUT)
+        except KeyboardInterrupt:
+            _fail("interrupted; previous reports are left as they were", 130)
+        except Exception as exc:  # a bug, not bad input: keep it to one line, point to --verbose
+            if os.environ.get("PROMPTAUDIT_DEBUG"):
+                raise
+            detail = str(exc).splitlines()[0] if str(exc) else ""
+            _fail(f"internal error ({type(exc).__name__}: {detail}); set PROMPTAUDIT_DEBUG=1 "
+                  "for a traceback", EXIT_INTERNAL)
+
+    return wrapper
+
+
+def _split_labels(labels: str | None) -> list[str] | None:
+    if labels is None:
+        return None
+    out = [part.strip() for part in labels.split(",") if part.strip()]
+    if len(out) < 2:
+        raise InputError(f"--labels {labels!r}: give at least two comma-separated labels")
+    return out
+
+
+def _load_texts(data: Path | str, text_column: str, extra: list[str] | None = None):
+    from promptaudit.data import load_table
+
+    frame = load_table(str(data), required_columns=[text_column, *(extra or [])])
+    return frame, frame[text_column].astype(str).tolist()
+
+
+def _load_prompted(model, prompt, task, labels, device, max_length=128, batch_size=32):
+    from promptaudit.prompted import load_prompted_model
+
+    return load_prompted_model(
+        model, prompt, task=task, labels=_split_labels(labels), device=device,
+        max_length=max_length, batch_size=batch_size,
+    )
+
+
+# ------------------------------------------------------------------ commands
+@app.command()
+@handle_errors
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="Report folder.")] = Path("reports"),
+    retrain: Annotated[bool, typer.Option("--retrain", help="Train the demo prompt afresh instead of using the shipped one.")] = False,
+    verbose: VerboseOption = False,
+) -> None:
+    """Run the built-in audit on the embedded default model (builtin:minilm, no network)."""
+    _configure_logging(verbose)
+    from promptaudit.demo import run_demo
+
+    result, paths = run_demo(out, retrain=retrain, progress=True)
+    _print_verdict(result, paths)
+    raise typer.Exit(EXIT_OK if result["passed"] else EXIT_GATE_FAILED)
+
+
+@app.command()
+@handle_errors
+def run(
+    audit: Annotated[Path, typer.Argument(help="Audit spec (YAML).")],
+    out: Annotated[Path, typer.Option("--out", help="Report folder.")] = Path("reports"),
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a spec key: dotted.key=value (repeatable).")] = None,
+    verbose: VerboseOption = False,
+) -> None:
+    """Run an audit and write <name>.html, .json, .junit.xml and .md into --out."""
+    _configure_logging(verbose)
+    from promptaudit.pipeline import run_audit
+    from promptaudit.atomic import prepare_output_dir
+    from promptaudit.report import write_reports
+    from promptaudit.spec import load_spec
+
+    spec = load_spec(audit, set_ or [])
+    prepare_output_dir(out)
+    result = run_audit(spec, progress=True, command=_command_line())
+    paths = write_reports(result, out, name=spec.name)
+    _print_verdict(result, paths)
+    raise typer.Exit(EXIT_OK if result["passed"] else EXIT_GATE_FAILED)
+
+
+@app.command()
+@handle_errors
+def validate(
+    audit: Annotated[Path, typer.Argument(help="Audit spec (YAML).")],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a spec key: dotted.key=value.")] = None,
+) -> None:
+    """Check an audit spec without running it."""
+    from promptaudit.spec import load_spec
+
+    spec = load_spec(audit, set_ or [])
+    typer.echo(f"{audit}: valid audit spec {spec.name!r} ({len(spec.gates)} gates)")
+
+
+@app.command()
+@handle_errors
+def train(
+    model: ModelOption,
+    data: DataOption,
+    text_column: TextColumnOption,
+    label_column: Annotated[str, typer.Option("--label-column", help="Column holding label names or indices.")],
+    out: Annotated[Path, typer.Option("--out", help="Adapter directory to write.")],
+    labels: LabelsOption = None,
+    task: Annotated[str, typer.Option("--task", help="sequence-classification or causal-lm.")] = "sequence-classification",
+    num_virtual_tokens: Annotated[int, typer.Option("--num-virtual-tokens")] = 20,
+    init: Annotated[str, typer.Option("--init", help="text, random or vocab.")] = "text",
+    init_text: Annotated[str | None, typer.Option("--init-text", help="Text whose token embeddings start the prompt (init text).")] = None,
+    epochs: Annotated[int, typer.Option("--epochs")] = 2,
+    learning_rate: Annotated[float, typer.Option("--learning-rate")] = 0.03,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
+    max_length: Annotated[int, typer.Option("--max-length")] = 128,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    validation_data: Annotated[Path | None, typer.Option("--validation-data", help="Held-out file with the same columns (default: 10% of --data).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint in --out.")] = False,
+    device: DeviceOption = "auto",
+    verbose: VerboseOption = False,
+) -> None:
+    """Train a soft prompt with PEFT prompt tuning and save a PEFT adapter."""
+    _configure_logging(verbose)
+    from promptaudit.data import encode_labels, infer_labels
+    from promptaudit.training import InitMethod, TrainingConfig, train_prompt
+
+    frame, texts = _load_texts(data, text_column, [label_column])
+    label_names = _split_labels(labels) or infer_labels(frame[label_column])
+    label_ids = encode_labels(frame[label_column], label_names, source=str(data), column=label_column)
+    val_texts = val_ids = None
+    if validation_data is not None:
+        val_frame, val_texts = _load_texts(validation_data, text_column, [label_column])
+        val_ids = encode_labels(val_frame[label_column], label_names, source=str(validation_data),
+                                column=label_column)
+    try:
+        init_method = InitMethod(init)
+    except ValueError:
+        raise InputError(f"--init {init!r}: allowed: text, random, vocab") from None
+    if init_method is InitMethod.TEXT and not init_text:
+        init_text = "Classify this text as " + " or ".join(label_names)
+    config = TrainingConfig(
+        num_virtual_tokens=num_virtual_tokens, init=init_method, init_text=init_text,
+        epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
+        max_length=max_length, seed=seed,
+    )
+    result = train_prompt(
+        model, texts, label_ids, labels=label_names, out_dir=out, task=task, config=config,
+        validation_texts=val_texts, validation_label_ids=val_ids, device=device, resume=resume,
+    )
+    for entry in result.history:
+        acc = "n/a" if entry["val_accuracy"] is None else f"{entry['val_accuracy']:.4f}"
+        typer.echo(f"epoch {entry['epoch']}: train loss {entry['train_loss']:.4f}, validation accuracy {acc}")
+    if result.init_special_tokens:
+        typer.echo("note: the text init copied special tokens into the prompt: "
+                   + ", ".join(result.init_special_tokens))
+    typer.echo(f"saved PEFT adapter to {out}")
+
+
+@app.command()
+@handle_errors
+def predict(
+    model: ModelOption,
+    prompt: PromptOption,
+    data: DataOption,
+    text_column: TextColumnOption,
+    out: Annotated[Path | None, typer.Option("--out", help="CSV file to write (default: stdout).")] = None,
+    task: TaskOption = None,
+    labels: LabelsOption = None,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
+    max_length: Annotated[int, typer.Option("--max-length")] = 128,
+    device: DeviceOption = "auto",
+    verbose: VerboseOption = False,
+) -> None:
+    """Predict label probabilities: one row per input with p_<label> and prediction."""
+    _configure_logging(verbose)
+    from promptaudit.prompted import predictions_frame
+    from promptaudit.atomic import atomic_write_text
+
+    _, texts = _load_texts(data, text_column)
+    prompted, _, _ = _load_prompted(model, prompt, task, labels, device, max_length, batch_size)
+    probs = prompted.predict_proba(texts, progress=True)
+    table = predictions_frame(texts, probs, prompted.labels, text_column=text_column)
+    csv_text = table.to_csv(index=False)
+    if out is None:
+        sys.stdout.write(csv_text)
+    else:
+        atomic_write_text(out, csv_text)
+        typer.echo(f"wrote {len(table)} predictions to {out}", err=True)
+
+
+@app.command()
+@handle_errors
+def project(
+    model: ModelOption,
+    prompt: PromptOption,
+    top_k: Annotated[int, typer.Option("--top-k")] = 5,
+    metric: Annotated[str, typer.Option("--metric", help="cosine, dot or l2.")] = "cosine",
+    data: Annotated[Path | None, typer.Option("--data", help="Optional data to measure the fidelity of the reading.")] = None,
+    text_column: Annotated[str, typer.Option("--text-column")] = "text",
+    label_column: Annotated[str | None, typer.Option("--label-column")] = None,
+    task: TaskOption = None,
+    labels: LabelsOption = None,
+    device: DeviceOption = "auto",
+    json_: JsonOption = False,
+    verbose: VerboseOption = False,
+) -> None:
+    """Project each virtual token onto its nearest vocabulary words."""
+    _configure_logging(verbose)
+    from promptaudit.data import encode_labels
+    from promptaudit.projection import format_projection_table, project_prompt
+
+    prompted, soft, _ = _load_prompted(model, prompt, task, labels, device)
+    texts = label_ids = None
+    if data is not None:
+        frame, texts = _load_texts(data, text_column, [label_column] if label_column else [])
+        if label_column:
+            label_ids = encode_labels(frame[label_column], prompted.labels, source=str(data),
+                                      column=label_column)
+    projection = project_prompt(prompted, soft_prompt=soft, top_k=top_k, metric=metric,
+                                texts=texts, label_ids=label_ids)
+    if json_:
+        typer.echo(json.dumps(projection, indent=2, sort_keys=True))
+    else:
+        typer.echo(format_projection_table(projection))
+
+
+@app.command()
+@handle_errors
+def attribute(
+    model: ModelOption,
+    prompt: PromptOption,
+    data: DataOption,
+    text_column: TextColumnOption,
+    method: Annotated[str, typer.Option("--method", help="integrated_gradients, feature_ablation or shapley_sampling.")] = "integrated_gradients",
+    n_steps: Annotated[int, typer.Option("--n-steps")] = 32,
+    baseline: Annotated[str, typer.Option("--baseline", help="pad, zero or mean.")] = "pad",
+    max_examples: Annotated[int, typer.Option("--max-examples")] = 200,
+    target: Annotated[str | None, typer.Option("--target", help="Label to explain (default: the predicted one).")] = None,
+    sensitive_features: Annotated[str | None, typer.Option("--sensitive-features", help="Comma-separated columns for per-group attribution.")] = None,
+    task: TaskOption = None,
+    labels: LabelsOption = None,
+    device: DeviceOption = "auto",
+    json_: JsonOption = False,
+    verbose: VerboseOption = False,
+) -> None:
+    """Attribute predictions to prompt positions and input tokens with Captum."""
+    _configure_logging(verbose)
+    from promptaudit.attribution import attribute_prompt, format_attribution_summary
+
+    features = [f.strip() for f in sensitive_features.split(",")] if sensitive_features else []
+    frame, texts = _load_texts(data, text_column, features)
+    prompted, _, _ = _load_prompted(model, prompt, task, labels, device)
+    attribution = attribute_prompt(
+        prompted, texts, method=method, n_steps=n_steps, baseline=baseline, target=target,
+        max_examples=max_examples, sensitive_features=frame[features] if features else None,
+        progress=True,
+    )
+    if json_:
+        typer.echo(json.dumps(attribution, indent=2, sort_keys=True))
+    else:
+        typer.echo(format_attribution_summary(attribution))
+
+
+@app.command()
+@handle_errors
+def gate(
+    result: Annotated[Path, typer.Argument(help="A result JSON written by `promptaudit run`.")],
+) -> None:
+    """Re-check a result's gates: exit 0 if all pass, 1 if one fails, 2 on bad input."""
+    from promptaudit.gates import evaluate_gates
+    from promptaudit.results import read_result_json
+
+    data = read_result_json(result)
+    gates = evaluate_gates((data.get("audit") or {}).get("spec", {}).get("gates", []), data)
+    for entry in gates:
+        typer.echo(("PASS  " if entry["passed"] else "FAIL  ") + entry["message"])
+    passed = all(entry["passed"] for entry in gates)
+    typer.echo(f"{result}: {'all gates pass' if passed else 'a gate failed'} ({len(gates)} checked)")
+    raise typer.Exit(EXIT_OK if passed else EXIT_GATE_FAILED)
+
+
+# ------------------------------------------------------------------ helpers
+def _print_verdict(result: dict, paths: dict) -> None:
+    for entry in result.get("gates", []):
+        typer.echo(("PASS  " if entry["passed"] else "FAIL  ") + entry["message"])
+    verdict = "PASSED" if result.get("passed") else "FAILED"
+    typer.echo(f"audit {result['audit']['name']}: {verdict}")
+    for kind, path in sorted(paths.items()):
+        typer.echo(f"  {kind}: {path}")
+
+
+def _command_line() -> str:
+    return " ".join(["promptaudit", *sys.argv[1:]])
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,993 @@
+"""Group fairness and counterfactual metrics over predictions (no model code).
+
+:func:`compute_group_fairness` disaggregates predictions by each sensitive feature
+(and their intersection) with fairlearn's :class:`~fairlearn.metrics.MetricFrame`,
+derives disparities, and attaches bootstrap intervals.
+:func:`compute_counterfactual` scores how predictions move when only the identity
+terms of a text change. Both return plain JSON-able dicts (floats, ``None`` for
+undefined values) for the ``fairness`` section of the result JSON.
+
+Definitions
+-----------
+Labels are binarised: ``1`` where the label index equals ``positive_label_index``
+(the favourable outcome), else ``0`` (multi-class: positive vs rest).
+
+Group metrics (per group ``g``): ``count``; ``selection_rate`` P(ŷ=1);
+``accuracy``; ``true_positive_rate`` P(ŷ=1 | y=1); ``false_positive_rate``
+P(ŷ=1 | y=0); ``true_negative_rate``; ``false_negative_rate``; ``mean_score``, the
+mean predicted probability of the positive label. Point values come from fairlearn
+metric functions in a MetricFrame, with one correction: a rate whose denominator
+is empty (TPR/FNR of a group without positive labels, FPR/TNR of a group without
+negative labels) is undefined (``None``), where fairlearn would report ``0``. Such
+groups are left out of the disparities that use the rate, and a warning says so.
+
+Disparities (:data:`DISPARITY_DIRECTIONS`), per feature:
+
+- ``between_groups`` (default): a difference is ``max_g m_g - min_g m_g`` and a
+  ratio ``min_g m_g / max_g m_g``, exactly fairlearn's
+  ``demographic_parity_difference`` / ``_ratio`` (selection rate),
+  ``equal_opportunity_difference`` / ``_ratio`` (TPR), ``equalized_odds_difference``
+  (the larger of the TPR and FPR differences) / ``_ratio`` (the smaller ratio) with
+  ``method="between_groups"``; plus ``accuracy_difference``.
+- a named reference group ``r`` (Aequitas style): a difference is
+  ``max_{g != r} |m_g - m_r|`` and a ratio ``min_{g != r} min(m_g / m_r, m_r / m_g)``
+  (always <= 1). This is not fairlearn's ``method="to_overall"``, which compares
+  against the whole population.
+
+Both are the worst comparison over a set of *pairs* of groups (all pairs, or each
+group against ``r``). A ratio whose two rates are both 0 is 1 (parity); fairlearn
+returns NaN there. When every comparison is undefined the disparity is ``None``.
+
+Uncertainty (``bootstrap`` > 0): resample ``b`` takes the rows
+``numpy.random.default_rng(seed).integers(0, n, size=n)`` (drawn in order,
+``b = 0, 1, ...``), the same rows for every feature. Group-metric intervals are the
+``[(1 - confidence) / 2, 1 - (1 - confidence) / 2]`` quantiles
+(``numpy.nanquantile``, linear) of the resampled group metric, the percentile
+bootstrap that fairlearn's ``MetricFrame(n_boot=, ci_quantiles=)`` computes;
+a group absent from a resample is skipped in that resample, as fairlearn does.
+(fairlearn's own bootstrap costs 45-75 ms per resample and feature here, minutes for
+1000 resamples, so the same statistic is computed with vectorised sums.)
+
+A disparity's interval is built from the pairwise *signed* gaps it is the worst of
+(``m_i - m_j`` for differences; for ratios ``m_i / m_j - 1`` if ``m_i <= m_j``, else
+``1 - m_j / m_i``): each of the ``K`` defined gaps gets a percentile interval
+``[lo_k, hi_k]`` at the Bonferroni level ``1 - (1 - confidence) / K``, and the
+intervals are folded through the absolute value::
+
+    difference: [max_k dist(0, [lo_k, hi_k]), max_k max(|lo_k|, |hi_k|)]
+    ratio:      [1 - max_k max(|lo_k|, |hi_k|), 1 - max_k dist(0, [lo_k, hi_k])]
+
+If all gaps are covered (probability >= ``confidence``), so is the disparity. A
+plain percentile interval of ``max - min`` would never contain 0 (it is >= 0 in
+every resample and biased upwards), so it could not tell "no evidence of
+disparity" from a real one; this interval contains 0 (ratio 1) exactly when every
+pairwise gap's interval does. With many groups the Bonferroni level makes the
+intervals wide; raise ``bootstrap`` for stable tails.
+
+Small groups (``count < min_group_size``) are flagged, never dropped; each feature
+with a small group adds a warning naming the disparities that depend on it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import sklearn.metrics as skm
+from fairlearn.metrics import (
+    MetricFrame,
+    count,
+    false_negative_rate,
+    false_positive_rate,
+    selection_rate,
+    true_negative_rate,
+    true_positive_rate,
+)
+from scipy import sparse
+
+from promptaudit.errors import InputError
+
+__all__ = [
+    "ALL_METRICS",
+    "BETWEEN_GROUPS",
+    "DISPARITY_DIRECTIONS",
+    "INTERSECTION_SEPARATOR",
+    "LABEL_METRICS",
+    "compute_counterfactual",
+    "compute_group_fairness",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Group metrics that can be selected with ``metrics=`` (``count`` is always reported).
+ALL_METRICS = (
+    "selection_rate",
+    "accuracy",
+    "true_positive_rate",
+    "false_positive_rate",
+    "true_negative_rate",
+    "false_negative_rate",
+    "mean_score",
+)
+#: Metrics that need true labels.
+LABEL_METRICS = frozenset(
+    {
+        "accuracy",
+        "true_positive_rate",
+        "false_positive_rate",
+        "true_negative_rate",
+        "false_negative_rate",
+    }
+)
+#: ``reference_group`` value meaning "compare every pair of groups".
+BETWEEN_GROUPS = "between_groups"
+#: Joins feature names and group names of the intersection ("female & Black").
+INTERSECTION_SEPARATOR = " & "
+
+#: Disparity name -> whether lower or higher values are fairer.
+DISPARITY_DIRECTIONS = {
+    "demographic_parity_difference": "lower_is_better",
+    "demographic_parity_ratio": "higher_is_better",
+    "equalized_odds_difference": "lower_is_better",
+    "equalized_odds_ratio": "higher_is_better",
+    "equal_opportunity_difference": "lower_is_better",
+    "equal_opportunity_ratio": "higher_is_better",
+    "accuracy_difference": "lower_is_better",
+}
+
+ERR_EMPTY = "y_pred is empty; fairness metrics need at least one prediction"
+ERR_SHAPE = "{name} must be one-dimensional with shape (n,); got shape {shape}"
+ERR_LENGTH = "{name} has {got} rows but {reference} has {expected}; they must have one row each"
+ERR_LABEL_VALUE = "{name} must hold integer label indices; got {value!r} at row {row}"
+ERR_SCORE_VALUE = "{name} must hold probabilities in [0, 1]; got {value!r} at row {row}"
+ERR_NO_FEATURES = "sensitive_features has no columns; pass a DataFrame with one column per feature"
+ERR_COLUMN = "sensitive feature column {column!r} not found; available columns: {available}"
+ERR_MISSING = (
+    "sensitive feature column {column!r} has a missing value at row {row}; "
+    "every row needs a group (NaN, None and empty strings are not allowed)"
+)
+ERR_ONE_GROUP = (
+    "sensitive feature column {column!r} has only one group ({group!r}); "
+    "a fairness comparison needs at least two groups"
+)
+ERR_METRIC = "unknown fairness metric {name!r}; allowed: {allowed}"
+ERR_REFERENCE = (
+    "reference group {group!r} is not a group of sensitive feature {column!r}; groups: {groups}"
+)
+ERR_REFERENCE_FEATURE = (
+    "reference_group names feature {column!r}, which is not a sensitive feature; "
+    "sensitive features: {features}"
+)
+ERR_CONFIDENCE = "confidence must be a number strictly between 0 and 1; got {value!r}"
+ERR_BOOTSTRAP = "bootstrap must be a non-negative integer (0 disables intervals); got {value!r}"
+ERR_MIN_GROUP = "min_group_size must be a non-negative integer; got {value!r}"
+ERR_POSITIVE_INDEX = "positive_label_index must be a non-negative integer; got {value!r}"
+ERR_TUPLE_MISSING = "tuple_ids has a missing value at row {row}; every row needs a tuple id"
+
+# Bootstrap sums per group: resampled weights of these per-row columns.
+_SUMS = ("n", "pred", "true", "tp", "correct", "score")
+# Keep (chunk of resamples) x n weights under this many entries.
+_CHUNK_ENTRIES = 4_000_000
+
+
+@dataclass(frozen=True)
+class _Disparity:
+    kind: str  # "difference" or "ratio"
+    metrics: tuple[str, ...]
+    needs_labels: bool
+
+
+_DISPARITIES = {
+    "demographic_parity_difference": _Disparity("difference", ("selection_rate",), False),
+    "demographic_parity_ratio": _Disparity("ratio", ("selection_rate",), False),
+    "equalized_odds_difference": _Disparity(
+        "difference", ("true_positive_rate", "false_positive_rate"), True
+    ),
+    "equalized_odds_ratio": _Disparity(
+        "ratio", ("true_positive_rate", "false_positive_rate"), True
+    ),
+    "equal_opportunity_difference": _Disparity("difference", ("true_positive_rate",), True),
+    "equal_opportunity_ratio": _Disparity("ratio", ("true_positive_rate",), True),
+    "accuracy_difference": _Disparity("difference", ("accuracy",), True),
+}
+
+
+@dataclass(frozen=True)
+class _View:
+    """One way of grouping the rows: a sensitive feature or the intersection."""
+
+    label: str
+    groups: tuple[str, ...]  # (G,) sorted group names
+    codes: np.ndarray  # (n,) int index into groups
+    reference: str | None  # None = between groups
+
+
+def compute_group_fairness(
+    y_pred: Any,
+    *,
+    sensitive_features: pd.DataFrame,
+    y_true: Any | None = None,
+    y_score: Any | None = None,
+    positive_label_index: int = 1,
+    metrics: Sequence[str] = ALL_METRICS,
+    features: Sequence[str] | None = None,
+    reference_group: str | Mapping[str, str] | None = None,
+    bootstrap: int = 1000,
+    confidence: float = 0.95,
+    min_group_size: int = 30,
+    intersection: bool = True,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Group metrics, disparities and bootstrap intervals per sensitive feature.
+
+    Parameters
+    ----------
+    y_pred : array-like of int
+        ``(n,)`` predicted label indices.
+    sensitive_features : pandas.DataFrame
+        ``(n, n_features)`` one column per sensitive feature; values are groups
+        (compared as ``str``). Missing values are an error.
+    y_true : array-like of int, optional
+        ``(n,)`` true label indices. Without it only ``selection_rate`` and
+        ``mean_score`` are computed, and only demographic-parity disparities.
+    y_score : array-like of float, optional
+        ``(n,)`` predicted probability of the positive label (for ``mean_score``).
+    positive_label_index : int
+        Label index of the favourable outcome; other indices count as negative.
+    metrics : sequence of str
+        Group metrics to report, from :data:`ALL_METRICS` (``count`` always is).
+        Metrics whose inputs are missing are skipped with a warning. Disparities
+        do not depend on this choice.
+    features : sequence of str, optional
+        Columns of ``sensitive_features`` to audit; default all, in column order.
+    reference_group : str or mapping, optional
+        ``None`` compares all pairs of groups (``"between_groups"``). A string is
+        the reference group of every feature (it must be a group of each); a
+        mapping ``{feature: group}`` sets it per feature (others: between groups).
+        The intersection uses ``" & ".join`` of the per-feature references when
+        every feature has one, else between groups.
+    bootstrap : int
+        Number of bootstrap resamples; 0 disables intervals (``None``).
+    confidence : float
+        Coverage of the intervals, in (0, 1).
+    min_group_size : int
+        Groups with fewer rows are flagged ``small`` and produce warnings.
+    intersection : bool
+        Also audit the intersection of all features (when there are two or more).
+    seed : int
+        Seed of the bootstrap generator.
+
+    Returns
+    -------
+    dict
+        ``sensitive_features``, ``positive_label_index``, ``reference_group``,
+        ``confidence``, ``bootstrap``, ``min_group_size``, ``metrics``,
+        ``by_feature`` (feature -> entry), ``intersection`` (an entry or ``None``),
+        ``disparities`` / ``disparity_intervals`` / ``worst_feature`` (worst over the
+        features, not the intersection: largest difference, smallest ratio) and
+        ``warnings``. An entry holds ``feature``, ``reference_group``, ``by_group``
+        (group -> ``count``, ``small``, metrics), ``intervals`` (group -> metric ->
+        ``[lo, hi]``), ``disparities``, ``disparity_intervals`` and ``small_groups``.
+
+    Raises
+    ------
+    InputError
+        Empty input, lengths that differ, a missing column, a missing group value,
+        a feature with one group, an unknown metric, or a bad option.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> result = compute_group_fairness(
+    ...     [1, 0, 1, 1], sensitive_features=pd.DataFrame({"g": ["a", "a", "b", "b"]}),
+    ...     bootstrap=0, min_group_size=1)
+    >>> result["disparities"]["demographic_parity_difference"]
+    0.5
+    """
+    _check_options(positive_label_index, bootstrap, confidence, min_group_size)
+    pred = _as_labels(y_pred, "y_pred")
+    n = len(pred)
+    if n == 0:
+        raise InputError(ERR_EMPTY)
+    true = None if y_true is None else _as_labels(y_true, "y_true", expected=n)
+    score = None if y_score is None else _as_scores(y_score, "y_score", expected=n)
+    columns = _sensitive_columns(sensitive_features, features, n)
+    selected, notes = _select_metrics(
+        metrics, has_labels=true is not None, has_scores=score is not None
+    )
+    references = _references(reference_group, columns)
+
+    pred_bin = (pred == positive_label_index).astype(np.int64)
+    true_bin = None if true is None else (true == positive_label_index).astype(np.int64)
+    views = [_make_view(name, values, references.get(name)) for name, values in columns.items()]
+    if intersection and len(columns) > 1:
+        label = INTERSECTION_SEPARATOR.join(columns)
+        combined = _combine(list(columns.values()))
+        joint_reference = None
+        if all(references.get(name) for name in columns):
+            joint_reference = INTERSECTION_SEPARATOR.join(references[name] for name in columns)
+            if joint_reference not in set(combined):
+                joint_reference = None
+        views.append(_make_view(label, combined, joint_reference))
+
+    disparity_names = [
+        name for name, spec in _DISPARITIES.items() if true_bin is not None or not spec.needs_labels
+    ]
+    samples = None
+    if bootstrap > 0:
+        samples = _bootstrap_group_metrics(
+            views, pred_bin, true_bin, score, bootstrap=bootstrap, seed=seed
+        )
+    entries = []
+    warnings_out = list(notes)
+    for index, view in enumerate(views):
+        table = _group_table(view, pred_bin, true_bin, score)
+        entry, view_warnings = _view_entry(
+            view,
+            table,
+            selected=selected,
+            disparity_names=disparity_names,
+            samples=None if samples is None else samples[index],
+            confidence=confidence,
+            min_group_size=min_group_size,
+        )
+        entries.append(entry)
+        warnings_out.extend(view_warnings)
+
+    by_feature = {entry["feature"]: entry for entry in entries[: len(columns)]}
+    worst, worst_intervals, worst_feature = _worst_over_features(
+        by_feature, disparity_names, bootstrap
+    )
+    for message in warnings_out:
+        logger.info("fairness: %s", message)
+    return {
+        "sensitive_features": list(columns),
+        "positive_label_index": int(positive_label_index),
+        "reference_group": _reference_summary(reference_group),
+        "confidence": float(confidence),
+        "bootstrap": int(bootstrap),
+        "min_group_size": int(min_group_size),
+        "metrics": list(selected),
+        "by_feature": by_feature,
+        "intersection": entries[len(columns)] if len(entries) > len(columns) else None,
+        "disparities": worst,
+        "disparity_intervals": worst_intervals,
+        "worst_feature": worst_feature,
+        "warnings": warnings_out,
+    }
+
+
+def compute_counterfactual(
+    tuple_ids: Any,
+    y_pred: Any,
+    y_score: Any | None = None,
+    *,
+    groups: Any | None = None,
+) -> dict[str, Any]:
+    """How predictions change across counterfactual tuples.
+
+    Rows sharing a tuple id form one tuple: an original text and its variants
+    that differ only in identity terms. The **first row of each tuple in input
+    order is its reference** (:func:`promptaudit.corpora.make_counterfactuals` puts
+    the original first). Tuples with a single row are ignored.
+
+    Definitions, over tuples with two or more rows:
+
+    - ``flip_rate``: share of tuples whose predicted labels are not all equal.
+    - ``mean_abs_delta``: mean over tuples of ``max - min`` of ``y_score`` in the tuple.
+    - ``n_tuples``: number of such tuples.
+    - ``by_group[g]``, over the non-reference rows whose group is ``g`` (text
+      rewritten *into* ``g``): ``count`` rows, ``flip_rate`` = share whose prediction
+      differs from their tuple's reference row, ``mean_abs_delta`` = mean
+      ``|score - reference score|``.
+
+    Parameters
+    ----------
+    tuple_ids : array-like
+        ``(n,)`` tuple id per row (any hashable values; missing values are an error).
+    y_pred : array-like of int
+        ``(n,)`` predicted label indices.
+    y_score : array-like of float, optional
+        ``(n,)`` probability of the positive label; without it the deltas are ``None``.
+    groups : array-like, optional
+        ``(n,)`` group each row expresses; without it ``by_group`` is empty.
+
+    Returns
+    -------
+    dict
+        ``{"flip_rate", "mean_abs_delta", "n_tuples", "by_group": {g: {"flip_rate",
+        "mean_abs_delta", "count"}}}``; rates are ``None`` when there is no tuple.
+
+    Examples
+    --------
+    >>> compute_counterfactual([0, 0, 1, 1], [1, 0, 1, 1], [0.9, 0.4, 0.8, 0.7])["flip_rate"]
+    0.5
+    """
+    pred = _as_labels(y_pred, "y_pred")
+    n = len(pred)
+    ids = _as_1d(tuple_ids, "tuple_ids", expected=n, reference="y_pred")
+    score = None if y_score is None else _as_scores(y_score, "y_score", expected=n)
+    group_values = (
+        None if groups is None else _as_1d(groups, "groups", expected=n, reference="y_pred")
+    )
+    missing = pd.isna(pd.Series(ids, dtype=object)).to_numpy()
+    if missing.any():
+        raise InputError(ERR_TUPLE_MISSING.format(row=int(np.flatnonzero(missing)[0])))
+
+    codes, _ = pd.factorize(pd.Series(ids, dtype=object), sort=False)
+    sizes = np.bincount(codes)
+    keep = sizes >= 2
+    first = np.full(len(sizes), n, dtype=np.int64)
+    np.minimum.at(first, codes, np.arange(n))
+    in_tuple = keep[codes]
+    n_tuples = int(keep.sum())
+    if n_tuples < len(sizes):
+        logger.info("counterfactual: ignored %d tuple ids with a single row", len(sizes) - n_tuples)
+
+    pred_min = np.full(len(sizes), np.iinfo(np.int64).max)
+    pred_max = np.full(len(sizes), np.iinfo(np.int64).min)
+    np.minimum.at(pred_min, codes, pred)
+    np.maximum.at(pred_max, codes, pred)
+    flip_rate = _mean_or_none((pred_min != pred_max)[keep])
+    mean_abs_delta = None
+    if score is not None:
+        score_min = np.full(len(sizes), np.inf)
+        score_max = np.full(len(sizes), -np.inf)
+        np.minimum.at(score_min, codes, score)
+        np.maximum.at(score_max, codes, score)
+        mean_abs_delta = _mean_or_none((score_max - score_min)[keep])
+
+    by_group: dict[str, dict[str, Any]] = {}
+    if group_values is not None:
+        reference_row = first[codes]
+        variant = in_tuple & (np.arange(n) != reference_row)
+        names = np.array([str(value) for value in group_values], dtype=object)
+        flipped = pred != pred[reference_row]
+        delta = None if score is None else np.abs(score - score[reference_row])
+        for group in sorted(set(names[variant])):
+            rows = variant & (names == group)
+            by_group[group] = {
+                "flip_rate": _mean_or_none(flipped[rows]),
+                "mean_abs_delta": None if delta is None else _mean_or_none(delta[rows]),
+                "count": int(rows.sum()),
+            }
+    return {
+        "flip_rate": flip_rate,
+        "mean_abs_delta": mean_abs_delta,
+        "n_tuples": n_tuples,
+        "by_group": by_group,
+    }
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def _check_options(
+    positive_label_index: int, bootstrap: int, confidence: float, min_group_size: int
+) -> None:
+    if not _is_int(positive_label_index) or positive_label_index < 0:
+        raise InputError(ERR_POSITIVE_INDEX.format(value=positive_label_index))
+    if not _is_int(bootstrap) or bootstrap < 0:
+        raise InputError(ERR_BOOTSTRAP.format(value=bootstrap))
+    if (
+        isinstance(confidence, bool)
+        or not isinstance(confidence, int | float)
+        or not 0 < confidence < 1
+    ):
+        raise InputError(ERR_CONFIDENCE.format(value=confidence))
+    if not _is_int(min_group_size) or min_group_size < 0:
+        raise InputError(ERR_MIN_GROUP.format(value=min_group_size))
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
+def _as_1d(
+    values: Any, name: str, *, expected: int | None = None, reference: str = "y_pred"
+) -> np.ndarray:
+    array = np.asarray(values.to_numpy() if isinstance(values, pd.Series | pd.Index) else values)
+    if array.ndim != 1:
+        raise InputError(ERR_SHAPE.format(name=name, shape=array.shape))
+    if expected is not None and len(array) != expected:
+        raise InputError(
+            ERR_LENGTH.format(name=name, got=len(array), reference=reference, expected=expected)
+        )
+    return array
+
+
+def _as_labels(values: Any, name: str, *, expected: int | None = None) -> np.ndarray:
+    """``(n,)`` int64 label indices; floats must be whole numbers."""
+    array = _as_1d(values, name, expected=expected)
+    if array.dtype.kind in "iu":
+        return array.astype(np.int64)
+    for row, value in enumerate(array.tolist()):
+        ok = isinstance(value, int | float | np.integer | np.floating) and not isinstance(
+            value, bool
+        )
+        if not ok or not math.isfinite(value) or float(value) != int(value):
+            raise InputError(ERR_LABEL_VALUE.format(name=name, value=value, row=row))
+    return array.astype(np.int64)
+
+
+def _as_scores(values: Any, name: str, *, expected: int) -> np.ndarray:
+    """``(n,)`` float64 probabilities in [0, 1]."""
+    array = _as_1d(values, name, expected=expected)
+    try:
+        scores = array.astype(np.float64)
+    except (TypeError, ValueError):
+        scores = None
+    if scores is None:
+        for row, value in enumerate(array.tolist()):
+            try:
+                float(value)
+            except (TypeError, ValueError):
+                raise InputError(ERR_SCORE_VALUE.format(name=name, value=value, row=row)) from None
+        scores = array.astype(np.float64)
+    bad = ~np.isfinite(scores) | (scores < 0) | (scores > 1)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise InputError(ERR_SCORE_VALUE.format(name=name, value=array[row].item(), row=row))
+    return scores
+
+
+def _sensitive_columns(
+    frame: pd.DataFrame, features: Sequence[str] | None, n: int
+) -> dict[str, np.ndarray]:
+    """Feature -> ``(n,)`` object array of group names (str), validated."""
+    if isinstance(frame, pd.Series):
+        frame = frame.to_frame()
+    names = [str(c) for c in frame.columns] if features is None else [str(f) for f in features]
+    if not names:
+        raise InputError(ERR_NO_FEATURES)
+    if len(frame) != n:
+        raise InputError(
+            ERR_LENGTH.format(
+                name="sensitive_features", got=len(frame), reference="y_pred", expected=n
+            )
+        )
+    available = {str(c): c for c in frame.columns}
+    out: dict[str, np.ndarray] = {}
+    for name in names:
+        if name not in available:
+            listed = ", ".join(available) or "none"
+            raise InputError(ERR_COLUMN.format(column=name, available=listed))
+        raw = frame[available[name]].tolist()
+        values = np.empty(n, dtype=object)
+        for row, value in enumerate(raw):
+            if (
+                value is None
+                or (isinstance(value, float) and math.isnan(value))
+                or pd.isna(value) is True
+            ):
+                raise InputError(ERR_MISSING.format(column=name, row=row))
+            text = str(value).strip()
+            if not text:
+                raise InputError(ERR_MISSING.format(column=name, row=row))
+            values[row] = text
+        unique = sorted(set(values))
+        if len(unique) < 2:
+            raise InputError(ERR_ONE_GROUP.format(column=name, group=unique[0]))
+        out[name] = values
+    return out
+
+
+def _select_metrics(
+    metrics: Sequence[str], *, has_labels: bool, has_scores: bool
+) -> tuple[tuple[str, ...], list[str]]:
+    """Validate ``metrics``; drop (with a note) those whose inputs are missing."""
+    if isinstance(metrics, str):
+        metrics = [metrics]
+    for name in metrics:
+        if name not in ALL_METRICS:
+            raise InputError(ERR_METRIC.format(name=name, allowed=", ".join(ALL_METRICS)))
+    chosen = list(dict.fromkeys(metrics))
+    notes = []
+    unlabelled = [m for m in chosen if m in LABEL_METRICS and not has_labels]
+    if unlabelled:
+        notes.append(
+            "no true labels were given, so " + ", ".join(unlabelled) + " and the label-based "
+            "disparities (equalized odds, equal opportunity, accuracy difference) are not computed"
+        )
+    if "mean_score" in chosen and not has_scores:
+        notes.append("no predicted probabilities were given, so mean_score is not computed")
+    kept = tuple(
+        m
+        for m in chosen
+        if (has_labels or m not in LABEL_METRICS) and (has_scores or m != "mean_score")
+    )
+    return kept, notes
+
+
+def _references(
+    reference_group: str | Mapping[str, str] | None, columns: Mapping[str, np.ndarray]
+) -> dict[str, str]:
+    """Feature -> reference group, validated against the groups of each feature."""
+    if reference_group is None or reference_group == BETWEEN_GROUPS:
+        return {}
+    if isinstance(reference_group, Mapping):
+        wanted = {str(k): str(v) for k, v in reference_group.items()}
+        for feature in wanted:
+            if feature not in columns:
+                raise InputError(
+                    ERR_REFERENCE_FEATURE.format(column=feature, features=", ".join(columns))
+                )
+    else:
+        wanted = {feature: str(reference_group) for feature in columns}
+    for feature, group in wanted.items():
+        groups = sorted(set(columns[feature]))
+        if group not in groups:
+            raise InputError(
+                ERR_REFERENCE.format(group=group, column=feature, groups=", ".join(groups))
+            )
+    return wanted
+
+
+def _reference_summary(reference_group: str | Mapping[str, str] | None) -> str | dict[str, str]:
+    if reference_group is None:
+        return BETWEEN_GROUPS
+    if isinstance(reference_group, Mapping):
+        return {str(k): str(v) for k, v in reference_group.items()}
+    return str(reference_group)
+
+
+def _combine(columns: list[np.ndarray]) -> np.ndarray:
+    joined = [INTERSECTION_SEPARATOR.join(parts) for parts in zip(*columns, strict=True)]
+    return np.array(joined, dtype=object)
+
+
+def _make_view(label: str, values: np.ndarray, reference: str | None) -> _View:
+    groups = tuple(sorted(set(values)))
+    index = {group: i for i, group in enumerate(groups)}
+    codes = np.fromiter((index[v] for v in values), dtype=np.int64, count=len(values))
+    return _View(label=label, groups=groups, codes=codes, reference=reference)
+
+
+# ------------------------------------------------------------------- group metrics
+
+
+def _mean_score(y_true: Any, y_pred: Any, *, y_score: Any) -> float:
+    """Mean predicted probability of the positive label (a MetricFrame metric)."""
+    return float(np.mean(y_score))
+
+
+def _group_table(
+    view: _View, pred_bin: np.ndarray, true_bin: np.ndarray | None, score: np.ndarray | None
+) -> pd.DataFrame:
+    """``(G, n_metrics)`` group metrics from a fairlearn MetricFrame, undefined rates NaN."""
+    functions: dict[str, Any] = {
+        "count": count,
+        "selection_rate": partial(selection_rate, pos_label=1),
+    }
+    sample_params: dict[str, dict[str, np.ndarray]] = {}
+    if true_bin is not None:
+        functions.update(
+            accuracy=skm.accuracy_score,
+            true_positive_rate=partial(true_positive_rate, pos_label=1),
+            false_positive_rate=partial(false_positive_rate, pos_label=1),
+            true_negative_rate=partial(true_negative_rate, pos_label=1),
+            false_negative_rate=partial(false_negative_rate, pos_label=1),
+        )
+    if score is not None:
+        functions["mean_score"] = _mean_score
+        sample_params["mean_score"] = {"y_score": score}
+    groups = pd.Series(
+        np.asarray(view.groups, dtype=object)[view.codes], name=view.label, dtype=object
+    )
+    frame = MetricFrame(
+        metrics=functions,
+        y_true=pred_bin if true_bin is None else true_bin,
+        y_pred=pred_bin,
+        sensitive_features=groups,
+        sample_params=sample_params or None,
+    )
+    table = frame.by_group.astype(float)
+    table.index = [str(g) for g in table.index]
+    table = table.reindex(list(view.groups))
+    if true_bin is not None:
+        positives = np.bincount(view.codes, weights=true_bin, minlength=len(view.groups))
+        negatives = table["count"].to_numpy() - positives
+        table.loc[positives == 0, ["true_positive_rate", "false_negative_rate"]] = np.nan
+        table.loc[negatives == 0, ["false_positive_rate", "true_negative_rate"]] = np.nan
+    return table
+
+
+def _rates_from_sums(sums: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Group metrics from (weighted) sums; each array ``(..., G)``; empty denominators NaN."""
+    n, pred, true, tp, correct, score = (sums[k] for k in _SUMS)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        negatives = n - true
+        fp = pred - tp
+        rates = {
+            "selection_rate": np.where(n > 0, pred / n, np.nan),
+            "accuracy": np.where(n > 0, correct / n, np.nan),
+            "true_positive_rate": np.where(true > 0, tp / true, np.nan),
+            "false_negative_rate": np.where(true > 0, (true - tp) / true, np.nan),
+            "false_positive_rate": np.where(negatives > 0, fp / negatives, np.nan),
+            "true_negative_rate": np.where(negatives > 0, (negatives - fp) / negatives, np.nan),
+            "mean_score": np.where(n > 0, score / n, np.nan),
+        }
+    return rates
+
+
+def _bootstrap_group_metrics(
+    views: Sequence[_View],
+    pred_bin: np.ndarray,
+    true_bin: np.ndarray | None,
+    score: np.ndarray | None,
+    *,
+    bootstrap: int,
+    seed: int,
+) -> list[dict[str, np.ndarray]]:
+    """Per view: metric -> ``(bootstrap, G)`` resampled group metrics.
+
+    Resample ``b`` uses rows ``rng.integers(0, n, size=n)`` of
+    ``rng = numpy.random.default_rng(seed)``; group sums are the row multiplicities
+    times per-row columns, computed for a chunk of resamples with one sparse product.
+    """
+    n = len(pred_bin)
+    true_col = np.zeros(n) if true_bin is None else true_bin.astype(float)
+    score_col = np.zeros(n) if score is None else score
+    per_row = {
+        "n": np.ones(n),
+        "pred": pred_bin.astype(float),
+        "true": true_col,
+        "tp": pred_bin * true_col,
+        "correct": (pred_bin == true_col).astype(float),
+        "score": score_col,
+    }
+    # Sparse (n, sum over views of len(_SUMS) * G) design: entry (i, offset + s * G + code_i).
+    blocks, offsets = [], []
+    offset = 0
+    for view in views:
+        n_groups = len(view.groups)
+        for s, name in enumerate(_SUMS):
+            blocks.append((per_row[name], offset + s * n_groups + view.codes))
+        offsets.append(offset)
+        offset += len(_SUMS) * n_groups
+    data = np.concatenate([b[0] for b in blocks])
+    cols = np.concatenate([b[1] for b in blocks])
+    rows = np.tile(np.arange(n), len(blocks))
+    design_t = sparse.csr_matrix((data, (cols, rows)), shape=(offset, n))
+
+    rng = np.random.default_rng(seed)
+    totals = np.empty((bootstrap, offset))
+    chunk = max(1, min(bootstrap, _CHUNK_ENTRIES // n))
+    for start in range(0, bootstrap, chunk):
+        stop = min(bootstrap, start + chunk)
+        weights = np.empty((stop - start, n))
+        for b in range(stop - start):
+            weights[b] = np.bincount(rng.integers(0, n, size=n), minlength=n)
+        totals[start:stop] = (design_t @ weights.T).T
+
+    out = []
+    for view, start in zip(views, offsets, strict=True):
+        n_groups = len(view.groups)
+        sums = {
+            name: totals[:, start + s * n_groups : start + (s + 1) * n_groups]
+            for s, name in enumerate(_SUMS)
+        }
+        out.append(_rates_from_sums(sums))
+    return out
+
+
+# ------------------------------------------------------------------- disparities
+
+
+def _pairs(groups: Sequence[str], reference: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """Index arrays ``(i, j)`` of the compared pairs: all ``i < j`` or each group vs reference."""
+    if reference is None:
+        first, second = np.triu_indices(len(groups), k=1)
+        return first, second
+    ref = list(groups).index(reference)
+    others = np.array([g for g in range(len(groups)) if g != ref], dtype=np.int64)
+    return others, np.full(len(others), ref, dtype=np.int64)
+
+
+def _signed_gaps(values: np.ndarray, pairs: tuple[np.ndarray, np.ndarray], kind: str) -> np.ndarray:
+    """``(..., K)`` signed gaps of ``values (..., G)`` over pairs; 0 is parity.
+
+    Difference: ``m_i - m_j``. Ratio: ``m_i / m_j - 1`` if ``m_i <= m_j`` else
+    ``1 - m_j / m_i`` (so ``1 - |gap|`` is the ratio, <= 1); both 0 gives 0.
+    """
+    a = values[..., pairs[0]]
+    b = values[..., pairs[1]]
+    if kind == "difference":
+        return a - b
+    with np.errstate(divide="ignore", invalid="ignore"):
+        gap = np.where(a <= b, a / b - 1.0, 1.0 - b / a)
+    gap = np.where((a == 0) & (b == 0), 0.0, gap)
+    return np.where(np.isnan(a) | np.isnan(b), np.nan, gap)
+
+
+def _disparity_gaps(rates: Mapping[str, np.ndarray], view: _View, spec: _Disparity) -> np.ndarray:
+    """``(..., K)`` signed gaps of all metrics of a disparity, pairs concatenated."""
+    pairs = _pairs(view.groups, view.reference)
+    return np.concatenate([_signed_gaps(rates[m], pairs, spec.kind) for m in spec.metrics], axis=-1)
+
+
+def _fold(gaps: np.ndarray, kind: str) -> float:
+    """Worst absolute gap as a disparity value (NaN when no gap is defined)."""
+    defined = gaps[~np.isnan(gaps)]
+    if defined.size == 0:
+        return math.nan
+    worst = float(np.max(np.abs(defined)))
+    return worst if kind == "difference" else 1.0 - worst
+
+
+def _fold_interval(
+    point_gaps: np.ndarray, sampled_gaps: np.ndarray, kind: str, confidence: float
+) -> list[float] | None:
+    """Disparity interval from pairwise signed percentile intervals (Bonferroni), folded."""
+    usable = ~np.isnan(point_gaps) & ~np.all(np.isnan(sampled_gaps), axis=0)
+    if not usable.any():
+        return None
+    alpha = (1.0 - confidence) / int(usable.sum())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        low, high = np.nanquantile(sampled_gaps[:, usable], [alpha / 2, 1 - alpha / 2], axis=0)
+    near = np.where((low <= 0) & (high >= 0), 0.0, np.minimum(np.abs(low), np.abs(high)))
+    far = np.maximum(np.abs(low), np.abs(high))
+    if kind == "difference":
+        return [float(np.max(near)), float(np.max(far))]
+    return [1.0 - float(np.max(far)), 1.0 - float(np.max(near))]
+
+
+# ------------------------------------------------------------------- assembling
+
+
+def _view_entry(
+    view: _View,
+    table: pd.DataFrame,
+    *,
+    selected: Sequence[str],
+    disparity_names: Sequence[str],
+    samples: Mapping[str, np.ndarray] | None,
+    confidence: float,
+    min_group_size: int,
+) -> tuple[dict[str, Any], list[str]]:
+    """The JSON entry of one feature (or the intersection) and its warnings."""
+    counts = table["count"].to_numpy().astype(np.int64)
+    small = counts < min_group_size
+    by_group: dict[str, dict[str, Any]] = {}
+    for g, group in enumerate(view.groups):
+        row: dict[str, Any] = {"count": int(counts[g]), "small": bool(small[g])}
+        row.update({m: _clean(table.at[group, m]) for m in selected})
+        by_group[group] = row
+
+    point_rates = {m: table[m].to_numpy(dtype=float) for m in table.columns if m != "count"}
+    disparities: dict[str, float | None] = {}
+    disparity_intervals: dict[str, list[float] | None] | None = None if samples is None else {}
+    dependent: list[str] = []
+    for name in disparity_names:
+        spec = _DISPARITIES[name]
+        gaps = _disparity_gaps(point_rates, view, spec)
+        disparities[name] = _clean(_fold(gaps, spec.kind))
+        if disparity_intervals is not None and samples is not None:
+            interval = _fold_interval(
+                gaps, _disparity_gaps(samples, view, spec), spec.kind, confidence
+            )
+            disparity_intervals[name] = None if interval is None else [_clean(v) for v in interval]
+        if _uses_small_group(point_rates, view, spec, small):
+            dependent.append(name)
+
+    intervals = None
+    if samples is not None:
+        intervals = _group_intervals(view, samples, selected, confidence)
+    warnings_out = _view_warnings(view, table, small, dependent, min_group_size)
+    entry = {
+        "feature": view.label,
+        "reference_group": view.reference or BETWEEN_GROUPS,
+        "by_group": by_group,
+        "intervals": intervals,
+        "disparities": disparities,
+        "disparity_intervals": disparity_intervals,
+        "small_groups": [g for g, flag in zip(view.groups, small, strict=True) if flag],
+    }
+    return entry, warnings_out
+
+
+def _group_intervals(
+    view: _View, samples: Mapping[str, np.ndarray], selected: Sequence[str], confidence: float
+) -> dict[str, dict[str, list[float] | None]]:
+    tail = (1.0 - confidence) / 2
+    out: dict[str, dict[str, list[float] | None]] = {group: {} for group in view.groups}
+    for metric in selected:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            low, high = np.nanquantile(samples[metric], [tail, 1 - tail], axis=0)
+        for g, group in enumerate(view.groups):
+            pair = [_clean(low[g]), _clean(high[g])]
+            out[group][metric] = None if None in pair else pair
+    return out
+
+
+def _uses_small_group(
+    rates: Mapping[str, np.ndarray], view: _View, spec: _Disparity, small: np.ndarray
+) -> bool:
+    """Whether a small group enters a defined comparison of the disparity."""
+    first, second = _pairs(view.groups, view.reference)
+    for metric in spec.metrics:
+        gaps = _signed_gaps(rates[metric], (first, second), spec.kind)
+        defined = ~np.isnan(gaps)
+        if np.any(defined & (small[first] | small[second])):
+            return True
+    return False
+
+
+def _view_warnings(
+    view: _View,
+    table: pd.DataFrame,
+    small: np.ndarray,
+    dependent: Sequence[str],
+    min_group_size: int,
+) -> list[str]:
+    out = []
+    if small.any():
+        listed = ", ".join(
+            f"{group!r} ({int(table.at[group, 'count'])})"
+            for group, flag in zip(view.groups, small, strict=True)
+            if flag
+        )
+        message = f"{view.label}: groups smaller than min_group_size {min_group_size}: {listed}"
+        if dependent:
+            message += "; " + ", ".join(dependent) + " depend on them and may be unreliable"
+        out.append(message)
+    for rate, other, what in (
+        ("true_positive_rate", "false_negative_rate", "positive"),
+        ("false_positive_rate", "true_negative_rate", "negative"),
+    ):
+        if rate not in table.columns:
+            continue
+        for group in table.index[table[rate].isna() & (table["count"] > 0)]:
+            out.append(
+                f"{view.label}: group {group!r} has no examples with a {what} true label, so its "
+                f"{rate} and {other} are undefined (null) and left out of the disparities"
+            )
+    return out
+
+
+def _worst_over_features(
+    by_feature: Mapping[str, Mapping[str, Any]], disparity_names: Sequence[str], bootstrap: int
+) -> tuple[dict[str, float | None], dict[str, list[float] | None] | None, dict[str, str | None]]:
+    """Largest difference / smallest ratio over features, its interval and feature."""
+    worst: dict[str, float | None] = {}
+    intervals: dict[str, list[float] | None] = {}
+    features: dict[str, str | None] = {}
+    for name in disparity_names:
+        higher_is_better = DISPARITY_DIRECTIONS[name] == "higher_is_better"
+        best_feature, best_value = None, None
+        for feature, entry in by_feature.items():
+            value = entry["disparities"][name]
+            if value is None:
+                continue
+            if best_value is None or (
+                value < best_value if higher_is_better else value > best_value
+            ):
+                best_feature, best_value = feature, value
+        worst[name] = best_value
+        features[name] = best_feature
+        entry_intervals = (
+            None if best_feature is None else by_feature[best_feature]["disparity_intervals"]
+        )
+        intervals[name] = None if entry_intervals is None else entry_intervals[name]
+    return worst, (intervals if bootstrap > 0 else None), features
+
+
+def _clean(value: Any) -> float | None:
+    """A JSON-able float; NaN and infinities become None."""
+    if value is None:
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+def _mean_or_none(values: np.ndarray) -> float | None:
+    return float(np.mean(values)) if len(values) else None

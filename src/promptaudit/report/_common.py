@@ -1,0 +1,426 @@
+"""Formatting and plain-language summary shared by the HTML, Markdown and JUnit writers.
+
+Everything here reads the result JSON dict (``schema_version`` ``"1"``) defensively:
+a missing key, ``None`` or a non-finite number is "not computed" and formats as
+``"n/a"``; nothing raises on a partial result.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+__all__ = [
+    "NA",
+    "DISPARITY_LABELS",
+    "GROUP_METRIC_LABELS",
+    "as_float",
+    "as_mapping",
+    "as_list",
+    "fmt_num",
+    "fmt_pct",
+    "fmt_interval",
+    "fmt_threshold",
+    "gate_name",
+    "gate_counts",
+    "verdict_sentence",
+    "gap_sentences",
+    "reading_sentence",
+    "fidelity_sentence",
+    "short_text",
+]
+
+#: What a value that could not be computed reads as.
+NA = "n/a"
+
+#: Disparity key -> human label, in display order.
+DISPARITY_LABELS: dict[str, str] = {
+    "demographic_parity_ratio": "Demographic parity ratio",
+    "demographic_parity_difference": "Demographic parity difference",
+    "equalized_odds_difference": "Equalized odds difference",
+    "equalized_odds_ratio": "Equalized odds ratio",
+    "equal_opportunity_difference": "Equal opportunity difference",
+}
+
+#: Per-group metric key -> human label, in display order.
+GROUP_METRIC_LABELS: dict[str, str] = {
+    "selection_rate": "Selection rate",
+    "accuracy": "Accuracy",
+    "true_positive_rate": "True positive rate",
+    "false_positive_rate": "False positive rate",
+    "true_negative_rate": "True negative rate",
+    "false_negative_rate": "False negative rate",
+    "mean_score": "Mean score",
+}
+
+
+def as_float(value: Any) -> float | None:
+    """Return ``value`` as a finite float, or ``None`` (booleans, NaN, text and null)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+def as_mapping(value: Any) -> Mapping[str, Any]:
+    """Return ``value`` if it is a mapping, else an empty one."""
+    return value if isinstance(value, Mapping) else {}
+
+
+def as_list(value: Any) -> list[Any]:
+    """Return ``value`` as a list if it is a list or tuple, else an empty list."""
+    return list(value) if isinstance(value, list | tuple) else []
+
+
+def fmt_num(value: Any, digits: int = 3) -> str:
+    """Format a number with ``digits`` decimals; ``"n/a"`` when not computable.
+
+    Examples
+    --------
+    >>> fmt_num(0.41999), fmt_num(None), fmt_num(float("nan"))
+    ('0.420', 'n/a', 'n/a')
+    """
+    number = as_float(value)
+    return NA if number is None else f"{number:.{digits}f}"
+
+
+def fmt_pct(value: Any, digits: int = 1) -> str:
+    """Format a proportion in ``[0, 1]`` as a percentage (``0.075`` -> ``"7.5%"``)."""
+    number = as_float(value)
+    return NA if number is None else f"{100 * number:.{digits}f}%"
+
+
+def fmt_interval(value: Any, digits: int = 3) -> str | None:
+    """Format ``[lo, hi]`` as ``"[0.350, 0.490]"``; ``None`` when absent or not computable."""
+    pair = as_list(value)
+    if len(pair) != 2:
+        return None
+    lo, hi = as_float(pair[0]), as_float(pair[1])
+    if lo is None or hi is None:
+        return None
+    return f"[{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def fmt_threshold(value: Any) -> str:
+    """Format a gate threshold the way a user wrote it (``0.8``, not ``0.800``)."""
+    number = as_float(value)
+    return NA if number is None else format(number, "g")
+
+
+def _fmt_against(value: float, threshold: float | None) -> str:
+    """Two decimals, or more where two would make ``value`` look equal to ``threshold``."""
+    text = f"{value:.2f}"
+    if threshold is not None and value != threshold:
+        digits = 2
+        while digits < 6 and float(f"{value:.{digits}f}") == threshold:
+            digits += 1
+        text = f"{value:.{digits}f}"
+    return text
+
+
+def gate_name(gate: Mapping[str, Any]) -> str:
+    """Name a gate the way a user reads it: ``"demographic_parity_ratio[gender] >= 0.8"``."""
+    metric = str(gate.get("metric") or "gate")
+    feature = gate.get("feature")
+    where = f"[{feature}]" if feature not in (None, "") else ""
+    op = str(gate.get("op") or "?")
+    return f"{metric}{where} {op} {fmt_threshold(gate.get('threshold'))}"
+
+
+def gate_counts(result: Mapping[str, Any]) -> tuple[int, int]:
+    """Return ``(n_failed, n_gates)`` over the result's gates."""
+    gates = [g for g in as_list(result.get("gates")) if isinstance(g, Mapping)]
+    failed = sum(1 for g in gates if g.get("passed") is not True)
+    return failed, len(gates)
+
+
+def verdict_sentence(result: Mapping[str, Any]) -> str:
+    """One sentence: PASS/FAIL and how many gates failed."""
+    failed, total = gate_counts(result)
+    passed = result.get("passed") is True
+    if total == 0:
+        return (
+            "PASS: no gates were configured, so nothing was checked against a threshold."
+            if passed
+            else "FAIL: the audit did not pass (no gates were configured)."
+        )
+    if passed:
+        noun = "gate" if total == 1 else "gates"
+        return f"PASS: all {total} fairness {noun} passed."
+    return f"FAIL: {failed} of {total} gates failed."
+
+
+def short_text(text: Any, limit: int = 80) -> str:
+    """Collapse whitespace and cut ``text`` to ``limit`` characters with an ellipsis."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: max(limit - 1, 1)].rstrip() + "\u2026"
+
+
+# --------------------------------------------------------------------- gap sentences
+
+
+def _find_gate(
+    gates: Sequence[Mapping[str, Any]],
+    metric: str,
+    feature: str,
+    worst_feature: Mapping[str, Any],
+) -> Mapping[str, Any] | None:
+    """The gate on ``metric`` that reads ``feature`` (named, or as the worst feature)."""
+    for gate in gates:
+        if gate.get("metric") == metric and gate.get("feature") == feature:
+            return gate
+    if worst_feature.get(metric) == feature:
+        for gate in gates:
+            if gate.get("metric") == metric and gate.get("feature") in (None, ""):
+                return gate
+    return None
+
+
+def _threshold_phrase(
+    name: str, value: float | None, gate: Mapping[str, Any] | None, confidence: float | None
+) -> str:
+    """``"ratio 0.69, below the 0.8 threshold"`` and its variants."""
+    threshold = as_float(gate.get("threshold")) if gate else None
+    shown = NA if value is None else _fmt_against(value, threshold)
+    if gate is None or threshold is None:
+        return f"{name} {shown}"
+    op = gate.get("op")
+    passed = gate.get("passed") is True
+    limit = fmt_threshold(threshold)
+    if op == "<=":
+        where = f"within the {limit} limit" if passed else f"above the {limit} limit"
+    else:
+        where = f"meets the {limit} threshold" if passed else f"below the {limit} threshold"
+    bound = gate.get("bound") or "point"
+    checked = as_float(gate.get("value"))
+    if gate.get("value") is None:
+        return f"{name} {shown}; the gate could not compute it and counts it as failed"
+    if bound in ("lower", "upper") and checked is not None:
+        level = f"{round(100 * confidence)}% " if confidence is not None else ""
+        end = "lower" if bound == "lower" else "upper"
+        verb = "is " if not where.startswith("meets") else ""
+        return (
+            f"{name} {shown}; the {end} end of its {level}interval, "
+            f"{_fmt_against(checked, threshold)}, {verb}{where}"
+        )
+    return f"{name} {shown}, {where}"
+
+
+def _extremes(
+    by_group: Mapping[str, Any], metric: str
+) -> tuple[tuple[str, float], tuple[str, float]] | None:
+    values = []
+    for group, row in by_group.items():
+        number = as_float(as_mapping(row).get(metric))
+        if number is not None:
+            values.append((str(group), number))
+    if len(values) < 2:
+        return None
+    low = min(values, key=lambda item: item[1])
+    high = max(values, key=lambda item: item[1])
+    return low, high
+
+
+def _small_note(block: Mapping[str, Any], groups: Sequence[str]) -> str:
+    by_group = as_mapping(block.get("by_group"))
+    notes = []
+    for group in groups:
+        row = as_mapping(by_group.get(group))
+        if row.get("small") is True:
+            count = row.get("count")
+            notes.append(f"group '{group}' has only {count} examples")
+    if not notes:
+        return ""
+    return " Treat this gap with caution: " + " and ".join(notes) + "."
+
+
+def _feature_blocks(fairness: Mapping[str, Any]) -> list[tuple[str, str, Mapping[str, Any]]]:
+    """``(key, label, block)`` for each feature and the intersection."""
+    blocks = []
+    for feature, block in as_mapping(fairness.get("by_feature")).items():
+        if isinstance(block, Mapping):
+            blocks.append((str(feature), str(feature), block))
+    intersection = fairness.get("intersection")
+    if isinstance(intersection, Mapping):
+        names = [str(f) for f in as_list(fairness.get("sensitive_features"))]
+        label = " \u00d7 ".join(names) if names else "intersection"
+        blocks.append(("intersection", label, intersection))
+    return blocks
+
+
+def gap_sentences(result: Mapping[str, Any], *, limit: int = 6) -> list[str]:
+    """The worst fairness gaps and failed gates, in plain words.
+
+    Each gap sentence names the two groups at the extremes, e.g. ``"gender:
+    selection rate (share predicted 'accept') for group 'female' is 0.42 vs 0.61
+    for 'male' (ratio 0.69, below the 0.8 threshold)."``. Features are those a
+    gate reads plus the worst feature of each disparity. Failed gates that no
+    sentence explains are listed by their own message.
+
+    Parameters
+    ----------
+    result : mapping
+        The audit result dict.
+    limit : int
+        At most this many sentences.
+
+    Returns
+    -------
+    list of str
+        Plain text (not escaped); empty when fairness was not computed.
+    """
+    fairness = as_mapping(result.get("fairness"))
+    gates = [g for g in as_list(result.get("gates")) if isinstance(g, Mapping)]
+    worst = as_mapping(fairness.get("worst_feature"))
+    confidence = as_float(fairness.get("confidence"))
+    positive = as_mapping(result.get("task")).get("positive_label")
+    positive_text = f"'{positive}'" if positive not in (None, "") else "positive"
+    blocks = {key: (label, block) for key, label, block in _feature_blocks(fairness)}
+    used: set[int] = set()
+    sentences: list[str] = []
+
+    def features_for(metrics: Sequence[str]) -> list[str]:
+        order: list[str] = []
+        for gate in gates:
+            if gate.get("metric") in metrics:
+                feature = gate.get("feature") or worst.get(str(gate.get("metric")))
+                if feature in blocks and feature not in order:
+                    order.append(str(feature))
+        for metric in metrics:
+            feature = worst.get(metric)
+            if feature in blocks and feature not in order:
+                order.append(str(feature))
+        if not order and blocks:
+            order.append(next(iter(blocks)))
+        return order
+
+    # Selection-rate gaps (demographic parity).
+    parity = ("demographic_parity_ratio", "demographic_parity_difference")
+    for feature in features_for(parity):
+        label, block = blocks[feature]
+        ends = _extremes(as_mapping(block.get("by_group")), "selection_rate")
+        if ends is None:
+            continue
+        (low_g, low_v), (high_g, high_v) = ends
+        disparities = as_mapping(block.get("disparities"))
+        gate_ratio = _find_gate(gates, parity[0], feature, worst)
+        gate_diff = _find_gate(gates, parity[1], feature, worst)
+        if gate_ratio is None and gate_diff is not None:
+            value = as_float(disparities.get(parity[1]))
+            phrase = _threshold_phrase("difference", value, gate_diff, confidence)
+            used.add(id(gate_diff))
+        else:
+            value = as_float(disparities.get(parity[0]))
+            if value is None and high_v > 0:
+                value = low_v / high_v
+            phrase = _threshold_phrase("ratio", value, gate_ratio, confidence)
+            if gate_ratio is not None:
+                used.add(id(gate_ratio))
+        sentences.append(
+            f"{label}: selection rate (share predicted {positive_text}) for group "
+            f"'{low_g}' is {low_v:.2f} vs {high_v:.2f} for '{high_g}' ({phrase})."
+            + _small_note(block, (low_g, high_g))
+        )
+
+    # Error-rate gaps (equalized odds / equal opportunity).
+    odds = ("equalized_odds_difference", "equal_opportunity_difference", "equalized_odds_ratio")
+    for feature in features_for(odds):
+        label, block = blocks[feature]
+        by_group = as_mapping(block.get("by_group"))
+        candidates = []
+        for metric, words in (
+            ("true_positive_rate", f"true positive rate (truly {positive_text} examples "
+             f"predicted {positive_text})"),
+            ("false_positive_rate", f"false positive rate (other examples predicted "
+             f"{positive_text})"),
+        ):
+            ends = _extremes(by_group, metric)
+            if ends is not None:
+                candidates.append((ends[1][1] - ends[0][1], metric, words, ends))
+        if not candidates:
+            continue
+        _, metric, words, ((low_g, low_v), (high_g, high_v)) = max(candidates)
+        disparities = as_mapping(block.get("disparities"))
+        gate = None
+        for name in odds:
+            gate = _find_gate(gates, name, feature, worst)
+            if gate is not None:
+                break
+        name = str(gate.get("metric")) if gate is not None else "equalized_odds_difference"
+        if gate is not None:
+            used.add(id(gate))
+        value = as_float(disparities.get(name))
+        label_words = DISPARITY_LABELS.get(name, name).lower()
+        phrase = _threshold_phrase(label_words, value, gate, confidence)
+        sentences.append(
+            f"{label}: {words} for group '{low_g}' is {low_v:.2f} vs {high_v:.2f} "
+            f"for '{high_g}' ({phrase})." + _small_note(block, (low_g, high_g))
+        )
+
+    # Counterfactual flips.
+    counterfactual = as_mapping(fairness.get("counterfactual"))
+    flip = as_float(counterfactual.get("flip_rate"))
+    if flip is not None:
+        gate = next((g for g in gates if g.get("metric") == "counterfactual_flip_rate"), None)
+        if gate is not None:
+            used.add(id(gate))
+        n = counterfactual.get("n_tuples")
+        of = f" of {n} counterfactual tuples" if as_float(n) is not None else ""
+        sentences.append(
+            f"Changing only identity terms (names, pronouns) changed the decision for "
+            f"{100 * flip:.1f}%{of} ({_threshold_phrase('flip rate', flip, gate, None)})."
+        )
+
+    # Failed gates not explained above.
+    for gate in gates:
+        if gate.get("passed") is not True and id(gate) not in used:
+            message = gate.get("message") or f"value {fmt_num(gate.get('value'))}"
+            sentences.append(f"Gate '{gate_name(gate)}' failed: {message}")
+    return sentences[:limit]
+
+
+def reading_sentence(projection: Mapping[str, Any]) -> str | None:
+    """What the prompt reads as (projected text or top-1 words), or ``None``."""
+    fidelity = as_mapping(projection.get("fidelity"))
+    text = fidelity.get("projected_text")
+    if not isinstance(text, str) or not text.strip():
+        words = []
+        for position in as_list(projection.get("positions")):
+            neighbors = as_list(as_mapping(position).get("neighbors"))
+            if neighbors:
+                first = as_mapping(neighbors[0])
+                words.append(str(first.get("display") or first.get("token") or "?"))
+        text = " ".join(words)
+    if not text.strip():
+        return None
+    positions = [as_mapping(p) for p in as_list(projection.get("positions"))]
+    off = sum(1 for p in positions if p.get("off_manifold") is True)
+    sentence = f"Read as its nearest vocabulary words, the prompt is closest to: \u201c{text}\u201d."
+    if off:
+        sentence += (
+            f" {off} of {len(positions)} virtual tokens sit far from every real word "
+            "(off-manifold), so no word describes them well."
+        )
+    return sentence
+
+
+def fidelity_sentence(projection: Mapping[str, Any]) -> str | None:
+    """How far to trust the word reading, or ``None`` when fidelity was not computed."""
+    fidelity = projection.get("fidelity")
+    if not isinstance(fidelity, Mapping):
+        return None
+    verdict = fidelity.get("verdict") or NA
+    parts = [f"Trust in this reading: {verdict}."]
+    agreement = as_float(fidelity.get("agreement"))
+    if agreement is not None:
+        parts.append(
+            f"Used as a plain-text prompt, these words give the same decision as the soft "
+            f"prompt on {100 * agreement:.0f}% of examples "
+            f"(accuracy {fmt_num(fidelity.get('projected_accuracy'), 2)} vs "
+            f"{fmt_num(fidelity.get('soft_accuracy'), 2)})."
+        )
+    message = fidelity.get("message")
+    if isinstance(message, str) and message.strip():
+        parts.append(message.strip())
+    return " ".join(parts)

@@ -1,0 +1,444 @@
+"""The audit spec: a strict, data-only YAML file (see DESIGN.md, "Audit spec").
+
+Unknown keys are errors that name the nearest valid key; relative paths resolve
+against the spec file's folder; ``--set key=value`` overrides apply dotted keys
+(list items by index: ``gates.0.min=0.7``) before validation. YAML is read with
+``yaml.safe_load`` only: a spec can hold data, never code.
+"""
+
+from __future__ import annotations
+
+import difflib
+import enum
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from promptaudit.errors import SpecError
+from promptaudit.models import DType, Task
+
+__all__ = [
+    "AuditSpec",
+    "ModelSpec",
+    "PromptSpec",
+    "TrainSpec",
+    "DataSpec",
+    "CounterfactualSpec",
+    "ProjectionSpec",
+    "AttributionSpec",
+    "FairnessSpec",
+    "BaselineSpec",
+    "GateSpec",
+    "load_spec",
+    "parse_spec",
+    "apply_overrides",
+    "GATE_METRICS",
+    "FAIRNESS_METRICS",
+]
+
+#: Gate metric -> (where it lives in the result, key there, direction).
+GATE_METRICS: dict[str, tuple[str, str, str]] = {
+    "demographic_parity_difference": ("disparities", "demographic_parity_difference", "lower"),
+    "demographic_parity_ratio": ("disparities", "demographic_parity_ratio", "higher"),
+    "equalized_odds_difference": ("disparities", "equalized_odds_difference", "lower"),
+    "equalized_odds_ratio": ("disparities", "equalized_odds_ratio", "higher"),
+    "equal_opportunity_difference": ("disparities", "equal_opportunity_difference", "lower"),
+    "counterfactual_flip_rate": ("counterfactual", "flip_rate", "lower"),
+    "counterfactual_mean_abs_delta": ("counterfactual", "mean_abs_delta", "lower"),
+    "accuracy": ("task", "accuracy", "higher"),
+}
+
+FAIRNESS_METRICS = (
+    "selection_rate", "accuracy", "true_positive_rate", "false_positive_rate",
+    "true_negative_rate", "false_negative_rate", "mean_score",
+)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False)
+
+
+class ModelSpec(_Strict):
+    """The base model and how its outputs map to labels."""
+
+    base: str = "builtin:minilm"
+    task: Task = Task.SEQUENCE_CLASSIFICATION
+    labels: list[str] | None = None
+    positive_label: str | None = None
+    device: str = "auto"
+    dtype: DType = DType.FLOAT32
+    max_length: int = Field(128, ge=4, le=8192)
+    batch_size: int = Field(32, ge=1, le=4096)
+    trust_remote_code: bool = False
+
+    @model_validator(mode="after")
+    def _positive_in_labels(self) -> ModelSpec:
+        if self.labels is not None:
+            if len(self.labels) < 2:
+                raise ValueError("labels: give at least two labels")
+            if len(set(self.labels)) != len(self.labels):
+                raise ValueError(f"labels: duplicate label in {self.labels}")
+            if self.positive_label is not None and self.positive_label not in self.labels:
+                raise ValueError(
+                    f"positive_label: {self.positive_label!r} is not one of the labels {self.labels}"
+                )
+        return self
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if value not in ("auto", "cpu") and not re.fullmatch(r"cuda(:\d+)?", value):
+            raise ValueError(f"device: {value!r} is not allowed; allowed: auto, cpu, cuda")
+        return value
+
+
+class TableSpec(_Strict):
+    """A data file and its columns."""
+
+    path: str
+    text_column: str = "text"
+    label_column: str | None = None
+
+
+class TrainSpec(_Strict):
+    """Train the prompt as part of the audit (PEFT prompt tuning)."""
+
+    data: TableSpec
+    num_virtual_tokens: int = Field(20, ge=1, le=512)
+    init: Literal["text", "random", "vocab"] = "text"
+    init_text: str | None = None
+    epochs: int = Field(2, ge=1, le=1000)
+    learning_rate: float = Field(0.03, gt=0)
+    batch_size: int = Field(32, ge=1)
+    max_length: int = Field(128, ge=4)
+    out: str | None = None
+
+
+class PromptSpec(_Strict):
+    """Where the soft prompt comes from: ``path`` or ``train`` (exactly one)."""
+
+    path: str | None = None
+    train: TrainSpec | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> PromptSpec:
+        if (self.path is None) == (self.train is None):
+            raise ValueError("prompt: give exactly one of 'path' or 'train'")
+        return self
+
+
+class DataSpec(_Strict):
+    """The evaluation set."""
+
+    path: str
+    text_column: str = "text"
+    label_column: str | None = None
+    sensitive_features: list[str] = Field(default_factory=list)
+    limit: int | None = Field(None, ge=1)
+
+
+class CounterfactualSpec(_Strict):
+    """Counterfactual tuples: a term suite that swaps identity terms, or a pair column."""
+
+    suite: str | None = None
+    pair_column: str | None = None
+    group_column: str | None = None
+    features: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> CounterfactualSpec:
+        if (self.suite is None) == (self.pair_column is None):
+            raise ValueError("counterfactuals: give exactly one of 'suite' or 'pair_column'")
+        return self
+
+
+class Metric(str, enum.Enum):
+    COSINE = "cosine"
+    DOT = "dot"
+    L2 = "l2"
+
+
+class ProjectionSpec(_Strict):
+    enabled: bool = True
+    top_k: int = Field(5, ge=1, le=1000)
+    metric: Metric = Metric.COSINE
+    fidelity: bool = True
+
+
+class AttributionSpec(_Strict):
+    enabled: bool = True
+    method: Literal["integrated_gradients", "feature_ablation", "shapley_sampling"] = (
+        "integrated_gradients")
+    n_steps: int = Field(32, ge=1, le=1024)
+    baseline: Literal["pad", "zero", "mean"] = "pad"
+    max_examples: int = Field(200, ge=1)
+    n_samples: int = Field(25, ge=1)
+
+
+class FairnessSpec(_Strict):
+    metrics: list[str] = Field(
+        default_factory=lambda: ["selection_rate", "accuracy", "true_positive_rate",
+                                 "false_positive_rate"])
+    bootstrap: int = Field(1000, ge=0, le=100_000)
+    confidence: float = Field(0.95, gt=0, lt=1)
+    min_group_size: int = Field(30, ge=1)
+    reference_group: str | None = None
+    intersection: bool = True
+
+    @field_validator("metrics")
+    @classmethod
+    def _known_metrics(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if name not in FAIRNESS_METRICS:
+                raise ValueError(
+                    f"metric {name!r} is not known{_did_you_mean(name, FAIRNESS_METRICS)}; "
+                    f"allowed: {', '.join(FAIRNESS_METRICS)}"
+                )
+        return value
+
+
+class BaselineSpec(_Strict):
+    projected: bool = True
+    init_text: bool = True
+
+
+class GateSpec(_Strict):
+    """One threshold: ``min`` and/or ``max`` on a metric, worst over features unless ``feature``."""
+
+    metric: str
+    min: float | None = None
+    max: float | None = None
+    feature: str | None = None
+    use_bound: bool = False
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, value: str) -> str:
+        if value not in GATE_METRICS:
+            raise ValueError(
+                f"unknown gate metric {value!r}{_did_you_mean(value, GATE_METRICS)}; "
+                f"allowed: {', '.join(GATE_METRICS)}"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _thresholds(self) -> GateSpec:
+        if self.min is None and self.max is None:
+            raise ValueError(f"gate on {self.metric}: give 'min' or 'max'")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(
+                f"gate on {self.metric}: min {self.min} is above max {self.max}; "
+                "no value could pass"
+            )
+        return self
+
+
+class AuditSpec(_Strict):
+    """A whole audit."""
+
+    name: str
+    seed: int = 0
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    prompt: PromptSpec
+    data: DataSpec
+    counterfactuals: CounterfactualSpec | None = None
+    projection: ProjectionSpec = Field(default_factory=ProjectionSpec)
+    attribution: AttributionSpec = Field(default_factory=AttributionSpec)
+    fairness: FairnessSpec = Field(default_factory=FairnessSpec)
+    baselines: BaselineSpec = Field(default_factory=BaselineSpec)
+    gates: list[GateSpec] = Field(default_factory=list)
+    version: int = 1
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", value) or ".." in value:
+            raise ValueError(
+                f"name {value!r} is not allowed; use letters, digits, '.', '_' and '-' "
+                "(no path separators), at most 128 characters"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> AuditSpec:
+        features = set(self.data.sensitive_features)
+        for gate in self.gates:
+            if gate.feature is not None and gate.feature not in features:
+                raise ValueError(
+                    f"gates: feature {gate.feature!r} is not a sensitive feature; "
+                    f"allowed: {', '.join(sorted(features)) or 'none listed in data.sensitive_features'}"
+                )
+        if self.model.task is not Task.SEQUENCE_CLASSIFICATION and not self.model.labels:
+            raise ValueError(f"model.labels: task {self.model.task.value} needs label words")
+        return self
+
+    def to_dict(self) -> dict:
+        """JSON-able dict of the resolved spec."""
+        return self.model_dump(mode="json")
+
+
+# --------------------------------------------------------------------- loading
+def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> AuditSpec:
+    """Read, override, validate and path-resolve an audit spec file.
+
+    Parameters
+    ----------
+    path : str or Path
+        The YAML file.
+    overrides : sequence of str
+        ``key=value`` strings with dotted keys; values are parsed as YAML scalars.
+
+    Returns
+    -------
+    AuditSpec
+        With every relative path resolved against the spec's folder.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise SpecError(f"{path}: audit spec not found")
+    if path.is_dir():
+        raise SpecError(f"{path}: is a directory; expected an audit YAML file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise SpecError(f"{path}: not valid UTF-8 text") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise SpecError(f"{path}: YAML syntax error{where}: {problem}") from None
+    if raw is None:
+        raise SpecError(f"{path}: the spec is empty")
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    raw = apply_overrides(raw, overrides, source=str(path))
+    spec = parse_spec(raw, source=str(path))
+    return _resolve_paths(spec, path.resolve().parent)
+
+
+def parse_spec(raw: dict, *, source: str = "spec") -> AuditSpec:
+    """Validate a raw dict into an :class:`AuditSpec` with one-line errors."""
+    try:
+        return AuditSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise SpecError(f"{source}: {_describe(exc.errors()[0], raw)}") from None
+
+
+def apply_overrides(raw: dict, overrides: Sequence[str], *, source: str = "--set") -> dict:
+    """Apply ``a.b.c=value`` overrides to a nested dict (a copy is returned)."""
+    import copy
+
+    out = copy.deepcopy(raw)
+    for item in overrides:
+        key, sep, value_text = item.partition("=")
+        if not sep or not key.strip():
+            raise SpecError(f"--set {item!r}: expected key=value with a dotted key, e.g. fairness.bootstrap=200")
+        try:
+            value = yaml.safe_load(value_text) if value_text.strip() else ""
+        except yaml.YAMLError:
+            value = value_text
+        parts = key.strip().split(".")
+        node: Any = out
+        for depth, part in enumerate(parts[:-1]):
+            node = _child(node, part, create=True, key=".".join(parts[: depth + 1]))
+        last = parts[-1]
+        if isinstance(node, list):
+            index = _list_index(node, last, key)
+            node[index] = value
+        elif isinstance(node, dict):
+            node[last] = value
+        else:
+            raise SpecError(f"--set {key}: {'.'.join(parts[:-1])} is not a mapping or list")
+    return out
+
+
+def _child(node: Any, part: str, *, create: bool, key: str) -> Any:
+    if isinstance(node, list):
+        return node[_list_index(node, part, key)]
+    if not isinstance(node, dict):
+        raise SpecError(f"--set {key}: cannot descend into a {type(node).__name__}")
+    if part not in node or node[part] is None:
+        node[part] = {}
+    return node[part]
+
+
+def _list_index(node: list, part: str, key: str) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise SpecError(f"--set {key}: {part!r} is not an index of a list of {len(node)} items")
+    return int(part)
+
+
+def _resolve_paths(spec: AuditSpec, root: Path) -> AuditSpec:
+    def resolve(value: str | None) -> str | None:
+        if value is None or ":" in value.split("/")[0] and not Path(value).is_absolute():
+            return value  # builtin:..., hf:...
+        candidate = Path(value).expanduser()
+        return str(candidate if candidate.is_absolute() else (root / candidate).resolve())
+
+    def resolve_model(value: str) -> str:
+        if value.startswith("builtin:"):
+            return value
+        candidate = Path(value).expanduser()
+        local = candidate if candidate.is_absolute() else root / candidate
+        if value.startswith((".", "/", "~")) or local.exists():
+            return str(local.resolve())
+        return value  # a Hub id
+
+    prompt = spec.prompt
+    if prompt.path is not None:
+        prompt = prompt.model_copy(update={"path": resolve_model(prompt.path)})
+    if prompt.train is not None:
+        train = prompt.train.model_copy(update={
+            "data": prompt.train.data.model_copy(update={"path": resolve(prompt.train.data.path)}),
+            "out": resolve(prompt.train.out),
+        })
+        prompt = prompt.model_copy(update={"train": train})
+    update: dict[str, Any] = {
+        "model": spec.model.model_copy(update={"base": resolve_model(spec.model.base)}),
+        "prompt": prompt,
+        "data": spec.data.model_copy(update={"path": resolve(spec.data.path)}),
+    }
+    if spec.counterfactuals is not None and spec.counterfactuals.suite is not None:
+        update["counterfactuals"] = spec.counterfactuals.model_copy(
+            update={"suite": resolve(spec.counterfactuals.suite)})
+    return spec.model_copy(update=update)
+
+
+# ---------------------------------------------------------------- messages
+def _did_you_mean(name: str, choices) -> str:
+    close = difflib.get_close_matches(str(name), list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+_MODELS_BY_KEY: dict[str, type[BaseModel]] = {
+    "": AuditSpec, "model": ModelSpec, "prompt": PromptSpec, "prompt.train": TrainSpec,
+    "prompt.train.data": TableSpec, "data": DataSpec, "counterfactuals": CounterfactualSpec,
+    "projection": ProjectionSpec, "attribution": AttributionSpec, "fairness": FairnessSpec,
+    "baselines": BaselineSpec, "gates": GateSpec,
+}
+
+
+def _describe(error: dict, raw: dict) -> str:
+    loc = [str(part) for part in error.get("loc", ())]
+    dotted = ".".join(loc)
+    kind = error.get("type", "")
+    if kind == "extra_forbidden":
+        parent = ".".join(part for part in loc[:-1] if not part.isdigit())
+        model = _MODELS_BY_KEY.get(parent)
+        allowed = list(model.model_fields) if model else []
+        return (f"unknown key {dotted!r}{_did_you_mean(loc[-1], allowed)}; allowed keys here: "
+                f"{', '.join(allowed)}")
+    if kind == "missing":
+        return f"missing required key {dotted!r}"
+    message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
+    if kind in ("value_error", "assertion_error"):
+        return f"{dotted}: {message}" if dotted else message
+    value = error.get("input")
+    shown = repr(value) if not isinstance(value, dict | list) else type(value).__name__
+    return f"{dotted or 'spec'}: {message} (got {shown})"
