@@ -252,7 +252,7 @@ def compute_group_fairness(
         the reference group of every feature (it must be a group of each); a
         mapping ``{feature: group}`` sets it per feature (others: between groups).
         The intersection uses ``" & ".join`` of the per-feature references when
-        every feature has one, else between groups.
+        every feature has one and that combination occurs, else between groups.
     bootstrap : int
         Number of bootstrap resamples; 0 disables intervals (``None``).
     confidence : float
@@ -562,11 +562,7 @@ def _sensitive_columns(
         raw = frame[available[name]].tolist()
         values = np.empty(n, dtype=object)
         for row, value in enumerate(raw):
-            if (
-                value is None
-                or (isinstance(value, float) and math.isnan(value))
-                or pd.isna(value) is True
-            ):
+            if value is None or (pd.api.types.is_scalar(value) and bool(pd.isna(value))):
                 raise InputError(ERR_MISSING.format(column=name, row=row))
             text = str(value).strip()
             if not text:

@@ -24,7 +24,9 @@ Grammar rules applied while swapping:
 - ``her`` is both object (*him*) and determiner (*his*); ``his`` is both determiner
   (*her*) and independent possessive (*hers*). A suite may give each index a *role*;
   when a source term sits at several indices, the determiner is chosen if the next
-  word is a content word, otherwise the object / independent form.
+  word is a content word, the object / independent form if punctuation or a
+  function word follows, and the first listed reading if the text ends there
+  (``"He said his"`` -> ``"She said her"``, ``"I saw her"`` -> ``"I saw him"``).
 - ``a`` / ``an`` right before a swapped term is re-chosen for the new term.
 - A subject pronoun rewritten to ``they`` takes plural agreement for the verb right
   after it (``is`` -> ``are``, ``has`` -> ``have``, ``works`` -> ``work`` for a list
@@ -318,7 +320,7 @@ def make_counterfactuals(
     >>> frame = make_counterfactuals(["He said his plan works."], "builtin:identity",
     ...                              features=["gender"])
     >>> frame["text"].tolist()
-    ['He said his plan works.', 'She said her plan works.', 'They said their plan work.']
+    ['He said his plan works.', 'She said her plan works.', 'They said their plan works.']
     """
     if not isinstance(suite, TermSuite):
         suite = load_term_suite(suite)
@@ -385,11 +387,15 @@ def swap_terms(text: str, suite: TermSuite, feature: str, source: str, target: s
         indices = [index for group, index in lookup[_normalise(match.group(0))] if group == source]
         if not indices:
             continue
-        next_word = _NEXT_WORD.match(text, match.end())
-        index = _choose_index(indices, spec.roles, next_word.group(1) if next_word else None)
-        listed = spec.groups[source][index]
-        replacement = _match_case(target_terms[index], match.group(0), listed)
+        if not text[match.end() :].strip():
+            index = indices[0]  # nothing follows: the suite's first reading
+        else:
+            next_word = _NEXT_WORD.match(text, match.end())
+            index = _choose_index(indices, spec.roles, next_word.group(1) if next_word else None)
         before = text[position : match.start()]
+        sentence_start = _starts_sentence(text, match.start())
+        listed = None if sentence_start else spec.groups[source][index]
+        replacement = _match_case(target_terms[index], match.group(0), listed)
         pieces.append(before)
         _fix_article(pieces, replacement)
         pieces.append(replacement)
@@ -421,10 +427,11 @@ def _choose_index(indices: list[int], roles: tuple[str, ...] | None, next_word: 
 def _match_case(term: str, source: str, listed: str | None = None) -> str:
     """Copy the case pattern of ``source`` onto ``term`` (and its apostrophe style).
 
-    ``listed`` is the suite's spelling of the matched term: a source written
-    exactly as listed (``Syria``, ``Muslim``) keeps the target as listed
-    (``the United States``, ``atheist``); otherwise an all-caps source gives an
-    all-caps target and a capitalised source a capitalised target.
+    ``listed`` is the suite's spelling of the matched term (``None`` at the start
+    of a sentence): a source written exactly as listed (``Syria``, ``Muslim``)
+    keeps the target as listed (``the United States``, ``atheist``); otherwise an
+    all-caps source gives an all-caps target and a capitalised source a
+    capitalised target.
     """
     if "’" in source:
         term = term.replace("'", "’")
@@ -436,6 +443,15 @@ def _match_case(term: str, source: str, listed: str | None = None) -> str:
     if source[:1].isupper():
         return term[:1].upper() + term[1:]
     return term
+
+
+def _starts_sentence(text: str, start: int) -> bool:
+    """Whether position ``start`` begins the text, a line, or follows ``.``/``!``/``?`` + space."""
+    prefix = text[:start]
+    stripped = prefix.rstrip()
+    if not stripped or "\n" in prefix[len(stripped) :]:
+        return True
+    return stripped[-1] in ".!?" and len(stripped) < len(prefix)
 
 
 def _fix_article(pieces: list[str], replacement: str) -> None:
