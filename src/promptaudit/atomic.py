@@ -42,6 +42,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     except OSError as exc:
         raise InputError(f"{folder}: cannot write there ({exc.strerror})") from None
     try:
+        os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp makes 0600; reports are for sharing
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -51,6 +52,12 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
         Path(tmp_name).unlink(missing_ok=True)
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

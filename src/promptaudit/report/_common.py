@@ -25,9 +25,17 @@ __all__ = [
     "gate_name",
     "gate_counts",
     "verdict_sentence",
+    "verdict_detail",
+    "display_token",
     "gap_sentences",
     "reading_sentence",
+    "projected_text",
+    "off_manifold_note",
     "fidelity_sentence",
+    "fidelity_detail",
+    "fidelity_level",
+    "fidelity_message",
+    "disparity_label",
     "short_text",
 ]
 
@@ -53,6 +61,15 @@ GROUP_METRIC_LABELS: dict[str, str] = {
     "false_negative_rate": "False negative rate",
     "mean_score": "Mean score",
 }
+
+
+def disparity_label(name: Any) -> str:
+    """Human label of a metric key: ``"accuracy_difference"`` -> ``"Accuracy difference"``."""
+    key = str(name)
+    if key in DISPARITY_LABELS:
+        return DISPARITY_LABELS[key]
+    words = key.replace("_", " ").strip()
+    return words[:1].upper() + words[1:] if words else key
 
 
 def as_float(value: Any) -> float | None:
@@ -108,11 +125,10 @@ def fmt_threshold(value: Any) -> str:
     return NA if number is None else format(number, "g")
 
 
-def _fmt_against(value: float, threshold: float | None) -> str:
-    """Two decimals, or more where two would make ``value`` look equal to ``threshold``."""
-    text = f"{value:.2f}"
+def _fmt_against(value: float, threshold: float | None, digits: int = 2) -> str:
+    """``digits`` decimals, or more where fewer would make ``value`` look equal to ``threshold``."""
+    text = f"{value:.{digits}f}"
     if threshold is not None and value != threshold:
-        digits = 2
         while digits < 6 and float(f"{value:.{digits}f}") == threshold:
             digits += 1
         text = f"{value:.{digits}f}"
@@ -151,6 +167,21 @@ def verdict_sentence(result: Mapping[str, Any]) -> str:
     return f"FAIL: {failed} of {total} gates failed."
 
 
+def verdict_detail(result: Mapping[str, Any]) -> str:
+    """:func:`verdict_sentence` without its leading ``"PASS: "`` / ``"FAIL: "``."""
+    sentence = verdict_sentence(result)
+    head, _, rest = sentence.partition(": ")
+    return rest[:1].upper() + rest[1:] if head in ("PASS", "FAIL") and rest else sentence
+
+
+def display_token(token: Any) -> str:
+    """A vocabulary token as a reader sees it (no BPE/SentencePiece word-start marker)."""
+    text = str(token)
+    if len(text) > 1 and text[0] in ("\u0120", "\u2581"):
+        text = text[1:]
+    return text
+
+
 def short_text(text: Any, limit: int = 80) -> str:
     """Collapse whitespace and cut ``text`` to ``limit`` characters with an ellipsis."""
     flat = " ".join(str(text).split())
@@ -178,31 +209,41 @@ def _find_gate(
 
 
 def _threshold_phrase(
-    name: str, value: float | None, gate: Mapping[str, Any] | None, confidence: float | None
+    name: str,
+    value: float | None,
+    gate: Mapping[str, Any] | None,
+    confidence: float | None,
+    digits: int = 2,
 ) -> str:
-    """``"ratio 0.69, below the 0.8 threshold"`` and its variants."""
+    """``"ratio 0.69, below the 0.8 threshold"`` and its variants.
+
+    The comparison is made on the number the gate checked (the point estimate or
+    an interval bound); the gate's own verdict is used only when that number is
+    missing.
+    """
     threshold = as_float(gate.get("threshold")) if gate else None
-    shown = NA if value is None else _fmt_against(value, threshold)
+    shown = NA if value is None else _fmt_against(value, threshold, digits)
     if gate is None or threshold is None:
         return f"{name} {shown}"
-    op = gate.get("op")
-    passed = gate.get("passed") is True
-    limit = fmt_threshold(threshold)
-    if op == "<=":
-        where = f"within the {limit} limit" if passed else f"above the {limit} limit"
-    else:
-        where = f"meets the {limit} threshold" if passed else f"below the {limit} threshold"
     bound = gate.get("bound") or "point"
     checked = as_float(gate.get("value"))
-    if gate.get("value") is None:
-        return f"{name} {shown}; the gate could not compute it and counts it as failed"
-    if bound in ("lower", "upper") and checked is not None:
+    if checked is None and bound == "point":
+        checked = value
+    if checked is None:
+        verdict = "passes" if gate.get("passed") is True else "counts it as failed"
+        return f"{name} {shown}; the gate could not compute it and {verdict}"
+    limit = fmt_threshold(threshold)
+    if gate.get("op") == "<=":
+        where = f"within the {limit} limit" if checked <= threshold else f"above the {limit} limit"
+    else:
+        where = (f"meets the {limit} threshold" if checked >= threshold
+                 else f"below the {limit} threshold")
+    if bound in ("lower", "upper"):
         level = f"{round(100 * confidence)}% " if confidence is not None else ""
-        end = "lower" if bound == "lower" else "upper"
-        verb = "is " if not where.startswith("meets") else ""
+        verb = "" if where.startswith("meets") else "is "
         return (
-            f"{name} {shown}; the {end} end of its {level}interval, "
-            f"{_fmt_against(checked, threshold)}, {verb}{where}"
+            f"{name} {shown}; the {bound} end of its {level}interval, "
+            f"{_fmt_against(checked, threshold, digits)}, {verb}{where}"
         )
     return f"{name} {shown}, {where}"
 
@@ -285,12 +326,12 @@ def gap_sentences(result: Mapping[str, Any], *, limit: int = 6) -> list[str]:
         for gate in gates:
             if gate.get("metric") in metrics:
                 feature = gate.get("feature") or worst.get(str(gate.get("metric")))
-                if feature in blocks and feature not in order:
-                    order.append(str(feature))
+                if isinstance(feature, str) and feature in blocks and feature not in order:
+                    order.append(feature)
         for metric in metrics:
             feature = worst.get(metric)
-            if feature in blocks and feature not in order:
-                order.append(str(feature))
+            if isinstance(feature, str) and feature in blocks and feature not in order:
+                order.append(feature)
         if not order and blocks:
             order.append(next(iter(blocks)))
         return order
@@ -351,7 +392,7 @@ def gap_sentences(result: Mapping[str, Any], *, limit: int = 6) -> list[str]:
         if gate is not None:
             used.add(id(gate))
         value = as_float(disparities.get(name))
-        label_words = DISPARITY_LABELS.get(name, name).lower()
+        label_words = disparity_label(name).lower()
         phrase = _threshold_phrase(label_words, value, gate, confidence)
         sentences.append(
             f"{label}: {words} for group '{low_g}' is {low_v:.2f} vs {high_v:.2f} "
@@ -369,7 +410,7 @@ def gap_sentences(result: Mapping[str, Any], *, limit: int = 6) -> list[str]:
         of = f" of {n} counterfactual tuples" if as_float(n) is not None else ""
         sentences.append(
             f"Changing only identity terms (names, pronouns) changed the decision for "
-            f"{100 * flip:.1f}%{of} ({_threshold_phrase('flip rate', flip, gate, None)})."
+            f"{100 * flip:.1f}%{of} ({_threshold_phrase('flip rate', flip, gate, None, 3)})."
         )
 
     # Failed gates not explained above.
@@ -380,38 +421,73 @@ def gap_sentences(result: Mapping[str, Any], *, limit: int = 6) -> list[str]:
     return sentences[:limit]
 
 
-def reading_sentence(projection: Mapping[str, Any]) -> str | None:
-    """What the prompt reads as (projected text or top-1 words), or ``None``."""
+def projected_text(projection: Mapping[str, Any]) -> str | None:
+    """The prompt as words: the fidelity check's projected text, else the top-1 words."""
     fidelity = as_mapping(projection.get("fidelity"))
     text = fidelity.get("projected_text")
-    if not isinstance(text, str) or not text.strip():
-        words = []
-        for position in as_list(projection.get("positions")):
-            neighbors = as_list(as_mapping(position).get("neighbors"))
-            if neighbors:
-                first = as_mapping(neighbors[0])
-                words.append(str(first.get("display") or first.get("token") or "?"))
-        text = " ".join(words)
-    if not text.strip():
-        return None
+    if isinstance(text, str) and text.strip():
+        return text
+    words = []
+    for position in as_list(projection.get("positions")):
+        neighbors = as_list(as_mapping(position).get("neighbors"))
+        if neighbors:
+            first = as_mapping(neighbors[0])
+            words.append(str(first.get("display") or display_token(first.get("token") or "?")))
+    return " ".join(words) or None
+
+
+def off_manifold_note(projection: Mapping[str, Any]) -> str | None:
+    """``"2 of 8 virtual tokens sit far from every real word ..."``, or ``None``."""
     positions = [as_mapping(p) for p in as_list(projection.get("positions"))]
     off = sum(1 for p in positions if p.get("off_manifold") is True)
-    sentence = f"Read as its nearest vocabulary words, the prompt is closest to: \u201c{text}\u201d."
-    if off:
-        sentence += (
-            f" {off} of {len(positions)} virtual tokens sit far from every real word "
-            "(off-manifold), so no word describes them well."
-        )
-    return sentence
+    if not off:
+        return None
+    verb, pronoun = ("sits", "it") if off == 1 else ("sit", "them")
+    return (
+        f"{off} of {len(positions)} virtual tokens {verb} far from every real word "
+        f"(off-manifold), so no word describes {pronoun} well."
+    )
 
 
-def fidelity_sentence(projection: Mapping[str, Any]) -> str | None:
-    """How far to trust the word reading, or ``None`` when fidelity was not computed."""
+def reading_sentence(projection: Mapping[str, Any]) -> str | None:
+    """What the prompt reads as (projected text or top-1 words), or ``None``."""
+    text = projected_text(projection)
+    if text is None:
+        return None
+    sentence = (
+        f"Read as its nearest vocabulary words, the prompt is closest to: \u201c{text}\u201d."
+    )
+    note = off_manifold_note(projection)
+    return f"{sentence} {note}" if note else sentence
+
+
+FIDELITY_LEVELS = ("high", "moderate", "low")
+
+
+def fidelity_level(fidelity: Mapping[str, Any]) -> str | None:
+    """``"high"``, ``"moderate"`` or ``"low"`` from ``verdict`` (or ``level``), else ``None``."""
+    for key in ("verdict", "level"):
+        word = str(fidelity.get(key) or "").strip().lower()
+        if word in FIDELITY_LEVELS:
+            return word
+    return None
+
+
+def fidelity_message(fidelity: Mapping[str, Any]) -> str | None:
+    """The fidelity explanation: ``message``, or a ``verdict`` that is a sentence."""
+    for key in ("message", "verdict"):
+        text = fidelity.get(key)
+        if isinstance(text, str) and text.strip() and text.strip().lower() not in FIDELITY_LEVELS:
+            return text.strip()
+    return None
+
+
+def fidelity_detail(projection: Mapping[str, Any]) -> str | None:
+    """The evidence behind the fidelity verdict in words, or ``None`` when not computed."""
     fidelity = projection.get("fidelity")
     if not isinstance(fidelity, Mapping):
         return None
-    verdict = fidelity.get("verdict") or NA
-    parts = [f"Trust in this reading: {verdict}."]
+    parts = []
     agreement = as_float(fidelity.get("agreement"))
     if agreement is not None:
         parts.append(
@@ -420,7 +496,17 @@ def fidelity_sentence(projection: Mapping[str, Any]) -> str | None:
             f"(accuracy {fmt_num(fidelity.get('projected_accuracy'), 2)} vs "
             f"{fmt_num(fidelity.get('soft_accuracy'), 2)})."
         )
-    message = fidelity.get("message")
-    if isinstance(message, str) and message.strip():
-        parts.append(message.strip())
+    message = fidelity_message(fidelity)
+    if message:
+        parts.append(message if message.endswith((".", "!", "?")) else message + ".")
     return " ".join(parts)
+
+
+def fidelity_sentence(projection: Mapping[str, Any]) -> str | None:
+    """How far to trust the word reading, or ``None`` when fidelity was not computed."""
+    fidelity = projection.get("fidelity")
+    if not isinstance(fidelity, Mapping):
+        return None
+    verdict = fidelity_level(fidelity) or NA
+    detail = fidelity_detail(projection)
+    return f"Trust in this reading: {verdict}." + (f" {detail}" if detail else "")

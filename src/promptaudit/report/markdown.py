@@ -1,0 +1,206 @@
+"""Render the audit result as a short Markdown summary for a PR comment or CI step summary.
+
+Every value the template prints passes through :func:`escape_markdown` (the
+environment's ``finalize`` hook), so text from the result (names, groups, messages)
+never becomes Markdown or HTML markup; the markup itself lives in ``summary.md``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from functools import lru_cache
+from typing import Any
+
+import jinja2
+
+from promptaudit.report._common import (
+    DISPARITY_LABELS,
+    NA,
+    as_float,
+    as_list,
+    as_mapping,
+    disparity_label,
+    fidelity_sentence,
+    fmt_interval,
+    fmt_num,
+    fmt_pct,
+    gap_sentences,
+    gate_counts,
+    gate_name,
+    off_manifold_note,
+    projected_text,
+    short_text,
+    verdict_sentence,
+)
+
+__all__ = ["render_markdown", "escape_markdown"]
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_NEWLINES = re.compile(r"[\r\n\u2028\u2029]+")
+_ENTITIES = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
+_BACKSLASHED = set("\\`*_[]|~$")
+
+
+def escape_markdown(value: Any) -> str:
+    """Escape text so that GitHub-flavoured Markdown shows it literally.
+
+    Control characters are dropped, line breaks become spaces (safe inside table
+    cells), ``& < >`` become HTML entities (no raw HTML), and the characters
+    ``\\ ` * _ [ ] | ~ $`` are backslash-escaped (no emphasis, code, links,
+    table cells, strike-through or math).
+
+    Parameters
+    ----------
+    value : object
+        Anything; ``None`` renders as ``"n/a"``.
+
+    Returns
+    -------
+    str
+
+    Examples
+    --------
+    >>> escape_markdown("**bold** | [link](http://x) <b>")
+    '\\\\*\\\\*bold\\\\*\\\\* \\\\| \\\\[link\\\\](http://x) &lt;b&gt;'
+    """
+    if value is None:
+        return NA
+    text = _NEWLINES.sub(" ", _CONTROL.sub("", str(value)))
+    out = []
+    for char in text:
+        if char in _ENTITIES:
+            out.append(_ENTITIES[char])
+        elif char in _BACKSLASHED:
+            out.append("\\" + char)
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+@lru_cache(maxsize=1)
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("promptaudit.report", "templates"),
+        autoescape=False,  # Markdown, not HTML: finalize escapes every printed value
+        finalize=escape_markdown,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+
+
+def render_markdown(result: dict) -> str:
+    """Render a Markdown summary of an audit result.
+
+    Parameters
+    ----------
+    result : dict
+        The audit result JSON dict.
+
+    Returns
+    -------
+    str
+        GitHub-flavoured Markdown: a verdict line, the gate table, the worst
+        disparities, the counterfactual flip rate, the projected reading with its
+        fidelity, and one provenance line. Text from the result is escaped.
+
+    Examples
+    --------
+    >>> print(render_markdown({"audit": {"name": "demo"}, "gates": [], "passed": True})
+    ...       .splitlines()[0])
+    ## ✅ promptaudit PASS: demo
+    """
+    return _environment().get_template("summary.md").render(**_context(result))
+
+
+def _context(result: Mapping[str, Any]) -> dict[str, Any]:
+    audit = as_mapping(result.get("audit"))
+    task = as_mapping(result.get("task"))
+    fairness = as_mapping(result.get("fairness"))
+    projection = result.get("projection")
+    projection = projection if isinstance(projection, Mapping) else None
+    passed = result.get("passed") is True
+    failed, total = gate_counts(result)
+
+    gates = []
+    for gate in as_list(result.get("gates")):
+        gate = as_mapping(gate)
+        ok = gate.get("passed") is True
+        bound = str(gate.get("bound") or "point")
+        gates.append({
+            "name": gate_name(gate),
+            "value": fmt_num(gate.get("value")),
+            "bound": {"point": "point", "lower": "lower bound", "upper": "upper bound"}.get(
+                bound, bound),
+            "result": "\u2705 pass" if ok else "\u274c FAIL",
+        })
+
+    worst = as_mapping(fairness.get("disparities"))
+    worst_feature = as_mapping(fairness.get("worst_feature"))
+    intervals = as_mapping(fairness.get("disparity_intervals"))
+    names = [n for n in DISPARITY_LABELS if n in worst] + [
+        n for n in worst if n not in DISPARITY_LABELS]
+    disparities = [
+        {
+            "name": disparity_label(n),
+            "value": fmt_num(worst.get(n)),
+            "feature": str(worst_feature.get(n)) if worst_feature.get(n) is not None else NA,
+            "interval": fmt_interval(intervals.get(n)) or NA,
+        }
+        for n in names
+    ]
+
+    counterfactual = fairness.get("counterfactual")
+    flip = None
+    if isinstance(counterfactual, Mapping):
+        flip = {
+            "pct": fmt_pct(counterfactual.get("flip_rate")),
+            "n": str(counterfactual.get("n_tuples")
+                     if counterfactual.get("n_tuples") is not None else NA),
+            "delta": fmt_num(counterfactual.get("mean_abs_delta")),
+        }
+
+    provenance = as_mapping(result.get("provenance"))
+    model = as_mapping(provenance.get("model"))
+    prompt = as_mapping(provenance.get("prompt"))
+    data = as_mapping(provenance.get("data"))
+    versions = as_mapping(provenance.get("versions"))
+    parts = [f"model {model.get('reference') or NA}"]
+    if model.get("revision"):
+        parts[-1] += f" @ {model.get('revision')}"
+    prompt_hashes = [str(v)[:12] for _, v in sorted(as_mapping(prompt.get("sha256")).items())
+                     if v]
+    if prompt_hashes:
+        parts.append("prompt sha256 " + ", ".join(prompt_hashes))
+    if data.get("sha256"):
+        parts.append(f"data sha256 {str(data.get('sha256'))[:12]}")
+    if provenance.get("seed") is not None:
+        parts.append(f"seed {provenance.get('seed')}")
+    if versions.get("promptaudit"):
+        parts.append(f"promptaudit {versions.get('promptaudit')}")
+    if provenance.get("created_at"):
+        parts.append(str(provenance.get("created_at")))
+
+    accuracy = as_float(task.get("accuracy"))
+    return {
+        "name": short_text(audit.get("name") or "unnamed audit", 120),
+        "icon": "\u2705" if passed else "\u274c",
+        "verdict_word": "PASS" if passed else "FAIL",
+        "verdict": verdict_sentence(result),
+        "failed": failed,
+        "total": total,
+        "n_examples": task.get("n_examples"),
+        "accuracy": fmt_num(accuracy) if accuracy is not None else None,
+        "gates": gates,
+        "gaps": [short_text(s, 400) for s in gap_sentences(result, limit=4)],
+        "disparities": disparities,
+        "flip": flip,
+        "reading": short_text(projected_text(projection), 300)
+        if projection and projected_text(projection) else None,
+        "off_manifold": off_manifold_note(projection) if projection else None,
+        "fidelity": short_text(fidelity_sentence(projection), 400)
+        if projection and fidelity_sentence(projection) else None,
+        "provenance": " \u00b7 ".join(short_text(p, 120) for p in parts),
+    }
