@@ -125,13 +125,16 @@ def _load_file(path: Path) -> pd.DataFrame:
     suffix = path.suffix.lower()
     if suffix not in SUPPORTED_SUFFIXES:
         raise DataError(f"{path}: unsupported data file type {suffix!r}; allowed: {_suffix_list()}")
+    builder = SUPPORTED_SUFFIXES[suffix]
+    # A text file with no line past the CSV header holds no rows (datasets would
+    # fail on it with an unhelpful message).
+    no_rows = path.stat().st_size == 0
     if suffix != ".parquet":
-        _check_utf8(path)
-    if path.stat().st_size == 0:
+        no_rows = _check_utf8(path) <= (1 if builder == "csv" else 0)
+    if no_rows:
         raise DataError(f"{path}: the data is empty (no rows); an audit needs at least one example")
     import datasets
 
-    builder = SUPPORTED_SUFFIXES[suffix]
     kwargs: dict = {}
     if suffix == ".tsv":
         kwargs["sep"] = "\t"
@@ -166,7 +169,9 @@ def _load_hub_dataset(reference: str) -> pd.DataFrame:
     return dataset.to_pandas()
 
 
-def _check_utf8(path: Path) -> None:
+def _check_utf8(path: Path) -> int:
+    """Raise a DataError at the first non-UTF-8 line; return the number of non-blank lines."""
+    non_blank = 0
     with path.open("rb") as handle:
         for line_number, line in enumerate(handle, start=1):
             try:
@@ -176,6 +181,8 @@ def _check_utf8(path: Path) -> None:
                     f"{path}: line {line_number} is not valid UTF-8 (byte {exc.start}); "
                     "save the file as UTF-8"
                 ) from None
+            non_blank += bool(line.strip())
+    return non_blank
 
 
 def _suffix_list() -> str:

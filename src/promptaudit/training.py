@@ -363,6 +363,7 @@ def _save_adapter_atomically(peft_model, out_dir: Path, *, training_info: dict) 
     tmp = Path(tempfile.mkdtemp(prefix=".adapter.tmp-", dir=out_dir))
     try:
         peft_model.save_pretrained(str(tmp))
+        _record_portable_base(tmp / "adapter_config.json", training_info["base_model"])
         (tmp / "training_info.json").write_text(json.dumps(training_info, sort_keys=True, indent=2))
         for item in tmp.iterdir():
             item.replace(out_dir / item.name)
@@ -371,3 +372,16 @@ def _save_adapter_atomically(peft_model, out_dir: Path, *, training_info: dict) 
             stale.unlink()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _record_portable_base(config_path: Path, model: str) -> None:
+    """Record ``builtin:minilm`` rather than this machine's site-packages path.
+
+    PEFT writes the resolved directory into ``base_model_name_or_path``; for a
+    builtin model that path differs between machines, the reference does not.
+    """
+    if not model.startswith("builtin:"):
+        return
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config["base_model_name_or_path"] = model
+    config_path.write_text(json.dumps(config, sort_keys=True, indent=2))

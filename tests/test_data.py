@@ -1,0 +1,140 @@
+"""Data tables: every supported format, label encoding, and errors naming the culprit."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from promptaudit.data import encode_labels, infer_labels, load_table
+from promptaudit.errors import DataError
+
+ROWS = [
+    {"sentence": "a good film", "label": "positive", "group": "x"},
+    {"sentence": 'an "awful", boring plot', "label": "negative", "group": "y"},
+    {"sentence": "NA", "label": "positive", "group": "x"},
+]
+
+
+def _write(path, rows=ROWS):
+    frame = pd.DataFrame(rows)
+    suffix = path.suffix
+    if suffix == ".csv":
+        frame.to_csv(path, index=False)
+    elif suffix == ".tsv":
+        # GLUE style: tab separated, quotes left bare
+        lines = ["\t".join(frame.columns)]
+        lines += ["\t".join(map(str, row)) for row in frame.itertuples(index=False)]
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    elif suffix == ".jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    elif suffix == ".parquet":
+        frame.to_parquet(path)
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv", ".jsonl", ".parquet"])
+def test_every_format_loads_the_same_table(tmp_path, suffix):
+    path = _write(tmp_path / f"data{suffix}")
+    frame = load_table(path, required_columns=["sentence", "label"])
+    assert frame["sentence"].tolist() == [r["sentence"] for r in ROWS]  # "NA" stays text
+    assert frame["label"].tolist() == ["positive", "negative", "positive"]
+    assert list(frame.columns) == ["sentence", "label", "group"]
+
+
+def test_label_names_and_integer_indices():
+    labels = ["negative", "positive"]
+    by_name = encode_labels(
+        pd.Series(["positive", "negative", " positive "]), labels, source="f.csv", column="label"
+    )
+    by_index = encode_labels(pd.Series([1, 0, 1]), labels, source="f.csv", column="label")
+    by_text_index = encode_labels(pd.Series(["1", "0", "1.0"]), labels, source="f", column="y")
+    for encoded in (by_name, by_index, by_text_index):
+        np.testing.assert_array_equal(encoded, [1, 0, 1])
+        assert encoded.dtype == np.int64
+
+
+def test_integer_label_column_from_a_file(tmp_path):
+    path = tmp_path / "ints.csv"
+    path.write_text("text,y\nhello,1\nbye,0\n", encoding="utf-8")
+    frame = load_table(path)
+    np.testing.assert_array_equal(
+        encode_labels(frame["y"], ["neg", "pos"], source=str(path), column="y"), [1, 0]
+    )
+    assert infer_labels(frame["y"]) == ["0", "1"]
+    assert infer_labels(pd.Series(["b", "a", "b"])) == ["a", "b"]
+
+
+@pytest.mark.parametrize("value", ["neutral", 2, -1, "1.5"])
+def test_label_outside_the_label_set(value):
+    with pytest.raises(DataError) as info:
+        encode_labels(
+            pd.Series(["positive", value]),
+            ["negative", "positive"],
+            source="train.csv",
+            column="label",
+        )
+    message = str(info.value)
+    assert message.startswith("train.csv: column 'label' row 1 has label ")
+    assert repr(value) in message
+    assert "allowed: negative, positive or an index 0..1" in message
+
+
+def test_missing_label_value():
+    with pytest.raises(DataError, match="column 'label' has a missing label at row 1"):
+        encode_labels(
+            pd.Series(["positive", None]), ["negative", "positive"], source="f.csv", column="label"
+        )
+
+
+def test_missing_column_names_file_column_and_alternatives(tmp_path):
+    path = _write(tmp_path / "data.csv")
+    with pytest.raises(DataError) as info:
+        load_table(path, required_columns=["sentence", "text"])
+    assert str(info.value) == (
+        f"{path}: column 'text' not found; available columns: sentence, label, group"
+    )
+
+
+@pytest.mark.parametrize("content", ["", "sentence,label\n"], ids=["zero-bytes", "header-only"])
+def test_empty_file(tmp_path, content):
+    path = tmp_path / "empty.csv"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(DataError, match=r"empty\.csv: the data is empty"):
+        load_table(path)
+
+
+def test_empty_jsonl(tmp_path):
+    path = tmp_path / "empty.jsonl"
+    path.write_text("", encoding="utf-8")
+    with pytest.raises(DataError, match="the data is empty"):
+        load_table(path)
+
+
+def test_non_utf8_file(tmp_path):
+    path = tmp_path / "latin1.csv"
+    path.write_bytes("sentence,label\nok,1\ncaf\u00e9,0\n".encode("latin-1"))
+    with pytest.raises(DataError) as info:
+        load_table(path)
+    assert str(info.value).startswith(f"{path}: line 3 is not valid UTF-8")
+    assert "save the file as UTF-8" in str(info.value)
+
+
+def test_missing_file_directory_and_unsupported_type(tmp_path):
+    with pytest.raises(DataError, match=r"nope\.csv: data file not found"):
+        load_table(tmp_path / "nope.csv")
+    with pytest.raises(DataError, match="is a directory"):
+        load_table(tmp_path)
+    xlsx = tmp_path / "data.xlsx"
+    xlsx.write_bytes(b"x")
+    with pytest.raises(DataError, match=r"unsupported data file type '\.xlsx'; allowed: "):
+        load_table(xlsx)
+
+
+def test_unparseable_jsonl(tmp_path):
+    path = tmp_path / "broken.jsonl"
+    path.write_text('{"sentence": "a"}\n{not json\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"broken\.jsonl: could not be read as jsonl"):
+        load_table(path)
