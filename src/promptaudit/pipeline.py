@@ -1,0 +1,409 @@
+"""``run_audit(spec) -> dict``: wire the stages of an audit and record provenance.
+
+Order of work (each stage is one module; this one only wires them):
+
+1. load or train the prompt, load the base model  (prompts, training, prompted)
+2. load the evaluation data, predict once          (data, prompted)
+3. projection: nearest words, typicality, fidelity (projection)
+4. attribution on the first ``max_examples`` rows  (attribution)
+5. group fairness and counterfactuals              (fairness, corpora)
+6. baselines: projected prompt, init text / none   (fairness)
+7. gates and provenance                            (gates)
+
+Everything is seeded from ``spec.seed``; the same spec and inputs give the same
+numbers (only ``provenance.created_at`` differs between runs).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import logging
+import platform
+import random
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+import torch
+
+from promptaudit.data import encode_labels, load_table
+from promptaudit.errors import DataError, InputError, SpecError
+from promptaudit.models import Task, resolve_model_reference
+from promptaudit.prompted import PromptedModel, load_prompted_model
+from promptaudit.prompts import SoftPrompt, text_init_token_ids
+from promptaudit.results import AuditResult
+from promptaudit.spec import AuditSpec
+
+if TYPE_CHECKING:
+    from promptaudit.distributed import AuditProcesses
+
+__all__ = ["run_audit", "seed_everything", "library_versions", "sha256_file"]
+
+logger = logging.getLogger(__name__)
+
+_VERSIONED = ("promptaudit", "torch", "transformers", "peft", "captum", "fairlearn", "numpy",
+              "pandas", "datasets", "scikit-learn")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch and ask torch for deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def run_audit(spec: AuditSpec, *, progress: bool = False, command: str | None = None,
+              processes: AuditProcesses | None = None) -> dict:
+    """Run every stage of an audit.
+
+    Parameters
+    ----------
+    spec : AuditSpec
+        A validated spec whose paths are resolved (:func:`promptaudit.spec.load_spec`).
+    progress : bool
+        Show progress bars for long stages.
+    command : str, optional
+        The command line, recorded in provenance.
+    processes : AuditProcesses, optional
+        The processes of a launched multi-process audit (main process only):
+        predictions and attribution are sharded across them
+        (:mod:`promptaudit.distributed`); everything else runs here.
+
+    Returns
+    -------
+    dict
+        The result JSON object (schema_version "1").
+    """
+    seed_everything(spec.seed)
+    frame, texts = _load_evaluation_data(spec)
+    prompt_source = _prompt_source(spec, progress=progress)
+    logger.info("loading model %s and prompt %s", spec.model.base, prompt_source)
+    load = load_prompted_model if processes is None else processes.load_prompted_model
+    prompted, soft, loaded = load(
+        spec.model.base, prompt_source, task=spec.model.task, labels=spec.model.labels,
+        device=spec.model.device, dtype=spec.model.dtype.value, max_length=spec.model.max_length,
+        batch_size=spec.model.batch_size, trust_remote_code=spec.model.trust_remote_code,
+    )
+    labels = prompted.labels
+    positive = _positive_index(spec, labels)
+    y_true = None
+    if spec.data.label_column is not None:
+        y_true = encode_labels(frame[spec.data.label_column], labels, source=spec.data.path,
+                               column=spec.data.label_column)
+
+    logger.info("predicting %d examples", len(texts))
+    probs = prompted.predict_proba(texts, progress=progress)
+    y_pred = probs.argmax(axis=1)
+    task = _task_section(spec, prompted, texts, probs, y_true, positive)
+
+    sensitive = frame[spec.data.sensitive_features] if spec.data.sensitive_features else None
+    fairness = _fairness(spec, y_pred, y_true, probs[:, positive], sensitive, positive)
+    fairness["counterfactual"] = _counterfactual(spec, prompted, frame, texts, probs, positive,
+                                                 progress=progress)
+
+    projection = None
+    projected_prompt = None
+    if spec.projection.enabled and soft is not None:
+        from promptaudit.projection import project_prompt
+
+        logger.info("projecting the prompt onto the vocabulary")
+        projection = project_prompt(
+            prompted, soft_prompt=soft, top_k=spec.projection.top_k,
+            metric=spec.projection.metric.value,
+            texts=texts if spec.projection.fidelity else None, label_ids=y_true,
+            soft_probs=probs, seed=spec.seed,
+        )
+        projected_prompt = _projected_prompt(prompted, projection)
+
+    attribution = None
+    if spec.attribution.enabled and soft is not None:
+        from promptaudit.distributed import run_attribution
+
+        k = min(spec.attribution.max_examples, len(texts))
+        logger.info("attributing %d examples with %s", k, spec.attribution.method)
+        attribution = run_attribution(  # float32; sharded across processes when launched so
+            prompted, texts[:k], method=spec.attribution.method, n_steps=spec.attribution.n_steps,
+            baseline=spec.attribution.baseline, max_examples=k,
+            n_samples=spec.attribution.n_samples,
+            sensitive_features=None if sensitive is None else sensitive.iloc[:k].reset_index(drop=True),
+            seed=spec.seed, progress=progress,
+        )
+
+    baselines = _baselines(spec, prompted, soft, frame, texts, y_true, probs, positive,
+                           projected_prompt, fairness, task, progress=progress)
+
+    from promptaudit.gates import evaluate_gates
+
+    partial = {"task": task, "fairness": fairness}
+    gates = evaluate_gates(spec.gates, partial)
+    result = AuditResult(
+        audit={"name": spec.name, "spec": spec.to_dict()},
+        provenance={**_provenance(spec, soft, loaded, prompt_source, command),
+                    "num_processes": 1 if processes is None else processes.num_processes},
+        task=task, projection=projection, attribution=attribution, fairness=fairness,
+        baselines=baselines, gates=gates, passed=all(g["passed"] for g in gates),
+    )
+    return result.to_dict()
+
+
+# -------------------------------------------------------------------- stages
+def _load_evaluation_data(spec: AuditSpec) -> tuple[pd.DataFrame, list[str]]:
+    required = [spec.data.text_column, *spec.data.sensitive_features]
+    if spec.data.label_column:
+        required.append(spec.data.label_column)
+    cf = spec.counterfactuals
+    if cf is not None and cf.pair_column:
+        required.append(cf.pair_column)
+        if cf.group_column:
+            required.append(cf.group_column)
+    frame = load_table(spec.data.path, required_columns=required, seed=spec.seed)
+    if spec.data.limit is not None:
+        frame = frame.iloc[: spec.data.limit]
+    frame = frame.reset_index(drop=True)
+    text = frame[spec.data.text_column]
+    if text.isna().any():
+        row = int(np.flatnonzero(text.isna().to_numpy())[0])
+        raise DataError(f"{spec.data.path}: column {spec.data.text_column!r} has a missing text at row {row}")
+    return frame, text.astype(str).tolist()
+
+
+def _prompt_source(spec: AuditSpec, *, progress: bool) -> str:
+    if spec.prompt.path is not None:
+        return spec.prompt.path
+    from promptaudit.data import infer_labels
+    from promptaudit.training import InitMethod, TrainingConfig, train_prompt
+
+    train = spec.prompt.train
+    table = train.data
+    if table.label_column is None:
+        raise SpecError("prompt.train.data.label_column: training needs a label column")
+    frame = load_table(table.path, required_columns=[table.text_column, table.label_column],
+                       seed=spec.seed)
+    labels = spec.model.labels or infer_labels(frame[table.label_column])
+    label_ids = encode_labels(frame[table.label_column], labels, source=table.path,
+                              column=table.label_column)
+    out = Path(train.out) if train.out else _default_train_dir(spec)
+    config = TrainingConfig(
+        num_virtual_tokens=train.num_virtual_tokens, init=InitMethod(train.init),
+        init_text=train.init_text or ("Classify this text as " + " or ".join(labels)),
+        epochs=train.epochs, learning_rate=train.learning_rate, batch_size=train.batch_size,
+        max_length=train.max_length, seed=spec.seed,
+    )
+    logger.info("training a prompt on %s into %s", table.path, out)
+    train_prompt(spec.model.base, frame[table.text_column].astype(str).tolist(), label_ids,
+                 labels=labels, out_dir=out, task=spec.model.task, config=config,
+                 device=spec.model.device, progress=progress)
+    return str(out)
+
+
+def _default_train_dir(spec: AuditSpec) -> Path:
+    import tempfile
+
+    return Path(tempfile.gettempdir()) / "promptaudit-trained" / spec.name
+
+
+def _positive_index(spec: AuditSpec, labels: list[str]) -> int:
+    if spec.model.positive_label is None:
+        return len(labels) - 1 if len(labels) == 2 else 0
+    if spec.model.positive_label not in labels:
+        raise SpecError(
+            f"model.positive_label: {spec.model.positive_label!r} is not one of the labels {labels}"
+        )
+    return labels.index(spec.model.positive_label)
+
+
+def _task_section(spec, prompted: PromptedModel, texts, probs, y_true, positive) -> dict:
+    y_pred = probs.argmax(axis=1)
+    counts = np.bincount(y_pred, minlength=len(prompted.labels))
+    section = {
+        "type": prompted.task.value,
+        "labels": prompted.labels,
+        "positive_label": prompted.labels[positive],
+        "n_examples": len(texts),
+        "n_truncated": prompted.count_truncated(texts),
+        "max_length": prompted.max_length,
+        "prediction_counts": {label: int(counts[i]) for i, label in enumerate(prompted.labels)},
+        "accuracy": None,
+        "balanced_accuracy": None,
+        "positive_rate": float(np.mean(y_pred == positive)),
+    }
+    if section["n_truncated"]:
+        logger.warning("%d of %d texts were longer than %d tokens and were truncated",
+                       section["n_truncated"], len(texts), prompted.max_length)
+    if y_true is not None:
+        from sklearn.metrics import balanced_accuracy_score
+
+        section["accuracy"] = float(np.mean(y_pred == y_true))
+        section["balanced_accuracy"] = float(balanced_accuracy_score(y_true, y_pred))
+    return section
+
+
+def _fairness(spec, y_pred, y_true, y_score, sensitive, positive, *, bootstrap=None) -> dict:
+    if sensitive is None:
+        return {"sensitive_features": [], "by_feature": {}, "intersection": None,
+                "disparities": {}, "disparity_intervals": {},
+                "warnings": ["no sensitive features were given (data.sensitive_features); "
+                             "group metrics were not computed"]}
+    from promptaudit.fairness import compute_group_fairness
+
+    return compute_group_fairness(
+        y_pred, sensitive_features=sensitive.reset_index(drop=True), y_true=y_true,
+        y_score=y_score, positive_label_index=positive, metrics=spec.fairness.metrics,
+        reference_group=spec.fairness.reference_group,
+        bootstrap=spec.fairness.bootstrap if bootstrap is None else bootstrap,
+        confidence=spec.fairness.confidence, min_group_size=spec.fairness.min_group_size,
+        intersection=spec.fairness.intersection, seed=spec.seed,
+    )
+
+
+def _counterfactual(spec, prompted, frame, texts, probs, positive, *, progress) -> dict | None:
+    cf = spec.counterfactuals
+    if cf is None:
+        return None
+    from promptaudit.fairness import compute_counterfactual
+
+    if cf.pair_column is not None:
+        pairs = frame[cf.pair_column]
+        if pairs.isna().any():
+            row = int(np.flatnonzero(pairs.isna().to_numpy())[0])
+            raise DataError(f"{spec.data.path}: column {cf.pair_column!r} has a missing value at row {row}")
+        groups = frame[cf.group_column].astype(str).to_numpy() if cf.group_column else None
+        result = compute_counterfactual(pairs.astype(str).to_numpy(), probs.argmax(axis=1),
+                                        probs[:, positive], groups=groups)
+        result["source"] = f"pair_column:{cf.pair_column}"
+        return result
+    from promptaudit.corpora import make_counterfactuals
+
+    tuples = make_counterfactuals(texts, cf.suite, features=cf.features)
+    if len(tuples) == 0:
+        return {"flip_rate": None, "mean_abs_delta": None, "n_tuples": 0, "by_group": {},
+                "source": cf.suite,
+                "note": "no text mentions a term of the suite; no counterfactual tuple was made"}
+    # Originals reuse the predictions already made; only the variants are new.
+    cf_probs = np.empty((len(tuples), probs.shape[1]))
+    originals = tuples["is_original"].to_numpy(dtype=bool)
+    cf_probs[originals] = probs[tuples.loc[originals, "source_index"].to_numpy()]
+    variant_texts = tuples.loc[~originals, "text"].tolist()
+    logger.info("predicting %d counterfactual variants", len(variant_texts))
+    cf_probs[~originals] = prompted.predict_proba(variant_texts, progress=progress)
+    result = compute_counterfactual(tuples["tuple_id"].to_numpy(), cf_probs.argmax(axis=1),
+                                    cf_probs[:, positive], groups=tuples["group"].astype(str).to_numpy())
+    result["source"] = cf.suite
+    by_feature = {}
+    for feature, part in tuples.groupby("feature", sort=True):
+        index = part.index.to_numpy()
+        sub = compute_counterfactual(part["tuple_id"].to_numpy(), cf_probs[index].argmax(axis=1),
+                                     cf_probs[index, positive])
+        by_feature[str(feature)] = {k: sub[k] for k in ("flip_rate", "mean_abs_delta", "n_tuples")}
+    result["by_feature"] = by_feature
+    return result
+
+
+def _projected_prompt(prompted: PromptedModel, projection: dict) -> torch.Tensor:
+    ids = [pos["neighbors"][0]["token_id"] for pos in projection["positions"]]
+    return prompted.word_embeddings[torch.tensor(ids, device=prompted.device)].detach()
+
+
+def _baselines(spec, prompted, soft: SoftPrompt | None, frame, texts, y_true, probs, positive,
+               projected_prompt, fairness, task, *, progress) -> dict | None:
+    """The same headline numbers for the projected hard prompt and the init text (or no prompt)."""
+    sensitive = frame[spec.data.sensitive_features] if spec.data.sensitive_features else None
+
+    def summary(label: str, p: np.ndarray, fair: dict | None = None) -> dict:
+        y_pred = p.argmax(axis=1)
+        fair = fair if fair is not None else _fairness(spec, y_pred, y_true, p[:, positive],
+                                                      sensitive, positive, bootstrap=0)
+        return {
+            "label": label,
+            "accuracy": None if y_true is None else float(np.mean(y_pred == y_true)),
+            "positive_rate": float(np.mean(y_pred == positive)),
+            "disparities": fair.get("disparities", {}),
+            "agreement_with_soft_prompt": float(np.mean(y_pred == probs.argmax(axis=1))),
+        }
+
+    out = {"soft_prompt": summary("the tuned soft prompt", probs, fairness)}
+    if spec.baselines.projected and projected_prompt is not None:
+        logger.info("baseline: projected hard prompt")
+        out["projected_prompt"] = summary(
+            "the nearest-word (projected) hard prompt",
+            prompted.with_prompt(projected_prompt).predict_proba(texts, progress=progress))
+    if spec.baselines.init_text and soft is not None:
+        if soft.init_text:
+            ids = text_init_token_ids(prompted.tokenizer, soft.init_text, soft.num_virtual_tokens)
+            init_prompt = prompted.word_embeddings[torch.tensor(ids, device=prompted.device)].detach()
+            label = f"the initialisation text {soft.init_text!r} (before tuning)"
+            key = "init_text"
+        else:
+            init_prompt, label, key = None, "no prompt (the base model alone)", "no_prompt"
+        logger.info("baseline: %s", key)
+        out[key] = summary(label, prompted.with_prompt(init_prompt).predict_proba(texts, progress=progress))
+    return out
+
+
+# ---------------------------------------------------------------- provenance
+def sha256_file(path: str | Path, *, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of Python and the libraries whose numbers end up in a result."""
+    versions = {"python": platform.python_version()}
+    for name in _VERSIONED:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def _model_hashes(resolved: str) -> dict[str, str]:
+    path = Path(resolved)
+    if not path.is_dir():
+        return {}
+    names = sorted(p for p in path.iterdir() if p.is_file() and (
+        p.suffix in (".safetensors", ".bin", ".json", ".txt", ".model")))
+    return {p.name: sha256_file(p) for p in names}
+
+
+def _provenance(spec: AuditSpec, soft, loaded, prompt_source: str, command: str | None) -> dict:
+    data_path = Path(spec.data.path)
+    data_hash = sha256_file(data_path) if data_path.is_file() else None
+    return {
+        "model": {
+            "reference": spec.model.base,
+            "resolved": loaded.resolved,
+            "revision": loaded.revision,
+            "sha256": _model_hashes(loaded.resolved),
+            "dtype": spec.model.dtype.value,
+        },
+        "prompt": {
+            "source": prompt_source,
+            "peft_type": None if soft is None else soft.peft_type,
+            "base_model_in_adapter": None if soft is None else soft.base_model,
+            "sha256": {} if soft is None else {Path(f).name: sha256_file(f) for f in soft.files},
+            "trained_in_audit": spec.prompt.train is not None,
+        },
+        "data": {
+            "source": spec.data.path,
+            "sha256": data_hash,
+            "generated": data_hash is None and spec.data.path.startswith("builtin:"),
+        },
+        "seed": spec.seed,
+        "versions": library_versions(),
+        "device": str(loaded.device),
+        "command": command,
+        "created_at": _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat(),
+        "hash_algorithm": "sha256 of the file bytes; integrity.content_sha256 is the sha256 of the "
+                          "sorted-key compact JSON without integrity and provenance.created_at",
+    }
+
+
