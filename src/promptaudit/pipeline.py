@@ -106,18 +106,27 @@ def run_audit(spec: AuditSpec, *, progress: bool = False, command: str | None = 
                                                  progress=progress)
 
     projection = None
-    projected_prompt = None
+    projected_prompt = projected_probs = None
     if spec.projection.enabled and soft is not None:
-        from promptaudit.projection import project_prompt
+        from promptaudit.projection import project_prompt, projection_fidelity, projection_summary
 
         logger.info("projecting the prompt onto the vocabulary")
         projection = project_prompt(
             prompted, soft_prompt=soft, top_k=spec.projection.top_k,
-            metric=spec.projection.metric.value,
-            texts=texts if spec.projection.fidelity else None, label_ids=y_true,
-            soft_probs=probs, seed=spec.seed,
+            metric=spec.projection.metric.value, seed=spec.seed,
         )
-        projected_prompt = _projected_prompt(prompted, projection)
+        projected_ids = [pos["neighbors"][0]["token_id"] for pos in projection["positions"]]
+        projected_prompt = prompted.word_embeddings[
+            torch.tensor(projected_ids, device=prompted.device)].detach()
+        if spec.projection.fidelity or spec.baselines.projected:
+            logger.info("predicting with the projected hard prompt")
+            projected_probs = prompted.with_prompt(projected_prompt).predict_proba(
+                texts, progress=progress)
+        if spec.projection.fidelity:
+            projection["fidelity"] = projection_fidelity(
+                prompted, texts, label_ids=y_true, soft_probs=probs,
+                projected_ids=projected_ids, projected_probs=projected_probs)
+            projection["summary"] = projection_summary(projection)
 
     attribution = None
     if spec.attribution.enabled and soft is not None:
@@ -134,7 +143,7 @@ def run_audit(spec: AuditSpec, *, progress: bool = False, command: str | None = 
         )
 
     baselines = _baselines(spec, prompted, soft, frame, texts, y_true, probs, positive,
-                           projected_prompt, fairness, task, progress=progress)
+                           projected_probs, fairness, progress=progress)
 
     from promptaudit.gates import evaluate_gates
 
@@ -303,13 +312,8 @@ def _counterfactual(spec, prompted, frame, texts, probs, positive, *, progress) 
     return result
 
 
-def _projected_prompt(prompted: PromptedModel, projection: dict) -> torch.Tensor:
-    ids = [pos["neighbors"][0]["token_id"] for pos in projection["positions"]]
-    return prompted.word_embeddings[torch.tensor(ids, device=prompted.device)].detach()
-
-
 def _baselines(spec, prompted, soft: SoftPrompt | None, frame, texts, y_true, probs, positive,
-               projected_prompt, fairness, task, *, progress) -> dict | None:
+               projected_probs, fairness, *, progress) -> dict | None:
     """The same headline numbers for the projected hard prompt and the init text (or no prompt)."""
     sensitive = frame[spec.data.sensitive_features] if spec.data.sensitive_features else None
 
@@ -326,11 +330,8 @@ def _baselines(spec, prompted, soft: SoftPrompt | None, frame, texts, y_true, pr
         }
 
     out = {"soft_prompt": summary("the tuned soft prompt", probs, fairness)}
-    if spec.baselines.projected and projected_prompt is not None:
-        logger.info("baseline: projected hard prompt")
-        out["projected_prompt"] = summary(
-            "the nearest-word (projected) hard prompt",
-            prompted.with_prompt(projected_prompt).predict_proba(texts, progress=progress))
+    if spec.baselines.projected and projected_probs is not None:
+        out["projected_prompt"] = summary("the nearest-word (projected) hard prompt", projected_probs)
     if spec.baselines.init_text and soft is not None:
         if soft.init_text:
             ids = text_init_token_ids(prompted.tokenizer, soft.init_text, soft.num_virtual_tokens)

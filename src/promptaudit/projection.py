@@ -656,6 +656,7 @@ def projection_fidelity(
     label_ids: Sequence[int] | None = None,
     soft_probs: np.ndarray | None = None,
     projected_ids: Sequence[int],
+    projected_probs: np.ndarray | None = None,
 ) -> dict:
     """How the projected hard prompt performs against the soft one.
 
@@ -675,6 +676,9 @@ def projection_fidelity(
         ``(n, n_labels)`` the soft prompt's probabilities, if already computed.
     projected_ids : sequence of int
         ``(num_virtual_tokens,)`` one token id per virtual token (top-1 words).
+    projected_probs : numpy.ndarray, optional
+        ``(n, n_labels)`` the projected prompt's probabilities, if already
+        computed (the audit pipeline reuses them for its baselines).
 
     Returns
     -------
@@ -697,9 +701,11 @@ def projection_fidelity(
     if soft_probs is None:
         soft_probs = prompted.predict_proba(texts)
     soft = _check_soft_probs(soft_probs, n, n_labels)
-    hard_prompt = embeddings.detach()[torch.as_tensor(ids, device=embeddings.device)]
-    logger.info("fidelity: predicting %d texts with the projected hard prompt", n)
-    projected = prompted.with_prompt(hard_prompt).predict_proba(texts)
+    if projected_probs is None:
+        hard_prompt = embeddings.detach()[torch.as_tensor(ids, device=embeddings.device)]
+        logger.info("fidelity: predicting %d texts with the projected hard prompt", n)
+        projected_probs = prompted.with_prompt(hard_prompt).predict_proba(texts)
+    projected = _check_soft_probs(projected_probs, n, n_labels)
     soft_pred, projected_pred = soft.argmax(axis=1), projected.argmax(axis=1)
     changed = int((soft_pred != projected_pred).sum())
     agreement = 1.0 - changed / n

@@ -1,0 +1,434 @@
+"""Attribution to prompt positions and input tokens (promptaudit.attribution).
+
+The hand-checkable model: a two-label classifier whose logits are ``[0, z]`` with
+``z = w . sum_i e_i`` over the attended positions (prompt and input). The target
+probability is ``sigmoid(z)`` (label 1) or ``1 - sigmoid(z)`` (label 0), and the
+gradient w.r.t. every position is ``sigmoid'(z) w``, so on the straight path from
+the baseline the integrated-gradients integral has a closed form:
+
+    IG_i = w . (e_i - b) * (sigmoid(z) - sigmoid(z')) / (z - z')
+
+(``z'`` is ``z`` at the baseline); feature ablation is
+``sigmoid(z) - sigmoid(z - w . (e_i - b))``. Both can be worked out on paper.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from promptaudit.attribution import (
+    BATCH_SIZE_MESSAGE,
+    INTERNAL_BATCH_SIZE_MESSAGE,
+    MAX_EXAMPLES_MESSAGE,
+    N_SAMPLES_MESSAGE,
+    N_STEPS_MESSAGE,
+    NO_PROMPT_MESSAGE,
+    NO_TEXTS_MESSAGE,
+    SENSITIVE_ROWS_MESSAGE,
+    TARGET_LABEL_MESSAGE,
+    TARGET_RANGE_MESSAGE,
+    UNKNOWN_BASELINE_MESSAGE,
+    UNKNOWN_METHOD_MESSAGE,
+    UNKNOWN_SHAPLEY_INPUT_MESSAGE,
+    attribute_prompt,
+    baseline_vector,
+    format_attribution_summary,
+)
+from promptaudit.errors import InputError
+from promptaudit.models import load_base_model
+from promptaudit.prompted import PromptedModel
+
+LABELS = ["negative", "positive"]
+
+
+# ------------------------------------------------------- hand-weighted toy model
+TOY_VOCAB = {"[PAD]": 0, "[UNK]": 1, "good": 2, "bad": 3, "film": 4, "very": 5}
+TOY_EMBEDDINGS = [  # hidden = 2
+    [0.2, 0.1],  # [PAD]   w . e = 0.5
+    [0.0, 0.0],  # [UNK]
+    [1.0, 0.0],  # good    w . e = 2
+    [-1.0, 0.0],  # bad    w . e = -2
+    [0.0, 1.0],  # film    w . e = 1
+    [0.5, 0.5],  # very    w . e = 1.5
+]
+TOY_W = [2.0, 1.0]
+TOY_PROMPT = [[0.5, 0.0], [0.0, -1.0]]  # w . p = 1, -1
+TOY_SCORES = {"good": 2.0, "bad": -2.0, "film": 1.0, "very": 1.5}
+TOY_PROMPT_SCORES = [1.0, -1.0]
+PAD_SCORE = 0.5
+
+
+class SummedEmbeddingClassifier(torch.nn.Module):
+    """Logits ``[0, w . sum of attended embeddings]``: linear in the embeddings."""
+
+    def __init__(self):
+        super().__init__()
+        self.embeddings = torch.nn.Embedding.from_pretrained(torch.tensor(TOY_EMBEDDINGS))
+        self.register_buffer("w", torch.tensor(TOY_W))
+        self.config = SimpleNamespace(num_labels=2, max_position_embeddings=64)
+
+    def get_input_embeddings(self):
+        return self.embeddings
+
+    def forward(self, inputs_embeds, attention_mask, token_type_ids=None):
+        z = ((inputs_embeds * attention_mask.unsqueeze(-1)) @ self.w).sum(dim=1)
+        return SimpleNamespace(logits=torch.stack([torch.zeros_like(z), z], dim=-1))
+
+
+@pytest.fixture(scope="module")
+def toy() -> PromptedModel:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.WordLevel(TOY_VOCAB, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        model_input_names=["input_ids", "attention_mask"],
+    )
+    tokenizer.padding_side = "right"
+    return PromptedModel(
+        SummedEmbeddingClassifier().eval(),
+        tokenizer,
+        torch.tensor(TOY_PROMPT),
+        task="sequence-classification",
+        labels=LABELS,
+    )
+
+
+def sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+def toy_scores(text: str) -> list[float]:
+    """``w . e_i`` for every position: the two virtual tokens, then the words."""
+    return TOY_PROMPT_SCORES + [TOY_SCORES[word] for word in text.split()]
+
+
+def test_toy_integrated_gradients_match_the_closed_form_by_hand(toy):
+    # "good film": z = 1 - 1 + 2 + 1 = 3; zero baseline: z' = 0; label 1 predicted.
+    # IG_i = (w . e_i) * (sigmoid(3) - sigmoid(0)) / 3 = (w . e_i) * 0.150858
+    result = attribute_prompt(toy, ["good film"], baseline="zero", n_steps=50)
+    example = result["examples"][0]
+    ratio = (sigmoid(3.0) - 0.5) / 3.0
+    assert ratio == pytest.approx(0.150858, abs=1e-6)
+    assert example["target"] == 1 and example["target_label"] == "positive"
+    assert example["tokens"] == ["good", "film"]
+    np.testing.assert_allclose(example["prompt_attributions"], [ratio, -ratio], atol=1e-6)
+    np.testing.assert_allclose(example["token_attributions"], [2 * ratio, ratio], atol=1e-6)
+    assert example["target_probability"] == pytest.approx(sigmoid(3.0), abs=1e-6)
+    assert abs(example["convergence_delta"]) < 1e-5
+    assert example["top_tokens"][0] == {
+        "token": "good",
+        "attribution": pytest.approx(2 * ratio, abs=1e-6),
+    }
+
+
+@pytest.mark.parametrize("baseline", ["pad", "zero"])
+@pytest.mark.parametrize("target", [None, "negative"])
+def test_toy_integrated_gradients_in_a_padded_batch(toy, baseline, target):
+    texts = ["good film", "very bad very good film", "bad", "film very"]
+    result = attribute_prompt(
+        toy, texts, baseline=baseline, target=target, n_steps=50, batch_size=4
+    )
+    base = PAD_SCORE if baseline == "pad" else 0.0
+    for text, example in zip(texts, result["examples"], strict=True):
+        scores = toy_scores(text)
+        z, z0 = sum(scores), base * len(scores)
+        sign = 1.0 if (target is None and z > 0) else -1.0
+        ratio = sign * (sigmoid(z) - sigmoid(z0)) / (z - z0)
+        expected = [(s - base) * ratio for s in scores]
+        assert example["text"] == text
+        assert len(example["token_attributions"]) == len(text.split())  # padding trimmed
+        got = example["prompt_attributions"] + example["token_attributions"]
+        np.testing.assert_allclose(got, expected, atol=2e-6)
+        assert example["target"] == (1 if sign > 0 else 0)
+    assert result["target_policy"] == ("predicted" if target is None else "fixed")
+    assert result["max_convergence_delta"] < 1e-5
+
+
+def test_a_coarse_integral_is_reported_and_logged(toy, caplog):
+    # "good good good film": z = 7, zero baseline; one Gauss-Legendre step is the
+    # midpoint rule: sigmoid'(3.5) * 7 = 0.1997 against sigmoid(7) - 0.5 = 0.4991
+    with caplog.at_level("WARNING", logger="promptaudit.attribution"):
+        result = attribute_prompt(toy, ["good good good film"], baseline="zero", n_steps=1)
+    z = 7.0
+    midpoint = sigmoid(z / 2) * (1 - sigmoid(z / 2)) * z
+    delta = result["examples"][0]["convergence_delta"]
+    assert delta == pytest.approx(midpoint - (sigmoid(z) - 0.5), abs=1e-5)
+    assert result["max_convergence_delta"] == pytest.approx(abs(delta))
+    assert "raise n_steps" in caplog.text
+
+
+def test_toy_feature_ablation_matches_the_closed_form(toy):
+    texts = ["good film", "very bad very good film"]
+    result = attribute_prompt(
+        toy, texts, method="feature_ablation", baseline="pad", batch_size=2, internal_batch_size=5
+    )
+    for text, example in zip(texts, result["examples"], strict=True):
+        scores = toy_scores(text)
+        z = sum(scores)
+        expected = [sigmoid(z) - sigmoid(z - (s - PAD_SCORE)) for s in scores]
+        got = example["prompt_attributions"] + example["token_attributions"]
+        np.testing.assert_allclose(got, expected, atol=2e-6)
+        assert example["convergence_delta"] is None
+    assert result["max_convergence_delta"] is None and result["n_steps"] is None
+
+
+@pytest.mark.parametrize("shapley_input", ["whole", "tokens"])
+def test_toy_shapley_sampling_is_efficient_and_seeded(toy, shapley_input):
+    texts = ["good film", "very bad very good film", "bad"]
+    kwargs = dict(
+        method="shapley_sampling",
+        baseline="zero",
+        n_samples=6,
+        batch_size=2,
+        shapley_input=shapley_input,
+    )
+    result = attribute_prompt(toy, texts, seed=3, **kwargs)
+    for text, example in zip(texts, result["examples"], strict=True):
+        z = sum(toy_scores(text))
+        total = sum(example["prompt_attributions"]) + example["input_attribution"]
+        f = sigmoid(z) if example["target"] == 1 else 1 - sigmoid(z)
+        assert total == pytest.approx(f - 0.5, abs=2e-6)  # f(baseline) = sigmoid(0)
+        if shapley_input == "whole":
+            assert example["token_attributions"] is None and example["top_tokens"] == []
+        else:
+            assert sum(example["token_attributions"]) == pytest.approx(
+                example["input_attribution"], abs=1e-9
+            )
+    assert attribute_prompt(toy, texts, seed=3, **kwargs) == result
+    assert result["n_samples"] == 6 and result["shapley_input"] == shapley_input
+
+
+def test_results_do_not_depend_on_batching(toy):
+    texts = ["good film", "very bad very good film", "bad", "film very good"]
+    one = attribute_prompt(toy, texts, n_steps=20, batch_size=1)
+    many = attribute_prompt(toy, texts, n_steps=20, batch_size=3, internal_batch_size=7)
+    for a, b in zip(one["examples"], many["examples"], strict=True):
+        np.testing.assert_allclose(
+            a["prompt_attributions"] + a["token_attributions"],
+            b["prompt_attributions"] + b["token_attributions"],
+            atol=1e-6,
+        )
+
+
+# ------------------------------------------------------------------ tiny BERT
+@pytest.fixture(scope="module")
+def tiny_bert(tiny_bert_dir) -> PromptedModel:
+    torch.manual_seed(7)
+    loaded = load_base_model(
+        str(tiny_bert_dir), task="sequence-classification", num_labels=3, device="cpu"
+    )
+    with torch.no_grad():  # a sharper head than the 0.02-scale init: probabilities move
+        loaded.model.classifier.weight.mul_(50)
+    prompt = torch.randn(4, 32, generator=torch.Generator().manual_seed(11))
+    return PromptedModel(
+        loaded.model,
+        loaded.tokenizer,
+        prompt,
+        task="sequence-classification",
+        labels=["a", "b", "c"],
+    )
+
+
+def direct_probability(prompted, text, target, *, prompt=None, fill=None) -> float:
+    """``f`` of one unpadded example; ``fill`` replaces every embedding (the baseline)."""
+    encoded = prompted.encode([text])
+    embeds = prompted.embed(encoded.input_ids)
+    prompt = prompted.prompt if prompt is None else prompt
+    if fill is not None:
+        prompt = fill.expand_as(prompted.prompt)
+        embeds = fill.expand_as(embeds)
+    with torch.no_grad():
+        probs = prompted.label_probabilities(
+            prompt, embeds, encoded.attention_mask, encoded.token_type_ids, encoded.readout_index
+        )
+    return float(probs[0, target])
+
+
+@pytest.mark.parametrize("baseline", ["zero", "pad", "mean"])
+def test_integrated_gradients_completeness_on_tiny_bert(tiny_bert, sentences, baseline):
+    result = attribute_prompt(tiny_bert, sentences, baseline=baseline, n_steps=32, batch_size=3)
+    fill = baseline_vector(tiny_bert, baseline)
+    deltas = []
+    for text, example in zip(sentences, result["examples"], strict=True):
+        total = sum(example["prompt_attributions"]) + sum(example["token_attributions"])
+        f_input = direct_probability(tiny_bert, text, example["target"])
+        f_base = direct_probability(tiny_bert, text, example["target"], fill=fill)
+        assert example["target_probability"] == pytest.approx(f_input, abs=1e-5)
+        gap = abs(total - (f_input - f_base))
+        assert gap <= abs(example["convergence_delta"]) + 1e-5
+        assert example["tokens"][0] == "[CLS]" and example["tokens"][-1] == "[SEP]"
+        assert len(example["tokens"]) == len(example["token_attributions"])
+        deltas.append(abs(example["convergence_delta"]))
+    assert result["max_convergence_delta"] == pytest.approx(max(deltas))
+    assert result["max_convergence_delta"] < 0.02
+    assert len(result["per_position"]) == 4 and result["num_virtual_tokens"] == 4
+    json.dumps(result)
+
+
+def test_feature_ablation_equals_direct_replacement(tiny_bert, sentences):
+    texts = sentences[:4]
+    result = attribute_prompt(
+        tiny_bert, texts, method="feature_ablation", baseline="mean", batch_size=4
+    )
+    fill = baseline_vector(tiny_bert, "mean")
+    for text, example in zip(texts, result["examples"], strict=True):
+        target = example["target"]
+        f_input = direct_probability(tiny_bert, text, target)
+        for j in range(tiny_bert.num_virtual_tokens):
+            ablated = tiny_bert.prompt.clone()
+            ablated[j] = fill
+            expected = f_input - direct_probability(tiny_bert, text, target, prompt=ablated)
+            assert example["prompt_attributions"][j] == pytest.approx(expected, abs=1e-5)
+
+
+def test_per_group_attribution_equals_a_groupby_mean(tiny_bert, sentences):
+    features = pd.DataFrame(
+        {
+            "gender": ["f", "m", "f", "m", "f", None, "m", "f"],
+            "age": ["young", "old", "old", "young", "old", "old", "young", "old"],
+        }
+    )
+    result = attribute_prompt(tiny_bert, sentences, n_steps=8, sensitive_features=features)
+    frame = pd.DataFrame([e["prompt_attributions"] for e in result["examples"]])
+    for feature in ["gender", "age"]:
+        keys = features[feature].fillna("<missing>")
+        expected = frame.groupby(keys.values).mean()
+        info = result["by_group"][feature]
+        assert set(info["groups"]) == set(expected.index)
+        for group, row in expected.iterrows():
+            np.testing.assert_allclose(info["groups"][group], row.values, atol=1e-12)
+        assert info["counts"] == keys.value_counts().to_dict()
+        spread = (expected.max() - expected.min()).values
+        np.testing.assert_allclose(info["max_difference"], spread, atol=1e-12)
+        assert info["top_positions"] == list(np.argsort(-spread, kind="stable")[:5])
+    np.testing.assert_allclose(result["per_position"], frame.mean().values, atol=1e-12)
+    np.testing.assert_allclose(result["per_position_abs"], frame.abs().mean().values, atol=1e-12)
+
+
+def test_summary_and_prompt_share(tiny_bert, sentences):
+    result = attribute_prompt(tiny_bert, sentences, n_steps=8, max_examples=3, target="b")
+    assert [e["text"] for e in result["examples"]] == sentences[:3]  # the first K
+    assert {e["target_label"] for e in result["examples"]} == {"b"}
+    shares = []
+    for e in result["examples"]:
+        p = np.abs(e["prompt_attributions"]).sum()
+        shares.append(p / (p + np.abs(e["token_attributions"]).sum()))
+    assert result["prompt_share"] == pytest.approx(np.mean(shares))
+    assert result["n_examples"] == 3
+    text = format_attribution_summary(result)
+    assert text.startswith(
+        "Attribution: integrated_gradients (n_steps=8, baseline=pad), "
+        "3 examples, target: probability of the label 'b'"
+    )
+    assert f"{100 * result['prompt_share']:.1f}%" in text
+    assert "v3" in text
+    assert attribute_prompt(tiny_bert, sentences, n_steps=8, max_examples=3, target="b") == result
+
+
+@pytest.mark.parametrize(("task", "labels"), [("causal-lm", ["good", "bad"]),
+                                            ("masked-lm", ["good", "bad", "ok"])])
+def test_language_model_tasks_satisfy_completeness(tiny_gpt2_dir, tiny_bert_dir, sentences,
+                                                   task, labels):
+    model_dir = tiny_gpt2_dir if task == "causal-lm" else tiny_bert_dir
+    loaded = load_base_model(str(model_dir), task=task, device="cpu")
+    prompt = torch.randn(3, 32, generator=torch.Generator().manual_seed(5))
+    prompted = PromptedModel(loaded.model, loaded.tokenizer, prompt, task=task, labels=labels)
+    texts = sentences[:4]
+    result = attribute_prompt(prompted, texts, n_steps=16, batch_size=4)
+    fill = baseline_vector(prompted, "pad")
+    for text, example in zip(texts, result["examples"], strict=True):
+        # padding trimmed: one attribution per real token (the masked-lm [MASK] included)
+        assert len(example["token_attributions"]) == len(prompted.encode([text]).input_ids[0])
+        total = sum(example["prompt_attributions"]) + sum(example["token_attributions"])
+        diff = (direct_probability(prompted, text, example["target"])
+                - direct_probability(prompted, text, example["target"], fill=fill))
+        assert abs(total - diff) <= abs(example["convergence_delta"]) + 1e-5
+
+
+# ---------------------------------------------------------- MiniLM vs Captum
+def test_minilm_matches_a_direct_captum_call(minilm_seqcls_adapter, sentences):
+    from captum.attr import IntegratedGradients
+
+    from promptaudit.prompted import load_prompted_model
+
+    prompted, _, _ = load_prompted_model("builtin:minilm", str(minilm_seqcls_adapter), device="cpu")
+    texts = sentences[:3]
+    ours = attribute_prompt(prompted, texts, n_steps=16, baseline="pad", batch_size=3)
+    pad = prompted.word_embeddings[prompted.tokenizer.pad_token_id].detach()
+    got, expected = [], []
+    for text, example in zip(texts, ours["examples"], strict=True):
+        encoded = prompted.encode([text])
+
+        def forward(prompt_embeds, input_embeds, attention_mask, token_type_ids):
+            return prompted.label_probabilities(
+                prompt_embeds, input_embeds, attention_mask, token_type_ids
+            )
+
+        embeds = prompted.embed(encoded.input_ids).detach()
+        prompt = prompted.prompt.unsqueeze(0)
+        prompt_attr, input_attr = IntegratedGradients(forward).attribute(
+            (prompt, embeds),
+            baselines=(pad.expand_as(prompt), pad.expand_as(embeds)),
+            target=example["target"],
+            n_steps=16,
+            additional_forward_args=(encoded.attention_mask, encoded.token_type_ids),
+        )
+        expected += prompt_attr.sum(-1)[0].tolist() + input_attr.sum(-1)[0].tolist()
+        got += example["prompt_attributions"] + example["token_attributions"]
+    assert len(got) == len(expected)
+    assert np.corrcoef(got, expected)[0, 1] >= 0.99
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+    assert np.abs(got).max() > 1e-4  # not trivially zero
+
+
+# --------------------------------------------------------------------- errors
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"method": "saliency"}, UNKNOWN_METHOD_MESSAGE.format(value="saliency")),
+        ({"baseline": "blur"}, UNKNOWN_BASELINE_MESSAGE.format(value="blur")),
+        ({"shapley_input": "pairs"}, UNKNOWN_SHAPLEY_INPUT_MESSAGE.format(value="pairs")),
+        ({"n_steps": 0}, N_STEPS_MESSAGE.format(value=0)),
+        ({"n_steps": 2.5}, N_STEPS_MESSAGE.format(value=2.5)),
+        ({"n_samples": 0}, N_SAMPLES_MESSAGE.format(value=0)),
+        ({"max_examples": 0}, MAX_EXAMPLES_MESSAGE.format(value=0)),
+        ({"batch_size": -1}, BATCH_SIZE_MESSAGE.format(value=-1)),
+        ({"internal_batch_size": 0}, INTERNAL_BATCH_SIZE_MESSAGE.format(value=0)),
+        ({"target": 2}, TARGET_RANGE_MESSAGE.format(value=2, last=1)),
+        ({"target": -1}, TARGET_RANGE_MESSAGE.format(value=-1, last=1)),
+        (
+            {"target": "neutral"},
+            TARGET_LABEL_MESSAGE.format(value="neutral", allowed="negative, positive", last=1),
+        ),
+        (
+            {"sensitive_features": pd.DataFrame({"g": ["a"]})},
+            SENSITIVE_ROWS_MESSAGE.format(rows=1, texts=2),
+        ),
+    ],
+)
+def test_bad_input_raises_one_line_messages(toy, kwargs, message):
+    with pytest.raises(InputError) as caught:
+        attribute_prompt(toy, ["good film", "bad"], **kwargs)
+    assert str(caught.value) == message
+    assert "\n" not in message
+
+
+def test_no_texts_and_no_prompt_are_refused(toy):
+    with pytest.raises(InputError) as caught:
+        attribute_prompt(toy, [])
+    assert str(caught.value) == NO_TEXTS_MESSAGE
+    with pytest.raises(InputError) as caught:
+        attribute_prompt(toy.with_prompt(None), ["good"])
+    assert str(caught.value) == NO_PROMPT_MESSAGE
