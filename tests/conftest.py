@@ -359,3 +359,13 @@ def _restore_root_logging():
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
+
+
+def pytest_configure(config):
+    """One torch thread per pytest-xdist worker: two workers on two cores, no oversubscription."""
+    import os
+
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)

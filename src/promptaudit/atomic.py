@@ -20,6 +20,10 @@ def prepare_output_dir(path: str | Path) -> Path:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise InputError(f"{path}: output path exists and is not a directory")
+    blocker = _file_in_the_way(path)
+    if blocker is not None:
+        raise InputError(f"{path}: cannot create the output directory; {blocker} is a file, "
+                         "not a directory")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -36,6 +40,9 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically (temp file in the same folder + ``os.replace``)."""
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
+    blocker = _file_in_the_way(folder)
+    if blocker is not None:
+        raise InputError(f"{folder}: cannot write there; {blocker} is a file, not a directory")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
@@ -52,6 +59,14 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
         Path(tmp_name).unlink(missing_ok=True)
         raise
     return path
+
+
+def _file_in_the_way(folder: Path) -> Path | None:
+    """The nearest existing ancestor of ``folder`` (itself included) when it is not a directory."""
+    for candidate in (folder, *folder.parents):
+        if candidate.exists():
+            return None if candidate.is_dir() else candidate
+    return None
 
 
 def _umask() -> int:

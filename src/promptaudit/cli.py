@@ -15,12 +15,53 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
+import importlib
+
 import typer
+from typer.core import TyperGroup
 
 from promptaudit.errors import InputError, PromptAuditError
 
+# The click that typer runs on (recent typer releases vendor their own copy).
+_click_errors = importlib.import_module(typer.BadParameter.__module__)
+
+
+class _OneLineUsageError(_click_errors.UsageError):
+    """A usage error shown as one ``error:`` line (click prints a usage block)."""
+
+    def show(self, file=None) -> None:
+        command = self.ctx.command_path if self.ctx is not None else "promptaudit"
+        typer.echo(f"error: {command}: {self.format_message()} (see `{command} --help`)",
+                   err=True)
+
+
+class _OneLineUsageGroup(TyperGroup):
+    """Turns click's usage errors (missing option, bad value, unknown command) into one line."""
+
+    @staticmethod
+    def _one_line(exc) -> _OneLineUsageError:
+        return _OneLineUsageError(" ".join(exc.format_message().split()), exc.ctx)
+
+    def make_context(self, *args, **kwargs):
+        try:
+            return super().make_context(*args, **kwargs)
+        except _click_errors.NoArgsIsHelpError:
+            raise
+        except _click_errors.UsageError as exc:
+            raise self._one_line(exc) from None
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (_click_errors.NoArgsIsHelpError, _OneLineUsageError):
+            raise
+        except _click_errors.UsageError as exc:
+            raise self._one_line(exc) from None
+
+
 app = typer.Typer(
     name="promptaudit",
+    cls=_OneLineUsageGroup,
     help="Audit tuned (soft) prompts for fairness and explain them.",
     no_args_is_help=True,
     add_completion=False,
@@ -83,12 +124,20 @@ def handle_errors(func):
     return wrapper
 
 
+def _show_progress() -> bool:
+    """Progress bars only on an interactive terminal (not in CI logs or pipes)."""
+    return sys.stderr.isatty()
+
+
 def _split_labels(labels: str | None) -> list[str] | None:
     if labels is None:
         return None
     out = [part.strip() for part in labels.split(",") if part.strip()]
     if len(out) < 2:
         raise InputError(f"--labels {labels!r}: give at least two comma-separated labels")
+    repeated = sorted({label for label in out if out.count(label) > 1})
+    if repeated:
+        raise InputError(f"--labels {labels!r}: duplicate label {repeated[0]!r}; each label once")
     return out
 
 
@@ -120,7 +169,7 @@ def demo(
     _configure_logging(verbose)
     from promptaudit.demo import run_demo
 
-    result, paths = run_demo(out, retrain=retrain, progress=True)
+    result, paths = run_demo(out, retrain=retrain, progress=_show_progress())
     _print_verdict(result, paths)
     raise typer.Exit(EXIT_OK if result["passed"] else EXIT_GATE_FAILED)
 
@@ -137,15 +186,34 @@ def run(
     _configure_logging(verbose)
     from promptaudit.pipeline import run_audit
     from promptaudit.atomic import prepare_output_dir
+    from promptaudit.distributed import launch_processes
     from promptaudit.report import write_reports
     from promptaudit.spec import load_spec
 
     spec = load_spec(audit, set_ or [])
-    prepare_output_dir(out)
-    result = run_audit(spec, progress=True, command=_command_line())
-    paths = write_reports(result, out, name=spec.name)
-    _print_verdict(result, paths)
-    raise typer.Exit(EXIT_OK if result["passed"] else EXIT_GATE_FAILED)
+    # Under `accelerate launch` / `torchrun` with several processes: the main process runs
+    # the audit and writes the reports; the others only predict and attribute their shards.
+    processes = launch_processes(device=spec.model.device)  # None for a single process
+    if processes is not None and not processes.is_main:
+        raise typer.Exit(processes.serve())  # exits with the main process's code
+    code = EXIT_INTERNAL
+    try:
+        prepare_output_dir(out)
+        result = run_audit(spec, progress=_show_progress(), command=_command_line(), processes=processes)
+        paths = write_reports(result, out, name=spec.name)
+        _print_verdict(result, paths)
+        code = EXIT_OK if result["passed"] else EXIT_GATE_FAILED
+    except (PromptAuditError, FileNotFoundError, PermissionError, IsADirectoryError,
+            NotADirectoryError):
+        code = EXIT_BAD_INPUT  # as handle_errors maps them
+        raise
+    except KeyboardInterrupt:
+        code = 130
+        raise
+    finally:
+        if processes is not None:
+            processes.close(code)
+    raise typer.Exit(code)
 
 
 @app.command()
@@ -211,6 +279,7 @@ def train(
     result = train_prompt(
         model, texts, label_ids, labels=label_names, out_dir=out, task=task, config=config,
         validation_texts=val_texts, validation_label_ids=val_ids, device=device, resume=resume,
+        progress=_show_progress(),
     )
     for entry in result.history:
         acc = "n/a" if entry["val_accuracy"] is None else f"{entry['val_accuracy']:.4f}"
@@ -239,11 +308,20 @@ def predict(
     """Predict label probabilities: one row per input with p_<label> and prediction."""
     _configure_logging(verbose)
     from promptaudit.prompted import predictions_frame
-    from promptaudit.atomic import atomic_write_text
+    from promptaudit.atomic import atomic_write_text, prepare_output_dir
 
+    if out is not None:  # refuse an unwritable --out before the long work
+        if out.is_dir():
+            raise InputError(f"--out {out}: is a directory; give the path of a CSV file to write")
+        prepare_output_dir(out.parent if str(out.parent) else ".")
     _, texts = _load_texts(data, text_column)
     prompted, _, _ = _load_prompted(model, prompt, task, labels, device, max_length, batch_size)
-    probs = prompted.predict_proba(texts, progress=True)
+    probs = prompted.predict_proba(texts, progress=_show_progress())
+    n_truncated = prompted.count_truncated(texts)
+    if n_truncated:  # said, not silent: the predictions saw only the first tokens
+        logging.getLogger("promptaudit.cli").warning(
+            "%d of %d texts were longer than %d tokens and were truncated (raise --max-length "
+            "to keep more)", n_truncated, len(texts), prompted.max_length)
     table = predictions_frame(texts, probs, prompted.labels, text_column=text_column)
     csv_text = table.to_csv(index=False)
     if out is None:
@@ -318,7 +396,7 @@ def attribute(
     attribution = attribute_prompt(
         prompted, texts, method=method, n_steps=n_steps, baseline=baseline, target=target,
         max_examples=max_examples, sensitive_features=frame[features] if features else None,
-        progress=True,
+        progress=_show_progress(),
     )
     if json_:
         typer.echo(json.dumps(attribution, indent=2, sort_keys=True))

@@ -8,6 +8,7 @@ column at fault.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,7 +18,8 @@ import pandas as pd
 
 from promptaudit.errors import DataError
 
-__all__ = ["load_table", "require_columns", "encode_labels", "infer_labels", "SUPPORTED_SUFFIXES"]
+__all__ = ["load_table", "require_columns", "encode_labels", "infer_labels",
+           "check_sensitive_columns", "SUPPORTED_SUFFIXES"]
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +101,8 @@ def encode_labels(values: pd.Series, labels: Sequence[str], *, source: str, colu
     out = np.empty(len(values), dtype=np.int64)
     for row, value in enumerate(values.tolist()):
         key = str(value).strip()
+        if not key and "" not in name_to_index:  # an empty CSV cell (read as text, not NaN)
+            raise DataError(f"{source}: column {column!r} has a missing label at row {row}")
         if key in name_to_index:
             out[row] = name_to_index[key]
             continue
@@ -115,6 +119,42 @@ def encode_labels(values: pd.Series, labels: Sequence[str], *, source: str, colu
             f"{allowed} or an index 0..{len(labels) - 1}"
         )
     return out
+
+
+def check_sensitive_columns(
+    frame: pd.DataFrame,
+    columns: Sequence[str],
+    *,
+    source: str,
+    reference_group: str | None = None,
+) -> None:
+    """Refuse a sensitive feature column with a missing value or a single group.
+
+    Checked when the data is read, before any model work, so the message names
+    the file. ``reference_group`` (a group name, or ``between_groups``) must be
+    a group of every column.
+    """
+    for column in columns:
+        values = frame[column]
+        text = values.astype(str).str.strip()
+        missing = values.isna().to_numpy() | (text == "").to_numpy()
+        if missing.any():
+            row = int(np.flatnonzero(missing)[0])
+            raise DataError(
+                f"{source}: sensitive feature column {column!r} has a missing value at row {row}; "
+                "every row needs a group (empty cells are not allowed)"
+            )
+        groups = sorted(text.unique().tolist())
+        if len(groups) < 2:
+            raise DataError(
+                f"{source}: sensitive feature column {column!r} has only one group "
+                f"({groups[0]!r}); a fairness comparison needs at least two groups"
+            )
+        if reference_group not in (None, "between_groups") and reference_group not in groups:
+            raise DataError(
+                f"fairness.reference_group: {reference_group!r} is not a group of sensitive "
+                f"feature {column!r} in {source}; groups: {', '.join(groups)} (or between_groups)"
+            )
 
 
 def _load_file(path: Path) -> pd.DataFrame:
@@ -144,17 +184,17 @@ def _load_file(path: Path) -> pd.DataFrame:
         kwargs["quoting"] = 3 if suffix == ".tsv" else 0  # GLUE TSVs hold bare quotes
     datasets.disable_progress_bars()
     try:
-        dataset = datasets.load_dataset(
-            builder,
-            data_files=str(path),
-            split="train",
-            keep_in_memory=True,
-            cache_dir=None,
-            **kwargs,
-        )
+        with _quiet_loaders():
+            dataset = datasets.load_dataset(
+                builder,
+                data_files=str(path),
+                split="train",
+                keep_in_memory=True,
+                cache_dir=None,
+                **kwargs,
+            )
     except Exception as exc:  # datasets raises many types; all mean "cannot parse"
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"{path}: could not be read as {suffix[1:]}: {first_line}") from exc
+        raise DataError(f"{path}: could not be read as {suffix[1:]}: {_root_cause(exc)}") from exc
     return dataset.to_pandas()
 
 
@@ -163,10 +203,35 @@ def _load_hub_dataset(reference: str) -> pd.DataFrame:
     import datasets
 
     try:
-        dataset = datasets.load_dataset(name, split=split or "train")
+        with _quiet_loaders():
+            dataset = datasets.load_dataset(name, split=split or "train")
     except Exception as exc:
         raise DataError(f"hf:{reference}: could not load the dataset: {exc}".splitlines()[0]) from exc
     return dataset.to_pandas()
+
+
+@contextlib.contextmanager
+def _quiet_loaders():
+    """Keep ``datasets``/``huggingface_hub`` from logging tracebacks of errors we report ourselves."""
+    names = ("datasets", "huggingface_hub", "fsspec")
+    saved = {name: logging.getLogger(name).level for name in names}
+    for name in names:
+        logging.getLogger(name).setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
+
+
+def _root_cause(exc: BaseException) -> str:
+    """First line of the innermost cause (datasets wraps parser errors in a generic one)."""
+    seen = set()
+    while id(exc) not in seen and (exc.__cause__ or exc.__context__) is not None:
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _check_utf8(path: Path) -> int:

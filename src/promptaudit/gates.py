@@ -4,7 +4,8 @@ A gate reads the worst value over sensitive features unless it names a
 ``feature``. With ``use_bound`` it reads the conservative end of the bootstrap
 interval instead of the point value: the upper bound for a ``max`` gate, the
 lower bound for a ``min`` gate. A metric that could not be computed fails its
-gate (an audit must not pass on missing evidence).
+gate (an audit must not pass on missing evidence), and so does a ``use_bound``
+gate whose interval is missing.
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from pydantic import ValidationError
+
+from promptaudit.errors import SpecError
 from promptaudit.spec import GATE_METRICS, GateSpec
 
 __all__ = ["evaluate_gates", "metric_value"]
@@ -51,21 +55,39 @@ def evaluate_gates(gates: Sequence[GateSpec | dict], result: dict) -> list[dict]
         One entry per threshold: ``metric``, ``feature``, ``op`` (``>=`` or
         ``<=``), ``threshold``, ``value`` (the number compared), ``bound``
         (``point``, ``lower`` or ``upper``), ``passed`` and a ``message``.
+
+    Raises
+    ------
+    SpecError
+        A gate given as a dict that is not a valid gate (unknown metric or key,
+        no threshold, ...), named by its index: ``gates.1.metric: ...``.
     """
     out = []
-    for gate in gates:
-        gate = gate if isinstance(gate, GateSpec) else GateSpec.model_validate(gate)
+    for index, gate in enumerate(gates):
+        if not isinstance(gate, GateSpec):
+            try:
+                gate = GateSpec.model_validate(gate)
+            except ValidationError as exc:
+                error = exc.errors()[0]
+                where = ".".join(str(part) for part in (index, *error.get("loc", ())))
+                message = str(error.get("msg", "invalid gate")).removeprefix("Value error, ")
+                raise SpecError(f"gates.{where}: {message}") from None
         point, interval = metric_value(result, gate.metric, feature=gate.feature)
         for op, threshold in ((">=", gate.min), ("<=", gate.max)):
             if threshold is None:
                 continue
             bound = "point"
             value = point
-            if gate.use_bound and interval is not None and None not in interval:
+            if gate.use_bound:
+                # The conservative end; no interval means no evidence, so the gate fails.
                 bound = "lower" if op == ">=" else "upper"
-                value = _number(interval[0] if op == ">=" else interval[1])
+                ends = interval if interval and len(interval) == 2 else (None, None)
+                value = _number(ends[0] if op == ">=" else ends[1])
             passed = value is not None and (value >= threshold if op == ">=" else value <= threshold)
-            where = f" for {gate.feature}" if gate.feature else " (worst over features)"
+            if GATE_METRICS[gate.metric][0] != "disparities":
+                where = ""
+            else:
+                where = f" for {gate.feature}" if gate.feature else " (worst over features)"
             shown = "not computed" if value is None else f"{value:.4g}"
             verdict = "passes" if passed else "FAILS"
             out.append({

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -216,6 +217,11 @@ def load_base_model(
             **({"revision": revision} if revision else {}),
         )
         model = auto_class.from_pretrained(resolved, **kwargs)
+    except pickle.UnpicklingError:  # transformers loads .bin weights with weights_only=True
+        raise ModelError(
+            f"model {reference!r}: refused: a weights file holds pickled objects that are not "
+            "plain tensors (never unpickled); use a model saved with safetensors"
+        ) from None
     except (OSError, ValueError, KeyError) as exc:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"model {reference!r}: could not be loaded as {task.value}: {message}") from exc

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from promptaudit.data import encode_labels, load_table
+from promptaudit.data import check_sensitive_columns, encode_labels, load_table
 from promptaudit.errors import DataError, InputError, SpecError
 from promptaudit.models import Task, resolve_model_reference
 from promptaudit.prompted import PromptedModel, load_prompted_model
@@ -174,9 +174,20 @@ def _load_evaluation_data(spec: AuditSpec) -> tuple[pd.DataFrame, list[str]]:
         frame = frame.iloc[: spec.data.limit]
     frame = frame.reset_index(drop=True)
     text = frame[spec.data.text_column]
-    if text.isna().any():
-        row = int(np.flatnonzero(text.isna().to_numpy())[0])
+    missing = text.isna().to_numpy() | (text.astype(str).str.strip() == "").to_numpy()
+    if missing.any():  # an empty CSV cell reads as "" (keep_default_na=False), not NaN
+        row = int(np.flatnonzero(missing)[0])
         raise DataError(f"{spec.data.path}: column {spec.data.text_column!r} has a missing text at row {row}")
+    # Refuse bad groups, pair ids and term suites now, before any model work.
+    check_sensitive_columns(frame, spec.data.sensitive_features, source=spec.data.path,
+                            reference_group=spec.fairness.reference_group)
+    if cf is not None and cf.pair_column and frame[cf.pair_column].isna().any():
+        row = int(np.flatnonzero(frame[cf.pair_column].isna().to_numpy())[0])
+        raise DataError(f"{spec.data.path}: column {cf.pair_column!r} has a missing value at row {row}")
+    if cf is not None and cf.suite is not None:
+        from promptaudit.corpora import make_counterfactuals
+
+        make_counterfactuals([], cf.suite, features=cf.features)  # loads and checks the suite
     return frame, text.astype(str).tolist()
 
 

@@ -130,6 +130,8 @@ class PromptedModel:
         self.tokenizer = tokenizer
         self.task = Task.parse(task)
         self.labels = [str(label) for label in labels]
+        if int(batch_size) < 1:
+            raise InputError(f"batch_size: {batch_size}; must be >= 1")
         self.batch_size = int(batch_size)
         self.device = next(model.parameters()).device
         self.embedding_layer = model.get_input_embeddings()
@@ -144,7 +146,11 @@ class PromptedModel:
             model.config, "n_positions", None) or 10**6
         self.max_length = int(min(max_length, max_positions - self.num_virtual_tokens))
         if self.max_length < 4:
-            raise InputError(f"max_length: {max_length} leaves no room for input tokens")
+            raise InputError(
+                f"max_length: {max_length} leaves fewer than 4 input tokens (the model has "
+                f"{max_positions} positions, the prompt takes {self.num_virtual_tokens}); "
+                "allowed: at least 4 input tokens"
+            )
         self.uses_token_types = "token_type_ids" in getattr(tokenizer, "model_input_names", [])
         if self.task is Task.SEQUENCE_CLASSIFICATION:
             head_size = int(getattr(model.config, "num_labels", len(self.labels)))
@@ -299,7 +305,10 @@ class PromptedModel:
         out = np.zeros((len(texts), len(self.labels)), dtype=np.float64)
         if not texts:
             return out
-        order = np.argsort([len(t) for t in texts], kind="stable")
+        # Only (n,) int64 lengths and order beside the output: memory per row stays a few bytes.
+        lengths = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
+        order = np.argsort(lengths, kind="stable")
+        del lengths
         starts = range(0, len(texts), self.batch_size)
         if progress:
             from tqdm.auto import tqdm

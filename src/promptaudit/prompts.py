@@ -194,7 +194,7 @@ def _load_adapter_dir(path: Path, source: str) -> SoftPrompt:
             f"{config_path}: peft_type {config.get('peft_type')!r} is not a soft prompt; "
             f"allowed: {', '.join(SUPPORTED_PEFT_TYPES)}"
         )
-    if int(config.get("num_transformer_submodules") or 1) != 1:
+    if config.get("num_transformer_submodules") not in (None, 1):
         raise PromptError(
             f"{config_path}: num_transformer_submodules={config['num_transformer_submodules']} "
             "(encoder-decoder prompts) is not supported; allowed: 1"

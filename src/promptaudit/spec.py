@@ -37,6 +37,7 @@ __all__ = [
     "parse_spec",
     "apply_overrides",
     "GATE_METRICS",
+    "LABEL_GATE_METRICS",
     "FAIRNESS_METRICS",
 ]
 
@@ -47,10 +48,19 @@ GATE_METRICS: dict[str, tuple[str, str, str]] = {
     "equalized_odds_difference": ("disparities", "equalized_odds_difference", "lower"),
     "equalized_odds_ratio": ("disparities", "equalized_odds_ratio", "higher"),
     "equal_opportunity_difference": ("disparities", "equal_opportunity_difference", "lower"),
+    "equal_opportunity_ratio": ("disparities", "equal_opportunity_ratio", "higher"),
+    "accuracy_difference": ("disparities", "accuracy_difference", "lower"),
     "counterfactual_flip_rate": ("counterfactual", "flip_rate", "lower"),
     "counterfactual_mean_abs_delta": ("counterfactual", "mean_abs_delta", "lower"),
     "accuracy": ("task", "accuracy", "higher"),
+    "balanced_accuracy": ("task", "balanced_accuracy", "higher"),
 }
+
+#: Gate metrics that need true labels (``data.label_column``).
+LABEL_GATE_METRICS = frozenset({
+    "equalized_odds_difference", "equalized_odds_ratio", "equal_opportunity_difference",
+    "equal_opportunity_ratio", "accuracy_difference", "accuracy", "balanced_accuracy",
+})
 
 FAIRNESS_METRICS = (
     "selection_rate", "accuracy", "true_positive_rate", "false_positive_rate",
@@ -71,8 +81,8 @@ class ModelSpec(_Strict):
     positive_label: str | None = None
     device: str = "auto"
     dtype: DType = DType.FLOAT32
-    max_length: int = Field(128, ge=4, le=8192)
-    batch_size: int = Field(32, ge=1, le=4096)
+    max_length: int = Field(128, ge=4, le=8192, strict=True)
+    batch_size: int = Field(32, ge=1, le=4096, strict=True)
     trust_remote_code: bool = False
 
     @model_validator(mode="after")
@@ -108,13 +118,13 @@ class TrainSpec(_Strict):
     """Train the prompt as part of the audit (PEFT prompt tuning)."""
 
     data: TableSpec
-    num_virtual_tokens: int = Field(20, ge=1, le=512)
+    num_virtual_tokens: int = Field(20, ge=1, le=512, strict=True)
     init: Literal["text", "random", "vocab"] = "text"
     init_text: str | None = None
-    epochs: int = Field(2, ge=1, le=1000)
-    learning_rate: float = Field(0.03, gt=0)
-    batch_size: int = Field(32, ge=1)
-    max_length: int = Field(128, ge=4)
+    epochs: int = Field(2, ge=1, le=1000, strict=True)
+    learning_rate: float = Field(0.03, gt=0, strict=True)
+    batch_size: int = Field(32, ge=1, strict=True)
+    max_length: int = Field(128, ge=4, strict=True)
     out: str | None = None
 
 
@@ -138,7 +148,15 @@ class DataSpec(_Strict):
     text_column: str = "text"
     label_column: str | None = None
     sensitive_features: list[str] = Field(default_factory=list)
-    limit: int | None = Field(None, ge=1)
+    limit: int | None = Field(None, ge=1, strict=True)
+
+    @field_validator("sensitive_features")
+    @classmethod
+    def _distinct_features(cls, value: list[str]) -> list[str]:
+        repeated = sorted({name for name in value if value.count(name) > 1})
+        if repeated:
+            raise ValueError(f"{repeated[0]!r} is listed twice; list each column once")
+        return value
 
 
 class CounterfactualSpec(_Strict):
@@ -164,7 +182,7 @@ class Metric(str, enum.Enum):
 
 class ProjectionSpec(_Strict):
     enabled: bool = True
-    top_k: int = Field(5, ge=1, le=1000)
+    top_k: int = Field(5, ge=1, le=1000, strict=True)
     metric: Metric = Metric.COSINE
     fidelity: bool = True
 
@@ -173,19 +191,19 @@ class AttributionSpec(_Strict):
     enabled: bool = True
     method: Literal["integrated_gradients", "feature_ablation", "shapley_sampling"] = (
         "integrated_gradients")
-    n_steps: int = Field(32, ge=1, le=1024)
+    n_steps: int = Field(32, ge=1, le=1024, strict=True)
     baseline: Literal["pad", "zero", "mean"] = "pad"
-    max_examples: int = Field(200, ge=1)
-    n_samples: int = Field(25, ge=1)
+    max_examples: int = Field(200, ge=1, strict=True)
+    n_samples: int = Field(25, ge=1, strict=True)
 
 
 class FairnessSpec(_Strict):
     metrics: list[str] = Field(
         default_factory=lambda: ["selection_rate", "accuracy", "true_positive_rate",
                                  "false_positive_rate"])
-    bootstrap: int = Field(1000, ge=0, le=100_000)
-    confidence: float = Field(0.95, gt=0, lt=1)
-    min_group_size: int = Field(30, ge=1)
+    bootstrap: int = Field(1000, ge=0, le=100_000, strict=True)
+    confidence: float = Field(0.95, gt=0, lt=1, strict=True)
+    min_group_size: int = Field(30, ge=1, strict=True)
     reference_group: str | None = None
     intersection: bool = True
 
@@ -210,8 +228,8 @@ class GateSpec(_Strict):
     """One threshold: ``min`` and/or ``max`` on a metric, worst over features unless ``feature``."""
 
     metric: str
-    min: float | None = None
-    max: float | None = None
+    min: float | None = Field(None, strict=True)
+    max: float | None = Field(None, strict=True)
     feature: str | None = None
     use_bound: bool = False
 
@@ -229,6 +247,24 @@ class GateSpec(_Strict):
     def _thresholds(self) -> GateSpec:
         if self.min is None and self.max is None:
             raise ValueError(f"gate on {self.metric}: give 'min' or 'max'")
+        for key, threshold in (("min", self.min), ("max", self.max)):
+            if threshold is not None and not 0.0 <= threshold <= 1.0:
+                raise ValueError(
+                    f"gate on {self.metric}: {key} {threshold} is not between 0 and 1; "
+                    f"{self.metric} is always in [0, 1], so the gate could never "
+                    f"{'pass' if (key == 'min') == (threshold > 1) else 'fail'}"
+                )
+        section = GATE_METRICS[self.metric][0]
+        if self.feature is not None and section != "disparities":
+            raise ValueError(
+                f"gate on {self.metric}: 'feature' applies only to group disparities; "
+                f"{self.metric} is one number for the whole evaluation set"
+            )
+        if self.use_bound and section != "disparities":
+            raise ValueError(
+                f"gate on {self.metric}: 'use_bound' applies only to group disparities, "
+                f"which have bootstrap intervals; {self.metric} has none"
+            )
         if self.min is not None and self.max is not None and self.min > self.max:
             raise ValueError(
                 f"gate on {self.metric}: min {self.min} is above max {self.max}; "
@@ -241,7 +277,7 @@ class AuditSpec(_Strict):
     """A whole audit."""
 
     name: str
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1, strict=True)  # numpy and torch seeds
     model: ModelSpec = Field(default_factory=ModelSpec)
     prompt: PromptSpec
     data: DataSpec
@@ -251,7 +287,14 @@ class AuditSpec(_Strict):
     fairness: FairnessSpec = Field(default_factory=FairnessSpec)
     baselines: BaselineSpec = Field(default_factory=BaselineSpec)
     gates: list[GateSpec] = Field(default_factory=list)
-    version: int = 1
+    version: int = Field(1, strict=True)
+
+    @field_validator("version")
+    @classmethod
+    def _known_version(cls, value: int) -> int:
+        if value != 1:
+            raise ValueError(f"version {value} is not supported; allowed: 1")
+        return value
 
     @field_validator("name")
     @classmethod
@@ -271,6 +314,22 @@ class AuditSpec(_Strict):
                 raise ValueError(
                     f"gates: feature {gate.feature!r} is not a sensitive feature; "
                     f"allowed: {', '.join(sorted(features)) or 'none listed in data.sensitive_features'}"
+                )
+        for index, gate in enumerate(self.gates):
+            where = f"gates.{index}"
+            if gate.metric in LABEL_GATE_METRICS and self.data.label_column is None:
+                raise ValueError(
+                    f"{where}: {gate.metric} needs true labels; set data.label_column "
+                    "or gate on a label-free metric (demographic_parity_*, counterfactual_*)"
+                )
+            if GATE_METRICS[gate.metric][0] == "counterfactual" and self.counterfactuals is None:
+                raise ValueError(
+                    f"{where}: {gate.metric} needs counterfactuals; add a 'counterfactuals' "
+                    "section (suite: builtin:identity, or pair_column: ...)"
+                )
+            if gate.use_bound and self.fairness.bootstrap == 0:
+                raise ValueError(
+                    f"{where}: use_bound needs bootstrap intervals, but fairness.bootstrap is 0"
                 )
         if self.model.task is not Task.SEQUENCE_CLASSIFICATION and not self.model.labels:
             raise ValueError(f"model.labels: task {self.model.task.value} needs label words")
@@ -307,7 +366,9 @@ def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> AuditSpec:
     except UnicodeDecodeError:
         raise SpecError(f"{path}: not valid UTF-8 text") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 -- a SafeLoader subclass
+    except _DuplicateKeyError as exc:
+        raise SpecError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -320,6 +381,29 @@ def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> AuditSpec:
     raw = apply_overrides(raw, overrides, source=str(path))
     spec = parse_spec(raw, source=str(path))
     return _resolve_paths(spec, path.resolve().parent)
+
+
+class _DuplicateKeyError(yaml.YAMLError):
+    """A mapping that names the same key twice (YAML itself keeps the last silently)."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses duplicate keys instead of keeping the last one."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                if key in seen:
+                    raise _DuplicateKeyError(
+                        f"duplicate key {key!r} at line {key_node.start_mark.line + 1} "
+                        f"(first at line {seen[key]}); each key may appear once per mapping"
+                    )
+                seen[key] = key_node.start_mark.line + 1
+            except TypeError:  # an unhashable key: let SafeLoader report it
+                break
+        return super().construct_mapping(node, deep=deep)
 
 
 def parse_spec(raw: dict, *, source: str = "spec") -> AuditSpec:
@@ -343,10 +427,13 @@ def apply_overrides(raw: dict, overrides: Sequence[str], *, source: str = "--set
             value = yaml.safe_load(value_text) if value_text.strip() else ""
         except yaml.YAMLError:
             value = value_text
-        parts = key.strip().split(".")
+        key = key.strip()
+        parts = key.split(".")
+        if not all(part.strip() for part in parts):
+            raise SpecError(f"--set {item!r}: empty part in the dotted key {key!r}")
         node: Any = out
         for depth, part in enumerate(parts[:-1]):
-            node = _child(node, part, create=True, key=".".join(parts[: depth + 1]))
+            node = _child(node, part, key=key, parent=".".join(parts[:depth]))
         last = parts[-1]
         if isinstance(node, list):
             index = _list_index(node, last, key)
@@ -358,11 +445,12 @@ def apply_overrides(raw: dict, overrides: Sequence[str], *, source: str = "--set
     return out
 
 
-def _child(node: Any, part: str, *, create: bool, key: str) -> Any:
+def _child(node: Any, part: str, *, key: str, parent: str) -> Any:
     if isinstance(node, list):
         return node[_list_index(node, part, key)]
     if not isinstance(node, dict):
-        raise SpecError(f"--set {key}: cannot descend into a {type(node).__name__}")
+        raise SpecError(f"--set {key}: cannot descend into a {type(node).__name__} ({parent} is "
+                        "not a mapping or list)")
     if part not in node or node[part] is None:
         node[part] = {}
     return node[part]
@@ -390,9 +478,22 @@ def _resolve_paths(spec: AuditSpec, root: Path) -> AuditSpec:
             return str(local.resolve())
         return value  # a Hub id
 
+    def resolve_prompt(value: str) -> str:
+        # Resolved against the spec's folder unless it is an ``owner/name`` Hub id that
+        # is not a folder there: a missing local prompt is then reported by its full
+        # path, and a file that happens to sit in the working directory is never used.
+        candidate = Path(value).expanduser()
+        local = candidate if candidate.is_absolute() else root / candidate
+        parts = value.split("/")
+        hub_like = (len(parts) == 2 and all(parts) and not value.startswith((".", "~"))
+                    and Path(value).suffix.lower() not in (".safetensors", ".pt", ".bin"))
+        if hub_like and not local.exists():
+            return value
+        return str(local.resolve())
+
     prompt = spec.prompt
     if prompt.path is not None:
-        prompt = prompt.model_copy(update={"path": resolve_model(prompt.path)})
+        prompt = prompt.model_copy(update={"path": resolve_prompt(prompt.path)})
     if prompt.train is not None:
         train = prompt.train.model_copy(update={
             "data": prompt.train.data.model_copy(update={"path": resolve(prompt.train.data.path)}),
@@ -441,4 +542,6 @@ def _describe(error: dict, raw: dict) -> str:
         return f"{dotted}: {message}" if dotted else message
     value = error.get("input")
     shown = repr(value) if not isinstance(value, dict | list) else type(value).__name__
+    if isinstance(value, bool) and kind.startswith(("int", "float")):
+        shown += ", a YAML boolean: yes/no/on/off/true/false are not numbers"
     return f"{dotted or 'spec'}: {message} (got {shown})"

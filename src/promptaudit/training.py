@@ -76,6 +76,8 @@ class TrainingConfig:
             raise InputError(f"batch_size: {self.batch_size}; must be >= 1")
         if self.max_length < 4:
             raise InputError(f"max_length: {self.max_length}; must be >= 4")
+        if not 0 <= self.seed < 2**32:
+            raise InputError(f"seed: {self.seed}; must be an integer in 0..{2**32 - 1}")
         if not 0 <= self.validation_fraction < 1:
             raise InputError(f"validation_fraction: {self.validation_fraction}; must be in [0, 1)")
         if self.init is InitMethod.TEXT and not (self.init_text or "").strip():
@@ -207,6 +209,14 @@ def train_prompt(
         if last is None:
             raise InputError(f"{checkpoints}: --resume given but there is no checkpoint to resume from")
         state = _read_checkpoint(last)
+        saved = {k: v for k, v in (state["trainer"].get("config") or {}).items() if k != "epochs"}
+        wanted = {k: v for k, v in _config_dict(config).items() if k != "epochs"}
+        changed = sorted(k for k in wanted if k in saved and saved[k] != wanted[k])
+        if changed:
+            raise InputError(
+                f"{last}: --resume with other settings than the checkpoint's ({changed[0]}: "
+                f"{saved[changed[0]]!r} there, {wanted[changed[0]]!r} now); only epochs may change"
+            )
         set_peft_model_state_dict(peft_model, state["adapter"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch = state["trainer"]["epoch"]
@@ -344,13 +354,29 @@ def _last_checkpoint(checkpoints: Path) -> Path | None:
 
 
 def _read_checkpoint(path: Path) -> dict:
+    """Read a checkpoint; optimizer state is loaded with ``weights_only=True`` (never unpickled)."""
+    import pickle
+
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    return {
-        "adapter": load_file(str(path / "adapter.safetensors")),
-        "optimizer": torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True),
-        "trainer": json.loads((path / "trainer_state.json").read_text()),
-    }
+    try:
+        return {
+            "adapter": load_file(str(path / "adapter.safetensors")),
+            "optimizer": torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True),
+            "trainer": json.loads((path / "trainer_state.json").read_text(encoding="utf-8")),
+        }
+    except pickle.UnpicklingError:
+        raise InputError(
+            f"{path / 'optimizer.pt'}: refused: holds pickled objects that are not plain tensors "
+            "(never unpickled); remove the checkpoint or train without --resume"
+        ) from None
+    except (SafetensorError, RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise InputError(
+            f"{path}: checkpoint cannot be resumed from ({type(exc).__name__}: "
+            f"{str(exc).strip().splitlines()[0] if str(exc).strip() else 'unreadable'}); "
+            "remove it to resume from an earlier one, or train without --resume"
+        ) from None
 
 
 def _save_adapter_atomically(peft_model, out_dir: Path, *, training_info: dict) -> None:

@@ -531,7 +531,10 @@ def _load_suite_file(path: Path) -> TermSuite:
     suffix = path.suffix.lower()
     if suffix not in (".json", ".yaml", ".yml"):
         raise DataError(ERR_SUITE_SUFFIX.format(path=path, suffix=suffix))
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(ERR_SUITE_PARSE.format(path=path, kind="UTF-8 text", reason=exc)) from None
     if suffix == ".json":
         try:
             raw = json.loads(text)

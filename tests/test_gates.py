@@ -1,0 +1,181 @@
+"""Gates: thresholds -> verdicts, checked on a hand-made result whose numbers are known."""
+
+from __future__ import annotations
+
+import pytest
+
+from promptaudit.errors import SpecError
+from promptaudit.gates import evaluate_gates, metric_value
+from promptaudit.spec import GateSpec
+
+#: A result with two features; ``disparities`` is the worst over them, as the contract says.
+RESULT = {
+    "task": {"accuracy": 0.75, "balanced_accuracy": 0.7},
+    "fairness": {
+        "by_feature": {
+            "gender": {
+                "disparities": {"demographic_parity_ratio": 0.9,
+                                "demographic_parity_difference": 0.05,
+                                "equalized_odds_difference": 0.12},
+                "disparity_intervals": {"demographic_parity_ratio": [0.7, 1.0],
+                                        "demographic_parity_difference": [0.0, 0.15],
+                                        "equalized_odds_difference": [0.02, 0.3]},
+            },
+            "race": {
+                "disparities": {"demographic_parity_ratio": 0.6,
+                                "demographic_parity_difference": 0.25,
+                                "equalized_odds_difference": None},
+                "disparity_intervals": {"demographic_parity_ratio": [0.4, 0.85],
+                                        "demographic_parity_difference": [0.1, 0.4],
+                                        "equalized_odds_difference": None},
+            },
+        },
+        "disparities": {"demographic_parity_ratio": 0.6, "demographic_parity_difference": 0.25,
+                        "equalized_odds_difference": 0.12, "equal_opportunity_difference": None},
+        "disparity_intervals": {"demographic_parity_ratio": [0.4, 0.85],
+                                "demographic_parity_difference": [0.1, 0.4],
+                                "equalized_odds_difference": [0.02, 0.3]},
+        "counterfactual": {"flip_rate": 0.04, "mean_abs_delta": 0.02},
+    },
+}
+
+
+def one(gate: dict, result: dict = RESULT) -> dict:
+    entries = evaluate_gates([gate], result)
+    assert len(entries) == 1
+    return entries[0]
+
+
+def test_min_gate_on_the_worst_value():
+    entry = one({"metric": "demographic_parity_ratio", "min": 0.8})
+    assert entry == {
+        "metric": "demographic_parity_ratio", "feature": None, "op": ">=", "threshold": 0.8,
+        "value": 0.6, "bound": "point", "passed": False,
+        "message": "demographic_parity_ratio (worst over features) = 0.6 (point) FAILS >= 0.8",
+    }
+    assert one({"metric": "demographic_parity_ratio", "min": 0.6})["passed"]  # >= is inclusive
+
+
+def test_max_gate_on_the_worst_value():
+    entry = one({"metric": "demographic_parity_difference", "max": 0.3})
+    assert (entry["op"], entry["value"], entry["passed"]) == ("<=", 0.25, True)
+    assert entry["message"] == ("demographic_parity_difference (worst over features) = 0.25 "
+                                "(point) passes <= 0.3")
+    assert one({"metric": "demographic_parity_difference", "max": 0.25})["passed"]  # inclusive
+    assert not one({"metric": "demographic_parity_difference", "max": 0.2499})["passed"]
+
+
+def test_min_and_max_make_two_verdicts():
+    entries = evaluate_gates([{"metric": "demographic_parity_ratio", "min": 0.5, "max": 0.55}],
+                             RESULT)
+    assert [(e["op"], e["threshold"], e["value"], e["passed"]) for e in entries] == [
+        (">=", 0.5, 0.6, True), ("<=", 0.55, 0.6, False)]
+
+
+def test_feature_gate_reads_that_feature_not_the_worst():
+    gender = one({"metric": "demographic_parity_ratio", "min": 0.8, "feature": "gender"})
+    race = one({"metric": "demographic_parity_ratio", "min": 0.8, "feature": "race"})
+    assert (gender["value"], gender["passed"]) == (0.9, True)
+    assert (race["value"], race["passed"]) == (0.6, False)
+    assert gender["message"] == "demographic_parity_ratio for gender = 0.9 (point) passes >= 0.8"
+
+
+@pytest.mark.parametrize(("gate", "bound", "value", "passed"), [
+    # a min gate reads the lower end, a max gate the upper end of the interval
+    ({"metric": "demographic_parity_ratio", "min": 0.5}, "lower", 0.4, False),
+    ({"metric": "demographic_parity_ratio", "min": 0.4}, "lower", 0.4, True),
+    ({"metric": "demographic_parity_difference", "max": 0.3}, "upper", 0.4, False),
+    ({"metric": "demographic_parity_difference", "max": 0.4}, "upper", 0.4, True),
+    ({"metric": "demographic_parity_ratio", "min": 0.65, "feature": "gender"}, "lower", 0.7, True),
+    ({"metric": "equalized_odds_difference", "max": 0.2, "feature": "gender"}, "upper", 0.3, False),
+])
+def test_use_bound_reads_the_conservative_end(gate, bound, value, passed):
+    point = one(gate)
+    entry = one({**gate, "use_bound": True})
+    assert (entry["bound"], entry["value"], entry["passed"]) == (bound, value, passed)
+    assert point["bound"] == "point"
+
+
+def test_use_bound_with_both_thresholds_reads_each_end():
+    entries = evaluate_gates([{"metric": "demographic_parity_ratio", "min": 0.3, "max": 0.8,
+                               "use_bound": True}], RESULT)
+    assert [(e["bound"], e["value"], e["passed"]) for e in entries] == [
+        ("lower", 0.4, True), ("upper", 0.85, False)]
+
+
+def test_point_passes_but_bound_fails():
+    # gender's ratio is 0.9 (passes 0.8), its interval's lower end 0.7 does not
+    gate = {"metric": "demographic_parity_ratio", "min": 0.8, "feature": "gender"}
+    assert one(gate)["passed"]
+    assert not one({**gate, "use_bound": True})["passed"]
+
+
+@pytest.mark.parametrize("gate", [
+    {"metric": "equalized_odds_difference", "max": 0.5, "feature": "race"},  # value None
+    {"metric": "equal_opportunity_difference", "max": 0.5},                   # value None
+    {"metric": "equalized_odds_ratio", "min": 0.0},                           # key absent
+    {"metric": "demographic_parity_ratio", "min": 0.0, "feature": "age"},     # feature absent
+    {"metric": "equalized_odds_difference", "max": 1.0, "feature": "race", "use_bound": True},
+])
+def test_a_missing_value_fails(gate):
+    entry = one(gate)
+    assert entry["value"] is None and entry["passed"] is False
+    assert "= not computed" in entry["message"] and "FAILS" in entry["message"]
+
+
+def test_use_bound_without_an_interval_fails_even_if_the_point_passes():
+    result = {"fairness": {"disparities": {"demographic_parity_ratio": 0.95},
+                           "disparity_intervals": {"demographic_parity_ratio": None}}}
+    gate = {"metric": "demographic_parity_ratio", "min": 0.8}
+    assert one(gate, result)["passed"]
+    entry = one({**gate, "use_bound": True}, result)
+    assert (entry["bound"], entry["value"], entry["passed"]) == ("lower", None, False)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), True, [0.5], {}])
+def test_non_numbers_count_as_missing(bad):
+    result = {"fairness": {"disparities": {"demographic_parity_ratio": bad}}}
+    entry = one({"metric": "demographic_parity_ratio", "min": 0.0}, result)
+    assert (entry["value"], entry["passed"]) == (None, False)
+
+
+def test_task_and_counterfactual_metrics():
+    accuracy = one({"metric": "accuracy", "min": 0.8})
+    assert (accuracy["value"], accuracy["passed"]) == (0.75, False)
+    assert accuracy["message"] == "accuracy = 0.75 (point) FAILS >= 0.8"
+    assert one({"metric": "balanced_accuracy", "min": 0.7})["passed"]
+    flips = one({"metric": "counterfactual_flip_rate", "max": 0.05})
+    assert (flips["value"], flips["passed"]) == (0.04, True)
+    assert flips["message"] == "counterfactual_flip_rate = 0.04 (point) passes <= 0.05"
+    delta = one({"metric": "counterfactual_mean_abs_delta", "max": 0.01})
+    assert (delta["value"], delta["passed"]) == (0.02, False)
+    assert not one({"metric": "counterfactual_flip_rate", "max": 1.0}, {"fairness": {}})["passed"]
+
+
+def test_metric_value_reads_the_contract_paths():
+    assert metric_value(RESULT, "demographic_parity_ratio") == (0.6, [0.4, 0.85])
+    assert metric_value(RESULT, "demographic_parity_ratio", feature="gender") == (0.9, [0.7, 1.0])
+    assert metric_value(RESULT, "accuracy") == (0.75, None)
+    assert metric_value(RESULT, "counterfactual_flip_rate") == (0.04, None)
+    assert metric_value({}, "demographic_parity_ratio") == (None, None)
+
+
+def test_gate_specs_and_dicts_give_the_same_verdicts():
+    gates = [{"metric": "demographic_parity_ratio", "min": 0.8},
+             {"metric": "equalized_odds_difference", "max": 0.1, "feature": "gender"}]
+    assert evaluate_gates(gates, RESULT) == evaluate_gates(
+        [GateSpec.model_validate(g) for g in gates], RESULT)
+    assert evaluate_gates([], RESULT) == []
+
+
+@pytest.mark.parametrize(("gate", "expected"), [
+    ({"metric": "demographic_parity_ration", "min": 0.8},
+     "gates.1.metric: unknown gate metric 'demographic_parity_ration' (did you mean "
+     "'demographic_parity_ratio'?)"),
+    ({"metric": "accuracy", "mn": 0.8}, "gates.1.mn: Extra inputs are not permitted"),
+    ({"metric": "accuracy"}, "gates.1: gate on accuracy: give 'min' or 'max'"),
+])
+def test_an_invalid_gate_dict_is_a_spec_error_naming_it(gate, expected):
+    with pytest.raises(SpecError) as info:
+        evaluate_gates([{"metric": "accuracy", "min": 0.5}, gate], RESULT)
+    assert str(info.value).startswith(expected)

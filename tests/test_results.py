@@ -1,0 +1,235 @@
+"""The result JSON: integrity hash, read-back checks, and `promptaudit gate` exit codes."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from promptaudit.cli import app
+from promptaudit.errors import InputError
+from promptaudit.report import write_reports
+from promptaudit.results import (
+    SCHEMA_VERSION,
+    AuditResult,
+    canonical_json,
+    content_sha256,
+    read_result_json,
+    to_jsonable,
+)
+
+GATES = [{"metric": "demographic_parity_ratio", "min": 0.8, "max": None, "feature": None,
+          "use_bound": False},
+         {"metric": "counterfactual_flip_rate", "min": None, "max": 0.05, "feature": None,
+          "use_bound": False}]
+
+
+def make_result(*, ratio: float = 0.9, flip_rate: float = 0.02) -> dict:
+    """A small but complete result (gates evaluated by hand)."""
+    gates = [
+        {"metric": "demographic_parity_ratio", "feature": None, "op": ">=", "threshold": 0.8,
+         "value": ratio, "bound": "point", "passed": ratio >= 0.8, "message": "ratio"},
+        {"metric": "counterfactual_flip_rate", "feature": None, "op": "<=", "threshold": 0.05,
+         "value": flip_rate, "bound": "point", "passed": flip_rate <= 0.05, "message": "flips"},
+    ]
+    return AuditResult(
+        audit={"name": "unit", "spec": {"name": "unit", "gates": copy.deepcopy(GATES)}},
+        provenance={"seed": np.int64(0), "created_at": "2026-01-01T00:00:00+00:00",
+                    "versions": {"torch": "x"}},
+        task={"labels": ["no", "yes"], "n_examples": 10, "accuracy": np.float32(0.5),
+              "balanced_accuracy": float("nan")},
+        fairness={"sensitive_features": ["gender"],
+                  "by_feature": {"gender": {"disparities": {"demographic_parity_ratio": ratio}}},
+                  "disparities": {"demographic_parity_ratio": ratio},
+                  "disparity_intervals": {"demographic_parity_ratio": (0.7, 1.0)},
+                  "counterfactual": {"flip_rate": flip_rate, "mean_abs_delta": 0.01}},
+        gates=gates, passed=all(g["passed"] for g in gates),
+    ).to_dict()
+
+
+def dump(path, result: dict) -> None:
+    """Write the JSON the way the report writer does."""
+    path.write_text(json.dumps(result, sort_keys=True, indent=2, allow_nan=False), encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+# -------------------------------------------------------------------- integrity
+def test_to_dict_carries_the_contract_keys_and_a_hash_of_the_rest():
+    result = make_result()
+    assert result["schema_version"] == SCHEMA_VERSION == "1"
+    assert {"schema_version", "audit", "provenance", "task", "projection", "attribution",
+            "fairness", "gates", "passed", "integrity"} <= set(result)
+    assert result["integrity"]["algorithm"] == "sha256"
+    # numpy scalars, tuples and NaN became plain JSON
+    assert type(result["provenance"]["seed"]) is int
+    assert type(result["task"]["accuracy"]) is float and result["task"]["accuracy"] == 0.5
+    assert result["task"]["balanced_accuracy"] is None
+    assert result["fairness"]["disparity_intervals"]["demographic_parity_ratio"] == [0.7, 1.0]
+    # the hash, computed here independently: sorted-key compact JSON without
+    # integrity and provenance.created_at
+    body = {k: v for k, v in result.items() if k != "integrity"}
+    body["provenance"] = {k: v for k, v in body["provenance"].items() if k != "created_at"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    assert result["integrity"]["content_sha256"] == hashlib.sha256(text.encode()).hexdigest()
+    assert content_sha256(result) == result["integrity"]["content_sha256"]
+
+
+def test_round_trip_through_the_written_json(tmp_path):
+    result = make_result()
+    dump(tmp_path / "r.json", result)
+    assert read_result_json(tmp_path / "r.json") == result
+    # and through the report writer
+    paths = write_reports(result, tmp_path / "reports", name="unit")
+    assert read_result_json(paths["json"]) == result
+    # from_dict keeps every section
+    again = AuditResult.from_dict(result).to_dict()
+    assert again == result
+
+
+def test_created_at_is_outside_the_hash(tmp_path):
+    result = make_result()
+    result["provenance"]["created_at"] = "2030-05-05T05:05:05+00:00"
+    dump(tmp_path / "r.json", result)
+    assert read_result_json(tmp_path / "r.json")["provenance"]["created_at"].startswith("2030")
+
+
+@pytest.mark.parametrize("edit", [
+    lambda r: r["fairness"]["disparities"].__setitem__("demographic_parity_ratio", 0.95),
+    lambda r: r.__setitem__("passed", not r["passed"]),
+    lambda r: r["gates"][0].__setitem__("passed", True),
+    lambda r: r["audit"]["spec"]["gates"][0].__setitem__("min", 0.1),
+    lambda r: r["provenance"].__setitem__("seed", 1),
+    lambda r: r["integrity"].__setitem__("content_sha256", "0" * 64),
+])
+def test_an_edited_result_is_refused(tmp_path, edit):
+    result = make_result(ratio=0.7)
+    edit(result)
+    dump(tmp_path / "r.json", result)
+    with pytest.raises(InputError) as info:
+        read_result_json(tmp_path / "r.json")
+    assert str(info.value) == (
+        f"{tmp_path / 'r.json'}: content does not match its integrity hash; the result was "
+        "edited after the audit (re-run the audit instead of editing its JSON)")
+    assert read_result_json(tmp_path / "r.json", verify=False)["schema_version"] == "1"
+
+
+@pytest.mark.parametrize(("content", "expected"), [
+    (None, "result file not found"),
+    ("{not json", "not valid JSON"),
+    ("[1, 2]", "expected a JSON object"),
+    ('{"schema_version": "1"}', "not a promptaudit result; missing keys: audit, provenance, "
+                                "task, fairness, gates, passed"),
+])
+def test_malformed_result_files(tmp_path, content, expected):
+    path = tmp_path / "r.json"
+    if content is not None:
+        path.write_text(content, encoding="utf-8")
+    with pytest.raises(InputError, match="^" + str(path).replace(".", r"\.") + ": ") as info:
+        read_result_json(path)
+    assert expected in str(info.value) and "\n" not in str(info.value)
+
+
+def test_wrong_schema_version_and_missing_hash(tmp_path):
+    result = make_result()
+    result["schema_version"] = "2"
+    dump(tmp_path / "v.json", result)
+    with pytest.raises(InputError, match="schema_version '2' is not supported; allowed: 1"):
+        read_result_json(tmp_path / "v.json")
+    result = make_result()
+    del result["integrity"]
+    dump(tmp_path / "h.json", result)
+    with pytest.raises(InputError, match="has no integrity.content_sha256; cannot verify it"):
+        read_result_json(tmp_path / "h.json")
+
+
+def test_to_jsonable_and_canonical_json():
+    value = to_jsonable({1: (np.float64(1.5), np.int32(2), np.bool_(True)),
+                         "a": np.array([[1.0, math.inf]]), "b": -math.nan})
+    assert value == {"1": [1.5, 2, True], "a": [[1.0, None]], "b": None}
+    assert canonical_json({"b": 1, "a": [1.0, "é"]}) == '{"a":[1.0,"\\u00e9"],"b":1}'
+    with pytest.raises(ValueError):
+        canonical_json({"x": math.nan})
+
+
+# -------------------------------------------------------------- promptaudit gate
+def gate_cli(runner, path):
+    return runner.invoke(app, ["gate", str(path)], catch_exceptions=False)
+
+
+def test_gate_command_exit_0_when_every_gate_passes(runner, tmp_path):
+    dump(tmp_path / "ok.json", make_result(ratio=0.9, flip_rate=0.02))
+    outcome = gate_cli(runner, tmp_path / "ok.json")
+    assert outcome.exit_code == 0, outcome.output
+    assert outcome.stdout.splitlines() == [
+        "PASS  demographic_parity_ratio (worst over features) = 0.9 (point) passes >= 0.8",
+        "PASS  counterfactual_flip_rate = 0.02 (point) passes <= 0.05",
+        f"{tmp_path / 'ok.json'}: all gates pass (2 checked)",
+    ]
+
+
+def test_gate_command_exit_1_when_a_gate_fails(runner, tmp_path):
+    dump(tmp_path / "bad.json", make_result(ratio=0.9, flip_rate=0.2))
+    outcome = gate_cli(runner, tmp_path / "bad.json")
+    assert outcome.exit_code == 1, outcome.output
+    assert "FAIL  counterfactual_flip_rate = 0.2 (point) FAILS <= 0.05" in outcome.stdout
+    assert outcome.stdout.splitlines()[-1] == f"{tmp_path / 'bad.json'}: a gate failed (2 checked)"
+
+
+def test_gate_command_re_evaluates_from_the_numbers_not_the_recorded_verdicts(runner, tmp_path):
+    # A result recorded as passing whose numbers fail its spec's gates still fails:
+    # `gate` recomputes the verdicts from the numbers and the spec's thresholds.
+    result = make_result(ratio=0.5)
+    body = {k: v for k, v in result.items() if k != "integrity"}
+    body["passed"] = True
+    body["gates"][0]["passed"] = True
+    body["integrity"] = {"algorithm": "sha256", "content_sha256": content_sha256(body)}
+    dump(tmp_path / "r.json", body)
+    assert gate_cli(runner, tmp_path / "r.json").exit_code == 1
+
+
+def test_gate_command_refuses_an_edited_result_with_exit_2(runner, tmp_path):
+    result = make_result(ratio=0.5)  # fails
+    result["fairness"]["disparities"]["demographic_parity_ratio"] = 0.95  # "fixed" by hand
+    result["passed"] = True
+    dump(tmp_path / "edited.json", result)
+    outcome = gate_cli(runner, tmp_path / "edited.json")
+    assert outcome.exit_code == 2
+    assert outcome.stdout == ""
+    assert outcome.stderr == (
+        f"error: {tmp_path / 'edited.json'}: content does not match its integrity hash; the "
+        "result was edited after the audit (re-run the audit instead of editing its JSON)\n")
+
+
+@pytest.mark.parametrize("content", [None, "{oops", '{"schema_version": "1"}'])
+def test_gate_command_bad_files_exit_2_with_one_line(runner, tmp_path, content):
+    path = tmp_path / "r.json"
+    if content is not None:
+        path.write_text(content, encoding="utf-8")
+    outcome = gate_cli(runner, path)
+    assert outcome.exit_code == 2
+    lines = outcome.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {path}: ")
+    assert "Traceback" not in outcome.output
+
+
+def test_gate_command_on_a_result_whose_spec_gate_is_invalid_exits_2(runner, tmp_path):
+    # e.g. a result written by another version whose gate this version does not know
+    result = make_result()
+    body = {k: v for k, v in result.items() if k != "integrity"}
+    body["audit"]["spec"]["gates"][0]["metric"] = "demographic_parity_quotient"
+    body["integrity"] = {"algorithm": "sha256", "content_sha256": content_sha256(body)}
+    dump(tmp_path / "r.json", body)
+    outcome = gate_cli(runner, tmp_path / "r.json")
+    assert outcome.exit_code == 2
+    assert outcome.stderr.startswith(
+        "error: gates.0.metric: unknown gate metric 'demographic_parity_quotient'")
+    assert len(outcome.stderr.splitlines()) == 1
