@@ -54,7 +54,7 @@ def demo_spec(prompt_path: str | Path, *, name: str = "demo") -> AuditSpec:
         "counterfactuals": {"suite": "builtin:identity", "features": ["gender"]},
         "projection": {"top_k": 5, "metric": "cosine"},
         "attribution": {"method": "integrated_gradients", "n_steps": 16, "baseline": "pad",
-                        "max_examples": 40},
+                        "max_examples": 24},
         "fairness": {"metrics": ["selection_rate", "accuracy", "true_positive_rate",
                                  "false_positive_rate", "mean_score"],
                      "bootstrap": 500, "confidence": 0.95, "min_group_size": 30},
