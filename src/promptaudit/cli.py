@@ -30,8 +30,7 @@ class _OneLineUsageError(_click_errors.UsageError):
 
     def show(self, file=None) -> None:
         command = self.ctx.command_path if self.ctx is not None else "promptaudit"
-        typer.echo(f"error: {command}: {self.format_message()} (see `{command} --help`)",
-                   err=True)
+        typer.echo(f"error: {command}: {self.format_message()} (see `{command} --help`)", err=True)
 
 
 class _OneLineUsageGroup(TyperGroup):
@@ -70,14 +69,41 @@ app = typer.Typer(
 
 EXIT_OK, EXIT_GATE_FAILED, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
 
-ModelOption = Annotated[str, typer.Option("--model", "-m", help="Hub id, local directory or builtin:minilm.")]
-PromptOption = Annotated[str, typer.Option("--prompt", "-p", help="PEFT adapter directory, .safetensors/.pt tensor file, or Hub id.")]
-TaskOption = Annotated[str | None, typer.Option("--task", help="sequence-classification, causal-lm or masked-lm (default: from the adapter).")]
-LabelsOption = Annotated[str | None, typer.Option("--labels", help="Comma-separated labels in index order (verbalizer words for LM tasks).")]
+ModelOption = Annotated[
+    str, typer.Option("--model", "-m", help="Hub id, local directory or builtin:minilm.")
+]
+PromptOption = Annotated[
+    str,
+    typer.Option(
+        "--prompt", "-p", help="PEFT adapter directory, .safetensors/.pt tensor file, or Hub id."
+    ),
+]
+TaskOption = Annotated[
+    str | None,
+    typer.Option(
+        "--task",
+        help="sequence-classification, causal-lm or masked-lm (default: from the adapter).",
+    ),
+]
+LabelsOption = Annotated[
+    str | None,
+    typer.Option(
+        "--labels", help="Comma-separated labels in index order (verbalizer words for LM tasks)."
+    ),
+]
 DeviceOption = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
-DataOption = Annotated[Path, typer.Option("--data", "-d", help="csv, tsv, jsonl or parquet file (or hf:NAME[:split], builtin:NAME).")]
-TextColumnOption = Annotated[str, typer.Option("--text-column", help="Column holding the input text.")]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print the JSON object of the result contract.")]
+DataOption = Annotated[
+    Path,
+    typer.Option(
+        "--data", "-d", help="csv, tsv, jsonl or parquet file (or hf:NAME[:split], builtin:NAME)."
+    ),
+]
+TextColumnOption = Annotated[
+    str, typer.Option("--text-column", help="Column holding the input text.")
+]
+JsonOption = Annotated[
+    bool, typer.Option("--json", help="Print the JSON object of the result contract.")
+]
 VerboseOption = Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")]
 
 
@@ -117,8 +143,11 @@ def handle_errors(func):
             if os.environ.get("PROMPTAUDIT_DEBUG"):
                 raise
             detail = str(exc).splitlines()[0] if str(exc) else ""
-            _fail(f"internal error ({type(exc).__name__}: {detail}); set PROMPTAUDIT_DEBUG=1 "
-                  "for a traceback", EXIT_INTERNAL)
+            _fail(
+                f"internal error ({type(exc).__name__}: {detail}); set PROMPTAUDIT_DEBUG=1 "
+                "for a traceback",
+                EXIT_INTERNAL,
+            )
 
     return wrapper
 
@@ -151,8 +180,13 @@ def _load_prompted(model, prompt, task, labels, device, max_length=128, batch_si
     from promptaudit.prompted import load_prompted_model
 
     return load_prompted_model(
-        model, prompt, task=task, labels=_split_labels(labels), device=device,
-        max_length=max_length, batch_size=batch_size,
+        model,
+        prompt,
+        task=task,
+        labels=_split_labels(labels),
+        device=device,
+        max_length=max_length,
+        batch_size=batch_size,
     )
 
 
@@ -161,7 +195,12 @@ def _load_prompted(model, prompt, task, labels, device, max_length=128, batch_si
 @handle_errors
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Report folder.")] = Path("reports"),
-    retrain: Annotated[bool, typer.Option("--retrain", help="Train the demo prompt afresh instead of using the shipped one.")] = False,
+    retrain: Annotated[
+        bool,
+        typer.Option(
+            "--retrain", help="Train the demo prompt afresh instead of using the shipped one."
+        ),
+    ] = False,
     verbose: VerboseOption = False,
 ) -> None:
     """Run the built-in audit on the embedded default model (builtin:minilm, no network)."""
@@ -178,14 +217,17 @@ def demo(
 def run(
     audit: Annotated[Path, typer.Argument(help="Audit spec (YAML).")],
     out: Annotated[Path, typer.Option("--out", help="Report folder.")] = Path("reports"),
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a spec key: dotted.key=value (repeatable).")] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a spec key: dotted.key=value (repeatable)."),
+    ] = None,
     verbose: VerboseOption = False,
 ) -> None:
     """Run an audit and write <name>.html, .json, .junit.xml and .md into --out."""
     _configure_logging(verbose)
-    from promptaudit.pipeline import run_audit
     from promptaudit.atomic import prepare_output_dir
     from promptaudit.distributed import launch_processes
+    from promptaudit.pipeline import run_audit
     from promptaudit.report import write_reports
     from promptaudit.spec import load_spec
 
@@ -198,12 +240,19 @@ def run(
     code = EXIT_INTERNAL
     try:
         prepare_output_dir(out)
-        result = run_audit(spec, progress=_show_progress(), command=_command_line(), processes=processes)
+        result = run_audit(
+            spec, progress=_show_progress(), command=_command_line(), processes=processes
+        )
         paths = write_reports(result, out, name=spec.name)
         _print_verdict(result, paths)
         code = EXIT_OK if result["passed"] else EXIT_GATE_FAILED
-    except (PromptAuditError, FileNotFoundError, PermissionError, IsADirectoryError,
-            NotADirectoryError):
+    except (
+        PromptAuditError,
+        FileNotFoundError,
+        PermissionError,
+        IsADirectoryError,
+        NotADirectoryError,
+    ):
         code = EXIT_BAD_INPUT  # as handle_errors maps them
         raise
     except KeyboardInterrupt:
@@ -219,7 +268,9 @@ def run(
 @handle_errors
 def validate(
     audit: Annotated[Path, typer.Argument(help="Audit spec (YAML).")],
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a spec key: dotted.key=value.")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a spec key: dotted.key=value.")
+    ] = None,
 ) -> None:
     """Check an audit spec without running it."""
     from promptaudit.spec import load_spec
@@ -234,20 +285,37 @@ def train(
     model: ModelOption,
     data: DataOption,
     text_column: TextColumnOption,
-    label_column: Annotated[str, typer.Option("--label-column", help="Column holding label names or indices.")],
+    label_column: Annotated[
+        str, typer.Option("--label-column", help="Column holding label names or indices.")
+    ],
     out: Annotated[Path, typer.Option("--out", help="Adapter directory to write.")],
     labels: LabelsOption = None,
-    task: Annotated[str, typer.Option("--task", help="sequence-classification or causal-lm.")] = "sequence-classification",
+    task: Annotated[
+        str, typer.Option("--task", help="sequence-classification or causal-lm.")
+    ] = "sequence-classification",
     num_virtual_tokens: Annotated[int, typer.Option("--num-virtual-tokens")] = 20,
     init: Annotated[str, typer.Option("--init", help="text, random or vocab.")] = "text",
-    init_text: Annotated[str | None, typer.Option("--init-text", help="Text whose token embeddings start the prompt (init text).")] = None,
+    init_text: Annotated[
+        str | None,
+        typer.Option(
+            "--init-text", help="Text whose token embeddings start the prompt (init text)."
+        ),
+    ] = None,
     epochs: Annotated[int, typer.Option("--epochs")] = 2,
     learning_rate: Annotated[float, typer.Option("--learning-rate")] = 0.03,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
     max_length: Annotated[int, typer.Option("--max-length")] = 128,
     seed: Annotated[int, typer.Option("--seed")] = 0,
-    validation_data: Annotated[Path | None, typer.Option("--validation-data", help="Held-out file with the same columns (default: 10% of --data).")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint in --out.")] = False,
+    validation_data: Annotated[
+        Path | None,
+        typer.Option(
+            "--validation-data",
+            help="Held-out file with the same columns (default: 10% of --data).",
+        ),
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue from the last checkpoint in --out.")
+    ] = False,
     device: DeviceOption = "auto",
     verbose: VerboseOption = False,
 ) -> None:
@@ -258,12 +326,15 @@ def train(
 
     frame, texts = _load_texts(data, text_column, [label_column])
     label_names = _split_labels(labels) or infer_labels(frame[label_column])
-    label_ids = encode_labels(frame[label_column], label_names, source=str(data), column=label_column)
+    label_ids = encode_labels(
+        frame[label_column], label_names, source=str(data), column=label_column
+    )
     val_texts = val_ids = None
     if validation_data is not None:
         val_frame, val_texts = _load_texts(validation_data, text_column, [label_column])
-        val_ids = encode_labels(val_frame[label_column], label_names, source=str(validation_data),
-                                column=label_column)
+        val_ids = encode_labels(
+            val_frame[label_column], label_names, source=str(validation_data), column=label_column
+        )
     try:
         init_method = InitMethod(init)
     except ValueError:
@@ -271,21 +342,40 @@ def train(
     if init_method is InitMethod.TEXT and not init_text:
         init_text = "Classify this text as " + " or ".join(label_names)
     config = TrainingConfig(
-        num_virtual_tokens=num_virtual_tokens, init=init_method, init_text=init_text,
-        epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
-        max_length=max_length, seed=seed,
+        num_virtual_tokens=num_virtual_tokens,
+        init=init_method,
+        init_text=init_text,
+        epochs=epochs,
+        learning_rate=learning_rate,
+        batch_size=batch_size,
+        max_length=max_length,
+        seed=seed,
     )
     result = train_prompt(
-        model, texts, label_ids, labels=label_names, out_dir=out, task=task, config=config,
-        validation_texts=val_texts, validation_label_ids=val_ids, device=device, resume=resume,
+        model,
+        texts,
+        label_ids,
+        labels=label_names,
+        out_dir=out,
+        task=task,
+        config=config,
+        validation_texts=val_texts,
+        validation_label_ids=val_ids,
+        device=device,
+        resume=resume,
         progress=_show_progress(),
     )
     for entry in result.history:
         acc = "n/a" if entry["val_accuracy"] is None else f"{entry['val_accuracy']:.4f}"
-        typer.echo(f"epoch {entry['epoch']}: train loss {entry['train_loss']:.4f}, validation accuracy {acc}")
+        typer.echo(
+            f"epoch {entry['epoch']}: train loss {entry['train_loss']:.4f}, "
+            f"validation accuracy {acc}"
+        )
     if result.init_special_tokens:
-        typer.echo("note: the text init copied special tokens into the prompt: "
-                   + ", ".join(result.init_special_tokens))
+        typer.echo(
+            "note: the text init copied special tokens into the prompt: "
+            + ", ".join(result.init_special_tokens)
+        )
     typer.echo(f"saved PEFT adapter to {out}")
 
 
@@ -296,7 +386,9 @@ def predict(
     prompt: PromptOption,
     data: DataOption,
     text_column: TextColumnOption,
-    out: Annotated[Path | None, typer.Option("--out", help="CSV file to write (default: stdout).")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="CSV file to write (default: stdout).")
+    ] = None,
     task: TaskOption = None,
     labels: LabelsOption = None,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
@@ -306,8 +398,8 @@ def predict(
 ) -> None:
     """Predict label probabilities: one row per input with p_<label> and prediction."""
     _configure_logging(verbose)
-    from promptaudit.prompted import predictions_frame
     from promptaudit.atomic import atomic_write_text, prepare_output_dir
+    from promptaudit.prompted import predictions_frame
 
     if out is not None:  # refuse an unwritable --out before the long work
         if out.is_dir():
@@ -320,7 +412,11 @@ def predict(
     if n_truncated:  # said, not silent: the predictions saw only the first tokens
         logging.getLogger("promptaudit.cli").warning(
             "%d of %d texts were longer than %d tokens and were truncated (raise --max-length "
-            "to keep more)", n_truncated, len(texts), prompted.max_length)
+            "to keep more)",
+            n_truncated,
+            len(texts),
+            prompted.max_length,
+        )
     table = predictions_frame(texts, probs, prompted.labels, text_column=text_column)
     csv_text = table.to_csv(index=False)
     if out is None:
@@ -337,7 +433,10 @@ def project(
     prompt: PromptOption,
     top_k: Annotated[int, typer.Option("--top-k")] = 5,
     metric: Annotated[str, typer.Option("--metric", help="cosine, dot or l2.")] = "cosine",
-    data: Annotated[Path | None, typer.Option("--data", help="Optional data to measure the fidelity of the reading.")] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option("--data", help="Optional data to measure the fidelity of the reading."),
+    ] = None,
     text_column: Annotated[str, typer.Option("--text-column")] = "text",
     label_column: Annotated[str | None, typer.Option("--label-column")] = None,
     task: TaskOption = None,
@@ -356,10 +455,12 @@ def project(
     if data is not None:
         frame, texts = _load_texts(data, text_column, [label_column] if label_column else [])
         if label_column:
-            label_ids = encode_labels(frame[label_column], prompted.labels, source=str(data),
-                                      column=label_column)
-    projection = project_prompt(prompted, soft_prompt=soft, top_k=top_k, metric=metric,
-                                texts=texts, label_ids=label_ids)
+            label_ids = encode_labels(
+                frame[label_column], prompted.labels, source=str(data), column=label_column
+            )
+    projection = project_prompt(
+        prompted, soft_prompt=soft, top_k=top_k, metric=metric, texts=texts, label_ids=label_ids
+    )
     if json_:
         typer.echo(json.dumps(projection, indent=2, sort_keys=True))
     else:
@@ -373,12 +474,24 @@ def attribute(
     prompt: PromptOption,
     data: DataOption,
     text_column: TextColumnOption,
-    method: Annotated[str, typer.Option("--method", help="integrated_gradients, feature_ablation or shapley_sampling.")] = "integrated_gradients",
+    method: Annotated[
+        str,
+        typer.Option(
+            "--method", help="integrated_gradients, feature_ablation or shapley_sampling."
+        ),
+    ] = "integrated_gradients",
     n_steps: Annotated[int, typer.Option("--n-steps")] = 32,
     baseline: Annotated[str, typer.Option("--baseline", help="pad, zero or mean.")] = "pad",
     max_examples: Annotated[int, typer.Option("--max-examples")] = 200,
-    target: Annotated[str | None, typer.Option("--target", help="Label to explain (default: the predicted one).")] = None,
-    sensitive_features: Annotated[str | None, typer.Option("--sensitive-features", help="Comma-separated columns for per-group attribution.")] = None,
+    target: Annotated[
+        str | None, typer.Option("--target", help="Label to explain (default: the predicted one).")
+    ] = None,
+    sensitive_features: Annotated[
+        str | None,
+        typer.Option(
+            "--sensitive-features", help="Comma-separated columns for per-group attribution."
+        ),
+    ] = None,
     task: TaskOption = None,
     labels: LabelsOption = None,
     device: DeviceOption = "auto",
@@ -393,8 +506,14 @@ def attribute(
     frame, texts = _load_texts(data, text_column, features)
     prompted, _, _ = _load_prompted(model, prompt, task, labels, device)
     attribution = attribute_prompt(
-        prompted, texts, method=method, n_steps=n_steps, baseline=baseline, target=target,
-        max_examples=max_examples, sensitive_features=frame[features] if features else None,
+        prompted,
+        texts,
+        method=method,
+        n_steps=n_steps,
+        baseline=baseline,
+        target=target,
+        max_examples=max_examples,
+        sensitive_features=frame[features] if features else None,
         progress=_show_progress(),
     )
     if json_:
@@ -417,7 +536,9 @@ def gate(
     for entry in gates:
         typer.echo(("PASS  " if entry["passed"] else "FAIL  ") + entry["message"])
     passed = all(entry["passed"] for entry in gates)
-    typer.echo(f"{result}: {'all gates pass' if passed else 'a gate failed'} ({len(gates)} checked)")
+    typer.echo(
+        f"{result}: {'all gates pass' if passed else 'a gate failed'} ({len(gates)} checked)"
+    )
     raise typer.Exit(EXIT_OK if passed else EXIT_GATE_FAILED)
 
 

@@ -18,8 +18,14 @@ import pandas as pd
 
 from promptaudit.errors import DataError
 
-__all__ = ["load_table", "require_columns", "encode_labels", "infer_labels",
-           "check_sensitive_columns", "SUPPORTED_SUFFIXES"]
+__all__ = [
+    "load_table",
+    "require_columns",
+    "encode_labels",
+    "infer_labels",
+    "check_sensitive_columns",
+    "SUPPORTED_SUFFIXES",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -62,9 +68,9 @@ def load_table(
     if text.startswith("builtin:"):
         from promptaudit.corpora import load_builtin_table
 
-        frame = load_builtin_table(text[len("builtin:"):], seed=seed)
+        frame = load_builtin_table(text[len("builtin:") :], seed=seed)
     elif text.startswith("hf:"):
-        frame = _load_hub_dataset(text[len("hf:"):])
+        frame = _load_hub_dataset(text[len("hf:") :])
     else:
         frame = _load_file(Path(text))
     if len(frame) == 0:
@@ -83,7 +89,9 @@ def require_columns(frame: pd.DataFrame, columns: Sequence[str], *, source: str)
             )
 
 
-def encode_labels(values: pd.Series, labels: Sequence[str], *, source: str, column: str) -> np.ndarray:
+def encode_labels(
+    values: pd.Series, labels: Sequence[str], *, source: str, column: str
+) -> np.ndarray:
     """Map a label column to integer indices into ``labels``.
 
     A column may hold label names (``"positive"``) or integer indices into the
@@ -206,13 +214,15 @@ def _load_hub_dataset(reference: str) -> pd.DataFrame:
         with _quiet_loaders():
             dataset = datasets.load_dataset(name, split=split or "train")
     except Exception as exc:
-        raise DataError(f"hf:{reference}: could not load the dataset: {exc}".splitlines()[0]) from exc
+        raise DataError(
+            f"hf:{reference}: could not load the dataset: {exc}".splitlines()[0]
+        ) from exc
     return dataset.to_pandas()
 
 
 @contextlib.contextmanager
 def _quiet_loaders():
-    """Keep ``datasets``/``huggingface_hub`` from logging tracebacks of errors we report ourselves."""
+    """Keep ``datasets``/``huggingface_hub`` from logging tracebacks of errors reported here."""
     names = ("datasets", "huggingface_hub", "fsspec")
     saved = {name: logging.getLogger(name).level for name in names}
     for name in names:

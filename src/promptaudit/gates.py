@@ -21,7 +21,9 @@ from promptaudit.spec import GATE_METRICS, GateSpec
 __all__ = ["evaluate_gates", "metric_value"]
 
 
-def metric_value(result: dict, metric: str, *, feature: str | None = None) -> tuple[float | None, list | None]:
+def metric_value(
+    result: dict, metric: str, *, feature: str | None = None
+) -> tuple[float | None, list | None]:
     """Point value and bootstrap interval of a gate metric in a result dict.
 
     Returns
@@ -83,18 +85,29 @@ def evaluate_gates(gates: Sequence[GateSpec | dict], result: dict) -> list[dict]
                 bound = "lower" if op == ">=" else "upper"
                 ends = interval if interval and len(interval) == 2 else (None, None)
                 value = _number(ends[0] if op == ">=" else ends[1])
-            passed = value is not None and (value >= threshold if op == ">=" else value <= threshold)
+            passed = value is not None and (
+                value >= threshold if op == ">=" else value <= threshold
+            )
             if GATE_METRICS[gate.metric][0] != "disparities":
                 where = ""
             else:
                 where = f" for {gate.feature}" if gate.feature else " (worst over features)"
             shown = "not computed" if value is None else f"{value:.4g}"
             verdict = "passes" if passed else "FAILS"
-            out.append({
-                "metric": gate.metric, "feature": gate.feature, "op": op,
-                "threshold": float(threshold), "value": value, "bound": bound, "passed": bool(passed),
-                "message": f"{gate.metric}{where} = {shown} ({bound}) {verdict} {op} {threshold:g}",
-            })
+            out.append(
+                {
+                    "metric": gate.metric,
+                    "feature": gate.feature,
+                    "op": op,
+                    "threshold": float(threshold),
+                    "value": value,
+                    "bound": bound,
+                    "passed": bool(passed),
+                    "message": (
+                        f"{gate.metric}{where} = {shown} ({bound}) {verdict} {op} {threshold:g}"
+                    ),
+                }
+            )
     return out
 
 

@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 BUILTIN_MINILM = "builtin:minilm"
 
 
-class Task(str, enum.Enum):
+class Task(enum.StrEnum):
     """What the prompted model predicts and how label probabilities are read."""
 
     SEQUENCE_CLASSIFICATION = "sequence-classification"
@@ -54,7 +54,7 @@ class Task(str, enum.Enum):
             raise ModelError(f"{field}: unknown task {value!r}; allowed: {allowed}") from None
 
 
-class DType(str, enum.Enum):
+class DType(enum.StrEnum):
     """Floating-point precision of the loaded model."""
 
     FLOAT32 = "float32"
@@ -213,7 +213,8 @@ def load_base_model(
         kwargs["num_labels"] = num_labels
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(
-            resolved, **({"trust_remote_code": True} if trust_remote_code else {}),
+            resolved,
+            **({"trust_remote_code": True} if trust_remote_code else {}),
             **({"revision": revision} if revision else {}),
         )
         model = auto_class.from_pretrained(resolved, **kwargs)
@@ -224,7 +225,9 @@ def load_base_model(
         ) from None
     except (OSError, ValueError, KeyError) as exc:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"model {reference!r}: could not be loaded as {task.value}: {message}") from exc
+        raise ModelError(
+            f"model {reference!r}: could not be loaded as {task.value}: {message}"
+        ) from exc
     if tokenizer.pad_token is None:
         fallback = tokenizer.eos_token or tokenizer.unk_token
         if fallback is None:
@@ -239,6 +242,10 @@ def load_base_model(
     commit = getattr(model.config, "_commit_hash", None)
     logger.info("loaded %s (%s) as %s on %s", reference, resolved, task.value, torch_device)
     return LoadedModel(
-        model=model, tokenizer=tokenizer, reference=reference, resolved=resolved,
-        task=task, revision=commit,
+        model=model,
+        tokenizer=tokenizer,
+        reference=reference,
+        resolved=resolved,
+        task=task,
+        revision=commit,
     )

@@ -30,8 +30,7 @@ import pandas as pd
 import torch
 
 from promptaudit.data import check_sensitive_columns, encode_labels, load_table
-from promptaudit.errors import DataError, InputError, SpecError
-from promptaudit.models import Task, resolve_model_reference
+from promptaudit.errors import DataError, SpecError
 from promptaudit.prompted import PromptedModel, load_prompted_model
 from promptaudit.prompts import SoftPrompt, text_init_token_ids
 from promptaudit.results import AuditResult
@@ -44,8 +43,18 @@ __all__ = ["run_audit", "seed_everything", "library_versions", "sha256_file"]
 
 logger = logging.getLogger(__name__)
 
-_VERSIONED = ("promptaudit", "torch", "transformers", "peft", "captum", "fairlearn", "numpy",
-              "pandas", "datasets", "scikit-learn")
+_VERSIONED = (
+    "promptaudit",
+    "torch",
+    "transformers",
+    "peft",
+    "captum",
+    "fairlearn",
+    "numpy",
+    "pandas",
+    "datasets",
+    "scikit-learn",
+)
 
 
 def seed_everything(seed: int) -> None:
@@ -56,8 +65,13 @@ def seed_everything(seed: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def run_audit(spec: AuditSpec, *, progress: bool = False, command: str | None = None,
-              processes: AuditProcesses | None = None) -> dict:
+def run_audit(
+    spec: AuditSpec,
+    *,
+    progress: bool = False,
+    command: str | None = None,
+    processes: AuditProcesses | None = None,
+) -> dict:
     """Run every stage of an audit.
 
     Parameters
@@ -84,16 +98,26 @@ def run_audit(spec: AuditSpec, *, progress: bool = False, command: str | None = 
     logger.info("loading model %s and prompt %s", spec.model.base, prompt_source)
     load = load_prompted_model if processes is None else processes.load_prompted_model
     prompted, soft, loaded = load(
-        spec.model.base, prompt_source, task=spec.model.task, labels=spec.model.labels,
-        device=spec.model.device, dtype=spec.model.dtype.value, max_length=spec.model.max_length,
-        batch_size=spec.model.batch_size, trust_remote_code=spec.model.trust_remote_code,
+        spec.model.base,
+        prompt_source,
+        task=spec.model.task,
+        labels=spec.model.labels,
+        device=spec.model.device,
+        dtype=spec.model.dtype.value,
+        max_length=spec.model.max_length,
+        batch_size=spec.model.batch_size,
+        trust_remote_code=spec.model.trust_remote_code,
     )
     labels = prompted.labels
     positive = _positive_index(spec, labels)
     y_true = None
     if spec.data.label_column is not None:
-        y_true = encode_labels(frame[spec.data.label_column], labels, source=spec.data.path,
-                               column=spec.data.label_column)
+        y_true = encode_labels(
+            frame[spec.data.label_column],
+            labels,
+            source=spec.data.path,
+            column=spec.data.label_column,
+        )
 
     logger.info("predicting %d examples", len(texts))
     probs = prompted.predict_proba(texts, progress=progress)
@@ -102,8 +126,9 @@ def run_audit(spec: AuditSpec, *, progress: bool = False, command: str | None = 
 
     sensitive = frame[spec.data.sensitive_features] if spec.data.sensitive_features else None
     fairness = _fairness(spec, y_pred, y_true, probs[:, positive], sensitive, positive)
-    fairness["counterfactual"] = _counterfactual(spec, prompted, frame, texts, probs, positive,
-                                                 progress=progress)
+    fairness["counterfactual"] = _counterfactual(
+        spec, prompted, frame, texts, probs, positive, progress=progress
+    )
 
     projection = None
     projected_prompt = projected_probs = None
@@ -112,20 +137,30 @@ def run_audit(spec: AuditSpec, *, progress: bool = False, command: str | None = 
 
         logger.info("projecting the prompt onto the vocabulary")
         projection = project_prompt(
-            prompted, soft_prompt=soft, top_k=spec.projection.top_k,
-            metric=spec.projection.metric.value, seed=spec.seed,
+            prompted,
+            soft_prompt=soft,
+            top_k=spec.projection.top_k,
+            metric=spec.projection.metric.value,
+            seed=spec.seed,
         )
         projected_ids = [pos["neighbors"][0]["token_id"] for pos in projection["positions"]]
         projected_prompt = prompted.word_embeddings[
-            torch.tensor(projected_ids, device=prompted.device)].detach()
+            torch.tensor(projected_ids, device=prompted.device)
+        ].detach()
         if spec.projection.fidelity or spec.baselines.projected:
             logger.info("predicting with the projected hard prompt")
             projected_probs = prompted.with_prompt(projected_prompt).predict_proba(
-                texts, progress=progress)
+                texts, progress=progress
+            )
         if spec.projection.fidelity:
             projection["fidelity"] = projection_fidelity(
-                prompted, texts, label_ids=y_true, soft_probs=probs,
-                projected_ids=projected_ids, projected_probs=projected_probs)
+                prompted,
+                texts,
+                label_ids=y_true,
+                soft_probs=probs,
+                projected_ids=projected_ids,
+                projected_probs=projected_probs,
+            )
             projection["summary"] = projection_summary(projection)
 
     attribution = None
@@ -135,15 +170,33 @@ def run_audit(spec: AuditSpec, *, progress: bool = False, command: str | None = 
         k = min(spec.attribution.max_examples, len(texts))
         logger.info("attributing %d examples with %s", k, spec.attribution.method)
         attribution = run_attribution(  # float32; sharded across processes when launched so
-            prompted, texts[:k], method=spec.attribution.method, n_steps=spec.attribution.n_steps,
-            baseline=spec.attribution.baseline, max_examples=k,
+            prompted,
+            texts[:k],
+            method=spec.attribution.method,
+            n_steps=spec.attribution.n_steps,
+            baseline=spec.attribution.baseline,
+            max_examples=k,
             n_samples=spec.attribution.n_samples,
-            sensitive_features=None if sensitive is None else sensitive.iloc[:k].reset_index(drop=True),
-            seed=spec.seed, progress=progress,
+            sensitive_features=None
+            if sensitive is None
+            else sensitive.iloc[:k].reset_index(drop=True),
+            seed=spec.seed,
+            progress=progress,
         )
 
-    baselines = _baselines(spec, prompted, soft, frame, texts, y_true, probs, positive,
-                           projected_probs, fairness, progress=progress)
+    baselines = _baselines(
+        spec,
+        prompted,
+        soft,
+        frame,
+        texts,
+        y_true,
+        probs,
+        positive,
+        projected_probs,
+        fairness,
+        progress=progress,
+    )
 
     from promptaudit.gates import evaluate_gates
 
@@ -151,10 +204,17 @@ def run_audit(spec: AuditSpec, *, progress: bool = False, command: str | None = 
     gates = evaluate_gates(spec.gates, partial)
     result = AuditResult(
         audit={"name": spec.name, "spec": spec.to_dict()},
-        provenance={**_provenance(spec, soft, loaded, prompt_source, command),
-                    "num_processes": 1 if processes is None else processes.num_processes},
-        task=task, projection=projection, attribution=attribution, fairness=fairness,
-        baselines=baselines, gates=gates, passed=all(g["passed"] for g in gates),
+        provenance={
+            **_provenance(spec, soft, loaded, prompt_source, command),
+            "num_processes": 1 if processes is None else processes.num_processes,
+        },
+        task=task,
+        projection=projection,
+        attribution=attribution,
+        fairness=fairness,
+        baselines=baselines,
+        gates=gates,
+        passed=all(g["passed"] for g in gates),
     )
     return result.to_dict()
 
@@ -177,13 +237,21 @@ def _load_evaluation_data(spec: AuditSpec) -> tuple[pd.DataFrame, list[str]]:
     missing = text.isna().to_numpy() | (text.astype(str).str.strip() == "").to_numpy()
     if missing.any():  # an empty CSV cell reads as "" (keep_default_na=False), not NaN
         row = int(np.flatnonzero(missing)[0])
-        raise DataError(f"{spec.data.path}: column {spec.data.text_column!r} has a missing text at row {row}")
+        raise DataError(
+            f"{spec.data.path}: column {spec.data.text_column!r} has a missing text at row {row}"
+        )
     # Refuse bad groups, pair ids and term suites now, before any model work.
-    check_sensitive_columns(frame, spec.data.sensitive_features, source=spec.data.path,
-                            reference_group=spec.fairness.reference_group)
+    check_sensitive_columns(
+        frame,
+        spec.data.sensitive_features,
+        source=spec.data.path,
+        reference_group=spec.fairness.reference_group,
+    )
     if cf is not None and cf.pair_column and frame[cf.pair_column].isna().any():
         row = int(np.flatnonzero(frame[cf.pair_column].isna().to_numpy())[0])
-        raise DataError(f"{spec.data.path}: column {cf.pair_column!r} has a missing value at row {row}")
+        raise DataError(
+            f"{spec.data.path}: column {cf.pair_column!r} has a missing value at row {row}"
+        )
     if cf is not None and cf.suite is not None:
         from promptaudit.corpora import make_counterfactuals
 
@@ -201,22 +269,36 @@ def _prompt_source(spec: AuditSpec, *, progress: bool) -> str:
     table = train.data
     if table.label_column is None:
         raise SpecError("prompt.train.data.label_column: training needs a label column")
-    frame = load_table(table.path, required_columns=[table.text_column, table.label_column],
-                       seed=spec.seed)
+    frame = load_table(
+        table.path, required_columns=[table.text_column, table.label_column], seed=spec.seed
+    )
     labels = spec.model.labels or infer_labels(frame[table.label_column])
-    label_ids = encode_labels(frame[table.label_column], labels, source=table.path,
-                              column=table.label_column)
+    label_ids = encode_labels(
+        frame[table.label_column], labels, source=table.path, column=table.label_column
+    )
     out = Path(train.out) if train.out else _default_train_dir(spec)
     config = TrainingConfig(
-        num_virtual_tokens=train.num_virtual_tokens, init=InitMethod(train.init),
+        num_virtual_tokens=train.num_virtual_tokens,
+        init=InitMethod(train.init),
         init_text=train.init_text or ("Classify this text as " + " or ".join(labels)),
-        epochs=train.epochs, learning_rate=train.learning_rate, batch_size=train.batch_size,
-        max_length=train.max_length, seed=spec.seed,
+        epochs=train.epochs,
+        learning_rate=train.learning_rate,
+        batch_size=train.batch_size,
+        max_length=train.max_length,
+        seed=spec.seed,
     )
     logger.info("training a prompt on %s into %s", table.path, out)
-    train_prompt(spec.model.base, frame[table.text_column].astype(str).tolist(), label_ids,
-                 labels=labels, out_dir=out, task=spec.model.task, config=config,
-                 device=spec.model.device, progress=progress)
+    train_prompt(
+        spec.model.base,
+        frame[table.text_column].astype(str).tolist(),
+        label_ids,
+        labels=labels,
+        out_dir=out,
+        task=spec.model.task,
+        config=config,
+        device=spec.model.device,
+        progress=progress,
+    )
     return str(out)
 
 
@@ -252,8 +334,12 @@ def _task_section(spec, prompted: PromptedModel, texts, probs, y_true, positive)
         "positive_rate": float(np.mean(y_pred == positive)),
     }
     if section["n_truncated"]:
-        logger.warning("%d of %d texts were longer than %d tokens and were truncated",
-                       section["n_truncated"], len(texts), prompted.max_length)
+        logger.warning(
+            "%d of %d texts were longer than %d tokens and were truncated",
+            section["n_truncated"],
+            len(texts),
+            prompted.max_length,
+        )
     if y_true is not None:
         from sklearn.metrics import balanced_accuracy_score
 
@@ -264,19 +350,32 @@ def _task_section(spec, prompted: PromptedModel, texts, probs, y_true, positive)
 
 def _fairness(spec, y_pred, y_true, y_score, sensitive, positive, *, bootstrap=None) -> dict:
     if sensitive is None:
-        return {"sensitive_features": [], "by_feature": {}, "intersection": None,
-                "disparities": {}, "disparity_intervals": {},
-                "warnings": ["no sensitive features were given (data.sensitive_features); "
-                             "group metrics were not computed"]}
+        return {
+            "sensitive_features": [],
+            "by_feature": {},
+            "intersection": None,
+            "disparities": {},
+            "disparity_intervals": {},
+            "warnings": [
+                "no sensitive features were given (data.sensitive_features); "
+                "group metrics were not computed"
+            ],
+        }
     from promptaudit.fairness import compute_group_fairness
 
     return compute_group_fairness(
-        y_pred, sensitive_features=sensitive.reset_index(drop=True), y_true=y_true,
-        y_score=y_score, positive_label_index=positive, metrics=spec.fairness.metrics,
+        y_pred,
+        sensitive_features=sensitive.reset_index(drop=True),
+        y_true=y_true,
+        y_score=y_score,
+        positive_label_index=positive,
+        metrics=spec.fairness.metrics,
         reference_group=spec.fairness.reference_group,
         bootstrap=spec.fairness.bootstrap if bootstrap is None else bootstrap,
-        confidence=spec.fairness.confidence, min_group_size=spec.fairness.min_group_size,
-        intersection=spec.fairness.intersection, seed=spec.seed,
+        confidence=spec.fairness.confidence,
+        min_group_size=spec.fairness.min_group_size,
+        intersection=spec.fairness.intersection,
+        seed=spec.seed,
     )
 
 
@@ -290,19 +389,27 @@ def _counterfactual(spec, prompted, frame, texts, probs, positive, *, progress) 
         pairs = frame[cf.pair_column]
         if pairs.isna().any():
             row = int(np.flatnonzero(pairs.isna().to_numpy())[0])
-            raise DataError(f"{spec.data.path}: column {cf.pair_column!r} has a missing value at row {row}")
+            raise DataError(
+                f"{spec.data.path}: column {cf.pair_column!r} has a missing value at row {row}"
+            )
         groups = frame[cf.group_column].astype(str).to_numpy() if cf.group_column else None
-        result = compute_counterfactual(pairs.astype(str).to_numpy(), probs.argmax(axis=1),
-                                        probs[:, positive], groups=groups)
+        result = compute_counterfactual(
+            pairs.astype(str).to_numpy(), probs.argmax(axis=1), probs[:, positive], groups=groups
+        )
         result["source"] = f"pair_column:{cf.pair_column}"
         return result
     from promptaudit.corpora import make_counterfactuals
 
     tuples = make_counterfactuals(texts, cf.suite, features=cf.features)
     if len(tuples) == 0:
-        return {"flip_rate": None, "mean_abs_delta": None, "n_tuples": 0, "by_group": {},
-                "source": cf.suite,
-                "note": "no text mentions a term of the suite; no counterfactual tuple was made"}
+        return {
+            "flip_rate": None,
+            "mean_abs_delta": None,
+            "n_tuples": 0,
+            "by_group": {},
+            "source": cf.suite,
+            "note": "no text mentions a term of the suite; no counterfactual tuple was made",
+        }
     # Originals reuse the predictions already made; only the variants are new.
     cf_probs = np.empty((len(tuples), probs.shape[1]))
     originals = tuples["is_original"].to_numpy(dtype=bool)
@@ -310,28 +417,48 @@ def _counterfactual(spec, prompted, frame, texts, probs, positive, *, progress) 
     variant_texts = tuples.loc[~originals, "text"].tolist()
     logger.info("predicting %d counterfactual variants", len(variant_texts))
     cf_probs[~originals] = prompted.predict_proba(variant_texts, progress=progress)
-    result = compute_counterfactual(tuples["tuple_id"].to_numpy(), cf_probs.argmax(axis=1),
-                                    cf_probs[:, positive], groups=tuples["group"].astype(str).to_numpy())
+    result = compute_counterfactual(
+        tuples["tuple_id"].to_numpy(),
+        cf_probs.argmax(axis=1),
+        cf_probs[:, positive],
+        groups=tuples["group"].astype(str).to_numpy(),
+    )
     result["source"] = cf.suite
     by_feature = {}
     for feature, part in tuples.groupby("feature", sort=True):
         index = part.index.to_numpy()
-        sub = compute_counterfactual(part["tuple_id"].to_numpy(), cf_probs[index].argmax(axis=1),
-                                     cf_probs[index, positive])
+        sub = compute_counterfactual(
+            part["tuple_id"].to_numpy(), cf_probs[index].argmax(axis=1), cf_probs[index, positive]
+        )
         by_feature[str(feature)] = {k: sub[k] for k in ("flip_rate", "mean_abs_delta", "n_tuples")}
     result["by_feature"] = by_feature
     return result
 
 
-def _baselines(spec, prompted, soft: SoftPrompt | None, frame, texts, y_true, probs, positive,
-               projected_probs, fairness, *, progress) -> dict | None:
+def _baselines(
+    spec,
+    prompted,
+    soft: SoftPrompt | None,
+    frame,
+    texts,
+    y_true,
+    probs,
+    positive,
+    projected_probs,
+    fairness,
+    *,
+    progress,
+) -> dict | None:
     """The same headline numbers for the projected hard prompt and the init text (or no prompt)."""
     sensitive = frame[spec.data.sensitive_features] if spec.data.sensitive_features else None
 
     def summary(label: str, p: np.ndarray, fair: dict | None = None) -> dict:
         y_pred = p.argmax(axis=1)
-        fair = fair if fair is not None else _fairness(spec, y_pred, y_true, p[:, positive],
-                                                      sensitive, positive, bootstrap=0)
+        fair = (
+            fair
+            if fair is not None
+            else _fairness(spec, y_pred, y_true, p[:, positive], sensitive, positive, bootstrap=0)
+        )
         return {
             "label": label,
             "accuracy": None if y_true is None else float(np.mean(y_pred == y_true)),
@@ -342,17 +469,23 @@ def _baselines(spec, prompted, soft: SoftPrompt | None, frame, texts, y_true, pr
 
     out = {"soft_prompt": summary("the tuned soft prompt", probs, fairness)}
     if spec.baselines.projected and projected_probs is not None:
-        out["projected_prompt"] = summary("the nearest-word (projected) hard prompt", projected_probs)
+        out["projected_prompt"] = summary(
+            "the nearest-word (projected) hard prompt", projected_probs
+        )
     if spec.baselines.init_text and soft is not None:
         if soft.init_text:
             ids = text_init_token_ids(prompted.tokenizer, soft.init_text, soft.num_virtual_tokens)
-            init_prompt = prompted.word_embeddings[torch.tensor(ids, device=prompted.device)].detach()
+            init_prompt = prompted.word_embeddings[
+                torch.tensor(ids, device=prompted.device)
+            ].detach()
             label = f"the initialisation text {soft.init_text!r} (before tuning)"
             key = "init_text"
         else:
             init_prompt, label, key = None, "no prompt (the base model alone)", "no_prompt"
         logger.info("baseline: %s", key)
-        out[key] = summary(label, prompted.with_prompt(init_prompt).predict_proba(texts, progress=progress))
+        out[key] = summary(
+            label, prompted.with_prompt(init_prompt).predict_proba(texts, progress=progress)
+        )
     return out
 
 
@@ -381,8 +514,11 @@ def _model_hashes(resolved: str) -> dict[str, str]:
     path = Path(resolved)
     if not path.is_dir():
         return {}
-    names = sorted(p for p in path.iterdir() if p.is_file() and (
-        p.suffix in (".safetensors", ".bin", ".json", ".txt", ".model")))
+    names = sorted(
+        p
+        for p in path.iterdir()
+        if p.is_file() and (p.suffix in (".safetensors", ".bin", ".json", ".txt", ".model"))
+    )
     return {p.name: sha256_file(p) for p in names}
 
 
@@ -415,7 +551,5 @@ def _provenance(spec: AuditSpec, soft, loaded, prompt_source: str, command: str 
         "command": command,
         "created_at": _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat(),
         "hash_algorithm": "sha256 of the file bytes; integrity.content_sha256 is the sha256 of the "
-                          "sorted-key compact JSON without integrity and provenance.created_at",
+        "sorted-key compact JSON without integrity and provenance.created_at",
     }
-
-

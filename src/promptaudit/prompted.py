@@ -64,7 +64,9 @@ class EncodedBatch:
             return None if t is None else t.to(device)
 
         return EncodedBatch(
-            move(self.input_ids), move(self.attention_mask), move(self.token_type_ids),
+            move(self.input_ids),
+            move(self.attention_mask),
+            move(self.token_type_ids),
             move(self.readout_index),
         )
 
@@ -82,8 +84,9 @@ def verbalizer_token_ids(tokenizer, labels: Sequence[str]) -> list[int]:
         if not pieces:
             raise InputError(f"labels: label word {label!r} tokenizes to nothing")
         if len(pieces) > 1:
-            logger.warning("label word %r is %d tokens; its first token stands for it", label,
-                           len(pieces))
+            logger.warning(
+                "label word %r is %d tokens; its first token stands for it", label, len(pieces)
+            )
         ids.append(int(pieces[0]))
     if len(set(ids)) != len(ids):
         raise InputError(
@@ -142,8 +145,11 @@ class PromptedModel:
                 f"prompt hidden size {self.prompt.shape[-1]} does not match the model's "
                 f"hidden size {self.hidden_size}"
             )
-        max_positions = getattr(model.config, "max_position_embeddings", None) or getattr(
-            model.config, "n_positions", None) or 10**6
+        max_positions = (
+            getattr(model.config, "max_position_embeddings", None)
+            or getattr(model.config, "n_positions", None)
+            or 10**6
+        )
         self.max_length = int(min(max_length, max_positions - self.num_virtual_tokens))
         if self.max_length < 4:
             raise InputError(
@@ -184,8 +190,13 @@ class PromptedModel:
     def with_prompt(self, prompt: torch.Tensor | None) -> PromptedModel:
         """The same model and settings with another prompt (or none)."""
         return PromptedModel(
-            self.model, self.tokenizer, prompt, task=self.task, labels=self.labels,
-            max_length=self.max_length + self.num_virtual_tokens, batch_size=self.batch_size,
+            self.model,
+            self.tokenizer,
+            prompt,
+            task=self.task,
+            labels=self.labels,
+            max_length=self.max_length + self.num_virtual_tokens,
+            batch_size=self.batch_size,
         )
 
     # ---------------------------------------------------------------- encoding
@@ -195,12 +206,19 @@ class PromptedModel:
         if self.task is Task.MASKED_LM:
             seconds = [self.tokenizer.mask_token] * len(texts)
             encoded = self.tokenizer(
-                texts, seconds, padding=True, truncation="only_first",
-                max_length=self.max_length, return_tensors="pt",
+                texts,
+                seconds,
+                padding=True,
+                truncation="only_first",
+                max_length=self.max_length,
+                return_tensors="pt",
             )
         else:
             encoded = self.tokenizer(
-                texts, padding=True, truncation=True, max_length=self.max_length,
+                texts,
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
                 return_tensors="pt",
             )
         input_ids = encoded["input_ids"]
@@ -281,12 +299,17 @@ class PromptedModel:
         """Softmax of :meth:`label_logits`: ``(batch, n_labels)``."""
         return torch.softmax(self.label_logits(*args, **kwargs), dim=-1)
 
-    def forward_batch(self, batch: EncodedBatch, prompt: torch.Tensor | None = None) -> torch.Tensor:
+    def forward_batch(
+        self, batch: EncodedBatch, prompt: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Label probabilities ``(batch, n_labels)`` of an encoded batch."""
         batch = batch.to(self.device)
         prompt = self.prompt if prompt is None else prompt
         return self.label_probabilities(
-            prompt, self.embed(batch.input_ids), batch.attention_mask, batch.token_type_ids,
+            prompt,
+            self.embed(batch.input_ids),
+            batch.attention_mask,
+            batch.token_type_ids,
             batch.readout_index,
         )
 
@@ -316,7 +339,7 @@ class PromptedModel:
             starts = tqdm(starts, desc="predict", unit="batch", leave=False)
         with torch.inference_mode():
             for start in starts:
-                index = order[start:start + self.batch_size]
+                index = order[start : start + self.batch_size]
                 probs = self.forward_batch(self.encode([texts[i] for i in index]))
                 out[index] = probs.double().cpu().numpy()
         return out
@@ -325,7 +348,7 @@ class PromptedModel:
         """How many of ``texts`` exceed :attr:`max_length` tokens and get cut."""
         total = 0
         for start in range(0, len(texts), 256):
-            chunk = [str(t) for t in texts[start:start + 256]]
+            chunk = [str(t) for t in texts[start : start + 256]]
             if self.task is Task.MASKED_LM:
                 ids = self.tokenizer(chunk, [self.tokenizer.mask_token] * len(chunk))["input_ids"]
             else:
@@ -383,15 +406,26 @@ def load_prompted_model(
             )
         num_labels = num_labels or head_rows
     if task is not Task.SEQUENCE_CLASSIFICATION and not labels:
-        raise InputError(f"labels: task {task.value} needs label words (the verbalizer), e.g. --labels negative,positive")
+        raise InputError(
+            f"labels: task {task.value} needs label words (the verbalizer), "
+            "e.g. --labels negative,positive"
+        )
     loaded = load_base_model(
-        model, task=task, num_labels=num_labels, device=device, dtype=dtype,
+        model,
+        task=task,
+        num_labels=num_labels,
+        device=device,
+        dtype=dtype,
         trust_remote_code=trust_remote_code,
     )
     hidden = int(loaded.model.get_input_embeddings().weight.shape[1])
     if soft is not None and soft.base_model and soft.base_model not in (model, loaded.resolved):
-        logger.warning("prompt %s was trained on base model %s; auditing it on %s as asked",
-                       soft.source, soft.base_model, model)
+        logger.warning(
+            "prompt %s was trained on base model %s; auditing it on %s as asked",
+            soft.source,
+            soft.base_model,
+            model,
+        )
     if soft is not None:
         check_prompt_tensor(soft.embeddings, source=soft.source, hidden_size=hidden)
         if task is Task.SEQUENCE_CLASSIFICATION:
@@ -400,8 +434,13 @@ def load_prompted_model(
         id2label = getattr(loaded.model.config, "id2label", None) or {}
         labels = [str(id2label.get(i, f"LABEL_{i}")) for i in range(loaded.model.config.num_labels)]
     prompted = PromptedModel(
-        loaded.model, loaded.tokenizer, None if soft is None else soft.embeddings,
-        task=task, labels=labels, max_length=max_length, batch_size=batch_size,
+        loaded.model,
+        loaded.tokenizer,
+        None if soft is None else soft.embeddings,
+        task=task,
+        labels=labels,
+        max_length=max_length,
+        batch_size=batch_size,
     )
     return prompted, soft, loaded
 
@@ -414,17 +453,23 @@ def head_output_size(head_state: dict[str, torch.Tensor]) -> int | None:
     return int(head_state[sorted(weights)[-1]].shape[0])
 
 
-def apply_head_state(model: torch.nn.Module, head_state: dict[str, torch.Tensor], *, source: str) -> None:
+def apply_head_state(
+    model: torch.nn.Module, head_state: dict[str, torch.Tensor], *, source: str
+) -> None:
     """Copy an adapter's trained classifier head (``modules_to_save``) into ``model``."""
     if not head_state:
-        logger.warning("prompt %s carries no classifier head; the base model's head is used", source)
+        logger.warning(
+            "prompt %s carries no classifier head; the base model's head is used", source
+        )
         return
     own = model.state_dict()
     update = {}
     for key, value in head_state.items():
         target = key if key in own else key.removeprefix("model.")
         if target not in own:
-            raise PromptError(f"{source}: adapter weight {key!r} has no counterpart in the base model")
+            raise PromptError(
+                f"{source}: adapter weight {key!r} has no counterpart in the base model"
+            )
         if tuple(own[target].shape) != tuple(value.shape):
             raise PromptError(
                 f"{source}: adapter weight {key!r} has shape {tuple(value.shape)}; the model's "
@@ -434,8 +479,9 @@ def apply_head_state(model: torch.nn.Module, head_state: dict[str, torch.Tensor]
     model.load_state_dict(update, strict=False)
 
 
-def predictions_frame(texts: Sequence[str], probs: np.ndarray, labels: Sequence[str], *,
-                      text_column: str = "text"):
+def predictions_frame(
+    texts: Sequence[str], probs: np.ndarray, labels: Sequence[str], *, text_column: str = "text"
+):
     """One row per input: the text, ``p_<label>`` for every label, and ``prediction``.
 
     Parameters

@@ -128,12 +128,15 @@ def load_prompt(reference: str | Path, *, hidden_size: int | None = None) -> Sof
                 f"{source}: unsupported prompt file type {path.suffix!r}; allowed: an adapter "
                 f"directory or {', '.join(TENSOR_SUFFIXES)}"
             )
-        prompt = SoftPrompt(embeddings=_single_tensor(_read_tensors(path), source), source=source,
-                            files=[path])
+        prompt = SoftPrompt(
+            embeddings=_single_tensor(_read_tensors(path), source), source=source, files=[path]
+        )
     elif _looks_like_hub_id(source):
         prompt = _load_adapter_dir(_download_adapter(source), source)
     else:
-        raise PromptError(f"{source}: prompt not found (expected an adapter directory or tensor file)")
+        raise PromptError(
+            f"{source}: prompt not found (expected an adapter directory or tensor file)"
+        )
     check_prompt_tensor(prompt.embeddings, source=source, hidden_size=hidden_size)
     return prompt
 
@@ -150,7 +153,9 @@ def check_prompt_tensor(
     if tensor.shape[0] < 1:
         raise PromptError(f"{source}: prompt tensor has no virtual tokens")
     if not torch.is_floating_point(tensor):
-        raise PromptError(f"{source}: prompt tensor has dtype {tensor.dtype}; expected floating point")
+        raise PromptError(
+            f"{source}: prompt tensor has dtype {tensor.dtype}; expected floating point"
+        )
     if hidden_size is not None and tensor.shape[1] != hidden_size:
         raise PromptError(
             f"{source}: prompt hidden size {tensor.shape[1]} does not match the model's "
@@ -159,7 +164,9 @@ def check_prompt_tensor(
     finite = torch.isfinite(tensor)
     if not bool(finite.all()):
         row = int((~finite).any(dim=1).nonzero()[0, 0])
-        raise PromptError(f"{source}: prompt holds NaN or inf values (first at virtual token {row})")
+        raise PromptError(
+            f"{source}: prompt holds NaN or inf values (first at virtual token {row})"
+        )
 
 
 def text_init_token_ids(tokenizer, init_text: str, num_virtual_tokens: int) -> list[int]:
@@ -245,7 +252,8 @@ def _adapter_weights_file(path: Path, source: str) -> Path:
         if (path / name).exists():
             return path / name
     raise PromptError(
-        f"{source}: adapter has no weights file; expected adapter_model.safetensors or adapter_model.bin"
+        f"{source}: adapter has no weights file; "
+        "expected adapter_model.safetensors or adapter_model.bin"
     )
 
 
@@ -258,7 +266,9 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
         try:
             return load_file(str(path), device="cpu")
         except (SafetensorError, OSError, ValueError) as exc:
-            raise PromptError(f"{path}: not a valid safetensors file ({exc})".splitlines()[0]) from None
+            raise PromptError(
+                f"{path}: not a valid safetensors file ({exc})".splitlines()[0]
+            ) from None
     try:
         loaded = torch.load(str(path), map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError, ValueError) as exc:
@@ -270,9 +280,7 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
         return {"prompt_embeddings": loaded}
     if isinstance(loaded, dict) and all(isinstance(v, torch.Tensor) for v in loaded.values()):
         return {str(k): v for k, v in loaded.items()}
-    raise PromptError(
-        f"{path}: holds a {type(loaded).__name__}, not a tensor or a dict of tensors"
-    )
+    raise PromptError(f"{path}: holds a {type(loaded).__name__}, not a tensor or a dict of tensors")
 
 
 def _single_tensor(tensors: dict[str, torch.Tensor], source: str) -> torch.Tensor:
@@ -287,7 +295,9 @@ def _single_tensor(tensors: dict[str, torch.Tensor], source: str) -> torch.Tenso
             "[num_virtual_tokens, hidden] tensor or one named 'prompt_embeddings'"
         )
     if not torch.is_floating_point(tensor):
-        raise PromptError(f"{source}: prompt tensor has dtype {tensor.dtype}; expected floating point")
+        raise PromptError(
+            f"{source}: prompt tensor has dtype {tensor.dtype}; expected floating point"
+        )
     return tensor.detach().to(torch.float32).cpu()
 
 
@@ -304,5 +314,7 @@ def _download_adapter(repo_id: str) -> Path:
             snapshot_download(repo_id, allow_patterns=["adapter_config.json", "adapter_model.*"])
         )
     except Exception as exc:  # network, auth, missing repo: all mean "cannot fetch"
-        raise PromptError(f"{repo_id}: prompt not found locally and could not be fetched from the Hub "
-                          f"({type(exc).__name__})") from None
+        raise PromptError(
+            f"{repo_id}: prompt not found locally and could not be fetched from the Hub "
+            f"({type(exc).__name__})"
+        ) from None

@@ -79,7 +79,9 @@ def to_jsonable(value):
 
 def canonical_json(data: dict) -> str:
     """Sorted-key, compact JSON used for hashing."""
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return json.dumps(
+        data, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
+    )
 
 
 def content_sha256(data: dict) -> str:
@@ -110,7 +112,8 @@ def read_result_json(path: str | Path, *, verify: bool = True) -> dict:
         raise InputError(f"{path}: not a promptaudit result; missing keys: {', '.join(missing)}")
     if str(data["schema_version"]) != SCHEMA_VERSION:
         raise InputError(
-            f"{path}: schema_version {data['schema_version']!r} is not supported; allowed: {SCHEMA_VERSION}"
+            f"{path}: schema_version {data['schema_version']!r} is not supported; "
+            f"allowed: {SCHEMA_VERSION}"
         )
     if verify:
         recorded = (data.get("integrity") or {}).get("content_sha256")

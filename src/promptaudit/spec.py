@@ -57,14 +57,26 @@ GATE_METRICS: dict[str, tuple[str, str, str]] = {
 }
 
 #: Gate metrics that need true labels (``data.label_column``).
-LABEL_GATE_METRICS = frozenset({
-    "equalized_odds_difference", "equalized_odds_ratio", "equal_opportunity_difference",
-    "equal_opportunity_ratio", "accuracy_difference", "accuracy", "balanced_accuracy",
-})
+LABEL_GATE_METRICS = frozenset(
+    {
+        "equalized_odds_difference",
+        "equalized_odds_ratio",
+        "equal_opportunity_difference",
+        "equal_opportunity_ratio",
+        "accuracy_difference",
+        "accuracy",
+        "balanced_accuracy",
+    }
+)
 
 FAIRNESS_METRICS = (
-    "selection_rate", "accuracy", "true_positive_rate", "false_positive_rate",
-    "true_negative_rate", "false_negative_rate", "mean_score",
+    "selection_rate",
+    "accuracy",
+    "true_positive_rate",
+    "false_positive_rate",
+    "true_negative_rate",
+    "false_negative_rate",
+    "mean_score",
 )
 
 
@@ -94,7 +106,8 @@ class ModelSpec(_Strict):
                 raise ValueError(f"labels: duplicate label in {self.labels}")
             if self.positive_label is not None and self.positive_label not in self.labels:
                 raise ValueError(
-                    f"positive_label: {self.positive_label!r} is not one of the labels {self.labels}"
+                    f"positive_label: {self.positive_label!r} is not one of the labels "
+                    f"{self.labels}"
                 )
         return self
 
@@ -174,7 +187,7 @@ class CounterfactualSpec(_Strict):
         return self
 
 
-class Metric(str, enum.Enum):
+class Metric(enum.StrEnum):
     COSINE = "cosine"
     DOT = "dot"
     L2 = "l2"
@@ -190,7 +203,8 @@ class ProjectionSpec(_Strict):
 class AttributionSpec(_Strict):
     enabled: bool = True
     method: Literal["integrated_gradients", "feature_ablation", "shapley_sampling"] = (
-        "integrated_gradients")
+        "integrated_gradients"
+    )
     n_steps: int = Field(32, ge=1, le=1024, strict=True)
     baseline: Literal["pad", "zero", "mean"] = "pad"
     max_examples: int = Field(200, ge=1, strict=True)
@@ -199,8 +213,13 @@ class AttributionSpec(_Strict):
 
 class FairnessSpec(_Strict):
     metrics: list[str] = Field(
-        default_factory=lambda: ["selection_rate", "accuracy", "true_positive_rate",
-                                 "false_positive_rate"])
+        default_factory=lambda: [
+            "selection_rate",
+            "accuracy",
+            "true_positive_rate",
+            "false_positive_rate",
+        ]
+    )
     bootstrap: int = Field(1000, ge=0, le=100_000, strict=True)
     confidence: float = Field(0.95, gt=0, lt=1, strict=True)
     min_group_size: int = Field(30, ge=1, strict=True)
@@ -313,7 +332,8 @@ class AuditSpec(_Strict):
             if gate.feature is not None and gate.feature not in features:
                 raise ValueError(
                     f"gates: feature {gate.feature!r} is not a sensitive feature; "
-                    f"allowed: {', '.join(sorted(features)) or 'none listed in data.sensitive_features'}"
+                    f"allowed: "
+                    f"{', '.join(sorted(features)) or 'none listed in data.sensitive_features'}"
                 )
         for index, gate in enumerate(self.gates):
             where = f"gates.{index}"
@@ -422,7 +442,9 @@ def apply_overrides(raw: dict, overrides: Sequence[str], *, source: str = "--set
     for item in overrides:
         key, sep, value_text = item.partition("=")
         if not sep or not key.strip():
-            raise SpecError(f"--set {item!r}: expected key=value with a dotted key, e.g. fairness.bootstrap=200")
+            raise SpecError(
+                f"--set {item!r}: expected key=value with a dotted key, e.g. fairness.bootstrap=200"
+            )
         try:
             value = yaml.safe_load(value_text) if value_text.strip() else ""
         except yaml.YAMLError:
@@ -449,8 +471,10 @@ def _child(node: Any, part: str, *, key: str, parent: str) -> Any:
     if isinstance(node, list):
         return node[_list_index(node, part, key)]
     if not isinstance(node, dict):
-        raise SpecError(f"--set {key}: cannot descend into a {type(node).__name__} ({parent} is "
-                        "not a mapping or list)")
+        raise SpecError(
+            f"--set {key}: cannot descend into a {type(node).__name__} ({parent} is "
+            "not a mapping or list)"
+        )
     if part not in node or node[part] is None:
         node[part] = {}
     return node[part]
@@ -485,8 +509,12 @@ def _resolve_paths(spec: AuditSpec, root: Path) -> AuditSpec:
         candidate = Path(value).expanduser()
         local = candidate if candidate.is_absolute() else root / candidate
         parts = value.split("/")
-        hub_like = (len(parts) == 2 and all(parts) and not value.startswith((".", "~"))
-                    and Path(value).suffix.lower() not in (".safetensors", ".pt", ".bin"))
+        hub_like = (
+            len(parts) == 2
+            and all(parts)
+            and not value.startswith((".", "~"))
+            and Path(value).suffix.lower() not in (".safetensors", ".pt", ".bin")
+        )
         if hub_like and not local.exists():
             return value
         return str(local.resolve())
@@ -495,10 +523,14 @@ def _resolve_paths(spec: AuditSpec, root: Path) -> AuditSpec:
     if prompt.path is not None:
         prompt = prompt.model_copy(update={"path": resolve_prompt(prompt.path)})
     if prompt.train is not None:
-        train = prompt.train.model_copy(update={
-            "data": prompt.train.data.model_copy(update={"path": resolve(prompt.train.data.path)}),
-            "out": resolve(prompt.train.out),
-        })
+        train = prompt.train.model_copy(
+            update={
+                "data": prompt.train.data.model_copy(
+                    update={"path": resolve(prompt.train.data.path)}
+                ),
+                "out": resolve(prompt.train.out),
+            }
+        )
         prompt = prompt.model_copy(update={"train": train})
     update: dict[str, Any] = {
         "model": spec.model.model_copy(update={"base": resolve_model(spec.model.base)}),
@@ -507,7 +539,8 @@ def _resolve_paths(spec: AuditSpec, root: Path) -> AuditSpec:
     }
     if spec.counterfactuals is not None and spec.counterfactuals.suite is not None:
         update["counterfactuals"] = spec.counterfactuals.model_copy(
-            update={"suite": resolve(spec.counterfactuals.suite)})
+            update={"suite": resolve(spec.counterfactuals.suite)}
+        )
     return spec.model_copy(update=update)
 
 
@@ -518,10 +551,18 @@ def _did_you_mean(name: str, choices) -> str:
 
 
 _MODELS_BY_KEY: dict[str, type[BaseModel]] = {
-    "": AuditSpec, "model": ModelSpec, "prompt": PromptSpec, "prompt.train": TrainSpec,
-    "prompt.train.data": TableSpec, "data": DataSpec, "counterfactuals": CounterfactualSpec,
-    "projection": ProjectionSpec, "attribution": AttributionSpec, "fairness": FairnessSpec,
-    "baselines": BaselineSpec, "gates": GateSpec,
+    "": AuditSpec,
+    "model": ModelSpec,
+    "prompt": PromptSpec,
+    "prompt.train": TrainSpec,
+    "prompt.train.data": TableSpec,
+    "data": DataSpec,
+    "counterfactuals": CounterfactualSpec,
+    "projection": ProjectionSpec,
+    "attribution": AttributionSpec,
+    "fairness": FairnessSpec,
+    "baselines": BaselineSpec,
+    "gates": GateSpec,
 }
 
 
@@ -533,8 +574,10 @@ def _describe(error: dict, raw: dict) -> str:
         parent = ".".join(part for part in loc[:-1] if not part.isdigit())
         model = _MODELS_BY_KEY.get(parent)
         allowed = list(model.model_fields) if model else []
-        return (f"unknown key {dotted!r}{_did_you_mean(loc[-1], allowed)}; allowed keys here: "
-                f"{', '.join(allowed)}")
+        return (
+            f"unknown key {dotted!r}{_did_you_mean(loc[-1], allowed)}; allowed keys here: "
+            f"{', '.join(allowed)}"
+        )
     if kind == "missing":
         return f"missing required key {dotted!r}"
     message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")

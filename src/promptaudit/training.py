@@ -38,8 +38,8 @@ CHECKPOINT_DIR = ".checkpoints"
 _TASK_TYPES = {Task.SEQUENCE_CLASSIFICATION: "SEQ_CLS", Task.CAUSAL_LM: "CAUSAL_LM"}
 
 
-class InitMethod(str, enum.Enum):
-    """How the virtual tokens start: copies of a text's token embeddings, random, or sampled vocabulary rows."""
+class InitMethod(enum.StrEnum):
+    """How the virtual tokens start: a text's token embeddings, random or sampled vocabulary."""
 
     TEXT = "text"
     RANDOM = "random"
@@ -173,7 +173,8 @@ def train_prompt(
         raise InputError(f"data: {len(texts)} texts but {len(label_ids)} labels")
     if validation_texts is None and config.validation_fraction > 0 and len(texts) >= 10:
         texts, label_ids, validation_texts, validation_label_ids = _hold_out(
-            texts, label_ids, config.validation_fraction, config.seed)
+            texts, label_ids, config.validation_fraction, config.seed
+        )
     out_dir = Path(out_dir)
 
     torch.manual_seed(config.seed)  # the classifier head's initial weights
@@ -190,24 +191,35 @@ def train_prompt(
     )
     torch.manual_seed(config.seed)  # random / sampled-vocabulary init
     peft_model = get_peft_model(base, peft_config)
-    verbalizer = None if task is Task.SEQUENCE_CLASSIFICATION else torch.tensor(
-        verbalizer_token_ids(tokenizer, labels), device=loaded.device)
+    verbalizer = (
+        None
+        if task is Task.SEQUENCE_CLASSIFICATION
+        else torch.tensor(verbalizer_token_ids(tokenizer, labels), device=loaded.device)
+    )
 
     init_tokens, init_special = _describe_init(tokenizer, config)
     if init_special:
-        logger.warning("text init copies special tokens into the prompt: %s", ", ".join(init_special))
+        logger.warning(
+            "text init copies special tokens into the prompt: %s", ", ".join(init_special)
+        )
 
     trainable = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=0.0)
-    result = TrainingResult(adapter_dir=out_dir, init_tokens=init_tokens,
-                            init_special_tokens=init_special, n_train=len(texts),
-                            n_validation=0 if validation_texts is None else len(validation_texts))
+    result = TrainingResult(
+        adapter_dir=out_dir,
+        init_tokens=init_tokens,
+        init_special_tokens=init_special,
+        n_train=len(texts),
+        n_validation=0 if validation_texts is None else len(validation_texts),
+    )
     start_epoch = 0
     checkpoints = out_dir / CHECKPOINT_DIR
     if resume:
         last = _last_checkpoint(checkpoints)
         if last is None:
-            raise InputError(f"{checkpoints}: --resume given but there is no checkpoint to resume from")
+            raise InputError(
+                f"{checkpoints}: --resume given but there is no checkpoint to resume from"
+            )
         state = _read_checkpoint(last)
         saved = {k: v for k, v in (state["trainer"].get("config") or {}).items() if k != "epochs"}
         wanted = {k: v for k, v in _config_dict(config).items() if k != "epochs"}
@@ -228,7 +240,9 @@ def train_prompt(
         started = time.perf_counter()
         peft_model.train()
         torch.manual_seed(config.seed * 1000 + epoch)  # dropout masks
-        order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(config.seed + epoch))
+        order = torch.randperm(
+            len(texts), generator=torch.Generator().manual_seed(config.seed + epoch)
+        )
         batches = range(0, len(texts), config.batch_size)
         if progress:
             from tqdm.auto import tqdm
@@ -236,11 +250,17 @@ def train_prompt(
             batches = tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch")
         total_loss = 0.0
         for start in batches:
-            index = order[start:start + config.batch_size].tolist()
-            loss = _batch_loss(peft_model, tokenizer, [texts[i] for i in index],
-                               torch.as_tensor(label_ids[index], device=loaded.device),
-                               task=task, verbalizer=verbalizer, max_length=config.max_length,
-                               n_virtual=config.num_virtual_tokens)
+            index = order[start : start + config.batch_size].tolist()
+            loss = _batch_loss(
+                peft_model,
+                tokenizer,
+                [texts[i] for i in index],
+                torch.as_tensor(label_ids[index], device=loaded.device),
+                task=task,
+                verbalizer=verbalizer,
+                max_length=config.max_length,
+                n_virtual=config.num_virtual_tokens,
+            )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -250,25 +270,53 @@ def train_prompt(
         train_seconds += epoch_seconds
         val_accuracy = None
         if validation_texts is not None and len(validation_texts):
-            val_accuracy = _accuracy(peft_model, tokenizer, validation_texts, validation_label_ids,
-                                     task=task, verbalizer=verbalizer, max_length=config.max_length,
-                                     n_virtual=config.num_virtual_tokens,
-                                     batch_size=max(config.batch_size, 64))
-        entry = {"epoch": epoch + 1, "train_loss": total_loss / len(texts),
-                 "val_accuracy": val_accuracy, "seconds": epoch_seconds}
+            val_accuracy = _accuracy(
+                peft_model,
+                tokenizer,
+                validation_texts,
+                validation_label_ids,
+                task=task,
+                verbalizer=verbalizer,
+                max_length=config.max_length,
+                n_virtual=config.num_virtual_tokens,
+                batch_size=max(config.batch_size, 64),
+            )
+        entry = {
+            "epoch": epoch + 1,
+            "train_loss": total_loss / len(texts),
+            "val_accuracy": val_accuracy,
+            "seconds": epoch_seconds,
+        }
         result.history.append(entry)
-        logger.info("epoch %d: loss %.4f, validation accuracy %s", epoch + 1, entry["train_loss"],
-                    "n/a" if val_accuracy is None else f"{val_accuracy:.4f}")
-        _write_checkpoint(checkpoints / f"epoch-{epoch + 1:04d}", peft_model, optimizer,
-                          {"epoch": epoch + 1, "history": result.history, "config": _config_dict(config)})
+        logger.info(
+            "epoch %d: loss %.4f, validation accuracy %s",
+            epoch + 1,
+            entry["train_loss"],
+            "n/a" if val_accuracy is None else f"{val_accuracy:.4f}",
+        )
+        _write_checkpoint(
+            checkpoints / f"epoch-{epoch + 1:04d}",
+            peft_model,
+            optimizer,
+            {"epoch": epoch + 1, "history": result.history, "config": _config_dict(config)},
+        )
     result.train_examples_per_second = examples_seen / train_seconds if train_seconds else 0.0
     peft_model.eval()
-    _save_adapter_atomically(peft_model, out_dir, training_info={
-        "config": _config_dict(config), "history": result.history, "labels": list(labels),
-        "task": task.value, "base_model": model, "init_tokens": init_tokens,
-        "init_special_tokens": init_special, "n_train": result.n_train,
-        "n_validation": result.n_validation,
-    })
+    _save_adapter_atomically(
+        peft_model,
+        out_dir,
+        training_info={
+            "config": _config_dict(config),
+            "history": result.history,
+            "labels": list(labels),
+            "task": task.value,
+            "base_model": model,
+            "init_tokens": init_tokens,
+            "init_special_tokens": init_special,
+            "n_train": result.n_train,
+            "n_validation": result.n_validation,
+        },
+    )
     return result
 
 
@@ -287,13 +335,14 @@ def _describe_init(tokenizer, config: TrainingConfig) -> tuple[list[str], list[s
     ids = text_init_token_ids(tokenizer, config.init_text, config.num_virtual_tokens)
     tokens = tokenizer.convert_ids_to_tokens(ids)
     special_ids = set(tokenizer.all_special_ids)
-    special = sorted({tok for tok, i in zip(tokens, ids) if i in special_ids})
+    special = sorted({tok for tok, i in zip(tokens, ids, strict=True) if i in special_ids})
     return tokens, special
 
 
 def _encode(tokenizer, texts, max_length, device):
-    encoded = tokenizer(texts, padding=True, truncation=True, max_length=max_length,
-                        return_tensors="pt")
+    encoded = tokenizer(
+        texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+    )
     return {k: v.to(device) for k, v in encoded.items()}
 
 
@@ -319,9 +368,11 @@ def _accuracy(peft_model, tokenizer, texts, label_ids, *, batch_size, **kwargs) 
     correct = 0
     with torch.inference_mode():
         for start in range(0, len(texts), batch_size):
-            chunk = [str(t) for t in texts[start:start + batch_size]]
-            pred = _label_logits(peft_model, tokenizer, chunk, **kwargs).argmax(dim=-1).cpu().numpy()
-            correct += int((pred == np.asarray(label_ids[start:start + batch_size])).sum())
+            chunk = [str(t) for t in texts[start : start + batch_size]]
+            pred = (
+                _label_logits(peft_model, tokenizer, chunk, **kwargs).argmax(dim=-1).cpu().numpy()
+            )
+            correct += int((pred == np.asarray(label_ids[start : start + batch_size])).sum())
     return correct / len(texts)
 
 
@@ -337,7 +388,9 @@ def _write_checkpoint(path: Path, peft_model, optimizer, trainer_state: dict) ->
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=path.parent))
-    adapter = {k: v.detach().contiguous().cpu() for k, v in get_peft_model_state_dict(peft_model).items()}
+    adapter = {
+        k: v.detach().contiguous().cpu() for k, v in get_peft_model_state_dict(peft_model).items()
+    }
     save_file(adapter, str(tmp / "adapter.safetensors"))
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, sort_keys=True, indent=2))
