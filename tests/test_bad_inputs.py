@@ -251,11 +251,12 @@ CASES: dict[str, Case] = {
                                            ["name", "../../etc/evil", "no path separators"]),
     "name-with-slash": lambda c: (c.run(c.with_("name", "reports/x")),
                                   ["'reports/x'", "no path separators"]),
-    "name-with-backslash": lambda c: (c.run(c.with_("name", "a\\b")), ["name", "no path separators"]),
+    "name-with-backslash": lambda c: (c.run(c.with_("name", "a\\b")),
+                                      ["name", "no path separators"]),
     "gate-unknown-metric": lambda c: (
         c.run(c.with_("gates.0", {"metric": "demographic_parity_ration", "min": 0.8})),
-        ["unknown gate metric 'demographic_parity_ration'", "did you mean 'demographic_parity_ratio'?",
-         "allowed:"]),
+        ["unknown gate metric 'demographic_parity_ration'",
+         "did you mean 'demographic_parity_ratio'?", "allowed:"]),
     "gate-contradictory-thresholds": lambda c: (
         c.run(c.with_("gates.0", {"metric": "demographic_parity_ratio", "min": 0.9, "max": 0.8})),
         ["gates.0", "min 0.9 is above max 0.8", "no value could pass"]),
@@ -332,7 +333,8 @@ CASES: dict[str, Case] = {
         ["data.csv", "column 'sentence'", "missing text at row 3"]),
     "label-outside-label-set": lambda c: (
         c.run(c.with_("data.path", str(c.csv(
-            [{**r, "label": "neutral" if i == 5 else r["label"]} for i, r in enumerate(c.rows())])))),
+            [{**r, "label": "neutral" if i == 5 else r["label"]}
+             for i, r in enumerate(c.rows())])))),
         ["data.csv", "column 'label' row 5", "'neutral'", "allowed: negative, positive"]),
     "label-index-out-of-range": lambda c: (
         c.run(c.with_("data.path", str(c.csv(
@@ -377,9 +379,11 @@ CASES: dict[str, Case] = {
         ["p.txt", "unsupported prompt file type '.txt'", "allowed:"]),
     "prompt-rank-3": lambda c: (c.run(c.with_("prompt.path", str(c.tensor(torch.zeros(1, 4, 32))))),
                                 ["p.safetensors", "shape (1, 4, 32)", "expected 2 dimensions"]),
-    "prompt-rank-1": lambda c: (c.run(c.with_("prompt.path", str(c.tensor(torch.zeros(32), "p.pt")))),
+    "prompt-rank-1": lambda c: (c.run(c.with_("prompt.path",
+                                              str(c.tensor(torch.zeros(32), "p.pt")))),
                                 ["p.pt", "shape (32,)", "expected 2 dimensions"]),
-    "prompt-hidden-size": lambda c: (c.run(c.with_("prompt.path", str(c.tensor(torch.zeros(4, 16))))),
+    "prompt-hidden-size": lambda c: (c.run(c.with_("prompt.path",
+                                                   str(c.tensor(torch.zeros(4, 16))))),
                                      ["p.safetensors", "hidden size 16", "hidden size 32"]),
     "prompt-nan": lambda c: (
         c.run(c.with_("prompt.path", str(c.tensor(
@@ -540,7 +544,7 @@ def test_case_count():
 
 def test_adapter_for_another_base_model_with_the_same_shapes_warns(runner, inputs, tmp_path,
                                                                    request):
-    """Same hidden size and head: audit it as asked, but say on stderr that it was trained elsewhere."""
+    """Same hidden size and head: audit it as asked, but warn that it was trained elsewhere."""
     adapter = tmp_path / "adapter"
     shutil.copytree(request.getfixturevalue("tiny_bert_seqcls_adapter"), adapter)
     config = json.loads((adapter / "adapter_config.json").read_text())

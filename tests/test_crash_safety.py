@@ -179,7 +179,7 @@ def test_training_killed_mid_epoch_resumes_from_the_last_checkpoint(tmp_path, ti
     pd.DataFrame(rows).to_csv(data, index=False)
     common = ["--model", str(tiny_bert_dir), "--data", str(data), "--text-column", "sentence",
               "--label-column", "label", "--num-virtual-tokens", "3", "--init", "random",
-              "--batch-size", "4", "--epochs", "3", "--max-length", "12"]
+              "--batch-size", "4", "--epochs", "4", "--max-length", "12"]
     interrupted = tmp_path / "interrupted"
     process = subprocess.Popen(
         [sys.executable, "-m", "promptaudit", "train", *common, "--out", str(interrupted)],
@@ -188,14 +188,14 @@ def test_training_killed_mid_epoch_resumes_from_the_last_checkpoint(tmp_path, ti
     try:
         deadline = time.monotonic() + 240
         while not first.exists() and process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
+            time.sleep(0.005)
         assert first.exists(), "no checkpoint after the first epoch"
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=60)
     finally:
         if process.poll() is None:
             process.kill()
-    assert process.returncode == -signal.SIGKILL
+    assert process.returncode == -signal.SIGKILL, "training ended before it could be killed"
     assert not (interrupted / "adapter_model.safetensors").exists()  # it did not finish
 
     runner = CliRunner()
@@ -203,8 +203,8 @@ def test_training_killed_mid_epoch_resumes_from_the_last_checkpoint(tmp_path, ti
                             catch_exceptions=False)
     assert resumed.exit_code == 0, resumed.output
     history = json.loads((interrupted / "training_info.json").read_text())["history"]
-    assert [entry["epoch"] for entry in history] == [1, 2, 3]
-    assert "epoch 3: train loss" in resumed.stdout
+    assert [entry["epoch"] for entry in history] == [1, 2, 3, 4]
+    assert "epoch 4: train loss" in resumed.stdout
 
     straight = tmp_path / "straight"
     result = runner.invoke(app, ["train", *common, "--out", str(straight)], catch_exceptions=False)

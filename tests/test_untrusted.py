@@ -29,7 +29,15 @@ from typer.testing import CliRunner
 
 from promptaudit.cli import app
 
-from conftest import _PlantMarker
+
+class _PlantMarker:
+    """Unpickling this calls ``open(marker, "w")``: a stand-in for arbitrary code execution."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
 
 
 @pytest.fixture(scope="module")
