@@ -1,7 +1,50 @@
-"""promptaudit: fairness and interpretability audits for tuned (soft) prompts."""
+"""promptaudit: fairness and interpretability audits for tuned (soft) prompts.
+
+The public API, one entry function per stage (see ``../shared/DESIGN.md``)::
+
+    load_spec / run_audit           audits end to end (spec.py, pipeline.py)
+    load_prompted_model             base model + soft prompt -> PromptedModel
+    train_prompt                    PEFT prompt tuning
+    project_prompt                  nearest vocabulary words and how far to trust them
+    attribute_prompt                Captum attribution to prompt positions
+    compute_group_fairness          fairlearn group metrics and disparities
+    compute_counterfactual          counterfactual flip rate
+    evaluate_gates, write_reports   verdicts and the four report files
+
+Names are imported lazily so ``import promptaudit`` (and the CLI's start-up) stays fast.
+"""
 
 from __future__ import annotations
 
+import importlib
+
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+_EXPORTS = {
+    "AuditSpec": "promptaudit.spec",
+    "load_spec": "promptaudit.spec",
+    "run_audit": "promptaudit.pipeline",
+    "PromptedModel": "promptaudit.prompted",
+    "load_prompted_model": "promptaudit.prompted",
+    "load_prompt": "promptaudit.prompts",
+    "load_base_model": "promptaudit.models",
+    "Task": "promptaudit.models",
+    "train_prompt": "promptaudit.training",
+    "TrainingConfig": "promptaudit.training",
+    "project_prompt": "promptaudit.projection",
+    "attribute_prompt": "promptaudit.attribution",
+    "compute_group_fairness": "promptaudit.fairness",
+    "compute_counterfactual": "promptaudit.fairness",
+    "evaluate_gates": "promptaudit.gates",
+    "write_reports": "promptaudit.report",
+    "PromptAuditError": "promptaudit.errors",
+    "InputError": "promptaudit.errors",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'promptaudit' has no attribute {name!r}")

@@ -78,6 +78,7 @@ __all__ = [
     "attribute_prompt",
     "format_attribution_summary",
     "baseline_vector",
+    "group_attribution",
     "UNKNOWN_METHOD_MESSAGE",
     "UNKNOWN_BASELINE_MESSAGE",
     "UNKNOWN_SHAPLEY_INPUT_MESSAGE",
@@ -784,7 +785,7 @@ def _summarise(prompted, texts, encoded, lengths, prompt_attr, token_attr, input
         "per_position_abs": [float(v) for v in np.abs(prompt_attr).mean(axis=0)],
         "max_convergence_delta": float(np.abs(deltas).max()) if has_delta else None,
         "examples": examples,
-        "by_group": None if groups is None else _by_group(prompt_attr, groups),
+        "by_group": None if groups is None else group_attribution(prompt_attr, groups),
     }
 
 
@@ -792,7 +793,7 @@ def _group_keys(column: pd.Series) -> list[str]:
     return [MISSING_GROUP if pd.isna(v) else str(v) for v in column.tolist()]
 
 
-def _by_group(prompt_attr: np.ndarray, groups: pd.DataFrame) -> dict:
+def group_attribution(prompt_attr: np.ndarray, groups: pd.DataFrame) -> dict:
     """Mean attribution per virtual token per group of every sensitive feature.
 
     Parameters

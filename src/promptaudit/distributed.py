@@ -337,7 +337,7 @@ def merge_attributions(pieces: Sequence[tuple[Sequence[int], dict]], *, n_exampl
     dict
         The ``attribution`` object of the result contract.
     """
-    from promptaudit.attribution import CONVERGENCE_WARNING
+    from promptaudit.attribution import CONVERGENCE_WARNING, group_attribution
 
     examples: list[dict | None] = [None] * n_examples
     for rows, part in pieces:
@@ -370,35 +370,13 @@ def merge_attributions(pieces: Sequence[tuple[Sequence[int], dict]], *, n_exampl
         "max_convergence_delta": max_delta,
         "examples": examples,
         "by_group": None if sensitive_features is None
-        else _by_group(prompt_attr, sensitive_features),
+        else group_attribution(prompt_attr, sensitive_features),
     })
     if max_delta is not None and max_delta > CONVERGENCE_WARNING:
         logger.warning("integrated gradients: max |convergence delta| %.3f exceeds %.2f; the "
                        "integral is coarse, raise n_steps (now %s)", max_delta,
                        CONVERGENCE_WARNING, merged.get("n_steps"))
     return merged
-
-
-def _by_group(prompt_attr: np.ndarray, groups: pd.DataFrame) -> dict:
-    """Mean attribution per virtual token per group, as ``attribute_prompt`` reports it."""
-    from promptaudit.attribution import MISSING_GROUP, TOP_POSITIONS
-
-    out = {}
-    for feature in groups.columns:
-        keys = np.array([MISSING_GROUP if pd.isna(v) else str(v) for v in groups[feature].tolist()],
-                        dtype=object)
-        names = sorted(set(keys.tolist()))
-        means = {g: prompt_attr[keys == g].mean(axis=0) for g in names}
-        stacked = np.stack([means[g] for g in names])
-        spread = stacked.max(axis=0) - stacked.min(axis=0)
-        top = np.argsort(-spread, kind="stable")[:TOP_POSITIONS]
-        out[str(feature)] = {
-            "groups": {g: [float(v) for v in means[g]] for g in names},
-            "counts": {g: int((keys == g).sum()) for g in names},
-            "max_difference": [float(v) for v in spread],
-            "top_positions": [int(p) for p in top],
-        }
-    return out
 
 
 def _sensitive_rows(sensitive_features, n_texts: int) -> pd.DataFrame | None:
