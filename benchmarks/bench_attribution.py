@@ -50,17 +50,19 @@ def read_sst2(name: str) -> pd.DataFrame:
     return pd.read_csv(DATA / name, sep="\t", quoting=3)
 
 
-def make_prompted(random_prompt: bool, seed: int) -> tuple[PromptedModel, dict]:
+def make_prompted(
+    random_prompt: bool, seed: int, device: str = "cpu"
+) -> tuple[PromptedModel, dict]:
     """A MiniLM classifier with a trained (or random, realistic-norm) 10-token prompt."""
     if random_prompt:
         torch.manual_seed(seed)
         prompted, _, _ = load_prompted_model("builtin:minilm", None,
                                              task="sequence-classification", labels=LABELS,
-                                             device="cpu")
+                                             device=device)
         vocab = prompted.word_embeddings.detach()
         generator = torch.Generator().manual_seed(seed)
-        rows = vocab[torch.randint(0, vocab.shape[0], (10,), generator=generator)]
-        noise = torch.randn(rows.shape, generator=generator) * rows.std()
+        rows = vocab[torch.randint(0, vocab.shape[0], (10,), generator=generator).to(vocab.device)]
+        noise = (torch.randn(rows.shape, generator=generator) * rows.std().cpu()).to(vocab.device)
         prompt = rows + noise
         return prompted.with_prompt(prompt), {"prompt": "random vocabulary rows + noise"}
     from promptaudit.training import InitMethod, TrainingConfig, train_prompt
@@ -72,10 +74,10 @@ def make_prompted(random_prompt: bool, seed: int) -> tuple[PromptedModel, dict]:
         started = time.perf_counter()
         result = train_prompt("builtin:minilm", train["sentence"].tolist(),
                               train["label"].tolist(), labels=LABELS, out_dir=Path(tmp) / "a",
-                              config=config, device="cpu", progress=False)
+                              config=config, device=device, progress=False)
         seconds = time.perf_counter() - started
         prompted, _, _ = load_prompted_model("builtin:minilm", str(Path(tmp) / "a"),
-                                             device="cpu")
+                                             device=device)
     info = {"prompt": "trained: 300 SST-2 train sentences, 1 epoch, 10 virtual tokens, text init",
             "train_seconds": round(seconds, 1),
             "val_accuracy": result.history[-1]["val_accuracy"]}
@@ -135,13 +137,14 @@ def main(argv: list[str] | None = None) -> dict:
                         help="1: ours then naive; 2: ours, naive, naive, ours (fastest kept)")
     parser.add_argument("--random-prompt", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (GPU check)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results"
                         / "bench_attribution.json")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     quiet_transformers()
 
-    prompted, prompt_info = make_prompted(args.random_prompt, args.seed)
+    prompted, prompt_info = make_prompted(args.random_prompt, args.seed, args.device)
     texts = read_sst2("dev.tsv")["sentence"].head(args.n).tolist()
     settings = dict(n_steps=args.n_steps, baseline=args.baseline)
 
