@@ -136,6 +136,15 @@ def test_min_impact_ratio_is_the_smallest_over_tables(hiring_audit):
     assert abs(hiring_audit["tables"]["gender"]["min_impact_ratio"] - 0.6) < TOL
 
 
+def test_min_ratio_without_exclusions_equals_fairlearn_demographic_parity_ratio(hiring,
+                                                                             hiring_audit):
+    from fairlearn.metrics import demographic_parity_ratio
+
+    frame, selected = hiring
+    expected = demographic_parity_ratio(selected, selected, sensitive_features=frame["race"])
+    assert abs(hiring_audit["tables"]["race"]["min_impact_ratio"] - expected) < TOL
+
+
 def test_two_percent_rule_is_strictly_under_and_counts_unknown_rows():
     # 50 rows: "c" has exactly 1 row = 2% of 50 -> not under 2%, kept;
     # with 51 rows (one unknown added) 1/51 < 2% -> excluded.
