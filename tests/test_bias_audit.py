@@ -423,6 +423,20 @@ def test_write_reports_adds_the_csv_only_with_a_bias_audit(payload_result, tmp_p
     assert not (tmp_path / "without" / "audit.bias_audit.csv").exists()
 
 
+def test_tables_keep_their_order_after_a_json_round_trip(hiring_audit):
+    import json
+
+    result = {"audit": {"name": "h"}, "gates": [], "passed": True, "bias_audit": hiring_audit}
+    loaded = json.loads(json.dumps(result, sort_keys=True))
+    assert list(loaded["bias_audit"]["tables"]) == ["gender", "gender & race", "race"]
+    text = render_markdown(loaded)
+    assert text.index("**gender**") < text.index("**race**") < text.index(
+        "**gender &amp; race**")
+    lines = bias_audit_csv(loaded).splitlines()[1:]
+    assert [line.split(",")[0] for line in lines] == (
+        ["gender"] * 4 + ["race"] * 3 + ["gender & race"] * 6)
+
+
 def test_report_explains_excluded_unknown_and_undefined_in_words(hiring_audit):
     result = {"audit": {"name": "h"}, "gates": [], "passed": True, "bias_audit": hiring_audit}
     text = render_markdown(result)

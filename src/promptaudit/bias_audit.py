@@ -103,7 +103,8 @@ def compute_bias_audit(
     Returns
     -------
     dict
-        ``mode``, ``threshold``, ``exclude_below``, ``unknown_values``, ``n_rows``,
+        ``mode``, ``categories`` (the feature names, in table order), ``threshold``,
+        ``exclude_below``, ``unknown_values``, ``n_rows``,
         ``n_selected``, ``median_score`` (scoring mode, else ``None``), ``tables``
         (feature name, and the features joined by ``" & "`` when there are two or
         more, -> table), ``min_impact_ratio`` and ``warnings``. A table holds
@@ -146,6 +147,7 @@ def compute_bias_audit(
         logger.warning("%s", message)
     return {
         "mode": mode.value,
+        "categories": list(codes),
         "threshold": float(threshold),
         "exclude_below": float(exclude_below),
         "unknown_values": sorted(unknown),

@@ -25,7 +25,14 @@ from promptaudit.report._common import (
     fmt_threshold,
 )
 
-__all__ = ["bias_audit_view", "bias_audit_csv", "csv_cell", "AUDIT_INFO_LABELS", "CSV_COLUMNS"]
+__all__ = [
+    "bias_audit_view",
+    "bias_audit_csv",
+    "csv_cell",
+    "ordered_tables",
+    "AUDIT_INFO_LABELS",
+    "CSV_COLUMNS",
+]
 
 #: ``audit_info`` key -> label, in display order (other keys follow, labelled by key).
 AUDIT_INFO_LABELS: dict[str, str] = {
@@ -95,8 +102,7 @@ def bias_audit_csv(result: Mapping[str, Any]) -> str | None:
     writer.writerow(CSV_COLUMNS)
     mode = audit.get("mode")
     threshold = audit.get("threshold")
-    for name, table in as_mapping(audit.get("tables")).items():
-        table = as_mapping(table)
+    for name, table in ordered_tables(audit):
         reference = table.get("reference_group")
         for row in as_list(table.get("rows")):
             row = as_mapping(row)
@@ -139,6 +145,20 @@ def bias_audit_csv(result: Mapping[str, Any]) -> str | None:
         }
         writer.writerow([csv_cell(values[column]) for column in CSV_COLUMNS])
     return buffer.getvalue()
+
+
+def ordered_tables(audit: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
+    """Tables in the order of ``categories``, then their intersection, then any others.
+
+    A result read back from its JSON file has its keys sorted; this restores the order
+    the audit computed them in.
+    """
+    tables = {str(k): as_mapping(v) for k, v in as_mapping(audit.get("tables")).items()}
+    names = [str(c) for c in as_list(audit.get("categories"))]
+    if len(names) >= 2:
+        names.append(" & ".join(names))
+    order = [n for n in names if n in tables] + [n for n in tables if n not in names]
+    return [(name, tables[name]) for name in order]
 
 
 # ------------------------------------------------------------------------ display
@@ -197,7 +217,7 @@ def bias_audit_view(result: Mapping[str, Any]) -> dict[str, Any] | None:
     tables = [
         _table_view(str(name), as_mapping(table), scoring=scoring, unknown_values=unknown_values,
                     threshold=threshold)
-        for name, table in as_mapping(audit.get("tables")).items()
+        for name, table in ordered_tables(audit)
     ]
     info_raw = as_mapping(as_mapping(result.get("audit")).get("audit_info"))
     keys = [k for k in AUDIT_INFO_LABELS if info_raw.get(k) not in (None, "")]
