@@ -443,6 +443,11 @@ def test_report_explains_excluded_unknown_and_undefined_in_words(hiring_audit):
     assert "nonbinary: left out of impact ratios: 1 of 100 rows (1.00%) is under 2.00%" in text
     assert "9 rows have an unknown gender (missing or 'unknown')" in text
     assert "Not stated in this audit's audit\\_info" in text
+    result["audit"]["audit_info"] = {"date": "2026-11-28", "data_source": "s",
+                                     "distribution_date": "2026-01-01", "data_kind": "Test data"}
+    text = render_markdown(result)
+    assert ("Not stated in this audit's audit\\_info: why test data was used and how it was "
+            "made.") in text
     none = compute_bias_audit(pd.DataFrame({"g": ["x", "y"] * 3}), selected=[False] * 6,
                               exclude_below=0)
     page = render_html({"audit": {"name": "n"}, "gates": [], "passed": True, "bias_audit": none})

@@ -225,6 +225,9 @@ def bias_audit_view(result: Mapping[str, Any]) -> dict[str, Any] | None:
     info = [{"label": AUDIT_INFO_LABELS.get(k, str(k)), "value": str(info_raw[k])} for k in keys]
     missing = [AUDIT_INFO_LABELS[k].lower() for k in ("date", "data_source", "distribution_date")
                if info_raw.get(k) in (None, "")]
+    kind = str(info_raw.get("data_kind") or "").lower()
+    if "test" in kind and info_raw.get("test_data_statement") in (None, ""):
+        missing.append("why test data was used and how it was made")
     info_missing = None
     if missing:
         info_missing = (
