@@ -9,6 +9,7 @@ The public API, one entry function per stage (see ``../shared/DESIGN.md``)::
     attribute_prompt                Captum attribution to prompt positions
     compute_group_fairness          fairlearn group metrics and disparities
     compute_counterfactual          counterfactual flip rate
+    compute_bias_audit              impact-ratio tables (NYC LL144, EEOC four-fifths rule)
     evaluate_gates, write_reports   verdicts and the four report files
 
 Names are imported lazily so ``import promptaudit`` (and the CLI's start-up) stays fast.
@@ -35,6 +36,7 @@ _EXPORTS = {
     "attribute_prompt": "promptaudit.attribution",
     "compute_group_fairness": "promptaudit.fairness",
     "compute_counterfactual": "promptaudit.fairness",
+    "compute_bias_audit": "promptaudit.bias_audit",
     "evaluate_gates": "promptaudit.gates",
     "write_reports": "promptaudit.report",
     "PromptAuditError": "promptaudit.errors",

@@ -24,8 +24,14 @@ __all__ = [
     "encode_labels",
     "infer_labels",
     "check_sensitive_columns",
+    "fill_missing_groups",
+    "MISSING_GROUP",
     "SUPPORTED_SUFFIXES",
 ]
+
+#: The group name missing sensitive values get in group fairness metrics when a
+#: column may hold them (the bias audit counts them as unknown instead).
+MISSING_GROUP = "(missing)"
 
 logger = logging.getLogger(__name__)
 
@@ -135,18 +141,35 @@ def check_sensitive_columns(
     *,
     source: str,
     reference_group: str | None = None,
+    allow_missing: Sequence[str] = (),
 ) -> None:
     """Refuse a sensitive feature column with a missing value or a single group.
 
     Checked when the data is read, before any model work, so the message names
     the file. ``reference_group`` (a group name, or ``between_groups``) must be
-    a group of every column.
+    a group of every column. Columns in ``allow_missing`` (the bias audit's
+    categories, which count missing values as unknown) may hold missing values;
+    the caller must then give them a group of their own
+    (:func:`fill_missing_groups`) before group fairness metrics.
     """
     for column in columns:
         values = frame[column]
         text = values.astype(str).str.strip()
         missing = values.isna().to_numpy() | (text == "").to_numpy()
-        if missing.any():
+        if column in allow_missing and missing.any():
+            if (text[~missing] == MISSING_GROUP).any():
+                raise DataError(
+                    f"{source}: sensitive feature column {column!r} has missing values and "
+                    f"also the value {MISSING_GROUP!r}, the name given to missing values; "
+                    "rename that value"
+                )
+            text = text[~missing]
+            if text.empty:
+                raise DataError(
+                    f"{source}: sensitive feature column {column!r} has no value in any row; "
+                    "a fairness comparison needs at least two groups"
+                )
+        elif missing.any():
             row = int(np.flatnonzero(missing)[0])
             raise DataError(
                 f"{source}: sensitive feature column {column!r} has a missing value at row {row}; "
@@ -163,6 +186,28 @@ def check_sensitive_columns(
                 f"fairness.reference_group: {reference_group!r} is not a group of sensitive "
                 f"feature {column!r} in {source}; groups: {', '.join(groups)} (or between_groups)"
             )
+
+
+def fill_missing_groups(
+    frame: pd.DataFrame, columns: Sequence[str]
+) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Give missing values (NaN, empty or blank text) of ``columns`` the group ``(missing)``.
+
+    Returns
+    -------
+    (frame, counts)
+        A copy of ``frame`` with the values filled, and the number filled per column
+        (columns without missing values left out).
+    """
+    out = frame.copy()
+    counts = {}
+    for column in columns:
+        values = out[column]
+        missing = values.isna() | (values.astype(str).str.strip() == "")
+        if missing.any():
+            counts[column] = int(missing.sum())
+            out[column] = values.astype(object).where(~missing, MISSING_GROUP)
+    return out, counts
 
 
 def _load_file(path: Path) -> pd.DataFrame:

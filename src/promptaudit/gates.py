@@ -36,6 +36,8 @@ def metric_value(
     fairness = result.get("fairness") or {}
     if section == "task":
         return _number((result.get("task") or {}).get(key)), None
+    if section == "bias_audit":  # None when not computed or any table has no defined ratio
+        return _number((result.get("bias_audit") or {}).get(key)), None
     if section == "counterfactual":
         counterfactual = fairness.get("counterfactual") or {}
         return _number(counterfactual.get(key)), None

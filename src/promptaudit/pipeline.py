@@ -94,6 +94,7 @@ def run_audit(
     """
     seed_everything(spec.seed)
     frame, texts = _load_evaluation_data(spec)
+    frame, bias_categories, missing_groups = _split_missing_groups(spec, frame)
     prompt_source = _prompt_source(spec, progress=progress)
     logger.info("loading model %s and prompt %s", spec.model.base, prompt_source)
     load = load_prompted_model if processes is None else processes.load_prompted_model
@@ -126,6 +127,8 @@ def run_audit(
 
     sensitive = frame[spec.data.sensitive_features] if spec.data.sensitive_features else None
     fairness = _fairness(spec, y_pred, y_true, probs[:, positive], sensitive, positive)
+    fairness.setdefault("warnings", []).extend(_missing_group_warnings(missing_groups))
+    bias_audit = _bias_audit(spec, bias_categories, y_pred == positive, probs[:, positive])
     fairness["counterfactual"] = _counterfactual(
         spec, prompted, frame, texts, probs, positive, progress=progress
     )
@@ -200,10 +203,10 @@ def run_audit(
 
     from promptaudit.gates import evaluate_gates
 
-    partial = {"task": task, "fairness": fairness}
+    partial = {"task": task, "fairness": fairness, "bias_audit": bias_audit}
     gates = evaluate_gates(spec.gates, partial)
     result = AuditResult(
-        audit={"name": spec.name, "spec": spec.to_dict()},
+        audit={"name": spec.name, "spec": spec.to_dict(), **_audit_info(spec)},
         provenance={
             **_provenance(spec, soft, loaded, prompt_source, command),
             "num_processes": 1 if processes is None else processes.num_processes,
@@ -213,6 +216,7 @@ def run_audit(
         attribution=attribution,
         fairness=fairness,
         baselines=baselines,
+        bias_audit=bias_audit,
         gates=gates,
         passed=all(g["passed"] for g in gates),
     )
@@ -246,6 +250,7 @@ def _load_evaluation_data(spec: AuditSpec) -> tuple[pd.DataFrame, list[str]]:
         spec.data.sensitive_features,
         source=spec.data.path,
         reference_group=spec.fairness.reference_group,
+        allow_missing=spec.bias_audit.categories if spec.bias_audit is not None else (),
     )
     if cf is not None and cf.pair_column and frame[cf.pair_column].isna().any():
         row = int(np.flatnonzero(frame[cf.pair_column].isna().to_numpy())[0])
@@ -257,6 +262,59 @@ def _load_evaluation_data(spec: AuditSpec) -> tuple[pd.DataFrame, list[str]]:
 
         make_counterfactuals([], cf.suite, features=cf.features)  # loads and checks the suite
     return frame, text.astype(str).tolist()
+
+
+def _split_missing_groups(
+    spec: AuditSpec, frame: pd.DataFrame
+) -> tuple[pd.DataFrame, pd.DataFrame | None, dict[str, int]]:
+    """The bias audit's category columns as read, and the frame with missing groups filled.
+
+    Only the bias audit's categories may hold missing values (it counts them as
+    unknown); group fairness metrics see them as the group ``(missing)``, which adds
+    a group to compare and so can only widen, never hide, a gap.
+    """
+    if spec.bias_audit is None:
+        return frame, None, {}
+    from promptaudit.data import fill_missing_groups
+
+    categories = frame[spec.bias_audit.categories].copy()
+    filled, counts = fill_missing_groups(frame, spec.bias_audit.categories)
+    return filled, categories, counts
+
+
+def _missing_group_warnings(counts: dict[str, int]) -> list[str]:
+    return [
+        f"{n} rows have no value for sensitive feature {column!r}: group fairness metrics "
+        "treat them as the group '(missing)'; the bias audit counts them as unknown"
+        for column, n in counts.items()
+    ]
+
+
+def _bias_audit(
+    spec: AuditSpec, categories: pd.DataFrame | None, selected: np.ndarray, scores: np.ndarray
+) -> dict | None:
+    if spec.bias_audit is None or categories is None:
+        return None
+    from promptaudit.bias_audit import compute_bias_audit
+
+    settings = spec.bias_audit
+    return compute_bias_audit(
+        categories.reset_index(drop=True),
+        selected=selected,
+        scores=scores,
+        mode=settings.mode,
+        exclude_below=settings.exclude_below,
+        unknown_values=settings.unknown_values,
+        threshold=settings.threshold,
+    )
+
+
+def _audit_info(spec: AuditSpec) -> dict:
+    """``{"audit_info": {...}}`` when the spec has one (dates as ISO text), else ``{}``."""
+    if spec.audit_info is None:
+        return {}
+    info = spec.audit_info.model_dump(mode="json", exclude_none=True)
+    return {"audit_info": info}
 
 
 def _prompt_source(spec: AuditSpec, *, progress: bool) -> str:

@@ -44,10 +44,13 @@ class AuditResult:
     gates: list = field(default_factory=list)
     passed: bool = True
     schema_version: str = SCHEMA_VERSION
+    bias_audit: dict | None = None
 
     def to_dict(self) -> dict:
         """The contract's JSON object, with ``integrity`` added."""
         body = to_jsonable(asdict(self))
+        if body.get("bias_audit") is None:  # only present when the spec asks for it
+            body.pop("bias_audit", None)
         body["integrity"] = {"algorithm": "sha256", "content_sha256": content_sha256(body)}
         return body
 

@@ -33,6 +33,9 @@ __all__ = [
     "FairnessSpec",
     "BaselineSpec",
     "GateSpec",
+    "BiasAuditSpec",
+    "AuditInfoSpec",
+    "BiasAuditMode",
     "load_spec",
     "parse_spec",
     "apply_overrides",
@@ -54,6 +57,7 @@ GATE_METRICS: dict[str, tuple[str, str, str]] = {
     "counterfactual_mean_abs_delta": ("counterfactual", "mean_abs_delta", "lower"),
     "accuracy": ("task", "accuracy", "higher"),
     "balanced_accuracy": ("task", "balanced_accuracy", "higher"),
+    "min_impact_ratio": ("bias_audit", "min_impact_ratio", "higher"),
 }
 
 #: Gate metrics that need true labels (``data.label_column``).
@@ -292,6 +296,75 @@ class GateSpec(_Strict):
         return self
 
 
+class BiasAuditMode(enum.StrEnum):
+    """What counts as selected in the bias audit."""
+
+    SELECTION = "selection"  # the favourable prediction
+    SCORING = "scoring"  # a favourable probability strictly above the full-sample median
+
+
+class BiasAuditSpec(_Strict):
+    """Impact-ratio tables in the form NYC Local Law 144 and the EEOC four-fifths rule use."""
+
+    categories: list[str]
+    mode: BiasAuditMode = BiasAuditMode.SELECTION
+    exclude_below: float = Field(0.02, strict=True)
+    unknown_values: list[str] = Field(default_factory=lambda: ["unknown"])
+    threshold: float = Field(0.8, strict=True)
+
+    @field_validator("categories")
+    @classmethod
+    def _categories(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("give at least one sensitive feature, e.g. [gender, race]")
+        repeated = sorted({name for name in value if value.count(name) > 1})
+        if repeated:
+            raise ValueError(f"{repeated[0]!r} is listed twice; list each category once")
+        return value
+
+    @field_validator("exclude_below")
+    @classmethod
+    def _exclude_below(cls, value: float) -> float:
+        if not 0.0 <= value < 0.5:
+            raise ValueError(
+                f"{value!r} is not allowed; allowed: 0 <= exclude_below < 0.5 "
+                "(a share of all rows, e.g. 0.02 for 2%)"
+            )
+        return value
+
+    @field_validator("threshold")
+    @classmethod
+    def _threshold(cls, value: float) -> float:
+        if not 0.0 < value <= 1.0:
+            raise ValueError(f"{value!r} is not allowed; allowed: 0 < threshold <= 1 (e.g. 0.8)")
+        return value
+
+
+class AuditInfoSpec(_Strict):
+    """Facts a published bias-audit summary states, shown verbatim in the reports.
+
+    YAML reads ``date: 2026-11-28`` as a date; it is kept as the ISO text ``"2026-11-28"``.
+    """
+
+    date: str | None = None
+    auditor: str | None = None
+    data_source: str | None = None
+    data_kind: str | None = None
+    test_data_statement: str | None = None
+    distribution_date: str | None = None
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _as_text(cls, value: Any) -> Any:
+        import datetime as _dt
+
+        if isinstance(value, _dt.date | _dt.datetime):
+            return value.isoformat()
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)
+        return value
+
+
 class AuditSpec(_Strict):
     """A whole audit."""
 
@@ -307,6 +380,8 @@ class AuditSpec(_Strict):
     baselines: BaselineSpec = Field(default_factory=BaselineSpec)
     gates: list[GateSpec] = Field(default_factory=list)
     version: int = Field(1, strict=True)
+    bias_audit: BiasAuditSpec | None = None
+    audit_info: AuditInfoSpec | None = None
 
     @field_validator("version")
     @classmethod
@@ -353,6 +428,25 @@ class AuditSpec(_Strict):
                 )
         if self.model.task is not Task.SEQUENCE_CLASSIFICATION and not self.model.labels:
             raise ValueError(f"model.labels: task {self.model.task.value} needs label words")
+        return self
+
+    @model_validator(mode="after")
+    def _bias_audit_checks(self) -> AuditSpec:
+        features = self.data.sensitive_features
+        if self.bias_audit is not None:
+            for name in self.bias_audit.categories:
+                if name not in features:
+                    raise ValueError(
+                        f"bias_audit.categories: {name!r} is not a sensitive feature"
+                        f"{_did_you_mean(name, features)}; allowed: "
+                        f"{', '.join(features) or 'none listed in data.sensitive_features'}"
+                    )
+        for index, gate in enumerate(self.gates):
+            if GATE_METRICS[gate.metric][0] == "bias_audit" and self.bias_audit is None:
+                raise ValueError(
+                    f"gates.{index}: {gate.metric} needs a 'bias_audit' section "
+                    "(bias_audit: {categories: [gender, race]})"
+                )
         return self
 
     def to_dict(self) -> dict:
@@ -563,6 +657,8 @@ _MODELS_BY_KEY: dict[str, type[BaseModel]] = {
     "fairness": FairnessSpec,
     "baselines": BaselineSpec,
     "gates": GateSpec,
+    "bias_audit": BiasAuditSpec,
+    "audit_info": AuditInfoSpec,
 }
 
 

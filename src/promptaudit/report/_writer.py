@@ -10,11 +10,12 @@ from pathlib import Path
 
 from promptaudit.atomic import atomic_write_text, prepare_output_dir
 from promptaudit.errors import InputError
+from promptaudit.report._bias_audit import bias_audit_csv
 from promptaudit.report.html import render_html
 from promptaudit.report.junit import render_junit
 from promptaudit.report.markdown import render_markdown
 
-__all__ = ["write_reports", "REPORT_SUFFIXES"]
+__all__ = ["write_reports", "REPORT_SUFFIXES", "BIAS_AUDIT_SUFFIX"]
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +26,10 @@ REPORT_SUFFIXES: dict[str, str] = {
     "junit": ".junit.xml",
     "markdown": ".md",
 }
+
+#: Suffix of the bias-audit CSV, written beside the four reports when the result has
+#: a ``bias_audit`` section (report kind ``"bias_audit"``).
+BIAS_AUDIT_SUFFIX = ".bias_audit.csv"
 
 ERROR_NAME_EMPTY = "report name is empty; give a file stem such as 'sst2-identity'"
 ERROR_NAME_INVALID = (
@@ -79,12 +84,14 @@ def write_reports(result: dict, out_dir: str | os.PathLike[str], *, name: str) -
         Folder for the reports; created (with parents) if missing.
     name : str
         File stem: writes ``<name>.html``, ``<name>.json``, ``<name>.junit.xml`` and
-        ``<name>.md``.
+        ``<name>.md``, and ``<name>.bias_audit.csv`` when the result has a
+        ``bias_audit`` section.
 
     Returns
     -------
     dict of str to Path
-        ``{"html": ..., "json": ..., "junit": ..., "markdown": ...}``.
+        ``{"html": ..., "json": ..., "junit": ..., "markdown": ...}``, plus
+        ``"bias_audit"`` when the CSV was written.
 
     Raises
     ------
@@ -108,8 +115,13 @@ def write_reports(result: dict, out_dir: str | os.PathLike[str], *, name: str) -
         "junit": render_junit(result),
         "markdown": render_markdown(result),
     }
+    suffixes = dict(REPORT_SUFFIXES)
+    bias_csv = bias_audit_csv(result)
+    if bias_csv is not None:
+        documents["bias_audit"] = bias_csv
+        suffixes["bias_audit"] = BIAS_AUDIT_SUFFIX
     prepare_output_dir(folder)
-    paths = {kind: folder / f"{name}{suffix}" for kind, suffix in REPORT_SUFFIXES.items()}
+    paths = {kind: folder / f"{name}{suffix}" for kind, suffix in suffixes.items()}
     try:
         for kind, path in paths.items():
             atomic_write_text(path, documents[kind])

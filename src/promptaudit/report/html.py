@@ -19,6 +19,7 @@ import jinja2
 from matplotlib.figure import Figure
 
 from promptaudit.report import figures
+from promptaudit.report._bias_audit import bias_audit_view
 from promptaudit.report._common import (
     DISPARITY_LABELS,
     GROUP_METRIC_LABELS,
@@ -110,6 +111,17 @@ GLOSSARY: dict[str, str] = {
         "A range of plausible values for a metric, found by recomputing it on many resamples "
         "of the evaluation data. Wide intervals mean the data cannot pin the value down."
     ),
+    "Impact ratio": (
+        "A category's selection (or scoring) rate divided by the rate of the most-selected "
+        "category. NYC Local Law 144 bias audits publish it per sex, race/ethnicity and their "
+        "intersection; under the EEOC four-fifths rule a ratio below 0.8 is generally "
+        "regarded as evidence of adverse impact."
+    ),
+    "Fisher exact test": (
+        "A test of whether a category's selected / not-selected counts could differ from "
+        "the reference category's by chance. A small p-value (e.g. below 0.05) means chance "
+        "alone is an unlikely explanation; it says nothing about the size of the gap."
+    ),
     "Small group": (
         "A group with fewer examples than the audit's minimum group size; its rates are "
         "uncertain and gaps involving it should be read with caution."
@@ -184,7 +196,8 @@ def build_html_context(result: Mapping[str, Any]) -> dict[str, Any]:
     dict
         Keys ``title``, ``summary``, ``task``, ``gates``, ``fairness``,
         ``counterfactual``, ``projection``, ``attribution``, ``baselines``,
-        ``provenance``, ``glossary``; a section that was not computed is ``None``.
+        ``provenance``, ``glossary``, ``bias_audit``; a section that was not computed is
+        ``None``.
     """
     audit = as_mapping(result.get("audit"))
     name = str(audit.get("name") or "unnamed audit")
@@ -205,6 +218,7 @@ def build_html_context(result: Mapping[str, Any]) -> dict[str, Any]:
                                   result.get("integrity")),
         "schema_version": str(result.get("schema_version") or NA),
         "glossary": [{"term": k, "text": v} for k, v in GLOSSARY.items()],
+        "bias_audit": bias_audit_view(result),
     }
 
 

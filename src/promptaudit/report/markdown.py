@@ -14,6 +14,7 @@ from typing import Any
 
 import jinja2
 
+from promptaudit.report._bias_audit import bias_audit_view
 from promptaudit.report._common import (
     DISPARITY_LABELS,
     NA,
@@ -203,4 +204,5 @@ def _context(result: Mapping[str, Any]) -> dict[str, Any]:
         "fidelity": short_text(fidelity_sentence(projection), 400)
         if projection and fidelity_sentence(projection) else None,
         "provenance": " \u00b7 ".join(short_text(p, 120) for p in parts),
+        "bias_audit": bias_audit_view(result),
     }

@@ -1,0 +1,326 @@
+"""Impact-ratio tables in the form NYC Local Law 144 and the EEOC four-fifths rule use.
+
+For each category column (a sensitive feature) and for their intersection, every
+category gets its number of people ``n``, the number selected ``n_selected``, the
+selection (or scoring) ``rate``, its ``impact_ratio`` (its rate divided by the rate of
+the most-selected category, the *reference*), whether the ratio is under the
+``threshold`` (0.8: the four-fifths rule) and the two-sided Fisher exact test p-value
+of its selected / not-selected counts against the reference's. The ratio, the flag,
+the counts and the p-value are reported side by side and never merged into a verdict:
+29 CFR 1607.4(D) lets a small gap count when it is statistically and practically
+significant and a large one not count on small numbers.
+
+Rules (6 RCNY 5-300 to 5-303 and the choices documented in README.md):
+
+- ``selection`` mode: a row is selected when the model predicts the favourable label.
+  ``scoring`` mode: a row is selected when its favourable-label probability is
+  **strictly above** the median of the full sample (all rows, unknown ones included);
+  a score equal to the median is not above it.
+- Missing values (NaN, None, empty or blank text) and the ``unknown_values`` (compared
+  after stripping spaces, case-sensitively) are counted in ``unknown_count`` and left
+  out of the table's rows. In the intersection a row is unknown when any of its
+  categories is.
+- A category whose ``n`` is under ``exclude_below`` of *all* rows (unknown ones
+  included) is listed with its counts and rate but ``excluded`` from impact ratios.
+- The reference is the non-excluded category with the highest rate (ties: the larger
+  ``n``, then the name). When its rate is 0 nobody was selected and every impact ratio
+  is undefined (``null``, with a warning). A table whose ratios are all undefined, or
+  with fewer than two non-excluded categories, has no ``min_impact_ratio``: the gate
+  on it fails.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy.stats import fisher_exact
+
+from promptaudit.errors import DataError
+from promptaudit.spec import BiasAuditMode
+
+__all__ = [
+    "BiasAuditMode",
+    "INTERSECTION_SEPARATOR",
+    "compute_bias_audit",
+    "min_impact_ratio",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Joins feature names ("gender & race") and category names ("female & Black").
+INTERSECTION_SEPARATOR = " & "
+
+
+ERROR_NO_SCORES = (
+    "bias_audit.mode: scoring needs a favourable-outcome score for every row, but no "
+    "scores were given; use mode: selection or pass scores"
+)
+ERROR_LENGTH = "bias_audit: {what} has {got} rows but the categories have {n}"
+ERROR_BAD_SCORE = "bias_audit: score at row {row} is {value!r}; every score must be a finite number"
+ERROR_EXCLUDE_BELOW = (
+    "bias_audit.exclude_below: {value!r} is not allowed; allowed: 0 <= value < 0.5"
+)
+ERROR_THRESHOLD = "bias_audit.threshold: {value!r} is not allowed; allowed: 0 < value <= 1"
+ERROR_NO_CATEGORIES = "bias_audit.categories: give at least one category column"
+
+
+def compute_bias_audit(
+    categories: pd.DataFrame,
+    *,
+    selected: Sequence[bool] | np.ndarray | None = None,
+    scores: Sequence[float] | np.ndarray | None = None,
+    mode: BiasAuditMode | str = BiasAuditMode.SELECTION,
+    exclude_below: float = 0.02,
+    unknown_values: Sequence[str] = ("unknown",),
+    threshold: float = 0.8,
+) -> dict:
+    """Selection rates, impact ratios and Fisher p-values per category and intersection.
+
+    Parameters
+    ----------
+    categories : pandas.DataFrame
+        ``(n_rows, n_features)``: one column per category (sensitive feature), in
+        table order. Missing values are allowed and counted as unknown.
+    selected : array-like of bool, optional
+        ``(n_rows,)``: whether the tool selected the row (``selection`` mode).
+    scores : array-like of float, optional
+        ``(n_rows,)``: the favourable-outcome score (``scoring`` mode).
+    mode : BiasAuditMode or str
+        ``selection`` or ``scoring``.
+    exclude_below : float
+        Share of all rows under which a category is left out of impact ratios,
+        ``0 <= exclude_below < 0.5``.
+    unknown_values : sequence of str
+        Category values that mean "unknown" (besides missing values).
+    threshold : float
+        Impact ratios strictly below it are ``flagged``, ``0 < threshold <= 1``.
+
+    Returns
+    -------
+    dict
+        ``mode``, ``categories`` (the feature names, in table order), ``threshold``,
+        ``exclude_below``, ``unknown_values``, ``n_rows``,
+        ``n_selected``, ``median_score`` (scoring mode, else ``None``), ``tables``
+        (feature name, and the features joined by ``" & "`` when there are two or
+        more, -> table), ``min_impact_ratio`` and ``warnings``. A table holds
+        ``feature``, ``unknown_count``, ``unknown_selected``, ``reference_group``,
+        ``reference_rate``, ``min_impact_ratio`` and ``rows`` of ``{group, n,
+        n_selected, rate, share, impact_ratio, excluded, flagged, p_value, note}``.
+
+    Raises
+    ------
+    DataError
+        Scoring mode without scores, a non-finite score, or arrays whose length does
+        not match ``categories``.
+
+    Examples
+    --------
+    >>> frame = pd.DataFrame({"sex": ["f", "f", "m", "m"]})
+    >>> out = compute_bias_audit(frame, selected=[True, False, True, True], exclude_below=0)
+    >>> [(r["group"], r["rate"], r["impact_ratio"]) for r in out["tables"]["sex"]["rows"]]
+    [('f', 0.5, 0.5), ('m', 1.0, 1.0)]
+    """
+    mode = BiasAuditMode(mode)
+    _check_settings(categories, exclude_below, threshold)
+    n_rows = len(categories)
+    chosen, median = _selected(mode, n_rows, selected, scores)
+    unknown = {str(value).strip() for value in unknown_values}
+    codes = {
+        str(column): _category_codes(categories[column], unknown) for column in categories.columns
+    }
+    tables: dict[str, dict] = {}
+    warnings: list[str] = []
+    for feature, values in codes.items():
+        tables[feature] = _table(feature, values, chosen, n_rows, exclude_below, threshold)
+    if len(codes) >= 2:
+        name = INTERSECTION_SEPARATOR.join(codes)
+        joined = _intersection_codes(list(codes.values()))
+        tables[name] = _table(name, joined, chosen, n_rows, exclude_below, threshold)
+    for table in tables.values():
+        warnings.extend(table.pop("warnings"))
+    for message in warnings:
+        logger.warning("%s", message)
+    return {
+        "mode": mode.value,
+        "categories": list(codes),
+        "threshold": float(threshold),
+        "exclude_below": float(exclude_below),
+        "unknown_values": sorted(unknown),
+        "n_rows": n_rows,
+        "n_selected": int(chosen.sum()),
+        "median_score": median,
+        "tables": tables,
+        "min_impact_ratio": min_impact_ratio(tables),
+        "warnings": warnings,
+    }
+
+
+def min_impact_ratio(tables: Mapping[str, Mapping[str, Any]]) -> float | None:
+    """Smallest impact ratio over the non-excluded categories of every table.
+
+    ``None`` when there is no table or any table has no ``min_impact_ratio`` (no
+    defined ratio, or fewer than two categories compared): a gate on it fails.
+    """
+    values = [table.get("min_impact_ratio") for table in tables.values()]
+    if not values or any(value is None for value in values):
+        return None
+    return float(min(values))
+
+
+# ----------------------------------------------------------------------- helpers
+def _check_settings(categories: pd.DataFrame, exclude_below: float, threshold: float) -> None:
+    if categories.shape[1] == 0:
+        raise DataError(ERROR_NO_CATEGORIES)
+    if not isinstance(exclude_below, int | float) or not 0 <= exclude_below < 0.5:
+        raise DataError(ERROR_EXCLUDE_BELOW.format(value=exclude_below))
+    if not isinstance(threshold, int | float) or not 0 < threshold <= 1:
+        raise DataError(ERROR_THRESHOLD.format(value=threshold))
+
+
+def _selected(
+    mode: BiasAuditMode, n_rows: int, selected, scores
+) -> tuple[np.ndarray, float | None]:
+    """``(n_rows,)`` bool selection and the median score (scoring mode)."""
+    if mode is BiasAuditMode.SELECTION:
+        if selected is None:
+            raise DataError("bias_audit.mode: selection needs the selected rows; none were given")
+        chosen = np.asarray(selected, dtype=bool).reshape(-1)
+        if len(chosen) != n_rows:
+            raise DataError(ERROR_LENGTH.format(what="selected", got=len(chosen), n=n_rows))
+        return chosen, None
+    if scores is None:
+        raise DataError(ERROR_NO_SCORES)
+    values = np.asarray(scores, dtype=float).reshape(-1)
+    if len(values) != n_rows:
+        raise DataError(ERROR_LENGTH.format(what="scores", got=len(values), n=n_rows))
+    bad = ~np.isfinite(values)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise DataError(ERROR_BAD_SCORE.format(row=row, value=float(values[row])))
+    median = float(np.median(values))
+    return values > median, median  # strictly above: a score equal to the median is not
+
+
+def _category_codes(values: pd.Series, unknown: set[str]) -> list[str | None]:
+    """Category name per row, ``None`` for missing or unknown values."""
+    out: list[str | None] = []
+    for value in values.tolist():
+        if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
+            out.append(None)
+            continue
+        text = str(value).strip()
+        out.append(None if not text or text in unknown else text)
+    return out
+
+
+def _intersection_codes(columns: list[list[str | None]]) -> list[str | None]:
+    return [
+        None if any(part is None for part in parts) else INTERSECTION_SEPARATOR.join(parts)
+        for parts in zip(*columns, strict=True)
+    ]
+
+
+def _table(
+    feature: str,
+    codes: list[str | None],
+    chosen: np.ndarray,
+    n_rows: int,
+    exclude_below: float,
+    threshold: float,
+) -> dict:
+    known = np.array([code is not None for code in codes], dtype=bool)
+    groups = sorted({code for code in codes if code is not None})
+    code_array = np.array([code if code is not None else "" for code in codes], dtype=object)
+    rows = []
+    for group in groups:
+        mask = code_array == group
+        n = int(mask.sum())
+        n_selected = int(chosen[mask].sum())
+        share = n / n_rows
+        rows.append(
+            {
+                "group": group,
+                "n": n,
+                "n_selected": n_selected,
+                "rate": n_selected / n,
+                "share": share,
+                "excluded": share < exclude_below,
+                "impact_ratio": None,
+                "flagged": False,
+                "p_value": None,
+                "note": None,
+            }
+        )
+    warnings: list[str] = []
+    compared = [row for row in rows if not row["excluded"]]
+    reference = (
+        max(compared, key=lambda row: (row["rate"], row["n"], _reverse(row["group"])))
+        if compared
+        else None
+    )
+    for row in rows:
+        if row["excluded"]:
+            row["note"] = (
+                f"left out of impact ratios: {row['n']} of {n_rows} rows "
+                f"({row['share']:.2%}) is under {exclude_below:.2%} of the data"
+            )
+    if reference is None:
+        warnings.append(
+            f"bias audit {feature}: every category is under {exclude_below:.2%} of the data; "
+            "no impact ratio was computed"
+        )
+    elif reference["rate"] == 0:
+        warnings.append(
+            f"bias audit {feature}: no category was selected (the highest rate is 0); "
+            "every impact ratio is undefined"
+        )
+        for row in compared:
+            row["note"] = "impact ratio undefined: no category was selected"
+    for row in compared:
+        if reference is None:
+            break
+        if reference["rate"] > 0:
+            row["impact_ratio"] = row["rate"] / reference["rate"]
+            row["flagged"] = row["impact_ratio"] < threshold
+        if row is not reference:
+            row["p_value"] = _fisher_p(row, reference)
+    defined = [row["impact_ratio"] for row in compared if row["impact_ratio"] is not None]
+    table_min = None
+    if defined and len(compared) < 2:
+        warnings.append(
+            f"bias audit {feature}: only one category ({reference['group']!r}) is at or above "
+            f"{exclude_below:.2%} of the data; nothing is compared, so there is no impact ratio "
+            "to gate on"
+        )
+    elif defined:
+        table_min = float(min(defined))
+    unknown_mask = ~known
+    return {
+        "feature": feature,
+        "unknown_count": int(unknown_mask.sum()),
+        "unknown_selected": int(chosen[unknown_mask].sum()),
+        "reference_group": None if reference is None else reference["group"],
+        "reference_rate": None if reference is None else reference["rate"],
+        "min_impact_ratio": table_min,
+        "rows": rows,
+        "warnings": warnings,
+    }
+
+
+def _reverse(text: str) -> tuple[int, ...]:
+    """Key that sorts names in reverse, so ``max`` picks the alphabetically first on ties."""
+    return tuple(-ord(char) for char in text) + (0,)
+
+
+def _fisher_p(row: Mapping[str, Any], reference: Mapping[str, Any]) -> float:
+    """Two-sided Fisher exact test of the 2x2 table (selected, not selected) x (row, ref)."""
+    table = [
+        [row["n_selected"], row["n"] - row["n_selected"]],
+        [reference["n_selected"], reference["n"] - reference["n_selected"]],
+    ]
+    return float(fisher_exact(table, alternative="two-sided").pvalue)

@@ -1,0 +1,348 @@
+"""The bias-audit summary (NYC LL144 / EEOC four-fifths form) as display text and CSV.
+
+:func:`bias_audit_view` turns ``result["bias_audit"]`` and ``result["audit"]
+["audit_info"]`` into plain, *unescaped* strings that the HTML and Markdown
+renderers escape (autoescape and ``escape_markdown``). :func:`bias_audit_csv` writes
+``<name>.bias_audit.csv``: one row per category of every table plus one ``unknown``
+row per table, every cell that starts with ``= + - @``, a tab or a carriage return
+prefixed with ``'`` so a spreadsheet never evaluates it as a formula.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Mapping
+from typing import Any
+
+from promptaudit.report._common import (
+    NA,
+    as_float,
+    as_list,
+    as_mapping,
+    fmt_num,
+    fmt_pct,
+    fmt_threshold,
+)
+
+__all__ = [
+    "bias_audit_view",
+    "bias_audit_csv",
+    "csv_cell",
+    "ordered_tables",
+    "AUDIT_INFO_LABELS",
+    "CSV_COLUMNS",
+]
+
+#: ``audit_info`` key -> label, in display order (other keys follow, labelled by key).
+AUDIT_INFO_LABELS: dict[str, str] = {
+    "date": "Date of the bias audit",
+    "auditor": "Auditor",
+    "data_source": "Source of the data",
+    "data_kind": "Kind of data",
+    "test_data_statement": "Test data: why it was used and how it was made",
+    "distribution_date": "Distribution date of the tool",
+}
+
+CSV_COLUMNS = (
+    "table",
+    "kind",
+    "group",
+    "n",
+    "n_selected",
+    "rate",
+    "impact_ratio",
+    "excluded",
+    "flagged",
+    "p_value",
+    "reference_group",
+    "mode",
+    "threshold",
+    "note",
+)
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: Any) -> str:
+    """One CSV cell as text, safe from spreadsheet formula injection.
+
+    ``None`` is empty, booleans are ``true``/``false``, numbers use ``repr`` precision,
+    and text starting with ``= + - @``, a tab or a carriage return gets a leading ``'``.
+
+    Examples
+    --------
+    >>> csv_cell("=HYPERLINK(1)"), csv_cell(0.25), csv_cell(None), csv_cell(True)
+    ("'=HYPERLINK(1)", '0.25', '', 'true')
+    """
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value) if isinstance(value, float) else str(value)
+    text = str(value)
+    return "'" + text if text.startswith(_FORMULA_START) else text
+
+
+def bias_audit_csv(result: Mapping[str, Any]) -> str | None:
+    """The bias-audit tables as CSV text, or ``None`` when the result has none.
+
+    Returns
+    -------
+    str or None
+        A header line (:data:`CSV_COLUMNS`), then per table one ``category`` row per
+        group and one ``unknown`` row (``n`` = the unknown count). Lines end in ``\\n``.
+    """
+    audit = result.get("bias_audit")
+    if not isinstance(audit, Mapping):
+        return None
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    mode = audit.get("mode")
+    threshold = audit.get("threshold")
+    for name, table in ordered_tables(audit):
+        reference = table.get("reference_group")
+        for row in as_list(table.get("rows")):
+            row = as_mapping(row)
+            values = {
+                "table": name,
+                "kind": "category",
+                "group": row.get("group"),
+                "n": row.get("n"),
+                "n_selected": row.get("n_selected"),
+                "rate": row.get("rate"),
+                "impact_ratio": row.get("impact_ratio"),
+                "excluded": row.get("excluded"),
+                "flagged": row.get("flagged"),
+                "p_value": row.get("p_value"),
+                "reference_group": reference,
+                "mode": mode,
+                "threshold": threshold,
+                "note": row.get("note"),
+            }
+            writer.writerow([csv_cell(values[column]) for column in CSV_COLUMNS])
+        unknown = table.get("unknown_count")
+        unknown_selected = table.get("unknown_selected")
+        values = {
+            "table": name,
+            "kind": "unknown",
+            "group": "",
+            "n": unknown,
+            "n_selected": unknown_selected,
+            "rate": unknown_selected / unknown
+            if isinstance(unknown, int) and unknown and isinstance(unknown_selected, int)
+            else None,
+            "impact_ratio": None,
+            "excluded": True,
+            "flagged": False,
+            "p_value": None,
+            "reference_group": reference,
+            "mode": mode,
+            "threshold": threshold,
+            "note": "unknown or missing category: counted, left out of impact ratios",
+        }
+        writer.writerow([csv_cell(values[column]) for column in CSV_COLUMNS])
+    return buffer.getvalue()
+
+
+def ordered_tables(audit: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
+    """Tables in the order of ``categories``, then their intersection, then any others.
+
+    A result read back from its JSON file has its keys sorted; this restores the order
+    the audit computed them in.
+    """
+    tables = {str(k): as_mapping(v) for k, v in as_mapping(audit.get("tables")).items()}
+    names = [str(c) for c in as_list(audit.get("categories"))]
+    if len(names) >= 2:
+        names.append(" & ".join(names))
+    order = [n for n in names if n in tables] + [n for n in tables if n not in names]
+    return [(name, tables[name]) for name in order]
+
+
+# ------------------------------------------------------------------------ display
+def bias_audit_view(result: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Display strings of the bias-audit summary, or ``None`` when it was not computed.
+
+    Returns
+    -------
+    dict or None
+        ``intro`` (sentences), ``info`` (``[{label, value}]``, verbatim),
+        ``info_missing`` (a sentence or ``None``), ``rate_label``, ``count_label``,
+        ``tables`` (``[{name, caption, rows, notes}]``; a row holds display strings
+        ``group, n, n_selected, rate, impact_ratio, flag, p_value`` and booleans
+        ``flagged``, ``excluded``, ``reference``), ``warnings`` and ``min_impact_ratio``.
+        Nothing is escaped here.
+    """
+    audit = result.get("bias_audit")
+    if not isinstance(audit, Mapping):
+        return None
+    scoring = audit.get("mode") == "scoring"
+    threshold = as_float(audit.get("threshold"))
+    threshold_text = fmt_threshold(threshold)
+    exclude_below = as_float(audit.get("exclude_below"))
+    n_rows = audit.get("n_rows")
+    task = as_mapping(result.get("task"))
+    positive = task.get("positive_label")
+    intro = [
+        f"Impact ratios in the form NYC Local Law 144 bias audits publish "
+        f"(6 RCNY 5-300 to 5-303), computed on {n_rows if n_rows is not None else NA} rows.",
+    ]
+    if scoring:
+        intro.append(
+            "Scoring rate: the share of a category whose favourable-outcome score is "
+            "strictly above the median score of the full sample (median "
+            f"{fmt_num(audit.get('median_score'), 4)}; a score equal to the median does "
+            "not count)."
+        )
+    else:
+        chosen = f"'{positive}'" if positive is not None else "the favourable outcome"
+        intro.append(f"Selection rate: the share of a category the model selected ({chosen}).")
+    intro.append(
+        "Impact ratio: a category's rate divided by the rate of the most-selected category "
+        "(the reference). Under the EEOC four-fifths rule (29 CFR 1607.4(D)) a ratio below "
+        f"{threshold_text} is generally regarded as evidence of adverse impact, but smaller "
+        "gaps may count when statistically and practically significant and larger ones may "
+        "not on small numbers. The counts and a two-sided Fisher exact test against the "
+        "reference are therefore shown beside each ratio; they are not merged into one "
+        "verdict."
+    )
+    if exclude_below:
+        intro.append(
+            f"A category under {fmt_pct(exclude_below, 1)} of the data is listed with its "
+            "count and rate but left out of impact ratios."
+        )
+    unknown_values = [str(v) for v in as_list(audit.get("unknown_values"))]
+    tables = [
+        _table_view(str(name), as_mapping(table), scoring=scoring, unknown_values=unknown_values,
+                    threshold=threshold)
+        for name, table in ordered_tables(audit)
+    ]
+    info_raw = as_mapping(as_mapping(result.get("audit")).get("audit_info"))
+    keys = [k for k in AUDIT_INFO_LABELS if info_raw.get(k) not in (None, "")]
+    keys += [k for k in info_raw if k not in AUDIT_INFO_LABELS and info_raw.get(k) is not None]
+    info = [{"label": AUDIT_INFO_LABELS.get(k, str(k)), "value": str(info_raw[k])} for k in keys]
+    missing = [AUDIT_INFO_LABELS[k].lower() for k in ("date", "data_source", "distribution_date")
+               if info_raw.get(k) in (None, "")]
+    kind = str(info_raw.get("data_kind") or "").lower()
+    if "test" in kind and info_raw.get("test_data_statement") in (None, ""):
+        missing.append("why test data was used and how it was made")
+    info_missing = None
+    if missing:
+        info_missing = (
+            "Not stated in this audit's audit_info: " + ", ".join(missing) + ". A published "
+            "LL144 summary states them."
+        )
+    minimum = audit.get("min_impact_ratio")
+    return {
+        "intro": intro,
+        "info": info,
+        "info_missing": info_missing,
+        "rate_label": "Scoring rate" if scoring else "Selection rate",
+        "count_label": "Number scoring above the median" if scoring else "Number selected",
+        "tables": tables,
+        "warnings": [str(w) for w in as_list(audit.get("warnings"))],
+        "threshold": threshold_text,
+        "min_impact_ratio": fmt_num(minimum, 3) if as_float(minimum) is not None
+        else "undefined (no impact ratio can be computed for at least one table)",
+    }
+
+
+def _table_view(
+    name: str,
+    table: Mapping[str, Any],
+    *,
+    scoring: bool,
+    unknown_values: list[str],
+    threshold: float | None,
+) -> dict[str, Any]:
+    threshold_text = fmt_threshold(threshold)
+    reference = table.get("reference_group")
+    rows = []
+    notes = []
+    for row in as_list(table.get("rows")):
+        row = as_mapping(row)
+        group = str(row.get("group"))
+        excluded = row.get("excluded") is True
+        is_reference = reference is not None and group == str(reference)
+        ratio = as_float(row.get("impact_ratio"))
+        if excluded:
+            ratio_text, flag_text = "excluded", "\u2014"
+        else:
+            ratio_text = _fmt_ratio(ratio, threshold) if ratio is not None else "undefined"
+            flag_text = (f"yes (below {threshold_text})" if row.get("flagged") is True
+                         else "no" if ratio is not None else "\u2014")
+        if is_reference:
+            p_text = "reference"
+        elif excluded or as_float(row.get("p_value")) is None:
+            p_text = "\u2014"
+        else:
+            p_text = _fmt_p(float(row["p_value"]))
+        rows.append({
+            "group": group,
+            "n": _count(row.get("n")),
+            "n_selected": _count(row.get("n_selected")),
+            "rate": fmt_num(row.get("rate"), 3),
+            "impact_ratio": ratio_text,
+            "flag": flag_text,
+            "p_value": p_text,
+            "flagged": row.get("flagged") is True,
+            "excluded": excluded,
+            "reference": is_reference,
+        })
+        if excluded:
+            notes.append(
+                f"{group}: {row.get('note') or 'left out of impact ratios'}; its count and "
+                "rate are still shown."
+            )
+    if reference is not None:
+        ref_rate = as_float(table.get("reference_rate"))
+        notes.insert(0, f"Impact ratios are relative to {reference}, the category with the "
+                        f"highest {'scoring' if scoring else 'selection'} rate "
+                        f"({fmt_num(ref_rate, 3)}).")
+    unknown = table.get("unknown_count")
+    unknown_selected = table.get("unknown_selected")
+    described = "missing" + (" or " + ", ".join(repr(v) for v in unknown_values)
+                             if unknown_values else "")
+    if isinstance(unknown, int) and unknown > 0:
+        verb = "scored above the median" if scoring else "were selected"
+        notes.append(
+            f"{unknown} rows have an unknown {name} ({described}); they are counted here and "
+            f"left out of the table and of impact ratios"
+            + (f" ({unknown_selected} of them {verb})." if isinstance(unknown_selected, int)
+               else ".")
+        )
+    else:
+        notes.append(f"No row has an unknown {name}.")
+    minimum = as_float(table.get("min_impact_ratio"))
+    return {
+        "name": name,
+        "caption": f"{'Scoring' if scoring else 'Selection'} rates and impact ratios by {name}",
+        "rows": rows,
+        "notes": notes,
+        "unknown_count": _count(unknown),
+        "min_impact_ratio": fmt_num(minimum, 3) if minimum is not None else "undefined",
+    }
+
+
+def _count(value: Any) -> str:
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else NA
+
+
+def _fmt_ratio(value: float, threshold: float | None) -> str:
+    """Three decimals, or more where three would put ``value`` on the wrong side of the flag."""
+    digits = 3
+    text = f"{value:.{digits}f}"
+    while threshold is not None and digits < 9 and (
+        (float(text) < threshold) != (value < threshold)
+    ):
+        digits += 1
+        text = f"{value:.{digits}f}"
+    return text
+
+
+def _fmt_p(value: float) -> str:
+    if value < 0.001:
+        return "< 0.001"
+    return f"{value:.3f}"
