@@ -295,7 +295,7 @@ def train(
     """Train a soft prompt with PEFT prompt tuning and save a PEFT adapter."""
     _configure_logging(verbose)
     from promptaudit.data import encode_labels, infer_labels
-    from promptaudit.training import InitMethod, TrainingConfig, train_prompt
+    from promptaudit.training import InitMethod, TrainingConfig, default_init_text, train_prompt
 
     frame, texts = _load_texts(data, text_column, [label_column])
     label_names = _split_labels(labels) or infer_labels(frame[label_column])
@@ -311,9 +311,9 @@ def train(
     try:
         init_method = InitMethod(init)
     except ValueError:
-        raise InputError(f"--init {init!r}: allowed: text, random, vocab") from None
+        raise InputError(f"--init {init!r}: allowed: {', '.join(InitMethod)}") from None
     if init_method is InitMethod.TEXT and not init_text:
-        init_text = "Classify this text as " + " or ".join(label_names)
+        init_text = default_init_text(label_names)
     config = TrainingConfig(
         num_virtual_tokens=num_virtual_tokens,
         init=init_method,

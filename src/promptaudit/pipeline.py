@@ -275,7 +275,7 @@ def _prompt_source(spec: AuditSpec, *, progress: bool) -> str:
     if spec.prompt.path is not None:
         return spec.prompt.path
     from promptaudit.data import infer_labels
-    from promptaudit.training import InitMethod, TrainingConfig, train_prompt
+    from promptaudit.training import InitMethod, TrainingConfig, default_init_text, train_prompt
 
     train = spec.prompt.train
     table = train.data
@@ -292,7 +292,7 @@ def _prompt_source(spec: AuditSpec, *, progress: bool) -> str:
     config = TrainingConfig(
         num_virtual_tokens=train.num_virtual_tokens,
         init=InitMethod(train.init),
-        init_text=train.init_text or ("Classify this text as " + " or ".join(labels)),
+        init_text=train.init_text or default_init_text(labels),
         epochs=train.epochs,
         learning_rate=train.learning_rate,
         batch_size=train.batch_size,
