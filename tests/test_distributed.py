@@ -272,6 +272,7 @@ def _comparable(result: dict) -> dict:
     return {k: v for k, v in result.items() if k not in ("provenance", "integrity")}
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("accelerate") is None, reason="accelerate CLI not installed")
 def test_two_process_audit_equals_one_process(audit_spec, tmp_path):
     env = _environment()
@@ -304,6 +305,7 @@ def test_two_process_audit_equals_one_process(audit_spec, tmp_path):
     assert launched.stdout.count("audit tiny-dist") == 1
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not installed")
 def test_bad_input_on_one_process_exits_2_everywhere(audit_spec, tmp_path):
     """Only the main process writes, so only it sees that --out is a file: all exit 2."""
