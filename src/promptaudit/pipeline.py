@@ -172,26 +172,23 @@ def run_audit(
 
     attribution = None
     if spec.attribution.enabled and soft is not None:
-        from promptaudit.attribution import attribute_prompt
-
         k = min(spec.attribution.max_examples, len(texts))
         logger.info("attributing %d examples with %s", k, spec.attribution.method)
-        attribute = attribute_prompt if processes is None else processes.attribute_prompt
-        with float32_model(prompted) as model:  # attribution always computes in float32
-            attribution = attribute(
-                model,
-                texts[:k],
-                method=spec.attribution.method,
-                n_steps=spec.attribution.n_steps,
-                baseline=spec.attribution.baseline,
-                max_examples=k,
-                n_samples=spec.attribution.n_samples,
-                sensitive_features=None
-                if sensitive is None
-                else sensitive.iloc[:k].reset_index(drop=True),
-                seed=spec.seed,
-                progress=progress,
-            )
+        attribution = _attribute(  # in float32; divided between the processes when launched so
+            prompted,
+            texts[:k],
+            processes=processes,
+            method=spec.attribution.method,
+            n_steps=spec.attribution.n_steps,
+            baseline=spec.attribution.baseline,
+            max_examples=k,
+            n_samples=spec.attribution.n_samples,
+            sensitive_features=None
+            if sensitive is None
+            else sensitive.iloc[:k].reset_index(drop=True),
+            seed=spec.seed,
+            progress=progress,
+        )
 
     baselines = _baselines(
         spec,
@@ -232,6 +229,15 @@ def run_audit(
 
 
 # -------------------------------------------------------------------- stages
+def _attribute(prompted, texts, *, processes: AuditProcesses | None, **options) -> dict:
+    """Attribution in float32 (:func:`~promptaudit.prompted.float32_model`), sharded if launched."""
+    from promptaudit.attribution import attribute_prompt
+
+    attribute = attribute_prompt if processes is None else processes.attribute_prompt
+    with float32_model(prompted) as model:
+        return attribute(model, texts, **options)
+
+
 def _load_evaluation_data(spec: AuditSpec) -> tuple[pd.DataFrame, list[str]]:
     required = [spec.data.text_column, *spec.data.sensitive_features]
     if spec.data.label_column:
