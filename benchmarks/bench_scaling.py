@@ -1,6 +1,6 @@
 """Benchmark: one process vs two for an audit's prediction + attribution stage (CPU).
 
-The stage that :mod:`promptaudit.distributed` shards, timed on the bundled MiniLM
+The stage that :mod:`promptaudit.distributed` divides, timed on the bundled MiniLM
 (``builtin:minilm``) with the shipped demo prompt (``src/promptaudit/demo_prompt/``,
 a PEFT prompt-tuning adapter) on ``builtin:screening``:
 
@@ -53,20 +53,21 @@ def child(args: argparse.Namespace) -> None:
     """One measurement; under a launcher, the main process prints the JSON line."""
     import torch
 
+    from promptaudit.attribution import attribute_prompt
     from promptaudit.data import load_table
-    from promptaudit.distributed import launch_processes, run_attribution
+    from promptaudit.distributed import launch_processes
     from promptaudit.models import quiet_transformers
     from promptaudit.prompted import load_prompted_model
 
     quiet_transformers()
-    processes = launch_processes(device="cpu")
-    if processes is not None and not processes.is_main:
-        sys.exit(processes.serve())
+    processes = launch_processes(device="cpu")  # every process runs this function (SPMD)
     options = dict(task="sequence-classification", labels=["reject", "accept"], device="cpu",
                    max_length=64, batch_size=args.batch_size)
     started = time.perf_counter()
-    load = load_prompted_model if processes is None else processes.load_prompted_model
-    prompted, _, _ = load("builtin:minilm", str(PROMPT), **options)
+    prompted, _, _ = load_prompted_model("builtin:minilm", str(PROMPT), **options)
+    run_attribution = attribute_prompt
+    if processes is not None:
+        prompted, run_attribution = processes.shard(prompted), processes.attribute_prompt
     load_seconds = time.perf_counter() - started
     texts = load_table("builtin:screening")["text"].astype(str).tolist()
     texts = (texts * (args.n // len(texts) + 1))[: args.n]
@@ -83,7 +84,9 @@ def child(args: argparse.Namespace) -> None:
     total = time.perf_counter() - started
     cpu_main = time.process_time() - cpu_started
     if processes is not None:
-        processes.close(0)
+        processes.close()
+        if not processes.is_main:
+            return
     flat = [v for e in attribution["examples"] for v in e["prompt_attributions"]]
     print("RESULT " + json.dumps({
         "processes": 1 if processes is None else processes.num_processes,

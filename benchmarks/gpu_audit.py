@@ -10,7 +10,7 @@ models loaded in ``--dtype`` (default ``bfloat16``) on one device:
   from the next-token logits) with a random 10-token prompt.
 
 For each it prints examples per second for prediction (``predict_proba``) and
-for integrated gradients (:func:`promptaudit.distributed.run_attribution`, which
+for integrated gradients (:func:`promptaudit.prompted.float32_model`, which
 upcasts the model to float32 for attribution), the largest convergence delta,
 and, as a precision check, how far the half-precision predictions are from the
 same model's float32 predictions and what the convergence delta is when
@@ -88,8 +88,11 @@ def bench(name: str, model: str, prompt: str, *, task: str, texts: list[str], de
           dtype: str, size: dict) -> dict:
     """Load in ``dtype`` and time prediction and attribution; compare with float32."""
     from promptaudit.attribution import attribute_prompt
-    from promptaudit.distributed import run_attribution
-    from promptaudit.prompted import load_prompted_model
+    from promptaudit.prompted import float32_model, load_prompted_model
+
+    def run_attribution(prompted, texts, **options):  # as the pipeline attributes: in float32
+        with float32_model(prompted) as model:
+            return attribute_prompt(model, texts, **options)
 
     options = dict(task=task, labels=LABELS, device=device, max_length=64,
                    batch_size=size["batch_size"])
@@ -160,7 +163,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    for name in ("promptaudit.attribution", "promptaudit.distributed"):
+    for name in ("promptaudit.attribution", "promptaudit.prompted"):
         logging.getLogger(name).setLevel(logging.ERROR)  # deltas are printed below
     from promptaudit.data import load_table
     from promptaudit.models import quiet_transformers, resolve_device

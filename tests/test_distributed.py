@@ -1,10 +1,12 @@
 """Multi-process audits (promptaudit.distributed) against the single-process pipeline.
 
-The shard plans and the merge of attributions are checked in one process (each
-"process" of the plan run in turn, the pieces merged, compared with the
-single-process call); then a real two-process audit runs under ``accelerate
-launch`` on CPUs (gloo) and its result JSON is compared number for number with
-a one-process run. The model is a tiny BERT built here from a config.
+The shard plans (Accelerate's own ``split_between_processes`` on each rank of a
+plan) and the merge of attributions are checked in one process (each "process"
+of the plan run in turn, the pieces merged, compared with the single-process
+call); then a real two-process audit runs under ``accelerate launch`` on CPUs
+(gloo) and its result JSON is compared number for number with a one-process run,
+and a bad input seen by one process only makes every process of a ``torchrun``
+launch exit with code 2. The model is a tiny BERT built here from a config.
 """
 
 from __future__ import annotations
@@ -22,19 +24,19 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from accelerate import PartialState
 
-from promptaudit.attribution import attribute_prompt
+from promptaudit.attribution import attribute_prompt, merge_attributions
 from promptaudit.distributed import (
+    AuditProcesses,
     attribute_batches,
-    attribution_shards,
-    float32_model,
+    attribution_batches,
+    dealing_order,
     launched_num_processes,
-    merge_attributions,
-    prediction_shards,
+    prediction_batches,
     process_device,
-    run_attribution,
 )
-from promptaudit.prompted import PromptedModel, load_prompted_model
+from promptaudit.prompted import PromptedModel, float32_model, load_prompted_model
 
 WORDS = ("the a candidate applicant engineer nurse teacher manager is was has with strong weak "
          "good great poor excellent experience skills record team leader reliable late "
@@ -142,30 +144,58 @@ def test_launched_num_processes_reads_world_size(monkeypatch):
     assert launched_num_processes() == 4
 
 
-def test_prediction_shards_deal_whole_length_ordered_batches():
+class _Rank:
+    """The parts of ``accelerate.PartialState`` a shard plan uses, for rank ``rank`` of ``n``."""
+
+    split_between_processes = PartialState.split_between_processes  # Accelerate's own split
+
+    def __init__(self, rank: int, n: int) -> None:
+        self.process_index, self.num_processes, self.device = rank, n, torch.device("cpu")
+
+
+def _plan(n_batches: int, num_processes: int) -> list[list[int]]:
+    return [AuditProcesses(_Rank(rank, num_processes)).my_batches(n_batches)
+            for rank in range(num_processes)]
+
+
+def test_accelerate_split_of_the_dealing_order_is_round_robin():
+    assert dealing_order(5, 2) == [0, 2, 4, 1, 3]
+    for num_processes in (1, 2, 3, 4):
+        for n_batches in range(0, 11):
+            assert _plan(n_batches, num_processes) == [
+                list(range(rank, n_batches, num_processes)) for rank in range(num_processes)
+            ], (n_batches, num_processes)
+
+
+def test_prediction_batches_are_the_length_ordered_schedule():
     texts = ["x" * n for n in (5, 1, 4, 2, 3, 9, 7)]
-    shards = prediction_shards(texts, batch_size=2, num_processes=2)
+    batches = prediction_batches(texts, batch_size=2)
     # length order: 1,3,4,2,0,6,5 -> batches [1,3] [4,2] [0,6] [5]
-    assert [s.tolist() for s in shards] == [[1, 3, 0, 6], [4, 2, 5]]
-    assert sorted(np.concatenate(shards).tolist()) == list(range(len(texts)))
+    assert [b.tolist() for b in batches] == [[1, 3], [4, 2], [0, 6], [5]]
+    assert [[batches[b].tolist() for b in mine] for mine in _plan(len(batches), 2)] == [
+        [[1, 3], [0, 6]], [[4, 2], [5]]]
     # more processes than batches: the extra ones get nothing
-    assert [len(s) for s in prediction_shards(texts, batch_size=4, num_processes=3)] == [4, 3, 0]
+    assert [len(mine) for mine in _plan(len(prediction_batches(texts, batch_size=4)), 3)] == [
+        1, 1, 0]
 
 
-def test_attribution_shards_deal_batches_with_their_indices():
-    shards = attribution_shards(torch.tensor([4, 2, 9, 2, 5]), batch_size=2, num_processes=2)
-    assert [[(b, rows.tolist()) for b, rows in shard] for shard in shards] == [
-        [(0, [1, 3]), (2, [2])],
-        [(1, [0, 4])],
-    ]
+def test_attribution_batches_order_by_token_count():
+    batches = attribution_batches(torch.tensor([4, 2, 9, 2, 5]), batch_size=2)
+    assert [b.tolist() for b in batches] == [[1, 3], [0, 4], [2]]
 
 
 # --------------------------------------------- shards equal one process exactly
+def _deal(batches, num_processes):
+    return [[b for b in mine] for mine in _plan(len(batches), num_processes)]
+
+
 def test_sharded_predictions_equal_one_process(prompted):
     texts = _rows(23)["text"].tolist()
     whole = prompted.predict_proba(texts)
+    batches = prediction_batches(texts, batch_size=prompted.batch_size)
     gathered = np.zeros_like(whole)
-    for rows in prediction_shards(texts, batch_size=prompted.batch_size, num_processes=3):
+    for mine in _deal(batches, 3):
+        rows = np.concatenate([batches[b] for b in mine])
         gathered[rows] = prompted.predict_proba([texts[i] for i in rows])
     np.testing.assert_array_equal(gathered, whole)
 
@@ -179,11 +209,12 @@ def test_merged_attribution_equals_one_process(prompted, method):
     whole = attribute_prompt(prompted, texts, max_examples=len(texts), seed=5,
                              sensitive_features=sensitive, **options)
     lengths = prompted.encode(texts).attention_mask.sum(dim=1)
+    batches = attribution_batches(lengths, batch_size=8)
     pieces = []
-    for shard in attribution_shards(lengths, batch_size=8, num_processes=2):
-        batches = [(index, [texts[i] for i in rows]) for index, rows in shard]
-        for index, result in attribute_batches(prompted, batches, seed=5, **options):
-            pieces.append((dict(shard)[index], result))
+    for mine in _deal(batches, 2):
+        work = [(b, [texts[i] for i in batches[b]]) for b in mine]
+        for index, result in attribute_batches(prompted, work, seed=5, batch_size=8, **options):
+            pieces.append((batches[index], result))
     merged = merge_attributions(pieces, n_examples=len(texts), seed=5,
                                 sensitive_features=sensitive)
     assert merged == whole
@@ -205,7 +236,8 @@ def test_float32_model_upcasts_for_attribution_and_restores_bit_for_bit(prompted
                for k in before)
 
     # attribution of the bf16 model = attribution of its exact float32 upcast
-    result = run_attribution(bf16, texts, n_steps=16, max_examples=6)
+    with float32_model(bf16) as fp32:
+        result = attribute_prompt(fp32, texts, n_steps=16, max_examples=6)
     reference_model = copy.deepcopy(model).float()
     reference = PromptedModel(reference_model, prompted.tokenizer, bf16.prompt.float(),
                               task=prompted.task, labels=prompted.labels,
@@ -215,10 +247,9 @@ def test_float32_model_upcasts_for_attribution_and_restores_bit_for_bit(prompted
     assert next(model.parameters()).dtype == torch.bfloat16
 
 
-def test_run_attribution_on_float32_is_attribute_prompt(prompted):
-    texts = _rows(5)["text"].tolist()
-    assert run_attribution(prompted, texts, n_steps=4) == attribute_prompt(prompted, texts,
-                                                                           n_steps=4)
+def test_float32_model_of_a_float32_model_is_the_model(prompted):
+    with float32_model(prompted) as fp32:
+        assert fp32 is prompted
 
 
 # ------------------------------------------------- two processes, end to end
@@ -231,7 +262,7 @@ def _free_port() -> int:
 def _environment() -> dict:
     env = dict(os.environ)
     env.update({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
-                "PYTHONWARNINGS": "ignore", "PROMPTAUDIT_DIST_TIMEOUT": "120"})
+                "PYTHONWARNINGS": "ignore"})
     for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(name, None)
     return env
@@ -241,6 +272,7 @@ def _comparable(result: dict) -> dict:
     return {k: v for k, v in result.items() if k not in ("provenance", "integrity")}
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("accelerate") is None, reason="accelerate CLI not installed")
 def test_two_process_audit_equals_one_process(audit_spec, tmp_path):
     env = _environment()
@@ -271,3 +303,23 @@ def test_two_process_audit_equals_one_process(audit_spec, tmp_path):
     assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
     assert "audit tiny-dist: PASSED" in launched.stdout
     assert launched.stdout.count("audit tiny-dist") == 1
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not installed")
+def test_bad_input_on_one_process_exits_2_everywhere(audit_spec, tmp_path):
+    """Only the main process writes, so only it sees that --out is a file: all exit 2."""
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the report folder should be", encoding="utf-8")
+    launched = subprocess.run(
+        ["torchrun", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+         "-m", "promptaudit", "run", str(audit_spec), "--out", str(blocked)],
+        env=_environment(), capture_output=True, text=True, timeout=120)
+    assert launched.returncode != 0
+    errors = [line for line in launched.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 2, launched.stderr[-3000:]  # one line per process, no traceback
+    assert all(str(blocked) in line for line in errors)
+    assert any(line.startswith("error: process 0: ") for line in errors)  # told by the main
+    assert "internal error" not in launched.stderr
+    assert "exitcode  : 2" in launched.stderr or "exitcode: 2" in launched.stderr
+    assert blocked.read_text(encoding="utf-8").startswith("a file")

@@ -878,3 +878,77 @@ def format_attribution_summary(attribution: dict) -> str:
             gap = "no positions"
         lines.append(f"By group {feature}: {gap}; groups: {counts}")
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------- merging
+def merge_attributions(pieces: Sequence[tuple[Sequence[int], dict]], *, n_examples: int,
+                       seed: int = 0,
+                       sensitive_features: pd.DataFrame | pd.Series | Mapping | None = None,
+                       ) -> dict:
+    """One ``attribution`` object from :func:`attribute_prompt` results over disjoint rows.
+
+    Used to put together the batches a multi-process audit attributed on different
+    processes. The per-example entries are put at their rows and the summaries
+    (``prompt_share``, ``per_position``, ``per_position_abs``,
+    ``max_convergence_delta``, ``by_group``) are recomputed over all rows with the
+    formulas of :func:`attribute_prompt`, so merging the batches of one call's
+    schedule gives that call's result exactly.
+
+    Parameters
+    ----------
+    pieces : sequence of (sequence of int, dict)
+        ``(rows, result)``: ``result["examples"][i]`` is the example of row ``rows[i]``.
+        The other settings (method, labels, ...) are taken from the first piece.
+    n_examples : int
+        Rows in all; every row must be covered once.
+    seed : int
+        Recorded as the result's ``seed``.
+    sensitive_features : pandas.DataFrame, Series or mapping, optional
+        ``(n_examples, n_features)`` in row order; adds ``by_group``.
+
+    Returns
+    -------
+    dict
+        The ``attribution`` object of the result contract.
+    """
+    examples: list[dict | None] = [None] * n_examples
+    for rows, part in pieces:
+        for row, example in zip(rows, part["examples"], strict=True):
+            examples[int(row)] = example
+    missing = [i for i, e in enumerate(examples) if e is None]
+    if missing or not pieces:
+        raise ValueError(f"merge_attributions: rows {missing[:5]} are in no piece")
+    groups = _sensitive_frame(sensitive_features, n_examples)
+    prompt_attr = np.array([e["prompt_attributions"] for e in examples], dtype=np.float64)
+    abs_prompt = np.abs(prompt_attr).sum(axis=1)
+    abs_input = np.array([
+        np.abs(np.asarray(e["token_attributions"], dtype=np.float64)).sum()
+        if e["token_attributions"] is not None else abs(e["input_attribution"])
+        for e in examples
+    ])
+    denominator = abs_prompt + abs_input
+    shares = np.divide(abs_prompt, denominator, out=np.zeros(n_examples),
+                       where=denominator > 0)
+    deltas = [e["convergence_delta"] for e in examples]
+    has_delta = any(d is not None for d in deltas)
+    max_delta = (float(np.abs(np.array([np.nan if d is None else d for d in deltas])).max())
+                 if has_delta else None)
+    merged = dict(pieces[0][1])
+    merged.update({
+        "seed": int(seed),
+        "n_examples": n_examples,
+        "prompt_share": float(shares.mean()),
+        "per_position": [float(v) for v in prompt_attr.mean(axis=0)],
+        "per_position_abs": [float(v) for v in np.abs(prompt_attr).mean(axis=0)],
+        "max_convergence_delta": max_delta,
+        "examples": examples,
+        "by_group": None if groups is None else group_attribution(prompt_attr, groups),
+    })
+    if max_delta is not None and max_delta > CONVERGENCE_WARNING:
+        logger.warning("integrated gradients: max |convergence delta| %.3f exceeds %.2f; the "
+                       "integral is coarse, raise n_steps (now %s)", max_delta,
+                       CONVERGENCE_WARNING, merged.get("n_steps"))
+    return merged
+
+
+__all__ += ["merge_attributions"]  # listed here, beside its definition

@@ -225,43 +225,16 @@ def run(
 ) -> None:
     """Run an audit and write <name>.html, .json, .junit.xml and .md into --out."""
     _configure_logging(verbose)
-    from promptaudit.atomic import prepare_output_dir
-    from promptaudit.distributed import launch_processes
-    from promptaudit.pipeline import run_audit
-    from promptaudit.report import write_reports
-    from promptaudit.spec import load_spec
+    from promptaudit.runner import run_audit_command
 
-    spec = load_spec(audit, set_ or [])
-    # Under `accelerate launch` / `torchrun` with several processes: the main process runs
-    # the audit and writes the reports; the others only predict and attribute their shards.
-    processes = launch_processes(device=spec.model.device)  # None for a single process
-    if processes is not None and not processes.is_main:
-        raise typer.Exit(processes.serve())  # exits with the main process's code
-    code = EXIT_INTERNAL
-    try:
-        prepare_output_dir(out)
-        result = run_audit(
-            spec, progress=_show_progress(), command=_command_line(), processes=processes
-        )
-        paths = write_reports(result, out, name=spec.name)
-        _print_verdict(result, paths)
-        code = EXIT_OK if result["passed"] else EXIT_GATE_FAILED
-    except (
-        PromptAuditError,
-        FileNotFoundError,
-        PermissionError,
-        IsADirectoryError,
-        NotADirectoryError,
-    ):
-        code = EXIT_BAD_INPUT  # as handle_errors maps them
-        raise
-    except KeyboardInterrupt:
-        code = 130
-        raise
-    finally:
-        if processes is not None:
-            processes.close(code)
-    raise typer.Exit(code)
+    # Under `accelerate launch` / `torchrun` every process runs the audit; the main one
+    # writes the reports, and every process returns (or raises) the same outcome.
+    outcome = run_audit_command(
+        audit, out, set_ or [], progress=_show_progress(), command=_command_line()
+    )
+    if outcome.result is not None:
+        _print_verdict(outcome.result, outcome.paths)
+    raise typer.Exit(EXIT_OK if outcome.passed else EXIT_GATE_FAILED)
 
 
 @app.command()
@@ -322,7 +295,7 @@ def train(
     """Train a soft prompt with PEFT prompt tuning and save a PEFT adapter."""
     _configure_logging(verbose)
     from promptaudit.data import encode_labels, infer_labels
-    from promptaudit.training import InitMethod, TrainingConfig, train_prompt
+    from promptaudit.training import InitMethod, TrainingConfig, default_init_text, train_prompt
 
     frame, texts = _load_texts(data, text_column, [label_column])
     label_names = _split_labels(labels) or infer_labels(frame[label_column])
@@ -338,9 +311,9 @@ def train(
     try:
         init_method = InitMethod(init)
     except ValueError:
-        raise InputError(f"--init {init!r}: allowed: text, random, vocab") from None
+        raise InputError(f"--init {init!r}: allowed: {', '.join(InitMethod)}") from None
     if init_method is InitMethod.TEXT and not init_text:
-        init_text = "Classify this text as " + " or ".join(label_names)
+        init_text = default_init_text(label_names)
     config = TrainingConfig(
         num_virtual_tokens=num_virtual_tokens,
         init=init_method,

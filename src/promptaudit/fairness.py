@@ -92,6 +92,7 @@ from fairlearn.metrics import (
 )
 from scipy import sparse
 
+from promptaudit.choices import GROUP_METRICS, LABEL_METRICS
 from promptaudit.errors import InputError
 
 __all__ = [
@@ -106,26 +107,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Group metrics that can be selected with ``metrics=`` (``count`` is always reported).
-ALL_METRICS = (
-    "selection_rate",
-    "accuracy",
-    "true_positive_rate",
-    "false_positive_rate",
-    "true_negative_rate",
-    "false_negative_rate",
-    "mean_score",
-)
-#: Metrics that need true labels.
-LABEL_METRICS = frozenset(
-    {
-        "accuracy",
-        "true_positive_rate",
-        "false_positive_rate",
-        "true_negative_rate",
-        "false_negative_rate",
-    }
-)
+#: Group metrics that can be selected with ``metrics=`` (``count`` is always reported), and
+#: those that need true labels: defined with the other closed choices (torch-free module).
+ALL_METRICS = GROUP_METRICS
 #: ``reference_group`` value meaning "compare every pair of groups".
 BETWEEN_GROUPS = "between_groups"
 #: Joins feature names and group names of the intersection ("female & Black").

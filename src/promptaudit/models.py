@@ -8,7 +8,6 @@ A model reference is a Hugging Face Hub id, a local model directory, or
 
 from __future__ import annotations
 
-import enum
 import logging
 import pickle
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from promptaudit.choices import DType, Task  # this stage's choices (torch-free module)
 from promptaudit.errors import ModelError
 
 __all__ = [
@@ -33,39 +33,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 BUILTIN_MINILM = "builtin:minilm"
-
-
-class Task(enum.StrEnum):
-    """What the prompted model predicts and how label probabilities are read."""
-
-    SEQUENCE_CLASSIFICATION = "sequence-classification"
-    CAUSAL_LM = "causal-lm"
-    MASKED_LM = "masked-lm"
-
-    @classmethod
-    def parse(cls, value: str | Task, *, field: str = "task") -> Task:
-        """Parse a task name, raising a one-line :class:`ModelError` on an unknown one."""
-        if isinstance(value, Task):
-            return value
-        try:
-            return cls(value)
-        except ValueError:
-            allowed = ", ".join(t.value for t in cls)
-            raise ModelError(f"{field}: unknown task {value!r}; allowed: {allowed}") from None
-
-
-class DType(enum.StrEnum):
-    """Floating-point precision of the loaded model."""
-
-    FLOAT32 = "float32"
-    BFLOAT16 = "bfloat16"
-    FLOAT16 = "float16"
-
-    @property
-    def torch_dtype(self) -> torch.dtype:
-        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
-            self.value
-        ]
 
 
 #: PEFT ``task_type`` -> promptaudit task.

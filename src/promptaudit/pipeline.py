@@ -12,6 +12,11 @@ Order of work (each stage is one module; this one only wires them):
 
 Everything is seeded from ``spec.seed``; the same spec and inputs give the same
 numbers (only ``provenance.created_at`` differs between runs).
+
+Under a launcher every process runs this same function (SPMD,
+:mod:`promptaudit.distributed`): the forward passes are divided between the
+processes, and only the main process computes fairness and gates and returns
+the result.
 """
 
 from __future__ import annotations
@@ -20,7 +25,6 @@ import datetime as _dt
 import hashlib
 import logging
 import platform
-import random
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,12 +35,13 @@ import torch
 
 from promptaudit.data import check_sensitive_columns, encode_labels, load_table
 from promptaudit.errors import DataError, SpecError
-from promptaudit.prompted import PromptedModel, load_prompted_model
+from promptaudit.prompted import PromptedModel, float32_model, load_prompted_model
 from promptaudit.prompts import SoftPrompt, text_init_token_ids
 from promptaudit.results import AuditResult
+from promptaudit.seeding import seed_everything
 from promptaudit.spec import AuditSpec
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the pipeline never imports distributed; the runner passes its processes
     from promptaudit.distributed import AuditProcesses
 
 __all__ = ["run_audit", "seed_everything", "library_versions", "sha256_file"]
@@ -57,21 +62,13 @@ _VERSIONED = (
 )
 
 
-def seed_everything(seed: int) -> None:
-    """Seed Python, numpy and torch and ask torch for deterministic kernels."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
-
-
 def run_audit(
     spec: AuditSpec,
     *,
     progress: bool = False,
     command: str | None = None,
     processes: AuditProcesses | None = None,
-) -> dict:
+) -> dict | None:
     """Run every stage of an audit.
 
     Parameters
@@ -83,32 +80,40 @@ def run_audit(
     command : str, optional
         The command line, recorded in provenance.
     processes : AuditProcesses, optional
-        The processes of a launched multi-process audit (main process only):
-        predictions and attribution are sharded across them
-        (:mod:`promptaudit.distributed`); everything else runs here.
+        This process's handle on a launched multi-process audit; every process
+        calls ``run_audit`` with its own. Predictions and attribution are divided
+        between the processes (:mod:`promptaudit.distributed`), a prompt trained
+        in the audit is trained by the main process, fairness and gates are
+        computed by the main process alone.
 
     Returns
     -------
-    dict
-        The result JSON object (schema_version "1").
+    dict or None
+        The result JSON object (schema_version "1"); None on the processes other
+        than the main one.
     """
+    main = processes is None or processes.is_main
     seed_everything(spec.seed)
     frame, texts = _load_evaluation_data(spec)
     frame, bias_categories, missing_groups = _split_missing_groups(spec, frame)
-    prompt_source = _prompt_source(spec, progress=progress)
+    if processes is None:
+        prompt_source = _prompt_source(spec, progress=progress)
+    else:  # one process trains; the others wait for the adapter it wrote
+        prompt_source = processes.on_main(lambda: _prompt_source(spec, progress=progress))
     logger.info("loading model %s and prompt %s", spec.model.base, prompt_source)
-    load = load_prompted_model if processes is None else processes.load_prompted_model
-    prompted, soft, loaded = load(
+    prompted, soft, loaded = load_prompted_model(
         spec.model.base,
         prompt_source,
         task=spec.model.task,
         labels=spec.model.labels,
-        device=spec.model.device,
+        device=spec.model.device if processes is None else processes.device_for(spec.model.device),
         dtype=spec.model.dtype.value,
         max_length=spec.model.max_length,
         batch_size=spec.model.batch_size,
         trust_remote_code=spec.model.trust_remote_code,
     )
+    if processes is not None:
+        prompted = processes.shard(prompted)  # predict_proba divided between the processes
     labels = prompted.labels
     positive = _positive_index(spec, labels)
     y_true = None
@@ -126,9 +131,12 @@ def run_audit(
     task = _task_section(spec, prompted, texts, probs, y_true, positive)
 
     sensitive = frame[spec.data.sensitive_features] if spec.data.sensitive_features else None
-    fairness = _fairness(spec, y_pred, y_true, probs[:, positive], sensitive, positive)
-    fairness.setdefault("warnings", []).extend(_missing_group_warnings(missing_groups))
-    bias_audit = _bias_audit(spec, bias_categories, y_pred == positive, probs[:, positive])
+    fairness = {}  # computed by the main process alone
+    bias_audit = None
+    if main:
+        fairness = _fairness(spec, y_pred, y_true, probs[:, positive], sensitive, positive)
+        fairness.setdefault("warnings", []).extend(_missing_group_warnings(missing_groups))
+        bias_audit = _bias_audit(spec, bias_categories, y_pred == positive, probs[:, positive])
     fairness["counterfactual"] = _counterfactual(
         spec, prompted, frame, texts, probs, positive, progress=progress
     )
@@ -168,13 +176,12 @@ def run_audit(
 
     attribution = None
     if spec.attribution.enabled and soft is not None:
-        from promptaudit.distributed import run_attribution
-
         k = min(spec.attribution.max_examples, len(texts))
         logger.info("attributing %d examples with %s", k, spec.attribution.method)
-        attribution = run_attribution(  # float32; sharded across processes when launched so
+        attribution = _attribute(  # in float32; divided between the processes when launched so
             prompted,
             texts[:k],
+            processes=processes,
             method=spec.attribution.method,
             n_steps=spec.attribution.n_steps,
             baseline=spec.attribution.baseline,
@@ -199,7 +206,10 @@ def run_audit(
         projected_probs,
         fairness,
         progress=progress,
+        with_fairness=main,
     )
+    if not main:
+        return None
 
     from promptaudit.gates import evaluate_gates
 
@@ -224,6 +234,15 @@ def run_audit(
 
 
 # -------------------------------------------------------------------- stages
+def _attribute(prompted, texts, *, processes: AuditProcesses | None, **options) -> dict:
+    """Attribution in float32 (:func:`~promptaudit.prompted.float32_model`), sharded if launched."""
+    from promptaudit.attribution import attribute_prompt
+
+    attribute = attribute_prompt if processes is None else processes.attribute_prompt
+    with float32_model(prompted) as model:
+        return attribute(model, texts, **options)
+
+
 def _load_evaluation_data(spec: AuditSpec) -> tuple[pd.DataFrame, list[str]]:
     required = [spec.data.text_column, *spec.data.sensitive_features]
     if spec.data.label_column:
@@ -321,7 +340,7 @@ def _prompt_source(spec: AuditSpec, *, progress: bool) -> str:
     if spec.prompt.path is not None:
         return spec.prompt.path
     from promptaudit.data import infer_labels
-    from promptaudit.training import InitMethod, TrainingConfig, train_prompt
+    from promptaudit.training import InitMethod, TrainingConfig, default_init_text, train_prompt
 
     train = spec.prompt.train
     table = train.data
@@ -338,7 +357,7 @@ def _prompt_source(spec: AuditSpec, *, progress: bool) -> str:
     config = TrainingConfig(
         num_virtual_tokens=train.num_virtual_tokens,
         init=InitMethod(train.init),
-        init_text=train.init_text or ("Classify this text as " + " or ".join(labels)),
+        init_text=train.init_text or default_init_text(labels),
         epochs=train.epochs,
         learning_rate=train.learning_rate,
         batch_size=train.batch_size,
@@ -506,12 +525,19 @@ def _baselines(
     fairness,
     *,
     progress,
+    with_fairness: bool = True,
 ) -> dict | None:
-    """The same headline numbers for the projected hard prompt and the init text (or no prompt)."""
+    """The same headline numbers for the projected hard prompt and the init text (or no prompt).
+
+    ``with_fairness=False`` (the other processes of a multi-process audit) makes
+    only the predictions and leaves the group disparities empty.
+    """
     sensitive = frame[spec.data.sensitive_features] if spec.data.sensitive_features else None
 
     def summary(label: str, p: np.ndarray, fair: dict | None = None) -> dict:
         y_pred = p.argmax(axis=1)
+        if not with_fairness:
+            fair = {}
         fair = (
             fair
             if fair is not None

@@ -35,7 +35,6 @@ tokens, and embedding rows past ``len(tokenizer)`` (padding of the matrix).
 
 from __future__ import annotations
 
-import enum
 import logging
 import math
 import re
@@ -45,6 +44,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from promptaudit.choices import UNKNOWN_PROJECTION_METRIC_MESSAGE, ProjectionMetric
 from promptaudit.errors import InputError
 from promptaudit.prompts import text_init_token_ids
 
@@ -78,7 +78,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # ------------------------------------------------------------------ messages
-UNKNOWN_METRIC_MESSAGE = "metric: unknown metric {metric!r}; allowed: {allowed}"
+UNKNOWN_METRIC_MESSAGE = UNKNOWN_PROJECTION_METRIC_MESSAGE
 TOP_K_MESSAGE = (
     "top_k: {top_k!r}; must be an integer between 1 and {vocab_size} "
     "(the filtered vocabulary size)"
@@ -138,23 +138,8 @@ _METRIC_WORDS = {
 }
 
 
-class Metric(enum.StrEnum):
-    """How closeness between a virtual token and a word is scored (higher is closer)."""
-
-    COSINE = "cosine"
-    DOT = "dot"
-    L2 = "l2"
-
-    @classmethod
-    def parse(cls, value: str | Metric) -> Metric:
-        """Parse a metric name, raising :class:`InputError` with :data:`UNKNOWN_METRIC_MESSAGE`."""
-        if isinstance(value, Metric):
-            return value
-        try:
-            return cls(str(value).lower())
-        except ValueError:
-            allowed = ", ".join(m.value for m in cls)
-            raise InputError(UNKNOWN_METRIC_MESSAGE.format(metric=value, allowed=allowed)) from None
+#: How closeness is scored; defined with the other closed choices (torch-free module).
+Metric = ProjectionMetric
 
 
 # ----------------------------------------------------------------- vocabulary

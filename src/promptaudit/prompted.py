@@ -14,8 +14,9 @@ precision. Label probabilities are read per task:
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -498,3 +499,62 @@ def predictions_frame(
         table[f"p_{label}"] = probs[:, index]
     table["prediction"] = [labels[i] for i in probs.argmax(axis=1)]
     return table
+
+
+# ----------------------------------------------------------------- precision
+def _floating_tensors(model: torch.nn.Module):
+    seen: set[int] = set()
+    for module in model.modules():
+        for tensor in (*module._parameters.values(), *module._buffers.values()):
+            if tensor is not None and tensor.is_floating_point() and id(tensor) not in seen:
+                seen.add(id(tensor))
+                yield tensor
+
+
+@contextlib.contextmanager
+def float32_model(prompted: PromptedModel) -> Iterator[PromptedModel]:
+    """The prompted model computing in float32, for attribution.
+
+    Integrated gradients in half precision do not converge (the convergence delta
+    is of the order of the attributions themselves), so attribution runs in
+    float32 whatever the model was loaded in. A float32 model is yielded as it is.
+    A half-precision one is upcast in place (parameters and buffers; tied weights
+    stay tied) and a float32 view of it with the same prompt values is yielded; on
+    exit every tensor gets its original dtype back. Half-precision values are
+    exact in float32, so the float32 model computes the same function with float32
+    arithmetic and the round trip leaves the model bit for bit as it was; this
+    needs memory for the float32 weights while the block runs.
+
+    Parameters
+    ----------
+    prompted : PromptedModel
+        Any precision; its prompt ``(num_virtual_tokens, hidden)`` may be None.
+
+    Yields
+    ------
+    PromptedModel
+        In float32, sharing the model (do not use ``prompted`` inside the block).
+    """
+    if prompted.dtype == torch.float32:
+        yield prompted
+        return
+    model = prompted.model
+    restore = []
+    for tensor in _floating_tensors(model):
+        if tensor.dtype != torch.float32:
+            restore.append((tensor, tensor.dtype))
+            tensor.data = tensor.data.to(torch.float32)
+    logger.info("attribution: model upcast from %s to float32", prompted.dtype)
+    try:
+        yield PromptedModel(
+            model, prompted.tokenizer,
+            None if prompted.prompt is None else prompted.prompt.to(torch.float32),
+            task=prompted.task, labels=prompted.labels, max_length=prompted.max_length,
+            batch_size=prompted.batch_size,
+        )
+    finally:
+        for tensor, dtype in restore:
+            tensor.data = tensor.data.to(dtype)
+
+
+__all__ += ["float32_model"]  # listed here, beside its definition

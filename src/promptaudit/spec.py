@@ -18,8 +18,19 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+# The stages' closed choices come from their torch-free module: checking a spec
+# (``promptaudit validate``) never imports torch, transformers or fairlearn.
+from promptaudit.choices import GROUP_METRICS as FAIRNESS_METRICS
+from promptaudit.choices import (
+    TRAINING_BOUNDS,
+    AttributionMethod,
+    Baseline,
+    DType,
+    InitMethod,
+    Task,
+)
+from promptaudit.choices import ProjectionMetric as Metric
 from promptaudit.errors import SpecError
-from promptaudit.models import DType, Task
 
 __all__ = [
     "AuditSpec",
@@ -73,17 +84,6 @@ LABEL_GATE_METRICS = frozenset(
     }
 )
 
-FAIRNESS_METRICS = (
-    "selection_rate",
-    "accuracy",
-    "true_positive_rate",
-    "false_positive_rate",
-    "true_negative_rate",
-    "false_negative_rate",
-    "mean_score",
-)
-
-
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False)
 
@@ -131,17 +131,27 @@ class TableSpec(_Strict):
     label_column: str | None = None
 
 
+def _values(choice: type[enum.StrEnum]) -> tuple[str, ...]:
+    """The names of a closed choice, for ``Literal[...]`` (the spec keeps plain strings)."""
+    return tuple(member.value for member in choice)
+
+
+def _bounds(name: str) -> dict[str, int]:
+    lowest, highest = TRAINING_BOUNDS[name]
+    return {"ge": lowest} if highest is None else {"ge": lowest, "le": highest}
+
+
 class TrainSpec(_Strict):
     """Train the prompt as part of the audit (PEFT prompt tuning)."""
 
     data: TableSpec
-    num_virtual_tokens: int = Field(20, ge=1, le=512, strict=True)
-    init: Literal["text", "random", "vocab"] = "text"
+    num_virtual_tokens: int = Field(20, **_bounds("num_virtual_tokens"), strict=True)
+    init: Literal[_values(InitMethod)] = "text"  # type: ignore[valid-type]
     init_text: str | None = None
-    epochs: int = Field(2, ge=1, le=1000, strict=True)
+    epochs: int = Field(2, **_bounds("epochs"), strict=True)
     learning_rate: float = Field(0.03, gt=0, strict=True)
-    batch_size: int = Field(32, ge=1, strict=True)
-    max_length: int = Field(128, ge=4, strict=True)
+    batch_size: int = Field(32, **_bounds("batch_size"), strict=True)
+    max_length: int = Field(128, **_bounds("max_length"), strict=True)
     out: str | None = None
 
 
@@ -191,12 +201,6 @@ class CounterfactualSpec(_Strict):
         return self
 
 
-class Metric(enum.StrEnum):
-    COSINE = "cosine"
-    DOT = "dot"
-    L2 = "l2"
-
-
 class ProjectionSpec(_Strict):
     enabled: bool = True
     top_k: int = Field(5, ge=1, le=1000, strict=True)
@@ -206,11 +210,11 @@ class ProjectionSpec(_Strict):
 
 class AttributionSpec(_Strict):
     enabled: bool = True
-    method: Literal["integrated_gradients", "feature_ablation", "shapley_sampling"] = (
+    method: Literal[_values(AttributionMethod)] = (  # type: ignore[valid-type]
         "integrated_gradients"
     )
     n_steps: int = Field(32, ge=1, le=1024, strict=True)
-    baseline: Literal["pad", "zero", "mean"] = "pad"
+    baseline: Literal[_values(Baseline)] = "pad"  # type: ignore[valid-type]
     max_examples: int = Field(200, ge=1, strict=True)
     n_samples: int = Field(25, ge=1, strict=True)
 

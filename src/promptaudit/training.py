@@ -12,7 +12,6 @@ Training is deterministic for a seed (shuffle order per epoch comes from
 
 from __future__ import annotations
 
-import enum
 import json
 import logging
 import shutil
@@ -25,29 +24,30 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from promptaudit.choices import (  # this stage's choices (torch-free module)
+    TRAINING_BOUNDS,
+    InitMethod,
+    default_init_text,
+)
 from promptaudit.errors import InputError
 from promptaudit.models import LoadedModel, Task, load_base_model
 from promptaudit.prompted import verbalizer_token_ids
 from promptaudit.prompts import text_init_token_ids
 
-__all__ = ["InitMethod", "TrainingConfig", "TrainingResult", "train_prompt", "CHECKPOINT_DIR"]
+__all__ = [
+    "InitMethod",
+    "TrainingConfig",
+    "TrainingResult",
+    "train_prompt",
+    "default_init_text",
+    "TRAINING_BOUNDS",
+    "CHECKPOINT_DIR",
+]
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = ".checkpoints"
 _TASK_TYPES = {Task.SEQUENCE_CLASSIFICATION: "SEQ_CLS", Task.CAUSAL_LM: "CAUSAL_LM"}
-
-
-class InitMethod(enum.StrEnum):
-    """How the virtual tokens start: a text's token embeddings, random or sampled vocabulary."""
-
-    TEXT = "text"
-    RANDOM = "random"
-    VOCAB = "vocab"
-
-    @property
-    def peft_name(self) -> str:
-        return {"text": "TEXT", "random": "RANDOM", "vocab": "SAMPLE_VOCAB"}[self.value]
 
 
 @dataclass(frozen=True)
@@ -66,16 +66,14 @@ class TrainingConfig:
 
     def check(self) -> None:
         """Raise :class:`InputError` naming the first out-of-range field."""
-        if self.num_virtual_tokens < 1:
-            raise InputError(f"num_virtual_tokens: {self.num_virtual_tokens}; must be >= 1")
-        if self.epochs < 1:
-            raise InputError(f"epochs: {self.epochs}; must be >= 1")
+        for name, (lowest, highest) in TRAINING_BOUNDS.items():
+            value = getattr(self, name)
+            if value < lowest:
+                raise InputError(f"{name}: {value}; must be >= {lowest}")
+            if highest is not None and value > highest:
+                raise InputError(f"{name}: {value}; must be <= {highest}")
         if not self.learning_rate > 0:
             raise InputError(f"learning_rate: {self.learning_rate}; must be > 0")
-        if self.batch_size < 1:
-            raise InputError(f"batch_size: {self.batch_size}; must be >= 1")
-        if self.max_length < 4:
-            raise InputError(f"max_length: {self.max_length}; must be >= 4")
         if not 0 <= self.seed < 2**32:
             raise InputError(f"seed: {self.seed}; must be an integer in 0..{2**32 - 1}")
         if not 0 <= self.validation_fraction < 1:
