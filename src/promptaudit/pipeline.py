@@ -202,10 +202,11 @@ def run_audit(
 
     partial = {"task": task, "fairness": fairness}
     gates = evaluate_gates(spec.gates, partial)
+    data_provenance = {"n_rows": len(frame)}  # rows audited (after data.limit)
     result = AuditResult(
         audit={"name": spec.name, "spec": spec.to_dict()},
         provenance={
-            **_provenance(spec, soft, loaded, prompt_source, command),
+            **_provenance(spec, soft, loaded, prompt_source, command, data_provenance),
             "num_processes": 1 if processes is None else processes.num_processes,
         },
         task=task,
@@ -522,7 +523,9 @@ def _model_hashes(resolved: str) -> dict[str, str]:
     return {p.name: sha256_file(p) for p in names}
 
 
-def _provenance(spec: AuditSpec, soft, loaded, prompt_source: str, command: str | None) -> dict:
+def _provenance(
+    spec: AuditSpec, soft, loaded, prompt_source: str, command: str | None, data_extra=None
+) -> dict:
     data_path = Path(spec.data.path)
     data_hash = sha256_file(data_path) if data_path.is_file() else None
     return {
@@ -544,6 +547,7 @@ def _provenance(spec: AuditSpec, soft, loaded, prompt_source: str, command: str 
             "source": spec.data.path,
             "sha256": data_hash,
             "generated": data_hash is None and spec.data.path.startswith("builtin:"),
+            **(data_extra or {}),
         },
         "seed": spec.seed,
         "versions": library_versions(),

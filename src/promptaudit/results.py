@@ -202,7 +202,10 @@ RESULT_SCHEMA: dict = {
             "allOf": [_DISPARITY_BLOCK],
             "type": "object",
             "properties": {
-                "by_feature": {"type": ["object", "null"], "additionalProperties": _DISPARITY_BLOCK},
+                "by_feature": {
+                    "type": ["object", "null"],
+                    "additionalProperties": _DISPARITY_BLOCK,
+                },
                 "counterfactual": {
                     "type": ["object", "null"],
                     "properties": {"flip_rate": _NUMBER_OR_NULL, "mean_abs_delta": _NUMBER_OR_NULL},

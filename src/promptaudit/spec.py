@@ -496,9 +496,11 @@ def _resolve_paths(spec: AuditSpec, root: Path) -> AuditSpec:
     def resolve_model(value: str) -> str:
         if value.startswith("builtin:"):
             return value
+        from promptaudit.paths import looks_like_local_path
+
         candidate = Path(value).expanduser()
         local = candidate if candidate.is_absolute() else root / candidate
-        if value.startswith((".", "/", "~")) or local.exists():
+        if local.exists() or looks_like_local_path(value, root):
             return str(local.resolve())
         return value  # a Hub id
 
