@@ -755,3 +755,59 @@ def test_adapter_for_another_base_model_with_the_same_shapes_warns(runner, input
     assert result.exit_code in (0, 1), result.output
     assert "was trained on base model vendor/other-bert" in result.stderr
     assert f"auditing it on {inputs['model']}" in result.stderr
+
+
+# ------------------------------------------------------ what must keep working (issues)
+def test_yaml_exponent_floats_are_numbers(runner, inputs, tmp_path, request):
+    """`3e-2` is a number in YAML 1.2 (PyYAML's 1.1 rule read it as a string)."""
+    ctx = Ctx(inputs=inputs, tmp=tmp_path, out=tmp_path / "reports", request=request,
+              spec=base_spec(inputs))
+    spec = ctx.with_("fairness.confidence", 0.5)
+    text = yaml.safe_dump(spec, sort_keys=False).replace("confidence: 0.5", "confidence: 5e-1")
+    path = ctx.write("floats.yaml", text)
+    outcome = runner.invoke(app, ["validate", str(path), "--set", "fairness.confidence=9e-1"],
+                            catch_exceptions=False)
+    assert outcome.exit_code == 0, outcome.output
+    from promptaudit.spec import load_spec
+
+    assert load_spec(path).fairness.confidence == 0.5
+    assert load_spec(path, ["fairness.confidence=9e-1"]).fairness.confidence == 0.9
+    train = ctx.with_("prompt", {"train": {"data": {"path": str(inputs["data"]),
+                                                    "text_column": "sentence",
+                                                    "label_column": "label"},
+                                           "learning_rate": 0.5}})
+    text = yaml.safe_dump(train, sort_keys=False).replace("learning_rate: 0.5",
+                                                          "learning_rate: 3e-2")
+    assert load_spec(ctx.write("lr.yaml", text)).prompt.train.learning_rate == 0.03
+
+
+def test_validate_code_imports_no_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, promptaudit.preflight, promptaudit.paths, promptaudit.data; "
+            "bad = [m for m in ('torch', 'transformers') if m in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_train_limit_small_validation_and_shared_permissions(runner, inputs, tmp_path):
+    import os
+    import stat
+
+    out = tmp_path / "adapter"
+    outcome = runner.invoke(app, [
+        "train", "--model", str(inputs["model"]), "--data", str(inputs["data"]),
+        "--text-column", "sentence", "--label-column", "label", "--out", str(out),
+        "--epochs", "1", "--limit", "10", "--num-virtual-tokens", "2", "--init", "random"],
+        catch_exceptions=False)
+    assert outcome.exit_code == 0, outcome.output
+    info = json.loads((out / "training_info.json").read_text())
+    assert (info["n_train"], info["n_validation"]) == (9, 1)  # --limit 10, 10% held out
+    assert "validation set has only 1 example" in outcome.stderr
+    assert "on 1 example" in outcome.stdout
+    mask = os.umask(0)
+    os.umask(mask)
+    for name in ("adapter_model.safetensors", "adapter_config.json"):
+        mode = stat.S_IMODE((out / name).stat().st_mode)
+        assert mode == 0o666 & ~mask, (name, oct(mode))
