@@ -651,7 +651,9 @@ def gate(
     if os.environ.get(SIGNING_KEY_ENV) is not None:
         _echo("note: checksum and signature verified")
     elif "hmac_sha256" in (data.get("integrity") or {}):
-        _echo(f"note: the result is signed, but {SIGNING_KEY_ENV} is not set: signature not checked")
+        _echo(
+            f"note: the result is signed, but {SIGNING_KEY_ENV} is not set: signature not checked"
+        )
     _echo(f"{result}: {'all gates pass' if passed else 'a gate failed'} ({len(gates)} checked)")
     raise typer.Exit(EXIT_OK if passed else EXIT_GATE_FAILED)
 

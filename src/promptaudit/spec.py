@@ -1,4 +1,4 @@
-"""The audit spec: a strict, data-only YAML file (see DESIGN.md, "Audit spec").
+"""The audit spec: a strict, data-only YAML file (see docs/audit-spec.md).
 
 Unknown keys are errors that name the nearest valid key; relative paths resolve
 against the spec file's folder; ``--set key=value`` overrides apply dotted keys
