@@ -164,15 +164,20 @@ def _configure_logging(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.ERROR)
     for noisy in ("huggingface_hub", "fsspec", "accelerate"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
-    # Python warnings go through logging (escaped, one line each); library warnings
-    # are shown only with --verbose.
-    logging.captureWarnings(True)
+    # Python warnings come from libraries (promptaudit itself logs): a user cannot act on
+    # a FutureWarning or a missing-glyph notice, so they are shown only with --verbose, as
+    # one escaped log line without the library's file paths.
     if verbose:
+        warnings.showwarning = _log_warning
         warnings.filterwarnings("default", module=_LIBRARY_MODULES)
     else:
-        warnings.filterwarnings("ignore", module=_LIBRARY_MODULES)
-        warnings.filterwarnings("ignore", category=FutureWarning)
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore")
+
+
+def _log_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """``warnings.showwarning`` for --verbose: ``WARNING: Category: message`` (no paths)."""
+    text = " ".join(str(message).split())
+    logging.getLogger("promptaudit.warnings").warning("%s: %s", category.__name__, text)
 
 
 def _fail(message: str, code: int) -> None:
