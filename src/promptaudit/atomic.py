@@ -22,6 +22,8 @@ __all__ = [
     "check_output_dir",
     "sweep_stale_temp_files",
     "temp_name",
+    "pending_journal_path",
+    "write_temp_file",
 ]
 
 #: Temporary files we write: ``.<target>.<pid>-<random>.tmp`` beside the target.
@@ -45,6 +47,15 @@ def check_output_dir(path: str | Path) -> Path:
             f"{path}: cannot create the output directory; {blocker} is a file, not a directory"
         )
     return path
+
+
+def pending_journal_path(out_dir: str | Path, name: str) -> Path:
+    """Journal marking the report set ``name`` in ``out_dir`` as being switched.
+
+    Written by :func:`promptaudit.report.write_reports` before its renames and removed
+    after them; readers refuse a result while it exists.
+    """
+    return Path(out_dir) / f".{name}.reports-pending.json"
 
 
 def temp_name(target: str) -> str:

@@ -289,7 +289,7 @@ def read_result_json(
     if path.stat().st_size > MAX_RESULT_BYTES:
         raise InputError(f"{path}: larger than {MAX_RESULT_BYTES} bytes; not a promptaudit result")
     if path.suffix == ".json":
-        from promptaudit.report._writer import pending_journal_path
+        from promptaudit.atomic import pending_journal_path
 
         if pending_journal_path(path.parent, path.stem).exists():
             raise InputError(

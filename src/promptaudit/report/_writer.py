@@ -25,6 +25,7 @@ from pathlib import Path
 
 from promptaudit.atomic import (
     atomic_write_text,
+    pending_journal_path,
     prepare_output_dir,
     sweep_stale_temp_files,
     write_temp_file,
@@ -86,11 +87,6 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
-
-
-def pending_journal_path(out_dir: str | os.PathLike[str], name: str) -> Path:
-    """Path of the journal that marks a report set of ``name`` as being switched."""
-    return Path(out_dir) / f".{name}.reports-pending.json"
 
 
 def complete_pending_reports(out_dir: str | os.PathLike[str], name: str) -> bool:
