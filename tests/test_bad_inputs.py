@@ -463,7 +463,7 @@ CASES: dict[str, Case] = {
         c.run(c.with_("data.path", str(c.csv(
             [{**r, "sentence": None if i == 3 else r["sentence"]}
              for i, r in enumerate(c.rows())])))),
-        ["data.csv", "column 'sentence'", "missing text at row 3"]),
+        ["data.csv", "column 'sentence'", "missing text at line 5"]),
     "label-outside-label-set": lambda c: (
         c.run(c.with_("data.path", str(c.csv(
             [{**r, "label": "neutral" if i == 5 else r["label"]}

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from promptaudit.data import check_sensitive_columns, encode_labels, load_table
+from promptaudit.data import check_sensitive_columns, encode_labels, load_table, row_location
 from promptaudit.errors import DataError, SpecError
 from promptaudit.prompted import PromptedModel, load_prompted_model
 from promptaudit.prompts import SoftPrompt, text_init_token_ids
@@ -239,7 +239,8 @@ def _load_evaluation_data(spec: AuditSpec) -> tuple[pd.DataFrame, list[str]]:
     if missing.any():  # an empty CSV cell reads as "" (keep_default_na=False), not NaN
         row = int(np.flatnonzero(missing)[0])
         raise DataError(
-            f"{spec.data.path}: column {spec.data.text_column!r} has a missing text at row {row}"
+            f"{spec.data.path}: column {spec.data.text_column!r} has a missing text at "
+            f"{row_location(text, row)}"
         )
     # Refuse bad groups, pair ids and term suites now, before any model work.
     check_sensitive_columns(
@@ -251,7 +252,8 @@ def _load_evaluation_data(spec: AuditSpec) -> tuple[pd.DataFrame, list[str]]:
     if cf is not None and cf.pair_column and frame[cf.pair_column].isna().any():
         row = int(np.flatnonzero(frame[cf.pair_column].isna().to_numpy())[0])
         raise DataError(
-            f"{spec.data.path}: column {cf.pair_column!r} has a missing value at row {row}"
+            f"{spec.data.path}: column {cf.pair_column!r} has a missing value at "
+            f"{row_location(frame, row)}"
         )
     if cf is not None and cf.suite is not None:
         from promptaudit.corpora import make_counterfactuals
@@ -391,7 +393,8 @@ def _counterfactual(spec, prompted, frame, texts, probs, positive, *, progress) 
         if pairs.isna().any():
             row = int(np.flatnonzero(pairs.isna().to_numpy())[0])
             raise DataError(
-                f"{spec.data.path}: column {cf.pair_column!r} has a missing value at row {row}"
+                f"{spec.data.path}: column {cf.pair_column!r} has a missing value at "
+                f"{row_location(pairs, row)}"
             )
         groups = frame[cf.group_column].astype(str).to_numpy() if cf.group_column else None
         result = compute_counterfactual(
