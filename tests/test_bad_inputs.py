@@ -791,7 +791,8 @@ def test_validate_code_imports_no_torch():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_train_limit_small_validation_and_shared_permissions(runner, inputs, tmp_path):
+def test_train_limit_small_validation_special_tokens_once_and_shared_permissions(
+        runner, inputs, tmp_path):
     import os
     import stat
 
@@ -799,9 +800,10 @@ def test_train_limit_small_validation_and_shared_permissions(runner, inputs, tmp
     outcome = runner.invoke(app, [
         "train", "--model", str(inputs["model"]), "--data", str(inputs["data"]),
         "--text-column", "sentence", "--label-column", "label", "--out", str(out),
-        "--epochs", "1", "--limit", "10", "--num-virtual-tokens", "2", "--init", "random"],
+        "--epochs", "1", "--limit", "10", "--num-virtual-tokens", "3", "--init-text", "the film"],
         catch_exceptions=False)
     assert outcome.exit_code == 0, outcome.output
+    assert outcome.output.count("special tokens into the prompt") == 1  # said once, not twice
     info = json.loads((out / "training_info.json").read_text())
     assert (info["n_train"], info["n_validation"]) == (9, 1)  # --limit 10, 10% held out
     assert "validation set has only 1 example" in outcome.stderr

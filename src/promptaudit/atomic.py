@@ -153,12 +153,17 @@ def write_temp_file(folder: Path, target: str, data: bytes) -> Path:
     Permissions follow the umask (``0666 & ~umask``) like any file the user creates.
     Returns its path; the caller renames it over ``folder / target``.
     """
-    tmp_path = folder / temp_name(target)
     try:
-        fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        fd, name = tempfile.mkstemp(
+            dir=folder, prefix=f".{target}.{os.getpid()}-", suffix=".tmp"
+        )
+    except PermissionError:
+        raise
     except OSError as exc:
         raise InputError(f"{folder}: cannot write there ({exc.strerror})") from None
+    tmp_path = Path(name)
     try:
+        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; reports are for sharing
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()

@@ -174,6 +174,17 @@ def _configure_logging(verbose: bool) -> None:
         warnings.filterwarnings("ignore")
 
 
+class _DropMessages(logging.Filter):
+    """Drops log records whose message starts with ``prefix`` (said elsewhere already)."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefix)
+
+
 def _log_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """``warnings.showwarning`` for --verbose: ``WARNING: Category: message`` (no paths)."""
     text = " ".join(str(message).split())
@@ -365,10 +376,7 @@ def validate(
     notes = check_spec_inputs(spec, spec_path=audit)
     for note in notes:
         _echo(f"note: {note}")
-    _echo(
-        f"{audit}: valid audit spec {spec.name!r} ({len(spec.gates)} gates; paths, formats and "
-        "columns checked)"
-    )
+    _echo(f"{audit}: valid audit spec {spec.name!r} ({len(spec.gates)} gates)")
 
 
 @app.command()
@@ -458,20 +466,28 @@ def train(
         max_length=max_length,
         seed=seed,
     )
-    result = train_prompt(
-        model,
-        texts,
-        label_ids,
-        labels=label_names,
-        out_dir=out,
-        task=task,
-        config=config,
-        validation_texts=val_texts,
-        validation_label_ids=val_ids,
-        device=device,
-        resume=resume,
-        progress=_show_progress(),
-    )
+    # The CLI prints the special-token note itself (below): keep the library's copy of it
+    # off the console so it is said once.
+    training_logger = logging.getLogger("promptaudit.training")
+    said_by_cli = _DropMessages("text init copies special tokens")
+    training_logger.addFilter(said_by_cli)
+    try:
+        result = train_prompt(
+            model,
+            texts,
+            label_ids,
+            labels=label_names,
+            out_dir=out,
+            task=task,
+            config=config,
+            validation_texts=val_texts,
+            validation_label_ids=val_ids,
+            device=device,
+            resume=resume,
+            progress=_show_progress(),
+        )
+    finally:
+        training_logger.removeFilter(said_by_cli)
     n_val = result.n_validation
     for entry in result.history:
         acc = (

@@ -200,8 +200,8 @@ def train_prompt(
     )
 
     init_tokens, init_special = _describe_init(tokenizer, config)
-    if init_special:  # reported once, by the caller (TrainingResult.init_special_tokens)
-        logger.info(
+    if init_special:
+        logger.warning(
             "text init copies special tokens into the prompt: %s", ", ".join(init_special)
         )
     n_validation = 0 if validation_texts is None else len(validation_texts)
