@@ -196,7 +196,11 @@ def write_reports(
             try:
                 complete_pending_reports(folder, name)
             except OSError:
-                raise first from None
+                raise InputError(
+                    f"{folder}: the new report set for {name!r} could not be moved into place "
+                    f"({first.strerror or first}); it stays pending and the next run into this "
+                    "folder completes it"
+                ) from None
         journal.unlink(missing_ok=True)
     except PermissionError as error:
         raise InputError(ERROR_OUT_DIR.format(path=folder, reason=error.strerror or error)) \
