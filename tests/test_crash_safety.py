@@ -139,6 +139,34 @@ def test_a_crash_between_renames_is_completed_and_gate_refuses_the_mix(tmp_path,
     assert _listing(out) == {p.name: p.read_bytes() for p in complete.values()}
 
 
+def test_a_switch_that_cannot_finish_stays_pending_and_the_next_write_completes_it(
+        tmp_path, monkeypatch):
+    from promptaudit.errors import InputError
+
+    out = tmp_path / "reports"
+    _plant_previous(out)
+    real_replace = os.replace
+    calls = []
+
+    def broken_disk(src, dst, *args, **kwargs):
+        calls.append(dst)
+        if len(calls) > 2:  # the journal and one report land; then every rename fails
+            raise OSError(5, "Input/output error")
+        return real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", broken_disk)
+    with pytest.raises(InputError, match="could not be moved into place .*stays pending"):
+        write_reports(RESULT, out, name="crash")
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert (out / ".crash.reports-pending.json").exists()
+    assert CliRunner().invoke(app, ["gate", str(out / "crash.json")]).exit_code == 2
+    newer = {**RESULT, "task": {"n_examples": 2}}
+    paths = write_reports(newer, out, name="crash")  # finishes the old switch, then writes
+    complete = write_reports(newer, tmp_path / "complete", name="crash")
+    assert _listing(out) == {p.name: p.read_bytes() for p in complete.values()}
+    assert set(paths) == set(complete)
+
+
 def test_stale_temp_files_of_a_killed_writer_are_swept_on_the_next_write(tmp_path):
     out = tmp_path / "reports"
     _plant_previous(out)
