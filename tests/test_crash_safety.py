@@ -174,6 +174,9 @@ def test_stale_temp_files_of_a_killed_writer_are_swept_on_the_next_write(tmp_pat
                           capture_output=True, text=True, check=True)
     stale = out / f".crash.html.{dead.stdout.strip()}-deadbeef.tmp"  # our naming, dead pid
     stale.write_text("half a report")
+    os.utime(stale, (time.time() - 120, time.time() - 120))  # killed two minutes ago
+    fresh_dead = out / f".crash.junit.xml.{dead.stdout.strip()}-f00d.tmp"
+    fresh_dead.write_text("a writer elsewhere, just now")  # under a minute old: kept
     old = out / ".crash.md.1-cafe.tmp"
     old.write_text("older than a day")
     os.utime(old, (time.time() - 2 * 86400, time.time() - 2 * 86400))
@@ -184,7 +187,7 @@ def test_stale_temp_files_of_a_killed_writer_are_swept_on_the_next_write(tmp_pat
     write_reports(RESULT, out)  # the name comes from the result
     names = {p.name for p in out.iterdir()}
     assert stale.name not in names and old.name not in names
-    assert {live.name, someone_elses.name} <= names
+    assert {live.name, someone_elses.name, fresh_dead.name} <= names
 
 
 def test_a_rendering_error_leaves_every_previous_report(tmp_path, monkeypatch):

@@ -30,6 +30,9 @@ __all__ = [
 _TEMP_PATTERN = re.compile(r"\.(?P<target>.+)\.(?P<pid>\d+)-[A-Za-z0-9_]+\.tmp")
 #: A temp file of ours whose process cannot be checked is stale after this many seconds.
 STALE_AFTER_SECONDS = 24 * 3600
+#: A temp file of a process that no longer runs here is stale after this many seconds (a
+#: writer on another machine of a shared file system finishes long before).
+DEAD_WRITER_GRACE_SECONDS = 60
 
 
 def check_output_dir(path: str | Path) -> Path:
@@ -79,8 +82,9 @@ def sweep_stale_temp_files(folder: str | Path, *, now: float | None = None) -> l
     """Remove temporary files of ours left in ``folder`` by a killed process.
 
     A file named ``.<target>.<pid>-<random>.tmp`` is stale when process ``pid`` no
-    longer runs, or (pid reused, or on another machine of a shared file system) when
-    it is older than a day. Other files are never touched. Returns the removed paths.
+    longer runs here and the file is over a minute old, or (pid reused, or another
+    machine of a shared file system) when it is over a day old. Other files are never
+    touched. Returns the removed paths.
     """
     folder = Path(folder)
     removed: list[Path] = []
@@ -95,7 +99,8 @@ def sweep_stale_temp_files(folder: str | Path, *, now: float | None = None) -> l
             age = now - entry.stat().st_mtime
         except OSError:
             continue
-        if _process_alive(int(match["pid"])) and age < STALE_AFTER_SECONDS:
+        dead = not _process_alive(int(match["pid"]))
+        if not (dead and age > DEAD_WRITER_GRACE_SECONDS or age > STALE_AFTER_SECONDS):
             continue
         try:
             entry.unlink()
