@@ -225,11 +225,13 @@ def _load_file(path: Path) -> pd.DataFrame:
 
 
 def read_columns(source: str | Path) -> list[str] | None:
-    """Column names of a data file from its header alone (no rows parsed, no model).
+    """Column names of a data file, read cheaply and without any model.
 
-    Returns None for ``hf:`` (needs the network) and generated ``builtin:`` tables are
-    built (small). Raises a :class:`DataError` like :func:`load_table` for a missing,
-    unsupported, empty or unreadable file or duplicate column names.
+    CSV/TSV: the header line only; parquet: the schema only; JSON: the keys of its
+    records (JSON has no header). Generated ``builtin:`` tables are built (they are
+    small); ``hf:`` datasets give None (they need the network). Raises a
+    :class:`DataError` like :func:`load_table` for a missing, unsupported, empty or
+    unreadable file, or duplicate column names.
     """
     text = str(source)
     if text.startswith("hf:"):
@@ -250,10 +252,9 @@ def read_columns(source: str | Path) -> list[str] | None:
             raise DataError(f"{path}: could not be read as parquet: {_root_cause(exc)}") from None
     elif builder == "csv":
         names = _csv_header(path, tsv=suffix == ".tsv")
-    else:
-        names = []
-        for line_number, line in _json_lines(path, limit=1):
-            names = list(_json_record(path, line_number, line))
+    else:  # JSON has no header: the union of the keys, in order of first appearance
+        frame = _read_json(path)
+        names = [str(c) for c in frame.columns]
     _refuse_duplicate_columns(path, names)
     return names
 
