@@ -369,6 +369,7 @@ def validate(
     ] = None,
 ) -> None:
     """Check an audit spec and its inputs (paths, formats, columns) without loading a model."""
+    _configure_logging(False)
     from promptaudit.preflight import check_spec_inputs
     from promptaudit.spec import load_spec
 
@@ -661,6 +662,7 @@ def gate(
     result: Annotated[Path, typer.Argument(help="A result JSON written by `promptaudit run`.")],
 ) -> None:
     """Re-check a result's gates: exit 0 if all pass, 1 if one fails, 2 on bad input."""
+    _configure_logging(False)
     from promptaudit.gates import evaluate_gates
     from promptaudit.results import SIGNING_KEY_ENV, read_result_json
 
