@@ -117,9 +117,10 @@ def test_an_edited_result_is_refused(tmp_path, edit):
     with pytest.raises(InputError) as info:
         read_result_json(tmp_path / "r.json")
     assert str(info.value) == (
-        f"{tmp_path / 'r.json'}: content does not match its integrity checksum; the file changed "
-        "after the audit wrote it (a checksum catches accidental edits; re-run the audit instead "
-        "of editing its JSON)")
+        f"{tmp_path / 'r.json'}: content does not match its integrity hash, a checksum: the file "
+        "changed after the audit wrote it (re-run the audit instead of editing its JSON; a "
+        "checksum catches accidental change, a signature with PROMPTAUDIT_SIGNING_KEY catches "
+        "deliberate edits)")
     assert read_result_json(tmp_path / "r.json", verify=False)["schema_version"] == "1"
 
 
@@ -206,9 +207,10 @@ def test_gate_command_refuses_an_edited_result_with_exit_2(runner, tmp_path):
     assert outcome.exit_code == 2
     assert outcome.stdout == ""
     assert outcome.stderr == (
-        f"error: {tmp_path / 'edited.json'}: content does not match its integrity checksum; the "
-        "file changed after the audit wrote it (a checksum catches accidental edits; re-run the "
-        "audit instead of editing its JSON)\n")
+        f"error: {tmp_path / 'edited.json'}: content does not match its integrity hash, a "
+        "checksum: the file changed after the audit wrote it (re-run the audit instead of "
+        "editing its JSON; a checksum catches accidental change, a signature with "
+        "PROMPTAUDIT_SIGNING_KEY catches deliberate edits)\n")
 
 
 @pytest.mark.parametrize("content", [None, "{oops", '{"schema_version": "1"}'])

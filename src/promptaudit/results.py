@@ -333,9 +333,10 @@ def read_result_json(
             raise InputError(f"{path}: has no integrity.content_sha256; cannot verify it")
         if recorded != content_sha256(data):
             raise InputError(
-                f"{path}: content does not match its integrity checksum; the file changed "
-                "after the audit wrote it (a checksum catches accidental edits; re-run the "
-                "audit instead of editing its JSON)"
+                f"{path}: content does not match its integrity hash, a checksum: the file "
+                "changed after the audit wrote it (re-run the audit instead of editing its JSON; "
+                f"a checksum catches accidental change, a signature with {SIGNING_KEY_ENV} "
+                "catches deliberate edits)"
             )
         key = signing_key if signing_key is not None else signing_key_from_env()
         if key is not None:
