@@ -191,6 +191,139 @@ def _head_size_case(c: Ctx):  # a 2-output adapter head audited with three label
     return c.run(spec), ["labels: 3 labels given", "classifier head has 2 outputs"]
 
 
+# ------------------------------------------- outputs that would clobber an input (issue 1)
+def _train_args(c: Ctx, out: Path | str, data: Path | None = None) -> list[str]:
+    return ["train", "--model", str(c.inputs["model"]), "--data", str(data or c.inputs["data"]),
+            "--text-column", "sentence", "--label-column", "label", "--out", str(out),
+            "--epochs", "1"]
+
+
+def _report_over_its_data(c: Ctx):  # data at OUT/bad.json, audit "bad", --out OUT
+    return c.run(c.with_("data.path", str(c.out / "bad.json"))), [
+        "bad.json", "is the data file of this run", "choose another output path"]
+
+
+def _predict_over_its_data(c: Ctx):
+    data = c.csv(c.rows(), "x.csv")
+    args = c.tool("predict", data=data)
+    args[args.index("--out") + 1] = str(data)
+    return args, ["--out", "x.csv", "is the data file of this run"]
+
+
+def _audit_into_the_adapter(c: Ctx):  # name adapter_config, --out ADAPTER
+    adapter = c.tmp / "adapter"
+    shutil.copytree(c.request.getfixturevalue("tiny_bert_seqcls_adapter"), adapter)
+    spec = c.with_("prompt.path", str(adapter))
+    spec["name"] = "adapter_config"
+    args = c.run(spec)
+    args[args.index("--out") + 1] = str(adapter)
+    return args, ["--out", "is the prompt of this run"]
+
+
+def _out_inside_a_symlink_to_the_model(c: Ctx):
+    link = c.tmp / "link-to-model"
+    link.symlink_to(c.inputs["model"], target_is_directory=True)
+    args = c.run()
+    args[args.index("--out") + 1] = str(link / "reports")
+    return args, ["link-to-model", "lies inside the model folder of this run"]
+
+
+def _train_out_is_its_data(c: Ctx):
+    data = c.csv(c.rows(), "small.csv")
+    return _train_args(c, data, data), ["small.csv", "is the data file of this run"]
+
+
+def _train_out_is_a_file(c: Ctx):
+    return _train_args(c, c.write("notes.txt", "x")), [
+        "notes.txt", "exists and is not a directory"]
+
+
+def _train_out_is_the_model(c: Ctx):
+    return _train_args(c, c.inputs["model"]), ["is the model of this run"]
+
+
+def _demo_out_into_its_prompt(c: Ctx):
+    from promptaudit.demo import demo_prompt_dir
+
+    return ["demo", "--out", str(demo_prompt_dir("clean"))], ["is the demo prompt of this run"]
+
+
+def _in_audit_training_over_its_data(c: Ctx):
+    data = c.csv(c.rows(), "train.csv")
+    spec = c.with_("prompt", {"train": {
+        "data": {"path": str(data), "text_column": "sentence", "label_column": "label"},
+        "out": str(data), "epochs": 1}})
+    return c.run(spec), ["prompt.train.out", "is the training data of this run"]
+
+
+# ---------------------------------------------------- hostile or confusing files (issues 2-7)
+def _typo_local_model(c: Ctx):
+    (c.tmp / "mymodels").mkdir()
+    return c.run(c.with_("model.base", "mymodels/minilm")), [
+        "mymodels/minilm", "directory not found"]
+
+
+def _escape_in_column_name(c: Ctx):
+    path = c.write("esc.csv", "sen\x1b[31mtence,label,gender\nok,positive,male\n"
+                              "fine,negative,female\n")
+    return c.run(c.with_("data.path", str(path))), ["esc.csv", "sen\\x1b[31mtence"]
+
+
+def _lone_surrogate(c: Ctx):
+    lines = [json.dumps({"sentence": "fine", "label": "positive", "gender": "male"}),
+             '{"sentence": "bad \\udc80 text", "label": "negative", "gender": "female"}']
+    path = c.write("s.jsonl", "\n".join(lines) + "\n")
+    return c.run(c.with_("data.path", str(path))), [
+        "s.jsonl", "line 2", "lone surrogate escape \\udc80"]
+
+
+def _duplicate_csv_columns(c: Ctx):
+    path = c.write("dup.csv", "sentence,label,gender,gender\nok,positive,male,female\n"
+                              "no,negative,female,male\n")
+    return c.run(c.with_("data.path", str(path))), [
+        "dup.csv", "column name 'gender' appears more than once"]
+
+
+def _alias_bomb(c: Ctx):
+    text = "lol0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n"
+    for level in range(1, 9):
+        text += f"lol{level}: &l{level} [" + ", ".join([f"*l{level - 1}"] * 9) + "]\n"
+    return c.run(yaml.safe_dump(c.spec, sort_keys=False) + text), [
+        "audit.yaml", "expands to more than 100000 values", "alias"]
+
+
+def _recursive_alias(c: Ctx):
+    return c.run(yaml.safe_dump(c.spec, sort_keys=False) + "loop: &x [*x]\n"), [
+        "audit.yaml", "refers to itself"]
+
+
+def _huge_spec(c: Ctx):
+    return c.run(yaml.safe_dump(c.spec, sort_keys=False) + "# " + "x" * (1024 * 1024) + "\n"), [
+        "audit.yaml", "at most 1048576 bytes"]
+
+
+def _gate_nan_literal(c: Ctx):
+    return ["gate", str(c.write("r.json", '{"schema_version": "1", "audit": {"name": "x"}, '
+                                           '"provenance": {}, "task": {"accuracy": NaN}, '
+                                           '"fairness": {}, "gates": [], "passed": true}'))], [
+        "r.json", "NaN is not valid JSON"]
+
+
+def _gate_audit_is_a_string(c: Ctx):
+    from promptaudit.results import content_sha256
+
+    body = {"schema_version": "1", "audit": "x", "provenance": {}, "task": {}, "fairness": {},
+            "gates": [], "passed": True}
+    body["integrity"] = {"algorithm": "sha256", "content_sha256": content_sha256(body)}
+    return ["gate", str(c.write("r.json", json.dumps(body)))], [
+        "r.json", "audit: 'x' is not of type 'object'"]
+
+
+def _gate_deep_nesting(c: Ctx):
+    return ["gate", str(c.write("r.json", "[" * 100_000 + "]" * 100_000))], [
+        "r.json", "nested deeper than 64 levels"]
+
+
 CASES: dict[str, Case] = {
     # ------------------------------------------------------------ the spec file
     "spec-missing": lambda c: (["run", str(c.tmp / "nope.yaml")], ["nope.yaml", "not found"]),
@@ -316,7 +449,7 @@ CASES: dict[str, Case] = {
         ["d.csv", "line 3 is not valid UTF-8"]),
     "data-bad-jsonl": lambda c: (
         c.run(c.with_("data.path", str(c.write("d.jsonl", '{"sentence": "ok"\n')))),
-        ["d.jsonl", "could not be read as jsonl"]),
+        ["d.jsonl", "line 1 is not valid JSON"]),
     "data-unknown-builtin": lambda c: (c.run(c.with_("data.path", "builtin:nothing")),
                                        ["builtin:nothing", "screening"]),
     "text-column-missing": lambda c: (c.run(c.with_("data.text_column", "text")),
@@ -330,20 +463,20 @@ CASES: dict[str, Case] = {
         c.run(c.with_("data.path", str(c.csv(
             [{**r, "sentence": None if i == 3 else r["sentence"]}
              for i, r in enumerate(c.rows())])))),
-        ["data.csv", "column 'sentence'", "missing text at row 3"]),
+        ["data.csv", "column 'sentence'", "missing text at line 5"]),
     "label-outside-label-set": lambda c: (
         c.run(c.with_("data.path", str(c.csv(
             [{**r, "label": "neutral" if i == 5 else r["label"]}
              for i, r in enumerate(c.rows())])))),
-        ["data.csv", "column 'label' row 5", "'neutral'", "allowed: negative, positive"]),
+        ["data.csv", "column 'label' line 7", "'neutral'", "allowed: negative, positive"]),
     "label-index-out-of-range": lambda c: (
         c.run(c.with_("data.path", str(c.csv(
             [{**r, "label": 2 if i == 0 else i % 2} for i, r in enumerate(c.rows())])))),
-        ["data.csv", "column 'label' row 0", "index 0..1"]),
+        ["data.csv", "column 'label' line 2", "index 0..1"]),
     "label-missing-value": lambda c: (
         c.run(c.with_("data.path", str(c.csv(
             [{**r, "label": None if i == 7 else r["label"]} for i, r in enumerate(c.rows())])))),
-        ["data.csv", "column 'label'", "missing label at row 7"]),
+        ["data.csv", "column 'label'", "missing label at line 9"]),
     "one-group-only": lambda c: (
         c.run(c.with_("data.path", str(c.csv([{**r, "gender": "female"} for r in c.rows()])))),
         ["data.csv", "column 'gender'", "only one group ('female')", "at least two groups"]),
@@ -352,7 +485,7 @@ CASES: dict[str, Case] = {
     "sensitive-missing-value": lambda c: (
         c.run(c.with_("data.path", str(c.csv(
             [{**r, "gender": "" if i == 4 else r["gender"]} for i, r in enumerate(c.rows())])))),
-        ["data.csv", "column 'gender'", "missing value at row 4"]),
+        ["data.csv", "column 'gender'", "missing value at line 6"]),
     "reference-group-unknown": lambda c: (c.run(c.with_("fairness.reference_group", "other")),
                                           ["fairness.reference_group: 'other'", "eval.csv",
                                            "groups: female, male"]),
@@ -484,6 +617,71 @@ CASES: dict[str, Case] = {
                                        ["r.json", "not valid JSON"]),
     "gate-result-not-a-result": lambda c: (["gate", str(c.write("r.json", '{"a": 1}'))],
                                            ["r.json", "not a promptaudit result", "missing keys"]),
+    # ------------------------------- nothing lost, nothing leaked, nothing forged (issue)
+    "out-report-over-its-data": _report_over_its_data,
+    "out-predict-over-its-data": _predict_over_its_data,
+    "out-audit-into-its-adapter": _audit_into_the_adapter,
+    "out-inside-symlink-to-model": _out_inside_a_symlink_to_the_model,
+    "out-train-over-its-data": _train_out_is_its_data,
+    "out-train-is-a-file": _train_out_is_a_file,
+    "out-train-into-the-model": _train_out_is_the_model,
+    "out-demo-into-its-prompt": _demo_out_into_its_prompt,
+    "out-in-audit-training-over-its-data": _in_audit_training_over_its_data,
+    "model-typo-local-path": _typo_local_model,
+    "data-escape-in-column-name": _escape_in_column_name,
+    "data-jsonl-lone-surrogate": _lone_surrogate,
+    "data-duplicate-csv-columns": _duplicate_csv_columns,
+    "data-jsonl-not-an-object": lambda c: (
+        c.run(c.with_("data.path", str(c.write("l.jsonl", '{"sentence": "a"}\n[1, 2]\n')))),
+        ["l.jsonl", "line 2 holds a JSON list", "one JSON object"]),
+    "yaml-alias-bomb": _alias_bomb,
+    "yaml-recursive-alias": _recursive_alias,
+    "yaml-spec-too-large": _huge_spec,
+    "gate-result-nan-literal": _gate_nan_literal,
+    "gate-result-audit-is-a-string": _gate_audit_is_a_string,
+    "gate-result-nested-100000-deep": _gate_deep_nesting,
+    "attribute-duplicate-sensitive-feature": lambda c: (
+        c.tool("attribute", "--sensitive-features", "gender,gender"),
+        ["--sensitive-features", "'gender' is listed twice"]),
+    "attribute-empty-sensitive-feature": lambda c: (
+        c.tool("attribute", "--sensitive-features", "gender,"),
+        ["--sensitive-features", "empty column name"]),
+    "train-limit-zero": lambda c: ([*_train_args(c, c.out / "adapter"), "--limit", "0"],
+                                   ["promptaudit train", "--limit"]),
+    # ------------------------------------------- validate checks inputs, not only keys
+    "validate-data-missing": lambda c: (
+        ["validate", str(c.write("v.yaml", yaml.safe_dump(
+            c.with_("data.path", str(c.tmp / "none.csv")))))], ["none.csv", "data file not found"]),
+    "validate-column-missing": lambda c: (
+        ["validate", str(c.write("v.yaml", yaml.safe_dump(c.with_("data.text_column", "txt"))))],
+        ["eval.csv", "column 'txt' not found", "available columns: sentence, label, gender"]),
+    "validate-sensitive-column-missing": lambda c: (
+        ["validate", str(c.write("v.yaml", yaml.safe_dump(
+            c.with_("data.sensitive_features", ["race"]))))], ["column 'race' not found"]),
+    "validate-prompt-missing": lambda c: (
+        (c.tmp / "adapters").mkdir() or
+        ["validate", str(c.write("v.yaml", yaml.safe_dump(
+            c.with_("prompt.path", "adapters/nothing-here"))))],
+        ["adapters/nothing-here", "prompt not found"]),
+    "validate-prompt-unsupported-file": lambda c: (
+        ["validate", str(c.write("v.yaml", yaml.safe_dump(
+            c.with_("prompt.path", str(c.write("p.txt", "0.1"))))))],
+        ["p.txt", "unsupported prompt file type '.txt'"]),
+    "validate-data-unsupported-type": lambda c: (
+        ["validate", str(c.write("v.yaml", yaml.safe_dump(
+            c.with_("data.path", str(c.write("d.xlsx", "x"))))))],
+        ["d.xlsx", "unsupported data file type"]),
+    "validate-model-missing-dir": lambda c: (
+        ["validate", str(c.write("v.yaml", yaml.safe_dump(
+            c.with_("model.base", "./models/none"))))], ["models/none", "directory not found"]),
+    "validate-term-suite-missing": lambda c: (
+        ["validate", str(c.write("v.yaml", yaml.safe_dump(
+            c.with_("counterfactuals", {"suite": "terms.json"}))))],
+        ["terms.json", "term suite file not found"]),
+    "validate-pair-column-missing": lambda c: (
+        ["validate", str(c.write("v.yaml", yaml.safe_dump(
+            c.with_("counterfactuals", {"pair_column": "pair"}))))],
+        ["eval.csv", "column 'pair' not found"]),
 }
 
 
@@ -557,3 +755,61 @@ def test_adapter_for_another_base_model_with_the_same_shapes_warns(runner, input
     assert result.exit_code in (0, 1), result.output
     assert "was trained on base model vendor/other-bert" in result.stderr
     assert f"auditing it on {inputs['model']}" in result.stderr
+
+
+# ------------------------------------------------------ what must keep working (issues)
+def test_yaml_exponent_floats_are_numbers(runner, inputs, tmp_path, request):
+    """`3e-2` is a number in YAML 1.2 (PyYAML's 1.1 rule read it as a string)."""
+    ctx = Ctx(inputs=inputs, tmp=tmp_path, out=tmp_path / "reports", request=request,
+              spec=base_spec(inputs))
+    spec = ctx.with_("fairness.confidence", 0.5)
+    text = yaml.safe_dump(spec, sort_keys=False).replace("confidence: 0.5", "confidence: 5e-1")
+    path = ctx.write("floats.yaml", text)
+    outcome = runner.invoke(app, ["validate", str(path), "--set", "fairness.confidence=9e-1"],
+                            catch_exceptions=False)
+    assert outcome.exit_code == 0, outcome.output
+    from promptaudit.spec import load_spec
+
+    assert load_spec(path).fairness.confidence == 0.5
+    assert load_spec(path, ["fairness.confidence=9e-1"]).fairness.confidence == 0.9
+    train = ctx.with_("prompt", {"train": {"data": {"path": str(inputs["data"]),
+                                                    "text_column": "sentence",
+                                                    "label_column": "label"},
+                                           "learning_rate": 0.5}})
+    text = yaml.safe_dump(train, sort_keys=False).replace("learning_rate: 0.5",
+                                                          "learning_rate: 3e-2")
+    assert load_spec(ctx.write("lr.yaml", text)).prompt.train.learning_rate == 0.03
+
+
+def test_validate_code_imports_no_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, promptaudit.preflight, promptaudit.paths, promptaudit.data; "
+            "bad = [m for m in ('torch', 'transformers') if m in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_train_limit_small_validation_special_tokens_once_and_shared_permissions(
+        runner, inputs, tmp_path):
+    import os
+    import stat
+
+    out = tmp_path / "adapter"
+    outcome = runner.invoke(app, [
+        "train", "--model", str(inputs["model"]), "--data", str(inputs["data"]),
+        "--text-column", "sentence", "--label-column", "label", "--out", str(out),
+        "--epochs", "1", "--limit", "10", "--num-virtual-tokens", "3", "--init-text", "the film"],
+        catch_exceptions=False)
+    assert outcome.exit_code == 0, outcome.output
+    assert outcome.output.count("special tokens into the prompt") == 1  # said once, not twice
+    info = json.loads((out / "training_info.json").read_text())
+    assert (info["n_train"], info["n_validation"]) == (9, 1)  # --limit 10, 10% held out
+    assert "validation set has only 1 example" in outcome.stderr
+    assert "on 1 example" in outcome.stdout
+    mask = os.umask(0)
+    os.umask(mask)
+    for name in ("adapter_model.safetensors", "adapter_config.json"):
+        mode = stat.S_IMODE((out / name).stat().st_mode)
+        assert mode == 0o666 & ~mask, (name, oct(mode))

@@ -68,6 +68,9 @@ def test_reports_are_written_to_a_temp_file_and_renamed(tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "replace", spy)
     paths = write_reports(RESULT, out, name="crash")
+    journal = out / ".crash.reports-pending.json"  # the set's commit record, written first
+    assert renames[0][1] == journal and not journal.exists()
+    renames = [(src, dst) for src, dst in renames if dst != journal]
     assert {dst for _, dst in renames} == set(paths.values())
     for src, dst in renames:
         assert src.parent == dst.parent == out  # same folder: the rename is atomic
@@ -79,7 +82,9 @@ def test_reports_are_written_to_a_temp_file_and_renamed(tmp_path, monkeypatch):
     assert sorted(p.name for p in out.iterdir()) == sorted(PREVIOUS)
 
 
-def test_a_failing_rename_leaves_whole_files_and_no_temp_files(tmp_path, monkeypatch):
+def test_a_failing_rename_finishes_the_whole_set_and_leaves_no_temp_files(tmp_path,
+                                                                          monkeypatch):
+    """One rename fails (once): the writer rolls forward; never a mix of old and new files."""
     out = tmp_path / "reports"
     _plant_previous(out)
     real_replace = os.replace
@@ -87,21 +92,102 @@ def test_a_failing_rename_leaves_whole_files_and_no_temp_files(tmp_path, monkeyp
 
     def failing(src, dst, *args, **kwargs):
         calls.append(dst)
-        if len(calls) == 2:
+        if len(calls) == 3:  # the journal, one report, then this one fails
             raise OSError(28, "No space left on device")
         return real_replace(src, dst, *args, **kwargs)
 
     monkeypatch.setattr(os, "replace", failing)
-    with pytest.raises(OSError):
-        write_reports(RESULT, out, name="crash")
-    assert sorted(p.name for p in out.iterdir()) == sorted(PREVIOUS)  # no .tmp left behind
-    fresh = _listing(out)
-    written = Path(calls[0]).name  # renamed before the failure: new and whole
+    paths = write_reports(RESULT, out, name="crash")
     monkeypatch.setattr(os, "replace", real_replace)
+    assert sorted(p.name for p in out.iterdir()) == sorted(PREVIOUS)  # no .tmp, no journal
     complete = write_reports(RESULT, tmp_path / "complete", name="crash")
-    assert fresh[written] == next(p for p in complete.values() if p.name == written).read_bytes()
-    assert {k: v for k, v in fresh.items() if k != written} == {
-        k: v for k, v in PREVIOUS.items() if k != written}  # the rest untouched
+    fresh = _listing(out)
+    for kind, path in paths.items():  # every file new, all from the same result
+        assert fresh[path.name] == complete[kind].read_bytes() != PREVIOUS[path.name]
+
+
+class _Killed(BaseException):
+    """Stands for the process dying: nothing after it runs, no clean-up."""
+
+
+def test_a_crash_between_renames_is_completed_and_gate_refuses_the_mix(tmp_path, monkeypatch):
+    out = tmp_path / "reports"
+    _plant_previous(out)
+    real_replace = os.replace
+    calls = []
+
+    def dying(src, dst, *args, **kwargs):
+        calls.append(dst)
+        if len(calls) == 3:  # killed after the first report file was switched
+            raise _Killed
+        return real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", dying)
+    with pytest.raises(_Killed):
+        write_reports(RESULT, out, name="crash")
+    monkeypatch.setattr(os, "replace", real_replace)
+    journal = out / ".crash.reports-pending.json"
+    assert journal.exists()  # the set is recorded as pending: a mix is visible as such
+    gate = CliRunner().invoke(app, ["gate", str(out / "crash.json")])
+    assert gate.exit_code == 2, gate.output
+    assert "interrupted" in gate.stderr and "crash" in gate.stderr
+    # the next write finishes the switch (here: completes it explicitly)
+    from promptaudit.report import complete_pending_reports
+
+    assert complete_pending_reports(out, "crash")
+    complete = write_reports(RESULT, tmp_path / "complete", name="crash")
+    assert _listing(out) == {p.name: p.read_bytes() for p in complete.values()}
+
+
+def test_a_switch_that_cannot_finish_stays_pending_and_the_next_write_completes_it(
+        tmp_path, monkeypatch):
+    from promptaudit.errors import InputError
+
+    out = tmp_path / "reports"
+    _plant_previous(out)
+    real_replace = os.replace
+    calls = []
+
+    def broken_disk(src, dst, *args, **kwargs):
+        calls.append(dst)
+        if len(calls) > 2:  # the journal and one report land; then every rename fails
+            raise OSError(5, "Input/output error")
+        return real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", broken_disk)
+    with pytest.raises(InputError, match="could not be moved into place .*stays pending"):
+        write_reports(RESULT, out, name="crash")
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert (out / ".crash.reports-pending.json").exists()
+    assert CliRunner().invoke(app, ["gate", str(out / "crash.json")]).exit_code == 2
+    newer = {**RESULT, "task": {"n_examples": 2}}
+    paths = write_reports(newer, out, name="crash")  # finishes the old switch, then writes
+    complete = write_reports(newer, tmp_path / "complete", name="crash")
+    assert _listing(out) == {p.name: p.read_bytes() for p in complete.values()}
+    assert set(paths) == set(complete)
+
+
+def test_stale_temp_files_of_a_killed_writer_are_swept_on_the_next_write(tmp_path):
+    out = tmp_path / "reports"
+    _plant_previous(out)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    stale = out / f".crash.html.{dead.stdout.strip()}-deadbeef.tmp"  # our naming, dead pid
+    stale.write_text("half a report")
+    os.utime(stale, (time.time() - 120, time.time() - 120))  # killed two minutes ago
+    fresh_dead = out / f".crash.junit.xml.{dead.stdout.strip()}-f00d.tmp"
+    fresh_dead.write_text("a writer elsewhere, just now")  # under a minute old: kept
+    old = out / ".crash.md.1-cafe.tmp"
+    old.write_text("older than a day")
+    os.utime(old, (time.time() - 2 * 86400, time.time() - 2 * 86400))
+    live = out / f".crash.json.{os.getpid()}-abcd.tmp"  # a writer still running: kept
+    live.write_text("{}")
+    someone_elses = out / ".notes.tmp"  # not our naming: never touched
+    someone_elses.write_text("x")
+    write_reports(RESULT, out)  # the name comes from the result
+    names = {p.name for p in out.iterdir()}
+    assert stale.name not in names and old.name not in names
+    assert {live.name, someone_elses.name, fresh_dead.name} <= names
 
 
 def test_a_rendering_error_leaves_every_previous_report(tmp_path, monkeypatch):

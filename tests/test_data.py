@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from promptaudit.data import encode_labels, infer_labels, load_table
+from promptaudit.data import encode_labels, infer_labels, load_table, read_columns
 from promptaudit.errors import DataError
 
 ROWS = [
@@ -77,13 +77,13 @@ def test_label_outside_the_label_set(value):
             column="label",
         )
     message = str(info.value)
-    assert message.startswith("train.csv: column 'label' row 1 has label ")
+    assert message.startswith("train.csv: column 'label' row 2 has label ")  # counted from 1
     assert repr(value) in message
     assert "allowed: negative, positive or an index 0..1" in message
 
 
 def test_missing_label_value():
-    with pytest.raises(DataError, match="column 'label' has a missing label at row 1"):
+    with pytest.raises(DataError, match="column 'label' has a missing label at row 2"):
         encode_labels(
             pd.Series(["positive", None]), ["negative", "positive"], source="f.csv", column="label"
         )
@@ -136,5 +136,79 @@ def test_missing_file_directory_and_unsupported_type(tmp_path):
 def test_unparseable_jsonl(tmp_path):
     path = tmp_path / "broken.jsonl"
     path.write_text('{"sentence": "a"}\n{not json\n', encoding="utf-8")
-    with pytest.raises(DataError, match=r"broken\.jsonl: could not be read as jsonl"):
+    with pytest.raises(DataError, match=r"broken\.jsonl: line 2 is not valid JSON"):
         load_table(path)
+
+
+# ------------------------------------------------- file lines, duplicates, no network
+def test_label_error_names_the_file_line_counted_from_one(tmp_path):
+    path = tmp_path / "quoted.csv"  # row 0 spans lines 2-3 (a quoted newline), row 2 is line 6
+    path.write_text('sentence,label\n"two\nlines",positive\nok,negative\n\nbad,neutral\n',
+                    encoding="utf-8")
+    frame = load_table(path)
+    assert frame["sentence"].tolist() == ["two\nlines", "ok", "bad"]
+    with pytest.raises(DataError) as info:
+        encode_labels(frame["label"], ["negative", "positive"], source=str(path),
+                      column="label")
+    assert f"{path}: column 'label' line 6 has label 'neutral'" in str(info.value)
+
+
+def test_jsonl_label_error_names_the_line(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"t": "a", "y": "positive"}\n\n{"t": "b", "y": "maybe"}\n',
+                    encoding="utf-8")
+    frame = load_table(path)
+    with pytest.raises(DataError, match="column 'y' line 3 has label 'maybe'"):
+        encode_labels(frame["y"], ["negative", "positive"], source=str(path), column="y")
+
+
+def test_duplicate_csv_column_names_are_refused(tmp_path):
+    path = tmp_path / "dup.csv"
+    path.write_text("sentence,gender,gender\nok,f,m\n", encoding="utf-8")
+    for read in (load_table, read_columns):
+        with pytest.raises(DataError) as info:
+            read(path)
+        assert str(info.value) == (f"{path}: column name 'gender' appears more than once in the "
+                                   "header; give every column a distinct name")
+
+
+def test_lone_surrogate_in_jsonl_names_the_line_and_the_problem(tmp_path):
+    path = tmp_path / "s.jsonl"
+    path.write_text('{"text": "fine"}\n{"text": "bad \\ud800 half"}\n', encoding="utf-8")
+    with pytest.raises(DataError) as info:
+        load_table(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: line 2 holds a lone surrogate escape \\ud800")
+    assert "Trailing data" not in message
+
+
+def test_json_array_file_and_nan_literal(tmp_path):
+    path = tmp_path / "a.json"
+    path.write_text(json.dumps(ROWS), encoding="utf-8")
+    assert load_table(path)["sentence"].tolist() == [r["sentence"] for r in ROWS]
+    bad = tmp_path / "n.jsonl"
+    bad.write_text('{"text": NaN}\n', encoding="utf-8")
+    with pytest.raises(DataError, match="line 1 is not valid JSON: NaN"):
+        load_table(bad)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv", ".jsonl", ".parquet"])
+def test_read_columns_reads_the_header_only(tmp_path, suffix):
+    path = _write(tmp_path / f"data{suffix}")
+    assert read_columns(path) == ["sentence", "label", "group"]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv", ".jsonl", ".parquet"])
+def test_local_files_open_no_socket(tmp_path, suffix, monkeypatch):
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"network attempt while reading a local file: {args}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    path = _write(tmp_path / f"data{suffix}")
+    assert len(load_table(path)) == len(ROWS)

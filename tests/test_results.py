@@ -117,8 +117,10 @@ def test_an_edited_result_is_refused(tmp_path, edit):
     with pytest.raises(InputError) as info:
         read_result_json(tmp_path / "r.json")
     assert str(info.value) == (
-        f"{tmp_path / 'r.json'}: content does not match its integrity hash; the result was "
-        "edited after the audit (re-run the audit instead of editing its JSON)")
+        f"{tmp_path / 'r.json'}: content does not match its integrity hash, a checksum: the file "
+        "changed after the audit wrote it (re-run the audit instead of editing its JSON; a "
+        "checksum catches accidental change, a signature with PROMPTAUDIT_SIGNING_KEY catches "
+        "deliberate edits)")
     assert read_result_json(tmp_path / "r.json", verify=False)["schema_version"] == "1"
 
 
@@ -205,8 +207,10 @@ def test_gate_command_refuses_an_edited_result_with_exit_2(runner, tmp_path):
     assert outcome.exit_code == 2
     assert outcome.stdout == ""
     assert outcome.stderr == (
-        f"error: {tmp_path / 'edited.json'}: content does not match its integrity hash; the "
-        "result was edited after the audit (re-run the audit instead of editing its JSON)\n")
+        f"error: {tmp_path / 'edited.json'}: content does not match its integrity hash, a "
+        "checksum: the file changed after the audit wrote it (re-run the audit instead of "
+        "editing its JSON; a checksum catches accidental change, a signature with "
+        "PROMPTAUDIT_SIGNING_KEY catches deliberate edits)\n")
 
 
 @pytest.mark.parametrize("content", [None, "{oops", '{"schema_version": "1"}'])
@@ -233,3 +237,98 @@ def test_gate_command_on_a_result_whose_spec_gate_is_invalid_exits_2(runner, tmp
     assert outcome.stderr.startswith(
         "error: gates.0.metric: unknown gate metric 'demographic_parity_quotient'")
     assert len(outcome.stderr.splitlines()) == 1
+
+
+# ------------------------------------------------------------------ signatures
+KEY = "team-secret-Zq81"
+
+
+def _recomputed(result: dict) -> dict:
+    """A forger's edit: change a number, then recompute the (public) checksum."""
+    body = {k: v for k, v in result.items() if k != "integrity"}
+    body["fairness"]["disparities"]["demographic_parity_ratio"] = 0.99
+    integrity = {**result["integrity"], "content_sha256": content_sha256(body)}
+    return {**body, "integrity": integrity}
+
+
+def test_signing_key_adds_an_hmac_that_a_key_holder_can_check(monkeypatch, tmp_path):
+    import hmac as hmac_module
+
+    monkeypatch.setenv("PROMPTAUDIT_SIGNING_KEY", KEY)
+    result = make_result()
+    body = {k: v for k, v in result.items() if k != "integrity"}
+    expected = hmac_module.new(KEY.encode(), canonical_json(body).encode(),
+                               hashlib.sha256).hexdigest()
+    assert result["integrity"]["hmac_sha256"] == expected
+    dump(tmp_path / "r.json", result)
+    assert KEY not in (tmp_path / "r.json").read_text()
+    assert read_result_json(tmp_path / "r.json")["passed"] is True
+    monkeypatch.delenv("PROMPTAUDIT_SIGNING_KEY")
+    assert "hmac_sha256" not in make_result()["integrity"]
+
+
+def test_gate_with_the_key_refuses_a_re_hashed_forgery(runner, monkeypatch, tmp_path):
+    monkeypatch.setenv("PROMPTAUDIT_SIGNING_KEY", KEY)
+    signed = make_result(ratio=0.5)  # fails its gate
+    dump(tmp_path / "signed.json", signed)
+    outcome = gate_cli(runner, tmp_path / "signed.json")
+    assert outcome.exit_code == 1 and "checksum and signature verified" in outcome.stdout
+    dump(tmp_path / "forged.json", _recomputed(signed))
+    assert read_result_json(tmp_path / "forged.json", signing_key=None, verify=False)
+    outcome = gate_cli(runner, tmp_path / "forged.json")
+    assert outcome.exit_code == 2, outcome.output
+    assert "signature is wrong" in outcome.stderr and KEY not in outcome.output
+    monkeypatch.delenv("PROMPTAUDIT_SIGNING_KEY")
+    unsigned = make_result(ratio=0.5)
+    dump(tmp_path / "unsigned.json", unsigned)
+    monkeypatch.setenv("PROMPTAUDIT_SIGNING_KEY", KEY)
+    outcome = gate_cli(runner, tmp_path / "unsigned.json")
+    assert outcome.exit_code == 2
+    assert "has no integrity.hmac_sha256 signature" in outcome.stderr
+    monkeypatch.setenv("PROMPTAUDIT_SIGNING_KEY", "another-key")
+    outcome = gate_cli(runner, tmp_path / "signed.json")
+    assert outcome.exit_code == 2 and "signature is wrong" in outcome.stderr
+    monkeypatch.setenv("PROMPTAUDIT_SIGNING_KEY", "  ")
+    outcome = gate_cli(runner, tmp_path / "signed.json")
+    assert outcome.exit_code == 2 and "is set but empty" in outcome.stderr
+
+
+def test_without_the_key_a_re_hashed_forgery_passes_the_checksum(runner, tmp_path):
+    """Documented limit: the checksum is not a signature; gate says the signature went unchecked."""
+    signed = make_result(ratio=0.5, flip_rate=0.02)
+    signed["integrity"]["hmac_sha256"] = "a" * 64
+    dump(tmp_path / "forged.json", _recomputed(signed))
+    outcome = gate_cli(runner, tmp_path / "forged.json")
+    assert outcome.exit_code == 0
+    assert "signature not checked" in outcome.stdout
+
+
+# ---------------------------------------------------------- hostile result files
+def _rehashed(body: dict) -> dict:
+    body = {k: v for k, v in body.items() if k != "integrity"}
+    return {**body, "integrity": {"algorithm": "sha256", "content_sha256": content_sha256(body)}}
+
+
+@pytest.mark.parametrize(("make", "expected"), [
+    (lambda: json.dumps(make_result()).replace('"accuracy": 0.5', '"accuracy": NaN'),
+     "NaN is not valid JSON"),
+    (lambda: json.dumps(_rehashed({**make_result(), "audit": "x"})),
+     "not a valid promptaudit result; audit: 'x' is not of type 'object'"),
+    (lambda: json.dumps(_rehashed({**make_result(), "gates": {"a": 1}})),
+     "gates: {'a': 1} is not of type 'array'"),
+    (lambda: json.dumps(_rehashed({**make_result(), "passed": "yes"})),
+     "passed: 'yes' is not of type 'boolean'"),
+    (lambda: json.dumps(_rehashed({**make_result(), "fairness": {
+        "disparities": {"demographic_parity_ratio": "0.9"}}})),
+     "fairness.disparities.demographic_parity_ratio: '0.9' is not of type"),
+    (lambda: '{"a":' * 100_000 + "1" + "}" * 100_000, "nested deeper than 64 levels"),
+    (lambda: "[" * 100_000 + "]" * 100_000, "nested deeper than 64 levels"),
+])
+def test_hostile_result_files_exit_2_never_3(runner, tmp_path, make, expected):
+    path = tmp_path / "r.json"
+    path.write_text(make(), encoding="utf-8")
+    outcome = gate_cli(runner, path)
+    assert outcome.exit_code == 2, outcome.output
+    lines = outcome.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {path}: "), outcome.stderr
+    assert expected in lines[0]

@@ -389,3 +389,95 @@ def test_markdown_report_escapes_every_user_string(payload_reports):
         widths = {row.count("<td") + row.count("<th") for row in body.split("<tr>")[1:]}
         assert len(widths) == 1, body
     assert "grp&quot;&gt;&lt;img src=x onerror=alert(1)&gt;" in rendered  # shown as text
+
+
+# ------------------------------------------- no network, no leaked key, no forged verdict
+SIGNING_KEY = "ci-secret-7f3a9Qx"
+
+
+@pytest.fixture(scope="module")
+def offline_signed_audit(tmp_path_factory, tiny_bert_seqcls_adapter, tiny_bert_dir, eval_csv):
+    """A real local audit run with every socket refused and a signing key set."""
+    import socket
+
+    tmp_path = tmp_path_factory.mktemp("offline-signed")
+    attempts: list[tuple] = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(args)
+        raise OSError("network refused by the test")
+
+    patch = pytest.MonkeyPatch()
+    patch.setattr(socket.socket, "connect", refuse)
+    patch.setattr(socket.socket, "connect_ex", refuse)
+    patch.setattr(socket, "getaddrinfo", refuse)
+    patch.setattr(socket, "create_connection", refuse)
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        patch.delenv(name, raising=False)
+    patch.setenv("PROMPTAUDIT_SIGNING_KEY", SIGNING_KEY)
+    out = tmp_path / "reports"
+    try:
+        outcome = CliRunner().invoke(
+            app,
+            ["run", str(_spec(tmp_path, tiny_bert_dir, tiny_bert_seqcls_adapter, eval_csv,
+                              gates=[{"metric": "demographic_parity_ratio", "min": 0.0}])),
+             "--out", str(out), "--verbose"],
+            catch_exceptions=False,
+        )
+    finally:
+        patch.undo()
+    return {"outcome": outcome, "out": out, "attempts": attempts}
+
+
+def test_a_local_audit_opens_no_socket(offline_signed_audit):
+    outcome = offline_signed_audit["outcome"]
+    assert outcome.exit_code == 0, outcome.output
+    assert offline_signed_audit["attempts"] == []
+
+
+def test_the_signing_key_reaches_no_file_log_or_report(offline_signed_audit):
+    out = offline_signed_audit["out"]
+    result = json.loads((out / "untrusted.json").read_text())
+    assert len(result["integrity"]["hmac_sha256"]) == 64
+    assert SIGNING_KEY not in offline_signed_audit["outcome"].output
+    for path in out.rglob("*"):
+        if path.is_file():
+            assert SIGNING_KEY.encode() not in path.read_bytes(), path
+
+
+def test_gate_with_the_key_accepts_the_signed_result_and_refuses_a_rehashed_edit(
+        runner, offline_signed_audit, tmp_path, monkeypatch):
+    from promptaudit.results import content_sha256
+
+    path = offline_signed_audit["out"] / "untrusted.json"
+    monkeypatch.setenv("PROMPTAUDIT_SIGNING_KEY", SIGNING_KEY)
+    assert invoke(runner, "gate", path).exit_code == 0
+    forged = json.loads(path.read_text())
+    forged["audit"]["spec"]["gates"][0]["min"] = 0.25  # a stricter gate, "met" by hand
+    forged["fairness"]["disparities"]["demographic_parity_ratio"] = 0.875
+    assert forged != json.loads(path.read_text())
+    body = {k: v for k, v in forged.items() if k != "integrity"}
+    forged["integrity"]["content_sha256"] = content_sha256(body)  # the checksum is public
+    (tmp_path / "forged.json").write_text(json.dumps(forged))
+    assert_exit_2(invoke(runner, "gate", tmp_path / "forged.json"), "signature is wrong")
+    monkeypatch.delenv("PROMPTAUDIT_SIGNING_KEY")
+    outcome = invoke(runner, "gate", tmp_path / "forged.json")
+    assert outcome.exit_code == 0 and "signature not checked" in outcome.stdout
+
+
+# -------------------------------------------------------- terminal escape injection
+def test_control_characters_from_an_adapter_config_are_escaped_on_the_console(
+        runner, tiny_bert_seqcls_adapter, tiny_bert_dir, eval_csv, tmp_path):
+    adapter = tmp_path / "adapter"
+    shutil.copytree(tiny_bert_seqcls_adapter, adapter)
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = "vendor/\x1b[31mred\x1b]0;title\x07\u202eevil"
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    outcome = invoke(runner, "predict", "--model", tiny_bert_dir, "--prompt", adapter,
+                     "--data", eval_csv, "--text-column", "sentence", "--labels", "no,yes",
+                     "--out", tmp_path / "p.csv")
+    assert outcome.exit_code == 0, outcome.output
+    assert "trained on base model vendor/" in outcome.stderr  # the warning is shown ...
+    assert "\\x1b[31mred\\x1b]0;title\\x07\\u202eevil" in outcome.stderr  # ... escaped
+    for raw in ("\x1b", "\x07", "\u202e"):
+        assert raw not in outcome.output

@@ -1,6 +1,6 @@
 """promptaudit: fairness and interpretability audits for tuned (soft) prompts.
 
-The public API, one entry function per stage (see ``../shared/DESIGN.md``)::
+The public API, one entry function per stage (contracts in ``docs/``)::
 
     load_spec / run_audit           audits end to end (spec.py, pipeline.py)
     load_prompted_model             base model + soft prompt -> PromptedModel

@@ -12,7 +12,9 @@ import importlib
 import json
 import logging
 import os
+import re
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -30,7 +32,8 @@ class _OneLineUsageError(_click_errors.UsageError):
 
     def show(self, file=None) -> None:
         command = self.ctx.command_path if self.ctx is not None else "promptaudit"
-        typer.echo(f"error: {command}: {self.format_message()} (see `{command} --help`)", err=True)
+        message = escape_controls(self.format_message())
+        typer.echo(f"error: {command}: {message} (see `{command} --help`)", err=True)
 
 
 class _OneLineUsageGroup(TyperGroup):
@@ -107,19 +110,89 @@ JsonOption = Annotated[
 VerboseOption = Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")]
 
 
+#: Control characters (C0 but tab/newline, DEL, C1) and bidirectional overrides: printed
+#: raw they recolour a terminal, move its cursor or reorder text, so a file that holds
+#: them could forge console output.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def escape_controls(text: object, *, keep_newlines: bool = True) -> str:
+    """``text`` with every control character shown as an escape (``\\x1b``), never emitted.
+
+    Applied to every console line the CLI builds from file contents (errors, warnings,
+    verdicts, gate messages). Newlines and tabs are kept unless ``keep_newlines`` is False.
+    """
+    text = str(text)
+    if not keep_newlines:
+        text = text.replace("\n", "\\n").replace("\r", "\\r")
+
+    def shown(match: re.Match) -> str:
+        code = ord(match.group())
+        return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+    return _CONTROL.sub(shown, text)
+
+
+def _echo(message: object = "", *, err: bool = False) -> None:
+    """Print one console message with control characters escaped."""
+    typer.echo(escape_controls(message), err=err)
+
+
+class _EscapingFormatter(logging.Formatter):
+    """Log lines as ``LEVEL: message`` with control characters and newlines escaped."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging API)
+        record.message = escape_controls(record.message, keep_newlines=False)
+        return super().formatMessage(record)
+
+
+#: Libraries whose own warnings (FutureWarning, glyph and convergence notices, ...) a user
+#: cannot act on: silenced on the console unless --verbose, where they become log lines.
+_LIBRARY_MODULES = (
+    r"(transformers|torch|captum|matplotlib|peft|fairlearn|sklearn|datasets|huggingface_hub|"
+    r"accelerate|safetensors|pandas|numpy|scipy|tqdm|jinja2)(\.|$)"
+)
+
+
 def _configure_logging(verbose: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_EscapingFormatter("%(levelname)s: %(message)s"))
     logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(levelname)s: %(message)s",
-        stream=sys.stderr,
-        force=True,
+        level=logging.INFO if verbose else logging.WARNING, handlers=[handler], force=True
     )
     for noisy in ("transformers", "datasets", "peft", "matplotlib", "httpx", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    for noisy in ("huggingface_hub", "fsspec", "accelerate"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    # Python warnings come from libraries (promptaudit itself logs): a user cannot act on
+    # a FutureWarning or a missing-glyph notice, so they are shown only with --verbose, as
+    # one escaped log line without the library's file paths.
+    if verbose:
+        warnings.showwarning = _log_warning
+        warnings.filterwarnings("default", module=_LIBRARY_MODULES)
+    else:
+        warnings.filterwarnings("ignore")
+
+
+class _DropMessages(logging.Filter):
+    """Drops log records whose message starts with ``prefix`` (said elsewhere already)."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefix)
+
+
+def _log_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """``warnings.showwarning`` for --verbose: ``WARNING: Category: message`` (no paths)."""
+    text = " ".join(str(message).split())
+    logging.getLogger("promptaudit.warnings").warning("%s: %s", category.__name__, text)
 
 
 def _fail(message: str, code: int) -> None:
-    typer.echo(f"error: {message}", err=True)
+    typer.echo(f"error: {escape_controls(message, keep_newlines=False)}", err=True)
     raise typer.Exit(code)
 
 
@@ -169,6 +242,23 @@ def _split_labels(labels: str | None) -> list[str] | None:
     return out
 
 
+def _split_features(text: str | None) -> list[str]:
+    """``--sensitive-features a,b``: distinct, non-empty column names."""
+    if text is None:
+        return []
+    features = [part.strip() for part in text.split(",")]
+    if not all(features):
+        raise InputError(
+            f"--sensitive-features {text!r}: an empty column name; give comma-separated columns"
+        )
+    repeated = sorted({name for name in features if features.count(name) > 1})
+    if repeated:
+        raise InputError(
+            f"--sensitive-features {text!r}: {repeated[0]!r} is listed twice; list each column once"
+        )
+    return features
+
+
 def _load_texts(data: Path | str, text_column: str, extra: list[str] | None = None):
     from promptaudit.data import load_table
 
@@ -205,8 +295,12 @@ def demo(
 ) -> None:
     """Run the built-in audit on the embedded default model (builtin:minilm, no network)."""
     _configure_logging(verbose)
-    from promptaudit.demo import run_demo
+    from promptaudit.demo import demo_prompt_dir, run_demo
+    from promptaudit.paths import check_outputs_do_not_clobber
 
+    check_outputs_do_not_clobber(
+        {"--out": out, "report": out / "demo.json"}, {"demo prompt": demo_prompt_dir("clean")}
+    )
     result, paths = run_demo(out, retrain=retrain, progress=_show_progress())
     _print_verdict(result, paths)
     raise typer.Exit(EXIT_OK if result["passed"] else EXIT_GATE_FAILED)
@@ -245,11 +339,16 @@ def validate(
         list[str] | None, typer.Option("--set", help="Override a spec key: dotted.key=value.")
     ] = None,
 ) -> None:
-    """Check an audit spec without running it."""
+    """Check an audit spec and its inputs (paths, formats, columns) without loading a model."""
+    _configure_logging(False)
+    from promptaudit.preflight import check_spec_inputs
     from promptaudit.spec import load_spec
 
     spec = load_spec(audit, set_ or [])
-    typer.echo(f"{audit}: valid audit spec {spec.name!r} ({len(spec.gates)} gates)")
+    notes = check_spec_inputs(spec, spec_path=audit)
+    for note in notes:
+        _echo(f"note: {note}")
+    _echo(f"{audit}: valid audit spec {spec.name!r} ({len(spec.gates)} gates)")
 
 
 @app.command()
@@ -289,15 +388,30 @@ def train(
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue from the last checkpoint in --out.")
     ] = False,
+    limit: Annotated[
+        int | None,
+        typer.Option("--limit", min=1, help="Train on the first N rows of --data only."),
+    ] = None,
     device: DeviceOption = "auto",
     verbose: VerboseOption = False,
 ) -> None:
     """Train a soft prompt with PEFT prompt tuning and save a PEFT adapter."""
     _configure_logging(verbose)
+    from promptaudit.atomic import check_output_dir
     from promptaudit.data import encode_labels, infer_labels
+    from promptaudit.paths import check_outputs_do_not_clobber
     from promptaudit.training import InitMethod, TrainingConfig, default_init_text, train_prompt
 
+    # Before any work: --out must be creatable as a folder and must not be an input.
+    check_outputs_do_not_clobber(
+        {"--out": out},
+        {"data file": data, "validation data": validation_data, "model": model},
+    )
+    check_output_dir(out)
     frame, texts = _load_texts(data, text_column, [label_column])
+    if limit is not None:
+        frame = frame.iloc[:limit]
+        texts = texts[:limit]
     label_names = _split_labels(labels) or infer_labels(frame[label_column])
     label_ids = encode_labels(
         frame[label_column], label_names, source=str(data), column=label_column
@@ -324,32 +438,45 @@ def train(
         max_length=max_length,
         seed=seed,
     )
-    result = train_prompt(
-        model,
-        texts,
-        label_ids,
-        labels=label_names,
-        out_dir=out,
-        task=task,
-        config=config,
-        validation_texts=val_texts,
-        validation_label_ids=val_ids,
-        device=device,
-        resume=resume,
-        progress=_show_progress(),
-    )
+    # The CLI prints the special-token note itself (below): keep the library's copy of it
+    # off the console so it is said once.
+    training_logger = logging.getLogger("promptaudit.training")
+    said_by_cli = _DropMessages("text init copies special tokens")
+    training_logger.addFilter(said_by_cli)
+    try:
+        result = train_prompt(
+            model,
+            texts,
+            label_ids,
+            labels=label_names,
+            out_dir=out,
+            task=task,
+            config=config,
+            validation_texts=val_texts,
+            validation_label_ids=val_ids,
+            device=device,
+            resume=resume,
+            progress=_show_progress(),
+        )
+    finally:
+        training_logger.removeFilter(said_by_cli)
+    n_val = result.n_validation
     for entry in result.history:
-        acc = "n/a" if entry["val_accuracy"] is None else f"{entry['val_accuracy']:.4f}"
-        typer.echo(
+        acc = (
+            "n/a"
+            if entry["val_accuracy"] is None
+            else f"{entry['val_accuracy']:.4f} on {n_val} example{'s' * (n_val != 1)}"
+        )
+        _echo(
             f"epoch {entry['epoch']}: train loss {entry['train_loss']:.4f}, "
             f"validation accuracy {acc}"
         )
     if result.init_special_tokens:
-        typer.echo(
+        _echo(
             "note: the text init copied special tokens into the prompt: "
             + ", ".join(result.init_special_tokens)
         )
-    typer.echo(f"saved PEFT adapter to {out}")
+    _echo(f"saved PEFT adapter to {out}")
 
 
 @app.command()
@@ -375,6 +502,11 @@ def predict(
     from promptaudit.prompted import predictions_frame
 
     if out is not None:  # refuse an unwritable --out before the long work
+        from promptaudit.paths import check_outputs_do_not_clobber
+
+        check_outputs_do_not_clobber(
+            {"--out": out}, {"data file": data, "prompt": prompt, "model": model}
+        )
         if out.is_dir():
             raise InputError(f"--out {out}: is a directory; give the path of a CSV file to write")
         prepare_output_dir(out.parent if str(out.parent) else ".")
@@ -396,7 +528,7 @@ def predict(
         sys.stdout.write(csv_text)
     else:
         atomic_write_text(out, csv_text)
-        typer.echo(f"wrote {len(table)} predictions to {out}", err=True)
+        _echo(f"wrote {len(table)} predictions to {out}", err=True)
 
 
 @app.command()
@@ -475,7 +607,7 @@ def attribute(
     _configure_logging(verbose)
     from promptaudit.attribution import attribute_prompt, format_attribution_summary
 
-    features = [f.strip() for f in sensitive_features.split(",")] if sensitive_features else []
+    features = _split_features(sensitive_features)
     frame, texts = _load_texts(data, text_column, features)
     prompted, _, _ = _load_prompted(model, prompt, task, labels, device)
     attribution = attribute_prompt(
@@ -492,7 +624,7 @@ def attribute(
     if json_:
         typer.echo(json.dumps(attribution, indent=2, sort_keys=True))
     else:
-        typer.echo(format_attribution_summary(attribution))
+        _echo(format_attribution_summary(attribution))
 
 
 @app.command()
@@ -501,28 +633,33 @@ def gate(
     result: Annotated[Path, typer.Argument(help="A result JSON written by `promptaudit run`.")],
 ) -> None:
     """Re-check a result's gates: exit 0 if all pass, 1 if one fails, 2 on bad input."""
+    _configure_logging(False)
     from promptaudit.gates import evaluate_gates
-    from promptaudit.results import read_result_json
+    from promptaudit.results import SIGNING_KEY_ENV, read_result_json
 
     data = read_result_json(result)
     gates = evaluate_gates((data.get("audit") or {}).get("spec", {}).get("gates", []), data)
     for entry in gates:
-        typer.echo(("PASS  " if entry["passed"] else "FAIL  ") + entry["message"])
+        _echo(("PASS  " if entry["passed"] else "FAIL  ") + entry["message"])
     passed = all(entry["passed"] for entry in gates)
-    typer.echo(
-        f"{result}: {'all gates pass' if passed else 'a gate failed'} ({len(gates)} checked)"
-    )
+    if os.environ.get(SIGNING_KEY_ENV) is not None:
+        _echo("note: checksum and signature verified")
+    elif "hmac_sha256" in (data.get("integrity") or {}):
+        _echo(
+            f"note: the result is signed, but {SIGNING_KEY_ENV} is not set: signature not checked"
+        )
+    _echo(f"{result}: {'all gates pass' if passed else 'a gate failed'} ({len(gates)} checked)")
     raise typer.Exit(EXIT_OK if passed else EXIT_GATE_FAILED)
 
 
 # ------------------------------------------------------------------ helpers
 def _print_verdict(result: dict, paths: dict) -> None:
     for entry in result.get("gates", []):
-        typer.echo(("PASS  " if entry["passed"] else "FAIL  ") + entry["message"])
+        _echo(("PASS  " if entry["passed"] else "FAIL  ") + entry["message"])
     verdict = "PASSED" if result.get("passed") else "FAILED"
-    typer.echo(f"audit {result['audit']['name']}: {verdict}")
+    _echo(f"audit {result['audit']['name']}: {verdict}")
     for kind, path in sorted(paths.items()):
-        typer.echo(f"  {kind}: {path}")
+        _echo(f"  {kind}: {path}")
 
 
 def _command_line() -> str:

@@ -1,14 +1,19 @@
 """Read evaluation and training tables (csv, tsv, jsonl, parquet, hf:, builtin:).
 
-Files are read through Hugging Face ``datasets`` (the same reader a user's
-training scripts use) and handed to the rest of promptaudit as pandas frames.
-Every failure is a :class:`~promptaudit.errors.DataError` naming the file and
-column at fault.
+Local files are read with pandas, pyarrow and the ``json`` module directly: no
+network request is ever made for a local file (``datasets.load_dataset`` would
+contact the Hub even for ``data_files``). Only ``hf:NAME`` uses ``datasets``.
+Every failure is a :class:`~promptaudit.errors.DataError` naming the file, the
+line (1-based, as an editor shows it) and the column at fault.
+
+Each frame read from a file carries ``frame.attrs["line_numbers"]``: the file line
+where each row starts, by index label, so messages can say "line N".
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,6 +32,8 @@ __all__ = [
     "fill_missing_groups",
     "MISSING_GROUP",
     "SUPPORTED_SUFFIXES",
+    "read_columns",
+    "row_location",
 ]
 
 #: The group name missing sensitive values get in group fairness metrics when a
@@ -110,13 +117,17 @@ def encode_labels(
     """
     if values.isna().any():
         row = int(np.flatnonzero(values.isna().to_numpy())[0])
-        raise DataError(f"{source}: column {column!r} has a missing label at row {row}")
+        raise DataError(
+            f"{source}: column {column!r} has a missing label at {row_location(values, row)}"
+        )
     name_to_index = {str(name): i for i, name in enumerate(labels)}
     out = np.empty(len(values), dtype=np.int64)
     for row, value in enumerate(values.tolist()):
         key = str(value).strip()
         if not key and "" not in name_to_index:  # an empty CSV cell (read as text, not NaN)
-            raise DataError(f"{source}: column {column!r} has a missing label at row {row}")
+            raise DataError(
+                f"{source}: column {column!r} has a missing label at {row_location(values, row)}"
+            )
         if key in name_to_index:
             out[row] = name_to_index[key]
             continue
@@ -129,7 +140,8 @@ def encode_labels(
             continue
         allowed = ", ".join(labels)
         raise DataError(
-            f"{source}: column {column!r} row {row} has label {value!r}; allowed: "
+            f"{source}: column {column!r} {row_location(values, row)} has label {value!r}; "
+            "allowed: "
             f"{allowed} or an index 0..{len(labels) - 1}"
         )
     return out
@@ -172,7 +184,8 @@ def check_sensitive_columns(
         elif missing.any():
             row = int(np.flatnonzero(missing)[0])
             raise DataError(
-                f"{source}: sensitive feature column {column!r} has a missing value at row {row}; "
+                f"{source}: sensitive feature column {column!r} has a missing value at "
+                f"{row_location(values, row)}; "
                 "every row needs a group (empty cells are not allowed)"
             )
         groups = sorted(text.unique().tolist())
@@ -210,7 +223,23 @@ def fill_missing_groups(
     return out, counts
 
 
-def _load_file(path: Path) -> pd.DataFrame:
+def row_location(values: pd.Series | pd.DataFrame, row: int) -> str:
+    """Where row ``row`` (0-based position) came from: ``line N`` of its file, else ``row N``.
+
+    ``row N`` counts data rows from 1 (for generated or Hub data without file lines).
+    """
+    lines = values.attrs.get("line_numbers") if hasattr(values, "attrs") else None
+    if lines is not None:
+        try:
+            label = values.index[row]
+            return f"line {int(lines[label])}"
+        except (IndexError, KeyError, TypeError, ValueError):
+            pass
+    return f"row {row + 1}"
+
+
+def _check_path(path: Path) -> str:
+    """Refuse a missing path, a folder or an unsupported suffix; return the suffix."""
     if not path.exists():
         raise DataError(f"{path}: data file not found")
     if path.is_dir():
@@ -218,37 +247,229 @@ def _load_file(path: Path) -> pd.DataFrame:
     suffix = path.suffix.lower()
     if suffix not in SUPPORTED_SUFFIXES:
         raise DataError(f"{path}: unsupported data file type {suffix!r}; allowed: {_suffix_list()}")
+    return suffix
+
+
+def _load_file(path: Path) -> pd.DataFrame:
+    suffix = _check_path(path)
     builder = SUPPORTED_SUFFIXES[suffix]
-    # A text file with no line past the CSV header holds no rows (datasets would
-    # fail on it with an unhelpful message).
+    # A text file with no line past the CSV header holds no rows.
     no_rows = path.stat().st_size == 0
     if suffix != ".parquet":
         no_rows = _check_utf8(path) <= (1 if builder == "csv" else 0)
     if no_rows:
         raise DataError(f"{path}: the data is empty (no rows); an audit needs at least one example")
-    import datasets
-
-    kwargs: dict = {}
-    if suffix == ".tsv":
-        kwargs["sep"] = "\t"
     if builder == "csv":
-        # Keep text as text: "NA" or "null" in a sentence is not a missing value.
-        kwargs["keep_default_na"] = False
-        kwargs["quoting"] = 3 if suffix == ".tsv" else 0  # GLUE TSVs hold bare quotes
-    datasets.disable_progress_bars()
+        frame = _read_csv(path, tsv=suffix == ".tsv")
+    elif builder == "json":
+        frame = _read_json(path)
+    else:
+        frame = _read_parquet(path)
+    _refuse_duplicate_columns(path, [str(c) for c in frame.columns])
+    return frame
+
+
+def read_columns(source: str | Path) -> list[str] | None:
+    """Column names of a data file, read cheaply and without any model.
+
+    CSV/TSV: the header line only; parquet: the schema only; JSON: the keys of its
+    records (JSON has no header). Generated ``builtin:`` tables are built (they are
+    small); ``hf:`` datasets give None (they need the network). Raises a
+    :class:`DataError` like :func:`load_table` for a missing, unsupported, empty or
+    unreadable file, or duplicate column names.
+    """
+    text = str(source)
+    if text.startswith("hf:"):
+        return None
+    if text.startswith("builtin:"):
+        return [str(c) for c in load_table(text).columns]
+    path = Path(text)
+    suffix = _check_path(path)
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: the data is empty (no rows); an audit needs at least one example")
+    builder = SUPPORTED_SUFFIXES[suffix]
+    if builder == "parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            names = list(pq.read_schema(path).names)
+        except Exception as exc:  # pyarrow raises several types for a broken file
+            raise DataError(f"{path}: could not be read as parquet: {_root_cause(exc)}") from None
+    elif builder == "csv":
+        names = _csv_header(path, tsv=suffix == ".tsv")
+    else:  # JSON has no header: the union of the keys, in order of first appearance
+        frame = _read_json(path)
+        names = [str(c) for c in frame.columns]
+    _refuse_duplicate_columns(path, names)
+    return names
+
+
+def _refuse_duplicate_columns(path: Path, names: Sequence[str]) -> None:
+    repeated = sorted({name for name in names if list(names).count(name) > 1})
+    if repeated:
+        raise DataError(
+            f"{path}: column name {repeated[0]!r} appears more than once in the header; "
+            "give every column a distinct name"
+        )
+
+
+def _csv_header(path: Path, *, tsv: bool) -> list[str]:
+    import csv
+
+    with path.open(encoding="utf-8", newline="") as handle:
+        reader = csv.reader(
+            handle, delimiter="\t" if tsv else ",", quoting=csv.QUOTE_NONE if tsv else 0
+        )
+        for record in reader:
+            if record:
+                return [name.strip() for name in record]
+    return []
+
+
+def _csv_line_numbers(path: Path, *, tsv: bool) -> list[int]:
+    """The file line where each data record starts (blank lines skipped, like pandas)."""
+    import csv
+
+    starts: list[int] = []
+    with path.open(encoding="utf-8", newline="") as handle:
+        reader = csv.reader(
+            handle, delimiter="\t" if tsv else ",", quoting=csv.QUOTE_NONE if tsv else 0
+        )
+        try:
+            while True:
+                before = reader.line_num
+                record = next(reader)
+                if record and any(field != "" for field in record) or len(record) > 1:
+                    starts.append(before + 1)
+        except (StopIteration, csv.Error):
+            pass
+    return starts[1:]  # the first record is the header
+
+
+def _read_csv(path: Path, *, tsv: bool) -> pd.DataFrame:
+    header = _csv_header(path, tsv=tsv)
+    _refuse_duplicate_columns(path, header)  # pandas would rename the second to "name.1"
     try:
-        with _quiet_loaders():
-            dataset = datasets.load_dataset(
-                builder,
-                data_files=str(path),
-                split="train",
-                keep_in_memory=True,
-                cache_dir=None,
-                **kwargs,
+        frame = pd.read_csv(
+            path,
+            sep="\t" if tsv else ",",
+            quoting=3 if tsv else 0,  # GLUE TSVs hold bare quotes
+            keep_default_na=False,  # "NA" or "null" in a sentence is not a missing value
+            encoding="utf-8",
+            dtype=None,
+        )
+    except (pd.errors.ParserError, ValueError) as exc:
+        message = " ".join(str(exc).split())
+        raise DataError(f"{path}: could not be read as {path.suffix[1:]}: {message}") from None
+    lines = _csv_line_numbers(path, tsv=tsv)
+    if len(lines) == len(frame):
+        frame.attrs["line_numbers"] = lines
+    return frame
+
+
+def _json_lines(path: Path, *, limit: int | None = None):
+    """``(line_number, text)`` of the non-blank lines of a text file."""
+    count = 0
+    with path.open(encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            if line.strip():
+                yield line_number, line
+                count += 1
+                if limit is not None and count >= limit:
+                    return
+
+
+def _json_record(path: Path, line_number: int, line: str) -> dict:
+    try:
+        record = json.loads(line, parse_constant=_refuse_json_constant)
+    except json.JSONDecodeError as exc:
+        raise DataError(
+            f"{path}: line {line_number} is not valid JSON: {exc.msg} (column {exc.colno})"
+        ) from None
+    except (ValueError, RecursionError) as exc:
+        raise DataError(f"{path}: line {line_number} is not valid JSON: {exc}") from None
+    if not isinstance(record, dict):
+        raise DataError(
+            f"{path}: line {line_number} holds a JSON {type(record).__name__}; each line must "
+            "be one JSON object such as {\"text\": \"...\", \"label\": \"...\"}"
+        )
+    surrogate = _lone_surrogate(record)
+    if surrogate is not None:
+        raise DataError(
+            f"{path}: line {line_number} holds a lone surrogate escape \\u{ord(surrogate):04x} "
+            "(half of a UTF-16 pair, not a character); fix the text or remove the escape"
+        )
+    return record
+
+
+def _refuse_json_constant(name: str):
+    raise ValueError(f"{name} is not valid JSON (use null for a missing value)")
+
+
+def _lone_surrogate(value) -> str | None:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            for char in item:
+                if "\ud800" <= char <= "\udfff":
+                    return char
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return None
+
+
+def _read_json(path: Path) -> pd.DataFrame:
+    with path.open(encoding="utf-8") as handle:
+        first = handle.read(4096).lstrip()
+    if first.startswith("["):  # one JSON array of objects
+        records = _json_record_list(path)
+        lines = None
+    else:  # JSON lines: one object per line
+        records, lines = [], []
+        for line_number, line in _json_lines(path):
+            records.append(_json_record(path, line_number, line))
+            lines.append(line_number)
+    frame = pd.DataFrame.from_records(records)
+    if lines is not None:
+        frame.attrs["line_numbers"] = lines
+    return frame
+
+
+def _json_record_list(path: Path) -> list[dict]:
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text, parse_constant=_refuse_json_constant)
+    except json.JSONDecodeError as exc:
+        raise DataError(
+            f"{path}: not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
+        ) from None
+    except (ValueError, RecursionError) as exc:
+        raise DataError(f"{path}: not valid JSON: {exc}") from None
+    if not all(isinstance(item, dict) for item in data):
+        raise DataError(f"{path}: a JSON array of data must hold one object per example")
+    for index, item in enumerate(data):
+        surrogate = _lone_surrogate(item)
+        if surrogate is not None:
+            raise DataError(
+                f"{path}: example {index + 1} holds a lone surrogate escape "
+                f"\\u{ord(surrogate):04x} (half of a UTF-16 pair, not a character)"
             )
-    except Exception as exc:  # datasets raises many types; all mean "cannot parse"
-        raise DataError(f"{path}: could not be read as {suffix[1:]}: {_root_cause(exc)}") from exc
-    return dataset.to_pandas()
+    return data
+
+
+def _read_parquet(path: Path) -> pd.DataFrame:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # pyarrow raises several types for a broken file
+        raise DataError(f"{path}: could not be read as parquet: {_root_cause(exc)}") from None
+    _refuse_duplicate_columns(path, list(table.schema.names))
+    return table.to_pandas()
 
 
 def _load_hub_dataset(reference: str) -> pd.DataFrame:

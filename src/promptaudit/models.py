@@ -28,6 +28,7 @@ __all__ = [
     "resolve_device",
     "load_base_model",
     "quiet_transformers",
+    "hub_reachable",
 ]
 
 logger = logging.getLogger(__name__)
@@ -95,14 +96,53 @@ def resolve_model_reference(reference: str) -> str:
         return str(builtin_minilm_dir())
     if reference.startswith("builtin:"):
         raise ModelError(f"model {reference!r}: unknown builtin model; allowed: {BUILTIN_MINILM}")
+    from promptaudit.paths import looks_like_local_path
+
     path = Path(reference).expanduser()
     if path.exists():
+        if not path.is_dir():
+            raise ModelError(
+                f"model {reference!r}: is a file; expected a model directory (with config.json), "
+                f"a Hub id or {BUILTIN_MINILM}"
+            )
         if not (path / "config.json").exists():
             raise ModelError(f"model {reference!r}: directory has no config.json")
         return str(path)
-    if reference.startswith((".", "/", "~")) or reference.count("/") > 1:
-        raise ModelError(f"model {reference!r}: directory not found")
+    if looks_like_local_path(reference):
+        # Not a Hub id form (``name`` or ``org/name``), or its folder exists here: a
+        # mistyped local path fails now instead of retrying the Hub for a minute.
+        raise ModelError(
+            f"model {reference!r}: directory not found (a local path: it starts with '.', '/' "
+            "or '~', has more than one '/', or its first folder exists here; a Hub id is "
+            "name or org/name)"
+        )
     return reference
+
+
+def _hub_host() -> str:
+    import os
+    from urllib.parse import urlparse
+
+    endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+    return urlparse(endpoint).hostname or "huggingface.co"
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face Hub answers a TCP connection (False under ``HF_HUB_OFFLINE``).
+
+    Asked once before loading a Hub id, so an offline machine fails (or uses its
+    cache) at once instead of retrying each file for a minute.
+    """
+    import os
+    import socket
+
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    try:
+        with socket.create_connection((_hub_host(), 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -178,11 +218,16 @@ def load_base_model(
         kwargs["revision"] = revision
     if task is Task.SEQUENCE_CLASSIFICATION and num_labels is not None:
         kwargs["num_labels"] = num_labels
+    cache_only = not Path(resolved).is_dir() and not hub_reachable()
+    if cache_only:  # no retries against an unreachable Hub: the local HF cache or a clear error
+        kwargs["local_files_only"] = True
+        logger.info("the Hub cannot be reached; loading %s from the local cache only", resolved)
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(
             resolved,
             **({"trust_remote_code": True} if trust_remote_code else {}),
             **({"revision": revision} if revision else {}),
+            **({"local_files_only": True} if cache_only else {}),
         )
         model = auto_class.from_pretrained(resolved, **kwargs)
     except pickle.UnpicklingError:  # transformers loads .bin weights with weights_only=True
@@ -191,6 +236,12 @@ def load_base_model(
             "plain tensors (never unpickled); use a model saved with safetensors"
         ) from None
     except (OSError, ValueError, KeyError) as exc:
+        if cache_only:
+            raise ModelError(
+                f"model {reference!r}: not a local directory, not in the local Hugging Face "
+                f"cache, and the Hub ({_hub_host()}) cannot be reached; check the name or give "
+                "a local model directory"
+            ) from None
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(
             f"model {reference!r}: could not be loaded as {task.value}: {message}"

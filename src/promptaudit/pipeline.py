@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from promptaudit.data import check_sensitive_columns, encode_labels, load_table
+from promptaudit.data import check_sensitive_columns, encode_labels, load_table, row_location
 from promptaudit.errors import DataError, SpecError
 from promptaudit.prompted import PromptedModel, float32_model, load_prompted_model
 from promptaudit.prompts import SoftPrompt, text_init_token_ids
@@ -215,10 +215,11 @@ def run_audit(
 
     partial = {"task": task, "fairness": fairness, "bias_audit": bias_audit}
     gates = evaluate_gates(spec.gates, partial)
+    data_provenance = {"n_rows": len(frame)}  # rows audited (after data.limit)
     result = AuditResult(
         audit={"name": spec.name, "spec": spec.to_dict(), **_audit_info(spec)},
         provenance={
-            **_provenance(spec, soft, loaded, prompt_source, command),
+            **_provenance(spec, soft, loaded, prompt_source, command, data_provenance),
             "num_processes": 1 if processes is None else processes.num_processes,
         },
         task=task,
@@ -261,7 +262,8 @@ def _load_evaluation_data(spec: AuditSpec) -> tuple[pd.DataFrame, list[str]]:
     if missing.any():  # an empty CSV cell reads as "" (keep_default_na=False), not NaN
         row = int(np.flatnonzero(missing)[0])
         raise DataError(
-            f"{spec.data.path}: column {spec.data.text_column!r} has a missing text at row {row}"
+            f"{spec.data.path}: column {spec.data.text_column!r} has a missing text at "
+            f"{row_location(text, row)}"
         )
     # Refuse bad groups, pair ids and term suites now, before any model work.
     check_sensitive_columns(
@@ -274,7 +276,8 @@ def _load_evaluation_data(spec: AuditSpec) -> tuple[pd.DataFrame, list[str]]:
     if cf is not None and cf.pair_column and frame[cf.pair_column].isna().any():
         row = int(np.flatnonzero(frame[cf.pair_column].isna().to_numpy())[0])
         raise DataError(
-            f"{spec.data.path}: column {cf.pair_column!r} has a missing value at row {row}"
+            f"{spec.data.path}: column {cf.pair_column!r} has a missing value at "
+            f"{row_location(frame, row)}"
         )
     if cf is not None and cf.suite is not None:
         from promptaudit.corpora import make_counterfactuals
@@ -467,7 +470,8 @@ def _counterfactual(spec, prompted, frame, texts, probs, positive, *, progress) 
         if pairs.isna().any():
             row = int(np.flatnonzero(pairs.isna().to_numpy())[0])
             raise DataError(
-                f"{spec.data.path}: column {cf.pair_column!r} has a missing value at row {row}"
+                f"{spec.data.path}: column {cf.pair_column!r} has a missing value at "
+                f"{row_location(pairs, row)}"
             )
         groups = frame[cf.group_column].astype(str).to_numpy() if cf.group_column else None
         result = compute_counterfactual(
@@ -606,7 +610,9 @@ def _model_hashes(resolved: str) -> dict[str, str]:
     return {p.name: sha256_file(p) for p in names}
 
 
-def _provenance(spec: AuditSpec, soft, loaded, prompt_source: str, command: str | None) -> dict:
+def _provenance(
+    spec: AuditSpec, soft, loaded, prompt_source: str, command: str | None, data_extra=None
+) -> dict:
     data_path = Path(spec.data.path)
     data_hash = sha256_file(data_path) if data_path.is_file() else None
     return {
@@ -628,6 +634,7 @@ def _provenance(spec: AuditSpec, soft, loaded, prompt_source: str, command: str 
             "source": spec.data.path,
             "sha256": data_hash,
             "generated": data_hash is None and spec.data.path.startswith("builtin:"),
+            **(data_extra or {}),
         },
         "seed": spec.seed,
         "versions": library_versions(),

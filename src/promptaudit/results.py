@@ -1,15 +1,23 @@
 """The audit result: a dataclass over the JSON contract (schema_version "1").
 
 Sections are plain JSON-able dicts so a report renders from the JSON alone.
+
 ``integrity.content_sha256`` is the sha256 of the canonical JSON of everything
-else; ``promptaudit gate`` recomputes it and refuses an edited result.
+else: a *checksum* that catches accidental change (a truncated copy, a hand edit
+that forgot to recompute it). Anyone can recompute it, so it proves nothing about
+who wrote the file. With ``PROMPTAUDIT_SIGNING_KEY`` set, :meth:`AuditResult.to_dict`
+also writes ``integrity.hmac_sha256``, an HMAC-SHA256 of the canonical content
+under that key: a *signature* only key holders can produce, which ``promptaudit
+gate`` (with the key set) requires. The key itself is never written anywhere.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -24,7 +32,19 @@ __all__ = [
     "canonical_json",
     "content_sha256",
     "read_result_json",
+    "hmac_sha256",
+    "signing_key_from_env",
+    "SIGNING_KEY_ENV",
+    "RESULT_SCHEMA",
+    "MAX_RESULT_DEPTH",
 ]
+
+#: Environment variable holding the signing key (never written to any file or log).
+SIGNING_KEY_ENV = "PROMPTAUDIT_SIGNING_KEY"
+#: Deepest nesting a result may have (real results stay under 12 levels).
+MAX_RESULT_DEPTH = 64
+#: Largest result file `gate` reads (bytes).
+MAX_RESULT_BYTES = 256 * 1024 * 1024
 
 SCHEMA_VERSION = "1"
 _REQUIRED = ("schema_version", "audit", "provenance", "task", "fairness", "gates", "passed")
@@ -46,12 +66,20 @@ class AuditResult:
     schema_version: str = SCHEMA_VERSION
     bias_audit: dict | None = None
 
-    def to_dict(self) -> dict:
-        """The contract's JSON object, with ``integrity`` added."""
+    def to_dict(self, *, signing_key: bytes | None = None) -> dict:
+        """The contract's JSON object, with ``integrity`` added.
+
+        ``signing_key`` (default: ``PROMPTAUDIT_SIGNING_KEY`` from the environment,
+        when set) adds ``integrity.hmac_sha256``.
+        """
         body = to_jsonable(asdict(self))
         if body.get("bias_audit") is None:  # only present when the spec asks for it
             body.pop("bias_audit", None)
-        body["integrity"] = {"algorithm": "sha256", "content_sha256": content_sha256(body)}
+        key = signing_key if signing_key is not None else signing_key_from_env()
+        integrity = {"algorithm": "sha256", "content_sha256": content_sha256(body)}
+        if key is not None:
+            integrity["hmac_sha256"] = hmac_sha256(body, key)
+        body["integrity"] = integrity
         return body
 
     @classmethod
@@ -99,14 +127,192 @@ def content_sha256(data: dict) -> str:
     return hashlib.sha256(canonical_json(body).encode("utf-8")).hexdigest()
 
 
-def read_result_json(path: str | Path, *, verify: bool = True) -> dict:
-    """Read a result JSON, check its shape and (by default) its integrity hash."""
+def signing_key_from_env() -> bytes | None:
+    """The signing key from ``PROMPTAUDIT_SIGNING_KEY`` (UTF-8 bytes), or None when unset.
+
+    Raises
+    ------
+    InputError
+        When the variable is set but empty (a CI secret that did not resolve).
+    """
+    value = os.environ.get(SIGNING_KEY_ENV)
+    if value is None:
+        return None
+    if not value.strip():
+        raise InputError(
+            f"{SIGNING_KEY_ENV} is set but empty; set it to the team's signing secret or unset it"
+        )
+    return value.encode("utf-8")
+
+
+def hmac_sha256(data: dict, key: bytes) -> str:
+    """HMAC-SHA256 (hex) of the canonical JSON of ``data`` without ``integrity``.
+
+    Unlike :func:`content_sha256` it covers ``provenance.created_at`` too.
+    """
+    body = {k: v for k, v in data.items() if k != "integrity"}
+    return hmac.new(key, canonical_json(body).encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+_NUMBER_OR_NULL = {"type": ["number", "null"]}
+_GATE_ENTRY = {
+    "type": "object",
+    "properties": {
+        "metric": {"type": "string"},
+        "feature": {"type": ["string", "null"]},
+        "min": _NUMBER_OR_NULL,
+        "max": _NUMBER_OR_NULL,
+        "use_bound": {"type": "boolean"},
+    },
+}
+_DISPARITY_BLOCK = {
+    "type": "object",
+    "properties": {
+        "disparities": {"type": ["object", "null"], "additionalProperties": _NUMBER_OR_NULL},
+        "disparity_intervals": {
+            "type": ["object", "null"],
+            "additionalProperties": {
+                "type": ["array", "null"],
+                "items": _NUMBER_OR_NULL,
+            },
+        },
+    },
+}
+#: JSON Schema of the parts of a result that ``gate`` and the readers rely on.
+RESULT_SCHEMA: dict = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "type": "object",
+    "required": list(_REQUIRED),
+    "properties": {
+        "schema_version": {"type": "string"},
+        "audit": {
+            "type": "object",
+            "required": ["name"],
+            "properties": {
+                "name": {"type": "string"},
+                "spec": {
+                    "type": "object",
+                    "properties": {"gates": {"type": "array", "items": _GATE_ENTRY}},
+                },
+            },
+        },
+        "provenance": {"type": "object"},
+        "task": {
+            "type": "object",
+            "properties": {"accuracy": _NUMBER_OR_NULL, "balanced_accuracy": _NUMBER_OR_NULL},
+        },
+        "fairness": {
+            "allOf": [_DISPARITY_BLOCK],
+            "type": "object",
+            "properties": {
+                "by_feature": {
+                    "type": ["object", "null"],
+                    "additionalProperties": _DISPARITY_BLOCK,
+                },
+                "counterfactual": {
+                    "type": ["object", "null"],
+                    "properties": {"flip_rate": _NUMBER_OR_NULL, "mean_abs_delta": _NUMBER_OR_NULL},
+                },
+            },
+        },
+        "gates": {"type": "array", "items": {"type": "object"}},
+        "passed": {"type": "boolean"},
+        "integrity": {
+            "type": "object",
+            "properties": {
+                "algorithm": {"type": "string"},
+                "content_sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                "hmac_sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+            },
+        },
+    },
+}
+
+
+def _depth_exceeds(text: str, limit: int) -> bool:
+    """Whether JSON text nests deeper than ``limit`` (brackets outside strings, no recursion)."""
+    depth, in_string, escaped = 0, False, False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        elif char in "]}":
+            depth -= 1
+    return False
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not valid JSON (a number must be finite; use null)")
+
+
+def _schema_error_message(error) -> str:
+    where = ".".join(str(part) for part in error.absolute_path) or "the top level"
+    message = error.message
+    if len(message) > 160:
+        message = message[:157] + "..."
+    return f"{where}: {message}"
+
+
+def read_result_json(
+    path: str | Path, *, verify: bool = True, signing_key: bytes | None = None
+) -> dict:
+    """Read a result JSON, check its shape, its checksum and (with a key) its signature.
+
+    Parameters
+    ----------
+    path : str or Path
+    verify : bool
+        Check ``integrity.content_sha256`` (and the signature when a key is known).
+    signing_key : bytes, optional
+        Default: ``PROMPTAUDIT_SIGNING_KEY``. With a key, a result whose
+        ``integrity.hmac_sha256`` is missing or wrong is refused.
+
+    Raises
+    ------
+    InputError
+        One line naming the file and what is wrong with it.
+    """
+    import jsonschema
+
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: result file not found")
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory; expected a result JSON file")
+    if path.stat().st_size > MAX_RESULT_BYTES:
+        raise InputError(f"{path}: larger than {MAX_RESULT_BYTES} bytes; not a promptaudit result")
+    if path.suffix == ".json":
+        from promptaudit.atomic import pending_journal_path
+
+        if pending_journal_path(path.parent, path.stem).exists():
+            raise InputError(
+                f"{path}: its report set was interrupted while being replaced (a pending "
+                f"{pending_journal_path(path.parent, path.stem).name} is there); re-run the "
+                "audit to write a whole set"
+            )
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not valid UTF-8 (byte {exc.start})") from None
+    if _depth_exceeds(text, MAX_RESULT_DEPTH):
+        raise InputError(
+            f"{path}: JSON nested deeper than {MAX_RESULT_DEPTH} levels; not a promptaudit result"
+        )
+    try:
+        data = json.loads(text, parse_constant=_refuse_constant)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}: not valid JSON ({exc})".splitlines()[0]) from None
+    except (ValueError, RecursionError) as exc:
         raise InputError(f"{path}: not valid JSON ({exc})".splitlines()[0]) from None
     if not isinstance(data, dict):
         raise InputError(f"{path}: expected a JSON object")
@@ -118,13 +324,34 @@ def read_result_json(path: str | Path, *, verify: bool = True) -> dict:
             f"{path}: schema_version {data['schema_version']!r} is not supported; "
             f"allowed: {SCHEMA_VERSION}"
         )
+    error = jsonschema.exceptions.best_match(
+        jsonschema.Draft202012Validator(RESULT_SCHEMA).iter_errors(data)
+    )
+    if error is not None:
+        raise InputError(f"{path}: not a valid promptaudit result; {_schema_error_message(error)}")
     if verify:
-        recorded = (data.get("integrity") or {}).get("content_sha256")
+        integrity = data.get("integrity") or {}
+        recorded = integrity.get("content_sha256")
         if recorded is None:
             raise InputError(f"{path}: has no integrity.content_sha256; cannot verify it")
         if recorded != content_sha256(data):
             raise InputError(
-                f"{path}: content does not match its integrity hash; the result was edited "
-                "after the audit (re-run the audit instead of editing its JSON)"
+                f"{path}: content does not match its integrity hash, a checksum: the file "
+                "changed after the audit wrote it (re-run the audit instead of editing its JSON; "
+                f"a checksum catches accidental change, a signature with {SIGNING_KEY_ENV} "
+                "catches deliberate edits)"
             )
+        key = signing_key if signing_key is not None else signing_key_from_env()
+        if key is not None:
+            signature = integrity.get("hmac_sha256")
+            if signature is None:
+                raise InputError(
+                    f"{path}: has no integrity.hmac_sha256 signature but {SIGNING_KEY_ENV} is "
+                    "set; only a result signed with the team's key is accepted"
+                )
+            if not hmac.compare_digest(str(signature), hmac_sha256(data, key)):
+                raise InputError(
+                    f"{path}: integrity.hmac_sha256 signature is wrong for {SIGNING_KEY_ENV}; "
+                    "the result was changed after it was signed, or signed with another key"
+                )
     return data

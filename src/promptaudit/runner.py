@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from promptaudit.atomic import prepare_output_dir
+from promptaudit.paths import check_audit_outputs
 from promptaudit.spec import AuditSpec, load_spec
 
 if TYPE_CHECKING:
@@ -69,6 +70,7 @@ def run_audit_command(audit: str | Path, out: str | Path, overrides: Sequence[st
     AuditRun
     """
     spec = load_spec(audit, overrides)
+    check_audit_outputs(spec, out, spec_path=audit)  # before any work: never overwrite an input
     from promptaudit.distributed import launch_processes
 
     processes = launch_processes(device=spec.model.device)  # None for a single process

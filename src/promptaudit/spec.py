@@ -1,4 +1,4 @@
-"""The audit spec: a strict, data-only YAML file (see DESIGN.md, "Audit spec").
+"""The audit spec: a strict, data-only YAML file (see docs/audit-spec.md).
 
 Unknown keys are errors that name the nearest valid key; relative paths resolve
 against the spec file's folder; ``--set key=value`` overrides apply dotted keys
@@ -479,13 +479,18 @@ def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> AuditSpec:
         raise SpecError(f"{path}: audit spec not found")
     if path.is_dir():
         raise SpecError(f"{path}: is a directory; expected an audit YAML file")
+    if path.stat().st_size > MAX_SPEC_BYTES:
+        raise SpecError(
+            f"{path}: {path.stat().st_size} bytes; an audit spec may be at most "
+            f"{MAX_SPEC_BYTES} bytes"
+        )
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise SpecError(f"{path}: not valid UTF-8 text") from None
     try:
-        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 -- a SafeLoader subclass
-    except _DuplicateKeyError as exc:
+        raw = safe_load_bounded(text)
+    except (_DuplicateKeyError, _ExpansionError) as exc:
         raise SpecError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -505,6 +510,89 @@ class _DuplicateKeyError(yaml.YAMLError):
     """A mapping that names the same key twice (YAML itself keeps the last silently)."""
 
 
+class _ExpansionError(yaml.YAMLError):
+    """A document whose aliases expand past :data:`MAX_SPEC_NODES` nodes (an alias bomb)."""
+
+
+#: Largest spec file read (bytes); real specs are a few kilobytes.
+MAX_SPEC_BYTES = 1024 * 1024
+#: Most YAML nodes a spec may expand to once aliases are followed (each alias counts its
+#: whole target again): a "billion laughs" document is refused before it is built.
+MAX_SPEC_NODES = 100_000
+
+#: YAML 1.2 floats: ``3e-2`` and ``1E5`` are numbers (PyYAML's YAML 1.1 rule wants ``3.0e-2``
+#: and reads ``3e-2`` as the string "3e-2").
+_FLOAT_12 = re.compile(
+    r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+][0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""",
+    re.X,
+)
+
+
+def _expanded_size(root) -> int:
+    """Number of nodes ``root`` expands to with every alias followed (no recursion)."""
+    sizes: dict[int, int] = {}
+    stack: list[tuple[object, bool]] = [(root, False)]
+    on_path: set[int] = set()
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if key in sizes:
+            continue
+        if isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            children = [part for pair in node.value for part in pair]
+        else:
+            sizes[key] = 1
+            continue
+        if children_done:
+            on_path.discard(key)
+            total = 1 + sum(sizes[id(child)] for child in children)
+            sizes[key] = min(total, MAX_SPEC_NODES + 1)
+            continue
+        if key in on_path:
+            raise _ExpansionError("a YAML alias refers to itself; recursive documents are refused")
+        on_path.add(key)
+        stack.append((node, True))
+        for child in children:
+            if id(child) in on_path:
+                raise _ExpansionError(
+                    "a YAML alias refers to itself; recursive documents are refused"
+                )
+            if id(child) not in sizes:
+                stack.append((child, False))
+    return sizes[id(root)]
+
+
+def safe_load_bounded(text: str):
+    """``yaml.safe_load`` with duplicate keys refused, YAML 1.2 floats and an expansion bound.
+
+    Raises
+    ------
+    yaml.YAMLError
+        On a syntax error, a duplicate key, or aliases that expand past
+        :data:`MAX_SPEC_NODES` nodes.
+    """
+    loader = _UniqueKeyLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        size = _expanded_size(node)
+        if size > MAX_SPEC_NODES:
+            raise _ExpansionError(
+                f"the YAML expands to more than {MAX_SPEC_NODES} values once its aliases (*name) "
+                "are followed; a spec this large is refused (an alias bomb?)"
+            )
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
     """``yaml.SafeLoader`` that refuses duplicate keys instead of keeping the last one."""
 
@@ -522,6 +610,9 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             except TypeError:  # an unhashable key: let SafeLoader report it
                 break
         return super().construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_12, list("-+0123456789."))
 
 
 def parse_spec(raw: dict, *, source: str = "spec") -> AuditSpec:
@@ -544,7 +635,7 @@ def apply_overrides(raw: dict, overrides: Sequence[str], *, source: str = "--set
                 f"--set {item!r}: expected key=value with a dotted key, e.g. fairness.bootstrap=200"
             )
         try:
-            value = yaml.safe_load(value_text) if value_text.strip() else ""
+            value = safe_load_bounded(value_text) if value_text.strip() else ""
         except yaml.YAMLError:
             value = value_text
         key = key.strip()
@@ -594,9 +685,11 @@ def _resolve_paths(spec: AuditSpec, root: Path) -> AuditSpec:
     def resolve_model(value: str) -> str:
         if value.startswith("builtin:"):
             return value
+        from promptaudit.paths import looks_like_local_path
+
         candidate = Path(value).expanduser()
         local = candidate if candidate.is_absolute() else root / candidate
-        if value.startswith((".", "/", "~")) or local.exists():
+        if local.exists() or looks_like_local_path(value, root):
             return str(local.resolve())
         return value  # a Hub id
 
@@ -613,7 +706,9 @@ def _resolve_paths(spec: AuditSpec, root: Path) -> AuditSpec:
             and not value.startswith((".", "~"))
             and Path(value).suffix.lower() not in (".safetensors", ".pt", ".bin")
         )
-        if hub_like and not local.exists():
+        from promptaudit.paths import looks_like_local_path
+
+        if hub_like and not local.exists() and not looks_like_local_path(value, root):
             return value
         return str(local.resolve())
 

@@ -47,6 +47,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = ".checkpoints"
+#: Fewer held-out examples than this make the per-epoch validation accuracy a warning.
+MIN_VALIDATION_EXAMPLES = 30
 _TASK_TYPES = {Task.SEQUENCE_CLASSIFICATION: "SEQ_CLS", Task.CAUSAL_LM: "CAUSAL_LM"}
 
 
@@ -199,6 +201,16 @@ def train_prompt(
     if init_special:
         logger.warning(
             "text init copies special tokens into the prompt: %s", ", ".join(init_special)
+        )
+    n_validation = 0 if validation_texts is None else len(validation_texts)
+    if 0 < n_validation < MIN_VALIDATION_EXAMPLES:
+        logger.warning(
+            "the validation set has only %d example%s: its accuracy says little (give "
+            "--validation-data or more training rows; %d or more held-out examples are "
+            "advised)",
+            n_validation,
+            "" if n_validation == 1 else "s",
+            MIN_VALIDATION_EXAMPLES,
         )
 
     trainable = [p for p in peft_model.parameters() if p.requires_grad]
@@ -442,13 +454,24 @@ def _save_adapter_atomically(peft_model, out_dir: Path, *, training_info: dict) 
         peft_model.save_pretrained(str(tmp))
         _record_portable_base(tmp / "adapter_config.json", training_info["base_model"])
         (tmp / "training_info.json").write_text(json.dumps(training_info, sort_keys=True, indent=2))
+        mode = 0o666 & ~_umask()  # save_pretrained may leave 0600: others must read it
         for item in tmp.iterdir():
+            if item.is_file():
+                item.chmod(mode)
             item.replace(out_dir / item.name)
         stale = out_dir / "adapter_model.bin"
         if stale.exists() and (out_dir / "adapter_model.safetensors").exists():
             stale.unlink()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _record_portable_base(config_path: Path, model: str) -> None:

@@ -12,13 +12,18 @@ Figures live in :mod:`promptaudit.report.figures`.
 
 from __future__ import annotations
 
-from promptaudit.report._writer import REPORT_SUFFIXES, write_reports
+from promptaudit.report._writer import (
+    REPORT_SUFFIXES,
+    complete_pending_reports,
+    write_reports,
+)
 from promptaudit.report.html import render_html
 from promptaudit.report.junit import render_junit
 from promptaudit.report.markdown import escape_markdown, render_markdown
 
 __all__ = [
     "REPORT_SUFFIXES",
+    "complete_pending_reports",
     "escape_markdown",
     "render_html",
     "render_junit",

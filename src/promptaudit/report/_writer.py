@@ -1,4 +1,19 @@
-"""Write the four report files of an audit atomically."""
+"""Write the four report files of an audit as one set.
+
+Each file is rendered first, then written to a temporary file of ours beside its
+target (``.<name>.html.<pid>-<random>.tmp``) and flushed to disk. Only then is a
+small journal, ``.<name>.reports-pending.json``, written (atomically) naming the
+four temporary files and their targets; the four renames follow and the journal is
+removed. The journal is the commit record of the set:
+
+* a crash before the journal exists leaves the previous four reports untouched (the
+  orphaned temporary files are swept by the next write);
+* a crash after it leaves complete new files to move in: the next
+  :func:`write_reports` (or :func:`complete_pending_reports`) finishes the switch, and
+  ``promptaudit gate`` refuses a result whose set is still pending.
+
+A reader therefore never takes a mix of old and new reports for one audit.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +23,26 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from promptaudit.atomic import atomic_write_text, prepare_output_dir
+from promptaudit.atomic import (
+    atomic_write_text,
+    pending_journal_path,
+    prepare_output_dir,
+    sweep_stale_temp_files,
+    write_temp_file,
+)
 from promptaudit.errors import InputError
 from promptaudit.report._bias_audit import bias_audit_csv
 from promptaudit.report.html import render_html
 from promptaudit.report.junit import render_junit
 from promptaudit.report.markdown import render_markdown
 
-__all__ = ["write_reports", "REPORT_SUFFIXES", "BIAS_AUDIT_SUFFIX"]
+__all__ = [
+    "write_reports",
+    "REPORT_SUFFIXES",
+    "BIAS_AUDIT_SUFFIX",
+    "complete_pending_reports",
+    "pending_journal_path",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -68,13 +95,41 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_reports(result: dict, out_dir: str | os.PathLike[str], *, name: str) -> dict[str, Path]:
-    """Render an audit result and write its four report files atomically.
+def complete_pending_reports(out_dir: str | os.PathLike[str], name: str) -> bool:
+    """Finish a report-set switch that a crash interrupted (roll forward).
+
+    Every temporary file the journal names was complete and flushed before the journal
+    was written, so moving the remaining ones in yields the whole new set. Returns True
+    when a pending switch was found and completed.
+    """
+    folder = Path(out_dir)
+    journal = pending_journal_path(folder, name)
+    if not journal.exists():
+        return False
+    try:
+        moves = json.loads(journal.read_text(encoding="utf-8"))["moves"]
+        pairs = [(folder / str(src), folder / str(dst)) for src, dst in moves]
+    except (OSError, ValueError, KeyError, TypeError):
+        pairs = []  # an unreadable journal was never committed: nothing to roll forward
+    for src, dst in pairs:
+        if src.parent == folder and dst.parent == folder and src.exists():
+            os.replace(src, dst)
+    journal.unlink(missing_ok=True)
+    _fsync_dir(folder)
+    logger.info("completed an interrupted report write in %s", folder)
+    return True
+
+
+def write_reports(
+    result: dict, out_dir: str | os.PathLike[str], *, name: str | None = None
+) -> dict[str, Path]:
+    """Render an audit result and write its four report files as one set.
 
     All four documents are rendered before anything is written, so an error while
-    rendering leaves earlier reports untouched. Each file is written to a temporary
-    file in ``out_dir``, flushed to disk and renamed over the target
-    (:func:`promptaudit.atomic.atomic_write_text`).
+    rendering leaves earlier reports untouched. The files are written to temporary
+    files, a journal records the set, and the four renames follow (see the module
+    docstring): a crash leaves either the previous set or, after the next write or
+    :func:`complete_pending_reports`, the new one; never a mix.
 
     Parameters
     ----------
@@ -82,10 +137,10 @@ def write_reports(result: dict, out_dir: str | os.PathLike[str], *, name: str) -
         The audit result JSON dict (NaN and infinity already replaced by ``None``).
     out_dir : str or path-like
         Folder for the reports; created (with parents) if missing.
-    name : str
-        File stem: writes ``<name>.html``, ``<name>.json``, ``<name>.junit.xml`` and
-        ``<name>.md``, and ``<name>.bias_audit.csv`` when the result has a
-        ``bias_audit`` section.
+    name : str, optional
+        File stem (default: ``result["audit"]["name"]``): writes ``<name>.html``,
+        ``<name>.json``, ``<name>.junit.xml`` and ``<name>.md``, and
+        ``<name>.bias_audit.csv`` when the result has a ``bias_audit`` section.
 
     Returns
     -------
@@ -103,10 +158,15 @@ def write_reports(result: dict, out_dir: str | os.PathLike[str], *, name: str) -
     --------
     >>> import tempfile
     >>> result = {"schema_version": "1", "audit": {"name": "demo"}, "gates": [], "passed": True}
-    >>> paths = write_reports(result, tempfile.mkdtemp(), name="demo")
+    >>> paths = write_reports(result, tempfile.mkdtemp())
     >>> sorted(p.name for p in paths.values())
     ['demo.html', 'demo.json', 'demo.junit.xml', 'demo.md']
     """
+    if name is None:
+        audit = result.get("audit") if isinstance(result, Mapping) else None
+        name = audit.get("name") if isinstance(audit, Mapping) else None
+        if not isinstance(name, str):
+            raise InputError("the result has no audit.name; pass name= to write_reports")
     _check_name(name)
     folder = Path(out_dir)
     documents = {
@@ -123,8 +183,38 @@ def write_reports(result: dict, out_dir: str | os.PathLike[str], *, name: str) -
     prepare_output_dir(folder)
     paths = {kind: folder / f"{name}{suffix}" for kind, suffix in suffixes.items()}
     try:
-        for kind, path in paths.items():
-            atomic_write_text(path, documents[kind])
+        complete_pending_reports(folder, name)
+        sweep_stale_temp_files(folder)
+        temps: dict[str, Path] = {}
+        try:
+            for kind, path in paths.items():
+                temps[kind] = write_temp_file(folder, path.name, documents[kind].encode("utf-8"))
+        except BaseException:
+            for temp in temps.values():
+                temp.unlink(missing_ok=True)
+            raise
+        moves = [[temps[kind].name, paths[kind].name] for kind in paths]
+        journal = pending_journal_path(folder, name)
+        try:
+            atomic_write_text(journal, json.dumps({"moves": moves}, indent=1))
+        except BaseException:
+            for temp in temps.values():
+                temp.unlink(missing_ok=True)
+            raise
+        try:
+            for kind, path in paths.items():
+                os.replace(temps[kind], path)
+        except OSError as first:
+            # Roll forward: every new file is whole, so finishing the switch is safe.
+            try:
+                complete_pending_reports(folder, name)
+            except OSError:
+                raise InputError(
+                    f"{folder}: the new report set for {name!r} could not be moved into place "
+                    f"({first.strerror or first}); it stays pending and the next run into this "
+                    "folder completes it"
+                ) from None
+        journal.unlink(missing_ok=True)
     except PermissionError as error:
         raise InputError(ERROR_OUT_DIR.format(path=folder, reason=error.strerror or error)) \
             from None
