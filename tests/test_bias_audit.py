@@ -329,7 +329,7 @@ def test_gate_reads_min_impact_ratio(hiring_audit):
 # ------------------------------------------------------------------------- data
 def test_missing_sensitive_values_allowed_only_for_bias_audit_columns():
     frame = pd.DataFrame({"gender": ["f", None, "m", ""], "race": ["a", "b", "a", "b"]})
-    with pytest.raises(DataError, match="missing value at row 1"):
+    with pytest.raises(DataError, match="missing value at row 2"):
         check_sensitive_columns(frame, ["gender", "race"], source="d.csv")
     check_sensitive_columns(frame, ["gender", "race"], source="d.csv", allow_missing=["gender"])
     clash = frame.assign(gender=["f", None, MISSING_GROUP, "m"])

@@ -197,9 +197,13 @@ print(json.dumps({"code": code, "loaded": [m for m in heavy if m in sys.modules]
 
 def test_validate_does_not_import_torch(tmp_path):
     audit = tmp_path / "audit.yaml"
+    # validate reads the data files' headers (preflight), so they must exist.
+    (tmp_path / "t.csv").write_text("text,label\nfine,a\nbad,b\n", encoding="utf-8")
+    (tmp_path / "d.csv").write_text("text,g\nfine,x\nbad,y\n", encoding="utf-8")
     audit.write_text(json.dumps({
         "name": "light", "model": {"dtype": "bfloat16", "task": "sequence-classification"},
-        "prompt": {"train": {"data": {"path": "t.csv"}, "init": "vocab"}},
+        "prompt": {"train": {"data": {"path": "t.csv", "label_column": "label"},
+                             "init": "vocab"}},
         "data": {"path": "d.csv", "sensitive_features": ["g"]},
         "projection": {"metric": "l2"},
         "attribution": {"method": "shapley_sampling", "baseline": "mean"},
