@@ -85,7 +85,7 @@ def result(data):
         sensitive_features=data["sf"],
         y_true=data["y_true"],
         y_score=data["y_score"],
-        bootstrap=200,
+        bootstrap=1200,
         seed=3,
     )
 
@@ -147,15 +147,17 @@ def test_disparities_match_fairlearn_functions(data, result):
 
 def test_worst_over_features(result):
     for name, direction in DISPARITY_DIRECTIONS.items():
-        values = {f: result["by_feature"][f]["disparities"][name] for f in ("gender", "race")}
+        features = ("gender", "race", "gender & race")
+        assert list(result["by_feature"]) == list(features)  # the intersection is a feature
+        values = {f: result["by_feature"][f]["disparities"][name] for f in features}
         pick = min if direction == "higher_is_better" else max
         worst_feature = pick(values, key=values.get)
         assert result["disparities"][name] == values[worst_feature]
         assert result["worst_feature"][name] == worst_feature
         expected_interval = result["by_feature"][worst_feature]["disparity_intervals"][name]
         assert result["disparity_intervals"][name] == expected_interval
-    # The built-in gap is by gender.
-    assert result["worst_feature"]["demographic_parity_difference"] == "gender"
+    # The built-in gap is by gender; the intersection (finer groups) shows it wider still.
+    assert result["worst_feature"]["demographic_parity_difference"] == "gender & race"
 
 
 def test_intersection_matches_fairlearn_with_two_features(data, result):
@@ -198,6 +200,7 @@ def test_result_shape_and_json(result):
         "disparities",
         "disparity_intervals",
         "worst_feature",
+        "undefined",
         "warnings",
     }
     entry = result["by_feature"]["gender"]
@@ -209,6 +212,7 @@ def test_result_shape_and_json(result):
         "disparities",
         "disparity_intervals",
         "small_groups",
+        "undefined",
     }
     assert result["reference_group"] == "between_groups"
     assert result["sensitive_features"] == ["gender", "race"]
@@ -279,7 +283,7 @@ def test_group_intervals_by_hand(data, result):
     codes = (
         data["sf"]["race"].to_numpy()[:, None] == np.array(["Asian", "Black", "White"])
     ).argmax(1)
-    rates = _resampled_rates(codes, 3, data["y_pred"], bootstrap=200, seed=3)
+    rates = _resampled_rates(codes, 3, data["y_pred"], bootstrap=1200, seed=3)
     low, high = np.nanquantile(rates, [0.025, 0.975], axis=0)
     intervals = result["by_feature"]["race"]["intervals"]
     for g, group in enumerate(("Asian", "Black", "White")):
@@ -288,7 +292,7 @@ def test_group_intervals_by_hand(data, result):
 
 def test_disparity_interval_by_hand_two_groups(data, result):
     codes = (data["sf"]["gender"].to_numpy() == "male").astype(int)
-    rates = _resampled_rates(codes, 2, data["y_pred"], bootstrap=200, seed=3)
+    rates = _resampled_rates(codes, 2, data["y_pred"], bootstrap=1200, seed=3)
     # Two groups: one signed gap female - male, plain percentile interval, folded.
     low, high = np.nanquantile(rates[:, 0] - rates[:, 1], [0.025, 0.975])
     assert high < 0  # women are selected less in every plausible resample
@@ -303,7 +307,7 @@ def test_disparity_interval_bonferroni_many_groups(data, result):
     codes = (
         data["sf"]["race"].to_numpy()[:, None] == np.array(["Asian", "Black", "White"])
     ).argmax(1)
-    rates = _resampled_rates(codes, 3, data["y_pred"], bootstrap=200, seed=3)
+    rates = _resampled_rates(codes, 3, data["y_pred"], bootstrap=1200, seed=3)
     pairs = [(0, 1), (0, 2), (1, 2)]
     alpha = 0.05 / len(pairs)
     near, far = [], []
@@ -322,6 +326,9 @@ def test_intervals_contain_point_estimates(result):
                 value = entry["by_group"][group][metric]
                 assert low <= value <= high, (entry["feature"], group, metric)
         for name, interval in entry["disparity_intervals"].items():
+            if interval is None:  # too few resamples for this many comparisons
+                assert entry["feature"] == "gender & race"
+                continue
             low, high = interval
             assert low <= entry["disparities"][name] <= high, (entry["feature"], name)
 
@@ -369,7 +376,7 @@ def test_clean_predictions_interval_includes_zero():
 
 def test_label_free_path(data):
     out = compute_group_fairness(
-        data["y_pred"], sensitive_features=data["sf"], y_score=data["y_score"], bootstrap=50
+        data["y_pred"], sensitive_features=data["sf"], y_score=data["y_score"], bootstrap=600
     )
     assert out["metrics"] == ["selection_rate", "mean_score"]
     assert set(out["disparities"]) == {"demographic_parity_difference", "demographic_parity_ratio"}
@@ -379,8 +386,9 @@ def test_label_free_path(data):
         "selection_rate",
         "mean_score",
     }
-    expected = demographic_parity_difference(
-        data["y_pred"], data["y_pred"], sensitive_features=data["sf"]["gender"]
+    expected = max(
+        demographic_parity_difference(data["y_pred"], data["y_pred"], sensitive_features=sf)
+        for sf in (data["sf"]["gender"], data["sf"]["race"], data["sf"])
     )
     assert out["disparities"]["demographic_parity_difference"] == pytest.approx(expected)
     assert out["warnings"] == [
@@ -437,8 +445,11 @@ def test_undefined_rates_are_null_and_left_out():
     assert entry["by_group"]["b"]["false_negative_rate"] is None
     assert entry["by_group"]["a"]["true_positive_rate"] == 0.5
     assert entry["disparities"]["equal_opportunity_difference"] is None
-    # Equalized odds falls back to the FPR comparison: |1/2 - 2/4|.
-    assert entry["disparities"]["equalized_odds_difference"] == pytest.approx(0.0)
+    # Equalized odds needs both rates: the FPR gap alone (|1/2 - 2/4| = 0) is not parity.
+    assert entry["disparities"]["equalized_odds_difference"] is None
+    assert entry["undefined"]["equalized_odds_difference"] == (
+        "fewer than two groups have a defined true positive rate"
+    )
     assert (
         "g: group 'b' has no examples with a positive true label, so its true_positive_rate and "
         "false_negative_rate are undefined (null) and left out of the disparities"
@@ -446,11 +457,50 @@ def test_undefined_rates_are_null_and_left_out():
     assert json.dumps(out, allow_nan=False)
 
 
-def test_all_zero_selection_is_parity():
+def test_all_zero_selection_is_undefined_as_in_fairlearn():
     sf = pd.DataFrame({"g": ["a", "a", "b", "b"]})
-    out = compute_group_fairness([0, 0, 0, 0], sensitive_features=sf, bootstrap=0)
-    assert out["disparities"]["demographic_parity_ratio"] == 1.0
-    assert out["disparities"]["demographic_parity_difference"] == 0.0
+    y_true = [1, 0, 1, 0]
+    out = compute_group_fairness(
+        [0, 0, 0, 0], sensitive_features=sf, y_true=y_true, bootstrap=100
+    )
+    # fairlearn: 0/0 is NaN, not parity; the difference is defined (0).
+    with np.errstate(invalid="ignore", divide="ignore"):
+        assert math.isnan(demographic_parity_ratio(y_true, [0] * 4, sensitive_features=sf["g"]))
+        assert math.isnan(equal_opportunity_ratio(y_true, [0] * 4, sensitive_features=sf["g"]))
+        assert math.isnan(equalized_odds_ratio(y_true, [0] * 4, sensitive_features=sf["g"]))
+    assert demographic_parity_difference(y_true, [0] * 4, sensitive_features=sf["g"]) == 0.0
+    disparities = out["disparities"]
+    assert disparities["demographic_parity_ratio"] is None
+    assert disparities["equal_opportunity_ratio"] is None
+    assert disparities["equalized_odds_ratio"] is None
+    assert disparities["demographic_parity_difference"] == 0.0
+    assert out["disparity_intervals"]["demographic_parity_ratio"] is None
+    assert out["undefined"]["demographic_parity_ratio"] == (
+        "g: every group's selection rate is 0, so the ratio is 0/0"
+    )
+    assert (
+        "g: demographic_parity_ratio is undefined (null): every group's selection rate is 0, "
+        "so the ratio is 0/0; it is not parity, and a gate on it fails"
+    ) in out["warnings"]
+    assert json.dumps(out, allow_nan=False)
+
+
+@pytest.mark.parametrize("y_pred", [[1, 1, 0, 0, 1, 0], [0, 1, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1]])
+def test_degenerate_ratios_match_fairlearn(y_pred):
+    """Ratios defined where fairlearn's are finite, undefined (None) where they are NaN."""
+    sf = pd.Series(["a", "a", "a", "b", "b", "b"])
+    y_true = [1, 0, 0, 1, 0, 0]
+    out = compute_group_fairness(
+        y_pred, sensitive_features=sf.to_frame("g"), y_true=y_true, bootstrap=0
+    )
+    for name in ("demographic_parity_ratio", "equal_opportunity_ratio", "equalized_odds_ratio"):
+        with np.errstate(invalid="ignore", divide="ignore"):
+            expected = FAIRLEARN_DISPARITIES[name](y_true, y_pred, sensitive_features=sf)
+        got = out["disparities"][name]
+        if math.isnan(expected):
+            assert got is None, name
+        else:
+            assert got == pytest.approx(expected), name
 
 
 def test_multiclass_positive_label_index(data):
