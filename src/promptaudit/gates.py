@@ -110,7 +110,7 @@ def rows_to_decide(
     Examples
     --------
     >>> rows_to_decide(0.85, 0.75, 0.8, 100, confidence=0.95)
-    1021
+    818
     """
     gap = abs(value - threshold)
     half = abs(value - end)
@@ -383,8 +383,7 @@ def _message(
         where = f" for {gate.feature}" if gate.feature else " (worst over features)"
     if value is None:
         shown = reason or "not computed"
-        text = f"{gate.metric}{where} is {shown}; FAILS {op} {threshold:g}"
-        return text
+        return f"{gate.metric}{where} = {shown} ({bound}) FAILS {op} {threshold:g}"
     head = f"{gate.metric}{where} = {value:.4g} ({bound})"
     if status == GateStatus.PASS:
         return f"{head} passes {op} {threshold:g}"
