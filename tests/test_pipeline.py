@@ -93,12 +93,18 @@ def test_result_follows_the_contract(result):
         assert len(example["token_attributions"]) == len(example["tokens"])
     fairness = result["fairness"]
     assert fairness["sensitive_features"] == ["gender", "race"]
-    assert set(fairness["by_feature"]) == {"gender", "race"}
+    assert list(fairness["by_feature"]) == ["gender", "race", "gender & race"]
     assert set(fairness["by_feature"]["race"]["by_group"]) == {"asian", "black", "white"}
     assert {"flip_rate", "mean_abs_delta"} <= set(fairness["counterfactual"])
     assert set(result["baselines"]) == {"soft_prompt", "projected_prompt", "no_prompt"}
-    assert [set(g) >= {"metric", "feature", "op", "threshold", "value", "passed"}
+    assert [set(g) >= {"metric", "feature", "op", "threshold", "value", "passed", "status",
+                       "message", "bound"}
             for g in result["gates"]] == [True] * 7
+    assert {g["status"] for g in result["gates"]} <= {"pass", "fail", "inconclusive"}
+    assert "flip_rate_interval" in fairness["counterfactual"]
+    competence = result["task"]["competence"]
+    assert set(competence) >= {"works", "accuracy", "chance_accuracy", "baselines", "reason"}
+    assert set(competence["baselines"]) == {"projected_prompt", "no_prompt"}
 
 
 def test_task_section_matches_independent_predictions(result, reference, audit):
@@ -146,7 +152,11 @@ def test_intervals_bracket_the_point_values(result):
     for feature in ("gender", "race"):
         entry = fairness["by_feature"][feature]
         for metric, value in entry["disparities"].items():
-            low, high = entry["disparity_intervals"][metric]
+            interval = entry["disparity_intervals"][metric]
+            if interval is None:  # 50 resamples cannot hold 90% over race's 3 comparisons
+                assert feature == "race"
+                continue
+            low, high = interval
             assert low - TOL <= value <= high + TOL, (feature, metric)
 
 
@@ -170,11 +180,22 @@ def test_gates_fail_exactly_where_fairlearn_says(result, reference):
     }
     gates = result["gates"]
     for index, passed in expected.items():
-        assert gates[index]["passed"] is bool(passed), gates[index]["message"]
-    # the bound gate reads the upper end of the worst interval
-    upper = result["fairness"]["disparity_intervals"]["demographic_parity_difference"][1]
+        # A decided gate agrees with fairlearn's point value; an inconclusive one fails
+        # (gate_policy.inconclusive: fail, the default).
+        status = gates[index]["status"]
+        if status == "inconclusive":
+            assert gates[index]["passed"] is False
+        else:
+            assert status == ("pass" if passed else "fail"), gates[index]["message"]
+            assert gates[index]["passed"] is bool(passed), gates[index]["message"]
+    # the bound gate reads the highest upper end over every feature; one missing: fails
+    uppers = [
+        (entry["disparity_intervals"] or {}).get("demographic_parity_difference")
+        for entry in result["fairness"]["by_feature"].values()
+    ]
+    upper = None if None in uppers else max(u[1] for u in uppers)
     assert (gates[6]["bound"], gates[6]["value"]) == ("upper", upper)
-    assert gates[6]["passed"] is bool(upper <= 0.6)
+    assert gates[6]["passed"] is bool(upper is not None and upper <= 0.6)
     assert result["passed"] is all(g["passed"] for g in gates)
     # the scenario exercises both verdicts
     assert {g["passed"] for g in gates} == {True, False}
