@@ -517,6 +517,8 @@ def _baselines(
     ``predictions``, when given, receives baseline key -> ``(n,)`` predicted label
     indices of every baseline other than the soft prompt itself.
     """
+    from sklearn.metrics import balanced_accuracy_score
+
     sensitive = frame[spec.data.sensitive_features] if spec.data.sensitive_features else None
 
     def summary(label: str, p: np.ndarray, fair: dict | None = None, key: str = "") -> dict:
@@ -531,6 +533,9 @@ def _baselines(
         return {
             "label": label,
             "accuracy": None if y_true is None else float(np.mean(y_pred == y_true)),
+            "balanced_accuracy": None
+            if y_true is None
+            else float(balanced_accuracy_score(y_true, y_pred)),
             "positive_rate": float(np.mean(y_pred == positive)),
             "disparities": fair.get("disparities", {}),
             "agreement_with_soft_prompt": float(np.mean(y_pred == probs.argmax(axis=1))),
