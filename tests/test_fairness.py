@@ -43,6 +43,7 @@ from promptaudit.fairness import (
     ERR_TUPLE_MISSING,
     compute_counterfactual,
     compute_group_fairness,
+    min_resamples,
 )
 
 FAIRLEARN_DISPARITIES = {
@@ -632,9 +633,11 @@ def test_counterfactual_reference_is_first_row_in_input_order():
 
 def test_counterfactual_without_scores_or_tuples():
     out = compute_counterfactual([0, 0, 1, 1], [1, 1, 0, 1], None)
-    assert out == {"flip_rate": 0.5, "mean_abs_delta": None, "n_tuples": 2, "by_group": {}}
+    assert out == {"flip_rate": 0.5, "mean_abs_delta": None, "n_tuples": 2, "by_group": {},
+                   "flip_rate_interval": None, "confidence": 0.95, "warnings": []}
     none = compute_counterfactual([0, 1, 2], [1, 0, 1], [0.5, 0.5, 0.5])
-    assert none == {"flip_rate": None, "mean_abs_delta": None, "n_tuples": 0, "by_group": {}}
+    assert none == {"flip_rate": None, "mean_abs_delta": None, "n_tuples": 0, "by_group": {},
+                    "flip_rate_interval": None, "confidence": 0.95, "warnings": []}
     assert json.dumps(none, allow_nan=False)
 
 
@@ -693,3 +696,70 @@ def test_learned_label_bias_is_detected(seed):
     assert intervals["screening-train"][0] == 0.0
     assert intervals["screening-train-biased"][0] > 0.0
     assert not math.isnan(intervals["screening-train-biased"][1])
+
+
+# ------------------------------------------------------------ intersection identity, intervals
+
+
+def test_intersection_groups_stay_distinct_whatever_their_names():
+    # gender "a & b" with race "c" and gender "a" with race "b & c" both read "a & b & c".
+    sf = pd.DataFrame({"gender": ["a & b", "a & b", "a", "a", "a", "a & b"],
+                       "race": ["c", "c", "b & c", "b & c", "c", "b & c"]})
+    y_pred = np.array([1, 1, 0, 0, 1, 0])
+    out = compute_group_fairness(y_pred, sensitive_features=sf, bootstrap=0, min_group_size=0)
+    joint = out["by_feature"]["gender & race"]
+    assert joint is out["intersection"]
+    assert len(joint["by_group"]) == 4  # four distinct (gender, race) pairs
+    parts = {tuple(v.values()): name for name, v in joint["group_values"].items()}
+    first, second = parts[("a & b", "c")], parts[("a", "b & c")]
+    assert first != second
+    assert joint["by_group"][first]["count"] == 2 and joint["by_group"][second]["count"] == 2
+    assert joint["by_group"][first]["selection_rate"] == 1.0
+    assert joint["by_group"][second]["selection_rate"] == 0.0
+    assert parts[("a", "c")] == "a & c"  # names that cannot collide stay plain
+    # fairlearn on the two columns (its own tuple identity) agrees
+    expected = demographic_parity_difference(y_pred, y_pred, sensitive_features=sf)
+    assert joint["disparities"]["demographic_parity_difference"] == pytest.approx(expected)
+
+
+def test_too_few_resamples_give_no_interval_and_say_so(data):
+    one = compute_group_fairness(
+        data["y_pred"], sensitive_features=data["sf"][["gender"]], bootstrap=1
+    )
+    entry = one["by_feature"]["gender"]
+    assert entry["intervals"] is None and entry["disparity_intervals"] is None
+    assert one["disparity_intervals"] is None or all(
+        v is None for v in one["disparity_intervals"].values())
+    assert any("bootstrap 1 is too few resamples for 95% intervals: at least 40" in w
+               for w in one["warnings"])
+    assert min_resamples(0.95) == 40 and min_resamples(0.95, 3) == 120
+    enough = compute_group_fairness(
+        data["y_pred"], sensitive_features=data["sf"][["gender"]], bootstrap=40
+    )
+    low, high = enough["disparity_intervals"]["demographic_parity_difference"]
+    assert low <= enough["disparities"]["demographic_parity_difference"] <= high
+
+
+def test_flip_rate_interval_resamples_tuples():
+    rng = np.random.default_rng(2)
+    n_tuples = 150
+    ids = np.repeat(np.arange(n_tuples), 2)
+    y_pred = rng.integers(0, 2, 2 * n_tuples)
+    out = compute_counterfactual(ids, y_pred, bootstrap=400, confidence=0.9, seed=7)
+    flips = (y_pred[0::2] != y_pred[1::2]).astype(float)
+    assert out["flip_rate"] == pytest.approx(flips.mean())
+    draws = np.random.default_rng(7)
+    means = [flips[draws.integers(0, n_tuples, size=n_tuples)].mean() for _ in range(400)]
+    assert out["flip_rate_interval"] == pytest.approx(
+        list(np.quantile(means, [0.05, 0.95])), abs=1e-12)
+    # scipy's percentile bootstrap of the mean over tuples agrees up to Monte Carlo error
+    from scipy.stats import bootstrap
+
+    scipy_ci = bootstrap((flips,), np.mean, confidence_level=0.9, n_resamples=4000,
+                         method="percentile", random_state=0).confidence_interval
+    assert out["flip_rate_interval"][0] == pytest.approx(scipy_ci.low, abs=0.02)
+    assert out["flip_rate_interval"][1] == pytest.approx(scipy_ci.high, abs=0.02)
+    assert compute_counterfactual(ids, y_pred)["flip_rate_interval"] is None  # bootstrap 0
+    few = compute_counterfactual(ids, y_pred, bootstrap=3)
+    assert few["flip_rate_interval"] is None
+    assert "too few resamples" in few["warnings"][0]
