@@ -302,9 +302,11 @@ def compute_group_fairness(
         ``disparities`` / ``disparity_intervals`` / ``worst_feature`` (worst over the
         features and the intersection: largest difference, smallest ratio; ``None``
         when any is undefined), ``undefined`` (disparity -> reason, for the worst
-        values that are undefined) and ``warnings``. An entry holds ``feature``, ``reference_group``, ``by_group``
-        (group -> ``count``, ``small``, metrics), ``intervals`` (group -> metric ->
-        ``[lo, hi]``), ``disparities``, ``disparity_intervals`` and ``small_groups``.
+        values that are undefined) and ``warnings``. An entry holds ``feature``,
+        ``reference_group``, ``by_group`` (group -> ``count``, ``small``, metrics),
+        ``intervals`` (group -> metric -> ``[lo, hi]``), ``disparities``,
+        ``disparity_intervals``, ``small_groups``, ``undefined`` (disparity -> reason)
+        and, for the intersection, ``group_values`` (group -> feature -> group).
 
     Raises
     ------

@@ -377,9 +377,10 @@ class AuditSpec(_Strict):
         if isinstance(reference, dict):
             for feature in reference:
                 if feature not in features:
+                    listed = ", ".join(features) or "none listed in data.sensitive_features"
                     raise ValueError(
                         f"fairness.reference_group: {feature!r} is not a sensitive feature; "
-                        f"allowed: {', '.join(features) or 'none listed in data.sensitive_features'}"
+                        f"allowed: {listed}"
                     )
         for index, gate in enumerate(self.gates):
             where = f"gates.{index}"
