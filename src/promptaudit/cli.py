@@ -528,13 +528,14 @@ def gate(
     result: Annotated[Path, typer.Argument(help="A result JSON written by `promptaudit run`.")],
 ) -> None:
     """Re-check a result's gates: exit 0 if all pass, 1 if one fails, 2 on bad input."""
-    from promptaudit.gates import evaluate_gates
+    from promptaudit.gates import evaluate_gates, policy_of
     from promptaudit.results import read_result_json
 
     data = read_result_json(result)
-    gates = evaluate_gates((data.get("audit") or {}).get("spec", {}).get("gates", []), data)
+    spec = (data.get("audit") or {}).get("spec", {})
+    gates = evaluate_gates(spec.get("gates", []), data, inconclusive=policy_of(spec))
     for entry in gates:
-        typer.echo(("PASS  " if entry["passed"] else "FAIL  ") + entry["message"])
+        typer.echo(_gate_word(entry) + entry["message"])
     passed = all(entry["passed"] for entry in gates)
     typer.echo(
         f"{result}: {'all gates pass' if passed else 'a gate failed'} ({len(gates)} checked)"
@@ -543,9 +544,20 @@ def gate(
 
 
 # ------------------------------------------------------------------ helpers
+def _gate_word(entry: dict) -> str:
+    return "INCONCLUSIVE  " if entry.get("status") == "inconclusive" else (
+        "PASS  " if entry["passed"] else "FAIL  "
+    )
+
+
 def _print_verdict(result: dict, paths: dict) -> None:
+    from promptaudit.report._common import competence_sentence
+
+    competence = competence_sentence(result)
+    if competence:
+        typer.echo(competence)
     for entry in result.get("gates", []):
-        typer.echo(("PASS  " if entry["passed"] else "FAIL  ") + entry["message"])
+        typer.echo(_gate_word(entry) + entry["message"])
     verdict = "PASSED" if result.get("passed") else "FAILED"
     typer.echo(f"audit {result['audit']['name']}: {verdict}")
     for kind, path in sorted(paths.items()):
