@@ -245,7 +245,7 @@ def verdict_sentence(result: Mapping[str, Any]) -> str:
     if counts["inconclusive"]:
         policy = _policy(result)
         undecided = counts["inconclusive"]
-        noun = "gate was" if undecided == 1 else "gates were"
+        noun = "gate was" if total == 1 else "gates was" if undecided == 1 else "gates were"
         tail = (
             f"{undecided} of {total} {noun} inconclusive (the interval straddles the "
             f"threshold), counted as {'passed' if policy == 'pass' else 'failed'} under "
