@@ -236,7 +236,7 @@ def test_inconclusive_policy_decides_passed():
     assert (closed["passed"], opened["passed"]) == (False, True)
     assert closed["message"].startswith(
         "demographic_parity_ratio (worst over features) = 0.6 (point) is INCONCLUSIVE "
-        "against >= 0.8: its 95% interval [0.4, 0.85] straddles it")
+        "against >= 0.8: race (0.6) has a 95% interval [0.4, 0.85] that straddles it")
     assert closed["message"].endswith("fails under gate_policy.inconclusive: fail")
     with pytest.raises(SpecError, match="gate_policy.inconclusive: 'maybe' is not allowed"):
         evaluate_gates([gate], RESULT, inconclusive="maybe")

@@ -256,19 +256,19 @@ def _candidates(
         return [(point, interval)]
     key = GATE_METRICS[gate.metric][1]
     out = []
-    for block in by_feature.values():
+    for name, block in by_feature.items():
         block = block or {}
         value = _number((block.get("disparities") or {}).get(key))
         if key not in (block.get("disparities") or {}):
             continue
-        out.append((value, _pair((block.get("disparity_intervals") or {}).get(key))))
+        out.append((value, _pair((block.get("disparity_intervals") or {}).get(key)), str(name)))
     return out or [(point, interval)]
 
 
 def _conservative_end(candidates: list[tuple[float | None, list | None]], op: str) -> float | None:
     """Lowest lower bound (min gate) or highest upper bound (max gate); None if one is missing."""
     ends = []
-    for _, interval in candidates:
+    for _, interval, *_ in candidates:
         if interval is None:
             return None
         ends.append(interval[0] if op == ">=" else interval[1])
@@ -279,29 +279,36 @@ def _conservative_end(candidates: list[tuple[float | None, list | None]], op: st
 
 def _status_with_uncertainty(point, candidates, op, threshold, expected, meets):
     if not meets(point):
-        worst_interval = next(
-            (iv for value, iv in candidates if value == point and iv is not None), None
+        worst = next(
+            (c for c in candidates if c[0] == point and c[1] is not None), None
         )
-        if worst_interval is not None and meets(worst_interval[1] if op == ">=" else
-                                                worst_interval[0]):
-            return GateStatus.INCONCLUSIVE, "interval straddles the threshold"
+        if worst is not None and meets(worst[1][1] if op == ">=" else worst[1][0]):
+            return GateStatus.INCONCLUSIVE, _straddle(worst)
         return GateStatus.FAIL, None
     if not expected:
         return GateStatus.PASS, None
-    for value, interval in candidates:
+    for candidate in candidates:
+        value, interval = candidate[0], candidate[1]
         if value is None:
             continue
         if interval is None:
-            return GateStatus.INCONCLUSIVE, "no interval"
+            where = f" for {candidate[2]}" if len(candidate) > 2 else ""
+            return GateStatus.INCONCLUSIVE, f"no interval{where}"
         if not meets(interval[0] if op == ">=" else interval[1]):
-            return GateStatus.INCONCLUSIVE, "interval straddles the threshold"
+            return GateStatus.INCONCLUSIVE, _straddle(candidate)
     return GateStatus.PASS, None
+
+
+def _straddle(candidate: tuple) -> str:
+    value, interval = candidate[0], candidate[1]
+    where = f"{candidate[2]} ({value:.4g})" if len(candidate) > 2 else ""
+    return f"straddles:{where}|[{interval[0]:.4g}, {interval[1]:.4g}]"
 
 
 def _rows_for(candidates, op, threshold, n, confidence, meets) -> int | None:
     """Most rows any undecided feature needs (None when one cannot be decided)."""
     needed = []
-    for value, interval in candidates:
+    for value, interval, *_ in candidates:
         if value is None or interval is None:
             continue
         lo, hi = interval
@@ -390,12 +397,17 @@ def _message(
     if status == GateStatus.FAIL:
         return f"{head} FAILS {op} {threshold:g}"
     level = f"{round(100 * confidence, 4):g}%"
-    if reason == "no interval":
-        why = f"its {level} interval could not be computed (too few bootstrap resamples)"
-    elif interval is not None and len(interval) == 2:
-        why = f"its {level} interval [{interval[0]:.4g}, {interval[1]:.4g}] straddles it"
+    if reason and reason.startswith("no interval"):
+        where = reason.removeprefix("no interval")
+        why = f"the {level} interval{where} could not be computed (too few bootstrap resamples)"
+    elif reason and reason.startswith("straddles:"):
+        where, _, shown = reason.removeprefix("straddles:").rpartition("|")
+        if where:
+            why = f"{where} has a {level} interval {shown} that straddles it"
+        else:
+            why = f"its {level} interval {shown} straddles it"
     else:
-        why = f"a feature's {level} interval straddles it"
+        why = f"a {level} interval straddles it"
     decide = ""
     if rows is not None:
         decide = f"; about {rows} {unit} would decide it"
