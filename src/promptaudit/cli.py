@@ -551,7 +551,7 @@ def _gate_word(entry: dict) -> str:
 
 
 def _print_verdict(result: dict, paths: dict) -> None:
-    from promptaudit.report._common import competence_sentence
+    from promptaudit.report._common import competence_sentence, verdict_word
 
     competence = competence_sentence(result)
     if competence:
@@ -559,6 +559,8 @@ def _print_verdict(result: dict, paths: dict) -> None:
     for entry in result.get("gates", []):
         typer.echo(_gate_word(entry) + entry["message"])
     verdict = "PASSED" if result.get("passed") else "FAILED"
+    if verdict_word(result) == "INCONCLUSIVE":
+        verdict = f"INCONCLUSIVE (counted as {verdict} under gate_policy.inconclusive)"
     typer.echo(f"audit {result['audit']['name']}: {verdict}")
     for kind, path in sorted(paths.items()):
         typer.echo(f"  {kind}: {path}")
