@@ -396,3 +396,20 @@ def test_term_suite_groups_that_collide_as_text_are_refused(tmp_path):
     assert str(info.value) == (
         f"{path}: key 'features.g.groups' names '1' twice (as text, e.g. 1 and \"1\"); "
         "each name may appear once")
+
+
+def test_without_labels_competence_cannot_be_judged(audit, tmp_path):
+    def change(spec):
+        spec["data"].pop("label_column")
+        spec["projection"] = {"enabled": False}
+        spec["attribution"] = {"enabled": False}
+        spec["baselines"] = {"projected": False, "init_text": False}
+        spec["gates"] = [{"metric": "demographic_parity_difference", "max": 1.0}]
+    result = run_audit(load_spec(_spec_with(audit, tmp_path, change)))
+    competence = result["task"]["competence"]
+    assert competence["works"] is None
+    assert "cannot be judged" in competence["reason"]
+    assert result["task"]["classification_report"] is None
+    from promptaudit.report._common import competence_sentence
+
+    assert competence_sentence(result).startswith("Competence cannot be judged: No true labels")
