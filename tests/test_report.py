@@ -506,7 +506,13 @@ def _verdict_result(result: dict, *, works: bool | None, policy: str = "fail") -
     return out
 
 
-def test_html_puts_competence_and_uncertainty_in_the_headline(result):
+@pytest.fixture
+def no_figures(monkeypatch):
+    """Skip drawing figures: these tests read the text of the page."""
+    monkeypatch.setattr(report_html.figures, "figure_to_data_uri", lambda figure: None)
+
+
+def test_html_puts_competence_and_uncertainty_in_the_headline(result, no_figures):
     page = render_html(_verdict_result(result, works=False))
     head = page[: page.index('<section id="gates"')]
     text = " ".join(html_lib.unescape(re.sub(r"<[^>]+>", " ", head)).split())
@@ -556,7 +562,7 @@ def test_markdown_and_junit_show_inconclusive(result):
         "INCONCLUSIVE (counted as passed)")
 
 
-def test_intersection_in_by_feature_is_shown_once(result):
+def test_intersection_in_by_feature_is_shown_once(result, no_figures):
     out = copy.deepcopy(result)
     fairness = out["fairness"]
     joint = fairness["intersection"]
