@@ -521,6 +521,7 @@ def test_html_puts_competence_and_uncertainty_in_the_headline(result, no_figures
     # competence comes first in the summary, and says the fairness figures rest on a broken model
     assert summary.index("Competence:") < summary.index("INCONCLUSIVE:")
     assert "rest on a model that does not work" in text
+    assert "0 / 3 gates failed 1 / 3 gates inconclusive" in text
     assert ("INCONCLUSIVE: 1 of " in text
             and "counted as failed under gate_policy.inconclusive: fail" in text)
     body = " ".join(html_lib.unescape(re.sub(r"<[^>]+>", " ", page)).split())

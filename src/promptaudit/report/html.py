@@ -262,7 +262,7 @@ def _summary(result: Mapping[str, Any], projection: Mapping[str, Any] | None) ->
             competence_state(result), "inconclusive"),
         "verdict": verdict_sentence(result),
         "verdict_detail": verdict_detail(result),
-        "failed": failed,
+        "failed": counts["fail"] if counts["inconclusive"] else failed,
         "total": total,
         "gaps": gap_sentences(result),
         "reading": reading_sentence(projection) if projection else None,
