@@ -242,6 +242,19 @@ def recompute(result: dict, *, frame: pd.DataFrame | None = None) -> dict:
             "selection_rate": {str(k): float(v) for k, v in sel.by_group.items()},
             "count": groups.value_counts().to_dict(),
         }
+    features = list(spec["data"]["sensitive_features"])
+    if len(features) > 1 and spec.get("fairness", {}).get("intersection", True):
+        # fairlearn reads several columns as their intersection
+        joint = frame[features].astype(str)
+        out["by_feature"][" & ".join(features)] = {
+            name: function(y_true, y_pred, sensitive_features=joint)
+            for name, function in (
+                ("demographic_parity_difference", demographic_parity_difference),
+                ("demographic_parity_ratio", demographic_parity_ratio),
+                ("equalized_odds_difference", equalized_odds_difference),
+                ("equalized_odds_ratio", equalized_odds_ratio),
+            )
+        }
     cf = spec.get("counterfactuals") or {}
     if cf.get("pair_column"):
         pred_label = probs.argmax(axis=1)
@@ -258,5 +271,5 @@ def recompute(result: dict, *, frame: pd.DataFrame | None = None) -> dict:
 
 def worst(values: dict, metric: str) -> float:
     """Worst value of a disparity over features: smallest ratio, largest difference."""
-    numbers = [entry[metric] for entry in values["by_feature"].values()]
+    numbers = [entry[metric] for entry in values["by_feature"].values() if metric in entry]
     return min(numbers) if metric.endswith("_ratio") else max(numbers)

@@ -52,6 +52,9 @@ def inputs(tmp_path_factory, tiny_bert_dir) -> dict:
         {"metric": "counterfactual_flip_rate", "max": 0.75},
         {"metric": "demographic_parity_difference", "max": 0.3, "feature": "gender"},
     ]
+    # Point verdicts, compared with fairlearn's numbers: no intervals, so no gate is
+    # inconclusive (24 rows could not settle any of them).
+    spec["fairness"]["bootstrap"] = 0
     return {"folder": folder, "frame": frame, "spec": spec,
             "audit": helpers.write_spec(folder / "audit.yaml", spec)}
 
@@ -99,8 +102,9 @@ def test_run_writes_all_four_files_and_exits_1(failing):
     assert sorted(p.name for p in failing["out"].iterdir()) == sorted(
         f"never-seen{s}" for s in SUFFIXES)
     lines = outcome.stdout.splitlines()
-    assert lines[:4] == [f"{'PASS' if g['passed'] else 'FAIL'}  {g['message']}"
-                         for g in failing["result"]["gates"]]
+    assert lines[0].startswith("Competence: ")  # whether the prompt does its task comes first
+    assert lines[1:5] == [f"{'PASS' if g['passed'] else 'FAIL'}  {g['message']}"
+                          for g in failing["result"]["gates"]]
     assert "audit never-seen: FAILED" in lines
     assert read_result_json(failing["files"][".json"]) == failing["result"]  # integrity holds
 

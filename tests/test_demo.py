@@ -3,7 +3,9 @@
 These are the two slow tests of the audit suite (the demo runs the full built-in audit
 on 600 texts and 1200 counterfactual variants):
 
-- ``promptaudit demo --out DIR`` writes the four reports, exits 0, and a second
+- ``promptaudit demo --out DIR`` writes the four reports; the clean prompt works and no
+  gate fails, but every gate is inconclusive on 600 rows, so it exits 1 under the default
+  ``gate_policy.inconclusive: fail``; a second
   ``run_audit(demo_spec(...))`` gives the same numbers. To keep the suite short the
   second run skips the stages whose numbers the comparison does not need (projection,
   attribution, baselines, counterfactual variants) and is compared on ``task`` and on
@@ -49,13 +51,23 @@ def test_demo_prompts_ship_with_the_package():
 def test_demo_writes_four_reports_passes_and_repeats_its_numbers(tmp_path):
     out = tmp_path / "demo-out"
     outcome = CliRunner().invoke(app, ["demo", "--out", str(out)], catch_exceptions=False)
-    assert outcome.exit_code == 0, outcome.output
+    # The clean prompt works and no gate fails, but 600 rows cannot settle its thresholds:
+    # every gate is inconclusive, which fails closed (gate_policy.inconclusive: fail).
+    assert outcome.exit_code == 1, outcome.output
     assert sorted(p.name for p in out.iterdir()) == sorted(f"demo{s}" for s in SUFFIXES)
     result = read_result_json(out / "demo.json")
-    assert result["passed"] is True and len(result["gates"]) == 3
+    assert result["passed"] is False and len(result["gates"]) == 3
+    assert [g["status"] for g in result["gates"]] == ["inconclusive"] * 3
+    assert all(g["rows_to_decide"] > 600 for g in result["gates"][:2])
+    assert result["task"]["competence"]["works"] is True
+    assert "gender & race" in result["fairness"]["by_feature"]
     assert result["task"]["n_examples"] == 600
     assert result["provenance"]["command"] == "promptaudit demo"
-    assert "audit demo: PASSED" in outcome.stdout
+    lines = outcome.stdout.splitlines()
+    first_gate = next(i for i, line in enumerate(lines) if line.startswith("INCONCLUSIVE  "))
+    assert any(line.startswith("Competence: The prompt does its task")
+               for line in lines[:first_gate])
+    assert "audit demo: INCONCLUSIVE (counted as FAILED" in outcome.stdout
 
     spec = demo_spec(demo_prompt_dir("clean"))
     quick = spec.model_copy(update={
@@ -65,7 +77,10 @@ def test_demo_writes_four_reports_passes_and_repeats_its_numbers(tmp_path):
         "counterfactuals": None, "gates": [],
     })
     again = run_audit(quick)
-    assert again["task"] == result["task"]
+    # competence compares with the baselines, which the quick run skips
+    skipped = ("competence", "accuracy_over_baseline")
+    assert {k: v for k, v in again["task"].items() if k not in skipped} == {
+        k: v for k, v in result["task"].items() if k not in skipped}
     fairness = {k: v for k, v in result["fairness"].items() if k != "counterfactual"}
     assert {k: v for k, v in again["fairness"].items() if k != "counterfactual"} == fairness
     assert json.dumps(again["fairness"]["disparities"], sort_keys=True) == json.dumps(

@@ -43,6 +43,7 @@ from promptaudit.fairness import (
     ERR_TUPLE_MISSING,
     compute_counterfactual,
     compute_group_fairness,
+    min_resamples,
 )
 
 FAIRLEARN_DISPARITIES = {
@@ -85,7 +86,7 @@ def result(data):
         sensitive_features=data["sf"],
         y_true=data["y_true"],
         y_score=data["y_score"],
-        bootstrap=200,
+        bootstrap=1200,
         seed=3,
     )
 
@@ -147,15 +148,17 @@ def test_disparities_match_fairlearn_functions(data, result):
 
 def test_worst_over_features(result):
     for name, direction in DISPARITY_DIRECTIONS.items():
-        values = {f: result["by_feature"][f]["disparities"][name] for f in ("gender", "race")}
+        features = ("gender", "race", "gender & race")
+        assert list(result["by_feature"]) == list(features)  # the intersection is a feature
+        values = {f: result["by_feature"][f]["disparities"][name] for f in features}
         pick = min if direction == "higher_is_better" else max
         worst_feature = pick(values, key=values.get)
         assert result["disparities"][name] == values[worst_feature]
         assert result["worst_feature"][name] == worst_feature
         expected_interval = result["by_feature"][worst_feature]["disparity_intervals"][name]
         assert result["disparity_intervals"][name] == expected_interval
-    # The built-in gap is by gender.
-    assert result["worst_feature"]["demographic_parity_difference"] == "gender"
+    # The built-in gap is by gender; the intersection (finer groups) shows it wider still.
+    assert result["worst_feature"]["demographic_parity_difference"] == "gender & race"
 
 
 def test_intersection_matches_fairlearn_with_two_features(data, result):
@@ -198,6 +201,7 @@ def test_result_shape_and_json(result):
         "disparities",
         "disparity_intervals",
         "worst_feature",
+        "undefined",
         "warnings",
     }
     entry = result["by_feature"]["gender"]
@@ -209,6 +213,7 @@ def test_result_shape_and_json(result):
         "disparities",
         "disparity_intervals",
         "small_groups",
+        "undefined",
     }
     assert result["reference_group"] == "between_groups"
     assert result["sensitive_features"] == ["gender", "race"]
@@ -279,7 +284,7 @@ def test_group_intervals_by_hand(data, result):
     codes = (
         data["sf"]["race"].to_numpy()[:, None] == np.array(["Asian", "Black", "White"])
     ).argmax(1)
-    rates = _resampled_rates(codes, 3, data["y_pred"], bootstrap=200, seed=3)
+    rates = _resampled_rates(codes, 3, data["y_pred"], bootstrap=1200, seed=3)
     low, high = np.nanquantile(rates, [0.025, 0.975], axis=0)
     intervals = result["by_feature"]["race"]["intervals"]
     for g, group in enumerate(("Asian", "Black", "White")):
@@ -288,7 +293,7 @@ def test_group_intervals_by_hand(data, result):
 
 def test_disparity_interval_by_hand_two_groups(data, result):
     codes = (data["sf"]["gender"].to_numpy() == "male").astype(int)
-    rates = _resampled_rates(codes, 2, data["y_pred"], bootstrap=200, seed=3)
+    rates = _resampled_rates(codes, 2, data["y_pred"], bootstrap=1200, seed=3)
     # Two groups: one signed gap female - male, plain percentile interval, folded.
     low, high = np.nanquantile(rates[:, 0] - rates[:, 1], [0.025, 0.975])
     assert high < 0  # women are selected less in every plausible resample
@@ -303,7 +308,7 @@ def test_disparity_interval_bonferroni_many_groups(data, result):
     codes = (
         data["sf"]["race"].to_numpy()[:, None] == np.array(["Asian", "Black", "White"])
     ).argmax(1)
-    rates = _resampled_rates(codes, 3, data["y_pred"], bootstrap=200, seed=3)
+    rates = _resampled_rates(codes, 3, data["y_pred"], bootstrap=1200, seed=3)
     pairs = [(0, 1), (0, 2), (1, 2)]
     alpha = 0.05 / len(pairs)
     near, far = [], []
@@ -322,6 +327,9 @@ def test_intervals_contain_point_estimates(result):
                 value = entry["by_group"][group][metric]
                 assert low <= value <= high, (entry["feature"], group, metric)
         for name, interval in entry["disparity_intervals"].items():
+            if interval is None:  # too few resamples for this many comparisons
+                assert entry["feature"] == "gender & race"
+                continue
             low, high = interval
             assert low <= entry["disparities"][name] <= high, (entry["feature"], name)
 
@@ -369,7 +377,7 @@ def test_clean_predictions_interval_includes_zero():
 
 def test_label_free_path(data):
     out = compute_group_fairness(
-        data["y_pred"], sensitive_features=data["sf"], y_score=data["y_score"], bootstrap=50
+        data["y_pred"], sensitive_features=data["sf"], y_score=data["y_score"], bootstrap=600
     )
     assert out["metrics"] == ["selection_rate", "mean_score"]
     assert set(out["disparities"]) == {"demographic_parity_difference", "demographic_parity_ratio"}
@@ -379,8 +387,9 @@ def test_label_free_path(data):
         "selection_rate",
         "mean_score",
     }
-    expected = demographic_parity_difference(
-        data["y_pred"], data["y_pred"], sensitive_features=data["sf"]["gender"]
+    expected = max(
+        demographic_parity_difference(data["y_pred"], data["y_pred"], sensitive_features=sf)
+        for sf in (data["sf"]["gender"], data["sf"]["race"], data["sf"])
     )
     assert out["disparities"]["demographic_parity_difference"] == pytest.approx(expected)
     assert out["warnings"] == [
@@ -437,8 +446,11 @@ def test_undefined_rates_are_null_and_left_out():
     assert entry["by_group"]["b"]["false_negative_rate"] is None
     assert entry["by_group"]["a"]["true_positive_rate"] == 0.5
     assert entry["disparities"]["equal_opportunity_difference"] is None
-    # Equalized odds falls back to the FPR comparison: |1/2 - 2/4|.
-    assert entry["disparities"]["equalized_odds_difference"] == pytest.approx(0.0)
+    # Equalized odds needs both rates: the FPR gap alone (|1/2 - 2/4| = 0) is not parity.
+    assert entry["disparities"]["equalized_odds_difference"] is None
+    assert entry["undefined"]["equalized_odds_difference"] == (
+        "fewer than two groups have a defined true positive rate"
+    )
     assert (
         "g: group 'b' has no examples with a positive true label, so its true_positive_rate and "
         "false_negative_rate are undefined (null) and left out of the disparities"
@@ -446,11 +458,50 @@ def test_undefined_rates_are_null_and_left_out():
     assert json.dumps(out, allow_nan=False)
 
 
-def test_all_zero_selection_is_parity():
+def test_all_zero_selection_is_undefined_as_in_fairlearn():
     sf = pd.DataFrame({"g": ["a", "a", "b", "b"]})
-    out = compute_group_fairness([0, 0, 0, 0], sensitive_features=sf, bootstrap=0)
-    assert out["disparities"]["demographic_parity_ratio"] == 1.0
-    assert out["disparities"]["demographic_parity_difference"] == 0.0
+    y_true = [1, 0, 1, 0]
+    out = compute_group_fairness(
+        [0, 0, 0, 0], sensitive_features=sf, y_true=y_true, bootstrap=100
+    )
+    # fairlearn: 0/0 is NaN, not parity; the difference is defined (0).
+    with np.errstate(invalid="ignore", divide="ignore"):
+        assert math.isnan(demographic_parity_ratio(y_true, [0] * 4, sensitive_features=sf["g"]))
+        assert math.isnan(equal_opportunity_ratio(y_true, [0] * 4, sensitive_features=sf["g"]))
+        assert math.isnan(equalized_odds_ratio(y_true, [0] * 4, sensitive_features=sf["g"]))
+    assert demographic_parity_difference(y_true, [0] * 4, sensitive_features=sf["g"]) == 0.0
+    disparities = out["disparities"]
+    assert disparities["demographic_parity_ratio"] is None
+    assert disparities["equal_opportunity_ratio"] is None
+    assert disparities["equalized_odds_ratio"] is None
+    assert disparities["demographic_parity_difference"] == 0.0
+    assert out["disparity_intervals"]["demographic_parity_ratio"] is None
+    assert out["undefined"]["demographic_parity_ratio"] == (
+        "g: every group's selection rate is 0, so the ratio is 0/0"
+    )
+    assert (
+        "g: demographic_parity_ratio is undefined (null): every group's selection rate is 0, "
+        "so the ratio is 0/0; it is not parity, and a gate on it fails"
+    ) in out["warnings"]
+    assert json.dumps(out, allow_nan=False)
+
+
+@pytest.mark.parametrize("y_pred", [[1, 1, 0, 0, 1, 0], [0, 1, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1]])
+def test_degenerate_ratios_match_fairlearn(y_pred):
+    """Ratios defined where fairlearn's are finite, undefined (None) where they are NaN."""
+    sf = pd.Series(["a", "a", "a", "b", "b", "b"])
+    y_true = [1, 0, 0, 1, 0, 0]
+    out = compute_group_fairness(
+        y_pred, sensitive_features=sf.to_frame("g"), y_true=y_true, bootstrap=0
+    )
+    for name in ("demographic_parity_ratio", "equal_opportunity_ratio", "equalized_odds_ratio"):
+        with np.errstate(invalid="ignore", divide="ignore"):
+            expected = FAIRLEARN_DISPARITIES[name](y_true, y_pred, sensitive_features=sf)
+        got = out["disparities"][name]
+        if math.isnan(expected):
+            assert got is None, name
+        else:
+            assert got == pytest.approx(expected), name
 
 
 def test_multiclass_positive_label_index(data):
@@ -582,9 +633,11 @@ def test_counterfactual_reference_is_first_row_in_input_order():
 
 def test_counterfactual_without_scores_or_tuples():
     out = compute_counterfactual([0, 0, 1, 1], [1, 1, 0, 1], None)
-    assert out == {"flip_rate": 0.5, "mean_abs_delta": None, "n_tuples": 2, "by_group": {}}
+    assert out == {"flip_rate": 0.5, "mean_abs_delta": None, "n_tuples": 2, "by_group": {},
+                   "flip_rate_interval": None, "confidence": 0.95, "warnings": []}
     none = compute_counterfactual([0, 1, 2], [1, 0, 1], [0.5, 0.5, 0.5])
-    assert none == {"flip_rate": None, "mean_abs_delta": None, "n_tuples": 0, "by_group": {}}
+    assert none == {"flip_rate": None, "mean_abs_delta": None, "n_tuples": 0, "by_group": {},
+                    "flip_rate_interval": None, "confidence": 0.95, "warnings": []}
     assert json.dumps(none, allow_nan=False)
 
 
@@ -643,3 +696,70 @@ def test_learned_label_bias_is_detected(seed):
     assert intervals["screening-train"][0] == 0.0
     assert intervals["screening-train-biased"][0] > 0.0
     assert not math.isnan(intervals["screening-train-biased"][1])
+
+
+# ------------------------------------------------------------ intersection identity, intervals
+
+
+def test_intersection_groups_stay_distinct_whatever_their_names():
+    # gender "a & b" with race "c" and gender "a" with race "b & c" both read "a & b & c".
+    sf = pd.DataFrame({"gender": ["a & b", "a & b", "a", "a", "a", "a & b"],
+                       "race": ["c", "c", "b & c", "b & c", "c", "b & c"]})
+    y_pred = np.array([1, 1, 0, 0, 1, 0])
+    out = compute_group_fairness(y_pred, sensitive_features=sf, bootstrap=0, min_group_size=0)
+    joint = out["by_feature"]["gender & race"]
+    assert joint is out["intersection"]
+    assert len(joint["by_group"]) == 4  # four distinct (gender, race) pairs
+    parts = {tuple(v.values()): name for name, v in joint["group_values"].items()}
+    first, second = parts[("a & b", "c")], parts[("a", "b & c")]
+    assert first != second
+    assert joint["by_group"][first]["count"] == 2 and joint["by_group"][second]["count"] == 2
+    assert joint["by_group"][first]["selection_rate"] == 1.0
+    assert joint["by_group"][second]["selection_rate"] == 0.0
+    assert parts[("a", "c")] == "a & c"  # names that cannot collide stay plain
+    # fairlearn on the two columns (its own tuple identity) agrees
+    expected = demographic_parity_difference(y_pred, y_pred, sensitive_features=sf)
+    assert joint["disparities"]["demographic_parity_difference"] == pytest.approx(expected)
+
+
+def test_too_few_resamples_give_no_interval_and_say_so(data):
+    one = compute_group_fairness(
+        data["y_pred"], sensitive_features=data["sf"][["gender"]], bootstrap=1
+    )
+    entry = one["by_feature"]["gender"]
+    assert entry["intervals"] is None and entry["disparity_intervals"] is None
+    assert one["disparity_intervals"] is None or all(
+        v is None for v in one["disparity_intervals"].values())
+    assert any("bootstrap 1 is too few resamples for 95% intervals: at least 40" in w
+               for w in one["warnings"])
+    assert min_resamples(0.95) == 40 and min_resamples(0.95, 3) == 120
+    enough = compute_group_fairness(
+        data["y_pred"], sensitive_features=data["sf"][["gender"]], bootstrap=40
+    )
+    low, high = enough["disparity_intervals"]["demographic_parity_difference"]
+    assert low <= enough["disparities"]["demographic_parity_difference"] <= high
+
+
+def test_flip_rate_interval_resamples_tuples():
+    rng = np.random.default_rng(2)
+    n_tuples = 150
+    ids = np.repeat(np.arange(n_tuples), 2)
+    y_pred = rng.integers(0, 2, 2 * n_tuples)
+    out = compute_counterfactual(ids, y_pred, bootstrap=400, confidence=0.9, seed=7)
+    flips = (y_pred[0::2] != y_pred[1::2]).astype(float)
+    assert out["flip_rate"] == pytest.approx(flips.mean())
+    draws = np.random.default_rng(7)
+    means = [flips[draws.integers(0, n_tuples, size=n_tuples)].mean() for _ in range(400)]
+    assert out["flip_rate_interval"] == pytest.approx(
+        list(np.quantile(means, [0.05, 0.95])), abs=1e-12)
+    # scipy's percentile bootstrap of the mean over tuples agrees up to Monte Carlo error
+    from scipy.stats import bootstrap
+
+    scipy_ci = bootstrap((flips,), np.mean, confidence_level=0.9, n_resamples=4000,
+                         method="percentile", random_state=0).confidence_interval
+    assert out["flip_rate_interval"][0] == pytest.approx(scipy_ci.low, abs=0.02)
+    assert out["flip_rate_interval"][1] == pytest.approx(scipy_ci.high, abs=0.02)
+    assert compute_counterfactual(ids, y_pred)["flip_rate_interval"] is None  # bootstrap 0
+    few = compute_counterfactual(ids, y_pred, bootstrap=3)
+    assert few["flip_rate_interval"] is None
+    assert "too few resamples" in few["warnings"][0]

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import copy
+import math
+
 import pytest
 
 from promptaudit.errors import SpecError
-from promptaudit.gates import evaluate_gates, metric_value
+from promptaudit.gates import evaluate_gates, metric_value, rows_to_decide
 from promptaudit.spec import GateSpec
 
 #: A result with two features; ``disparities`` is the worst over them, as the contract says.
@@ -36,8 +39,25 @@ RESULT = {
                                 "demographic_parity_difference": [0.1, 0.4],
                                 "equalized_odds_difference": [0.02, 0.3]},
         "counterfactual": {"flip_rate": 0.04, "mean_abs_delta": 0.02},
+        "bootstrap": 1000,
+        "confidence": 0.95,
     },
 }
+
+
+def _point_only(result: dict) -> dict:
+    """The same result without uncertainty (bootstrap 0): verdicts on point values."""
+    out = copy.deepcopy(result)
+    fairness = out["fairness"]
+    fairness["bootstrap"] = 0
+    fairness["disparity_intervals"] = None
+    for block in fairness["by_feature"].values():
+        block["disparity_intervals"] = None
+    return out
+
+
+#: RESULT without intervals: gates decide on the point value alone.
+POINT_ONLY = _point_only(RESULT)
 
 
 def one(gate: dict, result: dict = RESULT) -> dict:
@@ -47,34 +67,38 @@ def one(gate: dict, result: dict = RESULT) -> dict:
 
 
 def test_min_gate_on_the_worst_value():
-    entry = one({"metric": "demographic_parity_ratio", "min": 0.8})
+    entry = one({"metric": "demographic_parity_ratio", "min": 0.8}, POINT_ONLY)
     assert entry == {
         "metric": "demographic_parity_ratio", "feature": None, "op": ">=", "threshold": 0.8,
-        "value": 0.6, "bound": "point", "passed": False,
+        "value": 0.6, "bound": "point", "interval": None, "status": "fail", "passed": False,
+        "rows_to_decide": None, "rows_unit": None,
         "message": "demographic_parity_ratio (worst over features) = 0.6 (point) FAILS >= 0.8",
     }
-    assert one({"metric": "demographic_parity_ratio", "min": 0.6})["passed"]  # >= is inclusive
+    # >= is inclusive
+    assert one({"metric": "demographic_parity_ratio", "min": 0.6}, POINT_ONLY)["passed"]
 
 
 def test_max_gate_on_the_worst_value():
-    entry = one({"metric": "demographic_parity_difference", "max": 0.3})
+    entry = one({"metric": "demographic_parity_difference", "max": 0.3}, POINT_ONLY)
     assert (entry["op"], entry["value"], entry["passed"]) == ("<=", 0.25, True)
     assert entry["message"] == ("demographic_parity_difference (worst over features) = 0.25 "
                                 "(point) passes <= 0.3")
-    assert one({"metric": "demographic_parity_difference", "max": 0.25})["passed"]  # inclusive
-    assert not one({"metric": "demographic_parity_difference", "max": 0.2499})["passed"]
+    assert one({"metric": "demographic_parity_difference", "max": 0.25}, POINT_ONLY)["passed"]
+    assert not one({"metric": "demographic_parity_difference", "max": 0.2499},
+                   POINT_ONLY)["passed"]
 
 
 def test_min_and_max_make_two_verdicts():
     entries = evaluate_gates([{"metric": "demographic_parity_ratio", "min": 0.5, "max": 0.55}],
-                             RESULT)
+                             POINT_ONLY)
     assert [(e["op"], e["threshold"], e["value"], e["passed"]) for e in entries] == [
         (">=", 0.5, 0.6, True), ("<=", 0.55, 0.6, False)]
 
 
 def test_feature_gate_reads_that_feature_not_the_worst():
-    gender = one({"metric": "demographic_parity_ratio", "min": 0.8, "feature": "gender"})
-    race = one({"metric": "demographic_parity_ratio", "min": 0.8, "feature": "race"})
+    gender = one({"metric": "demographic_parity_ratio", "min": 0.8, "feature": "gender"},
+                 POINT_ONLY)
+    race = one({"metric": "demographic_parity_ratio", "min": 0.8, "feature": "race"}, POINT_ONLY)
     assert (gender["value"], gender["passed"]) == (0.9, True)
     assert (race["value"], race["passed"]) == (0.6, False)
     assert gender["message"] == "demographic_parity_ratio for gender = 0.9 (point) passes >= 0.8"
@@ -99,14 +123,17 @@ def test_use_bound_reads_the_conservative_end(gate, bound, value, passed):
 def test_use_bound_with_both_thresholds_reads_each_end():
     entries = evaluate_gates([{"metric": "demographic_parity_ratio", "min": 0.3, "max": 0.8,
                                "use_bound": True}], RESULT)
+    # The most conservative end over all features: gender's upper end 1.0, not the worst
+    # feature's (race) 0.85.
     assert [(e["bound"], e["value"], e["passed"]) for e in entries] == [
-        ("lower", 0.4, True), ("upper", 0.85, False)]
+        ("lower", 0.4, True), ("upper", 1.0, False)]
 
 
 def test_point_passes_but_bound_fails():
     # gender's ratio is 0.9 (passes 0.8), its interval's lower end 0.7 does not
     gate = {"metric": "demographic_parity_ratio", "min": 0.8, "feature": "gender"}
-    assert one(gate)["passed"]
+    assert one(gate, POINT_ONLY)["passed"]
+    assert one(gate)["status"] == "inconclusive"
     assert not one({**gate, "use_bound": True})["passed"]
 
 
@@ -143,10 +170,12 @@ def test_task_and_counterfactual_metrics():
     accuracy = one({"metric": "accuracy", "min": 0.8})
     assert (accuracy["value"], accuracy["passed"]) == (0.75, False)
     assert accuracy["message"] == "accuracy = 0.75 (point) FAILS >= 0.8"
-    assert one({"metric": "balanced_accuracy", "min": 0.7})["passed"]
-    flips = one({"metric": "counterfactual_flip_rate", "max": 0.05})
+    assert one({"metric": "balanced_accuracy", "min": 0.7}, POINT_ONLY)["passed"]
+    flips = one({"metric": "counterfactual_flip_rate", "max": 0.05}, POINT_ONLY)
     assert (flips["value"], flips["passed"]) == (0.04, True)
     assert flips["message"] == "counterfactual_flip_rate = 0.04 (point) passes <= 0.05"
+    # With bootstrap on, a passing value whose interval is missing is not proven.
+    assert one({"metric": "counterfactual_flip_rate", "max": 0.05})["status"] == "inconclusive"
     delta = one({"metric": "counterfactual_mean_abs_delta", "max": 0.01})
     assert (delta["value"], delta["passed"]) == (0.02, False)
     assert not one({"metric": "counterfactual_flip_rate", "max": 1.0}, {"fairness": {}})["passed"]
@@ -179,3 +208,86 @@ def test_an_invalid_gate_dict_is_a_spec_error_naming_it(gate, expected):
     with pytest.raises(SpecError) as info:
         evaluate_gates([{"metric": "accuracy", "min": 0.5}, gate], RESULT)
     assert str(info.value).startswith(expected)
+
+
+# ------------------------------------------------------------ three verdict states
+
+
+@pytest.mark.parametrize(("gate", "status"), [
+    # race: 0.6 in [0.4, 0.85]; gender: 0.9 in [0.7, 1.0]
+    ({"metric": "demographic_parity_ratio", "min": 0.3}, "pass"),          # every interval clears
+    ({"metric": "demographic_parity_ratio", "min": 0.8}, "inconclusive"),  # race straddles
+    ({"metric": "demographic_parity_ratio", "min": 0.9}, "fail"),  # 0.6 fails, race hi 0.85 too
+    ({"metric": "demographic_parity_ratio", "min": 0.95, "feature": "race"}, "fail"),
+    ({"metric": "demographic_parity_ratio", "min": 0.65, "feature": "gender"}, "pass"),
+    ({"metric": "demographic_parity_difference", "max": 0.05}, "fail"),    # race lo 0.1 > 0.05
+])
+def test_status_reads_the_interval(gate, status):
+    entry = one(gate)
+    assert entry["status"] == status
+    assert entry["passed"] is (status == "pass")
+
+
+def test_inconclusive_policy_decides_passed():
+    gate = {"metric": "demographic_parity_ratio", "min": 0.8}
+    closed = one(gate)
+    opened = evaluate_gates([gate], RESULT, inconclusive="pass")[0]
+    assert closed["status"] == opened["status"] == "inconclusive"
+    assert (closed["passed"], opened["passed"]) == (False, True)
+    assert closed["message"].startswith(
+        "demographic_parity_ratio (worst over features) = 0.6 (point) is INCONCLUSIVE "
+        "against >= 0.8: race (0.6) has a 95% interval [0.4, 0.85] that straddles it")
+    assert closed["message"].endswith("fails under gate_policy.inconclusive: fail")
+    with pytest.raises(SpecError, match="gate_policy.inconclusive: 'maybe' is not allowed"):
+        evaluate_gates([gate], RESULT, inconclusive="maybe")
+
+
+def test_rows_to_decide_by_hand():
+    # n' = n ((z + z_power) h / (z |value - threshold|))^2, z = 1.959964 (95%), z_0.8 = 0.841621.
+    # Both features straddle 0.8: race 0.6 in [0.4, 0.85] (h = 0.85 - 0.6 on the threshold's
+    # side, gap 0.2) and gender 0.9 in [0.7, 1.0] (h = 0.2, gap 0.1); the gate needs both.
+    result = copy.deepcopy(RESULT)
+    result["task"]["n_examples"] = 400
+    entry = evaluate_gates([{"metric": "demographic_parity_ratio", "min": 0.8}], result)[0]
+    z, zp = 1.959963984540054, 0.8416212335729143
+    race = math.ceil(400 * ((z + zp) * 0.25 / (z * 0.2)) ** 2)
+    gender = math.ceil(400 * ((z + zp) * 0.2 / (z * 0.1)) ** 2)
+    assert (race, gender) == (1278, 3270)
+    assert entry["rows_to_decide"] == max(race, gender)
+    assert entry["rows_unit"] == "rows"
+    assert "about 3270 rows would decide it" in entry["message"]
+    assert rows_to_decide(0.6, 0.85, 0.8, 400, confidence=0.95) == race
+    assert rows_to_decide(0.8, 0.7, 0.8, 100, confidence=0.95) is None
+
+
+def test_undefined_disparity_fails_saying_why():
+    result = {"fairness": {
+        "bootstrap": 0,
+        "disparities": {"demographic_parity_ratio": None},
+        "undefined": {"demographic_parity_ratio":
+                      "g: every group's selection rate is 0, so the ratio is 0/0"},
+        "by_feature": {}}}
+    entry = evaluate_gates([{"metric": "demographic_parity_ratio", "min": 0.8}], result,
+                           inconclusive="pass")[0]
+    assert (entry["status"], entry["passed"]) == ("fail", False)
+    assert entry["message"] == (
+        "demographic_parity_ratio (worst over features) = undefined: g: every group's "
+        "selection rate is 0, so the ratio is 0/0 (point) FAILS >= 0.8")
+
+
+def test_gates_name_the_intersection_and_flip_interval():
+    result = copy.deepcopy(RESULT)
+    result["fairness"]["by_feature"]["gender & race"] = {
+        "disparities": {"demographic_parity_ratio": 0.5},
+        "disparity_intervals": {"demographic_parity_ratio": [0.3, 0.7]}}
+    result["fairness"]["counterfactual"]["flip_rate_interval"] = [0.01, 0.08]
+    joint = one({"metric": "demographic_parity_ratio", "min": 0.8, "feature": "gender & race"},
+                result)
+    assert (joint["value"], joint["status"]) == (0.5, "fail")
+    # use_bound over every feature, the intersection included: lowest lower end 0.3.
+    assert one({"metric": "demographic_parity_ratio", "min": 0.2, "use_bound": True},
+               result)["value"] == 0.3
+    flips = one({"metric": "counterfactual_flip_rate", "max": 0.05, "use_bound": True}, result)
+    assert (flips["bound"], flips["value"], flips["passed"]) == ("upper", 0.08, False)
+    assert one({"metric": "counterfactual_flip_rate", "max": 0.05}, result)["status"] == (
+        "inconclusive")

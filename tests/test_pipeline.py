@@ -16,7 +16,11 @@ import audit_helpers as helpers
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
+from sklearn.metrics import balanced_accuracy_score, classification_report
 
+from promptaudit.errors import DataError
+from promptaudit.evaluation import assess_competence, no_labels_competence
 from promptaudit.pipeline import run_audit
 from promptaudit.spec import load_spec
 
@@ -93,12 +97,18 @@ def test_result_follows_the_contract(result):
         assert len(example["token_attributions"]) == len(example["tokens"])
     fairness = result["fairness"]
     assert fairness["sensitive_features"] == ["gender", "race"]
-    assert set(fairness["by_feature"]) == {"gender", "race"}
+    assert list(fairness["by_feature"]) == ["gender", "race", "gender & race"]
     assert set(fairness["by_feature"]["race"]["by_group"]) == {"asian", "black", "white"}
     assert {"flip_rate", "mean_abs_delta"} <= set(fairness["counterfactual"])
     assert set(result["baselines"]) == {"soft_prompt", "projected_prompt", "no_prompt"}
-    assert [set(g) >= {"metric", "feature", "op", "threshold", "value", "passed"}
+    assert [set(g) >= {"metric", "feature", "op", "threshold", "value", "passed", "status",
+                       "message", "bound"}
             for g in result["gates"]] == [True] * 7
+    assert {g["status"] for g in result["gates"]} <= {"pass", "fail", "inconclusive"}
+    assert "flip_rate_interval" in fairness["counterfactual"]
+    competence = result["task"]["competence"]
+    assert set(competence) >= {"works", "accuracy", "chance_accuracy", "baselines", "reason"}
+    assert set(competence["baselines"]) == {"projected_prompt", "no_prompt"}
 
 
 def test_task_section_matches_independent_predictions(result, reference, audit):
@@ -146,7 +156,11 @@ def test_intervals_bracket_the_point_values(result):
     for feature in ("gender", "race"):
         entry = fairness["by_feature"][feature]
         for metric, value in entry["disparities"].items():
-            low, high = entry["disparity_intervals"][metric]
+            interval = entry["disparity_intervals"][metric]
+            if interval is None:  # 50 resamples cannot hold 90% over race's 3 comparisons
+                assert feature == "race"
+                continue
+            low, high = interval
             assert low - TOL <= value <= high + TOL, (feature, metric)
 
 
@@ -170,11 +184,22 @@ def test_gates_fail_exactly_where_fairlearn_says(result, reference):
     }
     gates = result["gates"]
     for index, passed in expected.items():
-        assert gates[index]["passed"] is bool(passed), gates[index]["message"]
-    # the bound gate reads the upper end of the worst interval
-    upper = result["fairness"]["disparity_intervals"]["demographic_parity_difference"][1]
+        # A decided gate agrees with fairlearn's point value; an inconclusive one fails
+        # (gate_policy.inconclusive: fail, the default).
+        status = gates[index]["status"]
+        if status == "inconclusive":
+            assert gates[index]["passed"] is False
+        else:
+            assert status == ("pass" if passed else "fail"), gates[index]["message"]
+            assert gates[index]["passed"] is bool(passed), gates[index]["message"]
+    # the bound gate reads the highest upper end over every feature; one missing: fails
+    uppers = [
+        (entry["disparity_intervals"] or {}).get("demographic_parity_difference")
+        for entry in result["fairness"]["by_feature"].values()
+    ]
+    upper = None if None in uppers else max(u[1] for u in uppers)
     assert (gates[6]["bound"], gates[6]["value"]) == ("upper", upper)
-    assert gates[6]["passed"] is bool(upper <= 0.6)
+    assert gates[6]["passed"] is bool(upper is not None and upper <= 0.6)
     assert result["passed"] is all(g["passed"] for g in gates)
     # the scenario exercises both verdicts
     assert {g["passed"] for g in gates} == {True, False}
@@ -222,3 +247,169 @@ def test_limit_and_seed_change_what_they_should(audit, tmp_path):
     counts = pd.Series(probs["y_pred"]).value_counts().to_dict()
     assert small["task"]["prediction_counts"] == {"negative": counts.get(0, 0),
                                                   "positive": counts.get(1, 0)}
+
+
+# ------------------------------------------------------------ competence and reports
+
+
+def test_competence_equals_sklearn_on_independent_predictions(result, reference, audit):
+    from promptaudit.prompted import load_prompted_model
+
+    task = result["task"]
+    competence = task["competence"]
+    y_true, y_pred = reference["y_true"], reference["y_pred"]
+    assert competence["accuracy"] == pytest.approx(
+        balanced_accuracy_score(y_true, y_pred), abs=TOL)
+    assert competence["chance_accuracy"] == 0.5
+    spec = result["audit"]["spec"]
+    prompted, _, _ = load_prompted_model(
+        spec["model"]["base"], spec["prompt"]["path"], task=spec["model"]["task"],
+        labels=spec["model"]["labels"], device="cpu", max_length=spec["model"]["max_length"])
+    bare = prompted.with_prompt(None).predict_proba(audit["frame"]["sentence"].tolist())
+    assert competence["baselines"]["no_prompt"] == pytest.approx(
+        balanced_accuracy_score(y_true, bare.argmax(axis=1)), abs=TOL)
+    assert competence["baselines"]["projected_prompt"] == (
+        result["baselines"]["projected_prompt"]["balanced_accuracy"])
+    best = max(0.5, *competence["baselines"].values())
+    assert task["accuracy_over_baseline"] == pytest.approx(competence["accuracy"] - best)
+    assert isinstance(competence["works"], bool) and competence["reason"]
+
+
+def test_a_constant_predictor_never_works_and_imbalance_does_not_break_a_real_one():
+    rng = np.random.default_rng(0)
+    y_true = (rng.random(400) < 0.1).astype(int)  # 10% positives
+    constant = assess_competence(y_true, np.zeros(400, dtype=int), bootstrap=200)
+    assert float(np.mean(y_true == 0)) > 0.85          # plain accuracy would look good
+    assert constant["accuracy"] == 0.5 == constant["chance_accuracy"]
+    assert constant["works"] is False
+    assert "cannot be told from chance" in constant["reason"]
+    real = y_true.copy()
+    flip = rng.random(400) < 0.1
+    real[flip] = 1 - real[flip]                        # 90% right on both classes
+    good = assess_competence(y_true, real, baselines={"no_prompt": np.zeros(400, dtype=int)},
+                             bootstrap=200)
+    assert good["works"] is True
+    assert good["accuracy"] == pytest.approx(balanced_accuracy_score(y_true, real))
+    assert good["best_baseline"] == "chance"  # the constant baseline is no better than chance
+    worse = assess_competence(y_true, real, baselines={"projected_prompt": y_true},
+                              bootstrap=200)
+    assert worse["works"] is False and "worse than its baseline projected_prompt" in (
+        worse["reason"])
+    assert no_labels_competence()["works"] is None
+
+
+def test_competence_interval_by_hand():
+    rng = np.random.default_rng(1)
+    y_true = rng.integers(0, 3, 120)
+    y_pred = np.where(rng.random(120) < 0.6, y_true, rng.integers(0, 3, 120))
+    out = assess_competence(y_true, y_pred, bootstrap=100, confidence=0.9, seed=5)
+    draws = np.random.default_rng(5)
+    values = []
+    for _ in range(100):
+        rows = draws.integers(0, 120, size=120)
+        values.append(balanced_accuracy_score(y_true[rows], y_pred[rows]))
+    assert out["accuracy_interval"] == pytest.approx(
+        list(np.quantile(values, [0.05, 0.95])), abs=1e-12)
+    assert out["chance_accuracy"] == pytest.approx(1 / 3)
+    few = assess_competence(y_true, y_pred, bootstrap=5)
+    assert few["accuracy_interval"] is None  # 5 resamples cannot hold 95%
+
+
+def test_classification_report_equals_sklearn(result, reference, audit):
+    frame = audit["frame"]
+    labels = ["negative", "positive"]
+    y_true, y_pred = reference["y_true"], reference["y_pred"]
+    expected = classification_report(y_true, y_pred, labels=[0, 1], target_names=labels,
+                                      output_dict=True, zero_division=np.nan)
+    _assert_report(result["task"]["classification_report"], expected)
+    by_group = result["task"]["classification_report_by_group"]
+    assert list(by_group) == ["gender", "race", "gender & race"]
+    for group in ("female", "male"):
+        rows = (frame["gender"] == group).to_numpy()
+        expected = classification_report(y_true[rows], y_pred[rows], labels=[0, 1],
+                                          target_names=labels, output_dict=True,
+                                          zero_division=np.nan)
+        _assert_report(by_group["gender"][group], expected)
+    rows = ((frame["gender"] == "male") & (frame["race"] == "asian")).to_numpy()
+    expected = classification_report(y_true[rows], y_pred[rows], labels=[0, 1],
+                                      target_names=labels, output_dict=True, zero_division=np.nan)
+    _assert_report(by_group["gender & race"]["male & asian"], expected)
+
+
+def _assert_report(got: dict, expected: dict) -> None:
+    assert set(got) == set(expected)
+    for key, value in expected.items():
+        if isinstance(value, dict):
+            for stat, number in value.items():
+                ours = got[key][stat]
+                if np.isnan(number):
+                    assert ours is None, (key, stat)
+                else:
+                    assert ours == pytest.approx(number, abs=TOL), (key, stat)
+        else:
+            assert got[key] == pytest.approx(value, abs=TOL)
+
+
+# ------------------------------------------------------------ input refused before model work
+
+
+def _spec_with(audit, tmp_path, change) -> Path:
+    spec = yaml.safe_load((audit["folder"] / "audit.yaml").read_text())
+    change(spec)
+    return helpers.write_spec(audit["folder"] / f"{tmp_path.name}.yaml", spec)
+
+
+def test_reference_group_per_feature_must_exist(audit, tmp_path):
+    def change(spec):
+        spec["fairness"]["reference_group"] = {"gender": "male", "race": "purple"}
+    with pytest.raises(DataError) as info:
+        run_audit(load_spec(_spec_with(audit, tmp_path, change)))
+    assert str(info.value) == (
+        "fairness.reference_group.race: 'purple' is not a group of sensitive feature 'race' "
+        f"in {audit['folder'] / 'eval.csv'}; groups: asian, black, white")
+
+
+@pytest.mark.parametrize("missing", ["", None])
+def test_counterfactual_group_column_refuses_missing_values(audit, tmp_path, missing):
+    frame = audit["frame"].copy()
+    frame["variant"] = ["a", "b"] * 12
+    frame.loc[5, "variant"] = missing
+    data = helpers.write_csv(tmp_path / "eval.csv", frame)
+
+    def change(spec):
+        spec["data"]["path"] = str(data)
+        spec["counterfactuals"] = {"pair_column": "pair_id", "group_column": "variant"}
+    with pytest.raises(DataError) as info:
+        run_audit(load_spec(_spec_with(audit, tmp_path, change)))
+    assert str(info.value) == (
+        f"{data}: counterfactual group column 'variant' has a missing value at row 5; every row "
+        "needs a group (empty cells are not allowed)")
+
+
+def test_term_suite_groups_that_collide_as_text_are_refused(tmp_path):
+    from promptaudit.corpora import load_term_suite
+
+    path = tmp_path / "suite.yaml"
+    path.write_text("features:\n  g:\n    groups:\n      1: [one]\n      '1': [uno]\n")
+    with pytest.raises(DataError) as info:
+        load_term_suite(path)
+    assert str(info.value) == (
+        f"{path}: key 'features.g.groups' names '1' twice (as text, e.g. 1 and \"1\"); "
+        "each name may appear once")
+
+
+def test_without_labels_competence_cannot_be_judged(audit, tmp_path):
+    def change(spec):
+        spec["data"].pop("label_column")
+        spec["projection"] = {"enabled": False}
+        spec["attribution"] = {"enabled": False}
+        spec["baselines"] = {"projected": False, "init_text": False}
+        spec["gates"] = [{"metric": "demographic_parity_difference", "max": 1.0}]
+    result = run_audit(load_spec(_spec_with(audit, tmp_path, change)))
+    competence = result["task"]["competence"]
+    assert competence["works"] is None
+    assert "cannot be judged" in competence["reason"]
+    assert result["task"]["classification_report"] is None
+    from promptaudit.report._common import competence_sentence
+
+    assert competence_sentence(result).startswith("Competence cannot be judged: No true labels")

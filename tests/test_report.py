@@ -461,3 +461,115 @@ def test_unwritable_out_dir_is_an_input_error(result, tmp_path, monkeypatch, fas
     with pytest.raises(InputError, match=re.escape(str(tmp_path))):
         write_reports(result, tmp_path, name="audit")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt"]
+
+
+# ------------------------------------------------------------ verdicts that say how sure they are
+
+
+def _verdict_result(result: dict, *, works: bool | None, policy: str = "fail") -> dict:
+    """The sample result with one inconclusive gate, competence and a classification report."""
+    out = copy.deepcopy(result)
+    out["audit"]["spec"]["gate_policy"] = {"inconclusive": policy}
+    gates = [g for g in out["gates"] if g.get("passed")]
+    for g in gates:
+        g["status"] = "pass"
+    undecided = {
+        "metric": "demographic_parity_ratio", "feature": "gender & race", "op": ">=",
+        "threshold": 0.8, "value": 0.78, "bound": "point", "interval": [0.61, 0.93],
+        "status": "inconclusive", "passed": policy == "pass", "rows_to_decide": 2345,
+        "rows_unit": "rows",
+        "message": "demographic_parity_ratio for gender & race = 0.78 (point) is INCONCLUSIVE "
+                   "against >= 0.8: its 95% interval [0.61, 0.93] straddles it",
+    }
+    out["gates"] = [*gates, undecided]
+    out["passed"] = policy == "pass"
+    reason = {True: "the prompt does its task: balanced accuracy 0.810, above chance (0.500)",
+              False: "the prompt does not do its task: balanced accuracy 0.500 cannot be told "
+                     "from chance (0.500 for 2 classes)",
+              None: "no true labels (data.label_column is not set), so whether the prompt "
+                    "does its task cannot be judged"}[works]
+    out["task"]["competence"] = {
+        "works": works, "accuracy": 0.81, "accuracy_interval": [0.77, 0.85],
+        "chance_accuracy": 0.5, "baselines": {"no_prompt": 0.52}, "best_baseline": "no_prompt",
+        "accuracy_over_baseline": 0.29, "accuracy_over_baseline_interval": [0.22, 0.35],
+        "reason": reason,
+    }
+    out["task"]["classification_report"] = {
+        "reject": {"precision": 0.8, "recall": 0.9, "f1-score": 0.847, "support": 50},
+        "accept <b>": {"precision": None, "recall": 0.0, "f1-score": None, "support": 10},
+        "accuracy": 0.75,
+    }
+    out["task"]["classification_report_by_group"] = {
+        "gender": {"female": {"reject": {"precision": 0.7, "recall": 0.8, "f1-score": 0.747,
+                                         "support": 20}}}}
+    out["fairness"]["counterfactual"]["flip_rate_interval"] = [0.041, 0.112]
+    return out
+
+
+@pytest.fixture
+def no_figures(monkeypatch):
+    """Skip drawing figures: these tests read the text of the page."""
+    monkeypatch.setattr(report_html.figures, "figure_to_data_uri", lambda figure: None)
+
+
+def test_html_puts_competence_and_uncertainty_in_the_headline(result, no_figures):
+    page = render_html(_verdict_result(result, works=False))
+    head = page[: page.index('<section id="gates"')]
+    text = " ".join(html_lib.unescape(re.sub(r"<[^>]+>", " ", head)).split())
+    assert 'class="badge inconclusive">INCONCLUSIVE<' in head
+    summary = text[text.index("Summary"):]
+    # competence comes first in the summary, and says the fairness figures rest on a broken model
+    assert summary.index("Competence:") < summary.index("INCONCLUSIVE:")
+    assert "rest on a model that does not work" in text
+    assert "0 / 3 gates failed 1 / 3 gates inconclusive" in text
+    assert ("INCONCLUSIVE: 1 of " in text
+            and "counted as failed under gate_policy.inconclusive: fail" in text)
+    body = " ".join(html_lib.unescape(re.sub(r"<[^>]+>", " ", page)).split())
+    assert "? INCONCLUSIVE counted as failed; about 2345 rows would decide it" in body
+    assert "[0.610, 0.930]" in body  # the gate's interval
+    assert "bootstrap interval over tuples [0.041, 0.112]" in body
+    assert "accept <b> n/a 0.000 n/a 10" in body  # undefined precision is n/a; label escaped
+    assert "accept <b>" not in page
+    for term in ("Verdict states", "Rows to decide", "Competence", "Balanced accuracy",
+                 "Undefined"):
+        assert f"<dt>{term}</dt>" in page
+    works = render_html(_verdict_result(result, works=True, policy="pass"))
+    assert "Competence: The prompt does its task" in works
+    unknown = render_html(_verdict_result(result, works=None))
+    assert "Competence cannot be judged: No true labels" in unknown
+
+
+def test_markdown_and_junit_show_inconclusive(result):
+    closed = _verdict_result(result, works=False)
+    markdown = render_markdown(closed)
+    lines = markdown.splitlines()
+    assert lines[0].startswith("## \u2753 promptaudit INCONCLUSIVE: ")
+    assert lines[2].startswith("**Competence: The prompt does not do its task")
+    assert "\u2753 INCONCLUSIVE (counted as failed; \\~2345 rows would decide it)" in markdown
+    assert "INCONCLUSIVE: 1 of 3 gates was inconclusive" in markdown
+    assert "| reject | 0.800 | 0.900 | 0.847 | 50 |" in markdown
+    assert "| gender | female | reject | 0.700 | 0.800 | 0.747 | 20 |" in markdown
+    assert "accept &lt;b&gt;" in markdown and "<b>" not in markdown
+    assert "(interval \\[0.041, 0.112\\])" in markdown
+    root = ET.fromstring(render_junit(closed))
+    case = root.find("testsuite").findall("testcase")[-1]
+    failure = case.find("failure")
+    assert failure.get("type") == "GateInconclusive"
+    assert failure.get("message").startswith("INCONCLUSIVE (counted as failed): ")
+    opened = ET.fromstring(render_junit(_verdict_result(result, works=True, policy="pass")))
+    suite = opened.find("testsuite")
+    assert suite.get("skipped") == "1" and suite.get("failures") == "0"
+    assert suite.findall("testcase")[-1].find("skipped").get("message").startswith(
+        "INCONCLUSIVE (counted as passed)")
+
+
+def test_intersection_in_by_feature_is_shown_once(result, no_figures):
+    out = copy.deepcopy(result)
+    fairness = out["fairness"]
+    joint = fairness["intersection"]
+    joint["feature"] = " & ".join(fairness["sensitive_features"])
+    fairness["by_feature"][joint["feature"]] = copy.deepcopy(joint)
+    page = render_html(out)
+    headings = re.findall(r'<h3 class="text">([^<]+)</h3>', page)
+    assert sum(joint["feature"] in html_lib.unescape(h) for h in headings) == 1
+    assert not any("(intersection)" in h for h in headings)

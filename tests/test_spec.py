@@ -179,8 +179,8 @@ def test_every_gate_metric_of_the_contract_is_gateable():
 @pytest.mark.parametrize(("spec", "expected"), [
     (changed(gatez=[]),
      "unknown key 'gatez' (did you mean 'gates'?); allowed keys here: name, seed, model, "
-     "prompt, data, counterfactuals, projection, attribution, fairness, baselines, gates, version, "
-     "bias_audit, audit_info"),
+     "prompt, data, counterfactuals, projection, attribution, fairness, baselines, gates, "
+     "gate_policy, version, bias_audit, audit_info"),
     (changed(fairness={"bootsrap": 10}),
      "unknown key 'fairness.bootsrap' (did you mean 'bootstrap'?); allowed keys here: metrics, "
      "bootstrap, confidence, min_group_size, reference_group, intersection"),
@@ -259,7 +259,7 @@ def test_wrong_types_and_shapes(tmp_path, spec, fragments):
     ({"metric": "equalized_odds_difference"},
      "gates.0: gate on equalized_odds_difference: give 'min' or 'max'"),
     ({"metric": "demographic_parity_ratio", "min": 0.8, "feature": "age"},
-     "gates: feature 'age' is not a sensitive feature; allowed: gender, race"),
+     "gates: feature 'age' is not a sensitive feature; allowed: gender, race, gender & race"),
     ({"metric": "demographic_parity_ratio", "min": 1.5},
      "gates.0: gate on demographic_parity_ratio: min 1.5 is not between 0 and 1; "
      "demographic_parity_ratio is always in [0, 1], so the gate could never pass"),
@@ -269,9 +269,18 @@ def test_wrong_types_and_shapes(tmp_path, spec, fragments):
     ({"metric": "accuracy", "min": 0.7, "feature": "gender"},
      "gates.0: gate on accuracy: 'feature' applies only to group disparities; accuracy is one "
      "number for the whole evaluation set"),
-    ({"metric": "counterfactual_flip_rate", "max": 0.1, "use_bound": True},
-     "gates.0: gate on counterfactual_flip_rate: 'use_bound' applies only to group disparities, "
-     "which have bootstrap intervals; counterfactual_flip_rate has none"),
+    ({"metric": "counterfactual_mean_abs_delta", "max": 0.1, "use_bound": True},
+     "gates.0: gate on counterfactual_mean_abs_delta: 'use_bound' applies only to metrics with "
+     "bootstrap intervals (accuracy_difference, accuracy_over_baseline, balanced_accuracy, "
+     "counterfactual_flip_rate, demographic_parity_difference, demographic_parity_ratio, "
+     "equal_opportunity_difference, equal_opportunity_ratio, equalized_odds_difference, "
+     "equalized_odds_ratio); counterfactual_mean_abs_delta has none"),
+    ({"metric": "accuracy_over_baseline", "min": -1.5},
+     "gates.0: gate on accuracy_over_baseline: min -1.5 is not between -1 and 1; "
+     "accuracy_over_baseline is always in [-1, 1], so the gate could never fail"),
+    ({"metric": "demographic_parity_ratio", "min": 0.8, "feature": "race & gender"},
+     "gates: feature 'race & gender' is not a sensitive feature; allowed: gender, race, "
+     "gender & race"),
     ({"metric": "demographic_parity_ratio", "min": True},
      "gates.0.min: Input should be a valid number (got True, a YAML boolean: "
      "yes/no/on/off/true/false are not numbers)"),
@@ -461,3 +470,36 @@ def test_parse_spec_is_frozen_and_rejects_extra_fields_in_python():
         spec.name = "other"
     with pytest.raises(SpecError, match="unknown key 'gates.0.treshold'"):
         parse_spec({**VALID, "gates": [{"metric": "accuracy", "treshold": 0.5}]})
+
+
+# ------------------------------------------------------------ verdict policy, references
+
+
+def test_gate_policy_defaults_to_failing_closed(tmp_path):
+    spec = load_spec(write(tmp_path, changed()))
+    assert spec.gate_policy.inconclusive.value == "fail"
+    opened = load_spec(write(tmp_path, changed(gate_policy={"inconclusive": "pass"})))
+    assert opened.gate_policy.inconclusive.value == "pass"
+    message = spec_error(tmp_path, changed(gate_policy={"inconclusive": "maybe"}))
+    assert message.startswith(f"{tmp_path / 'audit.yaml'}: gate_policy.inconclusive: ")
+    assert "'fail' or 'pass'" in message
+
+
+def test_reference_group_per_feature(tmp_path):
+    spec = load_spec(write(tmp_path, changed(
+        fairness={"reference_group": {"gender": "male", "race": "White"}})))
+    assert spec.fairness.reference_group == {"gender": "male", "race": "White"}
+    assert load_spec(write(tmp_path, changed(fairness={"reference_group": "male"}))
+                     ).fairness.reference_group == "male"
+    assert spec_error(tmp_path, changed(fairness={"reference_group": {"age": "old"}})) == (
+        f"{tmp_path / 'audit.yaml'}: fairness.reference_group: 'age' is not a sensitive "
+        "feature; allowed: gender, race")
+
+
+def test_gates_may_name_the_intersection(tmp_path):
+    gate = {"metric": "demographic_parity_ratio", "min": 0.8, "feature": "gender & race"}
+    spec = load_spec(write(tmp_path, changed(gates=[gate])))
+    assert spec.gates[0].feature == "gender & race"
+    # without the intersection it is not a feature
+    message = spec_error(tmp_path, changed(gates=[gate], fairness={"intersection": False}))
+    assert message.endswith("allowed: gender, race")

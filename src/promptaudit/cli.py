@@ -634,13 +634,14 @@ def gate(
 ) -> None:
     """Re-check a result's gates: exit 0 if all pass, 1 if one fails, 2 on bad input."""
     _configure_logging(False)
-    from promptaudit.gates import evaluate_gates
+    from promptaudit.gates import evaluate_gates, policy_of
     from promptaudit.results import SIGNING_KEY_ENV, read_result_json
 
     data = read_result_json(result)
-    gates = evaluate_gates((data.get("audit") or {}).get("spec", {}).get("gates", []), data)
+    spec = (data.get("audit") or {}).get("spec", {})
+    gates = evaluate_gates(spec.get("gates", []), data, inconclusive=policy_of(spec))
     for entry in gates:
-        _echo(("PASS  " if entry["passed"] else "FAIL  ") + entry["message"])
+        _echo(_gate_word(entry) + entry["message"])
     passed = all(entry["passed"] for entry in gates)
     if os.environ.get(SIGNING_KEY_ENV) is not None:
         _echo("note: checksum and signature verified")
@@ -653,10 +654,23 @@ def gate(
 
 
 # ------------------------------------------------------------------ helpers
+def _gate_word(entry: dict) -> str:
+    return "INCONCLUSIVE  " if entry.get("status") == "inconclusive" else (
+        "PASS  " if entry["passed"] else "FAIL  "
+    )
+
+
 def _print_verdict(result: dict, paths: dict) -> None:
+    from promptaudit.report._common import competence_sentence, verdict_word
+
+    competence = competence_sentence(result)
+    if competence:
+        _echo(competence)
     for entry in result.get("gates", []):
-        _echo(("PASS  " if entry["passed"] else "FAIL  ") + entry["message"])
+        _echo(_gate_word(entry) + entry["message"])
     verdict = "PASSED" if result.get("passed") else "FAILED"
+    if verdict_word(result) == "INCONCLUSIVE":
+        verdict = f"INCONCLUSIVE (counted as {verdict} under gate_policy.inconclusive)"
     _echo(f"audit {result['audit']['name']}: {verdict}")
     for kind, path in sorted(paths.items()):
         _echo(f"  {kind}: {path}")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -152,18 +152,26 @@ def check_sensitive_columns(
     columns: Sequence[str],
     *,
     source: str,
-    reference_group: str | None = None,
+    reference_group: str | Mapping[str, str] | None = None,
     allow_missing: Sequence[str] = (),
 ) -> None:
     """Refuse a sensitive feature column with a missing value or a single group.
 
     Checked when the data is read, before any model work, so the message names
     the file. ``reference_group`` (a group name, or ``between_groups``) must be
-    a group of every column. Columns in ``allow_missing`` (the bias audit's
-    categories, which count missing values as unknown) may hold missing values;
-    the caller must then give them a group of their own
+    a group of every column; a mapping ``{feature: group}`` names one group per
+    feature, each of which must exist in its column. Columns in ``allow_missing``
+    (the bias audit's categories, which count missing values as unknown) may hold
+    missing values; the caller must then give them a group of their own
     (:func:`fill_missing_groups`) before group fairness metrics.
     """
+    if isinstance(reference_group, Mapping):
+        for feature in reference_group:
+            if feature not in columns:
+                raise DataError(
+                    f"fairness.reference_group: {feature!r} is not a sensitive feature; "
+                    f"sensitive features: {', '.join(columns) or 'none'}"
+                )
     for column in columns:
         values = frame[column]
         text = values.astype(str).str.strip()
@@ -194,7 +202,17 @@ def check_sensitive_columns(
                 f"{source}: sensitive feature column {column!r} has only one group "
                 f"({groups[0]!r}); a fairness comparison needs at least two groups"
             )
-        if reference_group not in (None, "between_groups") and reference_group not in groups:
+        wanted = (
+            reference_group.get(column) if isinstance(reference_group, Mapping) else reference_group
+        )
+        if isinstance(reference_group, Mapping) and wanted is not None and wanted not in groups:
+            raise DataError(
+                f"fairness.reference_group.{column}: {wanted!r} is not a group of sensitive "
+                f"feature {column!r} in {source}; groups: {', '.join(groups)}"
+            )
+        if isinstance(reference_group, str) and wanted != "between_groups" and (
+            wanted not in groups
+        ):
             raise DataError(
                 f"fairness.reference_group: {reference_group!r} is not a group of sensitive "
                 f"feature {column!r} in {source}; groups: {', '.join(groups)} (or between_groups)"
@@ -236,6 +254,22 @@ def row_location(values: pd.Series | pd.DataFrame, row: int) -> str:
         except (IndexError, KeyError, TypeError, ValueError):
             pass
     return f"row {row + 1}"
+
+
+def check_group_column(frame: pd.DataFrame, column: str, *, source: str) -> None:
+    """Refuse a counterfactual ``group_column`` with a missing or empty value.
+
+    A missing value would otherwise become a group named ``"nan"`` or ``""``.
+    """
+    values = frame[column]
+    missing = values.isna().to_numpy() | (values.astype(str).str.strip() == "").to_numpy()
+    if missing.any():
+        row = int(np.flatnonzero(missing)[0])
+        raise DataError(
+            f"{source}: counterfactual group column {column!r} has a missing value at "
+            f"{row_location(values, row)}; "
+            "every row needs a group (empty cells are not allowed)"
+        )
 
 
 def _check_path(path: Path) -> str:

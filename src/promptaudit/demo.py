@@ -57,7 +57,7 @@ def demo_spec(prompt_path: str | Path, *, name: str = "demo") -> AuditSpec:
                         "max_examples": 24},
         "fairness": {"metrics": ["selection_rate", "accuracy", "true_positive_rate",
                                  "false_positive_rate", "mean_score"],
-                     "bootstrap": 500, "confidence": 0.95, "min_group_size": 30},
+                     "bootstrap": 2500, "confidence": 0.95, "min_group_size": 30},
         "gates": [
             {"metric": "demographic_parity_ratio", "min": 0.8},
             {"metric": "equalized_odds_difference", "max": 0.1},

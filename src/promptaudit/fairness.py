@@ -35,8 +35,22 @@ Disparities (:data:`DISPARITY_DIRECTIONS`), per feature:
   against the whole population.
 
 Both are the worst comparison over a set of *pairs* of groups (all pairs, or each
-group against ``r``). A ratio whose two rates are both 0 is 1 (parity); fairlearn
-returns NaN there. When every comparison is undefined the disparity is ``None``.
+group against ``r``). **Undefined is not parity**: a ratio whose two rates are both 0
+(0/0) is undefined, as fairlearn's NaN says, and that pair is left out. A disparity
+is undefined (``None``, with the reason in ``warnings`` and in the entry's
+``undefined``) when one of its metrics has no defined comparison at all: e.g. a
+model that selects nobody has no demographic parity ratio (fairlearn: NaN), and
+an equalized odds ratio is undefined when every group's FPR (or TPR) is 0. A gate
+on an undefined disparity fails. The worst value over features is undefined when
+any feature's value is.
+
+The intersection of the features (two or more) is a feature like the others: its
+entry is ``by_feature["gender & race"]`` (feature names joined by ``" & "``), it
+counts for the worst value, and gates may name it. Its groups are the *tuples* of
+the features' groups: ``("a & b", "c")`` and ``("a", "b & c")`` stay two groups.
+Display names join the parts with ``" & "``; a part that would make two names
+collide is quoted (``"'a & b' & 'c'"``), and ``group_values`` maps every display
+name back to its parts.
 
 Uncertainty (``bootstrap`` > 0): resample ``b`` takes the rows
 ``numpy.random.default_rng(seed).integers(0, n, size=n)`` (drawn in order,
@@ -57,7 +71,14 @@ intervals are folded through the absolute value::
     difference: [max_k dist(0, [lo_k, hi_k]), max_k max(|lo_k|, |hi_k|)]
     ratio:      [1 - max_k max(|lo_k|, |hi_k|), 1 - max_k dist(0, [lo_k, hi_k])]
 
-If all gaps are covered (probability >= ``confidence``), so is the disparity. A
+If all gaps are covered (probability >= ``confidence``), so is the disparity.
+
+An interval is reported only when the resamples can hold its level: a percentile
+interval at tail probability ``t`` needs ``bootstrap * t >= 1`` (at least one
+resample expected beyond each end), so a 95% group interval needs 40 resamples and
+a disparity over ``K`` gaps ``40 K``. Otherwise the interval is ``None`` and a
+warning names the number of resamples needed (``bootstrap: 1`` never yields a
+"95%" interval that excludes its own point estimate). A
 plain percentile interval of ``max - min`` would never contain 0 (it is >= 0 in
 every resample and biased upwards), so it could not tell "no evidence of
 disparity" from a real one; this interval contains 0 (ratio 1) exactly when every
@@ -103,6 +124,8 @@ __all__ = [
     "LABEL_METRICS",
     "compute_counterfactual",
     "compute_group_fairness",
+    "intersection_names",
+    "min_resamples",
 ]
 
 logger = logging.getLogger(__name__)
@@ -154,6 +177,10 @@ ERR_BOOTSTRAP = "bootstrap must be a non-negative integer (0 disables intervals)
 ERR_MIN_GROUP = "min_group_size must be a non-negative integer; got {value!r}"
 ERR_POSITIVE_INDEX = "positive_label_index must be a non-negative integer; got {value!r}"
 ERR_TUPLE_MISSING = "tuple_ids has a missing value at row {row}; every row needs a tuple id"
+ERR_INTERSECTION_NAME = (
+    "a sensitive feature is named {label!r}, which is the name of the intersection of the "
+    "features; rename that column"
+)
 
 # Bootstrap sums per group: resampled weights of these per-row columns.
 _SUMS = ("n", "pred", "true", "tp", "correct", "score")
@@ -191,6 +218,7 @@ class _View:
     groups: tuple[str, ...]  # (G,) sorted group names
     codes: np.ndarray  # (n,) int index into groups
     reference: str | None  # None = between groups
+    parts: Mapping[str, Mapping[str, str]] | None = None  # intersection: name -> feature -> group
 
 
 def compute_group_fairness(
@@ -253,12 +281,16 @@ def compute_group_fairness(
     dict
         ``sensitive_features``, ``positive_label_index``, ``reference_group``,
         ``confidence``, ``bootstrap``, ``min_group_size``, ``metrics``,
-        ``by_feature`` (feature -> entry), ``intersection`` (an entry or ``None``),
+        ``by_feature`` (feature -> entry; the intersection is one of them, keyed
+        ``"gender & race"``), ``intersection`` (the same entry, or ``None``),
         ``disparities`` / ``disparity_intervals`` / ``worst_feature`` (worst over the
-        features, not the intersection: largest difference, smallest ratio) and
-        ``warnings``. An entry holds ``feature``, ``reference_group``, ``by_group``
-        (group -> ``count``, ``small``, metrics), ``intervals`` (group -> metric ->
-        ``[lo, hi]``), ``disparities``, ``disparity_intervals`` and ``small_groups``.
+        features and the intersection: largest difference, smallest ratio; ``None``
+        when any is undefined), ``undefined`` (disparity -> reason, for the worst
+        values that are undefined) and ``warnings``. An entry holds ``feature``,
+        ``reference_group``, ``by_group`` (group -> ``count``, ``small``, metrics),
+        ``intervals`` (group -> metric -> ``[lo, hi]``), ``disparities``,
+        ``disparity_intervals``, ``small_groups``, ``undefined`` (disparity -> reason)
+        and, for the intersection, ``group_values`` (group -> feature -> group).
 
     Raises
     ------
@@ -293,24 +325,25 @@ def compute_group_fairness(
     views = [_make_view(name, values, references.get(name)) for name, values in columns.items()]
     if intersection and len(columns) > 1:
         label = INTERSECTION_SEPARATOR.join(columns)
-        combined = _combine(list(columns.values()))
+        if label in columns:
+            raise InputError(ERR_INTERSECTION_NAME.format(label=label))
         joint_reference = None
         if all(references.get(name) for name in columns):
-            joint_reference = INTERSECTION_SEPARATOR.join(references[name] for name in columns)
-            if joint_reference not in set(combined):
-                joint_reference = None
-        views.append(_make_view(label, combined, joint_reference))
+            joint_reference = tuple(references[name] for name in columns)
+        views.append(_intersection_view(label, columns, joint_reference))
 
     disparity_names = [
         name for name, spec in _DISPARITIES.items() if true_bin is not None or not spec.needs_labels
     ]
     samples = None
-    if bootstrap > 0:
+    warnings_out = list(notes)
+    if 0 < bootstrap < min_resamples(confidence):
+        warnings_out.append(_too_few_resamples(bootstrap, confidence, "intervals"))
+    if bootstrap >= min_resamples(confidence):
         samples = _bootstrap_group_metrics(
             views, pred_bin, true_bin, score, bootstrap=bootstrap, seed=seed
         )
     entries = []
-    warnings_out = list(notes)
     for index, view in enumerate(views):
         table = _group_table(view, pred_bin, true_bin, score)
         entry, view_warnings = _view_entry(
@@ -321,12 +354,13 @@ def compute_group_fairness(
             samples=None if samples is None else samples[index],
             confidence=confidence,
             min_group_size=min_group_size,
+            bootstrap=bootstrap,
         )
         entries.append(entry)
         warnings_out.extend(view_warnings)
 
-    by_feature = {entry["feature"]: entry for entry in entries[: len(columns)]}
-    worst, worst_intervals, worst_feature = _worst_over_features(
+    by_feature = {entry["feature"]: entry for entry in entries}
+    worst, worst_intervals, worst_feature, undefined = _worst_over_features(
         by_feature, disparity_names, bootstrap
     )
     for message in warnings_out:
@@ -344,6 +378,7 @@ def compute_group_fairness(
         "disparities": worst,
         "disparity_intervals": worst_intervals,
         "worst_feature": worst_feature,
+        "undefined": undefined,
         "warnings": warnings_out,
     }
 
@@ -354,6 +389,9 @@ def compute_counterfactual(
     y_score: Any | None = None,
     *,
     groups: Any | None = None,
+    bootstrap: int = 0,
+    confidence: float = 0.95,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """How predictions change across counterfactual tuples.
 
@@ -367,6 +405,13 @@ def compute_counterfactual(
     - ``flip_rate``: share of tuples whose predicted labels are not all equal.
     - ``mean_abs_delta``: mean over tuples of ``max - min`` of ``y_score`` in the tuple.
     - ``n_tuples``: number of such tuples.
+    - ``flip_rate_interval``: percentile bootstrap interval of ``flip_rate`` over
+      *tuples* (the unit that is independent; rows of a tuple are not): resample
+      ``b`` takes tuples ``numpy.random.default_rng(seed).integers(0, T, size=T)``
+      (drawn in order), the interval is the ``[(1 - confidence) / 2,
+      1 - (1 - confidence) / 2]`` quantiles (``numpy.quantile``, linear) of the
+      resampled flip rates. ``None`` when ``bootstrap`` is 0, when there is no
+      tuple, or when ``bootstrap`` is below :func:`min_resamples` (a warning says so).
     - ``by_group[g]``, over the non-reference rows whose group is ``g`` (text
       rewritten *into* ``g``): ``count`` rows, ``flip_rate`` = share whose prediction
       differs from their tuple's reference row, ``mean_abs_delta`` = mean
@@ -382,18 +427,26 @@ def compute_counterfactual(
         ``(n,)`` probability of the positive label; without it the deltas are ``None``.
     groups : array-like, optional
         ``(n,)`` group each row expresses; without it ``by_group`` is empty.
+    bootstrap : int
+        Resamples of tuples for ``flip_rate_interval``; 0 disables it.
+    confidence : float
+        Coverage of the interval, in (0, 1).
+    seed : int
+        Seed of the bootstrap generator.
 
     Returns
     -------
     dict
-        ``{"flip_rate", "mean_abs_delta", "n_tuples", "by_group": {g: {"flip_rate",
-        "mean_abs_delta", "count"}}}``; rates are ``None`` when there is no tuple.
+        ``{"flip_rate", "flip_rate_interval", "confidence", "mean_abs_delta",
+        "n_tuples", "by_group": {g: {"flip_rate", "mean_abs_delta", "count"}},
+        "warnings"}``; rates are ``None`` when there is no tuple.
 
     Examples
     --------
     >>> compute_counterfactual([0, 0, 1, 1], [1, 0, 1, 1], [0.9, 0.4, 0.8, 0.7])["flip_rate"]
     0.5
     """
+    _check_options(0, bootstrap, confidence, 0)
     pred = _as_labels(y_pred, "y_pred")
     n = len(pred)
     ids = _as_1d(tuple_ids, "tuple_ids", expected=n, reference="y_pred")
@@ -419,7 +472,9 @@ def compute_counterfactual(
     pred_max = np.full(len(sizes), np.iinfo(np.int64).min)
     np.minimum.at(pred_min, codes, pred)
     np.maximum.at(pred_max, codes, pred)
-    flip_rate = _mean_or_none((pred_min != pred_max)[keep])
+    flips = (pred_min != pred_max)[keep]
+    flip_rate = _mean_or_none(flips)
+    interval, interval_warnings = _flip_rate_interval(flips, bootstrap, confidence, seed)
     mean_abs_delta = None
     if score is not None:
         score_min = np.full(len(sizes), np.inf)
@@ -444,10 +499,31 @@ def compute_counterfactual(
             }
     return {
         "flip_rate": flip_rate,
+        "flip_rate_interval": interval,
+        "confidence": float(confidence),
         "mean_abs_delta": mean_abs_delta,
         "n_tuples": n_tuples,
         "by_group": by_group,
+        "warnings": interval_warnings,
     }
+
+
+def _flip_rate_interval(
+    flips: np.ndarray, bootstrap: int, confidence: float, seed: int
+) -> tuple[list[float] | None, list[str]]:
+    """Percentile bootstrap interval of the mean of ``flips (T,)``, resampling tuples."""
+    if bootstrap == 0 or len(flips) == 0:
+        return None, []
+    if bootstrap < min_resamples(confidence):
+        return None, [_too_few_resamples(bootstrap, confidence, "flip-rate intervals")]
+    rng = np.random.default_rng(seed)
+    values = flips.astype(float)
+    means = np.empty(bootstrap)
+    for b in range(bootstrap):
+        means[b] = values[rng.integers(0, len(values), size=len(values))].mean()
+    tail = (1.0 - confidence) / 2
+    low, high = np.quantile(means, [tail, 1 - tail])
+    return [float(low), float(high)], []
 
 
 # --------------------------------------------------------------------------- inputs
@@ -618,9 +694,51 @@ def _reference_summary(reference_group: str | Mapping[str, str] | None) -> str |
     return str(reference_group)
 
 
-def _combine(columns: list[np.ndarray]) -> np.ndarray:
-    joined = [INTERSECTION_SEPARATOR.join(parts) for parts in zip(*columns, strict=True)]
-    return np.array(joined, dtype=object)
+def intersection_names(keys: Sequence[tuple[str, ...]]) -> dict[tuple[str, ...], str]:
+    """Distinct display names for intersection groups (tuples of group names).
+
+    A name joins the parts with ``" & "``. Where two plain names would be equal
+    (``("a & b", "c")`` and ``("a", "b & c")`` both read ``"a & b & c"``), the
+    colliding groups are written with every part quoted (``"'a & b' & 'c'"``), so
+    group identity never depends on what the names contain.
+
+    Examples
+    --------
+    >>> intersection_names([("a & b", "c"), ("a", "b & c"), ("x", "y")])[("x", "y")]
+    'x & y'
+    """
+    quoted: set[tuple[str, ...]] = set()
+    while True:
+        names = {
+            key: INTERSECTION_SEPARATOR.join(repr(p) if key in quoted else p for p in key)
+            for key in keys
+        }
+        seen: dict[str, list[tuple[str, ...]]] = {}
+        for key, name in names.items():
+            seen.setdefault(name, []).append(key)
+        clashing = {k for group in seen.values() if len(group) > 1 for k in group} - quoted
+        if not clashing:
+            return names
+        quoted |= clashing
+
+
+def _intersection_view(
+    label: str, columns: Mapping[str, np.ndarray], reference: tuple[str, ...] | None
+) -> _View:
+    """The intersection view: groups are tuples of the features' groups."""
+    keys = list(zip(*columns.values(), strict=True))
+    unique = sorted(set(keys))
+    names = intersection_names(unique)
+    index = {key: i for i, key in enumerate(unique)}
+    codes = np.fromiter((index[k] for k in keys), dtype=np.int64, count=len(keys))
+    joint = names.get(reference) if reference is not None else None
+    return _View(
+        label=label,
+        groups=tuple(names[k] for k in unique),
+        codes=codes,
+        reference=joint,
+        parts={names[k]: dict(zip(columns, k, strict=True)) for k in unique},
+    )
 
 
 def _make_view(label: str, values: np.ndarray, reference: str | None) -> _View:
@@ -628,6 +746,30 @@ def _make_view(label: str, values: np.ndarray, reference: str | None) -> _View:
     index = {group: i for i, group in enumerate(groups)}
     codes = np.fromiter((index[v] for v in values), dtype=np.int64, count=len(values))
     return _View(label=label, groups=groups, codes=codes, reference=reference)
+
+
+def min_resamples(confidence: float, comparisons: int = 1) -> int:
+    """Fewest bootstrap resamples that can hold a percentile interval's level.
+
+    A two-sided interval over ``comparisons`` Bonferroni-adjusted gaps has tail
+    probability ``t = (1 - confidence) / (2 * comparisons)``; it needs
+    ``bootstrap * t >= 1``, i.e. at least one resample expected beyond each end.
+
+    Examples
+    --------
+    >>> min_resamples(0.95), min_resamples(0.9), min_resamples(0.95, 3)
+    (40, 20, 120)
+    """
+    return math.ceil(round(2 * comparisons / (1.0 - confidence), 9))
+
+
+def _too_few_resamples(bootstrap: int, confidence: float, what: str, needed: int = 0) -> str:
+    needed = max(needed, min_resamples(confidence))
+    return (
+        f"bootstrap {bootstrap} is too few resamples for {round(100 * confidence, 4):g}% "
+        f"{what}: at least {needed} are needed, so no interval is reported; raise "
+        "fairness.bootstrap (1000 or more gives stable tails)"
+    )
 
 
 # ------------------------------------------------------------------- group metrics
@@ -775,7 +917,8 @@ def _signed_gaps(values: np.ndarray, pairs: tuple[np.ndarray, np.ndarray], kind:
     """``(..., K)`` signed gaps of ``values (..., G)`` over pairs; 0 is parity.
 
     Difference: ``m_i - m_j``. Ratio: ``m_i / m_j - 1`` if ``m_i <= m_j`` else
-    ``1 - m_j / m_i`` (so ``1 - |gap|`` is the ratio, <= 1); both 0 gives 0.
+    ``1 - m_j / m_i`` (so ``1 - |gap|`` is the ratio, <= 1); both 0 (0/0) is
+    undefined (NaN), not parity.
     """
     a = values[..., pairs[0]]
     b = values[..., pairs[1]]
@@ -783,8 +926,28 @@ def _signed_gaps(values: np.ndarray, pairs: tuple[np.ndarray, np.ndarray], kind:
         return a - b
     with np.errstate(divide="ignore", invalid="ignore"):
         gap = np.where(a <= b, a / b - 1.0, 1.0 - b / a)
-    gap = np.where((a == 0) & (b == 0), 0.0, gap)
+    gap = np.where((a == 0) & (b == 0), np.nan, gap)
     return np.where(np.isnan(a) | np.isnan(b), np.nan, gap)
+
+
+def _undefined_reason(
+    rates: Mapping[str, np.ndarray], view: _View, spec: _Disparity
+) -> str | None:
+    """Why a disparity is undefined (a metric with no defined comparison), else None."""
+    pairs = _pairs(view.groups, view.reference)
+    for metric in spec.metrics:
+        gaps = _signed_gaps(rates[metric], pairs, spec.kind)
+        if gaps.size and not np.all(np.isnan(gaps)):
+            continue
+        values = rates[metric]
+        defined = values[~np.isnan(values)]
+        words = metric.replace("_", " ")
+        if len(defined) < 2 and view.reference is None or defined.size == 0:
+            return f"fewer than two groups have a defined {words}"
+        if spec.kind == "ratio" and np.all(defined == 0):
+            return f"every group's {words} is 0, so the ratio is 0/0"
+        return f"no compared pair of groups has a defined {words}"
+    return None
 
 
 def _disparity_gaps(rates: Mapping[str, np.ndarray], view: _View, spec: _Disparity) -> np.ndarray:
@@ -805,9 +968,15 @@ def _fold(gaps: np.ndarray, kind: str) -> float:
 def _fold_interval(
     point_gaps: np.ndarray, sampled_gaps: np.ndarray, kind: str, confidence: float
 ) -> list[float] | None:
-    """Disparity interval from pairwise signed percentile intervals (Bonferroni), folded."""
+    """Disparity interval from pairwise signed percentile intervals (Bonferroni), folded.
+
+    ``None`` when no gap is usable or when the resamples are too few for the
+    Bonferroni level (:func:`min_resamples`).
+    """
     usable = ~np.isnan(point_gaps) & ~np.all(np.isnan(sampled_gaps), axis=0)
     if not usable.any():
+        return None
+    if len(sampled_gaps) < min_resamples(confidence, int(usable.sum())):
         return None
     alpha = (1.0 - confidence) / int(usable.sum())
     with warnings.catch_warnings():
@@ -832,6 +1001,7 @@ def _view_entry(
     samples: Mapping[str, np.ndarray] | None,
     confidence: float,
     min_group_size: int,
+    bootstrap: int = 0,
 ) -> tuple[dict[str, Any], list[str]]:
     """The JSON entry of one feature (or the intersection) and its warnings."""
     counts = table["count"].to_numpy().astype(np.int64)
@@ -846,14 +1016,25 @@ def _view_entry(
     disparities: dict[str, float | None] = {}
     disparity_intervals: dict[str, list[float] | None] | None = None if samples is None else {}
     dependent: list[str] = []
+    undefined: dict[str, str] = {}
+    short: dict[str, int] = {}
     for name in disparity_names:
         spec = _DISPARITIES[name]
         gaps = _disparity_gaps(point_rates, view, spec)
-        disparities[name] = _clean(_fold(gaps, spec.kind))
+        reason = _undefined_reason(point_rates, view, spec)
+        if reason is not None:
+            undefined[name] = reason
+        disparities[name] = None if reason is not None else _clean(_fold(gaps, spec.kind))
         if disparity_intervals is not None and samples is not None:
-            interval = _fold_interval(
-                gaps, _disparity_gaps(samples, view, spec), spec.kind, confidence
-            )
+            sampled = _disparity_gaps(samples, view, spec)
+            interval = None
+            if reason is None:
+                interval = _fold_interval(gaps, sampled, spec.kind, confidence)
+                usable = int((~np.isnan(gaps) & ~np.all(np.isnan(sampled), axis=0)).sum())
+                if interval is None and usable and len(sampled) < min_resamples(
+                    confidence, usable
+                ):
+                    short[name] = min_resamples(confidence, usable)
             disparity_intervals[name] = None if interval is None else [_clean(v) for v in interval]
         if _uses_small_group(point_rates, view, spec, small):
             dependent.append(name)
@@ -862,6 +1043,20 @@ def _view_entry(
     if samples is not None:
         intervals = _group_intervals(view, samples, selected, confidence)
     warnings_out = _view_warnings(view, table, small, dependent, min_group_size)
+    for name, reason in undefined.items():
+        warnings_out.append(
+            f"{view.label}: {name} is undefined (null): {reason}; it is not parity, and a "
+            "gate on it fails"
+        )
+    if short:
+        listed = ", ".join(short)
+        warnings_out.append(
+            f"{view.label}: no interval for {listed}: "
+            + _too_few_resamples(
+                bootstrap, confidence, "intervals over this many group comparisons",
+                max(short.values()),
+            )
+        )
     entry = {
         "feature": view.label,
         "reference_group": view.reference or BETWEEN_GROUPS,
@@ -870,7 +1065,10 @@ def _view_entry(
         "disparities": disparities,
         "disparity_intervals": disparity_intervals,
         "small_groups": [g for g, flag in zip(view.groups, small, strict=True) if flag],
+        "undefined": undefined,
     }
+    if view.parts is not None:
+        entry["group_values"] = {name: dict(parts) for name, parts in view.parts.items()}
     return entry, warnings_out
 
 
@@ -936,14 +1134,29 @@ def _view_warnings(
 
 def _worst_over_features(
     by_feature: Mapping[str, Mapping[str, Any]], disparity_names: Sequence[str], bootstrap: int
-) -> tuple[dict[str, float | None], dict[str, list[float] | None] | None, dict[str, str | None]]:
-    """Largest difference / smallest ratio over features, its interval and feature."""
+) -> tuple[
+    dict[str, float | None],
+    dict[str, list[float] | None] | None,
+    dict[str, str | None],
+    dict[str, str],
+]:
+    """Largest difference / smallest ratio over features, its interval, feature, reasons.
+
+    A disparity undefined for any feature has no worst value (``None``): the
+    undefined feature could be the worst one.
+    """
     worst: dict[str, float | None] = {}
     intervals: dict[str, list[float] | None] = {}
     features: dict[str, str | None] = {}
+    undefined: dict[str, str] = {}
     for name in disparity_names:
         higher_is_better = DISPARITY_DIRECTIONS[name] == "higher_is_better"
         best_feature, best_value = None, None
+        missing = [f for f, e in by_feature.items() if name in e.get("undefined", {})]
+        if missing:
+            worst[name], features[name], intervals[name] = None, missing[0], None
+            undefined[name] = f"{missing[0]}: {by_feature[missing[0]]['undefined'][name]}"
+            continue
         for feature, entry in by_feature.items():
             value = entry["disparities"][name]
             if value is None:
@@ -958,7 +1171,7 @@ def _worst_over_features(
             None if best_feature is None else by_feature[best_feature]["disparity_intervals"]
         )
         intervals[name] = None if entry_intervals is None else entry_intervals[name]
-    return worst, (intervals if bootstrap > 0 else None), features
+    return worst, (intervals if bootstrap > 0 else None), features, undefined
 
 
 def _clean(value: Any) -> float | None:

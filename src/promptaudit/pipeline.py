@@ -33,7 +33,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from promptaudit.data import check_sensitive_columns, encode_labels, load_table, row_location
+from promptaudit.data import (
+    check_group_column,
+    check_sensitive_columns,
+    encode_labels,
+    load_table,
+    row_location,
+)
 from promptaudit.errors import DataError, SpecError
 from promptaudit.prompted import PromptedModel, float32_model, load_prompted_model
 from promptaudit.prompts import SoftPrompt, text_init_token_ids
@@ -194,6 +200,7 @@ def run_audit(
             progress=progress,
         )
 
+    baseline_predictions: dict[str, np.ndarray] = {}
     baselines = _baselines(
         spec,
         prompted,
@@ -207,14 +214,18 @@ def run_audit(
         fairness,
         progress=progress,
         with_fairness=main,
+        predictions=baseline_predictions,
     )
     if not main:
         return None
+    _add_competence(spec, task, y_true, y_pred, baseline_predictions, sensitive)
 
     from promptaudit.gates import evaluate_gates
 
     partial = {"task": task, "fairness": fairness, "bias_audit": bias_audit}
-    gates = evaluate_gates(spec.gates, partial)
+    gates = evaluate_gates(
+        spec.gates, partial, inconclusive=spec.gate_policy.inconclusive.value
+    )
     data_provenance = {"n_rows": len(frame)}  # rows audited (after data.limit)
     result = AuditResult(
         audit={"name": spec.name, "spec": spec.to_dict(), **_audit_info(spec)},
@@ -279,6 +290,8 @@ def _load_evaluation_data(spec: AuditSpec) -> tuple[pd.DataFrame, list[str]]:
             f"{spec.data.path}: column {cf.pair_column!r} has a missing value at "
             f"{row_location(frame, row)}"
         )
+    if cf is not None and cf.pair_column and cf.group_column:
+        check_group_column(frame, cf.group_column, source=spec.data.path)
     if cf is not None and cf.suite is not None:
         from promptaudit.corpora import make_counterfactuals
 
@@ -428,6 +441,38 @@ def _task_section(spec, prompted: PromptedModel, texts, probs, y_true, positive)
     return section
 
 
+def _add_competence(spec, task, y_true, y_pred, baseline_predictions, sensitive) -> None:
+    """``task.competence``, ``task.accuracy_over_baseline`` and the classification reports."""
+    from promptaudit.evaluation import (
+        assess_competence,
+        classification_reports,
+        no_labels_competence,
+    )
+
+    if y_true is None:
+        task["competence"] = no_labels_competence()
+        task["accuracy_over_baseline"] = None
+        task["classification_report"] = None
+        task["classification_report_by_group"] = None
+        return
+    competence = assess_competence(
+        y_true, y_pred, baselines=baseline_predictions, **_interval_options(spec)
+    )
+    task["competence"] = competence
+    task["accuracy_over_baseline"] = competence["accuracy_over_baseline"]
+    if not competence["works"]:
+        logger.warning("competence: %s", competence["reason"])
+    overall, by_group = classification_reports(
+        y_true,
+        y_pred,
+        labels=task["labels"],
+        sensitive_features=None if sensitive is None else sensitive.reset_index(drop=True),
+        intersection=spec.fairness.intersection,
+    )
+    task["classification_report"] = overall
+    task["classification_report_by_group"] = by_group
+
+
 def _fairness(spec, y_pred, y_true, y_score, sensitive, positive, *, bootstrap=None) -> dict:
     if sensitive is None:
         return {
@@ -473,9 +518,16 @@ def _counterfactual(spec, prompted, frame, texts, probs, positive, *, progress) 
                 f"{spec.data.path}: column {cf.pair_column!r} has a missing value at "
                 f"{row_location(pairs, row)}"
             )
-        groups = frame[cf.group_column].astype(str).to_numpy() if cf.group_column else None
+        groups = None
+        if cf.group_column:
+            check_group_column(frame, cf.group_column, source=spec.data.path)
+            groups = frame[cf.group_column].astype(str).str.strip().to_numpy()
         result = compute_counterfactual(
-            pairs.astype(str).to_numpy(), probs.argmax(axis=1), probs[:, positive], groups=groups
+            pairs.astype(str).to_numpy(),
+            probs.argmax(axis=1),
+            probs[:, positive],
+            groups=groups,
+            **_interval_options(spec),
         )
         result["source"] = f"pair_column:{cf.pair_column}"
         return result
@@ -485,6 +537,7 @@ def _counterfactual(spec, prompted, frame, texts, probs, positive, *, progress) 
     if len(tuples) == 0:
         return {
             "flip_rate": None,
+            "flip_rate_interval": None,
             "mean_abs_delta": None,
             "n_tuples": 0,
             "by_group": {},
@@ -503,6 +556,7 @@ def _counterfactual(spec, prompted, frame, texts, probs, positive, *, progress) 
         cf_probs.argmax(axis=1),
         cf_probs[:, positive],
         groups=tuples["group"].astype(str).to_numpy(),
+        **_interval_options(spec),
     )
     result["source"] = cf.suite
     by_feature = {}
@@ -514,6 +568,15 @@ def _counterfactual(spec, prompted, frame, texts, probs, positive, *, progress) 
         by_feature[str(feature)] = {k: sub[k] for k in ("flip_rate", "mean_abs_delta", "n_tuples")}
     result["by_feature"] = by_feature
     return result
+
+
+def _interval_options(spec) -> dict:
+    """Bootstrap options shared by every interval of an audit."""
+    return {
+        "bootstrap": spec.fairness.bootstrap,
+        "confidence": spec.fairness.confidence,
+        "seed": spec.seed,
+    }
 
 
 def _baselines(
@@ -530,18 +593,25 @@ def _baselines(
     *,
     progress,
     with_fairness: bool = True,
+    predictions: dict | None = None,
 ) -> dict | None:
     """The same headline numbers for the projected hard prompt and the init text (or no prompt).
 
     ``with_fairness=False`` (the other processes of a multi-process audit) makes
-    only the predictions and leaves the group disparities empty.
+    only the predictions and leaves the group disparities empty. ``predictions``,
+    when given, receives baseline key -> ``(n,)`` predicted label indices of every
+    baseline other than the soft prompt itself.
     """
+    from sklearn.metrics import balanced_accuracy_score
+
     sensitive = frame[spec.data.sensitive_features] if spec.data.sensitive_features else None
 
-    def summary(label: str, p: np.ndarray, fair: dict | None = None) -> dict:
+    def summary(label: str, p: np.ndarray, fair: dict | None = None, key: str = "") -> dict:
         y_pred = p.argmax(axis=1)
         if not with_fairness:
             fair = {}
+        if predictions is not None and key:
+            predictions[key] = y_pred
         fair = (
             fair
             if fair is not None
@@ -550,6 +620,9 @@ def _baselines(
         return {
             "label": label,
             "accuracy": None if y_true is None else float(np.mean(y_pred == y_true)),
+            "balanced_accuracy": None
+            if y_true is None
+            else float(balanced_accuracy_score(y_true, y_pred)),
             "positive_rate": float(np.mean(y_pred == positive)),
             "disparities": fair.get("disparities", {}),
             "agreement_with_soft_prompt": float(np.mean(y_pred == probs.argmax(axis=1))),
@@ -558,7 +631,7 @@ def _baselines(
     out = {"soft_prompt": summary("the tuned soft prompt", probs, fairness)}
     if spec.baselines.projected and projected_probs is not None:
         out["projected_prompt"] = summary(
-            "the nearest-word (projected) hard prompt", projected_probs
+            "the nearest-word (projected) hard prompt", projected_probs, key="projected_prompt"
         )
     if spec.baselines.init_text and soft is not None:
         if soft.init_text:
@@ -572,7 +645,9 @@ def _baselines(
             init_prompt, label, key = None, "no prompt (the base model alone)", "no_prompt"
         logger.info("baseline: %s", key)
         out[key] = summary(
-            label, prompted.with_prompt(init_prompt).predict_proba(texts, progress=progress)
+            label,
+            prompted.with_prompt(init_prompt).predict_proba(texts, progress=progress),
+            key=key,
         )
     return out
 

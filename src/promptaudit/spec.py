@@ -47,6 +47,11 @@ __all__ = [
     "BiasAuditSpec",
     "AuditInfoSpec",
     "BiasAuditMode",
+    "GatePolicySpec",
+    "InconclusivePolicy",
+    "gate_features",
+    "INTERVAL_GATE_METRICS",
+    "SIGNED_GATE_METRICS",
     "load_spec",
     "parse_spec",
     "apply_overrides",
@@ -69,7 +74,21 @@ GATE_METRICS: dict[str, tuple[str, str, str]] = {
     "accuracy": ("task", "accuracy", "higher"),
     "balanced_accuracy": ("task", "balanced_accuracy", "higher"),
     "min_impact_ratio": ("bias_audit", "min_impact_ratio", "higher"),
+    # Balanced accuracy minus the best of chance (1/K) and the baseline prompts' balanced
+    # accuracies (task.competence); in [-1, 1].
+    "accuracy_over_baseline": ("task", "accuracy_over_baseline", "higher"),
 }
+
+#: Gate metrics whose value may be negative (a difference of two accuracies): [-1, 1].
+SIGNED_GATE_METRICS = frozenset({"accuracy_over_baseline"})
+
+#: Gate metrics with a bootstrap interval (``use_bound`` and inconclusive verdicts).
+INTERVAL_GATE_METRICS = frozenset(
+    {
+        name for name, (section, _, _) in GATE_METRICS.items() if section == "disparities"
+    }
+    | {"counterfactual_flip_rate", "balanced_accuracy", "accuracy_over_baseline"}
+)
 
 #: Gate metrics that need true labels (``data.label_column``).
 LABEL_GATE_METRICS = frozenset(
@@ -81,6 +100,7 @@ LABEL_GATE_METRICS = frozenset(
         "accuracy_difference",
         "accuracy",
         "balanced_accuracy",
+        "accuracy_over_baseline",
     }
 )
 
@@ -231,7 +251,8 @@ class FairnessSpec(_Strict):
     bootstrap: int = Field(1000, ge=0, le=100_000, strict=True)
     confidence: float = Field(0.95, gt=0, lt=1, strict=True)
     min_group_size: int = Field(30, ge=1, strict=True)
-    reference_group: str | None = None
+    # A group name for every feature, or {feature: group}; None / between_groups: all pairs.
+    reference_group: str | dict[str, str] | None = None
     intersection: bool = True
 
     @field_validator("metrics")
@@ -244,6 +265,19 @@ class FairnessSpec(_Strict):
                     f"allowed: {', '.join(FAIRNESS_METRICS)}"
                 )
         return value
+
+
+class InconclusivePolicy(enum.StrEnum):
+    """What an inconclusive gate (its interval straddles the threshold) does to ``passed``."""
+
+    FAIL = "fail"
+    PASS = "pass"
+
+
+class GatePolicySpec(_Strict):
+    """How verdicts become ``passed``: ``inconclusive: fail`` (default) fails closed."""
+
+    inconclusive: InconclusivePolicy = InconclusivePolicy.FAIL
 
 
 class BaselineSpec(_Strict):
@@ -274,11 +308,12 @@ class GateSpec(_Strict):
     def _thresholds(self) -> GateSpec:
         if self.min is None and self.max is None:
             raise ValueError(f"gate on {self.metric}: give 'min' or 'max'")
+        low = -1.0 if self.metric in SIGNED_GATE_METRICS else 0.0
         for key, threshold in (("min", self.min), ("max", self.max)):
-            if threshold is not None and not 0.0 <= threshold <= 1.0:
+            if threshold is not None and not low <= threshold <= 1.0:
                 raise ValueError(
-                    f"gate on {self.metric}: {key} {threshold} is not between 0 and 1; "
-                    f"{self.metric} is always in [0, 1], so the gate could never "
+                    f"gate on {self.metric}: {key} {threshold} is not between {low:g} and 1; "
+                    f"{self.metric} is always in [{low:g}, 1], so the gate could never "
                     f"{'pass' if (key == 'min') == (threshold > 1) else 'fail'}"
                 )
         section = GATE_METRICS[self.metric][0]
@@ -287,10 +322,11 @@ class GateSpec(_Strict):
                 f"gate on {self.metric}: 'feature' applies only to group disparities; "
                 f"{self.metric} is one number for the whole evaluation set"
             )
-        if self.use_bound and section != "disparities":
+        if self.use_bound and self.metric not in INTERVAL_GATE_METRICS:
             raise ValueError(
-                f"gate on {self.metric}: 'use_bound' applies only to group disparities, "
-                f"which have bootstrap intervals; {self.metric} has none"
+                f"gate on {self.metric}: 'use_bound' applies only to metrics with bootstrap "
+                f"intervals ({', '.join(sorted(INTERVAL_GATE_METRICS))}); "
+                f"{self.metric} has none"
             )
         if self.min is not None and self.max is not None and self.min > self.max:
             raise ValueError(
@@ -383,6 +419,7 @@ class AuditSpec(_Strict):
     fairness: FairnessSpec = Field(default_factory=FairnessSpec)
     baselines: BaselineSpec = Field(default_factory=BaselineSpec)
     gates: list[GateSpec] = Field(default_factory=list)
+    gate_policy: GatePolicySpec = Field(default_factory=GatePolicySpec)
     version: int = Field(1, strict=True)
     bias_audit: BiasAuditSpec | None = None
     audit_info: AuditInfoSpec | None = None
@@ -406,14 +443,24 @@ class AuditSpec(_Strict):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> AuditSpec:
-        features = set(self.data.sensitive_features)
+        features = list(self.data.sensitive_features)
+        gateable = gate_features(features, intersection=self.fairness.intersection)
         for gate in self.gates:
-            if gate.feature is not None and gate.feature not in features:
+            if gate.feature is not None and gate.feature not in gateable:
                 raise ValueError(
                     f"gates: feature {gate.feature!r} is not a sensitive feature; "
                     f"allowed: "
-                    f"{', '.join(sorted(features)) or 'none listed in data.sensitive_features'}"
+                    f"{', '.join(gateable) or 'none listed in data.sensitive_features'}"
                 )
+        reference = self.fairness.reference_group
+        if isinstance(reference, dict):
+            for feature in reference:
+                if feature not in features:
+                    listed = ", ".join(features) or "none listed in data.sensitive_features"
+                    raise ValueError(
+                        f"fairness.reference_group: {feature!r} is not a sensitive feature; "
+                        f"allowed: {listed}"
+                    )
         for index, gate in enumerate(self.gates):
             where = f"gates.{index}"
             if gate.metric in LABEL_GATE_METRICS and self.data.label_column is None:
@@ -456,6 +503,23 @@ class AuditSpec(_Strict):
     def to_dict(self) -> dict:
         """JSON-able dict of the resolved spec."""
         return self.model_dump(mode="json")
+
+
+def gate_features(features: Sequence[str], *, intersection: bool = True) -> list[str]:
+    """The features a gate may name: each sensitive feature, then their intersection.
+
+    The intersection of two or more features is named by joining them with ``" & "``
+    in the order of ``data.sensitive_features`` (``"gender & race"``), one spelling.
+
+    Examples
+    --------
+    >>> gate_features(["gender", "race"])
+    ['gender', 'race', 'gender & race']
+    """
+    out = list(features)
+    if intersection and len(out) > 1:
+        out.append(" & ".join(out))
+    return out
 
 
 # --------------------------------------------------------------------- loading
@@ -758,6 +822,7 @@ _MODELS_BY_KEY: dict[str, type[BaseModel]] = {
     "gates": GateSpec,
     "bias_audit": BiasAuditSpec,
     "audit_info": AuditInfoSpec,
+    "gate_policy": GatePolicySpec,
 }
 
 

@@ -87,6 +87,10 @@ ERR_SUITE_PARSE = "{path}: could not be parsed as {kind}: {reason}"
 ERR_SUITE_TYPE = "{path}: key {key!r} must be {expected}; got {got}"
 ERR_SUITE_UNKNOWN_KEY = "{path}: unknown key {key!r}; allowed keys: {allowed}"
 ERR_SUITE_MISSING_KEY = "{path}: key {key!r} is required"
+ERR_SUITE_DUPLICATE = (
+    "{path}: key {key!r} names {name!r} twice (as text, e.g. 1 and \"1\"); "
+    "each name may appear once"
+)
 ERR_SUITE_FEW_GROUPS = "{path}: key {key!r} needs at least two groups; got {count}"
 ERR_SUITE_ALIGN = (
     "{path}: key {key!r} has {got} terms but {first!r} has {expected}; "
@@ -565,10 +569,12 @@ def _suite_from_raw(raw: Any, *, name: str, path: str) -> TermSuite:
                 path=path, key="features", expected="a non-empty mapping", got="an empty one"
             )
         )
-    features = {
-        str(feature): _feature_from_raw(str(feature), value, path)
-        for feature, value in features_raw.items()
-    }
+    features = {}
+    for feature, value in features_raw.items():
+        if str(feature) in features:
+            raise DataError(ERR_SUITE_DUPLICATE.format(path=path, key="features",
+                                                       name=str(feature)))
+        features[str(feature)] = _feature_from_raw(str(feature), value, path)
     return TermSuite(name=name, features=MappingProxyType(features))
 
 
@@ -588,6 +594,9 @@ def _feature_from_raw(feature: str, raw: Any, path: str) -> TermFeature:
     first: str | None = None
     for group, terms in groups_raw.items():
         group_key = f"{key}.groups.{group}"
+        if str(group) in groups:
+            raise DataError(ERR_SUITE_DUPLICATE.format(path=path, key=f"{key}.groups",
+                                                       name=str(group)))
         groups[str(group)] = _string_list(terms, group_key, path)
         if first is None:
             first = group_key

@@ -24,6 +24,12 @@ __all__ = [
     "fmt_threshold",
     "gate_name",
     "gate_counts",
+    "gate_status",
+    "status_counts",
+    "verdict_word",
+    "competence_sentence",
+    "competence_state",
+    "classification_rows",
     "verdict_sentence",
     "verdict_detail",
     "display_token",
@@ -151,10 +157,103 @@ def gate_counts(result: Mapping[str, Any]) -> tuple[int, int]:
     return failed, len(gates)
 
 
+def gate_status(gate: Mapping[str, Any]) -> str:
+    """``"pass"``, ``"fail"`` or ``"inconclusive"``; read from ``passed`` in older results."""
+    status = gate.get("status")
+    if status in ("pass", "fail", "inconclusive"):
+        return str(status)
+    return "pass" if gate.get("passed") is True else "fail"
+
+
+def status_counts(result: Mapping[str, Any]) -> dict[str, int]:
+    """Number of gates per status: ``{"pass": .., "fail": .., "inconclusive": ..}``."""
+    counts = {"pass": 0, "fail": 0, "inconclusive": 0}
+    for gate in as_list(result.get("gates")):
+        if isinstance(gate, Mapping):
+            counts[gate_status(gate)] += 1
+    return counts
+
+
+def verdict_word(result: Mapping[str, Any]) -> str:
+    """The headline: ``PASS``, ``FAIL``, or ``INCONCLUSIVE`` (no gate failed, one undecided).
+
+    An inconclusive audit still has a ``passed`` decided by the spec's
+    ``gate_policy.inconclusive``; :func:`verdict_sentence` says which way it counted.
+    """
+    counts = status_counts(result)
+    if counts["fail"] == 0 and counts["inconclusive"] > 0:
+        return "INCONCLUSIVE"
+    return "PASS" if result.get("passed") is True else "FAIL"
+
+
+def _policy(result: Mapping[str, Any]) -> str:
+    spec = as_mapping(as_mapping(result.get("audit")).get("spec"))
+    return str(as_mapping(spec.get("gate_policy")).get("inconclusive") or "fail")
+
+
+def competence_state(result: Mapping[str, Any]) -> str:
+    """``"works"``, ``"broken"`` or ``"unknown"`` from ``task.competence.works``."""
+    works = as_mapping(as_mapping(result.get("task")).get("competence")).get("works")
+    return "works" if works is True else "broken" if works is False else "unknown"
+
+
+def competence_sentence(result: Mapping[str, Any]) -> str | None:
+    """Whether the prompt does its task, in words; ``None`` for results without competence.
+
+    A prompt that does not work gets a sentence that says the fairness figures
+    describe a model that does not do its task.
+    """
+    competence = as_mapping(as_mapping(result.get("task")).get("competence"))
+    if not competence:
+        return None
+    reason = str(competence.get("reason") or "").strip()
+    reason = reason[:1].upper() + reason[1:] if reason else ""
+    state = competence_state(result)
+    if state == "works":
+        return f"Competence: {reason}." if reason else "Competence: the prompt does its task."
+    if state == "broken":
+        return (
+            f"Competence: {reason or 'the prompt does not do its task'}. The fairness figures "
+            "below rest on a model that does not work: equal treatment by a useless classifier "
+            "is not evidence of a fair one."
+        )
+    return f"Competence cannot be judged: {reason or 'no true labels were given'}."
+
+
+def classification_rows(report: Any) -> list[dict[str, str]]:
+    """Rows ``{label, precision, recall, f1, support}`` of a scikit-learn report dict."""
+    rows = []
+    for label, stats in as_mapping(report).items():
+        if not isinstance(stats, Mapping):
+            continue  # "accuracy" is a bare number
+        support = stats.get("support")
+        rows.append({
+            "label": str(label),
+            "precision": fmt_num(stats.get("precision")),
+            "recall": fmt_num(stats.get("recall")),
+            "f1": fmt_num(stats.get("f1-score")),
+            "support": str(int(support)) if as_float(support) is not None else NA,
+        })
+    return rows
+
+
 def verdict_sentence(result: Mapping[str, Any]) -> str:
-    """One sentence: PASS/FAIL and how many gates failed."""
+    """One sentence: PASS/FAIL/INCONCLUSIVE and how many gates failed or were undecided."""
     failed, total = gate_counts(result)
     passed = result.get("passed") is True
+    counts = status_counts(result)
+    if counts["inconclusive"]:
+        policy = _policy(result)
+        undecided = counts["inconclusive"]
+        noun = "gate was" if total == 1 else "gates was" if undecided == 1 else "gates were"
+        tail = (
+            f"{undecided} of {total} {noun} inconclusive (the interval straddles the "
+            f"threshold), counted as {'passed' if policy == 'pass' else 'failed'} under "
+            f"gate_policy.inconclusive: {policy}"
+        )
+        if counts["fail"]:
+            return f"FAIL: {counts['fail']} of {total} gates failed and {tail}."
+        return f"INCONCLUSIVE: {tail}."
     if total == 0:
         return (
             "PASS: no gates were configured, so nothing was checked against a threshold."
@@ -171,7 +270,11 @@ def verdict_detail(result: Mapping[str, Any]) -> str:
     """:func:`verdict_sentence` without its leading ``"PASS: "`` / ``"FAIL: "``."""
     sentence = verdict_sentence(result)
     head, _, rest = sentence.partition(": ")
-    return rest[:1].upper() + rest[1:] if head in ("PASS", "FAIL") and rest else sentence
+    return (
+        rest[:1].upper() + rest[1:]
+        if head in ("PASS", "FAIL", "INCONCLUSIVE") and rest
+        else sentence
+    )
 
 
 def display_token(token: Any) -> str:
@@ -238,6 +341,8 @@ def _threshold_phrase(
     else:
         where = (f"meets the {limit} threshold" if checked >= threshold
                  else f"below the {limit} threshold")
+    if gate_status(gate) == "inconclusive" and bound == "point":
+        return f"{name} {shown}, {where}, but inconclusive: its interval straddles the threshold"
     if bound in ("lower", "upper"):
         level = f"{round(100 * confidence)}% " if confidence is not None else ""
         verb = "" if where.startswith("meets") else "is "
@@ -283,7 +388,11 @@ def _feature_blocks(fairness: Mapping[str, Any]) -> list[tuple[str, str, Mapping
         if isinstance(block, Mapping):
             blocks.append((str(feature), str(feature), block))
     intersection = fairness.get("intersection")
-    if isinstance(intersection, Mapping):
+    listed = any(block is intersection for _, _, block in blocks) or (
+        isinstance(intersection, Mapping)
+        and str(intersection.get("feature")) in as_mapping(fairness.get("by_feature"))
+    )
+    if isinstance(intersection, Mapping) and not listed:
         names = [str(f) for f in as_list(fairness.get("sensitive_features"))]
         label = " \u00d7 ".join(names) if names else "intersection"
         blocks.append(("intersection", label, intersection))
@@ -408,16 +517,20 @@ def gap_sentences(result: Mapping[str, Any], *, limit: int = 6) -> list[str]:
             used.add(id(gate))
         n = counterfactual.get("n_tuples")
         of = f" of {n} counterfactual tuples" if as_float(n) is not None else ""
+        interval = fmt_interval(counterfactual.get("flip_rate_interval"))
+        spread = f", interval {interval}" if interval else ""
         sentences.append(
             f"Changing only identity terms (names, pronouns) changed the decision for "
-            f"{100 * flip:.1f}%{of} ({_threshold_phrase('flip rate', flip, gate, None, 3)})."
+            f"{100 * flip:.1f}%{of}{spread} "
+            f"({_threshold_phrase('flip rate', flip, gate, None, 3)})."
         )
 
     # Failed gates not explained above.
     for gate in gates:
         if gate.get("passed") is not True and id(gate) not in used:
             message = gate.get("message") or f"value {fmt_num(gate.get('value'))}"
-            sentences.append(f"Gate '{gate_name(gate)}' failed: {message}")
+            verb = "was inconclusive" if gate_status(gate) == "inconclusive" else "failed"
+            sentences.append(f"Gate '{gate_name(gate)}' {verb}: {message}")
     return sentences[:limit]
 
 

@@ -27,6 +27,9 @@ from promptaudit.report._common import (
     as_float,
     as_list,
     as_mapping,
+    classification_rows,
+    competence_sentence,
+    competence_state,
     disparity_label,
     display_token,
     fidelity_detail,
@@ -40,10 +43,13 @@ from promptaudit.report._common import (
     gap_sentences,
     gate_counts,
     gate_name,
+    gate_status,
     reading_sentence,
     short_text,
+    status_counts,
     verdict_detail,
     verdict_sentence,
+    verdict_word,
 )
 
 __all__ = ["render_html", "build_html_context", "GLOSSARY"]
@@ -121,6 +127,36 @@ GLOSSARY: dict[str, str] = {
         "A test of whether a category's selected / not-selected counts could differ from "
         "the reference category's by chance. A small p-value (e.g. below 0.05) means chance "
         "alone is an unlikely explanation; it says nothing about the size of the gap."
+    ),
+    "Verdict states": (
+        "Every gate ends in one of three states. Pass: the threshold is met and, where the "
+        "metric has a bootstrap interval, the whole interval meets it. Fail: the threshold is "
+        "missed beyond doubt, or the metric is undefined or missing. Inconclusive: the "
+        "interval straddles the threshold, so this data cannot say which side the true value "
+        "is on. The audit's gate_policy decides whether an inconclusive gate counts as passed "
+        "or failed (default: failed)."
+    ),
+    "Rows to decide": (
+        "For an inconclusive gate: about how many evaluation rows (tuples, for the flip rate) "
+        "would give an interval that clears the threshold with 80% probability, if the "
+        "observed value is the true one. The interval's half-width on the threshold's side is "
+        "scaled by 1/sqrt(n): n' = n ((z + 0.84) h / (z |value - threshold|))^2. A planning "
+        "figure, not a guarantee."
+    ),
+    "Competence": (
+        "Whether the prompt does its task at all: its balanced accuracy is above chance (1/K "
+        "for K classes) with confidence, and not clearly below the baseline prompts (the "
+        "initialisation text or no prompt, the nearest-word prompt). Fairness figures of a "
+        "prompt that does not work describe a useless classifier."
+    ),
+    "Balanced accuracy": (
+        "The mean over classes of the share of each class predicted correctly (recall). A "
+        "constant prediction scores exactly 1/K however skewed the labels are, so label "
+        "imbalance cannot make a useless model look good."
+    ),
+    "Undefined": (
+        "A ratio whose two rates are both 0 (for example when nobody is selected) has no "
+        "value: it is reported as n/a, not as parity, and a gate on it fails."
     ),
     "Small group": (
         "A group with fewer examples than the audit's minimum group size; its rates are "
@@ -209,7 +245,8 @@ def build_html_context(result: Mapping[str, Any]) -> dict[str, Any]:
         "summary": _summary(result, projection),
         "task": _task(as_mapping(result.get("task"))),
         "gates": _gates(result),
-        "fairness": _fairness(result.get("fairness")),
+        "fairness": _fairness(result.get("fairness"),
+                              as_mapping(result.get("task")).get("classification_report_by_group")),
         "counterfactual": _counterfactual(as_mapping(result.get("fairness")).get("counterfactual")),
         "projection": _projection(projection),
         "attribution": _attribution(result.get("attribution"), position_labels),
@@ -227,12 +264,19 @@ def _summary(result: Mapping[str, Any], projection: Mapping[str, Any] | None) ->
     passed = result.get("passed") is True
     fairness = as_mapping(result.get("fairness"))
     verdict = fidelity_level(as_mapping(as_mapping(projection).get("fidelity")))
+    word = verdict_word(result)
+    counts = status_counts(result)
     return {
         "passed": passed,
-        "verdict_word": "PASS" if passed else "FAIL",
+        "verdict_word": word,
+        "status_class": {"PASS": "pass", "FAIL": "fail"}.get(word, "inconclusive"),
+        "inconclusive": counts["inconclusive"],
+        "competence": competence_sentence(result),
+        "competence_class": {"works": "pass", "broken": "fail"}.get(
+            competence_state(result), "inconclusive"),
         "verdict": verdict_sentence(result),
         "verdict_detail": verdict_detail(result),
-        "failed": failed,
+        "failed": counts["fail"] if counts["inconclusive"] else failed,
         "total": total,
         "gaps": gap_sentences(result),
         "reading": reading_sentence(projection) if projection else None,
@@ -254,7 +298,21 @@ def _task(task: Mapping[str, Any]) -> dict[str, Any] | None:
     if not task:
         return None
     counts = as_mapping(task.get("prediction_counts"))
+    competence = as_mapping(task.get("competence"))
+    baselines = [
+        {"name": _BASELINE_LABELS.get(str(k), str(k)), "accuracy": fmt_num(v)}
+        for k, v in as_mapping(competence.get("baselines")).items()
+    ]
     return {
+        "competence": {
+            "balanced_accuracy": fmt_num(competence.get("accuracy")),
+            "interval": fmt_interval(competence.get("accuracy_interval")),
+            "chance": fmt_num(competence.get("chance_accuracy")),
+            "over_baseline": fmt_num(competence.get("accuracy_over_baseline")),
+            "over_interval": fmt_interval(competence.get("accuracy_over_baseline_interval")),
+            "baselines": baselines,
+        } if competence else None,
+        "report": classification_rows(task.get("classification_report")),
         "type": str(task.get("type") or NA),
         "labels": ", ".join(str(label) for label in as_list(task.get("labels"))) or NA,
         "positive_label": str(task.get("positive_label") or NA),
@@ -284,6 +342,11 @@ def _gates(result: Mapping[str, Any]) -> list[dict[str, Any]]:
             "value": fmt_num(gate.get("value")),
             "bound": _GATE_BOUNDS.get(str(gate.get("bound")), str(gate.get("bound") or NA)),
             "passed": passed,
+            "status": gate_status(gate),
+            "interval": fmt_interval(gate.get("interval")),
+            "rows_to_decide": str(gate.get("rows_to_decide"))
+            if gate.get("rows_to_decide") is not None else "",
+            "rows_unit": str(gate.get("rows_unit") or "rows"),
             "message": str(gate.get("message") or ""),
         })
     return rows
@@ -315,7 +378,7 @@ def _group_table(block: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _fairness(fairness: Any) -> dict[str, Any] | None:
+def _fairness(fairness: Any, reports: Any = None) -> dict[str, Any] | None:
     if not isinstance(fairness, Mapping):
         return None
     blocks = []
@@ -323,6 +386,10 @@ def _fairness(fairness: Any) -> dict[str, Any] | None:
         if isinstance(block, Mapping):
             blocks.append((str(feature), str(feature), block))
     intersection = fairness.get("intersection")
+    if isinstance(intersection, Mapping) and str(intersection.get("feature")) in as_mapping(
+        fairness.get("by_feature")
+    ):
+        intersection = None  # already listed: the intersection is a feature like the others
     if isinstance(intersection, Mapping):
         names = [str(f) for f in as_list(fairness.get("sensitive_features"))]
         label = " \u00d7 ".join(names) + " (intersection)" if names else "Intersection"
@@ -334,8 +401,11 @@ def _fairness(fairness: Any) -> dict[str, Any] | None:
             alt=f"Bar chart of the selection rate for each {label} group with bootstrap "
                 "intervals.",
         )
+        group_reports = as_mapping(as_mapping(reports).get(key))
         features.append({"key": key, "label": label, "table": _group_table(block),
-                         "chart": chart})
+                         "chart": chart,
+                         "reports": [{"group": str(g), "rows": classification_rows(r)}
+                                     for g, r in group_reports.items()]})
 
     # Disparities: one row per metric, one column per feature, plus the worst value.
     disparity_names: list[str] = list(DISPARITY_LABELS)
@@ -383,9 +453,15 @@ def _fairness(fairness: Any) -> dict[str, Any] | None:
                          else NA),
         "min_group_size": str(fairness.get("min_group_size")
                               if fairness.get("min_group_size") is not None else NA),
-        "reference_group": str(fairness.get("reference_group") or NA),
+        "reference_group": _reference_text(fairness.get("reference_group")),
         "warnings": [str(w) for w in as_list(fairness.get("warnings"))],
     }
+
+
+def _reference_text(reference: Any) -> str:
+    if isinstance(reference, Mapping):
+        return ", ".join(f"{k}: {v}" for k, v in reference.items()) or NA
+    return str(reference or NA)
 
 
 def _counterfactual(counterfactual: Any) -> dict[str, Any] | None:
@@ -406,6 +482,7 @@ def _counterfactual(counterfactual: Any) -> dict[str, Any] | None:
             "count": str(row.get("count") if row.get("count") is not None else NA),
         })
     return {
+        "flip_rate_interval": fmt_interval(counterfactual.get("flip_rate_interval")),
         "flip_rate": fmt_pct(counterfactual.get("flip_rate")),
         "flip_rate_raw": fmt_num(counterfactual.get("flip_rate")),
         "mean_abs_delta": fmt_num(counterfactual.get("mean_abs_delta")),

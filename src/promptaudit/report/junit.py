@@ -21,6 +21,7 @@ from promptaudit.report._common import (
     fmt_num,
     fmt_threshold,
     gate_name,
+    gate_status,
 )
 
 __all__ = ["render_junit"]
@@ -60,6 +61,7 @@ def render_junit(result: dict) -> str:
     suite_name = _clean(f"promptaudit.{audit.get('name') or 'audit'}")
     gates = [as_mapping(g) for g in as_list(result.get("gates"))]
     failures = sum(1 for g in gates if g.get("passed") is not True)
+    skipped = sum(1 for g in gates if g.get("passed") is True and gate_status(g) == "inconclusive")
     provenance = as_mapping(result.get("provenance"))
 
     root = ET.Element("testsuites", {
@@ -68,7 +70,7 @@ def render_junit(result: dict) -> str:
     })
     suite = ET.SubElement(root, "testsuite", {
         "name": suite_name, "tests": str(len(gates)), "failures": str(failures),
-        "errors": "0", "skipped": "0", "time": "0",
+        "errors": "0", "skipped": str(skipped), "time": "0",
     })
     if provenance.get("created_at"):
         suite.set("timestamp", _clean(provenance["created_at"]))
@@ -90,10 +92,19 @@ def render_junit(result: dict) -> str:
         case = ET.SubElement(suite, "testcase", {
             "classname": suite_name, "name": _clean(gate_name(gate)), "time": "0",
         })
+        inconclusive = gate_status(gate) == "inconclusive"
         if gate.get("passed") is True:
+            if inconclusive:  # counted as passed by gate_policy.inconclusive: pass
+                skipped_case = ET.SubElement(case, "skipped", {
+                    "message": _clean("INCONCLUSIVE (counted as passed): "
+                                      + _failure_message(gate)),
+                })
+                skipped_case.text = _clean(gate.get("message") or "")
             continue
         failure = ET.SubElement(case, "failure", {
-            "message": _clean(_failure_message(gate)), "type": "GateFailed",
+            "message": _clean(("INCONCLUSIVE (counted as failed): " if inconclusive else "")
+                              + _failure_message(gate)),
+            "type": "GateInconclusive" if inconclusive else "GateFailed",
         })
         failure.text = _clean(gate.get("message") or _failure_message(gate))
     ET.indent(root)

@@ -21,6 +21,8 @@ from promptaudit.report._common import (
     as_float,
     as_list,
     as_mapping,
+    classification_rows,
+    competence_sentence,
     disparity_label,
     fidelity_sentence,
     fmt_interval,
@@ -29,10 +31,12 @@ from promptaudit.report._common import (
     gap_sentences,
     gate_counts,
     gate_name,
+    gate_status,
     off_manifold_note,
     projected_text,
     short_text,
     verdict_sentence,
+    verdict_word,
 )
 
 __all__ = ["render_markdown", "escape_markdown"]
@@ -122,7 +126,6 @@ def _context(result: Mapping[str, Any]) -> dict[str, Any]:
     fairness = as_mapping(result.get("fairness"))
     projection = result.get("projection")
     projection = projection if isinstance(projection, Mapping) else None
-    passed = result.get("passed") is True
     failed, total = gate_counts(result)
 
     gates = []
@@ -130,12 +133,21 @@ def _context(result: Mapping[str, Any]) -> dict[str, Any]:
         gate = as_mapping(gate)
         ok = gate.get("passed") is True
         bound = str(gate.get("bound") or "point")
+        result_text = "\u2705 pass" if ok else "\u274c FAIL"
+        if gate_status(gate) == "inconclusive":
+            rows = gate.get("rows_to_decide")
+            result_text = (
+                f"\u2753 INCONCLUSIVE (counted as {'passed' if ok else 'failed'}"
+                + (f"; ~{rows} {gate.get('rows_unit') or 'rows'} would decide it" if rows else "")
+                + ")"
+            )
+        interval = fmt_interval(gate.get("interval"))
         gates.append({
             "name": gate_name(gate),
-            "value": fmt_num(gate.get("value")),
+            "value": fmt_num(gate.get("value")) + (f" {interval}" if interval else ""),
             "bound": {"point": "point", "lower": "lower bound", "upper": "upper bound"}.get(
                 bound, bound),
-            "result": "\u2705 pass" if ok else "\u274c FAIL",
+            "result": result_text,
         })
 
     worst = as_mapping(fairness.get("disparities"))
@@ -157,6 +169,7 @@ def _context(result: Mapping[str, Any]) -> dict[str, Any]:
     flip = None
     if isinstance(counterfactual, Mapping):
         flip = {
+            "interval": fmt_interval(counterfactual.get("flip_rate_interval")),
             "pct": fmt_pct(counterfactual.get("flip_rate")),
             "n": str(counterfactual.get("n_tuples")
                      if counterfactual.get("n_tuples") is not None else NA),
@@ -185,10 +198,22 @@ def _context(result: Mapping[str, Any]) -> dict[str, Any]:
         parts.append(str(provenance.get("created_at")))
 
     accuracy = as_float(task.get("accuracy"))
+    word = verdict_word(result)
+    report = classification_rows(task.get("classification_report"))
+    group_reports = []
+    for feature, groups in as_mapping(task.get("classification_report_by_group")).items():
+        for group, stats in as_mapping(groups).items():
+            for row in classification_rows(stats):
+                if row["label"] in ("macro avg", "weighted avg"):
+                    continue
+                group_reports.append({"feature": str(feature), "group": str(group), **row})
     return {
+        "competence": competence_sentence(result),
+        "report": report,
+        "group_reports": group_reports,
         "name": short_text(audit.get("name") or "unnamed audit", 120),
-        "icon": "\u2705" if passed else "\u274c",
-        "verdict_word": "PASS" if passed else "FAIL",
+        "icon": {"PASS": "\u2705", "FAIL": "\u274c"}.get(word, "\u2753"),
+        "verdict_word": word,
         "verdict": verdict_sentence(result),
         "failed": failed,
         "total": total,

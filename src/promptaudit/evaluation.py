@@ -1,0 +1,300 @@
+"""Does the prompt do its task at all? Competence and per-label classification reports.
+
+:func:`assess_competence` judges a prompt on **balanced accuracy** (the mean
+recall over the classes present in the true labels, scikit-learn's
+``balanced_accuracy_score``): a constant predictor scores exactly chance,
+``1 / K`` for ``K`` classes, whatever the label imbalance, so it never "works",
+and a real classifier on skewed labels is not called broken.
+
+Uncertainty: resample ``b`` takes rows
+``numpy.random.default_rng(seed).integers(0, n, size=n)`` (drawn in order); the
+prompt and every baseline are scored on the *same* resample (paired), and
+intervals are the percentile ``[(1 - c) / 2, 1 - (1 - c) / 2]`` quantiles.
+
+The prompt **works** when
+
+- its balanced accuracy is above chance with confidence (the interval's lower
+  end is above ``1 / K``; the point value when there is no interval), and
+- it is not worse than any baseline (the init-text prompt or no prompt, the
+  projected prompt) beyond doubt: no paired difference has its whole interval
+  below 0.
+
+``accuracy_over_baseline`` is the balanced accuracy minus the best of chance and
+the baselines' balanced accuracies, with its paired interval; a gate on it
+(``min: 0``) makes competence change the exit code.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import sklearn.metrics as skm
+
+__all__ = ["assess_competence", "classification_reports", "no_labels_competence"]
+
+_CHUNK_ENTRIES = 4_000_000
+NO_LABELS = (
+    "no true labels (data.label_column is not set), so whether the prompt does its task "
+    "cannot be judged"
+)
+
+
+def no_labels_competence() -> dict[str, Any]:
+    """The competence entry of an audit without labels: cannot be judged."""
+    return {
+        "works": None,
+        "measure": "balanced_accuracy",
+        "accuracy": None,
+        "accuracy_interval": None,
+        "chance_accuracy": None,
+        "baselines": {},
+        "best_baseline": None,
+        "accuracy_over_baseline": None,
+        "accuracy_over_baseline_interval": None,
+        "reason": NO_LABELS,
+    }
+
+
+def assess_competence(
+    y_true: Any,
+    y_pred: Any,
+    *,
+    baselines: Mapping[str, Any] | None = None,
+    bootstrap: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Whether a prompt does its task, judged on balanced accuracy.
+
+    Parameters
+    ----------
+    y_true, y_pred : array-like of int
+        ``(n,)`` true and predicted label indices.
+    baselines : mapping, optional
+        Baseline name -> ``(n,)`` predicted label indices of that baseline prompt.
+    bootstrap : int
+        Paired resamples for the intervals; below
+        :func:`promptaudit.fairness.min_resamples` no interval is given.
+    confidence : float
+        Coverage of the intervals.
+    seed : int
+        Seed of the bootstrap generator.
+
+    Returns
+    -------
+    dict
+        ``works`` (bool), ``measure`` (``"balanced_accuracy"``), ``accuracy`` (the
+        balanced accuracy) and ``accuracy_interval``, ``chance_accuracy`` (1/K),
+        ``baselines`` (name -> balanced accuracy), ``best_baseline``,
+        ``accuracy_over_baseline`` and its ``_interval``,
+        ``baseline_difference_intervals`` (name -> interval of prompt minus
+        baseline), ``confidence``, ``bootstrap`` and ``reason`` (one sentence).
+
+    Examples
+    --------
+    >>> out = assess_competence([0, 0, 0, 1], [0, 0, 0, 0], bootstrap=0)
+    >>> out["accuracy"], out["chance_accuracy"], out["works"]
+    (0.5, 0.5, False)
+    """
+    from promptaudit.fairness import min_resamples
+
+    true = np.asarray(y_true, dtype=np.int64)
+    predictions = {"prompt": np.asarray(y_pred, dtype=np.int64)}
+    for name, pred in (baselines or {}).items():
+        predictions[str(name)] = np.asarray(pred, dtype=np.int64)
+    classes = np.unique(true)
+    chance = 1.0 / len(classes)
+    points = {
+        name: float(skm.balanced_accuracy_score(true, pred)) for name, pred in predictions.items()
+    }
+    baseline_names = [name for name in predictions if name != "prompt"]
+    best_name = max(baseline_names, key=lambda k: points[k], default=None)
+    best_value = chance
+    best_label = "chance"
+    if best_name is not None and points[best_name] > chance:
+        best_value, best_label = points[best_name], best_name
+    over = points["prompt"] - best_value
+
+    samples = None
+    if bootstrap >= min_resamples(confidence):
+        samples = _bootstrap_balanced_accuracy(true, predictions, classes, bootstrap, seed)
+    tail = (1.0 - confidence) / 2
+
+    def interval(values: np.ndarray | None) -> list[float] | None:
+        if values is None:
+            return None
+        lo, hi = np.nanquantile(values, [tail, 1 - tail])
+        return [float(lo), float(hi)]
+
+    accuracy_interval = None if samples is None else interval(samples["prompt"])
+    over_interval = None
+    differences: dict[str, list[float] | None] = {}
+    if samples is not None:
+        best_sampled = np.full(bootstrap, chance)
+        for name in baseline_names:
+            best_sampled = np.maximum(best_sampled, samples[name])
+            differences[name] = interval(samples["prompt"] - samples[name])
+        over_interval = interval(samples["prompt"] - best_sampled)
+
+    low = accuracy_interval[0] if accuracy_interval else points["prompt"]
+    above_chance = low > chance
+    worse = [
+        name
+        for name in baseline_names
+        if (differences.get(name) or [None, points["prompt"] - points[name]])[1] < 0
+    ]
+    works = bool(above_chance and not worse)
+    level = f"{round(100 * confidence, 4):g}%"
+    described = (
+        f"balanced accuracy {points['prompt']:.3f}"
+        + (
+            f" ({level} interval {accuracy_interval[0]:.3f}-{accuracy_interval[1]:.3f})"
+            if accuracy_interval
+            else ""
+        )
+    )
+    if not above_chance:
+        reason = (
+            f"the prompt does not do its task: {described} cannot be told from chance "
+            f"({chance:.3f} for {len(classes)} classes)"
+        )
+    elif worse:
+        listed = ", ".join(f"{name} ({points[name]:.3f})" for name in worse)
+        reason = f"the prompt does worse than its baseline {listed}: {described}"
+    else:
+        reason = (
+            f"the prompt does its task: {described}, above chance ({chance:.3f})"
+            + (
+                f" and not below its baselines (best: {best_name} {points[best_name]:.3f})"
+                if best_name
+                else ""
+            )
+        )
+    return {
+        "works": works,
+        "measure": "balanced_accuracy",
+        "accuracy": points["prompt"],
+        "accuracy_interval": accuracy_interval,
+        "chance_accuracy": chance,
+        "baselines": {name: points[name] for name in baseline_names},
+        "best_baseline": best_label,
+        "accuracy_over_baseline": over,
+        "accuracy_over_baseline_interval": over_interval,
+        "baseline_difference_intervals": differences,
+        "confidence": float(confidence),
+        "bootstrap": int(bootstrap),
+        "reason": reason,
+    }
+
+
+def _bootstrap_balanced_accuracy(
+    true: np.ndarray,
+    predictions: Mapping[str, np.ndarray],
+    classes: np.ndarray,
+    bootstrap: int,
+    seed: int,
+) -> dict[str, np.ndarray]:
+    """Name -> ``(bootstrap,)`` balanced accuracy on the same resamples (classes absent skipped)."""
+    n = len(true)
+    rng = np.random.default_rng(seed)
+    member = (true[:, None] == classes[None, :]).astype(float)  # (n, K)
+    correct = {name: member * (pred == true)[:, None] for name, pred in predictions.items()}
+    out = {name: np.empty(bootstrap) for name in predictions}
+    chunk = max(1, min(bootstrap, _CHUNK_ENTRIES // max(n, 1)))
+    for start in range(0, bootstrap, chunk):
+        stop = min(bootstrap, start + chunk)
+        weights = np.empty((stop - start, n))
+        for b in range(stop - start):
+            weights[b] = np.bincount(rng.integers(0, n, size=n), minlength=n)
+        support = weights @ member  # (chunk, K)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            for name, hits in correct.items():
+                recall = np.where(support > 0, (weights @ hits) / support, np.nan)
+                out[name][start:stop] = np.nanmean(recall, axis=1)
+    return out
+
+
+def classification_reports(
+    y_true: Any,
+    y_pred: Any,
+    *,
+    labels: Sequence[str],
+    sensitive_features: pd.DataFrame | None = None,
+    intersection: bool = True,
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """scikit-learn's per-label classification report, overall and per group.
+
+    Parameters
+    ----------
+    y_true, y_pred : array-like of int
+        ``(n,)`` label indices into ``labels``.
+    labels : sequence of str
+        Label names in index order.
+    sensitive_features : pandas.DataFrame, optional
+        ``(n, n_features)`` groups; each feature (and their intersection, named
+        ``"gender & race"``) gets one report per group.
+    intersection : bool
+        Also report the intersection of two or more features.
+
+    Returns
+    -------
+    (overall, by_feature)
+        ``overall`` is ``sklearn.metrics.classification_report(..., output_dict=True,
+        zero_division=nan)`` with every label listed (precision, recall, f1-score,
+        support per label, plus accuracy and averages); undefined values (a label
+        never predicted or absent) are ``None``. ``by_feature[feature][group]`` is
+        the same on that group's rows.
+    """
+    from promptaudit.fairness import INTERSECTION_SEPARATOR, intersection_names
+
+    true = np.asarray(y_true, dtype=np.int64)
+    pred = np.asarray(y_pred, dtype=np.int64)
+    overall = _report(true, pred, labels)
+    by_feature: dict[str, dict[str, Any]] = {}
+    if sensitive_features is None or sensitive_features.shape[1] == 0:
+        return overall, by_feature
+    columns = {
+        str(c): sensitive_features[c].astype(str).str.strip().to_numpy()
+        for c in sensitive_features.columns
+    }
+    for feature, values in columns.items():
+        by_feature[feature] = {
+            group: _report(true[values == group], pred[values == group], labels)
+            for group in sorted(set(values))
+        }
+    if intersection and len(columns) > 1:
+        keys = list(zip(*columns.values(), strict=True))
+        names = intersection_names(sorted(set(keys)))
+        joint = np.array([names[k] for k in keys], dtype=object)
+        by_feature[INTERSECTION_SEPARATOR.join(columns)] = {
+            names[key]: _report(true[joint == names[key]], pred[joint == names[key]], labels)
+            for key in sorted(names)
+        }
+    return overall, by_feature
+
+
+def _report(true: np.ndarray, pred: np.ndarray, labels: Sequence[str]) -> dict[str, Any]:
+    report = skm.classification_report(
+        true,
+        pred,
+        labels=list(range(len(labels))),
+        target_names=[str(label) for label in labels],
+        output_dict=True,
+        zero_division=np.nan,
+    )
+    return _clean(report)
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, float | np.floating):
+        number = float(value)
+        return number if math.isfinite(number) else None
+    if isinstance(value, int | np.integer):
+        return int(value)
+    return value
