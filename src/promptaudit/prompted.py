@@ -172,6 +172,13 @@ class PromptedModel:
             )
         if self.task is Task.MASKED_LM and tokenizer.mask_token is None:
             raise ModelError("task masked-lm: the tokenizer has no mask token")
+        if getattr(tokenizer, "padding_side", "right") != "right":
+            logger.debug("padding on the right (the tokenizer padded on the %s)",
+                         tokenizer.padding_side)
+            tokenizer.padding_side = "right"
+        self._position_head = (
+            position_scoring_head(model) if self.task is Task.SEQUENCE_CLASSIFICATION else None
+        )
 
     # ------------------------------------------------------------------ shapes
     @property
@@ -226,10 +233,11 @@ class PromptedModel:
         token_type_ids = encoded.get("token_type_ids") if self.uses_token_types else None
         readout = None
         if self.task is Task.CAUSAL_LM:
-            readout = attention_mask.sum(dim=1) - 1
+            readout = last_true_index(attention_mask)
         elif self.task is Task.MASKED_LM:
-            is_mask = input_ids == self.tokenizer.mask_token_id
-            readout = is_mask.int().argmax(dim=1)
+            # The mask promptaudit appends is the last one: a text may hold mask tokens too.
+            is_mask = (input_ids == self.tokenizer.mask_token_id) & attention_mask.bool()
+            readout = last_true_index(is_mask)
         return EncodedBatch(input_ids, attention_mask, token_type_ids, readout)
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -286,14 +294,41 @@ class PromptedModel:
         kwargs = {"inputs_embeds": embeds, "attention_mask": mask}
         if token_type_ids is not None:
             kwargs["token_type_ids"] = token_type_ids
-        logits = self.model(**kwargs).logits
         if self.task is Task.SEQUENCE_CLASSIFICATION:
-            return logits.float()
+            return self._classifier_logits(kwargs, mask)
+        logits = self.model(**kwargs).logits
         if readout_index is None:
             raise ValueError("readout_index is required for language-model tasks")
         rows = torch.arange(batch, device=logits.device)
         at_readout = logits[rows, readout_index.to(logits.device) + n_virtual]
         return at_readout[:, self.label_token_ids].float()
+
+    def _classifier_logits(self, kwargs: dict, mask: torch.Tensor) -> torch.Tensor:
+        """Classifier logits ``(batch, n_labels)``, pooled at the last real token where
+        the head scores every position.
+
+        Decoder classifiers (``GPT2ForSequenceClassification``, Llama, Qwen,
+        Mistral, ...) score every position with their ``score`` layer and pool the
+        last non-pad token, which they find from ``input_ids``; called with
+        ``inputs_embeds`` they pool the final position, a pad token for every
+        text shorter than the longest in its batch. Here the per-position scores
+        are captured from the head and read at the last position the attention
+        mask keeps, as one unpadded text would be read.
+        """
+        head = self._position_head
+        if head is None:
+            return self.model(**kwargs).logits.float()
+        captured: list[torch.Tensor] = []
+        handle = head.register_forward_hook(lambda _m, _i, out: captured.append(out))
+        try:
+            pooled = self.model(**kwargs).logits
+        finally:
+            handle.remove()
+        scores = captured[-1] if captured else None
+        if scores is None or scores.ndim != 3 or scores.shape[1] != mask.shape[1]:
+            return pooled.float()  # the head saw pooled features: nothing to re-pool
+        rows = torch.arange(scores.shape[0], device=scores.device)
+        return scores[rows, last_true_index(mask).to(scores.device)].float()
 
     def label_probabilities(self, *args, **kwargs) -> torch.Tensor:
         """Softmax of :meth:`label_logits`: ``(batch, n_labels)``."""
@@ -355,6 +390,27 @@ class PromptedModel:
                 ids = self.tokenizer(chunk)["input_ids"]
             total += sum(len(x) > self.max_length for x in ids)
         return total
+
+
+def last_true_index(mask: torch.Tensor) -> torch.Tensor:
+    """``(batch,)`` index of the last nonzero entry of each row of a ``(batch, seq)`` mask.
+
+    Rows without one give 0.
+    """
+    positions = torch.arange(1, mask.shape[1] + 1, device=mask.device)
+    return (positions * (mask != 0)).argmax(dim=1)
+
+
+def position_scoring_head(model: torch.nn.Module) -> torch.nn.Module | None:
+    """The ``score`` layer of a decoder classifier that pools the last non-pad token.
+
+    Hugging Face's decoder sequence classifiers (GPT-2, GPT-Neo, GPT-J, Llama,
+    Mistral, Qwen, Gemma, Phi, OPT, Bloom, Falcon, ...) name that layer
+    ``score`` and apply it to every position; encoder classifiers pool first
+    (``classifier``). ``None`` where the model has no such layer.
+    """
+    head = getattr(model, "score", None)
+    return head if isinstance(head, torch.nn.Module) else None
 
 
 def load_prompted_model(
