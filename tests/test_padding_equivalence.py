@@ -190,3 +190,30 @@ def test_masked_lm_reads_the_appended_mask_when_the_text_holds_one(tiny_bert_dir
     at_text_mask = torch.softmax(logits[2, label_ids].double(), -1).numpy()
     assert np.abs(mask_in_text[0] - at_appended).max() <= TOLERANCE
     assert np.abs(at_appended - at_text_mask).max() > 1e-3  # the two readings differ
+
+
+def test_every_variant_reads_the_same_input_tokens(tiny_bert_dir, tiny_bert_seqcls_adapter):
+    """Soft prompt, projected hard prompt, init text and no prompt cut texts alike."""
+    from transformers import AutoTokenizer
+
+    prompted, _, loaded = load_prompted_model(str(tiny_bert_dir), str(tiny_bert_seqcls_adapter),
+                                              max_length=8)
+    long_texts = [" ".join(["good movie"] * 12), "bad " * 20, "ok ."]
+    hard = prompted.word_embeddings[torch.tensor([5, 6, 7, 8])].detach()
+    variants = {"soft": prompted, "projected": prompted.with_prompt(hard),
+                "none": prompted.with_prompt(None)}
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert_dir)
+    by_hand = tokenizer(long_texts, truncation=True, max_length=8, padding=True,
+                        return_tensors="pt")["input_ids"]
+    assert by_hand.shape[1] == 8
+    for name, variant in variants.items():
+        assert variant.max_length == 8, name
+        assert torch.equal(variant.encode(long_texts).input_ids, by_hand), name
+        assert variant.count_truncated(long_texts) == 2, name
+    # no prompt: the bare classifier on exactly those 8 tokens, one text at a time
+    with torch.no_grad():
+        expected = torch.cat([
+            torch.softmax(loaded.model(input_ids=row[row != 0][None]).logits.double(), -1)
+            for row in by_hand
+        ]).numpy()
+    assert np.abs(variants["none"].predict_proba(long_texts) - expected).max() <= TOLERANCE

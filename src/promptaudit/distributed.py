@@ -692,7 +692,7 @@ class ShardedPromptedModel(PromptedModel):
         """The same model and settings with another prompt (or none), still sharded."""
         return ShardedPromptedModel(
             self.model, self.tokenizer, prompt, task=self.task, labels=self.labels,
-            max_length=self.max_length + self.num_virtual_tokens, batch_size=self.batch_size,
+            max_length=self.max_length, batch_size=self.batch_size,
             processes=self.processes,
         )
 

@@ -195,14 +195,19 @@ class PromptedModel:
         return self.embedding_layer.weight
 
     def with_prompt(self, prompt: torch.Tensor | None) -> PromptedModel:
-        """The same model and settings with another prompt (or none)."""
+        """The same model and settings with another prompt (or none).
+
+        The input is cut at the same :attr:`max_length` tokens, so every variant
+        (soft prompt, projected hard prompt, init text, no prompt) reads exactly
+        the same input tokens.
+        """
         return PromptedModel(
             self.model,
             self.tokenizer,
             prompt,
             task=self.task,
             labels=self.labels,
-            max_length=self.max_length + self.num_virtual_tokens,
+            max_length=self.max_length,
             batch_size=self.batch_size,
         )
 
