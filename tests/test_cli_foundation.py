@@ -123,6 +123,18 @@ def _bad_prompt(kind: str, tmp_path, request):
     if kind == "pickle":
         path, _ = request.getfixturevalue("malicious_pt")
         return path, [str(path), "not plain tensors"]
+    if kind in ("config-rows", "config-width"):  # config contradicts its weights
+        import json
+        import shutil
+
+        adapter = tmp_path / "contradicting"
+        shutil.copytree(request.getfixturevalue("tiny_bert_seqcls_adapter"), adapter)
+        config = json.loads((adapter / "adapter_config.json").read_text())
+        field, value, actual = (("num_virtual_tokens", 20, "4 rows") if kind == "config-rows"
+                                else ("token_dim", 768, "32 columns"))
+        config[field] = value
+        (adapter / "adapter_config.json").write_text(json.dumps(config))
+        return adapter, [str(adapter / "adapter_config.json"), f"{field} is {value}", actual]
     if kind == "adapter-hidden":  # a MiniLM adapter (384 wide) on the 32-wide BERT
         adapter = request.getfixturevalue("minilm_seqcls_adapter")
         return adapter, [str(adapter), "hidden size 384 does not match the model's hidden size 32"]
@@ -139,7 +151,7 @@ def _bad_prompt(kind: str, tmp_path, request):
 
 
 @pytest.mark.parametrize("kind", ["rank", "hidden", "adapter-hidden", "nan", "inf", "missing",
-                                  "prefix", "lora", "pickle"])
+                                  "prefix", "lora", "pickle", "config-rows", "config-width"])
 def test_predict_bad_prompt_exits_2_with_one_line(runner, tiny_bert_dir, sentences_csv, tmp_path,
                                                   request, kind):
     prompt, fragments = _bad_prompt(kind, tmp_path, request)
