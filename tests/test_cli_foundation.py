@@ -271,3 +271,36 @@ def test_help_reads_well(runner):
     result = invoke(runner, "train", "--help")
     for option in ("--label-column", "--num-virtual-tokens", "--init", "--init-text", "--resume"):
         assert option in result.stdout
+
+
+# ------------------------------------------------------------ untrained heads
+def test_predict_refuses_an_untrained_head_in_one_line(runner, sentences_csv, tmp_path):
+    prompt = tmp_path / "bare.safetensors"
+    save_file({"p": torch.randn(4, 384, generator=torch.Generator().manual_seed(0))}, str(prompt))
+    args = ["predict", "-m", "builtin:minilm", "-p", prompt, "-d", sentences_csv,
+            "--text-column", "sentence", "--task", "sequence-classification"]
+    assert_clean_error(invoke(runner, *args), "head is untrained", "classifier.weight",
+                       "--allow-untrained-head")
+    allowed = invoke(runner, *args, "--allow-untrained-head")
+    assert allowed.exit_code == 0, allowed.output
+    assert "head is untrained" in allowed.stderr  # said, not silent
+    assert len(pd.read_csv(io.StringIO(allowed.stdout))) == 8
+
+
+# ----------------------------------------------------------------- project
+def test_project_a_tensor_file_needs_no_task(runner, tiny_bert_dir, tmp_path, sentences_csv):
+    from transformers import AutoModelForMaskedLM
+
+    words = AutoModelForMaskedLM.from_pretrained(tiny_bert_dir).get_input_embeddings().weight
+    prompt = tmp_path / "words.safetensors"
+    save_file({"p": words[[5, 9, 12]].detach().clone()}, str(prompt))  # three real words
+    result = invoke(runner, "project", "-m", tiny_bert_dir, "-p", prompt, "--json",
+                    "--top-k", "1")
+    assert result.exit_code == 0, result.output
+    projection = json.loads(result.stdout)
+    assert [p["neighbors"][0]["token_id"] for p in projection["positions"]] == [5, 9, 12]
+    assert projection["fidelity"] is None
+    # fidelity runs predictions: then the task is needed, and the flag is named
+    result = invoke(runner, "project", "-m", tiny_bert_dir, "-p", prompt, "--data", sentences_csv,
+                    "--text-column", "sentence")
+    assert_clean_error(result, "task: not given", str(prompt), "--task", "sequence-classification")

@@ -107,6 +107,7 @@ def run_audit(
         max_length=spec.model.max_length,
         batch_size=spec.model.batch_size,
         trust_remote_code=spec.model.trust_remote_code,
+        allow_untrained_head=spec.model.allow_untrained_head,
     )
     labels = prompted.labels
     positive = _positive_index(spec, labels)

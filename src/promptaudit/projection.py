@@ -55,6 +55,8 @@ __all__ = [
     "nearest_words",
     "projection_fidelity",
     "project_prompt",
+    "load_for_projection",
+    "PromptInEmbeddingSpace",
     "format_projection_table",
     "projection_summary",
     "UNKNOWN_METRIC_MESSAGE",
@@ -724,6 +726,80 @@ def projection_fidelity(
         "level": level,
         "verdict": _fidelity_sentence(level, changed, n, soft_accuracy, projected_accuracy),
     }
+
+
+# ---------------------------------------------------------------- loading
+@dataclass(frozen=True)
+class PromptInEmbeddingSpace:
+    """A soft prompt beside the embedding matrix it is read against (no task, no head).
+
+    What :func:`project_prompt` needs when fidelity is not measured.
+
+    Attributes
+    ----------
+    prompt : torch.Tensor
+        ``(num_virtual_tokens, hidden)``.
+    word_embeddings : torch.Tensor
+        ``(vocab_rows, hidden)``.
+    tokenizer : transformers.PreTrainedTokenizerBase
+    """
+
+    prompt: torch.Tensor
+    word_embeddings: torch.Tensor
+    tokenizer: object
+
+    @property
+    def num_virtual_tokens(self) -> int:
+        return int(self.prompt.shape[0])
+
+
+def load_for_projection(
+    model: str,
+    prompt: str,
+    *,
+    task=None,
+    labels: Sequence[str] | None = None,
+    device: str = "auto",
+    needs_predictions: bool = False,
+    allow_untrained_head: bool = False,
+    max_length: int = 128,
+    batch_size: int = 32,
+):
+    """Load what a projection needs: the embedding matrix, and a task model for fidelity.
+
+    Nearest words, typicality and drift need only the input embedding matrix, so
+    without ``needs_predictions`` no task (and no trained head) is asked for.
+    Fidelity runs predictions, so with ``needs_predictions`` the task must be
+    known (``task`` or the adapter's ``task_type``).
+
+    Returns
+    -------
+    (PromptedModel or PromptInEmbeddingSpace, SoftPrompt)
+    """
+    from promptaudit.models import Task, load_input_embeddings
+    from promptaudit.prompted import load_prompted_model
+    from promptaudit.prompts import check_prompt_tensor, load_prompt
+
+    if needs_predictions:
+        soft = load_prompt(prompt)
+        if task is None and soft.task is None:
+            allowed = ", ".join(t.value for t in Task)
+            raise InputError(
+                f"task: not given and the prompt {soft.source} does not say; fidelity (--data) "
+                f"runs predictions, so pass --task (allowed: {allowed}), or leave out --data "
+                "to read the nearest words alone"
+            )
+        prompted, soft, _ = load_prompted_model(
+            model, prompt, task=task, labels=labels, device=device, max_length=max_length,
+            batch_size=batch_size, allow_untrained_head=allow_untrained_head,
+        )
+        return prompted, soft
+    soft = load_prompt(prompt)
+    weights, tokenizer, _ = load_input_embeddings(model, device=device)
+    check_prompt_tensor(soft.embeddings, source=soft.source, hidden_size=int(weights.shape[1]))
+    view = PromptInEmbeddingSpace(soft.embeddings.to(weights.device, weights.dtype), weights,
+                                  tokenizer)
+    return view, soft
 
 
 # ---------------------------------------------------------------- entry point

@@ -429,6 +429,7 @@ def load_prompted_model(
     max_length: int = 128,
     batch_size: int = 32,
     trust_remote_code: bool = False,
+    allow_untrained_head: bool = False,
 ) -> tuple[PromptedModel, SoftPrompt | None, LoadedModel]:
     """Load a base model and a soft prompt and wire them into a :class:`PromptedModel`.
 
@@ -438,6 +439,12 @@ def load_prompted_model(
     loaded into the model. Labels default to the head's size (``LABEL_i``
     names from the model config) for classification and are required for LM
     tasks.
+
+    A task head that is neither in the model's checkpoint nor in the adapter
+    (transformers reports it missing and initialises it at random) is refused
+    with a :class:`ModelError` unless ``allow_untrained_head`` is true; then it
+    is used with a warning and ``loaded.missing_head_keys`` says which weights
+    are random.
 
     Returns
     -------
@@ -487,10 +494,19 @@ def load_prompted_model(
             soft.base_model,
             model,
         )
+    applied: set[str] = set()
     if soft is not None:
         check_prompt_tensor(soft.embeddings, source=soft.source, hidden_size=hidden)
         if task is Task.SEQUENCE_CLASSIFICATION:
-            apply_head_state(loaded.model, soft.head_state, source=soft.source)
+            applied = apply_head_state(loaded.model, soft.head_state, source=soft.source)
+    untrained = tuple(key for key in loaded.missing_head_keys if key not in applied)
+    loaded.missing_head_keys = untrained
+    if untrained:
+        message = untrained_head_message(model, task, untrained, soft)
+        if not allow_untrained_head:
+            raise ModelError(message)
+        logger.warning("%s; used anyway (allow_untrained_head): its predictions come from "
+                       "random weights", message.split("; provide")[0])
     if not labels:
         id2label = getattr(loaded.model.config, "id2label", None) or {}
         labels = [str(id2label.get(i, f"LABEL_{i}")) for i in range(loaded.model.config.num_labels)]
@@ -506,6 +522,26 @@ def load_prompted_model(
     return prompted, soft, loaded
 
 
+def untrained_head_message(
+    reference: str, task: Task, keys: Sequence[str], soft: SoftPrompt | None
+) -> str:
+    """One line: which head weights are random and how to provide trained ones."""
+    shown = ", ".join(keys[:4]) + (f" and {len(keys) - 4} more" if len(keys) > 4 else "")
+    if task is Task.SEQUENCE_CLASSIFICATION:
+        where = (f"the prompt {soft.source} carries no classifier head"
+                 if soft is not None else "no prompt adapter supplies it")
+        fix = ("a PEFT SEQ_CLS prompt adapter (it saves the trained head in modules_to_save) "
+               "or a model saved with a trained classifier head")
+    else:
+        where = "the checkpoint lacks the language-model head"
+        fix = "a model whose checkpoint holds its language-model head"
+    return (
+        f"model {reference!r}: the {task.value} head is untrained ({shown} not in the "
+        f"checkpoint, initialised at random; {where}); provide {fix}, or allow it with "
+        "--allow-untrained-head (spec: model.allow_untrained_head: true)"
+    )
+
+
 def head_output_size(head_state: dict[str, torch.Tensor]) -> int | None:
     """Number of outputs of a saved classifier head (rows of its last weight)."""
     weights = [k for k in head_state if k.endswith("weight") and head_state[k].ndim == 2]
@@ -516,13 +552,17 @@ def head_output_size(head_state: dict[str, torch.Tensor]) -> int | None:
 
 def apply_head_state(
     model: torch.nn.Module, head_state: dict[str, torch.Tensor], *, source: str
-) -> None:
-    """Copy an adapter's trained classifier head (``modules_to_save``) into ``model``."""
+) -> set[str]:
+    """Copy an adapter's trained classifier head (``modules_to_save``) into ``model``.
+
+    Returns
+    -------
+    set of str
+        The model's state-dict keys that were set.
+    """
     if not head_state:
-        logger.warning(
-            "prompt %s carries no classifier head; the base model's head is used", source
-        )
-        return
+        logger.info("prompt %s carries no classifier head; the base model's head is used", source)
+        return set()
     own = model.state_dict()
     update = {}
     for key, value in head_state.items():
@@ -538,6 +578,7 @@ def apply_head_state(
             )
         update[target] = value.to(own[target].dtype)
     model.load_state_dict(update, strict=False)
+    return set(update)
 
 
 def predictions_frame(
