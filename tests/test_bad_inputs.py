@@ -63,6 +63,7 @@ def base_spec(inputs: dict[str, Path]) -> dict:
         "name": "bad",
         "seed": 0,
         "model": {"base": str(inputs["model"]), "task": "sequence-classification",
+                  "allow_untrained_head": True,  # a bare prompt on the head-less tiny BERT
                   "labels": list(LABELS), "positive_label": "positive", "max_length": 16},
         "prompt": {"path": str(inputs["prompt"])},
         "data": {"path": str(inputs["data"]), "text_column": "sentence",
@@ -140,7 +141,7 @@ class Ctx:
         if command == "predict":
             args += ["--out", str(self.out / "predictions.csv")]
         return [*args, "--task", "sequence-classification", "--labels", "negative,positive",
-                *extra]
+                "--allow-untrained-head", *extra]
 
 
 Case = Callable[[Ctx], tuple[list[str], list[str]]]

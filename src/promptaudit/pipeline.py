@@ -134,7 +134,12 @@ def run_audit(
     projection = None
     projected_prompt = projected_probs = None
     if spec.projection.enabled and soft is not None:
-        from promptaudit.projection import project_prompt, projection_fidelity, projection_summary
+        from promptaudit.projection import (
+            project_prompt,
+            projection_fidelity,
+            projection_summary,
+            projection_trust,
+        )
 
         logger.info("projecting the prompt onto the vocabulary")
         projection = project_prompt(
@@ -162,6 +167,7 @@ def run_audit(
                 projected_ids=projected_ids,
                 projected_probs=projected_probs,
             )
+            projection["trust"] = projection_trust(projection)
             projection["summary"] = projection_summary(projection)
 
     attribution = None
