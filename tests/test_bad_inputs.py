@@ -135,13 +135,14 @@ class Ctx:
              model: Path | str | None = None, data: Path | str | None = None) -> list[str]:
         """``predict``/``project``/``attribute`` on the valid inputs (any of them replaced)."""
         args = [command, "--model", str(model or self.inputs["model"]),
-                "--prompt", str(prompt or self.inputs["prompt"])]
+                "--prompt", str(prompt or self.inputs["prompt"]),
+                "--allow-untrained-head"]  # a bare prompt on the head-less tiny BERT
         if command != "project" or data is not None:
             args += ["--data", str(data or self.inputs["data"]), "--text-column", "sentence"]
         if command == "predict":
             args += ["--out", str(self.out / "predictions.csv")]
         return [*args, "--task", "sequence-classification", "--labels", "negative,positive",
-                "--allow-untrained-head", *extra]
+                *extra]
 
 
 Case = Callable[[Ctx], tuple[list[str], list[str]]]

@@ -41,6 +41,8 @@ from promptaudit.report._common import (
     gate_name,
     reading_sentence,
     short_text,
+    trust_level,
+    trust_reason,
     verdict_detail,
     verdict_sentence,
 )
@@ -68,8 +70,18 @@ GLOSSARY: dict[str, str] = {
         "above 1 means the token is unlike any word."
     ),
     "Off-manifold": (
-        "A virtual token that sits far from every real word (unusual length or low "
-        "similarity); its nearest words say little about it."
+        "A virtual token that is no closer to any real word than random vectors are: its best "
+        "cosine similarity to a word does not exceed the 99th percentile reached by 1,000 "
+        "random vectors drawn with the vocabulary's mean and spread (about 0.26 for the "
+        "bundled MiniLM, against 1.0 for a word itself). Its nearest words say nothing "
+        "about it. A norm far outside the words' range is reported separately."
+    ),
+    "Trust in the reading": (
+        "One level from fidelity and typicality together. High: the words give the soft "
+        "prompt's decision on at least 90% of examples and at least 80% of virtual tokens are "
+        "closer to a word than chance. Low: fewer than 50% are, or the words agree on fewer "
+        "than 70% of examples. Moderate: otherwise, and at most moderate when fidelity was "
+        "not measured."
     ),
     "Drift": (
         "How far a virtual token moved from the word it was initialised with during tuning."
@@ -212,7 +224,8 @@ def _summary(result: Mapping[str, Any], projection: Mapping[str, Any] | None) ->
     failed, total = gate_counts(result)
     passed = result.get("passed") is True
     fairness = as_mapping(result.get("fairness"))
-    verdict = fidelity_level(as_mapping(as_mapping(projection).get("fidelity")))
+    verdict = trust_level(as_mapping(projection)) or fidelity_level(
+        as_mapping(as_mapping(projection).get("fidelity")))
     return {
         "passed": passed,
         "verdict_word": "PASS" if passed else "FAIL",
@@ -223,7 +236,9 @@ def _summary(result: Mapping[str, Any], projection: Mapping[str, Any] | None) ->
         "gaps": gap_sentences(result),
         "reading": reading_sentence(projection) if projection else None,
         "fidelity": fidelity_sentence(projection) if projection else None,
-        "fidelity_detail": fidelity_detail(projection) if projection else None,
+        "fidelity_detail": " ".join(x for x in (trust_reason(as_mapping(projection)),
+                                                 fidelity_detail(projection)) if x)
+        if projection else None,
         "fidelity_verdict": str(verdict or NA),
         "fidelity_class": _verdict_class(verdict),
         "warnings": [str(w) for w in as_list(fairness.get("warnings"))],
