@@ -217,3 +217,23 @@ def test_every_variant_reads_the_same_input_tokens(tiny_bert_dir, tiny_bert_seqc
             for row in by_hand
         ]).numpy()
     assert np.abs(variants["none"].predict_proba(long_texts) - expected).max() <= TOLERANCE
+
+
+def test_attribution_reads_decoder_classifiers_like_peft(tiny_gpt2_dir, tmp_path):
+    """The attribution forward (PromptedModel.label_logits under Captum) pools right too."""
+    from transformers import AutoModelForSequenceClassification as Auto
+
+    from promptaudit.attribution import attribute_prompt
+
+    adapter = _adapter(tiny_gpt2_dir, tmp_path / "a", auto_class=Auto, task_type="SEQ_CLS",
+                       n_virtual=4, seed=11, num_labels=2)
+
+    def read(tokenizer, model, text):
+        return model(**tokenizer(text, return_tensors="pt")).logits[0]
+
+    reference = _peft_one_at_a_time(tiny_gpt2_dir, adapter, MIXED, auto_class=Auto, read=read,
+                                    num_labels=2)
+    prompted, _, _ = load_prompted_model(str(tiny_gpt2_dir), str(adapter), batch_size=6)
+    result = attribute_prompt(prompted, MIXED, n_steps=4, batch_size=6)
+    for example, row in zip(result["examples"], reference, strict=True):
+        assert example["target_probability"] == pytest.approx(row[example["target"]], abs=1e-4)

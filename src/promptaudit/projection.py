@@ -1019,7 +1019,9 @@ def projection_trust(projection: dict) -> dict:
     agreement = None if not fidelity else fidelity.get("agreement")
     said = f"{readable} of {n} virtual tokens are closer to a word than chance"
     if share < TRUST_LOW_READABLE:
-        level, why = "low", f"only {said}, so most nearest words say nothing about the prompt"
+        level, why = "low", (f"only {said}" if readable else
+                             f"none of the {n} virtual tokens is closer to a word than chance")
+        why += ", so most nearest words say nothing about the prompt"
     elif agreement is None:
         level, why = "moderate", f"{said}; the words were not checked against predictions"
     elif agreement < TRUST_LOW_AGREEMENT:
