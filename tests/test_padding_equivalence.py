@@ -237,3 +237,29 @@ def test_attribution_reads_decoder_classifiers_like_peft(tiny_gpt2_dir, tmp_path
     result = attribute_prompt(prompted, MIXED, n_steps=4, batch_size=6)
     for example, row in zip(result["examples"], reference, strict=True):
         assert example["target_probability"] == pytest.approx(row[example["target"]], abs=1e-4)
+
+
+def test_training_loss_reads_decoder_classifiers_at_the_last_real_token(tiny_gpt2_dir):
+    """Training's batched logits (what the loss sees) equal PEFT's one-at-a-time forward."""
+    from peft import PromptTuningConfig, get_peft_model
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from promptaudit.models import Task
+    from promptaudit.training import _label_logits
+
+    torch.manual_seed(21)
+    base = AutoModelForSequenceClassification.from_pretrained(tiny_gpt2_dir, num_labels=2)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_gpt2_dir)
+    tokenizer.pad_token = tokenizer.eos_token
+    base.config.pad_token_id = tokenizer.pad_token_id
+    model = get_peft_model(base, PromptTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=3))
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.requires_grad:
+                param.add_(torch.randn_like(param) * 0.8)
+    model.eval()
+    with torch.no_grad():
+        batched = _label_logits(model, tokenizer, MIXED, task=Task.SEQUENCE_CLASSIFICATION,
+                                verbalizer=None, max_length=64, n_virtual=3)
+        alone = torch.stack([model(**tokenizer(t, return_tensors="pt")).logits[0] for t in MIXED])
+    assert (batched - alone).abs().max() <= TOLERANCE

@@ -320,20 +320,9 @@ class PromptedModel:
         are captured from the head and read at the last position the attention
         mask keeps, as one unpadded text would be read.
         """
-        head = self._position_head
-        if head is None:
-            return self.model(**kwargs).logits.float()
-        captured: list[torch.Tensor] = []
-        handle = head.register_forward_hook(lambda _m, _i, out: captured.append(out))
-        try:
-            pooled = self.model(**kwargs).logits
-        finally:
-            handle.remove()
-        scores = captured[-1] if captured else None
-        if scores is None or scores.ndim != 3 or scores.shape[1] != mask.shape[1]:
-            return pooled.float()  # the head saw pooled features: nothing to re-pool
-        rows = torch.arange(scores.shape[0], device=scores.device)
-        return scores[rows, last_true_index(mask).to(scores.device)].float()
+        return last_token_classifier_logits(
+            lambda: self.model(**kwargs), self._position_head, mask
+        )
 
     def label_probabilities(self, *args, **kwargs) -> torch.Tensor:
         """Softmax of :meth:`label_logits`: ``(batch, n_labels)``."""
@@ -404,6 +393,42 @@ def last_true_index(mask: torch.Tensor) -> torch.Tensor:
     """
     positions = torch.arange(1, mask.shape[1] + 1, device=mask.device)
     return (positions * (mask != 0)).argmax(dim=1)
+
+
+def last_token_classifier_logits(
+    forward, head: torch.nn.Module | None, mask: torch.Tensor
+) -> torch.Tensor:
+    """Run ``forward()`` and read a decoder classifier at the last position ``mask`` keeps.
+
+    Parameters
+    ----------
+    forward : callable
+        No-argument call of the classifier; returns an output with ``.logits``.
+    head : torch.nn.Module or None
+        :func:`position_scoring_head` of the model; ``None`` returns the model's
+        own pooled logits.
+    mask : torch.Tensor
+        ``(batch, total_seq)`` attention mask over everything the model sees
+        (virtual tokens included).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(batch, n_labels)`` float32 logits.
+    """
+    if head is None:
+        return forward().logits.float()
+    captured: list[torch.Tensor] = []
+    handle = head.register_forward_hook(lambda _m, _i, out: captured.append(out))
+    try:
+        pooled = forward().logits
+    finally:
+        handle.remove()
+    scores = captured[-1] if captured else None
+    if not isinstance(scores, torch.Tensor) or scores.ndim != 3 or scores.shape[1] != mask.shape[1]:
+        return pooled.float()  # the head saw pooled features: nothing to re-pool
+    rows = torch.arange(scores.shape[0], device=scores.device)
+    return scores[rows, last_true_index(mask).to(scores.device)].float()
 
 
 def position_scoring_head(model: torch.nn.Module) -> torch.nn.Module | None:
