@@ -172,3 +172,30 @@ def test_spec_key_allow_untrained_head_defaults_off():
 
     assert ModelSpec().allow_untrained_head is False
     assert ModelSpec(allow_untrained_head=True).allow_untrained_head is True
+
+
+def test_audit_with_an_allowed_untrained_head_says_so(tmp_path, tiny_bert_dir):
+    import pandas as pd
+    from safetensors.torch import save_file
+
+    from promptaudit.pipeline import run_audit
+    from promptaudit.spec import parse_spec
+
+    save_file({"p": torch.randn(2, 32, generator=torch.Generator().manual_seed(0))},
+              str(tmp_path / "p.safetensors"))
+    pd.DataFrame({"text": ["good", "bad movie", "ok", "fun film"],
+                  "g": ["a", "b", "a", "b"]}).to_csv(tmp_path / "d.csv", index=False)
+    spec = parse_spec({
+        "name": "untrained",
+        "model": {"base": str(tiny_bert_dir), "task": "sequence-classification",
+                  "labels": ["no", "yes"], "allow_untrained_head": True, "device": "cpu"},
+        "prompt": {"path": str(tmp_path / "p.safetensors")},
+        "data": {"path": str(tmp_path / "d.csv"), "text_column": "text",
+                 "sensitive_features": ["g"]},
+        "projection": {"enabled": False}, "attribution": {"enabled": False},
+        "baselines": {"projected": False, "init_text": False},
+        "fairness": {"bootstrap": 0, "min_group_size": 1},
+    })
+    result = run_audit(spec)
+    assert result["task"]["untrained_head"] == ["classifier.bias", "classifier.weight"]
+    assert "head is untrained" in result["fairness"]["warnings"][0]

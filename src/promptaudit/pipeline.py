@@ -127,6 +127,14 @@ def run_audit(
 
     sensitive = frame[spec.data.sensitive_features] if spec.data.sensitive_features else None
     fairness = _fairness(spec, y_pred, y_true, probs[:, positive], sensitive, positive)
+    untrained = list(getattr(loaded, "missing_head_keys", ()) or ())
+    if untrained:  # allowed by model.allow_untrained_head: said in the result, not silent
+        task["untrained_head"] = untrained
+        fairness.setdefault("warnings", []).insert(0, (
+            f"the {prompted.task.value} head is untrained ({', '.join(untrained)} initialised "
+            "at random; allowed by model.allow_untrained_head): predictions and every figure "
+            "below come from random head weights"
+        ))
     fairness["counterfactual"] = _counterfactual(
         spec, prompted, frame, texts, probs, positive, progress=progress
     )
