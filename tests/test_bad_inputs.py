@@ -63,6 +63,7 @@ def base_spec(inputs: dict[str, Path]) -> dict:
         "name": "bad",
         "seed": 0,
         "model": {"base": str(inputs["model"]), "task": "sequence-classification",
+                  "allow_untrained_head": True,  # a bare prompt on the head-less tiny BERT
                   "labels": list(LABELS), "positive_label": "positive", "max_length": 16},
         "prompt": {"path": str(inputs["prompt"])},
         "data": {"path": str(inputs["data"]), "text_column": "sentence",
@@ -134,7 +135,8 @@ class Ctx:
              model: Path | str | None = None, data: Path | str | None = None) -> list[str]:
         """``predict``/``project``/``attribute`` on the valid inputs (any of them replaced)."""
         args = [command, "--model", str(model or self.inputs["model"]),
-                "--prompt", str(prompt or self.inputs["prompt"])]
+                "--prompt", str(prompt or self.inputs["prompt"]),
+                "--allow-untrained-head"]  # a bare prompt on the head-less tiny BERT
         if command != "project" or data is not None:
             args += ["--data", str(data or self.inputs["data"]), "--text-column", "sentence"]
         if command == "predict":

@@ -123,6 +123,18 @@ def _bad_prompt(kind: str, tmp_path, request):
     if kind == "pickle":
         path, _ = request.getfixturevalue("malicious_pt")
         return path, [str(path), "not plain tensors"]
+    if kind in ("config-rows", "config-width"):  # config contradicts its weights
+        import json
+        import shutil
+
+        adapter = tmp_path / "contradicting"
+        shutil.copytree(request.getfixturevalue("tiny_bert_seqcls_adapter"), adapter)
+        config = json.loads((adapter / "adapter_config.json").read_text())
+        field, value, actual = (("num_virtual_tokens", 20, "4 rows") if kind == "config-rows"
+                                else ("token_dim", 768, "32 columns"))
+        config[field] = value
+        (adapter / "adapter_config.json").write_text(json.dumps(config))
+        return adapter, [str(adapter / "adapter_config.json"), f"{field} is {value}", actual]
     if kind == "adapter-hidden":  # a MiniLM adapter (384 wide) on the 32-wide BERT
         adapter = request.getfixturevalue("minilm_seqcls_adapter")
         return adapter, [str(adapter), "hidden size 384 does not match the model's hidden size 32"]
@@ -139,7 +151,7 @@ def _bad_prompt(kind: str, tmp_path, request):
 
 
 @pytest.mark.parametrize("kind", ["rank", "hidden", "adapter-hidden", "nan", "inf", "missing",
-                                  "prefix", "lora", "pickle"])
+                                  "prefix", "lora", "pickle", "config-rows", "config-width"])
 def test_predict_bad_prompt_exits_2_with_one_line(runner, tiny_bert_dir, sentences_csv, tmp_path,
                                                   request, kind):
     prompt, fragments = _bad_prompt(kind, tmp_path, request)
@@ -259,3 +271,36 @@ def test_help_reads_well(runner):
     result = invoke(runner, "train", "--help")
     for option in ("--label-column", "--num-virtual-tokens", "--init", "--init-text", "--resume"):
         assert option in result.stdout
+
+
+# ------------------------------------------------------------ untrained heads
+def test_predict_refuses_an_untrained_head_in_one_line(runner, sentences_csv, tmp_path):
+    prompt = tmp_path / "bare.safetensors"
+    save_file({"p": torch.randn(4, 384, generator=torch.Generator().manual_seed(0))}, str(prompt))
+    args = ["predict", "-m", "builtin:minilm", "-p", prompt, "-d", sentences_csv,
+            "--text-column", "sentence", "--task", "sequence-classification"]
+    assert_clean_error(invoke(runner, *args), "head is untrained", "classifier.weight",
+                       "--allow-untrained-head")
+    allowed = invoke(runner, *args, "--allow-untrained-head")
+    assert allowed.exit_code == 0, allowed.output
+    assert "head is untrained" in allowed.stderr  # said, not silent
+    assert len(pd.read_csv(io.StringIO(allowed.stdout))) == 8
+
+
+# ----------------------------------------------------------------- project
+def test_project_a_tensor_file_needs_no_task(runner, tiny_bert_dir, tmp_path, sentences_csv):
+    from transformers import AutoModelForMaskedLM
+
+    words = AutoModelForMaskedLM.from_pretrained(tiny_bert_dir).get_input_embeddings().weight
+    prompt = tmp_path / "words.safetensors"
+    save_file({"p": words[[5, 9, 12]].detach().clone()}, str(prompt))  # three real words
+    result = invoke(runner, "project", "-m", tiny_bert_dir, "-p", prompt, "--json",
+                    "--top-k", "1")
+    assert result.exit_code == 0, result.output
+    projection = json.loads(result.stdout)
+    assert [p["neighbors"][0]["token_id"] for p in projection["positions"]] == [5, 9, 12]
+    assert projection["fidelity"] is None
+    # fidelity runs predictions: then the task is needed, and the flag is named
+    result = invoke(runner, "project", "-m", tiny_bert_dir, "-p", prompt, "--data", sentences_csv,
+                    "--text-column", "sentence")
+    assert_clean_error(result, "task: not given", str(prompt), "--task", "sequence-classification")

@@ -230,6 +230,7 @@ def test_a_killed_run_leaves_the_previous_report_intact(tmp_path, tiny_bert_dir,
     spec = {
         "name": "crash",
         "model": {"base": str(tiny_bert_dir), "task": "sequence-classification",
+                  "allow_untrained_head": True,  # a bare prompt on the head-less tiny BERT
                   "labels": ["no", "yes"], "max_length": 24},
         "prompt": {"path": "prompt.safetensors"},
         "data": {"path": "eval.csv", "text_column": "sentence", "label_column": "label",

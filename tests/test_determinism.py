@@ -46,6 +46,7 @@ def audit(tmp_path_factory, tiny_bert_dir, sentences) -> Path:
     spec = {
         "name": "determinism", "seed": 3,
         "model": {"base": str(tiny_bert_dir), "task": "sequence-classification",
+                  "allow_untrained_head": True,  # a bare prompt on the head-less tiny BERT
                   "labels": ["negative", "positive"], "positive_label": "positive",
                   "max_length": 24, "batch_size": 10},
         "prompt": {"path": "prompt.safetensors"},  # relative: resolved against this folder

@@ -40,7 +40,8 @@ def prompt_file(tmp_path_factory):
 def prompted(tiny_bert_dir, prompt_file) -> PromptedModel:
     model, _, _ = load_prompted_model(str(tiny_bert_dir), str(prompt_file),
                                       task="sequence-classification", labels=["no", "yes"],
-                                      device="cpu", max_length=16, batch_size=8)
+                                      device="cpu", max_length=16, batch_size=8,
+                                      allow_untrained_head=True)
     return model
 
 
@@ -53,6 +54,7 @@ def test_run_records_and_reports_truncated_texts(tmp_path, tiny_bert_dir, prompt
     spec = {
         "name": "limits",
         "model": {"base": str(tiny_bert_dir), "task": "sequence-classification",
+                  "allow_untrained_head": True,  # a bare prompt on the head-less tiny BERT
                   "labels": ["no", "yes"], "max_length": 16},
         "prompt": {"path": str(prompt_file)},
         "data": {"path": "eval.csv", "text_column": "sentence", "label_column": "label",
@@ -80,7 +82,8 @@ def test_predict_warns_about_truncated_texts(tmp_path, tiny_bert_dir, prompt_fil
     result = CliRunner().invoke(app, [
         "predict", "--model", str(tiny_bert_dir), "--prompt", str(prompt_file), "--data",
         str(data), "--text-column", "sentence", "--task", "sequence-classification",
-        "--labels", "no,yes", "--max-length", "16", "--out", str(tmp_path / "p.csv")],
+        "--labels", "no,yes", "--max-length", "16", "--out", str(tmp_path / "p.csv"),
+        "--allow-untrained-head"],
         catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert "WARNING: 2 of 4 texts were longer than 16 tokens and were truncated" in result.stderr

@@ -115,3 +115,87 @@ def test_devices():
     if not torch.cuda.is_available():
         with pytest.raises(ModelError, match="no CUDA device"):
             resolve_device("cuda")
+
+
+# ------------------------------------------------------------- untrained heads
+def test_missing_head_keys_are_what_transformers_reports(tiny_bert_dir, minilm_dir):
+    from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification
+
+    # the reference: transformers' own loading info
+    _, info = AutoModelForSequenceClassification.from_pretrained(
+        minilm_dir, num_labels=2, output_loading_info=True)
+    assert set(info["missing_keys"]) == {"classifier.weight", "classifier.bias"}
+    loaded = load_base_model(BUILTIN_MINILM, task="sequence-classification", num_labels=2,
+                             device="cpu")
+    assert loaded.missing_head_keys == ("classifier.bias", "classifier.weight")
+    # the tiny BERT was saved with its MLM head: nothing missing as a masked LM
+    _, info = AutoModelForMaskedLM.from_pretrained(tiny_bert_dir, output_loading_info=True)
+    assert not info["missing_keys"]
+    assert load_base_model(str(tiny_bert_dir), task="masked-lm", device="cpu").missing_head_keys \
+        == ()
+
+
+def test_untrained_classifier_head_is_refused_unless_allowed(tmp_path, sentences):
+    from safetensors.torch import save_file
+
+    from promptaudit.prompted import load_prompted_model
+
+    prompt = tmp_path / "bare.safetensors"
+    save_file({"p": torch.randn(4, 384, generator=torch.Generator().manual_seed(0))}, str(prompt))
+    with pytest.raises(ModelError) as caught:
+        load_prompted_model(BUILTIN_MINILM, str(prompt), task="sequence-classification",
+                            device="cpu")
+    message = str(caught.value)
+    assert "\n" not in message
+    for fragment in ("builtin:minilm", "classifier.bias, classifier.weight", "initialised at "
+                     "random", "PEFT SEQ_CLS prompt adapter", "--allow-untrained-head",
+                     "model.allow_untrained_head: true", str(prompt)):
+        assert fragment in message, fragment
+    prompted, _, loaded = load_prompted_model(
+        BUILTIN_MINILM, str(prompt), task="sequence-classification", device="cpu",
+        allow_untrained_head=True)
+    assert loaded.missing_head_keys == ("classifier.bias", "classifier.weight")
+    assert prompted.predict_proba(sentences[:2]).shape == (2, 2)
+
+
+def test_adapter_head_counts_as_trained(minilm_seqcls_adapter):
+    from promptaudit.prompted import load_prompted_model
+
+    _, soft, loaded = load_prompted_model(BUILTIN_MINILM, str(minilm_seqcls_adapter),
+                                          device="cpu")
+    assert loaded.missing_head_keys == ()
+    assert set(soft.head_state) == {"classifier.weight", "classifier.bias"}
+
+
+def test_spec_key_allow_untrained_head_defaults_off():
+    from promptaudit.spec import ModelSpec
+
+    assert ModelSpec().allow_untrained_head is False
+    assert ModelSpec(allow_untrained_head=True).allow_untrained_head is True
+
+
+def test_audit_with_an_allowed_untrained_head_says_so(tmp_path, tiny_bert_dir):
+    import pandas as pd
+    from safetensors.torch import save_file
+
+    from promptaudit.pipeline import run_audit
+    from promptaudit.spec import parse_spec
+
+    save_file({"p": torch.randn(2, 32, generator=torch.Generator().manual_seed(0))},
+              str(tmp_path / "p.safetensors"))
+    pd.DataFrame({"text": ["good", "bad movie", "ok", "fun film"],
+                  "g": ["a", "b", "a", "b"]}).to_csv(tmp_path / "d.csv", index=False)
+    spec = parse_spec({
+        "name": "untrained",
+        "model": {"base": str(tiny_bert_dir), "task": "sequence-classification",
+                  "labels": ["no", "yes"], "allow_untrained_head": True, "device": "cpu"},
+        "prompt": {"path": str(tmp_path / "p.safetensors")},
+        "data": {"path": str(tmp_path / "d.csv"), "text_column": "text",
+                 "sensitive_features": ["g"]},
+        "projection": {"enabled": False}, "attribution": {"enabled": False},
+        "baselines": {"projected": False, "init_text": False},
+        "fairness": {"bootstrap": 0, "min_group_size": 1},
+    })
+    result = run_audit(spec)
+    assert result["task"]["untrained_head"] == ["classifier.bias", "classifier.weight"]
+    assert "head is untrained" in result["fairness"]["warnings"][0]

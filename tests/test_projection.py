@@ -16,7 +16,6 @@ from promptaudit.projection import (
     LABEL_IDS_LENGTH_MESSAGE,
     NO_PROMPT_MESSAGE,
     NO_TEXTS_MESSAGE,
-    OFF_MANIFOLD_SIMILARITY_PERCENTILE,
     PROJECTED_IDS_LENGTH_MESSAGE,
     PROMPT_SHAPE_MESSAGE,
     SOFT_PROBS_SHAPE_MESSAGE,
@@ -27,6 +26,7 @@ from promptaudit.projection import (
     nearest_words,
     project_prompt,
     projection_fidelity,
+    projection_trust,
     vocabulary_mask,
 )
 from promptaudit.prompted import PromptedModel, load_prompted_model
@@ -271,7 +271,15 @@ def test_typicality_against_brute_force(tiny):
         assert reference["nn_similarity_quantiles"][f"p{q}"] == pytest.approx(
             np.percentile(nn, q), abs=1e-6
         )
-    floor = np.percentile(nn, OFF_MANIFOLD_SIMILARITY_PERCENTILE)
+    # the chance reference: best cosine of random vectors with the words' mean and spread,
+    # estimated here independently (numpy, another seed, 20x the sample)
+    rng = np.random.default_rng(123)
+    random_rows = words.mean(axis=0) + words.std(axis=0, ddof=1) * rng.standard_normal(
+        (20000, words.shape[1]))
+    random_best = ((random_rows / np.linalg.norm(random_rows, axis=1)[:, None]) @ unit.T).max(1)
+    threshold = reference["chance_threshold"]
+    assert threshold == pytest.approx(np.percentile(random_best, 99), abs=0.03)
+    assert reference["chance_sample_size"] == 1000
     for position, row in zip(projection["positions"], prompt.double().numpy(), strict=True):
         norm = np.linalg.norm(row)
         best = float((unit @ row / norm).max())
@@ -281,10 +289,14 @@ def test_typicality_against_brute_force(tiny):
         assert 100 * np.mean(norms < norm - 1e-6) <= pct <= 100 * np.mean(norms < norm + 1e-6)
         assert position["best_similarity"] == pytest.approx(best, abs=1e-9)
         assert position["similarity_percentile"] == pytest.approx(100 * np.mean(nn < best))
-        assert position["off_manifold"] == (best < floor or not 1 <= pct <= 99)
+        assert position["off_manifold"] == (best <= threshold)
+        assert position["unusual_norm"] == (not 1 <= pct <= 99)
+        assert position["chance_percentile"] == pytest.approx(
+            100 * np.mean(np.sort(random_best) < best), abs=3.0)
     word, huge, _ = projection["positions"]
     assert word["best_similarity"] == pytest.approx(1.0) and word["similarity_percentile"] == 100
-    assert huge["off_manifold"] and "unusual norm" in huge["off_manifold_reasons"]
+    # a word scaled 40x still points at that word: readable, but its norm is unusual
+    assert not huge["off_manifold"] and huge["unusual_norm"]
     assert huge["norm_percentile"] == 100.0
 
 
@@ -320,10 +332,15 @@ def test_untrained_text_init_is_still_init_everywhere(minilm):
     )
     assert projection["init"] == {"method": "TEXT", "text": INIT_TEXT}
     tokens = minilm.tokenizer.convert_ids_to_tokens(ids)
+    special = set(minilm.tokenizer.all_special_ids)
     for position, token_id, token in zip(projection["positions"], ids, tokens, strict=True):
         assert position["init_token_id"] == token_id and position["init_token"] == token
         assert position["init_similarity"] == pytest.approx(1.0, abs=1e-6)
-        assert position["still_init"] is True
+        # drift reads the same vocabulary as the nearest words: [CLS]/[SEP] are not in it
+        assert position["init_in_vocabulary"] is (token_id not in special)
+        assert position["still_init"] is (True if token_id not in special else None)
+        if token_id in special:
+            assert position["neighbors"][0]["token_id"] not in special
 
 
 def test_noise_moves_the_prompt_away_from_its_init(minilm):
@@ -342,8 +359,9 @@ def test_noise_moves_the_prompt_away_from_its_init(minilm):
     assert max(similarity) < 0.999
     assert np.mean(similarity) < 0.8
     for position in positions[6:]:
-        assert position["still_init"] is False
+        assert position["still_init"] is (False if position["init_in_vocabulary"] else None)
         assert position["neighbors"][0]["token"] == "terrible"
+    assert [p["init_in_vocabulary"] for p in positions].count(False) == 3  # [CLS] [SEP] [CLS]
     for position, row, token_id in zip(projection["positions"], noisy, ids, strict=True):
         want = torch.nn.functional.cosine_similarity(
             row.double(), embeddings[token_id].double(), dim=0
@@ -369,7 +387,7 @@ def test_plain_peft_text_init_adapter_reads_as_its_init_text(tmp_path):
     positions = projection["positions"]
     assert [p["init_token"] for p in positions] == [
         "[CLS]", "great", "movie", "[SEP]", "[CLS]", "great"]
-    assert all(p["still_init"] for p in positions)
+    assert [p["still_init"] for p in positions] == [None, True, True, None, None, True]
     assert all(p["init_similarity"] == pytest.approx(1.0, abs=1e-6) for p in positions)
     assert [p["neighbors"][0]["token"] for p in positions[1:3]] == ["great", "movie"]
 
@@ -499,7 +517,8 @@ def test_projection_is_json_deterministic_and_tabulates(tiny):
     lines = table.splitlines()
     assert lines[1].split()[:3] == ["pos", "nearest", "words"]
     assert [line.split()[0] for line in lines[3:6]] == ["0", "1", "2"]
-    assert lines[-1] == first["fidelity"]["verdict"]
+    assert lines[-2] == first["fidelity"]["verdict"]
+    assert lines[-1].startswith(f"Trust in this reading: {first['trust']['level']}.")
     assert repr(first["positions"][0]["neighbors"][0]["display"]) in lines[3]
 
 
@@ -510,7 +529,10 @@ def test_table_without_fidelity_says_so(tiny):
     assert projection["fidelity"] is None
     assert projection["projected_text"] == tokenizer.decode([8, 12])
     table = format_projection_table(projection)
-    assert table.endswith("Fidelity: not measured (no texts given).")
+    assert "\nFidelity: not measured (no texts given).\n" in table
+    # two exact words, but never high trust without a fidelity check
+    assert table.endswith("Trust in this reading: moderate. 2 of 2 virtual tokens are closer to "
+                          "a word than chance; the words were not checked against predictions.")
     assert "'##ing' 1.000" in table
 
 
@@ -572,3 +594,74 @@ def test_other_bad_inputs(tiny):
             prompted, ["a", "b"], projected_ids=[7, 8], soft_probs=np.ones((3, 2)) / 2
         )
     assert str(info.value) == SOFT_PROBS_SHAPE_MESSAGE.format(shape=(3, 2), n=2, n_labels=2)
+
+
+# --------------------------------------------------------------------- trust
+KNOWN_TEXT = "an honest review of the film"
+
+
+def _trust_case(minilm_seqcls_adapter, prompt_for):
+    """Project ``prompt_for(embeddings, init_ids)`` with a trained head and fidelity texts."""
+    prompted, _, loaded = load_prompted_model("builtin:minilm", str(minilm_seqcls_adapter),
+                                              device="cpu")
+    embeddings = prompted.word_embeddings.detach()
+    ids = text_init_token_ids(loaded.tokenizer, KNOWN_TEXT, 8)
+    soft = text_init_soft_prompt(embeddings, ids)
+    soft = SoftPrompt(embeddings=prompt_for(embeddings, ids), source="test", peft_type=
+                      "PROMPT_TUNING", init_method="TEXT", init_text=KNOWN_TEXT,
+                      config=soft.config | {"prompt_tuning_init_text": KNOWN_TEXT})
+    projection = project_prompt(prompted.with_prompt(soft.embeddings), soft_prompt=soft,
+                                top_k=1, texts=TEXTS, reference_sample_size=SMALL_SAMPLE)
+    return projection, loaded.tokenizer, ids
+
+
+def test_barely_trained_text_prompt_reads_as_its_text_with_high_trust(minilm_seqcls_adapter):
+    generator = torch.Generator().manual_seed(0)
+
+    def barely_trained(embeddings, ids):  # a few small steps away from the init text
+        rows = embeddings[ids].clone()
+        return rows + 0.02 * rows.norm(dim=1, keepdim=True) / rows.shape[1] ** 0.5 * torch.randn(
+            rows.shape, generator=generator)
+
+    projection, tokenizer, ids = _trust_case(minilm_seqcls_adapter, barely_trained)
+    special = set(tokenizer.all_special_ids)
+    words = [p["neighbors"][0]["token_id"] for p, i in zip(projection["positions"], ids,
+                                                          strict=True) if i not in special]
+    assert tokenizer.decode(words) == KNOWN_TEXT  # it reads as the text it started from
+    assert all(p["still_init"] for p in projection["positions"] if p["init_in_vocabulary"])
+    assert not any(p["off_manifold"] for p in projection["positions"])
+    assert projection["fidelity"]["agreement"] >= 0.9
+    assert projection["trust"]["level"] == "high"
+    assert "Trust in this reading: high." in projection["summary"]
+
+
+def test_random_prompt_reads_with_low_trust(minilm_seqcls_adapter):
+    generator = torch.Generator().manual_seed(1)
+
+    def random_prompt(embeddings, ids):  # word-sized random vectors: no meaning at all
+        scale = float(embeddings.norm(dim=1).median()) / embeddings.shape[1] ** 0.5
+        return scale * torch.randn(len(ids), embeddings.shape[1], generator=generator)
+
+    projection, _, _ = _trust_case(minilm_seqcls_adapter, random_prompt)
+    positions = projection["positions"]
+    assert sum(p["off_manifold"] for p in positions) >= 7  # at chance: readings mean nothing
+    assert all(p["off_manifold_reasons"] == ["at chance"] for p in positions if p["off_manifold"])
+    assert projection["trust"]["level"] == "low"
+    assert projection["trust"]["readable"] <= 1
+    assert "Trust in this reading: low." in projection["summary"]
+
+
+def test_trust_rule_by_hand():
+    def case(off: list[bool], agreement: float | None) -> str:
+        projection = {"positions": [{"off_manifold": o} for o in off],
+                      "fidelity": None if agreement is None else {"agreement": agreement}}
+        return projection_trust(projection)["level"]
+
+    assert case([False] * 5, 0.95) == "high"
+    assert case([False] * 4 + [True], 0.9) == "high"  # 80% readable, agreement 0.9
+    assert case([False] * 3 + [True] * 2, 0.95) == "moderate"  # 60% readable
+    assert case([False] * 5, 0.8) == "moderate"
+    assert case([False] * 5, 0.69) == "low"
+    assert case([False] * 2 + [True] * 3, 1.0) == "low"  # 40% readable
+    assert case([False] * 5, None) == "moderate"  # never high unchecked
+    assert case([True] * 5, None) == "low"

@@ -191,3 +191,32 @@ def test_adapter_config_that_is_not_json(tmp_path):
     (tmp_path / "adapter_config.json").write_text(json.dumps([1, 2]))
     with pytest.raises(PromptError, match="expected a JSON object"):
         load_prompt(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "fragment"),
+    [
+        ("num_virtual_tokens", 20, "num_virtual_tokens is 20 but prompt_embeddings"),
+        ("token_dim", 768, "token_dim is 768 but prompt_embeddings"),
+        ("num_virtual_tokens", "8", "num_virtual_tokens is '8'"),
+    ],
+)
+def test_adapter_config_contradicting_its_weights_is_refused(
+    minilm_seqcls_adapter, tmp_path, field, value, fragment
+):
+    import shutil
+
+    adapter = tmp_path / "adapter"
+    shutil.copytree(minilm_seqcls_adapter, adapter)
+    config_path = adapter / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    assert (config["num_virtual_tokens"], config["token_dim"]) == (8, 384)  # the truth
+    config[field] = value
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(PromptError) as caught:
+        load_prompt(adapter)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith(str(config_path))
+    assert fragment in message
+    assert ("8 rows" if field == "num_virtual_tokens" else "384 columns") in message

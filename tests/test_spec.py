@@ -190,7 +190,8 @@ def test_every_gate_metric_of_the_contract_is_gateable():
      "feature, use_bound"),
     (changed(model={"lables": ["a", "b"]}),
      "unknown key 'model.lables' (did you mean 'labels'?); allowed keys here: base, task, "
-     "labels, positive_label, device, dtype, max_length, batch_size, trust_remote_code"),
+     "labels, positive_label, device, dtype, max_length, batch_size, trust_remote_code, "
+     "allow_untrained_head"),
     (changed(prompt={"train": {"data": {"path": "t.csv", "text_colum": "x"}}}),
      "unknown key 'prompt.train.data.text_colum' (did you mean 'text_column'?); allowed keys "
      "here: path, text_column, label_column"),

@@ -71,6 +71,7 @@ def eval_csv(tmp_path_factory, sentences) -> Path:
 def _spec(tmp_path: Path, model: Path, prompt: Path, data: Path, **extra) -> Path:
     spec = {
         "name": "untrusted", "model": {"base": str(model), "task": "sequence-classification",
+                                       "allow_untrained_head": True,
                                        "labels": ["no", "yes"], "max_length": 16},
         "prompt": {"path": str(prompt)},
         "data": {"path": str(data), "text_column": "sentence", "label_column": "label",
@@ -313,6 +314,7 @@ def payload_reports(tmp_path_factory, tiny_bert_dir) -> dict[str, str]:
     spec = {
         "name": "payloads",
         "model": {"base": str(tiny_bert_dir), "task": "sequence-classification",
+                  "allow_untrained_head": True,  # a bare prompt on the head-less tiny BERT
                   "labels": labels, "positive_label": labels[1], "max_length": 24},
         "prompt": {"path": str(prompt)},
         "data": {"path": str(data), "text_column": "sentence", "label_column": "label",

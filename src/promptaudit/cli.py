@@ -266,7 +266,8 @@ def _load_texts(data: Path | str, text_column: str, extra: list[str] | None = No
     return frame, frame[text_column].astype(str).tolist()
 
 
-def _load_prompted(model, prompt, task, labels, device, max_length=128, batch_size=32):
+def _load_prompted(model, prompt, task, labels, device, max_length=128, batch_size=32,
+                   allow_untrained_head=False):
     from promptaudit.prompted import load_prompted_model
 
     return load_prompted_model(
@@ -277,7 +278,18 @@ def _load_prompted(model, prompt, task, labels, device, max_length=128, batch_si
         device=device,
         max_length=max_length,
         batch_size=batch_size,
+        allow_untrained_head=allow_untrained_head,
     )
+
+
+AllowUntrainedHeadOption = Annotated[
+    bool,
+    typer.Option(
+        "--allow-untrained-head",
+        help="Use a task head that neither the model nor the prompt adapter holds "
+        "(random weights); refused by default.",
+    ),
+]
 
 
 # ------------------------------------------------------------------ commands
@@ -495,6 +507,7 @@ def predict(
     max_length: Annotated[int, typer.Option("--max-length")] = 128,
     device: DeviceOption = "auto",
     verbose: VerboseOption = False,
+    allow_untrained_head: AllowUntrainedHeadOption = False,
 ) -> None:
     """Predict label probabilities: one row per input with p_<label> and prediction."""
     _configure_logging(verbose)
@@ -511,7 +524,8 @@ def predict(
             raise InputError(f"--out {out}: is a directory; give the path of a CSV file to write")
         prepare_output_dir(out.parent if str(out.parent) else ".")
     _, texts = _load_texts(data, text_column)
-    prompted, _, _ = _load_prompted(model, prompt, task, labels, device, max_length, batch_size)
+    prompted, _, _ = _load_prompted(model, prompt, task, labels, device, max_length, batch_size,
+                                    allow_untrained_head)
     probs = prompted.predict_proba(texts, progress=_show_progress())
     n_truncated = prompted.count_truncated(texts)
     if n_truncated:  # said, not silent: the predictions saw only the first tokens
@@ -549,13 +563,21 @@ def project(
     device: DeviceOption = "auto",
     json_: JsonOption = False,
     verbose: VerboseOption = False,
+    allow_untrained_head: AllowUntrainedHeadOption = False,
 ) -> None:
-    """Project each virtual token onto its nearest vocabulary words."""
+    """Project each virtual token onto its nearest vocabulary words.
+
+    Nearest words need only the embedding matrix; --task (and a trained head) is
+    needed only with --data, where fidelity runs predictions.
+    """
     _configure_logging(verbose)
     from promptaudit.data import encode_labels
-    from promptaudit.projection import format_projection_table, project_prompt
+    from promptaudit.projection import format_projection_table, load_for_projection, project_prompt
 
-    prompted, soft, _ = _load_prompted(model, prompt, task, labels, device)
+    prompted, soft = load_for_projection(
+        model, prompt, task=task, labels=_split_labels(labels), device=device,
+        needs_predictions=data is not None, allow_untrained_head=allow_untrained_head,
+    )
     texts = label_ids = None
     if data is not None:
         frame, texts = _load_texts(data, text_column, [label_column] if label_column else [])
@@ -602,6 +624,7 @@ def attribute(
     device: DeviceOption = "auto",
     json_: JsonOption = False,
     verbose: VerboseOption = False,
+    allow_untrained_head: AllowUntrainedHeadOption = False,
 ) -> None:
     """Attribute predictions to prompt positions and input tokens with Captum."""
     _configure_logging(verbose)
@@ -609,7 +632,8 @@ def attribute(
 
     features = _split_features(sensitive_features)
     frame, texts = _load_texts(data, text_column, features)
-    prompted, _, _ = _load_prompted(model, prompt, task, labels, device)
+    prompted, _, _ = _load_prompted(model, prompt, task, labels, device,
+                                    allow_untrained_head=allow_untrained_head)
     attribution = attribute_prompt(
         prompted,
         texts,

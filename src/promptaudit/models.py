@@ -29,6 +29,8 @@ __all__ = [
     "load_base_model",
     "quiet_transformers",
     "hub_reachable",
+    "missing_head_keys",
+    "load_input_embeddings",
 ]
 
 logger = logging.getLogger(__name__)
@@ -61,6 +63,11 @@ class LoadedModel:
     task : Task
     revision : str | None
         The Hub commit hash where known.
+    missing_head_keys : tuple of str
+        Weights of the task head (outside the backbone) that the checkpoint does
+        not hold, as transformers reports them on load: transformers initialised
+        them at random (e.g. ``classifier.weight`` of a sentence encoder loaded
+        as a classifier). Empty when the head was in the checkpoint.
     """
 
     model: torch.nn.Module
@@ -69,6 +76,7 @@ class LoadedModel:
     resolved: str
     task: Task
     revision: str | None = None
+    missing_head_keys: tuple[str, ...] = ()
 
     @property
     def device(self) -> torch.device:
@@ -229,7 +237,9 @@ def load_base_model(
             **({"revision": revision} if revision else {}),
             **({"local_files_only": True} if cache_only else {}),
         )
-        model = auto_class.from_pretrained(resolved, **kwargs)
+        model, loading_info = auto_class.from_pretrained(
+            resolved, output_loading_info=True, **kwargs
+        )
     except pickle.UnpicklingError:  # transformers loads .bin weights with weights_only=True
         raise ModelError(
             f"model {reference!r}: refused: a weights file holds pickled objects that are not "
@@ -259,6 +269,10 @@ def load_base_model(
     model.requires_grad_(False)
     commit = getattr(model.config, "_commit_hash", None)
     logger.info("loaded %s (%s) as %s on %s", reference, resolved, task.value, torch_device)
+    missing = missing_head_keys(model, loading_info)
+    if missing:
+        logger.info("model %s: task head weights not in the checkpoint: %s",
+                    reference, ", ".join(missing))
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,
@@ -266,4 +280,69 @@ def load_base_model(
         resolved=resolved,
         task=task,
         revision=commit,
+        missing_head_keys=missing,
     )
+
+
+def missing_head_keys(model: torch.nn.Module, loading_info: dict | None) -> tuple[str, ...]:
+    """Sorted weights outside the backbone that transformers reported missing on load.
+
+    Parameters
+    ----------
+    model : transformers.PreTrainedModel
+        The task model; its ``base_model_prefix`` (``bert``, ``transformer``,
+        ``model``) names the backbone.
+    loading_info : dict or None
+        ``from_pretrained(..., output_loading_info=True)``'s second value.
+
+    Returns
+    -------
+    tuple of str
+        The missing keys of the task head (``classifier.weight``, ``score.weight``,
+        ``cls.predictions.bias``); these were initialised at random.
+    """
+    missing = (loading_info or {}).get("missing_keys") or ()
+    prefix = getattr(model, "base_model_prefix", "") or ""
+    return tuple(sorted(
+        str(key) for key in missing if not (prefix and str(key).startswith(prefix + "."))
+    ))
+
+
+def load_input_embeddings(
+    reference: str,
+    *,
+    device: str = "auto",
+    trust_remote_code: bool = False,
+) -> tuple[torch.Tensor, object, str]:
+    """The input embedding matrix and tokenizer of a model, without any task head.
+
+    Reading a prompt's nearest words needs nothing else, so no task is asked for.
+
+    Returns
+    -------
+    (torch.Tensor, tokenizer, str)
+        ``(vocab_rows, hidden)`` float32 embedding matrix (frozen), the tokenizer
+        and the directory or Hub id loaded.
+    """
+    import transformers
+
+    quiet_transformers()
+    resolved = resolve_model_reference(reference)
+    torch_device = resolve_device(device)
+    remote = {"trust_remote_code": True} if trust_remote_code else {}
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(resolved, **remote)
+        model = transformers.AutoModel.from_pretrained(
+            resolved, dtype=torch.float32, low_cpu_mem_usage=True, **remote
+        )
+    except pickle.UnpicklingError:
+        raise ModelError(
+            f"model {reference!r}: refused: a weights file holds pickled objects that are not "
+            "plain tensors (never unpickled); use a model saved with safetensors"
+        ) from None
+    except (OSError, ValueError, KeyError) as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"model {reference!r}: could not be loaded: {message}") from exc
+    weights = model.get_input_embeddings().weight.detach().to(torch_device)
+    weights.requires_grad_(False)
+    return weights, tokenizer, resolved

@@ -117,6 +117,7 @@ def run_audit(
         max_length=spec.model.max_length,
         batch_size=spec.model.batch_size,
         trust_remote_code=spec.model.trust_remote_code,
+        allow_untrained_head=spec.model.allow_untrained_head,
     )
     if processes is not None:
         prompted = processes.shard(prompted)  # predict_proba divided between the processes
@@ -143,6 +144,14 @@ def run_audit(
         fairness = _fairness(spec, y_pred, y_true, probs[:, positive], sensitive, positive)
         fairness.setdefault("warnings", []).extend(_missing_group_warnings(missing_groups))
         bias_audit = _bias_audit(spec, bias_categories, y_pred == positive, probs[:, positive])
+        untrained = list(getattr(loaded, "missing_head_keys", ()) or ())
+        if untrained:  # allowed by model.allow_untrained_head: said in the result, not silent
+            task["untrained_head"] = untrained
+            fairness.setdefault("warnings", []).insert(0, (
+                f"the {prompted.task.value} head is untrained ({', '.join(untrained)} initialised "
+                "at random; allowed by model.allow_untrained_head): predictions and every figure "
+                "below come from random head weights"
+            ))
     fairness["counterfactual"] = _counterfactual(
         spec, prompted, frame, texts, probs, positive, progress=progress
     )
@@ -150,7 +159,12 @@ def run_audit(
     projection = None
     projected_prompt = projected_probs = None
     if spec.projection.enabled and soft is not None:
-        from promptaudit.projection import project_prompt, projection_fidelity, projection_summary
+        from promptaudit.projection import (
+            project_prompt,
+            projection_fidelity,
+            projection_summary,
+            projection_trust,
+        )
 
         logger.info("projecting the prompt onto the vocabulary")
         projection = project_prompt(
@@ -178,6 +192,7 @@ def run_audit(
                 projected_ids=projected_ids,
                 projected_probs=projected_probs,
             )
+            projection["trust"] = projection_trust(projection)
             projection["summary"] = projection_summary(projection)
 
     attribution = None

@@ -4,16 +4,27 @@ A tuned virtual token is a point in the input-embedding space; its nearest
 vocabulary words are the usual way to "read" it. That reading is only as good as
 three checks this module reports beside it:
 
-* **typicality** — is the virtual token anywhere near real word embeddings?
-  Its norm is compared with the vocabulary's norms, and its best cosine
-  similarity to any word with the nearest-neighbour similarity *between real
-  words* (a seeded sample of vocabulary rows, self-matches excluded). A token
-  outside that range is flagged ``off_manifold``: its nearest words say little
-  about it.
+* **typicality** — is the virtual token any closer to a real word than chance?
+  Its best cosine similarity to any word is compared with the best cosine of
+  *random vectors* drawn (seeded) from a Gaussian with the vocabulary's
+  per-dimension mean and spread: vectors that merely look like embeddings
+  but mean nothing. A token no closer to any word than the 99th percentile of
+  those random vectors is flagged ``off_manifold`` ("at chance"): its nearest
+  words say nothing about it. Its norm is compared with the vocabulary's
+  norms (``unusual_norm`` outside the 1st-99th percentile), and its best
+  cosine with the nearest-neighbour cosine between real words, for context.
 * **drift** — for a prompt initialised from text (PEFT ``TEXT`` init), how far
-  each position moved from the token it started as.
+  each position moved from the token it started as. Drift is read against the
+  same filtered vocabulary as the nearest words: a position initialised from a
+  special token (``[CLS]``, ``[SEP]``) has no init word in that vocabulary, so
+  ``still_init`` is ``None`` there.
 * **fidelity** — does the *projected hard prompt* (the embeddings of the top-1
   words) make the same predictions as the soft prompt?
+* **trust** — one level for the reading, from fidelity and typicality
+  (:func:`projection_trust`): ``high`` when fidelity agreement is at least 0.9
+  and at least 80% of the virtual tokens are readable (not off-manifold);
+  ``low`` when fewer than 50% are readable or agreement is below 0.7;
+  ``moderate`` otherwise. Without a fidelity check it is at most ``moderate``.
 
 Metrics and scores
 ------------------
@@ -55,6 +66,8 @@ __all__ = [
     "nearest_words",
     "projection_fidelity",
     "project_prompt",
+    "load_for_projection",
+    "PromptInEmbeddingSpace",
     "format_projection_table",
     "projection_summary",
     "UNKNOWN_METRIC_MESSAGE",
@@ -73,6 +86,10 @@ __all__ = [
     "OFF_MANIFOLD_NORM_PERCENTILES",
     "HIGH_AGREEMENT",
     "MODERATE_AGREEMENT",
+    "CHANCE_SAMPLE_SIZE",
+    "CHANCE_PERCENTILE",
+    "projection_trust",
+    "TRUST_RULE",
 ]
 
 logger = logging.getLogger(__name__)
@@ -109,11 +126,23 @@ PROJECTED_IDS_RANGE_MESSAGE = (
 # ------------------------------------------------------------ documented knobs
 #: Vocabulary rows sampled (seeded) for the word-to-word nearest-neighbour reference.
 REFERENCE_SAMPLE_SIZE = 2000
-#: A virtual token is off-manifold when its best cosine to any word is below this
-#: percentile of the nearest-neighbour cosine between real words ...
+#: Kept for the contract: the percentile of the word-to-word nearest-neighbour cosine
+#: shown as context (no longer a flag: trained prompts sit below it almost always).
 OFF_MANIFOLD_SIMILARITY_PERCENTILE = 5.0
-#: ... or when its norm percentile among word norms falls outside this range.
+#: ``unusual_norm`` when the norm percentile among word norms falls outside this range.
 OFF_MANIFOLD_NORM_PERCENTILES = (1.0, 99.0)
+#: Random word-like vectors (vocabulary mean and spread) whose best cosine to any word
+#: is the chance reference.
+CHANCE_SAMPLE_SIZE = 1000
+#: A virtual token is off-manifold ("at chance") when its best cosine to any word is not
+#: above this percentile of the random vectors' best cosine.
+CHANCE_PERCENTILE = 99.0
+#: Trust in the reading: high needs this agreement and this share of readable tokens ...
+TRUST_HIGH_AGREEMENT = 0.9
+TRUST_HIGH_READABLE = 0.8
+#: ... low below this agreement or this share of readable tokens.
+TRUST_LOW_AGREEMENT = 0.7
+TRUST_LOW_READABLE = 0.5
 #: Fidelity levels by agreement of argmax predictions (soft vs projected prompt).
 HIGH_AGREEMENT = 0.9
 MODERATE_AGREEMENT = 0.7
@@ -455,6 +484,14 @@ class _Reference:
     nn_similarity: np.ndarray
     vocab_rows: int
     seed: int
+    chance_similarity: np.ndarray | None = None
+
+    @property
+    def chance_threshold(self) -> float:
+        """Best cosine to any word that random word-like vectors exceed only 1% of the time."""
+        if self.chance_similarity is None or not self.chance_similarity.size:
+            return -math.inf
+        return float(np.percentile(self.chance_similarity, CHANCE_PERCENTILE))
 
     @property
     def median_norm(self) -> float:
@@ -476,11 +513,22 @@ class _Reference:
                                         for q in _SIMILARITY_QUANTILES},
             "sample_size": int(self.nn_similarity.shape[0]),
             "seed": self.seed,
-            "off_manifold_rule": (
-                f"best_similarity below the {OFF_MANIFOLD_SIMILARITY_PERCENTILE:g}th percentile "
-                "of the nearest-neighbour cosine between vocabulary words "
-                f"({self.similarity_floor:.4f}), or norm_percentile outside [{low:g}, {high:g}]"
+            "chance_similarity_quantiles": (
+                None if self.chance_similarity is None else
+                {f"p{q}": float(np.percentile(self.chance_similarity, q))
+                 for q in (*_SIMILARITY_QUANTILES, 99)}
             ),
+            "chance_sample_size": (
+                0 if self.chance_similarity is None else int(self.chance_similarity.shape[0])
+            ),
+            "chance_threshold": self.chance_threshold,
+            "off_manifold_rule": (
+                f"best_similarity not above {self.chance_threshold:.4f}, the "
+                f"{CHANCE_PERCENTILE:g}th percentile of the best cosine to any word of random "
+                "vectors drawn from the vocabulary's per-dimension mean and spread (no closer "
+                "to a word than chance)"
+            ),
+            "unusual_norm_rule": f"norm_percentile outside [{low:g}, {high:g}]",
         }
 
 
@@ -499,8 +547,35 @@ def _vocabulary_reference(vocab: _Vocabulary, *, sample_size: int, seed: int) ->
         best.append(sims.max(dim=1).values)
     nn_similarity = torch.cat(best).double().cpu().numpy()
     norms = vocab.norms.double().cpu().numpy()
+    chance = _chance_similarity(vocab, sample_size=CHANCE_SAMPLE_SIZE, seed=seed)
     return _Reference(norms=np.sort(norms), nn_similarity=np.sort(nn_similarity),
-                      vocab_rows=vocab.rows, seed=int(seed))
+                      vocab_rows=vocab.rows, seed=int(seed), chance_similarity=np.sort(chance))
+
+
+def _chance_similarity(vocab: _Vocabulary, *, sample_size: int, seed: int) -> np.ndarray:
+    """Best cosine to any word of random vectors that only *look* like word embeddings.
+
+    The vectors are drawn (seeded, on the CPU) from a Gaussian with the filtered
+    vocabulary's per-dimension mean and standard deviation, so they share the
+    embedding space's common offset and spread but no word's meaning.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(sample_size,)`` float64.
+    """
+    vectors = vocab.unit * vocab.norms[:, None]  # the filtered rows, float32
+    mean, spread = vectors.mean(dim=0).cpu(), vectors.std(dim=0).cpu()
+    del vectors
+    generator = torch.Generator().manual_seed(int(seed) + 1)
+    best = []
+    for start in range(0, sample_size, _REFERENCE_CHUNK):
+        count = min(_REFERENCE_CHUNK, sample_size - start)
+        noise = torch.randn(count, mean.shape[0], generator=generator)
+        rows = (mean + spread * noise).to(vocab.unit.device)
+        rows = rows / rows.norm(dim=1, keepdim=True).clamp_min(_EPS)
+        best.append((rows @ vocab.unit.T).max(dim=1).values)
+    return torch.cat(best).double().cpu().numpy()
 
 
 def _percent_below(sorted_values: np.ndarray, value: float) -> float:
@@ -515,18 +590,21 @@ def _typicality(norm: float, best_similarity: float, reference: _Reference) -> d
     norm_percentile = _percent_below(reference.norms, norm)
     low, high = OFF_MANIFOLD_NORM_PERCENTILES
     reasons = []
-    if best_similarity < reference.similarity_floor:
-        reasons.append("no close word")
-    if not low <= norm_percentile <= high:
-        reasons.append("unusual norm")
+    if best_similarity <= reference.chance_threshold:
+        reasons.append("at chance")
+    chance = reference.chance_similarity
     return {
         "norm": norm,
         "norm_ratio": norm / median if median > 0 else None,
         "norm_percentile": norm_percentile,
         "best_similarity": best_similarity,
         "similarity_percentile": _percent_below(reference.nn_similarity, best_similarity),
+        "chance_percentile": (
+            None if chance is None or not chance.size else _percent_below(chance, best_similarity)
+        ),
         "off_manifold": bool(reasons),
         "off_manifold_reasons": reasons,
+        "unusual_norm": not low <= norm_percentile <= high,
     }
 
 
@@ -549,29 +627,38 @@ def _drift(
     init_ids: Sequence[int] | None,
     best_similarity: Sequence[float],
     tokenizer,
+    vocab_mask: torch.Tensor | None = None,
 ) -> list[dict]:
     """Per position: the init token, cosine to it, and whether it is still the nearest word.
 
     ``still_init`` holds when the init token is at least as close (cosine, within
-    1e-6) as every filtered word; the init token counts as a candidate even where
-    the filter drops it (PEFT's TEXT init copies ``[CLS]``/``[SEP]`` too).
+    1e-6) as every filtered word. Drift reads the same vocabulary as the nearest
+    words: where the init token is outside it (PEFT's TEXT init copies
+    ``[CLS]``/``[SEP]`` too) ``init_in_vocabulary`` is false and ``still_init``
+    is ``None`` (that token can never be a nearest word).
     """
     n = int(prompt.shape[0])
     if not init_ids or len(init_ids) != n:
-        return [dict.fromkeys(("init_token", "init_token_id", "init_similarity", "still_init"))
+        return [dict.fromkeys(("init_token", "init_token_id", "init_similarity", "still_init",
+                               "init_in_vocabulary"))
                 for _ in range(n)]
     ids = torch.as_tensor(list(init_ids), device=word_embeddings.device)
     init_rows = word_embeddings.detach().index_select(0, ids)[:, None, :]
     similarity = _exact_scores(prompt.to(word_embeddings.device), init_rows, Metric.COSINE)
     similarity = similarity[:, 0].cpu().tolist()
+    readable = [True] * n if vocab_mask is None else [
+        0 <= int(i) < vocab_mask.shape[0] and bool(vocab_mask[int(i)]) for i in init_ids
+    ]
     return [
         {
             "init_token": tokenizer.convert_ids_to_tokens(int(token_id)),
             "init_token_id": int(token_id),
             "init_similarity": float(sim),
-            "still_init": bool(sim >= best - _STILL_INIT_TOLERANCE),
+            "still_init": bool(sim >= best - _STILL_INIT_TOLERANCE) if in_vocab else None,
+            "init_in_vocabulary": in_vocab,
         }
-        for token_id, sim, best in zip(init_ids, similarity, best_similarity, strict=True)
+        for token_id, sim, best, in_vocab in zip(init_ids, similarity, best_similarity, readable,
+                                                 strict=True)
     ]
 
 
@@ -711,6 +798,80 @@ def projection_fidelity(
     }
 
 
+# ---------------------------------------------------------------- loading
+@dataclass(frozen=True)
+class PromptInEmbeddingSpace:
+    """A soft prompt beside the embedding matrix it is read against (no task, no head).
+
+    What :func:`project_prompt` needs when fidelity is not measured.
+
+    Attributes
+    ----------
+    prompt : torch.Tensor
+        ``(num_virtual_tokens, hidden)``.
+    word_embeddings : torch.Tensor
+        ``(vocab_rows, hidden)``.
+    tokenizer : transformers.PreTrainedTokenizerBase
+    """
+
+    prompt: torch.Tensor
+    word_embeddings: torch.Tensor
+    tokenizer: object
+
+    @property
+    def num_virtual_tokens(self) -> int:
+        return int(self.prompt.shape[0])
+
+
+def load_for_projection(
+    model: str,
+    prompt: str,
+    *,
+    task=None,
+    labels: Sequence[str] | None = None,
+    device: str = "auto",
+    needs_predictions: bool = False,
+    allow_untrained_head: bool = False,
+    max_length: int = 128,
+    batch_size: int = 32,
+):
+    """Load what a projection needs: the embedding matrix, and a task model for fidelity.
+
+    Nearest words, typicality and drift need only the input embedding matrix, so
+    without ``needs_predictions`` no task (and no trained head) is asked for.
+    Fidelity runs predictions, so with ``needs_predictions`` the task must be
+    known (``task`` or the adapter's ``task_type``).
+
+    Returns
+    -------
+    (PromptedModel or PromptInEmbeddingSpace, SoftPrompt)
+    """
+    from promptaudit.models import Task, load_input_embeddings
+    from promptaudit.prompted import load_prompted_model
+    from promptaudit.prompts import check_prompt_tensor, load_prompt
+
+    if needs_predictions:
+        soft = load_prompt(prompt)
+        if task is None and soft.task is None:
+            allowed = ", ".join(t.value for t in Task)
+            raise InputError(
+                f"task: not given and the prompt {soft.source} does not say; fidelity (--data) "
+                f"runs predictions, so pass --task (allowed: {allowed}), or leave out --data "
+                "to read the nearest words alone"
+            )
+        prompted, soft, _ = load_prompted_model(
+            model, prompt, task=task, labels=labels, device=device, max_length=max_length,
+            batch_size=batch_size, allow_untrained_head=allow_untrained_head,
+        )
+        return prompted, soft
+    soft = load_prompt(prompt)
+    weights, tokenizer, _ = load_input_embeddings(model, device=device)
+    check_prompt_tensor(soft.embeddings, source=soft.source, hidden_size=int(weights.shape[1]))
+    view = PromptInEmbeddingSpace(soft.embeddings.to(weights.device, weights.dtype), weights,
+                                  tokenizer)
+    return view, soft
+
+
 # ---------------------------------------------------------------- entry point
 def project_prompt(
     prompted,
@@ -769,7 +930,8 @@ def project_prompt(
     embeddings = prompted.word_embeddings.detach()
     prompt = _check_prompt(prompted.prompt, int(embeddings.shape[1])).to(torch.float32)
     tokenizer = prompted.tokenizer
-    vocab = _filtered_vocabulary(embeddings, vocabulary_mask(tokenizer, embeddings.shape[0]))
+    mask = vocabulary_mask(tokenizer, embeddings.shape[0])
+    vocab = _filtered_vocabulary(embeddings, mask)
     top_k = _check_top_k(top_k, vocab.size)
     n = int(prompt.shape[0])
     logger.info("projecting %d virtual tokens onto %d vocabulary words (%s)",
@@ -784,7 +946,7 @@ def project_prompt(
     norms = prompt.double().norm(dim=1).cpu().tolist()
     init_text = _text_init(soft_prompt)
     init_ids = text_init_token_ids(tokenizer, init_text, n) if init_text else None
-    drift = _drift(prompt, embeddings, init_ids, best_cosine.tolist(), tokenizer)
+    drift = _drift(prompt, embeddings, init_ids, best_cosine.tolist(), tokenizer, mask)
     positions = [
         {"index": i, "neighbors": neighbors[i],
          **_typicality(norms[i], float(best_cosine[i]), reference), **drift[i]}
@@ -806,8 +968,58 @@ def project_prompt(
         "reference": reference.to_dict(),
         "fidelity": fidelity,
     }
+    projection["trust"] = projection_trust(projection)
     projection["summary"] = projection_summary(projection)
     return projection
+
+
+TRUST_RULE = (
+    f"high: fidelity agreement >= {TRUST_HIGH_AGREEMENT:g} and at least "
+    f"{TRUST_HIGH_READABLE:.0%} of virtual tokens readable (closer to a word than chance); "
+    f"low: fewer than {TRUST_LOW_READABLE:.0%} readable or agreement < {TRUST_LOW_AGREEMENT:g}; "
+    "moderate: otherwise; without a fidelity check at most moderate"
+)
+
+
+def projection_trust(projection: dict) -> dict:
+    """How far to trust the word reading, from fidelity and typicality (:data:`TRUST_RULE`).
+
+    Parameters
+    ----------
+    projection : dict
+        With ``positions`` (``off_manifold`` each) and ``fidelity`` (or ``None``).
+
+    Returns
+    -------
+    dict
+        ``{"level": "high" | "moderate" | "low", "readable": int, "n": int,
+        "readable_share": float, "agreement": float | None, "reason": str,
+        "rule": str}``.
+    """
+    positions = projection["positions"]
+    n = len(positions)
+    readable = sum(1 for p in positions if not p.get("off_manifold"))
+    share = readable / n if n else 0.0
+    fidelity = projection.get("fidelity")
+    agreement = None if not fidelity else fidelity.get("agreement")
+    said = f"{readable} of {n} virtual tokens are closer to a word than chance"
+    if share < TRUST_LOW_READABLE:
+        level, why = "low", (f"only {said}" if readable else
+                             f"none of the {n} virtual tokens is closer to a word than chance")
+        why += ", so most nearest words say nothing about the prompt"
+    elif agreement is None:
+        level, why = "moderate", f"{said}; the words were not checked against predictions"
+    elif agreement < TRUST_LOW_AGREEMENT:
+        level, why = "low", (f"{said}, but the words give the soft prompt's decision on only "
+                             f"{agreement:.0%} of examples")
+    elif agreement >= TRUST_HIGH_AGREEMENT and share >= TRUST_HIGH_READABLE:
+        level, why = "high", (f"{said} and the words give the soft prompt's decision on "
+                              f"{agreement:.0%} of examples")
+    else:
+        level, why = "moderate", (f"{said}; the words give the soft prompt's decision on "
+                                  f"{agreement:.0%} of examples")
+    return {"level": level, "readable": readable, "n": n, "readable_share": share,
+            "agreement": agreement, "reason": why[0].upper() + why[1:] + ".", "rule": TRUST_RULE}
 
 
 def projection_summary(projection: dict) -> str:
@@ -823,23 +1035,37 @@ def projection_summary(projection: dict) -> str:
         f"\"{projection['projected_text']}\".",
     ]
     if off:
-        parts.append(f"{off} of {n} sit off the vocabulary manifold (an unusual norm or no "
-                     "close word), so their nearest words say little about them.")
+        parts.append(f"{off} of {n} are no closer to any word than random vectors are "
+                     "(off-manifold), so their nearest words say nothing about them.")
     else:
-        parts.append(f"All {n} lie within the range of real word embeddings, so their nearest "
+        parts.append(f"All {n} are closer to a word than random vectors are, so their nearest "
                      "words are plausible readings.")
-    parts.append(f"Their best cosine similarity to any word is {best:.2f} at the median, "
-                 f"against {reference['nn_similarity_quantiles']['p50']:.2f} between a typical "
+    chance = reference.get("chance_threshold")
+    parts.append(f"Their best cosine similarity to any word is {best:.2f} at the median"
+                 + (f", against {chance:.2f} that random word-like vectors reach 1% of the time"
+                    if isinstance(chance, float) and math.isfinite(chance) else "")
+                 + f" and {reference['nn_similarity_quantiles']['p50']:.2f} between a typical "
                  "word and its nearest neighbour.")
+    loud = sum(bool(p.get("unusual_norm")) for p in positions)
+    if loud:
+        parts.append(f"{loud} of {n} have a norm outside the vocabulary's range (median "
+                     f"{float(np.median([p['norm_ratio'] or 0 for p in positions])):.1f}x a "
+                     "typical word).")
     if projection["init"] is not None:
-        still = sum(bool(p["still_init"]) for p in positions)
+        comparable = [p for p in positions if p.get("still_init") is not None]
+        still = sum(bool(p["still_init"]) for p in comparable)
         drift = float(np.median([p["init_similarity"] for p in positions]))
-        parts.append(f"Initialised from the text \"{projection['init']['text']}\", {still} of {n} "
-                     f"positions are still nearest their init token (median cosine to it "
-                     f"{drift:.2f}).")
+        outside = len(positions) - len(comparable)
+        parts.append(f"Initialised from the text \"{projection['init']['text']}\", {still} of "
+                     f"{len(comparable)} positions initialised from a vocabulary word are still "
+                     f"nearest it (median cosine to the init token {drift:.2f})"
+                     + (f"; {outside} started as special tokens outside the vocabulary read."
+                        if outside else "."))
     fidelity = projection["fidelity"]
     parts.append(fidelity["verdict"] if fidelity else
                  "Fidelity was not measured (no texts given).")
+    trust = projection.get("trust") or projection_trust(projection)
+    parts.append(f"Trust in this reading: {trust['level']}. {trust['reason']}")
     return " ".join(parts)
 
 
@@ -857,7 +1083,7 @@ def _table_row(position: dict) -> list[str]:
         "yes" if position["off_manifold"] else "")
     drift = ""
     if position["init_token"] is not None:
-        state = "still" if position["still_init"] else "moved"
+        state = {True: "still", False: "moved", None: "special"}[position.get("still_init")]
         drift = f"{_cell_token(position['init_token'])} {position['init_similarity']:.3f} {state}"
     return [str(position["index"]), words, "-" if ratio is None else f"{ratio:.2f}",
             f"{position['best_similarity']:.3f}", off, drift]
@@ -905,4 +1131,6 @@ def format_projection_table(projection: dict) -> str:
     fidelity = projection["fidelity"]
     lines.append(fidelity["verdict"] if fidelity else
                  "Fidelity: not measured (no texts given).")
+    trust = projection.get("trust") or projection_trust(projection)
+    lines.append(f"Trust in this reading: {trust['level']}. {trust['reason']}")
     return "\n".join(lines)

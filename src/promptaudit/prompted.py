@@ -173,6 +173,13 @@ class PromptedModel:
             )
         if self.task is Task.MASKED_LM and tokenizer.mask_token is None:
             raise ModelError("task masked-lm: the tokenizer has no mask token")
+        if getattr(tokenizer, "padding_side", "right") != "right":
+            logger.debug("padding on the right (the tokenizer padded on the %s)",
+                         tokenizer.padding_side)
+            tokenizer.padding_side = "right"
+        self._position_head = (
+            position_scoring_head(model) if self.task is Task.SEQUENCE_CLASSIFICATION else None
+        )
 
     # ------------------------------------------------------------------ shapes
     @property
@@ -189,14 +196,19 @@ class PromptedModel:
         return self.embedding_layer.weight
 
     def with_prompt(self, prompt: torch.Tensor | None) -> PromptedModel:
-        """The same model and settings with another prompt (or none)."""
+        """The same model and settings with another prompt (or none).
+
+        The input is cut at the same :attr:`max_length` tokens, so every variant
+        (soft prompt, projected hard prompt, init text, no prompt) reads exactly
+        the same input tokens.
+        """
         return PromptedModel(
             self.model,
             self.tokenizer,
             prompt,
             task=self.task,
             labels=self.labels,
-            max_length=self.max_length + self.num_virtual_tokens,
+            max_length=self.max_length,
             batch_size=self.batch_size,
         )
 
@@ -227,10 +239,11 @@ class PromptedModel:
         token_type_ids = encoded.get("token_type_ids") if self.uses_token_types else None
         readout = None
         if self.task is Task.CAUSAL_LM:
-            readout = attention_mask.sum(dim=1) - 1
+            readout = last_true_index(attention_mask)
         elif self.task is Task.MASKED_LM:
-            is_mask = input_ids == self.tokenizer.mask_token_id
-            readout = is_mask.int().argmax(dim=1)
+            # The mask promptaudit appends is the last one: a text may hold mask tokens too.
+            is_mask = (input_ids == self.tokenizer.mask_token_id) & attention_mask.bool()
+            readout = last_true_index(is_mask)
         return EncodedBatch(input_ids, attention_mask, token_type_ids, readout)
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -287,14 +300,30 @@ class PromptedModel:
         kwargs = {"inputs_embeds": embeds, "attention_mask": mask}
         if token_type_ids is not None:
             kwargs["token_type_ids"] = token_type_ids
-        logits = self.model(**kwargs).logits
         if self.task is Task.SEQUENCE_CLASSIFICATION:
-            return logits.float()
+            return self._classifier_logits(kwargs, mask)
+        logits = self.model(**kwargs).logits
         if readout_index is None:
             raise ValueError("readout_index is required for language-model tasks")
         rows = torch.arange(batch, device=logits.device)
         at_readout = logits[rows, readout_index.to(logits.device) + n_virtual]
         return at_readout[:, self.label_token_ids].float()
+
+    def _classifier_logits(self, kwargs: dict, mask: torch.Tensor) -> torch.Tensor:
+        """Classifier logits ``(batch, n_labels)``, pooled at the last real token where
+        the head scores every position.
+
+        Decoder classifiers (``GPT2ForSequenceClassification``, Llama, Qwen,
+        Mistral, ...) score every position with their ``score`` layer and pool the
+        last non-pad token, which they find from ``input_ids``; called with
+        ``inputs_embeds`` they pool the final position, a pad token for every
+        text shorter than the longest in its batch. Here the per-position scores
+        are captured from the head and read at the last position the attention
+        mask keeps, as one unpadded text would be read.
+        """
+        return last_token_classifier_logits(
+            lambda: self.model(**kwargs), self._position_head, mask
+        )
 
     def label_probabilities(self, *args, **kwargs) -> torch.Tensor:
         """Softmax of :meth:`label_logits`: ``(batch, n_labels)``."""
@@ -358,6 +387,63 @@ class PromptedModel:
         return total
 
 
+def last_true_index(mask: torch.Tensor) -> torch.Tensor:
+    """``(batch,)`` index of the last nonzero entry of each row of a ``(batch, seq)`` mask.
+
+    Rows without one give 0.
+    """
+    positions = torch.arange(1, mask.shape[1] + 1, device=mask.device)
+    return (positions * (mask != 0)).argmax(dim=1)
+
+
+def last_token_classifier_logits(
+    forward, head: torch.nn.Module | None, mask: torch.Tensor
+) -> torch.Tensor:
+    """Run ``forward()`` and read a decoder classifier at the last position ``mask`` keeps.
+
+    Parameters
+    ----------
+    forward : callable
+        No-argument call of the classifier; returns an output with ``.logits``.
+    head : torch.nn.Module or None
+        :func:`position_scoring_head` of the model; ``None`` returns the model's
+        own pooled logits.
+    mask : torch.Tensor
+        ``(batch, total_seq)`` attention mask over everything the model sees
+        (virtual tokens included).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(batch, n_labels)`` float32 logits.
+    """
+    if head is None:
+        return forward().logits.float()
+    captured: list[torch.Tensor] = []
+    handle = head.register_forward_hook(lambda _m, _i, out: captured.append(out))
+    try:
+        pooled = forward().logits
+    finally:
+        handle.remove()
+    scores = captured[-1] if captured else None
+    if not isinstance(scores, torch.Tensor) or scores.ndim != 3 or scores.shape[1] != mask.shape[1]:
+        return pooled.float()  # the head saw pooled features: nothing to re-pool
+    rows = torch.arange(scores.shape[0], device=scores.device)
+    return scores[rows, last_true_index(mask).to(scores.device)].float()
+
+
+def position_scoring_head(model: torch.nn.Module) -> torch.nn.Module | None:
+    """The ``score`` layer of a decoder classifier that pools the last non-pad token.
+
+    Hugging Face's decoder sequence classifiers (GPT-2, GPT-Neo, GPT-J, Llama,
+    Mistral, Qwen, Gemma, Phi, OPT, Bloom, Falcon, ...) name that layer
+    ``score`` and apply it to every position; encoder classifiers pool first
+    (``classifier``). ``None`` where the model has no such layer.
+    """
+    head = getattr(model, "score", None)
+    return head if isinstance(head, torch.nn.Module) else None
+
+
 def load_prompted_model(
     model: str,
     prompt: str | None,
@@ -369,6 +455,7 @@ def load_prompted_model(
     max_length: int = 128,
     batch_size: int = 32,
     trust_remote_code: bool = False,
+    allow_untrained_head: bool = False,
 ) -> tuple[PromptedModel, SoftPrompt | None, LoadedModel]:
     """Load a base model and a soft prompt and wire them into a :class:`PromptedModel`.
 
@@ -378,6 +465,12 @@ def load_prompted_model(
     loaded into the model. Labels default to the head's size (``LABEL_i``
     names from the model config) for classification and are required for LM
     tasks.
+
+    A task head that is neither in the model's checkpoint nor in the adapter
+    (transformers reports it missing and initialises it at random) is refused
+    with a :class:`ModelError` unless ``allow_untrained_head`` is true; then it
+    is used with a warning and ``loaded.missing_head_keys`` says which weights
+    are random.
 
     Returns
     -------
@@ -427,10 +520,19 @@ def load_prompted_model(
             soft.base_model,
             model,
         )
+    applied: set[str] = set()
     if soft is not None:
         check_prompt_tensor(soft.embeddings, source=soft.source, hidden_size=hidden)
         if task is Task.SEQUENCE_CLASSIFICATION:
-            apply_head_state(loaded.model, soft.head_state, source=soft.source)
+            applied = apply_head_state(loaded.model, soft.head_state, source=soft.source)
+    untrained = tuple(key for key in loaded.missing_head_keys if key not in applied)
+    loaded.missing_head_keys = untrained
+    if untrained:
+        message = untrained_head_message(model, task, untrained, soft)
+        if not allow_untrained_head:
+            raise ModelError(message)
+        logger.warning("%s; used anyway (allow_untrained_head): its predictions come from "
+                       "random weights", message.split("; provide")[0])
     if not labels:
         id2label = getattr(loaded.model.config, "id2label", None) or {}
         labels = [str(id2label.get(i, f"LABEL_{i}")) for i in range(loaded.model.config.num_labels)]
@@ -446,6 +548,26 @@ def load_prompted_model(
     return prompted, soft, loaded
 
 
+def untrained_head_message(
+    reference: str, task: Task, keys: Sequence[str], soft: SoftPrompt | None
+) -> str:
+    """One line: which head weights are random and how to provide trained ones."""
+    shown = ", ".join(keys[:4]) + (f" and {len(keys) - 4} more" if len(keys) > 4 else "")
+    if task is Task.SEQUENCE_CLASSIFICATION:
+        where = (f"the prompt {soft.source} carries no classifier head"
+                 if soft is not None else "no prompt adapter supplies it")
+        fix = ("a PEFT SEQ_CLS prompt adapter (it saves the trained head in modules_to_save) "
+               "or a model saved with a trained classifier head")
+    else:
+        where = "the checkpoint lacks the language-model head"
+        fix = "a model whose checkpoint holds its language-model head"
+    return (
+        f"model {reference!r}: the {task.value} head is untrained ({shown} not in the "
+        f"checkpoint, initialised at random; {where}); provide {fix}, or allow it with "
+        "--allow-untrained-head (spec: model.allow_untrained_head: true)"
+    )
+
+
 def head_output_size(head_state: dict[str, torch.Tensor]) -> int | None:
     """Number of outputs of a saved classifier head (rows of its last weight)."""
     weights = [k for k in head_state if k.endswith("weight") and head_state[k].ndim == 2]
@@ -456,13 +578,17 @@ def head_output_size(head_state: dict[str, torch.Tensor]) -> int | None:
 
 def apply_head_state(
     model: torch.nn.Module, head_state: dict[str, torch.Tensor], *, source: str
-) -> None:
-    """Copy an adapter's trained classifier head (``modules_to_save``) into ``model``."""
+) -> set[str]:
+    """Copy an adapter's trained classifier head (``modules_to_save``) into ``model``.
+
+    Returns
+    -------
+    set of str
+        The model's state-dict keys that were set.
+    """
     if not head_state:
-        logger.warning(
-            "prompt %s carries no classifier head; the base model's head is used", source
-        )
-        return
+        logger.info("prompt %s carries no classifier head; the base model's head is used", source)
+        return set()
     own = model.state_dict()
     update = {}
     for key, value in head_state.items():
@@ -478,6 +604,7 @@ def apply_head_state(
             )
         update[target] = value.to(own[target].dtype)
     model.load_state_dict(update, strict=False)
+    return set(update)
 
 
 def predictions_frame(

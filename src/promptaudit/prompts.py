@@ -210,6 +210,7 @@ def _load_adapter_dir(path: Path, source: str) -> SoftPrompt:
     tensors = _read_tensors(weights_path)
     if "prompt_embeddings" not in tensors:
         raise PromptError(f"{weights_path}: no 'prompt_embeddings' tensor in the adapter weights")
+    _check_config_matches_weights(config, tensors["prompt_embeddings"], config_path, weights_path)
     head_state = {
         key.removeprefix("base_model."): value
         for key, value in tensors.items()
@@ -231,6 +232,30 @@ def _load_adapter_dir(path: Path, source: str) -> SoftPrompt:
         config=config,
         labels=_recorded_labels(path),
     )
+
+
+def _check_config_matches_weights(
+    config: dict, prompt: torch.Tensor, config_path: Path, weights_path: Path
+) -> None:
+    """Refuse an adapter whose config contradicts its ``prompt_embeddings`` tensor.
+
+    ``num_virtual_tokens`` must equal the tensor's rows and ``token_dim`` its
+    columns (where the config gives them): a contradiction means the config and
+    the weights do not belong together, and either could be the wrong one.
+    """
+    if prompt.ndim != 2:
+        return  # check_prompt_tensor refuses the shape with its own message
+    for field_name, axis, what in (("num_virtual_tokens", 0, "rows"), ("token_dim", 1, "columns")):
+        value = config.get(field_name)
+        if value is None:
+            continue
+        actual = int(prompt.shape[axis])
+        if isinstance(value, bool) or not isinstance(value, int) or value != actual:
+            raise PromptError(
+                f"{config_path}: {field_name} is {value!r} but prompt_embeddings in "
+                f"{weights_path.name} has {actual} {what} (shape {tuple(prompt.shape)}); "
+                "the config and the weights do not belong together"
+            )
 
 
 def _recorded_labels(path: Path) -> list[str] | None:

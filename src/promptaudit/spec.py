@@ -120,6 +120,8 @@ class ModelSpec(_Strict):
     max_length: int = Field(128, ge=4, le=8192, strict=True)
     batch_size: int = Field(32, ge=1, le=4096, strict=True)
     trust_remote_code: bool = False
+    #: Use a task head that is in neither the checkpoint nor the adapter (random weights).
+    allow_untrained_head: bool = False
 
     @model_validator(mode="after")
     def _positive_in_labels(self) -> ModelSpec:

@@ -359,8 +359,13 @@ def _encode(tokenizer, texts, max_length, device):
 def _label_logits(peft_model, tokenizer, texts, *, task, verbalizer, max_length, n_virtual):
     device = next(peft_model.parameters()).device
     encoded = _encode(tokenizer, texts, max_length, device)
-    if task is Task.SEQUENCE_CLASSIFICATION:
-        return peft_model(**encoded).logits.float()
+    if task is Task.SEQUENCE_CLASSIFICATION:  # decoder classifiers: the last real token
+        from promptaudit.prompted import last_token_classifier_logits, position_scoring_head
+
+        mask = encoded["attention_mask"]
+        full = torch.cat([mask.new_ones(mask.shape[0], n_virtual), mask], dim=1)
+        head = position_scoring_head(peft_model.get_base_model())
+        return last_token_classifier_logits(lambda: peft_model(**encoded), head, full)
     encoded.pop("token_type_ids", None)
     logits = peft_model(**encoded).logits
     last = encoded["attention_mask"].sum(dim=1) - 1 + n_virtual

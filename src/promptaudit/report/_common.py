@@ -40,6 +40,8 @@ __all__ = [
     "fidelity_sentence",
     "fidelity_detail",
     "fidelity_level",
+    "trust_level",
+    "trust_reason",
     "fidelity_message",
     "disparity_label",
     "short_text",
@@ -615,11 +617,23 @@ def fidelity_detail(projection: Mapping[str, Any]) -> str | None:
     return " ".join(parts)
 
 
+def trust_level(projection: Mapping[str, Any]) -> str | None:
+    """The projection's ``trust.level`` (fidelity and typicality together), else ``None``."""
+    word = str(as_mapping(projection.get("trust")).get("level") or "").strip().lower()
+    return word if word in FIDELITY_LEVELS else None
+
+
+def trust_reason(projection: Mapping[str, Any]) -> str | None:
+    """The sentence behind ``trust.level``, or ``None``."""
+    reason = as_mapping(projection.get("trust")).get("reason")
+    return reason.strip() if isinstance(reason, str) and reason.strip() else None
+
+
 def fidelity_sentence(projection: Mapping[str, Any]) -> str | None:
     """How far to trust the word reading, or ``None`` when fidelity was not computed."""
     fidelity = projection.get("fidelity")
     if not isinstance(fidelity, Mapping):
         return None
-    verdict = fidelity_level(fidelity) or NA
-    detail = fidelity_detail(projection)
+    verdict = trust_level(projection) or fidelity_level(fidelity) or NA
+    detail = " ".join(x for x in (trust_reason(projection), fidelity_detail(projection)) if x)
     return f"Trust in this reading: {verdict}." + (f" {detail}" if detail else "")

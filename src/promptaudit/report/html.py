@@ -47,6 +47,8 @@ from promptaudit.report._common import (
     reading_sentence,
     short_text,
     status_counts,
+    trust_level,
+    trust_reason,
     verdict_detail,
     verdict_sentence,
     verdict_word,
@@ -75,8 +77,18 @@ GLOSSARY: dict[str, str] = {
         "above 1 means the token is unlike any word."
     ),
     "Off-manifold": (
-        "A virtual token that sits far from every real word (unusual length or low "
-        "similarity); its nearest words say little about it."
+        "A virtual token that is no closer to any real word than random vectors are: its best "
+        "cosine similarity to a word does not exceed the 99th percentile reached by 1,000 "
+        "random vectors drawn with the vocabulary's mean and spread (about 0.26 for the "
+        "bundled MiniLM, against 1.0 for a word itself). Its nearest words say nothing "
+        "about it. A norm far outside the words' range is reported separately."
+    ),
+    "Trust in the reading": (
+        "One level from fidelity and typicality together. High: the words give the soft "
+        "prompt's decision on at least 90% of examples and at least 80% of virtual tokens are "
+        "closer to a word than chance. Low: fewer than 50% are, or the words agree on fewer "
+        "than 70% of examples. Moderate: otherwise, and at most moderate when fidelity was "
+        "not measured."
     ),
     "Drift": (
         "How far a virtual token moved from the word it was initialised with during tuning."
@@ -263,7 +275,8 @@ def _summary(result: Mapping[str, Any], projection: Mapping[str, Any] | None) ->
     failed, total = gate_counts(result)
     passed = result.get("passed") is True
     fairness = as_mapping(result.get("fairness"))
-    verdict = fidelity_level(as_mapping(as_mapping(projection).get("fidelity")))
+    verdict = trust_level(as_mapping(projection)) or fidelity_level(
+        as_mapping(as_mapping(projection).get("fidelity")))
     word = verdict_word(result)
     counts = status_counts(result)
     return {
@@ -281,7 +294,9 @@ def _summary(result: Mapping[str, Any], projection: Mapping[str, Any] | None) ->
         "gaps": gap_sentences(result),
         "reading": reading_sentence(projection) if projection else None,
         "fidelity": fidelity_sentence(projection) if projection else None,
-        "fidelity_detail": fidelity_detail(projection) if projection else None,
+        "fidelity_detail": " ".join(x for x in (trust_reason(as_mapping(projection)),
+                                                 fidelity_detail(projection)) if x)
+        if projection else None,
         "fidelity_verdict": str(verdict or NA),
         "fidelity_class": _verdict_class(verdict),
         "warnings": [str(w) for w in as_list(fairness.get("warnings"))],
