@@ -382,8 +382,8 @@ def test_counterfactual_group_column_refuses_missing_values(audit, tmp_path, mis
     with pytest.raises(DataError) as info:
         run_audit(load_spec(_spec_with(audit, tmp_path, change)))
     assert str(info.value) == (
-        f"{data}: counterfactual group column 'variant' has a missing value at row 5; every row "
-        "needs a group (empty cells are not allowed)")
+        f"{data}: counterfactual group column 'variant' has a missing value at line 7; every row "
+        "needs a group (empty cells are not allowed)")  # data row 5 (0-based) under the header
 
 
 def test_term_suite_groups_that_collide_as_text_are_refused(tmp_path):

@@ -422,7 +422,8 @@ def offline_signed_audit(tmp_path_factory, tiny_bert_seqcls_adapter, tiny_bert_d
         outcome = CliRunner().invoke(
             app,
             ["run", str(_spec(tmp_path, tiny_bert_dir, tiny_bert_seqcls_adapter, eval_csv,
-                              gates=[{"metric": "demographic_parity_ratio", "min": 0.0}])),
+                              # defined even when the tiny model selects nobody (a ratio would be 0/0)
+                              gates=[{"metric": "demographic_parity_difference", "max": 1.0}])),
              "--out", str(out), "--verbose"],
             catch_exceptions=False,
         )
@@ -455,8 +456,8 @@ def test_gate_with_the_key_accepts_the_signed_result_and_refuses_a_rehashed_edit
     monkeypatch.setenv("PROMPTAUDIT_SIGNING_KEY", SIGNING_KEY)
     assert invoke(runner, "gate", path).exit_code == 0
     forged = json.loads(path.read_text())
-    forged["audit"]["spec"]["gates"][0]["min"] = 0.25  # a stricter gate, "met" by hand
-    forged["fairness"]["disparities"]["demographic_parity_ratio"] = 0.875
+    forged["audit"]["spec"]["gates"][0]["max"] = 0.05  # a stricter gate, "met" by hand
+    forged["fairness"]["disparities"]["demographic_parity_difference"] = 0.01
     assert forged != json.loads(path.read_text())
     body = {k: v for k, v in forged.items() if k != "integrity"}
     forged["integrity"]["content_sha256"] = content_sha256(body)  # the checksum is public
