@@ -2,4 +2,5 @@
 
 from promptaudit.cli import main
 
-main()
+if __name__ == "__main__":  # importing this module (e.g. doctest collection) runs nothing
+    main()

@@ -190,9 +190,12 @@ def vocabulary_mask(tokenizer, vocab_rows: int) -> torch.Tensor:
 
     Examples
     --------
-    >>> mask = vocabulary_mask(tokenizer, 30522)  # doctest: +SKIP
-    >>> bool(mask[tokenizer.cls_token_id])  # doctest: +SKIP
-    False
+    >>> from transformers import AutoTokenizer
+    >>> from promptaudit.models import builtin_minilm_dir
+    >>> tokenizer = AutoTokenizer.from_pretrained(builtin_minilm_dir())
+    >>> mask = vocabulary_mask(tokenizer, 30522)
+    >>> bool(mask[tokenizer.cls_token_id]), bool(mask[tokenizer.convert_tokens_to_ids("movie")])
+    (False, True)
     """
     n_tokens = min(int(vocab_rows), len(tokenizer))
     special = _special_ids(tokenizer)
@@ -451,10 +454,13 @@ def nearest_words(
 
     Examples
     --------
-    >>> rows = prompted.word_embeddings[[1996, 3185]]  # doctest: +SKIP
-    >>> nearest_words(rows, prompted.word_embeddings, tokenizer=tok, top_k=1)[1][0]["token"]
-    ... # doctest: +SKIP
-    'movie'
+    >>> from transformers import AutoModel, AutoTokenizer
+    >>> from promptaudit.models import builtin_minilm_dir
+    >>> tok = AutoTokenizer.from_pretrained(builtin_minilm_dir())
+    >>> words = AutoModel.from_pretrained(builtin_minilm_dir()).get_input_embeddings().weight
+    >>> rows = words[tok.convert_tokens_to_ids(["the", "movie"])].detach()
+    >>> [n[0]["token"] for n in nearest_words(rows, words.detach(), tokenizer=tok, top_k=1)]
+    ['the', 'movie']
     """
     metric = Metric.parse(metric)
     prompt = _check_prompt(prompt, int(word_embeddings.shape[1]))
