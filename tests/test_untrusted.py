@@ -422,7 +422,7 @@ def offline_signed_audit(tmp_path_factory, tiny_bert_seqcls_adapter, tiny_bert_d
         outcome = CliRunner().invoke(
             app,
             ["run", str(_spec(tmp_path, tiny_bert_dir, tiny_bert_seqcls_adapter, eval_csv,
-                              # defined even when the tiny model selects nobody (a ratio would be 0/0)
+                              # defined when the tiny model selects nobody (a ratio: 0/0)
                               gates=[{"metric": "demographic_parity_difference", "max": 1.0}])),
              "--out", str(out), "--verbose"],
             catch_exceptions=False,
