@@ -640,3 +640,29 @@ def test_attribute_prompt_applies_min_group_size(tiny_bert, sentences):
     assert "small groups (n < 4, left out of gaps): y" in format_attribution_summary(result)
     default = attribute_prompt(tiny_bert, sentences, n_steps=4, sensitive_features=features)
     assert default["by_group"]["g"]["small_groups"] == ["x", "y"]  # default 30, as fairness
+
+
+def test_cli_attribute_defaults_to_adaptive_steps(tmp_path, tiny_bert_dir, tiny_bert_seqcls_adapter,
+                                                  sentences):
+    from typer.testing import CliRunner
+
+    from promptaudit.cli import app
+
+    data = tmp_path / "data.csv"
+    pd.DataFrame({"sentence": sentences[:3]}).to_csv(data, index=False)
+    common = ["attribute", "--model", str(tiny_bert_dir), "--prompt",
+              str(tiny_bert_seqcls_adapter), "--data", str(data), "--text-column", "sentence",
+              "--device", "cpu"]
+    runner = CliRunner()
+    out = runner.invoke(app, [*common, "--delta-tolerance", "0.005", "--json"])
+    assert out.exit_code == 0, out.output
+    result = json.loads(out.stdout)
+    assert result["n_steps"] == "auto" and result["delta_tolerance"] == 0.005
+    assert result["n_not_converged"] == 0
+    assert all(abs(e["convergence_delta"]) <= 0.005 for e in result["examples"])
+    fixed = runner.invoke(app, [*common, "--n-steps", "8", "--json"])
+    assert fixed.exit_code == 0, fixed.output
+    assert json.loads(fixed.stdout)["n_steps"] == 8
+    bad = runner.invoke(app, [*common, "--n-steps", "lots"])
+    assert bad.exit_code == 2
+    assert N_STEPS_AUTO_MESSAGE.format(value="lots") in bad.output

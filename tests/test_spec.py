@@ -460,3 +460,36 @@ def test_parse_spec_is_frozen_and_rejects_extra_fields_in_python():
         spec.name = "other"
     with pytest.raises(SpecError, match="unknown key 'gates.0.treshold'"):
         parse_spec({**VALID, "gates": [{"metric": "accuracy", "treshold": 0.5}]})
+
+
+# ------------------------------------------------------ attribution steps
+def test_attribution_defaults_to_adaptive_steps(tmp_path):
+    spec = load_spec(write(tmp_path, VALID))
+    assert spec.attribution.n_steps == "auto"
+    assert spec.attribution.delta_tolerance == 0.02
+    assert spec.attribution.max_gradient_evals == 512
+    fixed = load_spec(write(tmp_path, changed(attribution={"n_steps": 64,
+                                                           "delta_tolerance": 0.05})))
+    assert (fixed.attribution.n_steps, fixed.attribution.delta_tolerance) == (64, 0.05)
+    auto = load_spec(write(tmp_path, changed(attribution={"n_steps": "auto",
+                                                          "max_gradient_evals": 128})))
+    assert (auto.attribution.n_steps, auto.attribution.max_gradient_evals) == ("auto", 128)
+    overridden = load_spec(write(tmp_path, VALID), ["attribution.n_steps=16"])
+    assert overridden.attribution.n_steps == 16
+
+
+@pytest.mark.parametrize(("attribution", "fragments"), [
+    ({"n_steps": "Auto"}, ["attribution.n_steps", "'auto' or an integer 1 to 1024", "'Auto'"]),
+    ({"n_steps": 0}, ["attribution.n_steps", "'auto' or an integer 1 to 1024"]),
+    ({"n_steps": 2.5}, ["attribution.n_steps", "2.5"]),
+    ({"n_steps": True}, ["attribution.n_steps"]),
+    ({"delta_tolerance": 0}, ["attribution.delta_tolerance", "greater than 0"]),
+    ({"delta_tolerance": 2}, ["attribution.delta_tolerance", "less than or equal to 1"]),
+    ({"max_gradient_evals": 3}, ["attribution.max_gradient_evals",
+                                 "greater than or equal to 5"]),
+    ({"delta_tolerence": 0.1}, ["delta_tolerence", "delta_tolerance"]),
+])
+def test_bad_attribution_steps(tmp_path, attribution, fragments):
+    message = spec_error(tmp_path, changed(attribution=attribution))
+    for fragment in fragments:
+        assert fragment in message, message
