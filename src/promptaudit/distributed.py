@@ -313,7 +313,8 @@ def attribute_batches(prompted: PromptedModel, batches: Sequence[tuple[int, Sequ
 
 
 def merge_attributions(pieces: Sequence[tuple[Sequence[int], dict]], *, n_examples: int,
-                       seed: int = 0, sensitive_features: pd.DataFrame | None = None) -> dict:
+                       seed: int = 0, sensitive_features: pd.DataFrame | None = None,
+                       min_group_size: int | None = None) -> dict:
     """One ``attribution`` object from results over disjoint sets of rows.
 
     The per-example entries are put at their rows and the summaries
@@ -331,13 +332,20 @@ def merge_attributions(pieces: Sequence[tuple[Sequence[int], dict]], *, n_exampl
         Recorded as the result's ``seed``.
     sensitive_features : pandas.DataFrame, optional
         ``(n_examples, n_features)`` in row order; adds ``by_group``.
+    min_group_size : int, optional
+        Per-group attribution's small-group rule (``attribute_prompt``'s default if None).
 
     Returns
     -------
     dict
         The ``attribution`` object of the result contract.
     """
-    from promptaudit.attribution import CONVERGENCE_WARNING, group_attribution
+    from promptaudit.attribution import (
+        CONVERGENCE_WARNING,
+        DEFAULT_MIN_GROUP_SIZE,
+        convergence_summary,
+        group_attribution,
+    )
 
     examples: list[dict | None] = [None] * n_examples
     for rows, part in pieces:
@@ -370,8 +378,12 @@ def merge_attributions(pieces: Sequence[tuple[Sequence[int], dict]], *, n_exampl
         "max_convergence_delta": max_delta,
         "examples": examples,
         "by_group": None if sensitive_features is None
-        else group_attribution(prompt_attr, sensitive_features),
+        else group_attribution(prompt_attr, sensitive_features, error_scale=max_delta,
+                               min_group_size=DEFAULT_MIN_GROUP_SIZE if min_group_size is None
+                               else int(min_group_size)),
     })
+    merged.update(convergence_summary(examples, delta_tolerance=first.get("delta_tolerance"),
+                                      max_gradient_evals=first.get("max_gradient_evals")))
     if max_delta is not None and max_delta > CONVERGENCE_WARNING:
         logger.warning("integrated gradients: max |convergence delta| %.3f exceeds %.2f; the "
                        "integral is coarse, raise n_steps (now %s)", max_delta,
@@ -744,4 +756,5 @@ class ShardedPromptedModel(PromptedModel):
         rows_of = {index: rows for shard in shards for index, rows in shard}
         pieces = [(rows_of[index], result) for answer in answers for index, result in answer]
         return merge_attributions(pieces, n_examples=len(texts), seed=int(seed),
-                                  sensitive_features=groups)
+                                  sensitive_features=groups,
+                                  min_group_size=options.get("min_group_size"))
