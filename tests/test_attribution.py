@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from types import SimpleNamespace
 
 import numpy as np
@@ -26,12 +27,12 @@ import torch
 from promptaudit.attribution import (
     BATCH_SIZE_MESSAGE,
     DELTA_TOLERANCE_MESSAGE,
-    MAX_GRADIENT_EVALS_MESSAGE,
-    MIN_GROUP_SIZE_MESSAGE,
-    N_STEPS_AUTO_MESSAGE,
     INTERNAL_BATCH_SIZE_MESSAGE,
     MAX_EXAMPLES_MESSAGE,
+    MAX_GRADIENT_EVALS_MESSAGE,
+    MIN_GROUP_SIZE_MESSAGE,
     N_SAMPLES_MESSAGE,
+    N_STEPS_AUTO_MESSAGE,
     N_STEPS_MESSAGE,
     NO_PROMPT_MESSAGE,
     NO_TEXTS_MESSAGE,
@@ -666,3 +667,42 @@ def test_cli_attribute_defaults_to_adaptive_steps(tmp_path, tiny_bert_dir, tiny_
     bad = runner.invoke(app, [*common, "--n-steps", "lots"])
     assert bad.exit_code == 2
     assert N_STEPS_AUTO_MESSAGE.format(value="lots") in bad.output
+
+
+def test_html_report_shows_convergence_and_small_groups_honestly():
+    import html as html_lib
+    from pathlib import Path
+
+    from promptaudit.report import render_html
+
+    fixture = Path(__file__).parent / "fixtures" / "sample_result.json"
+    result = json.loads(fixture.read_text())
+    attribution = result["attribution"]
+    attribution.update({"n_steps": "auto", "delta_tolerance": 0.02, "n_not_converged": 1,
+                        "n_gradient_evals": 321, "max_gradient_evals": 512})
+    for i, example in enumerate(attribution["examples"]):
+        example.update({"n_steps": 41 + i, "converged": i != 0})
+    n_virtual = len(attribution["per_position"])
+    attribution["by_group"] = {"gender": {
+        "groups": {"f": [0.1] * n_virtual, "m": [0.2] * n_virtual, "x": [0.0] * n_virtual},
+        "counts": {"f": 40, "m": 40, "x": 3}, "small_groups": ["x"], "min_group_size": 30,
+        "max_difference": [0.1] * n_virtual, "within_error": [True] * n_virtual,
+        "error_scale": 0.2, "top_positions": [0, 1]}}
+    def text_of(page: str) -> str:
+        return " ".join(html_lib.unescape(re.sub(r"<[^>]+>", "", page)).split())
+
+    page = text_of(render_html(result))
+    n = attribution["n_examples"]
+    assert f"1 of {n} examples did not converge:" in page
+    assert "within the tolerance 0.02 after 512 gradient evaluations" in page
+    assert "(not converged) 41" in page
+    assert "adaptive steps per example, at most 512" in page
+    assert "0 (within the integration error)" in page
+    assert "groups with fewer than 30 examples left out: x" in page
+    for example in attribution["examples"]:
+        example["converged"] = True
+    attribution["n_not_converged"] = 0
+    page = text_of(render_html(result))
+    assert "every example's attributions add up to its change in score within the " \
+           "tolerance 0.02 (321 gradient evaluations in all)" in page
+    assert "(not converged)" not in page

@@ -576,7 +576,7 @@ def _attribution_convergence(attribution: Mapping) -> dict[str, Any] | None:
     n = attribution.get("n_examples")
     evals = attribution.get("n_gradient_evals")
     return {
-        "tolerance": fmt_num(tolerance, 4),
+        "tolerance": f"{tolerance:g}",
         "adaptive": attribution.get("n_steps") == "auto",
         "n_not_converged": str(failed),
         "n_converged": str(n - failed) if isinstance(n, int) else NA,
