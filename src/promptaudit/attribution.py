@@ -612,6 +612,9 @@ class PathIntegral:
     converged: torch.Tensor
 
 
+#: Of the intervals over their share, bisect those with at least this fraction of the
+#: path's largest interval error each round (0: all of them).
+REFINE_FRACTION = 0.5
 #: Smallest interval the adaptive rule still bisects (the path is [0, 1]).
 MIN_INTERVAL = 2.0 ** -30
 
@@ -686,7 +689,10 @@ def adaptive_path_integral(evaluate, n_paths: int, *, tolerance: float, max_eval
                 (i for i, (a, b) in enumerate(intervals[p])
                  if abs(errors[i]) > tolerance * (b - a) and b - a > MIN_INTERVAL),
                 key=lambda i: -abs(errors[i]),
-            )[:budget]
+            )
+            if over:  # the worst first: of those over their share, the ones that matter
+                over = [i for i in over
+                        if abs(errors[i]) >= REFINE_FRACTION * abs(errors[over[0]])][:budget]
             if not over:
                 open_paths.discard(p)  # cap reached (or intervals too small): not converged
                 continue
