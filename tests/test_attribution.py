@@ -706,3 +706,18 @@ def test_html_report_shows_convergence_and_small_groups_honestly():
     assert "every example's attributions add up to its change in score within the " \
            "tolerance 0.02 (321 gradient evaluations in all)" in page
     assert "(not converged)" not in page
+
+
+def test_markdown_summary_states_attribution_convergence():
+    from pathlib import Path
+
+    from promptaudit.report import render_markdown
+
+    fixture = Path(__file__).parent / "fixtures" / "sample_result.json"
+    result = json.loads(fixture.read_text())
+    n = result["attribution"]["n_examples"]
+    result["attribution"].update({"delta_tolerance": 0.02, "n_not_converged": 2})
+    assert (f"2 of {n} examples did NOT converge: their attributions do not add up to their "
+            "change in score within 0.02") in render_markdown(result)
+    result["attribution"]["n_not_converged"] = 0
+    assert f"every one of {n} examples' attributions adds up" in render_markdown(result)

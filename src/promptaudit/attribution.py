@@ -630,8 +630,9 @@ def adaptive_path_integral(evaluate, n_paths: int, *, tolerance: float, max_eval
     Because ``f`` is known at the ends (it comes with the gradient at the same
     point), every interval has an exact completeness error ``err = sum(Simpson
     estimate) - (f(b) - f(a))``. A path is done when ``sum |err| <=
-    tolerance``; otherwise its intervals with ``|err| > tolerance * (b - a)``
-    (more than their share) are bisected, largest error first. Bisection is
+    tolerance``; otherwise, of its intervals with ``|err| > tolerance * (b -
+    a)`` (more than their share), those with at least :data:`REFINE_FRACTION`
+    of the largest such error are bisected, largest first. Bisection is
     nested: the two halves reuse the three points of the parent and add two
     midpoints, so no point is ever evaluated twice. The new points of all
     open paths are evaluated together (one ``evaluate`` call per round). A path
