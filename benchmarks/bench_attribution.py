@@ -1,21 +1,27 @@
-"""Benchmark: batched integrated gradients vs a naive per-example Captum loop.
+"""Benchmark: adaptive integrated gradients vs fixed steps and a naive Captum loop.
 
-Both attribute the predicted label's probability of the first ``--n`` SST-2 dev
-sentences over ``[prompt ; input]`` embeddings with the bundled MiniLM
-(``builtin:minilm``), the same ``--n-steps`` (Gauss-Legendre) and baseline,
-in one process, on one prompt:
+All runs attribute the predicted label's probability of the first ``--n`` SST-2
+dev sentences over ``[prompt ; input]`` embeddings with the bundled MiniLM
+(``builtin:minilm``), the same baseline (``--baseline``, default zero), in one
+process, on one prompt trained on SST-2:
 
-* ours: :func:`promptaudit.attribution.attribute_prompt` (texts encoded once,
-  ordered by length, ``--batch-size`` examples x all steps per forward pass);
+* adaptive: :func:`promptaudit.attribution.attribute_prompt` with ``n_steps="auto"``
+  and ``--tolerance`` (default 0.02): every example within the tolerance or
+  reported as not converged;
 * naive: one example at a time, a new forward closure and a new Captum
-  ``IntegratedGradients`` per example, the target from a per-example forward.
+  ``IntegratedGradients`` per example at ``--naive-steps`` (default 32);
+* fixed: batched ``attribute_prompt`` with fixed Gauss-Legendre steps 16, 32,
+  64, ... up to 512, stopping at the smallest N whose every example meets the
+  tolerance (or stating that none up to 512 does);
+* reference: batched fixed steps at ``--reference-steps`` (default 512; the
+  sweep's run when it got there): agreement (Pearson r) of the adaptive
+  attributions with it on the examples where the reference itself converges.
 
-The prompt is trained here with :func:`promptaudit.training.train_prompt` (300
-SST-2 train sentences, 1 epoch, 10 virtual tokens, text init) unless
-``--random-prompt`` is given (10 vocabulary rows plus noise of the same scale:
-a realistic norm, and a random classifier head). With ``--repeats 2`` the runs
-are ordered ours, naive, naive, ours and the fastest of each is kept, which
-evens out load from other processes.
+Reported per run: wall time, CPU time, gradient evaluations, max |delta|, the
+number of examples over the tolerance. The prompt is trained here with
+:func:`promptaudit.training.train_prompt` (``--train-rows`` SST-2 train
+sentences, 1 epoch, 20 virtual tokens, text init), or loaded from
+``--prompt-dir`` (an adapter saved by an earlier run with ``--save-prompt``).
 
 Run: ``python benchmarks/bench_attribution.py`` (needs ``../shared/data/sst2``).
 Numbers go to stdout and to ``benchmarks/results/bench_attribution.json``.
@@ -41,7 +47,9 @@ from promptaudit.models import quiet_transformers
 from promptaudit.prompted import PromptedModel, load_prompted_model
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "sst2"
+DATA = next((folder for folder in (ROOT.parent / "shared" / "data" / "sst2",
+                                   ROOT.parents[1] / "shared" / "data" / "sst2")
+             if folder.is_dir()), ROOT.parent / "shared" / "data" / "sst2")
 LABELS = ["negative", "positive"]
 INIT_TEXT = "classify the sentiment of this movie review as positive or negative"
 
@@ -51,9 +59,10 @@ def read_sst2(name: str) -> pd.DataFrame:
 
 
 def make_prompted(
-    random_prompt: bool, seed: int, device: str = "cpu"
+    random_prompt: bool, seed: int, device: str = "cpu", *, train_rows: int = 300,
+    save_to: Path | None = None,
 ) -> tuple[PromptedModel, dict]:
-    """A MiniLM classifier with a trained (or random, realistic-norm) 10-token prompt."""
+    """A MiniLM classifier with a trained (or random, realistic-norm) 20-token prompt."""
     if random_prompt:
         torch.manual_seed(seed)
         prompted, _, _ = load_prompted_model("builtin:minilm", None,
@@ -61,14 +70,14 @@ def make_prompted(
                                              device=device)
         vocab = prompted.word_embeddings.detach()
         generator = torch.Generator().manual_seed(seed)
-        rows = vocab[torch.randint(0, vocab.shape[0], (10,), generator=generator).to(vocab.device)]
+        rows = vocab[torch.randint(0, vocab.shape[0], (20,), generator=generator).to(vocab.device)]
         noise = (torch.randn(rows.shape, generator=generator) * rows.std().cpu()).to(vocab.device)
         prompt = rows + noise
         return prompted.with_prompt(prompt), {"prompt": "random vocabulary rows + noise"}
     from promptaudit.training import InitMethod, TrainingConfig, train_prompt
 
-    train = read_sst2("train.tsv").head(300)
-    config = TrainingConfig(num_virtual_tokens=10, init=InitMethod.TEXT, init_text=INIT_TEXT,
+    train = read_sst2("train.tsv").head(train_rows)
+    config = TrainingConfig(num_virtual_tokens=20, init=InitMethod.TEXT, init_text=INIT_TEXT,
                             epochs=1, batch_size=16, learning_rate=0.03, seed=seed)
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
@@ -78,7 +87,12 @@ def make_prompted(
         seconds = time.perf_counter() - started
         prompted, _, _ = load_prompted_model("builtin:minilm", str(Path(tmp) / "a"),
                                              device=device)
-    info = {"prompt": "trained: 300 SST-2 train sentences, 1 epoch, 10 virtual tokens, text init",
+        if save_to is not None:
+            import shutil
+
+            shutil.copytree(Path(tmp) / "a", save_to, dirs_exist_ok=True)
+    info = {"prompt": f"trained: {train_rows} SST-2 train sentences, 1 epoch, 20 virtual "
+                      "tokens, text init",
             "train_seconds": round(seconds, 1),
             "val_accuracy": result.history[-1]["val_accuracy"]}
     return prompted, info
@@ -126,96 +140,160 @@ def naive_integrated_gradients(prompted: PromptedModel, texts, *, n_steps: int, 
     return out
 
 
+def timed(run):
+    """``(result, wall seconds, CPU seconds)`` of ``run()``."""
+    started, cpu_started = time.perf_counter(), time.process_time()
+    result = run()
+    return result, time.perf_counter() - started, time.process_time() - cpu_started
+
+
+def flat(examples) -> list[np.ndarray]:
+    return [np.concatenate([e["prompt_attributions"], e["token_attributions"]])
+            for e in examples]
+
+
+def summary(examples, wall: float, cpu: float, tolerance: float) -> dict:
+    deltas = [abs(e["convergence_delta"]) for e in examples]
+    return {"seconds": round(wall, 2), "cpu_seconds": round(cpu, 2),
+            "gradient_evals": int(sum(e.get("n_steps", 0) for e in examples)),
+            "max_abs_delta": float(max(deltas)),
+            "n_over_tolerance": int(sum(d > tolerance for d in deltas))}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=32, help="first N SST-2 dev sentences")
-    parser.add_argument("--n-steps", type=int, default=32)
-    parser.add_argument("--baseline", default="pad")
+    parser.add_argument("--tolerance", type=float, default=0.02)
+    parser.add_argument("--naive-steps", type=int, default=32)
+    parser.add_argument("--reference-steps", type=int, default=512)
+    parser.add_argument("--max-fixed-steps", type=int, default=512)
+    parser.add_argument("--baseline", default="zero")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--internal-batch-size", type=int, default=None)
-    parser.add_argument("--repeats", type=int, default=2, choices=[1, 2],
-                        help="1: ours then naive; 2: ours, naive, naive, ours (fastest kept)")
+    parser.add_argument("--train-rows", type=int, default=300)
+    parser.add_argument("--prompt-dir", type=Path, default=None,
+                        help="load this adapter instead of training one")
+    parser.add_argument("--save-prompt", type=Path, default=None,
+                        help="save the trained adapter here (for --prompt-dir)")
     parser.add_argument("--random-prompt", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (GPU check)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results"
                         / "bench_attribution.json")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
+    logging.basicConfig(level=logging.ERROR)
     quiet_transformers()
 
-    prompted, prompt_info = make_prompted(args.random_prompt, args.seed, args.device)
+    if args.prompt_dir is not None:
+        prompted, _, _ = load_prompted_model("builtin:minilm", str(args.prompt_dir),
+                                             device=args.device)
+        info_file = args.prompt_dir / "training_info.json"
+        prompt_info = {"prompt": f"loaded from {args.prompt_dir}"}
+        if info_file.exists():
+            prompt_info["training_info"] = json.loads(info_file.read_text())
+    else:
+        prompted, prompt_info = make_prompted(args.random_prompt, args.seed, args.device,
+                                              train_rows=args.train_rows,
+                                              save_to=args.save_prompt)
+    norms = prompted.prompt.detach().float().norm(dim=-1).cpu()
+    vocab_median = float(prompted.word_embeddings.detach().float().norm(dim=-1).median())
     texts = read_sst2("dev.tsv")["sentence"].head(args.n).tolist()
-    settings = dict(n_steps=args.n_steps, baseline=args.baseline)
-
-    def run_ours():
-        return attribute_prompt(prompted, texts, batch_size=args.batch_size,
-                                internal_batch_size=args.internal_batch_size,
-                                max_examples=len(texts), **settings)["examples"]
-
-    def run_naive():
-        return naive_integrated_gradients(prompted, texts, **settings)
+    tol = args.tolerance
+    common = dict(baseline=args.baseline, batch_size=args.batch_size, max_examples=len(texts),
+                  internal_batch_size=args.internal_batch_size, delta_tolerance=tol)
 
     # warm-up (lazy imports, allocator) on one short example, not timed
     attribute_prompt(prompted, texts[:1], n_steps=2, baseline=args.baseline)
+    attribute_prompt(prompted, texts[:1], n_steps="auto", baseline=args.baseline)
     naive_integrated_gradients(prompted, texts[:1], n_steps=2, baseline=args.baseline)
 
-    order = ["ours", "naive"] if args.repeats == 1 else ["ours", "naive", "naive", "ours"]
-    times: dict[str, list[float]] = {"ours": [], "naive": []}
-    cpu_times: dict[str, list[float]] = {"ours": [], "naive": []}
-    results = {}
-    for name in order:
-        started, cpu_started = time.perf_counter(), time.process_time()
-        results[name] = run_ours() if name == "ours" else run_naive()
-        times[name].append(time.perf_counter() - started)
-        cpu_times[name].append(time.process_time() - cpu_started)
+    adaptive_result, wall, cpu = timed(
+        lambda: attribute_prompt(prompted, texts, n_steps="auto", **common))
+    adaptive = adaptive_result["examples"]
+    runs = {"adaptive": summary(adaptive, wall, cpu, tol)}
+    runs["adaptive"]["n_not_converged"] = adaptive_result["n_not_converged"]
+    runs["adaptive"]["steps_per_example"] = [e["n_steps"] for e in adaptive]
 
-    ours, naive = results["ours"], results["naive"]
-    flat = [np.concatenate([e["prompt_attributions"], e["token_attributions"]]) for e in ours]
-    flat_naive = [np.concatenate([e["prompt_attributions"], e["token_attributions"]])
-                  for e in naive]
-    ours_all, naive_all = np.concatenate(flat), np.concatenate(flat_naive)
-    ours_time, naive_time = min(times["ours"]), min(times["naive"])
-    ours_cpu, naive_cpu = min(cpu_times["ours"]), min(cpu_times["naive"])
-    ours_delta = max(abs(e["convergence_delta"]) for e in ours)
-    naive_delta = max(abs(e["convergence_delta"]) for e in naive)
+    naive, wall, cpu = timed(
+        lambda: naive_integrated_gradients(prompted, texts, n_steps=args.naive_steps,
+                                           baseline=args.baseline))
+    for e in naive:
+        e["n_steps"] = args.naive_steps
+    runs[f"naive_{args.naive_steps}"] = summary(naive, wall, cpu, tol)
+
+    fixed_runs, smallest = {}, None
+    steps = 16
+    while steps <= args.max_fixed_steps:
+        out, wall, cpu = timed(lambda s=steps: attribute_prompt(prompted, texts, n_steps=s,
+                                                                **common)["examples"])
+        fixed_runs[steps] = out
+        runs[f"fixed_{steps}"] = summary(out, wall, cpu, tol)
+        if runs[f"fixed_{steps}"]["n_over_tolerance"] == 0:
+            smallest = steps
+            break
+        steps *= 2
+    if args.reference_steps in fixed_runs:
+        reference = fixed_runs[args.reference_steps]
+    else:
+        reference, wall, cpu = timed(lambda: attribute_prompt(
+            prompted, texts, n_steps=args.reference_steps, **common)["examples"])
+        runs[f"reference_{args.reference_steps}"] = summary(reference, wall, cpu, tol)
+    good = [i for i, e in enumerate(reference) if abs(e["convergence_delta"]) <= tol]
+    same_targets = [e["target"] for e in adaptive] == [e["target"] for e in reference]
+    if good:
+        ours = np.concatenate([flat(adaptive)[i] for i in good])
+        ref = np.concatenate([flat(reference)[i] for i in good])
+        pearson = float(np.corrcoef(ours, ref)[0, 1])
+        max_diff = float(np.abs(ours - ref).max())
+    else:
+        pearson = max_diff = None
+
+    naive_key = f"naive_{args.naive_steps}"
     report = {
-        "benchmark": "integrated gradients, batched vs naive per-example Captum loop",
+        "benchmark": "adaptive integrated gradients vs naive Captum loop and fixed steps",
         "model": "builtin:minilm", **prompt_info,
-        "n_examples": len(texts), "n_steps": args.n_steps, "baseline": args.baseline,
+        "prompt_norms": [round(float(v), 2) for v in norms],
+        "vocabulary_median_norm": round(vocab_median, 3),
+        "n_examples": len(texts), "baseline": args.baseline, "delta_tolerance": tol,
         "batch_size": args.batch_size, "internal_batch_size": args.internal_batch_size,
-        "repeats": args.repeats,
-        "ours_seconds": round(ours_time, 2), "naive_seconds": round(naive_time, 2),
-        "all_seconds": {k: [round(t, 2) for t in v] for k, v in times.items()},
-        "ours_cpu_seconds": round(ours_cpu, 2), "naive_cpu_seconds": round(naive_cpu, 2),
-        "all_cpu_seconds": {k: [round(t, 2) for t in v] for k, v in cpu_times.items()},
-        "speedup": round(naive_time / ours_time, 2),
-        "cpu_time_ratio": round(naive_cpu / ours_cpu, 2),
+        "runs": runs,
+        "smallest_fixed_steps_meeting_tolerance": smallest,
+        "speedup_vs_naive_wall": round(runs[naive_key]["seconds"]
+                                       / runs["adaptive"]["seconds"], 2),
+        "speedup_vs_naive_cpu": round(runs[naive_key]["cpu_seconds"]
+                                      / runs["adaptive"]["cpu_seconds"], 2),
+        "speedup_vs_smallest_fixed_cpu": None if smallest is None else round(
+            runs[f"fixed_{smallest}"]["cpu_seconds"] / runs["adaptive"]["cpu_seconds"], 2),
+        "reference_steps": args.reference_steps,
+        "reference_converged_examples": len(good),
+        "pearson_adaptive_vs_reference": pearson,
+        "max_abs_difference_vs_reference": max_diff,
+        "same_targets": same_targets,
         "load_average": [round(x, 2) for x in os.getloadavg()],
-        "ours_max_convergence_delta": ours_delta, "naive_max_convergence_delta": naive_delta,
-        "same_targets": [e["target"] for e in ours] == [e["target"] for e in naive],
-        "pearson_ours_vs_naive": float(np.corrcoef(ours_all, naive_all)[0, 1]),
-        "max_abs_difference": float(np.abs(ours_all - naive_all).max()),
         "torch": torch.__version__, "threads": torch.get_num_threads(),
         "cpu": cpu_name(), "cpu_count": os.cpu_count(),
     }
-    report["meets_2x"] = report["speedup"] >= 2.0
-    report["delta_no_worse"] = ours_delta <= naive_delta * 1.05 + 1e-6
+    report["every_example_within_tolerance"] = runs["adaptive"]["n_not_converged"] == 0
+    report["meets_2x"] = report["speedup_vs_naive_wall"] >= 2.0
 
     print(f"model builtin:minilm, prompt: {prompt_info['prompt']}")
-    print(f"{len(texts)} SST-2 dev sentences, n_steps={args.n_steps}, baseline={args.baseline}, "
-          f"batch_size={args.batch_size}, torch threads={torch.get_num_threads()}")
-    print(f"ours  (batched attribute_prompt): {ours_time:8.2f} s wall, {ours_cpu:8.2f} s CPU"
-          f"   runs {report['all_seconds']['ours']}")
-    print(f"naive (per-example Captum loop):  {naive_time:8.2f} s wall, {naive_cpu:8.2f} s CPU"
-          f"   runs {report['all_seconds']['naive']}")
-    print(f"speedup naive/ours: {report['speedup']:.2f}x wall (target >= 2x: "
-          f"{'met' if report['meets_2x'] else 'NOT met'}), {report['cpu_time_ratio']:.2f}x CPU "
-          f"time; load average {report['load_average']}")
-    print(f"max |convergence delta|: ours {ours_delta:.3e}, naive {naive_delta:.3e} "
-          f"({'ours no worse' if report['delta_no_worse'] else 'ours WORSE'})")
-    print(f"agreement: pearson {report['pearson_ours_vs_naive']:.6f}, max |diff| "
-          f"{report['max_abs_difference']:.2e}, same targets {report['same_targets']}")
+    print(f"prompt norms {report['prompt_norms']} (vocabulary median {vocab_median:.2f})")
+    print(f"{len(texts)} SST-2 dev sentences, baseline={args.baseline}, tolerance {tol}, "
+          f"torch threads={torch.get_num_threads()}")
+    print(f"{'run':<16}{'wall s':>9}{'CPU s':>9}{'grad evals':>12}{'max|delta|':>12}"
+          f"{'over tol':>10}")
+    for name, row in runs.items():
+        print(f"{name:<16}{row['seconds']:>9.2f}{row['cpu_seconds']:>9.2f}"
+              f"{row['gradient_evals']:>12d}{row['max_abs_delta']:>12.4f}"
+              f"{row['n_over_tolerance']:>10d}")
+    print("smallest fixed N meeting the tolerance for every example: "
+          + (str(smallest) if smallest else f"none up to {args.max_fixed_steps}"))
+    print(f"adaptive vs naive: {report['speedup_vs_naive_wall']:.2f}x wall, "
+          f"{report['speedup_vs_naive_cpu']:.2f}x CPU (target >= 2x: "
+          f"{'met' if report['meets_2x'] else 'NOT met'}); not converged: "
+          f"{runs['adaptive']['n_not_converged']}")
+    print(f"agreement with {args.reference_steps}-step reference on its {len(good)} converged "
+          f"examples: pearson {pearson}, max |diff| {max_diff}; same targets {same_targets}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
     print(f"wrote {args.out}")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from types import SimpleNamespace
 
 import numpy as np
@@ -25,9 +26,13 @@ import torch
 
 from promptaudit.attribution import (
     BATCH_SIZE_MESSAGE,
+    DELTA_TOLERANCE_MESSAGE,
     INTERNAL_BATCH_SIZE_MESSAGE,
     MAX_EXAMPLES_MESSAGE,
+    MAX_GRADIENT_EVALS_MESSAGE,
+    MIN_GROUP_SIZE_MESSAGE,
     N_SAMPLES_MESSAGE,
+    N_STEPS_AUTO_MESSAGE,
     N_STEPS_MESSAGE,
     NO_PROMPT_MESSAGE,
     NO_TEXTS_MESSAGE,
@@ -37,9 +42,11 @@ from promptaudit.attribution import (
     UNKNOWN_BASELINE_MESSAGE,
     UNKNOWN_METHOD_MESSAGE,
     UNKNOWN_SHAPLEY_INPUT_MESSAGE,
+    adaptive_path_integral,
     attribute_prompt,
     baseline_vector,
     format_attribution_summary,
+    group_attribution,
 )
 from promptaudit.errors import InputError
 from promptaudit.models import load_base_model
@@ -84,6 +91,10 @@ class SummedEmbeddingClassifier(torch.nn.Module):
 
 @pytest.fixture(scope="module")
 def toy() -> PromptedModel:
+    return make_toy(SummedEmbeddingClassifier().eval(), TOY_PROMPT)
+
+
+def make_toy(classifier: torch.nn.Module, prompt) -> PromptedModel:
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -97,9 +108,9 @@ def toy() -> PromptedModel:
     )
     tokenizer.padding_side = "right"
     return PromptedModel(
-        SummedEmbeddingClassifier().eval(),
+        classifier,
         tokenizer,
-        torch.tensor(TOY_PROMPT),
+        torch.tensor(prompt),
         task="sequence-classification",
         labels=LABELS,
     )
@@ -300,7 +311,8 @@ def test_per_group_attribution_equals_a_groupby_mean(tiny_bert, sentences):
             "age": ["young", "old", "old", "young", "old", "old", "young", "old"],
         }
     )
-    result = attribute_prompt(tiny_bert, sentences, n_steps=8, sensitive_features=features)
+    result = attribute_prompt(tiny_bert, sentences, n_steps=8, sensitive_features=features,
+                              min_group_size=1)
     frame = pd.DataFrame([e["prompt_attributions"] for e in result["examples"]])
     for feature in ["gender", "age"]:
         keys = features[feature].fillna("<missing>")
@@ -402,6 +414,12 @@ def test_minilm_matches_a_direct_captum_call(minilm_seqcls_adapter, sentences):
         ({"shapley_input": "pairs"}, UNKNOWN_SHAPLEY_INPUT_MESSAGE.format(value="pairs")),
         ({"n_steps": 0}, N_STEPS_MESSAGE.format(value=0)),
         ({"n_steps": 2.5}, N_STEPS_MESSAGE.format(value=2.5)),
+        ({"n_steps": "many"}, N_STEPS_AUTO_MESSAGE.format(value="many")),
+        ({"delta_tolerance": 0}, DELTA_TOLERANCE_MESSAGE.format(value=0)),
+        ({"delta_tolerance": 1.5}, DELTA_TOLERANCE_MESSAGE.format(value=1.5)),
+        ({"delta_tolerance": float("nan")}, DELTA_TOLERANCE_MESSAGE.format(value=float("nan"))),
+        ({"max_gradient_evals": 4}, MAX_GRADIENT_EVALS_MESSAGE.format(value=4)),
+        ({"min_group_size": 0}, MIN_GROUP_SIZE_MESSAGE.format(value=0)),
         ({"n_samples": 0}, N_SAMPLES_MESSAGE.format(value=0)),
         ({"max_examples": 0}, MAX_EXAMPLES_MESSAGE.format(value=0)),
         ({"batch_size": -1}, BATCH_SIZE_MESSAGE.format(value=-1)),
@@ -432,3 +450,274 @@ def test_no_texts_and_no_prompt_are_refused(toy):
     with pytest.raises(InputError) as caught:
         attribute_prompt(toy.with_prompt(None), ["good"])
     assert str(caught.value) == NO_PROMPT_MESSAGE
+
+
+# ------------------------------------------------- adaptive integrated gradients
+SHARP_BIAS = -20.0
+SHARP_PROMPT = [[100.0, 0.0], [0.0, 200.0]]  # w . p = 200, 200: far outside the vocabulary
+
+
+class SharpTransitionClassifier(SummedEmbeddingClassifier):
+    """Logits ``[0, w . sum e_i - 20]``: with the large prompt and the zero baseline,
+    ``z(alpha) = -20 + alpha * Z`` (``Z`` about 400), so the probability jumps from
+    ``sigmoid(-20)`` to 1 within ``alpha`` in about [0.04, 0.06]."""
+
+    def forward(self, inputs_embeds, attention_mask, token_type_ids=None):
+        z = ((inputs_embeds * attention_mask.unsqueeze(-1)) @ self.w).sum(dim=1) + SHARP_BIAS
+        return SimpleNamespace(logits=torch.stack([torch.zeros_like(z), z], dim=-1))
+
+
+@pytest.fixture(scope="module")
+def sharp() -> PromptedModel:
+    return make_toy(SharpTransitionClassifier().eval(), SHARP_PROMPT)
+
+
+SHARP_TEXTS = ["good film", "bad film", "very good film"]
+
+
+def sharp_closed_form(text: str) -> list[float]:
+    """Exact IG (zero baseline, label 1): ``w . e_i * (sigmoid(z) - sigmoid(z')) / (z - z')``."""
+    scores = [200.0, 200.0] + [TOY_SCORES[w] for w in text.split()]
+    total = sum(scores)
+    z, z0 = SHARP_BIAS + total, SHARP_BIAS
+    return [v * (sigmoid(z) - sigmoid(z0)) / (z - z0) for v in scores]
+
+
+def test_adaptive_meets_the_tolerance_on_a_sharp_transition_where_fixed_steps_miss(sharp):
+    tolerance = 0.02
+    for n_steps in (16, 32, 64):  # Gauss-Legendre steps miss the narrow transition
+        fixed = attribute_prompt(sharp, SHARP_TEXTS, n_steps=n_steps, baseline="zero",
+                                 delta_tolerance=tolerance)
+        assert fixed["max_convergence_delta"] > tolerance
+        assert fixed["n_not_converged"] == len(SHARP_TEXTS)
+        assert all(e["converged"] is False and e["n_steps"] == n_steps
+                   for e in fixed["examples"])
+    result = attribute_prompt(sharp, SHARP_TEXTS, n_steps="auto", baseline="zero",
+                              delta_tolerance=tolerance)
+    assert result["n_steps"] == "auto" and result["delta_tolerance"] == tolerance
+    assert result["n_not_converged"] == 0 and result["max_gradient_evals"] == 512
+    assert result["max_convergence_delta"] <= tolerance
+    assert result["n_gradient_evals"] == sum(e["n_steps"] for e in result["examples"])
+    for text, example in zip(SHARP_TEXTS, result["examples"], strict=True):
+        assert example["target"] == 1 and example["converged"] is True
+        # fewer evaluations than 64 fixed steps, which still miss
+        assert example["n_steps"] < 64
+        got = example["prompt_attributions"] + example["token_attributions"]
+        expected = sharp_closed_form(text)
+        # every position's integrand is w . e_i * sigmoid'(z): one shared error factor
+        z_span = sum(abs(v) for v in [200.0, 200.0] + [TOY_SCORES[w] for w in text.split()])
+        for value, exact, score in zip(got, expected, [200.0, 200.0]
+                                       + [TOY_SCORES[w] for w in text.split()], strict=True):
+            assert abs(value - exact) <= abs(score) / z_span * tolerance + 1e-6
+        assert abs(example["convergence_delta"]) <= tolerance
+
+
+def _logged_evaluate(calls, *, centre=0.06, width=0.004):
+    """``f(alpha) = sigmoid((alpha - centre) / width)``; ``g`` splits ``f'`` 30/70 over two
+    features. Logs every (path, alpha) it is asked for."""
+
+    def evaluate(paths, alphas):
+        calls.extend(zip(paths.tolist(), alphas.tolist(), strict=True))
+        shift = 0.01 * paths.double()  # each path its own transition
+        u = (alphas - centre - shift) / width
+        f = torch.sigmoid(u)
+        df = f * (1 - f) / width
+        return f, torch.stack([0.3 * df, 0.7 * df], dim=1)
+
+    return evaluate
+
+
+def exact_change(path: int, centre=0.06, width=0.004) -> float:
+    c = centre + 0.01 * path
+    return sigmoid((1 - c) / width) - sigmoid(-c / width)
+
+
+def test_refinement_reuses_every_evaluation_and_meets_the_tolerance():
+    calls: list = []
+    out = adaptive_path_integral(_logged_evaluate(calls), 3, tolerance=1e-3, max_evals=1000)
+    assert len(calls) == len(set(calls))  # no point evaluated twice
+    assert len(calls) == int(out.n_evals.sum())
+    for path in range(3):
+        points = sorted(a for p, a in calls if p == path)
+        assert len(points) == int(out.n_evals[path])
+        # nested bisection: 5 starting points, then 2 per bisected interval
+        assert len(points) % 2 == 1 and len(points) > 5
+        assert points[0] == 0.0 and points[-1] == 1.0
+        assert bool(out.converged[path])
+        assert float(out.error_bound[path]) <= 1e-3
+        assert abs(float(out.delta[path])) <= float(out.error_bound[path]) + 1e-12
+        total = float(out.integral[path].sum())
+        assert total == pytest.approx(exact_change(path), abs=1e-3)
+        # the two features keep their 30/70 split of the integral
+        assert float(out.integral[path][0]) == pytest.approx(0.3 * total, rel=1e-9)
+    # far fewer points than a uniform grid fine enough for the transition (1/512)
+    assert int(out.n_evals.max()) < 100
+
+
+def test_a_path_that_hits_the_cap_is_not_converged():
+    calls: list = []
+    out = adaptive_path_integral(_logged_evaluate(calls, width=0.0005), 2, tolerance=1e-4,
+                                 max_evals=9)
+    assert out.n_evals.tolist() == [9, 9]
+    assert out.converged.tolist() == [False, False]
+    assert (out.error_bound > 1e-4).all()
+    assert len(calls) == 18
+
+
+def test_a_batch_equals_its_examples_one_at_a_time(tiny_bert, sentences):
+    texts = sentences[:5]
+    one = attribute_prompt(tiny_bert, texts, n_steps="auto", batch_size=1, delta_tolerance=0.01)
+    many = attribute_prompt(tiny_bert, texts, n_steps="auto", batch_size=5,
+                            internal_batch_size=7, delta_tolerance=0.01)
+    for a, b in zip(one["examples"], many["examples"], strict=True):
+        assert a["n_steps"] == b["n_steps"] and a["converged"] == b["converged"]
+        np.testing.assert_allclose(a["prompt_attributions"], b["prompt_attributions"],
+                                   atol=1e-5)
+        np.testing.assert_allclose(a["token_attributions"], b["token_attributions"], atol=1e-5)
+        assert a["convergence_delta"] == pytest.approx(b["convergence_delta"], abs=1e-5)
+    assert one["n_gradient_evals"] == many["n_gradient_evals"]
+
+
+def test_adaptive_completeness_for_every_example_on_minilm(minilm_seqcls_adapter, sentences):
+    from promptaudit.prompted import load_prompted_model
+
+    prompted, _, _ = load_prompted_model("builtin:minilm", str(minilm_seqcls_adapter), device="cpu")
+    texts = sentences[:4]
+    tolerance = 0.01
+    result = attribute_prompt(prompted, texts, n_steps="auto", baseline="zero",
+                              delta_tolerance=tolerance, batch_size=4)
+    fill = baseline_vector(prompted, "zero")
+    assert result["n_not_converged"] == 0
+    for text, example in zip(texts, result["examples"], strict=True):
+        total = sum(example["prompt_attributions"]) + sum(example["token_attributions"])
+        diff = (direct_probability(prompted, text, example["target"])
+                - direct_probability(prompted, text, example["target"], fill=fill))
+        assert example["converged"] is True
+        assert abs(total - diff) <= tolerance + 1e-5
+        assert abs(total - diff - example["convergence_delta"]) <= 1e-5
+    json.dumps(result)
+    text = format_attribution_summary(result)
+    assert "Completeness tolerance 0.01: every example within it" in text
+
+
+def test_fixed_steps_report_convergence_against_the_tolerance(tiny_bert, sentences):
+    result = attribute_prompt(tiny_bert, sentences[:3], n_steps=4, delta_tolerance=1e-6)
+    deltas = [abs(e["convergence_delta"]) for e in result["examples"]]
+    assert [e["converged"] for e in result["examples"]] == [d <= 1e-6 for d in deltas]
+    assert result["n_not_converged"] == sum(d > 1e-6 for d in deltas)
+    assert result["n_gradient_evals"] == 12 and result["max_gradient_evals"] is None
+    ablation = attribute_prompt(tiny_bert, sentences[:2], method="feature_ablation")
+    assert ablation["delta_tolerance"] is None and ablation["n_not_converged"] is None
+    assert "converged" not in ablation["examples"][0]
+
+
+# ------------------------------------------------------ per-group small groups
+def test_group_attribution_leaves_small_groups_out_of_gaps():
+    prompt_attr = np.array([[1.0, 0.0], [3.0, 0.0], [0.0, 2.0], [0.0, 4.0], [9.0, 9.0]])
+    groups = pd.DataFrame({"g": ["a", "a", "b", "b", "c"]})
+    out = group_attribution(prompt_attr, groups, min_group_size=2, error_scale=1.5)["g"]
+    assert out["small_groups"] == ["c"] and out["min_group_size"] == 2
+    assert out["counts"] == {"a": 2, "b": 2, "c": 1}
+    assert out["groups"]["c"] == [9.0, 9.0]  # listed, never dropped
+    # a = [2, 0], b = [0, 3]: the gap ignores c
+    assert out["max_difference"] == [2.0, 3.0]
+    assert out["top_positions"] == [1, 0]
+    assert out["within_error"] == [False, False]
+    assert group_attribution(prompt_attr, groups, min_group_size=1)["g"]["max_difference"] \
+        == [9.0, 9.0]
+    tight = group_attribution(prompt_attr, groups, min_group_size=2, error_scale=2.5)["g"]
+    assert tight["within_error"] == [True, False]
+    alone = group_attribution(prompt_attr, groups, min_group_size=3)["g"]
+    assert alone["max_difference"] is None and alone["top_positions"] == []
+    assert alone["small_groups"] == ["a", "b", "c"]
+
+
+def test_attribute_prompt_applies_min_group_size(tiny_bert, sentences):
+    features = pd.DataFrame({"g": ["x"] * 5 + ["y"] * 3})
+    result = attribute_prompt(tiny_bert, sentences, n_steps=4, sensitive_features=features,
+                              min_group_size=4)
+    info = result["by_group"]["g"]
+    assert info["small_groups"] == ["y"] and info["max_difference"] is None
+    assert "small groups (n < 4, left out of gaps): y" in format_attribution_summary(result)
+    default = attribute_prompt(tiny_bert, sentences, n_steps=4, sensitive_features=features)
+    assert default["by_group"]["g"]["small_groups"] == ["x", "y"]  # default 30, as fairness
+
+
+def test_cli_attribute_defaults_to_adaptive_steps(tmp_path, tiny_bert_dir, tiny_bert_seqcls_adapter,
+                                                  sentences):
+    from typer.testing import CliRunner
+
+    from promptaudit.cli import app
+
+    data = tmp_path / "data.csv"
+    pd.DataFrame({"sentence": sentences[:3]}).to_csv(data, index=False)
+    common = ["attribute", "--model", str(tiny_bert_dir), "--prompt",
+              str(tiny_bert_seqcls_adapter), "--data", str(data), "--text-column", "sentence",
+              "--device", "cpu"]
+    runner = CliRunner()
+    out = runner.invoke(app, [*common, "--delta-tolerance", "0.005", "--json"])
+    assert out.exit_code == 0, out.output
+    result = json.loads(out.stdout)
+    assert result["n_steps"] == "auto" and result["delta_tolerance"] == 0.005
+    assert result["n_not_converged"] == 0
+    assert all(abs(e["convergence_delta"]) <= 0.005 for e in result["examples"])
+    fixed = runner.invoke(app, [*common, "--n-steps", "8", "--json"])
+    assert fixed.exit_code == 0, fixed.output
+    assert json.loads(fixed.stdout)["n_steps"] == 8
+    bad = runner.invoke(app, [*common, "--n-steps", "lots"])
+    assert bad.exit_code == 2
+    assert N_STEPS_AUTO_MESSAGE.format(value="lots") in bad.output
+
+
+def test_html_report_shows_convergence_and_small_groups_honestly():
+    import html as html_lib
+    from pathlib import Path
+
+    from promptaudit.report import render_html
+
+    fixture = Path(__file__).parent / "fixtures" / "sample_result.json"
+    result = json.loads(fixture.read_text())
+    attribution = result["attribution"]
+    attribution.update({"n_steps": "auto", "delta_tolerance": 0.02, "n_not_converged": 1,
+                        "n_gradient_evals": 321, "max_gradient_evals": 512})
+    for i, example in enumerate(attribution["examples"]):
+        example.update({"n_steps": 41 + i, "converged": i != 0})
+    n_virtual = len(attribution["per_position"])
+    attribution["by_group"] = {"gender": {
+        "groups": {"f": [0.1] * n_virtual, "m": [0.2] * n_virtual, "x": [0.0] * n_virtual},
+        "counts": {"f": 40, "m": 40, "x": 3}, "small_groups": ["x"], "min_group_size": 30,
+        "max_difference": [0.1] * n_virtual, "within_error": [True] * n_virtual,
+        "error_scale": 0.2, "top_positions": [0, 1]}}
+    def text_of(page: str) -> str:
+        return " ".join(html_lib.unescape(re.sub(r"<[^>]+>", "", page)).split())
+
+    page = text_of(render_html(result))
+    n = attribution["n_examples"]
+    assert f"1 of {n} examples did not converge:" in page
+    assert "within the tolerance 0.02 after 512 gradient evaluations" in page
+    assert "(not converged) 41" in page
+    assert "adaptive steps per example, at most 512" in page
+    assert "0 (within the integration error)" in page
+    assert "groups with fewer than 30 examples left out: x" in page
+    for example in attribution["examples"]:
+        example["converged"] = True
+    attribution["n_not_converged"] = 0
+    page = text_of(render_html(result))
+    assert "every example's attributions add up to its change in score within the " \
+           "tolerance 0.02 (321 gradient evaluations in all)" in page
+    assert "(not converged)" not in page
+
+
+def test_markdown_summary_states_attribution_convergence():
+    from pathlib import Path
+
+    from promptaudit.report import render_markdown
+
+    fixture = Path(__file__).parent / "fixtures" / "sample_result.json"
+    result = json.loads(fixture.read_text())
+    n = result["attribution"]["n_examples"]
+    result["attribution"].update({"delta_tolerance": 0.02, "n_not_converged": 2})
+    assert (f"2 of {n} examples did NOT converge: their attributions do not add up to their "
+            "change in score within 0.02") in render_markdown(result)
+    result["attribution"]["n_not_converged"] = 0
+    assert f"every one of {n} examples' attributions adds up" in render_markdown(result)

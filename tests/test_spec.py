@@ -504,3 +504,34 @@ def test_gates_may_name_the_intersection(tmp_path):
     # without the intersection it is not a feature
     message = spec_error(tmp_path, changed(gates=[gate], fairness={"intersection": False}))
     assert message.endswith("allowed: gender, race")
+# ------------------------------------------------------ attribution steps
+def test_attribution_defaults_to_adaptive_steps(tmp_path):
+    spec = load_spec(write(tmp_path, VALID))
+    assert spec.attribution.n_steps == "auto"
+    assert spec.attribution.delta_tolerance == 0.02
+    assert spec.attribution.max_gradient_evals == 512
+    fixed = load_spec(write(tmp_path, changed(attribution={"n_steps": 64,
+                                                           "delta_tolerance": 0.05})))
+    assert (fixed.attribution.n_steps, fixed.attribution.delta_tolerance) == (64, 0.05)
+    auto = load_spec(write(tmp_path, changed(attribution={"n_steps": "auto",
+                                                          "max_gradient_evals": 128})))
+    assert (auto.attribution.n_steps, auto.attribution.max_gradient_evals) == ("auto", 128)
+    overridden = load_spec(write(tmp_path, VALID), ["attribution.n_steps=16"])
+    assert overridden.attribution.n_steps == 16
+
+
+@pytest.mark.parametrize(("attribution", "fragments"), [
+    ({"n_steps": "Auto"}, ["attribution.n_steps", "'auto' or an integer 1 to 1024", "'Auto'"]),
+    ({"n_steps": 0}, ["attribution.n_steps", "'auto' or an integer 1 to 1024"]),
+    ({"n_steps": 2.5}, ["attribution.n_steps", "2.5"]),
+    ({"n_steps": True}, ["attribution.n_steps"]),
+    ({"delta_tolerance": 0}, ["attribution.delta_tolerance", "greater than 0"]),
+    ({"delta_tolerance": 2}, ["attribution.delta_tolerance", "less than or equal to 1"]),
+    ({"max_gradient_evals": 3}, ["attribution.max_gradient_evals",
+                                 "greater than or equal to 5"]),
+    ({"delta_tolerence": 0.1}, ["delta_tolerence", "delta_tolerance"]),
+])
+def test_bad_attribution_steps(tmp_path, attribution, fragments):
+    message = spec_error(tmp_path, changed(attribution=attribution))
+    for fragment in fragments:
+        assert fragment in message, message

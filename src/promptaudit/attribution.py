@@ -51,6 +51,7 @@ forward function are built once per call, not per example.
 from __future__ import annotations
 
 import enum
+import functools
 import logging
 import math
 import numbers
@@ -79,10 +80,18 @@ __all__ = [
     "format_attribution_summary",
     "baseline_vector",
     "group_attribution",
+    "convergence_summary",
     "UNKNOWN_METHOD_MESSAGE",
     "UNKNOWN_BASELINE_MESSAGE",
     "UNKNOWN_SHAPLEY_INPUT_MESSAGE",
     "N_STEPS_MESSAGE",
+    "N_STEPS_AUTO_MESSAGE",
+    "DELTA_TOLERANCE_MESSAGE",
+    "MAX_GRADIENT_EVALS_MESSAGE",
+    "MIN_GROUP_SIZE_MESSAGE",
+    "PromptAdaptiveIntegratedGradients",
+    "PathIntegral",
+    "adaptive_path_integral",
     "N_SAMPLES_MESSAGE",
     "MAX_EXAMPLES_MESSAGE",
     "BATCH_SIZE_MESSAGE",
@@ -104,6 +113,12 @@ UNKNOWN_METHOD_MESSAGE = (
 UNKNOWN_BASELINE_MESSAGE = "baseline: unknown baseline {value!r}; allowed: zero, pad, mean"
 UNKNOWN_SHAPLEY_INPUT_MESSAGE = "shapley_input: unknown grouping {value!r}; allowed: whole, tokens"
 N_STEPS_MESSAGE = "n_steps: {value!r}; must be an integer >= 1"
+N_STEPS_AUTO_MESSAGE = "n_steps: {value!r}; must be an integer >= 1 or 'auto'"
+DELTA_TOLERANCE_MESSAGE = "delta_tolerance: {value!r}; must be a number > 0 and <= 1"
+MAX_GRADIENT_EVALS_MESSAGE = (
+    "max_gradient_evals: {value!r}; must be an integer >= 5"
+)
+MIN_GROUP_SIZE_MESSAGE = "min_group_size: {value!r}; must be an integer >= 1"
 N_SAMPLES_MESSAGE = "n_samples: {value!r}; must be an integer >= 1"
 MAX_EXAMPLES_MESSAGE = "max_examples: {value!r}; must be an integer >= 1"
 BATCH_SIZE_MESSAGE = "batch_size: {value!r}; must be an integer >= 1"
@@ -123,6 +138,16 @@ SENSITIVE_ROWS_MESSAGE = (
 DEFAULT_TOKENS_PER_PASS = 4096
 #: A max |convergence delta| above this is logged as a warning (raise n_steps).
 CONVERGENCE_WARNING = 0.05
+#: ``n_steps`` value that asks for adaptive integrated gradients.
+AUTO_STEPS = "auto"
+#: Default completeness tolerance of adaptive integrated gradients (probability points).
+DEFAULT_DELTA_TOLERANCE = 0.02
+#: Default cap on gradient evaluations per example (adaptive integrated gradients).
+DEFAULT_MAX_GRADIENT_EVALS = 512
+#: Equal intervals adaptive integrated gradients starts from (``2 * this + 1`` points).
+INITIAL_INTERVALS = 2
+#: Default smallest group whose per-group attribution enters a gap (as in fairness).
+DEFAULT_MIN_GROUP_SIZE = 30
 #: Input tokens listed per example in ``top_tokens``.
 TOP_TOKENS = 5
 #: Virtual-token positions listed per feature in ``by_group[...]["top_positions"]``.
@@ -214,12 +239,20 @@ class BatchAttribution:
         ``(batch,)`` attribution of the whole input (the sum of ``inputs``).
     delta : torch.Tensor or None
         ``(batch,)`` Captum's convergence delta (integrated gradients only).
+    n_steps : torch.Tensor or None
+        ``(batch,)`` gradient evaluations used per example (adaptive
+        integrated gradients only).
+    converged : torch.Tensor or None
+        ``(batch,)`` bool: the example met the completeness tolerance
+        (adaptive integrated gradients only).
     """
 
     prompt: torch.Tensor
     inputs: torch.Tensor | None
     input_total: torch.Tensor
     delta: torch.Tensor | None = None
+    n_steps: torch.Tensor | None = None
+    converged: torch.Tensor | None = None
 
 
 class PromptAttribution:
@@ -355,6 +388,83 @@ class PromptIntegratedGradients(PromptAttribution):
         return BatchAttribution(prompt, tokens, tokens.sum(dim=-1), delta.detach().reshape(-1))
 
 
+class PromptAdaptiveIntegratedGradients(PromptAttribution):
+    """Integrated gradients with adaptive steps that meet a completeness tolerance.
+
+    Per example, the straight path from the baseline to the input is
+    integrated by :func:`adaptive_path_integral` (nested Simpson bisection):
+    every example's attributions sum to ``f(x) - f(baseline)`` within
+    ``delta_tolerance`` (more precisely: the sum of the absolute completeness
+    errors of its intervals is at most ``delta_tolerance``), or the example is
+    reported as not converged after ``max_gradient_evals`` gradient
+    evaluations. Gradients come from Captum's
+    ``captum._utils.gradient.compute_gradients`` on the same forward function,
+    inputs, baselines and targets as :class:`PromptIntegratedGradients`; the
+    new points of all open examples of a batch share forward/backward passes
+    (``internal_batch_size`` rows at most).
+
+    Parameters
+    ----------
+    prompted : PromptedModel
+    baseline : {"zero", "pad", "mean"}
+    delta_tolerance : float
+        Allowed completeness error per example (probability points).
+    max_gradient_evals : int
+        Most gradient evaluations per example.
+    internal_batch_size : int, optional
+        Most rows (example, point) per forward pass.
+    """
+
+    method = AttributionMethod.INTEGRATED_GRADIENTS
+
+    def __init__(self, prompted: PromptedModel, *, baseline: Baseline | str = Baseline.PAD,
+                 delta_tolerance: float = DEFAULT_DELTA_TOLERANCE,
+                 max_gradient_evals: int = DEFAULT_MAX_GRADIENT_EVALS,
+                 internal_batch_size: int | None = None):
+        super().__init__(prompted, baseline=baseline, internal_batch_size=internal_batch_size)
+        self.delta_tolerance = float(delta_tolerance)
+        self.max_gradient_evals = int(max_gradient_evals)
+
+    def _recorded(self, outputs: list, *args) -> torch.Tensor:
+        # the forward function, keeping its output: f at the point comes with the gradient
+        out = self.forward(*args)
+        outputs.append(out)
+        return out
+
+    def attribute(self, batch: EncodedBatch, target: torch.Tensor) -> BatchAttribution:
+        from captum._utils.gradient import compute_gradients
+
+        (prompt, embeds), (prompt0, embeds0), additional = self.prepare(batch)
+        d_prompt, d_embeds = prompt - prompt0, embeds - embeds0
+        n_virtual = prompt.shape[1]
+        rows_per_pass = self.rows_per_pass(*embeds.shape[:2])
+        device = prompt.device
+
+        def evaluate(paths: torch.Tensor, alphas: torch.Tensor):
+            f_parts, g_parts = [], []
+            for start in range(0, len(paths), rows_per_pass):
+                ex = paths[start:start + rows_per_pass].to(device)
+                a = alphas[start:start + rows_per_pass].to(device, prompt.dtype).view(-1, 1, 1)
+                scaled = ((prompt0[ex] + a * d_prompt[ex]).requires_grad_(),
+                          (embeds0[ex] + a * d_embeds[ex]).requires_grad_())
+                extra = tuple(None if t is None else t[ex] for t in additional)
+                outputs: list[torch.Tensor] = []
+                grads = compute_gradients(functools.partial(self._recorded, outputs), scaled,
+                                          target_ind=target[ex], additional_forward_args=extra)
+                rows = torch.arange(len(ex), device=device)
+                f_parts.append(outputs[0].detach()[rows, target[ex]])
+                g_parts.append(torch.cat([(grads[0] * d_prompt[ex]).sum(dim=-1),
+                                          (grads[1] * d_embeds[ex]).sum(dim=-1)], dim=1))
+            return torch.cat(f_parts), torch.cat(g_parts)
+
+        path = adaptive_path_integral(evaluate, prompt.shape[0], tolerance=self.delta_tolerance,
+                                      max_evals=self.max_gradient_evals)
+        prompt_attr = path.integral[:, :n_virtual]
+        tokens = path.integral[:, n_virtual:]
+        return BatchAttribution(prompt_attr, tokens, tokens.sum(dim=-1), path.delta,
+                                path.n_evals, path.converged)
+
+
 class _PerturbationAttribution(PromptAttribution):
     """Shared set-up of the feature-group (perturbation) methods."""
 
@@ -473,6 +583,155 @@ class PromptShapleySampling(_PerturbationAttribution):
         return BatchAttribution(prompt, tokens, tokens.sum(dim=-1))
 
 
+# ------------------------------------------------------- adaptive quadrature
+@dataclass
+class PathIntegral:
+    """Adaptive path integrals of a batch of examples.
+
+    Attributes
+    ----------
+    integral : torch.Tensor
+        ``(n_paths, d)`` float64: ``int_0^1 g(alpha) d alpha`` per path
+        (composite Simpson over the accepted intervals).
+    delta : torch.Tensor
+        ``(n_paths,)`` float64: ``sum(integral) - (f(1) - f(0))`` (the
+        completeness error; the sum of the interval errors).
+    error_bound : torch.Tensor
+        ``(n_paths,)`` float64: sum of the absolute interval errors
+        (``>= |delta|``).
+    n_evals : torch.Tensor
+        ``(n_paths,)`` int64: points at which ``g`` was evaluated (each once).
+    converged : torch.Tensor
+        ``(n_paths,)`` bool: ``error_bound <= tolerance``.
+    """
+
+    integral: torch.Tensor
+    delta: torch.Tensor
+    error_bound: torch.Tensor
+    n_evals: torch.Tensor
+    converged: torch.Tensor
+
+
+#: Of the intervals over their share, bisect those with at least this fraction of the
+#: path's largest interval error each round (0: all of them).
+REFINE_FRACTION = 0.5
+#: Smallest interval the adaptive rule still bisects (the path is [0, 1]).
+MIN_INTERVAL = 2.0 ** -30
+
+
+def adaptive_path_integral(evaluate, n_paths: int, *, tolerance: float, max_evals: int,
+                           initial_intervals: int = INITIAL_INTERVALS) -> PathIntegral:
+    """Integrate ``g`` along ``n_paths`` paths until each meets its completeness tolerance.
+
+    Each path has a scalar ``f`` and a vector ``g`` with ``sum(g(alpha)) =
+    d f / d alpha`` (for integrated gradients: ``g`` is ``(x - x') * grad f``
+    summed over the hidden size, per position). ``[0, 1]`` is split into
+    intervals, each integrated with Simpson's rule on its ends and midpoint.
+    Because ``f`` is known at the ends (it comes with the gradient at the same
+    point), every interval has an exact completeness error ``err = sum(Simpson
+    estimate) - (f(b) - f(a))``. A path is done when ``sum |err| <=
+    tolerance``; otherwise, of its intervals with ``|err| > tolerance * (b -
+    a)`` (more than their share), those with at least :data:`REFINE_FRACTION`
+    of the largest such error are bisected, largest first. Bisection is
+    nested: the two halves reuse the three points of the parent and add two
+    midpoints, so no point is ever evaluated twice. The new points of all
+    open paths are evaluated together (one ``evaluate`` call per round). A path
+    that would exceed ``max_evals`` points stops, not converged.
+
+    Parameters
+    ----------
+    evaluate : callable
+        ``evaluate(paths, alphas) -> (f, g)``: ``paths`` ``(k,)`` int64 path
+        indices, ``alphas`` ``(k,)`` float64 points in ``[0, 1]``; returns ``f``
+        ``(k,)`` and ``g`` ``(k, d)``.
+    n_paths : int
+    tolerance : float
+        Allowed ``sum |err|`` per path (an upper bound on ``|delta|``).
+    max_evals : int
+        Most points per path (at least ``2 * initial_intervals + 1``).
+    initial_intervals : int
+        Equal intervals to start with.
+
+    Returns
+    -------
+    PathIntegral
+    """
+    k0 = int(initial_intervals)
+    max_evals = max(int(max_evals), 2 * k0 + 1)
+    # per path: alpha -> (f, g); intervals as (a, b) with points a, (a+b)/2, b
+    points: list[dict[float, tuple[float, torch.Tensor]]] = [{} for _ in range(n_paths)]
+    intervals: list[list[tuple[float, float]]] = [
+        [(j / k0, (j + 1) / k0) for j in range(k0)] for _ in range(n_paths)
+    ]
+    pending = [[j / (2 * k0) for j in range(2 * k0 + 1)] for _ in range(n_paths)]
+    open_paths = set(range(n_paths))
+    converged = [False] * n_paths
+    rounds = 0
+    while True:
+        paths = [p for p in sorted(open_paths) for _ in pending[p]]
+        alphas = [a for p in sorted(open_paths) for a in pending[p]]
+        if paths:
+            f, g = evaluate(torch.tensor(paths, dtype=torch.long),
+                            torch.tensor(alphas, dtype=torch.float64))
+            f = f.detach().double().cpu()
+            g = g.detach().double().cpu()
+            for row, (p, a) in enumerate(zip(paths, alphas, strict=True)):
+                points[p][a] = (float(f[row]), g[row])
+        rounds += 1
+        for p in sorted(open_paths):
+            pending[p] = []
+            errors = [_interval_error(points[p], a, b) for a, b in intervals[p]]
+            if sum(abs(e) for e in errors) <= tolerance:
+                converged[p] = True
+                open_paths.discard(p)
+                continue
+            budget = (max_evals - len(points[p])) // 2
+            over = sorted(
+                (i for i, (a, b) in enumerate(intervals[p])
+                 if abs(errors[i]) > tolerance * (b - a) and b - a > MIN_INTERVAL),
+                key=lambda i: -abs(errors[i]),
+            )
+            if over:  # the worst first: of those over their share, the ones that matter
+                over = [i for i in over
+                        if abs(errors[i]) >= REFINE_FRACTION * abs(errors[over[0]])][:budget]
+            if not over:
+                open_paths.discard(p)  # cap reached (or intervals too small): not converged
+                continue
+            split = set(over)
+            refined = []
+            for i, (a, b) in enumerate(intervals[p]):
+                if i in split:
+                    m = (a + b) / 2
+                    refined += [(a, m), (m, b)]
+                    pending[p] += [(a + m) / 2, (m + b) / 2]
+                else:
+                    refined.append((a, b))
+            intervals[p] = refined
+        if not open_paths:
+            break
+    integral = torch.stack([
+        sum(_simpson(points[p], a, b) for a, b in intervals[p]) for p in range(n_paths)
+    ])
+    delta = torch.tensor([float(integral[p].sum()) - (points[p][1.0][0] - points[p][0.0][0])
+                          for p in range(n_paths)], dtype=torch.float64)
+    bound = torch.tensor([sum(abs(_interval_error(points[p], a, b)) for a, b in intervals[p])
+                          for p in range(n_paths)], dtype=torch.float64)
+    logger.debug("adaptive integrated gradients: %d rounds, %d points", rounds,
+                 sum(len(x) for x in points))
+    return PathIntegral(integral, delta, bound,
+                        torch.tensor([len(x) for x in points], dtype=torch.long),
+                        torch.tensor(converged, dtype=torch.bool))
+
+
+def _simpson(points: dict, a: float, b: float) -> torch.Tensor:
+    m = (a + b) / 2
+    return (b - a) / 6 * (points[a][1] + 4 * points[m][1] + points[b][1])
+
+
+def _interval_error(points: dict, a: float, b: float) -> float:
+    return float(_simpson(points, a, b).sum()) - (points[b][0] - points[a][0])
+
+
 # ---------------------------------------------------------------- entry point
 def _check_int(value, message: str, *, allow_none: bool = False) -> None:
     if value is None and allow_none:
@@ -512,8 +771,25 @@ def _sensitive_frame(sensitive_features, n_texts: int) -> pd.DataFrame | None:
     return frame.reset_index(drop=True)
 
 
+def _check_tolerance(value) -> None:
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real)
+            or not math.isfinite(float(value)) or not 0 < float(value) <= 1):
+        raise InputError(DELTA_TOLERANCE_MESSAGE.format(value=value))
+
+
+def _is_auto(n_steps) -> bool:
+    return isinstance(n_steps, str) and n_steps == AUTO_STEPS
+
+
 def _build_method(method: AttributionMethod, prompted: PromptedModel,
                   **options) -> PromptAttribution:
+    if method is AttributionMethod.INTEGRATED_GRADIENTS and _is_auto(options["n_steps"]):
+        return PromptAdaptiveIntegratedGradients(
+            prompted, baseline=options["baseline"],
+            delta_tolerance=options["delta_tolerance"],
+            max_gradient_evals=options["max_gradient_evals"],
+            internal_batch_size=options["internal_batch_size"],
+        )
     if method is AttributionMethod.INTEGRATED_GRADIENTS:
         return PromptIntegratedGradients(
             prompted, baseline=options["baseline"], n_steps=options["n_steps"],
@@ -549,7 +825,7 @@ def attribute_prompt(
     texts: Sequence[str],
     *,
     method: AttributionMethod | str = AttributionMethod.INTEGRATED_GRADIENTS,
-    n_steps: int = 32,
+    n_steps: int | str = 32,
     baseline: Baseline | str = Baseline.PAD,
     target: int | str | None = None,
     max_examples: int = 200,
@@ -560,6 +836,9 @@ def attribute_prompt(
     seed: int = 0,
     progress: bool = False,
     shapley_input: ShapleyInput | str = ShapleyInput.WHOLE,
+    delta_tolerance: float = DEFAULT_DELTA_TOLERANCE,
+    max_gradient_evals: int = DEFAULT_MAX_GRADIENT_EVALS,
+    min_group_size: int = DEFAULT_MIN_GROUP_SIZE,
 ) -> dict:
     """Attribute the target-label probability to prompt positions and input tokens.
 
@@ -570,8 +849,11 @@ def attribute_prompt(
     texts : sequence of str
         ``(n_texts,)`` inputs; the first ``max_examples`` are attributed.
     method : {"integrated_gradients", "feature_ablation", "shapley_sampling"}
-    n_steps : int
-        Integrated-gradients interpolation steps.
+    n_steps : int or "auto"
+        Integrated-gradients interpolation steps (Gauss-Legendre, Captum), or
+        ``"auto"``: adaptive steps per example until its attributions sum to
+        ``f(x) - f(baseline)`` within ``delta_tolerance``
+        (:class:`PromptAdaptiveIntegratedGradients`).
     baseline : {"pad", "zero", "mean"}
         Reference embedding at every prompt and input position.
     target : int, str or None
@@ -602,6 +884,17 @@ def attribute_prompt(
         Shapley sampling players for the input: the whole input as one player
         (default; no per-token values, ``token_attributions`` is None) or every
         token.
+    delta_tolerance : float
+        Integrated gradients: the completeness tolerance (probability points).
+        With ``n_steps="auto"`` it drives the steps; with fixed steps it only
+        decides ``converged``.
+    max_gradient_evals : int
+        Adaptive integrated gradients: most gradient evaluations per example;
+        an example that needs more is reported as not converged.
+    min_group_size : int
+        Per-group attribution: groups with fewer examples are listed and
+        flagged ``small`` but left out of ``max_difference`` and
+        ``top_positions`` (the rule fairness applies to small groups).
 
     Returns
     -------
@@ -612,13 +905,18 @@ def attribute_prompt(
              "target_function": "probability", "seed", "labels",
              "num_virtual_tokens", "n_examples",
              "prompt_share", "per_position": [P], "per_position_abs": [P],
-             "max_convergence_delta",
+             "max_convergence_delta", "delta_tolerance", "n_not_converged",
+             "n_gradient_evals", "max_gradient_evals",
              "examples": [{"text", "target", "target_label", "target_probability",
                            "tokens": [T], "prompt_attributions": [P],
                            "token_attributions": [T] or None, "input_attribution",
-                           "convergence_delta", "top_tokens": [{"token", "attribution"}]}],
+                           "convergence_delta", "n_steps", "converged",
+                           "top_tokens": [{"token", "attribution"}]}],
              "by_group": {feature: {"groups": {g: [P]}, "counts": {g: n},
-                                    "max_difference": [P], "top_positions": [...]}} or None}
+                                    "small_groups": [g], "min_group_size",
+                                    "max_difference": [P] or None,
+                                    "within_error": [P] or None, "error_scale",
+                                    "top_positions": [...]}} or None}
 
         ``prompt_share`` is, per example, ``sum |prompt| / (sum |prompt| + sum
         |input|)`` (0 when both are 0), averaged over examples; ``per_position``
@@ -632,6 +930,23 @@ def attribute_prompt(
         over the examples of group ``g``; ``max_difference`` the max minus the
         min of those group means per position; ``top_positions`` the positions
         with the largest ``max_difference`` (at most 5, largest first).
+        Groups with fewer than ``min_group_size`` examples are listed in
+        ``small_groups`` and left out of ``max_difference`` and
+        ``top_positions``; with fewer than two other groups those are None and
+        []. ``error_scale`` is the largest absolute completeness error of the
+        examples (integrated gradients; None otherwise) and ``within_error[p]``
+        says the gap at ``p`` is no larger than it: such a gap is not told
+        apart from integration error.
+
+        Integrated gradients also report, per example, ``n_steps`` (gradient
+        evaluations used: adaptive points, or the fixed steps) and
+        ``converged`` (``|convergence_delta| <= delta_tolerance``; adaptive:
+        the sum of the absolute interval errors is within it, which bounds
+        ``|convergence_delta|``); per run ``delta_tolerance``,
+        ``n_not_converged``, ``n_gradient_evals`` (sum over examples) and
+        ``max_gradient_evals`` (the adaptive cap; None with fixed steps).
+        The top-level ``n_steps`` is ``"auto"`` for adaptive runs. All of
+        these are None for the other methods.
 
     Raises
     ------
@@ -650,7 +965,16 @@ def attribute_prompt(
     method = AttributionMethod.parse(method)
     baseline = Baseline.parse(baseline)
     shapley_input = ShapleyInput.parse(shapley_input)
-    _check_int(n_steps, N_STEPS_MESSAGE)
+    adaptive = method is AttributionMethod.INTEGRATED_GRADIENTS and _is_auto(n_steps)
+    if isinstance(n_steps, str) and not _is_auto(n_steps):
+        raise InputError(N_STEPS_AUTO_MESSAGE.format(value=n_steps))
+    if not _is_auto(n_steps):
+        _check_int(n_steps, N_STEPS_MESSAGE)
+    _check_tolerance(delta_tolerance)
+    if (isinstance(max_gradient_evals, bool) or not isinstance(max_gradient_evals, numbers.Integral)
+            or max_gradient_evals < 2 * INITIAL_INTERVALS + 1):
+        raise InputError(MAX_GRADIENT_EVALS_MESSAGE.format(value=max_gradient_evals))
+    _check_int(min_group_size, MIN_GROUP_SIZE_MESSAGE)
     _check_int(n_samples, N_SAMPLES_MESSAGE)
     _check_int(max_examples, MAX_EXAMPLES_MESSAGE)
     _check_int(batch_size, BATCH_SIZE_MESSAGE)
@@ -668,9 +992,11 @@ def attribute_prompt(
 
     started = time.perf_counter()
     attributor = _build_method(
-        method, prompted, baseline=baseline, n_steps=int(n_steps),
+        method, prompted, baseline=baseline, n_steps=AUTO_STEPS if adaptive
+        else 32 if _is_auto(n_steps) else int(n_steps),
         internal_batch_size=internal_batch_size, n_samples=int(n_samples),
-        shapley_input=shapley_input, seed=int(seed),
+        shapley_input=shapley_input, seed=int(seed), delta_tolerance=float(delta_tolerance),
+        max_gradient_evals=int(max_gradient_evals),
     )
     encoded = prompted.encode(texts).to(prompted.device)
     lengths = encoded.attention_mask.sum(dim=1)
@@ -681,6 +1007,8 @@ def attribute_prompt(
     token_attr: list[np.ndarray | None] = [None] * n
     input_total = np.zeros(n, dtype=np.float64)
     deltas = np.full(n, np.nan)
+    steps_used = np.zeros(n, dtype=np.int64)
+    converged = np.ones(n, dtype=bool)
     targets = np.zeros(n, dtype=np.int64)
     target_probs = np.zeros(n, dtype=np.float64)
 
@@ -708,19 +1036,34 @@ def attribute_prompt(
         target_probs[rows_np] = probs[rows, target_ids].double().cpu().numpy()
         if out.delta is not None:
             deltas[rows_np] = out.delta.double().cpu().numpy()
+        if out.n_steps is not None:
+            steps_used[rows_np] = out.n_steps.cpu().numpy()
+            converged[rows_np] = out.converged.cpu().numpy()
         if out.inputs is not None:
             per_token = out.inputs.double().cpu().numpy()
             for row, example in enumerate(rows_np):
                 token_attr[example] = per_token[row, : int(lengths[example])]
                 input_total[example] = token_attr[example].sum()
 
+    is_ig = method is AttributionMethod.INTEGRATED_GRADIENTS
+    if is_ig and not adaptive:
+        steps_used[:] = int(n_steps)
+        converged = np.abs(deltas) <= float(delta_tolerance)
     result = _summarise(
         prompted, texts, encoded, lengths.cpu(), prompt_attr, token_attr, input_total, deltas,
-        targets, target_probs, groups,
+        targets, target_probs, groups, min_group_size=int(min_group_size),
     )
+    if is_ig:
+        for i, example in enumerate(result["examples"]):
+            example["n_steps"] = int(steps_used[i])
+            example["converged"] = bool(converged[i])
+    result.update(convergence_summary(
+        result["examples"], delta_tolerance=float(delta_tolerance) if is_ig else None,
+        max_gradient_evals=int(max_gradient_evals) if adaptive else None,
+    ))
     result = {
         "method": method.value,
-        "n_steps": int(n_steps) if method is AttributionMethod.INTEGRATED_GRADIENTS else None,
+        "n_steps": (AUTO_STEPS if adaptive else int(n_steps)) if is_ig else None,
         "n_samples": int(n_samples) if method is AttributionMethod.SHAPLEY_SAMPLING else None,
         "shapley_input": shapley_input.value
         if method is AttributionMethod.SHAPLEY_SAMPLING else None,
@@ -735,7 +1078,12 @@ def attribute_prompt(
     logger.info("attributed %d examples with %s in %.1f s (prompt share %.3f)", n, method.value,
                 time.perf_counter() - started, result["prompt_share"])
     delta = result["max_convergence_delta"]
-    if delta is not None and delta > CONVERGENCE_WARNING:
+    if adaptive and result["n_not_converged"]:
+        logger.warning("integrated gradients: %d of %d examples did not reach the completeness "
+                       "tolerance %.3g within %d gradient evaluations (max |delta| %.3f)",
+                       result["n_not_converged"], n, float(delta_tolerance),
+                       int(max_gradient_evals), delta)
+    elif not adaptive and delta is not None and delta > CONVERGENCE_WARNING:
         logger.warning("integrated gradients: max |convergence delta| %.3f exceeds %.2f; the "
                        "integral is coarse, raise n_steps (now %d)", delta, CONVERGENCE_WARNING,
                        n_steps)
@@ -743,7 +1091,7 @@ def attribute_prompt(
 
 
 def _summarise(prompted, texts, encoded, lengths, prompt_attr, token_attr, input_total, deltas,
-               targets, target_probs, groups) -> dict:
+               targets, target_probs, groups, *, min_group_size=DEFAULT_MIN_GROUP_SIZE) -> dict:
     n = len(texts)
     tokenizer = prompted.tokenizer
     special = set(getattr(tokenizer, "all_special_ids", []) or [])
@@ -785,7 +1133,9 @@ def _summarise(prompted, texts, encoded, lengths, prompt_attr, token_attr, input
         "per_position_abs": [float(v) for v in np.abs(prompt_attr).mean(axis=0)],
         "max_convergence_delta": float(np.abs(deltas).max()) if has_delta else None,
         "examples": examples,
-        "by_group": None if groups is None else group_attribution(prompt_attr, groups),
+        "by_group": None if groups is None else group_attribution(
+            prompt_attr, groups, min_group_size=min_group_size,
+            error_scale=float(np.abs(deltas).max()) if has_delta else None),
     }
 
 
@@ -793,7 +1143,9 @@ def _group_keys(column: pd.Series) -> list[str]:
     return [MISSING_GROUP if pd.isna(v) else str(v) for v in column.tolist()]
 
 
-def group_attribution(prompt_attr: np.ndarray, groups: pd.DataFrame) -> dict:
+def group_attribution(prompt_attr: np.ndarray, groups: pd.DataFrame, *,
+                      min_group_size: int = DEFAULT_MIN_GROUP_SIZE,
+                      error_scale: float | None = None) -> dict:
     """Mean attribution per virtual token per group of every sensitive feature.
 
     Parameters
@@ -802,22 +1154,80 @@ def group_attribution(prompt_attr: np.ndarray, groups: pd.DataFrame) -> dict:
         ``(n_examples, num_virtual_tokens)``.
     groups : pandas.DataFrame
         ``(n_examples, n_features)``.
+    min_group_size : int
+        Groups with fewer examples are listed (``groups``, ``counts``) and named
+        in ``small_groups``, but left out of ``max_difference`` and
+        ``top_positions`` (with fewer than two groups left those are None and
+        []), as fairness flags small groups.
+    error_scale : float, optional
+        The largest absolute completeness error of the examples (integrated
+        gradients); ``within_error[p]`` is True where ``max_difference[p]`` is
+        no larger, i.e. the gap is not told apart from integration error.
+
+    Returns
+    -------
+    dict
+        ``{feature: {"groups", "counts", "small_groups", "min_group_size",
+        "max_difference", "within_error", "error_scale", "top_positions"}}``.
     """
     out = {}
     for feature in groups.columns:
         keys = np.array(_group_keys(groups[feature]), dtype=object)
         names = sorted(set(keys.tolist()))
+        counts = {g: int((keys == g).sum()) for g in names}
         means = {g: prompt_attr[keys == g].mean(axis=0) for g in names}
-        stacked = np.stack([means[g] for g in names])
-        spread = stacked.max(axis=0) - stacked.min(axis=0)
-        top = np.argsort(-spread, kind="stable")[:TOP_POSITIONS]
+        small = [g for g in names if counts[g] < min_group_size]
+        compared = [g for g in names if counts[g] >= min_group_size]
+        spread = within = None
+        top: list[int] = []
+        if len(compared) >= 2:
+            stacked = np.stack([means[g] for g in compared])
+            spread = stacked.max(axis=0) - stacked.min(axis=0)
+            top = [int(p) for p in np.argsort(-spread, kind="stable")[:TOP_POSITIONS]]
+            if error_scale is not None:
+                within = [bool(v <= error_scale) for v in spread]
         out[str(feature)] = {
             "groups": {g: [float(v) for v in means[g]] for g in names},
-            "counts": {g: int((keys == g).sum()) for g in names},
-            "max_difference": [float(v) for v in spread],
-            "top_positions": [int(p) for p in top],
+            "counts": counts,
+            "small_groups": small,
+            "min_group_size": int(min_group_size),
+            "max_difference": None if spread is None else [float(v) for v in spread],
+            "within_error": within,
+            "error_scale": None if error_scale is None else float(error_scale),
+            "top_positions": top,
         }
     return out
+
+
+def convergence_summary(examples: Sequence[Mapping], *, delta_tolerance: float | None,
+                        max_gradient_evals: int | None = None) -> dict:
+    """Run-level convergence figures of integrated gradients from its examples.
+
+    Parameters
+    ----------
+    examples : sequence of mapping
+        The result's ``examples`` (``n_steps``, ``converged`` when present).
+    delta_tolerance : float or None
+        None for methods without completeness tolerance: every figure is None.
+    max_gradient_evals : int, optional
+        The adaptive cap (None with fixed steps).
+
+    Returns
+    -------
+    dict
+        ``{"delta_tolerance", "n_not_converged", "n_gradient_evals",
+        "max_gradient_evals"}``. Merging results over disjoint rows: call it
+        again on the merged examples.
+    """
+    if delta_tolerance is None:
+        return {"delta_tolerance": None, "n_not_converged": None, "n_gradient_evals": None,
+                "max_gradient_evals": None}
+    return {
+        "delta_tolerance": float(delta_tolerance),
+        "n_not_converged": sum(1 for e in examples if e.get("converged") is False),
+        "n_gradient_evals": int(sum(int(e.get("n_steps") or 0) for e in examples)),
+        "max_gradient_evals": None if max_gradient_evals is None else int(max_gradient_evals),
+    }
 
 
 # ----------------------------------------------------------------- summary
@@ -856,6 +1266,13 @@ def format_attribution_summary(attribution: dict) -> str:
     ]
     if a.get("max_convergence_delta") is not None:
         lines.append(f"Max |convergence delta|: {a['max_convergence_delta']:.2e}")
+    if a.get("delta_tolerance") is not None and a.get("n_not_converged") is not None:
+        failed = a["n_not_converged"]
+        verdict = ("every example within it" if not failed
+                   else f"{failed} of {a['n_examples']} examples NOT converged (attributions "
+                        "do not add up; read them with care)")
+        lines.append(f"Completeness tolerance {a['delta_tolerance']:g}: {verdict}; "
+                     f"{a.get('n_gradient_evals')} gradient evaluations")
     lines.append("Per virtual token (mean, mean |.|):")
     scale = max(a["per_position_abs"], default=0.0)
     for i, (mean, mabs) in enumerate(
@@ -871,11 +1288,19 @@ def format_attribution_summary(attribution: dict) -> str:
             lines.append(f"  {text!r} -> {example['target_label']}: {tops}")
     for feature, info in (a.get("by_group") or {}).items():
         counts = ", ".join(f"{g} (n={c})" for g, c in info["counts"].items())
-        if info["top_positions"]:
+        if info["top_positions"] and info.get("max_difference") is not None:
             p = info["top_positions"][0]
             gap = f"largest group gap {info['max_difference'][p]:.4f} at v{p}"
+            if (info.get("within_error") or [False] * (p + 1))[p]:
+                gap += " (within the integration error, not a finding)"
+        elif info.get("max_difference") is None and "small_groups" in info:
+            gap = (f"no gap: fewer than two groups with at least {info['min_group_size']} "
+                   "examples")
         else:
             gap = "no positions"
+        if info.get("small_groups"):
+            gap += (f"; small groups (n < {info['min_group_size']}, left out of gaps): "
+                    + ", ".join(info["small_groups"]))
         lines.append(f"By group {feature}: {gap}; groups: {counts}")
     return "\n".join(lines)
 
@@ -884,7 +1309,7 @@ def format_attribution_summary(attribution: dict) -> str:
 def merge_attributions(pieces: Sequence[tuple[Sequence[int], dict]], *, n_examples: int,
                        seed: int = 0,
                        sensitive_features: pd.DataFrame | pd.Series | Mapping | None = None,
-                       ) -> dict:
+                       min_group_size: int | None = None) -> dict:
     """One ``attribution`` object from :func:`attribute_prompt` results over disjoint rows.
 
     Used to put together the batches a multi-process audit attributed on different
@@ -905,6 +1330,8 @@ def merge_attributions(pieces: Sequence[tuple[Sequence[int], dict]], *, n_exampl
         Recorded as the result's ``seed``.
     sensitive_features : pandas.DataFrame, Series or mapping, optional
         ``(n_examples, n_features)`` in row order; adds ``by_group``.
+    min_group_size : int, optional
+        Per-group attribution's small-group rule (``attribute_prompt``'s default if None).
 
     Returns
     -------
@@ -942,8 +1369,14 @@ def merge_attributions(pieces: Sequence[tuple[Sequence[int], dict]], *, n_exampl
         "per_position_abs": [float(v) for v in np.abs(prompt_attr).mean(axis=0)],
         "max_convergence_delta": max_delta,
         "examples": examples,
-        "by_group": None if groups is None else group_attribution(prompt_attr, groups),
+        "by_group": None if groups is None
+        else group_attribution(prompt_attr, groups, error_scale=max_delta,
+                               min_group_size=DEFAULT_MIN_GROUP_SIZE if min_group_size is None
+                               else int(min_group_size)),
     })
+    first = pieces[0][1]
+    merged.update(convergence_summary(examples, delta_tolerance=first.get("delta_tolerance"),
+                                      max_gradient_evals=first.get("max_gradient_evals")))
     if max_delta is not None and max_delta > CONVERGENCE_WARNING:
         logger.warning("integrated gradients: max |convergence delta| %.3f exceeds %.2f; the "
                        "integral is coarse, raise n_steps (now %s)", max_delta,

@@ -594,6 +594,14 @@ def project(
         typer.echo(format_projection_table(projection))
 
 
+def _steps_number(value: str) -> int | str:
+    """``--n-steps`` text as an integer where it is one (attribute_prompt names a bad value)."""
+    try:
+        return int(value)
+    except ValueError:
+        return value
+
+
 @app.command()
 @handle_errors
 def attribute(
@@ -607,7 +615,22 @@ def attribute(
             "--method", help="integrated_gradients, feature_ablation or shapley_sampling."
         ),
     ] = "integrated_gradients",
-    n_steps: Annotated[int, typer.Option("--n-steps")] = 32,
+    n_steps: Annotated[
+        str,
+        typer.Option("--n-steps", help="'auto' (adaptive, within --delta-tolerance) or a "
+                     "fixed number of integrated-gradients steps."),
+    ] = "auto",
+    delta_tolerance: Annotated[
+        float,
+        typer.Option("--delta-tolerance", help="Completeness tolerance per example "
+                     "(probability points) for --n-steps auto."),
+    ] = 0.02,
+    max_gradient_evals: Annotated[
+        int,
+        typer.Option("--max-gradient-evals", help="Most gradient evaluations per example "
+                     "with --n-steps auto; an example that needs more is reported as not "
+                     "converged."),
+    ] = 512,
     baseline: Annotated[str, typer.Option("--baseline", help="pad, zero or mean.")] = "pad",
     max_examples: Annotated[int, typer.Option("--max-examples")] = 200,
     target: Annotated[
@@ -638,7 +661,9 @@ def attribute(
         prompted,
         texts,
         method=method,
-        n_steps=n_steps,
+        n_steps=n_steps if n_steps == "auto" else _steps_number(n_steps),
+        delta_tolerance=delta_tolerance,
+        max_gradient_evals=max_gradient_evals,
         baseline=baseline,
         target=target,
         max_examples=max_examples,

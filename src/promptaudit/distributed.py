@@ -430,7 +430,8 @@ class AuditProcesses:
 
         pieces = [piece for answer in self.exchange(work) for piece in answer]
         return merge_attributions(pieces, n_examples=len(texts), seed=int(seed),
-                                  sensitive_features=groups)
+                                  sensitive_features=groups,
+                                  min_group_size=options.get("min_group_size"))
 
     def shard(self, prompted: PromptedModel) -> ShardedPromptedModel:
         """``prompted`` whose predictions are divided between the processes."""

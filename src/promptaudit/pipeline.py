@@ -208,6 +208,9 @@ def run_audit(
             baseline=spec.attribution.baseline,
             max_examples=k,
             n_samples=spec.attribution.n_samples,
+            delta_tolerance=spec.attribution.delta_tolerance,
+            max_gradient_evals=spec.attribution.max_gradient_evals,
+            min_group_size=spec.fairness.min_group_size,
             sensitive_features=None
             if sensitive is None
             else sensitive.iloc[:k].reset_index(drop=True),

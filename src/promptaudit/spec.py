@@ -235,10 +235,26 @@ class AttributionSpec(_Strict):
     method: Literal[_values(AttributionMethod)] = (  # type: ignore[valid-type]
         "integrated_gradients"
     )
-    n_steps: int = Field(32, ge=1, le=1024, strict=True)
+    #: ``auto`` (adaptive integrated gradients, within ``delta_tolerance`` per
+    #: example) or a fixed number of Gauss-Legendre steps.
+    n_steps: Literal["auto"] | int = Field("auto", union_mode="left_to_right")
     baseline: Literal[_values(Baseline)] = "pad"  # type: ignore[valid-type]
     max_examples: int = Field(200, ge=1, strict=True)
     n_samples: int = Field(25, ge=1, strict=True)
+    #: Completeness tolerance per example (probability points): drives ``auto``
+    #: steps; with fixed steps it decides which examples count as converged.
+    delta_tolerance: float = Field(0.02, gt=0, le=1, strict=True)
+    #: Most gradient evaluations per example with ``n_steps: auto``.
+    max_gradient_evals: int = Field(512, ge=5, le=100_000, strict=True)
+
+    @field_validator("n_steps", mode="before")
+    @classmethod
+    def _auto_or_steps(cls, value: Any) -> Any:
+        if value == "auto" and isinstance(value, str):
+            return value
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1024:
+            raise ValueError(f"n_steps must be 'auto' or an integer 1 to 1024; got {value!r}")
+        return value
 
 
 class FairnessSpec(_Strict):

@@ -647,14 +647,14 @@ def _attribution(attribution: Any, position_labels: list[str] | None) -> dict[st
             "target": str(target) if target is not None else NA,
             "top_tokens": tokens,
             "convergence_delta": fmt_num(example.get("convergence_delta"), 4),
+            "n_steps": str(example["n_steps"]) if example.get("n_steps") is not None else NA,
+            "not_converged": example.get("converged") is False,
         })
-    by_group = []
-    for feature, block in as_mapping(attribution.get("by_group")).items():
-        block = as_mapping(block)
-        top = [str(p) for p in as_list(block.get("top_positions"))]
-        by_group.append({"feature": str(feature), "top_positions": ", ".join(top) or NA})
+    by_group = [_attribution_group(feature, as_mapping(block))
+                for feature, block in as_mapping(attribution.get("by_group")).items()]
     share = as_float(attribution.get("prompt_share"))
     delta = as_float(attribution.get("max_convergence_delta"))
+    convergence = _attribution_convergence(attribution)
     return {
         "method": str(attribution.get("method") or NA).replace("_", " "),
         "n_steps": str(attribution.get("n_steps") if attribution.get("n_steps") is not None
@@ -664,11 +664,48 @@ def _attribution(attribution: Any, position_labels: list[str] | None) -> dict[st
                           if attribution.get("n_examples") is not None else NA),
         "prompt_share": fmt_pct(share),
         "max_convergence_delta": fmt_num(delta, 4),
-        "delta_ok": delta is not None and delta <= 0.05,
+        "delta_ok": delta is not None and delta <= 0.05
+        if convergence is None else convergence["all_converged"],
+        "convergence": convergence,
         "charts": charts,
         "examples": examples,
         "by_group": by_group,
     }
+
+
+def _attribution_convergence(attribution: Mapping) -> dict[str, Any] | None:
+    """Completeness against the run's tolerance (integrated gradients), or None."""
+    tolerance = as_float(attribution.get("delta_tolerance"))
+    failed = attribution.get("n_not_converged")
+    if tolerance is None or not isinstance(failed, int):
+        return None
+    n = attribution.get("n_examples")
+    evals = attribution.get("n_gradient_evals")
+    return {
+        "tolerance": f"{tolerance:g}",
+        "adaptive": attribution.get("n_steps") == "auto",
+        "n_not_converged": str(failed),
+        "n_converged": str(n - failed) if isinstance(n, int) else NA,
+        "all_converged": failed == 0,
+        "n_gradient_evals": str(evals) if isinstance(evals, int) else NA,
+        "cap": str(attribution.get("max_gradient_evals"))
+        if attribution.get("max_gradient_evals") is not None else NA,
+    }
+
+
+def _attribution_group(feature: Any, block: Mapping) -> dict[str, Any]:
+    """One feature's per-group attribution: top positions, those within error, small groups."""
+    within = as_list(block.get("within_error"))
+    top = []
+    for p in as_list(block.get("top_positions")):
+        label = str(p)
+        if isinstance(p, int) and 0 <= p < len(within) and within[p] is True:
+            label += " (within the integration error)"
+        top.append(label)
+    small = [str(g) for g in as_list(block.get("small_groups"))]
+    return {"feature": str(feature), "top_positions": ", ".join(top) or NA,
+            "small_groups": ", ".join(small),
+            "min_group_size": str(block.get("min_group_size", NA))}
 
 
 def _baselines(baselines: Any) -> dict[str, Any] | None:

@@ -230,4 +230,21 @@ def _context(result: Mapping[str, Any]) -> dict[str, Any]:
         if projection and fidelity_sentence(projection) else None,
         "provenance": " \u00b7 ".join(short_text(p, 120) for p in parts),
         "bias_audit": bias_audit_view(result),
+        "attribution_note": _attribution_note(result.get("attribution")),
     }
+
+
+def _attribution_note(attribution: Any) -> str | None:
+    """One sentence on integrated gradients' completeness, or None when not measured."""
+    if not isinstance(attribution, Mapping):
+        return None
+    tolerance = as_float(attribution.get("delta_tolerance"))
+    failed = attribution.get("n_not_converged")
+    n = attribution.get("n_examples")
+    if tolerance is None or not isinstance(failed, int) or not isinstance(n, int):
+        return None
+    if failed == 0:
+        return (f"every one of {n} examples' attributions adds up to its change in score "
+                f"within {tolerance:g}")
+    return (f"{failed} of {n} examples did NOT converge: their attributions do not add up "
+            f"to their change in score within {tolerance:g}; read them with caution")
