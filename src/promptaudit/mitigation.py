@@ -414,9 +414,10 @@ def evaluate_prompt(
     positive_pred = (pred == positive).astype(int)
     groups = tuples["group"].astype(str).to_numpy()
     if len(set(groups)) > 1:
-        out["dp_ratio"] = float(
+        ratio = float(
             demographic_parity_ratio(positive_pred, positive_pred, sensitive_features=groups)
         )
+        out["dp_ratio"] = ratio if math.isfinite(ratio) else None  # 0/0: no positive at all
     counterfactual = compute_counterfactual(
         tuples["tuple_id"].to_numpy(), pred, cf_probs[:, positive]
     )
@@ -428,9 +429,11 @@ def evaluate_prompt(
 def select_weight(table: list[dict], *, before: dict, max_accuracy_drop: float) -> int | None:
     """Index of the strongest mitigation within the accuracy budget, or None.
 
-    Marks ``within_budget``, ``accuracy_change`` and ``pareto`` on every row. The
-    strongest is the highest DP ratio, then the lowest flip rate, then the highest
-    accuracy; a row whose fairness figures are undefined is never chosen.
+    Marks ``within_budget``, ``accuracy_change`` and ``pareto`` (accuracy against
+    DP ratio) on every row. The strongest is the smallest counterfactual gap
+    (``mean_abs_delta``, the quantity pairing shrinks, less noisy than a rate on a
+    small validation set), then the highest DP ratio, then the highest accuracy. A
+    row whose counterfactual figures are undefined is never chosen.
     """
     base = before["accuracy"]
     for row in table:
@@ -440,16 +443,18 @@ def select_weight(table: list[dict], *, before: dict, max_accuracy_drop: float) 
     for row in table:
         row["pareto"] = _non_dominated(row, points)
     eligible = [
-        i for i, row in enumerate(table) if row["within_budget"] and row["dp_ratio"] is not None
+        i
+        for i, row in enumerate(table)
+        if row["within_budget"] and row.get("mean_abs_delta") is not None
     ]
     if not eligible:
         return None
-    return max(
+    return min(
         eligible,
         key=lambda i: (
-            table[i]["dp_ratio"],
-            -(table[i]["flip_rate"] if table[i]["flip_rate"] is not None else 1.0),
-            table[i]["accuracy"],
+            table[i]["mean_abs_delta"],
+            -(table[i]["dp_ratio"] if table[i]["dp_ratio"] is not None else 0.0),
+            -table[i]["accuracy"],
         ),
     )
 
@@ -661,6 +666,7 @@ def mitigate_prompt(
                 extra_info={"mitigation": {**info, "n_pairs": loss.n_pairs}},
             )
             n_pairs = loss.n_pairs
+            _record_pairs(candidate, n_pairs)
         table.append({"weight": float(weight), **build(candidate), "n_pairs": n_pairs})
 
     chosen = select_weight(table, before=before, max_accuracy_drop=settings.max_accuracy_drop)
@@ -709,17 +715,16 @@ def mitigate_prompt(
     else:
         best = table[chosen]
         record["n_pairs"] = best["n_pairs"]
-        improved = best["dp_ratio"] > (before["dp_ratio"] or 0) or (
-            best["flip_rate"] is not None
-            and before["flip_rate"] is not None
-            and best["flip_rate"] < before["flip_rate"]
+        improved = before["mean_abs_delta"] is None or (
+            best["mean_abs_delta"] < before["mean_abs_delta"]
         )
         record["improved"] = bool(improved)
         message = (
             f"chose weight {best['weight']:g}: validation accuracy {before['accuracy']:.4f} -> "
             f"{best['accuracy']:.4f}, DP ratio on swapped texts {_fmt(before['dp_ratio'])} -> "
             f"{_fmt(best['dp_ratio'])}, flip rate {_fmt(before['flip_rate'])} -> "
-            f"{_fmt(best['flip_rate'])}"
+            f"{_fmt(best['flip_rate'])}, mean |change| {_fmt(before['mean_abs_delta'])} -> "
+            f"{_fmt(best['mean_abs_delta'])}"
         )
         if not improved:
             message += "; note: this is no improvement on the original prompt"
@@ -809,6 +814,16 @@ def _finished_candidate(candidate: Path, info: dict, config) -> int | None:
     if record != info or saved.get("config") != _config_dict(config):
         return None
     return int(n_pairs or 0)
+
+
+def _record_pairs(candidate: Path, n_pairs: int) -> None:
+    """Write the number of pairs used into the candidate's ``training_info.json``."""
+    from promptaudit.atomic import atomic_write_text
+
+    path = candidate / "training_info.json"
+    info = json.loads(path.read_text(encoding="utf-8"))
+    info.setdefault("mitigation", {})["n_pairs"] = int(n_pairs)
+    atomic_write_text(path, json.dumps(info, sort_keys=True, indent=2))
 
 
 def _settings_dict(settings: MitigationSettings) -> dict:

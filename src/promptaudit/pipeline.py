@@ -592,6 +592,8 @@ def run_audit_with_mitigation(
     columns = [table.text_column, table.label_column]
     columns += [c for c in (table.pair_column, table.group_column) if c]
     frame = load_table(table.path, required_columns=columns, seed=spec.seed)
+    if table.limit is not None:
+        frame = frame.iloc[: table.limit].reset_index(drop=True)
     labels = before["task"].get("labels") or spec.model.labels
     label_ids = encode_labels(
         frame[table.label_column], labels, source=table.path, column=table.label_column
@@ -628,6 +630,7 @@ def run_audit_with_mitigation(
         group_values=frame[table.group_column].astype(str).tolist() if table.group_column else None,
         data_source=table.path,
         device=spec.model.device,
+        resume=True,  # a re-run reuses finished candidates whose settings match
         progress=progress,
     )
     block = {"mitigated": outcome.mitigated, "adapter": None, "record": outcome.record}

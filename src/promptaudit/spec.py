@@ -302,6 +302,7 @@ class MitigationDataSpec(_Strict):
     label_column: str
     pair_column: str | None = None
     group_column: str | None = None
+    limit: int | None = Field(None, ge=10, strict=True)  # first rows only
 
 
 class MitigationSpec(_Strict):
