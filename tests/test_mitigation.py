@@ -202,9 +202,8 @@ PLANTED_LABELS = [int("movie" in t) if ("movie" in t or "film" in t) else y
 def sensitive_bert_dir(tmp_path_factory) -> Path:
     """The conftest tiny BERT but initialised wide (std 0.5), so single words move its output
     (at std 0.02 its output hardly depends on the input)."""
-    from transformers import BertConfig, BertForPreTraining, BertTokenizerFast
-
     from conftest import WORDS
+    from transformers import BertConfig, BertForPreTraining, BertTokenizerFast
 
     path = tmp_path_factory.mktemp("sensitive-bert")
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, "."]
@@ -227,8 +226,8 @@ def planted_prompt(tmp_path_factory, sensitive_bert_dir) -> Path:
     config = TrainingConfig(num_virtual_tokens=4, init=InitMethod.RANDOM, epochs=8,
                             learning_rate=0.05, batch_size=8, max_length=16,
                             validation_fraction=0.0)
-    train_prompt(str(sensitive_bert_dir), TOY_TEXTS, PLANTED_LABELS, labels=["negative", "positive"],
-                 out_dir=out, config=config, progress=False)
+    train_prompt(str(sensitive_bert_dir), TOY_TEXTS, PLANTED_LABELS,
+                 labels=["negative", "positive"], out_dir=out, config=config, progress=False)
     return out
 
 

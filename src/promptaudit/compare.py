@@ -131,11 +131,10 @@ def _signed(value) -> str:
 
 
 def _md(text) -> str:
-    """Escape user text for a Markdown table cell."""
-    out = html.escape(str(text), quote=False)
-    for char in "\\`*_{}[]()#+!|<>":
-        out = out.replace(char, "\\" + char)
-    return out.replace("\n", " ")
+    """Escape user text for Markdown (the report's escaper: no markup, no raw HTML)."""
+    from promptaudit.report.markdown import escape_markdown
+
+    return escape_markdown(text)
 
 
 def comparison_markdown(comparison: Mapping) -> str:
@@ -248,3 +247,87 @@ def write_comparison(comparison: Mapping, out_dir: str | Path) -> dict[str, str]
             )
         ),
     }
+
+
+# ----------------------------------------------- the mitigation block of a run
+def _tradeoff_rows(record: Mapping) -> list[dict]:
+    return [row for row in (record.get("table") or []) if isinstance(row, Mapping)]
+
+
+def _weight(row: Mapping) -> str:
+    weight = row.get("weight")
+    return "original" if weight is None else f"{float(weight):g}"
+
+
+def mitigation_markdown(block: Mapping) -> str:
+    """Markdown section for a result's ``mitigation`` block (before / after side by side)."""
+    record = block.get("record") or {}
+    lines = ["", "### Mitigation (counterfactual logit pairing)", ""]
+    lines.append(_md(record.get("message", "")))
+    if not block.get("mitigated"):
+        lines.append("")
+        lines.append(
+            "No weight met the accuracy budget: the report above is the original prompt's "
+            "audit, and no prompt is claimed as mitigated."
+        )
+    lines += [
+        "",
+        "| weight | val. accuracy | DP ratio (swapped) | flip rate | mean abs delta | "
+        "within budget | chosen |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in _tradeoff_rows(record):
+        lines.append(
+            f"| {_weight(row)} | {_fmt(row.get('accuracy'))} | {_fmt(row.get('dp_ratio'))} | "
+            f"{_fmt(row.get('flip_rate'))} | {_fmt(row.get('mean_abs_delta'))} | "
+            f"{'yes' if row.get('within_budget') else 'no'} | "
+            f"{'yes' if row.get('chosen') else ''} |"
+        )
+    comparison = block.get("comparison")
+    if comparison:
+        lines += [
+            "",
+            "Before (original prompt) and after (mitigated prompt), same evaluation data:",
+        ]
+        body = comparison_markdown(comparison).split("\n", 2)[2]  # drop the page title
+        lines.append(body.rstrip("\n"))
+    return "\n".join(lines) + "\n"
+
+
+def mitigation_html(block: Mapping) -> str:
+    """HTML section for a result's ``mitigation`` block (before / after side by side)."""
+    e = html.escape
+    record = block.get("record") or {}
+    parts = [
+        "<section id='mitigation'><h2>Mitigation (counterfactual logit pairing)</h2>",
+        f"<p>{e(str(record.get('message', '')))}</p>",
+    ]
+    if not block.get("mitigated"):
+        parts.append(
+            "<p><strong>No weight met the accuracy budget</strong>: this report is the original "
+            "prompt's audit, and no prompt is claimed as mitigated.</p>"
+        )
+    parts.append(
+        "<table><thead><tr><th>weight</th><th>val. accuracy</th><th>DP ratio (swapped)</th>"
+        "<th>flip rate</th><th>mean abs delta</th><th>within budget</th><th>chosen</th></tr>"
+        "</thead><tbody>"
+    )
+    for row in _tradeoff_rows(record):
+        parts.append(
+            f"<tr><td>{e(_weight(row))}</td><td>{_fmt(row.get('accuracy'))}</td>"
+            f"<td>{_fmt(row.get('dp_ratio'))}</td><td>{_fmt(row.get('flip_rate'))}</td>"
+            f"<td>{_fmt(row.get('mean_abs_delta'))}</td>"
+            f"<td>{'yes' if row.get('within_budget') else 'no'}</td>"
+            f"<td>{'yes' if row.get('chosen') else ''}</td></tr>"
+        )
+    parts.append("</tbody></table>")
+    comparison = block.get("comparison")
+    if comparison:
+        page = comparison_html(comparison)
+        inner = page[page.index("<h1>Before and after</h1>") : page.index("</body>")]
+        parts.append(
+            "<h3>Before and after, same evaluation data</h3>"
+            + inner.replace("<h1>Before and after</h1>", "")
+        )
+    parts.append("</section>")
+    return "".join(parts)
