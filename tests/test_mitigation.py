@@ -383,3 +383,53 @@ def test_biased_demo_prompt_gap_shrinks(tmp_path):
     before, after = result.table
     assert after["mean_abs_delta"] < before["mean_abs_delta"]
     assert after["flip_rate"] <= before["flip_rate"]
+
+
+# --------------------------------------------- `run` with a mitigation section
+def test_run_with_mitigation_section_reports_before_and_after(
+    sensitive_bert_dir, planted_prompt, toy_suite, tmp_path
+):
+    import pandas as pd
+    import yaml
+    from typer.testing import CliRunner
+
+    from promptaudit.cli import app
+    from promptaudit.results import read_result_json
+
+    kinds = ["movie" if "movie" in t else "film" if "film" in t else "other" for t in TOY_TEXTS]
+    data = tmp_path / "data.csv"
+    pd.DataFrame({"sentence": TOY_TEXTS, "label": PLANTED_LABELS, "kind": kinds}).to_csv(
+        data, index=False)
+    spec = {
+        "name": "toy-mitigated", "seed": 0,
+        "model": {"base": str(sensitive_bert_dir), "task": "sequence-classification",
+                  "labels": ["negative", "positive"], "positive_label": "positive",
+                  "max_length": 16},
+        "prompt": {"path": str(planted_prompt)},
+        "data": {"path": str(data), "text_column": "sentence", "label_column": "label",
+                 "sensitive_features": ["kind"]},
+        "counterfactuals": {"suite": str(toy_suite)},
+        "projection": {"enabled": False}, "attribution": {"enabled": False},
+        "fairness": {"bootstrap": 0, "min_group_size": 1},
+        "gates": [{"metric": "counterfactual_flip_rate", "max": 0.5}],
+        "mitigation": {"data": {"path": str(data), "text_column": "sentence",
+                                "label_column": "label"},
+                       "weights": [20.0], "epochs": 2, "learning_rate": 0.05, "batch_size": 8,
+                       "max_accuracy_drop": 1.0, "out": str(tmp_path / "adapter")},
+    }
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(spec))
+    outcome = CliRunner().invoke(app, ["run", str(spec_path), "--out", str(tmp_path / "r")])
+    assert outcome.exit_code == 0, outcome.output
+    result = read_result_json(tmp_path / "r" / "toy-mitigated.json")  # integrity holds
+    block = result["mitigation"]
+    assert block["mitigated"] and block["adapter"] == str(tmp_path / "adapter")
+    assert result["audit"]["spec"]["prompt"]["path"] == str(tmp_path / "adapter")
+    assert block["before"]["fairness"]["counterfactual"]["mean_abs_delta"] == pytest.approx(
+        next(r for r in block["comparison"]["metrics"]
+             if r["metric"] == "counterfactual_mean_abs_delta")["before"])
+    assert block["comparison"]["after"]["prompt"] == str(tmp_path / "adapter")
+    page = (tmp_path / "r" / "toy-mitigated.html").read_text()
+    summary = (tmp_path / "r" / "toy-mitigated.md").read_text()
+    assert "Mitigation (counterfactual logit pairing)" in page
+    assert "Before and after" in page and "counterfactual_mean_abs_delta" in summary
