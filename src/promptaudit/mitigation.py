@@ -390,7 +390,7 @@ def evaluate_prompt(
     Returns
     -------
     dict
-        ``accuracy``, ``dp_ratio`` (min/max positive rate over the groups of the
+        ``accuracy`` (None without texts), ``dp_ratio`` (min/max positive rate over the groups of the
         swapped texts, fairlearn), ``flip_rate``, ``mean_abs_delta``, ``n_validation``,
         ``n_tuples``; fairness figures are None without tuples.
     """
@@ -398,9 +398,12 @@ def evaluate_prompt(
 
     from promptaudit.fairness import compute_counterfactual
 
-    probs = prompted.predict_proba(list(texts))
+    accuracy = None
+    if len(texts):
+        probs = prompted.predict_proba(list(texts))
+        accuracy = float((probs.argmax(axis=1) == np.asarray(label_ids)).mean())
     out = {
-        "accuracy": float((probs.argmax(axis=1) == np.asarray(label_ids)).mean()),
+        "accuracy": accuracy,
         "n_validation": len(texts),
         "n_tuples": int(tuples["tuple_id"].nunique()) if len(tuples) else 0,
         "dp_ratio": None,
