@@ -390,9 +390,9 @@ def evaluate_prompt(
     Returns
     -------
     dict
-        ``accuracy`` (None without texts), ``dp_ratio`` (min/max positive rate over the groups of the
-        swapped texts, fairlearn), ``flip_rate``, ``mean_abs_delta``, ``n_validation``,
-        ``n_tuples``; fairness figures are None without tuples.
+        ``accuracy`` (None without texts), ``dp_ratio`` (min/max positive rate over
+        the groups of the swapped texts, fairlearn), ``flip_rate``, ``mean_abs_delta``,
+        ``n_validation``, ``n_tuples``; fairness figures are None without tuples.
     """
     from fairlearn.metrics import demographic_parity_ratio
 
