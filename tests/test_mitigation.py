@@ -433,3 +433,41 @@ def test_run_with_mitigation_section_reports_before_and_after(
     summary = (tmp_path / "r" / "toy-mitigated.md").read_text()
     assert "Mitigation (counterfactual logit pairing)" in page
     assert "Before and after" in page and "counterfactual_mean_abs_delta" in summary
+
+
+# ------------------------------------------------------------------ the spec
+def _spec_with(mitigation: dict) -> dict:
+    return {
+        "name": "s", "prompt": {"path": "p"},
+        "data": {"path": "d.csv", "text_column": "t", "label_column": "l"},
+        "mitigation": mitigation,
+    }
+
+
+def test_mitigation_spec_defaults_and_errors():
+    from promptaudit.errors import SpecError
+    from promptaudit.spec import parse_spec
+
+    spec = parse_spec(_spec_with({"data": {"path": "train.csv", "label_column": "label"}}))
+    assert spec.mitigation.method == "clp" and spec.mitigation.weights == [1.0, 3.0, 10.0]
+    assert spec.mitigation.max_accuracy_drop == 0.02 and spec.mitigation.epochs == 1
+    with pytest.raises(SpecError, match="weigths"):
+        parse_spec(_spec_with({"data": {"path": "t.csv", "label_column": "l"}, "weigths": [1]}))
+    with pytest.raises(SpecError, match="must be >= 0"):
+        parse_spec(_spec_with({"data": {"path": "t.csv", "label_column": "l"}, "weights": [-1]}))
+    with pytest.raises(SpecError, match="label_column"):
+        parse_spec(_spec_with({"data": {"path": "t.csv"}}))
+    with pytest.raises(SpecError, match="method"):
+        parse_spec(_spec_with({"data": {"path": "t.csv", "label_column": "l"}, "method": "x"}))
+
+
+def test_mitigation_refuses_a_bare_tensor_prompt(tiny_bert_dir, tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "prompt.safetensors"
+    save_file({"prompt_embeddings": torch.zeros(4, 32)}, str(path))
+    with pytest.raises(InputError, match="prompt-tuning adapters"):
+        mitigate_prompt(str(tiny_bert_dir), path, TOY_TEXTS, TOY_LABELS,
+                        labels=["negative", "positive"], out_dir=tmp_path / "o",
+                        settings=MitigationSettings(suite=None), pair_ids=list(range(40)),
+                        progress=False)
