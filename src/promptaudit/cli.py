@@ -590,6 +590,13 @@ def mitigate(
     group_weight: Annotated[
         float, typer.Option("--group-weight", help="Weight of the group penalty (fairret).")
     ] = 0.0,
+    unlabelled_data: Annotated[
+        Path | None,
+        typer.Option(
+            "--unlabelled-data",
+            help="Texts without labels (same text column) added to the pairing loss only.",
+        ),
+    ] = None,
     epochs: Annotated[int, typer.Option("--epochs")] = 1,
     learning_rate: Annotated[float, typer.Option("--learning-rate")] = 0.01,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
@@ -643,6 +650,7 @@ def mitigate(
         settings=settings,
         pair_ids=frame[pair_column].tolist() if pair_column else None,
         group_values=frame[group_column].astype(str).tolist() if group_column else None,
+        unlabelled_texts=_load_texts(unlabelled_data, text_column)[1] if unlabelled_data else None,
         data_source=str(data),
         device=device,
         resume=resume,
