@@ -179,8 +179,8 @@ def test_every_gate_metric_of_the_contract_is_gateable():
 @pytest.mark.parametrize(("spec", "expected"), [
     (changed(gatez=[]),
      "unknown key 'gatez' (did you mean 'gates'?); allowed keys here: name, seed, model, "
-     "prompt, data, counterfactuals, projection, attribution, fairness, baselines, gates, mitigation, "
-     "version"),
+     "prompt, data, counterfactuals, projection, attribution, fairness, baselines, gates, "
+     "mitigation, version"),
     (changed(fairness={"bootsrap": 10}),
      "unknown key 'fairness.bootsrap' (did you mean 'bootstrap'?); allowed keys here: metrics, "
      "bootstrap, confidence, min_group_size, reference_group, intersection"),
