@@ -171,15 +171,33 @@ def comparison_markdown(comparison: Mapping) -> str:
     gates = comparison["gates"]
     if gates["before"] or gates["after"]:
         lines += ["", "| gate | before | after |", "|---|---|---|"]
-        after_by = {g.get("message", "").split(":")[0]: g for g in gates["after"]}
-        for gate in gates["before"]:
-            key = gate.get("message", "").split(":")[0]
-            other = after_by.get(key)
-            lines.append(
-                f"| {_md(key)} | {'PASS' if gate.get('passed') else 'FAIL'} | "
-                f"{'-' if other is None else ('PASS' if other.get('passed') else 'FAIL')} |"
-            )
+        for name, old, new in _gate_pairs(gates["before"], gates["after"]):
+            lines.append(f"| {_md(name)} | {_gate_cell(old)} | {_gate_cell(new)} |")
     return "\n".join(lines) + "\n"
+
+
+def _gate_key(gate: Mapping) -> tuple:
+    return (gate.get("metric"), gate.get("feature"), gate.get("op"), gate.get("threshold"))
+
+
+def _gate_pairs(before: list, after: list) -> list[tuple[str, Mapping | None, Mapping | None]]:
+    """(name, before gate, after gate) matched on metric, feature, operator and threshold."""
+    keys: dict[tuple, list] = {}
+    for side, gates in ((0, before), (1, after)):
+        for gate in gates:
+            if isinstance(gate, Mapping):
+                keys.setdefault(_gate_key(gate), [None, None])[side] = gate
+    out = []
+    for (metric, feature, op, threshold), (old, new) in keys.items():
+        name = f"{metric}{'' if feature is None else f' ({feature})'} {op or ''} {threshold}"
+        out.append((name, old, new))
+    return out
+
+
+def _gate_cell(gate: Mapping | None) -> str:
+    if gate is None:
+        return "-"
+    return f"{'PASS' if gate.get('passed') else 'FAIL'} ({_fmt(gate.get('value'))})"
 
 
 _STYLE = (
@@ -225,7 +243,19 @@ def comparison_html(comparison: Mapping) -> str:
             f"<td>{_signed(row['change'])}</td><td class='{css}'>{e(row['verdict'])}"
             f"{' (regression)' if row['regressed'] else ''}</td></tr>"
         )
-    parts.append("</tbody></table></body></html>")
+    parts.append("</tbody></table>")
+    gates = comparison["gates"]
+    if gates["before"] or gates["after"]:
+        parts.append(
+            "<table><thead><tr><th>gate</th><th>before</th><th>after</th></tr></thead><tbody>"
+        )
+        for name, old, new in _gate_pairs(gates["before"], gates["after"]):
+            parts.append(
+                f"<tr><td>{e(name)}</td><td>{e(_gate_cell(old))}</td>"
+                f"<td>{e(_gate_cell(new))}</td></tr>"
+            )
+        parts.append("</tbody></table>")
+    parts.append("</body></html>")
     return "".join(parts)
 
 
