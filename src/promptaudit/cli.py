@@ -598,7 +598,7 @@ def mitigate(
         ),
     ] = None,
     epochs: Annotated[int, typer.Option("--epochs")] = 1,
-    learning_rate: Annotated[float, typer.Option("--learning-rate")] = 0.01,
+    learning_rate: Annotated[float, typer.Option("--learning-rate")] = 0.003,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
     max_length: Annotated[int, typer.Option("--max-length")] = 128,
     validation_fraction: Annotated[float, typer.Option("--validation-fraction")] = 0.2,

@@ -106,7 +106,7 @@ class MitigationSettings:
     weights: tuple[float, ...] = DEFAULT_WEIGHTS
     max_accuracy_drop: float = 0.02
     epochs: int = 1
-    learning_rate: float = 0.01
+    learning_rate: float = 0.003
     batch_size: int = 32
     max_length: int = 128
     seed: int = 0

@@ -313,7 +313,7 @@ class MitigationSpec(_Strict):
     max_accuracy_drop: float = Field(0.02, ge=0, le=1)
     weights: list[float] = Field(default_factory=lambda: [1.0, 3.0, 10.0], min_length=1)
     epochs: int = Field(1, ge=1, le=1000, strict=True)
-    learning_rate: float = Field(0.01, gt=0)
+    learning_rate: float = Field(0.003, gt=0)
     batch_size: int = Field(32, ge=1, strict=True)
     validation_fraction: float = Field(0.2, gt=0, lt=1)
     suite: str | None = None  # default: counterfactuals.suite, else builtin:identity
