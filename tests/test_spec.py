@@ -180,7 +180,7 @@ def test_every_gate_metric_of_the_contract_is_gateable():
     (changed(gatez=[]),
      "unknown key 'gatez' (did you mean 'gates'?); allowed keys here: name, seed, model, "
      "prompt, data, counterfactuals, projection, attribution, fairness, baselines, gates, "
-     "gate_policy, version, bias_audit, audit_info"),
+     "gate_policy, mitigation, version, bias_audit, audit_info"),
     (changed(fairness={"bootsrap": 10}),
      "unknown key 'fairness.bootsrap' (did you mean 'bootstrap'?); allowed keys here: metrics, "
      "bootstrap, confidence, min_group_size, reference_group, intersection"),
@@ -535,3 +535,11 @@ def test_bad_attribution_steps(tmp_path, attribution, fragments):
     message = spec_error(tmp_path, changed(attribution=attribution))
     for fragment in fragments:
         assert fragment in message, message
+
+
+def test_a_typo_in_the_mitigation_section_names_the_nearest_key(tmp_path):
+    with pytest.raises(SpecError, match=r"unknown key 'mitigation.max_acuracy_drop' \(did you "
+                                        r"mean 'max_accuracy_drop'\?\)"):
+        load_spec(write(tmp_path, changed(mitigation={
+            "method": "clp", "data": {"path": "train.csv", "label_column": "label"},
+            "max_acuracy_drop": 0.02})))

@@ -10,7 +10,9 @@ The public API, one entry function per stage (contracts in ``docs/``)::
     compute_group_fairness          fairlearn group metrics and disparities
     compute_counterfactual          counterfactual flip rate
     compute_bias_audit              impact-ratio tables (NYC LL144, EEOC four-fifths rule)
-    evaluate_gates, write_reports   verdicts and the four report files
+    evaluate_gates, write_reports   verdicts and the report files
+    mitigate_prompt                 re-tune a prompt with counterfactual logit pairing
+    compare_results                 two results side by side, with a regression gate
 
 Names are imported lazily so ``import promptaudit`` (and the CLI's start-up) stays fast.
 """
@@ -39,6 +41,8 @@ _EXPORTS = {
     "compute_bias_audit": "promptaudit.bias_audit",
     "evaluate_gates": "promptaudit.gates",
     "write_reports": "promptaudit.report",
+    "mitigate_prompt": "promptaudit.mitigation",
+    "compare_results": "promptaudit.compare",
     "PromptAuditError": "promptaudit.errors",
     "InputError": "promptaudit.errors",
 }

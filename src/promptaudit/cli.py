@@ -702,6 +702,147 @@ def gate(
     raise typer.Exit(EXIT_OK if passed else EXIT_GATE_FAILED)
 
 
+@app.command()
+@handle_errors
+def mitigate(
+    model: ModelOption,
+    prompt: PromptOption,
+    data: DataOption,
+    text_column: TextColumnOption,
+    label_column: Annotated[
+        str, typer.Option("--label-column", help="Column holding label names or indices.")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the mitigated adapter.")],
+    labels: LabelsOption = None,
+    positive_label: Annotated[
+        str | None, typer.Option("--positive-label", help="Default: the last of two labels.")
+    ] = None,
+    counterfactuals: Annotated[
+        str,
+        typer.Option("--counterfactuals", help="Term suite for swaps: builtin:identity or a file."),
+    ] = "builtin:identity",
+    features: Annotated[
+        str | None,
+        typer.Option("--features", help="Comma-separated suite features (default: all)."),
+    ] = None,
+    pair_column: Annotated[
+        str | None,
+        typer.Option("--pair-column", help="Rows sharing this id are variants (replaces a suite)."),
+    ] = None,
+    weights: Annotated[
+        str, typer.Option("--weights", help="Comma-separated pairing weights to sweep.")
+    ] = "1,3,10",
+    max_accuracy_drop: Annotated[
+        float,
+        typer.Option("--max-accuracy-drop", help="Largest accepted validation accuracy drop."),
+    ] = 0.02,
+    group_column: Annotated[
+        str | None,
+        typer.Option("--group-column", help="Group column for the optional group penalty."),
+    ] = None,
+    group_weight: Annotated[
+        float, typer.Option("--group-weight", help="Weight of the group penalty (fairret).")
+    ] = 0.0,
+    unlabelled_data: Annotated[
+        Path | None,
+        typer.Option(
+            "--unlabelled-data",
+            help="Texts without labels (same text column) added to the pairing loss only.",
+        ),
+    ] = None,
+    epochs: Annotated[int, typer.Option("--epochs")] = 1,
+    learning_rate: Annotated[float, typer.Option("--learning-rate")] = 0.003,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
+    max_length: Annotated[int, typer.Option("--max-length")] = 128,
+    validation_fraction: Annotated[float, typer.Option("--validation-fraction")] = 0.2,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Reuse finished candidates and checkpoints in --out.")
+    ] = False,
+    device: DeviceOption = "auto",
+    verbose: VerboseOption = False,
+) -> None:
+    """Re-tune a prompt with counterfactual logit pairing; exit 1 if no weight meets the budget."""
+    _configure_logging(verbose)
+    from promptaudit.data import encode_labels, infer_labels
+    from promptaudit.mitigation import MitigationSettings, mitigate_prompt, tradeoff_markdown
+
+    extra = [c for c in (label_column, pair_column, group_column) if c]
+    frame, texts = _load_texts(data, text_column, extra)
+    label_names = _split_labels(labels) or infer_labels(frame[label_column])
+    label_ids = encode_labels(
+        frame[label_column], label_names, source=str(data), column=label_column
+    )
+    try:
+        weight_values = tuple(float(w) for w in weights.split(",") if w.strip())
+    except ValueError:
+        raise InputError(
+            f"--weights {weights!r}: give comma-separated numbers, e.g. 1,3,10"
+        ) from None
+    settings = MitigationSettings(
+        weights=weight_values,
+        max_accuracy_drop=max_accuracy_drop,
+        epochs=epochs,
+        learning_rate=learning_rate,
+        batch_size=batch_size,
+        max_length=max_length,
+        seed=seed,
+        validation_fraction=validation_fraction,
+        suite=None if pair_column else counterfactuals,
+        features=tuple(f.strip() for f in features.split(",") if f.strip()) if features else None,
+        group_weight=group_weight,
+    )
+    result = mitigate_prompt(
+        model,
+        prompt,
+        texts,
+        label_ids,
+        labels=label_names,
+        out_dir=out,
+        positive_label=positive_label,
+        settings=settings,
+        pair_ids=frame[pair_column].tolist() if pair_column else None,
+        group_values=frame[group_column].astype(str).tolist() if group_column else None,
+        unlabelled_texts=_load_texts(unlabelled_data, text_column)[1] if unlabelled_data else None,
+        data_source=str(data),
+        device=device,
+        resume=resume,
+        progress=_show_progress(),
+    )
+    typer.echo(tradeoff_markdown(result.table, max_accuracy_drop), nl=False)
+    typer.echo(result.message)
+    for kind, path in sorted(result.paths.items()):
+        typer.echo(f"  {kind}: {path}")
+    raise typer.Exit(EXIT_OK if result.mitigated else EXIT_GATE_FAILED)
+
+
+@app.command()
+@handle_errors
+def compare(
+    before: Annotated[Path, typer.Argument(help="Result JSON of the earlier audit.")],
+    after: Annotated[Path, typer.Argument(help="Result JSON of the later audit.")],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Write comparison.html/.md/.json here.")
+    ] = None,
+    max_regression: Annotated[
+        float | None,
+        typer.Option("--max-regression", help="Exit 1 if a gate metric got worse by more."),
+    ] = None,
+) -> None:
+    """Compare two results metric by metric; with --max-regression, exit 1 on a regression."""
+    from promptaudit.compare import compare_results, comparison_markdown, write_comparison
+    from promptaudit.results import read_result_json
+
+    comparison = compare_results(
+        read_result_json(before), read_result_json(after), max_regression=max_regression
+    )
+    typer.echo(comparison_markdown(comparison), nl=False)
+    if out is not None:
+        for kind, path in sorted(write_comparison(comparison, out).items()):
+            typer.echo(f"  {kind}: {path}")
+    raise typer.Exit(EXIT_OK if comparison["passed"] else EXIT_GATE_FAILED)
+
+
 # ------------------------------------------------------------------ helpers
 def _gate_word(entry: dict) -> str:
     return "INCONCLUSIVE  " if entry.get("status") == "inconclusive" else (

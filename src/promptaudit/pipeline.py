@@ -737,3 +737,105 @@ def _provenance(
         "hash_algorithm": "sha256 of the file bytes; integrity.content_sha256 is the sha256 of the "
         "sorted-key compact JSON without integrity and provenance.created_at",
     }
+
+
+# ---------------------------------------------------------------- mitigation
+def run_audit_with_mitigation(
+    spec: AuditSpec, *, progress: bool = False, command: str | None = None
+) -> dict:
+    """Audit the prompt, mitigate it (``spec.mitigation``) and audit the result beside it.
+
+    Both audits use the same evaluation data, counterfactuals and gates. The
+    returned result is the audit of the mitigated prompt with a ``mitigation``
+    block: the mitigation record (method, weights, trade-off table, data hashes,
+    pairs), the original audit's ``task``, ``fairness``, ``gates``, ``passed`` and
+    integrity hash under ``before``, and :func:`promptaudit.compare.compare_results`
+    under ``comparison``. When no weight met the accuracy budget the result is the
+    original audit, its ``mitigation.mitigated`` is false and nothing is claimed.
+
+    Returns
+    -------
+    dict
+        A result JSON object (schema_version "1") with the extra ``mitigation`` key.
+    """
+    import tempfile
+
+    from promptaudit.compare import compare_results
+    from promptaudit.mitigation import MitigationSettings, mitigate_prompt
+    from promptaudit.results import content_sha256, to_jsonable
+
+    mitigation = spec.mitigation
+    if mitigation is None:
+        raise SpecError("mitigation: the spec has no 'mitigation' section")
+    before = run_audit(spec, progress=progress, command=command)
+    prompt = spec.prompt.path
+    if prompt is None:
+        train = spec.prompt.train
+        prompt = str(Path(train.out) if train.out else _default_train_dir(spec))
+    table = mitigation.data
+    columns = [table.text_column, table.label_column]
+    columns += [c for c in (table.pair_column, table.group_column) if c]
+    frame = load_table(table.path, required_columns=columns, seed=spec.seed)
+    if table.limit is not None:
+        frame = frame.iloc[: table.limit].reset_index(drop=True)
+    labels = before["task"].get("labels") or spec.model.labels
+    label_ids = encode_labels(
+        frame[table.label_column], labels, source=table.path, column=table.label_column
+    )
+    cf = spec.counterfactuals
+    suite = mitigation.suite or (cf.suite if cf is not None else None) or "builtin:identity"
+    features = mitigation.features or (cf.features if cf is not None else None)
+    settings = MitigationSettings(
+        weights=tuple(mitigation.weights),
+        max_accuracy_drop=mitigation.max_accuracy_drop,
+        epochs=mitigation.epochs,
+        learning_rate=mitigation.learning_rate,
+        batch_size=mitigation.batch_size,
+        max_length=spec.model.max_length,
+        seed=spec.seed,
+        validation_fraction=mitigation.validation_fraction,
+        suite=None if table.pair_column else suite,
+        features=tuple(features) if features else None,
+        group_weight=mitigation.group_weight,
+    )
+    out = Path(mitigation.out) if mitigation.out else (
+        Path(tempfile.gettempdir()) / "promptaudit-mitigated" / spec.name
+    )
+    outcome = mitigate_prompt(
+        spec.model.base,
+        prompt,
+        frame[table.text_column].astype(str).tolist(),
+        label_ids,
+        labels=labels,
+        out_dir=out,
+        positive_label=spec.model.positive_label,
+        settings=settings,
+        pair_ids=frame[table.pair_column].tolist() if table.pair_column else None,
+        group_values=frame[table.group_column].astype(str).tolist() if table.group_column else None,
+        data_source=table.path,
+        device=spec.model.device,
+        resume=True,  # a re-run reuses finished candidates whose settings match
+        progress=progress,
+    )
+    block = {"mitigated": outcome.mitigated, "adapter": None, "record": outcome.record}
+    if not outcome.mitigated:
+        result = {k: v for k, v in before.items() if k != "integrity"}
+    else:
+        after_spec = spec.model_copy(
+            update={"prompt": spec.prompt.model_copy(update={"path": str(out), "train": None})}
+        )
+        after = run_audit(after_spec, progress=progress, command=command)
+        result = {k: v for k, v in after.items() if k != "integrity"}
+        block["adapter"] = str(out)
+        block["before"] = {
+            "prompt": prompt,
+            "task": before["task"],
+            "fairness": before["fairness"],
+            "gates": before["gates"],
+            "passed": before["passed"],
+            "content_sha256": before["integrity"]["content_sha256"],
+        }
+        block["comparison"] = compare_results(before, after)
+    result["mitigation"] = to_jsonable(block)
+    result["integrity"] = {"algorithm": "sha256", "content_sha256": content_sha256(result)}
+    return result

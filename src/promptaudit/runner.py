@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from promptaudit.atomic import prepare_output_dir
+from promptaudit.errors import SpecError
 from promptaudit.paths import check_audit_outputs
 from promptaudit.spec import AuditSpec, load_spec
 
@@ -74,6 +75,12 @@ def run_audit_command(audit: str | Path, out: str | Path, overrides: Sequence[st
     from promptaudit.distributed import launch_processes
 
     processes = launch_processes(device=spec.model.device)  # None for a single process
+    if processes is not None and spec.mitigation is not None:
+        processes.close()
+        raise SpecError(
+            "mitigation: an audit with a mitigation section trains a prompt and runs in one "
+            "process; run `promptaudit run` without accelerate launch / torchrun"
+        )
     if processes is None:
         return _run(spec, Path(out), progress=progress, command=command)
     try:
@@ -87,7 +94,12 @@ def _run(spec: AuditSpec, out: Path, *, progress: bool, command: str | None) -> 
     from promptaudit.report import write_reports
 
     prepare_output_dir(out)
-    result = run_audit(spec, progress=progress, command=command)
+    if spec.mitigation is not None:  # audit before, mitigate, audit after (one process)
+        from promptaudit.pipeline import run_audit_with_mitigation
+
+        result = run_audit_with_mitigation(spec, progress=progress, command=command)
+    else:
+        result = run_audit(spec, progress=progress, command=command)
     paths = write_reports(result, out, name=spec.name)
     return AuditRun(passed=bool(result["passed"]), result=result, paths=paths)
 

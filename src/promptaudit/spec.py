@@ -52,6 +52,8 @@ __all__ = [
     "gate_features",
     "INTERVAL_GATE_METRICS",
     "SIGNED_GATE_METRICS",
+    "MitigationSpec",
+    "MitigationDataSpec",
     "load_spec",
     "parse_spec",
     "apply_overrides",
@@ -420,6 +422,39 @@ class AuditInfoSpec(_Strict):
             return value.isoformat()
         if isinstance(value, int | float) and not isinstance(value, bool):
             return str(value)
+class MitigationDataSpec(_Strict):
+    """Labelled data the prompt is re-tuned on (optional pair and group columns)."""
+
+    path: str
+    text_column: str = "text"
+    label_column: str
+    pair_column: str | None = None
+    group_column: str | None = None
+    limit: int | None = Field(None, ge=10, strict=True)  # first rows only
+
+
+class MitigationSpec(_Strict):
+    """Re-tune the audited prompt (``method: clp``) and audit it again beside the original."""
+
+    method: Literal["clp"] = "clp"
+    data: MitigationDataSpec
+    max_accuracy_drop: float = Field(0.02, ge=0, le=1)
+    weights: list[float] = Field(default_factory=lambda: [1.0, 3.0, 10.0], min_length=1)
+    epochs: int = Field(1, ge=1, le=1000, strict=True)
+    learning_rate: float = Field(0.003, gt=0)
+    batch_size: int = Field(32, ge=1, strict=True)
+    validation_fraction: float = Field(0.2, gt=0, lt=1)
+    suite: str | None = None  # default: counterfactuals.suite, else builtin:identity
+    features: list[str] | None = None  # default: counterfactuals.features, else all
+    group_weight: float = Field(0.0, ge=0)
+    out: str | None = None
+
+    @field_validator("weights")
+    @classmethod
+    def _non_negative(cls, value: list[float]) -> list[float]:
+        for weight in value:
+            if weight < 0:
+                raise ValueError(f"weight {weight} is not allowed; each weight must be >= 0")
         return value
 
 
@@ -438,6 +473,7 @@ class AuditSpec(_Strict):
     baselines: BaselineSpec = Field(default_factory=BaselineSpec)
     gates: list[GateSpec] = Field(default_factory=list)
     gate_policy: GatePolicySpec = Field(default_factory=GatePolicySpec)
+    mitigation: MitigationSpec | None = None
     version: int = Field(1, strict=True)
     bias_audit: BiasAuditSpec | None = None
     audit_info: AuditInfoSpec | None = None
@@ -816,6 +852,15 @@ def _resolve_paths(spec: AuditSpec, root: Path) -> AuditSpec:
         update["counterfactuals"] = spec.counterfactuals.model_copy(
             update={"suite": resolve(spec.counterfactuals.suite)}
         )
+    if spec.mitigation is not None:
+        mitigation = spec.mitigation
+        update["mitigation"] = mitigation.model_copy(
+            update={
+                "data": mitigation.data.model_copy(update={"path": resolve(mitigation.data.path)}),
+                "suite": resolve(mitigation.suite),
+                "out": resolve(mitigation.out),
+            }
+        )
     return spec.model_copy(update=update)
 
 
@@ -841,6 +886,8 @@ _MODELS_BY_KEY: dict[str, type[BaseModel]] = {
     "bias_audit": BiasAuditSpec,
     "audit_info": AuditInfoSpec,
     "gate_policy": GatePolicySpec,
+    "mitigation": MitigationSpec,
+    "mitigation.data": MitigationDataSpec,
 }
 
 

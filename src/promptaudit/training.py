@@ -17,7 +17,7 @@ import logging
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -127,6 +127,9 @@ def train_prompt(
     resume: bool = False,
     progress: bool = True,
     loaded: LoadedModel | None = None,
+    initial_state: dict[str, torch.Tensor] | None = None,
+    extra_loss: ExtraLoss | None = None,
+    extra_info: dict | None = None,
 ) -> TrainingResult:
     """Train a soft prompt and save it as a PEFT adapter in ``out_dir``.
 
@@ -151,6 +154,19 @@ def train_prompt(
         Continue from the last checkpoint in ``out_dir/.checkpoints``.
     loaded : LoadedModel, optional
         An already loaded base model to reuse (tests, benchmarks).
+    initial_state : dict of str to Tensor, optional
+        Warm start: a PEFT adapter state dict (``prompt_embeddings`` and, for
+        ``SEQ_CLS``, the head keyed ``base_model.classifier.weight`` ...) loaded
+        into the fresh ``PromptTuningConfig`` model before the first epoch (PEFT
+        cannot load a prompt adapter as trainable). ``config.num_virtual_tokens``
+        must match the state's prompt length.
+    extra_loss : callable, optional
+        ``extra_loss(logits_of, batch_texts, batch_logits) -> Tensor`` added to
+        the task loss of every batch: ``logits_of(texts)`` gives ``(k, n_labels)``
+        label logits of other texts with gradients, ``batch_logits`` is the
+        batch's ``(b, n_labels)`` (see :mod:`promptaudit.mitigation`).
+    extra_info : dict, optional
+        Extra keys written into ``training_info.json`` (e.g. the mitigation record).
 
     Returns
     -------
@@ -213,6 +229,9 @@ def train_prompt(
             MIN_VALIDATION_EXAMPLES,
         )
 
+    if initial_state is not None:
+        _load_initial_state(peft_model, initial_state, config.num_virtual_tokens)
+
     trainable = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=0.0)
     result = TrainingResult(
@@ -245,6 +264,16 @@ def train_prompt(
         result.history = state["trainer"]["history"]
         logger.info("resuming from %s (epoch %d done)", last, start_epoch)
 
+    batch_kwargs = {
+        "task": task,
+        "verbalizer": verbalizer,
+        "max_length": config.max_length,
+        "n_virtual": config.num_virtual_tokens,
+    }
+
+    def logits_of(more: Sequence[str]) -> torch.Tensor:
+        return _label_logits(peft_model, tokenizer, list(more), **batch_kwargs)
+
     examples_seen, train_seconds = 0, 0.0
     for epoch in range(start_epoch, config.epochs):
         started = time.perf_counter()
@@ -261,16 +290,16 @@ def train_prompt(
         total_loss = 0.0
         for start in batches:
             index = order[start : start + config.batch_size].tolist()
-            loss = _batch_loss(
-                peft_model,
-                tokenizer,
-                [texts[i] for i in index],
-                torch.as_tensor(label_ids[index], device=loaded.device),
-                task=task,
-                verbalizer=verbalizer,
-                max_length=config.max_length,
-                n_virtual=config.num_virtual_tokens,
-            )
+            targets = torch.as_tensor(label_ids[index], device=loaded.device)
+            if extra_loss is None:
+                loss = _batch_loss(
+                    peft_model, tokenizer, [texts[i] for i in index], targets, **batch_kwargs
+                )
+            else:
+                batch_texts = [texts[i] for i in index]
+                logits = _label_logits(peft_model, tokenizer, batch_texts, **batch_kwargs)
+                task_loss = torch.nn.functional.cross_entropy(logits, targets)
+                loss = task_loss + extra_loss(logits_of, batch_texts, logits)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -325,12 +354,41 @@ def train_prompt(
             "init_special_tokens": init_special,
             "n_train": result.n_train,
             "n_validation": result.n_validation,
+            **(extra_info or {}),
         },
     )
     return result
 
 
+#: ``extra_loss(logits_of, batch_texts, batch_logits) -> scalar Tensor`` (see train_prompt).
+ExtraLoss = Callable[
+    [Callable[[Sequence[str]], torch.Tensor], list[str], torch.Tensor], torch.Tensor
+]
+
+
 # ----------------------------------------------------------------- helpers
+def _load_initial_state(peft_model, state: dict[str, torch.Tensor], n_virtual: int) -> None:
+    """Copy a saved adapter's weights into a freshly built prompt-tuning model (warm start)."""
+    from peft import set_peft_model_state_dict
+
+    prompt = state.get("prompt_embeddings")
+    if prompt is None:
+        raise InputError("initial prompt: no 'prompt_embeddings' tensor to start from")
+    if int(prompt.shape[0]) != n_virtual:
+        raise InputError(
+            f"initial prompt: {int(prompt.shape[0])} virtual tokens but num_virtual_tokens is "
+            f"{n_virtual}; they must match"
+        )
+    outcome = set_peft_model_state_dict(peft_model, dict(state))
+    # The prompt lives on the prompt encoder, so the module load lists it as unexpected.
+    unexpected = [
+        k for k in getattr(outcome, "unexpected_keys", []) or [] if k != "prompt_embeddings"
+    ]
+    if unexpected:
+        raise InputError(f"initial prompt: weights {unexpected[0]!r} do not fit this model")
+    loaded = peft_model.get_prompt_embedding_to_save(peft_model.active_adapter)
+    if not torch.equal(loaded.detach().cpu().float(), prompt.detach().cpu().float()):
+        raise InputError("initial prompt: the prompt embeddings could not be loaded")
 def _hold_out(texts, label_ids, fraction, seed):
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(texts))

@@ -225,7 +225,13 @@ def render_html(result: dict) -> str:
     False
     """
     context = build_html_context(result)
-    return _environment().get_template("report.html").render(**context)
+    page = _environment().get_template("report.html").render(**context)
+    if isinstance(result.get("mitigation"), dict) and "</main>" in page:
+        from promptaudit.compare import mitigation_html  # before / after of a mitigation run
+
+        at = page.rindex("</main>")
+        page = page[:at] + mitigation_html(result["mitigation"]) + page[at:]
+    return page
 
 
 # --------------------------------------------------------------------------- context

@@ -117,7 +117,12 @@ def render_markdown(result: dict) -> str:
     ...       .splitlines()[0])
     ## ✅ promptaudit PASS: demo
     """
-    return _environment().get_template("summary.md").render(**_context(result))
+    text = _environment().get_template("summary.md").render(**_context(result))
+    if isinstance(result.get("mitigation"), dict):  # before / after of `run` with mitigation
+        from promptaudit.compare import mitigation_markdown
+
+        text += mitigation_markdown(result["mitigation"])
+    return text
 
 
 def _context(result: Mapping[str, Any]) -> dict[str, Any]:
