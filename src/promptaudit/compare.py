@@ -7,19 +7,23 @@ change and whether it is an improvement given the metric's direction, and, with
 A metric defined before but undefined after counts as regressed (fail closed); one
 undefined in both is listed as not comparable and gates nothing.
 
-:func:`comparison_markdown` and :func:`comparison_html` render the comparison (all
+:func:`comparison_markdown` and :func:`comparison_html` (in
+:mod:`promptaudit.report.comparison`, re-exported here) render the comparison (all
 user text escaped); :func:`write_comparison` writes ``comparison.md``,
 ``comparison.html`` and ``comparison.json`` atomically.
 """
 
 from __future__ import annotations
 
-import html
 import json
 from collections.abc import Mapping
 from pathlib import Path
 
 from promptaudit.errors import InputError
+from promptaudit.report.comparison import (
+    comparison_html,
+    comparison_markdown,
+)
 
 __all__ = [
     "compare_results",
@@ -122,143 +126,6 @@ def _side(result: Mapping) -> dict:
     }
 
 
-def _fmt(value) -> str:
-    return "undefined" if value is None else f"{value:.4f}"
-
-
-def _signed(value) -> str:
-    return "" if value is None else f"{value:+.4f}"
-
-
-def _md(text) -> str:
-    """Escape user text for Markdown (the report's escaper: no markup, no raw HTML)."""
-    from promptaudit.report.markdown import escape_markdown
-
-    return escape_markdown(text)
-
-
-def comparison_markdown(comparison: Mapping) -> str:
-    """The comparison as Markdown (user text escaped)."""
-    b, a = comparison["before"], comparison["after"]
-    lines = [
-        "# Before and after",
-        "",
-        f"- before: {_md(b['name'])} (prompt {_md(b['prompt'])}), gates "
-        f"{'passed' if b['passed'] else 'failed'}",
-        f"- after: {_md(a['name'])} (prompt {_md(a['prompt'])}), gates "
-        f"{'passed' if a['passed'] else 'failed'}",
-    ]
-    if comparison["max_regression"] is not None:
-        verdict = (
-            "no metric got worse by more than the threshold"
-            if comparison["passed"]
-            else "regressed: " + ", ".join(comparison["regressed"])
-        )
-        lines.append(f"- regression gate (max {comparison['max_regression']:g}): {verdict}")
-    lines += [
-        "",
-        "| metric | better | before | after | change | verdict |",
-        "|---|---|---|---|---|---|",
-    ]
-    for row in comparison["metrics"]:
-        if row["verdict"] == "not comparable":
-            continue
-        flag = " (regression)" if row["regressed"] else ""
-        lines.append(
-            f"| {row['metric']} | {row['direction']} | {_fmt(row['before'])} | "
-            f"{_fmt(row['after'])} | {_signed(row['change'])} | {row['verdict']}{flag} |"
-        )
-    gates = comparison["gates"]
-    if gates["before"] or gates["after"]:
-        lines += ["", "| gate | before | after |", "|---|---|---|"]
-        for name, old, new in _gate_pairs(gates["before"], gates["after"]):
-            lines.append(f"| {_md(name)} | {_gate_cell(old)} | {_gate_cell(new)} |")
-    return "\n".join(lines) + "\n"
-
-
-def _gate_key(gate: Mapping) -> tuple:
-    return (gate.get("metric"), gate.get("feature"), gate.get("op"), gate.get("threshold"))
-
-
-def _gate_pairs(before: list, after: list) -> list[tuple[str, Mapping | None, Mapping | None]]:
-    """(name, before gate, after gate) matched on metric, feature, operator and threshold."""
-    keys: dict[tuple, list] = {}
-    for side, gates in ((0, before), (1, after)):
-        for gate in gates:
-            if isinstance(gate, Mapping):
-                keys.setdefault(_gate_key(gate), [None, None])[side] = gate
-    out = []
-    for (metric, feature, op, threshold), (old, new) in keys.items():
-        name = f"{metric}{'' if feature is None else f' ({feature})'} {op or ''} {threshold}"
-        out.append((name, old, new))
-    return out
-
-
-def _gate_cell(gate: Mapping | None) -> str:
-    if gate is None:
-        return "-"
-    return f"{'PASS' if gate.get('passed') else 'FAIL'} ({_fmt(gate.get('value'))})"
-
-
-_STYLE = (
-    "body{font-family:system-ui,sans-serif;margin:2rem;max-width:60rem}"
-    "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.3rem .6rem;"
-    "text-align:right}td:first-child,th:first-child{text-align:left}"
-    ".improved{color:#1a7f37}.worse{color:#b42318}.regressed{font-weight:bold;color:#b42318}"
-)
-
-
-def comparison_html(comparison: Mapping) -> str:
-    """The comparison as a self-contained HTML page (user text escaped)."""
-    e = html.escape
-    b, a = comparison["before"], comparison["after"]
-    parts = [
-        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
-        "<title>promptaudit comparison</title>",
-        f"<style>{_STYLE}</style></head><body>",
-        "<h1>Before and after</h1><ul>",
-        f"<li>before: {e(str(b['name']))} (prompt {e(str(b['prompt']))}), gates "
-        f"{'passed' if b['passed'] else 'failed'}</li>",
-        f"<li>after: {e(str(a['name']))} (prompt {e(str(a['prompt']))}), gates "
-        f"{'passed' if a['passed'] else 'failed'}</li>",
-    ]
-    if comparison["max_regression"] is not None:
-        verdict = (
-            "no metric got worse by more than the threshold"
-            if comparison["passed"]
-            else "regressed: " + ", ".join(e(m) for m in comparison["regressed"])
-        )
-        parts.append(f"<li>regression gate (max {comparison['max_regression']:g}): {verdict}</li>")
-    parts.append(
-        "</ul><table><thead><tr><th>metric</th><th>better</th><th>before</th><th>after</th>"
-        "<th>change</th><th>verdict</th></tr></thead><tbody>"
-    )
-    for row in comparison["metrics"]:
-        if row["verdict"] == "not comparable":
-            continue
-        css = "regressed" if row["regressed"] else row["verdict"].split()[0]
-        parts.append(
-            f"<tr><td>{e(row['metric'])}</td><td>{e(row['direction'])}</td>"
-            f"<td>{_fmt(row['before'])}</td><td>{_fmt(row['after'])}</td>"
-            f"<td>{_signed(row['change'])}</td><td class='{css}'>{e(row['verdict'])}"
-            f"{' (regression)' if row['regressed'] else ''}</td></tr>"
-        )
-    parts.append("</tbody></table>")
-    gates = comparison["gates"]
-    if gates["before"] or gates["after"]:
-        parts.append(
-            "<table><thead><tr><th>gate</th><th>before</th><th>after</th></tr></thead><tbody>"
-        )
-        for name, old, new in _gate_pairs(gates["before"], gates["after"]):
-            parts.append(
-                f"<tr><td>{e(name)}</td><td>{e(_gate_cell(old))}</td>"
-                f"<td>{e(_gate_cell(new))}</td></tr>"
-            )
-        parts.append("</tbody></table>")
-    parts.append("</body></html>")
-    return "".join(parts)
-
-
 def write_comparison(comparison: Mapping, out_dir: str | Path) -> dict[str, str]:
     """Write ``comparison.html``, ``.md`` and ``.json`` into ``out_dir`` (atomically)."""
     from promptaudit.atomic import atomic_write_text, prepare_output_dir
@@ -277,87 +144,3 @@ def write_comparison(comparison: Mapping, out_dir: str | Path) -> dict[str, str]
             )
         ),
     }
-
-
-# ----------------------------------------------- the mitigation block of a run
-def _tradeoff_rows(record: Mapping) -> list[dict]:
-    return [row for row in (record.get("table") or []) if isinstance(row, Mapping)]
-
-
-def _weight(row: Mapping) -> str:
-    weight = row.get("weight")
-    return "original" if weight is None else f"{float(weight):g}"
-
-
-def mitigation_markdown(block: Mapping) -> str:
-    """Markdown section for a result's ``mitigation`` block (before / after side by side)."""
-    record = block.get("record") or {}
-    lines = ["", "### Mitigation (counterfactual logit pairing)", ""]
-    lines.append(_md(record.get("message", "")))
-    if not block.get("mitigated"):
-        lines.append("")
-        lines.append(
-            "No weight met the accuracy budget: the report above is the original prompt's "
-            "audit, and no prompt is claimed as mitigated."
-        )
-    lines += [
-        "",
-        "| weight | val. accuracy | DP ratio (swapped) | flip rate | mean abs delta | "
-        "within budget | chosen |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for row in _tradeoff_rows(record):
-        lines.append(
-            f"| {_weight(row)} | {_fmt(row.get('accuracy'))} | {_fmt(row.get('dp_ratio'))} | "
-            f"{_fmt(row.get('flip_rate'))} | {_fmt(row.get('mean_abs_delta'))} | "
-            f"{'yes' if row.get('within_budget') else 'no'} | "
-            f"{'yes' if row.get('chosen') else ''} |"
-        )
-    comparison = block.get("comparison")
-    if comparison:
-        lines += [
-            "",
-            "Before (original prompt) and after (mitigated prompt), same evaluation data:",
-        ]
-        body = comparison_markdown(comparison).split("\n", 2)[2]  # drop the page title
-        lines.append(body.rstrip("\n"))
-    return "\n".join(lines) + "\n"
-
-
-def mitigation_html(block: Mapping) -> str:
-    """HTML section for a result's ``mitigation`` block (before / after side by side)."""
-    e = html.escape
-    record = block.get("record") or {}
-    parts = [
-        "<section id='mitigation'><h2>Mitigation (counterfactual logit pairing)</h2>",
-        f"<p>{e(str(record.get('message', '')))}</p>",
-    ]
-    if not block.get("mitigated"):
-        parts.append(
-            "<p><strong>No weight met the accuracy budget</strong>: this report is the original "
-            "prompt's audit, and no prompt is claimed as mitigated.</p>"
-        )
-    parts.append(
-        "<table><thead><tr><th>weight</th><th>val. accuracy</th><th>DP ratio (swapped)</th>"
-        "<th>flip rate</th><th>mean abs delta</th><th>within budget</th><th>chosen</th></tr>"
-        "</thead><tbody>"
-    )
-    for row in _tradeoff_rows(record):
-        parts.append(
-            f"<tr><td>{e(_weight(row))}</td><td>{_fmt(row.get('accuracy'))}</td>"
-            f"<td>{_fmt(row.get('dp_ratio'))}</td><td>{_fmt(row.get('flip_rate'))}</td>"
-            f"<td>{_fmt(row.get('mean_abs_delta'))}</td>"
-            f"<td>{'yes' if row.get('within_budget') else 'no'}</td>"
-            f"<td>{'yes' if row.get('chosen') else ''}</td></tr>"
-        )
-    parts.append("</tbody></table>")
-    comparison = block.get("comparison")
-    if comparison:
-        page = comparison_html(comparison)
-        inner = page[page.index("<h1>Before and after</h1>") : page.index("</body>")]
-        parts.append(
-            "<h3>Before and after, same evaluation data</h3>"
-            + inner.replace("<h1>Before and after</h1>", "")
-        )
-    parts.append("</section>")
-    return "".join(parts)

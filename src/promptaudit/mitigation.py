@@ -795,7 +795,7 @@ def _data_hashes(texts: list[str], label_ids: np.ndarray, source: str | None) ->
     content = json.dumps([texts, label_ids.tolist()], ensure_ascii=False).encode("utf-8")
     out = {"content_sha256": hashlib.sha256(content).hexdigest(), "source": source}
     if source and Path(source).is_file():
-        from promptaudit.pipeline import sha256_file
+        from promptaudit.paths import sha256_file
 
         out["file_sha256"] = sha256_file(source)
     return out

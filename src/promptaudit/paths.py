@@ -14,6 +14,7 @@ Nothing here imports torch or transformers.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -29,6 +30,7 @@ __all__ = [
     "looks_like_local_path",
     "is_hub_id",
     "HUB_ID_PATTERN",
+    "sha256_file",
 ]
 
 #: A Hugging Face Hub repository id: ``name`` or ``org/name`` (letters, digits, ``-_.``).
@@ -169,3 +171,12 @@ def check_audit_outputs(spec, out: str | Path, *, spec_path: str | Path | None =
     if train is not None and train.out:
         outputs["prompt.train.out"] = Path(train.out)
     check_outputs_do_not_clobber(outputs, audit_inputs(spec, spec_path))
+
+
+def sha256_file(path: str | Path, *, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -22,7 +22,6 @@ the result.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import logging
 import platform
 from importlib import metadata
@@ -41,6 +40,7 @@ from promptaudit.data import (
     row_location,
 )
 from promptaudit.errors import DataError, SpecError
+from promptaudit.paths import sha256_file
 from promptaudit.prompted import PromptedModel, float32_model, load_prompted_model
 from promptaudit.prompts import SoftPrompt, text_init_token_ids
 from promptaudit.results import AuditResult
@@ -671,15 +671,6 @@ def _baselines(
 
 
 # ---------------------------------------------------------------- provenance
-def sha256_file(path: str | Path, *, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def library_versions() -> dict[str, str]:
     """Versions of Python and the libraries whose numbers end up in a result."""
     versions = {"python": platform.python_version()}

@@ -8,10 +8,12 @@ a missing key, ``None`` or a non-finite number is "not computed" and formats as
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 __all__ = [
+    "escape_markdown",
     "NA",
     "DISPARITY_LABELS",
     "GROUP_METRIC_LABELS",
@@ -637,3 +639,46 @@ def fidelity_sentence(projection: Mapping[str, Any]) -> str | None:
     verdict = trust_level(projection) or fidelity_level(fidelity) or NA
     detail = " ".join(x for x in (trust_reason(projection), fidelity_detail(projection)) if x)
     return f"Trust in this reading: {verdict}." + (f" {detail}" if detail else "")
+
+
+# ------------------------------------------------------------ Markdown escaping
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_NEWLINES = re.compile(r"[\r\n\u2028\u2029]+")
+_ENTITIES = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
+_BACKSLASHED = set("\\`*_[]|~$")
+
+
+def escape_markdown(value: Any) -> str:
+    """Escape text so that GitHub-flavoured Markdown shows it literally.
+
+    Control characters are dropped, line breaks become spaces (safe inside table
+    cells), ``& < >`` become HTML entities (no raw HTML), and the characters
+    ``\\ ` * _ [ ] | ~ $`` are backslash-escaped (no emphasis, code, links,
+    table cells, strike-through or math).
+
+    Parameters
+    ----------
+    value : object
+        Anything; ``None`` renders as ``"n/a"``.
+
+    Returns
+    -------
+    str
+
+    Examples
+    --------
+    >>> escape_markdown("**bold** | [link](http://x) <b>")
+    '\\\\*\\\\*bold\\\\*\\\\* \\\\| \\\\[link\\\\](http://x) &lt;b&gt;'
+    """
+    if value is None:
+        return NA
+    text = _NEWLINES.sub(" ", _CONTROL.sub("", str(value)))
+    out = []
+    for char in text:
+        if char in _ENTITIES:
+            out.append(_ENTITIES[char])
+        elif char in _BACKSLASHED:
+            out.append("\\" + char)
+        else:
+            out.append(char)
+    return "".join(out)

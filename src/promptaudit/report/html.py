@@ -227,7 +227,7 @@ def render_html(result: dict) -> str:
     context = build_html_context(result)
     page = _environment().get_template("report.html").render(**context)
     if isinstance(result.get("mitigation"), dict) and "</main>" in page:
-        from promptaudit.compare import mitigation_html  # before / after of a mitigation run
+        from promptaudit.report.comparison import mitigation_html  # before / after
 
         at = page.rindex("</main>")
         page = page[:at] + mitigation_html(result["mitigation"]) + page[at:]

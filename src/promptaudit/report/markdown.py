@@ -7,7 +7,6 @@ never becomes Markdown or HTML markup; the markup itself lives in ``summary.md``
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
@@ -24,6 +23,7 @@ from promptaudit.report._common import (
     classification_rows,
     competence_sentence,
     disparity_label,
+    escape_markdown,
     fidelity_sentence,
     fmt_interval,
     fmt_num,
@@ -40,48 +40,6 @@ from promptaudit.report._common import (
 )
 
 __all__ = ["render_markdown", "escape_markdown"]
-
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-_NEWLINES = re.compile(r"[\r\n\u2028\u2029]+")
-_ENTITIES = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
-_BACKSLASHED = set("\\`*_[]|~$")
-
-
-def escape_markdown(value: Any) -> str:
-    """Escape text so that GitHub-flavoured Markdown shows it literally.
-
-    Control characters are dropped, line breaks become spaces (safe inside table
-    cells), ``& < >`` become HTML entities (no raw HTML), and the characters
-    ``\\ ` * _ [ ] | ~ $`` are backslash-escaped (no emphasis, code, links,
-    table cells, strike-through or math).
-
-    Parameters
-    ----------
-    value : object
-        Anything; ``None`` renders as ``"n/a"``.
-
-    Returns
-    -------
-    str
-
-    Examples
-    --------
-    >>> escape_markdown("**bold** | [link](http://x) <b>")
-    '\\\\*\\\\*bold\\\\*\\\\* \\\\| \\\\[link\\\\](http://x) &lt;b&gt;'
-    """
-    if value is None:
-        return NA
-    text = _NEWLINES.sub(" ", _CONTROL.sub("", str(value)))
-    out = []
-    for char in text:
-        if char in _ENTITIES:
-            out.append(_ENTITIES[char])
-        elif char in _BACKSLASHED:
-            out.append("\\" + char)
-        else:
-            out.append(char)
-    return "".join(out)
-
 
 @lru_cache(maxsize=1)
 def _environment() -> jinja2.Environment:
@@ -119,7 +77,7 @@ def render_markdown(result: dict) -> str:
     """
     text = _environment().get_template("summary.md").render(**_context(result))
     if isinstance(result.get("mitigation"), dict):  # before / after of `run` with mitigation
-        from promptaudit.compare import mitigation_markdown
+        from promptaudit.report.comparison import mitigation_markdown
 
         text += mitigation_markdown(result["mitigation"])
     return text
