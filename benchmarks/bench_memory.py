@@ -120,9 +120,9 @@ def build_tiny_model(root: Path) -> tuple[Path, Path]:
                         max_position_embeddings=512, num_labels=2,
                         pad_token_id=tokenizer.pad_token_id)
     model_dir, adapter_dir = root / "tiny-bert", root / "tiny-prompt"
-    model = BertForSequenceClassification(config)
-    model.save_pretrained(model_dir)
+    BertForSequenceClassification(config).save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
+    model = BertForSequenceClassification.from_pretrained(model_dir)  # records its path
     peft_config = PromptTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=10,
                                      base_model_name_or_path=str(model_dir))
     get_peft_model(model, peft_config).save_pretrained(adapter_dir)
