@@ -2,14 +2,24 @@
 
 :meth:`promptaudit.prompted.PromptedModel.predict_proba` streams the texts through the
 model in batches (tokenized per batch, sorted by length); what it keeps for the whole
-evaluation set is the ``(n_rows, n_labels)`` float64 output plus ``(n_rows,)`` int64
-lengths and order. So from a small to a large evaluation set, the memory used while
-predicting may grow by about ``rows x (8 x n_labels + 16)`` bytes and no more.
+evaluation set is the ``(n_rows, n_labels)`` float64 output, ``(n_rows,)`` int64
+lengths and order, and its list of the texts as ``str`` (one 8-byte reference a row; the
+strings themselves are the caller's). So from a small to a large evaluation set, the
+memory used while predicting may grow by about ``rows x (8 x n_labels + 24)`` bytes and
+no more.
 
 Each row count runs in a fresh child process (peak RSS is per process) that
 
-1. loads the bundled MiniLM (``builtin:minilm``) with the shipped demo prompt
-   (``promptaudit/demo_prompt``, 10 virtual tokens, 2 labels),
+1. loads the model: the bundled MiniLM (``builtin:minilm``, the default) with the shipped
+   demo prompt (``promptaudit/demo_prompt``, 10 virtual tokens, 2 labels), or with
+   ``--model tiny`` a 2-layer, 32-wide BERT built here from ``BertConfig`` (seed 0, random
+   weights, its classifier head saved with it) that uses MiniLM's own tokenizer and
+   vocabulary, with a PEFT ``SEQ_CLS`` prompt-tuning adapter made here by plain PEFT
+   (10 virtual tokens, 2 labels). Texts are then tokenized, batched, padded and stored
+   exactly as with MiniLM; only the forward pass is ~100x cheaper, so 100k rows fit in a
+   few CPU minutes. Its predictions are meaningless (random weights): the tiny model is
+   for measuring promptaudit's per-row memory, which does not depend on the model's size,
+   and for nothing else,
 2. builds ``rows`` short texts by repeating ``builtin:screening`` (default: 600 texts, so
    every row count above 600 sees the same batch shapes) or the SST-2 train sentences
    (``--source sst2``, ``../shared/data/sst2/train.tsv``; small row counts then see fewer
@@ -21,20 +31,22 @@ Per row count it reports the RSS with the model loaded and with the texts built,
 pass's RSS before and peak, the prediction peak (highest RSS of either pass minus the RSS
 with the texts built), the tracemalloc peak, ``ru_maxrss`` and rows per second. Then:
 
-    RSS:         peak(large) - peak(small)   <= (large - small) x (8 x n_labels + 16) B
+    RSS:         peak(large) - peak(small)   <= (large - small) x (8 x n_labels + 24) B
                                                 + --tolerance-mib (default 32 MiB)
-    tracemalloc: traced(large) - traced(small) <= (large - small) x (8 x n_labels + 16) B
+    tracemalloc: traced(large) - traced(small) <= (large - small) x (8 x n_labels + 24) B
                                                 + 1 MiB
 
-(float64 probabilities, int64 length and order per row). The RSS tolerance covers glibc's
-malloc arenas, whose high-water mark moves by ~20 MiB between identical passes; the
-tracemalloc check is exact and catches any per-row Python object (a whole-dataset
-tokenization costs ~1 KiB a row). It prints PASS or FAIL (exit status 1 on FAIL) and writes
-``benchmarks/results/bench_memory.json``.
+(float64 probabilities, int64 length and order, one list reference per row). The RSS
+tolerance covers glibc's malloc arenas, whose high-water mark moves by ~20 MiB between
+identical passes; the tracemalloc check is exact and catches any per-row Python object
+(a whole-dataset tokenization costs ~1 KiB a row). It also prints the growth per added
+row in bytes and its ratio to the stored predictions' ``8 x n_labels`` bytes, then PASS or
+FAIL (exit status 1 on FAIL), and writes ``benchmarks/results/bench_memory.json``.
 Usage::
 
-    python benchmarks/bench_memory.py                          # 10k and 100k rows
-    python benchmarks/bench_memory.py --rows 2000 20000        # quicker, same 10x ratio
+    python benchmarks/bench_memory.py --model tiny             # 10k and 100k rows, ~5 CPU min
+    python benchmarks/bench_memory.py --rows 1000 10000        # MiniLM, ~5 CPU min
+    python benchmarks/bench_memory.py                          # MiniLM, 10k and 100k (~40 min)
     python benchmarks/bench_memory.py --device cuda --batch-size 256
 """
 
@@ -47,6 +59,7 @@ import platform
 import resource
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import tracemalloc
@@ -78,6 +91,42 @@ def _texts(source: str, rows: int) -> list[str]:
     base = _base(source)
     # distinct string objects (as a file read gives), not `rows` references to a few
     return [base[i % len(base)].encode().decode() for i in range(rows)]
+
+
+def build_tiny_model(root: Path) -> tuple[Path, Path]:
+    """Save a tiny BERT classifier and a plain-PEFT prompt adapter for it under ``root``.
+
+    The BERT (2 layers, hidden 32, 2 heads, seed 0, random weights) uses MiniLM's
+    tokenizer and vocabulary, so texts become the same token ids and batch shapes as
+    with ``builtin:minilm``. It is saved as ``BertForSequenceClassification`` (classifier
+    head included); the adapter is a ``SEQ_CLS`` prompt-tuning adapter made with
+    ``peft.get_peft_model`` + ``save_pretrained`` (10 virtual tokens).
+
+    Returns
+    -------
+    (Path, Path)
+        The model directory and the adapter directory.
+    """
+    import torch
+    from peft import PromptTuningConfig, TaskType, get_peft_model
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from promptaudit.models import builtin_minilm_dir
+
+    tokenizer = AutoTokenizer.from_pretrained(builtin_minilm_dir())
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=64,
+                        max_position_embeddings=512, num_labels=2,
+                        pad_token_id=tokenizer.pad_token_id)
+    model_dir, adapter_dir = root / "tiny-bert", root / "tiny-prompt"
+    BertForSequenceClassification(config).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    model = BertForSequenceClassification.from_pretrained(model_dir)  # records its path
+    peft_config = PromptTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=10,
+                                     base_model_name_or_path=str(model_dir))
+    get_peft_model(model, peft_config).save_pretrained(adapter_dir)
+    return model_dir, adapter_dir
 
 
 def _predict_measured(prompted, texts: list[str], *, trace: bool) -> dict:
@@ -127,8 +176,10 @@ def child(args: argparse.Namespace) -> dict:
 
     quiet_transformers()
     torch.manual_seed(0)
+    model = args.model_dir or "builtin:minilm"
+    prompt = args.prompt_dir or str(demo_prompt_dir("clean"))
     prompted, _, _ = load_prompted_model(
-        "builtin:minilm", str(demo_prompt_dir("clean")), task="sequence-classification",
+        model, prompt, task="sequence-classification",
         labels=["reject", "accept"], device=args.device, max_length=args.max_length,
         batch_size=args.batch_size)
     rss_model = _rss()
@@ -154,6 +205,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, nargs=2, default=[10_000, 100_000],
                         metavar=("SMALL", "LARGE"))
+    parser.add_argument("--model", choices=["builtin:minilm", "tiny"], default="builtin:minilm",
+                        help="tiny: a 2-layer BERT with MiniLM's tokenizer, built here")
     parser.add_argument("--source", choices=["screening", "sst2"], default="screening")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--max-length", type=int, default=64)
@@ -161,17 +214,29 @@ def main() -> int:
     parser.add_argument("--tolerance-mib", type=float, default=32.0)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--model-dir", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--prompt-dir", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
         print(json.dumps(child(args)))
         return 0
 
+    with tempfile.TemporaryDirectory(prefix="bench-memory-") as root:
+        model_args: list[str] = []
+        if args.model == "tiny":
+            model_dir, adapter_dir = build_tiny_model(Path(root))
+            model_args = ["--model-dir", str(model_dir), "--prompt-dir", str(adapter_dir)]
+        return compare(args, model_args)
+
+
+def compare(args: argparse.Namespace, model_args: list[str]) -> int:
+    """Run both row counts in child processes, print and write the comparison."""
     small, large = sorted(args.rows)
     measured = []
     for rows in (small, large):
         command = [sys.executable, __file__, "--child", str(rows), "--source", args.source,
                    "--batch-size", str(args.batch_size), "--max-length", str(args.max_length),
-                   "--device", args.device]
+                   "--device", args.device, *model_args]
         done = subprocess.run(command, check=True, capture_output=True, text=True,
                               env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
         measured.append(json.loads(done.stdout.strip().splitlines()[-1]))
@@ -185,7 +250,8 @@ def main() -> int:
               f"{row['ru_maxrss_mib']:.0f} MiB; {row['rows_per_second']:.0f} rows/s", flush=True)
 
     n_labels = measured[1]["n_labels"]
-    per_row = 8 * n_labels + 16  # float64 probabilities + int64 length + int64 order
+    # float64 probabilities + int64 length + int64 order + the str list's reference
+    per_row = 8 * n_labels + 24
     budget = (large - small) * per_row / MIB
     stored = (large - small) * 8 * n_labels / MIB
     growth_rss = measured[1]["prediction_peak_mib"] - measured[0]["prediction_peak_mib"]
@@ -200,14 +266,24 @@ def main() -> int:
           f"{args.tolerance_mib:g} MiB tolerance): {'PASS' if rss_ok else 'FAIL'}")
     print(f"  tracemalloc peak    {growth_traced:+.2f} MiB (allowed {budget:.2f} + 1 MiB): "
           f"{'PASS' if traced_ok else 'FAIL'}")
+    added = large - small
+    rss_per_row = growth_rss * MIB / added
+    traced_per_row = growth_traced * MIB / added
+    print(f"  per added row: RSS {rss_per_row:+.1f} B, tracemalloc {traced_per_row:+.1f} B, "
+          f"stored predictions {8 * n_labels} B (ratio to stored: RSS "
+          f"{rss_per_row / (8 * n_labels):.2f}x, tracemalloc "
+          f"{traced_per_row / (8 * n_labels):.2f}x)")
     print(f"{'PASS' if passed else 'FAIL'}")
     report = {
-        "benchmark": "bench_memory", "source": args.source, "device": args.device,
+        "benchmark": "bench_memory", "model": args.model, "source": args.source,
+        "device": args.device,
         "batch_size": args.batch_size, "max_length": args.max_length,
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
         "runs": measured, "growth_prediction_peak_rss_mib": growth_rss,
         "growth_tracemalloc_mib": growth_traced, "stored_prediction_growth_mib": stored,
-        "allowed_growth_mib": budget, "rss_tolerance_mib": args.tolerance_mib,
+        "allowed_growth_mib": budget, "rss_growth_bytes_per_row": rss_per_row,
+        "tracemalloc_growth_bytes_per_row": traced_per_row,
+        "stored_prediction_bytes_per_row": 8 * n_labels, "rss_tolerance_mib": args.tolerance_mib,
         "passed": passed,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
