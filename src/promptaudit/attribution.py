@@ -64,6 +64,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from promptaudit import choices as _choices
+from promptaudit.choices import AttributionMethod, Baseline
 from promptaudit.errors import InputError
 from promptaudit.prompted import EncodedBatch, PromptedModel
 
@@ -106,11 +108,10 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # One-line error messages (``str.format`` templates); tests assert them exactly.
-UNKNOWN_METHOD_MESSAGE = (
-    "method: unknown attribution method {value!r}; allowed: "
-    "integrated_gradients, feature_ablation, shapley_sampling"
-)
-UNKNOWN_BASELINE_MESSAGE = "baseline: unknown baseline {value!r}; allowed: zero, pad, mean"
+# The method and baseline choices live in promptaudit.choices (torch-free, shared with the
+# spec); their messages are derived from the enums there.
+UNKNOWN_METHOD_MESSAGE = _choices.UNKNOWN_ATTRIBUTION_CHOICE[AttributionMethod]
+UNKNOWN_BASELINE_MESSAGE = _choices.UNKNOWN_ATTRIBUTION_CHOICE[Baseline]
 UNKNOWN_SHAPLEY_INPUT_MESSAGE = "shapley_input: unknown grouping {value!r}; allowed: whole, tokens"
 N_STEPS_MESSAGE = "n_steps: {value!r}; must be an integer >= 1"
 N_STEPS_AUTO_MESSAGE = "n_steps: {value!r}; must be an integer >= 1 or 'auto'"
@@ -169,24 +170,6 @@ class _Choice(enum.StrEnum):
             raise InputError(_CHOICE_MESSAGES[cls].format(value=value)) from None
 
 
-class AttributionMethod(_Choice):
-    """Attribution method (one Captum method, one class here)."""
-
-    INTEGRATED_GRADIENTS = "integrated_gradients"
-    FEATURE_ABLATION = "feature_ablation"
-    SHAPLEY_SAMPLING = "shapley_sampling"
-
-
-
-class Baseline(_Choice):
-    """Reference embedding put at every prompt and input position."""
-
-    ZERO = "zero"
-    PAD = "pad"
-    MEAN = "mean"
-
-
-
 class ShapleyInput(_Choice):
     """How Shapley sampling groups the input: one player, or one player per token."""
 
@@ -195,8 +178,6 @@ class ShapleyInput(_Choice):
 
 
 _CHOICE_MESSAGES = {
-    AttributionMethod: UNKNOWN_METHOD_MESSAGE,
-    Baseline: UNKNOWN_BASELINE_MESSAGE,
     ShapleyInput: UNKNOWN_SHAPLEY_INPUT_MESSAGE,
 }
 

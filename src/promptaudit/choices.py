@@ -41,6 +41,7 @@ __all__ = [
     "default_init_text",
     "ProjectionMetric",
     "UNKNOWN_PROJECTION_METRIC_MESSAGE",
+    "UNKNOWN_ATTRIBUTION_CHOICE",
     "AttributionMethod",
     "Baseline",
     "GROUP_METRICS",
@@ -147,7 +148,7 @@ class _AttributionChoice(enum.StrEnum):
         try:
             return cls(value)
         except ValueError:
-            raise InputError(_UNKNOWN_ATTRIBUTION_CHOICE[cls].format(value=value)) from None
+            raise InputError(UNKNOWN_ATTRIBUTION_CHOICE[cls].format(value=value)) from None
 
 
 class AttributionMethod(_AttributionChoice):
@@ -166,7 +167,7 @@ class Baseline(_AttributionChoice):
     MEAN = "mean"
 
 
-_UNKNOWN_ATTRIBUTION_CHOICE = {
+UNKNOWN_ATTRIBUTION_CHOICE = {
     AttributionMethod: "method: unknown attribution method {value!r}; allowed: "
     + ", ".join(AttributionMethod),
     Baseline: "baseline: unknown baseline {value!r}; allowed: " + ", ".join(Baseline),
