@@ -422,6 +422,9 @@ class AuditInfoSpec(_Strict):
             return value.isoformat()
         if isinstance(value, int | float) and not isinstance(value, bool):
             return str(value)
+        return value
+
+
 class MitigationDataSpec(_Strict):
     """Labelled data the prompt is re-tuned on (optional pair and group columns)."""
 
