@@ -4,8 +4,9 @@ These are the two slow tests of the audit suite (the demo runs the full built-in
 on 600 texts and 1200 counterfactual variants):
 
 - ``promptaudit demo --out DIR`` writes the four reports; the clean prompt works and no
-  gate fails, but every gate is inconclusive on 600 rows, so it exits 1 under the default
-  ``gate_policy.inconclusive: fail``; a second
+  gate fails, but every gate is inconclusive on 600 rows; the demo's spec counts
+  inconclusive as passed (``gate_policy.inconclusive: pass``), so it exits 0 and says so,
+  while the same audit under the default policy fails closed; a second
   ``run_audit(demo_spec(...))`` gives the same numbers. To keep the suite short the
   second run skips the stages whose numbers the comparison does not need (projection,
   attribution, baselines, counterfactual variants) and is compared on ``task`` and on
@@ -52,11 +53,11 @@ def test_demo_writes_four_reports_passes_and_repeats_its_numbers(tmp_path):
     out = tmp_path / "demo-out"
     outcome = CliRunner().invoke(app, ["demo", "--out", str(out)], catch_exceptions=False)
     # The clean prompt works and no gate fails, but 600 rows cannot settle its thresholds:
-    # every gate is inconclusive, which fails closed (gate_policy.inconclusive: fail).
-    assert outcome.exit_code == 1, outcome.output
+    # every gate is inconclusive, which the demo's policy counts as passed (and says so).
+    assert outcome.exit_code == 0, outcome.output
     assert sorted(p.name for p in out.iterdir()) == sorted(f"demo{s}" for s in SUFFIXES)
     result = read_result_json(out / "demo.json")
-    assert result["passed"] is False and len(result["gates"]) == 3
+    assert result["passed"] is True and len(result["gates"]) == 3
     assert [g["status"] for g in result["gates"]] == ["inconclusive"] * 3
     assert all(g["rows_to_decide"] > 600 for g in result["gates"][:2])
     assert result["task"]["competence"]["works"] is True
@@ -67,7 +68,12 @@ def test_demo_writes_four_reports_passes_and_repeats_its_numbers(tmp_path):
     first_gate = next(i for i, line in enumerate(lines) if line.startswith("INCONCLUSIVE  "))
     assert any(line.startswith("Competence: The prompt does its task")
                for line in lines[:first_gate])
-    assert "audit demo: INCONCLUSIVE (counted as FAILED" in outcome.stdout
+    assert "audit demo: INCONCLUSIVE (counted as PASSED" in outcome.stdout
+    # Under the default policy the same gates fail closed.
+    from promptaudit.gates import evaluate_gates
+
+    closed = evaluate_gates(result["audit"]["spec"]["gates"], result)
+    assert [g["passed"] for g in closed] == [False] * 3
 
     spec = demo_spec(demo_prompt_dir("clean"))
     quick = spec.model_copy(update={

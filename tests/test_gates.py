@@ -291,3 +291,17 @@ def test_gates_name_the_intersection_and_flip_interval():
     assert (flips["bound"], flips["value"], flips["passed"]) == ("upper", 0.08, False)
     assert one({"metric": "counterfactual_flip_rate", "max": 0.05}, result)["status"] == (
         "inconclusive")
+
+
+def test_an_inconclusive_worst_value_gate_names_every_undecided_feature():
+    result = copy.deepcopy(RESULT)
+    race = result["fairness"]["by_feature"]["race"]
+    race["disparities"]["demographic_parity_ratio"] = 0.8
+    race["disparity_intervals"]["demographic_parity_ratio"] = [0.5, 0.95]
+    result["fairness"]["disparities"]["demographic_parity_ratio"] = 0.8
+    result["fairness"]["disparity_intervals"]["demographic_parity_ratio"] = [0.5, 0.95]
+    entry = evaluate_gates([{"metric": "demographic_parity_ratio", "min": 0.75}], result)[0]
+    assert entry["status"] == "inconclusive"
+    # gender 0.9 in [0.7, 1] and race 0.8 in [0.5, 0.95] both straddle 0.75
+    assert ("95% intervals straddle it for gender (0.9) [0.7, 1]; race (0.8) [0.5, 0.95]"
+            in entry["message"]), entry["message"]

@@ -63,6 +63,11 @@ def demo_spec(prompt_path: str | Path, *, name: str = "demo") -> AuditSpec:
             {"metric": "equalized_odds_difference", "max": 0.1},
             {"metric": "counterfactual_flip_rate", "max": 0.05},
         ],
+        # 600 generated rows cannot settle these thresholds either way: the demo shows its
+        # gates as INCONCLUSIVE (with the rows each would need) and, so that a fresh
+        # install ends with exit 0, counts them as passed. Audits of your own keep the
+        # default, inconclusive: fail.
+        "gate_policy": {"inconclusive": "pass"},
     }, source="demo")
 
 

@@ -289,6 +289,7 @@ def _status_with_uncertainty(point, candidates, op, threshold, expected, meets):
         return GateStatus.FAIL, None
     if not expected:
         return GateStatus.PASS, None
+    straddling = []
     for candidate in candidates:
         value, interval = candidate[0], candidate[1]
         if value is None:
@@ -297,14 +298,23 @@ def _status_with_uncertainty(point, candidates, op, threshold, expected, meets):
             where = f" for {candidate[2]}" if len(candidate) > 2 else ""
             return GateStatus.INCONCLUSIVE, f"no interval{where}"
         if not meets(interval[0] if op == ">=" else interval[1]):
-            return GateStatus.INCONCLUSIVE, _straddle(candidate)
+            straddling.append(candidate)
+    if straddling:  # every undecided feature is named: rows_to_decide is the most any needs
+        return GateStatus.INCONCLUSIVE, _straddle(*straddling)
     return GateStatus.PASS, None
 
 
-def _straddle(candidate: tuple) -> str:
-    value, interval = candidate[0], candidate[1]
-    where = f"{candidate[2]} ({value:.4g})" if len(candidate) > 2 else ""
-    return f"straddles:{where}|[{interval[0]:.4g}, {interval[1]:.4g}]"
+#: Separates the features of a ``straddles:`` reason (never in a formatted number).
+_ITEM = "\x1f"
+
+
+def _straddle(*candidates: tuple) -> str:
+    items = []
+    for candidate in candidates:
+        value, interval = candidate[0], candidate[1]
+        where = f"{candidate[2]} ({value:.4g})" if len(candidate) > 2 else ""
+        items.append(f"{where}|[{interval[0]:.4g}, {interval[1]:.4g}]")
+    return "straddles:" + _ITEM.join(items)
 
 
 def _rows_for(candidates, op, threshold, n, confidence, meets) -> int | None:
@@ -403,11 +413,14 @@ def _message(
         where = reason.removeprefix("no interval")
         why = f"the {level} interval{where} could not be computed (too few bootstrap resamples)"
     elif reason and reason.startswith("straddles:"):
-        where, _, shown = reason.removeprefix("straddles:").rpartition("|")
-        if where:
-            why = f"{where} has a {level} interval {shown} that straddles it"
+        items = [item.rpartition("|") for item in reason.removeprefix("straddles:").split(_ITEM)]
+        if len(items) > 1:
+            named = "; ".join(f"{where} {shown}" for where, _, shown in items)
+            why = f"{level} intervals straddle it for {named}"
+        elif items[0][0]:
+            why = f"{items[0][0]} has a {level} interval {items[0][2]} that straddles it"
         else:
-            why = f"its {level} interval {shown} straddles it"
+            why = f"its {level} interval {items[0][2]} straddles it"
     else:
         why = f"a {level} interval straddles it"
     decide = ""
