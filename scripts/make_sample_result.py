@@ -22,16 +22,19 @@ import argparse
 import json
 from pathlib import Path
 
-FIXTURE = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "sample_result.json"
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURE = ROOT / "tests" / "fixtures" / "sample_result.json"
+#: The shipped biased demo prompt, relative to the repository root (the audit runs there,
+#: so no machine's absolute path ends up in the fixture).
+PROMPT = "src/promptaudit/demo_prompt_biased"
 
 #: Rows of builtin:screening the sample audits (every gender x race cell is present).
 SAMPLE_ROWS = 240
 
 
 def sample_spec_dict() -> dict:
-    """The sample audit as a spec dict (paths absolute, nothing read from disk)."""
+    """The sample audit as a spec dict (the prompt path is relative to the repository root)."""
     from promptaudit.corpora import SCREENING_LABELS, SCREENING_POSITIVE_LABEL
-    from promptaudit.demo import demo_prompt_dir
 
     return {
         "name": "sample",
@@ -39,7 +42,7 @@ def sample_spec_dict() -> dict:
         "model": {"base": "builtin:minilm", "task": "sequence-classification",
                   "labels": list(SCREENING_LABELS), "positive_label": SCREENING_POSITIVE_LABEL,
                   "max_length": 64},
-        "prompt": {"path": str(demo_prompt_dir("biased"))},
+        "prompt": {"path": PROMPT},
         "data": {"path": "builtin:screening", "text_column": "text", "label_column": "label",
                  "sensitive_features": ["gender", "race"], "limit": SAMPLE_ROWS},
         "counterfactuals": {"suite": "builtin:identity", "features": ["gender"]},
@@ -68,11 +71,14 @@ def sample_spec_dict() -> dict:
 
 
 def make_sample_result() -> dict:
-    """Run the sample audit and return its result JSON object."""
+    """Run the sample audit (in the repository root) and return its result JSON object."""
+    import contextlib
+
     from promptaudit.pipeline import run_audit
     from promptaudit.spec import parse_spec
 
-    return run_audit(parse_spec(sample_spec_dict()), command="scripts/make_sample_result.py")
+    with contextlib.chdir(ROOT):
+        return run_audit(parse_spec(sample_spec_dict()), command="scripts/make_sample_result.py")
 
 
 def main() -> None:
