@@ -403,6 +403,23 @@ def _feature_blocks(fairness: Mapping[str, Any]) -> list[tuple[str, str, Mapping
     return blocks
 
 
+def _counterfactual_change(source: Any) -> str:
+    """What a counterfactual tuple varies, in words, from ``counterfactual.source``.
+
+    >>> _counterfactual_change("pair_column:pair_id")
+    "Changing only what differs between rows sharing a 'pair_id' (the user's pairs)"
+    >>> _counterfactual_change("builtin:identity")
+    'Changing only identity terms (names, pronouns, group words)'
+    """
+    text = "" if source is None else str(source)
+    if text.startswith("pair_column:"):
+        column = text.removeprefix("pair_column:")
+        return f"Changing only what differs between rows sharing a '{column}' (the user's pairs)"
+    if text == "builtin:identity":
+        return "Changing only identity terms (names, pronouns, group words)"
+    return "Changing only the identity terms of the term suite"
+
+
 def gap_sentences(result: Mapping[str, Any], *, limit: int = 6) -> list[str]:
     """The worst fairness gaps and failed gates, in plain words.
 
@@ -524,7 +541,7 @@ def gap_sentences(result: Mapping[str, Any], *, limit: int = 6) -> list[str]:
         interval = fmt_interval(counterfactual.get("flip_rate_interval"))
         spread = f", interval {interval}" if interval else ""
         sentences.append(
-            f"Changing only identity terms (names, pronouns) changed the decision for "
+            f"{_counterfactual_change(counterfactual.get('source'))} changed the decision for "
             f"{100 * flip:.1f}%{of}{spread} "
             f"({_threshold_phrase('flip rate', flip, gate, None, 3)})."
         )
