@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import io
 from collections.abc import Mapping, Sequence
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -25,8 +26,8 @@ from promptaudit.report._common import (
     as_float,
     as_list,
     as_mapping,
-    short_text,
 )
+from promptaudit.report._common import short_text as _short_text
 
 __all__ = [
     "per_position_bars",
@@ -34,6 +35,7 @@ __all__ = [
     "group_attribution_chart",
     "group_metric_chart",
     "figure_to_data_uri",
+    "drawable",
 ]
 
 #: Colour-blind safe pair for positive / negative contributions (blue / orange).
@@ -41,6 +43,34 @@ _POSITIVE = "#2166ac"
 _NEGATIVE = "#d6604d"
 #: Colour-blind safe qualitative cycle (Okabe-Ito).
 _CYCLE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000"]
+
+@lru_cache(maxsize=1)
+def _font_codepoints() -> frozenset[int]:
+    """Code points the default matplotlib font can draw."""
+    from matplotlib import font_manager
+    from matplotlib.ft2font import FT2Font
+
+    return frozenset(FT2Font(font_manager.findfont(font_manager.FontProperties())).get_charmap())
+
+
+def drawable(text: str) -> str:
+    """``text`` with every character the figure font cannot draw replaced by ``?``.
+
+    Matplotlib would otherwise warn ("Glyph ... missing from font", with internal
+    paths) and draw an empty box. Only figure labels are affected: the HTML tables
+    show every name as it is.
+
+    >>> drawable("caf\u00e9 \U0001F469")
+    'caf\u00e9 ?'
+    """
+    known = _font_codepoints()
+    return "".join(c if ord(c) in known or c in "\n\t " else "?" for c in str(text))
+
+
+def short_text(value: Any, width: int) -> str:
+    """:func:`~promptaudit.report._common.short_text` that the figure font can draw."""
+    return drawable(_short_text(value, width))
+
 
 def _new_figure(width: float, height: float) -> Figure:
     figure = Figure(figsize=(width, height), dpi=100, layout="constrained")
