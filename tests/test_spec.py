@@ -161,7 +161,8 @@ def test_audits_demo_yaml_is_the_demo_spec():
     assert from_file.to_dict() == demo_spec(from_file.prompt.path).to_dict()
     biased = load_spec(AUDITS / "demo-biased.yaml")
     assert biased.prompt.path == str(demo_prompt_dir("biased").resolve())
-    assert biased.to_dict() == demo_spec(biased.prompt.path, name="demo-biased").to_dict()
+    assert biased.to_dict() == demo_spec(
+        biased.prompt.path, name="demo-biased", inconclusive="fail").to_dict()
 
 
 def test_every_gate_metric_of_the_contract_is_gateable():

@@ -40,8 +40,15 @@ def demo_prompt_dir(variant: str = "clean") -> Path:
     return Path(__file__).parent / name
 
 
-def demo_spec(prompt_path: str | Path, *, name: str = "demo") -> AuditSpec:
-    """The demo audit spec (the same content as ``audits/demo.yaml``)."""
+def demo_spec(
+    prompt_path: str | Path, *, name: str = "demo", inconclusive: str = "pass"
+) -> AuditSpec:
+    """The demo audit spec (the same content as ``audits/demo.yaml``).
+
+    ``inconclusive`` is the demo's ``gate_policy.inconclusive``: ``pass`` for the clean
+    demo (600 rows cannot settle its gates; a fresh install ends with exit 0 and says
+    why), ``fail`` (every audit's default) for ``audits/demo-biased.yaml``.
+    """
     return parse_spec({
         "name": name,
         "seed": 0,
@@ -67,7 +74,7 @@ def demo_spec(prompt_path: str | Path, *, name: str = "demo") -> AuditSpec:
         # gates as INCONCLUSIVE (with the rows each would need) and, so that a fresh
         # install ends with exit 0, counts them as passed. Audits of your own keep the
         # default, inconclusive: fail.
-        "gate_policy": {"inconclusive": "pass"},
+        "gate_policy": {"inconclusive": inconclusive},
     }, source="demo")
 
 
