@@ -61,6 +61,9 @@ def test_saved_adapter_loads_in_peft_with_the_same_probabilities(trained_bert, t
     config = json.loads((out / "adapter_config.json").read_text())
     assert config["peft_type"] == "PROMPT_TUNING" and config["task_type"] == "SEQ_CLS"
     assert config["num_virtual_tokens"] == 4
+    # PEFT itself lists the SEQ_CLS head twice; the saved config names each module once.
+    assert config["modules_to_save"] == list(dict.fromkeys(config["modules_to_save"]))
+    assert "classifier" in config["modules_to_save"]
 
     texts, _ = synthetic_reviews(6, seed=7)
     reference = peft_probs(tiny_bert_dir, out, texts, task="sequence-classification")

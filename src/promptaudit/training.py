@@ -515,7 +515,7 @@ def _save_adapter_atomically(peft_model, out_dir: Path, *, training_info: dict) 
     tmp = Path(tempfile.mkdtemp(prefix=".adapter.tmp-", dir=out_dir))
     try:
         peft_model.save_pretrained(str(tmp))
-        _record_portable_base(tmp / "adapter_config.json", training_info["base_model"])
+        _tidy_adapter_config(tmp / "adapter_config.json", training_info["base_model"])
         (tmp / "training_info.json").write_text(json.dumps(training_info, sort_keys=True, indent=2))
         mode = 0o666 & ~_umask()  # save_pretrained may leave 0600: others must read it
         for item in tmp.iterdir():
@@ -537,14 +537,18 @@ def _umask() -> int:
     return mask
 
 
-def _record_portable_base(config_path: Path, model: str) -> None:
-    """Record ``builtin:minilm`` rather than this machine's site-packages path.
+def _tidy_adapter_config(config_path: Path, model: str) -> None:
+    """Make PEFT's ``adapter_config.json`` portable and free of repeats.
 
-    PEFT writes the resolved directory into ``base_model_name_or_path``; for a
-    builtin model that path differs between machines, the reference does not.
+    * ``base_model_name_or_path``: PEFT writes the resolved directory; for a builtin
+      model that path differs between machines, so ``builtin:minilm`` is recorded.
+    * ``modules_to_save``: PEFT (0.21) lists the SEQ_CLS head modules twice
+      (``["classifier", "score", "classifier", "score"]``); each is kept once, in order.
     """
-    if not model.startswith("builtin:"):
-        return
     config = json.loads(config_path.read_text(encoding="utf-8"))
-    config["base_model_name_or_path"] = model
+    if model.startswith("builtin:"):
+        config["base_model_name_or_path"] = model
+    modules = config.get("modules_to_save")
+    if isinstance(modules, list):
+        config["modules_to_save"] = list(dict.fromkeys(modules))
     config_path.write_text(json.dumps(config, sort_keys=True, indent=2))
