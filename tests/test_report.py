@@ -508,6 +508,18 @@ def test_junit_one_case_per_gate(result):
     assert "not computable" in case.find("failure").get("message")
 
 
+def test_junit_escapes_payloads(payloaded):
+    odd = copy.deepcopy(payloaded)
+    odd["gates"][-1]["feature"] = f"gender & {ATTR}"
+    xml = render_junit(odd)
+    assert "<script" not in xml and "<img" not in xml
+    suite = ET.fromstring(xml).find("testsuite")
+    assert suite.get("name") == "promptaudit." + payloaded["audit"]["name"]
+    case = suite.findall("testcase")[-1]
+    assert case.get("name").startswith(f"demographic_parity_ratio[gender & {ATTR}]")
+    assert f"[gender & {ATTR}]" in case.find("failure").get("message")
+
+
 def test_junit_survives_characters_xml_cannot_hold(result):
     odd = copy.deepcopy(result)
     odd["audit"]["name"] = "bad\x00\x1b name ]]> <x>"
