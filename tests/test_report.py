@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from matplotlib.figure import Figure
+from report_payloads import ATTR, MARKDOWN, SCRIPT, with_payloads
 
 from promptaudit.errors import InputError
 from promptaudit.report import _writer as writer
@@ -28,9 +29,6 @@ from promptaudit.report import (
 from promptaudit.report import html as report_html
 
 FIXTURE = Path(__file__).parent / "fixtures" / "sample_result.json"
-SCRIPT = "<script>alert(1)</script>"
-ATTR = '"><img src=x onerror=alert(1)>'
-MARKDOWN = "**bold** | [link](http://x)"
 # An external resource reference: src/href/... pointing at a scheme or a
 # protocol-relative URL, CSS url(...) that is not data:, @import, <link>.
 EXTERNAL = re.compile(
@@ -47,13 +45,47 @@ def result() -> dict:
 
 
 @pytest.fixture(scope="module")
+def payloaded(result) -> dict:
+    return with_payloads(result)
+
+
+@pytest.fixture(scope="module")
 def page(result) -> str:
     return render_html(result)
 
 
 @pytest.fixture(scope="module")
+def payload_page(payloaded) -> str:
+    return render_html(payloaded)
+
+
+@pytest.fixture(scope="module")
 def markdown(result) -> str:
     return render_markdown(result)
+
+
+def _text(page: str) -> str:
+    """The page's words: tags dropped, entities unescaped, whitespace collapsed."""
+    return " ".join(html_lib.unescape(re.sub(r"<[^>]+>", " ", page)).split())
+
+
+def _section(page: str, name: str, next_name: str) -> str:
+    """The HTML of section ``name`` (up to the section ``next_name``)."""
+    return page[page.index(f'<section id="{name}"'):page.index(f'<section id="{next_name}"')]
+
+
+def _statuses(result: dict) -> dict[str, int]:
+    """How many gates of the result passed, failed and were inconclusive."""
+    statuses = [g["status"] for g in result["gates"]]
+    return {word: statuses.count(word) for word in ("pass", "fail", "inconclusive")}
+
+
+def _selection_gap(result: dict, feature: str) -> tuple[str, float, str, float]:
+    """Lowest and highest selection-rate groups of ``feature``: (group, rate, group, rate)."""
+    groups = result["fairness"]["by_feature"][feature]["by_group"]
+    rates = sorted((g["selection_rate"], name) for name, g in groups.items())
+    (low_v, low_g), (high_v, high_g) = rates[0], rates[-1]
+    return low_g, low_v, high_g, high_v
 
 
 def _null_numbers(value):
@@ -86,7 +118,8 @@ def test_html_is_self_contained(page):
         assert base64.b64decode(data).startswith(b"\x89PNG\r\n\x1a\n")
 
 
-def test_html_escapes_every_payload(page):
+def test_html_escapes_every_payload(payload_page, payloaded):
+    page = payload_page
     assert SCRIPT not in page
     assert "<img src=x" not in page
     assert re.search(r"<img[^>]*onerror", page) is None
@@ -98,12 +131,25 @@ def test_html_escapes_every_payload(page):
     unescaped = html_lib.unescape(page)
     for payload in (SCRIPT, ATTR, MARKDOWN):
         assert payload in unescaped
+    title = re.search(r"<title>([^<]*)</title>", page).group(1)
+    assert html_lib.unescape(title).endswith(payloaded["audit"]["name"])
+    bias = page[page.index('<section id="bias-audit"'):page.index('<section id="summary"')]
+    groups = page[page.index('<section id="groups"'):page.index('<section id="disparities"')]
+    for section in (bias, groups):  # a group name and its intersection groups
+        assert f"female &amp; {html_lib.escape(ATTR)}" in section.replace("&#34;", "&quot;")
+        assert html_lib.escape(MARKDOWN) in section
+    assert f"auditor {ATTR}" in html_lib.unescape(bias) and f"source {SCRIPT}" in \
+        html_lib.unescape(bias)
+    attribution = _section(page, "attribution", "baselines")
+    assert f"years {SCRIPT}" in html_lib.unescape(attribution)
+    assert SCRIPT in html_lib.unescape(_section(page, "projection", "attribution"))
 
 
-def test_html_reads_in_order_and_says_it_in_words(page, result):
-    text = html_lib.unescape(re.sub(r"<[^>]+>", " ", page))
-    text = " ".join(text.split())
-    assert re.findall(r'<section id="([a-z]+)"', page) == [
+def test_html_reads_in_order_and_says_it_in_words(page, result, payload_page, payloaded,
+                                                  monkeypatch):
+    text = _text(page)
+    assert re.findall(r'<section id="([a-z-]+)"', page) == [
+        "bias-audit",
         "summary",
         "gates",
         "groups",
@@ -115,33 +161,79 @@ def test_html_reads_in_order_and_says_it_in_words(page, result):
         "provenance",
         "glossary",
     ]
-    headings = re.findall(r"<h([23])[^>]*>([^<]+)</h\1>", page)
-    assert [h for _, h in headings[:4]] == [
+    headings = [h for _, h in re.findall(r"<h([23])[^>]*>([^<]+)</h\1>", page)]
+    # The bias audit summary comes first: one table per category, then the intersection.
+    categories = result["bias_audit"]["categories"]
+    tables = [*categories, *(t for t in result["bias_audit"]["tables"] if t not in categories)]
+    assert headings[: len(tables) + 1] == ["Bias audit summary",
+                                           *(html_lib.escape(t) for t in tables)]
+    assert headings[len(tables) + 1: len(tables) + 5] == [
         "Summary",
         "Largest gaps",
         "What the prompt reads as",
         "Gates",
     ]
-    assert 'class="badge fail">FAIL<' in page[: page.index('<section id="summary"')]
+    assert not result["passed"]
+    assert 'class="badge fail">FAIL<' in page[: page.index('<section id="bias-audit"')]
+    # The largest selection-rate gap, from the fixture's own numbers; the feature has a
+    # lower-bound gate, so the sentence names the bound it checked.
+    fairness = result["fairness"]
+    feature = fairness["worst_feature"]["demographic_parity_ratio"]
+    low_g, low_v, high_g, high_v = _selection_gap(result, feature)
+    ratio = fairness["by_feature"][feature]["disparities"]["demographic_parity_ratio"]
+    (bound_gate,) = [g for g in result["gates"]
+                     if g["feature"] == feature and g["metric"] == "demographic_parity_ratio"]
+    assert bound_gate["bound"] == "lower" and bound_gate["value"] < bound_gate["threshold"]
     assert (
-        "selection rate (share predicted 'accept') for group 'female' is 0.42 vs 0.61 for "
-        "'male' (ratio 0.69, below the 0.8 threshold)" in text
+        f"{feature}: selection rate (share predicted 'accept') for group '{low_g}' is "
+        f"{low_v:.2f} vs {high_v:.2f} for '{high_g}' (ratio {ratio:.2f}; the lower end of its "
+        f"95% interval, {bound_gate['value']:.2f}, is below the "
+        f"{bound_gate['threshold']:g} threshold)." in text
     )
-    assert "the lower end of its 95% interval, 0.50, is below the 0.8 threshold" in text
-    assert "flip rate 0.075, within the 0.1 limit" in text
-    assert "closest to: \u201cqualified hire he years " + SCRIPT in text
-    assert "Trust in this reading: low . Used as a plain-text prompt" in text
-    # Gate table: one row per gate, pass/fail in words.
+    counterfactual = fairness["counterfactual"]
+    (flip_gate,) = [g for g in result["gates"] if g["metric"] == "counterfactual_flip_rate"]
+    where = "within" if flip_gate["value"] <= flip_gate["threshold"] else "above"
+    assert (f"flip rate {counterfactual['flip_rate']:.3f}, {where} the "
+            f"{flip_gate['threshold']:g} limit") in text
+    low, high = counterfactual["flip_rate_interval"]
+    assert f"interval [{low:.3f}, {high:.3f}]" in text
+    payload_words = payloaded["projection"]["fidelity"]["projected_text"]
+    assert SCRIPT in payload_words
+    assert f"closest to: \u201c{payload_words}\u201d" in _text(payload_page)
+    trust = result["projection"]["trust"]
+    assert (f"Trust in this reading: {trust['level']} . {trust['reason']} "
+            "Used as a plain-text prompt") in text
+    # Gate table: one row per gate, pass/fail/inconclusive in words.
     gate_table = page[
         page.index('<table class="gates">') : page.index("</table>", page.index('class="gates"'))
     ]
+    counts = _statuses(result)
+    assert counts["fail"] and counts["pass"] and counts["inconclusive"]
     assert gate_table.count("<tr>") == len(result["gates"]) + 1
-    assert gate_table.count("FAIL</td>") == sum(not g["passed"] for g in result["gates"])
-    assert gate_table.count("pass</td>") == sum(g["passed"] for g in result["gates"])
-    assert "lower interval bound" in gate_table
-    # Small groups flagged, intervals shown, provenance and glossary present.
-    assert "small</span>" in page
-    assert "[0.356, 0.484]" in page
+    assert gate_table.count("FAIL</td>") == counts["fail"]
+    assert gate_table.count("pass</td>") == counts["pass"]
+    assert gate_table.count("? INCONCLUSIVE<") == counts["inconclusive"]
+    assert gate_table.count("lower interval bound") == sum(
+        g["bound"] == "lower" for g in result["gates"])
+    # Intervals shown: every group's selection rate with its bootstrap interval.
+    for name, interval in fairness["by_feature"]["gender"]["intervals"].items():
+        rate = fairness["by_feature"]["gender"]["by_group"][name]["selection_rate"]
+        assert f"{name} " in text
+        assert f"{rate:.3f} [{interval['selection_rate'][0]:.3f}, " \
+               f"{interval['selection_rate'][1]:.3f}]" in text
+    # Small groups flagged: none in the fixture (only the legend names the flag), and a
+    # group below min_group_size gets the flag on its own row.
+    assert not any(b["small_groups"] for b in fairness["by_feature"].values())
+    assert page.count('<span class="flag">small</span>') == 1
+    small = copy.deepcopy(result)
+    race = small["fairness"]["by_feature"]["race"]
+    race["by_group"]["White"].update(count=5, small=True)
+    race["small_groups"] = ["White"]
+    monkeypatch.setattr(report_html, "_figure", lambda make, *, alt, caption="": {
+        "uri": None, "alt": alt, "caption": caption})
+    small_page = render_html(small)
+    assert small_page.count('<span class="flag">small</span>') == 2
+    assert re.search(r'>White <span class="flag">small</span></th>', small_page)
     for term in (
         "Demographic parity",
         "Equalized odds",
@@ -156,36 +248,63 @@ def test_html_reads_in_order_and_says_it_in_words(page, result):
         "Bootstrap interval",
     ):
         assert f"<dt>{term}</dt>" in page
-    assert "builtin:minilm" in text and "e3b0" + "5" * 60 in text and "Seed 0" in text
-    assert "torch 2.13.0" in text
+    provenance = result["provenance"]
+    assert provenance["model"]["reference"] in text and f"Seed {provenance['seed']}" in text
+    for digest in (*provenance["prompt"]["sha256"].values(),
+                   *provenance["model"]["sha256"].values()):
+        assert digest in text
+    assert result["integrity"]["content_sha256"] in text
+    assert f"torch {provenance['versions']['torch']}" in text
 
 
 def test_gap_sentences_compare_honestly(result):
     from promptaudit.report._common import gap_sentences
 
+    def gender_sentence(out):
+        (sentence,) = [s for s in gap_sentences(out) if s.startswith("gender: selection rate")]
+        return sentence
+
+    # A point gate on gender's ratio just under its threshold: shown with the digits
+    # that tell it from the threshold, and called below it.
     close = copy.deepcopy(result)
     close["fairness"]["by_feature"]["gender"]["disparities"]["demographic_parity_ratio"] = 0.797
-    close["gates"][0]["value"] = 0.797
-    assert "(ratio 0.797, below the 0.8 threshold)" in gap_sentences(close)[0]
+    gate = {"metric": "demographic_parity_ratio", "feature": "gender", "op": ">=",
+            "threshold": 0.8, "value": 0.797, "bound": "point", "interval": None,
+            "status": "fail", "passed": False, "message": "demographic_parity_ratio[gender]"}
+    close["gates"] = [gate]
+    assert "(ratio 0.797, below the 0.8 threshold)" in gender_sentence(close)
     # An interval-bound gate is described by the bound it checked.
-    close["gates"][1]["value"] = 0.85
+    gate.update(bound="lower", value=0.85, status="pass", passed=True)
     assert "the lower end of its 95% interval, 0.85, meets the 0.8 threshold" in \
-        gap_sentences(close)[1]
+        gender_sentence(close)
+    # The real fixture's lower-bound gate on the intersection, by the bound it checked.
+    (real,) = [g for g in result["gates"] if g["bound"] == "lower"]
+    (sentence,) = [s for s in gap_sentences(result)
+                   if s.startswith(f"{real['feature']}: selection rate")]
+    assert (f"the lower end of its 95% interval, {real['value']:.2f}, is below the "
+            f"{real['threshold']:g} threshold") in sentence
 
 
-def test_fidelity_level_and_sentence_verdict(result, monkeypatch):
-    """The pipeline may store the level in ``level`` and a sentence in ``verdict``."""
+def test_fidelity_level_and_sentence_verdict(result, page, markdown, monkeypatch):
+    """The pipeline stores the level in ``level`` and a sentence in ``verdict``."""
+    fidelity = result["projection"]["fidelity"]
+    assert "message" not in fidelity  # the real shape: level + verdict sentence
+    level, verdict = fidelity["level"], fidelity["verdict"]
+    assert level in ("high", "moderate", "low") and len(verdict.split()) > 3
+    projection = page[page.index('<section id="projection"'):]
+    assert f'<span class="trust trust-{level}">{level}</span>' in projection
+    assert verdict in _text(page)
+    # The summary's level is the overall trust (fidelity and typicality together) ...
+    trust = result["projection"]["trust"]["level"]
+    assert trust != level
+    assert f"Trust in this reading: {trust}." in markdown
+    # ... and falls back to the fidelity level when there is no trust block.
     monkeypatch.setattr(report_html, "_figure", lambda make, *, alt, caption="": {
         "uri": None, "alt": alt, "caption": caption})
     odd = copy.deepcopy(result)
-    fidelity = odd["projection"]["fidelity"]
-    del fidelity["message"]
-    fidelity["level"] = "moderate"
-    fidelity["verdict"] = "Moderate fidelity: the words are a partial explanation."
-    page = render_html(odd)
-    assert '<span class="trust trust-moderate">moderate</span>' in page
-    assert "Moderate fidelity: the words are a partial explanation." in page
-    assert "Trust in this reading: moderate. Used as" in render_markdown(odd)
+    del odd["projection"]["trust"]
+    assert f'<span class="trust trust-{level}">{level}</span>. Used as' in render_html(odd)
+    assert f"Trust in this reading: {level}. Used as" in render_markdown(odd)
 
 
 def test_html_missing_sections_render_not_computed():
@@ -285,31 +404,64 @@ def test_figures_are_figures_and_stable(result):
 # ----------------------------------------------------------------------- Markdown
 
 
-def test_markdown_summary(markdown, result):
+def _assert_tables_keep_columns(markdown: str) -> int:
+    """Every table row has its header's cell count: unescaped pipes only at borders."""
+    width = None
+    rows = 0
+    for line in markdown.splitlines():
+        if not line.startswith("| "):
+            width = None
+            continue
+        cells = len(re.split(r"(?<!\\)\|", line)) - 2
+        if width is None:
+            width = cells
+        assert cells == width, line
+        rows += 1
+    return rows
+
+
+def test_markdown_summary(markdown, result, payloaded):
     lines = markdown.splitlines()
-    assert lines[0].startswith("## \u274c promptaudit FAIL: ")
-    assert "**FAIL: 4 of 6 gates failed.**" in markdown
+    assert lines[0] == "## \u274c promptaudit FAIL: " + result["audit"]["name"]
+    n, counts = len(result["gates"]), _statuses(result)
+    assert (f"**FAIL: {counts['fail']} of {n} gates failed and {counts['inconclusive']} of {n} "
+            "gates were inconclusive (the interval straddles the threshold), counted as failed "
+            "under gate\\_policy.inconclusive: fail.**") in markdown
+    (bound_gate,) = [g for g in result["gates"] if g["bound"] == "lower"]
+    low, high = bound_gate["interval"]
     assert (
-        "| demographic\\_parity\\_ratio\\[gender\\] &gt;= 0.8 | 0.689 | point | \u274c FAIL |"
+        f"| demographic\\_parity\\_ratio\\[gender &amp; race\\] &gt;= 0.8 | "
+        f"{bound_gate['value']:.3f} \\[{low:.3f}, {high:.3f}\\] | lower bound | \u274c FAIL |"
         in markdown
     )
-    assert "**Counterfactual flip rate:** 7.5% of 200 tuples" in markdown
-    assert "Trust in this reading: low." in markdown
+    counterfactual = result["fairness"]["counterfactual"]
+    assert (f"**Counterfactual flip rate:** {100 * counterfactual['flip_rate']:.1f}% of "
+            f"{counterfactual['n_tuples']} tuples") in markdown
+    assert f"Trust in this reading: {result['projection']['trust']['level']}." in markdown
+    # The bias audit summary: one table per category with the impact ratios.
+    assert "### Bias audit summary" in markdown
+    for feature, table in result["bias_audit"]["tables"].items():
+        assert f"**{feature.replace('&', '&amp;')}**" in markdown
+        for row in table["rows"]:
+            assert f" | {row['n']} | {row['n_selected']} | {row['rate']:.3f} | " \
+                   f"{row['impact_ratio']:.3f} | " in markdown
     assert "model builtin:minilm" in lines[-1] and "seed 0" in lines[-1]
-    # Table rows keep their column count: unescaped pipes only at cell borders.
-    for line in lines:
-        if line.startswith("| "):
-            cells = re.split(r"(?<!\\)\|", line)
-            assert len(cells) - 2 in (4,), line
+    assert _assert_tables_keep_columns(markdown) > len(result["gates"])
+    assert _assert_tables_keep_columns(render_markdown(payloaded)) > len(result["gates"])
 
 
-def test_markdown_escapes_payloads(markdown):
+def test_markdown_escapes_payloads(payloaded):
+    markdown = render_markdown(payloaded)
     assert "<script" not in markdown
     assert "<img" not in markdown
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in markdown
     assert "**bold**" not in markdown
     assert "[link](" not in markdown
-    assert "\\*\\*bold\\*\\* \\| \\[link\\](http://x)" in markdown
+    escaped = "\\*\\*bold\\*\\* \\| \\[link\\](http://x)"
+    assert markdown.splitlines()[0].endswith(escaped)  # the audit name
+    assert f"| female &amp; {escaped} | " in markdown  # an intersection group's row
+    assert f"| statement {escaped} |" in markdown  # audit_info
+    assert '| auditor "&gt;&lt;img src=x onerror=alert(1)&gt; |' in markdown
 
 
 def test_escape_markdown():
@@ -330,19 +482,42 @@ def test_junit_one_case_per_gate(result):
     assert suite.get("name") == "promptaudit." + result["audit"]["name"]
     cases = suite.findall("testcase")
     assert [c.get("name") for c in cases] == [
-        "demographic_parity_ratio[gender] >= 0.8",
         "demographic_parity_ratio >= 0.8",
         "equalized_odds_difference <= 0.1",
-        "counterfactual_flip_rate <= 0.1",
-        "accuracy >= 0.75",
-        "equalized_odds_ratio[race] >= 0.5",
+        "counterfactual_flip_rate <= 0.05",
+        "min_impact_ratio >= 0.8",
+        "accuracy_over_baseline >= 0",
+        "demographic_parity_ratio[gender & race] >= 0.8",
     ]
     failed = [c.find("failure") is not None for c in cases]
     assert failed == [not g["passed"] for g in result["gates"]]
-    assert suite.get("tests") == "6" and suite.get("failures") == "4"
-    message = cases[0].find("failure").get("message")
-    assert message == "demographic_parity_ratio[gender] = 0.689 (point estimate), required >= 0.8"
-    assert "not computable" in cases[5].find("failure").get("message")
+    types = [c.find("failure").get("type") if c.find("failure") is not None else None
+             for c in cases]
+    assert types == [{"fail": "GateFailed", "inconclusive": "GateInconclusive"}.get(g["status"])
+                     for g in result["gates"]]
+    assert suite.get("tests") == str(len(cases))
+    assert suite.get("failures") == str(sum(not g["passed"] for g in result["gates"]))
+    gate = result["gates"][-1]
+    assert cases[-1].find("failure").get("message") == (
+        f"demographic_parity_ratio[gender & race] = {gate['value']:.3f} (lower interval bound), "
+        "required >= 0.8")
+    # A gate whose value could not be computed fails and says so.
+    odd = copy.deepcopy(result)
+    odd["gates"][1].update(value=None, status="fail", passed=False)
+    case = ET.fromstring(render_junit(odd)).find("testsuite").findall("testcase")[1]
+    assert "not computable" in case.find("failure").get("message")
+
+
+def test_junit_escapes_payloads(payloaded):
+    odd = copy.deepcopy(payloaded)
+    odd["gates"][-1]["feature"] = f"gender & {ATTR}"
+    xml = render_junit(odd)
+    assert "<script" not in xml and "<img" not in xml
+    suite = ET.fromstring(xml).find("testsuite")
+    assert suite.get("name") == "promptaudit." + payloaded["audit"]["name"]
+    case = suite.findall("testcase")[-1]
+    assert case.get("name").startswith(f"demographic_parity_ratio[gender & {ATTR}]")
+    assert f"[gender & {ATTR}]" in case.find("failure").get("message")
 
 
 def test_junit_survives_characters_xml_cannot_hold(result):
@@ -365,7 +540,7 @@ def fast_html(monkeypatch, page):
     monkeypatch.setattr(writer, "render_html", lambda result: page)
 
 
-def test_write_reports_writes_four_files(result, tmp_path, fast_html, page):
+def test_write_reports_writes_five_files(result, tmp_path, fast_html, page):
     out = tmp_path / "reports" / "nested"
     paths = write_reports(result, out, name="screening")
     assert {k: p.name for k, p in paths.items()} == {
@@ -373,6 +548,7 @@ def test_write_reports_writes_four_files(result, tmp_path, fast_html, page):
         "json": "screening.json",
         "junit": "screening.junit.xml",
         "markdown": "screening.md",
+        "bias_audit": "screening.bias_audit.csv",
     }
     assert sorted(os.listdir(out)) == sorted(p.name for p in paths.values())
     text = paths["json"].read_text(encoding="utf-8")
@@ -381,6 +557,13 @@ def test_write_reports_writes_four_files(result, tmp_path, fast_html, page):
     assert paths["html"].read_text(encoding="utf-8") == page
     ET.parse(paths["junit"])
     assert paths["markdown"].read_text(encoding="utf-8").startswith("## ")
+    csv_rows = paths["bias_audit"].read_text(encoding="utf-8").splitlines()
+    assert len(csv_rows) > sum(len(t["rows"]) for t in result["bias_audit"]["tables"].values())
+    # Without a bias_audit section there is no CSV: four files.
+    plain = copy.deepcopy(result)
+    del plain["bias_audit"]
+    assert sorted(write_reports(plain, tmp_path / "plain", name="screening")) == [
+        "html", "json", "junit", "markdown"]
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
@@ -391,7 +574,7 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
 def test_render_failure_leaves_previous_reports(result, tmp_path, monkeypatch, fast_html, broken):
     write_reports(result, tmp_path, name="audit")
     before = _snapshot(tmp_path)
-    assert len(before) == 4
+    assert len(before) == 5  # html, json, junit, md and the bias-audit CSV
 
     def boom(result):
         raise RuntimeError("renderer crashed")
@@ -521,7 +704,8 @@ def test_html_puts_competence_and_uncertainty_in_the_headline(result, no_figures
     # competence comes first in the summary, and says the fairness figures rest on a broken model
     assert summary.index("Competence:") < summary.index("INCONCLUSIVE:")
     assert "rest on a model that does not work" in text
-    assert "0 / 3 gates failed 1 / 3 gates inconclusive" in text
+    n = len(_verdict_result(result, works=False)["gates"])
+    assert f"0 / {n} gates failed 1 / {n} gates inconclusive" in text
     assert ("INCONCLUSIVE: 1 of " in text
             and "counted as failed under gate_policy.inconclusive: fail" in text)
     body = " ".join(html_lib.unescape(re.sub(r"<[^>]+>", " ", page)).split())
@@ -546,7 +730,7 @@ def test_markdown_and_junit_show_inconclusive(result):
     assert lines[0].startswith("## \u2753 promptaudit INCONCLUSIVE: ")
     assert lines[2].startswith("**Competence: The prompt does not do its task")
     assert "\u2753 INCONCLUSIVE (counted as failed; \\~2345 rows would decide it)" in markdown
-    assert "INCONCLUSIVE: 1 of 3 gates was inconclusive" in markdown
+    assert f"INCONCLUSIVE: 1 of {len(closed['gates'])} gates was inconclusive" in markdown
     assert "| reject | 0.800 | 0.900 | 0.847 | 50 |" in markdown
     assert "| gender | female | reject | 0.700 | 0.800 | 0.747 | 20 |" in markdown
     assert "accept &lt;b&gt;" in markdown and "<b>" not in markdown
@@ -570,6 +754,7 @@ def test_intersection_in_by_feature_is_shown_once(result, no_figures):
     joint["feature"] = " & ".join(fairness["sensitive_features"])
     fairness["by_feature"][joint["feature"]] = copy.deepcopy(joint)
     page = render_html(out)
-    headings = re.findall(r'<h3 class="text">([^<]+)</h3>', page)
+    groups = page[page.index('<section id="groups"'):page.index('<section id="disparities"')]
+    headings = re.findall(r'<h3 class="text">([^<]+)</h3>', groups)
     assert sum(joint["feature"] in html_lib.unescape(h) for h in headings) == 1
     assert not any("(intersection)" in h for h in headings)

@@ -7,6 +7,7 @@ from the network is caught twice: its requests show up in the log, and they fail
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import shutil
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from matplotlib import image as mpimg
+from report_payloads import with_payloads
 
 from promptaudit.report import render_html
 
@@ -65,11 +67,16 @@ def _page_requests(net_log: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def report_file(tmp_path_factory) -> Path:
+def result() -> dict:
+    """The real sample result with injection payloads planted where user text goes."""
+    return with_payloads(json.loads(FIXTURE.read_text(encoding="utf-8")))
+
+
+@pytest.fixture(scope="module")
+def report_file(tmp_path_factory, result) -> Path:
     folder = tmp_path_factory.mktemp("browser")
     path = folder / "report.html"
-    path.write_text(render_html(json.loads(FIXTURE.read_text(encoding="utf-8"))),
-                    encoding="utf-8")
+    path.write_text(render_html(result), encoding="utf-8")
     return path
 
 
@@ -86,18 +93,28 @@ def test_static_html_has_no_external_reference(report_file):
     assert re.search(r"url\(\s*['\"]?(?!data:)|@import|<link\b", page, re.IGNORECASE) is None
 
 
-def test_dom_has_summary_gates_and_figures(report_file, tmp_path):
+def test_dom_has_summary_gates_and_figures(report_file, result, tmp_path):
     process, net_log = _chromium(report_file.as_uri(), tmp_path, "--dump-dom")
     dom = process.stdout
+    assert '<section id="bias-audit"' in dom and "Bias audit summary" in dom
     assert '<section id="summary"' in dom and "Largest gaps" in dom
-    assert "for group 'female' is 0.42 vs 0.61 for 'male' (ratio 0.69, below the 0.8 threshold)" \
-        in dom.replace("&#39;", "'")
+    # The largest selection-rate gap, from the fixture's own numbers.
+    feature = result["fairness"]["worst_feature"]["demographic_parity_ratio"]
+    groups = result["fairness"]["by_feature"][feature]["by_group"]
+    (low_v, low_g), *_, (high_v, high_g) = sorted(
+        (g["selection_rate"], name) for name, g in groups.items())
+    assert (f"{feature}: selection rate (share predicted 'accept') for group '{low_g}' is "
+            f"{low_v:.2f} vs {high_v:.2f} for '{high_g}'" in html.unescape(dom))
     assert '<table class="gates">' in dom
-    assert dom.count("FAIL</td>") == 4 and dom.count("pass</td>") == 2
+    statuses = [g["status"] for g in result["gates"]]
+    assert dom.count("FAIL</td>") == statuses.count("fail")
+    assert dom.count("pass</td>") == statuses.count("pass")
+    assert dom.count('<td class="result inconclusive">') == statuses.count("inconclusive")
     assert len(re.findall(r'<img src="data:image/png;base64,', dom)) == 6
     # The payloads stayed text: the parsed DOM holds no injected element.
     assert "<script" not in dom and re.search(r"<img[^>]*onerror", dom) is None
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in dom
+    assert "&lt;img src=x onerror=alert(1)&gt;" in dom
     assert _page_requests(net_log) == []
 
 
