@@ -315,7 +315,7 @@ def test_per_group_attribution_equals_a_groupby_mean(tiny_bert, sentences):
                               min_group_size=1)
     frame = pd.DataFrame([e["prompt_attributions"] for e in result["examples"]])
     for feature in ["gender", "age"]:
-        keys = features[feature].fillna("<missing>")
+        keys = features[feature].fillna("(missing)")  # data.MISSING_GROUP
         expected = frame.groupby(keys.values).mean()
         info = result["by_group"][feature]
         assert set(info["groups"]) == set(expected.index)

@@ -50,7 +50,6 @@ forward function are built once per call, not per example.
 
 from __future__ import annotations
 
-import enum
 import functools
 import logging
 import math
@@ -65,7 +64,8 @@ import pandas as pd
 import torch
 
 from promptaudit import choices as _choices
-from promptaudit.choices import AttributionMethod, Baseline
+from promptaudit.choices import AttributionMethod, Baseline, ShapleyInput
+from promptaudit.data import MISSING_GROUP as _MISSING_GROUP
 from promptaudit.errors import InputError
 from promptaudit.prompted import EncodedBatch, PromptedModel
 
@@ -112,7 +112,7 @@ logger = logging.getLogger(__name__)
 # spec); their messages are derived from the enums there.
 UNKNOWN_METHOD_MESSAGE = _choices.UNKNOWN_ATTRIBUTION_CHOICE[AttributionMethod]
 UNKNOWN_BASELINE_MESSAGE = _choices.UNKNOWN_ATTRIBUTION_CHOICE[Baseline]
-UNKNOWN_SHAPLEY_INPUT_MESSAGE = "shapley_input: unknown grouping {value!r}; allowed: whole, tokens"
+UNKNOWN_SHAPLEY_INPUT_MESSAGE = _choices.UNKNOWN_ATTRIBUTION_CHOICE[ShapleyInput]
 N_STEPS_MESSAGE = "n_steps: {value!r}; must be an integer >= 1"
 N_STEPS_AUTO_MESSAGE = "n_steps: {value!r}; must be an integer >= 1 or 'auto'"
 DELTA_TOLERANCE_MESSAGE = "delta_tolerance: {value!r}; must be a number > 0 and <= 1"
@@ -153,33 +153,8 @@ DEFAULT_MIN_GROUP_SIZE = 30
 TOP_TOKENS = 5
 #: Virtual-token positions listed per feature in ``by_group[...]["top_positions"]``.
 TOP_POSITIONS = 5
-#: Group name of rows whose sensitive feature is missing.
-MISSING_GROUP = "<missing>"
-
-
-# ----------------------------------------------------------------- choices
-class _Choice(enum.StrEnum):
-    @classmethod
-    def parse(cls, value):
-        """Parse a name, raising a one-line :class:`InputError` on an unknown one."""
-        if isinstance(value, cls):
-            return value
-        try:
-            return cls(value)
-        except ValueError:
-            raise InputError(_CHOICE_MESSAGES[cls].format(value=value)) from None
-
-
-class ShapleyInput(_Choice):
-    """How Shapley sampling groups the input: one player, or one player per token."""
-
-    WHOLE = "whole"
-    TOKENS = "tokens"
-
-
-_CHOICE_MESSAGES = {
-    ShapleyInput: UNKNOWN_SHAPLEY_INPUT_MESSAGE,
-}
+#: Group name of rows whose sensitive feature is missing (the name group fairness uses).
+MISSING_GROUP = _MISSING_GROUP
 
 
 def baseline_vector(prompted: PromptedModel, baseline: Baseline | str) -> torch.Tensor:

@@ -167,10 +167,18 @@ class Baseline(_AttributionChoice):
     MEAN = "mean"
 
 
+class ShapleyInput(_AttributionChoice):
+    """How Shapley sampling groups the input: one player, or one player per token."""
+
+    WHOLE = "whole"
+    TOKENS = "tokens"
+
+
 UNKNOWN_ATTRIBUTION_CHOICE = {
     AttributionMethod: "method: unknown attribution method {value!r}; allowed: "
     + ", ".join(AttributionMethod),
     Baseline: "baseline: unknown baseline {value!r}; allowed: " + ", ".join(Baseline),
+    ShapleyInput: "shapley_input: unknown grouping {value!r}; allowed: " + ", ".join(ShapleyInput),
 }
 
 

@@ -108,6 +108,9 @@ JsonOption = Annotated[
     bool, typer.Option("--json", help="Print the JSON object of the result contract.")
 ]
 VerboseOption = Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")]
+LabelColumnOption = Annotated[
+    str, typer.Option("--label-column", help="Column holding label names or indices.")
+]
 
 
 #: Control characters (C0 but tab/newline, DEL, C1) and bidirectional overrides: printed
@@ -369,9 +372,7 @@ def train(
     model: ModelOption,
     data: DataOption,
     text_column: TextColumnOption,
-    label_column: Annotated[
-        str, typer.Option("--label-column", help="Column holding label names or indices.")
-    ],
+    label_column: LabelColumnOption,
     out: Annotated[Path, typer.Option("--out", help="Adapter directory to write.")],
     labels: LabelsOption = None,
     task: Annotated[
@@ -709,9 +710,7 @@ def mitigate(
     prompt: PromptOption,
     data: DataOption,
     text_column: TextColumnOption,
-    label_column: Annotated[
-        str, typer.Option("--label-column", help="Column holding label names or indices.")
-    ],
+    label_column: LabelColumnOption,
     out: Annotated[Path, typer.Option("--out", help="Folder for the mitigated adapter.")],
     labels: LabelsOption = None,
     positive_label: Annotated[
