@@ -1051,13 +1051,6 @@ def _summarise(prompted, texts, encoded, lengths, prompt_attr, token_attr, input
     n = len(texts)
     tokenizer = prompted.tokenizer
     special = set(getattr(tokenizer, "all_special_ids", []) or [])
-    abs_prompt = np.abs(prompt_attr).sum(axis=1)
-    abs_input = np.array([
-        np.abs(t).sum() if t is not None else abs(total)
-        for t, total in zip(token_attr, input_total, strict=True)
-    ])
-    denominator = abs_prompt + abs_input
-    shares = np.divide(abs_prompt, denominator, out=np.zeros(n), where=denominator > 0)
     has_delta = not np.isnan(deltas).all()
     examples = []
     for i in range(n):
@@ -1082,16 +1075,56 @@ def _summarise(prompted, texts, encoded, lengths, prompt_attr, token_attr, input
             "convergence_delta": float(deltas[i]) if has_delta else None,
             "top_tokens": top,
         })
+    return {**summarise_examples(examples, groups, min_group_size=min_group_size),
+            "examples": examples}
+
+
+def summarise_examples(examples: Sequence[Mapping], groups: pd.DataFrame | None, *,
+                       min_group_size: int = DEFAULT_MIN_GROUP_SIZE) -> dict:
+    """The run-level summary of per-example attributions (one formula for every caller).
+
+    Used by :func:`attribute_prompt` and by :func:`merge_attributions`, so a result
+    merged from batches attributed on several processes is summarised exactly as
+    the single-process call.
+
+    Parameters
+    ----------
+    examples : sequence of mapping
+        ``attribution.examples`` entries (``prompt_attributions`` of length
+        ``num_virtual_tokens``, ``token_attributions`` or ``input_attribution``,
+        ``convergence_delta``).
+    groups : pandas.DataFrame or None
+        ``(n_examples, n_features)`` sensitive features in row order; adds ``by_group``.
+    min_group_size : int
+        Per-group attribution's small-group rule.
+
+    Returns
+    -------
+    dict
+        ``n_examples``, ``prompt_share``, ``per_position``, ``per_position_abs``,
+        ``max_convergence_delta`` and ``by_group``.
+    """
+    n = len(examples)
+    prompt_attr = np.array([e["prompt_attributions"] for e in examples], dtype=np.float64)
+    abs_prompt = np.abs(prompt_attr).sum(axis=1)
+    abs_input = np.array([
+        np.abs(np.asarray(e["token_attributions"], dtype=np.float64)).sum()
+        if e["token_attributions"] is not None else abs(e["input_attribution"])
+        for e in examples
+    ])
+    denominator = abs_prompt + abs_input
+    shares = np.divide(abs_prompt, denominator, out=np.zeros(n), where=denominator > 0)
+    deltas = [e["convergence_delta"] for e in examples]
+    max_delta = (float(np.abs(np.array([np.nan if d is None else d for d in deltas])).max())
+                 if any(d is not None for d in deltas) else None)
     return {
         "n_examples": n,
         "prompt_share": float(shares.mean()),
         "per_position": [float(v) for v in prompt_attr.mean(axis=0)],
         "per_position_abs": [float(v) for v in np.abs(prompt_attr).mean(axis=0)],
-        "max_convergence_delta": float(np.abs(deltas).max()) if has_delta else None,
-        "examples": examples,
+        "max_convergence_delta": max_delta,
         "by_group": None if groups is None else group_attribution(
-            prompt_attr, groups, min_group_size=min_group_size,
-            error_scale=float(np.abs(deltas).max()) if has_delta else None),
+            prompt_attr, groups, min_group_size=min_group_size, error_scale=max_delta),
     }
 
 
@@ -1302,34 +1335,13 @@ def merge_attributions(pieces: Sequence[tuple[Sequence[int], dict]], *, n_exampl
     if missing or not pieces:
         raise ValueError(f"merge_attributions: rows {missing[:5]} are in no piece")
     groups = _sensitive_frame(sensitive_features, n_examples)
-    prompt_attr = np.array([e["prompt_attributions"] for e in examples], dtype=np.float64)
-    abs_prompt = np.abs(prompt_attr).sum(axis=1)
-    abs_input = np.array([
-        np.abs(np.asarray(e["token_attributions"], dtype=np.float64)).sum()
-        if e["token_attributions"] is not None else abs(e["input_attribution"])
-        for e in examples
-    ])
-    denominator = abs_prompt + abs_input
-    shares = np.divide(abs_prompt, denominator, out=np.zeros(n_examples),
-                       where=denominator > 0)
-    deltas = [e["convergence_delta"] for e in examples]
-    has_delta = any(d is not None for d in deltas)
-    max_delta = (float(np.abs(np.array([np.nan if d is None else d for d in deltas])).max())
-                 if has_delta else None)
     merged = dict(pieces[0][1])
-    merged.update({
-        "seed": int(seed),
-        "n_examples": n_examples,
-        "prompt_share": float(shares.mean()),
-        "per_position": [float(v) for v in prompt_attr.mean(axis=0)],
-        "per_position_abs": [float(v) for v in np.abs(prompt_attr).mean(axis=0)],
-        "max_convergence_delta": max_delta,
-        "examples": examples,
-        "by_group": None if groups is None
-        else group_attribution(prompt_attr, groups, error_scale=max_delta,
-                               min_group_size=DEFAULT_MIN_GROUP_SIZE if min_group_size is None
-                               else int(min_group_size)),
-    })
+    merged.update(summarise_examples(
+        examples, groups,
+        min_group_size=DEFAULT_MIN_GROUP_SIZE if min_group_size is None else int(min_group_size),
+    ))
+    merged.update({"seed": int(seed), "examples": examples})
+    max_delta = merged["max_convergence_delta"]
     first = pieces[0][1]
     merged.update(convergence_summary(examples, delta_tolerance=first.get("delta_tolerance"),
                                       max_gradient_evals=first.get("max_gradient_evals")))
