@@ -361,10 +361,19 @@ class AuditProcesses:
             pass
 
     def close(self) -> None:
-        """Leave the process group."""
+        """Leave the process group, all processes together.
+
+        Every process reaches ``close`` (the runner calls it in ``finally``); the
+        barrier keeps one process from tearing its connections down while another
+        still uses them, which under load made a process abort at exit.
+        """
         import torch.distributed as dist
 
         if dist.is_available() and dist.is_initialized():
+            try:
+                dist.barrier()
+            except Exception:  # noqa: S110 -- a peer already gone: leave anyway
+                pass
             dist.destroy_process_group()
 
     def my_batches(self, n_batches: int) -> list[int]:
