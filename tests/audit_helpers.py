@@ -273,3 +273,50 @@ def worst(values: dict, metric: str) -> float:
     """Worst value of a disparity over features: smallest ratio, largest difference."""
     numbers = [entry[metric] for entry in values["by_feature"].values() if metric in entry]
     return min(numbers) if metric.endswith("_ratio") else max(numbers)
+
+
+#: The smallest complete ``provenance`` a hand-made result needs (every required key).
+HAND_MADE_PROVENANCE = {
+    "model": {"reference": "tiny", "resolved": None, "revision": None, "sha256": {}},
+    "prompt": {"source": "prompt", "sha256": {}},
+    "data": {"source": "data.csv", "sha256": None},
+    "seed": 0,
+    "versions": {},
+    "device": "cpu",
+    "command": None,
+    "created_at": "2026-01-01T00:00:00+00:00",
+}
+
+#: The smallest complete ``task`` a hand-made result needs.
+HAND_MADE_TASK = {
+    "type": "sequence-classification",
+    "labels": ["no", "yes"],
+    "positive_label": "yes",
+    "n_examples": 10,
+    "n_truncated": 0,
+    "prediction_counts": {"no": 5, "yes": 5},
+    "accuracy": None,
+}
+
+
+def hand_made_gate(metric: str, *, passed: bool, message: str, **fields) -> dict:
+    """A gate entry with every required key (``>=`` 0.0 on the point value unless given)."""
+    return {"metric": metric, "feature": None, "op": ">=", "threshold": 0.0, "value": None,
+            "bound": "point", "passed": passed, "message": message, **fields}
+
+#: The smallest complete ``fairness`` a hand-made result needs (no sensitive features).
+HAND_MADE_FAIRNESS = {
+    "sensitive_features": [],
+    "by_feature": {},
+    "intersection": None,
+    "disparities": {},
+    "disparity_intervals": None,
+    "warnings": [],
+    "counterfactual": None,
+}
+
+
+def hand_made_counterfactual(flip_rate: float | None, mean_abs_delta: float | None) -> dict:
+    """A ``fairness.counterfactual`` block with every required key."""
+    return {"flip_rate": flip_rate, "mean_abs_delta": mean_abs_delta, "n_tuples": 10,
+            "by_group": {}, "source": "builtin:identity"}

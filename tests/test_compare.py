@@ -5,6 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
+from audit_helpers import (
+    HAND_MADE_FAIRNESS,
+    HAND_MADE_PROVENANCE,
+    HAND_MADE_TASK,
+    hand_made_counterfactual,
+    hand_made_gate,
+)
 from typer.testing import CliRunner
 
 from promptaudit.cli import app
@@ -16,14 +23,15 @@ from promptaudit.results import AuditResult
 def _result(*, accuracy, dp_ratio, eod, flip, name="a", prompt="p", passed=True) -> dict:
     return AuditResult(
         audit={"name": name, "spec": {"prompt": {"path": prompt}}},
-        provenance={"created_at": "2026-01-01T00:00:00+00:00"},
-        task={"accuracy": accuracy, "balanced_accuracy": None},
+        provenance=HAND_MADE_PROVENANCE,
+        task={**HAND_MADE_TASK, "accuracy": accuracy, "balanced_accuracy": None},
         fairness={
+            **HAND_MADE_FAIRNESS,
             "disparities": {"demographic_parity_ratio": dp_ratio, "equalized_odds_difference": eod},
-            "counterfactual": {"flip_rate": flip, "mean_abs_delta": None},
+            "counterfactual": hand_made_counterfactual(flip, None),
         },
-        gates=[{"metric": "counterfactual_flip_rate", "passed": passed,
-                "message": "counterfactual_flip_rate: 0.1 <= 0.05"}],
+        gates=[hand_made_gate("counterfactual_flip_rate", passed=passed,
+                              message="counterfactual_flip_rate: 0.1 <= 0.05")],
         passed=passed,
     ).to_dict()
 

@@ -9,6 +9,12 @@ import math
 
 import numpy as np
 import pytest
+from audit_helpers import (
+    HAND_MADE_FAIRNESS,
+    HAND_MADE_PROVENANCE,
+    HAND_MADE_TASK,
+    hand_made_counterfactual,
+)
 from typer.testing import CliRunner
 
 from promptaudit.cli import app
@@ -39,15 +45,16 @@ def make_result(*, ratio: float = 0.9, flip_rate: float = 0.02) -> dict:
     ]
     return AuditResult(
         audit={"name": "unit", "spec": {"name": "unit", "gates": copy.deepcopy(GATES)}},
-        provenance={"seed": np.int64(0), "created_at": "2026-01-01T00:00:00+00:00",
-                    "versions": {"torch": "x"}},
-        task={"labels": ["no", "yes"], "n_examples": 10, "accuracy": np.float32(0.5),
-              "balanced_accuracy": float("nan")},
-        fairness={"sensitive_features": ["gender"],
-                  "by_feature": {"gender": {"disparities": {"demographic_parity_ratio": ratio}}},
+        provenance={**HAND_MADE_PROVENANCE, "seed": np.int64(0), "versions": {"torch": "x"}},
+        task={**HAND_MADE_TASK, "accuracy": np.float32(0.5), "balanced_accuracy": float("nan")},
+        fairness={**HAND_MADE_FAIRNESS, "sensitive_features": ["gender"],
+                  "by_feature": {"gender": {
+                      "by_group": {}, "intervals": None, "small_groups": [],
+                      "disparities": {"demographic_parity_ratio": ratio},
+                      "disparity_intervals": None}},
                   "disparities": {"demographic_parity_ratio": ratio},
                   "disparity_intervals": {"demographic_parity_ratio": (0.7, 1.0)},
-                  "counterfactual": {"flip_rate": flip_rate, "mean_abs_delta": 0.01}},
+                  "counterfactual": hand_made_counterfactual(flip_rate, 0.01)},
         gates=gates, passed=all(g["passed"] for g in gates),
     ).to_dict()
 
@@ -319,7 +326,7 @@ def _rehashed(body: dict) -> dict:
     (lambda: json.dumps(_rehashed({**make_result(), "passed": "yes"})),
      "passed: 'yes' is not of type 'boolean'"),
     (lambda: json.dumps(_rehashed({**make_result(), "fairness": {
-        "disparities": {"demographic_parity_ratio": "0.9"}}})),
+        **make_result()["fairness"], "disparities": {"demographic_parity_ratio": "0.9"}}})),
      "fairness.disparities.demographic_parity_ratio: '0.9' is not of type"),
     (lambda: '{"a":' * 100_000 + "1" + "}" * 100_000, "nested deeper than 64 levels"),
     (lambda: "[" * 100_000 + "]" * 100_000, "nested deeper than 64 levels"),

@@ -39,11 +39,23 @@ from promptaudit.data import (
     load_table,
     row_location,
 )
-from promptaudit.errors import DataError, SpecError
+from promptaudit.errors import DataError, InputError, SpecError
 from promptaudit.paths import sha256_file
 from promptaudit.prompted import PromptedModel, float32_model, load_prompted_model
 from promptaudit.prompts import SoftPrompt, text_init_token_ids
-from promptaudit.results import AuditResult
+from promptaudit.result_types import (
+    AttributionResult,
+    AuditSection,
+    BaselineResult,
+    BiasAuditResult,
+    FairnessResult,
+    GateResult,
+    ProjectionResult,
+    Provenance,
+    Section,
+    TaskResult,
+)
+from promptaudit.results import AuditResult, to_jsonable
 from promptaudit.seeding import seed_everything
 from promptaudit.spec import AuditSpec
 
@@ -246,21 +258,38 @@ def run_audit(
     )
     data_provenance = {"n_rows": len(frame)}  # rows audited (after data.limit)
     result = AuditResult(
-        audit={"name": spec.name, "spec": spec.to_dict(), **_audit_info(spec)},
-        provenance={
+        audit=_typed(
+            AuditSection, {"name": spec.name, "spec": spec.to_dict(), **_audit_info(spec)}
+        ),
+        provenance=_typed(Provenance, {
             **_provenance(spec, soft, loaded, prompt_source, command, data_provenance),
             "num_processes": 1 if processes is None else processes.num_processes,
+        }),
+        task=_typed(TaskResult, task),
+        projection=_typed(ProjectionResult, projection),
+        attribution=_typed(AttributionResult, attribution),
+        fairness=_typed(FairnessResult, fairness),
+        baselines=None if baselines is None else {
+            key: _typed(BaselineResult, entry, f"baselines.{key}")
+            for key, entry in baselines.items()
         },
-        task=task,
-        projection=projection,
-        attribution=attribution,
-        fairness=fairness,
-        baselines=baselines,
-        bias_audit=bias_audit,
-        gates=gates,
+        bias_audit=_typed(BiasAuditResult, bias_audit),
+        gates=[_typed(GateResult, gate, f"gates.{i}") for i, gate in enumerate(gates)],
         passed=all(g["passed"] for g in gates),
     )
     return result.to_dict()
+
+
+def _typed(section: type[Section], value: dict | None, where: str | None = None):
+    """A stage's dict as its typed section (None stays None); a mismatch is a bug, not input."""
+    if value is None:
+        return None
+    try:
+        return section.from_dict(to_jsonable(value), where=where)
+    except InputError as exc:
+        raise RuntimeError(
+            f"internal error: a stage wrote a malformed result section: {exc}"
+        ) from exc
 
 
 # -------------------------------------------------------------------- stages

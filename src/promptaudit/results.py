@@ -1,6 +1,8 @@
 """The audit result: a dataclass over the JSON contract (schema_version "1").
 
-Sections are plain JSON-able dicts so a report renders from the JSON alone.
+Sections are the typed dataclasses of :mod:`promptaudit.result_types`;
+:meth:`AuditResult.to_dict` writes the JSON the reports render from, and
+:func:`result_schema` is its JSON Schema (published as ``docs/result.schema.json``).
 
 ``integrity.content_sha256`` is the sha256 of the canonical JSON of everything
 else: a *checksum* that catches accidental change (a truncated copy, a hand edit
@@ -18,12 +20,30 @@ import hmac
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
 from promptaudit.errors import InputError
+from promptaudit.result_types import (
+    AttributionResult,
+    AuditSection,
+    BaselineResult,
+    BiasAuditResult,
+    FairnessResult,
+    GateResult,
+    Integrity,
+    Malformed,
+    ProjectionResult,
+    Provenance,
+    Section,
+    TaskResult,
+    _parse,
+    json_schema,
+    optional,
+)
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -36,6 +56,7 @@ __all__ = [
     "signing_key_from_env",
     "SIGNING_KEY_ENV",
     "RESULT_SCHEMA",
+    "result_schema",
     "MAX_RESULT_DEPTH",
 ]
 
@@ -51,20 +72,46 @@ _REQUIRED = ("schema_version", "audit", "provenance", "task", "fairness", "gates
 
 
 @dataclass
-class AuditResult:
-    """Everything an audit found and where it came from."""
+class AuditResult(Section):
+    """Everything an audit found and where it came from: the typed result JSON.
 
-    audit: dict
-    provenance: dict
-    task: dict
-    projection: dict | None = None
-    attribution: dict | None = None
-    fairness: dict = field(default_factory=dict)
-    baselines: dict | None = None
-    gates: list = field(default_factory=list)
+    Each section is a typed dataclass of :mod:`promptaudit.result_types`; a
+    section given as a plain dict (numpy scalars, tuples and NaN allowed) is
+    converted and checked, and a malformed one is refused with a one-line
+    :class:`~promptaudit.errors.InputError` naming the field.
+    """
+
+    TITLE: ClassVar[str] = "result"
+    audit: AuditSection
+    provenance: Provenance
+    task: TaskResult
+    projection: ProjectionResult | None = None
+    attribution: AttributionResult | None = None
+    #: required; None only in a result read with ``strict=False`` that lacks it
+    fairness: FairnessResult = None  # type: ignore[assignment]
+    baselines: dict[str, BaselineResult] | None = None
+    gates: list[GateResult] = field(default_factory=list)
     passed: bool = True
-    schema_version: str = SCHEMA_VERSION
-    bias_audit: dict | None = None
+    schema_version: Literal["1"] = SCHEMA_VERSION
+    #: only when the spec has ``bias_audit``
+    bias_audit: BiasAuditResult | None = optional(omit_none=True)
+    #: only with a ``mitigation:`` spec section (docs/mitigation.md); an open mapping
+    mitigation: dict[str, Any] | None = optional(omit_none=True)
+    #: written by :meth:`to_dict`, which computes it afresh
+    integrity: Integrity | None = optional(omit_none=True)
+    extra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    _absent: frozenset[str] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        hints = self._hints()
+        for f in self._json_fields():
+            value = getattr(self, f.name)
+            if value is None or _is_typed(value) or not isinstance(value, dict | list | tuple):
+                continue
+            try:
+                setattr(self, f.name, _parse(to_jsonable(value), hints[f.name], f.name))
+            except Malformed as exc:
+                raise InputError(f"not a valid promptaudit result; {exc}") from None
 
     def to_dict(self, *, signing_key: bytes | None = None) -> dict:
         """The contract's JSON object, with ``integrity`` added.
@@ -72,9 +119,8 @@ class AuditResult:
         ``signing_key`` (default: ``PROMPTAUDIT_SIGNING_KEY`` from the environment,
         when set) adds ``integrity.hmac_sha256``.
         """
-        body = to_jsonable(asdict(self))
-        if body.get("bias_audit") is None:  # only present when the spec asks for it
-            body.pop("bias_audit", None)
+        body = to_jsonable(super().to_dict())
+        body.pop("integrity", None)
         key = signing_key if signing_key is not None else signing_key_from_env()
         integrity = {"algorithm": "sha256", "content_sha256": content_sha256(body)}
         if key is not None:
@@ -82,10 +128,26 @@ class AuditResult:
         body["integrity"] = integrity
         return body
 
-    @classmethod
-    def from_dict(cls, data: dict) -> AuditResult:
-        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
-        return cls(**known)
+
+def _is_typed(value: Any) -> bool:
+    """A section, or a non-empty list or dict of sections (already typed)."""
+    if isinstance(value, Section):
+        return True
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    items = list(items)
+    return bool(items) and all(isinstance(item, Section) for item in items)
+
+
+def result_schema() -> dict:
+    """The JSON Schema of a result (draft 2020-12), generated from :class:`AuditResult`.
+
+    ``docs/result.schema.json`` is this schema, published; ``scripts/make_result_schema.py``
+    writes it.
+    """
+    return json_schema(
+        AuditResult,
+        title=f"promptaudit result (schema_version {SCHEMA_VERSION})",
+    )
 
 
 def to_jsonable(value):
@@ -154,79 +216,8 @@ def hmac_sha256(data: dict, key: bytes) -> str:
     return hmac.new(key, canonical_json(body).encode("utf-8"), hashlib.sha256).hexdigest()
 
 
-_NUMBER_OR_NULL = {"type": ["number", "null"]}
-_GATE_ENTRY = {
-    "type": "object",
-    "properties": {
-        "metric": {"type": "string"},
-        "feature": {"type": ["string", "null"]},
-        "min": _NUMBER_OR_NULL,
-        "max": _NUMBER_OR_NULL,
-        "use_bound": {"type": "boolean"},
-    },
-}
-_DISPARITY_BLOCK = {
-    "type": "object",
-    "properties": {
-        "disparities": {"type": ["object", "null"], "additionalProperties": _NUMBER_OR_NULL},
-        "disparity_intervals": {
-            "type": ["object", "null"],
-            "additionalProperties": {
-                "type": ["array", "null"],
-                "items": _NUMBER_OR_NULL,
-            },
-        },
-    },
-}
-#: JSON Schema of the parts of a result that ``gate`` and the readers rely on.
-RESULT_SCHEMA: dict = {
-    "$schema": "https://json-schema.org/draft/2020-12/schema",
-    "type": "object",
-    "required": list(_REQUIRED),
-    "properties": {
-        "schema_version": {"type": "string"},
-        "audit": {
-            "type": "object",
-            "required": ["name"],
-            "properties": {
-                "name": {"type": "string"},
-                "spec": {
-                    "type": "object",
-                    "properties": {"gates": {"type": "array", "items": _GATE_ENTRY}},
-                },
-            },
-        },
-        "provenance": {"type": "object"},
-        "task": {
-            "type": "object",
-            "properties": {"accuracy": _NUMBER_OR_NULL, "balanced_accuracy": _NUMBER_OR_NULL},
-        },
-        "fairness": {
-            "allOf": [_DISPARITY_BLOCK],
-            "type": "object",
-            "properties": {
-                "by_feature": {
-                    "type": ["object", "null"],
-                    "additionalProperties": _DISPARITY_BLOCK,
-                },
-                "counterfactual": {
-                    "type": ["object", "null"],
-                    "properties": {"flip_rate": _NUMBER_OR_NULL, "mean_abs_delta": _NUMBER_OR_NULL},
-                },
-            },
-        },
-        "gates": {"type": "array", "items": {"type": "object"}},
-        "passed": {"type": "boolean"},
-        "integrity": {
-            "type": "object",
-            "properties": {
-                "algorithm": {"type": "string"},
-                "content_sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
-                "hmac_sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
-            },
-        },
-    },
-}
+#: JSON Schema of a result, generated from the typed sections (see :func:`result_schema`).
+RESULT_SCHEMA: dict = result_schema()
 
 
 def _depth_exceeds(text: str, limit: int) -> bool:
