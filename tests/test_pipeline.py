@@ -111,6 +111,25 @@ def test_result_follows_the_contract(result):
     assert set(competence["baselines"]) == {"projected_prompt", "no_prompt"}
 
 
+def _assert_schema_and_types(result: dict) -> None:
+    """A real result validates against the published schema and reads back unchanged."""
+    import json
+
+    import jsonschema
+
+    from promptaudit.results import AuditResult
+
+    schema_path = Path(__file__).resolve().parent.parent / "docs" / "result.schema.json"
+    schema = json.loads(schema_path.read_text(encoding="utf-8"))
+    errors = [e.message for e in jsonschema.Draft202012Validator(schema).iter_errors(result)]
+    assert errors == []
+    assert AuditResult.from_dict(result).to_dict() == result
+
+
+def test_result_matches_the_published_schema(result):
+    _assert_schema_and_types(result)
+
+
 def test_task_section_matches_independent_predictions(result, reference, audit):
     task = result["task"]
     y_pred, y_true = reference["y_pred"], reference["y_true"]
@@ -239,6 +258,7 @@ def test_limit_and_seed_change_what_they_should(audit, tmp_path):
         "baselines.projected=false", "baselines.init_text=false", "fairness.bootstrap=0",
         "gates.6.use_bound=false"])
     small = run_audit(spec)
+    _assert_schema_and_types(small)
     assert small["task"]["n_examples"] == 12
     assert small["projection"] is None and small["attribution"] is None
     assert small["baselines"] == {"soft_prompt": small["baselines"]["soft_prompt"]}
@@ -406,6 +426,7 @@ def test_without_labels_competence_cannot_be_judged(audit, tmp_path):
         spec["baselines"] = {"projected": False, "init_text": False}
         spec["gates"] = [{"metric": "demographic_parity_difference", "max": 1.0}]
     result = run_audit(load_spec(_spec_with(audit, tmp_path, change)))
+    _assert_schema_and_types(result)
     competence = result["task"]["competence"]
     assert competence["works"] is None
     assert "cannot be judged" in competence["reason"]
