@@ -74,6 +74,7 @@ __all__ = [
     "Provenance",
     "Integrity",
     "SpecGate",
+    "GatePolicy",
     "SpecRecord",
     "AuditSection",
     "BiasAuditRow",
@@ -260,6 +261,11 @@ class Section:
     @classmethod
     def _json_fields(cls) -> list[dataclasses.Field]:
         return [f for f in fields(cls) if not f.name.startswith("_") and f.name != cls.REST]
+
+    def has(self, name: str) -> bool:
+        """Whether the JSON this section was read from had field ``name`` (made in code: True)."""
+        absent = self._absent
+        return absent is None or name not in absent
 
     def to_dict(self) -> dict[str, Any]:
         """The section as the JSON object the audit writes."""
@@ -871,13 +877,23 @@ class SpecGate(Section):
 
 
 @dataclass
+class GatePolicy(Section):
+    """``audit.spec.gate_policy``."""
+
+    inconclusive: Literal["fail", "pass"] | None = optional()
+    extra: dict[str, Any] = _extra()
+    _absent: frozenset[str] | None = _absent_field()
+
+
+@dataclass
 class SpecRecord(Section):
     """``audit.spec``: the validated spec as run (``AuditSpec.to_dict()``, docs/audit-spec.md).
 
-    Only its gates are typed here; every other key is the spec's own.
+    Only its gates and gate policy are typed here; every other key is the spec's own.
     """
 
     gates: list[SpecGate] | None = optional()
+    gate_policy: GatePolicy | None = optional()
     extra: dict[str, Any] = _extra()
     _absent: frozenset[str] | None = _absent_field()
 

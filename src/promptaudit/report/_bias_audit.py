@@ -18,12 +18,13 @@ from typing import Any
 from promptaudit.report._common import (
     NA,
     as_float,
-    as_list,
-    as_mapping,
+    as_result,
     fmt_num,
     fmt_pct,
     fmt_threshold,
 )
+from promptaudit.result_types import BiasAuditResult, BiasAuditTable
+from promptaudit.results import AuditResult
 
 __all__ = [
     "bias_audit_view",
@@ -85,7 +86,7 @@ def csv_cell(value: Any) -> str:
     return "'" + text if text.startswith(_FORMULA_START) else text
 
 
-def bias_audit_csv(result: Mapping[str, Any]) -> str | None:
+def bias_audit_csv(result: AuditResult | Mapping[str, Any]) -> str | None:
     """The bias-audit tables as CSV text, or ``None`` when the result has none.
 
     Returns
@@ -94,37 +95,36 @@ def bias_audit_csv(result: Mapping[str, Any]) -> str | None:
         A header line (:data:`CSV_COLUMNS`), then per table one ``category`` row per
         group and one ``unknown`` row (``n`` = the unknown count). Lines end in ``\\n``.
     """
-    audit = result.get("bias_audit")
-    if not isinstance(audit, Mapping):
+    audit = as_result(result).bias_audit
+    if audit is None:
         return None
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
-    mode = audit.get("mode")
-    threshold = audit.get("threshold")
+    mode = audit.mode
+    threshold = audit.threshold
     for name, table in ordered_tables(audit):
-        reference = table.get("reference_group")
-        for row in as_list(table.get("rows")):
-            row = as_mapping(row)
+        reference = table.reference_group
+        for row in table.rows or []:
             values = {
                 "table": name,
                 "kind": "category",
-                "group": row.get("group"),
-                "n": row.get("n"),
-                "n_selected": row.get("n_selected"),
-                "rate": row.get("rate"),
-                "impact_ratio": row.get("impact_ratio"),
-                "excluded": row.get("excluded"),
-                "flagged": row.get("flagged"),
-                "p_value": row.get("p_value"),
+                "group": row.group,
+                "n": row.n,
+                "n_selected": row.n_selected,
+                "rate": row.rate,
+                "impact_ratio": row.impact_ratio,
+                "excluded": row.excluded,
+                "flagged": row.flagged,
+                "p_value": row.p_value,
                 "reference_group": reference,
                 "mode": mode,
                 "threshold": threshold,
-                "note": row.get("note"),
+                "note": row.note,
             }
             writer.writerow([csv_cell(values[column]) for column in CSV_COLUMNS])
-        unknown = table.get("unknown_count")
-        unknown_selected = table.get("unknown_selected")
+        unknown = table.unknown_count
+        unknown_selected = table.unknown_selected
         values = {
             "table": name,
             "kind": "unknown",
@@ -147,14 +147,14 @@ def bias_audit_csv(result: Mapping[str, Any]) -> str | None:
     return buffer.getvalue()
 
 
-def ordered_tables(audit: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
+def ordered_tables(audit: BiasAuditResult) -> list[tuple[str, BiasAuditTable]]:
     """Tables in the order of ``categories``, then their intersection, then any others.
 
     A result read back from its JSON file has its keys sorted; this restores the order
     the audit computed them in.
     """
-    tables = {str(k): as_mapping(v) for k, v in as_mapping(audit.get("tables")).items()}
-    names = [str(c) for c in as_list(audit.get("categories"))]
+    tables = {str(k): v for k, v in (audit.tables or {}).items()}
+    names = [str(c) for c in audit.categories or []]
     if len(names) >= 2:
         names.append(" & ".join(names))
     order = [n for n in names if n in tables] + [n for n in tables if n not in names]
@@ -162,7 +162,7 @@ def ordered_tables(audit: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any
 
 
 # ------------------------------------------------------------------------ display
-def bias_audit_view(result: Mapping[str, Any]) -> dict[str, Any] | None:
+def bias_audit_view(result: AuditResult | Mapping[str, Any]) -> dict[str, Any] | None:
     """Display strings of the bias-audit summary, or ``None`` when it was not computed.
 
     Returns
@@ -175,16 +175,16 @@ def bias_audit_view(result: Mapping[str, Any]) -> dict[str, Any] | None:
         ``flagged``, ``excluded``, ``reference``), ``warnings`` and ``min_impact_ratio``.
         Nothing is escaped here.
     """
-    audit = result.get("bias_audit")
-    if not isinstance(audit, Mapping):
+    result = as_result(result)
+    audit = result.bias_audit
+    if audit is None:
         return None
-    scoring = audit.get("mode") == "scoring"
-    threshold = as_float(audit.get("threshold"))
+    scoring = audit.mode == "scoring"
+    threshold = as_float(audit.threshold)
     threshold_text = fmt_threshold(threshold)
-    exclude_below = as_float(audit.get("exclude_below"))
-    n_rows = audit.get("n_rows")
-    task = as_mapping(result.get("task"))
-    positive = task.get("positive_label")
+    exclude_below = as_float(audit.exclude_below)
+    n_rows = audit.n_rows
+    positive = result.task.positive_label if result.task is not None else None
     intro = [
         f"Impact ratios in the form NYC Local Law 144 bias audits publish "
         f"(6 RCNY 5-300 to 5-303), computed on {n_rows if n_rows is not None else NA} rows.",
@@ -193,7 +193,7 @@ def bias_audit_view(result: Mapping[str, Any]) -> dict[str, Any] | None:
         intro.append(
             "Scoring rate: the share of a category whose favourable-outcome score is "
             "strictly above the median score of the full sample (median "
-            f"{fmt_num(audit.get('median_score'), 4)}; a score equal to the median does "
+            f"{fmt_num(audit.median_score, 4)}; a score equal to the median does "
             "not count)."
         )
     else:
@@ -213,13 +213,13 @@ def bias_audit_view(result: Mapping[str, Any]) -> dict[str, Any] | None:
             f"A category under {fmt_pct(exclude_below, 1)} of the data is listed with its "
             "count and rate but left out of impact ratios."
         )
-    unknown_values = [str(v) for v in as_list(audit.get("unknown_values"))]
+    unknown_values = [str(v) for v in audit.unknown_values or []]
     tables = [
-        _table_view(str(name), as_mapping(table), scoring=scoring, unknown_values=unknown_values,
+        _table_view(str(name), table, scoring=scoring, unknown_values=unknown_values,
                     threshold=threshold)
         for name, table in ordered_tables(audit)
     ]
-    info_raw = as_mapping(as_mapping(result.get("audit")).get("audit_info"))
+    info_raw = (result.audit.audit_info if result.audit is not None else None) or {}
     keys = [k for k in AUDIT_INFO_LABELS if info_raw.get(k) not in (None, "")]
     keys += [k for k in info_raw if k not in AUDIT_INFO_LABELS and info_raw.get(k) is not None]
     info = [{"label": AUDIT_INFO_LABELS.get(k, str(k)), "value": str(info_raw[k])} for k in keys]
@@ -234,7 +234,7 @@ def bias_audit_view(result: Mapping[str, Any]) -> dict[str, Any] | None:
             "Not stated in this audit's audit_info: " + ", ".join(missing) + ". A published "
             "LL144 summary states them."
         )
-    minimum = audit.get("min_impact_ratio")
+    minimum = audit.min_impact_ratio
     return {
         "intro": intro,
         "info": info,
@@ -242,7 +242,7 @@ def bias_audit_view(result: Mapping[str, Any]) -> dict[str, Any] | None:
         "rate_label": "Scoring rate" if scoring else "Selection rate",
         "count_label": "Number scoring above the median" if scoring else "Number selected",
         "tables": tables,
-        "warnings": [str(w) for w in as_list(audit.get("warnings"))],
+        "warnings": [str(w) for w in audit.warnings or []],
         "threshold": threshold_text,
         "min_impact_ratio": fmt_num(minimum, 3) if as_float(minimum) is not None
         else "undefined (no impact ratio can be computed for at least one table)",
@@ -251,58 +251,57 @@ def bias_audit_view(result: Mapping[str, Any]) -> dict[str, Any] | None:
 
 def _table_view(
     name: str,
-    table: Mapping[str, Any],
+    table: BiasAuditTable,
     *,
     scoring: bool,
     unknown_values: list[str],
     threshold: float | None,
 ) -> dict[str, Any]:
     threshold_text = fmt_threshold(threshold)
-    reference = table.get("reference_group")
+    reference = table.reference_group
     rows = []
     notes = []
-    for row in as_list(table.get("rows")):
-        row = as_mapping(row)
-        group = str(row.get("group"))
-        excluded = row.get("excluded") is True
+    for row in table.rows or []:
+        group = str(row.group)
+        excluded = row.excluded is True
         is_reference = reference is not None and group == str(reference)
-        ratio = as_float(row.get("impact_ratio"))
+        ratio = as_float(row.impact_ratio)
         if excluded:
             ratio_text, flag_text = "excluded", "\u2014"
         else:
             ratio_text = _fmt_ratio(ratio, threshold) if ratio is not None else "undefined"
-            flag_text = (f"yes (below {threshold_text})" if row.get("flagged") is True
+            flag_text = (f"yes (below {threshold_text})" if row.flagged is True
                          else "no" if ratio is not None else "\u2014")
         if is_reference:
             p_text = "reference"
-        elif excluded or as_float(row.get("p_value")) is None:
+        elif excluded or as_float(row.p_value) is None:
             p_text = "\u2014"
         else:
-            p_text = _fmt_p(float(row["p_value"]))
+            p_text = _fmt_p(float(row.p_value))
         rows.append({
             "group": group,
-            "n": _count(row.get("n")),
-            "n_selected": _count(row.get("n_selected")),
-            "rate": fmt_num(row.get("rate"), 3),
+            "n": _count(row.n),
+            "n_selected": _count(row.n_selected),
+            "rate": fmt_num(row.rate, 3),
             "impact_ratio": ratio_text,
             "flag": flag_text,
             "p_value": p_text,
-            "flagged": row.get("flagged") is True,
+            "flagged": row.flagged is True,
             "excluded": excluded,
             "reference": is_reference,
         })
         if excluded:
             notes.append(
-                f"{group}: {row.get('note') or 'left out of impact ratios'}; its count and "
+                f"{group}: {row.note or 'left out of impact ratios'}; its count and "
                 "rate are still shown."
             )
     if reference is not None:
-        ref_rate = as_float(table.get("reference_rate"))
+        ref_rate = as_float(table.reference_rate)
         notes.insert(0, f"Impact ratios are relative to {reference}, the category with the "
                         f"highest {'scoring' if scoring else 'selection'} rate "
                         f"({fmt_num(ref_rate, 3)}).")
-    unknown = table.get("unknown_count")
-    unknown_selected = table.get("unknown_selected")
+    unknown = table.unknown_count
+    unknown_selected = table.unknown_selected
     described = "missing" + (" or " + ", ".join(repr(v) for v in unknown_values)
                              if unknown_values else "")
     if isinstance(unknown, int) and unknown > 0:
@@ -315,7 +314,7 @@ def _table_view(
         )
     else:
         notes.append(f"No row has an unknown {name}.")
-    minimum = as_float(table.get("min_impact_ratio"))
+    minimum = as_float(table.min_impact_ratio)
     return {
         "name": name,
         "caption": f"{'Scoring' if scoring else 'Selection'} rates and impact ratios by {name}",

@@ -1,8 +1,9 @@
 """Formatting and plain-language summary shared by the HTML, Markdown and JUnit writers.
 
-Everything here reads the result JSON dict (``schema_version`` ``"1"``) defensively:
-a missing key, ``None`` or a non-finite number is "not computed" and formats as
-``"n/a"``; nothing raises on a partial result.
+Everything here reads the typed result (:class:`promptaudit.results.AuditResult`,
+sections from :mod:`promptaudit.result_types`); a result dict is read with
+:func:`as_result`, leniently, so a missing key, ``None`` or a non-finite number is
+"not computed" and formats as ``"n/a"``; nothing raises on a partial result.
 """
 
 from __future__ import annotations
@@ -12,7 +13,20 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from promptaudit.result_types import (
+    ClassStats,
+    Competence,
+    FairnessResult,
+    FeatureEntry,
+    Fidelity,
+    GateResult,
+    GroupRow,
+    ProjectionResult,
+)
+from promptaudit.results import AuditResult
+
 __all__ = [
+    "as_result",
     "escape_markdown",
     "NA",
     "DISPARITY_LABELS",
@@ -145,72 +159,88 @@ def _fmt_against(value: float, threshold: float | None, digits: int = 2) -> str:
     return text
 
 
-def gate_name(gate: Mapping[str, Any]) -> str:
+def as_result(result: AuditResult | Mapping[str, Any] | None) -> AuditResult:
+    """The typed result: a result dict is read leniently (a partial result still renders).
+
+    Every report entry point calls this once; the rest of the report reads typed
+    fields. A missing, ``None`` or malformed field reads as its default (``None``).
+    """
+    if isinstance(result, AuditResult):
+        return result
+    return AuditResult.from_dict(dict(result) if isinstance(result, Mapping) else {},
+                                 strict=False)
+
+
+def gate_name(gate: GateResult) -> str:
     """Name a gate the way a user reads it: ``"demographic_parity_ratio[gender] >= 0.8"``."""
-    metric = str(gate.get("metric") or "gate")
-    feature = gate.get("feature")
+    metric = str(gate.metric or "gate")
+    feature = gate.feature
     where = f"[{feature}]" if feature not in (None, "") else ""
-    op = str(gate.get("op") or "?")
-    return f"{metric}{where} {op} {fmt_threshold(gate.get('threshold'))}"
+    op = str(gate.op or "?")
+    return f"{metric}{where} {op} {fmt_threshold(gate.threshold)}"
 
 
-def gate_counts(result: Mapping[str, Any]) -> tuple[int, int]:
+def gate_counts(result: AuditResult | Mapping[str, Any]) -> tuple[int, int]:
     """Return ``(n_failed, n_gates)`` over the result's gates."""
-    gates = [g for g in as_list(result.get("gates")) if isinstance(g, Mapping)]
-    failed = sum(1 for g in gates if g.get("passed") is not True)
+    gates = as_result(result).gates or []
+    failed = sum(1 for g in gates if g.passed is not True)
     return failed, len(gates)
 
 
-def gate_status(gate: Mapping[str, Any]) -> str:
-    """``"pass"``, ``"fail"`` or ``"inconclusive"``; read from ``passed`` in older results."""
-    status = gate.get("status")
-    if status in ("pass", "fail", "inconclusive"):
-        return str(status)
-    return "pass" if gate.get("passed") is True else "fail"
+def gate_status(gate: GateResult) -> str:
+    """``"pass"``, ``"fail"`` or ``"inconclusive"``; read from ``passed`` in early results."""
+    return gate.decided.value
 
 
-def status_counts(result: Mapping[str, Any]) -> dict[str, int]:
+def status_counts(result: AuditResult | Mapping[str, Any]) -> dict[str, int]:
     """Number of gates per status: ``{"pass": .., "fail": .., "inconclusive": ..}``."""
     counts = {"pass": 0, "fail": 0, "inconclusive": 0}
-    for gate in as_list(result.get("gates")):
-        if isinstance(gate, Mapping):
-            counts[gate_status(gate)] += 1
+    for gate in as_result(result).gates or []:
+        counts[gate_status(gate)] += 1
     return counts
 
 
-def verdict_word(result: Mapping[str, Any]) -> str:
+def verdict_word(result: AuditResult | Mapping[str, Any]) -> str:
     """The headline: ``PASS``, ``FAIL``, or ``INCONCLUSIVE`` (no gate failed, one undecided).
 
     An inconclusive audit still has a ``passed`` decided by the spec's
     ``gate_policy.inconclusive``; :func:`verdict_sentence` says which way it counted.
     """
+    result = as_result(result)
     counts = status_counts(result)
     if counts["fail"] == 0 and counts["inconclusive"] > 0:
         return "INCONCLUSIVE"
-    return "PASS" if result.get("passed") is True else "FAIL"
+    return "PASS" if result.passed is True else "FAIL"
 
 
-def _policy(result: Mapping[str, Any]) -> str:
-    spec = as_mapping(as_mapping(result.get("audit")).get("spec"))
-    return str(as_mapping(spec.get("gate_policy")).get("inconclusive") or "fail")
+def _policy(result: AuditResult) -> str:
+    spec = result.audit.spec if result.audit is not None else None
+    policy = spec.gate_policy if spec is not None else None
+    return str((policy.inconclusive if policy is not None else None) or "fail")
 
 
-def competence_state(result: Mapping[str, Any]) -> str:
+def _competence(result: AuditResult) -> Competence | None:
+    return result.task.competence if result.task is not None else None
+
+
+def competence_state(result: AuditResult | Mapping[str, Any]) -> str:
     """``"works"``, ``"broken"`` or ``"unknown"`` from ``task.competence.works``."""
-    works = as_mapping(as_mapping(result.get("task")).get("competence")).get("works")
+    competence = _competence(as_result(result))
+    works = competence.works if competence is not None else None
     return "works" if works is True else "broken" if works is False else "unknown"
 
 
-def competence_sentence(result: Mapping[str, Any]) -> str | None:
+def competence_sentence(result: AuditResult | Mapping[str, Any]) -> str | None:
     """Whether the prompt does its task, in words; ``None`` for results without competence.
 
     A prompt that does not work gets a sentence that says the fairness figures
     describe a model that does not do its task.
     """
-    competence = as_mapping(as_mapping(result.get("task")).get("competence"))
-    if not competence:
+    result = as_result(result)
+    competence = _competence(result)
+    if competence is None:
         return None
-    reason = str(competence.get("reason") or "").strip()
+    reason = str(competence.reason or "").strip()
     reason = reason[:1].upper() + reason[1:] if reason else ""
     state = competence_state(result)
     if state == "works":
@@ -224,27 +254,29 @@ def competence_sentence(result: Mapping[str, Any]) -> str | None:
     return f"Competence cannot be judged: {reason or 'no true labels were given'}."
 
 
-def classification_rows(report: Any) -> list[dict[str, str]]:
-    """Rows ``{label, precision, recall, f1, support}`` of a scikit-learn report dict."""
+def classification_rows(report: Mapping[str, ClassStats | float | None] | None
+                        ) -> list[dict[str, str]]:
+    """Rows ``{label, precision, recall, f1, support}`` of a scikit-learn report."""
     rows = []
-    for label, stats in as_mapping(report).items():
-        if not isinstance(stats, Mapping):
+    for label, stats in (report or {}).items():
+        if not isinstance(stats, ClassStats):
             continue  # "accuracy" is a bare number
-        support = stats.get("support")
+        support = stats.support
         rows.append({
             "label": str(label),
-            "precision": fmt_num(stats.get("precision")),
-            "recall": fmt_num(stats.get("recall")),
-            "f1": fmt_num(stats.get("f1-score")),
+            "precision": fmt_num(stats.precision),
+            "recall": fmt_num(stats.recall),
+            "f1": fmt_num(stats.f1_score),
             "support": str(int(support)) if as_float(support) is not None else NA,
         })
     return rows
 
 
-def verdict_sentence(result: Mapping[str, Any]) -> str:
+def verdict_sentence(result: AuditResult | Mapping[str, Any]) -> str:
     """One sentence: PASS/FAIL/INCONCLUSIVE and how many gates failed or were undecided."""
+    result = as_result(result)
     failed, total = gate_counts(result)
-    passed = result.get("passed") is True
+    passed = result.passed is True
     counts = status_counts(result)
     if counts["inconclusive"]:
         policy = _policy(result)
@@ -270,7 +302,7 @@ def verdict_sentence(result: Mapping[str, Any]) -> str:
     return f"FAIL: {failed} of {total} gates failed."
 
 
-def verdict_detail(result: Mapping[str, Any]) -> str:
+def verdict_detail(result: AuditResult | Mapping[str, Any]) -> str:
     """:func:`verdict_sentence` without its leading ``"PASS: "`` / ``"FAIL: "``."""
     sentence = verdict_sentence(result)
     head, _, rest = sentence.partition(": ")
@@ -299,18 +331,18 @@ def short_text(text: Any, limit: int = 80) -> str:
 
 
 def _find_gate(
-    gates: Sequence[Mapping[str, Any]],
+    gates: Sequence[GateResult],
     metric: str,
     feature: str,
     worst_feature: Mapping[str, Any],
-) -> Mapping[str, Any] | None:
+) -> GateResult | None:
     """The gate on ``metric`` that reads ``feature`` (named, or as the worst feature)."""
     for gate in gates:
-        if gate.get("metric") == metric and gate.get("feature") == feature:
+        if gate.metric == metric and gate.feature == feature:
             return gate
     if worst_feature.get(metric) == feature:
         for gate in gates:
-            if gate.get("metric") == metric and gate.get("feature") in (None, ""):
+            if gate.metric == metric and gate.feature in (None, ""):
                 return gate
     return None
 
@@ -318,7 +350,7 @@ def _find_gate(
 def _threshold_phrase(
     name: str,
     value: float | None,
-    gate: Mapping[str, Any] | None,
+    gate: GateResult | None,
     confidence: float | None,
     digits: int = 2,
 ) -> str:
@@ -328,19 +360,19 @@ def _threshold_phrase(
     an interval bound); the gate's own verdict is used only when that number is
     missing.
     """
-    threshold = as_float(gate.get("threshold")) if gate else None
+    threshold = as_float(gate.threshold) if gate else None
     shown = NA if value is None else _fmt_against(value, threshold, digits)
     if gate is None or threshold is None:
         return f"{name} {shown}"
-    bound = gate.get("bound") or "point"
-    checked = as_float(gate.get("value"))
+    bound = gate.bound or "point"
+    checked = as_float(gate.value)
     if checked is None and bound == "point":
         checked = value
     if checked is None:
-        verdict = "passes" if gate.get("passed") is True else "counts it as failed"
+        verdict = "passes" if gate.passed is True else "counts it as failed"
         return f"{name} {shown}; the gate could not compute it and {verdict}"
     limit = fmt_threshold(threshold)
-    if gate.get("op") == "<=":
+    if gate.op == "<=":
         where = f"within the {limit} limit" if checked <= threshold else f"above the {limit} limit"
     else:
         where = (f"meets the {limit} threshold" if checked >= threshold
@@ -358,11 +390,11 @@ def _threshold_phrase(
 
 
 def _extremes(
-    by_group: Mapping[str, Any], metric: str
+    by_group: Mapping[str, GroupRow], metric: str
 ) -> tuple[tuple[str, float], tuple[str, float]] | None:
     values = []
     for group, row in by_group.items():
-        number = as_float(as_mapping(row).get(metric))
+        number = as_float(row.metrics.get(metric))
         if number is not None:
             values.append((str(group), number))
     if len(values) < 2:
@@ -372,32 +404,26 @@ def _extremes(
     return low, high
 
 
-def _small_note(block: Mapping[str, Any], groups: Sequence[str]) -> str:
-    by_group = as_mapping(block.get("by_group"))
+def _small_note(block: FeatureEntry, groups: Sequence[str]) -> str:
+    by_group = block.by_group or {}
     notes = []
     for group in groups:
-        row = as_mapping(by_group.get(group))
-        if row.get("small") is True:
-            count = row.get("count")
-            notes.append(f"group '{group}' has only {count} examples")
+        row = by_group.get(group)
+        if row is not None and row.small is True:
+            notes.append(f"group '{group}' has only {row.count} examples")
     if not notes:
         return ""
     return " Treat this gap with caution: " + " and ".join(notes) + "."
 
 
-def _feature_blocks(fairness: Mapping[str, Any]) -> list[tuple[str, str, Mapping[str, Any]]]:
+def _feature_blocks(fairness: FairnessResult) -> list[tuple[str, str, FeatureEntry]]:
     """``(key, label, block)`` for each feature and the intersection."""
-    blocks = []
-    for feature, block in as_mapping(fairness.get("by_feature")).items():
-        if isinstance(block, Mapping):
-            blocks.append((str(feature), str(feature), block))
-    intersection = fairness.get("intersection")
-    listed = any(block is intersection for _, _, block in blocks) or (
-        isinstance(intersection, Mapping)
-        and str(intersection.get("feature")) in as_mapping(fairness.get("by_feature"))
-    )
-    if isinstance(intersection, Mapping) and not listed:
-        names = [str(f) for f in as_list(fairness.get("sensitive_features"))]
+    blocks = [(str(feature), str(feature), block)
+              for feature, block in (fairness.by_feature or {}).items()]
+    intersection = fairness.intersection
+    listed = intersection is not None and str(intersection.feature) in (fairness.by_feature or {})
+    if intersection is not None and not listed:
+        names = [str(f) for f in fairness.sensitive_features or []]
         label = " \u00d7 ".join(names) if names else "intersection"
         blocks.append(("intersection", label, intersection))
     return blocks
@@ -420,7 +446,7 @@ def _counterfactual_change(source: Any) -> str:
     return "Changing only the identity terms of the term suite"
 
 
-def gap_sentences(result: Mapping[str, Any], *, limit: int = 6) -> list[str]:
+def gap_sentences(result: AuditResult | Mapping[str, Any], *, limit: int = 6) -> list[str]:
     """The worst fairness gaps and failed gates, in plain words.
 
     Each gap sentence names the two groups at the extremes, e.g. ``"gender:
@@ -431,8 +457,8 @@ def gap_sentences(result: Mapping[str, Any], *, limit: int = 6) -> list[str]:
 
     Parameters
     ----------
-    result : mapping
-        The audit result dict.
+    result : AuditResult or mapping
+        The audit result (a dict is read with :func:`as_result`).
     limit : int
         At most this many sentences.
 
@@ -441,11 +467,12 @@ def gap_sentences(result: Mapping[str, Any], *, limit: int = 6) -> list[str]:
     list of str
         Plain text (not escaped); empty when fairness was not computed.
     """
-    fairness = as_mapping(result.get("fairness"))
-    gates = [g for g in as_list(result.get("gates")) if isinstance(g, Mapping)]
-    worst = as_mapping(fairness.get("worst_feature"))
-    confidence = as_float(fairness.get("confidence"))
-    positive = as_mapping(result.get("task")).get("positive_label")
+    result = as_result(result)
+    fairness = result.fairness or FairnessResult(sensitive_features=[])
+    gates = result.gates or []
+    worst = fairness.worst_feature or {}
+    confidence = as_float(fairness.confidence)
+    positive = result.task.positive_label if result.task is not None else None
     positive_text = f"'{positive}'" if positive not in (None, "") else "positive"
     blocks = {key: (label, block) for key, label, block in _feature_blocks(fairness)}
     used: set[int] = set()
@@ -454,8 +481,8 @@ def gap_sentences(result: Mapping[str, Any], *, limit: int = 6) -> list[str]:
     def features_for(metrics: Sequence[str]) -> list[str]:
         order: list[str] = []
         for gate in gates:
-            if gate.get("metric") in metrics:
-                feature = gate.get("feature") or worst.get(str(gate.get("metric")))
+            if gate.metric in metrics:
+                feature = gate.feature or worst.get(str(gate.metric))
                 if isinstance(feature, str) and feature in blocks and feature not in order:
                     order.append(feature)
         for metric in metrics:
@@ -470,11 +497,11 @@ def gap_sentences(result: Mapping[str, Any], *, limit: int = 6) -> list[str]:
     parity = ("demographic_parity_ratio", "demographic_parity_difference")
     for feature in features_for(parity):
         label, block = blocks[feature]
-        ends = _extremes(as_mapping(block.get("by_group")), "selection_rate")
+        ends = _extremes(block.by_group or {}, "selection_rate")
         if ends is None:
             continue
         (low_g, low_v), (high_g, high_v) = ends
-        disparities = as_mapping(block.get("disparities"))
+        disparities = block.disparities or {}
         gate_ratio = _find_gate(gates, parity[0], feature, worst)
         gate_diff = _find_gate(gates, parity[1], feature, worst)
         if gate_ratio is None and gate_diff is not None:
@@ -498,7 +525,7 @@ def gap_sentences(result: Mapping[str, Any], *, limit: int = 6) -> list[str]:
     odds = ("equalized_odds_difference", "equal_opportunity_difference", "equalized_odds_ratio")
     for feature in features_for(odds):
         label, block = blocks[feature]
-        by_group = as_mapping(block.get("by_group"))
+        by_group = block.by_group or {}
         candidates = []
         for metric, words in (
             ("true_positive_rate", f"true positive rate (truly {positive_text} examples "
@@ -512,13 +539,13 @@ def gap_sentences(result: Mapping[str, Any], *, limit: int = 6) -> list[str]:
         if not candidates:
             continue
         _, metric, words, ((low_g, low_v), (high_g, high_v)) = max(candidates)
-        disparities = as_mapping(block.get("disparities"))
+        disparities = block.disparities or {}
         gate = None
         for name in odds:
             gate = _find_gate(gates, name, feature, worst)
             if gate is not None:
                 break
-        name = str(gate.get("metric")) if gate is not None else "equalized_odds_difference"
+        name = str(gate.metric) if gate is not None else "equalized_odds_difference"
         if gate is not None:
             used.add(id(gate))
         value = as_float(disparities.get(name))
@@ -530,50 +557,49 @@ def gap_sentences(result: Mapping[str, Any], *, limit: int = 6) -> list[str]:
         )
 
     # Counterfactual flips.
-    counterfactual = as_mapping(fairness.get("counterfactual"))
-    flip = as_float(counterfactual.get("flip_rate"))
-    if flip is not None:
-        gate = next((g for g in gates if g.get("metric") == "counterfactual_flip_rate"), None)
+    counterfactual = fairness.counterfactual
+    flip = as_float(counterfactual.flip_rate) if counterfactual is not None else None
+    if counterfactual is not None and flip is not None:
+        gate = next((g for g in gates if g.metric == "counterfactual_flip_rate"), None)
         if gate is not None:
             used.add(id(gate))
-        n = counterfactual.get("n_tuples")
+        n = counterfactual.n_tuples
         of = f" of {n} counterfactual tuples" if as_float(n) is not None else ""
-        interval = fmt_interval(counterfactual.get("flip_rate_interval"))
+        interval = fmt_interval(counterfactual.flip_rate_interval)
         spread = f", interval {interval}" if interval else ""
         sentences.append(
-            f"{_counterfactual_change(counterfactual.get('source'))} changed the decision for "
+            f"{_counterfactual_change(counterfactual.source)} changed the decision for "
             f"{100 * flip:.1f}%{of}{spread} "
             f"({_threshold_phrase('flip rate', flip, gate, None, 3)})."
         )
 
     # Failed gates not explained above.
     for gate in gates:
-        if gate.get("passed") is not True and id(gate) not in used:
-            message = gate.get("message") or f"value {fmt_num(gate.get('value'))}"
+        if gate.passed is not True and id(gate) not in used:
+            message = gate.message or f"value {fmt_num(gate.value)}"
             verb = "was inconclusive" if gate_status(gate) == "inconclusive" else "failed"
             sentences.append(f"Gate '{gate_name(gate)}' {verb}: {message}")
     return sentences[:limit]
 
 
-def projected_text(projection: Mapping[str, Any]) -> str | None:
+def projected_text(projection: ProjectionResult) -> str | None:
     """The prompt as words: the fidelity check's projected text, else the top-1 words."""
-    fidelity = as_mapping(projection.get("fidelity"))
-    text = fidelity.get("projected_text")
+    fidelity = projection.fidelity
+    text = fidelity.projected_text if fidelity is not None else None
     if isinstance(text, str) and text.strip():
         return text
     words = []
-    for position in as_list(projection.get("positions")):
-        neighbors = as_list(as_mapping(position).get("neighbors"))
-        if neighbors:
-            first = as_mapping(neighbors[0])
-            words.append(str(first.get("display") or display_token(first.get("token") or "?")))
+    for position in projection.positions or []:
+        if position.neighbors:
+            first = position.neighbors[0]
+            words.append(str(first.display or display_token(first.token or "?")))
     return " ".join(words) or None
 
 
-def off_manifold_note(projection: Mapping[str, Any]) -> str | None:
+def off_manifold_note(projection: ProjectionResult) -> str | None:
     """``"2 of 8 virtual tokens sit far from every real word ..."``, or ``None``."""
-    positions = [as_mapping(p) for p in as_list(projection.get("positions"))]
-    off = sum(1 for p in positions if p.get("off_manifold") is True)
+    positions = projection.positions or []
+    off = sum(1 for p in positions if p.off_manifold is True)
     if not off:
         return None
     verb, pronoun = ("sits", "it") if off == 1 else ("sit", "them")
@@ -583,7 +609,7 @@ def off_manifold_note(projection: Mapping[str, Any]) -> str | None:
     )
 
 
-def reading_sentence(projection: Mapping[str, Any]) -> str | None:
+def reading_sentence(projection: ProjectionResult) -> str | None:
     """What the prompt reads as (projected text or top-1 words), or ``None``."""
     text = projected_text(projection)
     if text is None:
@@ -598,37 +624,31 @@ def reading_sentence(projection: Mapping[str, Any]) -> str | None:
 FIDELITY_LEVELS = ("high", "moderate", "low")
 
 
-def fidelity_level(fidelity: Mapping[str, Any]) -> str | None:
-    """``"high"``, ``"moderate"`` or ``"low"`` from ``verdict`` (or ``level``), else ``None``."""
-    for key in ("verdict", "level"):
-        word = str(fidelity.get(key) or "").strip().lower()
-        if word in FIDELITY_LEVELS:
-            return word
-    return None
+def fidelity_level(fidelity: Fidelity | None) -> str | None:
+    """The fidelity check's ``level``: ``"high"``, ``"moderate"`` or ``"low"``, else ``None``."""
+    level = fidelity.level if fidelity is not None else None
+    return level if level in FIDELITY_LEVELS else None
 
 
-def fidelity_message(fidelity: Mapping[str, Any]) -> str | None:
-    """The fidelity explanation: ``message``, or a ``verdict`` that is a sentence."""
-    for key in ("message", "verdict"):
-        text = fidelity.get(key)
-        if isinstance(text, str) and text.strip() and text.strip().lower() not in FIDELITY_LEVELS:
-            return text.strip()
-    return None
+def fidelity_message(fidelity: Fidelity | None) -> str | None:
+    """The sentence that explains the fidelity level (``verdict``), or ``None``."""
+    text = fidelity.verdict if fidelity is not None else None
+    return text.strip() if isinstance(text, str) and text.strip() else None
 
 
-def fidelity_detail(projection: Mapping[str, Any]) -> str | None:
+def fidelity_detail(projection: ProjectionResult) -> str | None:
     """The evidence behind the fidelity verdict in words, or ``None`` when not computed."""
-    fidelity = projection.get("fidelity")
-    if not isinstance(fidelity, Mapping):
+    fidelity = projection.fidelity
+    if fidelity is None:
         return None
     parts = []
-    agreement = as_float(fidelity.get("agreement"))
+    agreement = as_float(fidelity.agreement)
     if agreement is not None:
         parts.append(
             f"Used as a plain-text prompt, these words give the same decision as the soft "
             f"prompt on {100 * agreement:.0f}% of examples "
-            f"(accuracy {fmt_num(fidelity.get('projected_accuracy'), 2)} vs "
-            f"{fmt_num(fidelity.get('soft_accuracy'), 2)})."
+            f"(accuracy {fmt_num(fidelity.projected_accuracy, 2)} vs "
+            f"{fmt_num(fidelity.soft_accuracy, 2)})."
         )
     message = fidelity_message(fidelity)
     if message:
@@ -636,22 +656,24 @@ def fidelity_detail(projection: Mapping[str, Any]) -> str | None:
     return " ".join(parts)
 
 
-def trust_level(projection: Mapping[str, Any]) -> str | None:
+def trust_level(projection: ProjectionResult | None) -> str | None:
     """The projection's ``trust.level`` (fidelity and typicality together), else ``None``."""
-    word = str(as_mapping(projection.get("trust")).get("level") or "").strip().lower()
-    return word if word in FIDELITY_LEVELS else None
+    trust = projection.trust if projection is not None else None
+    level = trust.level if trust is not None else None
+    return level if level in FIDELITY_LEVELS else None
 
 
-def trust_reason(projection: Mapping[str, Any]) -> str | None:
+def trust_reason(projection: ProjectionResult | None) -> str | None:
     """The sentence behind ``trust.level``, or ``None``."""
-    reason = as_mapping(projection.get("trust")).get("reason")
+    trust = projection.trust if projection is not None else None
+    reason = trust.reason if trust is not None else None
     return reason.strip() if isinstance(reason, str) and reason.strip() else None
 
 
-def fidelity_sentence(projection: Mapping[str, Any]) -> str | None:
+def fidelity_sentence(projection: ProjectionResult) -> str | None:
     """How far to trust the word reading, or ``None`` when fidelity was not computed."""
-    fidelity = projection.get("fidelity")
-    if not isinstance(fidelity, Mapping):
+    fidelity = projection.fidelity
+    if fidelity is None:
         return None
     verdict = trust_level(projection) or fidelity_level(fidelity) or NA
     detail = " ".join(x for x in (trust_reason(projection), fidelity_detail(projection)) if x)

@@ -32,6 +32,7 @@ from promptaudit.atomic import (
 )
 from promptaudit.errors import InputError
 from promptaudit.report._bias_audit import bias_audit_csv
+from promptaudit.report._common import as_result
 from promptaudit.report.html import render_html
 from promptaudit.report.junit import render_junit
 from promptaudit.report.markdown import render_markdown
@@ -169,14 +170,15 @@ def write_reports(
             raise InputError("the result has no audit.name; pass name= to write_reports")
     _check_name(name)
     folder = Path(out_dir)
+    typed = as_result(result)  # read once; the JSON is written from the dict itself
     documents = {
-        "html": render_html(result),
+        "html": render_html(typed),
         "json": _render_json(result),
-        "junit": render_junit(result),
-        "markdown": render_markdown(result),
+        "junit": render_junit(typed),
+        "markdown": render_markdown(typed),
     }
     suffixes = dict(REPORT_SUFFIXES)
-    bias_csv = bias_audit_csv(result)
+    bias_csv = bias_audit_csv(typed)
     if bias_csv is not None:
         documents["bias_audit"] = bias_csv
         suffixes["bias_audit"] = BIAS_AUDIT_SUFFIX

@@ -1,6 +1,7 @@
 """Render the audit result as one self-contained HTML page.
 
-The page is built from the result dict alone: :func:`build_html_context` turns it into
+The page is built from the result alone, read into its typed sections
+(:class:`promptaudit.results.AuditResult`): :func:`build_html_context` turns it into
 plain dicts of display strings, and the ``report.html`` jinja2 template (autoescape and
 ``StrictUndefined`` on, no ``|safe`` anywhere) lays them out. Styles are inline, figures
 are PNG ``data:`` URIs, and there is no script and no external URL, so the file reads
@@ -25,8 +26,7 @@ from promptaudit.report._common import (
     GROUP_METRIC_LABELS,
     NA,
     as_float,
-    as_list,
-    as_mapping,
+    as_result,
     classification_rows,
     competence_sentence,
     competence_state,
@@ -53,6 +53,20 @@ from promptaudit.report._common import (
     verdict_sentence,
     verdict_word,
 )
+from promptaudit.result_types import (
+    AttributionGroups,
+    AttributionResult,
+    BaselineResult,
+    CounterfactualResult,
+    FairnessResult,
+    FeatureEntry,
+    Integrity,
+    ProjectionResult,
+    Provenance,
+    SpecRecord,
+    TaskResult,
+)
+from promptaudit.results import AuditResult
 
 __all__ = ["render_html", "build_html_context", "GLOSSARY"]
 
@@ -202,14 +216,14 @@ def _environment() -> jinja2.Environment:
     )
 
 
-def render_html(result: dict) -> str:
+def render_html(result: AuditResult | dict) -> str:
     """Render an audit result as a self-contained HTML page.
 
     Parameters
     ----------
-    result : dict
-        The audit result JSON dict (``schema_version`` ``"1"``). Sections that are
-        missing or ``None`` render a short "not computed" note.
+    result : AuditResult or dict
+        The audit result (a JSON dict is read with :func:`~promptaudit.report._common.as_result`;
+        sections that are missing or ``None`` render a short "not computed" note).
 
     Returns
     -------
@@ -224,26 +238,27 @@ def render_html(result: dict) -> str:
     >>> "<script" in page
     False
     """
-    context = build_html_context(result)
+    typed = as_result(result)
+    context = build_html_context(typed)
     page = _environment().get_template("report.html").render(**context)
-    if isinstance(result.get("mitigation"), dict) and "</main>" in page:
+    if isinstance(typed.mitigation, dict) and "</main>" in page:
         from promptaudit.report.comparison import mitigation_html  # before / after
 
         at = page.rindex("</main>")
-        page = page[:at] + mitigation_html(result["mitigation"]) + page[at:]
+        page = page[:at] + mitigation_html(typed.mitigation) + page[at:]
     return page
 
 
 # --------------------------------------------------------------------------- context
 
 
-def build_html_context(result: Mapping[str, Any]) -> dict[str, Any]:
-    """Turn a result dict into the plain dict of display strings the template reads.
+def build_html_context(result: AuditResult | Mapping[str, Any]) -> dict[str, Any]:
+    """Turn a result into the plain dict of display strings the template reads.
 
     Parameters
     ----------
-    result : mapping
-        The audit result JSON dict.
+    result : AuditResult or mapping
+        The audit result (a JSON dict is read with ``as_result``).
 
     Returns
     -------
@@ -253,36 +268,40 @@ def build_html_context(result: Mapping[str, Any]) -> dict[str, Any]:
         ``provenance``, ``glossary``, ``bias_audit``; a section that was not computed is
         ``None``.
     """
-    audit = as_mapping(result.get("audit"))
-    name = str(audit.get("name") or "unnamed audit")
-    projection = result.get("projection")
-    projection = projection if isinstance(projection, Mapping) else None
+    result = as_result(result)
+    audit = result.audit
+    name = str((audit.name if audit is not None else None) or "unnamed audit")
+    projection = result.projection
     position_labels = _position_labels(projection)
+    task = result.task
+    fairness = result.fairness
     return {
         "title": name,
         "summary": _summary(result, projection),
-        "task": _task(as_mapping(result.get("task"))),
+        "task": _task(task),
         "gates": _gates(result),
-        "fairness": _fairness(result.get("fairness"),
-                              as_mapping(result.get("task")).get("classification_report_by_group")),
-        "counterfactual": _counterfactual(as_mapping(result.get("fairness")).get("counterfactual")),
+        "fairness": _fairness(fairness,
+                              task.classification_report_by_group if task is not None else None),
+        "counterfactual": _counterfactual(fairness.counterfactual if fairness is not None
+                                          else None),
         "projection": _projection(projection),
-        "attribution": _attribution(result.get("attribution"), position_labels),
-        "baselines": _baselines(result.get("baselines")),
-        "provenance": _provenance(result.get("provenance"), audit.get("spec"),
-                                  result.get("integrity")),
-        "schema_version": str(result.get("schema_version") or NA),
+        "attribution": _attribution(result.attribution, position_labels),
+        "baselines": _baselines(result.baselines),
+        "provenance": _provenance(result.provenance,
+                                  audit.spec if audit is not None else None,
+                                  result.integrity),
+        "schema_version": str(result.schema_version or NA),
         "glossary": [{"term": k, "text": v} for k, v in GLOSSARY.items()],
         "bias_audit": bias_audit_view(result),
     }
 
 
-def _summary(result: Mapping[str, Any], projection: Mapping[str, Any] | None) -> dict[str, Any]:
+def _summary(result: AuditResult, projection: ProjectionResult | None) -> dict[str, Any]:
     failed, total = gate_counts(result)
-    passed = result.get("passed") is True
-    fairness = as_mapping(result.get("fairness"))
-    verdict = trust_level(as_mapping(projection)) or fidelity_level(
-        as_mapping(as_mapping(projection).get("fidelity")))
+    passed = result.passed is True
+    fairness = result.fairness
+    verdict = trust_level(projection) or fidelity_level(
+        projection.fidelity if projection is not None else None)
     word = verdict_word(result)
     counts = status_counts(result)
     return {
@@ -300,12 +319,12 @@ def _summary(result: Mapping[str, Any], projection: Mapping[str, Any] | None) ->
         "gaps": gap_sentences(result),
         "reading": reading_sentence(projection) if projection else None,
         "fidelity": fidelity_sentence(projection) if projection else None,
-        "fidelity_detail": " ".join(x for x in (trust_reason(as_mapping(projection)),
+        "fidelity_detail": " ".join(x for x in (trust_reason(projection),
                                                  fidelity_detail(projection)) if x)
         if projection else None,
         "fidelity_verdict": str(verdict or NA),
         "fidelity_class": _verdict_class(verdict),
-        "warnings": [str(w) for w in as_list(fairness.get("warnings"))],
+        "warnings": [str(w) for w in (fairness.warnings if fairness is not None else None) or []],
     }
 
 
@@ -315,143 +334,144 @@ def _verdict_class(verdict: Any) -> str:
     return word if word in ("high", "moderate", "low") else "na"
 
 
-def _task(task: Mapping[str, Any]) -> dict[str, Any] | None:
-    if not task:
+def _text_or_na(value: Any) -> str:
+    return str(value) if value is not None else NA
+
+
+def _task(task: TaskResult | None) -> dict[str, Any] | None:
+    if task is None:
         return None
-    counts = as_mapping(task.get("prediction_counts"))
-    competence = as_mapping(task.get("competence"))
+    counts = task.prediction_counts or {}
+    competence = task.competence
     baselines = [
         {"name": _BASELINE_LABELS.get(str(k), str(k)), "accuracy": fmt_num(v)}
-        for k, v in as_mapping(competence.get("baselines")).items()
+        for k, v in ((competence.baselines if competence is not None else None) or {}).items()
     ]
     return {
         "competence": {
-            "balanced_accuracy": fmt_num(competence.get("accuracy")),
-            "interval": fmt_interval(competence.get("accuracy_interval")),
-            "chance": fmt_num(competence.get("chance_accuracy")),
-            "over_baseline": fmt_num(competence.get("accuracy_over_baseline")),
-            "over_interval": fmt_interval(competence.get("accuracy_over_baseline_interval")),
+            "balanced_accuracy": fmt_num(competence.accuracy),
+            "interval": fmt_interval(competence.accuracy_interval),
+            "chance": fmt_num(competence.chance_accuracy),
+            "over_baseline": fmt_num(competence.accuracy_over_baseline),
+            "over_interval": fmt_interval(competence.accuracy_over_baseline_interval),
             "baselines": baselines,
-        } if competence else None,
-        "report": classification_rows(task.get("classification_report")),
-        "type": str(task.get("type") or NA),
-        "labels": ", ".join(str(label) for label in as_list(task.get("labels"))) or NA,
-        "positive_label": str(task.get("positive_label") or NA),
-        "n_examples": str(task.get("n_examples") if task.get("n_examples") is not None else NA),
-        "accuracy": fmt_num(task.get("accuracy")),
-        "n_truncated": str(task.get("n_truncated") if task.get("n_truncated") is not None
-                           else NA),
+        } if competence is not None else None,
+        "report": classification_rows(task.classification_report),
+        "type": str(task.type or NA),
+        "labels": ", ".join(str(label) for label in task.labels or []) or NA,
+        "positive_label": str(task.positive_label or NA),
+        "n_examples": _text_or_na(task.n_examples),
+        "accuracy": fmt_num(task.accuracy),
+        "n_truncated": _text_or_na(task.n_truncated),
         "prediction_counts": [{"label": str(k), "count": str(v)} for k, v in counts.items()],
     }
 
 
-def _gates(result: Mapping[str, Any]) -> list[dict[str, Any]]:
-    fairness = as_mapping(result.get("fairness"))
-    per_feature = set(DISPARITY_LABELS) | set(as_mapping(fairness.get("disparities")))
+def _gates(result: AuditResult) -> list[dict[str, Any]]:
+    fairness = result.fairness
+    per_feature = set(DISPARITY_LABELS) | set(
+        (fairness.disparities if fairness is not None else None) or {})
     rows = []
-    for gate in as_list(result.get("gates")):
-        gate = as_mapping(gate)
-        passed = gate.get("passed") is True
-        feature = gate.get("feature")
+    for gate in result.gates or []:
+        passed = gate.passed is True
+        feature = gate.feature
         rows.append({
             "name": gate_name(gate),
-            "metric": str(gate.get("metric") or NA),
+            "metric": str(gate.metric or NA),
             "feature": str(feature) if feature not in (None, "")
-            else "worst feature" if gate.get("metric") in per_feature else "\u2014",
-            "op": str(gate.get("op") or NA),
-            "threshold": fmt_threshold(gate.get("threshold")),
-            "value": fmt_num(gate.get("value")),
-            "bound": _GATE_BOUNDS.get(str(gate.get("bound")), str(gate.get("bound") or NA)),
+            else "worst feature" if gate.metric in per_feature else "\u2014",
+            "op": str(gate.op or NA),
+            "threshold": fmt_threshold(gate.threshold),
+            "value": fmt_num(gate.value),
+            "bound": _GATE_BOUNDS.get(str(gate.bound), str(gate.bound or NA)),
             "passed": passed,
             "status": gate_status(gate),
-            "interval": fmt_interval(gate.get("interval")),
-            "rows_to_decide": str(gate.get("rows_to_decide"))
-            if gate.get("rows_to_decide") is not None else "",
-            "rows_unit": str(gate.get("rows_unit") or "rows"),
-            "message": str(gate.get("message") or ""),
+            "interval": fmt_interval(gate.interval),
+            "rows_to_decide": str(gate.rows_to_decide) if gate.rows_to_decide is not None else "",
+            "rows_unit": str(gate.rows_unit or "rows"),
+            "message": str(gate.message or ""),
         })
     return rows
 
 
-def _group_table(block: Mapping[str, Any]) -> dict[str, Any]:
-    by_group = as_mapping(block.get("by_group"))
-    intervals = as_mapping(block.get("intervals"))
+def _group_table(block: FeatureEntry) -> dict[str, Any]:
+    by_group = block.by_group or {}
+    intervals = block.intervals or {}
     shown = ("selection_rate", "accuracy", "true_positive_rate", "false_positive_rate",
              "mean_score")
-    metrics = [m for m in shown if any(m in as_mapping(row) for row in by_group.values())]
+    metrics = [m for m in shown if any(m in row.metrics for row in by_group.values())]
     rows = []
     for group, row in by_group.items():
-        row = as_mapping(row)
-        group_intervals = as_mapping(intervals.get(group))
+        group_intervals = intervals.get(group) or {}
         rows.append({
             "group": str(group),
-            "count": str(row.get("count") if row.get("count") is not None else NA),
-            "small": row.get("small") is True,
+            "count": _text_or_na(row.count),
+            "small": row.small is True,
             "cells": [
-                {"value": fmt_num(row.get(m)), "interval": fmt_interval(group_intervals.get(m))}
+                {"value": fmt_num(row.metrics.get(m)),
+                 "interval": fmt_interval(group_intervals.get(m))}
                 for m in metrics
             ],
         })
     return {
         "metrics": [GROUP_METRIC_LABELS.get(m, m) for m in metrics],
         "rows": rows,
-        "small_groups": [str(g) for g in as_list(block.get("small_groups"))],
+        "small_groups": [str(g) for g in block.small_groups or []],
     }
 
 
-def _fairness(fairness: Any, reports: Any = None) -> dict[str, Any] | None:
-    if not isinstance(fairness, Mapping):
+def _fairness(
+    fairness: FairnessResult | None,
+    reports: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict[str, Any] | None:
+    if fairness is None:
         return None
-    blocks = []
-    for feature, block in as_mapping(fairness.get("by_feature")).items():
-        if isinstance(block, Mapping):
-            blocks.append((str(feature), str(feature), block))
-    intersection = fairness.get("intersection")
-    if isinstance(intersection, Mapping) and str(intersection.get("feature")) in as_mapping(
-        fairness.get("by_feature")
-    ):
+    by_feature = fairness.by_feature or {}
+    blocks = [(str(feature), str(feature), block) for feature, block in by_feature.items()]
+    intersection = fairness.intersection
+    if intersection is not None and str(intersection.feature) in by_feature:
         intersection = None  # already listed: the intersection is a feature like the others
-    if isinstance(intersection, Mapping):
-        names = [str(f) for f in as_list(fairness.get("sensitive_features"))]
+    if intersection is not None:
+        names = [str(f) for f in fairness.sensitive_features or []]
         label = " \u00d7 ".join(names) + " (intersection)" if names else "Intersection"
         blocks.append(("intersection", label, intersection))
+    as_json = fairness.to_dict()  # the figures module draws from the JSON
     features = []
     for key, label, block in blocks:
         chart = _figure(
-            lambda k=key: figures.group_metric_chart(fairness, k, "selection_rate"),
+            lambda k=key: figures.group_metric_chart(as_json, k, "selection_rate"),
             alt=f"Bar chart of the selection rate for each {label} group with bootstrap "
                 "intervals.",
         )
-        group_reports = as_mapping(as_mapping(reports).get(key))
+        group_reports = (reports or {}).get(key) or {}
         features.append({"key": key, "label": label, "table": _group_table(block),
                          "chart": chart,
                          "reports": [{"group": str(g), "rows": classification_rows(r)}
                                      for g, r in group_reports.items()]})
 
     # Disparities: one row per metric, one column per feature, plus the worst value.
+    worst = fairness.disparities or {}
     disparity_names: list[str] = list(DISPARITY_LABELS)
     for _key, _label, block in blocks:
-        for name in as_mapping(block.get("disparities")):
+        for name in block.disparities or {}:
             if name not in disparity_names:
                 disparity_names.append(str(name))
-    for name in as_mapping(fairness.get("disparities")):
+    for name in worst:
         if name not in disparity_names:
             disparity_names.append(str(name))
     present = [
         n for n in disparity_names
-        if any(n in as_mapping(b.get("disparities")) for _, _, b in blocks)
-        or n in as_mapping(fairness.get("disparities"))
+        if any(n in (b.disparities or {}) for _, _, b in blocks) or n in worst
     ]
-    worst = as_mapping(fairness.get("disparities"))
-    worst_intervals = as_mapping(fairness.get("disparity_intervals"))
-    worst_feature = as_mapping(fairness.get("worst_feature"))
+    worst_intervals = fairness.disparity_intervals or {}
+    worst_feature = fairness.worst_feature or {}
     disparity_rows = []
     for name in present:
         cells = []
         for _key, _label, block in blocks:
             cells.append({
-                "value": fmt_num(as_mapping(block.get("disparities")).get(name)),
-                "interval": fmt_interval(as_mapping(block.get("disparity_intervals")).get(name)),
+                "value": fmt_num((block.disparities or {}).get(name)),
+                "interval": fmt_interval((block.disparity_intervals or {}).get(name)),
             })
         feature = worst_feature.get(name)
         disparity_rows.append({
@@ -464,88 +484,81 @@ def _fairness(fairness: Any, reports: Any = None) -> dict[str, Any] | None:
             "worst_interval": fmt_interval(worst_intervals.get(name)),
             "worst_feature": str(feature) if feature is not None else "",
         })
-    confidence = as_float(fairness.get("confidence"))
+    confidence = as_float(fairness.confidence)
     return {
         "features": features,
         "columns": [label for _, label, _ in blocks],
         "disparities": disparity_rows,
         "confidence": f"{100 * confidence:.0f}%" if confidence is not None else NA,
-        "bootstrap": str(fairness.get("bootstrap") if fairness.get("bootstrap") is not None
-                         else NA),
-        "min_group_size": str(fairness.get("min_group_size")
-                              if fairness.get("min_group_size") is not None else NA),
-        "reference_group": _reference_text(fairness.get("reference_group")),
-        "warnings": [str(w) for w in as_list(fairness.get("warnings"))],
+        "bootstrap": _text_or_na(fairness.bootstrap),
+        "min_group_size": _text_or_na(fairness.min_group_size),
+        "reference_group": _reference_text(fairness.reference_group),
+        "warnings": [str(w) for w in fairness.warnings or []],
     }
 
 
-def _reference_text(reference: Any) -> str:
+def _reference_text(reference: str | Mapping[str, str] | None) -> str:
     if isinstance(reference, Mapping):
         return ", ".join(f"{k}: {v}" for k, v in reference.items()) or NA
     return str(reference or NA)
 
 
-def _counterfactual(counterfactual: Any) -> dict[str, Any] | None:
-    if not isinstance(counterfactual, Mapping):
+def _counterfactual(counterfactual: CounterfactualResult | None) -> dict[str, Any] | None:
+    if counterfactual is None:
         return None
-    source = str(counterfactual.get("source") or NA)
+    source = str(counterfactual.source or NA)
     source_text = {
         "pair_column": "pairs given in the data (rows that differ only in identity)",
         "builtin:identity": "the built-in identity term lists (names, pronouns, group words)",
     }.get(source, source)
     groups = []
-    for group, row in as_mapping(counterfactual.get("by_group")).items():
-        row = as_mapping(row)
+    for group, row in (counterfactual.by_group or {}).items():
         groups.append({
             "group": str(group),
-            "flip_rate": fmt_pct(row.get("flip_rate")),
-            "mean_abs_delta": fmt_num(row.get("mean_abs_delta")),
-            "count": str(row.get("count") if row.get("count") is not None else NA),
+            "flip_rate": fmt_pct(row.flip_rate),
+            "mean_abs_delta": fmt_num(row.mean_abs_delta),
+            "count": _text_or_na(row.count),
         })
     return {
-        "flip_rate_interval": fmt_interval(counterfactual.get("flip_rate_interval")),
-        "flip_rate": fmt_pct(counterfactual.get("flip_rate")),
-        "flip_rate_raw": fmt_num(counterfactual.get("flip_rate")),
-        "mean_abs_delta": fmt_num(counterfactual.get("mean_abs_delta")),
-        "n_tuples": str(counterfactual.get("n_tuples")
-                        if counterfactual.get("n_tuples") is not None else NA),
+        "flip_rate_interval": fmt_interval(counterfactual.flip_rate_interval),
+        "flip_rate": fmt_pct(counterfactual.flip_rate),
+        "flip_rate_raw": fmt_num(counterfactual.flip_rate),
+        "mean_abs_delta": fmt_num(counterfactual.mean_abs_delta),
+        "n_tuples": _text_or_na(counterfactual.n_tuples),
         "source": source_text,
         "groups": groups,
     }
 
 
-def _position_labels(projection: Mapping[str, Any] | None) -> list[str] | None:
+def _position_labels(projection: ProjectionResult | None) -> list[str] | None:
     if projection is None:
         return None
     labels = []
-    for position in as_list(projection.get("positions")):
-        position = as_mapping(position)
-        neighbors = as_list(position.get("neighbors"))
+    for position in projection.positions or []:
         word = ""
-        if neighbors:
-            first = as_mapping(neighbors[0])
-            word = str(first.get("display") or display_token(first.get("token") or ""))
-        labels.append(f"{position.get('index', len(labels))} {word}".strip())
+        if position.neighbors:
+            first = position.neighbors[0]
+            word = str(first.display or display_token(first.token or ""))
+        index = position.index if position.index is not None else len(labels)
+        labels.append(f"{index} {word}".strip())
     return labels or None
 
 
-def _projection(projection: Mapping[str, Any] | None) -> dict[str, Any] | None:
+def _projection(projection: ProjectionResult | None) -> dict[str, Any] | None:
     if projection is None:
         return None
     rows = []
-    for position in as_list(projection.get("positions")):
-        position = as_mapping(position)
+    for position in projection.positions or []:
         neighbors = []
-        for neighbor in as_list(position.get("neighbors")):
-            neighbor = as_mapping(neighbor)
-            word = neighbor.get("display")
+        for neighbor in position.neighbors or []:
+            word = neighbor.display
             if word in (None, ""):
-                word = display_token(neighbor.get("token", ""))
+                word = display_token(neighbor.token if neighbor.token is not None else "")
             neighbors.append({"word": str(word if word is not None else NA),
-                              "token": str(neighbor.get("token", "")),
-                              "score": fmt_num(neighbor.get("score"))})
-        init = position.get("init_token")
-        still = position.get("still_init")
+                              "token": str(neighbor.token if neighbor.token is not None else ""),
+                              "score": fmt_num(neighbor.score)})
+        init = position.init_token
+        still = position.still_init
         if init is None:
             drift = "random initialisation"
         elif still is True:
@@ -554,67 +567,71 @@ def _projection(projection: Mapping[str, Any] | None) -> dict[str, Any] | None:
             drift = "moved away"
         else:
             drift = NA
-        percentile = as_float(position.get("norm_percentile"))
-        sim_percentile = as_float(position.get("similarity_percentile"))
+        percentile = as_float(position.norm_percentile)
+        sim_percentile = as_float(position.similarity_percentile)
         rows.append({
-            "index": str(position.get("index", len(rows))),
+            "index": str(position.index if position.index is not None else len(rows)),
             "neighbors": neighbors,
-            "norm_ratio": fmt_num(position.get("norm_ratio"), 2),
+            "norm_ratio": fmt_num(position.norm_ratio, 2),
             "norm_percentile": f"{percentile:.0f}th pct." if percentile is not None else "",
-            "best_similarity": fmt_num(position.get("best_similarity")),
+            "best_similarity": fmt_num(position.best_similarity),
             "similarity_percentile": f"{sim_percentile:.0f}th pct."
             if sim_percentile is not None else "",
-            "off_manifold": position.get("off_manifold") is True,
+            "off_manifold": position.off_manifold is True,
             "init_token": display_token(init) if init is not None else "",
-            "init_similarity": fmt_num(position.get("init_similarity")),
+            "init_similarity": fmt_num(position.init_similarity),
             "drift": drift,
         })
-    fidelity = projection.get("fidelity")
-    if isinstance(fidelity, Mapping):
+    fidelity = projection.fidelity
+    if fidelity is not None:
         level = fidelity_level(fidelity)
         fidelity_view: dict[str, Any] | None = {
-            "projected_text": str(fidelity.get("projected_text") or NA),
-            "agreement": fmt_pct(fidelity.get("agreement"), 0),
-            "soft_accuracy": fmt_num(fidelity.get("soft_accuracy")),
-            "projected_accuracy": fmt_num(fidelity.get("projected_accuracy")),
-            "n_examples": str(fidelity.get("n_examples")
-                              if fidelity.get("n_examples") is not None else NA),
+            "projected_text": str(fidelity.projected_text or NA),
+            "agreement": fmt_pct(fidelity.agreement, 0),
+            "soft_accuracy": fmt_num(fidelity.soft_accuracy),
+            "projected_accuracy": fmt_num(fidelity.projected_accuracy),
+            "n_examples": _text_or_na(fidelity.n_examples),
             "verdict": level or NA,
             "verdict_class": _verdict_class(level),
             "message": fidelity_message(fidelity) or "",
         }
     else:
         fidelity_view = None
+    n_virtual = projection.num_virtual_tokens
     return {
-        "metric": str(projection.get("metric") or NA),
-        "top_k": str(projection.get("top_k") if projection.get("top_k") is not None else NA),
-        "num_virtual_tokens": str(projection.get("num_virtual_tokens", len(rows))),
+        "metric": str(projection.metric or NA),
+        "top_k": _text_or_na(projection.top_k),
+        "num_virtual_tokens": str(n_virtual if projection.has("num_virtual_tokens")
+                                  else len(rows)),
         "positions": rows,
         "n_off_manifold": sum(1 for r in rows if r["off_manifold"]),
         "fidelity": fidelity_view,
-        "summary": str(projection.get("summary") or ""),
+        "summary": str(projection.summary or ""),
     }
 
 
-def _attribution(attribution: Any, position_labels: list[str] | None) -> dict[str, Any] | None:
-    if not isinstance(attribution, Mapping):
+def _attribution(
+    attribution: AttributionResult | None, position_labels: list[str] | None
+) -> dict[str, Any] | None:
+    if attribution is None:
         return None
-    has_positions = any(as_float(v) is not None for v in as_list(attribution.get("per_position")))
+    examples_in = attribution.examples or []
+    by_group_in = attribution.by_group or {}
+    has_positions = any(as_float(v) is not None for v in attribution.per_position or [])
     has_examples = any(
-        as_float(v) is not None
-        for e in as_list(attribution.get("examples"))
-        for v in as_list(as_mapping(e).get("prompt_attributions"))
+        as_float(v) is not None for e in examples_in for v in e.prompt_attributions or []
     )
     has_groups = any(
         as_float(v) is not None
-        for block in as_mapping(attribution.get("by_group")).values()
-        for values in as_mapping(as_mapping(block).get("groups")).values()
-        for v in as_list(values)
+        for block in by_group_in.values()
+        for values in (block.groups or {}).values()
+        for v in values or []
     )
+    as_json = attribution.to_dict()  # the figures module draws from the JSON
     charts = []
     if has_positions:
         charts.append(_figure(
-            lambda: figures.per_position_bars(attribution, position_labels=position_labels),
+            lambda: figures.per_position_bars(as_json, position_labels=position_labels),
             alt="Bar chart of the mean attribution of each prompt position.",
             caption="Mean attribution per virtual token over the attributed examples. Blue bars "
                     "push towards the predicted label, red bars away from it; diamonds show "
@@ -622,52 +639,46 @@ def _attribution(attribution: Any, position_labels: list[str] | None) -> dict[st
         ))
     if has_examples:
         charts.append(_figure(
-            lambda: figures.attribution_heatmap(attribution, 20,
-                                                position_labels=position_labels),
+            lambda: figures.attribution_heatmap(as_json, 20, position_labels=position_labels),
             alt="Heat map of attribution per example (rows) and prompt position (columns).",
             caption="Per example (rows, first 20) and prompt position (columns). Rows that look "
                     "alike mean the prompt acts the same way on every input.",
         ))
     if has_groups:
         charts.append(_figure(
-            lambda: figures.group_attribution_chart(attribution,
-                                                    position_labels=position_labels),
+            lambda: figures.group_attribution_chart(as_json, position_labels=position_labels),
             alt="Line chart of the mean attribution per prompt position for each group.",
             caption="Mean attribution per prompt position for each group. Lines that separate "
                     "show prompt positions that act differently on different groups.",
         ))
     examples = []
-    for example in as_list(attribution.get("examples"))[:5]:
-        example = as_mapping(example)
+    for example in examples_in[:5]:
         tokens = [
-            {"token": str(as_mapping(t).get("token", "")),
-             "attribution": fmt_num(as_mapping(t).get("attribution")),
-             "positive": (as_float(as_mapping(t).get("attribution")) or 0.0) >= 0}
-            for t in as_list(example.get("top_tokens"))[:6]
+            {"token": str(t.token if t.token is not None else ""),
+             "attribution": fmt_num(t.attribution),
+             "positive": (as_float(t.attribution) or 0.0) >= 0}
+            for t in (example.top_tokens or [])[:6]
         ]
-        target = example.get("target_label")
+        target = example.target_label
         if target is None:
-            target = example.get("target")
+            target = example.target
         examples.append({
-            "text": short_text(example.get("text", ""), 220),
+            "text": short_text(example.text if example.text is not None else "", 220),
             "target": str(target) if target is not None else NA,
             "top_tokens": tokens,
-            "convergence_delta": fmt_num(example.get("convergence_delta"), 4),
-            "n_steps": str(example["n_steps"]) if example.get("n_steps") is not None else NA,
-            "not_converged": example.get("converged") is False,
+            "convergence_delta": fmt_num(example.convergence_delta, 4),
+            "n_steps": _text_or_na(example.n_steps),
+            "not_converged": example.converged is False,
         })
-    by_group = [_attribution_group(feature, as_mapping(block))
-                for feature, block in as_mapping(attribution.get("by_group")).items()]
-    share = as_float(attribution.get("prompt_share"))
-    delta = as_float(attribution.get("max_convergence_delta"))
+    by_group = [_attribution_group(feature, block) for feature, block in by_group_in.items()]
+    share = as_float(attribution.prompt_share)
+    delta = as_float(attribution.max_convergence_delta)
     convergence = _attribution_convergence(attribution)
     return {
-        "method": str(attribution.get("method") or NA).replace("_", " "),
-        "n_steps": str(attribution.get("n_steps") if attribution.get("n_steps") is not None
-                       else NA),
-        "baseline": str(attribution.get("baseline") or NA),
-        "n_examples": str(attribution.get("n_examples")
-                          if attribution.get("n_examples") is not None else NA),
+        "method": str(attribution.method or NA).replace("_", " "),
+        "n_steps": _text_or_na(attribution.n_steps),
+        "baseline": str(attribution.baseline or NA),
+        "n_examples": _text_or_na(attribution.n_examples),
         "prompt_share": fmt_pct(share),
         "max_convergence_delta": fmt_num(delta, 4),
         "delta_ok": delta is not None and delta <= 0.05
@@ -679,53 +690,52 @@ def _attribution(attribution: Any, position_labels: list[str] | None) -> dict[st
     }
 
 
-def _attribution_convergence(attribution: Mapping) -> dict[str, Any] | None:
+def _attribution_convergence(attribution: AttributionResult) -> dict[str, Any] | None:
     """Completeness against the run's tolerance (integrated gradients), or None."""
-    tolerance = as_float(attribution.get("delta_tolerance"))
-    failed = attribution.get("n_not_converged")
-    if tolerance is None or not isinstance(failed, int):
+    tolerance = as_float(attribution.delta_tolerance)
+    failed = attribution.n_not_converged
+    if tolerance is None or failed is None:
         return None
-    n = attribution.get("n_examples")
-    evals = attribution.get("n_gradient_evals")
+    n = attribution.n_examples
+    evals = attribution.n_gradient_evals
     return {
         "tolerance": f"{tolerance:g}",
-        "adaptive": attribution.get("n_steps") == "auto",
+        "adaptive": attribution.n_steps == "auto",
         "n_not_converged": str(failed),
-        "n_converged": str(n - failed) if isinstance(n, int) else NA,
+        "n_converged": str(n - failed) if n is not None else NA,
         "all_converged": failed == 0,
-        "n_gradient_evals": str(evals) if isinstance(evals, int) else NA,
-        "cap": str(attribution.get("max_gradient_evals"))
-        if attribution.get("max_gradient_evals") is not None else NA,
+        "n_gradient_evals": _text_or_na(evals),
+        "cap": _text_or_na(attribution.max_gradient_evals),
     }
 
 
-def _attribution_group(feature: Any, block: Mapping) -> dict[str, Any]:
+def _attribution_group(feature: str, block: AttributionGroups) -> dict[str, Any]:
     """One feature's per-group attribution: top positions, those within error, small groups."""
-    within = as_list(block.get("within_error"))
+    within = block.within_error or []
     top = []
-    for p in as_list(block.get("top_positions")):
+    for p in block.top_positions or []:
         label = str(p)
-        if isinstance(p, int) and 0 <= p < len(within) and within[p] is True:
+        if 0 <= p < len(within) and within[p] is True:
             label += " (within the integration error)"
         top.append(label)
-    small = [str(g) for g in as_list(block.get("small_groups"))]
+    small = [str(g) for g in block.small_groups or []]
     return {"feature": str(feature), "top_positions": ", ".join(top) or NA,
             "small_groups": ", ".join(small),
-            "min_group_size": str(block.get("min_group_size", NA))}
+            "min_group_size": str(block.min_group_size if block.has("min_group_size") else NA)}
 
 
-def _baselines(baselines: Any) -> dict[str, Any] | None:
+def _baselines(baselines: Mapping[str, BaselineResult] | None) -> dict[str, Any] | None:
     """One column per prompt, one row per metric (reads well with many disparities)."""
-    if not isinstance(baselines, Mapping) or not baselines:
+    if not baselines:
         return None
     order = list(_BASELINE_LABELS)
     prompts = sorted(
-        ((str(k), as_mapping(v)) for k, v in baselines.items()),
+        ((str(k), v) for k, v in baselines.items()),
         key=lambda kv: (order.index(kv[0]) if kv[0] in order else len(order), kv[0]),
     )
     names: list[str] = []
     for _key, row in prompts:
-        for name in as_mapping(row.get("disparities")):
+        for name in row.disparities or {}:
             if name not in names:
                 names.append(str(name))
     ordered = [n for n in DISPARITY_LABELS if n in names] + [
@@ -733,61 +743,64 @@ def _baselines(baselines: Any) -> dict[str, Any] | None:
     columns = []
     for key, row in prompts:
         label = _BASELINE_LABELS.get(key, key)
-        detail = row.get("label")
+        detail = row.label
         detail = str(detail) if detail not in (None, "") else ""
         if detail.strip().lower() in (label.lower(), f"the {label.lower()}"):
             detail = ""
         columns.append({"label": label, "detail": detail})
-    metric_rows = [("Accuracy", "higher is better", [r.get("accuracy") for _, r in prompts])]
-    if any("agreement_with_soft_prompt" in r for _, r in prompts):
+    metric_rows = [("Accuracy", "higher is better", [r.accuracy for _, r in prompts])]
+    if any(r.has("agreement_with_soft_prompt") for _, r in prompts):
         metric_rows.append(("Same decision as the soft prompt", "share of examples",
-                            [r.get("agreement_with_soft_prompt") for _, r in prompts]))
+                            [r.agreement_with_soft_prompt for _, r in prompts]))
     for name in ordered:
         direction = "higher is fairer" if name.endswith("_ratio") else "lower is fairer"
         metric_rows.append((disparity_label(name), direction,
-                            [as_mapping(r.get("disparities")).get(name) for _, r in prompts]))
-    if any("counterfactual_flip_rate" in r for _, r in prompts):
+                            [(r.disparities or {}).get(name) for _, r in prompts]))
+    # early results of schema version "1" carried a flip rate per baseline
+    if any("counterfactual_flip_rate" in r.extra for _, r in prompts):
         metric_rows.append(("Counterfactual flip rate", "lower is fairer",
-                            [r.get("counterfactual_flip_rate") for _, r in prompts]))
+                            [r.extra.get("counterfactual_flip_rate") for _, r in prompts]))
     rows = [{"name": name, "direction": direction, "cells": [fmt_num(v) for v in values]}
             for name, direction, values in metric_rows]
     return {"columns": columns, "rows": rows}
 
 
-def _provenance(provenance: Any, spec: Any, integrity: Any = None) -> dict[str, Any] | None:
-    spec_text = _json_text(spec) if spec is not None else None
-    if not isinstance(provenance, Mapping):
+def _provenance(
+    provenance: Provenance | None, spec: SpecRecord | None, integrity: Integrity | None = None
+) -> dict[str, Any] | None:
+    spec_text = _json_text(spec.to_dict()) if spec is not None else None
+    if provenance is None:
         return {"facts": [], "hashes": [], "versions": [], "spec": spec_text} if spec_text \
             else None
-    model = as_mapping(provenance.get("model"))
-    prompt = as_mapping(provenance.get("prompt"))
-    data = as_mapping(provenance.get("data"))
+    model = provenance.model
+    prompt = provenance.prompt
+    data = provenance.data
 
     def text(value: Any) -> str:
         return NA if value in (None, "") else str(value)
 
     items = [
-        ("Model", text(model.get("reference"))),
-        ("Model files", text(model.get("resolved"))),
-        ("Model revision", text(model.get("revision"))),
-        ("Prompt", text(prompt.get("source"))),
-        ("Data", text(data.get("source"))),
-        ("Data rows", text(data.get("n_rows"))),
-        ("Data sha256", text(data.get("sha256"))),
-        ("Seed", text(provenance.get("seed"))),
-        ("Device", text(provenance.get("device"))),
-        ("Created", text(provenance.get("created_at"))),
-        ("Command", text(provenance.get("command"))),
+        ("Model", text(model.reference if model else None)),
+        ("Model files", text(model.resolved if model else None)),
+        ("Model revision", text(model.revision if model else None)),
+        ("Prompt", text(prompt.source if prompt else None)),
+        ("Data", text(data.source if data else None)),
+        ("Data rows", text(data.n_rows if data else None)),
+        ("Data sha256", text(data.sha256 if data else None)),
+        ("Seed", text(provenance.seed)),
+        ("Device", text(provenance.device)),
+        ("Created", text(provenance.created_at)),
+        ("Command", text(provenance.command)),
     ]
-    content = as_mapping(integrity).get("content_sha256")
+    content = integrity.content_sha256 if integrity is not None else None
     if content:
         items.append(("Result content sha256", text(content)))
     hashes = []
     for owner, block in (("model", model), ("prompt", prompt)):
-        for filename, digest in as_mapping(block.get("sha256")).items():
+        for filename, digest in ((block.sha256 if block is not None else None) or {}).items():
             hashes.append({"owner": owner, "file": str(filename), "sha256": text(digest)})
     versions = [{"name": str(k), "version": text(v)}
-                for k, v in as_mapping(provenance.get("versions")).items()]
+                for k, v in (provenance.versions or {}).items()]
     return {
         "facts": [{"name": k, "value": v} for k, v in items],
         "hashes": hashes,

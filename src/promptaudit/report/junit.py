@@ -11,18 +11,18 @@ from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ET
-from collections.abc import Mapping
 from typing import Any
 
 from promptaudit.report._common import (
     NA,
-    as_list,
-    as_mapping,
+    as_result,
     fmt_num,
     fmt_threshold,
     gate_name,
     gate_status,
 )
+from promptaudit.result_types import GateResult
+from promptaudit.results import AuditResult
 
 __all__ = ["render_junit"]
 
@@ -35,14 +35,15 @@ def _clean(value: Any) -> str:
     return _INVALID_XML.sub("", str(value))
 
 
-def render_junit(result: dict) -> str:
+def render_junit(result: AuditResult | dict) -> str:
     """Render the gates of an audit result as a JUnit XML document.
 
     Parameters
     ----------
-    result : dict
-        The audit result JSON dict; reads ``audit.name``, ``gates`` and a few
-        provenance fields (written as suite properties).
+    result : AuditResult or dict
+        The audit result (a JSON dict is read with
+        :func:`~promptaudit.report._common.as_result`); reads ``audit.name``,
+        ``gates`` and a few provenance fields (written as suite properties).
 
     Returns
     -------
@@ -57,12 +58,13 @@ def render_junit(result: dict) -> str:
     >>> 'name="accuracy &gt;= 0.7"' in xml and "<failure" in xml
     True
     """
-    audit = as_mapping(result.get("audit"))
-    suite_name = _clean(f"promptaudit.{audit.get('name') or 'audit'}")
-    gates = [as_mapping(g) for g in as_list(result.get("gates"))]
-    failures = sum(1 for g in gates if g.get("passed") is not True)
-    skipped = sum(1 for g in gates if g.get("passed") is True and gate_status(g) == "inconclusive")
-    provenance = as_mapping(result.get("provenance"))
+    result = as_result(result)
+    audit = result.audit
+    suite_name = _clean(f"promptaudit.{(audit.name if audit is not None else None) or 'audit'}")
+    gates = result.gates or []
+    failures = sum(1 for g in gates if g.passed is not True)
+    skipped = sum(1 for g in gates if g.passed is True and gate_status(g) == "inconclusive")
+    provenance = result.provenance
 
     root = ET.Element("testsuites", {
         "name": "promptaudit", "tests": str(len(gates)), "failures": str(failures),
@@ -72,17 +74,19 @@ def render_junit(result: dict) -> str:
         "name": suite_name, "tests": str(len(gates)), "failures": str(failures),
         "errors": "0", "skipped": str(skipped), "time": "0",
     })
-    if provenance.get("created_at"):
-        suite.set("timestamp", _clean(provenance["created_at"]))
+    if provenance is not None and provenance.created_at:
+        suite.set("timestamp", _clean(provenance.created_at))
     properties = ET.SubElement(suite, "properties")
-    model = as_mapping(provenance.get("model"))
+    model = provenance.model if provenance is not None else None
+    prompt = provenance.prompt if provenance is not None else None
+    data = provenance.data if provenance is not None else None
     for key, value in (
-        ("model", model.get("reference")),
-        ("model_revision", model.get("revision")),
-        ("prompt", as_mapping(provenance.get("prompt")).get("source")),
-        ("data", as_mapping(provenance.get("data")).get("source")),
-        ("seed", provenance.get("seed")),
-        ("passed", result.get("passed") is True),
+        ("model", model.reference if model is not None else None),
+        ("model_revision", model.revision if model is not None else None),
+        ("prompt", prompt.source if prompt is not None else None),
+        ("data", data.source if data is not None else None),
+        ("seed", provenance.seed if provenance is not None else None),
+        ("passed", result.passed is True),
     ):
         if value is not None:
             ET.SubElement(properties, "property", {"name": key, "value": _clean(
@@ -93,30 +97,30 @@ def render_junit(result: dict) -> str:
             "classname": suite_name, "name": _clean(gate_name(gate)), "time": "0",
         })
         inconclusive = gate_status(gate) == "inconclusive"
-        if gate.get("passed") is True:
+        if gate.passed is True:
             if inconclusive:  # counted as passed by gate_policy.inconclusive: pass
                 skipped_case = ET.SubElement(case, "skipped", {
                     "message": _clean("INCONCLUSIVE (counted as passed): "
                                       + _failure_message(gate)),
                 })
-                skipped_case.text = _clean(gate.get("message") or "")
+                skipped_case.text = _clean(gate.message or "")
             continue
         failure = ET.SubElement(case, "failure", {
             "message": _clean(("INCONCLUSIVE (counted as failed): " if inconclusive else "")
                               + _failure_message(gate)),
             "type": "GateInconclusive" if inconclusive else "GateFailed",
         })
-        failure.text = _clean(gate.get("message") or _failure_message(gate))
+        failure.text = _clean(gate.message or _failure_message(gate))
     ET.indent(root)
     body = ET.tostring(root, encoding="unicode")
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + body + "\n"
 
 
-def _failure_message(gate: Mapping[str, Any]) -> str:
+def _failure_message(gate: GateResult) -> str:
     metric = gate_name(gate).rsplit(" ", 2)[0]
-    value = fmt_num(gate.get("value"))
-    bound = _BOUNDS.get(str(gate.get("bound") or "point"), str(gate.get("bound")))
-    rule = f"{gate.get('op') or '?'} {fmt_threshold(gate.get('threshold'))}"
+    value = fmt_num(gate.value)
+    bound = _BOUNDS.get(str(gate.bound or "point"), str(gate.bound))
+    rule = f"{gate.op or '?'} {fmt_threshold(gate.threshold)}"
     if value == NA:
         return f"{metric} is not computable (n/a); the gate requires {rule}"
     return f"{metric} = {value} ({bound}), required {rule}"

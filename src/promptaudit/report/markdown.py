@@ -7,7 +7,6 @@ never becomes Markdown or HTML markup; the markup itself lives in ``summary.md``
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
 
@@ -18,8 +17,7 @@ from promptaudit.report._common import (
     DISPARITY_LABELS,
     NA,
     as_float,
-    as_list,
-    as_mapping,
+    as_result,
     classification_rows,
     competence_sentence,
     disparity_label,
@@ -38,6 +36,8 @@ from promptaudit.report._common import (
     verdict_sentence,
     verdict_word,
 )
+from promptaudit.result_types import AttributionResult, Provenance
+from promptaudit.results import AuditResult
 
 __all__ = ["render_markdown", "escape_markdown"]
 
@@ -54,13 +54,14 @@ def _environment() -> jinja2.Environment:
     )
 
 
-def render_markdown(result: dict) -> str:
+def render_markdown(result: AuditResult | dict) -> str:
     """Render a Markdown summary of an audit result.
 
     Parameters
     ----------
-    result : dict
-        The audit result JSON dict.
+    result : AuditResult or dict
+        The audit result (a JSON dict is read with
+        :func:`~promptaudit.report._common.as_result`).
 
     Returns
     -------
@@ -75,47 +76,46 @@ def render_markdown(result: dict) -> str:
     ...       .splitlines()[0])
     ## ✅ promptaudit PASS: demo
     """
-    text = _environment().get_template("summary.md").render(**_context(result))
-    if isinstance(result.get("mitigation"), dict):  # before / after of `run` with mitigation
+    typed = as_result(result)
+    text = _environment().get_template("summary.md").render(**_context(typed))
+    if isinstance(typed.mitigation, dict):  # before / after of `run` with mitigation
         from promptaudit.report.comparison import mitigation_markdown
 
-        text += mitigation_markdown(result["mitigation"])
+        text += mitigation_markdown(typed.mitigation)
     return text
 
 
-def _context(result: Mapping[str, Any]) -> dict[str, Any]:
-    audit = as_mapping(result.get("audit"))
-    task = as_mapping(result.get("task"))
-    fairness = as_mapping(result.get("fairness"))
-    projection = result.get("projection")
-    projection = projection if isinstance(projection, Mapping) else None
+def _context(result: AuditResult) -> dict[str, Any]:
+    audit = result.audit
+    task = result.task
+    fairness = result.fairness
+    projection = result.projection
     failed, total = gate_counts(result)
 
     gates = []
-    for gate in as_list(result.get("gates")):
-        gate = as_mapping(gate)
-        ok = gate.get("passed") is True
-        bound = str(gate.get("bound") or "point")
+    for gate in result.gates or []:
+        ok = gate.passed is True
+        bound = str(gate.bound or "point")
         result_text = "\u2705 pass" if ok else "\u274c FAIL"
         if gate_status(gate) == "inconclusive":
-            rows = gate.get("rows_to_decide")
+            rows = gate.rows_to_decide
             result_text = (
                 f"\u2753 INCONCLUSIVE (counted as {'passed' if ok else 'failed'}"
-                + (f"; ~{rows} {gate.get('rows_unit') or 'rows'} would decide it" if rows else "")
+                + (f"; ~{rows} {gate.rows_unit or 'rows'} would decide it" if rows else "")
                 + ")"
             )
-        interval = fmt_interval(gate.get("interval"))
+        interval = fmt_interval(gate.interval)
         gates.append({
             "name": gate_name(gate),
-            "value": fmt_num(gate.get("value")) + (f" {interval}" if interval else ""),
+            "value": fmt_num(gate.value) + (f" {interval}" if interval else ""),
             "bound": {"point": "point", "lower": "lower bound", "upper": "upper bound"}.get(
                 bound, bound),
             "result": result_text,
         })
 
-    worst = as_mapping(fairness.get("disparities"))
-    worst_feature = as_mapping(fairness.get("worst_feature"))
-    intervals = as_mapping(fairness.get("disparity_intervals"))
+    worst = (fairness.disparities if fairness is not None else None) or {}
+    worst_feature = (fairness.worst_feature if fairness is not None else None) or {}
+    intervals = (fairness.disparity_intervals if fairness is not None else None) or {}
     names = [n for n in DISPARITY_LABELS if n in worst] + [
         n for n in worst if n not in DISPARITY_LABELS]
     disparities = [
@@ -128,44 +128,24 @@ def _context(result: Mapping[str, Any]) -> dict[str, Any]:
         for n in names
     ]
 
-    counterfactual = fairness.get("counterfactual")
+    counterfactual = fairness.counterfactual if fairness is not None else None
     flip = None
-    if isinstance(counterfactual, Mapping):
+    if counterfactual is not None:
         flip = {
-            "interval": fmt_interval(counterfactual.get("flip_rate_interval")),
-            "pct": fmt_pct(counterfactual.get("flip_rate")),
-            "n": str(counterfactual.get("n_tuples")
-                     if counterfactual.get("n_tuples") is not None else NA),
-            "delta": fmt_num(counterfactual.get("mean_abs_delta")),
+            "interval": fmt_interval(counterfactual.flip_rate_interval),
+            "pct": fmt_pct(counterfactual.flip_rate),
+            "n": str(counterfactual.n_tuples if counterfactual.n_tuples is not None else NA),
+            "delta": fmt_num(counterfactual.mean_abs_delta),
         }
 
-    provenance = as_mapping(result.get("provenance"))
-    model = as_mapping(provenance.get("model"))
-    prompt = as_mapping(provenance.get("prompt"))
-    data = as_mapping(provenance.get("data"))
-    versions = as_mapping(provenance.get("versions"))
-    parts = [f"model {model.get('reference') or NA}"]
-    if model.get("revision"):
-        parts[-1] += f" @ {model.get('revision')}"
-    prompt_hashes = [str(v)[:12] for _, v in sorted(as_mapping(prompt.get("sha256")).items())
-                     if v]
-    if prompt_hashes:
-        parts.append("prompt sha256 " + ", ".join(prompt_hashes))
-    if data.get("sha256"):
-        parts.append(f"data sha256 {str(data.get('sha256'))[:12]}")
-    if provenance.get("seed") is not None:
-        parts.append(f"seed {provenance.get('seed')}")
-    if versions.get("promptaudit"):
-        parts.append(f"promptaudit {versions.get('promptaudit')}")
-    if provenance.get("created_at"):
-        parts.append(str(provenance.get("created_at")))
-
-    accuracy = as_float(task.get("accuracy"))
+    parts = _provenance_parts(result.provenance)
+    accuracy = as_float(task.accuracy) if task is not None else None
     word = verdict_word(result)
-    report = classification_rows(task.get("classification_report"))
+    report = classification_rows(task.classification_report if task is not None else None)
     group_reports = []
-    for feature, groups in as_mapping(task.get("classification_report_by_group")).items():
-        for group, stats in as_mapping(groups).items():
+    by_group = (task.classification_report_by_group if task is not None else None) or {}
+    for feature, groups in by_group.items():
+        for group, stats in (groups or {}).items():
             for row in classification_rows(stats):
                 if row["label"] in ("macro avg", "weighted avg"):
                     continue
@@ -174,13 +154,13 @@ def _context(result: Mapping[str, Any]) -> dict[str, Any]:
         "competence": competence_sentence(result),
         "report": report,
         "group_reports": group_reports,
-        "name": short_text(audit.get("name") or "unnamed audit", 120),
+        "name": short_text((audit.name if audit is not None else None) or "unnamed audit", 120),
         "icon": {"PASS": "\u2705", "FAIL": "\u274c"}.get(word, "\u2753"),
         "verdict_word": word,
         "verdict": verdict_sentence(result),
         "failed": failed,
         "total": total,
-        "n_examples": task.get("n_examples"),
+        "n_examples": task.n_examples if task is not None else None,
         "accuracy": fmt_num(accuracy) if accuracy is not None else None,
         "gates": gates,
         "gaps": [short_text(s, 400) for s in gap_sentences(result, limit=4)],
@@ -193,18 +173,42 @@ def _context(result: Mapping[str, Any]) -> dict[str, Any]:
         if projection and fidelity_sentence(projection) else None,
         "provenance": " \u00b7 ".join(short_text(p, 120) for p in parts),
         "bias_audit": bias_audit_view(result),
-        "attribution_note": _attribution_note(result.get("attribution")),
+        "attribution_note": _attribution_note(result.attribution),
     }
 
 
-def _attribution_note(attribution: Any) -> str | None:
+def _provenance_parts(provenance: Provenance | None) -> list[str]:
+    """The provenance line's parts: model, hashes, seed, version, time."""
+    if provenance is None:
+        return [f"model {NA}"]
+    model, prompt, data = provenance.model, provenance.prompt, provenance.data
+    versions = provenance.versions or {}
+    parts = [f"model {(model.reference if model else None) or NA}"]
+    if model is not None and model.revision:
+        parts[-1] += f" @ {model.revision}"
+    prompt_hashes = [str(v)[:12] for _, v in sorted(
+        ((prompt.sha256 if prompt is not None else None) or {}).items()) if v]
+    if prompt_hashes:
+        parts.append("prompt sha256 " + ", ".join(prompt_hashes))
+    if data is not None and data.sha256:
+        parts.append(f"data sha256 {str(data.sha256)[:12]}")
+    if provenance.seed is not None:
+        parts.append(f"seed {provenance.seed}")
+    if versions.get("promptaudit"):
+        parts.append(f"promptaudit {versions.get('promptaudit')}")
+    if provenance.created_at:
+        parts.append(str(provenance.created_at))
+    return parts
+
+
+def _attribution_note(attribution: AttributionResult | None) -> str | None:
     """One sentence on integrated gradients' completeness, or None when not measured."""
-    if not isinstance(attribution, Mapping):
+    if attribution is None:
         return None
-    tolerance = as_float(attribution.get("delta_tolerance"))
-    failed = attribution.get("n_not_converged")
-    n = attribution.get("n_examples")
-    if tolerance is None or not isinstance(failed, int) or not isinstance(n, int):
+    tolerance = as_float(attribution.delta_tolerance)
+    failed = attribution.n_not_converged
+    n = attribution.n_examples
+    if tolerance is None or failed is None or n is None:
         return None
     if failed == 0:
         return (f"every one of {n} examples' attributions adds up to its change in score "
