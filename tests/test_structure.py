@@ -215,3 +215,19 @@ def test_validate_does_not_import_torch(tmp_path):
     outcome = json.loads(done.stdout.strip().splitlines()[-1])
     assert outcome == {"code": 0, "loaded": []}
     assert "valid audit spec 'light'" in done.stdout
+
+
+def test_the_result_types_and_schema_load_without_torch():
+    """The typed result sections, their schema and ``gate``'s reader import no heavy stack."""
+    code = (
+        "import json, sys\n"
+        "from promptaudit.results import result_schema, read_result_json\n"
+        "import promptaudit.result_types\n"
+        "result_schema()\n"
+        "heavy = ('torch', 'transformers', 'fairlearn', 'peft', 'captum')\n"
+        "print(json.dumps([m for m in heavy if m in sys.modules]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == []
