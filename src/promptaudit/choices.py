@@ -19,6 +19,8 @@ projection     :class:`ProjectionMetric` (``projection.Metric``)
 attribution    :class:`AttributionMethod`, :class:`Baseline`
 fairness       :data:`GROUP_METRICS` (``fairness.ALL_METRICS``),
                :data:`LABEL_METRICS`
+gates          :class:`GateStatus` (``gates.GateStatus``,
+               ``result_types.GateStatus``)
 =============  ==================================================
 """
 
@@ -46,6 +48,7 @@ __all__ = [
     "Baseline",
     "GROUP_METRICS",
     "LABEL_METRICS",
+    "GateStatus",
 ]
 
 
@@ -203,3 +206,11 @@ LABEL_METRICS = frozenset(
         "false_negative_rate",
     }
 )
+
+
+class GateStatus(enum.StrEnum):
+    """The three verdicts a gate can reach (``gates[i].status`` of a result)."""
+
+    PASS = "pass"
+    FAIL = "fail"
+    INCONCLUSIVE = "inconclusive"

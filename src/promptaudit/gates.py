@@ -34,21 +34,15 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from promptaudit.choices import GateStatus
 from promptaudit.errors import SpecError
+from promptaudit.result_types import GateResult
 from promptaudit.spec import GATE_METRICS, GateSpec, InconclusivePolicy
 
 __all__ = ["GateStatus", "evaluate_gates", "metric_value", "rows_to_decide", "policy_of"]
 
 #: Power of the :func:`rows_to_decide` estimate.
 DECISION_POWER = 0.8
-
-
-class GateStatus:
-    """The three verdicts a gate can reach."""
-
-    PASS = "pass"
-    FAIL = "fail"
-    INCONCLUSIVE = "inconclusive"
 
 
 def metric_value(
@@ -229,23 +223,23 @@ def _verdict(
     shown_interval = interval
     if gate.feature is None and section == "disparities" and gate.use_bound:
         shown_interval = None
-    return {
-        "metric": gate.metric,
-        "feature": gate.feature,
-        "op": op,
-        "threshold": threshold,
-        "value": value,
-        "bound": bound,
-        "interval": shown_interval,
-        "status": status,
-        "passed": bool(passed),
-        "rows_to_decide": rows,
-        "rows_unit": unit if status == GateStatus.INCONCLUSIVE else None,
-        "message": _message(
+    return GateResult(
+        metric=gate.metric,
+        feature=gate.feature,
+        op=op,
+        threshold=threshold,
+        value=value,
+        bound=bound,
+        interval=shown_interval,
+        status=status,
+        passed=bool(passed),
+        rows_to_decide=rows,
+        rows_unit=unit if status == GateStatus.INCONCLUSIVE else None,
+        message=_message(
             gate, op, threshold, value, bound, status, passed, reason, interval,
             confidence, rows, unit, policy,
         ),
-    }
+    ).to_dict()
 
 
 def _candidates(

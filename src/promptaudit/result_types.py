@@ -37,6 +37,7 @@ import typing
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Literal
 
+from promptaudit.choices import GateStatus
 from promptaudit.errors import InputError
 
 __all__ = [
@@ -757,14 +758,6 @@ class BaselineResult(Section):
 
 
 # ==================================================================== gates
-class GateStatus(enum.StrEnum):
-    """The three verdicts a gate can reach."""
-
-    PASS = "pass"
-    FAIL = "fail"
-    INCONCLUSIVE = "inconclusive"
-
-
 @dataclass
 class GateResult(Section):
     """``gates[i]``: one threshold of one gate, decided."""
