@@ -387,8 +387,9 @@ def test_biased_demo_prompt_gap_shrinks(tmp_path):
 
 # --------------------------------------------- `run` with a mitigation section
 def test_run_with_mitigation_section_reports_before_and_after(
-    sensitive_bert_dir, planted_prompt, toy_suite, tmp_path
+    sensitive_bert_dir, planted_prompt, toy_suite, tmp_path, monkeypatch
 ):
+    monkeypatch.setenv("PROMPTAUDIT_SIGNING_KEY", "team-secret")  # the result is signed too
     import pandas as pd
     import yaml
     from typer.testing import CliRunner
@@ -422,6 +423,7 @@ def test_run_with_mitigation_section_reports_before_and_after(
     outcome = CliRunner().invoke(app, ["run", str(spec_path), "--out", str(tmp_path / "r")])
     assert outcome.exit_code == 0, outcome.output
     result = read_result_json(tmp_path / "r" / "toy-mitigated.json")  # integrity holds
+    assert len(result["integrity"]["hmac_sha256"]) == 64  # checked by read_result_json
     block = result["mitigation"]
     assert block["mitigated"] and block["adapter"] == str(tmp_path / "adapter")
     assert result["audit"]["spec"]["prompt"]["path"] == str(tmp_path / "adapter")

@@ -782,8 +782,6 @@ def run_audit_with_mitigation(
 
     from promptaudit.compare import compare_results
     from promptaudit.mitigation import MitigationSettings, mitigate_prompt
-    from promptaudit.results import content_sha256, to_jsonable
-
     mitigation = spec.mitigation
     if mitigation is None:
         raise SpecError("mitigation: the spec has no 'mitigation' section")
@@ -857,5 +855,5 @@ def run_audit_with_mitigation(
         }
         block["comparison"] = compare_results(before, after)
     result["mitigation"] = to_jsonable(block)
-    result["integrity"] = {"algorithm": "sha256", "content_sha256": content_sha256(result)}
-    return result
+    # checked against the result types; integrity afresh (and signed, with a key, like `run`)
+    return AuditResult.from_dict(result).to_dict()

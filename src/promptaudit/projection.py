@@ -58,6 +58,7 @@ import torch
 from promptaudit.choices import UNKNOWN_PROJECTION_METRIC_MESSAGE, ProjectionMetric
 from promptaudit.errors import InputError
 from promptaudit.prompts import text_init_token_ids
+from promptaudit.result_types import Fidelity, Trust
 
 __all__ = [
     "Metric",
@@ -790,18 +791,18 @@ def projection_fidelity(
     soft_accuracy = None if labels is None else float((soft_pred == labels).mean())
     projected_accuracy = None if labels is None else float((projected_pred == labels).mean())
     level = _fidelity_level(agreement)
-    return {
-        "projected_text": prompted.tokenizer.decode(ids),
-        "projected_token_ids": ids,
-        "n_examples": n,
-        "agreement": agreement,
-        "changed": changed,
-        "mean_prob_shift": float(0.5 * np.abs(soft - projected).sum(axis=1).mean()),
-        "soft_accuracy": soft_accuracy,
-        "projected_accuracy": projected_accuracy,
-        "level": level,
-        "verdict": _fidelity_sentence(level, changed, n, soft_accuracy, projected_accuracy),
-    }
+    return Fidelity(
+        projected_text=prompted.tokenizer.decode(ids),
+        projected_token_ids=ids,
+        n_examples=n,
+        agreement=agreement,
+        changed=changed,
+        mean_prob_shift=float(0.5 * np.abs(soft - projected).sum(axis=1).mean()),
+        soft_accuracy=soft_accuracy,
+        projected_accuracy=projected_accuracy,
+        level=level,
+        verdict=_fidelity_sentence(level, changed, n, soft_accuracy, projected_accuracy),
+    ).to_dict()
 
 
 # ---------------------------------------------------------------- loading
@@ -1024,8 +1025,8 @@ def projection_trust(projection: dict) -> dict:
     else:
         level, why = "moderate", (f"{said}; the words give the soft prompt's decision on "
                                   f"{agreement:.0%} of examples")
-    return {"level": level, "readable": readable, "n": n, "readable_share": share,
-            "agreement": agreement, "reason": why[0].upper() + why[1:] + ".", "rule": TRUST_RULE}
+    return Trust(level=level, readable=readable, n=n, readable_share=share, agreement=agreement,
+                 reason=why[0].upper() + why[1:] + ".", rule=TRUST_RULE).to_dict()
 
 
 def projection_summary(projection: dict) -> str:
