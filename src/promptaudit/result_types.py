@@ -5,7 +5,9 @@ Each section of the result JSON is a dataclass here: :class:`TaskResult`,
 (with :class:`CounterfactualResult`), :class:`BaselineResult`,
 :class:`GateResult`, :class:`Provenance`, :class:`Integrity` and
 :class:`BiasAuditResult`. The whole result, :class:`promptaudit.results.AuditResult`,
-is built from them.
+is built from them. Two parts stay open mappings, documented elsewhere:
+``audit.spec`` (the validated spec, docs/audit-spec.md; only its ``gates`` and
+``gate_policy`` are typed here) and ``mitigation`` (docs/mitigation.md).
 
 Every section has
 
@@ -24,8 +26,8 @@ keys are kept (``extra``) and written back, so ``from_dict(d).to_dict() == d``.
 :func:`json_schema` generates the JSON Schema (draft 2020-12) from these
 dataclasses; ``docs/result.schema.json`` is that schema, published
 (``scripts/make_result_schema.py`` writes it). This module imports nothing
-heavier than the standard library: ``promptaudit validate`` and ``gate`` must
-not load torch.
+heavier than the standard library (and :mod:`promptaudit.choices`): ``promptaudit
+validate`` and ``gate`` must not load torch.
 """
 
 from __future__ import annotations
