@@ -303,6 +303,18 @@ class Section:
         Raises
         ------
         InputError
+
+        Examples
+        --------
+        >>> row = CounterfactualGroup.from_dict({"flip_rate": 0.5, "mean_abs_delta": None,
+        ...                                      "count": 2})
+        >>> row.count, row.to_dict()
+        (2, {'flip_rate': 0.5, 'mean_abs_delta': None, 'count': 2})
+        >>> CounterfactualGroup.from_dict({"flip_rate": "x", "mean_abs_delta": None, "count": 2})
+        Traceback (most recent call last):
+        ...
+        promptaudit.errors.InputError: not a valid promptaudit result; \
+CounterfactualGroup.flip_rate: expected number or null, got 'x'
         """
         path = where or cls.TITLE or cls.__name__
         if not isinstance(data, dict):
