@@ -314,8 +314,10 @@ def _gate_nan_literal(c: Ctx):
 def _gate_audit_is_a_string(c: Ctx):
     from promptaudit.results import content_sha256
 
-    body = {"schema_version": "1", "audit": "x", "provenance": {}, "task": {}, "fairness": {},
-            "gates": [], "passed": True}
+    fixture = Path(__file__).resolve().parent / "fixtures" / "sample_result.json"
+    body = json.loads(fixture.read_text(encoding="utf-8"))  # a real result, but for one key
+    body.pop("integrity")
+    body["audit"] = "x"
     body["integrity"] = {"algorithm": "sha256", "content_sha256": content_sha256(body)}
     return ["gate", str(c.write("r.json", json.dumps(body)))], [
         "r.json", "audit: 'x' is not of type 'object'"]
