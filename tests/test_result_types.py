@@ -185,7 +185,9 @@ def test_lenient_reading_keeps_what_fits(sample):
     assert typed.task.accuracy is None and typed.task.labels == sample["task"]["labels"]
     assert len(typed.gates) == len(sample["gates"]) - 1
     assert typed.provenance is None
-    assert AuditResult.from_dict({}, strict=False).gates == []
+    empty = AuditResult.from_dict({}, strict=False)
+    # a missing required key is None, never a default that reads as a finding
+    assert empty.gates is None and empty.passed is None and empty.schema_version is None
 
 
 def test_sections_made_in_code_write_what_the_stages_write():
@@ -235,3 +237,12 @@ def test_result_schema_requires_only_keys_every_result_has(early):
 
     missing = [p for p in paths if not present(early, p)]
     assert missing == []
+
+
+def test_reports_fail_closed_on_a_result_without_passed():
+    """Read leniently, a missing ``passed`` is None, so the reports say FAIL, not PASS."""
+    from promptaudit.report import render_junit, render_markdown
+
+    bare = {"audit": {"name": "bare"}, "gates": []}
+    assert render_markdown(bare).startswith("## \u274c promptaudit FAIL: bare")
+    assert '<property name="passed" value="false" />' in render_junit(bare)

@@ -15,8 +15,8 @@ Every section has
 - ``from_dict(data)``: the section read from a result JSON. A malformed value is
   refused with a one-line :class:`~promptaudit.errors.InputError` naming the field
   (``task.accuracy: expected number or null, got 'high'``). ``strict=False`` reads
-  what it can instead (a missing or malformed field becomes its default, ``None``
-  for a required one): the reports render partial results that way.
+  what it can instead (a missing or malformed required field is ``None``, an
+  optional one takes its default): the reports render partial results that way.
 
 Keys a result may lack (written only in some audits, or added after the first
 results of schema version "1") are *optional*: they are not required by the
@@ -296,7 +296,7 @@ class Section:
         strict : bool
             Refuse a missing required key or a mistyped value (one-line
             :class:`~promptaudit.errors.InputError` naming the field). With
-            ``False`` such a field takes its default (``None`` for a required one).
+            ``False`` such a field is ``None`` (an optional one takes its default).
         where : str, optional
             The section's path in the result, for messages (default: its name).
 
@@ -336,18 +336,21 @@ CounterfactualGroup.flip_rate: expected number or null, got 'x'
             key = f.metadata.get("key", f.name)
             named.add(key)
             where = f"{path}.{key}"
+            # read leniently, a required field that is missing or malformed is None, never
+            # a default that could read as a finding (``passed`` must not become True)
+            fallback = _default(f) if f.metadata.get("optional") else None
             if key not in data:
                 if strict and not f.metadata.get("optional"):
                     raise Malformed(where, "missing (a required key)")
                 absent.add(f.name)
-                values[f.name] = _default(f)
+                values[f.name] = fallback
                 continue
             try:
                 values[f.name] = _parse(data[key], hints[f.name], where, strict)
             except Malformed:
                 if strict:
                     raise
-                values[f.name] = _default(f)
+                values[f.name] = fallback
         rest_hint = typing.get_args(hints[cls.REST])[1]
         rest: dict[str, Any] = {}
         for key, value in data.items():
