@@ -277,7 +277,7 @@ class Section:
         for f in self._json_fields():
             value = getattr(self, f.name)
             if absent is not None:  # read from JSON: leave out what was absent (and unset)
-                if f.name in absent and value == _default(f):
+                if f.name in absent and value == _fallback(f):
                     continue
             elif value is None and f.metadata.get("omit_none"):
                 continue
@@ -319,7 +319,8 @@ CounterfactualGroup.flip_rate: expected number or null, got 'x'
         path = where or cls.TITLE or cls.__name__
         if not isinstance(data, dict):
             if strict:
-                raise InputError(f"{path}: expected an object, got {_describe(data)}")
+                raise InputError(f"not a valid promptaudit result; {path}: expected an object, "
+                                 f"got {_describe(data)}")
             data = {}
         try:
             return cls._parse_dict(data, path, strict=strict)
@@ -338,7 +339,7 @@ CounterfactualGroup.flip_rate: expected number or null, got 'x'
             where = f"{path}.{key}"
             # read leniently, a required field that is missing or malformed is None, never
             # a default that could read as a finding (``passed`` must not become True)
-            fallback = _default(f) if f.metadata.get("optional") else None
+            fallback = _fallback(f)
             if key not in data:
                 if strict and not f.metadata.get("optional"):
                     raise Malformed(where, "missing (a required key)")
@@ -373,6 +374,11 @@ def _default(f: dataclasses.Field) -> Any:
     if f.default_factory is not dataclasses.MISSING:
         return f.default_factory()
     return None
+
+
+def _fallback(f: dataclasses.Field) -> Any:
+    """A field's value when its key is absent: the default if optional, else None."""
+    return _default(f) if f.metadata.get("optional") else None
 
 
 def _absent_field() -> Any:
