@@ -300,6 +300,72 @@ def test_warm_start_is_the_audited_prompt(tiny_bert_dir, tiny_bert_seqcls_adapte
                                original.predict_proba(TOY_TEXTS[:6]), atol=1e-6)
 
 
+def test_retuning_switches_dropout_off_so_paired_passes_are_deterministic(sensitive_bert_dir):
+    """With dropout on, two training-mode passes over one text differ, so CLP would
+    penalise dropout noise; the base given to training has every dropout at p = 0."""
+    from promptaudit.mitigation import _base_without_dropout
+    from promptaudit.models import load_base_model
+
+    enc = {"input_ids": torch.tensor([[2, 5, 6, 7, 3]]), "attention_mask": torch.ones(1, 5)}
+    plain = load_base_model(str(sensitive_bert_dir), task="sequence-classification",
+                            num_labels=2).model.train()
+    torch.manual_seed(0)
+    assert not torch.equal(plain(**enc).logits, plain(**enc).logits)  # dropout is on
+    base = _base_without_dropout(str(sensitive_bert_dir), "sequence-classification", 2, "cpu")
+    dropouts = [m for m in base.model.modules() if isinstance(m, torch.nn.Dropout)]
+    assert dropouts and all(m.p == 0.0 for m in dropouts)
+    base.model.train()
+    first, second = base.model(**enc).logits, base.model(**enc).logits
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
+    base.model.eval()
+    torch.testing.assert_close(base.model(**enc).logits, first)
+
+
+@pytest.mark.parametrize("keep_dropout", [False, True])
+def test_mitigation_trains_on_a_dropout_free_base_unless_asked(
+    tiny_bert_dir, tiny_bert_seqcls_adapter, tmp_path, monkeypatch, keep_dropout
+):
+    import promptaudit.training as training
+
+    seen = []
+    real = training.train_prompt
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("loaded"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(training, "train_prompt", spy)
+    settings = MitigationSettings(weights=(1.0,), epochs=1, learning_rate=1e-3, batch_size=8,
+                                  max_length=16, suite=None, max_accuracy_drop=1.0,
+                                  keep_dropout=keep_dropout)
+    result = mitigate_prompt(
+        str(tiny_bert_dir), tiny_bert_seqcls_adapter, TOY_TEXTS, TOY_LABELS,
+        labels=["negative", "positive"], out_dir=tmp_path, settings=settings,
+        pair_ids=[i // 2 for i in range(len(TOY_TEXTS))], progress=False,
+    )
+    assert result.mitigated and len(seen) == 1
+    if keep_dropout:
+        assert seen[0] is None  # train_prompt loads the base as usual, dropout on
+    else:
+        ps = [m.p for m in seen[0].model.modules() if isinstance(m, torch.nn.Dropout)]
+        assert ps and set(ps) == {0.0}
+    assert result.record["settings"]["keep_dropout"] is keep_dropout
+
+
+def test_retuning_trains_the_classifier_head_too(toy_mitigation, planted_prompt):
+    """SEQ_CLS: the head the prompt came with is warm-started and trained with it."""
+    from safetensors.torch import load_file
+
+    _, out = toy_mitigation
+    before = load_file(str(planted_prompt / "adapter_model.safetensors"))
+    after = load_file(str(out / "adapter_model.safetensors"))
+    heads = [k for k in before if k.startswith("base_model.classifier")]
+    assert heads and set(before) == set(after)
+    for key in [*heads, "prompt_embeddings"]:
+        assert before[key].shape == after[key].shape
+        assert not torch.equal(before[key], after[key]), key
+
+
 def test_no_variant_is_a_clear_error(tiny_bert_dir, tiny_bert_seqcls_adapter, tmp_path):
     settings = MitigationSettings(weights=(1.0,), suite="builtin:identity")
     with pytest.raises(InputError, match="no training text has an identity-swapped variant"):

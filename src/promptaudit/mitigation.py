@@ -101,6 +101,11 @@ class MitigationSettings:
         Cap on pairs per batch (default: the batch size), bounding the extra cost.
     group_weight : float
         Weight of the fairret group penalty (0: off; needs group columns).
+    keep_dropout : bool
+        Keep the base model's dropout active while re-tuning (default False: it is
+        switched off, because the pairing term compares two forward passes, and with
+        dropout their difference holds dropout noise as large as the identity effect
+        on MiniLM, which the penalty can only "reduce" by shrinking every margin).
     """
 
     weights: tuple[float, ...] = DEFAULT_WEIGHTS
@@ -115,6 +120,7 @@ class MitigationSettings:
     features: tuple[str, ...] | None = None
     max_pairs_per_batch: int | None = None
     group_weight: float = 0.0
+    keep_dropout: bool = False
 
     def check(self) -> None:
         """Raise :class:`InputError` naming the first out-of-range field."""
@@ -631,6 +637,7 @@ def mitigate_prompt(
             "data_sha256": hashes["content_sha256"],
             "pairs_from": "pair_column" if pair_ids is not None else settings.suite,
             "features": features,
+            "dropout": settings.keep_dropout,
         }
         done = _finished_candidate(candidate, info, config)
         if resume and done is not None:
@@ -667,6 +674,9 @@ def mitigate_prompt(
                 initial_state=initial_state,
                 extra_loss=loss,
                 extra_info={"mitigation": {**info, "n_pairs": loss.n_pairs}},
+                loaded=None
+                if settings.keep_dropout
+                else _base_without_dropout(model, task, len(labels), device),
             )
             n_pairs = loss.n_pairs
             _record_pairs(candidate, n_pairs)
@@ -766,6 +776,24 @@ def _positive_index(labels: list[str], positive_label: str | None) -> int:
     if positive_label not in labels:
         raise InputError(f"positive label {positive_label!r} is not one of the labels {labels}")
     return labels.index(positive_label)
+
+
+def _base_without_dropout(model: str, task, n_labels: int, device: str):
+    """A freshly loaded base model whose dropout layers are switched off (``p = 0``).
+
+    The pairing term compares the margins of two forward passes; with dropout on,
+    their difference includes dropout noise (on MiniLM as large as the identity
+    effect itself), so the penalty is best met by shrinking all margins. With
+    ``p = 0`` training-mode passes equal evaluation-mode ones. BERT-style attention
+    reads its dropout rate from the module's ``p`` too.
+    """
+    from promptaudit.models import load_base_model
+
+    loaded = load_base_model(model, task=task, num_labels=n_labels, device=device)
+    for module in loaded.model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    return loaded
 
 
 def _split(n: int, fraction: float, seed: int, pair_ids: Sequence | None):
