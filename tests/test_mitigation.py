@@ -235,7 +235,7 @@ def planted_prompt(tmp_path_factory, sensitive_bert_dir) -> Path:
 def toy_mitigation(tmp_path_factory, sensitive_bert_dir, planted_prompt, toy_suite):
     out = tmp_path_factory.mktemp("mitigated")
     settings = MitigationSettings(
-        weights=(0.0, 20.0), max_accuracy_drop=1.0, epochs=4, learning_rate=0.05,
+        weights=(0.0, 20.0), max_accuracy_drop=1.0, epochs=8, learning_rate=0.05,
         batch_size=8, max_length=16, suite=str(toy_suite), validation_fraction=0.25,
     )
     result = mitigate_prompt(
