@@ -113,14 +113,38 @@ def test_pairing_loss_caps_pairs_and_adds_unlabelled_pairs():
         seen.extend(texts)
         return torch.zeros(len(texts), 2)
 
-    loss = PairingLoss(variants, positive=1, weight=1.0, max_pairs=4, unlabelled=unlabelled)
     batch = [f"t{i} he" for i in range(10)]
+    loss = PairingLoss(variants, positive=1, weight=1.0, max_pairs=4)
     loss(logits_of, batch, torch.zeros(10, 2))
-    assert loss.n_pairs == 4 and "u he" not in seen  # no room left for unlabelled pairs
-    loss = PairingLoss(variants, positive=1, weight=1.0, max_pairs=12, unlabelled=unlabelled)
+    assert loss.n_pairs == 4 and len(seen) == 4  # the cap
+    # Every batch text has a variant, yet a quarter of the cap (at least one) is kept for
+    # unlabelled pairs: 3 batch pairs + 1 unlabelled pair = 4.
     seen.clear()
+    loss = PairingLoss(variants, positive=1, weight=1.0, max_pairs=4, unlabelled=unlabelled)
     loss(logits_of, batch, torch.zeros(10, 2))
-    assert loss.n_pairs == 11 and "u he" in seen and "u she" in seen
+    assert loss.n_pairs == 4 and loss.n_unlabelled_pairs == 1
+    assert seen[0] == "u he" and seen[-1] == "u she" and len(seen) == 5  # 1 + 3 + 1 texts
+    seen.clear()
+    loss = PairingLoss(variants, positive=1, weight=1.0, max_pairs=12, unlabelled=unlabelled)
+    loss(logits_of, batch, torch.zeros(10, 2))
+    assert loss.n_pairs == 11 and loss.n_unlabelled_pairs == 1  # one unlabelled text
+    many = {f"u{i} he": [f"u{i} she"] for i in range(8)}
+    loss = PairingLoss(variants, positive=1, weight=1.0, max_pairs=12, unlabelled=many)
+    loss(logits_of, batch, torch.zeros(10, 2))
+    assert loss.n_pairs == 12 and loss.n_unlabelled_pairs == 3  # 12 // 4
+
+
+def test_unlabelled_pairs_enter_the_loss_with_the_formula():
+    """One batch pair (margins 1 vs 0) and one unlabelled pair (margins 2 vs -2)."""
+    table = {"a he": [0.0, 1.0], "a she": [0.0, 0.0], "u he": [1.0, 3.0], "u she": [1.0, -1.0]}
+
+    def logits_of(texts):
+        return torch.tensor([table[t] for t in texts])
+
+    loss = PairingLoss({"a he": ["a she"]}, positive=1, weight=3.0, max_pairs=2,
+                       unlabelled={"u he": ["u she"]})
+    value = loss(logits_of, ["a he"], torch.tensor([table["a he"]]))
+    assert value.item() == pytest.approx(3.0 * (abs(1 - 0) + abs(2 - (-2))) / 2)
 
 
 def test_group_penalty_uses_fairret_positive_rate_parity():

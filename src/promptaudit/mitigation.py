@@ -276,10 +276,12 @@ class PairingLoss:
     """The extra loss :func:`train_prompt` adds per batch (CLP plus optional group penalty).
 
     For every batch text that has variants, one variant is drawn (seeded) and
-    paired with it, up to ``max_pairs`` pairs; ``unlabelled`` texts (which have
-    no label, so take no part in the task loss) contribute further pairs. The
-    originals' logits are those of the batch itself, so only variants cost
-    another forward pass.
+    paired with it, up to ``max_pairs`` pairs in all. With ``unlabelled`` texts
+    (which have no label, so take no part in the task loss) a quarter of those
+    pairs (at least one when ``max_pairs >= 2``; at most one per unlabelled text)
+    is drawn from them in every batch, and batch pairs fill the rest. The
+    originals' logits are those of the batch itself, so only variants (and
+    unlabelled originals) cost another forward pass.
 
     Parameters
     ----------
@@ -317,6 +319,12 @@ class PairingLoss:
         self.groups = groups or {}
         self.group_weight = float(group_weight)
         self.n_pairs = 0
+        self.n_unlabelled_pairs = 0
+        # A quarter of the pairs of each batch (at least one when the cap allows two) go to
+        # unlabelled texts, so they are paired even when every batch text has a variant.
+        self.unlabelled_per_batch = (
+            min(len(self.unlabelled), max(1, max_pairs // 4)) if max_pairs >= 2 else 0
+        )
         self._group_loss = None
         if self.group_weight > 0:
             from fairret.loss import NormLoss
@@ -334,15 +342,16 @@ class PairingLoss:
                 if options:
                     rows.append(row)
                     variant_texts.append(options[int(self.rng.integers(len(options)))])
-            if len(rows) > self.max_pairs:
-                keep = np.sort(self.rng.choice(len(rows), self.max_pairs, replace=False))
+            reserve = self.unlabelled_per_batch
+            if len(rows) > self.max_pairs - reserve:
+                keep = np.sort(
+                    self.rng.choice(len(rows), self.max_pairs - reserve, replace=False)
+                )
                 rows = [rows[i] for i in keep]
                 variant_texts = [variant_texts[i] for i in keep]
             extra_orig: list[str] = []
-            room = self.max_pairs - len(rows)
-            if self.unlabelled and room > 0:
-                take = min(room, max(1, len(batch_texts) // 4), len(self.unlabelled))
-                for i in self.rng.choice(len(self.unlabelled), take, replace=False):
+            if reserve:
+                for i in self.rng.choice(len(self.unlabelled), reserve, replace=False):
                     text, options = self.unlabelled[int(i)]
                     extra_orig.append(text)
                     variant_texts.append(options[int(self.rng.integers(len(options)))])
@@ -354,6 +363,7 @@ class PairingLoss:
                     originals, paired, positive=self.positive, weight=self.weight
                 )
                 self.n_pairs += len(variant_texts)
+                self.n_unlabelled_pairs += len(extra_orig)
         if self._group_loss is not None:
             loss = loss + self._group_penalty(batch_texts, batch_logits)
         return loss
