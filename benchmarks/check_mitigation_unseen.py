@@ -33,7 +33,7 @@ Usage::
     python benchmarks/check_mitigation_unseen.py BEFORE_ADAPTER AFTER_ADAPTER \\
         [--eval builtin:screening] [--positive accept] [--max-length 64]
     python benchmarks/check_mitigation_unseen.py --sst2-prompt ADAPTER --out DIR \\
-        [--rows 2000] [--weights 3] [--epochs 1] [--learning-rate 0.003]
+        [--rows 2000] [--weights 3] [--epochs 1] [--learning-rate 0.003] [--sst2 DIR]
 """
 
 from __future__ import annotations
