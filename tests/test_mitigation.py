@@ -345,6 +345,23 @@ def test_retuning_switches_dropout_off_so_paired_passes_are_deterministic(sensit
     torch.testing.assert_close(base.model(**enc).logits, first)
 
 
+def test_switch_off_dropout_covers_modules_and_rate_attributes():
+    from promptaudit.mitigation import switch_off_dropout
+
+    class Attention(torch.nn.Module):  # LLaMA-style: the rate is a float attribute
+        def __init__(self) -> None:
+            super().__init__()
+            self.attention_dropout = 0.1
+            self.is_causal = True
+
+    model = torch.nn.Sequential(torch.nn.Dropout(0.1), Attention(), torch.nn.Dropout(0.0),
+                                torch.nn.AlphaDropout(0.2))
+    assert switch_off_dropout(model) == 3
+    assert [model[0].p, model[1].attention_dropout, model[2].p, model[3].p] == [0.0] * 4
+    assert model[1].is_causal is True
+    assert switch_off_dropout(model) == 0
+
+
 @pytest.mark.parametrize("keep_dropout", [False, True])
 def test_mitigation_trains_on_a_dropout_free_base_unless_asked(
     tiny_bert_dir, tiny_bert_seqcls_adapter, tmp_path, monkeypatch, keep_dropout

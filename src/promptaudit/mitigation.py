@@ -794,16 +794,51 @@ def _base_without_dropout(model: str, task, n_labels: int, device: str):
     The pairing term compares the margins of two forward passes; with dropout on,
     their difference includes dropout noise (on MiniLM as large as the identity
     effect itself), so the penalty is best met by shrinking all margins. With
-    ``p = 0`` training-mode passes equal evaluation-mode ones. BERT-style attention
-    reads its dropout rate from the module's ``p`` too.
+    ``p = 0`` training-mode passes equal evaluation-mode ones.
     """
     from promptaudit.models import load_base_model
 
     loaded = load_base_model(model, task=task, num_labels=n_labels, device=device)
-    for module in loaded.model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
+    switch_off_dropout(loaded.model)
     return loaded
+
+
+_DROPOUT_MODULES = (
+    torch.nn.Dropout,
+    torch.nn.Dropout1d,
+    torch.nn.Dropout2d,
+    torch.nn.Dropout3d,
+    torch.nn.AlphaDropout,
+    torch.nn.FeatureAlphaDropout,
+)
+#: Float attributes through which attention modules read a dropout rate (LLaMA-style
+#: ``attention_dropout``) instead of an ``nn.Dropout`` module.
+_DROPOUT_RATE_ATTRIBUTES = ("attention_dropout", "dropout_rate", "dropout_prob", "dropout_p")
+
+
+def switch_off_dropout(model: torch.nn.Module) -> int:
+    """Set every dropout rate of ``model`` to 0, in place.
+
+    Covers ``nn.Dropout``-family modules (BERT- and GPT-2-style attention read their
+    rate from such a module's ``p``) and float rate attributes of attention modules
+    (:data:`_DROPOUT_RATE_ATTRIBUTES`).
+
+    Returns
+    -------
+    int
+        How many rates were non-zero before.
+    """
+    changed = 0
+    for module in model.modules():
+        if isinstance(module, _DROPOUT_MODULES):
+            changed += module.p > 0
+            module.p = 0.0
+        for name in _DROPOUT_RATE_ATTRIBUTES:
+            value = getattr(module, name, None)
+            if isinstance(value, float) and not isinstance(value, bool):
+                changed += value > 0
+                setattr(module, name, 0.0)
+    return int(changed)
 
 
 def _split(n: int, fraction: float, seed: int, pair_ids: Sequence | None):
