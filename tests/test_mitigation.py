@@ -113,14 +113,38 @@ def test_pairing_loss_caps_pairs_and_adds_unlabelled_pairs():
         seen.extend(texts)
         return torch.zeros(len(texts), 2)
 
-    loss = PairingLoss(variants, positive=1, weight=1.0, max_pairs=4, unlabelled=unlabelled)
     batch = [f"t{i} he" for i in range(10)]
+    loss = PairingLoss(variants, positive=1, weight=1.0, max_pairs=4)
     loss(logits_of, batch, torch.zeros(10, 2))
-    assert loss.n_pairs == 4 and "u he" not in seen  # no room left for unlabelled pairs
-    loss = PairingLoss(variants, positive=1, weight=1.0, max_pairs=12, unlabelled=unlabelled)
+    assert loss.n_pairs == 4 and len(seen) == 4  # the cap
+    # Every batch text has a variant, yet a quarter of the cap (at least one) is kept for
+    # unlabelled pairs: 3 batch pairs + 1 unlabelled pair = 4.
     seen.clear()
+    loss = PairingLoss(variants, positive=1, weight=1.0, max_pairs=4, unlabelled=unlabelled)
     loss(logits_of, batch, torch.zeros(10, 2))
-    assert loss.n_pairs == 11 and "u he" in seen and "u she" in seen
+    assert loss.n_pairs == 4 and loss.n_unlabelled_pairs == 1
+    assert seen[0] == "u he" and seen[-1] == "u she" and len(seen) == 5  # 1 + 3 + 1 texts
+    seen.clear()
+    loss = PairingLoss(variants, positive=1, weight=1.0, max_pairs=12, unlabelled=unlabelled)
+    loss(logits_of, batch, torch.zeros(10, 2))
+    assert loss.n_pairs == 11 and loss.n_unlabelled_pairs == 1  # one unlabelled text
+    many = {f"u{i} he": [f"u{i} she"] for i in range(8)}
+    loss = PairingLoss(variants, positive=1, weight=1.0, max_pairs=12, unlabelled=many)
+    loss(logits_of, batch, torch.zeros(10, 2))
+    assert loss.n_pairs == 12 and loss.n_unlabelled_pairs == 3  # 12 // 4
+
+
+def test_unlabelled_pairs_enter_the_loss_with_the_formula():
+    """One batch pair (margins 1 vs 0) and one unlabelled pair (margins 2 vs -2)."""
+    table = {"a he": [0.0, 1.0], "a she": [0.0, 0.0], "u he": [1.0, 3.0], "u she": [1.0, -1.0]}
+
+    def logits_of(texts):
+        return torch.tensor([table[t] for t in texts])
+
+    loss = PairingLoss({"a he": ["a she"]}, positive=1, weight=3.0, max_pairs=2,
+                       unlabelled={"u he": ["u she"]})
+    value = loss(logits_of, ["a he"], torch.tensor([table["a he"]]))
+    assert value.item() == pytest.approx(3.0 * (abs(1 - 0) + abs(2 - (-2))) / 2)
 
 
 def test_group_penalty_uses_fairret_positive_rate_parity():
@@ -235,7 +259,7 @@ def planted_prompt(tmp_path_factory, sensitive_bert_dir) -> Path:
 def toy_mitigation(tmp_path_factory, sensitive_bert_dir, planted_prompt, toy_suite):
     out = tmp_path_factory.mktemp("mitigated")
     settings = MitigationSettings(
-        weights=(0.0, 20.0), max_accuracy_drop=1.0, epochs=4, learning_rate=0.05,
+        weights=(0.0, 20.0), max_accuracy_drop=1.0, epochs=8, learning_rate=0.05,
         batch_size=8, max_length=16, suite=str(toy_suite), validation_fraction=0.25,
     )
     result = mitigate_prompt(
@@ -298,6 +322,89 @@ def test_warm_start_is_the_audited_prompt(tiny_bert_dir, tiny_bert_seqcls_adapte
     again, _, _ = load_prompted_model(str(tiny_bert_dir), str(tmp_path), max_length=16)
     np.testing.assert_allclose(again.predict_proba(TOY_TEXTS[:6]),
                                original.predict_proba(TOY_TEXTS[:6]), atol=1e-6)
+
+
+def test_retuning_switches_dropout_off_so_paired_passes_are_deterministic(sensitive_bert_dir):
+    """With dropout on, two training-mode passes over one text differ, so CLP would
+    penalise dropout noise; the base given to training has every dropout at p = 0."""
+    from promptaudit.mitigation import _base_without_dropout
+    from promptaudit.models import load_base_model
+
+    enc = {"input_ids": torch.tensor([[2, 5, 6, 7, 3]]), "attention_mask": torch.ones(1, 5)}
+    plain = load_base_model(str(sensitive_bert_dir), task="sequence-classification",
+                            num_labels=2).model.train()
+    torch.manual_seed(0)
+    assert not torch.equal(plain(**enc).logits, plain(**enc).logits)  # dropout is on
+    base = _base_without_dropout(str(sensitive_bert_dir), "sequence-classification", 2, "cpu")
+    dropouts = [m for m in base.model.modules() if isinstance(m, torch.nn.Dropout)]
+    assert dropouts and all(m.p == 0.0 for m in dropouts)
+    base.model.train()
+    first, second = base.model(**enc).logits, base.model(**enc).logits
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
+    base.model.eval()
+    torch.testing.assert_close(base.model(**enc).logits, first)
+
+
+def test_switch_off_dropout_covers_modules_and_rate_attributes():
+    from promptaudit.mitigation import switch_off_dropout
+
+    class Attention(torch.nn.Module):  # LLaMA-style: the rate is a float attribute
+        def __init__(self) -> None:
+            super().__init__()
+            self.attention_dropout = 0.1
+            self.is_causal = True
+
+    model = torch.nn.Sequential(torch.nn.Dropout(0.1), Attention(), torch.nn.Dropout(0.0),
+                                torch.nn.AlphaDropout(0.2))
+    assert switch_off_dropout(model) == 3
+    assert [model[0].p, model[1].attention_dropout, model[2].p, model[3].p] == [0.0] * 4
+    assert model[1].is_causal is True
+    assert switch_off_dropout(model) == 0
+
+
+@pytest.mark.parametrize("keep_dropout", [False, True])
+def test_mitigation_trains_on_a_dropout_free_base_unless_asked(
+    tiny_bert_dir, tiny_bert_seqcls_adapter, tmp_path, monkeypatch, keep_dropout
+):
+    import promptaudit.training as training
+
+    seen = []
+    real = training.train_prompt
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("loaded"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(training, "train_prompt", spy)
+    settings = MitigationSettings(weights=(1.0,), epochs=1, learning_rate=1e-3, batch_size=8,
+                                  max_length=16, suite=None, max_accuracy_drop=1.0,
+                                  keep_dropout=keep_dropout)
+    result = mitigate_prompt(
+        str(tiny_bert_dir), tiny_bert_seqcls_adapter, TOY_TEXTS, TOY_LABELS,
+        labels=["negative", "positive"], out_dir=tmp_path, settings=settings,
+        pair_ids=[i // 2 for i in range(len(TOY_TEXTS))], progress=False,
+    )
+    assert result.mitigated and len(seen) == 1
+    if keep_dropout:
+        assert seen[0] is None  # train_prompt loads the base as usual, dropout on
+    else:
+        ps = [m.p for m in seen[0].model.modules() if isinstance(m, torch.nn.Dropout)]
+        assert ps and set(ps) == {0.0}
+    assert result.record["settings"]["keep_dropout"] is keep_dropout
+
+
+def test_retuning_trains_the_classifier_head_too(toy_mitigation, planted_prompt):
+    """SEQ_CLS: the head the prompt came with is warm-started and trained with it."""
+    from safetensors.torch import load_file
+
+    _, out = toy_mitigation
+    before = load_file(str(planted_prompt / "adapter_model.safetensors"))
+    after = load_file(str(out / "adapter_model.safetensors"))
+    heads = [k for k in before if k.startswith("base_model.classifier")]
+    assert heads and set(before) == set(after)
+    for key in [*heads, "prompt_embeddings"]:
+        assert before[key].shape == after[key].shape
+        assert not torch.equal(before[key], after[key]), key
 
 
 def test_no_variant_is_a_clear_error(tiny_bert_dir, tiny_bert_seqcls_adapter, tmp_path):

@@ -101,6 +101,11 @@ class MitigationSettings:
         Cap on pairs per batch (default: the batch size), bounding the extra cost.
     group_weight : float
         Weight of the fairret group penalty (0: off; needs group columns).
+    keep_dropout : bool
+        Keep the base model's dropout active while re-tuning (default False: it is
+        switched off, because the pairing term compares two forward passes, and with
+        dropout their difference holds dropout noise as large as the identity effect
+        on MiniLM, which the penalty can only "reduce" by shrinking every margin).
     """
 
     weights: tuple[float, ...] = DEFAULT_WEIGHTS
@@ -115,6 +120,7 @@ class MitigationSettings:
     features: tuple[str, ...] | None = None
     max_pairs_per_batch: int | None = None
     group_weight: float = 0.0
+    keep_dropout: bool = False
 
     def check(self) -> None:
         """Raise :class:`InputError` naming the first out-of-range field."""
@@ -270,10 +276,12 @@ class PairingLoss:
     """The extra loss :func:`train_prompt` adds per batch (CLP plus optional group penalty).
 
     For every batch text that has variants, one variant is drawn (seeded) and
-    paired with it, up to ``max_pairs`` pairs; ``unlabelled`` texts (which have
-    no label, so take no part in the task loss) contribute further pairs. The
-    originals' logits are those of the batch itself, so only variants cost
-    another forward pass.
+    paired with it, up to ``max_pairs`` pairs in all. With ``unlabelled`` texts
+    (which have no label, so take no part in the task loss) a quarter of those
+    pairs (at least one when ``max_pairs >= 2``; at most one per unlabelled text)
+    is drawn from them in every batch, and batch pairs fill the rest. The
+    originals' logits are those of the batch itself, so only variants (and
+    unlabelled originals) cost another forward pass.
 
     Parameters
     ----------
@@ -311,6 +319,12 @@ class PairingLoss:
         self.groups = groups or {}
         self.group_weight = float(group_weight)
         self.n_pairs = 0
+        self.n_unlabelled_pairs = 0
+        # A quarter of the pairs of each batch (at least one when the cap allows two) go to
+        # unlabelled texts, so they are paired even when every batch text has a variant.
+        self.unlabelled_per_batch = (
+            min(len(self.unlabelled), max(1, max_pairs // 4)) if max_pairs >= 2 else 0
+        )
         self._group_loss = None
         if self.group_weight > 0:
             from fairret.loss import NormLoss
@@ -328,15 +342,16 @@ class PairingLoss:
                 if options:
                     rows.append(row)
                     variant_texts.append(options[int(self.rng.integers(len(options)))])
-            if len(rows) > self.max_pairs:
-                keep = np.sort(self.rng.choice(len(rows), self.max_pairs, replace=False))
+            reserve = self.unlabelled_per_batch
+            if len(rows) > self.max_pairs - reserve:
+                keep = np.sort(
+                    self.rng.choice(len(rows), self.max_pairs - reserve, replace=False)
+                )
                 rows = [rows[i] for i in keep]
                 variant_texts = [variant_texts[i] for i in keep]
             extra_orig: list[str] = []
-            room = self.max_pairs - len(rows)
-            if self.unlabelled and room > 0:
-                take = min(room, max(1, len(batch_texts) // 4), len(self.unlabelled))
-                for i in self.rng.choice(len(self.unlabelled), take, replace=False):
+            if reserve:
+                for i in self.rng.choice(len(self.unlabelled), reserve, replace=False):
                     text, options = self.unlabelled[int(i)]
                     extra_orig.append(text)
                     variant_texts.append(options[int(self.rng.integers(len(options)))])
@@ -348,6 +363,7 @@ class PairingLoss:
                     originals, paired, positive=self.positive, weight=self.weight
                 )
                 self.n_pairs += len(variant_texts)
+                self.n_unlabelled_pairs += len(extra_orig)
         if self._group_loss is not None:
             loss = loss + self._group_penalty(batch_texts, batch_logits)
         return loss
@@ -631,6 +647,7 @@ def mitigate_prompt(
             "data_sha256": hashes["content_sha256"],
             "pairs_from": "pair_column" if pair_ids is not None else settings.suite,
             "features": features,
+            "dropout": settings.keep_dropout,
         }
         done = _finished_candidate(candidate, info, config)
         if resume and done is not None:
@@ -667,6 +684,9 @@ def mitigate_prompt(
                 initial_state=initial_state,
                 extra_loss=loss,
                 extra_info={"mitigation": {**info, "n_pairs": loss.n_pairs}},
+                loaded=None
+                if settings.keep_dropout
+                else _base_without_dropout(model, task, len(labels), device),
             )
             n_pairs = loss.n_pairs
             _record_pairs(candidate, n_pairs)
@@ -766,6 +786,59 @@ def _positive_index(labels: list[str], positive_label: str | None) -> int:
     if positive_label not in labels:
         raise InputError(f"positive label {positive_label!r} is not one of the labels {labels}")
     return labels.index(positive_label)
+
+
+def _base_without_dropout(model: str, task, n_labels: int, device: str):
+    """A freshly loaded base model whose dropout layers are switched off (``p = 0``).
+
+    The pairing term compares the margins of two forward passes; with dropout on,
+    their difference includes dropout noise (on MiniLM as large as the identity
+    effect itself), so the penalty is best met by shrinking all margins. With
+    ``p = 0`` training-mode passes equal evaluation-mode ones.
+    """
+    from promptaudit.models import load_base_model
+
+    loaded = load_base_model(model, task=task, num_labels=n_labels, device=device)
+    switch_off_dropout(loaded.model)
+    return loaded
+
+
+_DROPOUT_MODULES = (
+    torch.nn.Dropout,
+    torch.nn.Dropout1d,
+    torch.nn.Dropout2d,
+    torch.nn.Dropout3d,
+    torch.nn.AlphaDropout,
+    torch.nn.FeatureAlphaDropout,
+)
+#: Float attributes through which attention modules read a dropout rate (LLaMA-style
+#: ``attention_dropout``) instead of an ``nn.Dropout`` module.
+_DROPOUT_RATE_ATTRIBUTES = ("attention_dropout", "dropout_rate", "dropout_prob", "dropout_p")
+
+
+def switch_off_dropout(model: torch.nn.Module) -> int:
+    """Set every dropout rate of ``model`` to 0, in place.
+
+    Covers ``nn.Dropout``-family modules (BERT- and GPT-2-style attention read their
+    rate from such a module's ``p``) and float rate attributes of attention modules
+    (:data:`_DROPOUT_RATE_ATTRIBUTES`).
+
+    Returns
+    -------
+    int
+        How many rates were non-zero before.
+    """
+    changed = 0
+    for module in model.modules():
+        if isinstance(module, _DROPOUT_MODULES):
+            changed += module.p > 0
+            module.p = 0.0
+        for name in _DROPOUT_RATE_ATTRIBUTES:
+            value = getattr(module, name, None)
+            if isinstance(value, float) and not isinstance(value, bool):
+                changed += value > 0
+                setattr(module, name, 0.0)
+    return int(changed)
 
 
 def _split(n: int, fraction: float, seed: int, pair_ids: Sequence | None):
