@@ -558,8 +558,8 @@ def test_mitigation_spec_defaults_and_errors():
     from promptaudit.spec import parse_spec
 
     spec = parse_spec(_spec_with({"data": {"path": "train.csv", "label_column": "label"}}))
-    assert spec.mitigation.method == "clp" and spec.mitigation.weights == [1.0, 3.0, 10.0]
-    assert spec.mitigation.max_accuracy_drop == 0.02 and spec.mitigation.epochs == 1
+    assert spec.mitigation.method == "clp" and spec.mitigation.weights == [10.0, 30.0, 100.0]
+    assert spec.mitigation.max_accuracy_drop == 0.02 and spec.mitigation.epochs == 2
     with pytest.raises(SpecError, match="weigths"):
         parse_spec(_spec_with({"data": {"path": "t.csv", "label_column": "l"}, "weigths": [1]}))
     with pytest.raises(SpecError, match="must be >= 0"):

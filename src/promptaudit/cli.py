@@ -21,6 +21,11 @@ from typing import Annotated
 import typer
 from typer.core import TyperGroup
 
+from promptaudit.choices import (
+    DEFAULT_MITIGATION_EPOCHS,
+    DEFAULT_MITIGATION_LEARNING_RATE,
+    DEFAULT_PAIRING_WEIGHTS,
+)
 from promptaudit.errors import InputError, PromptAuditError
 
 # The click that typer runs on (recent typer releases vendor their own copy).
@@ -730,7 +735,7 @@ def mitigate(
     ] = None,
     weights: Annotated[
         str, typer.Option("--weights", help="Comma-separated pairing weights to sweep.")
-    ] = "1,3,10",
+    ] = ",".join(f"{w:g}" for w in DEFAULT_PAIRING_WEIGHTS),
     max_accuracy_drop: Annotated[
         float,
         typer.Option("--max-accuracy-drop", help="Largest accepted validation accuracy drop."),
@@ -749,8 +754,10 @@ def mitigate(
             help="Texts without labels (same text column) added to the pairing loss only.",
         ),
     ] = None,
-    epochs: Annotated[int, typer.Option("--epochs")] = 1,
-    learning_rate: Annotated[float, typer.Option("--learning-rate")] = 0.003,
+    epochs: Annotated[int, typer.Option("--epochs")] = DEFAULT_MITIGATION_EPOCHS,
+    learning_rate: Annotated[
+        float, typer.Option("--learning-rate")
+    ] = DEFAULT_MITIGATION_LEARNING_RATE,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
     max_length: Annotated[int, typer.Option("--max-length")] = 128,
     validation_fraction: Annotated[float, typer.Option("--validation-fraction")] = 0.2,
@@ -776,7 +783,7 @@ def mitigate(
         weight_values = tuple(float(w) for w in weights.split(",") if w.strip())
     except ValueError:
         raise InputError(
-            f"--weights {weights!r}: give comma-separated numbers, e.g. 1,3,10"
+            f"--weights {weights!r}: give comma-separated numbers, e.g. 10,30,100"
         ) from None
     settings = MitigationSettings(
         weights=weight_values,

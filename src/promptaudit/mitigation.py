@@ -45,6 +45,11 @@ import numpy as np
 import pandas as pd
 import torch
 
+from promptaudit.choices import (
+    DEFAULT_MITIGATION_EPOCHS,
+    DEFAULT_MITIGATION_LEARNING_RATE,
+    DEFAULT_PAIRING_WEIGHTS,
+)
 from promptaudit.errors import InputError
 
 __all__ = [
@@ -64,8 +69,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Pairing weights tried when none are given.
-DEFAULT_WEIGHTS = (1.0, 3.0, 10.0)
+#: Pairing weights tried when none are given (defined in :mod:`promptaudit.choices`).
+DEFAULT_WEIGHTS = DEFAULT_PAIRING_WEIGHTS
 #: Files of a PEFT adapter copied from the chosen candidate into the output folder.
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "training_info.json")
 RECORD_FILE = "mitigation.json"
@@ -110,8 +115,8 @@ class MitigationSettings:
 
     weights: tuple[float, ...] = DEFAULT_WEIGHTS
     max_accuracy_drop: float = 0.02
-    epochs: int = 1
-    learning_rate: float = 0.003
+    epochs: int = DEFAULT_MITIGATION_EPOCHS
+    learning_rate: float = DEFAULT_MITIGATION_LEARNING_RATE
     batch_size: int = 32
     max_length: int = 128
     seed: int = 0

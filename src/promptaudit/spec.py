@@ -20,8 +20,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 # The stages' closed choices come from their torch-free module: checking a spec
 # (``promptaudit validate``) never imports torch, transformers or fairlearn.
-from promptaudit.choices import GROUP_METRICS as FAIRNESS_METRICS
 from promptaudit.choices import (
+    DEFAULT_MITIGATION_EPOCHS,
+    DEFAULT_MITIGATION_LEARNING_RATE,
+    DEFAULT_PAIRING_WEIGHTS,
     TRAINING_BOUNDS,
     AttributionMethod,
     Baseline,
@@ -29,6 +31,7 @@ from promptaudit.choices import (
     InitMethod,
     Task,
 )
+from promptaudit.choices import GROUP_METRICS as FAIRNESS_METRICS
 from promptaudit.choices import ProjectionMetric as Metric
 from promptaudit.errors import SpecError
 
@@ -442,9 +445,10 @@ class MitigationSpec(_Strict):
     method: Literal["clp"] = "clp"
     data: MitigationDataSpec
     max_accuracy_drop: float = Field(0.02, ge=0, le=1)
-    weights: list[float] = Field(default_factory=lambda: [1.0, 3.0, 10.0], min_length=1)
-    epochs: int = Field(1, ge=1, le=1000, strict=True)
-    learning_rate: float = Field(0.003, gt=0)
+    weights: list[float] = Field(default_factory=lambda: list(DEFAULT_PAIRING_WEIGHTS),
+                                 min_length=1)
+    epochs: int = Field(DEFAULT_MITIGATION_EPOCHS, ge=1, le=1000, strict=True)
+    learning_rate: float = Field(DEFAULT_MITIGATION_LEARNING_RATE, gt=0)
     batch_size: int = Field(32, ge=1, strict=True)
     validation_fraction: float = Field(0.2, gt=0, lt=1)
     suite: str | None = None  # default: counterfactuals.suite, else builtin:identity
