@@ -88,6 +88,21 @@ def test_renderings_escape_user_text():
     assert "| accuracy | higher | 0.8000 | 0.8000 | +0.0000 | unchanged |" in markdown
 
 
+def test_gate_cells_say_inconclusive_and_how_it_counted():
+    gates = [
+        hand_made_gate("demographic_parity_ratio", passed=True, message="", value=0.86,
+                       status="inconclusive"),
+        hand_made_gate("counterfactual_flip_rate", passed=False, message="", value=0.12,
+                       status="fail", op="<=", threshold=0.05),
+    ]
+    after = {**_result(accuracy=0.8, dp_ratio=0.86, eod=0.2, flip=0.12, name="after"),
+             "gates": gates}
+    markdown = comparison_markdown(compare_results(BEFORE, after))
+    assert "| INCONCLUSIVE, counted as pass (0.8600) |" in markdown
+    assert "| - | FAIL (0.1200) |" in markdown
+    assert "| FAIL (undefined) | - |" in markdown  # BEFORE's entry has no status (early results)
+
+
 def _write(path, result):
     path.write_text(json.dumps(result))
     return path

@@ -11,6 +11,9 @@ from __future__ import annotations
 import html
 from collections.abc import Mapping
 
+from promptaudit.choices import GateStatus
+from promptaudit.result_types import GateResult
+
 __all__ = ["comparison_html", "comparison_markdown", "mitigation_html", "mitigation_markdown"]
 
 
@@ -68,16 +71,22 @@ def comparison_markdown(comparison: Mapping) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _gate_key(gate: Mapping) -> tuple:
-    return (gate.get("metric"), gate.get("feature"), gate.get("op"), gate.get("threshold"))
+def _gate_key(gate: GateResult) -> tuple:
+    return (gate.metric, gate.feature, gate.op, gate.threshold)
 
 
-def _gate_pairs(before: list, after: list) -> list[tuple[str, Mapping | None, Mapping | None]]:
-    """(name, before gate, after gate) matched on metric, feature, operator and threshold."""
+def _gate_pairs(before: list, after: list
+                ) -> list[tuple[str, GateResult | None, GateResult | None]]:
+    """(name, before gate, after gate) matched on metric, feature, operator and threshold.
+
+    Each gate entry is read as a typed :class:`GateResult` (leniently: a partial
+    entry still renders, its missing fields as n/a).
+    """
     keys: dict[tuple, list] = {}
     for side, gates in ((0, before), (1, after)):
-        for gate in gates:
-            if isinstance(gate, Mapping):
+        for entry in gates:
+            if isinstance(entry, Mapping):
+                gate = GateResult.from_dict(dict(entry), strict=False)
                 keys.setdefault(_gate_key(gate), [None, None])[side] = gate
     out = []
     for (metric, feature, op, threshold), (old, new) in keys.items():
@@ -86,10 +95,16 @@ def _gate_pairs(before: list, after: list) -> list[tuple[str, Mapping | None, Ma
     return out
 
 
-def _gate_cell(gate: Mapping | None) -> str:
+def _gate_cell(gate: GateResult | None) -> str:
+    """``PASS (0.91)``, ``FAIL (0.12)`` or ``INCONCLUSIVE, counted as pass (0.86)``."""
     if gate is None:
         return "-"
-    return f"{'PASS' if gate.get('passed') else 'FAIL'} ({_fmt(gate.get('value'))})"
+    status = gate.decided
+    if status is GateStatus.INCONCLUSIVE:
+        word = f"INCONCLUSIVE, counted as {'pass' if gate.passed is True else 'fail'}"
+    else:
+        word = status.value.upper()
+    return f"{word} ({_fmt(gate.value)})"
 
 
 _STYLE = (
