@@ -179,7 +179,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="extra adaptive runs: per-position tolerance = factor x tolerance")
     parser.add_argument("--max-fixed-steps", type=int, default=512)
     parser.add_argument("--baseline", default="zero")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=32,
+                        help="examples per batch (32: what audits use for adaptive steps)")
     parser.add_argument("--internal-batch-size", type=int, default=None)
     parser.add_argument("--train-rows", type=int, default=300)
     parser.add_argument("--prompt", "--prompt-dir", dest="prompt_dir", type=Path, default=None,

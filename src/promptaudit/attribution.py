@@ -93,6 +93,7 @@ __all__ = [
     "MAX_GRADIENT_EVALS_MESSAGE",
     "MIN_GROUP_SIZE_MESSAGE",
     "PromptAdaptiveIntegratedGradients",
+    "audit_batch_size",
     "PathIntegral",
     "adaptive_path_integral",
     "N_SAMPLES_MESSAGE",
@@ -153,6 +154,13 @@ DEFAULT_DELTA_TOLERANCE = 0.02
 #: accurate reference to Pearson r >= 0.998 on the SST-2 and demo prompts, at about half the
 #: gradient evaluations of 1.0.
 POSITION_TOLERANCE_FACTOR = 2.5
+#: Examples per batch that audits use for adaptive integrated gradients
+#: (:func:`audit_batch_size`): late rounds add a few points per example, so more examples
+#: per batch fill the forward passes (24 demo examples in one batch instead of three:
+#: about 1.5x less CPU, the same numbers).
+ADAPTIVE_BATCH_SIZE = 32
+#: Examples per batch that audits use for every other method (``attribute_prompt``'s default).
+BATCH_SIZE = 8
 #: Default cap on gradient evaluations per example (adaptive integrated gradients).
 DEFAULT_MAX_GRADIENT_EVALS = 512
 #: Equal intervals adaptive integrated gradients starts from (``2 * this + 1`` points).
@@ -831,6 +839,14 @@ def _build_method(method: AttributionMethod, prompted: PromptedModel,
     )
 
 
+def audit_batch_size(method: AttributionMethod | str, n_steps: int | str) -> int:
+    """Examples per attribution batch in an audit: :data:`ADAPTIVE_BATCH_SIZE` for
+    adaptive integrated gradients, :data:`BATCH_SIZE` otherwise."""
+    adaptive = (AttributionMethod.parse(method) is AttributionMethod.INTEGRATED_GRADIENTS
+                and _is_auto(n_steps))
+    return ADAPTIVE_BATCH_SIZE if adaptive else BATCH_SIZE
+
+
 def _slice_batch(encoded: EncodedBatch, index: torch.Tensor, length: int) -> EncodedBatch:
     def rows(t, trim=True):
         if t is None:
@@ -889,6 +905,9 @@ def attribute_prompt(
         sampling, so results are reproducible and line up with the data file).
     batch_size : int
         Examples per attribution batch (texts are ordered by length first).
+        Adaptive integrated gradients run faster with more (audits use
+        :func:`audit_batch_size`: 32); results do not depend on it beyond
+        float rounding.
     internal_batch_size : int, optional
         Most rows per forward pass: examples x interpolation steps for
         integrated gradients (Captum's ``internal_batch_size``), examples x
