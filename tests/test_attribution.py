@@ -651,7 +651,10 @@ def test_adaptive_completeness_for_every_example_on_minilm(minilm_seqcls_adapter
         assert abs(total - diff - example["convergence_delta"]) <= 1e-5
     json.dumps(result)
     text = format_attribution_summary(result)
-    assert "Completeness tolerance 0.01: every example within it" in text
+    assert "Completeness tolerance 0.01 (per-position 0.025): every example within both" in text
+    assert result["position_tolerance"] == pytest.approx(POSITION_TOLERANCE_FACTOR * tolerance)
+    assert all(0 <= e["position_error"] <= result["position_tolerance"]
+               for e in result["examples"])
 
 
 def test_fixed_steps_report_convergence_against_the_tolerance(tiny_bert, sentences):
@@ -660,6 +663,8 @@ def test_fixed_steps_report_convergence_against_the_tolerance(tiny_bert, sentenc
     assert [e["converged"] for e in result["examples"]] == [d <= 1e-6 for d in deltas]
     assert result["n_not_converged"] == sum(d > 1e-6 for d in deltas)
     assert result["n_gradient_evals"] == 12 and result["max_gradient_evals"] is None
+    assert result["position_tolerance"] is None
+    assert all(e["position_error"] is None for e in result["examples"])
     ablation = attribute_prompt(tiny_bert, sentences[:2], method="feature_ablation")
     assert ablation["delta_tolerance"] is None and ablation["n_not_converged"] is None
     assert "converged" not in ablation["examples"][0]

@@ -1366,10 +1366,13 @@ def format_attribution_summary(attribution: dict) -> str:
         lines.append(f"Max |convergence delta|: {a['max_convergence_delta']:.2e}")
     if a.get("delta_tolerance") is not None and a.get("n_not_converged") is not None:
         failed = a["n_not_converged"]
-        verdict = ("every example within it" if not failed
+        position = a.get("position_tolerance")
+        within = "every example within it" if position is None else "every example within both"
+        verdict = (within if not failed
                    else f"{failed} of {a['n_examples']} examples NOT converged (attributions "
-                        "do not add up; read them with care)")
-        lines.append(f"Completeness tolerance {a['delta_tolerance']:g}: {verdict}; "
+                        "do not add up, or their positions may be off; read them with care)")
+        scope = "" if position is None else f" (per-position {position:g})"
+        lines.append(f"Completeness tolerance {a['delta_tolerance']:g}{scope}: {verdict}; "
                      f"{a.get('n_gradient_evals')} gradient evaluations")
     lines.append("Per virtual token (mean, mean |.|):")
     scale = max(a["per_position_abs"], default=0.0)
