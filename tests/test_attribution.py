@@ -46,6 +46,7 @@ from promptaudit.attribution import (
     UNKNOWN_SHAPLEY_INPUT_MESSAGE,
     adaptive_path_integral,
     attribute_prompt,
+    audit_batch_size,
     baseline_vector,
     format_attribution_summary,
     group_attribution,
@@ -606,6 +607,12 @@ def test_positions_converge_where_the_sum_alone_would_let_their_errors_cancel():
     # still nested: every point once, the old rule's 5 among them
     assert len(calls) == len(set(calls)) == int(new.n_evals[0]) < 100
     assert set(old_calls) <= set(calls)
+
+
+def test_audits_batch_more_examples_for_adaptive_steps():
+    assert audit_batch_size("integrated_gradients", "auto") == 32
+    assert audit_batch_size("integrated_gradients", 16) == 8
+    assert audit_batch_size("feature_ablation", "auto") == 8
 
 
 def test_a_path_that_hits_the_cap_is_not_converged():
