@@ -692,8 +692,10 @@ def adaptive_path_integral(evaluate, n_paths: int, *, tolerance: float, max_eval
         rounds += 1
         for p in sorted(open_paths):
             pending[p] = []
-            errs = [errors[p].get((a, b)) or errors[p].setdefault(
-                (a, b), _interval_errors(points[p], a, b)) for a, b in intervals[p]]
+            for a, b in intervals[p]:  # each interval's errors once (intervals persist)
+                if (a, b) not in errors[p]:
+                    errors[p][(a, b)] = _interval_errors(points[p], a, b)
+            errs = [errors[p][ab] for ab in intervals[p]]
             if (sum(abs(e[0]) for e in errs) <= tol_sum
                     and sum(e[1] for e in errs) <= tol_pos):
                 converged[p] = True
@@ -743,10 +745,6 @@ def adaptive_path_integral(evaluate, n_paths: int, *, tolerance: float, max_eval
 def _simpson(points: dict, a: float, b: float) -> torch.Tensor:
     m = (a + b) / 2
     return (b - a) / 6 * (points[a][1] + 4 * points[m][1] + points[b][1])
-
-
-def _interval_error(points: dict, a: float, b: float) -> float:
-    return float(_simpson(points, a, b).sum()) - (points[b][0] - points[a][0])
 
 
 def _interval_errors(points: dict, a: float, b: float) -> tuple[float, float]:
