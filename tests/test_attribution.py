@@ -36,6 +36,8 @@ from promptaudit.attribution import (
     N_STEPS_MESSAGE,
     NO_PROMPT_MESSAGE,
     NO_TEXTS_MESSAGE,
+    POSITION_TOLERANCE_FACTOR,
+    POSITION_TOLERANCE_MESSAGE,
     SENSITIVE_ROWS_MESSAGE,
     TARGET_LABEL_MESSAGE,
     TARGET_RANGE_MESSAGE,
@@ -44,6 +46,7 @@ from promptaudit.attribution import (
     UNKNOWN_SHAPLEY_INPUT_MESSAGE,
     adaptive_path_integral,
     attribute_prompt,
+    audit_batch_size,
     baseline_vector,
     format_attribution_summary,
     group_attribution,
@@ -419,6 +422,8 @@ def test_minilm_matches_a_direct_captum_call(minilm_seqcls_adapter, sentences):
         ({"delta_tolerance": 1.5}, DELTA_TOLERANCE_MESSAGE.format(value=1.5)),
         ({"delta_tolerance": float("nan")}, DELTA_TOLERANCE_MESSAGE.format(value=float("nan"))),
         ({"max_gradient_evals": 4}, MAX_GRADIENT_EVALS_MESSAGE.format(value=4)),
+        ({"position_tolerance": 0}, POSITION_TOLERANCE_MESSAGE.format(value=0)),
+        ({"position_tolerance": "loose"}, POSITION_TOLERANCE_MESSAGE.format(value="loose")),
         ({"min_group_size": 0}, MIN_GROUP_SIZE_MESSAGE.format(value=0)),
         ({"n_samples": 0}, N_SAMPLES_MESSAGE.format(value=0)),
         ({"max_examples": 0}, MAX_EXAMPLES_MESSAGE.format(value=0)),
@@ -545,6 +550,7 @@ def test_refinement_reuses_every_evaluation_and_meets_the_tolerance():
         assert points[0] == 0.0 and points[-1] == 1.0
         assert bool(out.converged[path])
         assert float(out.error_bound[path]) <= 1e-3
+        assert float(out.position_error[path]) <= POSITION_TOLERANCE_FACTOR * 1e-3
         assert abs(float(out.delta[path])) <= float(out.error_bound[path]) + 1e-12
         total = float(out.integral[path].sum())
         assert total == pytest.approx(exact_change(path), abs=1e-3)
@@ -552,6 +558,61 @@ def test_refinement_reuses_every_evaluation_and_meets_the_tolerance():
         assert float(out.integral[path][0]) == pytest.approx(0.3 * total, rel=1e-9)
     # far fewer points than a uniform grid fine enough for the transition (1/512)
     assert int(out.n_evals.max()) < 100
+
+
+BUMP_CENTRE, BUMP_WIDTH = 0.3, 0.1
+
+
+def _cancelling_evaluate(calls):
+    """``f(alpha) = alpha`` and ``g = [1/2 + s, 1/2 - s]`` with a bump ``s(alpha) =
+    exp(-((alpha - 0.3) / 0.1) ** 2)``: ``sum(g) = f'`` exactly, so every interval's
+    completeness error is 0, while each component carries the bump with opposite signs."""
+
+    def evaluate(paths, alphas):
+        calls.extend(zip(paths.tolist(), alphas.tolist(), strict=True))
+        bump = torch.exp(-(((alphas - BUMP_CENTRE) / BUMP_WIDTH) ** 2))
+        return alphas.clone(), torch.stack([0.5 + bump, 0.5 - bump], dim=1)
+
+    return evaluate
+
+
+def _bump_integral() -> float:
+    """``int_0^1 s`` in closed form (erf)."""
+    return (BUMP_WIDTH * math.sqrt(math.pi) / 2
+            * (math.erf((1 - BUMP_CENTRE) / BUMP_WIDTH) + math.erf(BUMP_CENTRE / BUMP_WIDTH)))
+
+
+def test_positions_converge_where_the_sum_alone_would_let_their_errors_cancel():
+    exact = np.array([0.5 + _bump_integral(), 0.5 - _bump_integral()])
+    tolerance = 0.01
+    # completeness only (the former rule): the sum is exact at the first 5 points, the
+    # components are off by about 0.085 each
+    old_calls: list = []
+    old = adaptive_path_integral(_cancelling_evaluate(old_calls), 1, tolerance=tolerance,
+                                 max_evals=512, position_tolerance=math.inf)
+    assert old.n_evals.tolist() == [5] and bool(old.converged[0])
+    assert abs(float(old.delta[0])) < 1e-12
+    old_error = np.abs(old.integral[0].numpy() - exact)
+    assert old_error.min() > 0.05
+    # per-position rule: refines the bump until the components are right
+    calls: list = []
+    new = adaptive_path_integral(_cancelling_evaluate(calls), 1, tolerance=tolerance,
+                                 max_evals=512)
+    assert bool(new.converged[0])
+    position_tolerance = POSITION_TOLERANCE_FACTOR * tolerance
+    assert float(new.position_error[0]) <= position_tolerance
+    new_error = np.abs(new.integral[0].numpy() - exact)
+    assert new_error.sum() <= position_tolerance  # the estimate held: L1 error within it
+    assert new_error.sum() < old_error.sum() / 10
+    # still nested: every point once, the old rule's 5 among them
+    assert len(calls) == len(set(calls)) == int(new.n_evals[0]) < 100
+    assert set(old_calls) <= set(calls)
+
+
+def test_audits_batch_more_examples_for_adaptive_steps():
+    assert audit_batch_size("integrated_gradients", "auto") == 32
+    assert audit_batch_size("integrated_gradients", 16) == 8
+    assert audit_batch_size("feature_ablation", "auto") == 8
 
 
 def test_a_path_that_hits_the_cap_is_not_converged():
@@ -597,7 +658,10 @@ def test_adaptive_completeness_for_every_example_on_minilm(minilm_seqcls_adapter
         assert abs(total - diff - example["convergence_delta"]) <= 1e-5
     json.dumps(result)
     text = format_attribution_summary(result)
-    assert "Completeness tolerance 0.01: every example within it" in text
+    assert "Completeness tolerance 0.01 (per-position 0.025): every example within both" in text
+    assert result["position_tolerance"] == pytest.approx(POSITION_TOLERANCE_FACTOR * tolerance)
+    assert all(0 <= e["position_error"] <= result["position_tolerance"]
+               for e in result["examples"])
 
 
 def test_fixed_steps_report_convergence_against_the_tolerance(tiny_bert, sentences):
@@ -606,6 +670,8 @@ def test_fixed_steps_report_convergence_against_the_tolerance(tiny_bert, sentenc
     assert [e["converged"] for e in result["examples"]] == [d <= 1e-6 for d in deltas]
     assert result["n_not_converged"] == sum(d > 1e-6 for d in deltas)
     assert result["n_gradient_evals"] == 12 and result["max_gradient_evals"] is None
+    assert result["position_tolerance"] is None
+    assert all(e["position_error"] is None for e in result["examples"])
     ablation = attribute_prompt(tiny_bert, sentences[:2], method="feature_ablation")
     assert ablation["delta_tolerance"] is None and ablation["n_not_converged"] is None
     assert "converged" not in ablation["examples"][0]

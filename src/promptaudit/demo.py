@@ -61,7 +61,7 @@ def demo_spec(
         "counterfactuals": {"suite": "builtin:identity", "features": ["gender"]},
         "projection": {"top_k": 5, "metric": "cosine"},
         "attribution": {"method": "integrated_gradients", "n_steps": "auto",
-                        "delta_tolerance": 0.02, "baseline": "pad", "max_examples": 24},
+                        "delta_tolerance": 0.02, "baseline": "pad", "max_examples": 16},
         "fairness": {"metrics": ["selection_rate", "accuracy", "true_positive_rate",
                                  "false_positive_rate", "mean_score"],
                      "bootstrap": 2500, "confidence": 0.95, "min_group_size": 30},

@@ -295,11 +295,12 @@ def _typed(section: type[Section], value: dict | None, where: str | None = None)
 # -------------------------------------------------------------------- stages
 def _attribute(prompted, texts, *, processes: AuditProcesses | None, **options) -> dict:
     """Attribution in float32 (:func:`~promptaudit.prompted.float32_model`), sharded if launched."""
-    from promptaudit.attribution import attribute_prompt
+    from promptaudit.attribution import attribute_prompt, audit_batch_size
 
     attribute = attribute_prompt if processes is None else processes.attribute_prompt
+    batch_size = audit_batch_size(options["method"], options["n_steps"])
     with float32_model(prompted) as model:
-        return attribute(model, texts, **options)
+        return attribute(model, texts, batch_size=batch_size, **options)
 
 
 def _load_evaluation_data(spec: AuditSpec) -> tuple[pd.DataFrame, list[str]]:
