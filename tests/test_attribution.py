@@ -760,7 +760,8 @@ def test_html_report_shows_convergence_and_small_groups_honestly():
     page = text_of(render_html(result))
     n = attribution["n_examples"]
     assert f"1 of {n} examples did not converge:" in page
-    assert "within the tolerance 0.02 after 512 gradient evaluations" in page
+    assert ("within the tolerance 0.02, or the estimated errors of their positions add up to "
+            "more than 0.05 after 512 gradient evaluations") in page
     assert "(not converged) 41" in page
     assert "adaptive steps per example, at most 512" in page
     assert "0 (within the integration error)" in page
@@ -768,6 +769,11 @@ def test_html_report_shows_convergence_and_small_groups_honestly():
     for example in attribution["examples"]:
         example["converged"] = True
     attribution["n_not_converged"] = 0
+    page = text_of(render_html(result))
+    assert "every example's attributions add up to its change in score within the " \
+           "tolerance 0.02, and the estimated errors of its positions add up to at most 0.05 " \
+           "(321 gradient evaluations in all)" in page
+    attribution["position_tolerance"] = None  # completeness only (fixed steps, or inf)
     page = text_of(render_html(result))
     assert "every example's attributions add up to its change in score within the " \
            "tolerance 0.02 (321 gradient evaluations in all)" in page
@@ -785,5 +791,8 @@ def test_markdown_summary_states_attribution_convergence():
     result["attribution"].update({"delta_tolerance": 0.02, "n_not_converged": 2})
     assert (f"2 of {n} examples did NOT converge: their attributions do not add up to their "
             "change in score within 0.02") in render_markdown(result)
+    assert ("or the estimated errors of their positions add up to more than 0.05"
+            in render_markdown(result))
     result["attribution"]["n_not_converged"] = 0
     assert f"every one of {n} examples' attributions adds up" in render_markdown(result)
+    assert "positions add up to at most 0.05" in render_markdown(result)

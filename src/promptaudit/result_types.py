@@ -606,8 +606,11 @@ class AttributionExample(Section):
     top_tokens: list[TopToken] = field(default_factory=list)
     #: gradient evaluations this example used (integrated gradients only)
     n_steps: int | None = optional(omit_none=True)
-    #: completeness error within the tolerance (integrated gradients only)
+    #: both tolerances met (integrated gradients only; adaptive: completeness and positions)
     converged: bool | None = optional(omit_none=True)
+    #: estimated sum over positions of the absolute attribution error (adaptive
+    #: integrated gradients; None with fixed steps; absent for other methods)
+    position_error: float | None = optional()
     extra: dict[str, Any] = _extra()
     _absent: frozenset[str] | None = _absent_field()
 
@@ -654,6 +657,8 @@ class AttributionResult(Section):
     n_not_converged: int | None = optional()
     n_gradient_evals: int | None = optional()
     max_gradient_evals: int | None = optional()
+    #: allowed summed per-position error (adaptive integrated gradients; None otherwise)
+    position_tolerance: float | None = optional()
     extra: dict[str, Any] = _extra()
     _absent: frozenset[str] | None = _absent_field()
 

@@ -706,7 +706,14 @@ def _attribution_convergence(attribution: AttributionResult) -> dict[str, Any] |
         "all_converged": failed == 0,
         "n_gradient_evals": _text_or_na(evals),
         "cap": _text_or_na(attribution.max_gradient_evals),
+        "position_tolerance": _position_tolerance(attribution),
     }
+
+
+def _position_tolerance(attribution: AttributionResult) -> str | None:
+    """The allowed summed per-position error (adaptive integrated gradients), or None."""
+    value = as_float(attribution.position_tolerance)
+    return f"{value:g}" if value is not None else None
 
 
 def _attribution_group(feature: str, block: AttributionGroups) -> dict[str, Any]:

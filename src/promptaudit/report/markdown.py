@@ -210,8 +210,13 @@ def _attribution_note(attribution: AttributionResult | None) -> str | None:
     n = attribution.n_examples
     if tolerance is None or failed is None or n is None:
         return None
+    position = as_float(attribution.position_tolerance)
     if failed == 0:
+        positions = (f", and the estimated errors of its positions add up to at most "
+                     f"{position:g}" if position is not None else "")
         return (f"every one of {n} examples' attributions adds up to its change in score "
-                f"within {tolerance:g}")
+                f"within {tolerance:g}{positions}")
+    positions = (f", or the estimated errors of their positions add up to more than "
+                 f"{position:g}" if position is not None else "")
     return (f"{failed} of {n} examples did NOT converge: their attributions do not add up "
-            f"to their change in score within {tolerance:g}; read them with caution")
+            f"to their change in score within {tolerance:g}{positions}; read them with caution")
