@@ -731,8 +731,8 @@ def adaptive_path_integral(evaluate, n_paths: int, *, tolerance: float, max_eval
     ])
     delta = torch.tensor([float(integral[p].sum()) - (points[p][1.0][0] - points[p][0.0][0])
                           for p in range(n_paths)], dtype=torch.float64)
-    finals = [[_interval_errors(points[p], a, b) for a, b in intervals[p]]
-              for p in range(n_paths)]
+    # every final interval's errors were computed in the loop (before it was accepted)
+    finals = [[errors[p][ab] for ab in intervals[p]] for p in range(n_paths)]
     bound = torch.tensor([sum(abs(e[0]) for e in errs) for errs in finals], dtype=torch.float64)
     position = torch.tensor([sum(e[1] for e in errs) for errs in finals], dtype=torch.float64)
     logger.debug("adaptive integrated gradients: %d rounds, %d points", rounds,
