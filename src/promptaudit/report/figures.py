@@ -1,4 +1,8 @@
-"""Report figures: functions that take parts of the result dict and return Figures.
+"""Report figures: functions that take typed sections of the result and return Figures.
+
+Each function reads a typed section (:class:`~promptaudit.result_types.AttributionResult`
+or :class:`~promptaudit.result_types.FairnessResult`); a section given as its JSON
+object is read leniently first (:func:`_attribution`, :func:`_fairness`).
 
 Every function builds a :class:`matplotlib.figure.Figure` directly (Agg canvas, no
 ``pyplot``), so nothing touches global figure state and figures are garbage
@@ -21,13 +25,9 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from promptaudit.report._common import (
-    GROUP_METRIC_LABELS,
-    as_float,
-    as_list,
-    as_mapping,
-)
+from promptaudit.report._common import GROUP_METRIC_LABELS, as_float, as_list
 from promptaudit.report._common import short_text as _short_text
+from promptaudit.result_types import AttributionResult, FairnessResult, FeatureEntry
 
 __all__ = [
     "per_position_bars",
@@ -96,15 +96,31 @@ def _style_axes(axes: Any) -> None:
     axes.tick_params(labelsize=8)
 
 
+def _attribution(section: AttributionResult | Mapping[str, Any]) -> AttributionResult:
+    """The typed ``attribution`` section (its JSON object is read leniently)."""
+    if isinstance(section, AttributionResult):
+        return section
+    return AttributionResult.from_dict(dict(section), strict=False)
+
+
+def _fairness(section: FairnessResult | Mapping[str, Any]) -> FairnessResult:
+    """The typed ``fairness`` section (its JSON object is read leniently)."""
+    if isinstance(section, FairnessResult):
+        return section
+    return FairnessResult.from_dict(dict(section), strict=False)
+
+
 def per_position_bars(
-    attribution: Mapping[str, Any], *, position_labels: Sequence[str] | None = None
+    attribution: AttributionResult | Mapping[str, Any],
+    *,
+    position_labels: Sequence[str] | None = None,
 ) -> Figure:
     """Bar chart of the mean attribution to each virtual-token position.
 
     Parameters
     ----------
-    attribution : mapping
-        The result's ``attribution`` object; reads ``per_position`` (signed mean,
+    attribution : AttributionResult or mapping
+        The result's ``attribution`` section; reads ``per_position`` (signed mean,
         ``(num_virtual_tokens,)``) and, when present, ``per_position_abs`` (mean
         absolute attribution, drawn as markers).
     position_labels : sequence of str, optional
@@ -125,7 +141,8 @@ def per_position_bars(
     >>> fig.axes[0].get_xlabel()
     'Virtual token (prompt position)'
     """
-    values = _numbers(attribution.get("per_position"))
+    attribution = _attribution(attribution)
+    values = _numbers(attribution.per_position)
     if not np.isfinite(values).any():
         raise ValueError("attribution.per_position is empty; nothing to plot")
     n = values.size
@@ -135,7 +152,7 @@ def per_position_bars(
     heights = np.nan_to_num(values)
     colors = [_POSITIVE if v >= 0 else _NEGATIVE for v in heights]
     axes.bar(x, heights, color=colors, width=0.7, label="mean attribution (signed)")
-    absolute = _numbers(attribution.get("per_position_abs"))
+    absolute = _numbers(attribution.per_position_abs)
     if absolute.size == n and np.isfinite(absolute).any():
         axes.plot(x, absolute, linestyle="none", marker="D", markersize=4, color="#444444",
                   label="mean |attribution|")
@@ -151,7 +168,7 @@ def per_position_bars(
 
 
 def attribution_heatmap(
-    attribution: Mapping[str, Any],
+    attribution: AttributionResult | Mapping[str, Any],
     max_examples: int = 20,
     *,
     position_labels: Sequence[str] | None = None,
@@ -160,8 +177,8 @@ def attribution_heatmap(
 
     Parameters
     ----------
-    attribution : mapping
-        The result's ``attribution`` object; reads ``examples[*].prompt_attributions``
+    attribution : AttributionResult or mapping
+        The result's ``attribution`` section; reads ``examples[*].prompt_attributions``
         (``(num_virtual_tokens,)`` each) and ``examples[*].text`` for row labels.
     max_examples : int
         Plot at most this many examples (the first ones).
@@ -180,14 +197,13 @@ def attribution_heatmap(
         If no example has prompt attributions.
     """
     rows, labels = [], []
-    for example in as_list(attribution.get("examples"))[: max(max_examples, 0)]:
-        example = as_mapping(example)
-        values = _numbers(example.get("prompt_attributions"))
+    for example in (_attribution(attribution).examples or [])[: max(max_examples, 0)]:
+        values = _numbers(example.prompt_attributions)
         if np.isfinite(values).any():
             rows.append(values)
-            target = example.get("target_label")
+            target = example.target_label
             suffix = f" \u2192 {target}" if target not in (None, "") else ""
-            labels.append(short_text(example.get("text", ""), 42) + short_text(suffix, 16))
+            labels.append(short_text(example.text or "", 42) + short_text(suffix, 16))
     if not rows:
         raise ValueError("attribution.examples holds no prompt_attributions; nothing to plot")
     width = max(len(r) for r in rows)
@@ -215,7 +231,7 @@ def attribution_heatmap(
 
 
 def group_attribution_chart(
-    attribution: Mapping[str, Any],
+    attribution: AttributionResult | Mapping[str, Any],
     *,
     feature: str | None = None,
     position_labels: Sequence[str] | None = None,
@@ -224,8 +240,8 @@ def group_attribution_chart(
 
     Parameters
     ----------
-    attribution : mapping
-        The result's ``attribution`` object; reads
+    attribution : AttributionResult or mapping
+        The result's ``attribution`` section; reads
         ``by_group.<feature>.groups.<group>`` (``(num_virtual_tokens,)``) and
         ``by_group.<feature>.counts``.
     feature : str, optional
@@ -242,15 +258,17 @@ def group_attribution_chart(
     ValueError
         If ``by_group`` is missing or has no group with values.
     """
-    by_group = as_mapping(attribution.get("by_group"))
+    by_group = _attribution(attribution).by_group or {}
     features = [feature] if feature is not None else list(by_group)
     panels = []
     for name in features:
-        block = as_mapping(by_group.get(name))
-        groups = {str(g): _numbers(v) for g, v in as_mapping(block.get("groups")).items()}
+        block = by_group.get(name)
+        if block is None:
+            continue
+        groups = {str(g): _numbers(v) for g, v in (block.groups or {}).items()}
         groups = {g: v for g, v in groups.items() if np.isfinite(v).any()}
         if groups:
-            panels.append((str(name), groups, as_mapping(block.get("counts"))))
+            panels.append((str(name), groups, block.counts or {}))
     if not panels:
         raise ValueError("attribution.by_group holds no per-group attributions; nothing to plot")
     n = max(v.size for _, groups, _ in panels for v in groups.values())
@@ -280,14 +298,14 @@ def group_attribution_chart(
 
 
 def group_metric_chart(
-    fairness: Mapping[str, Any], feature: str, metric: str = "selection_rate"
+    fairness: FairnessResult | Mapping[str, Any], feature: str, metric: str = "selection_rate"
 ) -> Figure:
     """Horizontal bars of one metric per group with bootstrap-interval error bars.
 
     Parameters
     ----------
-    fairness : mapping
-        The result's ``fairness`` object; reads ``by_feature.<feature>.by_group``
+    fairness : FairnessResult or mapping
+        The result's ``fairness`` section; reads ``by_feature.<feature>.by_group``
         and ``.intervals``. ``feature="intersection"`` (when no feature has that
         name) reads ``fairness.intersection``.
     feature : str
@@ -307,24 +325,27 @@ def group_metric_chart(
     ValueError
         If the feature is unknown or no group has a value for ``metric``.
     """
-    by_feature = as_mapping(fairness.get("by_feature"))
+    fairness = _fairness(fairness)
+    by_feature = fairness.by_feature or {}
+    block: FeatureEntry | None
     if feature in by_feature:
-        block = as_mapping(by_feature[feature])
+        block = by_feature[feature]
         title_feature = feature
-    elif feature == "intersection" and isinstance(fairness.get("intersection"), Mapping):
-        block = as_mapping(fairness["intersection"])
-        title_feature = " \u00d7 ".join(str(f) for f in as_list(fairness.get("sensitive_features")))
+    elif feature == "intersection" and fairness.intersection is not None:
+        block = fairness.intersection
+        title_feature = " \u00d7 ".join(str(f) for f in fairness.sensitive_features or [])
     else:
+        block = None
+    if block is None:
         raise ValueError(f"fairness has no feature {feature!r}")
     rows = []
-    intervals = as_mapping(block.get("intervals"))
-    for group, stats in as_mapping(block.get("by_group")).items():
-        stats = as_mapping(stats)
-        value = as_float(stats.get(metric))
-        interval = as_list(as_mapping(intervals.get(group)).get(metric))
+    intervals = block.intervals or {}
+    for group, stats in (block.by_group or {}).items():
+        value = as_float((stats.metrics or {}).get(metric))
+        interval = (intervals.get(group) or {}).get(metric) or []
         lo = as_float(interval[0]) if len(interval) == 2 else None
         hi = as_float(interval[1]) if len(interval) == 2 else None
-        rows.append((str(group), value, lo, hi, stats.get("small") is True, stats.get("count")))
+        rows.append((str(group), value, lo, hi, stats.small is True, stats.count))
     if not any(value is not None for _, value, *_ in rows):
         raise ValueError(f"fairness feature {feature!r} has no values for {metric!r}")
     label = GROUP_METRIC_LABELS.get(metric, metric)

@@ -435,11 +435,10 @@ def _fairness(
         names = [str(f) for f in fairness.sensitive_features or []]
         label = " \u00d7 ".join(names) + " (intersection)" if names else "Intersection"
         blocks.append(("intersection", label, intersection))
-    as_json = fairness.to_dict()  # the figures module draws from the JSON
     features = []
     for key, label, block in blocks:
         chart = _figure(
-            lambda k=key: figures.group_metric_chart(as_json, k, "selection_rate"),
+            lambda k=key: figures.group_metric_chart(fairness, k, "selection_rate"),
             alt=f"Bar chart of the selection rate for each {label} group with bootstrap "
                 "intervals.",
         )
@@ -627,11 +626,10 @@ def _attribution(
         for values in (block.groups or {}).values()
         for v in values or []
     )
-    as_json = attribution.to_dict()  # the figures module draws from the JSON
     charts = []
     if has_positions:
         charts.append(_figure(
-            lambda: figures.per_position_bars(as_json, position_labels=position_labels),
+            lambda: figures.per_position_bars(attribution, position_labels=position_labels),
             alt="Bar chart of the mean attribution of each prompt position.",
             caption="Mean attribution per virtual token over the attributed examples. Blue bars "
                     "push towards the predicted label, red bars away from it; diamonds show "
@@ -639,14 +637,14 @@ def _attribution(
         ))
     if has_examples:
         charts.append(_figure(
-            lambda: figures.attribution_heatmap(as_json, 20, position_labels=position_labels),
+            lambda: figures.attribution_heatmap(attribution, 20, position_labels=position_labels),
             alt="Heat map of attribution per example (rows) and prompt position (columns).",
             caption="Per example (rows, first 20) and prompt position (columns). Rows that look "
                     "alike mean the prompt acts the same way on every input.",
         ))
     if has_groups:
         charts.append(_figure(
-            lambda: figures.group_attribution_chart(as_json, position_labels=position_labels),
+            lambda: figures.group_attribution_chart(attribution, position_labels=position_labels),
             alt="Line chart of the mean attribution per prompt position for each group.",
             caption="Mean attribution per prompt position for each group. Lines that separate "
                     "show prompt positions that act differently on different groups.",
