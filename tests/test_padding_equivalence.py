@@ -62,6 +62,11 @@ def _peft_one_at_a_time(base_dir, adapter, texts, *, auto_class, read, num_label
     return torch.softmax(torch.stack(rows).double(), dim=-1).numpy()
 
 
+def _classifier_logits(tokenizer, model, text):
+    """A sequence classifier's logits for one text alone (no padding)."""
+    return model(**tokenizer(text, return_tensors="pt")).logits[0]
+
+
 def _ours(base_dir, adapter, texts, **options):
     prompted, _, _ = load_prompted_model(str(base_dir), str(adapter), batch_size=len(texts),
                                          **options)
@@ -76,11 +81,8 @@ def test_gpt2_sequence_classifier_reads_the_last_real_token(tiny_gpt2_dir, tmp_p
     adapter = _adapter(tiny_gpt2_dir, tmp_path / "a", auto_class=Auto, task_type="SEQ_CLS",
                        n_virtual=4, seed=11, num_labels=2)
 
-    def read(tokenizer, model, text):
-        return model(**tokenizer(text, return_tensors="pt")).logits[0]
-
-    reference = _peft_one_at_a_time(tiny_gpt2_dir, adapter, MIXED, auto_class=Auto, read=read,
-                                    num_labels=2)
+    reference = _peft_one_at_a_time(tiny_gpt2_dir, adapter, MIXED, auto_class=Auto,
+                                    read=_classifier_logits, num_labels=2)
     ours = _ours(tiny_gpt2_dir, adapter, MIXED)
     assert np.abs(ours - reference).max() <= TOLERANCE
     # not trivial: the texts get different probabilities
@@ -93,11 +95,8 @@ def test_bert_sequence_classifier_matches_peft_alone(tiny_bert_dir, tmp_path):
     adapter = _adapter(tiny_bert_dir, tmp_path / "a", auto_class=Auto, task_type="SEQ_CLS",
                        n_virtual=3, seed=12, num_labels=2)
 
-    def read(tokenizer, model, text):
-        return model(**tokenizer(text, return_tensors="pt")).logits[0]
-
-    reference = _peft_one_at_a_time(tiny_bert_dir, adapter, MIXED, auto_class=Auto, read=read,
-                                    num_labels=2)
+    reference = _peft_one_at_a_time(tiny_bert_dir, adapter, MIXED, auto_class=Auto,
+                                    read=_classifier_logits, num_labels=2)
     assert np.abs(_ours(tiny_bert_dir, adapter, MIXED) - reference).max() <= TOLERANCE
     assert np.ptp(reference[:, 0]) > 1e-3
 
@@ -228,11 +227,8 @@ def test_attribution_reads_decoder_classifiers_like_peft(tiny_gpt2_dir, tmp_path
     adapter = _adapter(tiny_gpt2_dir, tmp_path / "a", auto_class=Auto, task_type="SEQ_CLS",
                        n_virtual=4, seed=11, num_labels=2)
 
-    def read(tokenizer, model, text):
-        return model(**tokenizer(text, return_tensors="pt")).logits[0]
-
-    reference = _peft_one_at_a_time(tiny_gpt2_dir, adapter, MIXED, auto_class=Auto, read=read,
-                                    num_labels=2)
+    reference = _peft_one_at_a_time(tiny_gpt2_dir, adapter, MIXED, auto_class=Auto,
+                                    read=_classifier_logits, num_labels=2)
     prompted, _, _ = load_prompted_model(str(tiny_gpt2_dir), str(adapter), batch_size=6)
     result = attribute_prompt(prompted, MIXED, n_steps=4, batch_size=6)
     for example, row in zip(result["examples"], reference, strict=True):
