@@ -493,16 +493,11 @@ def test_biased_demo_prompt_gap_shrinks(tmp_path):
 
 
 # --------------------------------------------- `run` with a mitigation section
-def test_run_with_mitigation_section_reports_before_and_after(
-    sensitive_bert_dir, planted_prompt, toy_suite, tmp_path, monkeypatch
-):
-    monkeypatch.setenv("PROMPTAUDIT_SIGNING_KEY", "team-secret")  # the result is signed too
+def _toy_mitigated_spec(tmp_path, sensitive_bert_dir, planted_prompt, toy_suite,
+                        out: str | None) -> Path:
+    """A spec file: the planted prompt on the toy texts, with a one-weight mitigation."""
     import pandas as pd
     import yaml
-    from typer.testing import CliRunner
-
-    from promptaudit.cli import app
-    from promptaudit.results import read_result_json
 
     kinds = ["movie" if "movie" in t else "film" if "film" in t else "other" for t in TOY_TEXTS]
     data = tmp_path / "data.csv"
@@ -523,10 +518,24 @@ def test_run_with_mitigation_section_reports_before_and_after(
         "mitigation": {"data": {"path": str(data), "text_column": "sentence",
                                 "label_column": "label"},
                        "weights": [20.0], "epochs": 2, "learning_rate": 0.05, "batch_size": 8,
-                       "max_accuracy_drop": 1.0, "out": str(tmp_path / "adapter")},
+                       "max_accuracy_drop": 1.0, **({"out": out} if out else {})},
     }
     spec_path = tmp_path / "spec.yaml"
     spec_path.write_text(yaml.safe_dump(spec))
+    return spec_path
+
+
+def test_run_with_mitigation_section_reports_before_and_after(
+    sensitive_bert_dir, planted_prompt, toy_suite, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("PROMPTAUDIT_SIGNING_KEY", "team-secret")  # the result is signed too
+    from typer.testing import CliRunner
+
+    from promptaudit.cli import app
+    from promptaudit.results import read_result_json
+
+    spec_path = _toy_mitigated_spec(tmp_path, sensitive_bert_dir, planted_prompt, toy_suite,
+                                    str(tmp_path / "adapter"))
     outcome = CliRunner().invoke(app, ["run", str(spec_path), "--out", str(tmp_path / "r")])
     assert outcome.exit_code == 0, outcome.output
     result = read_result_json(tmp_path / "r" / "toy-mitigated.json")  # integrity holds
@@ -542,6 +551,41 @@ def test_run_with_mitigation_section_reports_before_and_after(
     summary = (tmp_path / "r" / "toy-mitigated.md").read_text()
     assert "Mitigation (counterfactual logit pairing)" in page
     assert "Before and after" in page and "counterfactual_mean_abs_delta" in summary
+    assert f"mitigated prompt: {tmp_path / 'adapter'}" in outcome.output
+    assert f"Mitigated adapter: <code>{tmp_path / 'adapter'}</code>" in page
+
+
+def test_mitigated_adapter_without_out_goes_to_a_new_private_folder(
+    sensitive_bert_dir, planted_prompt, toy_suite, tmp_path, monkeypatch
+):
+    """Not a fixed path in the shared temp directory that someone could plant an adapter in."""
+    import stat
+    import tempfile
+
+    from typer.testing import CliRunner
+
+    from promptaudit.cli import app
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "shared-tmp"))
+    (tmp_path / "shared-tmp").mkdir()
+    planted = tmp_path / "shared-tmp" / "promptaudit-mitigated" / "toy-mitigated"
+    planted.mkdir(parents=True)  # where the adapter used to go, reused on a re-run
+    (planted / "mitigation.json").write_text("{}")
+    spec_path = _toy_mitigated_spec(tmp_path, sensitive_bert_dir, planted_prompt, toy_suite,
+                                    None)
+    runs = []
+    for name in ("r1", "r2"):
+        outcome = CliRunner().invoke(app, ["run", str(spec_path), "--out", str(tmp_path / name)])
+        assert outcome.exit_code == 0, outcome.output
+        runs.append(json.loads((tmp_path / name / "toy-mitigated.json").read_text()))
+        adapter = Path(runs[-1]["mitigation"]["adapter"])
+        assert adapter.parent == tmp_path / "shared-tmp"
+        assert adapter.name.startswith("promptaudit-mitigated-toy-mitigated-")
+        assert stat.S_IMODE(adapter.stat().st_mode) == 0o700
+        assert (adapter / "adapter_model.safetensors").is_file()
+        assert f"mitigated prompt: {adapter}" in outcome.output
+    assert runs[0]["mitigation"]["adapter"] != runs[1]["mitigation"]["adapter"]
+    assert sorted(p.name for p in planted.iterdir()) == ["mitigation.json"]  # untouched
 
 
 # ------------------------------------------------------------------ the spec

@@ -434,3 +434,38 @@ def test_without_labels_competence_cannot_be_judged(audit, tmp_path):
     from promptaudit.report._common import competence_sentence
 
     assert competence_sentence(result).startswith("Competence cannot be judged: No true labels")
+
+
+def test_prompt_trained_without_out_goes_to_a_new_private_folder(audit, tmp_path, monkeypatch):
+    """Not a fixed path in the shared temp directory: nobody can plant or redirect it."""
+    import stat
+    import tempfile
+
+    from typer.testing import CliRunner
+
+    from promptaudit.cli import app
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    old_place = tmp_path / "promptaudit-trained" / "trained-here"
+    old_place.mkdir(parents=True)  # the former default; a link or planted adapter here was used
+    spec = helpers.base_spec(model=str(audit["folder"] / "model"), prompt="unused",
+                             data=str(audit["folder"] / "eval.csv"), name="trained-here")
+    spec["prompt"] = {"train": {"data": {"path": str(audit["folder"] / "eval.csv"),
+                                         "text_column": "sentence", "label_column": "label"},
+                                "num_virtual_tokens": 4, "epochs": 1, "batch_size": 8}}
+    spec["projection"] = {"enabled": False}
+    spec["attribution"] = {"enabled": False}
+    spec["gates"] = []
+    path = helpers.write_spec(tmp_path / "train.yaml", spec)
+    outcome = CliRunner().invoke(app, ["run", str(path), "--out", str(tmp_path / "r")])
+    assert outcome.exit_code == 0, outcome.output
+    result = yaml.safe_load((tmp_path / "r" / "trained-here.json").read_text())
+    prompt = result["provenance"]["prompt"]
+    trained = Path(prompt["source"])
+    assert prompt["trained_in_audit"] is True
+    assert trained.parent == tmp_path
+    assert trained.name.startswith("promptaudit-trained-trained-here-")
+    assert stat.S_IMODE(trained.stat().st_mode) == 0o700
+    assert (trained / "adapter_model.safetensors").is_file()
+    assert f"trained prompt: {trained}" in outcome.output
+    assert list(old_place.iterdir()) == []

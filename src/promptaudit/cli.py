@@ -870,6 +870,20 @@ def _print_verdict(result: dict, paths: dict) -> None:
     _echo(f"audit {result['audit']['name']}: {verdict}")
     for kind, path in sorted(paths.items()):
         _echo(f"  {kind}: {path}")
+    for kind, path in _written_adapters(result):
+        _echo(f"  {kind}: {path}")
+
+
+def _written_adapters(result: dict) -> list[tuple[str, str]]:
+    """``(what, folder)`` of the adapters the audit wrote (a trained or a mitigated prompt)."""
+    out = []
+    prompt = (result.get("provenance") or {}).get("prompt") or {}
+    if prompt.get("trained_in_audit") and prompt.get("source"):
+        out.append(("trained prompt", str(prompt["source"])))
+    adapter = (result.get("mitigation") or {}).get("adapter")
+    if adapter:
+        out.append(("mitigated prompt", str(adapter)))
+    return out
 
 
 def _command_line() -> str:

@@ -417,7 +417,7 @@ def _prompt_source(spec: AuditSpec, *, progress: bool) -> str:
     label_ids = encode_labels(
         frame[table.label_column], labels, source=table.path, column=table.label_column
     )
-    out = Path(train.out) if train.out else _default_train_dir(spec)
+    out = Path(train.out) if train.out else private_output_dir("trained", spec.name)
     config = TrainingConfig(
         num_virtual_tokens=train.num_virtual_tokens,
         init=InitMethod(train.init),
@@ -443,10 +443,31 @@ def _prompt_source(spec: AuditSpec, *, progress: bool) -> str:
     return str(out)
 
 
-def _default_train_dir(spec: AuditSpec) -> Path:
+def private_output_dir(kind: str, name: str) -> Path:
+    """A new folder, readable by this user only, for an output the spec did not place.
+
+    ``tempfile.mkdtemp`` creates it with mode 0700 under a name nobody can
+    guess in advance. A fixed path in the shared temp directory (what this
+    replaced) could be made in advance by another user, as a link or holding a
+    planted adapter that a later run would write through or reuse.
+
+    Parameters
+    ----------
+    kind : str
+        ``"trained"`` or ``"mitigated"``: the start of the folder name.
+    name : str
+        The audit's name; its letters, digits, ``-``, ``_`` and ``.`` (40 at most)
+        go into the folder name so a user can tell the folders apart.
+
+    Returns
+    -------
+    pathlib.Path
+    """
+    import re
     import tempfile
 
-    return Path(tempfile.gettempdir()) / "promptaudit-trained" / spec.name
+    readable = re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:40]
+    return Path(tempfile.mkdtemp(prefix=f"promptaudit-{kind}-{readable}-"))
 
 
 def _positive_index(spec: AuditSpec, labels: list[str]) -> int:
@@ -779,8 +800,6 @@ def run_audit_with_mitigation(
     dict
         A result JSON object (schema_version "1") with the extra ``mitigation`` key.
     """
-    import tempfile
-
     from promptaudit.compare import compare_results
     from promptaudit.mitigation import MitigationSettings, mitigate_prompt
     mitigation = spec.mitigation
@@ -788,9 +807,8 @@ def run_audit_with_mitigation(
         raise SpecError("mitigation: the spec has no 'mitigation' section")
     before = run_audit(spec, progress=progress, command=command)
     prompt = spec.prompt.path
-    if prompt is None:
-        train = spec.prompt.train
-        prompt = str(Path(train.out) if train.out else _default_train_dir(spec))
+    if prompt is None:  # trained by the audit: where it was written
+        prompt = before["provenance"]["prompt"]["source"]
     table = mitigation.data
     columns = [table.text_column, table.label_column]
     columns += [c for c in (table.pair_column, table.group_column) if c]
@@ -817,9 +835,7 @@ def run_audit_with_mitigation(
         features=tuple(features) if features else None,
         group_weight=mitigation.group_weight,
     )
-    out = Path(mitigation.out) if mitigation.out else (
-        Path(tempfile.gettempdir()) / "promptaudit-mitigated" / spec.name
-    )
+    out = Path(mitigation.out) if mitigation.out else private_output_dir("mitigated", spec.name)
     outcome = mitigate_prompt(
         spec.model.base,
         prompt,

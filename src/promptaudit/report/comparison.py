@@ -181,6 +181,8 @@ def mitigation_markdown(block: Mapping) -> str:
     record = block.get("record") or {}
     lines = ["", "### Mitigation (counterfactual logit pairing)", ""]
     lines.append(_md(record.get("message", "")))
+    if block.get("adapter"):
+        lines += ["", f"Mitigated adapter: {_md(str(block['adapter']))}"]
     if not block.get("mitigated"):
         lines.append("")
         lines.append(
@@ -219,6 +221,8 @@ def mitigation_html(block: Mapping) -> str:
         "<section id='mitigation'><h2>Mitigation (counterfactual logit pairing)</h2>",
         f"<p>{e(str(record.get('message', '')))}</p>",
     ]
+    if block.get("adapter"):
+        parts.append(f"<p>Mitigated adapter: <code>{e(str(block['adapter']))}</code></p>")
     if not block.get("mitigated"):
         parts.append(
             "<p><strong>No weight met the accuracy budget</strong>: this report is the original "
