@@ -123,6 +123,30 @@ def test_prediction_streams_in_batches_and_keeps_input_order(prompted, monkeypat
     np.testing.assert_allclose(probs, one_by_one, atol=1e-5)  # order kept, padding harmless
 
 
+def test_counterfactual_variants_forward_each_new_text_once(prompted, monkeypatch, sentences):
+    """A variant equal to a data text reuses its prediction; repeated variants run once."""
+    from promptaudit.pipeline import predict_variants
+
+    texts = list(sentences[:3])
+    probs = prompted.predict_proba(texts)
+    new_a, new_b = f"{sentences[0]} indeed", f"{sentences[1]} indeed"
+    variants = [new_a, texts[2], new_b, new_a, texts[0], new_b]
+    encoded: list[str] = []
+    real_encode = PromptedModel.encode
+
+    def spy(self, batch):
+        encoded.extend(batch)
+        return real_encode(self, batch)
+
+    monkeypatch.setattr(PromptedModel, "encode", spy)
+    out = predict_variants(prompted, variants, texts, probs)
+    assert encoded == [new_a, new_b] or encoded == [new_b, new_a]  # two forwards for six rows
+    monkeypatch.undo()
+    np.testing.assert_allclose(out, prompted.predict_proba(variants), atol=1e-5)
+    assert (out[1] == probs[2]).all() and (out[4] == probs[0]).all()  # copied, to the bit
+    assert (out[0] == out[3]).all() and (out[2] == out[5]).all()
+
+
 def test_count_truncated_streams_in_chunks(prompted, monkeypatch):
     calls: list[int] = []
     tokenizer = prompted.tokenizer

@@ -24,6 +24,7 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import platform
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -617,9 +618,9 @@ def _counterfactual(spec, prompted, frame, texts, probs, positive, *, progress) 
     cf_probs = np.empty((len(tuples), probs.shape[1]))
     originals = tuples["is_original"].to_numpy(dtype=bool)
     cf_probs[originals] = probs[tuples.loc[originals, "source_index"].to_numpy()]
-    variant_texts = tuples.loc[~originals, "text"].tolist()
-    logger.info("predicting %d counterfactual variants", len(variant_texts))
-    cf_probs[~originals] = prompted.predict_proba(variant_texts, progress=progress)
+    cf_probs[~originals] = predict_variants(
+        prompted, tuples.loc[~originals, "text"].tolist(), texts, probs, progress=progress
+    )
     result = compute_counterfactual(
         tuples["tuple_id"].to_numpy(),
         cf_probs.argmax(axis=1),
@@ -637,6 +638,41 @@ def _counterfactual(spec, prompted, frame, texts, probs, positive, *, progress) 
         by_feature[str(feature)] = {k: sub[k] for k in ("flip_rate", "mean_abs_delta", "n_tuples")}
     result["by_feature"] = by_feature
     return result
+
+
+def predict_variants(prompted, variants: list[str], texts: Sequence[str], probs: np.ndarray,
+                     *, progress: bool = False) -> np.ndarray:
+    """Probabilities of counterfactual variants, each distinct new text forwarded once.
+
+    A variant equal to a text of the evaluation data takes that text's
+    prediction (swapping "he" for "she" in generated data often gives another
+    row); variants that repeat each other are predicted once.
+
+    Parameters
+    ----------
+    prompted : PromptedModel
+    variants : list of str
+        ``(n_variants,)`` variant texts.
+    texts : sequence of str
+        ``(n_rows,)`` the evaluation texts, predicted as ``probs``.
+    probs : numpy.ndarray
+        ``(n_rows, n_labels)`` their probabilities.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n_variants, n_labels)`` float64.
+    """
+    known = {str(text): row for row, text in enumerate(texts)}
+    new = list(dict.fromkeys(v for v in variants if v not in known))
+    logger.info("predicting %d counterfactual variants (%d distinct texts not in the data)",
+                len(variants), len(new))
+    fresh = prompted.predict_proba(new, progress=progress)
+    fresh_row = {text: row for row, text in enumerate(new)}
+    out = np.empty((len(variants), probs.shape[1]), dtype=np.float64)
+    for row, text in enumerate(variants):
+        out[row] = probs[known[text]] if text in known else fresh[fresh_row[text]]
+    return out
 
 
 def _interval_options(spec) -> dict:
