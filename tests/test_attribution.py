@@ -639,6 +639,35 @@ def test_a_batch_equals_its_examples_one_at_a_time(tiny_bert, sentences):
     assert one["n_gradient_evals"] == many["n_gradient_evals"]
 
 
+def test_adaptive_passes_carry_no_padding_their_rows_do_not_need(tiny_bert, sentences,
+                                                                  monkeypatch):
+    """Rows go by length; each pass keeps only the columns of its longest example."""
+    import captum._utils.gradient as gradient
+
+    texts = [sentences[0], f"{sentences[1]} {sentences[2]} {sentences[3]}", sentences[4]]
+    lengths = tiny_bert.encode(texts).attention_mask.sum(dim=1)
+    passes: list[tuple[int, int]] = []
+    real = gradient.compute_gradients
+
+    def spy(forward_fn, inputs, *, additional_forward_args=None, **kwargs):
+        mask = additional_forward_args[0]
+        passes.append((inputs[1].shape[1], int(mask.sum(dim=1).max())))
+        return real(forward_fn, inputs, additional_forward_args=additional_forward_args,
+                    **kwargs)
+
+    monkeypatch.setattr(gradient, "compute_gradients", spy)
+    out = attribute_prompt(tiny_bert, texts, n_steps="auto", batch_size=3,
+                           internal_batch_size=4, delta_tolerance=0.01)
+    assert passes and all(width == longest for width, longest in passes)
+    assert min(width for width, _ in passes) < int(lengths.max())  # short rows went alone
+    monkeypatch.undo()
+    alone = [attribute_prompt(tiny_bert, [t], n_steps="auto", delta_tolerance=0.01)
+             for t in texts]
+    for a, b in zip(out["examples"], alone, strict=True):
+        np.testing.assert_allclose(a["token_attributions"],
+                                   b["examples"][0]["token_attributions"], atol=1e-5)
+
+
 def test_adaptive_completeness_for_every_example_on_minilm(minilm_seqcls_adapter, sentences):
     from promptaudit.prompted import load_prompted_model
 

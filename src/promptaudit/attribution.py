@@ -426,22 +426,33 @@ class PromptAdaptiveIntegratedGradients(PromptAttribution):
         rows_per_pass = self.rows_per_pass(*embeds.shape[:2])
         device = prompt.device
 
+        seq = embeds.shape[1]
+        lengths = additional[0].sum(dim=1).cpu()  # (batch,) real tokens per example
+
         def evaluate(paths: torch.Tensor, alphas: torch.Tensor):
-            f_parts, g_parts = [], []
+            # rows ordered by their example's length, so that each pass can drop the
+            # padding columns none of its rows needs (right padding, masked: exact zeros)
+            order = torch.argsort(lengths[paths], stable=True)
+            f = torch.empty(len(paths), dtype=prompt.dtype, device=device)
+            g = torch.zeros(len(paths), n_virtual + seq, dtype=prompt.dtype, device=device)
             for start in range(0, len(paths), rows_per_pass):
-                ex = paths[start:start + rows_per_pass].to(device)
-                a = alphas[start:start + rows_per_pass].to(device, prompt.dtype).view(-1, 1, 1)
+                chunk = order[start:start + rows_per_pass]
+                ex = paths[chunk].to(device)
+                keep = int(lengths[paths[chunk]].max())
+                a = alphas[chunk].to(device, prompt.dtype).view(-1, 1, 1)
                 scaled = ((prompt0[ex] + a * d_prompt[ex]).requires_grad_(),
-                          (embeds0[ex] + a * d_embeds[ex]).requires_grad_())
-                extra = tuple(None if t is None else t[ex] for t in additional)
+                          (embeds0[ex, :keep] + a * d_embeds[ex, :keep]).requires_grad_())
+                extra = tuple(None if t is None else t[ex] if t.dim() == 1 else t[ex, :keep]
+                              for t in additional)
                 outputs: list[torch.Tensor] = []
                 grads = compute_gradients(functools.partial(self._recorded, outputs), scaled,
                                           target_ind=target[ex], additional_forward_args=extra)
                 rows = torch.arange(len(ex), device=device)
-                f_parts.append(outputs[0].detach()[rows, target[ex]])
-                g_parts.append(torch.cat([(grads[0] * d_prompt[ex]).sum(dim=-1),
-                                          (grads[1] * d_embeds[ex]).sum(dim=-1)], dim=1))
-            return torch.cat(f_parts), torch.cat(g_parts)
+                f[chunk.to(device)] = outputs[0].detach()[rows, target[ex]]
+                g[chunk.to(device), :n_virtual + keep] = torch.cat(
+                    [(grads[0] * d_prompt[ex]).sum(dim=-1),
+                     (grads[1] * d_embeds[ex, :keep]).sum(dim=-1)], dim=1)
+            return f, g
 
         path = adaptive_path_integral(evaluate, prompt.shape[0], tolerance=self.delta_tolerance,
                                       max_evals=self.max_gradient_evals,
