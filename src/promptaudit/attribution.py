@@ -433,8 +433,9 @@ class PromptAdaptiveIntegratedGradients(PromptAttribution):
             # rows ordered by their example's length, so that each pass can drop the
             # padding columns none of its rows needs (right padding, masked: exact zeros)
             order = torch.argsort(lengths[paths], stable=True)
-            f = torch.empty(len(paths), dtype=prompt.dtype, device=device)
-            g = torch.zeros(len(paths), n_virtual + seq, dtype=prompt.dtype, device=device)
+            # float64 on the CPU, where the quadrature reads them (no float64 on MPS)
+            f = torch.empty(len(paths), dtype=torch.float64)
+            g = torch.zeros(len(paths), n_virtual + seq, dtype=torch.float64)
             for start in range(0, len(paths), rows_per_pass):
                 chunk = order[start:start + rows_per_pass]
                 ex = paths[chunk].to(device)
@@ -448,10 +449,10 @@ class PromptAdaptiveIntegratedGradients(PromptAttribution):
                 grads = compute_gradients(functools.partial(self._recorded, outputs), scaled,
                                           target_ind=target[ex], additional_forward_args=extra)
                 rows = torch.arange(len(ex), device=device)
-                f[chunk.to(device)] = outputs[0].detach()[rows, target[ex]]
-                g[chunk.to(device), :n_virtual + keep] = torch.cat(
+                f[chunk] = outputs[0].detach()[rows, target[ex]].cpu().double()
+                g[chunk, :n_virtual + keep] = torch.cat(
                     [(grads[0] * d_prompt[ex]).sum(dim=-1),
-                     (grads[1] * d_embeds[ex, :keep]).sum(dim=-1)], dim=1)
+                     (grads[1] * d_embeds[ex, :keep]).sum(dim=-1)], dim=1).cpu().double()
             return f, g
 
         path = adaptive_path_integral(evaluate, prompt.shape[0], tolerance=self.delta_tolerance,
