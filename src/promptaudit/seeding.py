@@ -26,10 +26,10 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-    deterministic_kernels(torch)
+    deterministic_kernels()
 
 
-def deterministic_kernels(torch) -> None:
+def deterministic_kernels() -> None:
     """Ask torch for deterministic kernels (a warning where an op has none).
 
     ``torch.use_deterministic_algorithms`` also imports ``torch._inductor`` (1.5 s
@@ -38,6 +38,8 @@ def deterministic_kernels(torch) -> None:
     setter, and the public call is the fallback. Either way
     ``torch.are_deterministic_algorithms_enabled()`` is then True.
     """
+    import torch
+
     setter = getattr(torch._C, "_set_deterministic_algorithms", None)
     if setter is None:
         torch.use_deterministic_algorithms(True, warn_only=True)
