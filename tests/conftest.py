@@ -10,12 +10,14 @@ with promptaudit, so the tests compare promptaudit against an independent refere
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
 
 #: Words of the tiny vocabularies; sentences in the tests use only these.
 WORDS = (
@@ -34,6 +36,26 @@ SENTENCES = [
     "the acting was bad",
     "fun",
 ]
+
+
+# Hypothesis profiles for the property suites (gates, ratios, parsers, paths).
+# "default": few examples, so the whole suite stays within its ten-minute budget on two cores.
+# "nightly": many more; run with `python -m pytest --hypothesis-profile nightly -k property`
+# (or HYPOTHESIS_PROFILE=nightly). Counterexamples found are kept as plain tests.
+settings.register_profile(
+    "default",
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    derandomize=True,
+)
+settings.register_profile(
+    "nightly",
+    max_examples=5000,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 def _bytes_to_unicode() -> dict[int, str]:
