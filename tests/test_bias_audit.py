@@ -388,7 +388,7 @@ def test_markdown_escapes_category_names_and_audit_info(payload_result):
     table_lines = [line for line in text.splitlines() if line.startswith("| ")]
     # every table row keeps its column count: no payload adds a cell
     widths = {len(re.split(r"(?<!\\)\|", line)) for line in table_lines}
-    assert widths == {4, 9}
+    assert widths == {4, 14}  # 12 columns: 7 four-fifths + 5 standard-deviation analysis
 
 
 def test_csv_neutralises_formulas_and_round_trips(payload_result):
@@ -397,7 +397,11 @@ def test_csv_neutralises_formulas_and_round_trips(payload_result):
     groups = [row["group"] for row in rows if row["kind"] == "category"]
     expected = {"'" + v if v[0] in "=+-@" else v for v in PAYLOADS.values()}
     assert set(groups) == expected and len(groups) == len(expected)
-    assert not any(cell.startswith(("=", "+", "-", "@")) for row in rows for cell in row.values())
+    # only numbers written by the audit (negative z-scores) may start with "-"
+    numeric = {"z_score"}
+    assert not any(cell.startswith(("=", "+", "-", "@")) for row in rows
+                   for column, cell in row.items() if column not in numeric)
+    assert all(float(row["z_score"]) < 0 for row in rows if row["z_score"].startswith("-"))
     table = payload_result["bias_audit"]["tables"]["group <i>"]
     for row, source in zip([r for r in rows if r["kind"] == "category"], table["rows"],
                            strict=True):

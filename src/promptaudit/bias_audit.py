@@ -27,6 +27,31 @@ Rules (6 RCNY 5-300 to 5-303 and the choices documented in README.md):
   is undefined (``null``, with a warning). A table whose ratios are all undefined, or
   with fewer than two non-excluded categories, has no ``min_impact_ratio``: the gate
   on it fails.
+
+Beside the four-fifths rule every compared category also gets the *standard-deviation
+analysis* courts and agencies use (Castaneda v. Partida, 430 U.S. 482 (1977);
+Hazelwood School District v. United States, 433 U.S. 299 (1977); Uniform Guidelines
+Q&A 18-24), computed in :func:`standard_deviation_test`, and the *shortfall in people*
+(:func:`selections_to_four_fifths`). Neither changes ``flagged``:
+
+- ``z_score``: pooled two-proportion z of the category against the reference, without
+  continuity correction; negative when the category is selected less often.
+  ``z_p_value``: its two-sided normal p-value. ``significant_2sd``: ``z_score <= -2``.
+  When the pooled rate is 0 or 1 (nobody, or everybody, selected in both) the
+  variance is zero and the three are ``null`` with the reason in ``z_note``.
+- ``small_sample``: the category and the reference hold fewer than 30 people
+  together, where the normal approximation is unreliable (read the Fisher p-value).
+- ``selections_to_four_fifths``: the smallest number of extra selections ``x`` for
+  which ``5*(x_g + x)*n_b >= 4*x_b*n_g`` (integer arithmetic, always the 4/5 line
+  whatever ``threshold`` is); 0 when the category meets it. It never exceeds
+  ``n_g - x_g``: the line is at most four fifths of the category, so selecting
+  everyone always reaches it.
+- The reference row has ``z_score``, ``z_p_value``, ``significant_2sd`` and
+  ``small_sample`` ``null`` (it is not compared with itself) and a shortfall of 0;
+  excluded rows and tables without a reference have all five ``null``.
+- The unknown category (missing or ``unknown_values``) is disclosed as
+  ``unknown_count``, ``unknown_selected`` and ``unknown_rate`` (``null`` when
+  nobody is unknown); it is never benchmarked and never the reference.
 """
 
 from __future__ import annotations
@@ -48,9 +73,25 @@ __all__ = [
     "INTERSECTION_SEPARATOR",
     "compute_bias_audit",
     "min_impact_ratio",
+    "selections_to_four_fifths",
+    "standard_deviation_test",
+    "SIGNIFICANCE_SD",
+    "SMALL_SAMPLE_N",
 ]
 
 logger = logging.getLogger(__name__)
+
+#: Standard deviations below the reference at which ``significant_2sd`` is set.
+SIGNIFICANCE_SD = 2.0
+
+#: Fewer people than this in a category and the reference together: ``small_sample``.
+SMALL_SAMPLE_N = 30
+
+#: ``z_note`` when the pooled rate is 0 or 1.
+NOTE_Z_UNDEFINED = (
+    "z-score undefined: {who} selected in both this category and the reference "
+    "(pooled rate {pooled}), so the difference has no variance"
+)
 
 #: Joins feature names ("gender & race") and category names ("female & Black").
 INTERSECTION_SEPARATOR = " & "
@@ -299,11 +340,15 @@ def _table(
         )
     elif defined:
         table_min = float(min(defined))
+    _add_significance(rows, reference)
     unknown_mask = ~known
+    unknown_count = int(unknown_mask.sum())
+    unknown_selected = int(chosen[unknown_mask].sum())
     return {
         "feature": feature,
-        "unknown_count": int(unknown_mask.sum()),
-        "unknown_selected": int(chosen[unknown_mask].sum()),
+        "unknown_count": unknown_count,
+        "unknown_selected": unknown_selected,
+        "unknown_rate": unknown_selected / unknown_count if unknown_count else None,
         "reference_group": None if reference is None else reference["group"],
         "reference_rate": None if reference is None else reference["rate"],
         "min_impact_ratio": table_min,
@@ -324,3 +369,104 @@ def _fisher_p(row: Mapping[str, Any], reference: Mapping[str, Any]) -> float:
         [reference["n_selected"], reference["n"] - reference["n_selected"]],
     ]
     return float(fisher_exact(table, alternative="two-sided").pvalue)
+
+
+# ------------------------------------------------ standard-deviation analysis, shortfall
+def standard_deviation_test(
+    x_g: int, n_g: int, x_b: int, n_b: int
+) -> tuple[float | None, float | None]:
+    """Pooled two-proportion z-test of ``x_g / n_g`` against ``x_b / n_b``.
+
+    ``z = (p_g - p_b) / sqrt(p (1 - p) (1/n_g + 1/n_b))`` with the pooled rate
+    ``p = (x_g + x_b) / (n_g + n_b)``, no continuity correction.
+
+    Parameters
+    ----------
+    x_g, n_g : int
+        Selected and people in the category, ``0 <= x_g <= n_g``, ``n_g >= 1``.
+    x_b, n_b : int
+        The same for the reference.
+
+    Returns
+    -------
+    tuple of (float or None, float or None)
+        ``(z, two_sided_p)``; ``z`` is negative when the category's rate is the lower.
+        ``(None, None)`` when the pooled rate is 0 or 1 (zero variance: undefined).
+
+    Examples
+    --------
+    >>> z, p = standard_deviation_test(10, 50, 25, 50)
+    >>> round(z, 4), round(p, 4)
+    (-3.1449, 0.0017)
+    >>> standard_deviation_test(0, 10, 0, 20)
+    (None, None)
+    """
+    pooled_selected, pooled_n = x_g + x_b, n_g + n_b
+    if pooled_n <= 0 or n_g <= 0 or n_b <= 0 or pooled_selected in (0, pooled_n):
+        return None, None
+    pooled = pooled_selected / pooled_n
+    z = (x_g / n_g - x_b / n_b) / math.sqrt(pooled * (1.0 - pooled) * (1.0 / n_g + 1.0 / n_b))
+    return z, math.erfc(abs(z) / math.sqrt(2.0))
+
+
+def selections_to_four_fifths(x_g: int, n_g: int, x_b: int, n_b: int) -> int:
+    """Extra selections the category needed for its rate to reach 4/5 of the reference's.
+
+    Integer arithmetic: the category is below the line iff ``5*x_g*n_b < 4*x_b*n_g``,
+    and the answer is the smallest ``x >= 0`` with ``5*(x_g + x)*n_b >= 4*x_b*n_g``,
+    i.e. ``ceil(4*x_b*n_g / (5*n_b)) - x_g``. Floating point is off by one for counts
+    such as ``x_b=3, n_b=4, n_g=5``. The answer is at most ``n_g - x_g``, since
+    ``4*x_b*n_g <= 4*n_b*n_g < 5*n_b*n_g``: selecting everyone always reaches the line.
+
+    Parameters
+    ----------
+    x_g, n_g : int
+        Selected and people in the category (``n_g >= 1``).
+    x_b, n_b : int
+        Selected and people in the reference (``n_b >= 1``).
+
+    Returns
+    -------
+    int
+        0 when the category meets the line.
+
+    Examples
+    --------
+    >>> selections_to_four_fifths(3, 5, 3, 4)   # 4/5 of 3/4 is 0.6 = 3/5: met
+    0
+    >>> selections_to_four_fifths(1, 10, 9, 10)
+    7
+    """
+    if 5 * x_g * n_b >= 4 * x_b * n_g:
+        return 0
+    needed = -(-4 * x_b * n_g // (5 * n_b))
+    return needed - x_g
+
+
+def _add_significance(rows: list[dict], reference: Mapping[str, Any] | None) -> None:
+    """Set ``z_score``, ``z_p_value``, ``significant_2sd``, ``small_sample``,
+    ``selections_to_four_fifths`` and ``z_note`` on every row (see the module notes)."""
+    for row in rows:
+        row.update(
+            z_score=None, z_p_value=None, significant_2sd=None, small_sample=None,
+            selections_to_four_fifths=None, z_note=None,
+        )
+        if reference is None or row["excluded"]:
+            continue
+        if row is reference:
+            row["selections_to_four_fifths"] = 0
+            row["z_note"] = "the reference: not compared with itself"
+            continue
+        x_g, n_g, x_b, n_b = row["n_selected"], row["n"], reference["n_selected"], reference["n"]
+        z, p = standard_deviation_test(x_g, n_g, x_b, n_b)
+        row["small_sample"] = n_g + n_b < SMALL_SAMPLE_N
+        row["selections_to_four_fifths"] = selections_to_four_fifths(x_g, n_g, x_b, n_b)
+        if z is None:
+            pooled = (x_g + x_b) / (n_g + n_b)
+            row["z_note"] = NOTE_Z_UNDEFINED.format(
+                who="nobody" if pooled == 0 else "everybody", pooled=f"{pooled:g}"
+            )
+            continue
+        row["z_score"] = z
+        row["z_p_value"] = p
+        row["significant_2sd"] = z <= -SIGNIFICANCE_SD

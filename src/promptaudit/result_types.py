@@ -946,6 +946,13 @@ class BiasAuditRow(Section):
     flagged: bool
     p_value: float | None
     note: str | None
+    # standard-deviation analysis and shortfall (added after the first results)
+    z_score: float | None = optional()
+    z_p_value: float | None = optional()
+    significant_2sd: bool | None = optional()
+    small_sample: bool | None = optional()
+    selections_to_four_fifths: int | None = optional()
+    z_note: str | None = optional()
     extra: dict[str, Any] = _extra()
     _absent: frozenset[str] | None = _absent_field()
 
@@ -961,6 +968,7 @@ class BiasAuditTable(Section):
     reference_rate: float | None
     min_impact_ratio: float | None
     rows: list[BiasAuditRow]
+    unknown_rate: float | None = optional()
     extra: dict[str, Any] = _extra()
     _absent: frozenset[str] | None = _absent_field()
 

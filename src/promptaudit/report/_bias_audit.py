@@ -60,6 +60,12 @@ CSV_COLUMNS = (
     "mode",
     "threshold",
     "note",
+    "z_score",
+    "z_p_value",
+    "significant_2sd",
+    "small_sample",
+    "selections_to_four_fifths",
+    "z_note",
 )
 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -121,6 +127,12 @@ def bias_audit_csv(result: AuditResult | Mapping[str, Any]) -> str | None:
                 "mode": mode,
                 "threshold": threshold,
                 "note": row.note,
+                "z_score": row.z_score,
+                "z_p_value": row.z_p_value,
+                "significant_2sd": row.significant_2sd,
+                "small_sample": row.small_sample,
+                "selections_to_four_fifths": row.selections_to_four_fifths,
+                "z_note": row.z_note,
             }
             writer.writerow([csv_cell(values[column]) for column in CSV_COLUMNS])
         unknown = table.unknown_count
@@ -142,6 +154,12 @@ def bias_audit_csv(result: AuditResult | Mapping[str, Any]) -> str | None:
             "mode": mode,
             "threshold": threshold,
             "note": "unknown or missing category: counted, left out of impact ratios",
+            "z_score": None,
+            "z_p_value": None,
+            "significant_2sd": None,
+            "small_sample": None,
+            "selections_to_four_fifths": None,
+            "z_note": "not benchmarked",
         }
         writer.writerow([csv_cell(values[column]) for column in CSV_COLUMNS])
     return buffer.getvalue()
@@ -207,6 +225,17 @@ def bias_audit_view(result: AuditResult | Mapping[str, Any]) -> dict[str, Any] |
         "not on small numbers. The counts and a two-sided Fisher exact test against the "
         "reference are therefore shown beside each ratio; they are not merged into one "
         "verdict."
+    )
+    intro.append(
+        "Standard-deviation analysis (Castaneda v. Partida; Hazelwood): the z-score is how "
+        "many standard deviations a category's rate lies from the reference's if both had "
+        "the same chance of selection (pooled two-proportion test, no continuity "
+        "correction; negative means selected less often), with its two-sided p-value. "
+        "Courts and agencies treat 2 or more standard deviations below as unlikely to be "
+        "chance; under 30 people in the two categories together the approximation is "
+        "unreliable ('small sample'): read the Fisher p-value instead. The shortfall is "
+        "how many more people the category would have needed selected to reach four "
+        "fifths of the reference's rate. Neither changes the four-fifths flag."
     )
     if exclude_below:
         intro.append(
@@ -289,6 +318,7 @@ def _table_view(
             "flagged": row.flagged is True,
             "excluded": excluded,
             "reference": is_reference,
+            **_significance_view(row, is_reference=is_reference, excluded=excluded),
         })
         if excluded:
             notes.append(
@@ -321,7 +351,33 @@ def _table_view(
         "rows": rows,
         "notes": notes,
         "unknown_count": _count(unknown),
+        "unknown_selected": _count(unknown_selected),
+        "unknown_rate": fmt_num(table.unknown_rate, 3)
+        if as_float(table.unknown_rate) is not None else "\u2014",
         "min_impact_ratio": fmt_num(minimum, 3) if minimum is not None else "undefined",
+    }
+
+
+def _significance_view(row: Any, *, is_reference: bool, excluded: bool) -> dict[str, str]:
+    """Display strings ``z_score``, ``z_p_value``, ``sd2``, ``small_sample``, ``shortfall``."""
+    dash = "\u2014"
+    if is_reference:
+        return {"z_score": "reference", "z_p_value": dash, "sd2": dash, "small_sample": dash,
+                "shortfall": _count(row.selections_to_four_fifths)}
+    if excluded:
+        return {"z_score": dash, "z_p_value": dash, "sd2": dash, "small_sample": dash,
+                "shortfall": dash}
+    z = as_float(row.z_score)
+    small = row.small_sample
+    return {
+        "z_score": f"{z:.2f}" if z is not None else "undefined",
+        "z_p_value": _fmt_p(float(row.z_p_value)) if as_float(row.z_p_value) is not None
+        else dash,
+        "sd2": dash if row.significant_2sd is None
+        else ("yes (2 SD or more below)" if row.significant_2sd else "no"),
+        "small_sample": dash if small is None else ("yes (under 30 people)" if small else "no"),
+        "shortfall": _count(row.selections_to_four_fifths)
+        if row.selections_to_four_fifths is not None else dash,
     }
 
 
