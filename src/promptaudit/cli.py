@@ -849,6 +849,23 @@ def compare(
     raise typer.Exit(EXIT_OK if comparison["passed"] else EXIT_GATE_FAILED)
 
 
+@app.command()
+@handle_errors
+def card(
+    result: Annotated[Path, typer.Argument(help="A result JSON written by `promptaudit run`.")],
+    adapter: Annotated[
+        Path, typer.Option("--adapter", help="The adapter folder whose README.md to write.")
+    ],
+) -> None:
+    """Write or update the adapter's Hugging Face model card (README.md) from a result."""
+    _configure_logging(False)
+    from promptaudit.report.model_card import write_model_card
+    from promptaudit.results import read_result_json
+
+    path = write_model_card(read_result_json(result), adapter, result_path=result)
+    _echo(f"model card: {path}")
+
+
 # ------------------------------------------------------------------ helpers
 def _gate_word(entry: dict) -> str:
     return "INCONCLUSIVE  " if entry.get("status") == "inconclusive" else (
