@@ -335,17 +335,32 @@ def run(
         list[str] | None,
         typer.Option("--set", help="Override a spec key: dotted.key=value (repeatable)."),
     ] = None,
+    pdf: Annotated[
+        bool,
+        typer.Option("--pdf", help="Also write <name>.pdf (headless Chromium print-to-PDF)."),
+    ] = False,
     verbose: VerboseOption = False,
 ) -> None:
     """Run an audit and write <name>.html, .json, .junit.xml and .md into --out."""
     _configure_logging(verbose)
     from promptaudit.runner import run_audit_command
 
+    engine = None
+    if pdf:  # before any work: no engine is bad input, found at once
+        from promptaudit.report.pdf import require_pdf_engine
+
+        engine = require_pdf_engine()
     # Under `accelerate launch` / `torchrun` every process runs the audit; the main one
     # writes the reports, and every process returns (or raises) the same outcome.
     outcome = run_audit_command(
         audit, out, set_ or [], progress=_show_progress(), command=_command_line()
     )
+    if outcome.result is not None and engine is not None and "json" in outcome.paths:
+        from promptaudit.report.pdf import write_pdf
+
+        outcome.paths["pdf"] = write_pdf(
+            outcome.result, Path(outcome.paths["json"]).with_suffix(".pdf"), engine=engine
+        )
     if outcome.result is not None:
         _print_verdict(outcome.result, outcome.paths)
     raise typer.Exit(EXIT_OK if outcome.passed else EXIT_GATE_FAILED)
@@ -847,6 +862,27 @@ def compare(
         for kind, path in sorted(write_comparison(comparison, out).items()):
             typer.echo(f"  {kind}: {path}")
     raise typer.Exit(EXIT_OK if comparison["passed"] else EXIT_GATE_FAILED)
+
+
+@app.command("pdf")
+@handle_errors
+def pdf_command(
+    result: Annotated[Path, typer.Argument(help="A result JSON written by `promptaudit run`.")],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="The PDF to write (default: RESULT with .pdf).")
+    ] = None,
+) -> None:
+    """Render a result's report to PDF (headless Chromium print-to-PDF) for archiving."""
+    _configure_logging(False)
+    from promptaudit.paths import check_outputs_do_not_clobber
+    from promptaudit.report.pdf import require_pdf_engine, write_pdf
+    from promptaudit.results import read_result_json
+
+    target = out if out is not None else result.with_suffix(".pdf")
+    check_outputs_do_not_clobber({"--out": target}, {"result JSON": result})
+    engine = require_pdf_engine()
+    path = write_pdf(read_result_json(result), target, engine=engine)
+    _echo(f"pdf: {path}")
 
 
 @app.command()

@@ -362,7 +362,7 @@ def _significance_view(row: Any, *, is_reference: bool, excluded: bool) -> dict[
     """Display strings ``z_score``, ``z_p_value``, ``sd2``, ``small_sample``, ``shortfall``."""
     dash = "\u2014"
     if is_reference:
-        return {"z_score": "reference", "z_p_value": dash, "sd2": dash, "small_sample": dash,
+        return {"z_score": dash, "z_p_value": dash, "sd2": dash, "small_sample": dash,
                 "shortfall": _count(row.selections_to_four_fifths)}
     if excluded:
         return {"z_score": dash, "z_p_value": dash, "sd2": dash, "small_sample": dash,
