@@ -864,6 +864,42 @@ def compare(
     raise typer.Exit(EXIT_OK if comparison["passed"] else EXIT_GATE_FAILED)
 
 
+@app.command()
+@handle_errors
+def trend(
+    results: Annotated[
+        list[Path], typer.Argument(help="Result JSONs of the same audit, one per period.")
+    ],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Write trend.html/.md/.json here.")
+    ] = None,
+    drift_alert: Annotated[
+        float,
+        typer.Option("--drift-alert", help="Flag an impact ratio that moves more than this."),
+    ] = 0.05,
+) -> None:
+    """Bias-audit rates and impact ratios across audit periods; exit 1 on a flag."""
+    _configure_logging(False)
+    from promptaudit.paths import check_outputs_do_not_clobber
+    from promptaudit.report.trend import TREND_FILES, trend_markdown, write_trend
+    from promptaudit.results import read_result_json
+    from promptaudit.trend import compute_trend
+
+    if out is not None:
+        outputs = {"--out": out, **{name: out / name for name in TREND_FILES.values()}}
+        check_outputs_do_not_clobber(
+            outputs, {f"result {i + 1}": path for i, path in enumerate(results)}
+        )
+    data = [read_result_json(path) for path in results]
+    computed = compute_trend(data, sources=[str(path) for path in results],
+                             drift_alert=drift_alert)
+    typer.echo(escape_controls(trend_markdown(computed)), nl=False)
+    if out is not None:
+        for kind, path in sorted(write_trend(computed, out).items()):
+            _echo(f"  {kind}: {path}")
+    raise typer.Exit(EXIT_GATE_FAILED if computed["flagged"] else EXIT_OK)
+
+
 @app.command("pdf")
 @handle_errors
 def pdf_command(

@@ -415,6 +415,10 @@ class AuditInfoSpec(_Strict):
     data_kind: str | None = None
     test_data_statement: str | None = None
     distribution_date: str | None = None
+    #: First and last day of the data audited (``promptaudit trend`` orders periods by
+    #: them): ISO dates ``YYYY-MM-DD``, ``data_start <= data_end``.
+    data_start: str | None = None
+    data_end: str | None = None
 
     @field_validator("*", mode="before")
     @classmethod
@@ -426,6 +430,31 @@ class AuditInfoSpec(_Strict):
         if isinstance(value, int | float) and not isinstance(value, bool):
             return str(value)
         return value
+
+    @field_validator("data_start", "data_end")
+    @classmethod
+    def _iso_date(cls, value: str | None) -> str | None:
+        import datetime as _dt
+
+        if value is None:
+            return None
+        try:
+            if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value.strip()):
+                raise ValueError(value)
+            return _dt.date.fromisoformat(value.strip()).isoformat()
+        except ValueError:
+            raise ValueError(
+                f"{value!r} is not a date; allowed: an ISO date YYYY-MM-DD (e.g. 2026-01-31)"
+            ) from None
+
+    @model_validator(mode="after")
+    def _period_order(self) -> AuditInfoSpec:
+        if self.data_start and self.data_end and self.data_start > self.data_end:
+            raise ValueError(
+                f"data_start {self.data_start} is after data_end {self.data_end}; "
+                "the audited period must start on or before its end"
+            )
+        return self
 
 
 class MitigationDataSpec(_Strict):

@@ -43,6 +43,8 @@ AUDIT_INFO_LABELS: dict[str, str] = {
     "data_kind": "Kind of data",
     "test_data_statement": "Test data: why it was used and how it was made",
     "distribution_date": "Distribution date of the tool",
+    "data_start": "First day of the data audited",
+    "data_end": "Last day of the data audited",
 }
 
 CSV_COLUMNS = (

@@ -1,0 +1,210 @@
+"""The trend across audit periods as Markdown, a self-contained HTML page and JSON.
+
+:func:`trend_markdown` (printed by ``promptaudit trend`` and written as ``trend.md``),
+:func:`trend_html` (``trend.html``: the tables and one matplotlib chart per bias-audit
+table, embedded as PNG ``data:`` URIs; jinja2 autoescape on every piece of user text)
+and :func:`write_trend` (the three files, atomically). :func:`trend_figure` returns the
+chart: per category its impact ratio over the periods with its interval, and the
+four-fifths line.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+
+from promptaudit.report._common import escape_markdown, fmt_num
+
+__all__ = ["TREND_FILES", "trend_markdown", "trend_html", "trend_figure", "write_trend"]
+
+#: Files ``promptaudit trend --out DIR`` writes.
+TREND_FILES = {"html": "trend.html", "markdown": "trend.md", "json": "trend.json"}
+
+_TEMPLATE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<title>promptaudit trend: {{ audit }}</title>
+<style>
+body { font-family: system-ui, sans-serif; max-width: 70rem; margin: 2rem auto;
+       padding: 0 1rem; color: #1b1b1b; }
+table { border-collapse: collapse; margin: .5rem 0 1rem; font-size: .85rem; break-inside: avoid; }
+th, td { border-bottom: 1px solid #ddd; padding: .2rem .5rem; text-align: left;
+         vertical-align: top; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+.flag { color: #8a1c1c; font-weight: 700; }
+.ok { color: #1b6b2b; font-weight: 700; }
+img { max-width: 100%; }
+figure { margin: 0 0 1.5rem; break-inside: avoid; }
+</style></head><body>
+<h1>Trend of audit {{ audit }}</h1>
+<p class="{{ 'flag' if flagged else 'ok' }}">{{ headline }}</p>
+<p>{{ explanation }}</p>
+<table><caption>Audit periods</caption>
+<thead><tr><th>Period</th><th>Result</th><th class="num">Rows</th><th>Signed</th></tr></thead>
+<tbody>{% for p in periods %}<tr><td>{{ p.label }}</td><td>{{ p.source }}</td>
+<td class="num">{{ p.n_rows }}</td><td>{{ 'yes' if p.signed else 'no' }}</td></tr>
+{% endfor %}</tbody></table>
+{% if flags %}<h2>Flags</h2><ul>{% for f in flags %}
+<li class="flag">{{ f.kind }}: {{ f.message }}</li>{% endfor %}</ul>{% endif %}
+{% for t in tables %}
+<h2>{{ t.name }}</h2>
+<figure><img src="{{ t.figure }}" alt="{{ t.alt }}"></figure>
+<table><caption>{{ rate_label }} and impact ratio by {{ t.name }}
+({{ confidence }} intervals)</caption>
+<thead><tr><th>Category</th>{% for p in periods %}<th>{{ p.label }}</th>{% endfor %}</tr></thead>
+<tbody>{% for row in t.rows %}<tr><th scope="row">{{ row.group }}</th>
+{% for cell in row.cells %}<td>{{ cell }}</td>{% endfor %}</tr>{% endfor %}</tbody></table>
+{% endfor %}
+</body></html>
+"""
+
+
+def _cell(point: Mapping[str, Any] | None) -> str:
+    if point is None:
+        return "absent"
+    rate = f"rate {fmt_num(point['rate'], 3)}"
+    if point["rate_interval"]:
+        low, high = point["rate_interval"]
+        rate += f" [{low:.3f}, {high:.3f}]"
+    if point["excluded"]:
+        ratio = "excluded"
+    elif point["reference"]:
+        ratio = "reference"
+    elif point["impact_ratio"] is None:
+        ratio = "IR undefined"
+    else:
+        ratio = f"IR {point['impact_ratio']:.3f}"
+        if point["impact_ratio_interval"]:
+            low, high = point["impact_ratio_interval"]
+            ratio += f" [{low:.3f}, {high:.3f}]"
+        if point["flagged"]:
+            ratio += " below the line"
+    return f"{rate}; {ratio} (n {point['n']})"
+
+
+def _headline(trend: Mapping[str, Any]) -> str:
+    n = len(trend["flags"])
+    periods = len(trend["periods"])
+    if n:
+        return (f"FLAGGED: {n} change{'s' if n != 1 else ''} across {periods} periods crossed "
+                f"the {trend['threshold']:g} line or moved more than {trend['drift_alert']:g}.")
+    return (f"No category crossed the {trend['threshold']:g} line or moved more than "
+            f"{trend['drift_alert']:g} across {periods} periods.")
+
+
+_EXPLANATION = (
+    "Impact ratio (IR): a category's rate divided by the most-selected category's rate in "
+    "the same period. A category is flagged when its impact ratio crosses the four-fifths "
+    "line between two consecutive periods, or changes by more than the drift alert (point "
+    "values; the intervals beside them show how much of a change the data can tell apart "
+    "from noise: Wilson intervals for rates, Katz log intervals for impact ratios)."
+)
+
+
+def trend_markdown(trend: Mapping[str, Any]) -> str:
+    """The trend as Markdown (every piece of result text escaped)."""
+    e = escape_markdown
+    lines = [f"## Trend of audit {e(trend['audit'])}", "", f"**{e(_headline(trend))}**", "",
+             e(_EXPLANATION), "", "| Period | Result | Rows | Signed |",
+             "| --- | --- | ---: | --- |"]
+    for p in trend["periods"]:
+        lines.append(f"| {e(p['label'])} | {e(p['source'])} | {e(p['n_rows'])} | "
+                     f"{'yes' if p['signed'] else 'no'} |")
+    if trend["flags"]:
+        lines += ["", "### Flags", ""]
+        lines += [f"- {e(f['kind'])}: {e(f['message'])}" for f in trend["flags"]]
+    for name, series in trend["tables"].items():
+        lines += ["", f"### {e(name)}", "",
+                  "| Category | " + " | ".join(e(p["label"]) for p in trend["periods"]) + " |",
+                  "| --- |" + " --- |" * len(trend["periods"])]
+        for group, points in series.items():
+            lines.append(f"| {e(group)} | " + " | ".join(e(_cell(p)) for p in points) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def trend_figure(trend: Mapping[str, Any], table: str) -> Figure:
+    """Impact ratio per category over the periods (whiskers: its interval) and the line.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        One axes: x the periods in time order, y the impact ratio.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from promptaudit.report.figures import short_text
+
+    figure = Figure(figsize=(7.5, 3.6), dpi=100, layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    periods = trend["periods"]
+    xs = list(range(len(periods)))
+    series = trend["tables"][table]
+    for offset, (group, points) in enumerate(series.items()):
+        shift = (offset - (len(series) - 1) / 2) * 0.04
+        px, py, low, high = [], [], [], []
+        for x, point in zip(xs, points, strict=True):
+            if point is None or point["excluded"] or point["impact_ratio"] is None:
+                continue
+            ratio = float(point["impact_ratio"])
+            interval = point["impact_ratio_interval"] or [ratio, ratio]
+            px.append(x + shift)
+            py.append(ratio)
+            low.append(max(0.0, ratio - interval[0]))
+            high.append(max(0.0, interval[1] - ratio))
+        if px:
+            axes.errorbar(px, py, yerr=[low, high], marker="o", capsize=3,
+                          label=short_text(group, 30))
+    axes.axhline(trend["threshold"], color="#8a1c1c", linestyle="--", linewidth=1,
+                 label=f"{trend['threshold']:g} line")
+    axes.set_xticks(xs, [short_text(p["data_end"], 12) for p in periods])
+    axes.set_xlabel("audit period (end date)")
+    axes.set_ylabel("impact ratio")
+    axes.set_title(short_text(f"Impact ratio by {table} over audit periods", 80), loc="left",
+                   parse_math=False)
+    axes.legend(fontsize=7, loc="best")
+    return figure
+
+
+def trend_html(trend: Mapping[str, Any]) -> str:
+    """The trend as one self-contained HTML page (figures embedded, no external reference)."""
+    import jinja2
+
+    from promptaudit.report.figures import figure_to_data_uri
+
+    environment = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
+    tables = []
+    for name, series in trend["tables"].items():
+        tables.append({
+            "name": name,
+            "figure": figure_to_data_uri(trend_figure(trend, name)),
+            "alt": f"Impact ratio by {name} over {len(trend['periods'])} audit periods",
+            "rows": [{"group": group, "cells": [_cell(p) for p in points]}
+                     for group, points in series.items()],
+        })
+    rate_label = "Scoring rate" if trend.get("mode") == "scoring" else "Selection rate"
+    return environment.from_string(_TEMPLATE).render(
+        audit=str(trend["audit"]), headline=_headline(trend), explanation=_EXPLANATION,
+        flagged=trend["flagged"], periods=trend["periods"], flags=trend["flags"],
+        tables=tables, rate_label=rate_label, confidence=f"{trend['confidence']:.0%}",
+    )
+
+
+def write_trend(trend: Mapping[str, Any], out_dir: str | Path) -> dict[str, str]:
+    """Write ``trend.html``, ``trend.md`` and ``trend.json`` into ``out_dir`` atomically.
+
+    All three are rendered before any is written.
+    """
+    from promptaudit.atomic import atomic_write_text, prepare_output_dir
+
+    texts = {
+        "html": trend_html(trend),
+        "markdown": trend_markdown(trend),
+        "json": json.dumps(trend, indent=1, sort_keys=True) + "\n",
+    }
+    out = prepare_output_dir(out_dir)
+    return {kind: str(atomic_write_text(out / TREND_FILES[kind], text))
+            for kind, text in texts.items()}
