@@ -120,6 +120,10 @@ def test_reference_excluded_and_degenerate_rows_say_why(screening_audit):
     assert len(compared) == 1 and compared[0]["z_score"] is None
     assert compared[0]["z_p_value"] is None and compared[0]["significant_2sd"] is None
     assert "nobody" in compared[0]["z_note"]
+    page = render_html({"audit": {"name": "n"}, "gates": [], "passed": True,
+                        "bias_audit": compute_bias_audit(frame, selected=[False] * 20,
+                                                         exclude_below=0)})
+    assert "z-score undefined: nobody selected" in page  # the report says why, too
     # everybody selected: pooled rate 1
     rows = rows_by_group(compute_bias_audit(frame, selected=[True] * 20, exclude_below=0)
                          ["tables"]["g"])

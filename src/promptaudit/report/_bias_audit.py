@@ -327,6 +327,8 @@ def _table_view(
                 f"{group}: {row.note or 'left out of impact ratios'}; its count and "
                 "rate are still shown."
             )
+        elif not is_reference and row.z_score is None and row.z_note:
+            notes.append(f"{group}: {row.z_note}.")
     if reference is not None:
         ref_rate = as_float(table.reference_rate)
         notes.insert(0, f"Impact ratios are relative to {reference}, the category with the "
