@@ -378,3 +378,46 @@ def test_use_bound_combines_every_feature_too():
     entry = evaluate_gates([{"metric": "demographic_parity_ratio", "min": 0.2,
                              "use_bound": True}], result)[0]
     assert (entry["status"], entry["value"]) == ("fail", None)
+
+
+# ------------------------------------------- issue 22: an exact 4/5 ratio meets 0.8
+
+
+def _four_fifths_result() -> dict:
+    """Group A 20 of 30 selected, B 25 of 30: every ratio is exactly 4/5."""
+    import pandas as pd
+
+    from promptaudit.bias_audit import compute_bias_audit
+    from promptaudit.fairness import compute_group_fairness
+
+    frame = pd.DataFrame({"group": ["A"] * 30 + ["B"] * 30})
+    selected = [1] * 20 + [0] * 10 + [1] * 25 + [0] * 5
+    fairness = compute_group_fairness(selected, sensitive_features=frame, bootstrap=0,
+                                      min_group_size=1)
+    bias = compute_bias_audit(frame, selected=[bool(x) for x in selected])
+    return {"task": {"n_examples": 60}, "fairness": fairness, "bias_audit": bias}
+
+
+@pytest.mark.parametrize("metric", ["demographic_parity_ratio", "min_impact_ratio"])
+def test_an_exact_four_fifths_ratio_passes_a_min_08_gate(metric):
+    result = _four_fifths_result()
+    value, _ = metric_value(result, metric)
+    assert value == (20 / 30) / (25 / 30) == 0.7999999999999999  # the float is under 0.8
+    for gate in ({"metric": metric, "min": 0.8},
+                 {"metric": metric, "min": 0.8, "feature": "group"}):
+        if metric == "min_impact_ratio" and "feature" in gate:
+            continue
+        entry = evaluate_gates([gate], result)[0]
+        assert (entry["status"], entry["passed"]) == ("pass", True), entry["message"]
+    # just above 4/5 still fails
+    entry = evaluate_gates([{"metric": metric, "min": 0.8000001}], result)[0]
+    assert entry["status"] == "fail"
+
+
+def test_a_hand_edited_value_keeps_its_float_verdict():
+    # exact_disparities that do not agree with the float value are not used
+    result = _four_fifths_result()
+    block = result["fairness"]["by_feature"]["group"]
+    block["disparities"]["demographic_parity_ratio"] = 0.7
+    assert evaluate_gates([{"metric": "demographic_parity_ratio", "min": 0.8}],
+                          result)[0]["status"] == "fail"
