@@ -47,7 +47,7 @@ import pandas as pd
 from scipy.stats import fisher_exact
 
 from promptaudit.errors import DataError
-from promptaudit.ratios import ratio_at_least
+from promptaudit.ratios import exact_threshold, ratio_at_least
 from promptaudit.spec import BiasAuditMode
 
 __all__ = [
@@ -256,7 +256,7 @@ def _table(
                 "n_selected": n_selected,
                 "rate": n_selected / n,
                 "share": share,
-                "excluded": share < exclude_below,
+                "excluded": Fraction(n, n_rows) < exact_threshold(exclude_below),
                 "impact_ratio": None,
                 "flagged": False,
                 "p_value": None,
