@@ -436,8 +436,8 @@ def bootstrap_bytes(
         return 0
     metrics = 2 if has_labels else 1
     widest = 0
-    for name, count in groups.items():
-        pairs = count - 1 if name in referenced else count * (count - 1) // 2
+    for name, size in groups.items():
+        pairs = size - 1 if name in referenced else size * (size - 1) // 2
         gaps = metrics * pairs
         if gaps and bootstrap >= min_resamples(confidence, gaps):
             widest = max(widest, gaps)
@@ -477,18 +477,25 @@ def check_fairness_work(
         return
     text = frame.astype(str).apply(lambda column: column.str.strip())
     groups = {str(name): int(text[name].nunique(dropna=False)) for name in text.columns}
-    for name, count in groups.items():
-        if count * 2 > n:
+    for name, size in groups.items():
+        if size * 2 > n:
             raise InputError(
-                f"sensitive feature {name!r} has {count} distinct values in {n} rows (more than "
+                f"sensitive feature {name!r} has {size} distinct values in {n} rows (more than "
                 "half as many groups as rows): it looks like an identifier, not a group; leave "
                 "it out of data.sensitive_features"
             )
-    if intersection and len(groups) > 1:
-        groups[INTERSECTION_SEPARATOR.join(groups)] = int(len(text.drop_duplicates()))
-    referenced = set(groups) if isinstance(reference_group, str) and (
-        reference_group != BETWEEN_GROUPS
-    ) else set(reference_group or {}) if isinstance(reference_group, Mapping) else set()
+    features = list(groups)
+    if isinstance(reference_group, Mapping):
+        referenced = {str(name) for name in reference_group} & set(features)
+    elif reference_group is not None and reference_group != BETWEEN_GROUPS:
+        referenced = set(features)
+    else:
+        referenced = set()
+    if intersection and len(features) > 1:
+        joint = INTERSECTION_SEPARATOR.join(features)
+        groups[joint] = int(len(text.drop_duplicates()))
+        if referenced == set(features):
+            referenced.add(joint)
     needed = bootstrap_bytes(
         bootstrap, groups, confidence=confidence, has_labels=has_labels, referenced=referenced
     )
