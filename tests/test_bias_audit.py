@@ -506,3 +506,17 @@ def test_pipeline_bias_audit_matches_independent_predictions(tiny_run):
     assert groups[MISSING_GROUP]["count"] == 2 and groups["unknown"]["count"] == 1
     assert any("2 rows have no value for sensitive feature 'race'" in w
                for w in result["fairness"]["warnings"])
+
+
+def test_an_exact_four_fifths_ratio_is_not_flagged():
+    # issue 22: 20/30 against 25/30 is exactly 4/5; the float ratio is 0.7999999999999999
+    frame = pd.DataFrame({"group": ["A"] * 30 + ["B"] * 30})
+    selected = [True] * 20 + [False] * 10 + [True] * 25 + [False] * 5
+    rows = compute_bias_audit(frame, selected=selected)["tables"]["group"]["rows"]
+    a = rows[0]
+    assert (a["group"], a["impact_ratio"]) == ("A", 0.7999999999999999)
+    assert a["flagged"] is False
+    # one fewer selected in A (19/30: ratio 0.76) is flagged
+    selected[0] = False
+    rows = compute_bias_audit(frame, selected=selected)["tables"]["group"]["rows"]
+    assert rows[0]["flagged"] is True

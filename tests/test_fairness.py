@@ -213,6 +213,7 @@ def test_result_shape_and_json(result):
         "disparities",
         "disparity_intervals",
         "small_groups",
+        "exact_disparities",
         "undefined",
     }
     assert result["reference_group"] == "between_groups"

@@ -236,7 +236,8 @@ def test_inconclusive_policy_decides_passed():
     assert (closed["passed"], opened["passed"]) == (False, True)
     assert closed["message"].startswith(
         "demographic_parity_ratio (worst over features) = 0.6 (point) is INCONCLUSIVE "
-        "against >= 0.8: race (0.6) has a 95% interval [0.4, 0.85] that straddles it")
+        "against >= 0.8: 95% intervals straddle it for gender (0.9) [0.7, 1]; "
+        "race (0.6) [0.4, 0.85]")
     assert closed["message"].endswith("fails under gate_policy.inconclusive: fail")
     with pytest.raises(SpecError, match="gate_policy.inconclusive: 'maybe' is not allowed"):
         evaluate_gates([gate], RESULT, inconclusive="maybe")
@@ -305,3 +306,118 @@ def test_an_inconclusive_worst_value_gate_names_every_undecided_feature():
     # gender 0.9 in [0.7, 1] and race 0.8 in [0.5, 0.95] both straddle 0.75
     assert ("95% intervals straddle it for gender (0.9) [0.7, 1]; race (0.8) [0.5, 0.95]"
             in entry["message"]), entry["message"]
+
+
+# ------------------------------------------- issue 22: every feature counts (three-state rule)
+
+
+def _two_features(metric: str, cohort: tuple, site: tuple) -> dict:
+    """A result with ``cohort`` and ``site`` as ``(value, interval)``, the worst as the contract."""
+    higher = metric.endswith("ratio")
+    worst = min if higher else max
+    values = {"cohort": cohort, "site": site}
+    name = worst(values, key=lambda k: values[k][0])
+    return {
+        "task": {"n_examples": 600},
+        "fairness": {
+            "bootstrap": 1000, "confidence": 0.95,
+            "by_feature": {k: {"disparities": {metric: v}, "disparity_intervals": {metric: i}}
+                           for k, (v, i) in values.items()},
+            "disparities": {metric: values[name][0]},
+            "disparity_intervals": {metric: values[name][1]},
+        },
+    }
+
+
+@pytest.mark.parametrize("policy", ["fail", "pass"])
+def test_a_decisive_failure_is_not_hidden_behind_an_inconclusive_worst_feature(policy):
+    # The issue's case: cohort 0.50 in [0.29, 0.77] fails 0.8 outright; site 0.356 in [0, 1]
+    # is the worst value but straddles. Old code: INCONCLUSIVE (and exit 0 under pass).
+    result = _two_features("demographic_parity_ratio", (0.5, [0.29, 0.77]), (0.356, [0.0, 1.0]))
+    entry = evaluate_gates([{"metric": "demographic_parity_ratio", "min": 0.8}], result,
+                           inconclusive=policy)[0]
+    assert (entry["status"], entry["passed"], entry["value"]) == ("fail", False, 0.356)
+    assert entry["rows_to_decide"] is None
+    assert "cohort (0.5) (interval [0.29, 0.77]) fails it decisively" in entry["message"]
+    # the same data gated on the feature fails too
+    alone = evaluate_gates([{"metric": "demographic_parity_ratio", "min": 0.8,
+                             "feature": "cohort"}], result, inconclusive=policy)[0]
+    assert alone["status"] == "fail"
+
+
+def test_a_max_gate_fails_on_any_decisive_feature():
+    # site 0.4 in [0, 0.9] straddles 0.2 and is the worst; cohort 0.3 in [0.25, 0.35] fails.
+    result = _two_features("demographic_parity_difference", (0.3, [0.25, 0.35]),
+                           (0.4, [0.0, 0.9]))
+    entry = evaluate_gates([{"metric": "demographic_parity_difference", "max": 0.2}], result,
+                           inconclusive="pass")[0]
+    assert (entry["status"], entry["passed"], entry["value"]) == ("fail", False, 0.4)
+
+
+def test_rows_to_decide_comes_from_the_inconclusive_features_only():
+    # cohort passes decisively (0.95 in [0.9, 1]); site straddles: 0.85 in [0.7, 0.95].
+    result = _two_features("demographic_parity_ratio", (0.95, [0.9, 1.0]), (0.85, [0.7, 0.95]))
+    entry = evaluate_gates([{"metric": "demographic_parity_ratio", "min": 0.8}], result)[0]
+    assert entry["status"] == "inconclusive"
+    z, zp = 1.959963984540054, 0.8416212335729143
+    assert entry["rows_to_decide"] == math.ceil(600 * ((z + zp) * 0.15 / (z * 0.05)) ** 2)
+    # a passing worst value with a decisively failing other feature is impossible for a min
+    # gate, but an undefined other feature fails the gate (fail closed)
+    result["fairness"]["by_feature"]["cohort"]["disparities"]["demographic_parity_ratio"] = None
+    entry = evaluate_gates([{"metric": "demographic_parity_ratio", "min": 0.8}], result)[0]
+    assert entry["status"] == "fail"
+
+
+def test_use_bound_combines_every_feature_too():
+    result = _two_features("demographic_parity_ratio", (0.5, [0.29, 0.77]), (0.356, [0.0, 1.0]))
+    entry = evaluate_gates([{"metric": "demographic_parity_ratio", "min": 0.2,
+                             "use_bound": True}], result)[0]
+    assert (entry["status"], entry["value"]) == ("fail", 0.0)
+    result["fairness"]["by_feature"]["site"]["disparity_intervals"][
+        "demographic_parity_ratio"] = None
+    entry = evaluate_gates([{"metric": "demographic_parity_ratio", "min": 0.2,
+                             "use_bound": True}], result)[0]
+    assert (entry["status"], entry["value"]) == ("fail", None)
+
+
+# ------------------------------------------- issue 22: an exact 4/5 ratio meets 0.8
+
+
+def _four_fifths_result() -> dict:
+    """Group A 20 of 30 selected, B 25 of 30: every ratio is exactly 4/5."""
+    import pandas as pd
+
+    from promptaudit.bias_audit import compute_bias_audit
+    from promptaudit.fairness import compute_group_fairness
+
+    frame = pd.DataFrame({"group": ["A"] * 30 + ["B"] * 30})
+    selected = [1] * 20 + [0] * 10 + [1] * 25 + [0] * 5
+    fairness = compute_group_fairness(selected, sensitive_features=frame, bootstrap=0,
+                                      min_group_size=1)
+    bias = compute_bias_audit(frame, selected=[bool(x) for x in selected])
+    return {"task": {"n_examples": 60}, "fairness": fairness, "bias_audit": bias}
+
+
+@pytest.mark.parametrize("metric", ["demographic_parity_ratio", "min_impact_ratio"])
+def test_an_exact_four_fifths_ratio_passes_a_min_08_gate(metric):
+    result = _four_fifths_result()
+    value, _ = metric_value(result, metric)
+    assert value == (20 / 30) / (25 / 30) == 0.7999999999999999  # the float is under 0.8
+    for gate in ({"metric": metric, "min": 0.8},
+                 {"metric": metric, "min": 0.8, "feature": "group"}):
+        if metric == "min_impact_ratio" and "feature" in gate:
+            continue
+        entry = evaluate_gates([gate], result)[0]
+        assert (entry["status"], entry["passed"]) == ("pass", True), entry["message"]
+    # just above 4/5 still fails
+    entry = evaluate_gates([{"metric": metric, "min": 0.8000001}], result)[0]
+    assert entry["status"] == "fail"
+
+
+def test_a_hand_edited_value_keeps_its_float_verdict():
+    # exact_disparities that do not agree with the float value are not used
+    result = _four_fifths_result()
+    block = result["fairness"]["by_feature"]["group"]
+    block["disparities"]["demographic_parity_ratio"] = 0.7
+    assert evaluate_gates([{"metric": "demographic_parity_ratio", "min": 0.8}],
+                          result)[0]["status"] == "fail"

@@ -23,7 +23,12 @@ Rules (6 RCNY 5-300 to 5-303 and the choices documented in README.md):
 - A category whose ``n`` is under ``exclude_below`` of *all* rows (unknown ones
   included) is listed with its counts and rate but ``excluded`` from impact ratios.
 - The reference is the non-excluded category with the highest rate (ties: the larger
-  ``n``, then the name). When its rate is 0 nobody was selected and every impact ratio
+  ``n``, then the name; rates compared exactly as fractions of the counts).
+- ``flagged``: the impact ratio is strictly below ``threshold``, decided on the integer
+  counts in exact rational arithmetic (``s * n_ref * q < p * s_ref * n`` for the
+  threshold ``p / q`` as written, :mod:`promptaudit.ratios`): 20/30 against 25/30 is
+  exactly 4/5 and is not flagged at 0.8, although its float ratio prints as
+  ``0.7999999999999999``. When its rate is 0 nobody was selected and every impact ratio
   is undefined (``null``, with a warning). A table whose ratios are all undefined, or
   with fewer than two non-excluded categories, has no ``min_impact_ratio``: the gate
   on it fails.
@@ -59,6 +64,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -66,6 +72,7 @@ import pandas as pd
 from scipy.stats import fisher_exact
 
 from promptaudit.errors import DataError
+from promptaudit.ratios import exact_threshold, ratio_at_least
 from promptaudit.spec import BiasAuditMode
 
 __all__ = [
@@ -290,7 +297,7 @@ def _table(
                 "n_selected": n_selected,
                 "rate": n_selected / n,
                 "share": share,
-                "excluded": share < exclude_below,
+                "excluded": Fraction(n, n_rows) < exact_threshold(exclude_below),
                 "impact_ratio": None,
                 "flagged": False,
                 "p_value": None,
@@ -300,7 +307,12 @@ def _table(
     warnings: list[str] = []
     compared = [row for row in rows if not row["excluded"]]
     reference = (
-        max(compared, key=lambda row: (row["rate"], row["n"], _reverse(row["group"])))
+        max(
+            compared,
+            key=lambda row: (
+                Fraction(row["n_selected"], row["n"]), row["n"], _reverse(row["group"])
+            ),
+        )
         if compared
         else None
     )
@@ -327,7 +339,10 @@ def _table(
             break
         if reference["rate"] > 0:
             row["impact_ratio"] = row["rate"] / reference["rate"]
-            row["flagged"] = row["impact_ratio"] < threshold
+            # decided on the counts, exactly: a ratio of exactly 4/5 is not under 0.8
+            row["flagged"] = not ratio_at_least(
+                row["n_selected"], row["n"], reference["n_selected"], reference["n"], threshold
+            )
         if row is not reference:
             row["p_value"] = _fisher_p(row, reference)
     defined = [row["impact_ratio"] for row in compared if row["impact_ratio"] is not None]

@@ -19,6 +19,10 @@ The prompt **works** when
   projected prompt) beyond doubt: no paired difference has its whole interval
   below 0.
 
+A balanced accuracy whose whole interval is *below* chance is not "cannot be told
+from chance": the reason says it is below chance and that the labels may be in the
+wrong order (a prompt that is reliably wrong has its outcomes swapped).
+
 ``accuracy_over_baseline`` is the balanced accuracy minus the best of chance and
 the baselines' balanced accuracies, with its paired interval; a gate on it
 (``min: 0``) makes competence change the exit code.
@@ -157,7 +161,14 @@ def assess_competence(
             else ""
         )
     )
-    if not above_chance:
+    below_chance = accuracy_interval is not None and accuracy_interval[1] < chance
+    if below_chance:
+        reason = (
+            f"the prompt does not do its task: {described} is below chance "
+            f"({chance:.3f} for {len(classes)} classes), worse than guessing: the labels may "
+            "be in the wrong order (model.labels against the adapter's or the data's)"
+        )
+    elif not above_chance:
         reason = (
             f"the prompt does not do its task: {described} cannot be told from chance "
             f"({chance:.3f} for {len(classes)} classes)"

@@ -96,6 +96,7 @@ import math
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from functools import partial
 from typing import Any
 
@@ -122,6 +123,9 @@ __all__ = [
     "DISPARITY_DIRECTIONS",
     "INTERSECTION_SEPARATOR",
     "LABEL_METRICS",
+    "BOOTSTRAP_BUDGET_BYTES",
+    "bootstrap_bytes",
+    "check_fairness_work",
     "compute_counterfactual",
     "compute_group_fairness",
     "intersection_names",
@@ -186,6 +190,13 @@ ERR_INTERSECTION_NAME = (
 _SUMS = ("n", "pred", "true", "tp", "correct", "score")
 # Keep (chunk of resamples) x n weights under this many entries.
 _CHUNK_ENTRIES = 4_000_000
+#: The bootstrap is refused before it starts when its estimated memory
+#: (:func:`bootstrap_bytes`) is over this.
+BOOTSTRAP_BUDGET_BYTES = 2 * 1024**3
+#: Float64 arrays of ``(bootstrap, G)`` held per group: 6 resampled sums and 7 rates.
+_ARRAYS_PER_GROUP = 13
+#: Float64 arrays of ``(bootstrap, K)`` held per compared gap while an interval is folded.
+_ARRAYS_PER_GAP = 6
 
 
 @dataclass(frozen=True)
@@ -319,6 +330,14 @@ def compute_group_fairness(
         metrics, has_labels=true is not None, has_scores=score is not None
     )
     references = _references(reference_group, columns)
+    check_fairness_work(
+        pd.DataFrame(columns),
+        bootstrap=bootstrap,
+        confidence=confidence,
+        has_labels=true is not None,
+        reference_group=references,
+        intersection=intersection,
+    )
 
     pred_bin = (pred == positive_label_index).astype(np.int64)
     true_bin = None if true is None else (true == positive_label_index).astype(np.int64)
@@ -349,6 +368,7 @@ def compute_group_fairness(
         entry, view_warnings = _view_entry(
             view,
             table,
+            exact=_exact_rates(view, pred_bin, true_bin),
             selected=selected,
             disparity_names=disparity_names,
             samples=None if samples is None else samples[index],
@@ -381,6 +401,118 @@ def compute_group_fairness(
         "undefined": undefined,
         "warnings": warnings_out,
     }
+
+
+def bootstrap_bytes(
+    bootstrap: int,
+    groups: Mapping[str, int],
+    *,
+    confidence: float,
+    has_labels: bool,
+    referenced: frozenset[str] | set[str] = frozenset(),
+) -> int:
+    """Estimated peak memory of the group bootstrap, in bytes (a planning figure).
+
+    ``8 * bootstrap * (13 * sum_v G_v + 6 * K)``: per view ``v`` (feature or
+    intersection) with ``G_v`` groups the resampled sums and rates are 13 float64
+    arrays of ``(bootstrap, G_v)``; ``K`` is the largest number of pairwise gaps
+    (pairs times the metrics of a disparity: 2 for equalized odds with labels) of a
+    view whose disparity interval can be reported at all (``bootstrap >=
+    min_resamples(confidence, K)``); gaps of one that cannot are never resampled.
+
+    Parameters
+    ----------
+    groups : mapping
+        View name -> number of groups.
+    referenced : set of str
+        Views compared against a reference group (``G - 1`` pairs, not ``G (G - 1) / 2``).
+
+    Examples
+    --------
+    >>> bootstrap_bytes(1000, {"id": 600}, confidence=0.95, has_labels=True)
+    62400000
+    """
+    if bootstrap <= 0:
+        return 0
+    metrics = 2 if has_labels else 1
+    widest = 0
+    for name, size in groups.items():
+        pairs = size - 1 if name in referenced else size * (size - 1) // 2
+        gaps = metrics * pairs
+        if gaps and bootstrap >= min_resamples(confidence, gaps):
+            widest = max(widest, gaps)
+    per_resample = _ARRAYS_PER_GROUP * sum(groups.values()) + _ARRAYS_PER_GAP * widest
+    return 8 * bootstrap * per_resample
+
+
+def check_fairness_work(
+    sensitive_features: pd.DataFrame,
+    *,
+    bootstrap: int,
+    confidence: float,
+    has_labels: bool,
+    reference_group: str | Mapping[str, str] | None = None,
+    intersection: bool = True,
+) -> None:
+    """Refuse, before any work, a sensitive feature that is an identifier or a bootstrap too big.
+
+    A feature with more than half as many groups as rows (most groups a single
+    row) is almost certainly an identifier, not a group: its disparities compare
+    single rows, and its bootstrap compares every pair of them. And the estimated
+    bootstrap memory (:func:`bootstrap_bytes`) must stay under
+    :data:`BOOTSTRAP_BUDGET_BYTES`; the message says how far to lower
+    ``fairness.bootstrap``. Missing values count as one group here.
+
+    Raises
+    ------
+    InputError
+        One line naming the feature and its counts, or the estimate, the budget and
+        the most resamples that fit.
+    """
+    frame = sensitive_features
+    if isinstance(frame, pd.Series):
+        frame = frame.to_frame()
+    n = len(frame)
+    if n == 0 or frame.shape[1] == 0:
+        return
+    text = frame.astype(str).apply(lambda column: column.str.strip())
+    groups = {str(name): int(text[name].nunique(dropna=False)) for name in text.columns}
+    for name, size in groups.items():
+        if size * 2 > n:
+            raise InputError(
+                f"sensitive feature {name!r} has {size} distinct values in {n} rows (more than "
+                "half as many groups as rows): it looks like an identifier, not a group; leave "
+                "it out of data.sensitive_features"
+            )
+    features = list(groups)
+    if isinstance(reference_group, Mapping):
+        referenced = {str(name) for name in reference_group} & set(features)
+    elif reference_group is not None and reference_group != BETWEEN_GROUPS:
+        referenced = set(features)
+    else:
+        referenced = set()
+    if intersection and len(features) > 1:
+        joint = INTERSECTION_SEPARATOR.join(features)
+        groups[joint] = int(len(text.drop_duplicates()))
+        if referenced == set(features):
+            referenced.add(joint)
+    needed = bootstrap_bytes(
+        bootstrap, groups, confidence=confidence, has_labels=has_labels, referenced=referenced
+    )
+    if needed <= BOOTSTRAP_BUDGET_BYTES:
+        return
+    fits = bootstrap
+    while fits > 0 and bootstrap_bytes(
+        fits, groups, confidence=confidence, has_labels=has_labels, referenced=referenced
+    ) > BOOTSTRAP_BUDGET_BYTES:
+        fits = fits * 9 // 10
+    largest = max(groups, key=groups.get)
+    raise InputError(
+        f"fairness.bootstrap: {bootstrap} resamples over {n} rows and "
+        f"{sum(groups.values())} groups (largest: {largest!r}, {groups[largest]}) would need "
+        f"about {needed / 1024**3:.1f} GiB, over the {BOOTSTRAP_BUDGET_BYTES / 1024**3:g} GiB "
+        f"budget; lower fairness.bootstrap to {fits} or fewer, or use coarser sensitive features"
+    )
 
 
 def compute_counterfactual(
@@ -1002,8 +1134,13 @@ def _view_entry(
     confidence: float,
     min_group_size: int,
     bootstrap: int = 0,
+    exact: Mapping[str, list[Fraction | None]] | None = None,
 ) -> tuple[dict[str, Any], list[str]]:
-    """The JSON entry of one feature (or the intersection) and its warnings."""
+    """The JSON entry of one feature (or the intersection) and its warnings.
+
+    ``exact``: metric -> ``(G,)`` group rates as exact fractions of counts
+    (:func:`_exact_rates`), for ``exact_disparities``.
+    """
     counts = table["count"].to_numpy().astype(np.int64)
     small = counts < min_group_size
     by_group: dict[str, dict[str, Any]] = {}
@@ -1026,6 +1163,15 @@ def _view_entry(
             undefined[name] = reason
         disparities[name] = None if reason is not None else _clean(_fold(gaps, spec.kind))
         if disparity_intervals is not None and samples is not None:
+            defined = int((~np.isnan(gaps)).sum())
+            if reason is None and defined and bootstrap < min_resamples(confidence, defined):
+                # too few resamples for this many comparisons: never resample the gaps
+                # (a unique-id-like feature would need bootstrap x G^2 / 2 of them)
+                short[name] = min_resamples(confidence, defined)
+                disparity_intervals[name] = None
+                if _uses_small_group(point_rates, view, spec, small):
+                    dependent.append(name)
+                continue
             sampled = _disparity_gaps(samples, view, spec)
             interval = None
             if reason is None:
@@ -1066,10 +1212,92 @@ def _view_entry(
         "disparity_intervals": disparity_intervals,
         "small_groups": [g for g, flag in zip(view.groups, small, strict=True) if flag],
         "undefined": undefined,
+        "exact_disparities": {
+            name: _exact_disparity(exact, view, _DISPARITIES[name])
+            if exact is not None and disparities[name] is not None
+            else None
+            for name in disparity_names
+        },
     }
     if view.parts is not None:
         entry["group_values"] = {name: dict(parts) for name, parts in view.parts.items()}
     return entry, warnings_out
+
+
+def _exact_rates(
+    view: _View, pred_bin: np.ndarray, true_bin: np.ndarray | None
+) -> dict[str, list[Fraction | None]]:
+    """Group rates as exact fractions of the integer counts, metric -> ``(G,)``.
+
+    ``selection_rate`` (and with labels ``accuracy``, ``true_positive_rate``,
+    ``false_positive_rate``); an empty denominator is None, as the float rates' NaN.
+    """
+    n_groups = len(view.groups)
+
+    def counts(mask: np.ndarray) -> list[int]:
+        return [int(c) for c in np.bincount(view.codes[mask], minlength=n_groups)]
+
+    every = np.ones(len(view.codes), dtype=bool)
+    n = counts(every)
+    chosen = counts(pred_bin == 1)
+    out: dict[str, list[Fraction | None]] = {
+        "selection_rate": [Fraction(s, t) if t else None for s, t in zip(chosen, n, strict=True)]
+    }
+    if true_bin is not None:
+        positives = counts(true_bin == 1)
+        tp = counts((pred_bin == 1) & (true_bin == 1))
+        fp = counts((pred_bin == 1) & (true_bin == 0))
+        correct = counts(pred_bin == true_bin)
+        out["accuracy"] = [Fraction(c, t) if t else None for c, t in zip(correct, n, strict=True)]
+        out["true_positive_rate"] = [
+            Fraction(a, b) if b else None for a, b in zip(tp, positives, strict=True)
+        ]
+        out["false_positive_rate"] = [
+            Fraction(a, t - b) if t - b else None
+            for a, t, b in zip(fp, n, positives, strict=True)
+        ]
+    return out
+
+
+def _exact_disparity(
+    exact: Mapping[str, list[Fraction | None]], view: _View, spec: _Disparity
+) -> list[int] | None:
+    """A disparity's point value as ``[numerator, denominator]``: :func:`_fold` in fractions.
+
+    The same pairs as the float value (all pairs, or each group against the
+    reference); a ratio pair whose rates are both 0 is undefined and left out.
+    None when a metric has no defined pair.
+    """
+    first, second = _pairs(view.groups, view.reference) if view.reference else ((), ())
+    worst: Fraction | None = None
+    for metric in spec.metrics:
+        rates = exact.get(metric)
+        if rates is None:
+            return None
+        gaps = []
+        if view.reference is None:  # all pairs: the extremes decide (O(G), not O(G^2))
+            defined = [r for r in rates if r is not None]
+            low, high = (min(defined), max(defined)) if len(defined) >= 2 else (None, None)
+            if low is not None and spec.kind == "difference":
+                gaps.append(high - low)
+            elif low is not None and high:
+                gaps.append(1 - low / high)
+        else:
+            for i, j in zip(list(first), list(second), strict=True):
+                a, b = rates[int(i)], rates[int(j)]
+                if a is None or b is None:
+                    continue
+                if spec.kind == "difference":
+                    gaps.append(abs(a - b))
+                elif a or b:
+                    gaps.append(1 - min(a, b) / max(a, b))
+        if not gaps:
+            return None
+        worst = max(gaps) if worst is None else max(worst, max(gaps))
+    if worst is None:
+        return None
+    value = worst if spec.kind == "difference" else 1 - worst
+    return [value.numerator, value.denominator]
 
 
 def _group_intervals(

@@ -1,19 +1,31 @@
 """Turn thresholds into verdicts. Pure functions: nothing here exits or prints.
 
-A gate reads the worst value over sensitive features (the intersection
-included) unless it names a ``feature``. Every gate entry has a ``status``:
+A gate on a disparity reads every sensitive feature (the intersection included)
+unless it names a ``feature``; its ``value`` is the worst over them. Each feature
+gets a status of its own (:func:`reading_status`):
 
 - ``pass``: the threshold is met, and where the metric has a bootstrap interval,
-  the whole interval meets it (for a gate on the worst value: every feature's
-  interval does).
+  the whole interval meets it.
 - ``fail``: the threshold is missed, and the interval (if any) lies wholly on the
-  failing side; or the metric is undefined or was not computed (an audit must
+  failing side; or the value is undefined or was not computed (an audit must
   not pass on missing evidence).
 - ``inconclusive``: the interval straddles the threshold, so the data cannot
-  say which side the true value is on; or the point value passes but its
-  interval could not be computed (too few resamples). The entry then carries
-  ``rows_to_decide``, an estimate of the evaluation rows (tuples, for the flip
-  rate) that would decide it (:func:`rows_to_decide`).
+  say which side the true value is on; or the value passes but its interval
+  could not be computed (too few resamples).
+
+and the gate combines them (:func:`combined_status`, the three-state rule):
+``fail`` when any feature fails decisively, else ``inconclusive`` when any
+straddles, else ``pass`` (every feature passes decisively). A decisive failure is
+never hidden behind an inconclusive worst feature. An inconclusive entry carries
+``rows_to_decide``, an estimate of the evaluation rows (tuples, for the flip rate)
+that would decide it (:func:`rows_to_decide`): the largest any inconclusive
+feature needs, since the gate is decided only when all of them are.
+
+Where a value is a ratio or difference of counted rates (disparities with their
+``exact_disparities``, ``min_impact_ratio`` with its tables' counts), the point
+value meets the threshold in exact rational arithmetic on the counts
+(:mod:`promptaudit.ratios`): a ratio of exactly 4/5 passes ``min: 0.8``.
+Interval ends are bootstrap quantiles and are compared as floats.
 
 ``passed`` (bool) follows ``status`` and the spec's ``gate_policy.inconclusive``:
 ``fail`` (the default: an audit tool fails closed) or ``pass``.
@@ -28,21 +40,108 @@ gate names a feature. Such a gate decides on that bound alone (``pass`` or
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from fractions import Fraction
 from statistics import NormalDist
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import ValidationError
 
 from promptaudit.choices import GateStatus
 from promptaudit.errors import SpecError
+from promptaudit.ratios import exact_threshold, rate_ratio
 from promptaudit.result_types import GateResult
 from promptaudit.spec import GATE_METRICS, GateSpec, InconclusivePolicy
 
-__all__ = ["GateStatus", "evaluate_gates", "metric_value", "rows_to_decide", "policy_of"]
+__all__ = [
+    "GateStatus",
+    "Reading",
+    "combined_status",
+    "evaluate_gates",
+    "metric_value",
+    "policy_of",
+    "reading_status",
+    "rows_to_decide",
+]
 
 #: Power of the :func:`rows_to_decide` estimate.
 DECISION_POWER = 0.8
+
+
+class Reading(NamedTuple):
+    """One figure a gate reads: a feature's (or the metric's) value and evidence.
+
+    ``value`` is the point value (None: undefined or not computed), ``interval``
+    its bootstrap interval ``[lo, hi]`` or None, ``feature`` the sensitive feature
+    it belongs to (None for a metric without features) and ``exact`` the point value
+    as an exact fraction of counts, where the result records one.
+    """
+
+    value: float | None
+    interval: list[float] | None = None
+    feature: str | None = None
+    exact: Fraction | None = None
+
+
+def _meets(x: float | Fraction, op: str, threshold: float | Fraction) -> bool:
+    return x >= threshold if op == ">=" else x <= threshold
+
+
+def reading_status(
+    reading: Reading, op: str, threshold: float, *, interval_expected: bool
+) -> GateStatus:
+    """One feature's verdict against ``op threshold`` (``">="`` or ``"<="``).
+
+    ``fail`` when the value is undefined, or it misses the threshold and its
+    interval (if any) lies wholly on the failing side; ``inconclusive`` when the
+    interval straddles the threshold, or the value passes but the interval that
+    ``interval_expected`` asked for is missing; else ``pass``. The point value is
+    compared exactly (``reading.exact`` against the threshold read as a decimal,
+    :func:`promptaudit.ratios.exact_threshold`) when the reading has an exact value.
+
+    Examples
+    --------
+    >>> reading_status(Reading(0.85, [0.75, 0.95]), ">=", 0.8, interval_expected=True).value
+    'inconclusive'
+    """
+    if reading.value is None:
+        return GateStatus.FAIL
+    if reading.exact is not None:
+        point_meets = _meets(reading.exact, op, exact_threshold(threshold))
+    else:
+        point_meets = _meets(reading.value, op, threshold)
+    interval = reading.interval
+    if point_meets:
+        if interval is None:
+            return GateStatus.INCONCLUSIVE if interval_expected else GateStatus.PASS
+        conservative = interval[0] if op == ">=" else interval[1]
+        return GateStatus.PASS if _meets(conservative, op, threshold) else GateStatus.INCONCLUSIVE
+    if interval is None:
+        return GateStatus.FAIL
+    favourable = interval[1] if op == ">=" else interval[0]
+    return GateStatus.INCONCLUSIVE if _meets(favourable, op, threshold) else GateStatus.FAIL
+
+
+def combined_status(statuses: Iterable[GateStatus | str]) -> GateStatus:
+    """The three-state rule: one verdict from the verdicts of every feature a gate reads.
+
+    ``fail`` when any is ``fail`` (a decisive failure is never hidden behind an
+    inconclusive feature), else ``inconclusive`` when any is, else ``pass``; no
+    verdict at all is ``fail`` (nothing was checked).
+
+    Examples
+    --------
+    >>> combined_status(["inconclusive", "fail", "pass"]).value
+    'fail'
+    >>> combined_status(["pass", "inconclusive"]).value, combined_status([]).value
+    ('inconclusive', 'fail')
+    """
+    seen = {GateStatus(status) for status in statuses}
+    if not seen or GateStatus.FAIL in seen:
+        return GateStatus.FAIL
+    if GateStatus.INCONCLUSIVE in seen:
+        return GateStatus.INCONCLUSIVE
+    return GateStatus.PASS
 
 
 def metric_value(
@@ -190,33 +289,43 @@ def _verdict(
 ) -> dict:
     section = GATE_METRICS[gate.metric][0]
     point, interval = metric_value(result, gate.metric, feature=gate.feature)
-    candidates = _candidates(result, gate, point, interval)
+    readings = _readings(result, gate, point, interval)
     expected = _intervals_expected(result, gate.metric)
     confidence = _confidence(result, section)
     n, unit = _sample_size(result, section)
-
-    def meets(x: float) -> bool:
-        return x >= threshold if op == ">=" else x <= threshold
 
     bound = "point"
     value = point
     reason = None
     rows = None
     if gate.use_bound:
+        # Each feature decides on its conservative end alone: a missing end fails.
         bound = "lower" if op == ">=" else "upper"
-        value = _conservative_end(candidates, op)
-        status = GateStatus.PASS if value is not None and meets(value) else GateStatus.FAIL
+        ends = [
+            Reading(None if r.interval is None else r.interval[0 if op == ">=" else 1])
+            for r in readings
+        ]
+        status = combined_status(
+            reading_status(end, op, threshold, interval_expected=False) for end in ends
+        )
+        value = _conservative_end(ends, op)
         if value is None:
             reason = "no interval" if point is not None else _missing_reason(result, gate)
     elif point is None:
         status = GateStatus.FAIL
         reason = _missing_reason(result, gate)
     else:
-        status, reason = _status_with_uncertainty(
-            point, candidates, op, threshold, expected, meets
-        )
+        statuses = [
+            reading_status(r, op, threshold, interval_expected=expected) for r in readings
+        ]
+        status = combined_status(statuses)
+        reason = _reason(readings, statuses, status, point)
         if status == GateStatus.INCONCLUSIVE and n:
-            rows = _rows_for(candidates, op, threshold, n, confidence, meets)
+            undecided = [
+                r for r, s in zip(readings, statuses, strict=True)
+                if s == GateStatus.INCONCLUSIVE
+            ]
+            rows = _rows_for(undecided, op, threshold, n, confidence)
     passed = status == GateStatus.PASS or (
         status == GateStatus.INCONCLUSIVE and policy is InconclusivePolicy.PASS
     )
@@ -242,85 +351,149 @@ def _verdict(
     ).to_dict()
 
 
-def _candidates(
+def _readings(
     result: dict, gate: GateSpec, point: float | None, interval: list | None
-) -> list[tuple[float | None, list | None]]:
-    """``(value, interval)`` of every feature a worst-value gate stands for."""
-    section = GATE_METRICS[gate.metric][0]
-    by_feature = (result.get("fairness") or {}).get("by_feature") or {}
-    if section != "disparities" or gate.feature is not None or not by_feature:
-        return [(point, interval)]
-    key = GATE_METRICS[gate.metric][1]
+) -> list[Reading]:
+    """Every figure the gate stands for: each feature's for a worst-value disparity gate."""
+    section, key, _ = GATE_METRICS[gate.metric]
+    fairness = result.get("fairness") or {}
+    by_feature = fairness.get("by_feature") or {}
+    if section == "bias_audit":
+        return [Reading(point, interval, None, _exact_min_impact_ratio(result, point))]
+    if section != "disparities":
+        return [Reading(point, interval)]
+    if gate.feature is not None:
+        block = by_feature.get(gate.feature) or {}
+        return [Reading(point, interval, None, _exact_disparity(block, key, point))]
     out = []
     for name, block in by_feature.items():
-        block = block or {}
-        value = _number((block.get("disparities") or {}).get(key))
-        if key not in (block.get("disparities") or {}):
+        block = block if isinstance(block, Mapping) else {}
+        disparities = block.get("disparities") or {}
+        if key not in disparities:
             continue
-        out.append((value, _pair((block.get("disparity_intervals") or {}).get(key)), str(name)))
-    return out or [(point, interval)]
+        value = _number(disparities.get(key))
+        out.append(Reading(
+            value,
+            _pair((block.get("disparity_intervals") or {}).get(key)),
+            str(name),
+            _exact_disparity(block, key, value),
+        ))
+    return out or [Reading(point, interval)]
 
 
-def _conservative_end(candidates: list[tuple[float | None, list | None]], op: str) -> float | None:
-    """Lowest lower bound (min gate) or highest upper bound (max gate); None if one is missing."""
-    ends = []
-    for _, interval, *_ in candidates:
-        if interval is None:
-            return None
-        ends.append(interval[0] if op == ">=" else interval[1])
-    if not ends:
+def _exact_disparity(block: Mapping, key: str, value: float | None) -> Fraction | None:
+    """``exact_disparities.<key>`` (``[numerator, denominator]``) of a feature, if recorded.
+
+    Used only when it agrees with the float value (a result edited by hand keeps
+    its float verdict rather than a stale exact one).
+    """
+    pair = (block.get("exact_disparities") or {}).get(key)
+    return _agreeing_fraction(pair, value)
+
+
+def _exact_min_impact_ratio(result: dict, value: float | None) -> Fraction | None:
+    """The smallest impact ratio as a fraction of the tables' counts, if they hold them.
+
+    Each table's ratio of a compared (not excluded) category is ``(n_selected / n) /
+    (reference's n_selected / n)``; None when a table cannot be read that way.
+    """
+    tables = (result.get("bias_audit") or {}).get("tables")
+    if value is None or not isinstance(tables, Mapping) or not tables:
         return None
-    return min(ends) if op == ">=" else max(ends)
-
-
-def _status_with_uncertainty(point, candidates, op, threshold, expected, meets):
-    if not meets(point):
-        worst = next(
-            (c for c in candidates if c[0] == point and c[1] is not None), None
+    ratios = []
+    for table in tables.values():
+        if not isinstance(table, Mapping):
+            return None
+        rows = [row for row in table.get("rows") or [] if isinstance(row, Mapping)]
+        reference = next(
+            (row for row in rows if row.get("group") == table.get("reference_group")), None
         )
-        if worst is not None and meets(worst[1][1] if op == ">=" else worst[1][0]):
-            return GateStatus.INCONCLUSIVE, _straddle(worst)
-        return GateStatus.FAIL, None
-    if not expected:
-        return GateStatus.PASS, None
-    straddling = []
-    for candidate in candidates:
-        value, interval = candidate[0], candidate[1]
-        if value is None:
-            continue
-        if interval is None:
-            where = f" for {candidate[2]}" if len(candidate) > 2 else ""
-            return GateStatus.INCONCLUSIVE, f"no interval{where}"
-        if not meets(interval[0] if op == ">=" else interval[1]):
-            straddling.append(candidate)
-    if straddling:  # every undecided feature is named: rows_to_decide is the most any needs
-        return GateStatus.INCONCLUSIVE, _straddle(*straddling)
-    return GateStatus.PASS, None
+        if reference is None:
+            return None
+        for row in rows:
+            if row.get("excluded") or row.get("impact_ratio") is None:
+                continue
+            counts = [row.get("n_selected"), row.get("n"),
+                      reference.get("n_selected"), reference.get("n")]
+            if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts):
+                return None
+            ratio = rate_ratio(*counts)
+            if ratio is None:
+                return None
+            ratios.append(ratio)
+    if not ratios:
+        return None
+    return _agreeing_fraction(min(ratios), value)
+
+
+def _agreeing_fraction(pair: Any, value: float | None) -> Fraction | None:
+    if value is None or pair is None:
+        return None
+    if isinstance(pair, Fraction):
+        exact = pair
+    else:
+        if not isinstance(pair, list | tuple) or len(pair) != 2:
+            return None
+        num, den = pair
+        if not all(isinstance(x, int) and not isinstance(x, bool) for x in (num, den)) or den <= 0:
+            return None
+        exact = Fraction(num, den)
+    return exact if math.isclose(float(exact), value, rel_tol=1e-9, abs_tol=1e-12) else None
+
+
+def _conservative_end(ends: list[Reading], op: str) -> float | None:
+    """Lowest lower bound (min gate) or highest upper bound (max gate); None if one is missing."""
+    values = [end.value for end in ends]
+    if not values or any(v is None for v in values):
+        return None
+    return min(values) if op == ">=" else max(values)
+
+
+def _reason(
+    readings: list[Reading], statuses: list[GateStatus], status: GateStatus, point: float
+) -> str | None:
+    """Why a gate is inconclusive or fails on a feature other than the one shown."""
+    if status == GateStatus.PASS:
+        return None
+    chosen = [r for r, s in zip(readings, statuses, strict=True) if s == status]
+    if status == GateStatus.FAIL:
+        shown = [r for r in chosen if r.value == point]
+        if shown or not any(r.feature for r in chosen):
+            return None  # the value shown fails by itself
+        return "decided:" + _ITEM.join(_item(r) for r in chosen)
+    missing = [r for r in chosen if r.interval is None]
+    if missing:
+        where = f" for {missing[0].feature}" if missing[0].feature else ""
+        return f"no interval{where}"
+    return _straddle(*chosen)
 
 
 #: Separates the features of a ``straddles:`` reason (never in a formatted number).
 _ITEM = "\x1f"
 
 
-def _straddle(*candidates: tuple) -> str:
-    items = []
-    for candidate in candidates:
-        value, interval = candidate[0], candidate[1]
-        where = f"{candidate[2]} ({value:.4g})" if len(candidate) > 2 else ""
-        items.append(f"{where}|[{interval[0]:.4g}, {interval[1]:.4g}]")
-    return "straddles:" + _ITEM.join(items)
+def _item(reading: Reading) -> str:
+    shown = "undefined" if reading.value is None else f"{reading.value:.4g}"
+    where = f"{reading.feature} ({shown})" if reading.feature else ""
+    if reading.interval is None or reading.value is None:
+        return f"{where}|"
+    return f"{where}|[{reading.interval[0]:.4g}, {reading.interval[1]:.4g}]"
 
 
-def _rows_for(candidates, op, threshold, n, confidence, meets) -> int | None:
-    """Most rows any undecided feature needs (None when one cannot be decided)."""
+def _straddle(*readings: Reading) -> str:
+    return "straddles:" + _ITEM.join(_item(r) for r in readings)
+
+
+def _rows_for(undecided: list[Reading], op, threshold, n, confidence) -> int | None:
+    """Most rows any straddling feature needs (None when one cannot be decided)."""
     needed = []
-    for value, interval, *_ in candidates:
+    for value, interval, *_ in undecided:
         if value is None or interval is None:
             continue
         lo, hi = interval
-        if meets(lo) == meets(hi):
-            continue  # decided
-        end = (lo if op == ">=" else hi) if meets(value) else (hi if op == ">=" else lo)
+        end = (lo if op == ">=" else hi) if _meets(value, op, threshold) else (
+            hi if op == ">=" else lo
+        )
         rows = rows_to_decide(value, end, threshold, n, confidence=confidence)
         if rows is None:
             return None
@@ -401,6 +574,18 @@ def _message(
     if status == GateStatus.PASS:
         return f"{head} passes {op} {threshold:g}"
     if status == GateStatus.FAIL:
+        if reason and reason.startswith("decided:"):
+            items = [item.rpartition("|") for item in reason.removeprefix("decided:").split(_ITEM)]
+            level = f"{round(100 * confidence, 4):g}%"
+            named = "; ".join(
+                f"{where} {f'(interval {shown}) ' if shown else ''}".rstrip()
+                for where, _, shown in items
+            )
+            return (
+                f"{head} FAILS {op} {threshold:g}: {named} "
+                f"{'fails' if len(items) == 1 else 'fail'} it decisively "
+                f"({level} intervals, where computed, wholly on the failing side)"
+            )
         return f"{head} FAILS {op} {threshold:g}"
     level = f"{round(100 * confidence, 4):g}%"
     if reason and reason.startswith("no interval"):

@@ -551,7 +551,7 @@ def mitigate_prompt(
     """
     from promptaudit.atomic import atomic_write_text
     from promptaudit.prompted import load_prompted_model
-    from promptaudit.prompts import load_prompt
+    from promptaudit.prompts import check_recorded_labels, load_prompt
     from promptaudit.training import CHECKPOINT_DIR, InitMethod, TrainingConfig, train_prompt
 
     settings = settings or MitigationSettings()
@@ -573,10 +573,7 @@ def mitigate_prompt(
     task = soft.task
     if task is None:
         raise InputError(f"{prompt}: the adapter does not record its task_type")
-    if soft.labels and list(soft.labels) != labels:
-        raise InputError(
-            f"labels: {labels} given but the adapter was trained with {list(soft.labels)}"
-        )
+    check_recorded_labels(labels, soft)
     out_dir = Path(out_dir)
 
     train_idx, val_idx = _split(len(texts), settings.validation_fraction, settings.seed, pair_ids)

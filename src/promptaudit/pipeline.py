@@ -115,6 +115,7 @@ def run_audit(
     seed_everything(spec.seed)
     frame, texts = _load_evaluation_data(spec)
     frame, bias_categories, missing_groups = _split_missing_groups(spec, frame)
+    _check_fairness_work(spec, frame)  # before any model work: an identifier, a runaway bootstrap
     if processes is None:
         prompt_source = _prompt_source(spec, progress=progress)
     else:  # one process trains; the others wait for the adapter it wrote
@@ -541,6 +542,21 @@ def _add_competence(spec, task, y_true, y_pred, baseline_predictions, sensitive)
     )
     task["classification_report"] = overall
     task["classification_report_by_group"] = by_group
+
+
+def _check_fairness_work(spec, frame) -> None:
+    if not spec.data.sensitive_features:
+        return
+    from promptaudit.fairness import check_fairness_work
+
+    check_fairness_work(
+        frame[spec.data.sensitive_features],
+        bootstrap=spec.fairness.bootstrap,
+        confidence=spec.fairness.confidence,
+        has_labels=spec.data.label_column is not None,
+        reference_group=spec.fairness.reference_group,
+        intersection=spec.fairness.intersection,
+    )
 
 
 def _fairness(spec, y_pred, y_true, y_score, sensitive, positive, *, bootstrap=None) -> dict:

@@ -24,7 +24,12 @@ import torch
 
 from promptaudit.errors import InputError, ModelError, PromptError
 from promptaudit.models import LoadedModel, Task, load_base_model
-from promptaudit.prompts import SoftPrompt, check_prompt_tensor, load_prompt
+from promptaudit.prompts import (
+    SoftPrompt,
+    check_prompt_tensor,
+    check_recorded_labels,
+    load_prompt,
+)
 
 __all__ = [
     "PromptedModel",
@@ -477,6 +482,7 @@ def load_prompted_model(
     (PromptedModel, SoftPrompt or None, LoadedModel)
     """
     soft = load_prompt(prompt) if prompt is not None else None
+    check_recorded_labels(labels, soft)
     if not labels and soft is not None and soft.labels:
         labels = soft.labels
     if task is None:

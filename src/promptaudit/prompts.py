@@ -36,6 +36,7 @@ __all__ = [
     "SoftPrompt",
     "load_prompt",
     "check_prompt_tensor",
+    "check_recorded_labels",
     "text_init_token_ids",
     "SUPPORTED_PEFT_TYPES",
     "PREFIX_TUNING_MESSAGE",
@@ -167,6 +168,38 @@ def check_prompt_tensor(
         raise PromptError(
             f"{source}: prompt holds NaN or inf values (first at virtual token {row})"
         )
+
+
+def check_recorded_labels(labels, soft: SoftPrompt | None) -> None:
+    """Refuse labels that are not the ones, in the order, the adapter was trained with.
+
+    ``promptaudit train`` records the labels in index order (``training_info.json``):
+    label ``i`` is output ``i`` of the trained prompt. Labels given in another order
+    would silently swap the outcomes (rejects counted as selected), and other names
+    would mean another task; either is refused. Nothing is checked when no labels are
+    given or the adapter records none.
+
+    Raises
+    ------
+    PromptError
+        ``labels: [accept, reject] given (model.labels / --labels) but the adapter ...
+        was trained with [reject, accept] (index order) ...``.
+    """
+    if not labels or soft is None or not soft.labels:
+        return
+    given, recorded = [str(x) for x in labels], [str(x) for x in soft.labels]
+    if given == recorded:
+        return
+    how = (
+        "the same labels in another order: the outcomes would be swapped"
+        if sorted(given) == sorted(recorded)
+        else "other labels than the adapter's"
+    )
+    raise PromptError(
+        f"labels: {given} given (model.labels / --labels) but the adapter {soft.source} was "
+        f"trained with {recorded} (index order, training_info.json); {how}. Give "
+        f"{recorded} in that order, or leave the labels out to use the adapter's"
+    )
 
 
 def text_init_token_ids(tokenizer, init_text: str, num_virtual_tokens: int) -> list[int]:

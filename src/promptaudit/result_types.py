@@ -691,6 +691,9 @@ class FeatureEntry(Section):
     disparity_intervals: dict[str, Interval | None] | None = None
     small_groups: list[str] = field(default_factory=list)
     undefined: dict[str, str] = optional(default_factory=dict)
+    #: disparity -> its point value as an exact fraction of counts, ``[numerator, denominator]``
+    #: (null where undefined); gates compare it with their threshold exactly
+    exact_disparities: dict[str, list[int] | None] = optional(default_factory=dict)
     #: intersection only: display name -> {feature: group}
     group_values: dict[str, dict[str, str]] | None = optional(omit_none=True)
     extra: dict[str, Any] = _extra()

@@ -372,10 +372,14 @@ def _threshold_phrase(
         verdict = "passes" if gate.passed is True else "counts it as failed"
         return f"{name} {shown}; the gate could not compute it and {verdict}"
     limit = fmt_threshold(threshold)
+    # A gate that passed met its threshold, even where the float shown is a hair off it
+    # (an exact 4/5 ratio prints as 0.7999999999999999; gates decide on the counts).
+    passed = gate_status(gate) == "pass"
     if gate.op == "<=":
-        where = f"within the {limit} limit" if checked <= threshold else f"above the {limit} limit"
+        where = (f"within the {limit} limit" if passed or checked <= threshold
+                 else f"above the {limit} limit")
     else:
-        where = (f"meets the {limit} threshold" if checked >= threshold
+        where = (f"meets the {limit} threshold" if passed or checked >= threshold
                  else f"below the {limit} threshold")
     if gate_status(gate) == "inconclusive" and bound == "point":
         return f"{name} {shown}, {where}, but inconclusive: its interval straddles the threshold"
