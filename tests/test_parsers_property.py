@@ -14,6 +14,7 @@ import copy
 import json
 import math
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -105,11 +106,20 @@ def _assert_exit_0_1_or_clean_2(outcome) -> None:
         assert len(errors) == 1, outcome.stderr
 
 
+_NUMBER = re.compile(r'(?<=": )-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?')
+
+
 @given(mutations=st.lists(MUTATION, min_size=1, max_size=4), reseal=st.booleans(),
-       signed=st.booleans())
-def test_property_gate_and_compare_never_exit_3_on_a_mutated_result(mutations, reseal, signed):
+       signed=st.booleans(), overflow=st.one_of(st.none(), st.integers(0, 10**6)))
+def test_property_gate_and_compare_never_exit_3_on_a_mutated_result(mutations, reseal, signed,
+                                                                    overflow):
     body = _mutate({k: v for k, v in SAMPLE.items() if k != "integrity"}, RESULT_PATHS,
                    mutations)
+    text = _result_text(body, reseal=reseal)
+    numbers = list(_NUMBER.finditer(text))
+    if overflow is not None and numbers:  # one number beyond a float, after sealing
+        hit = numbers[overflow % len(numbers)]
+        text = text[:hit.start()] + "1e309" + text[hit.end():]
     runner = CliRunner()
     with tempfile.TemporaryDirectory() as tmp, pytest.MonkeyPatch.context() as patch:
         if signed:
@@ -117,7 +127,7 @@ def test_property_gate_and_compare_never_exit_3_on_a_mutated_result(mutations, r
         else:
             patch.delenv(SIGNING_KEY_ENV, raising=False)
         path = Path(tmp) / "r.json"
-        path.write_text(_result_text(body, reseal=reseal), encoding="utf-8")
+        path.write_text(text, encoding="utf-8")
         _assert_exit_0_1_or_clean_2(runner.invoke(app, ["gate", str(path)]))
         _assert_exit_0_1_or_clean_2(
             runner.invoke(app, ["compare", str(FIXTURE), str(path)]))
@@ -133,6 +143,7 @@ def _valid_spec(root: Path) -> dict:
         "prompt": {"path": str(root / "adapter")},
         "data": {"path": str(root / "eval.csv"), "text_column": "sentence",
                  "label_column": "label", "sensitive_features": ["gender"]},
+        "counterfactuals": {"suite": "builtin:identity"},
         "fairness": {"bootstrap": 100, "confidence": 0.95, "min_group_size": 2},
         "bias_audit": {"categories": ["gender"], "threshold": 0.8},
         "audit_info": {"date": "2026-11-28", "auditor": "someone"},
