@@ -159,7 +159,8 @@ SPEC_PATHS = _paths(_valid_spec(Path("/tmp")))
 #: Raw YAML lines appended to a spec: scalars that YAML itself turns into something odd.
 RAW_LINES = st.sampled_from([
     "", "extra: 2026-02-30\n", "audit_info: {date: 2026-13-45}\n", "seed: 1e309\n",
-    "seed: .nan\n", "seed: 2026-11-28\n", "name: !!binary aGVsbG8=\n", "name: !!timestamp 2026-02-30\n",
+    "seed: .nan\n", "seed: 2026-11-28\n", "name: !!binary aGVsbG8=\n",
+    "when: !!timestamp 2026-02-30\n", "count: !!int abc\n", "ratio: !!float x\n",
     "gates: [{metric: demographic_parity_ratio, min: .inf}]\n", "fairness: {confidence: 1e309}\n",
     "name: &a [*a]\n", "prompt: !!python/object:os.system {}\n", "data: ~\n",
     "audit_info: {distribution_date: 2026-02-29T10:00:00}\n",
@@ -208,6 +209,16 @@ def test_counterexample_invalid_date_under_any_key_is_a_spec_error(tmp_path):
     text = yaml.safe_dump(_valid_spec(tmp_path), sort_keys=False)
     path.write_text(text + "extra: 2026-02-30\n", encoding="utf-8")
     with pytest.raises(PromptAuditError, match="unknown key 'extra'"):
+        load_spec(path)
+
+
+@pytest.mark.parametrize("line", ["extra: !!timestamp 2026-02-30\n", "extra: !!int abc\n",
+                                  "extra: !!float x\n"])
+def test_counterexample_explicit_tags_that_cannot_construct_are_spec_errors(tmp_path, line):
+    path = tmp_path / "audit.yaml"
+    path.write_text(yaml.safe_dump(_valid_spec(tmp_path), sort_keys=False) + line,
+                    encoding="utf-8")
+    with pytest.raises(PromptAuditError):
         load_spec(path)
 
 

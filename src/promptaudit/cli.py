@@ -317,7 +317,6 @@ def demo(
     _configure_logging(verbose)
     from promptaudit.demo import demo_prompt_dir, run_demo
     from promptaudit.paths import plan_demo
-
     from promptaudit.results import signing_key_from_env
 
     signing_key_from_env()  # a key that cannot sign fails before the audit
@@ -771,8 +770,8 @@ def mitigate(
 ) -> None:
     """Re-tune a prompt with counterfactual logit pairing; exit 1 if no weight meets the budget."""
     _configure_logging(verbose)
-    from promptaudit.data import encode_labels, infer_labels
     from promptaudit.atomic import check_output_dir
+    from promptaudit.data import encode_labels, infer_labels
     from promptaudit.mitigation import MitigationSettings, mitigate_prompt, tradeoff_markdown
     from promptaudit.paths import plan_mitigate
 

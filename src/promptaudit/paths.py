@@ -43,7 +43,7 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 from promptaudit.errors import InputError
@@ -155,7 +155,7 @@ COMPARISON_FILES: dict[str, str] = {
 }
 
 
-class OutputKind(str, Enum):
+class OutputKind(StrEnum):
     """What a command writes at a declared output path."""
 
     #: One file, written or replaced.

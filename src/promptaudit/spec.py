@@ -649,7 +649,7 @@ def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> AuditSpec:
         raise SpecError(f"{path}: not valid UTF-8 text") from None
     try:
         raw = safe_load_bounded(text)
-    except (_DuplicateKeyError, _ExpansionError) as exc:
+    except (_DuplicateKeyError, _ExpansionError, _ScalarError) as exc:
         raise SpecError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -667,6 +667,10 @@ def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> AuditSpec:
 
 class _DuplicateKeyError(yaml.YAMLError):
     """A mapping that names the same key twice (YAML itself keeps the last silently)."""
+
+
+class _ScalarError(yaml.YAMLError):
+    """A scalar an explicit tag cannot construct (``!!int abc``): a bare ValueError in PyYAML."""
 
 
 class _ExpansionError(yaml.YAMLError):
@@ -747,7 +751,13 @@ def safe_load_bounded(text: str):
                 f"the YAML expands to more than {MAX_SPEC_NODES} values once its aliases (*name) "
                 "are followed; a spec this large is refused (an alias bomb?)"
             )
-        return loader.construct_document(node)
+        try:
+            return loader.construct_document(node)
+        except (ValueError, TypeError, OverflowError) as exc:  # `!!int abc`, `!!float x`
+            raise _ScalarError(
+                f"a value YAML cannot read ({' '.join(str(exc).split())[:120]}); check the "
+                "explicit tags (!!int, !!float, ...) in the spec"
+            ) from None
     finally:
         loader.dispose()
 
@@ -779,6 +789,10 @@ _UniqueKeyLoader.yaml_implicit_resolvers = {
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
 _UniqueKeyLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_12, list("-+0123456789."))
+# ... and so does an explicit `!!timestamp` tag.
+_UniqueKeyLoader.add_constructor(
+    "tag:yaml.org,2002:timestamp", lambda loader, node: loader.construct_scalar(node)
+)
 
 
 def parse_spec(raw: dict, *, source: str = "spec") -> AuditSpec:
