@@ -36,6 +36,7 @@ PREVIOUS = {
     "bad.junit.xml": b"<testsuites/>\n",
     "bad.md": b"previous summary\n",
     "notes.txt": b"someone else's file\n",
+    "bad.bias_audit.csv": b"sentence,label,gender\nprevious,positive,male\n",
 }
 
 
@@ -687,6 +688,229 @@ CASES: dict[str, Case] = {
             c.with_("counterfactuals", {"pair_column": "pair"}))))],
         ["eval.csv", "column 'pair' not found"]),
 }
+
+
+# --------------------------------- issue 22: declared outputs never overlap an input (4-7)
+def _adapter_copy(c: Ctx, name: str = "adapter") -> Path:
+    adapter = c.tmp / name
+    shutil.copytree(c.request.getfixturevalue("tiny_bert_seqcls_adapter"), adapter)
+    return adapter
+
+
+def _mitigate_args(c: Ctx, out: Path, prompt: Path | None = None) -> list[str]:
+    return ["mitigate", "--model", str(c.inputs["model"]),
+            "--prompt", str(prompt or _adapter_copy(c)), "--data", str(c.inputs["data"]),
+            "--text-column", "sentence", "--label-column", "label", "--out", str(out),
+            "--epochs", "1", "--weights", "0"]
+
+
+def _with_mitigation(c: Ctx, **changes) -> dict:
+    spec = c.with_("prompt.path", str(_adapter_copy(c)))
+    spec["mitigation"] = {"data": {"path": str(c.inputs["data"]), "text_column": "sentence",
+                                   "label_column": "label"}, "weights": [0.0], "epochs": 1}
+    for key, value in changes.items():
+        spec["mitigation"][key] = value
+    return spec
+
+
+def _bias_csv_over_its_data(c: Ctx):  # data at OUT/bad.bias_audit.csv, a bias audit named bad
+    spec = c.with_("data.path", str(c.out / "bad.bias_audit.csv"))
+    spec["bias_audit"] = {"categories": ["gender"]}
+    return c.run(spec), ["bias_audit report", "bad.bias_audit.csv",
+                         "is the data file of this run"]
+
+
+def _mitigate_out_is_its_prompt(c: Ctx):
+    adapter = _adapter_copy(c)
+    return _mitigate_args(c, adapter, adapter), ["--out", str(adapter),
+                                                 "is the prompt of this run"]
+
+
+def _mitigate_out_is_its_data(c: Ctx):
+    data = c.csv(c.rows(), "train.csv")
+    args = _mitigate_args(c, data)
+    args[args.index("--data") + 1] = str(data)
+    return args, ["--out", "train.csv", "is the data file of this run"]
+
+
+def _mitigate_out_holds_its_data(c: Ctx):
+    folder = c.tmp / "work"
+    folder.mkdir()
+    data = c.csv(c.rows(), "work/train.csv")
+    args = _mitigate_args(c, folder)
+    args[args.index("--data") + 1] = str(data)
+    return args, ["--out", "contains the data file of this run", "train.csv"]
+
+
+def _run_mitigation_out_is_its_prompt(c: Ctx):
+    spec = _with_mitigation(c)
+    spec["mitigation"]["out"] = spec["prompt"]["path"]
+    return c.run(spec), ["mitigation.out", "is the prompt of this run"]
+
+
+def _validate_mitigation_out_is_its_prompt(c: Ctx):
+    spec = _with_mitigation(c)
+    spec["mitigation"]["out"] = spec["prompt"]["path"]
+    return ["validate", str(c.write("v.yaml", yaml.safe_dump(spec))), "--out", str(c.out)], [
+        "mitigation.out", "is the prompt of this run"]
+
+
+def _run_mitigation_data_in_the_reports(c: Ctx):
+    spec = _with_mitigation(c)
+    spec["mitigation"]["data"]["path"] = str(c.out / "bad.md")
+    return c.run(spec), ["markdown report", "bad.md", "is the mitigation data of this run"]
+
+
+def _run_mitigation_suite_in_the_reports(c: Ctx):
+    return c.run(_with_mitigation(c, suite=str(c.out / "bad.html"))), [
+        "html report", "is the mitigation term suite of this run"]
+
+
+def _compare_over_its_before_result(c: Ctx):
+    folder = c.tmp / "cmp"
+    folder.mkdir()
+    fixture = Path(__file__).resolve().parent / "fixtures" / "sample_result.json"
+    before = folder / "comparison.json"
+    shutil.copy(fixture, before)
+    return ["compare", str(before), str(fixture), "--out", str(folder)], [
+        "comparison json", "is the before result of this run"]
+
+
+# ------------------------------------- issue 22: crashes that must be exit 2 (items 9-13)
+def _sealed_result(c: Ctx, edit: Callable[[dict], object], *, text_edit=None) -> Path:
+    """The sample result edited by ``edit`` and resealed (checksum recomputed)."""
+    from promptaudit.results import content_sha256
+
+    fixture = Path(__file__).resolve().parent / "fixtures" / "sample_result.json"
+    body = json.loads(fixture.read_text(encoding="utf-8"))
+    integrity = body.pop("integrity")
+    edit(body)
+    try:
+        integrity = {**integrity, "content_sha256": content_sha256(body)}
+    except ValueError:  # a number no canonical JSON holds: the text edit puts it in
+        pass
+    body["integrity"] = integrity
+    text = json.dumps(body)
+    if text_edit is not None:
+        text = text_edit(text)
+    return c.write("r.json", text)
+
+
+def _invalid_date(c: Ctx):
+    text = yaml.safe_dump(c.spec, sort_keys=False) + "audit_info:\n  date: 2026-02-30\n"
+    return c.run(text), ["audit.yaml", "audit_info.date", "'2026-02-30' is not a valid date"]
+
+
+def _invalid_date_under_an_unknown_key(c: Ctx):
+    text = yaml.safe_dump(c.spec, sort_keys=False) + "notes:\n  reviewed: 2026-13-45\n"
+    return c.run(text), ["audit.yaml", "unknown key 'notes'"]
+
+
+def _huge_number(c: Ctx, command: str):
+    def edit(body):
+        body["task"]["accuracy"] = 0.123456789
+
+    path = _sealed_result(c, edit, text_edit=lambda t: t.replace("0.123456789", "1e309"))
+    args = ["gate", str(path)] if command == "gate" else ["compare", str(path), str(path)]
+    return args, ["r.json", "task.accuracy", "a number out of range"]
+
+
+def _huge_integer(c: Ctx):
+    def edit(body):
+        body["task"]["n_examples"] = 7777777
+
+    path = _sealed_result(c, edit, text_edit=lambda t: t.replace("7777777", "9" * 400))
+    return ["gate", str(path)], ["r.json", "task.n_examples", "a number out of range"]
+
+
+def _signature_not_ascii(c: Ctx):
+    from promptaudit.results import SIGNING_KEY_ENV
+
+    c.request.getfixturevalue("monkeypatch").setenv(SIGNING_KEY_ENV, "team-secret")
+
+    def edit(body):
+        pass
+
+    path = _sealed_result(c, edit)
+    body = json.loads(path.read_text(encoding="utf-8"))
+    body["integrity"]["hmac_sha256"] = "\u00e9" * 64
+    path.write_text(json.dumps(body), encoding="utf-8")
+    return ["gate", str(path)], ["r.json", "integrity.hmac_sha256 signature is wrong"]
+
+
+def _signing_key_not_utf8(c: Ctx):
+    from promptaudit.results import SIGNING_KEY_ENV
+
+    c.request.getfixturevalue("monkeypatch").setenv(SIGNING_KEY_ENV, "key-\udcff")
+    return c.run(), [SIGNING_KEY_ENV, "not valid UTF-8"]
+
+
+def _spec_deleted(c: Ctx):
+    return ["gate", str(_sealed_result(c, lambda b: b["audit"].pop("spec")))], [
+        "r.json", "'spec' is a required property"]
+
+
+def _spec_null(c: Ctx):
+    return ["gate", str(_sealed_result(c, lambda b: b["audit"].update(spec=None)))], [
+        "r.json", "audit.spec", "None is not of type 'object'"]
+
+
+def _spec_gates_renamed(c: Ctx):  # "gates" with a Cyrillic e
+    def edit(body):
+        spec = body["audit"]["spec"]
+        spec["gat\u0435s"] = spec.pop("gates")
+
+    return ["gate", str(_sealed_result(c, edit))], [
+        "r.json", "audit.spec.gates is missing", "never passes with 0 gates checked"]
+
+
+def _spec_gates_emptied(c: Ctx):
+    return ["gate", str(_sealed_result(c, lambda b: b["audit"]["spec"].update(gates=[])))], [
+        "r.json", "audit.spec.gates is empty"]
+
+
+# ------------------------------------------------ issue 22: smaller data items
+def _jsonl_text_is(c: Ctx, value):
+    lines = [json.dumps({"sentence": "fine", "label": "positive", "gender": "male"}),
+             json.dumps({"sentence": value, "label": "negative", "gender": "female"})]
+    path = c.write("o.jsonl", "\n".join(lines) + "\n")
+    kind = "object" if isinstance(value, dict) else "list"
+    return c.run(c.with_("data.path", str(path))), [
+        "o.jsonl", "column 'sentence'", "line 2", f"holds a JSON {kind}"]
+
+
+def _train_labels_one_and_two(c: Ctx):
+    rows = [{**row, "label": 1 + i % 2} for i, row in enumerate(c.rows())]
+    data = c.csv(rows, "onetwo.csv")
+    return _train_args(c, c.tmp / "adapter", data), [
+        "onetwo.csv", "column 'label'", "integer labels 1,2 without 0", "--labels 1,2"]
+
+
+CASES.update({
+    "run-bias-audit-csv-over-its-data": _bias_csv_over_its_data,
+    "mitigate-out-is-its-prompt": _mitigate_out_is_its_prompt,
+    "mitigate-out-is-its-data": _mitigate_out_is_its_data,
+    "mitigate-out-holds-its-data": _mitigate_out_holds_its_data,
+    "run-mitigation-out-is-its-prompt": _run_mitigation_out_is_its_prompt,
+    "validate-mitigation-out-is-its-prompt": _validate_mitigation_out_is_its_prompt,
+    "run-mitigation-data-in-the-reports": _run_mitigation_data_in_the_reports,
+    "run-mitigation-suite-in-the-reports": _run_mitigation_suite_in_the_reports,
+    "compare-out-over-its-before-result": _compare_over_its_before_result,
+    "spec-invalid-date": _invalid_date,
+    "spec-invalid-date-under-an-unknown-key": _invalid_date_under_an_unknown_key,
+    "gate-result-number-out-of-range": lambda c: _huge_number(c, "gate"),
+    "compare-result-number-out-of-range": lambda c: _huge_number(c, "compare"),
+    "gate-result-integer-out-of-range": _huge_integer,
+    "gate-result-signature-not-ascii": _signature_not_ascii,
+    "run-signing-key-not-utf8": _signing_key_not_utf8,
+    "gate-result-spec-deleted": _spec_deleted,
+    "gate-result-spec-null": _spec_null,
+    "gate-result-spec-gates-renamed": _spec_gates_renamed,
+    "gate-result-spec-gates-emptied": _spec_gates_emptied,
+    "jsonl-text-is-an-object": lambda c: _jsonl_text_is(c, {"a": 1}),
+    "jsonl-text-is-a-list": lambda c: _jsonl_text_is(c, ["a", "b"]),
+    "train-labels-one-and-two": _train_labels_one_and_two,
+})
 
 
 def _two_tensors(c: Ctx) -> Path:

@@ -22,7 +22,9 @@ from promptaudit.results import AuditResult
 
 def _result(*, accuracy, dp_ratio, eod, flip, name="a", prompt="p", passed=True) -> dict:
     return AuditResult(
-        audit={"name": name, "spec": {"prompt": {"path": prompt}}},
+        audit={"name": name, "spec": {"prompt": {"path": prompt},
+                                      "gates": [{"metric": "counterfactual_flip_rate",
+                                                 "max": 0.05}]}},
         provenance=HAND_MADE_PROVENANCE,
         task={**HAND_MADE_TASK, "accuracy": accuracy, "balanced_accuracy": None},
         fairness={

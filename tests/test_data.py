@@ -212,3 +212,37 @@ def test_local_files_open_no_socket(tmp_path, suffix, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     path = _write(tmp_path / f"data{suffix}")
     assert len(load_table(path)) == len(ROWS)
+
+
+# ---------------------------------------------------------------- issue 22 (smaller items)
+def test_integer_group_column_with_blanks_keeps_integers(tmp_path):
+    """JSON ints with a null read as 1.0/NaN/2.0; groups must show as "1" and "2"."""
+    from promptaudit.data import fill_missing_groups, load_table
+
+    path = tmp_path / "g.jsonl"
+    path.write_text('{"text": "a", "g": 1}\n{"text": "b", "g": null}\n{"text": "c", "g": 2}\n',
+                    encoding="utf-8")
+    frame = load_table(path, required_columns=["text", "g"])
+    filled, counts = fill_missing_groups(frame, ["g"])
+    assert filled["g"].astype(str).tolist() == ["1", "(missing)", "2"]
+    assert counts == {"g": 1}
+    assert frame.attrs.get("line_numbers") == [1, 2, 3]  # kept for messages
+
+
+def test_real_fractions_stay_floats(tmp_path):
+    from promptaudit.data import load_table
+
+    path = tmp_path / "g.jsonl"
+    path.write_text('{"text": "a", "s": 0.5}\n{"text": "b", "s": null}\n', encoding="utf-8")
+    assert load_table(path)["s"].dtype.kind == "f"
+
+
+def test_integer_labels_must_start_at_zero():
+    import pandas as pd
+
+    from promptaudit.data import infer_labels
+    from promptaudit.errors import DataError
+
+    assert infer_labels(pd.Series(["0", "1", "1"])) == ["0", "1"]
+    with pytest.raises(DataError, match="integer labels 1,2 without 0"):
+        infer_labels(pd.Series([1, 2, 1]), source="d.csv", column="label")

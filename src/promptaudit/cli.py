@@ -316,11 +316,11 @@ def demo(
     """Run the built-in audit on the embedded default model (builtin:minilm, no network)."""
     _configure_logging(verbose)
     from promptaudit.demo import demo_prompt_dir, run_demo
-    from promptaudit.paths import check_outputs_do_not_clobber
+    from promptaudit.paths import plan_demo
+    from promptaudit.results import signing_key_from_env
 
-    check_outputs_do_not_clobber(
-        {"--out": out, "report": out / "demo.json"}, {"demo prompt": demo_prompt_dir("clean")}
-    )
+    signing_key_from_env()  # a key that cannot sign fails before the audit
+    plan_demo(out, prompt=demo_prompt_dir("clean"), retrain=retrain).check()
     result, paths = run_demo(out, retrain=retrain, progress=_show_progress())
     _print_verdict(result, paths)
     raise typer.Exit(EXIT_OK if result["passed"] else EXIT_GATE_FAILED)
@@ -373,6 +373,9 @@ def validate(
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Override a spec key: dotted.key=value.")
     ] = None,
+    out: Annotated[
+        Path, typer.Option("--out", help="Report folder `run` would write (checked).")
+    ] = Path("reports"),
 ) -> None:
     """Check an audit spec and its inputs (paths, formats, columns) without loading a model."""
     _configure_logging(False)
@@ -380,7 +383,7 @@ def validate(
     from promptaudit.spec import load_spec
 
     spec = load_spec(audit, set_ or [])
-    notes = check_spec_inputs(spec, spec_path=audit)
+    notes = check_spec_inputs(spec, spec_path=audit, out=out)
     for note in notes:
         _echo(f"note: {note}")
     _echo(f"{audit}: valid audit spec {spec.name!r} ({len(spec.gates)} gates)")
@@ -432,20 +435,19 @@ def train(
     _configure_logging(verbose)
     from promptaudit.atomic import check_output_dir
     from promptaudit.data import encode_labels, infer_labels
-    from promptaudit.paths import check_outputs_do_not_clobber
+    from promptaudit.paths import plan_train
     from promptaudit.training import InitMethod, TrainingConfig, default_init_text, train_prompt
 
     # Before any work: --out must be creatable as a folder and must not be an input.
-    check_outputs_do_not_clobber(
-        {"--out": out},
-        {"data file": data, "validation data": validation_data, "model": model},
-    )
+    plan_train(out, data=data, model=model, validation_data=validation_data).check()
     check_output_dir(out)
     frame, texts = _load_texts(data, text_column, [label_column])
     if limit is not None:
         frame = frame.iloc[:limit]
         texts = texts[:limit]
-    label_names = _split_labels(labels) or infer_labels(frame[label_column])
+    label_names = _split_labels(labels) or infer_labels(
+        frame[label_column], source=str(data), column=label_column
+    )
     label_ids = encode_labels(
         frame[label_column], label_names, source=str(data), column=label_column
     )
@@ -536,11 +538,9 @@ def predict(
     from promptaudit.prompted import predictions_frame
 
     if out is not None:  # refuse an unwritable --out before the long work
-        from promptaudit.paths import check_outputs_do_not_clobber
+        from promptaudit.paths import plan_predict
 
-        check_outputs_do_not_clobber(
-            {"--out": out}, {"data file": data, "prompt": prompt, "model": model}
-        )
+        plan_predict(out, data=data, prompt=prompt, model=model).check()
         if out.is_dir():
             raise InputError(f"--out {out}: is a directory; give the path of a CSV file to write")
         prepare_output_dir(out.parent if str(out.parent) else ".")
@@ -785,12 +785,22 @@ def mitigate(
 ) -> None:
     """Re-tune a prompt with counterfactual logit pairing; exit 1 if no weight meets the budget."""
     _configure_logging(verbose)
+    from promptaudit.atomic import check_output_dir
     from promptaudit.data import encode_labels, infer_labels
     from promptaudit.mitigation import MitigationSettings, mitigate_prompt, tradeoff_markdown
+    from promptaudit.paths import plan_mitigate
 
+    # Before any work: --out is a folder of its own, holding no input and inside none.
+    plan_mitigate(
+        out, data=data, prompt=prompt, model=model, unlabelled_data=unlabelled_data,
+        suite=None if pair_column else counterfactuals,
+    ).check()
+    check_output_dir(out)
     extra = [c for c in (label_column, pair_column, group_column) if c]
     frame, texts = _load_texts(data, text_column, extra)
-    label_names = _split_labels(labels) or infer_labels(frame[label_column])
+    label_names = _split_labels(labels) or infer_labels(
+        frame[label_column], source=str(data), column=label_column
+    )
     label_ids = encode_labels(
         frame[label_column], label_names, source=str(data), column=label_column
     )
@@ -852,8 +862,10 @@ def compare(
 ) -> None:
     """Compare two results metric by metric; with --max-regression, exit 1 on a regression."""
     from promptaudit.compare import compare_results, comparison_markdown, write_comparison
+    from promptaudit.paths import plan_compare
     from promptaudit.results import read_result_json
 
+    plan_compare(before, after, out).check()  # before reading: never overwrite an input
     comparison = compare_results(
         read_result_json(before), read_result_json(after), max_regression=max_regression
     )

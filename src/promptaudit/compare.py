@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from promptaudit.errors import InputError
+from promptaudit.paths import COMPARISON_FILES, comparison_files
 from promptaudit.report.comparison import (
     comparison_html,
     comparison_markdown,
@@ -32,12 +33,6 @@ __all__ = [
     "write_comparison",
     "COMPARISON_FILES",
 ]
-
-COMPARISON_FILES = {
-    "html": "comparison.html",
-    "markdown": "comparison.md",
-    "json": "comparison.json",
-}
 
 
 def compare_results(
@@ -131,16 +126,11 @@ def write_comparison(comparison: Mapping, out_dir: str | Path) -> dict[str, str]
     from promptaudit.atomic import atomic_write_text, prepare_output_dir
     from promptaudit.results import to_jsonable
 
-    out = prepare_output_dir(out_dir)
-    return {
-        "html": str(atomic_write_text(out / COMPARISON_FILES["html"], comparison_html(comparison))),
-        "markdown": str(
-            atomic_write_text(out / COMPARISON_FILES["markdown"], comparison_markdown(comparison))
-        ),
-        "json": str(
-            atomic_write_text(
-                out / COMPARISON_FILES["json"],
-                json.dumps(to_jsonable(dict(comparison)), indent=2, sort_keys=True),
-            )
-        ),
+    documents = {
+        "html": comparison_html(comparison),
+        "markdown": comparison_markdown(comparison),
+        "json": json.dumps(to_jsonable(dict(comparison)), indent=2, sort_keys=True),
     }
+    declared = comparison_files(out_dir)  # what `compare` checked against its inputs
+    prepare_output_dir(out_dir)
+    return {kind: str(atomic_write_text(declared[kind], text)) for kind, text in documents.items()}

@@ -89,7 +89,50 @@ def load_table(
     if len(frame) == 0:
         raise DataError(f"{text}: the data is empty (no rows); an audit needs at least one example")
     require_columns(frame, required_columns, source=text)
-    return frame
+    refuse_nested_values(frame, required_columns, source=text)
+    return _integers_stay_integers(frame)
+
+
+def refuse_nested_values(frame: pd.DataFrame, columns: Sequence[str], *, source: str) -> None:
+    """Refuse a JSON object or list (or a parquet list) where a column needs one value.
+
+    Text, labels and groups are single values; an object would otherwise be audited
+    as its Python text (``"{'a': 1}"``).
+    """
+    for column in dict.fromkeys(columns):
+        values = frame[column]
+        if values.dtype != object:
+            continue
+        for row, value in enumerate(values.tolist()):
+            if isinstance(value, dict | list | tuple | np.ndarray):
+                kind = "object" if isinstance(value, dict) else "list"
+                raise DataError(
+                    f"{source}: column {column!r} {row_location(values, row)} holds a JSON "
+                    f"{kind}; each value must be text, a number or empty"
+                )
+
+
+def _integers_stay_integers(frame: pd.DataFrame) -> pd.DataFrame:
+    """Float columns that are integers with gaps (JSON/parquet ints with nulls) back to ints.
+
+    A JSON column ``1, null, 2`` reads as floats ``1.0, NaN, 2.0``; as a group column it
+    would show as ``"1.0"`` and ``"2.0"``. Such a column becomes Python integers with
+    NaN for the missing values (which stay missing).
+    """
+    out = None
+    for column in frame.columns:
+        values = frame[column]
+        if values.dtype.kind != "f" or not values.isna().any():
+            continue
+        present = values.dropna()
+        if present.empty or not (np.isfinite(present) & (present == np.round(present))).all():
+            continue
+        if out is None:
+            out = frame.copy()
+            out.attrs = dict(frame.attrs)
+        converted = [int(v) if v == v else np.nan for v in values.tolist()]
+        out[column] = pd.Series(converted, index=values.index, dtype=object)
+    return frame if out is None else out
 
 
 def require_columns(frame: pd.DataFrame, columns: Sequence[str], *, source: str) -> None:
@@ -564,10 +607,20 @@ def _suffix_list() -> str:
     return ", ".join(SUPPORTED_SUFFIXES)
 
 
-def infer_labels(values: pd.Series) -> list[str]:
+def infer_labels(values: pd.Series, *, source: str | None = None,
+                 column: str | None = None) -> list[str]:
     """Label names when the user gives none: ``0..max`` for integer labels, else sorted names."""
     clean = values.dropna()
     as_text = clean.astype(str).str.strip()
     if len(as_text) and as_text.str.fullmatch(r"\d+").all():
-        return [str(i) for i in range(int(as_text.astype(int).max()) + 1)]
+        numbers = sorted({int(value) for value in as_text})
+        if numbers[0] != 0:  # `1, 2` would make a phantom class 0 (three labels, not two)
+            shown = ",".join(str(n) for n in numbers[:10])
+            where = f"{source}: column {column!r}" if source and column else "label column"
+            raise DataError(
+                f"{where} holds integer labels {shown} without 0; integer labels are "
+                "class indices from 0: give the label names in index order (--labels "
+                f"{shown} or model.labels) or relabel the classes 0..{len(numbers) - 1}"
+            )
+        return [str(i) for i in range(numbers[-1] + 1)]
     return sorted(as_text.unique().tolist())

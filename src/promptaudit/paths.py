@@ -1,15 +1,39 @@
 """Where files come from and where they go: pure path rules shared by every command.
 
-Two rules live here:
+Three things live here:
 
+* **Declared inputs and outputs.** Every command that writes files declares, in one
+  :class:`DeclaredIO`, what it reads and *every* file or folder it will write
+  (:func:`plan_run`, :func:`plan_demo`, :func:`plan_train`, :func:`plan_predict`,
+  :func:`plan_mitigate`, :func:`plan_compare`). :meth:`DeclaredIO.check` refuses any
+  overlap before work starts, and the writers take their file names from the same
+  declarations (:func:`report_files`, :func:`comparison_files`), so a new output
+  cannot be written without being declared (and therefore checked). See "Adding a
+  command that writes files" below.
 * :func:`check_outputs_do_not_clobber` refuses, before anything is written, an output
   path that is (after resolving symlinks) an input of the same run, or lies inside an
-  input folder (a model or adapter directory), or contains an input file.
+  input folder (a model or adapter directory), or (for a folder the command fills
+  with files of its own choosing) contains an input.
 * :func:`looks_like_local_path` decides whether a model or prompt reference that does
   not exist is a mistyped local path (fail at once) or a Hugging Face Hub id
   (``name`` or ``org/name``).
 
 Nothing here imports torch or transformers.
+
+Adding a command that writes files
+----------------------------------
+1. Write a ``plan_<command>(...) -> DeclaredIO`` here: name every input (``None``,
+   ``builtin:``/``hf:`` references and Hub ids are skipped) and every output with
+   :func:`output_file` (one file the command writes or replaces), :func:`output_folder`
+   (a folder, possibly the user's, into which only the declared files go) or
+   :func:`owned_folder` (a folder the command fills with files of its own choosing: an
+   adapter, checkpoints, a sweep).
+2. Call ``plan.check()`` in the command before any work (and in ``validate`` when a
+   spec section drives the command).
+3. Let the writer take its paths from the plan (``plan.path("json")``) or from a shared
+   file-name function like :func:`report_files`, never from a literal of its own.
+4. Add the writer to ``tests/test_declared_io.py``, which runs every writer and asserts
+   that each file it wrote was declared.
 """
 
 from __future__ import annotations
@@ -18,11 +42,30 @@ import hashlib
 import os
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
 from promptaudit.errors import InputError
 
 __all__ = [
+    "DeclaredIO",
+    "Output",
+    "OutputKind",
+    "output_file",
+    "output_folder",
+    "owned_folder",
+    "report_files",
+    "comparison_files",
+    "REPORT_SUFFIXES",
+    "BIAS_AUDIT_SUFFIX",
+    "COMPARISON_FILES",
+    "plan_run",
+    "plan_demo",
+    "plan_train",
+    "plan_predict",
+    "plan_mitigate",
+    "plan_compare",
     "check_outputs_do_not_clobber",
     "check_audit_outputs",
     "audit_inputs",
@@ -92,6 +135,177 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
+#: Report kind -> file suffix after ``<name>`` (the four reports of an audit).
+REPORT_SUFFIXES: dict[str, str] = {
+    "html": ".html",
+    "json": ".json",
+    "junit": ".junit.xml",
+    "markdown": ".md",
+}
+
+#: Suffix of the bias-audit CSV, written beside the four reports when the result has
+#: a ``bias_audit`` section (report kind ``"bias_audit"``).
+BIAS_AUDIT_SUFFIX = ".bias_audit.csv"
+
+#: Comparison kind -> file name (``promptaudit compare --out DIR``).
+COMPARISON_FILES: dict[str, str] = {
+    "html": "comparison.html",
+    "markdown": "comparison.md",
+    "json": "comparison.json",
+}
+
+
+class OutputKind(StrEnum):
+    """What a command writes at a declared output path."""
+
+    #: One file, written or replaced.
+    FILE = "file"
+    #: A folder (created if missing, perhaps the user's own) into which only declared
+    #: files go: refused when it is an input or lies inside an input folder.
+    FOLDER = "folder"
+    #: A folder the command fills with files of its own choosing (an adapter, its
+    #: checkpoints, a sweep): also refused when it contains an input or another output.
+    OWNED_FOLDER = "owned folder"
+
+
+@dataclass(frozen=True)
+class Output:
+    """One declared output: ``label`` names it in messages (``"--out"``, ``"json report"``)."""
+
+    label: str
+    path: Path
+    kind: OutputKind = OutputKind.FILE
+
+
+def output_file(label: str, path: str | Path) -> Output:
+    """A file the command writes or replaces."""
+    return Output(label, Path(path), OutputKind.FILE)
+
+
+def output_folder(label: str, path: str | Path) -> Output:
+    """A folder into which the command writes only its declared files."""
+    return Output(label, Path(path), OutputKind.FOLDER)
+
+
+def owned_folder(label: str, path: str | Path) -> Output:
+    """A folder the command fills with files of its own choosing (an adapter folder)."""
+    return Output(label, Path(path), OutputKind.OWNED_FOLDER)
+
+
+@dataclass(frozen=True)
+class DeclaredIO:
+    """Everything one command reads and writes, declared before it starts.
+
+    Attributes
+    ----------
+    command : str
+        The command (``"run"``, ``"mitigate"``, ...), for messages.
+    inputs : mapping of str to path or None
+        What each input is (``"data file"``, ``"prompt"``) -> its reference.
+    outputs : tuple of Output
+        Every file and folder the command will write.
+    """
+
+    command: str
+    inputs: Mapping[str, str | Path | None] = field(default_factory=dict)
+    outputs: tuple[Output, ...] = ()
+
+    def check(self) -> None:
+        """Refuse any overlap of outputs with inputs (and of owned folders with outputs).
+
+        Raises
+        ------
+        InputError
+            One line naming the output, the input (or other output) and what to do.
+        """
+        check_declared_io(self)
+
+    def path(self, label: str) -> Path:
+        """The declared path of output ``label`` (a KeyError names an undeclared output)."""
+        for output in self.outputs:
+            if output.label == label:
+                return output.path
+        raise KeyError(f"output {label!r} is not declared for {self.command}")
+
+    def with_outputs(self, *outputs: Output) -> DeclaredIO:
+        """This plan with more outputs (a command that writes one more thing)."""
+        return DeclaredIO(self.command, dict(self.inputs), (*self.outputs, *outputs))
+
+
+def _resolved_inputs(inputs: Mapping[str, str | Path | None]) -> list[tuple[str, Path, Path]]:
+    out = []
+    for what, reference in inputs.items():
+        path = local_input(reference)
+        if path is not None:
+            out.append((what, path, _resolved(path)))
+    return out
+
+
+def _inside(child: Path, folder: Path) -> bool:
+    return folder in child.parents
+
+
+def check_declared_io(plan: DeclaredIO) -> None:
+    """Refuse a plan whose outputs overlap its inputs (see :class:`OutputKind`).
+
+    For every output, after resolving symlinks on both sides: the output is an input
+    (same path or same file by inode: a hard link), or lies inside an input folder,
+    or (an owned folder) contains an input. Owned folders must also not equal, contain
+    or lie inside another declared output, and no two outputs may be the same path.
+
+    Raises
+    ------
+    InputError
+        One line naming both paths.
+    """
+    local_inputs = _resolved_inputs(plan.inputs)
+    resolved_outputs = [(output, _resolved(output.path)) for output in plan.outputs]
+    for output, target in resolved_outputs:
+        label, shown = output.label, output.path
+        for what, path, source in local_inputs:
+            if target == source or _same_file(output.path, path):
+                raise InputError(
+                    f"{label} {shown}: is the {what} of this run ({path}); writing there "
+                    "would overwrite an input; choose another output path"
+                )
+            if source.is_dir() and _inside(target, source):
+                raise InputError(
+                    f"{label} {shown}: lies inside the {what} folder of this run ({path}); "
+                    "writing there would change an input; choose another output folder"
+                )
+            if output.kind is OutputKind.OWNED_FOLDER and _inside(source, target):
+                raise InputError(
+                    f"{label} {shown}: contains the {what} of this run ({path}); this "
+                    "folder is filled with the command's own files; choose an output "
+                    "folder that holds no input"
+                )
+    for i, (first, first_target) in enumerate(resolved_outputs):
+        for second, second_target in resolved_outputs[i + 1:]:
+            owned = OutputKind.OWNED_FOLDER in (first.kind, second.kind)
+            if first_target == second_target and (owned or first.kind == second.kind):
+                raise InputError(
+                    f"{second.label} {second.path}: is also {first.label} ({first.path}); "
+                    "give each output its own path"
+                )
+            for outer, outer_target, inner, inner_target in (
+                (first, first_target, second, second_target),
+                (second, second_target, first, first_target),
+            ):
+                if outer.kind is OutputKind.OWNED_FOLDER and _inside(inner_target, outer_target):
+                    raise InputError(
+                        f"{inner.label} {inner.path}: lies inside {outer.label} "
+                        f"({outer.path}), a folder the command fills with its own files; "
+                        "give each output its own path"
+                    )
+                if inner.kind is OutputKind.OWNED_FOLDER and _inside(inner_target, outer_target) \
+                        and outer.kind is OutputKind.FILE:
+                    raise InputError(
+                        f"{inner.label} {inner.path}: lies inside {outer.label} "
+                        f"({outer.path}), which is written as a file; give each output its "
+                        "own path"
+                    )
+
+
 def check_outputs_do_not_clobber(
     outputs: Mapping[str, str | Path] | Iterable[str | Path],
     inputs: Mapping[str, str | Path | None],
@@ -99,7 +313,9 @@ def check_outputs_do_not_clobber(
     """Refuse an output path that would overwrite or write into an input of the run.
 
     Symlinks are resolved on both sides (an output inside a symlink to an input folder
-    is caught) and hard links are compared by inode.
+    is caught) and hard links are compared by inode. Each output is taken as a file
+    or a folder of declared files (:data:`OutputKind.FILE`); commands declare their
+    outputs with a :class:`DeclaredIO` instead.
 
     Parameters
     ----------
@@ -121,31 +337,64 @@ def check_outputs_do_not_clobber(
         if isinstance(outputs, Mapping)
         else [(str(path), path) for path in outputs]
     )
-    local_inputs = []
-    for what, reference in inputs.items():
-        path = local_input(reference)
-        if path is not None:
-            local_inputs.append((what, path, _resolved(path)))
-    for label, output in named_outputs:
-        output = Path(output)
-        target = _resolved(output)
+    plan = DeclaredIO(
+        "command", dict(inputs), tuple(output_file(label, path) for label, path in named_outputs)
+    )
+    local_inputs = _resolved_inputs(plan.inputs)
+    for output in plan.outputs:  # no output-versus-output rule here (callers pass aliases)
+        target = _resolved(output.path)
         for what, path, source in local_inputs:
-            if target == source or _same_file(output, path):
+            if target == source or _same_file(output.path, path):
                 raise InputError(
-                    f"{label} {output}: is the {what} of this run ({path}); writing there "
-                    "would overwrite an input; choose another output path"
+                    f"{output.label} {output.path}: is the {what} of this run ({path}); "
+                    "writing there would overwrite an input; choose another output path"
                 )
-            if source.is_dir() and source in target.parents:
+            if source.is_dir() and _inside(target, source):
                 raise InputError(
-                    f"{label} {output}: lies inside the {what} folder of this run ({path}); "
-                    "writing there would change an input; choose another output folder"
+                    f"{output.label} {output.path}: lies inside the {what} folder of this "
+                    f"run ({path}); writing there would change an input; choose another "
+                    "output folder"
                 )
+
+
+def report_files(out: str | Path, name: str) -> dict[str, Path]:
+    """Every file an audit's report set may write into ``out``, by kind.
+
+    The four reports, the bias-audit CSV (written only when the result has a
+    ``bias_audit`` section) and the journal of the set switch (``"journal"``,
+    see :mod:`promptaudit.report._writer`). The report writer takes its paths from
+    here.
+    """
+    from promptaudit.atomic import pending_journal_path
+
+    folder = Path(out)
+    files = {kind: folder / f"{name}{suffix}" for kind, suffix in REPORT_SUFFIXES.items()}
+    files["bias_audit"] = folder / f"{name}{BIAS_AUDIT_SUFFIX}"
+    files["journal"] = pending_journal_path(folder, name)
+    return files
+
+
+def comparison_files(out: str | Path) -> dict[str, Path]:
+    """Every file ``compare --out`` writes into ``out``, by kind (its writer reads them here)."""
+    return {kind: Path(out) / file_name for kind, file_name in COMPARISON_FILES.items()}
+
+
+def _report_outputs(out: str | Path, name: str, *, prefix: str = "") -> list[Output]:
+    outputs = [output_folder(f"{prefix}--out", out)]
+    for kind, path in report_files(out, name).items():
+        what = "journal" if kind == "journal" else f"{kind} report"
+        outputs.append(output_file(f"{prefix}{what}", path))
+    return outputs
 
 
 def audit_inputs(spec, spec_path: str | Path | None = None) -> dict[str, str | None]:
-    """The local inputs of an audit spec, named for messages (``builtin:``/Hub ids give None)."""
+    """The local inputs of an audit spec, named for messages (``builtin:``/Hub ids give None).
+
+    Includes the ``mitigation:`` section's data and term suite.
+    """
     train = spec.prompt.train
     counterfactuals = getattr(spec, "counterfactuals", None)
+    mitigation = getattr(spec, "mitigation", None)
     return {
         "audit spec": None if spec_path is None else str(spec_path),
         "data file": spec.data.path,
@@ -153,24 +402,81 @@ def audit_inputs(spec, spec_path: str | Path | None = None) -> dict[str, str | N
         "training data": None if train is None else train.data.path,
         "model": spec.model.base,
         "term suite": None if counterfactuals is None else counterfactuals.suite,
+        "mitigation data": None if mitigation is None else mitigation.data.path,
+        "mitigation term suite": None if mitigation is None else mitigation.suite,
     }
 
 
-def check_audit_outputs(spec, out: str | Path, *, spec_path: str | Path | None = None) -> None:
-    """Refuse an audit whose reports (or in-audit trained adapter) would clobber an input.
+def plan_run(spec, out: str | Path, *, spec_path: str | Path | None = None) -> DeclaredIO:
+    """What ``promptaudit run`` (and ``validate``) declares for a resolved spec.
 
-    Checks ``out`` itself, the four report files ``<out>/<name>.*`` and
-    ``prompt.train.out`` against :func:`audit_inputs`.
+    Outputs: the report folder ``out`` and every report file in it
+    (:func:`report_files`), ``prompt.train.out`` and ``mitigation.out`` (owned
+    adapter folders; an unset one is a fresh private temporary folder).
     """
-    from promptaudit.report._writer import REPORT_SUFFIXES
-
-    outputs: dict[str, Path] = {"--out": Path(out)}
-    for kind, suffix in REPORT_SUFFIXES.items():
-        outputs[f"{kind} report"] = Path(out) / f"{spec.name}{suffix}"
+    outputs = _report_outputs(out, spec.name)
     train = spec.prompt.train
     if train is not None and train.out:
-        outputs["prompt.train.out"] = Path(train.out)
-    check_outputs_do_not_clobber(outputs, audit_inputs(spec, spec_path))
+        outputs.append(owned_folder("prompt.train.out", train.out))
+    mitigation = getattr(spec, "mitigation", None)
+    if mitigation is not None and mitigation.out:
+        outputs.append(owned_folder("mitigation.out", mitigation.out))
+    return DeclaredIO("run", audit_inputs(spec, spec_path), tuple(outputs))
+
+
+def plan_demo(out: str | Path, *, prompt: str | Path, retrain: bool = False) -> DeclaredIO:
+    """``promptaudit demo``: the demo report set in ``out`` (and, retrained, its prompt)."""
+    outputs = _report_outputs(out, "demo")
+    if retrain:
+        outputs.append(owned_folder("retrained demo prompt", Path(out) / ".demo_prompt"))
+    return DeclaredIO("demo", {"demo prompt": prompt}, tuple(outputs))
+
+
+def plan_train(out: str | Path, *, data, model, validation_data=None) -> DeclaredIO:
+    """``promptaudit train``: the adapter folder ``--out`` (with its ``.checkpoints``)."""
+    return DeclaredIO(
+        "train",
+        {"data file": data, "validation data": validation_data, "model": model},
+        (owned_folder("--out", out),),
+    )
+
+
+def plan_predict(out: str | Path | None, *, data, prompt, model) -> DeclaredIO:
+    """``promptaudit predict --out FILE``: one CSV file (nothing without ``--out``)."""
+    outputs = () if out is None else (output_file("--out", out),)
+    return DeclaredIO("predict", {"data file": data, "prompt": prompt, "model": model}, outputs)
+
+
+def plan_mitigate(out: str | Path, *, data, prompt, model, unlabelled_data=None,
+                  suite=None) -> DeclaredIO:
+    """``promptaudit mitigate``: the folder ``--out`` (adapter, record, tables, sweep)."""
+    return DeclaredIO(
+        "mitigate",
+        {
+            "data file": data,
+            "prompt": prompt,
+            "model": model,
+            "unlabelled data": unlabelled_data,
+            "term suite": suite,
+        },
+        (owned_folder("--out", out),),
+    )
+
+
+def plan_compare(before, after, out: str | Path | None) -> DeclaredIO:
+    """``promptaudit compare``: the folder ``--out`` and its comparison files."""
+    outputs: list[Output] = []
+    if out is not None:
+        outputs.append(output_folder("--out", out))
+        outputs += [
+            output_file(f"comparison {kind}", path) for kind, path in comparison_files(out).items()
+        ]
+    return DeclaredIO("compare", {"before result": before, "after result": after}, tuple(outputs))
+
+
+def check_audit_outputs(spec, out: str | Path, *, spec_path: str | Path | None = None) -> None:
+    """Refuse an audit whose outputs (:func:`plan_run`) would clobber an input."""
+    plan_run(spec, out, spec_path=spec_path).check()
 
 
 def sha256_file(path: str | Path, *, chunk: int = 1 << 20) -> str:

@@ -415,7 +415,9 @@ def _prompt_source(spec: AuditSpec, *, progress: bool) -> str:
     frame = load_table(
         table.path, required_columns=[table.text_column, table.label_column], seed=spec.seed
     )
-    labels = spec.model.labels or infer_labels(frame[table.label_column])
+    labels = spec.model.labels or infer_labels(
+        frame[table.label_column], source=table.path, column=table.label_column
+    )
     label_ids = encode_labels(
         frame[table.label_column], labels, source=table.path, column=table.label_column
     )

@@ -22,7 +22,8 @@ __all__ = ["check_spec_inputs", "PROMPT_FILE_SUFFIXES"]
 PROMPT_FILE_SUFFIXES = (".safetensors", ".pt", ".bin", ".pth")
 
 
-def check_spec_inputs(spec, *, spec_path: str | Path | None = None) -> list[str]:
+def check_spec_inputs(spec, *, spec_path: str | Path | None = None,
+                      out: str | Path = "reports") -> list[str]:
     """Check every input a resolved spec names; raise on the first problem.
 
     Parameters
@@ -31,6 +32,10 @@ def check_spec_inputs(spec, *, spec_path: str | Path | None = None) -> list[str]
         A spec from :func:`promptaudit.spec.load_spec` (paths resolved).
     spec_path : str or Path, optional
         The spec file, itself an input no output may overwrite.
+    out : str or Path
+        The report folder ``run`` would write (default ``reports``, as ``run``): the
+        declared outputs of :func:`promptaudit.paths.plan_run` are checked against the
+        spec's inputs.
 
     Returns
     -------
@@ -72,12 +77,23 @@ def check_spec_inputs(spec, *, spec_path: str | Path | None = None) -> list[str]
         from promptaudit.corpora import load_term_suite
 
         load_term_suite(cf.suite)
-    if train is not None and train.out:
-        from promptaudit.paths import audit_inputs, check_outputs_do_not_clobber
+    from promptaudit.paths import plan_run
 
-        check_outputs_do_not_clobber(
-            {"prompt.train.out": train.out}, audit_inputs(spec, spec_path)
+    # The same output-versus-input check as `run`: reports, prompt.train.out, mitigation.out.
+    plan_run(spec, out, spec_path=spec_path).check()
+    if spec.mitigation is not None:
+        mitigation = spec.mitigation
+        _check_columns(
+            "mitigation.data.path",
+            mitigation.data.path,
+            [c for c in (mitigation.data.text_column, mitigation.data.label_column,
+                         mitigation.data.pair_column, mitigation.data.group_column) if c],
+            notes,
         )
+        if mitigation.out:
+            from promptaudit.atomic import check_output_dir
+
+            check_output_dir(mitigation.out)
     return notes
 
 

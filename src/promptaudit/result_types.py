@@ -914,6 +914,9 @@ class SpecRecord(Section):
     """``audit.spec``: the validated spec as run (``AuditSpec.to_dict()``, docs/audit-spec.md).
 
     Only its gates and gate policy are typed here; every other key is the spec's own.
+    A spec always records ``gates`` (its list, empty or not): a result file whose
+    ``gates`` key was deleted or renamed is refused by
+    :func:`promptaudit.results.read_result_json` rather than passing with 0 gates.
     """
 
     gates: list[SpecGate] | None = optional()
@@ -928,7 +931,7 @@ class AuditSection(Section):
 
     TITLE: ClassVar[str] = "audit"
     name: str
-    spec: SpecRecord | None = optional()
+    spec: SpecRecord  # required: `gate` reads the gates from it
     audit_info: dict[str, Any] | None = optional(omit_none=True)
     extra: dict[str, Any] = _extra()
     _absent: frozenset[str] | None = _absent_field()

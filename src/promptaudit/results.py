@@ -20,6 +20,7 @@ import hmac
 import json
 import math
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -204,7 +205,13 @@ def signing_key_from_env() -> bytes | None:
         raise InputError(
             f"{SIGNING_KEY_ENV} is set but empty; set it to the team's signing secret or unset it"
         )
-    return value.encode("utf-8")
+    try:
+        return value.encode("utf-8")
+    except UnicodeEncodeError as exc:  # undecodable bytes in the environment (surrogates)
+        raise InputError(
+            f"{SIGNING_KEY_ENV} is not valid UTF-8 text (undecodable byte at position "
+            f"{exc.start}); set it to the team's signing secret as UTF-8 text"
+        ) from None
 
 
 def hmac_sha256(data: dict, key: bytes) -> str:
@@ -240,6 +247,29 @@ def _depth_exceeds(text: str, limit: int) -> bool:
         elif char in "]}":
             depth -= 1
     return False
+
+
+#: Largest magnitude a JSON number of a result may have (a 64-bit float's).
+_LARGEST_NUMBER = sys.float_info.max
+
+
+def _out_of_range_number(data) -> str | None:
+    """The dotted path of the first number beyond a 64-bit float (``1e309`` reads as inf)."""
+    stack: list[tuple[str, object]] = [("", data)]
+    while stack:
+        where, value = stack.pop()
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            return where or "the top level"
+        if isinstance(value, int) and abs(value) > _LARGEST_NUMBER:
+            return where or "the top level"
+        if isinstance(value, dict):
+            stack.extend((f"{where}.{key}" if where else str(key), item)
+                         for key, item in value.items())
+        elif isinstance(value, list):
+            stack.extend((f"{where}[{i}]", item) for i, item in enumerate(value))
+    return None
 
 
 def _refuse_constant(name: str):
@@ -307,6 +337,12 @@ def read_result_json(
         raise InputError(f"{path}: not valid JSON ({exc})".splitlines()[0]) from None
     if not isinstance(data, dict):
         raise InputError(f"{path}: expected a JSON object")
+    where = _out_of_range_number(data)
+    if where is not None:
+        raise InputError(
+            f"{path}: {where}: a number out of range (beyond a 64-bit float, e.g. 1e309); "
+            "not a promptaudit result"
+        )
     missing = [key for key in _REQUIRED if key not in data]
     if missing:
         raise InputError(f"{path}: not a promptaudit result; missing keys: {', '.join(missing)}")
@@ -320,6 +356,14 @@ def read_result_json(
     )
     if error is not None:
         raise InputError(f"{path}: not a valid promptaudit result; {_schema_error_message(error)}")
+    spec_gates = data["audit"]["spec"].get("gates")
+    if data["gates"] and not (isinstance(spec_gates, list) and spec_gates):
+        # deleted, renamed (a look-alike letter), null or emptied: `gate` would check nothing
+        state = "empty" if isinstance(spec_gates, list) else "missing"
+        raise InputError(
+            f"{path}: records {len(data['gates'])} gate result(s) but audit.spec.gates is "
+            f"{state}; a result whose audit had gates never passes with 0 gates checked"
+        )
     if verify:
         integrity = data.get("integrity") or {}
         recorded = integrity.get("content_sha256")
@@ -340,7 +384,9 @@ def read_result_json(
                     f"{path}: has no integrity.hmac_sha256 signature but {SIGNING_KEY_ENV} is "
                     "set; only a result signed with the team's key is accepted"
                 )
-            if not hmac.compare_digest(str(signature), hmac_sha256(data, key)):
+            expected = hmac_sha256(data, key).encode("ascii")
+            given = str(signature).encode("utf-8", "backslashreplace")  # any text, as bytes
+            if not hmac.compare_digest(given, expected):
                 raise InputError(
                     f"{path}: integrity.hmac_sha256 signature is wrong for {SIGNING_KEY_ENV}; "
                     "the result was changed after it was signed, or signed with another key"

@@ -70,6 +70,9 @@ def run_audit_command(audit: str | Path, out: str | Path, overrides: Sequence[st
     -------
     AuditRun
     """
+    from promptaudit.results import signing_key_from_env
+
+    signing_key_from_env()  # a key that cannot sign fails now, not after the whole audit
     spec = load_spec(audit, overrides)
     check_audit_outputs(spec, out, spec_path=audit)  # before any work: never overwrite an input
     from promptaudit.distributed import launch_processes

@@ -406,7 +406,8 @@ class BiasAuditSpec(_Strict):
 class AuditInfoSpec(_Strict):
     """Facts a published bias-audit summary states, shown verbatim in the reports.
 
-    YAML reads ``date: 2026-11-28`` as a date; it is kept as the ISO text ``"2026-11-28"``.
+    Dates are read as text (``date: 2026-11-28`` is ``"2026-11-28"``); a date field that
+    starts like an ISO date (``YYYY-MM-DD``) must be a real calendar date.
     """
 
     date: str | None = None
@@ -455,6 +456,39 @@ class AuditInfoSpec(_Strict):
                 "the audited period must start on or before its end"
             )
         return self
+
+    @field_validator("date", "distribution_date")
+    @classmethod
+    def _real_date(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_iso_date(value)
+        return value
+
+
+#: Text that starts like an ISO date: ``YYYY-MM-DD`` (then perhaps a time).
+_ISO_DATE_START = re.compile(r"\s*(\d{4})-(\d{1,2})-(\d{1,2})(?!\d)")
+
+
+def check_iso_date(text: str) -> None:
+    """Refuse text that starts like an ISO date (``2026-02-30``) but is no calendar date.
+
+    Raises
+    ------
+    ValueError
+        Naming the value and the form allowed (pydantic turns it into a field error).
+    """
+    import datetime as _dt
+
+    match = _ISO_DATE_START.match(text)
+    if match is None:
+        return
+    year, month, day = (int(part) for part in match.groups())
+    try:
+        _dt.date(year, month, day)
+    except ValueError as exc:
+        raise ValueError(
+            f"{text!r} is not a valid date ({exc}); write a calendar date as YYYY-MM-DD"
+        ) from None
 
 
 class MitigationDataSpec(_Strict):
@@ -644,7 +678,7 @@ def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> AuditSpec:
         raise SpecError(f"{path}: not valid UTF-8 text") from None
     try:
         raw = safe_load_bounded(text)
-    except (_DuplicateKeyError, _ExpansionError) as exc:
+    except (_DuplicateKeyError, _ExpansionError, _ScalarError) as exc:
         raise SpecError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -662,6 +696,10 @@ def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> AuditSpec:
 
 class _DuplicateKeyError(yaml.YAMLError):
     """A mapping that names the same key twice (YAML itself keeps the last silently)."""
+
+
+class _ScalarError(yaml.YAMLError):
+    """A scalar an explicit tag cannot construct (``!!int abc``): a bare ValueError in PyYAML."""
 
 
 class _ExpansionError(yaml.YAMLError):
@@ -742,7 +780,13 @@ def safe_load_bounded(text: str):
                 f"the YAML expands to more than {MAX_SPEC_NODES} values once its aliases (*name) "
                 "are followed; a spec this large is refused (an alias bomb?)"
             )
-        return loader.construct_document(node)
+        try:
+            return loader.construct_document(node)
+        except (ValueError, TypeError, OverflowError) as exc:  # `!!int abc`, `!!float x`
+            raise _ScalarError(
+                f"a value YAML cannot read ({' '.join(str(exc).split())[:120]}); check the "
+                "explicit tags (!!int, !!float, ...) in the spec"
+            ) from None
     finally:
         loader.dispose()
 
@@ -766,7 +810,18 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+# Date-like scalars stay text: PyYAML's timestamp resolver turns `2026-11-28` into a date
+# and raises a bare ValueError on `2026-02-30`, even under a key nobody reads. Date
+# fields are checked where the schema has them (AuditInfoSpec).
+_UniqueKeyLoader.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
 _UniqueKeyLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_12, list("-+0123456789."))
+# ... and so does an explicit `!!timestamp` tag.
+_UniqueKeyLoader.add_constructor(
+    "tag:yaml.org,2002:timestamp", lambda loader, node: loader.construct_scalar(node)
+)
 
 
 def parse_spec(raw: dict, *, source: str = "spec") -> AuditSpec:

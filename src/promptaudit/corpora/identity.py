@@ -547,8 +547,10 @@ def _load_suite_file(path: Path) -> TermSuite:
     else:
         import yaml
 
+        from promptaudit.spec import safe_load_bounded  # dates stay text, duplicates refused
+
         try:
-            raw = yaml.safe_load(text)
+            raw = safe_load_bounded(text)
         except yaml.YAMLError as exc:
             reason = " ".join(str(exc).split())
             raise DataError(ERR_SUITE_PARSE.format(path=path, kind="YAML", reason=reason)) from None

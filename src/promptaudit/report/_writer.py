@@ -31,6 +31,7 @@ from promptaudit.atomic import (
     write_temp_file,
 )
 from promptaudit.errors import InputError
+from promptaudit.paths import BIAS_AUDIT_SUFFIX, REPORT_SUFFIXES, report_files
 from promptaudit.report._bias_audit import bias_audit_csv
 from promptaudit.report._common import as_result
 from promptaudit.report.html import render_html
@@ -47,17 +48,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Report kind -> file suffix after ``<name>``.
-REPORT_SUFFIXES: dict[str, str] = {
-    "html": ".html",
-    "json": ".json",
-    "junit": ".junit.xml",
-    "markdown": ".md",
-}
-
-#: Suffix of the bias-audit CSV, written beside the four reports when the result has
-#: a ``bias_audit`` section (report kind ``"bias_audit"``).
-BIAS_AUDIT_SUFFIX = ".bias_audit.csv"
+# The file names live with the output declarations (promptaudit.paths): the
+# output-versus-input check and this writer read the same list.
 
 ERROR_NAME_EMPTY = "report name is empty; give a file stem such as 'sst2-identity'"
 ERROR_NAME_INVALID = (
@@ -177,13 +169,15 @@ def write_reports(
         "junit": render_junit(typed),
         "markdown": render_markdown(typed),
     }
-    suffixes = dict(REPORT_SUFFIXES)
     bias_csv = bias_audit_csv(typed)
     if bias_csv is not None:
         documents["bias_audit"] = bias_csv
-        suffixes["bias_audit"] = BIAS_AUDIT_SUFFIX
+    declared = report_files(folder, name)  # what `run` checked against its inputs
+    undeclared = sorted(set(documents) - set(declared))
+    if undeclared:  # a new report kind must be declared in promptaudit.paths.report_files
+        raise RuntimeError(f"report kinds {undeclared} are not declared in report_files()")
     prepare_output_dir(folder)
-    paths = {kind: folder / f"{name}{suffix}" for kind, suffix in suffixes.items()}
+    paths = {kind: declared[kind] for kind in documents}
     try:
         complete_pending_reports(folder, name)
         sweep_stale_temp_files(folder)
@@ -196,7 +190,7 @@ def write_reports(
                 temp.unlink(missing_ok=True)
             raise
         moves = [[temps[kind].name, paths[kind].name] for kind in paths]
-        journal = pending_journal_path(folder, name)
+        journal = declared["journal"]
         try:
             atomic_write_text(journal, json.dumps({"moves": moves}, indent=1))
         except BaseException:
