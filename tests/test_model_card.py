@@ -161,3 +161,17 @@ def test_bad_inputs_exit_2_and_leave_the_card_alone(tmp_path, result, case):
     assert run.exit_code == 2, run.output
     assert expected in run.output and "Traceback" not in run.output
     assert (card_path.read_bytes() if card_path.exists() else None) == before
+
+
+def test_the_card_is_the_declared_output_and_never_the_result(tmp_path, result):
+    """`card` declares ADAPTER/README.md (paths.plan_card); a result stored there is refused."""
+    from promptaudit.paths import plan_card
+
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    victim = adapter / "README.md"
+    victim.write_text(json.dumps(result))
+    assert plan_card(victim, adapter).path("model card") == victim
+    run = CliRunner().invoke(app, ["card", str(victim), "--adapter", str(adapter)])
+    assert run.exit_code == 2, run.output
+    assert json.loads(victim.read_text()) == result

@@ -165,3 +165,28 @@ def test_spec_audit_info_takes_validated_period_dates():
         parse_spec({**base, "audit_info": {"data_start": "2026-13-01"}})
     with pytest.raises(SpecError, match="after data_end"):
         parse_spec({**base, "audit_info": {"data_start": "2026-05-01", "data_end": "2026-04-01"}})
+
+
+def test_every_file_trend_writes_was_declared(tmp_path, drifting):
+    """`trend --out` writes exactly the files `paths.plan_trend` declares (and checked)."""
+    from promptaudit.paths import OutputKind, plan_trend
+
+    paths = [write(tmp_path, f"r{i}.json", r) for i, r in enumerate(drifting)]
+    out = tmp_path / "trend"
+    run = CliRunner().invoke(app, ["trend", *map(str, paths), "--out", str(out)])
+    assert run.exit_code == 1, run.output
+    declared = {o.path for o in plan_trend(paths, out).outputs if o.kind is OutputKind.FILE}
+    assert set(out.iterdir()) == declared
+
+
+def test_trend_out_over_a_result_is_refused_before_any_work(tmp_path, drifting):
+    """A result named trend.json inside --out would be replaced: exit 2 naming both."""
+    out = tmp_path / "trend"
+    out.mkdir()
+    paths = [write(tmp_path, f"r{i}.json", r) for i, r in enumerate(drifting[:2])]
+    victim = out / "trend.json"
+    victim.write_text(paths[0].read_text())
+    run = CliRunner().invoke(app, ["trend", str(victim), str(paths[1]), "--out", str(out)])
+    assert run.exit_code == 2, run.output
+    assert "trend.json" in run.output and "result 1" in run.output
+    assert victim.read_text() == paths[0].read_text()

@@ -356,11 +356,11 @@ def run(
         audit, out, set_ or [], progress=_show_progress(), command=_command_line()
     )
     if outcome.result is not None and engine is not None and "json" in outcome.paths:
+        from promptaudit.paths import report_files
         from promptaudit.report.pdf import write_pdf
 
-        outcome.paths["pdf"] = write_pdf(
-            outcome.result, Path(outcome.paths["json"]).with_suffix(".pdf"), engine=engine
-        )
+        declared = report_files(Path(outcome.paths["json"]).parent, outcome.result["audit"]["name"])
+        outcome.paths["pdf"] = write_pdf(outcome.result, declared["pdf"], engine=engine)
     if outcome.result is not None:
         _print_verdict(outcome.result, outcome.paths)
     raise typer.Exit(EXIT_OK if outcome.passed else EXIT_GATE_FAILED)
@@ -892,16 +892,12 @@ def trend(
 ) -> None:
     """Bias-audit rates and impact ratios across audit periods; exit 1 on a flag."""
     _configure_logging(False)
-    from promptaudit.paths import check_outputs_do_not_clobber
-    from promptaudit.report.trend import TREND_FILES, trend_markdown, write_trend
+    from promptaudit.paths import plan_trend
+    from promptaudit.report.trend import trend_markdown, write_trend
     from promptaudit.results import read_result_json
     from promptaudit.trend import compute_trend
 
-    if out is not None:
-        outputs = {"--out": out, **{name: out / name for name in TREND_FILES.values()}}
-        check_outputs_do_not_clobber(
-            outputs, {f"result {i + 1}": path for i, path in enumerate(results)}
-        )
+    plan_trend(results, out).check()
     data = [read_result_json(path) for path in results]
     computed = compute_trend(data, sources=[str(path) for path in results],
                              drift_alert=drift_alert)
@@ -922,14 +918,14 @@ def pdf_command(
 ) -> None:
     """Render a result's report to PDF (headless Chromium print-to-PDF) for archiving."""
     _configure_logging(False)
-    from promptaudit.paths import check_outputs_do_not_clobber
+    from promptaudit.paths import plan_pdf
     from promptaudit.report.pdf import require_pdf_engine, write_pdf
     from promptaudit.results import read_result_json
 
-    target = out if out is not None else result.with_suffix(".pdf")
-    check_outputs_do_not_clobber({"--out": target}, {"result JSON": result})
+    plan = plan_pdf(result, out)
+    plan.check()
     engine = require_pdf_engine()
-    path = write_pdf(read_result_json(result), target, engine=engine)
+    path = write_pdf(read_result_json(result), plan.path("--out"), engine=engine)
     _echo(f"pdf: {path}")
 
 
@@ -943,9 +939,11 @@ def card(
 ) -> None:
     """Write or update the adapter's Hugging Face model card (README.md) from a result."""
     _configure_logging(False)
+    from promptaudit.paths import plan_card
     from promptaudit.report.model_card import write_model_card
     from promptaudit.results import read_result_json
 
+    plan_card(result, adapter).check()
     path = write_model_card(read_result_json(result), adapter, result_path=result)
     _echo(f"model card: {path}")
 

@@ -5,7 +5,8 @@ Three things live here:
 * **Declared inputs and outputs.** Every command that writes files declares, in one
   :class:`DeclaredIO`, what it reads and *every* file or folder it will write
   (:func:`plan_run`, :func:`plan_demo`, :func:`plan_train`, :func:`plan_predict`,
-  :func:`plan_mitigate`, :func:`plan_compare`). :meth:`DeclaredIO.check` refuses any
+  :func:`plan_mitigate`, :func:`plan_compare`, :func:`plan_pdf`, :func:`plan_trend`,
+  :func:`plan_card`). :meth:`DeclaredIO.check` refuses any
   overlap before work starts, and the writers take their file names from the same
   declarations (:func:`report_files`, :func:`comparison_files`), so a new output
   cannot be written without being declared (and therefore checked). See "Adding a
@@ -60,12 +61,18 @@ __all__ = [
     "REPORT_SUFFIXES",
     "BIAS_AUDIT_SUFFIX",
     "COMPARISON_FILES",
+    "TREND_FILES",
+    "PDF_SUFFIX",
+    "trend_files",
     "plan_run",
     "plan_demo",
     "plan_train",
     "plan_predict",
     "plan_mitigate",
     "plan_compare",
+    "plan_pdf",
+    "plan_trend",
+    "plan_card",
     "check_outputs_do_not_clobber",
     "check_audit_outputs",
     "audit_inputs",
@@ -146,6 +153,16 @@ REPORT_SUFFIXES: dict[str, str] = {
 #: Suffix of the bias-audit CSV, written beside the four reports when the result has
 #: a ``bias_audit`` section (report kind ``"bias_audit"``).
 BIAS_AUDIT_SUFFIX = ".bias_audit.csv"
+
+#: ``run --pdf`` writes the report as ``<name>.pdf`` beside the other reports.
+PDF_SUFFIX = ".pdf"
+
+#: Trend kind -> file name (``promptaudit trend --out DIR``).
+TREND_FILES: dict[str, str] = {
+    "html": "trend.html",
+    "markdown": "trend.md",
+    "json": "trend.json",
+}
 
 #: Comparison kind -> file name (``promptaudit compare --out DIR``).
 COMPARISON_FILES: dict[str, str] = {
@@ -361,7 +378,7 @@ def report_files(out: str | Path, name: str) -> dict[str, Path]:
     """Every file an audit's report set may write into ``out``, by kind.
 
     The four reports, the bias-audit CSV (written only when the result has a
-    ``bias_audit`` section) and the journal of the set switch (``"journal"``,
+    ``bias_audit`` section), the PDF (``run --pdf`` only) and the journal of the set switch (``"journal"``,
     see :mod:`promptaudit.report._writer`). The report writer takes its paths from
     here.
     """
@@ -370,6 +387,7 @@ def report_files(out: str | Path, name: str) -> dict[str, Path]:
     folder = Path(out)
     files = {kind: folder / f"{name}{suffix}" for kind, suffix in REPORT_SUFFIXES.items()}
     files["bias_audit"] = folder / f"{name}{BIAS_AUDIT_SUFFIX}"
+    files["pdf"] = folder / f"{name}{PDF_SUFFIX}"  # with `run --pdf` only
     files["journal"] = pending_journal_path(folder, name)
     return files
 
@@ -472,6 +490,34 @@ def plan_compare(before, after, out: str | Path | None) -> DeclaredIO:
             output_file(f"comparison {kind}", path) for kind, path in comparison_files(out).items()
         ]
     return DeclaredIO("compare", {"before result": before, "after result": after}, tuple(outputs))
+
+
+def plan_pdf(result: str | Path, out: str | Path | None) -> DeclaredIO:
+    """``promptaudit pdf RESULT.json [--out FILE]``: one PDF (default: RESULT with ``.pdf``)."""
+    target = Path(result).with_suffix(PDF_SUFFIX) if out is None else Path(out)
+    return DeclaredIO("pdf", {"result JSON": result}, (output_file("--out", target),))
+
+
+def trend_files(out: str | Path) -> dict[str, Path]:
+    """Every file ``trend --out`` writes into ``out``, by kind (its writer reads them here)."""
+    return {kind: Path(out) / file_name for kind, file_name in TREND_FILES.items()}
+
+
+def plan_trend(results: Iterable[str | Path], out: str | Path | None) -> DeclaredIO:
+    """``promptaudit trend R1.json R2.json ... [--out DIR]``: the folder and its trend files."""
+    outputs: list[Output] = []
+    if out is not None:
+        outputs.append(output_folder("--out", out))
+        outputs += [output_file(f"trend {kind}", path) for kind, path in trend_files(out).items()]
+    inputs = {f"result {i + 1}": path for i, path in enumerate(results)}
+    return DeclaredIO("trend", inputs, tuple(outputs))
+
+
+def plan_card(result: str | Path, adapter: str | Path) -> DeclaredIO:
+    """``promptaudit card RESULT.json --adapter DIR``: the adapter's ``README.md`` only."""
+    return DeclaredIO(
+        "card", {"result JSON": result}, (output_file("model card", Path(adapter) / "README.md"),)
+    )
 
 
 def check_audit_outputs(spec, out: str | Path, *, spec_path: str | Path | None = None) -> None:

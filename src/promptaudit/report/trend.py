@@ -17,12 +17,10 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
+from promptaudit.paths import TREND_FILES, trend_files  # declared with the command
 from promptaudit.report._common import escape_markdown, fmt_num
 
 __all__ = ["TREND_FILES", "trend_markdown", "trend_html", "trend_figure", "write_trend"]
-
-#: Files ``promptaudit trend --out DIR`` writes.
-TREND_FILES = {"html": "trend.html", "markdown": "trend.md", "json": "trend.json"}
 
 _TEMPLATE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
@@ -205,6 +203,5 @@ def write_trend(trend: Mapping[str, Any], out_dir: str | Path) -> dict[str, str]
         "markdown": trend_markdown(trend),
         "json": json.dumps(trend, indent=1, sort_keys=True) + "\n",
     }
-    out = prepare_output_dir(out_dir)
-    return {kind: str(atomic_write_text(out / TREND_FILES[kind], text))
-            for kind, text in texts.items()}
+    files = trend_files(prepare_output_dir(out_dir))
+    return {kind: str(atomic_write_text(files[kind], text)) for kind, text in texts.items()}
