@@ -378,9 +378,9 @@ def report_files(out: str | Path, name: str) -> dict[str, Path]:
     """Every file an audit's report set may write into ``out``, by kind.
 
     The four reports, the bias-audit CSV (written only when the result has a
-    ``bias_audit`` section), the PDF (``run --pdf`` only) and the journal of the set switch (``"journal"``,
-    see :mod:`promptaudit.report._writer`). The report writer takes its paths from
-    here.
+    ``bias_audit`` section), the PDF (``run --pdf`` only) and the journal of the set
+    switch (``"journal"``, see :mod:`promptaudit.report._writer`). The report writer
+    takes its paths from here.
     """
     from promptaudit.atomic import pending_journal_path
 
