@@ -686,13 +686,33 @@ def attribute(
 @handle_errors
 def gate(
     result: Annotated[Path, typer.Argument(help="A result JSON written by `promptaudit run`.")],
+    policy: Annotated[
+        Path | None,
+        typer.Option(
+            "--policy",
+            help="The organisation's gate policy (YAML: inconclusive, require_signature, "
+            "gates). Its gates, not the run's, decide; a run whose own gates were weaker fails.",
+        ),
+    ] = None,
 ) -> None:
     """Re-check a result's gates: exit 0 if all pass, 1 if one fails, 2 on bad input."""
     _configure_logging(False)
     from promptaudit.gates import evaluate_gates, policy_of
-    from promptaudit.results import SIGNING_KEY_ENV, read_result_json
+    from promptaudit.results import SIGNING_KEY_ENV, read_result_json, signing_key_from_env
 
+    if policy is not None:
+        from promptaudit.gate_policy import load_gate_policy
+
+        policy_spec = load_gate_policy(policy)
+        if policy_spec.require_signature and signing_key_from_env() is None:
+            raise InputError(
+                f"{policy}: require_signature: true, but {SIGNING_KEY_ENV} is not set; set it "
+                "to the team's signing secret so the result's signature can be checked"
+            )
     data = read_result_json(result)
+    if policy is not None:
+        _gate_with_policy(result, data, policy, policy_spec)
+        return
     spec = (data.get("audit") or {}).get("spec", {})
     gates = evaluate_gates(spec.get("gates", []), data, inconclusive=policy_of(spec))
     for entry in gates:
@@ -706,6 +726,41 @@ def gate(
         )
     _echo(f"{result}: {'all gates pass' if passed else 'a gate failed'} ({len(gates)} checked)")
     raise typer.Exit(EXIT_OK if passed else EXIT_GATE_FAILED)
+
+
+def _gate_with_policy(result: Path, data: dict, policy: Path, policy_spec) -> None:
+    """``gate --policy``: the policy's gates on the recorded figures, and the run's weaker settings."""
+    from promptaudit.gate_policy import check_result_against_policy
+    from promptaudit.results import SIGNING_KEY_ENV
+
+    check = check_result_against_policy(data, policy_spec)
+    _echo(f"policy {policy}: {len(check['gates'])} gate(s), inconclusive: "
+          f"{policy_spec.inconclusive.value}, require_signature: "
+          f"{str(policy_spec.require_signature).lower()}")
+    for entry in check["gates"]:
+        message = entry["message"].replace(
+            "under gate_policy.inconclusive:", "under the policy's inconclusive:"
+        )
+        _echo(_gate_word(entry) + message)
+    for entry in check["weaker"]:
+        word = "MISSING  " if entry["kind"] == "missing" else "WEAKER  "
+        _echo(word + entry["message"])
+    if os.environ.get(SIGNING_KEY_ENV) is not None:
+        _echo("note: checksum and signature verified")
+    elif policy_spec.require_signature is False and "hmac_sha256" in (data.get("integrity") or {}):
+        _echo(
+            f"note: the result is signed, but {SIGNING_KEY_ENV} is not set: signature not checked"
+        )
+    if check["passed"]:
+        verdict = "all policy gates pass"
+    elif not check["gates_passed"]:
+        verdict = "a policy gate failed"
+    else:
+        verdict = "the run's own gates were weaker than the policy"
+    if check["weaker"] and not check["gates_passed"]:
+        verdict += "; the run's own gates were weaker than the policy"
+    _echo(f"{result}: {verdict} ({len(check['gates'])} checked against {policy})")
+    raise typer.Exit(EXIT_OK if check["passed"] else EXIT_GATE_FAILED)
 
 
 @app.command()
