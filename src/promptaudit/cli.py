@@ -887,16 +887,43 @@ def compare(
     ] = None,
     max_regression: Annotated[
         float | None,
-        typer.Option("--max-regression", help="Exit 1 if a gate metric got worse by more."),
+        typer.Option(
+            "--max-regression",
+            help="Exit 1 if a gate metric got worse by more, its after-interval included "
+            "(a change the interval cannot tell from the tolerance is inconclusive).",
+        ),
+    ] = None,
+    allow_different: Annotated[
+        bool,
+        typer.Option(
+            "--allow-different",
+            help="Compare results measured unlike (other data, features, labels, model, "
+            "baselines) and mark every affected row, instead of refusing (exit 2).",
+        ),
+    ] = False,
+    inconclusive: Annotated[
+        str | None,
+        typer.Option(
+            "--inconclusive",
+            help="fail or pass: what an inconclusive regression counts as (default: the "
+            "after result's gate_policy.inconclusive).",
+        ),
     ] = None,
 ) -> None:
     """Compare two results metric by metric; with --max-regression, exit 1 on a regression."""
+    _configure_logging(False)
     from promptaudit.compare import compare_results, comparison_markdown, write_comparison
     from promptaudit.results import read_result_json
 
     comparison = compare_results(
-        read_result_json(before), read_result_json(after), max_regression=max_regression
+        read_result_json(before),
+        read_result_json(after),
+        max_regression=max_regression,
+        allow_different=allow_different,
+        inconclusive=inconclusive,
     )
+    for sentence in comparison["differences"]:
+        _echo(f"warning: not like for like: {sentence}", err=True)
     typer.echo(comparison_markdown(comparison), nl=False)
     if out is not None:
         for kind, path in sorted(write_comparison(comparison, out).items()):

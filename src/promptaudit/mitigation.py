@@ -629,9 +629,11 @@ def mitigate_prompt(
     before = {"weight": None, **build(prompt)}
     initial_state = {"prompt_embeddings": soft.embeddings}
     initial_state.update({f"base_model.{k}": v for k, v in soft.head_state.items()})
+    init_method, init_text = original_init(soft)
     config = TrainingConfig(
         num_virtual_tokens=soft.num_virtual_tokens,
-        init=InitMethod.RANDOM,
+        init=init_method,
+        init_text=init_text,
         epochs=settings.epochs,
         learning_rate=settings.learning_rate,
         batch_size=settings.batch_size,
@@ -785,6 +787,25 @@ def mitigate_prompt(
 
 
 # ------------------------------------------------------------------ helpers
+def original_init(soft) -> tuple:
+    """``(InitMethod, init_text)`` of the audited prompt, recorded again in the re-tuned one.
+
+    The mitigated adapter starts from the audited prompt's embeddings either way; its
+    saved config keeps the original's ``prompt_tuning_init`` (and init text), so an audit
+    of it measures the same ``init_text`` baseline as the audit of the original and
+    ``accuracy_over_baseline`` compares like for like.
+    """
+    from promptaudit.training import InitMethod
+
+    method = str(getattr(soft, "init_method", None) or "").upper()
+    text = getattr(soft, "init_text", None)
+    if method == "TEXT" and text and str(text).strip():
+        return InitMethod.TEXT, str(text)
+    if method == "SAMPLE_VOCAB":
+        return InitMethod.VOCAB, None
+    return InitMethod.RANDOM, None
+
+
 def _positive_index(labels: list[str], positive_label: str | None) -> int:
     if positive_label is None:
         return len(labels) - 1 if len(labels) == 2 else 0
