@@ -382,7 +382,7 @@ def _bias_audit(
     from promptaudit.bias_audit import compute_bias_audit
 
     settings = spec.bias_audit
-    return compute_bias_audit(
+    audit = compute_bias_audit(
         categories.reset_index(drop=True),
         selected=selected,
         scores=scores,
@@ -390,6 +390,19 @@ def _bias_audit(
         exclude_below=settings.exclude_below,
         unknown_values=settings.unknown_values,
         threshold=settings.threshold,
+    )
+    # The impact ratio states its uncertainty like every other gate metric (one figure,
+    # one verdict): the same resamples and interval rule as the demographic parity ratio.
+    from promptaudit.bias_audit import with_impact_ratio_intervals
+
+    return with_impact_ratio_intervals(
+        audit,
+        categories.reset_index(drop=True),
+        selected=selected,
+        scores=scores,
+        bootstrap=spec.fairness.bootstrap,
+        confidence=spec.fairness.confidence,
+        seed=spec.seed,
     )
 
 

@@ -803,6 +803,8 @@ class GateResult(Section):
     rows_to_decide: int | None = optional()
     rows_unit: str | None = optional()
     message: str = ""
+    #: True for metrics that have no interval by definition (the gate line says so)
+    point_only: bool | None = optional(omit_none=True)
     extra: dict[str, Any] = _extra()
     _absent: frozenset[str] | None = _absent_field()
 
@@ -961,6 +963,8 @@ class BiasAuditTable(Section):
     reference_rate: float | None
     min_impact_ratio: float | None
     rows: list[BiasAuditRow]
+    #: bootstrap interval of ``min_impact_ratio`` (the rule of the DP ratio's interval)
+    impact_ratio_interval: Interval | None = optional()
     extra: dict[str, Any] = _extra()
     _absent: frozenset[str] | None = _absent_field()
 
@@ -981,6 +985,10 @@ class BiasAuditResult(Section):
     tables: dict[str, BiasAuditTable]
     min_impact_ratio: float | None
     warnings: list[str]
+    #: ``[lowest lower bound over tables, upper bound of the worst table]``
+    min_impact_ratio_interval: Interval | None = optional()
+    interval_confidence: float | None = optional(omit_none=True)
+    interval_bootstrap: int | None = optional(omit_none=True)
     extra: dict[str, Any] = _extra()
     _absent: frozenset[str] | None = _absent_field()
 

@@ -92,7 +92,8 @@ INTERVAL_GATE_METRICS = frozenset(
     {
         name for name, (section, _, _) in GATE_METRICS.items() if section == "disparities"
     }
-    | {"counterfactual_flip_rate", "balanced_accuracy", "accuracy_over_baseline"}
+    | {"counterfactual_flip_rate", "balanced_accuracy", "accuracy_over_baseline",
+       "min_impact_ratio"}
 )
 
 #: Gate metrics that need true labels (``data.label_column``).
