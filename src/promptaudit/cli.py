@@ -238,6 +238,54 @@ def _show_progress() -> bool:
     return sys.stderr.isatty()
 
 
+class _StageFormatter(logging.Formatter):
+    """``promptaudit [0:12] attribution: ... (about 2 min)``: elapsed time and the stage."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        import time
+
+        self.started = time.monotonic()
+
+    def format(self, record: logging.LogRecord) -> str:
+        import time
+
+        elapsed = int(time.monotonic() - self.started)
+        text = escape_controls(record.getMessage(), keep_newlines=False)
+        return f"promptaudit [{elapsed // 60}:{elapsed % 60:02d}] {text}"
+
+
+def _configure_progress(quiet: bool) -> bool:
+    """Stage lines on stderr unless ``quiet``; returns whether tqdm bars are shown too.
+
+    The library reports stages through the ``promptaudit.progress`` logger
+    (:mod:`promptaudit.progress`); this prints them, one line per stage, whether or not
+    a terminal is attached. Bars are shown on a terminal only.
+    """
+    from promptaudit.progress import PROGRESS_LOGGER
+
+    progress_logger = logging.getLogger(PROGRESS_LOGGER)
+    for handler in list(progress_logger.handlers):
+        if getattr(handler, "promptaudit_stages", False):
+            progress_logger.removeHandler(handler)
+    progress_logger.propagate = False
+    if quiet:
+        progress_logger.setLevel(logging.WARNING)
+        return False
+    handler = logging.StreamHandler(sys.stderr)
+    handler.promptaudit_stages = True
+    handler.setFormatter(_StageFormatter())
+    progress_logger.addHandler(handler)
+    progress_logger.setLevel(logging.INFO)
+    return _show_progress()
+
+
+QuietOption = Annotated[
+    bool,
+    typer.Option("--quiet", "-q", help="No stage progress on stderr (results still print)."),
+]
+
+
 def _split_labels(labels: str | None) -> list[str] | None:
     if labels is None:
         return None
@@ -312,16 +360,18 @@ def demo(
         ),
     ] = False,
     verbose: VerboseOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Run the built-in audit on the embedded default model (builtin:minilm, no network)."""
     _configure_logging(verbose)
+    bars = _configure_progress(quiet)
     from promptaudit.demo import demo_prompt_dir, run_demo
     from promptaudit.paths import check_outputs_do_not_clobber
 
     check_outputs_do_not_clobber(
         {"--out": out, "report": out / "demo.json"}, {"demo prompt": demo_prompt_dir("clean")}
     )
-    result, paths = run_demo(out, retrain=retrain, progress=_show_progress())
+    result, paths = run_demo(out, retrain=retrain, progress=bars)
     _print_verdict(result, paths)
     raise typer.Exit(EXIT_OK if result["passed"] else EXIT_GATE_FAILED)
 
@@ -336,15 +386,17 @@ def run(
         typer.Option("--set", help="Override a spec key: dotted.key=value (repeatable)."),
     ] = None,
     verbose: VerboseOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Run an audit and write <name>.html, .json, .junit.xml and .md into --out."""
     _configure_logging(verbose)
+    bars = _configure_progress(quiet)
     from promptaudit.runner import run_audit_command
 
     # Under `accelerate launch` / `torchrun` every process runs the audit; the main one
     # writes the reports, and every process returns (or raises) the same outcome.
     outcome = run_audit_command(
-        audit, out, set_ or [], progress=_show_progress(), command=_command_line()
+        audit, out, set_ or [], progress=bars, command=_command_line()
     )
     if outcome.result is not None:
         _print_verdict(outcome.result, outcome.paths)
@@ -822,9 +874,11 @@ def mitigate(
     ] = False,
     device: DeviceOption = "auto",
     verbose: VerboseOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Re-tune a prompt with counterfactual logit pairing; exit 1 if no weight meets the budget."""
     _configure_logging(verbose)
+    bars = _configure_progress(quiet)
     from promptaudit.data import encode_labels, infer_labels
     from promptaudit.mitigation import MitigationSettings, mitigate_prompt, tradeoff_markdown
 
@@ -868,7 +922,7 @@ def mitigate(
         data_source=str(data),
         device=device,
         resume=resume,
-        progress=_show_progress(),
+        progress=bars,
     )
     typer.echo(tradeoff_markdown(result.table, max_accuracy_drop), nl=False)
     typer.echo(result.message)

@@ -37,6 +37,7 @@ import json
 import logging
 import math
 import shutil
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -644,7 +645,21 @@ def mitigate_prompt(
     hashes = _data_hashes(texts, label_ids, data_source)
     max_pairs = settings.max_pairs_per_batch or settings.batch_size
     table: list[dict] = []
-    for weight in settings.weights:
+    from promptaudit.progress import stage
+
+    n_weights = len(settings.weights)
+    stage("mitigation sweep", f"{n_weights} pairing weight(s) x {settings.epochs} epoch(s) on "
+          f"{len(train_texts)} texts and {len(variants)} variant texts")
+    durations: list[float] = []
+    for number, weight in enumerate(settings.weights, start=1):
+        remaining = None
+        if durations:  # measured on the candidates already trained
+            remaining = sum(durations) / len(durations) * (n_weights - number + 1)
+        stage(f"mitigation weight {weight:g} ({number} of {n_weights})",
+              "re-tuning with counterfactual logit pairing"
+              + (", time left for the sweep" if remaining is not None else ""),
+              estimate_s=remaining)
+        started = time.perf_counter()
         candidate = out_dir / SWEEP_DIR / f"clp-w{weight:g}"
         info = {
             "method": MitigationMethod.CLP.value,
@@ -698,6 +713,7 @@ def mitigate_prompt(
             n_pairs = loss.n_pairs
             _record_pairs(candidate, n_pairs)
         table.append({"weight": float(weight), **build(candidate), "n_pairs": n_pairs})
+        durations.append(time.perf_counter() - started)
 
     chosen = select_weight(table, before=before, max_accuracy_drop=settings.max_accuracy_drop)
     for i, row in enumerate(table):

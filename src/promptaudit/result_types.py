@@ -632,6 +632,19 @@ class AttributionGroups(Section):
 
 
 @dataclass
+class AttributionBudget(Section):
+    """``attribution.budget``: the run's gradient-evaluation budget and what it left out."""
+
+    max_gradient_evals_total: int
+    n_gradient_evals: int
+    n_requested: int
+    n_attributed: int
+    n_left_out: int
+    extra: dict[str, Any] = _extra()
+    _absent: frozenset[str] | None = _absent_field()
+
+
+@dataclass
 class AttributionResult(Section):
     """``attribution``: how much each virtual token drives the predictions."""
 
@@ -659,6 +672,8 @@ class AttributionResult(Section):
     max_gradient_evals: int | None = optional()
     #: allowed summed per-position error (adaptive integrated gradients; None otherwise)
     position_tolerance: float | None = optional()
+    #: the gradient-evaluation budget and the examples it left out (audits set one)
+    budget: AttributionBudget | None = optional(omit_none=True)
     extra: dict[str, Any] = _extra()
     _absent: frozenset[str] | None = _absent_field()
 
