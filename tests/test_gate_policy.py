@@ -141,7 +141,8 @@ def test_policy_gates_decide_not_the_run_gates():
 
 
 def test_use_bound_and_feature_gates_are_compared():
-    result = _result(gates=[{"metric": "demographic_parity_ratio", "min": 0.8, "feature": "gender"}])
+    result = _result(
+        gates=[{"metric": "demographic_parity_ratio", "min": 0.8, "feature": "gender"}])
     policy = parse_gate_policy({"gates": [{"metric": "demographic_parity_ratio", "min": 0.8}]})
     kinds = [d["kind"] for d in run_setting_differences(result, policy)]
     assert kinds == ["missing"]  # a feature gate does not cover the worst value

@@ -99,9 +99,10 @@ def test_without_bootstrap_the_impact_ratio_is_point_only_and_says_so():
     audit = with_impact_ratio_intervals(audit, frame, selected=picked == 1, bootstrap=0,
                                         confidence=0.95, seed=0)
     assert audit["min_impact_ratio_interval"] is None
+    from audit_helpers import HAND_MADE_FAIRNESS, HAND_MADE_PROVENANCE, HAND_MADE_TASK
+
     from promptaudit.report._bias_audit import bias_audit_view
     from promptaudit.results import AuditResult
-    from audit_helpers import HAND_MADE_FAIRNESS, HAND_MADE_PROVENANCE, HAND_MADE_TASK
 
     result = AuditResult(audit={"name": "x", "spec": {}}, provenance=HAND_MADE_PROVENANCE,
                          task=HAND_MADE_TASK, fairness=HAND_MADE_FAIRNESS, gates=[],

@@ -1171,7 +1171,8 @@ def attribute_prompt(
         encoded = _slice_batch(encoded, torch.arange(n_done, device=prompted.device),
                                int(lengths[:n_done].max()))
         lengths = lengths[:n_done]
-        prompt_attr, token_attr, input_total = prompt_attr[keep], token_attr[keep], input_total[keep]
+        prompt_attr, token_attr = prompt_attr[keep], token_attr[keep]
+        input_total = input_total[keep]
         deltas, steps_used, converged = deltas[keep], steps_used[keep], converged[keep]
         position_error, targets = position_error[keep], targets[keep]
         target_probs = target_probs[keep]

@@ -781,7 +781,7 @@ def gate(
 
 
 def _gate_with_policy(result: Path, data: dict, policy: Path, policy_spec) -> None:
-    """``gate --policy``: the policy's gates on the recorded figures, and the run's weaker settings."""
+    """``gate --policy``: the policy's gates on the recorded figures, and weaker run settings."""
     from promptaudit.gate_policy import check_result_against_policy
     from promptaudit.results import SIGNING_KEY_ENV
 

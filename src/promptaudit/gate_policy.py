@@ -195,11 +195,8 @@ def run_setting_differences(result: Mapping[str, Any], policy: GatePolicy) -> li
                 })
                 continue
 
-            def strictness(item: tuple[GateSpec, float]) -> tuple[float, bool]:
-                value = item[1] if side == "min" else -item[1]
-                return value, item[0].use_bound
-
-            gate, value = max(covering, key=strictness)
+            sign = 1.0 if side == "min" else -1.0
+            gate, value = max(covering, key=lambda item: (sign * item[1], item[0].use_bound))
             shown = _describe_gate(gate.metric, gate.feature, side, value, gate.use_bound)
             looser = value < threshold if side == "min" else value > threshold
             if looser:

@@ -553,7 +553,7 @@ def mitigate_prompt(
     from promptaudit.atomic import atomic_write_text
     from promptaudit.prompted import load_prompted_model
     from promptaudit.prompts import load_prompt
-    from promptaudit.training import CHECKPOINT_DIR, InitMethod, TrainingConfig, train_prompt
+    from promptaudit.training import CHECKPOINT_DIR, TrainingConfig, train_prompt
 
     settings = settings or MitigationSettings()
     settings.check()

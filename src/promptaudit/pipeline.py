@@ -42,6 +42,7 @@ from promptaudit.data import (
 )
 from promptaudit.errors import DataError, InputError, SpecError
 from promptaudit.paths import sha256_file
+from promptaudit.progress import Timer, stage
 from promptaudit.prompted import PromptedModel, float32_model, load_prompted_model
 from promptaudit.prompts import SoftPrompt, text_init_token_ids
 from promptaudit.result_types import (
@@ -57,7 +58,6 @@ from promptaudit.result_types import (
     TaskResult,
 )
 from promptaudit.results import AuditResult, to_jsonable
-from promptaudit.progress import Timer, stage
 from promptaudit.seeding import seed_everything
 from promptaudit.spec import AuditSpec
 

@@ -78,7 +78,7 @@ class Timer:
         return _Block(self, n_items)
 
     def estimate(self, n_items: float, *, factor: float = 1.0) -> float | None:
-        """Seconds for ``n_items`` items costing ``factor`` times a measured item; None if unmeasured."""
+        """Seconds for ``n_items`` items, each ``factor`` times a measured one (None if unknown)."""
         if self.per_item is None:
             return None
         return self.per_item * n_items * factor
