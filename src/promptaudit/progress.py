@@ -49,7 +49,7 @@ def stage(name: str, detail: str = "", *, estimate_s: float | None = None) -> No
     name : str
         Short stage name.
     detail : str
-        What is being done (``"attributing up to 200 examples, budget 4096 gradient
+        What is being done (``"attributing up to 200 examples, budget 2048 gradient
         evaluations"``).
     estimate_s : float, optional
         Expected duration in seconds (long stages).

@@ -112,7 +112,7 @@ LABEL_GATE_METRICS = frozenset(
 
 #: Default ``attribution.max_gradient_evals_total``: a few minutes of MiniLM gradients on a
 #: two-core laptop CPU (benchmarks/attribution_budget.md).
-DEFAULT_GRADIENT_EVAL_BUDGET = 4096
+DEFAULT_GRADIENT_EVAL_BUDGET = 2048
 
 
 class _Strict(BaseModel):
