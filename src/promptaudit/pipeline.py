@@ -342,13 +342,6 @@ def _attribute(prompted, texts, *, processes: AuditProcesses | None, **options) 
     from promptaudit.attribution import attribute_prompt, audit_batch_size
 
     attribute = attribute_prompt if processes is None else processes.attribute_prompt
-    if processes is not None and options.get("max_gradient_evals_total") is not None:
-        # The processes divide the batches of one schedule; a run-wide budget would need
-        # them to agree on where to stop, so launched runs attribute all max_examples.
-        logger.info("attribution.max_gradient_evals_total applies to single-process runs; "
-                    "this launched run attributes all %d examples", len(texts))
-        options = {**options, "max_gradient_evals_total": None}
-        options.pop("max_gradient_evals_total")
     batch_size = audit_batch_size(options["method"], options["n_steps"])
     with float32_model(prompted) as model:
         return attribute(model, texts, batch_size=batch_size, **options)
