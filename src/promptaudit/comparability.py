@@ -152,7 +152,10 @@ def differences(before: Mapping, after: Mapping) -> list[Difference]:
     add("features", old_features, new_features,
         f"the sensitive features differ: {_shown(old_features)} before, "
         f"{_shown(new_features)} after", fairness_rows)
-    for feature in [f for f in old_features if f in new_features]:
+    # Groups are a property of the data: compared when both sides record their data (a
+    # caller that sets the data aside, as ``trend`` does for its periods, sets them aside too).
+    data_recorded = any(value is not None for value in (*old_data.values(), *new_data.values()))
+    for feature in [f for f in old_features if f in new_features and data_recorded]:
         old_groups, new_groups = _groups(before, feature), _groups(after, feature)
         if old_groups is None or new_groups is None:
             continue
