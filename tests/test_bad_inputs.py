@@ -920,13 +920,15 @@ def _two_tensors(c: Ctx) -> Path:
 
 
 def assert_clean_error(result, fragments: list[str]) -> str:
-    """Exit 2; stderr ends with exactly one ``error:`` line (warnings may precede); no traceback."""
+    """Exit 2; stderr ends with exactly one ``error:`` line (warnings and the stage progress
+    lines of the stages already started may precede); no traceback."""
     assert result.exit_code == 2, (result.exit_code, result.output)
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert lines, "no message on stderr"
     errors = [line for line in lines if line.startswith("error: ")]
     assert len(errors) == 1 and lines[-1] == errors[0], result.stderr
-    assert all(line.startswith("WARNING: ") for line in lines[:-1]), result.stderr
+    assert all(line.startswith(("WARNING: ", "promptaudit [")) for line in lines[:-1]), (
+        result.stderr)
     assert "Traceback" not in result.output and "internal error" not in errors[0]
     for fragment in fragments:
         assert fragment in errors[0], f"{fragment!r} not in {errors[0]!r}"

@@ -87,7 +87,7 @@ def test_renderings_escape_user_text():
     assert "<script>" not in page and "&lt;script&gt;" in page
     markdown = comparison_markdown(comparison)
     assert "<script>" not in markdown and "\\|" in markdown
-    assert "| accuracy | higher | 0.8000 | 0.8000 | +0.0000 | unchanged |" in markdown
+    assert "| accuracy | higher | 0.8000 | 0.8000 | point-only | +0.0000 | unchanged |" in markdown
 
 
 def test_gate_cells_say_inconclusive_and_how_it_counted():

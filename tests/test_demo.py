@@ -64,6 +64,11 @@ def test_demo_writes_four_reports_passes_and_repeats_its_numbers(tmp_path):
     assert "gender & race" in result["fairness"]["by_feature"]
     assert result["task"]["n_examples"] == 600
     assert result["provenance"]["command"] == "promptaudit demo"
+    # The demo's default run says what it is doing, on stderr, one line per stage (issue 24).
+    stages = [line for line in outcome.stderr.splitlines() if line.startswith("promptaudit [")]
+    for name in ("predictions:", "counterfactuals:", "projection:", "attribution:", "gates:"):
+        assert any(name in line for line in stages), (name, outcome.stderr)
+    assert not any(line.startswith("promptaudit [") for line in outcome.stdout.splitlines())
     lines = outcome.stdout.splitlines()
     first_gate = next(i for i, line in enumerate(lines) if line.startswith("INCONCLUSIVE  "))
     assert any(line.startswith("Competence: The prompt does its task")

@@ -323,3 +323,22 @@ def test_bad_input_on_one_process_exits_2_everywhere(audit_spec, tmp_path):
     assert "internal error" not in launched.stderr
     assert "exitcode  : 2" in launched.stderr or "exitcode: 2" in launched.stderr
     assert blocked.read_text(encoding="utf-8").startswith("a file")
+
+
+def test_a_launched_run_keeps_the_rows_one_process_keeps_under_a_budget(prompted, monkeypatch):
+    """attribution.max_gradient_evals_total: the launched path attributes every batch of the
+    budget schedule and keeps the rows a single process keeps (same result)."""
+    frame = _rows(19)
+    texts = frame["text"].tolist()
+    options = {"method": "integrated_gradients", "n_steps": 8, "baseline": "pad"}
+    sensitive = frame[["gender", "race"]]
+    whole = attribute_prompt(prompted, texts, max_examples=len(texts), seed=5, batch_size=4,
+                             sensitive_features=sensitive, max_gradient_evals_total=60,
+                             **options)
+    assert whole["budget"]["n_attributed"] == 8  # 4 rows x 8 steps per batch: 64 >= 60
+    processes = AuditProcesses(_Rank(0, 1))
+    monkeypatch.setattr(processes, "exchange", lambda work: [work()])
+    launched = processes.attribute_prompt(prompted, texts, max_examples=len(texts), seed=5,
+                                          batch_size=4, sensitive_features=sensitive,
+                                          max_gradient_evals_total=60, **options)
+    assert launched == whole

@@ -169,7 +169,9 @@ def test_non_numbers_count_as_missing(bad):
 def test_task_and_counterfactual_metrics():
     accuracy = one({"metric": "accuracy", "min": 0.8})
     assert (accuracy["value"], accuracy["passed"]) == (0.75, False)
-    assert accuracy["message"] == "accuracy = 0.75 (point) FAILS >= 0.8"
+    assert accuracy["message"] == (
+        "accuracy = 0.75 (point) FAILS >= 0.8 (point-only metric: it has no interval)"
+    )
     assert one({"metric": "balanced_accuracy", "min": 0.7}, POINT_ONLY)["passed"]
     flips = one({"metric": "counterfactual_flip_rate", "max": 0.05}, POINT_ONLY)
     assert (flips["value"], flips["passed"]) == (0.04, True)

@@ -624,3 +624,33 @@ def test_mitigation_refuses_a_bare_tensor_prompt(tiny_bert_dir, tmp_path):
                         labels=["negative", "positive"], out_dir=tmp_path / "o",
                         settings=MitigationSettings(suite=None), pair_ids=list(range(40)),
                         progress=False)
+
+
+def test_mitigated_adapter_keeps_the_originals_init_text(tiny_bert_dir, tmp_path):
+    """The re-tuned adapter records the original's TEXT init, so its audit measures the same
+    init_text baseline (a RANDOM init made it no_prompt and accuracy_over_baseline unlike)."""
+    from promptaudit.prompts import load_prompt
+    from promptaudit.training import InitMethod, TrainingConfig, train_prompt
+
+    original = tmp_path / "original"
+    config = TrainingConfig(num_virtual_tokens=4, init=InitMethod.TEXT,
+                            init_text="the movie was good", epochs=1, learning_rate=0.01,
+                            batch_size=8, max_length=16, validation_fraction=0.0)
+    train_prompt(str(tiny_bert_dir), TOY_TEXTS, TOY_LABELS, labels=["negative", "positive"],
+                 out_dir=original, config=config, progress=False)
+    settings = MitigationSettings(
+        weights=(0.0,), epochs=1, learning_rate=1e-3, batch_size=8, max_length=16,
+        suite=None, max_accuracy_drop=1.0,
+    )
+    out = tmp_path / "mitigated"
+    result = mitigate_prompt(
+        str(tiny_bert_dir), original, TOY_TEXTS, TOY_LABELS,
+        labels=["negative", "positive"], out_dir=out, settings=settings,
+        pair_ids=[i // 2 for i in range(len(TOY_TEXTS))], progress=False,
+    )
+    assert result.mitigated
+    saved = json.loads((out / "adapter_config.json").read_text())
+    assert saved["prompt_tuning_init"] == "TEXT"
+    assert saved["prompt_tuning_init_text"] == "the movie was good"
+    reloaded = load_prompt(out)
+    assert (reloaded.init_method, reloaded.init_text) == ("TEXT", "the movie was good")

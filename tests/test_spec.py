@@ -276,7 +276,7 @@ def test_wrong_types_and_shapes(tmp_path, spec, fragments):
      "bootstrap intervals (accuracy_difference, accuracy_over_baseline, balanced_accuracy, "
      "counterfactual_flip_rate, demographic_parity_difference, demographic_parity_ratio, "
      "equal_opportunity_difference, equal_opportunity_ratio, equalized_odds_difference, "
-     "equalized_odds_ratio); counterfactual_mean_abs_delta has none"),
+     "equalized_odds_ratio, min_impact_ratio); counterfactual_mean_abs_delta has none"),
     ({"metric": "accuracy_over_baseline", "min": -1.5},
      "gates.0: gate on accuracy_over_baseline: min -1.5 is not between -1 and 1; "
      "accuracy_over_baseline is always in [-1, 1], so the gate could never fail"),

@@ -870,6 +870,29 @@ def _slice_batch(encoded: EncodedBatch, index: torch.Tensor, length: int) -> Enc
     )
 
 
+def _budget_batches(lengths: torch.Tensor, batch_size: int, order: torch.Tensor,
+                    blocks: bool) -> list[tuple[int, torch.Tensor]]:
+    """``(block start, row indices)`` per batch: one length-sorted block, or (with a budget)
+    blocks of ``batch_size`` texts in the given order, each sorted by length."""
+    n = len(lengths)
+    if not blocks:
+        return [(0, order[start:start + batch_size]) for start in range(0, n, batch_size)]
+    size = batch_size
+    out = []
+    for block_start in range(0, n, size):
+        rows = torch.arange(block_start, min(n, block_start + size))
+        rows = rows[torch.argsort(lengths[rows], stable=True)]
+        out += [(block_start, rows[i:i + batch_size]) for i in range(0, len(rows), batch_size)]
+    return out
+
+
+def _evals_used(steps_used: np.ndarray, *, order_done: int, fixed) -> int:
+    """Gradient evaluations spent on the first ``order_done`` texts (blocks run in order)."""
+    if fixed is not None:
+        return int(fixed) * order_done
+    return int(steps_used[:order_done].sum())
+
+
 def attribute_prompt(
     prompted: PromptedModel,
     texts: Sequence[str],
@@ -890,6 +913,7 @@ def attribute_prompt(
     max_gradient_evals: int = DEFAULT_MAX_GRADIENT_EVALS,
     min_group_size: int = DEFAULT_MIN_GROUP_SIZE,
     position_tolerance: float | None = None,
+    max_gradient_evals_total: int | None = None,
 ) -> dict:
     """Attribute the target-label probability to prompt positions and input tokens.
 
@@ -942,6 +966,13 @@ def attribute_prompt(
         Integrated gradients: the completeness tolerance (probability points).
         With ``n_steps="auto"`` it drives the steps; with fixed steps it only
         decides ``converged``.
+    max_gradient_evals_total : int, optional
+        Budget of gradient evaluations for the whole run (integrated gradients):
+        examples are attributed in batches of ``batch_size`` in the order given
+        and no new batch starts once the budget is spent, so the first ``K`` texts
+        are attributed (a batch may overrun the budget; the first batch always
+        runs). The result then has ``budget``: ``{max_gradient_evals_total,
+        n_gradient_evals, n_requested, n_attributed, n_left_out}``. None: no budget.
     max_gradient_evals : int
         Adaptive integrated gradients: most gradient evaluations per example;
         an example that needs more is reported as not converged.
@@ -1082,13 +1113,29 @@ def attribute_prompt(
     targets = np.zeros(n, dtype=np.int64)
     target_probs = np.zeros(n, dtype=np.float64)
 
-    starts = range(0, n, batch_size)
+    is_ig = method is AttributionMethod.INTEGRATED_GRADIENTS
+    budget = None
+    if max_gradient_evals_total is not None:
+        if (isinstance(max_gradient_evals_total, bool)
+                or not isinstance(max_gradient_evals_total, numbers.Integral)
+                or max_gradient_evals_total < 1):
+            raise InputError(
+                f"max_gradient_evals_total must be an integer >= 1; got "
+                f"{max_gradient_evals_total!r}"
+            )
+        budget = int(max_gradient_evals_total) if is_ig else None
+    batches = _budget_batches(lengths.cpu(), batch_size, order, budget is not None)
     if progress:
         from tqdm.auto import tqdm
 
-        starts = tqdm(starts, desc=f"attribute ({method.value})", unit="batch", leave=False)
-    for start in starts:
-        index = order[start:start + batch_size]
+        batches = tqdm(batches, desc=f"attribute ({method.value})", unit="batch", leave=False)
+    n_done = n
+    for block_start, index in batches:
+        if budget is not None and block_start > 0 and _evals_used(
+                steps_used, order_done=block_start, fixed=None if adaptive else n_steps
+        ) >= budget:
+            n_done = block_start  # the budget is spent: no new block starts
+            break
         device_index = index.to(prompted.device)
         batch = _slice_batch(encoded, device_index, int(lengths[device_index].max()))
         with torch.inference_mode():
@@ -1117,7 +1164,21 @@ def attribute_prompt(
                 token_attr[example] = per_token[row, : int(lengths[example])]
                 input_total[example] = token_attr[example].sum()
 
-    is_ig = method is AttributionMethod.INTEGRATED_GRADIENTS
+    n_requested = n
+    if n_done < n:  # the budget was spent: the first n_done texts were attributed
+        keep = slice(0, n_done)
+        texts = texts[:n_done]
+        encoded = _slice_batch(encoded, torch.arange(n_done, device=prompted.device),
+                               int(lengths[:n_done].max()))
+        lengths = lengths[:n_done]
+        prompt_attr, token_attr = prompt_attr[keep], token_attr[keep]
+        input_total = input_total[keep]
+        deltas, steps_used, converged = deltas[keep], steps_used[keep], converged[keep]
+        position_error, targets = position_error[keep], targets[keep]
+        target_probs = target_probs[keep]
+        if groups is not None:
+            groups = groups.iloc[:n_done]
+        n = n_done
     if is_ig and not adaptive:
         steps_used[:] = int(n_steps)
         converged = np.abs(deltas) <= float(delta_tolerance)
@@ -1134,6 +1195,18 @@ def attribute_prompt(
         result["examples"], delta_tolerance=float(delta_tolerance) if is_ig else None,
         max_gradient_evals=int(max_gradient_evals) if adaptive else None,
     ))
+    if budget is not None:
+        result["budget"] = {
+            "max_gradient_evals_total": budget,
+            "n_gradient_evals": int(steps_used.sum()),
+            "n_requested": n_requested,
+            "n_attributed": n,
+            "n_left_out": n_requested - n,
+        }
+        if n < n_requested:
+            logger.info("attribution budget of %d gradient evaluations spent after %d of %d "
+                        "examples (%d used); the other %d were left out", budget, n,
+                        n_requested, int(steps_used.sum()), n_requested - n)
     result = {
         "method": method.value,
         "n_steps": (AUTO_STEPS if adaptive else int(n_steps)) if is_ig else None,

@@ -485,3 +485,128 @@ def _add_significance(rows: list[dict], reference: Mapping[str, Any] | None) -> 
         row["z_score"] = z
         row["z_p_value"] = p
         row["significant_2sd"] = z <= -SIGNIFICANCE_SD
+# ------------------------------------------------------------- uncertainty
+def with_impact_ratio_intervals(
+    audit: Mapping[str, Any],
+    categories: pd.DataFrame,
+    *,
+    selected: Sequence[bool] | np.ndarray | None = None,
+    scores: Sequence[float] | np.ndarray | None = None,
+    bootstrap: int,
+    confidence: float,
+    seed: int,
+) -> dict:
+    """``audit`` (from :func:`compute_bias_audit`) with bootstrap intervals of its impact ratios.
+
+    The interval is computed the way :mod:`promptaudit.fairness` computes a
+    demographic-parity-ratio interval, so one figure read from the same rates gets one
+    verdict: resample ``b`` takes rows ``numpy.random.default_rng(seed).integers(0, n,
+    size=n)`` (the same rows as the fairness bootstrap with the same seed); each pair of
+    compared (non-excluded) categories gets a percentile interval of its signed ratio
+    gap at the Bonferroni level ``1 - (1 - confidence) / K``, folded through the absolute
+    value (``fairness._fold_interval``). The excluded categories and the reference are
+    those of the full sample; in ``scoring`` mode the median is recomputed in every
+    resample.
+
+    Parameters
+    ----------
+    audit : mapping
+        The bias audit (its ``mode``, ``categories``, ``unknown_values`` and tables).
+    categories : pandas.DataFrame
+        ``(n_rows, n_features)``: the same category columns ``audit`` was computed from.
+    selected, scores : array-like, optional
+        ``(n_rows,)``: as given to :func:`compute_bias_audit` for its mode.
+    bootstrap : int
+        Resamples (0: no interval).
+    confidence : float
+    seed : int
+
+    Returns
+    -------
+    dict
+        A copy of ``audit`` whose tables carry ``impact_ratio_interval`` (``[lo, hi]``
+        of the table's ``min_impact_ratio``, or None) and which carries
+        ``min_impact_ratio_interval``: ``[lowest lower bound over tables, upper bound of
+        the table with the smallest ratio]`` (a gate on the worst value passes when
+        every table's interval clears it and fails when the worst table's does not,
+        as worst-value disparity gates do), ``None`` when any table lacks one;
+        ``interval_confidence`` and ``interval_bootstrap``.
+    """
+    import copy
+
+    from promptaudit.fairness import _fold_interval, _pairs, _signed_gaps, min_resamples
+
+    out = copy.deepcopy(dict(audit))
+    out["interval_confidence"] = float(confidence)
+    out["interval_bootstrap"] = int(bootstrap)
+    tables = out.get("tables") or {}
+    for table in tables.values():
+        table["impact_ratio_interval"] = None
+    out["min_impact_ratio_interval"] = None
+    n_rows = len(categories)
+    if bootstrap <= 0 or n_rows == 0 or bootstrap < min_resamples(confidence):
+        return out
+    mode = BiasAuditMode(out.get("mode", "selection"))
+    chosen, _ = _selected(mode, n_rows, selected, scores)
+    values = None if mode is BiasAuditMode.SELECTION else np.asarray(scores, dtype=float)
+    unknown = {str(value).strip() for value in out.get("unknown_values") or ()}
+    codes = {
+        str(column): _category_codes(categories[column], unknown) for column in categories.columns
+    }
+    if len(codes) >= 2:
+        codes[INTERSECTION_SEPARATOR.join(codes)] = _intersection_codes(list(codes.values()))
+    layouts = {}
+    for name, table in tables.items():
+        compared = [row["group"] for row in table.get("rows") or [] if not row.get("excluded")]
+        if table.get("min_impact_ratio") is None or len(compared) < 2 or name not in codes:
+            continue
+        index = {group: g for g, group in enumerate(compared)}
+        layouts[name] = (
+            compared,
+            np.array([index.get(code, -1) if code is not None else -1 for code in codes[name]]),
+        )
+    if not layouts:
+        return out
+    rng = np.random.default_rng(seed)
+    sampled = {name: np.full((bootstrap, len(groups)), np.nan) for name, (groups, _) in
+               layouts.items()}
+    for b in range(bootstrap):
+        rows = rng.integers(0, n_rows, size=n_rows)
+        weights = np.bincount(rows, minlength=n_rows).astype(float)
+        picked = chosen if values is None else values > float(np.median(values[rows]))
+        for name, (groups, group_of) in layouts.items():
+            member = group_of >= 0
+            counts = np.bincount(group_of[member], weights=weights[member], minlength=len(groups))
+            hits = np.bincount(group_of[member], weights=(weights * picked)[member],
+                               minlength=len(groups))
+            with np.errstate(divide="ignore", invalid="ignore"):
+                sampled[name][b] = np.where(counts > 0, hits / counts, np.nan)
+    worst_name, worst_value = None, math.inf
+    for name, (groups, _) in layouts.items():
+        table = tables[name]
+        rates = {row["group"]: row["rate"] for row in table["rows"]}
+        point = np.array([rates[group] for group in groups], dtype=float)
+        pairs = _pairs(groups, None)
+        interval = _fold_interval(
+            _signed_gaps(point, pairs, "ratio"),
+            _signed_gaps(sampled[name], pairs, "ratio"),
+            "ratio",
+            confidence,
+        )
+        table["impact_ratio_interval"] = (
+            None if interval is None else [float(interval[0]), float(interval[1])]
+        )
+        if table["min_impact_ratio"] < worst_value:
+            worst_name, worst_value = name, table["min_impact_ratio"]
+    intervals = [tables[name]["impact_ratio_interval"] for name in layouts]
+    if (
+        out.get("min_impact_ratio") is not None
+        and len(layouts) == sum(1 for t in tables.values() if t.get("min_impact_ratio") is not None)
+        and all(interval is not None for interval in intervals)
+        and worst_name is not None
+    ):
+        out["min_impact_ratio_interval"] = [
+            min(interval[0] for interval in intervals),
+            tables[worst_name]["impact_ratio_interval"][1],
+        ]
+    return out

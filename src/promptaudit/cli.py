@@ -238,6 +238,54 @@ def _show_progress() -> bool:
     return sys.stderr.isatty()
 
 
+class _StageFormatter(logging.Formatter):
+    """``promptaudit [0:12] attribution: ... (about 2 min)``: elapsed time and the stage."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        import time
+
+        self.started = time.monotonic()
+
+    def format(self, record: logging.LogRecord) -> str:
+        import time
+
+        elapsed = int(time.monotonic() - self.started)
+        text = escape_controls(record.getMessage(), keep_newlines=False)
+        return f"promptaudit [{elapsed // 60}:{elapsed % 60:02d}] {text}"
+
+
+def _configure_progress(quiet: bool) -> bool:
+    """Stage lines on stderr unless ``quiet``; returns whether tqdm bars are shown too.
+
+    The library reports stages through the ``promptaudit.progress`` logger
+    (:mod:`promptaudit.progress`); this prints them, one line per stage, whether or not
+    a terminal is attached. Bars are shown on a terminal only.
+    """
+    from promptaudit.progress import PROGRESS_LOGGER
+
+    progress_logger = logging.getLogger(PROGRESS_LOGGER)
+    for handler in list(progress_logger.handlers):
+        if getattr(handler, "promptaudit_stages", False):
+            progress_logger.removeHandler(handler)
+    progress_logger.propagate = False
+    if quiet:
+        progress_logger.setLevel(logging.WARNING)
+        return False
+    handler = logging.StreamHandler(sys.stderr)
+    handler.promptaudit_stages = True
+    handler.setFormatter(_StageFormatter())
+    progress_logger.addHandler(handler)
+    progress_logger.setLevel(logging.INFO)
+    return _show_progress()
+
+
+QuietOption = Annotated[
+    bool,
+    typer.Option("--quiet", "-q", help="No stage progress on stderr (results still print)."),
+]
+
+
 def _split_labels(labels: str | None) -> list[str] | None:
     if labels is None:
         return None
@@ -312,16 +360,18 @@ def demo(
         ),
     ] = False,
     verbose: VerboseOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Run the built-in audit on the embedded default model (builtin:minilm, no network)."""
     _configure_logging(verbose)
+    bars = _configure_progress(quiet)
     from promptaudit.demo import demo_prompt_dir, run_demo
     from promptaudit.paths import plan_demo
     from promptaudit.results import signing_key_from_env
 
     signing_key_from_env()  # a key that cannot sign fails before the audit
     plan_demo(out, prompt=demo_prompt_dir("clean"), retrain=retrain).check()
-    result, paths = run_demo(out, retrain=retrain, progress=_show_progress())
+    result, paths = run_demo(out, retrain=retrain, progress=bars)
     _print_verdict(result, paths)
     raise typer.Exit(EXIT_OK if result["passed"] else EXIT_GATE_FAILED)
 
@@ -340,9 +390,11 @@ def run(
         typer.Option("--pdf", help="Also write <name>.pdf (headless Chromium print-to-PDF)."),
     ] = False,
     verbose: VerboseOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Run an audit and write <name>.html, .json, .junit.xml and .md into --out."""
     _configure_logging(verbose)
+    bars = _configure_progress(quiet)
     from promptaudit.runner import run_audit_command
 
     engine = None
@@ -353,7 +405,7 @@ def run(
     # Under `accelerate launch` / `torchrun` every process runs the audit; the main one
     # writes the reports, and every process returns (or raises) the same outcome.
     outcome = run_audit_command(
-        audit, out, set_ or [], progress=_show_progress(), command=_command_line()
+        audit, out, set_ or [], progress=bars, command=_command_line()
     )
     if outcome.result is not None and engine is not None and "json" in outcome.paths:
         from promptaudit.paths import report_files
@@ -701,13 +753,33 @@ def attribute(
 @handle_errors
 def gate(
     result: Annotated[Path, typer.Argument(help="A result JSON written by `promptaudit run`.")],
+    policy: Annotated[
+        Path | None,
+        typer.Option(
+            "--policy",
+            help="The organisation's gate policy (YAML: inconclusive, require_signature, "
+            "gates). Its gates, not the run's, decide; a run whose own gates were weaker fails.",
+        ),
+    ] = None,
 ) -> None:
     """Re-check a result's gates: exit 0 if all pass, 1 if one fails, 2 on bad input."""
     _configure_logging(False)
     from promptaudit.gates import evaluate_gates, policy_of
-    from promptaudit.results import SIGNING_KEY_ENV, read_result_json
+    from promptaudit.results import SIGNING_KEY_ENV, read_result_json, signing_key_from_env
 
+    if policy is not None:
+        from promptaudit.gate_policy import load_gate_policy
+
+        policy_spec = load_gate_policy(policy)
+        if policy_spec.require_signature and signing_key_from_env() is None:
+            raise InputError(
+                f"{policy}: require_signature: true, but {SIGNING_KEY_ENV} is not set; set it "
+                "to the team's signing secret so the result's signature can be checked"
+            )
     data = read_result_json(result)
+    if policy is not None:
+        _gate_with_policy(result, data, policy, policy_spec)
+        return
     spec = (data.get("audit") or {}).get("spec", {})
     gates = evaluate_gates(spec.get("gates", []), data, inconclusive=policy_of(spec))
     for entry in gates:
@@ -721,6 +793,41 @@ def gate(
         )
     _echo(f"{result}: {'all gates pass' if passed else 'a gate failed'} ({len(gates)} checked)")
     raise typer.Exit(EXIT_OK if passed else EXIT_GATE_FAILED)
+
+
+def _gate_with_policy(result: Path, data: dict, policy: Path, policy_spec) -> None:
+    """``gate --policy``: the policy's gates on the recorded figures, and weaker run settings."""
+    from promptaudit.gate_policy import check_result_against_policy
+    from promptaudit.results import SIGNING_KEY_ENV
+
+    check = check_result_against_policy(data, policy_spec)
+    _echo(f"policy {policy}: {len(check['gates'])} gate(s), inconclusive: "
+          f"{policy_spec.inconclusive.value}, require_signature: "
+          f"{str(policy_spec.require_signature).lower()}")
+    for entry in check["gates"]:
+        message = entry["message"].replace(
+            "under gate_policy.inconclusive:", "under the policy's inconclusive:"
+        )
+        _echo(_gate_word(entry) + message)
+    for entry in check["weaker"]:
+        word = "MISSING  " if entry["kind"] == "missing" else "WEAKER  "
+        _echo(word + entry["message"])
+    if os.environ.get(SIGNING_KEY_ENV) is not None:
+        _echo("note: checksum and signature verified")
+    elif policy_spec.require_signature is False and "hmac_sha256" in (data.get("integrity") or {}):
+        _echo(
+            f"note: the result is signed, but {SIGNING_KEY_ENV} is not set: signature not checked"
+        )
+    if check["passed"]:
+        verdict = "all policy gates pass"
+    elif not check["gates_passed"]:
+        verdict = "a policy gate failed"
+    else:
+        verdict = "the run's own gates were weaker than the policy"
+    if check["weaker"] and not check["gates_passed"]:
+        verdict += "; the run's own gates were weaker than the policy"
+    _echo(f"{result}: {verdict} ({len(check['gates'])} checked against {policy})")
+    raise typer.Exit(EXIT_OK if check["passed"] else EXIT_GATE_FAILED)
 
 
 @app.command()
@@ -782,10 +889,12 @@ def mitigate(
     ] = False,
     device: DeviceOption = "auto",
     verbose: VerboseOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Re-tune a prompt with counterfactual logit pairing; exit 1 if no weight meets the budget."""
     _configure_logging(verbose)
     from promptaudit.atomic import check_output_dir
+    bars = _configure_progress(quiet)
     from promptaudit.data import encode_labels, infer_labels
     from promptaudit.mitigation import MitigationSettings, mitigate_prompt, tradeoff_markdown
     from promptaudit.paths import plan_mitigate
@@ -838,7 +947,7 @@ def mitigate(
         data_source=str(data),
         device=device,
         resume=resume,
-        progress=_show_progress(),
+        progress=bars,
     )
     typer.echo(tradeoff_markdown(result.table, max_accuracy_drop), nl=False)
     typer.echo(result.message)
@@ -857,18 +966,45 @@ def compare(
     ] = None,
     max_regression: Annotated[
         float | None,
-        typer.Option("--max-regression", help="Exit 1 if a gate metric got worse by more."),
+        typer.Option(
+            "--max-regression",
+            help="Exit 1 if a gate metric got worse by more, its after-interval included "
+            "(a change the interval cannot tell from the tolerance is inconclusive).",
+        ),
+    ] = None,
+    allow_different: Annotated[
+        bool,
+        typer.Option(
+            "--allow-different",
+            help="Compare results measured unlike (other data, features, labels, model, "
+            "baselines) and mark every affected row, instead of refusing (exit 2).",
+        ),
+    ] = False,
+    inconclusive: Annotated[
+        str | None,
+        typer.Option(
+            "--inconclusive",
+            help="fail or pass: what an inconclusive regression counts as (default: the "
+            "after result's gate_policy.inconclusive).",
+        ),
     ] = None,
 ) -> None:
     """Compare two results metric by metric; with --max-regression, exit 1 on a regression."""
+    _configure_logging(False)
     from promptaudit.compare import compare_results, comparison_markdown, write_comparison
     from promptaudit.paths import plan_compare
     from promptaudit.results import read_result_json
 
     plan_compare(before, after, out).check()  # before reading: never overwrite an input
     comparison = compare_results(
-        read_result_json(before), read_result_json(after), max_regression=max_regression
+        read_result_json(before),
+        read_result_json(after),
+        max_regression=max_regression,
+        allow_different=allow_different,
+        inconclusive=inconclusive,
     )
+    for sentence in comparison["differences"]:
+        _echo(f"warning: not like for like: {sentence}", err=True)
     typer.echo(comparison_markdown(comparison), nl=False)
     if out is not None:
         for kind, path in sorted(write_comparison(comparison, out).items()):

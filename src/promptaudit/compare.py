@@ -3,9 +3,14 @@
 :func:`compare_results` reads every gate metric of :data:`promptaudit.spec.GATE_METRICS`
 from both results (worst over sensitive features, as gates read them), reports the
 change and whether it is an improvement given the metric's direction, and, with
-``max_regression``, marks a metric *regressed* when it got worse by more than that.
+``max_regression``, marks a metric *regressed* when it got worse by more than that
+with its after-interval wholly beyond the tolerance line, and *inconclusive* when the
+point value is beyond it but the interval reaches back (:func:`regression_status`).
 A metric defined before but undefined after counts as regressed (fail closed); one
-undefined in both is listed as not comparable and gates nothing.
+undefined in both is listed as not comparable and gates nothing. Results measured
+unlike (other data, features, labels, model, baselines, metric definitions:
+:mod:`promptaudit.comparability`) are refused unless ``allow_different`` is set, and
+then every affected row is marked.
 
 :func:`comparison_markdown` and :func:`comparison_html` (in
 :mod:`promptaudit.report.comparison`, re-exported here) render the comparison (all
@@ -28,6 +33,7 @@ from promptaudit.report.comparison import (
 
 __all__ = [
     "compare_results",
+    "regression_status",
     "comparison_html",
     "comparison_markdown",
     "write_comparison",
@@ -36,9 +42,14 @@ __all__ = [
 
 
 def compare_results(
-    before: Mapping, after: Mapping, *, max_regression: float | None = None
+    before: Mapping,
+    after: Mapping,
+    *,
+    max_regression: float | None = None,
+    allow_different: bool = False,
+    inconclusive: str | None = None,
 ) -> dict:
-    """Side-by-side gate metrics of two results.
+    """Side-by-side gate metrics of two results, like for like, with an interval-aware gate.
 
     Parameters
     ----------
@@ -46,41 +57,87 @@ def compare_results(
         Result JSON objects (``promptaudit run``).
     max_regression : float, optional
         Largest accepted worsening of any metric (in its own units, >= 0).
+    allow_different : bool
+        Compare results that were not measured alike (other data, features, labels,
+        model, baselines, ...; :func:`promptaudit.comparability.result_differences`)
+        and mark every row a difference affects, instead of refusing.
+    inconclusive : {"fail", "pass"}, optional
+        What an inconclusive regression does to ``passed`` (default: the after
+        result's ``gate_policy.inconclusive``, else ``fail``).
 
     Returns
     -------
     dict
-        ``before`` / ``after`` (name, prompt, passed, content hash), ``metrics`` (one
-        row per gate metric: ``metric``, ``direction``, ``before``, ``after``,
+        ``before`` / ``after`` (name, prompt, passed, content hash), ``differences``
+        (sentences; empty when like for like), ``metrics`` (one row per gate metric:
+        ``metric``, ``direction``, ``before``, ``after``, ``after_interval``,
         ``change`` (after - before), ``worse_by`` (>0 when worse), ``verdict``
-        (``improved``, ``worse``, ``unchanged``, ``undefined after``, ``not comparable``),
-        ``regressed``), ``gates`` (each side's gate verdicts), ``max_regression``,
-        ``regressed`` (metric names) and ``passed`` (no regression; True without a
-        threshold).
+        (``improved``, ``worse``, ``unchanged``, ``undefined after``, ``not
+        comparable``, ``new``), ``regression`` (``regressed``, ``inconclusive``,
+        ``no`` or None without a threshold), ``regressed``, ``point_only`` and
+        ``differences`` (the sentences that affect the row)), ``gates`` (each side's
+        gate verdicts), ``max_regression``, ``inconclusive``, ``regressed`` and
+        ``inconclusive_metrics`` (metric names) and ``passed``.
+
+    Raises
+    ------
+    InputError
+        ``max_regression`` below 0, or results that differ (one sentence per
+        difference) without ``allow_different``.
+
+    Notes
+    -----
+    The regression rule reads the after-result's interval. With ``t =
+    max_regression`` and ``b`` the before value, a metric whose point value got worse
+    by more than ``t`` is *regressed* only when its whole after-interval lies beyond
+    the tolerance line (``hi < b - t`` for a higher-is-better metric, ``lo > b + t``
+    for a lower-is-better one); when the interval reaches back over the line the
+    change is *inconclusive* and counts under ``inconclusive`` (``fail`` by default,
+    as for gates). A metric recorded without an interval (point-only) is judged on
+    its point value. A metric defined before and undefined after is regressed.
     """
-    from promptaudit.gates import metric_value
+    from promptaudit.comparability import differences, differences_by_metric
+    from promptaudit.gates import metric_value, policy_of
     from promptaudit.spec import GATE_METRICS
 
     if max_regression is not None and not (max_regression >= 0):
         raise InputError(f"--max-regression {max_regression}: must be a number >= 0")
+    policy = inconclusive or policy_of((after.get("audit") or {}).get("spec"))
+    if policy not in ("fail", "pass"):
+        raise InputError(f"--inconclusive {policy!r}: allowed: fail, pass")
+    found = differences(before, after)
+    if found and not allow_different:
+        more = f" (and {len(found) - 1} more difference{'s' * (len(found) > 2)})" if len(
+            found) > 1 else ""
+        raise InputError(
+            f"the results are not like for like: {found[0].sentence}{more}; compare audits "
+            "of the same data, features, labels, model and baselines, or pass "
+            "--allow-different to compare anyway with every affected row marked"
+        )
+    affected = differences_by_metric(found, list(GATE_METRICS))
     rows = []
     for metric, (_, _, direction) in GATE_METRICS.items():
         old, _ = metric_value(dict(before), metric)
-        new, _ = metric_value(dict(after), metric)
+        new, interval = metric_value(dict(after), metric)
         row = {
             "metric": metric,
             "direction": direction,
             "before": old,
             "after": new,
+            "after_interval": interval,
             "change": None,
             "worse_by": None,
+            "regression": None,
             "regressed": False,
+            "point_only": interval is None,
+            "differences": affected[metric],
         }
         if old is None and new is None:
             row["verdict"] = "not comparable"
         elif new is None:
             row["verdict"] = "undefined after"
-            row["regressed"] = max_regression is not None
+            if max_regression is not None:
+                row["regression"], row["regressed"] = "regressed", True
         elif old is None:
             row["verdict"] = "new"
         else:
@@ -90,23 +147,64 @@ def compare_results(
                 row["verdict"] = "unchanged"
             else:
                 row["verdict"] = "worse" if row["worse_by"] > 0 else "improved"
-            row["regressed"] = (
-                max_regression is not None and row["worse_by"] > max_regression + 1e-12
-            )
+            if max_regression is not None:
+                row["regression"] = regression_status(
+                    old, new, interval, direction=direction, max_regression=max_regression
+                )
+                row["regressed"] = row["regression"] == "regressed"
         rows.append(row)
-    regressed = [row["metric"] for row in rows if row["regressed"]]
+    regressed = [row["metric"] for row in rows if row["regression"] == "regressed"]
+    undecided = [row["metric"] for row in rows if row["regression"] == "inconclusive"]
     return {
         "before": _side(before),
         "after": _side(after),
+        "differences": [d.sentence for d in found],
         "metrics": rows,
         "gates": {
             "before": list(before.get("gates") or []),
             "after": list(after.get("gates") or []),
         },
         "max_regression": max_regression,
+        "inconclusive": policy,
         "regressed": regressed,
-        "passed": not regressed,
+        "inconclusive_metrics": undecided,
+        "passed": not regressed and (policy == "pass" or not undecided),
     }
+
+
+def regression_status(
+    before: float,
+    after: float,
+    after_interval: list | None,
+    *,
+    direction: str,
+    max_regression: float,
+) -> str:
+    """``regressed``, ``inconclusive`` or ``no``: the regression rule (see :func:`compare_results`).
+
+    Examples
+    --------
+    The point fell 0.044 -> -0.019 (beyond a tolerance of 0.05) but the interval
+    reaches back over the line at -0.006:
+
+    >>> regression_status(0.044, -0.019, [-0.047, 0.005], direction="higher",
+    ...                   max_regression=0.05)
+    'inconclusive'
+    >>> regression_status(0.044, -0.019, [-0.047, -0.010], direction="higher",
+    ...                   max_regression=0.05)
+    'regressed'
+    """
+    worse_by = (before - after) if direction == "higher" else (after - before)
+    if worse_by <= max_regression + 1e-12:
+        return "no"
+    if after_interval is None:
+        return "regressed"  # point-only: the point decides
+    lo, hi = after_interval
+    if direction == "higher":
+        beyond = hi < before - max_regression - 1e-12
+    else:
+        beyond = lo > before + max_regression + 1e-12
+    return "regressed" if beyond else "inconclusive"
 
 
 def _side(result: Mapping) -> dict:

@@ -172,6 +172,21 @@ def attribution_batches(lengths: Sequence[int] | np.ndarray | torch.Tensor, *,
     return _batches(order, int(batch_size))
 
 
+def budget_attribution_batches(lengths: Sequence[int] | np.ndarray | torch.Tensor, *,
+                               batch_size: int) -> list[np.ndarray]:
+    """The batches ``attribute_prompt`` forms under ``max_gradient_evals_total``.
+
+    Consecutive rows in the given order, ``batch_size`` at a time, each batch ordered by
+    length (stable), so the budget cuts the texts at a batch boundary.
+    """
+    lengths = torch.as_tensor(lengths.cpu() if isinstance(lengths, torch.Tensor) else lengths)
+    out = []
+    for start in range(0, len(lengths), int(batch_size)):
+        rows = torch.arange(start, min(len(lengths), start + int(batch_size)))
+        out.append(rows[torch.argsort(lengths[rows], stable=True)].numpy())
+    return out
+
+
 def dealing_order(n_batches: int, num_processes: int) -> list[int]:
     """Batch indices laid out so that a contiguous split deals batch ``b`` to ``b % N``.
 
@@ -422,6 +437,12 @@ class AuditProcesses:
         """
         if batch_size is None:
             batch_size = inspect.signature(attribute_prompt).parameters["batch_size"].default
+        budget = options.pop("max_gradient_evals_total", None)
+        from promptaudit.attribution import AttributionMethod
+
+        method = AttributionMethod.parse(options.get("method", "integrated_gradients"))
+        if method is not AttributionMethod.INTEGRATED_GRADIENTS:
+            budget = None
         texts = [str(t) for t in texts][:max_examples]
         groups = sensitive_features
         if groups is not None and hasattr(groups, "iloc"):
@@ -431,16 +452,42 @@ class AuditProcesses:
             if not texts:  # attribute_prompt's own one-line error
                 attribute_prompt(prompted, texts, max_examples=max_examples, **options)
             lengths = prompted.encode(texts).attention_mask.sum(dim=1)
-            batches = attribution_batches(lengths, batch_size=batch_size)
+            batches = (attribution_batches(lengths, batch_size=batch_size) if budget is None
+                       else budget_attribution_batches(lengths, batch_size=batch_size))
             mine = [(b, [texts[i] for i in batches[b]]) for b in self.my_batches(len(batches))]
             done = attribute_batches(prompted, mine, seed=seed, batch_size=batch_size,
                                      progress=progress and self.is_main, **options)
             return [(batches[index], result) for index, result in done]
 
         pieces = [piece for answer in self.exchange(work) for piece in answer]
-        return merge_attributions(pieces, n_examples=len(texts), seed=int(seed),
-                                  sensitive_features=groups,
-                                  min_group_size=options.get("min_group_size"))
+        if budget is None:
+            return merge_attributions(pieces, n_examples=len(texts), seed=int(seed),
+                                      sensitive_features=groups,
+                                      min_group_size=options.get("min_group_size"))
+        # Every batch was attributed; keep what one process under the budget keeps.
+        pieces = sorted(pieces, key=lambda piece: int(min(piece[0])))
+        cut, spent = len(texts), 0
+        for rows, result in pieces:
+            start = int(min(rows))
+            if start > 0 and spent >= int(budget):
+                cut = start
+                break
+            spent += sum(int(example.get("n_steps") or 0) for example in result["examples"])
+        kept = [piece for piece in pieces if int(min(piece[0])) < cut]
+        if groups is not None and hasattr(groups, "iloc"):
+            groups = groups.iloc[:cut]
+        merged = merge_attributions(kept, n_examples=cut, seed=int(seed),
+                                    sensitive_features=groups,
+                                    min_group_size=options.get("min_group_size"))
+        used = sum(int(example.get("n_steps") or 0) for example in merged["examples"])
+        merged["budget"] = {
+            "max_gradient_evals_total": int(budget),
+            "n_gradient_evals": used,
+            "n_requested": len(texts),
+            "n_attributed": cut,
+            "n_left_out": len(texts) - cut,
+        }
+        return merged
 
     def shard(self, prompted: PromptedModel) -> ShardedPromptedModel:
         """``prompted`` whose predictions are divided between the processes."""

@@ -176,6 +176,18 @@ def assess_competence(
     elif worse:
         listed = ", ".join(f"{name} ({points[name]:.3f})" for name in worse)
         reason = f"the prompt does worse than its baseline {listed}: {described}"
+    elif best_name and points["prompt"] < points[best_name]:
+        # Below the best baseline by the point value, but not beyond the uncertainty:
+        # never "not below" about a figure that is below.
+        gap = differences.get(best_name)
+        shown = (
+            f"; {level} interval of the difference {gap[0]:+.3f} to {gap[1]:+.3f}" if gap else ""
+        )
+        reason = (
+            f"the prompt does its task: {described}, above chance ({chance:.3f}); it is below "
+            f"its best baseline {best_name} ({points[best_name]:.3f}), within the "
+            f"uncertainty{shown}"
+        )
     else:
         reason = (
             f"the prompt does its task: {described}, above chance ({chance:.3f})"

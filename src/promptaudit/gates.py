@@ -170,7 +170,8 @@ def metric_value(
             value = competence.get("accuracy_over_baseline")
         return _number(value), _pair(interval)
     if section == "bias_audit":  # None when not computed or any table has no defined ratio
-        return _number((result.get("bias_audit") or {}).get(key)), None
+        bias_audit = result.get("bias_audit") or {}
+        return _number(bias_audit.get(key)), _pair(bias_audit.get(f"{key}_interval"))
     if section == "counterfactual":
         counterfactual = fairness.get("counterfactual") or {}
         interval = counterfactual.get("flip_rate_interval") if key == "flip_rate" else None
@@ -277,8 +278,23 @@ def evaluate_gates(
         for op, threshold in ((">=", gate.min), ("<=", gate.max)):
             if threshold is None:
                 continue
-            out.append(_verdict(gate, op, float(threshold), result, policy))
+            out.append(_mark_point_only(_verdict(gate, op, float(threshold), result, policy)))
     return out
+
+
+def _mark_point_only(entry: dict) -> dict:
+    """Say so in the gate line when the metric has no interval by definition.
+
+    Every gate metric states its uncertainty the same way: an interval, or this
+    explicit marker (``point_only``), so a reader never mistakes a point verdict for
+    one that weighed the uncertainty.
+    """
+    from promptaudit.spec import INTERVAL_GATE_METRICS
+
+    if entry["metric"] not in INTERVAL_GATE_METRICS:
+        entry["point_only"] = True
+        entry["message"] += " (point-only metric: it has no interval)"
+    return entry
 
 
 # --------------------------------------------------------------------- one verdict

@@ -37,6 +37,7 @@ import json
 import logging
 import math
 import shutil
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -552,7 +553,7 @@ def mitigate_prompt(
     from promptaudit.atomic import atomic_write_text
     from promptaudit.prompted import load_prompted_model
     from promptaudit.prompts import check_recorded_labels, load_prompt
-    from promptaudit.training import CHECKPOINT_DIR, InitMethod, TrainingConfig, train_prompt
+    from promptaudit.training import CHECKPOINT_DIR, TrainingConfig, train_prompt
 
     settings = settings or MitigationSettings()
     settings.check()
@@ -626,9 +627,11 @@ def mitigate_prompt(
     before = {"weight": None, **build(prompt)}
     initial_state = {"prompt_embeddings": soft.embeddings}
     initial_state.update({f"base_model.{k}": v for k, v in soft.head_state.items()})
+    init_method, init_text = original_init(soft)
     config = TrainingConfig(
         num_virtual_tokens=soft.num_virtual_tokens,
-        init=InitMethod.RANDOM,
+        init=init_method,
+        init_text=init_text,
         epochs=settings.epochs,
         learning_rate=settings.learning_rate,
         batch_size=settings.batch_size,
@@ -639,7 +642,21 @@ def mitigate_prompt(
     hashes = _data_hashes(texts, label_ids, data_source)
     max_pairs = settings.max_pairs_per_batch or settings.batch_size
     table: list[dict] = []
-    for weight in settings.weights:
+    from promptaudit.progress import stage
+
+    n_weights = len(settings.weights)
+    stage("mitigation sweep", f"{n_weights} pairing weight(s) x {settings.epochs} epoch(s) on "
+          f"{len(train_texts)} texts and {len(variants)} variant texts")
+    durations: list[float] = []
+    for number, weight in enumerate(settings.weights, start=1):
+        remaining = None
+        if durations:  # measured on the candidates already trained
+            remaining = sum(durations) / len(durations) * (n_weights - number + 1)
+        stage(f"mitigation weight {weight:g} ({number} of {n_weights})",
+              "re-tuning with counterfactual logit pairing"
+              + (", time left for the sweep" if remaining is not None else ""),
+              estimate_s=remaining)
+        started = time.perf_counter()
         candidate = out_dir / SWEEP_DIR / f"clp-w{weight:g}"
         info = {
             "method": MitigationMethod.CLP.value,
@@ -693,6 +710,7 @@ def mitigate_prompt(
             n_pairs = loss.n_pairs
             _record_pairs(candidate, n_pairs)
         table.append({"weight": float(weight), **build(candidate), "n_pairs": n_pairs})
+        durations.append(time.perf_counter() - started)
 
     chosen = select_weight(table, before=before, max_accuracy_drop=settings.max_accuracy_drop)
     for i, row in enumerate(table):
@@ -782,6 +800,25 @@ def mitigate_prompt(
 
 
 # ------------------------------------------------------------------ helpers
+def original_init(soft) -> tuple:
+    """``(InitMethod, init_text)`` of the audited prompt, recorded again in the re-tuned one.
+
+    The mitigated adapter starts from the audited prompt's embeddings either way; its
+    saved config keeps the original's ``prompt_tuning_init`` (and init text), so an audit
+    of it measures the same ``init_text`` baseline as the audit of the original and
+    ``accuracy_over_baseline`` compares like for like.
+    """
+    from promptaudit.training import InitMethod
+
+    method = str(getattr(soft, "init_method", None) or "").upper()
+    text = getattr(soft, "init_text", None)
+    if method == "TEXT" and text and str(text).strip():
+        return InitMethod.TEXT, str(text)
+    if method == "SAMPLE_VOCAB":
+        return InitMethod.VOCAB, None
+    return InitMethod.RANDOM, None
+
+
 def _positive_index(labels: list[str], positive_label: str | None) -> int:
     if positive_label is None:
         return len(labels) - 1 if len(labels) == 2 else 0

@@ -632,6 +632,19 @@ class AttributionGroups(Section):
 
 
 @dataclass
+class AttributionBudget(Section):
+    """``attribution.budget``: the run's gradient-evaluation budget and what it left out."""
+
+    max_gradient_evals_total: int
+    n_gradient_evals: int
+    n_requested: int
+    n_attributed: int
+    n_left_out: int
+    extra: dict[str, Any] = _extra()
+    _absent: frozenset[str] | None = _absent_field()
+
+
+@dataclass
 class AttributionResult(Section):
     """``attribution``: how much each virtual token drives the predictions."""
 
@@ -659,6 +672,8 @@ class AttributionResult(Section):
     max_gradient_evals: int | None = optional()
     #: allowed summed per-position error (adaptive integrated gradients; None otherwise)
     position_tolerance: float | None = optional()
+    #: the gradient-evaluation budget and the examples it left out (audits set one)
+    budget: AttributionBudget | None = optional(omit_none=True)
     extra: dict[str, Any] = _extra()
     _absent: frozenset[str] | None = _absent_field()
 
@@ -806,6 +821,8 @@ class GateResult(Section):
     rows_to_decide: int | None = optional()
     rows_unit: str | None = optional()
     message: str = ""
+    #: True for metrics that have no interval by definition (the gate line says so)
+    point_only: bool | None = optional(omit_none=True)
     extra: dict[str, Any] = _extra()
     _absent: frozenset[str] | None = _absent_field()
 
@@ -975,6 +992,8 @@ class BiasAuditTable(Section):
     min_impact_ratio: float | None
     rows: list[BiasAuditRow]
     unknown_rate: float | None = optional()
+    #: bootstrap interval of ``min_impact_ratio`` (the rule of the DP ratio's interval)
+    impact_ratio_interval: Interval | None = optional()
     extra: dict[str, Any] = _extra()
     _absent: frozenset[str] | None = _absent_field()
 
@@ -995,6 +1014,10 @@ class BiasAuditResult(Section):
     tables: dict[str, BiasAuditTable]
     min_impact_ratio: float | None
     warnings: list[str]
+    #: ``[lowest lower bound over tables, upper bound of the worst table]``
+    min_impact_ratio_interval: Interval | None = optional()
+    interval_confidence: float | None = optional(omit_none=True)
+    interval_bootstrap: int | None = optional(omit_none=True)
     extra: dict[str, Any] = _extra()
     _absent: frozenset[str] | None = _absent_field()
 

@@ -92,7 +92,8 @@ INTERVAL_GATE_METRICS = frozenset(
     {
         name for name, (section, _, _) in GATE_METRICS.items() if section == "disparities"
     }
-    | {"counterfactual_flip_rate", "balanced_accuracy", "accuracy_over_baseline"}
+    | {"counterfactual_flip_rate", "balanced_accuracy", "accuracy_over_baseline",
+       "min_impact_ratio"}
 )
 
 #: Gate metrics that need true labels (``data.label_column``).
@@ -108,6 +109,11 @@ LABEL_GATE_METRICS = frozenset(
         "accuracy_over_baseline",
     }
 )
+
+#: Default ``attribution.max_gradient_evals_total``: a few minutes of MiniLM gradients on a
+#: two-core laptop CPU (benchmarks/attribution_budget.md).
+DEFAULT_GRADIENT_EVAL_BUDGET = 2048
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False)
@@ -251,6 +257,13 @@ class AttributionSpec(_Strict):
     delta_tolerance: float = Field(0.02, gt=0, le=1, strict=True)
     #: Most gradient evaluations per example with ``n_steps: auto``.
     max_gradient_evals: int = Field(512, ge=5, le=100_000, strict=True)
+    #: Budget of gradient evaluations for the whole attribution stage (integrated
+    #: gradients): examples are attributed in order until it is spent (the first block
+    #: always runs), at most ``max_examples``; the result and report say how many were
+    #: left out. ``null``: no budget (all ``max_examples``).
+    max_gradient_evals_total: int | None = Field(
+        DEFAULT_GRADIENT_EVAL_BUDGET, ge=1, le=10_000_000, strict=True
+    )
 
     @field_validator("n_steps", mode="before")
     @classmethod

@@ -275,9 +275,20 @@ def bias_audit_view(result: AuditResult | Mapping[str, Any]) -> dict[str, Any] |
         "tables": tables,
         "warnings": [str(w) for w in audit.warnings or []],
         "threshold": threshold_text,
-        "min_impact_ratio": fmt_num(minimum, 3) if as_float(minimum) is not None
+        "min_impact_ratio": fmt_num(minimum, 3) + _uncertainty(audit)
+        if as_float(minimum) is not None
         else "undefined (no impact ratio can be computed for at least one table)",
     }
+
+
+def _uncertainty(audit: BiasAuditResult) -> str:
+    """`` (95% interval 0.465-1.000)`` or an explicit point-only note (one figure, one verdict)."""
+    interval = audit.min_impact_ratio_interval
+    if interval and all(as_float(end) is not None for end in interval):
+        level = as_float(audit.interval_confidence)
+        shown = f"{round(100 * level, 4):g}% " if level is not None else ""
+        return f" ({shown}interval {fmt_num(interval[0], 3)}-{fmt_num(interval[1], 3)})"
+    return " (point-only: no interval was computed; fairness.bootstrap 0 or too few resamples)"
 
 
 def _table_view(

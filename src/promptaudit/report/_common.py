@@ -725,3 +725,28 @@ def escape_markdown(value: Any) -> str:
         else:
             out.append(char)
     return "".join(out)
+
+
+def attribution_budget_sentence(attribution: Any) -> str | None:
+    """The attribution's gradient-evaluation budget and what it left out, or None without one.
+
+    Examples
+    --------
+    >>> from types import SimpleNamespace as NS
+    >>> budget = NS(max_gradient_evals_total=4096, n_gradient_evals=4200, n_requested=200,
+    ...             n_attributed=32, n_left_out=168)
+    >>> attribution_budget_sentence(NS(budget=budget))[:80]
+    'Budget: 4096 gradient evaluations (4200 used); 32 of 200 examples attributed, th'
+    """
+    budget = getattr(attribution, "budget", None)
+    if budget is None:
+        return None
+    head = (f"Budget: {budget.max_gradient_evals_total} gradient evaluations "
+            f"({budget.n_gradient_evals} used); ")
+    if not budget.n_left_out:
+        return head + f"all {budget.n_attributed} examples asked for were attributed."
+    return head + (
+        f"{budget.n_attributed} of {budget.n_requested} examples attributed, the other "
+        f"{budget.n_left_out} left out (raise attribution.max_gradient_evals_total to "
+        "attribute them)."
+    )

@@ -44,24 +44,27 @@ def comparison_markdown(comparison: Mapping) -> str:
         f"{'passed' if a['passed'] else 'failed'}",
     ]
     if comparison["max_regression"] is not None:
-        verdict = (
-            "no metric got worse by more than the threshold"
-            if comparison["passed"]
-            else "regressed: " + ", ".join(comparison["regressed"])
+        lines.append(
+            f"- regression gate (max {comparison['max_regression']:g}): "
+            f"{_regression_verdict(comparison)}"
         )
-        lines.append(f"- regression gate (max {comparison['max_regression']:g}): {verdict}")
+    differences = comparison.get("differences") or []
+    if differences:
+        lines += ["", "**Not like for like** (compared with --allow-different; rows marked †):", ""]
+        lines += [f"- {_md(sentence)}" for sentence in differences]
     lines += [
         "",
-        "| metric | better | before | after | change | verdict |",
-        "|---|---|---|---|---|---|",
+        "| metric | better | before | after | after interval | change | verdict |",
+        "|---|---|---|---|---|---|---|",
     ]
     for row in comparison["metrics"]:
         if row["verdict"] == "not comparable":
             continue
-        flag = " (regression)" if row["regressed"] else ""
+        mark = " †" if row.get("differences") else ""
         lines.append(
-            f"| {row['metric']} | {row['direction']} | {_fmt(row['before'])} | "
-            f"{_fmt(row['after'])} | {_signed(row['change'])} | {row['verdict']}{flag} |"
+            f"| {row['metric']}{mark} | {row['direction']} | {_fmt(row['before'])} | "
+            f"{_fmt(row['after'])} | {_interval(row)} | {_signed(row['change'])} | "
+            f"{row['verdict']}{_flag(row)} |"
         )
     gates = comparison["gates"]
     if gates["before"] or gates["after"]:
@@ -69,6 +72,41 @@ def comparison_markdown(comparison: Mapping) -> str:
         for name, old, new in _gate_pairs(gates["before"], gates["after"]):
             lines.append(f"| {_md(name)} | {_gate_cell(old)} | {_gate_cell(new)} |")
     return "\n".join(lines) + "\n"
+
+
+def _interval(row: Mapping) -> str:
+    interval = row.get("after_interval")
+    if interval is None:
+        return "point-only"
+    return f"[{interval[0]:.4f}, {interval[1]:.4f}]"
+
+
+def _flag(row: Mapping) -> str:
+    status = row.get("regression")
+    if status is None and row.get("regressed"):
+        status = "regressed"
+    if status == "regressed":
+        return " (regression)"
+    if status == "inconclusive":
+        return " (inconclusive: the interval reaches back within the tolerance)"
+    return ""
+
+
+def _regression_verdict(comparison: Mapping) -> str:
+    regressed = comparison.get("regressed") or []
+    undecided = comparison.get("inconclusive_metrics") or []
+    parts = []
+    if regressed:
+        parts.append("regressed: " + ", ".join(regressed))
+    if undecided:
+        policy = comparison.get("inconclusive") or "fail"
+        parts.append(
+            "inconclusive (worse beyond the threshold by the point value, within it by the "
+            f"interval; counted as {policy}): " + ", ".join(undecided)
+        )
+    if not parts:
+        return "no metric got worse by more than the threshold"
+    return "; ".join(parts)
 
 
 def _gate_key(gate: GateResult) -> tuple:
@@ -130,25 +168,34 @@ def comparison_html(comparison: Mapping) -> str:
         f"{'passed' if a['passed'] else 'failed'}</li>",
     ]
     if comparison["max_regression"] is not None:
-        verdict = (
-            "no metric got worse by more than the threshold"
-            if comparison["passed"]
-            else "regressed: " + ", ".join(e(m) for m in comparison["regressed"])
+        parts.append(
+            f"<li>regression gate (max {comparison['max_regression']:g}): "
+            f"{e(_regression_verdict(comparison))}</li>"
         )
-        parts.append(f"<li>regression gate (max {comparison['max_regression']:g}): {verdict}</li>")
+    parts.append("</ul>")
+    differences = comparison.get("differences") or []
+    if differences:
+        parts.append("<p><strong>Not like for like</strong> (compared with --allow-different; "
+                     "rows marked &dagger;):</p><ul>")
+        parts += [f"<li>{e(str(sentence))}</li>" for sentence in differences]
+        parts.append("</ul>")
     parts.append(
-        "</ul><table><thead><tr><th>metric</th><th>better</th><th>before</th><th>after</th>"
-        "<th>change</th><th>verdict</th></tr></thead><tbody>"
+        "<table><thead><tr><th>metric</th><th>better</th><th>before</th><th>after</th>"
+        "<th>after interval</th><th>change</th><th>verdict</th></tr></thead><tbody>"
     )
     for row in comparison["metrics"]:
         if row["verdict"] == "not comparable":
             continue
         css = "regressed" if row["regressed"] else row["verdict"].split()[0]
+        mark = " &dagger;" if row.get("differences") else ""
+        title = e("; ".join(row.get("differences") or []), quote=True)
         parts.append(
-            f"<tr><td>{e(row['metric'])}</td><td>{e(row['direction'])}</td>"
+            f"<tr><td title='{title}'>{e(row['metric'])}{mark}</td>"
+            f"<td>{e(row['direction'])}</td>"
             f"<td>{_fmt(row['before'])}</td><td>{_fmt(row['after'])}</td>"
+            f"<td>{e(_interval(row))}</td>"
             f"<td>{_signed(row['change'])}</td><td class='{css}'>{e(row['verdict'])}"
-            f"{' (regression)' if row['regressed'] else ''}</td></tr>"
+            f"{e(_flag(row))}</td></tr>"
         )
     parts.append("</tbody></table>")
     gates = comparison["gates"]

@@ -27,6 +27,7 @@ from promptaudit.report._common import (
     NA,
     as_float,
     as_result,
+    attribution_budget_sentence,
     classification_rows,
     competence_sentence,
     competence_state,
@@ -677,6 +678,7 @@ def _attribution(
         "n_steps": _text_or_na(attribution.n_steps),
         "baseline": str(attribution.baseline or NA),
         "n_examples": _text_or_na(attribution.n_examples),
+        "budget": attribution_budget_sentence(attribution),
         "prompt_share": fmt_pct(share),
         "max_convergence_delta": fmt_num(delta, 4),
         "delta_ok": delta is not None and delta <= 0.05

@@ -18,6 +18,7 @@ from promptaudit.report._common import (
     NA,
     as_float,
     as_result,
+    attribution_budget_sentence,
     classification_rows,
     competence_sentence,
     disparity_label,
@@ -174,6 +175,7 @@ def _context(result: AuditResult) -> dict[str, Any]:
         "provenance": " \u00b7 ".join(short_text(p, 120) for p in parts),
         "bias_audit": bias_audit_view(result),
         "attribution_note": _attribution_note(result.attribution),
+        "attribution_budget": attribution_budget_sentence(result.attribution),
     }
 
 
