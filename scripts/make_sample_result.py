@@ -71,14 +71,30 @@ def sample_spec_dict() -> dict:
 
 
 def make_sample_result() -> dict:
-    """Run the sample audit (in the repository root) and return its result JSON object."""
+    """Run the sample audit (in the repository root) and return its result JSON object.
+
+    It runs on one torch thread, whatever the caller's setting (restored afterwards): the
+    order of float reductions depends on the thread count, and adaptive integrated
+    gradients can turn a last-digit difference into one more bisection, so the fixture
+    made here and the one the test makes (in a pytest-xdist worker or not) must use the
+    same count to agree to 1e-6.
+    """
     import contextlib
+
+    import torch
 
     from promptaudit.pipeline import run_audit
     from promptaudit.spec import parse_spec
 
-    with contextlib.chdir(ROOT):
-        return run_audit(parse_spec(sample_spec_dict()), command="scripts/make_sample_result.py")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with contextlib.chdir(ROOT):
+            return run_audit(
+                parse_spec(sample_spec_dict()), command="scripts/make_sample_result.py"
+            )
+    finally:
+        torch.set_num_threads(threads)
 
 
 def main() -> None:
