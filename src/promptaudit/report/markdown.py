@@ -13,6 +13,11 @@ from typing import Any
 import jinja2
 
 from promptaudit.report._bias_audit import bias_audit_view
+from promptaudit.report._explain import (
+    departures_view,
+    group_difference_view,
+    position_importance_view,
+)
 from promptaudit.report._common import (
     DISPARITY_LABELS,
     NA,
@@ -174,7 +179,22 @@ def _context(result: AuditResult) -> dict[str, Any]:
         "provenance": " \u00b7 ".join(short_text(p, 120) for p in parts),
         "bias_audit": bias_audit_view(result),
         "attribution_note": _attribution_note(result.attribution),
+        "departures": departures_view(projection),
+        "position_importance": position_importance_view(projection),
+        "group_statements": _group_statements(result.attribution),
     }
+
+
+def _group_statements(attribution: AttributionResult | None) -> list[dict[str, str]]:
+    """Per feature, the like-for-like sentence on attribution differences between groups."""
+    if attribution is None:
+        return []
+    out = []
+    for feature, block in (attribution.by_group or {}).items():
+        view = group_difference_view(feature, block)
+        if view is not None and view["statement"]:
+            out.append({"feature": str(feature), "statement": view["statement"]})
+    return out
 
 
 def _provenance_parts(provenance: Provenance | None) -> list[str]:
