@@ -270,3 +270,61 @@ def test_demo_departures_from_the_init_text_equal_a_direct_peft_computation():
     assert len(attributed) == departures["attribution"]["n_attributed"] == min(2, len(differ))
     assert all(len(r["tokens"]) == len(r["token_attributions"]) for r in attributed)
     assert "gender" in departures["groups"]
+
+
+# ------------------------------------------------------------- spec and CLI
+def test_spec_fields_defaults_and_bad_values():
+    from promptaudit.errors import SpecError
+    from promptaudit.spec import parse_spec
+
+    base = {"name": "x", "prompt": {"path": "p"}, "data": {"path": "d.csv", "text_column": "t"}}
+    spec = parse_spec(base, source="s.yaml")
+    assert spec.projection.instructions == [] and spec.projection.departures is True
+    assert spec.projection.position_importance is True
+    assert spec.projection.position_importance_max_examples == 100
+    assert spec.projection.departures_max_attributed == 4
+    assert spec.attribution.group_condition == "predicted_label"
+    with pytest.raises(SpecError, match=r"instructions\[1\] is blank"):
+        parse_spec({**base, "projection": {"instructions": ["ok", "  "]}}, source="s.yaml")
+    with pytest.raises(SpecError, match="group_condition: 'true_label' needs true labels"):
+        parse_spec({**base, "attribution": {"group_condition": "true_label"}}, source="s.yaml")
+    with pytest.raises(SpecError, match="position_importance_max_examples"):
+        parse_spec({**base, "projection": {"position_importance_max_examples": 0}},
+                   source="s.yaml")
+
+
+def test_cli_instruction_needs_data(tiny_bert_dir, tiny_bert_seqcls_adapter):
+    from typer.testing import CliRunner
+
+    from promptaudit.cli import app
+
+    result = CliRunner().invoke(app, ["project", "--model", str(tiny_bert_dir), "--prompt",
+                                      str(tiny_bert_seqcls_adapter), "--instruction", "good"])
+    assert result.exit_code == 2
+    assert "--instruction: needs --data" in result.output
+
+
+def test_cli_project_with_instruction_ranks_it(tmp_path, tiny_bert_dir,
+                                               tiny_bert_seqcls_adapter, tiny_prompted):
+    from typer.testing import CliRunner
+
+    from promptaudit.cli import app
+
+    data = tmp_path / "d.csv"
+    pd.DataFrame({"text": TEXTS}).to_csv(data, index=False)
+    result = CliRunner().invoke(app, [
+        "project", "--model", str(tiny_bert_dir), "--prompt", str(tiny_bert_seqcls_adapter),
+        "--data", str(data), "--labels", "negative,positive", "--instruction", "the film",
+        "--max-attributed", "0", "--position-importance", "--json"])
+    assert result.exit_code == 0, result.output
+    import json
+
+    projection = json.loads(result.output)
+    (entry,) = projection["instructions"]
+    soft = tiny_prompted.predict_proba(TEXTS).argmax(1)
+    ids = tiny_prompted.tokenizer("the film", add_special_tokens=False)["input_ids"]
+    direct = tiny_prompted.with_prompt(tiny_prompted.word_embeddings.detach()[ids]
+                                       ).predict_proba(TEXTS).argmax(1)
+    assert entry["agreement"] == float((direct == soft).mean())
+    assert projection["departures"]["n_departures"] == int((direct != soft).sum())
+    assert len(projection["position_importance"]["positions"]) == 4
