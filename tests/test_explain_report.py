@@ -32,6 +32,7 @@ def _planted(seed: int = 0):
     attr = rng.normal(0, 0.004, size=(n, positions))
     attr += np.where(predicted, 0.05, -0.05)[:, None]  # sign follows the label
     attr[group == "b", 3] += 0.03  # the planted gap
+    attr[:, 5] = np.where(predicted, 0.05, -0.05)  # label alone, no noise: no gap at all
     return attr, group, label
 
 
@@ -40,7 +41,8 @@ def test_a_planted_gap_is_found_and_a_label_mix_gap_is_no_evidence():
     raw = group_attribution(attr, pd.DataFrame({"g": group}), min_group_size=30)["g"]
     # without conditioning, every position looks like a large group gap
     assert min(raw["max_difference"]) > 0.02
-    like = like_for_like_differences(attr, group, label, min_group_size=30, error_scale=0.001,
+    # an integration error of 0.005 (attribution's tolerance is 0.02 by default)
+    like = like_for_like_differences(attr, group, label, min_group_size=30, error_scale=0.005,
                                      condition="predicted_label", seed=0)
     (comparison,) = like["comparisons"]
     assert (comparison["group"], comparison["reference"]) == ("b", "a") or (
@@ -51,9 +53,14 @@ def test_a_planted_gap_is_found_and_a_label_mix_gap_is_no_evidence():
     assert comparison["difference"][3] == pytest.approx(sign * 0.03, abs=0.004)
     lo, hi = comparison["interval"][3]
     assert lo <= comparison["difference"][3] <= hi and (lo > 0 or hi < 0)
-    for p in (0, 1, 2, 4, 5):
-        lo, hi = comparison["interval"][p]
-        assert lo <= 0 <= hi
+    for p in (0, 1, 2, 4, 5):  # label-mix gaps: within the integration error once like for like
+        assert abs(comparison["difference"][p]) < 0.005 < raw["max_difference"][p]
+    # without an error floor the interval alone decides: the planted gap has evidence, the
+    # noise-free label-only position (interval [0, 0]) has none
+    bare = like_for_like_differences(attr, group, label, min_group_size=30, seed=0)
+    assert bare["comparisons"][0]["evidence"][3] is True
+    assert bare["comparisons"][0]["evidence"][5] is False
+    assert bare["comparisons"][0]["interval"][5] == pytest.approx([0.0, 0.0], abs=1e-12)
     statement = like["statement"]
     assert "the same predicted label" in statement
     assert "position 3" in statement and "no evidence of a difference" in statement
@@ -125,7 +132,7 @@ def test_report_marks_word_pieces_instead_of_gluing_them(sample):
              ["positions"]]
     assert words[0] == "\u2026lved"
     page = render_html(result)
-    assert "\u2026lved" in page and "##lved" not in page.split("</table>")[0][-20000:]
+    assert "\u2026lved" in page and "##lved" not in page
 
 
 def test_group_plot_and_sentence_leave_out_small_groups_and_carry_caveats(sample):
@@ -140,16 +147,29 @@ def test_group_plot_and_sentence_leave_out_small_groups_and_carry_caveats(sample
         assert like["statement"] in page
         assert like["condition"] == "predicted_label"
         assert f"**Attribution by {feature}:**" in markdown
-    from promptaudit.report import figures
+    # the sample attributes 4 rows: every group is under min_group_size, so none is plotted
+    assert all(set(block["small_groups"]) == set(block["counts"])
+               for block in attribution["by_group"].values())
+    assert "Line chart of the mean attribution per prompt position for each group" not in page
 
+
+def test_group_chart_never_draws_a_group_below_min_group_size():
     import matplotlib.pyplot as plt
 
+    from promptaudit.report import figures
+
+    block = {"groups": {"a": [0.1, 0.2], "b": [0.0, 0.1], "c": [0.5, -0.5]},
+             "counts": {"a": 40, "b": 35, "c": 2}, "small_groups": ["c"], "min_group_size": 30,
+             "max_difference": [0.1, 0.1], "top_positions": [0, 1]}
+    attribution = {"method": "integrated_gradients", "n_steps": 8, "by_group": {"g": block}}
     figure = figures.group_attribution_chart(attribution)
     drawn = {line.get_label().split(" (n=")[0] for axes in figure.axes
              for line in axes.get_lines() if not line.get_label().startswith("_")}
     plt.close(figure)
-    small = {g for block in attribution["by_group"].values() for g in block["small_groups"]}
-    assert small and not (drawn & small)
+    assert drawn == {"a", "b"}
+    block["small_groups"] = ["a", "b", "c"]
+    with pytest.raises(ValueError):
+        figures.group_attribution_chart(attribution)
 
 
 def test_report_sections_for_departures_and_position_importance(sample):

@@ -169,6 +169,8 @@ INITIAL_INTERVALS = 2
 DEFAULT_MIN_GROUP_SIZE = 30
 #: Bootstrap replicates of a like-for-like group difference.
 GROUP_BOOTSTRAP = 1000
+#: Interval ends closer to 0 than this (float rounding of equal means) count as 0.
+_ZERO_TOLERANCE = 1e-12
 #: Examples a group and the reference each need in a stratum for it to be compared.
 MIN_STRATUM_ROWS = 2
 LIKE_FOR_LIKE_RULE = (
@@ -1449,7 +1451,8 @@ def like_for_like_differences(prompt_attr: np.ndarray, keys: Sequence, strata: S
             boot = np.tensordot(w, np.stack(boots), axes=1)  # (n_bootstrap, P)
             low = np.quantile(boot, alpha / 2, axis=0)
             high = np.quantile(boot, 1 - alpha / 2, axis=0)
-            evidence = (low > 0) | (high < 0)
+            # an interval within rounding of 0 (identical rows) contains 0
+            evidence = (low > _ZERO_TOLERANCE) | (high < -_ZERO_TOLERANCE)
             if error_scale is not None:
                 evidence &= np.abs(difference) > error_scale
             entry.update({

@@ -1136,9 +1136,12 @@ def projection_summary(projection: dict) -> str:
         drift = float(np.median([p["init_similarity"] for p in positions]))
         outside = len(positions) - len(comparable)
         at_chance = len(comparable) - len(readable)
-        parts.append(f"Initialised from the text \"{projection['init']['text']}\", {still} of "
-                     f"{len(readable)} readable positions initialised from a vocabulary word are "
-                     f"still nearest it (median cosine to the init token {drift:.2f})"
+        kept = (f"{still} of {len(readable)} readable positions initialised from a vocabulary "
+                "word are still nearest it" if readable else
+                f"none of the {len(comparable)} positions initialised from a vocabulary word is "
+                "readable, so none can be said to keep its initial word")
+        parts.append(f"Initialised from the text \"{projection['init']['text']}\", {kept} "
+                     f"(median cosine to the init token {drift:.2f})"
                      + (f"; {at_chance} are off-manifold, so whether they kept their initial "
                         "word says nothing" if at_chance else "")
                      + (f"; {outside} started as special tokens outside the vocabulary read."
