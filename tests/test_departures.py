@@ -328,3 +328,13 @@ def test_cli_project_with_instruction_ranks_it(tmp_path, tiny_bert_dir,
     assert entry["agreement"] == float((direct == soft).mean())
     assert projection["departures"]["n_departures"] == int((direct != soft).sum())
     assert len(projection["position_importance"]["positions"]) == 4
+
+
+def test_a_translation_in_the_projection_is_ranked_as_a_candidate(tiny_prompted):
+    from promptaudit.departures import translation_candidate
+
+    assert translation_candidate(tiny_prompted, {"translation": None}) is None
+    candidate = translation_candidate(
+        tiny_prompted, {"translation": {"text": "good film", "token_ids": [27, 9]}})
+    assert (candidate.source, candidate.text, candidate.token_ids) == (
+        "translation", "good film", (27, 9))

@@ -637,6 +637,7 @@ def _explain_projection(prompted, soft, projection: dict, texts, label_ids, *,
         explain_departures,
         init_text_candidate,
         instruction_candidate,
+        translation_candidate,
     )
 
     probs = prompted.predict_proba(texts)
@@ -646,6 +647,9 @@ def _explain_projection(prompted, soft, projection: dict, texts, label_ids, *,
         projection["position_importance"] = position_importance(
             prompted, texts, soft_probs=probs, max_examples=len(texts))
     candidates = [instruction_candidate(prompted, text) for text in instructions]
+    translation = translation_candidate(prompted, projection)  # with --translate
+    if translation is not None:
+        candidates.append(translation)
     if soft is not None and soft.init_text:
         candidates.insert(0, init_text_candidate(prompted, soft.init_text,
                                                  soft.num_virtual_tokens))

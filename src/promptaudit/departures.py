@@ -55,6 +55,7 @@ __all__ = [
     "init_text_candidate",
     "instruction_candidate",
     "token_ids_candidate",
+    "translation_candidate",
     "wilson_interval",
     "clopper_pearson_interval",
     "compare_instructions",
@@ -203,6 +204,19 @@ def token_ids_candidate(prompted, token_ids: Sequence[int], *, text: str | None 
     _check_fits(prompted, shown, len(ids))
     return Candidate(str(source), shown, tuple(ids), "the given token ids in place of the "
                      "soft prompt")
+
+
+def translation_candidate(prompted, projection: Mapping) -> Candidate | None:
+    """``projection.translation`` (``text``, ``token_ids``) as a candidate, or None.
+
+    The translation stage writes the translation into the projection; the audit
+    and ``project`` rank it with the other candidates when it is there.
+    """
+    translation = projection.get("translation") if projection else None
+    if not translation or not translation.get("token_ids"):
+        return None
+    return token_ids_candidate(prompted, translation["token_ids"],
+                               text=translation.get("text"), source="translation")
 
 
 # ---------------------------------------------------------------- intervals

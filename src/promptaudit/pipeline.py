@@ -341,6 +341,7 @@ def _explain_projection(spec, prompted, soft, projection, texts, probs, y_true, 
         explain_departures,
         init_text_candidate,
         instruction_candidate,
+        translation_candidate,
     )
 
     candidates, known = [], {}
@@ -349,6 +350,9 @@ def _explain_projection(spec, prompted, soft, projection, texts, probs, y_true, 
         if "init_text" in baseline_predictions:  # the init-text baseline already predicted it
             known[0] = baseline_predictions["init_text"]
     candidates += [instruction_candidate(prompted, text) for text in settings.instructions]
+    translation = translation_candidate(prompted, projection)  # when the projection has one
+    if translation is not None:
+        candidates.append(translation)
     if not candidates:
         return
     logger.info("comparing %d plain-language instruction(s) with the soft prompt",
