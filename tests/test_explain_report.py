@@ -183,3 +183,17 @@ def test_report_sections_for_departures_and_position_importance(sample):
     markdown = render_markdown(sample)
     assert "### Where the prompt departs from plain language" in markdown
     assert "**Which positions matter:**" in markdown
+
+
+def test_summary_counts_initial_words_only_where_the_position_is_readable(sample):
+    from promptaudit.projection import projection_summary
+
+    projection = copy.deepcopy(sample["projection"])
+    for position in projection["positions"]:
+        if position.get("still_init") is not None:
+            position.update(still_init=True, off_manifold=True)
+    summary = projection_summary(projection)
+    comparable = sum(p.get("still_init") is not None for p in projection["positions"])
+    assert (f"none of the {comparable} positions initialised from a vocabulary word is "
+            "readable, so none can be said to keep its initial word") in summary
+    assert "are still nearest it" not in summary
