@@ -1687,5 +1687,6 @@ def merge_attributions(pieces: Sequence[tuple[Sequence[int], dict]], *, n_exampl
     return merged
 
 
-__all__ += ["merge_attributions", "like_for_like_differences", "like_for_like_statement", "GROUP_BOOTSTRAP",
+__all__ += ["merge_attributions", "like_for_like_differences", "like_for_like_statement",
+            "GROUP_BOOTSTRAP",
             "LIKE_FOR_LIKE_RULE"]  # listed here, beside its definition

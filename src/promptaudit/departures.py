@@ -190,7 +190,8 @@ def token_ids_candidate(prompted, token_ids: Sequence[int], *, text: str | None 
     Examples
     --------
     >>> translation = result["projection"]["translation"]  # doctest: +SKIP
-    >>> token_ids_candidate(prompted, translation["token_ids"], text=translation["text"])  # doctest: +SKIP
+    >>> ids, text = translation["token_ids"], translation["text"]  # doctest: +SKIP
+    >>> token_ids_candidate(prompted, ids, text=text)  # doctest: +SKIP
     """
     rows = int(prompted.word_embeddings.shape[0])
     try:

@@ -21,13 +21,6 @@ from matplotlib.figure import Figure
 
 from promptaudit.report import figures
 from promptaudit.report._bias_audit import bias_audit_view
-from promptaudit.report._explain import (
-    departures_view,
-    group_difference_view,
-    importance_by_position,
-    neighbor_word,
-    position_importance_view,
-)
 from promptaudit.report._common import (
     DISPARITY_LABELS,
     GROUP_METRIC_LABELS,
@@ -59,6 +52,13 @@ from promptaudit.report._common import (
     verdict_detail,
     verdict_sentence,
     verdict_word,
+)
+from promptaudit.report._explain import (
+    departures_view,
+    group_difference_view,
+    importance_by_position,
+    neighbor_word,
+    position_importance_view,
 )
 from promptaudit.result_types import (
     AttributionGroups,

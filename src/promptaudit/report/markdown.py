@@ -13,11 +13,6 @@ from typing import Any
 import jinja2
 
 from promptaudit.report._bias_audit import bias_audit_view
-from promptaudit.report._explain import (
-    departures_view,
-    group_difference_view,
-    position_importance_view,
-)
 from promptaudit.report._common import (
     DISPARITY_LABELS,
     NA,
@@ -40,6 +35,11 @@ from promptaudit.report._common import (
     short_text,
     verdict_sentence,
     verdict_word,
+)
+from promptaudit.report._explain import (
+    departures_view,
+    group_difference_view,
+    position_importance_view,
 )
 from promptaudit.result_types import AttributionResult, Provenance
 from promptaudit.results import AuditResult
