@@ -281,8 +281,8 @@ def test_spec_fields_defaults_and_bad_values():
     spec = parse_spec(base, source="s.yaml")
     assert spec.projection.instructions == [] and spec.projection.departures is True
     assert spec.projection.position_importance is True
-    assert spec.projection.position_importance_max_examples == 100
-    assert spec.projection.departures_max_attributed == 4
+    assert spec.projection.position_importance_max_examples == 50
+    assert spec.projection.departures_max_attributed == 2
     assert spec.attribution.group_condition == "predicted_label"
     with pytest.raises(SpecError, match=r"instructions\[1\] is blank"):
         parse_spec({**base, "projection": {"instructions": ["ok", "  "]}}, source="s.yaml")

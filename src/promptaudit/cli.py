@@ -583,7 +583,7 @@ def project(
     max_attributed: Annotated[
         int,
         typer.Option("--max-attributed", help="Departure rows to attribute (0: none)."),
-    ] = 4,
+    ] = 2,
 ) -> None:
     """Project each virtual token onto its nearest vocabulary words.
 

@@ -97,7 +97,7 @@ ATTRIBUTED_ROWS_RULE = (
     "in row order within a direction"
 )
 #: Departure rows attributed by default (each costs an integrated-gradients run).
-DEFAULT_MAX_ATTRIBUTED = 4
+DEFAULT_MAX_ATTRIBUTED = 2
 #: Most departure rows listed per direction in the result (all are counted).
 MAX_LISTED_ROWS = 200
 _SOURCE_ORDER = {"init_text": 0, "instruction": 1, "translation": 2}

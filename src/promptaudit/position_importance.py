@@ -45,7 +45,7 @@ logger = logging.getLogger(__name__)
 #: A position matters when its interval's lower end is above this share of decisions.
 IMPORTANCE_FLOOR = 0.01
 #: Rows predicted per ablated position by default.
-DEFAULT_MAX_EXAMPLES = 100
+DEFAULT_MAX_EXAMPLES = 50
 #: The neutral embedding's name in the result.
 NEUTRAL = "mean_word_embedding"
 IMPORTANCE_RULE = (

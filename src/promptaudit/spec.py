@@ -240,12 +240,12 @@ class ProjectionSpec(_Strict):
     #: (``projection.departures``; needs the init text or an instruction).
     departures: bool = True
     #: Departure rows given input-token attributions (each costs one attribution).
-    departures_max_attributed: int = Field(4, ge=0, le=100_000, strict=True)
+    departures_max_attributed: int = Field(2, ge=0, le=100_000, strict=True)
     #: Share of decisions that change when each virtual token alone is neutralised
     #: (``projection.position_importance``).
     position_importance: bool = True
     #: Rows predicted per neutralised position (the first rows of the data).
-    position_importance_max_examples: int = Field(100, ge=1, le=1_000_000, strict=True)
+    position_importance_max_examples: int = Field(50, ge=1, le=1_000_000, strict=True)
 
     @field_validator("instructions")
     @classmethod
