@@ -60,6 +60,10 @@ def with_payloads(result: dict) -> dict:
     words = projection["fidelity"]["projected_text"].split()
     assert words[4] == neighbor["token"]
     neighbor["token"] = neighbor["display"] = SCRIPT
+    if "word" in neighbor:  # the word as read (issue 23), what the reports show
+        neighbor["word"] = SCRIPT
     words[4] = SCRIPT
     projection["fidelity"]["projected_text"] = projection["projected_text"] = " ".join(words)
+    if "projected_words" in projection:
+        projection["projected_words"] = " ".join(words)
     return out

@@ -149,7 +149,8 @@ def test_exact_token_rows_project_back_with_cosine_one(minilm):
     for row in neighbors:
         assert row[0]["score"] == pytest.approx(1.0, abs=1e-5)
         assert row[0]["score"] > row[1]["score"] >= row[2]["score"]
-        assert set(row[0]) == {"token", "token_id", "score", "display"}
+        assert set(row[0]) == {"token", "token_id", "score", "display", "word", "piece"}
+        assert row[0]["word"] == row[0]["token"] and row[0]["piece"] is False
 
 
 @pytest.mark.parametrize("metric", ["cosine", "dot", "l2"])
@@ -533,7 +534,10 @@ def test_table_without_fidelity_says_so(tiny):
     # two exact words, but never high trust without a fidelity check
     assert table.endswith("Trust in this reading: moderate. 2 of 2 virtual tokens are closer to "
                           "a word than chance; the words were not checked against predictions.")
-    assert "'##ing' 1.000" in table
+    # a word piece is marked, never glued to its neighbour ("movieing")
+    assert "'…ing' 1.000" in table
+    assert projection["projected_words"] == "movie …ing"
+    assert 'Projected words: "movie …ing" (… marks a piece of a word)' in table
 
 
 # ----------------------------------------------------------------- bad input

@@ -167,6 +167,18 @@ DEFAULT_MAX_GRADIENT_EVALS = 512
 INITIAL_INTERVALS = 2
 #: Default smallest group whose per-group attribution enters a gap (as in fairness).
 DEFAULT_MIN_GROUP_SIZE = 30
+#: Bootstrap replicates of a like-for-like group difference.
+GROUP_BOOTSTRAP = 1000
+#: Interval ends closer to 0 than this (float rounding of equal means) count as 0.
+_ZERO_TOLERANCE = 1e-12
+#: Examples a group and the reference each need in a stratum for it to be compared.
+MIN_STRATUM_ROWS = 2
+LIKE_FOR_LIKE_RULE = (
+    "each group against the largest group, within rows of the same label (weighted by "
+    "n_g*n_r/(n_g+n_r)); percentile bootstrap interval over examples of each (group, label) "
+    "cell; evidence of a difference only where the interval excludes 0 and the difference "
+    "exceeds the integration error; groups under min_group_size are not compared"
+)
 #: Input tokens listed per example in ``top_tokens``.
 TOP_TOKENS = 5
 #: Virtual-token positions listed per feature in ``by_group[...]["top_positions"]``.
@@ -1185,6 +1197,7 @@ def attribute_prompt(
     result = _summarise(
         prompted, texts, encoded, lengths.cpu(), prompt_attr, token_attr, input_total, deltas,
         targets, target_probs, groups, min_group_size=int(min_group_size),
+        condition="predicted_label" if fixed_target is None else None, seed=int(seed),
     )
     if is_ig:
         for i, example in enumerate(result["examples"]):
@@ -1239,7 +1252,8 @@ def attribute_prompt(
 
 
 def _summarise(prompted, texts, encoded, lengths, prompt_attr, token_attr, input_total, deltas,
-               targets, target_probs, groups, *, min_group_size=DEFAULT_MIN_GROUP_SIZE) -> dict:
+               targets, target_probs, groups, *, min_group_size=DEFAULT_MIN_GROUP_SIZE,
+               condition="predicted_label", seed=0) -> dict:
     n = len(texts)
     tokenizer = prompted.tokenizer
     special = set(getattr(tokenizer, "all_special_ids", []) or [])
@@ -1267,12 +1281,14 @@ def _summarise(prompted, texts, encoded, lengths, prompt_attr, token_attr, input
             "convergence_delta": float(deltas[i]) if has_delta else None,
             "top_tokens": top,
         })
-    return {**summarise_examples(examples, groups, min_group_size=min_group_size),
+    return {**summarise_examples(examples, groups, min_group_size=min_group_size,
+                                 condition=condition, seed=seed),
             "examples": examples}
 
 
 def summarise_examples(examples: Sequence[Mapping], groups: pd.DataFrame | None, *,
-                       min_group_size: int = DEFAULT_MIN_GROUP_SIZE) -> dict:
+                       min_group_size: int = DEFAULT_MIN_GROUP_SIZE,
+                       condition: str | None = "predicted_label", seed: int = 0) -> dict:
     """The run-level summary of per-example attributions (one formula for every caller).
 
     Used by :func:`attribute_prompt` and by :func:`merge_attributions`, so a result
@@ -1289,6 +1305,12 @@ def summarise_examples(examples: Sequence[Mapping], groups: pd.DataFrame | None,
         ``(n_examples, n_features)`` sensitive features in row order; adds ``by_group``.
     min_group_size : int
         Per-group attribution's small-group rule.
+    condition : str or None
+        ``"predicted_label"``: each example's ``target`` is its predicted label
+        and groups are compared on examples with the same one; None: no
+        conditioning (a fixed target).
+    seed : int
+        Seed of the group-difference bootstrap.
 
     Returns
     -------
@@ -1316,7 +1338,10 @@ def summarise_examples(examples: Sequence[Mapping], groups: pd.DataFrame | None,
         "per_position_abs": [float(v) for v in np.abs(prompt_attr).mean(axis=0)],
         "max_convergence_delta": max_delta,
         "by_group": None if groups is None else group_attribution(
-            prompt_attr, groups, min_group_size=min_group_size, error_scale=max_delta),
+            prompt_attr, groups, min_group_size=min_group_size, error_scale=max_delta,
+            strata=None if condition is None
+            else [e.get("target_label", e["target"]) for e in examples],
+            condition=condition, seed=seed),
     }
 
 
@@ -1326,7 +1351,12 @@ def _group_keys(column: pd.Series) -> list[str]:
 
 def group_attribution(prompt_attr: np.ndarray, groups: pd.DataFrame, *,
                       min_group_size: int = DEFAULT_MIN_GROUP_SIZE,
-                      error_scale: float | None = None) -> dict:
+                      error_scale: float | None = None,
+                      strata: Sequence | None = None,
+                      condition: str | None = None,
+                      n_bootstrap: int = GROUP_BOOTSTRAP,
+                      confidence: float = 0.95,
+                      seed: int = 0) -> dict:
     """Mean attribution per virtual token per group of every sensitive feature.
 
     Parameters
@@ -1344,12 +1374,21 @@ def group_attribution(prompt_attr: np.ndarray, groups: pd.DataFrame, *,
         The largest absolute completeness error of the examples (integrated
         gradients); ``within_error[p]`` is True where ``max_difference[p]`` is
         no larger, i.e. the gap is not told apart from integration error.
+    strata : sequence, optional
+        ``(n_examples,)`` the label each example is compared on (its predicted
+        or true label); groups are compared like for like within each
+        (:func:`like_for_like_differences`). None: one stratum.
+    condition : str, optional
+        What ``strata`` holds, recorded (``"predicted_label"``, ``"true_label"``).
+    n_bootstrap, confidence, seed
+        The bootstrap of the like-for-like differences.
 
     Returns
     -------
     dict
         ``{feature: {"groups", "counts", "small_groups", "min_group_size",
-        "max_difference", "within_error", "error_scale", "top_positions"}}``.
+        "max_difference", "within_error", "error_scale", "top_positions",
+        "like_for_like"}}``.
     """
     out = {}
     for feature in groups.columns:
@@ -1376,8 +1415,180 @@ def group_attribution(prompt_attr: np.ndarray, groups: pd.DataFrame, *,
             "within_error": within,
             "error_scale": None if error_scale is None else float(error_scale),
             "top_positions": top,
+            "like_for_like": like_for_like_differences(
+                prompt_attr, keys, strata, min_group_size=min_group_size,
+                error_scale=error_scale, condition=condition, n_bootstrap=n_bootstrap,
+                confidence=confidence, seed=seed),
         }
     return out
+
+
+def _cell_means(values: np.ndarray, n_bootstrap: int,
+                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Mean of ``(m, P)`` rows and ``(n_bootstrap, P)`` means of resampled rows."""
+    m = values.shape[0]
+    draws = rng.integers(0, m, size=(n_bootstrap, m))
+    return values.mean(axis=0), values[draws].mean(axis=1)
+
+
+def like_for_like_differences(prompt_attr: np.ndarray, keys: Sequence, strata: Sequence | None,
+                              *, min_group_size: int = DEFAULT_MIN_GROUP_SIZE,
+                              error_scale: float | None = None, condition: str | None = None,
+                              n_bootstrap: int = GROUP_BOOTSTRAP, confidence: float = 0.95,
+                              seed: int = 0) -> dict:
+    """Per-position attribution difference of each group from the reference group, like for like.
+
+    Attributions change sign with the explained label, so groups whose rows
+    have different labels differ for that reason alone. Each group is compared
+    with the **reference** (the largest group with at least ``min_group_size``
+    examples; ties by name) *within* each stratum (the same predicted or true
+    label) where both have at least :data:`MIN_STRATUM_ROWS` examples; the
+    difference is the average over those strata of ``mean(group) -
+    mean(reference)``, weighted by ``n_g * n_r / (n_g + n_r)`` (the stratum's
+    precision). Its interval is the percentile interval of a bootstrap that
+    resamples the examples of every (group, stratum) cell (seeded). A position
+    shows **evidence of a difference** only where the interval excludes 0 *and*
+    the difference is larger than ``error_scale`` (the integration error);
+    otherwise "no evidence of a difference". Groups below ``min_group_size``
+    are not compared.
+
+    Parameters
+    ----------
+    prompt_attr : numpy.ndarray
+        ``(n_examples, num_virtual_tokens)``.
+    keys : sequence
+        ``(n_examples,)`` group of each example.
+    strata : sequence or None
+        ``(n_examples,)`` the label each example is compared on; None: one stratum.
+
+    Returns
+    -------
+    dict
+        ``{"condition", "reference_group", "n_bootstrap", "confidence", "seed",
+        "error_scale", "rule", "comparisons": [{"group", "reference", "strata",
+        "n_group", "n_reference", "difference": [P], "interval": [[lo, hi]] * P,
+        "evidence": [P]}], "top_positions": [{"position", "group", "difference",
+        "interval"}], "n_positions_without_evidence"}``.
+    """
+    keys = np.asarray(keys, dtype=object)
+    n, n_positions = prompt_attr.shape if prompt_attr.ndim == 2 else (len(keys), 0)
+    labels = (np.zeros(n, dtype=object) if strata is None
+              else np.asarray([str(v) for v in strata], dtype=object))
+    names = sorted(set(keys.tolist()))
+    counts = {g: int((keys == g).sum()) for g in names}
+    eligible = sorted((g for g in names if counts[g] >= min_group_size),
+                      key=lambda g: (-counts[g], g))
+    out: dict = {
+        "condition": condition if strata is not None else None,
+        "reference_group": eligible[0] if eligible else None,
+        "n_bootstrap": int(n_bootstrap),
+        "confidence": float(confidence),
+        "seed": int(seed),
+        "error_scale": None if error_scale is None else float(error_scale),
+        "rule": LIKE_FOR_LIKE_RULE,
+        "comparisons": [],
+        "top_positions": [],
+    }
+    small = [g for g in names if counts[g] < min_group_size]
+    if len(eligible) < 2 or n_positions == 0:
+        out["statement"] = like_for_like_statement(out, small=small,
+                                                   min_group_size=min_group_size)
+        return out
+    reference = eligible[0]
+    rng = np.random.default_rng(seed)
+    alpha = 1.0 - confidence
+    found = []
+    for group in eligible[1:]:
+        used, weights, diffs, boots = [], [], [], []
+        n_group = n_reference = 0
+        for stratum in sorted(set(labels.tolist())):
+            in_g = (keys == group) & (labels == stratum)
+            in_r = (keys == reference) & (labels == stratum)
+            n_g, n_r = int(in_g.sum()), int(in_r.sum())
+            if n_g < MIN_STRATUM_ROWS or n_r < MIN_STRATUM_ROWS:
+                continue
+            mean_g, boot_g = _cell_means(prompt_attr[in_g], n_bootstrap, rng)
+            mean_r, boot_r = _cell_means(prompt_attr[in_r], n_bootstrap, rng)
+            used.append(str(stratum))
+            weights.append(n_g * n_r / (n_g + n_r))
+            diffs.append(mean_g - mean_r)
+            boots.append(boot_g - boot_r)
+            n_group += n_g
+            n_reference += n_r
+        entry: dict = {"group": group, "reference": reference, "strata": used,
+                       "n_group": n_group, "n_reference": n_reference,
+                       "difference": None, "interval": None, "evidence": None}
+        if used:
+            w = np.asarray(weights) / np.sum(weights)
+            difference = np.tensordot(w, np.stack(diffs), axes=1)
+            boot = np.tensordot(w, np.stack(boots), axes=1)  # (n_bootstrap, P)
+            low = np.quantile(boot, alpha / 2, axis=0)
+            high = np.quantile(boot, 1 - alpha / 2, axis=0)
+            # an interval within rounding of 0 (identical rows) contains 0
+            evidence = (low > _ZERO_TOLERANCE) | (high < -_ZERO_TOLERANCE)
+            if error_scale is not None:
+                evidence &= np.abs(difference) > error_scale
+            entry.update({
+                "difference": [float(v) for v in difference],
+                "interval": [[float(a), float(b)] for a, b in zip(low, high, strict=True)],
+                "evidence": [bool(v) for v in evidence],
+            })
+            found += [(abs(float(difference[p])), p, group, float(difference[p]),
+                       [float(low[p]), float(high[p])]) for p in np.flatnonzero(evidence)]
+        out["comparisons"].append(entry)
+    found.sort(key=lambda t: (-t[0], t[1], t[2]))
+    out["top_positions"] = [{"position": int(p), "group": g, "difference": d, "interval": i}
+                            for _, p, g, d, i in found[:TOP_POSITIONS]]
+    out["statement"] = like_for_like_statement(out, small=small, min_group_size=min_group_size)
+    return out
+
+
+_CONDITION_WORDS = {"predicted_label": "the same predicted label",
+                    "true_label": "the same true label"}
+
+
+def like_for_like_statement(block: Mapping, *, small: Sequence[str] = (),
+                            min_group_size: int = DEFAULT_MIN_GROUP_SIZE) -> str:
+    """The sentence naming the positions that differ between groups, with its caveats.
+
+    Parameters
+    ----------
+    block : mapping
+        A :func:`like_for_like_differences` result.
+    small : sequence of str
+        Groups left out for having fewer than ``min_group_size`` examples.
+    """
+    left_out = (f" Groups with fewer than {min_group_size} attributed examples are not "
+                f"compared: {', '.join(str(g) for g in small)}." if small else "")
+    if not block.get("comparisons"):
+        return ("No group comparison: fewer than two groups have at least "
+                f"{min_group_size} attributed examples, so no difference between groups can "
+                "be claimed." + left_out)
+    condition = _CONDITION_WORDS.get(str(block.get("condition")),
+                                     "all rows together (no conditioning on the label)")
+    error = block.get("error_scale")
+    error_words = (f" or the difference is within the integration error (±{error:.3g})"
+                   if error is not None else "")
+    level = f"{float(block.get('confidence', 0.95)):.0%}"
+    head = (f"Compared like for like, on rows with {condition}, each group against "
+            f"{block['reference_group']} ({level} bootstrap intervals, "
+            f"{block['n_bootstrap']} resamples): ")
+    top = block.get("top_positions") or []
+    if not top:
+        body = ("no position shows evidence of a difference between groups (every interval "
+                f"contains 0{error_words}); the group curves differ by chance as far as these "
+                "rows can tell.")
+    else:
+        named = "; ".join(
+            f"position {t['position']} ({t['group']} minus {block['reference_group']} "
+            f"{t['difference']:+.3g}, interval {t['interval'][0]:+.3g} to "
+            f"{t['interval'][1]:+.3g})" for t in top)
+        body = (f"the positions that differ most between groups, with evidence of a "
+                f"difference, are {named}. Every other position shows no evidence of a "
+                f"difference (its interval contains 0{error_words}). A difference in "
+                "attribution says the prompt position acts differently on the groups' rows, "
+                "not that it causes a difference in decisions.")
+    return head + body + left_out
 
 
 def convergence_summary(examples: Sequence[Mapping], *, delta_tolerance: float | None,
@@ -1534,6 +1745,8 @@ def merge_attributions(pieces: Sequence[tuple[Sequence[int], dict]], *, n_exampl
     merged.update(summarise_examples(
         examples, groups,
         min_group_size=DEFAULT_MIN_GROUP_SIZE if min_group_size is None else int(min_group_size),
+        condition="predicted_label" if merged.get("target_policy") == "predicted" else None,
+        seed=int(seed),
     ))
     merged.update({"seed": int(seed), "examples": examples})
     max_delta = merged["max_convergence_delta"]
@@ -1547,4 +1760,6 @@ def merge_attributions(pieces: Sequence[tuple[Sequence[int], dict]], *, n_exampl
     return merged
 
 
-__all__ += ["merge_attributions"]  # listed here, beside its definition
+__all__ += ["merge_attributions", "like_for_like_differences", "like_for_like_statement",
+            "GROUP_BOOTSTRAP",
+            "LIKE_FOR_LIKE_RULE"]  # listed here, beside its definition

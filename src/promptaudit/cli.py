@@ -637,15 +637,37 @@ def project(
     json_: JsonOption = False,
     verbose: VerboseOption = False,
     allow_untrained_head: AllowUntrainedHeadOption = False,
+    instruction: Annotated[
+        list[str] | None,
+        typer.Option("--instruction", help="A plain-language instruction to compare with the "
+                     "soft prompt (repeatable; needs --data). The init text is compared too."),
+    ] = None,
+    position_importance: Annotated[
+        bool,
+        typer.Option("--position-importance", help="With --data: the share of decisions "
+                     "that change when each virtual token alone is neutralised."),
+    ] = False,
+    max_attributed: Annotated[
+        int,
+        typer.Option("--max-attributed", help="Departure rows to attribute (0: none)."),
+    ] = 2,
 ) -> None:
     """Project each virtual token onto its nearest vocabulary words.
 
     Nearest words need only the embedding matrix; --task (and a trained head) is
-    needed only with --data, where fidelity runs predictions.
+    needed only with --data, where fidelity runs predictions. With --data, the
+    init text and every --instruction are ranked by agreement with the soft
+    prompt, and the rows where the closest one departs from it are listed.
     """
     _configure_logging(verbose)
     from promptaudit.data import encode_labels
     from promptaudit.projection import format_projection_table, load_for_projection, project_prompt
+
+    if (instruction or position_importance) and data is None:
+        option = "--instruction" if instruction else "--position-importance"
+        raise InputError(f"{option}: needs --data (the rows the soft prompt is compared on)")
+    if max_attributed < 0:
+        raise InputError(f"--max-attributed: {max_attributed}; must be an integer >= 0")
 
     prompted, soft = load_for_projection(
         model, prompt, task=task, labels=_split_labels(labels), device=device,
@@ -661,10 +683,51 @@ def project(
     projection = project_prompt(
         prompted, soft_prompt=soft, top_k=top_k, metric=metric, texts=texts, label_ids=label_ids
     )
+    if texts is not None:
+        _explain_projection(prompted, soft, projection, texts, label_ids,
+                            instructions=list(instruction or []),
+                            with_positions=position_importance, max_attributed=max_attributed)
     if json_:
         typer.echo(json.dumps(projection, indent=2, sort_keys=True))
     else:
         typer.echo(format_projection_table(projection))
+        for key in ("position_importance", "departures"):
+            if projection.get(key):
+                typer.echo(projection[key]["summary"])
+
+
+def _explain_projection(prompted, soft, projection: dict, texts, label_ids, *,
+                        instructions: list[str], with_positions: bool,
+                        max_attributed: int) -> None:
+    """``project --data``: instructions and departures (and position importance if asked)."""
+    from promptaudit.departures import (
+        explain_departures,
+        init_text_candidate,
+        instruction_candidate,
+        translation_candidate,
+    )
+
+    probs = prompted.predict_proba(texts)
+    if with_positions:
+        from promptaudit.position_importance import position_importance
+
+        projection["position_importance"] = position_importance(
+            prompted, texts, soft_probs=probs, max_examples=len(texts))
+    candidates = [instruction_candidate(prompted, text) for text in instructions]
+    translation = translation_candidate(prompted, projection)  # with --translate
+    if translation is not None:
+        candidates.append(translation)
+    if soft is not None and soft.init_text:
+        candidates.insert(0, init_text_candidate(prompted, soft.init_text,
+                                                 soft.num_virtual_tokens))
+    if candidates:
+        labels = prompted.labels
+        positive = len(labels) - 1 if len(labels) == 2 else None  # as the audit's default
+        instructions_out, departures = explain_departures(
+            prompted, texts, soft_probs=probs, candidates=candidates, positive=positive,
+            label_ids=label_ids, max_attributed=max_attributed)
+        projection["instructions"] = instructions_out
+        projection["departures"] = departures
 
 
 def _steps_number(value: str) -> int | str:

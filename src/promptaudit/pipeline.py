@@ -250,6 +250,9 @@ def run_audit(
             progress=progress,
         )
 
+    if attribution is not None and attribution.get("by_group") is not None:
+        attribution["by_group"] = _group_attribution(spec, attribution, sensitive, y_true, labels)
+
     baseline_predictions: dict[str, np.ndarray] = {}
     stage("baselines", "predictions of the baseline prompts",
           estimate_s=rate.estimate(len(texts) * 2))
@@ -268,6 +271,9 @@ def run_audit(
         with_fairness=main,
         predictions=baseline_predictions,
     )
+    if projection is not None:  # every process: their predictions are divided between them
+        _explain_projection(spec, prompted, soft, projection, texts, probs, y_true, positive,
+                            sensitive, baseline_predictions, progress=progress)
     if not main:
         return None
     _add_competence(spec, task, y_true, y_pred, baseline_predictions, sensitive)
@@ -338,6 +344,80 @@ def _typed(section: type[Section], value: dict | None, where: str | None = None)
 
 
 # -------------------------------------------------------------------- stages
+def _group_attribution(spec, attribution: dict, sensitive, y_true, labels) -> dict:
+    """Per-group attribution compared like for like, as the spec asks (label, bootstrap)."""
+    from promptaudit.attribution import GROUP_BOOTSTRAP, group_attribution
+
+    examples = attribution["examples"]
+    k = len(examples)
+    if spec.attribution.group_condition == "true_label" and y_true is not None:
+        strata, condition = [labels[int(v)] for v in y_true[:k]], "true_label"
+    elif attribution.get("target_policy") == "predicted":
+        strata, condition = [e["target_label"] for e in examples], "predicted_label"
+    else:
+        strata, condition = None, None
+    return group_attribution(
+        np.array([e["prompt_attributions"] for e in examples], dtype=np.float64),
+        sensitive.iloc[:k].reset_index(drop=True),
+        min_group_size=spec.fairness.min_group_size,
+        error_scale=attribution.get("max_convergence_delta"),
+        strata=strata, condition=condition,
+        n_bootstrap=spec.fairness.bootstrap or GROUP_BOOTSTRAP,
+        confidence=spec.fairness.confidence, seed=spec.seed,
+    )
+
+
+def _explain_projection(spec, prompted, soft, projection, texts, probs, y_true, positive,
+                        sensitive, baseline_predictions, *, progress) -> None:
+    """Add ``instructions``, ``departures`` and ``position_importance`` to ``projection``."""
+    settings = spec.projection
+    if settings.position_importance:
+        from promptaudit.position_importance import position_importance
+
+        k = min(settings.position_importance_max_examples, len(texts))
+        logger.info("position importance: neutralising each virtual token on %d rows", k)
+        projection["position_importance"] = position_importance(
+            prompted, texts[:k], soft_probs=probs[:k], max_examples=k,
+            confidence=spec.fairness.confidence)
+    if not settings.departures:
+        return
+    from promptaudit.departures import (
+        explain_departures,
+        init_text_candidate,
+        instruction_candidate,
+        translation_candidate,
+    )
+
+    candidates, known = [], {}
+    if soft is not None and soft.init_text:
+        candidates.append(init_text_candidate(prompted, soft.init_text, soft.num_virtual_tokens))
+        if "init_text" in baseline_predictions:  # the init-text baseline already predicted it
+            known[0] = baseline_predictions["init_text"]
+    candidates += [instruction_candidate(prompted, text) for text in settings.instructions]
+    translation = translation_candidate(prompted, projection)  # when the projection has one
+    if translation is not None:
+        candidates.append(translation)
+    if not candidates:
+        return
+    logger.info("comparing %d plain-language instruction(s) with the soft prompt",
+                len(candidates))
+    attribution = spec.attribution
+    instructions, departures = explain_departures(
+        prompted, texts, soft_probs=probs, candidates=candidates, positive=positive,
+        label_ids=y_true, sensitive=sensitive, confidence=spec.fairness.confidence,
+        min_group_size=spec.fairness.min_group_size,
+        max_attributed=settings.departures_max_attributed if attribution.enabled else 0,
+        known_predictions=known, progress=progress,
+        attribution_options={
+            "method": attribution.method, "n_steps": attribution.n_steps,
+            "baseline": attribution.baseline, "delta_tolerance": attribution.delta_tolerance,
+            "max_gradient_evals": attribution.max_gradient_evals, "seed": spec.seed,
+        },
+    )
+    projection["instructions"] = instructions
+    projection["departures"] = departures
+
+
 def _attribute(prompted, texts, *, processes: AuditProcesses | None, **options) -> dict:
     """Attribution in float32 (:func:`~promptaudit.prompted.float32_model`), sharded if launched."""
     from promptaudit.attribution import attribute_prompt, audit_batch_size

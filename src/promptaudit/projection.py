@@ -64,6 +64,10 @@ __all__ = [
     "Metric",
     "vocabulary_mask",
     "display_token",
+    "readable_word",
+    "readable_text",
+    "marks_word_starts",
+    "PIECE_MARK",
     "nearest_words",
     "projection_fidelity",
     "project_prompt",
@@ -252,6 +256,66 @@ def display_token(tokenizer, token: str) -> str:
     return text or token
 
 
+PIECE_MARK = "\u2026"
+
+
+def marks_word_starts(tokenizer) -> bool:
+    """Whether the tokenizer marks word *starts* (byte-level BPE ``Ġ``, SentencePiece ``▁``).
+
+    With such a tokenizer a token without the mark continues a word; with
+    WordPiece the continuations carry ``##`` instead.
+    """
+    try:
+        ids = tokenizer(" hello world", add_special_tokens=False)["input_ids"]
+        tokens = tokenizer.convert_ids_to_tokens(list(ids))
+    except Exception:  # tokenizer-specific failures: assume WordPiece-like
+        return False
+    return any(str(t)[:1] in ("\u0120", "\u2581") for t in tokens or [])
+
+
+def readable_word(tokenizer, token: str, *, word_starts: bool | None = None) -> tuple[str, bool]:
+    """A token as a reader should see it: a whole word, or a marked word piece.
+
+    Word pieces are never glued to a neighbour: ``##lved`` reads ``…lved``, and
+    so does a byte-level BPE or SentencePiece token without its word-start mark.
+
+    Parameters
+    ----------
+    tokenizer : transformers.PreTrainedTokenizerBase
+    token : str
+        A raw vocabulary token.
+    word_starts : bool, optional
+        :func:`marks_word_starts` of the tokenizer (computed when None).
+
+    Returns
+    -------
+    (str, bool)
+        The word (no leading space) and whether it is a piece of a word.
+
+    Examples
+    --------
+    >>> from transformers import AutoTokenizer
+    >>> from promptaudit.models import builtin_minilm_dir
+    >>> readable_word(AutoTokenizer.from_pretrained(builtin_minilm_dir()), "##lved")
+    ('…lved', True)
+    """
+    if token.startswith("##") and len(token) > 2:
+        return PIECE_MARK + token[2:], True
+    shown = display_token(tokenizer, token)
+    if word_starts is None:
+        word_starts = marks_word_starts(tokenizer)
+    if shown.startswith("<0x"):
+        return shown, True
+    if word_starts and not shown[:1].isspace() and shown.strip():
+        return PIECE_MARK + shown, True
+    return shown.strip() or shown, False
+
+
+def readable_text(words: Sequence[str]) -> str:
+    """Words joined by single spaces (pieces stay marked, never glued)."""
+    return " ".join(str(w) for w in words)
+
+
 def _bytes_to_unicode() -> dict[int, str]:
     """GPT-2's byte -> printable character table (byte-level BPE alphabet)."""
     printable = (
@@ -402,15 +466,19 @@ def _neighbor_dicts(
     tokenizer, token_ids: np.ndarray, scores: np.ndarray
 ) -> list[list[dict]]:
     result = []
+    word_starts = marks_word_starts(tokenizer)
     for row_ids, row_scores in zip(token_ids, scores, strict=True):
         row = []
         for token_id, score in zip(row_ids.tolist(), row_scores.tolist(), strict=True):
             token = tokenizer.convert_ids_to_tokens(int(token_id))
+            word, piece = readable_word(tokenizer, token, word_starts=word_starts)
             row.append({
                 "token": token,
                 "token_id": int(token_id),
                 "score": float(score),
                 "display": display_token(tokenizer, token),
+                "word": word,
+                "piece": piece,
             })
         result.append(row)
     return result
@@ -971,6 +1039,7 @@ def project_prompt(
         "vocab_size": vocab.size,
         "init": None if init_text is None else {"method": "TEXT", "text": init_text},
         "projected_text": tokenizer.decode(projected_ids),
+        "projected_words": readable_text(nb[0]["word"] for nb in neighbors),
         "positions": positions,
         "reference": reference.to_dict(),
         "fidelity": fidelity,
@@ -1036,10 +1105,12 @@ def projection_summary(projection: dict) -> str:
     reference = projection["reference"]
     off = sum(p["off_manifold"] for p in positions)
     best = float(np.median([p["best_similarity"] for p in positions]))
+    words = projection.get("projected_words") or projection["projected_text"]
     parts = [
         f"Read against {projection['vocab_size']:,} vocabulary words by "
         f"{_METRIC_WORDS[projection['metric']]}, the {n} virtual tokens project to "
-        f"\"{projection['projected_text']}\".",
+        f"\"{words}\""
+        + (" (a leading \u2026 marks a piece of a word)." if PIECE_MARK in words else "."),
     ]
     if off:
         parts.append(f"{off} of {n} are no closer to any word than random vectors are "
@@ -1060,12 +1131,19 @@ def projection_summary(projection: dict) -> str:
                      "typical word).")
     if projection["init"] is not None:
         comparable = [p for p in positions if p.get("still_init") is not None]
-        still = sum(bool(p["still_init"]) for p in comparable)
+        readable = [p for p in comparable if not p.get("off_manifold")]
+        still = sum(bool(p["still_init"]) for p in readable)
         drift = float(np.median([p["init_similarity"] for p in positions]))
         outside = len(positions) - len(comparable)
-        parts.append(f"Initialised from the text \"{projection['init']['text']}\", {still} of "
-                     f"{len(comparable)} positions initialised from a vocabulary word are still "
-                     f"nearest it (median cosine to the init token {drift:.2f})"
+        at_chance = len(comparable) - len(readable)
+        kept = (f"{still} of {len(readable)} readable positions initialised from a vocabulary "
+                "word are still nearest it" if readable else
+                f"none of the {len(comparable)} positions initialised from a vocabulary word is "
+                "readable, so none can be said to keep its initial word")
+        parts.append(f"Initialised from the text \"{projection['init']['text']}\", {kept} "
+                     f"(median cosine to the init token {drift:.2f})"
+                     + (f"; {at_chance} are off-manifold, so whether they kept their initial "
+                        "word says nothing" if at_chance else "")
                      + (f"; {outside} started as special tokens outside the vocabulary read."
                         if outside else "."))
     fidelity = projection["fidelity"]
@@ -1083,7 +1161,7 @@ def _cell_token(display: str, width: int = 14) -> str:
 
 
 def _table_row(position: dict) -> list[str]:
-    words = "  ".join(f"{_cell_token(nb['display'])} {nb['score']:.3f}"
+    words = "  ".join(f"{_cell_token(nb.get('word') or nb['display'])} {nb['score']:.3f}"
                       for nb in position["neighbors"])
     ratio = position["norm_ratio"]
     off = ", ".join(position.get("off_manifold_reasons") or []) or (
@@ -1091,6 +1169,8 @@ def _table_row(position: dict) -> list[str]:
     drift = ""
     if position["init_token"] is not None:
         state = {True: "still", False: "moved", None: "special"}[position.get("still_init")]
+        if position.get("off_manifold") and position.get("still_init") is not None:
+            state = "at chance"  # an off-manifold position has no word, its initial one neither
         drift = f"{_cell_token(position['init_token'])} {position['init_similarity']:.3f} {state}"
     return [str(position["index"]), words, "-" if ratio is None else f"{ratio:.2f}",
             f"{position['best_similarity']:.3f}", off, drift]
@@ -1131,7 +1211,9 @@ def format_projection_table(projection: dict) -> str:
         line(["-" * w for w in widths]),
         *(line(r) for r in rows),
         "",
-        f"Projected text: \"{projection['projected_text']}\"",
+        f"Projected words: \"{projection.get('projected_words') or projection['projected_text']}\""
+        + (" (\u2026 marks a piece of a word)"
+           if PIECE_MARK in (projection.get("projected_words") or "") else ""),
         f"Reference: median word norm {reference['median_norm']:.3f}; nearest-neighbour cosine "
         f"between words p5 {quantiles['p5']:.3f}, median {quantiles['p50']:.3f}.",
     ]

@@ -58,6 +58,17 @@ __all__ = [
     "Fidelity",
     "Trust",
     "ProjectionResult",
+    "InstructionResult",
+    "DepartureRow",
+    "DepartureDirection",
+    "DepartureGroupShare",
+    "DepartureAttribution",
+    "DeparturesResult",
+    "PositionImportanceEntry",
+    "PositionImportance",
+    "GroupComparison",
+    "GroupDifference",
+    "LikeForLike",
     "TopToken",
     "AttributionExample",
     "AttributionGroups",
@@ -464,6 +475,10 @@ class Neighbor(Section):
     token_id: int
     score: float | None
     display: str | None = optional()
+    #: the word as read: a word piece is marked with a leading "…" (``…lved``)
+    word: str | None = optional()
+    #: the token continues a word (WordPiece ``##``, no word-start marker)
+    piece: bool | None = optional()
     extra: dict[str, Any] = _extra()
     _absent: frozenset[str] | None = _absent_field()
 
@@ -560,6 +575,152 @@ class Trust(Section):
 
 
 @dataclass
+class InstructionResult(Section):
+    """``projection.instructions[i]``: one plain-language candidate against the soft prompt."""
+
+    rank: int
+    #: ``init_text``, ``instruction`` or ``translation``
+    source: str
+    text: str
+    token_ids: list[int]
+    n_tokens: int
+    note: str
+    n_examples: int
+    #: share of rows with the soft prompt's decision
+    agreement: float | None
+    agreement_interval: Interval | None
+    disagreements: int
+    accuracy: float | None
+    accuracy_interval: Interval | None
+    extra: dict[str, Any] = _extra()
+    _absent: frozenset[str] | None = _absent_field()
+
+
+@dataclass
+class DepartureRow(Section):
+    """One row where the soft prompt and the closest instruction disagree."""
+
+    row: int
+    text: str
+    soft_label: str
+    instruction_label: str
+    true_label: str | None
+    soft_probability: float | None
+    attributed: bool
+    tokens: list[str] | None = optional()
+    token_attributions: list[float | None] | None = optional()
+    top_tokens: list[TopToken] | None = optional()
+    convergence_delta: float | None = optional()
+    extra: dict[str, Any] = _extra()
+    _absent: frozenset[str] | None = _absent_field()
+
+
+@dataclass
+class DepartureDirection(Section):
+    """The departures of one direction (soft prompt's label, instruction's label)."""
+
+    soft_label: str
+    instruction_label: str
+    description: str
+    count: int
+    n_listed: int
+    rows: list[DepartureRow] = field(default_factory=list)
+    extra: dict[str, Any] = _extra()
+    _absent: frozenset[str] | None = _absent_field()
+
+
+@dataclass
+class DepartureGroupShare(Section):
+    """A sensitive group's share among the departures against its share of all rows."""
+
+    group: str
+    n_overall: int
+    n_departures: int
+    share_overall: float | None
+    share_departures: float | None
+    departure_rate: float | None
+    interval: Interval | None
+    over_represented: bool
+    small: bool
+    extra: dict[str, Any] = _extra()
+    _absent: frozenset[str] | None = _absent_field()
+
+
+@dataclass
+class DepartureAttribution(Section):
+    """How the departure rows were attributed, and how many."""
+
+    target: str
+    n_attributed: int
+    n_departures: int
+    max_attributed: int
+    rule: str
+    method: str | None
+    baseline: str | None
+    n_steps: int | Literal["auto"] | None
+    max_convergence_delta: float | None
+    n_not_converged: int | None
+    extra: dict[str, Any] = _extra()
+    _absent: frozenset[str] | None = _absent_field()
+
+
+@dataclass
+class DeparturesResult(Section):
+    """``projection.departures``: where the soft prompt departs from the closest instruction."""
+
+    TITLE: ClassVar[str] = "projection.departures"
+    instruction: dict[str, Any] | None
+    n_examples: int
+    n_departures: int
+    share: float | None
+    positive_label: str | None
+    directions: list[DepartureDirection] = field(default_factory=list)
+    groups: dict[str, list[DepartureGroupShare]] | None = None
+    group_interval_method: str = ""
+    agreement_interval_method: str | None = optional()
+    confidence: float = 0.95
+    attribution: DepartureAttribution | None = None
+    summary: str | None = None
+    extra: dict[str, Any] = _extra()
+    _absent: frozenset[str] | None = _absent_field()
+
+
+@dataclass
+class PositionImportanceEntry(Section):
+    """One virtual token: the share of decisions that change when it alone is neutralised."""
+
+    index: int
+    changed: int
+    share: float
+    interval: Interval | None
+    matters: bool
+    extra: dict[str, Any] = _extra()
+    _absent: frozenset[str] | None = _absent_field()
+
+
+@dataclass
+class PositionImportance(Section):
+    """``projection.position_importance``: which virtual tokens matter on their own."""
+
+    TITLE: ClassVar[str] = "projection.position_importance"
+    #: ``mean_word_embedding``: what replaces a position
+    neutral: str
+    neutral_rule: str
+    n_examples: int
+    max_examples: int
+    confidence: float
+    floor: float
+    interval_method: str
+    rule: str
+    positions: list[PositionImportanceEntry] = field(default_factory=list)
+    important: list[int] = field(default_factory=list)
+    ignored: list[int] = field(default_factory=list)
+    summary: str | None = None
+    extra: dict[str, Any] = _extra()
+    _absent: frozenset[str] | None = _absent_field()
+
+
+@dataclass
 class ProjectionResult(Section):
     """``projection``: nearest words, typicality and fidelity of the soft prompt."""
 
@@ -575,6 +736,12 @@ class ProjectionResult(Section):
     fidelity: Fidelity | None = None
     trust: Trust | None = optional()
     summary: str | None = None
+    #: the top-1 words as read: whole words, word pieces marked with a leading "…"
+    projected_words: str | None = optional()
+    #: plain-language candidates ranked by agreement with the soft prompt
+    instructions: list[InstructionResult] | None = optional()
+    departures: DeparturesResult | None = optional()
+    position_importance: PositionImportance | None = optional()
     extra: dict[str, Any] = _extra()
     _absent: frozenset[str] | None = _absent_field()
 
@@ -616,6 +783,56 @@ class AttributionExample(Section):
 
 
 @dataclass
+class GroupComparison(Section):
+    """One group against the reference group, like for like, per virtual token."""
+
+    group: str
+    reference: str
+    #: the labels (strata) both had enough rows in
+    strata: list[str]
+    n_group: int
+    n_reference: int
+    difference: list[float | None] | None
+    interval: list[Interval] | None
+    #: interval excludes 0 and the difference exceeds the integration error
+    evidence: list[bool] | None
+    extra: dict[str, Any] = _extra()
+    _absent: frozenset[str] | None = _absent_field()
+
+
+@dataclass
+class GroupDifference(Section):
+    """A position with evidence of a difference between a group and the reference."""
+
+    position: int
+    group: str
+    difference: float | None
+    interval: Interval | None
+    extra: dict[str, Any] = _extra()
+    _absent: frozenset[str] | None = _absent_field()
+
+
+@dataclass
+class LikeForLike(Section):
+    """``attribution.by_group[feature].like_for_like``: group differences on like rows."""
+
+    #: ``predicted_label``, ``true_label`` or None (no conditioning)
+    condition: str | None
+    reference_group: str | None
+    n_bootstrap: int
+    confidence: float
+    seed: int
+    error_scale: float | None
+    rule: str
+    comparisons: list[GroupComparison] = field(default_factory=list)
+    top_positions: list[GroupDifference] = field(default_factory=list)
+    #: the sentence naming the positions that differ, with its caveats
+    statement: str | None = None
+    extra: dict[str, Any] = _extra()
+    _absent: frozenset[str] | None = _absent_field()
+
+
+@dataclass
 class AttributionGroups(Section):
     """``attribution.by_group[feature]``: mean attribution per virtual token per group."""
 
@@ -627,6 +844,8 @@ class AttributionGroups(Section):
     within_error: list[bool] | None = optional()
     error_scale: float | None = optional()
     top_positions: list[int] = field(default_factory=list)
+    #: groups compared on rows with the same label, with bootstrap intervals
+    like_for_like: LikeForLike | None = optional()
     extra: dict[str, Any] = _extra()
     _absent: frozenset[str] | None = _absent_field()
 

@@ -239,6 +239,27 @@ class ProjectionSpec(_Strict):
     top_k: int = Field(5, ge=1, le=1000, strict=True)
     metric: Metric = Metric.COSINE
     fidelity: bool = True
+    #: Plain-language instructions compared with the soft prompt (result:
+    #: ``projection.instructions``), beside the init text of a TEXT-initialised prompt.
+    instructions: list[str] = Field(default_factory=list)
+    #: The rows where the soft prompt and the closest instruction disagree
+    #: (``projection.departures``; needs the init text or an instruction).
+    departures: bool = True
+    #: Departure rows given input-token attributions (each costs one attribution).
+    departures_max_attributed: int = Field(2, ge=0, le=100_000, strict=True)
+    #: Share of decisions that change when each virtual token alone is neutralised
+    #: (``projection.position_importance``).
+    position_importance: bool = True
+    #: Rows predicted per neutralised position (the first rows of the data).
+    position_importance_max_examples: int = Field(50, ge=1, le=1_000_000, strict=True)
+
+    @field_validator("instructions")
+    @classmethod
+    def _non_blank_instructions(cls, value: list[str]) -> list[str]:
+        for i, text in enumerate(value):
+            if not text.strip():
+                raise ValueError(f"instructions[{i}] is blank; give a non-empty text")
+        return value
 
 
 class AttributionSpec(_Strict):
@@ -264,6 +285,9 @@ class AttributionSpec(_Strict):
     max_gradient_evals_total: int | None = Field(
         DEFAULT_GRADIENT_EVAL_BUDGET, ge=1, le=10_000_000, strict=True
     )
+    #: Per-group attribution compares groups on rows with the same ``predicted_label``
+    #: (default) or the same ``true_label`` (needs ``data.label_column``).
+    group_condition: Literal["predicted_label", "true_label"] = "predicted_label"
 
     @field_validator("n_steps", mode="before")
     @classmethod
@@ -616,6 +640,11 @@ class AuditSpec(_Strict):
                 )
         if self.model.task is not Task.SEQUENCE_CLASSIFICATION and not self.model.labels:
             raise ValueError(f"model.labels: task {self.model.task.value} needs label words")
+        if self.attribution.group_condition == "true_label" and self.data.label_column is None:
+            raise ValueError(
+                "attribution.group_condition: 'true_label' needs true labels; set "
+                "data.label_column or use 'predicted_label'"
+            )
         return self
 
     @model_validator(mode="after")

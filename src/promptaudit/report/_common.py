@@ -587,7 +587,11 @@ def gap_sentences(result: AuditResult | Mapping[str, Any], *, limit: int = 6) ->
 
 
 def projected_text(projection: ProjectionResult) -> str | None:
-    """The prompt as words: the fidelity check's projected text, else the top-1 words."""
+    """The prompt as words: the readable top-1 words (pieces marked "…"), else the
+    fidelity check's projected text, else the top-1 tokens."""
+    readable = projection.projected_words
+    if isinstance(readable, str) and readable.strip():
+        return readable
     fidelity = projection.fidelity
     text = fidelity.projected_text if fidelity is not None else None
     if isinstance(text, str) and text.strip():
@@ -596,7 +600,9 @@ def projected_text(projection: ProjectionResult) -> str | None:
     for position in projection.positions or []:
         if position.neighbors:
             first = position.neighbors[0]
-            words.append(str(first.display or display_token(first.token or "?")))
+            token = str(first.token or "?")
+            words.append("\u2026" + token[2:] if token.startswith("##") and len(token) > 2
+                         else str(first.display or display_token(token)))
     return " ".join(words) or None
 
 

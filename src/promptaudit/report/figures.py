@@ -256,7 +256,8 @@ def group_attribution_chart(
     Raises
     ------
     ValueError
-        If ``by_group`` is missing or has no group with values.
+        If ``by_group`` is missing or has no group with values and at least
+        ``min_group_size`` examples (smaller groups are never drawn).
     """
     by_group = _attribution(attribution).by_group or {}
     features = [feature] if feature is not None else list(by_group)
@@ -266,7 +267,11 @@ def group_attribution_chart(
         if block is None:
             continue
         groups = {str(g): _numbers(v) for g, v in (block.groups or {}).items()}
-        groups = {g: v for g, v in groups.items() if np.isfinite(v).any()}
+        small = {str(g) for g in block.small_groups or []}
+        floor = block.min_group_size if block.has("min_group_size") else None
+        counts = block.counts or {}
+        groups = {g: v for g, v in groups.items() if np.isfinite(v).any() and g not in small
+                  and not (floor is not None and counts.get(g, floor) < floor)}
         if groups:
             panels.append((str(name), groups, block.counts or {}))
     if not panels:

@@ -54,6 +54,13 @@ from promptaudit.report._common import (
     verdict_sentence,
     verdict_word,
 )
+from promptaudit.report._explain import (
+    departures_view,
+    group_difference_view,
+    importance_by_position,
+    neighbor_word,
+    position_importance_view,
+)
 from promptaudit.result_types import (
     AttributionGroups,
     AttributionResult,
@@ -286,6 +293,8 @@ def build_html_context(result: AuditResult | Mapping[str, Any]) -> dict[str, Any
         "counterfactual": _counterfactual(fairness.counterfactual if fairness is not None
                                           else None),
         "projection": _projection(projection),
+        "departures": departures_view(projection),
+        "position_importance": position_importance_view(projection),
         "attribution": _attribution(result.attribution, position_labels),
         "baselines": _baselines(result.baselines),
         "provenance": _provenance(result.provenance,
@@ -538,7 +547,7 @@ def _position_labels(projection: ProjectionResult | None) -> list[str] | None:
         word = ""
         if position.neighbors:
             first = position.neighbors[0]
-            word = str(first.display or display_token(first.token or ""))
+            word = neighbor_word(first)
         index = position.index if position.index is not None else len(labels)
         labels.append(f"{index} {word}".strip())
     return labels or None
@@ -548,19 +557,20 @@ def _projection(projection: ProjectionResult | None) -> dict[str, Any] | None:
     if projection is None:
         return None
     rows = []
+    matters = importance_by_position(projection)
     for position in projection.positions or []:
         neighbors = []
         for neighbor in position.neighbors or []:
-            word = neighbor.display
-            if word in (None, ""):
-                word = display_token(neighbor.token if neighbor.token is not None else "")
-            neighbors.append({"word": str(word if word is not None else NA),
+            word = neighbor_word(neighbor)
+            neighbors.append({"word": str(word or NA),
                               "token": str(neighbor.token if neighbor.token is not None else ""),
                               "score": fmt_num(neighbor.score)})
         init = position.init_token
         still = position.still_init
         if init is None:
             drift = "random initialisation"
+        elif position.off_manifold is True:  # no word describes it, its initial word neither
+            drift = "off-manifold: no closer to any word than chance"
         elif still is True:
             drift = "still its initial word"
         elif still is False:
@@ -581,12 +591,15 @@ def _projection(projection: ProjectionResult | None) -> dict[str, Any] | None:
             "init_token": display_token(init) if init is not None else "",
             "init_similarity": fmt_num(position.init_similarity),
             "drift": drift,
+            "importance": {True: "matters", False: "ignored"}.get(
+                matters.get(int(position.index)) if position.index is not None else None, ""),
         })
     fidelity = projection.fidelity
     if fidelity is not None:
         level = fidelity_level(fidelity)
         fidelity_view: dict[str, Any] | None = {
-            "projected_text": str(fidelity.projected_text or NA),
+            "projected_text": str(projection.projected_words or fidelity.projected_text or NA),
+            "pieces_marked": "\u2026" in str(projection.projected_words or ""),
             "agreement": fmt_pct(fidelity.agreement, 0),
             "soft_accuracy": fmt_num(fidelity.soft_accuracy),
             "projected_accuracy": fmt_num(fidelity.projected_accuracy),
@@ -624,7 +637,8 @@ def _attribution(
     has_groups = any(
         as_float(v) is not None
         for block in by_group_in.values()
-        for values in (block.groups or {}).values()
+        for group, values in (block.groups or {}).items()
+        if group not in (block.small_groups or [])  # groups under min_group_size: never drawn
         for v in values or []
     )
     charts = []
@@ -647,8 +661,10 @@ def _attribution(
         charts.append(_figure(
             lambda: figures.group_attribution_chart(attribution, position_labels=position_labels),
             alt="Line chart of the mean attribution per prompt position for each group.",
-            caption="Mean attribution per prompt position for each group. Lines that separate "
-                    "show prompt positions that act differently on different groups.",
+            caption="Mean attribution per prompt position for each group with at least "
+                    "min_group_size attributed examples (smaller groups are not drawn). Groups "
+                    "whose predicted labels differ can separate for that reason alone: read the "
+                    "like-for-like comparison below before naming a position.",
         ))
     examples = []
     for example in examples_in[:5]:
@@ -717,7 +733,18 @@ def _position_tolerance(attribution: AttributionResult) -> str | None:
 
 
 def _attribution_group(feature: str, block: AttributionGroups) -> dict[str, Any]:
-    """One feature's per-group attribution: top positions, those within error, small groups."""
+    """One feature's per-group attribution: top positions, those within error, small groups.
+
+    With a like-for-like comparison (``like_for_like``) its caveated sentence and
+    per-position table replace the bare list of positions.
+    """
+    like = group_difference_view(feature, block)
+    if like is not None:
+        small = [str(g) for g in block.small_groups or []]
+        return {"feature": str(feature), "top_positions": "", "like": like,
+                "small_groups": ", ".join(small),
+                "min_group_size": str(block.min_group_size if block.has("min_group_size")
+                                      else NA)}
     within = block.within_error or []
     top = []
     for p in block.top_positions or []:
@@ -726,7 +753,7 @@ def _attribution_group(feature: str, block: AttributionGroups) -> dict[str, Any]
             label += " (within the integration error)"
         top.append(label)
     small = [str(g) for g in block.small_groups or []]
-    return {"feature": str(feature), "top_positions": ", ".join(top) or NA,
+    return {"feature": str(feature), "top_positions": ", ".join(top) or NA, "like": None,
             "small_groups": ", ".join(small),
             "min_group_size": str(block.min_group_size if block.has("min_group_size") else NA)}
 

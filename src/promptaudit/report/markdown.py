@@ -37,6 +37,11 @@ from promptaudit.report._common import (
     verdict_sentence,
     verdict_word,
 )
+from promptaudit.report._explain import (
+    departures_view,
+    group_difference_view,
+    position_importance_view,
+)
 from promptaudit.result_types import AttributionResult, Provenance
 from promptaudit.results import AuditResult
 
@@ -176,7 +181,22 @@ def _context(result: AuditResult) -> dict[str, Any]:
         "bias_audit": bias_audit_view(result),
         "attribution_note": _attribution_note(result.attribution),
         "attribution_budget": attribution_budget_sentence(result.attribution),
+        "departures": departures_view(projection),
+        "position_importance": position_importance_view(projection),
+        "group_statements": _group_statements(result.attribution),
     }
+
+
+def _group_statements(attribution: AttributionResult | None) -> list[dict[str, str]]:
+    """Per feature, the like-for-like sentence on attribution differences between groups."""
+    if attribution is None:
+        return []
+    out = []
+    for feature, block in (attribution.by_group or {}).items():
+        view = group_difference_view(feature, block)
+        if view is not None and view["statement"]:
+            out.append({"feature": str(feature), "statement": view["statement"]})
+    return out
 
 
 def _provenance_parts(provenance: Provenance | None) -> list[str]:

@@ -1,0 +1,199 @@
+"""Report views of the explanation stages: departures from plain language, position importance.
+
+Plain dicts of display strings for the HTML and Markdown templates, read from the
+typed result alone (torch-free). A section that was not computed is ``None``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from promptaudit.report._common import NA, as_float, fmt_interval, fmt_num, fmt_pct, short_text
+from promptaudit.result_types import (
+    AttributionGroups,
+    DeparturesResult,
+    PositionImportance,
+    ProjectionResult,
+)
+
+__all__ = ["departures_view", "position_importance_view", "importance_by_position",
+           "group_difference_view", "neighbor_word", "PIECE_MARK"]
+
+PIECE_MARK = "\u2026"
+_SOURCE_WORDS = {"init_text": "init text (before tuning)", "instruction": "your instruction",
+                 "translation": "translation (a plain-text stand-in)"}
+#: Departure rows shown per direction in the report (the result lists more).
+SHOWN_ROWS = 50
+
+
+def neighbor_word(neighbor) -> str:
+    """A nearest word as read: the result's ``word``, else the token with pieces marked."""
+    word = getattr(neighbor, "word", None)
+    if isinstance(word, str) and word:
+        return word
+    token = str(neighbor.token if neighbor.token is not None else "")
+    if token.startswith("##") and len(token) > 2:
+        return PIECE_MARK + token[2:]
+    display = neighbor.display
+    text = str(display) if display not in (None, "") else token
+    if len(text) > 1 and text[0] in ("\u0120", "\u2581"):
+        text = text[1:]
+    return text.strip() or text
+
+
+def _interval_pct(value: Any) -> str:
+    pair = value if isinstance(value, list | tuple) else []
+    if len(pair) != 2 or as_float(pair[0]) is None or as_float(pair[1]) is None:
+        return ""
+    return f"[{fmt_pct(pair[0])}, {fmt_pct(pair[1])}]"
+
+
+def departures_view(projection: ProjectionResult | None) -> dict[str, Any] | None:
+    """The "Where the prompt departs from plain language" section, or None."""
+    if projection is None:
+        return None
+    instructions = projection.instructions or []
+    departures: DeparturesResult | None = projection.departures
+    if not instructions and departures is None:
+        return None
+    rows = [{
+        "rank": str(entry.rank),
+        "source": _SOURCE_WORDS.get(entry.source, entry.source),
+        "text": short_text(entry.text, 300),
+        "agreement": fmt_pct(entry.agreement),
+        "agreement_interval": _interval_pct(entry.agreement_interval),
+        "accuracy": fmt_pct(entry.accuracy) if entry.accuracy is not None else NA,
+        "accuracy_interval": _interval_pct(entry.accuracy_interval),
+        "disagreements": str(entry.disagreements),
+        "n_examples": str(entry.n_examples),
+        "n_tokens": str(entry.n_tokens),
+    } for entry in instructions]
+    view: dict[str, Any] = {"instructions": rows, "departures": None,
+                            "method": (departures.agreement_interval_method
+                                       if departures is not None else None) or
+                            "Wilson score interval"}
+    if departures is None:
+        return view
+    attribution = departures.attribution
+    directions = []
+    for direction in departures.directions:
+        shown = []
+        for row in direction.rows[:SHOWN_ROWS]:
+            tokens = [{"token": str(t.token), "attribution": fmt_num(t.attribution),
+                       "positive": (as_float(t.attribution) or 0.0) >= 0}
+                      for t in (row.top_tokens or [])[:5]]
+            shown.append({
+                "row": str(row.row),
+                "text": short_text(row.text, 220),
+                "true_label": NA if row.true_label is None else str(row.true_label),
+                "soft_probability": fmt_num(row.soft_probability),
+                "attributed": bool(row.attributed),
+                "top_tokens": tokens,
+            })
+        hidden = direction.count - len(shown)
+        directions.append({
+            "description": direction.description[:1].upper() + direction.description[1:],
+            "count": str(direction.count),
+            "rows": shown,
+            "hidden": str(hidden) if hidden > 0 else "",
+        })
+    groups = []
+    for feature, shares in (departures.groups or {}).items():
+        for share in shares:
+            groups.append({
+                "feature": str(feature),
+                "group": str(share.group),
+                "n_departures": str(share.n_departures),
+                "share_departures": fmt_pct(share.share_departures),
+                "interval": _interval_pct(share.interval),
+                "share_overall": fmt_pct(share.share_overall),
+                "n_overall": str(share.n_overall),
+                "over_represented": bool(share.over_represented),
+                "small": bool(share.small),
+            })
+    instruction = departures.instruction or {}
+    view["departures"] = {
+        "instruction": short_text(str(instruction.get("text") or NA), 300),
+        "source": _SOURCE_WORDS.get(str(instruction.get("source")), str(instruction.get("source"))),
+        "n_departures": str(departures.n_departures),
+        "n_examples": str(departures.n_examples),
+        "share": fmt_pct(departures.share),
+        "directions": directions,
+        "groups": groups,
+        "group_method": departures.group_interval_method,
+        "confidence": fmt_pct(departures.confidence, 0),
+        "n_attributed": str(attribution.n_attributed) if attribution is not None else "0",
+        "max_attributed": str(attribution.max_attributed) if attribution is not None else NA,
+        "attribution_rule": attribution.rule if attribution is not None else "",
+        "attribution_method": str((attribution.method if attribution is not None else None)
+                                  or NA).replace("_", " "),
+        "attribution_baseline": str((attribution.baseline if attribution is not None else None)
+                                    or NA),
+        "summary": str(departures.summary or ""),
+    }
+    return view
+
+
+def importance_by_position(projection: ProjectionResult | None) -> dict[int, bool]:
+    """``{position: matters}`` from ``projection.position_importance`` ({} when absent)."""
+    importance: PositionImportance | None = (projection.position_importance
+                                             if projection is not None else None)
+    if importance is None:
+        return {}
+    return {int(p.index): bool(p.matters) for p in importance.positions}
+
+
+def position_importance_view(projection: ProjectionResult | None) -> dict[str, Any] | None:
+    """The "Which positions matter" block, or None."""
+    importance = projection.position_importance if projection is not None else None
+    if importance is None:
+        return None
+    words = {}
+    for position in projection.positions or []:
+        if position.neighbors and position.index is not None:
+            words[int(position.index)] = neighbor_word(position.neighbors[0])
+    rows = [{
+        "index": str(p.index),
+        "word": words.get(int(p.index), ""),
+        "share": fmt_pct(p.share),
+        "changed": str(p.changed),
+        "interval": _interval_pct(p.interval),
+        "matters": bool(p.matters),
+    } for p in importance.positions]
+    return {
+        "rows": rows,
+        "n_examples": str(importance.n_examples),
+        "neutral": "the mean word embedding" if importance.neutral == "mean_word_embedding"
+        else str(importance.neutral),
+        "floor": fmt_pct(importance.floor, 0),
+        "important": ", ".join(str(i) for i in importance.important) or "none",
+        "ignored": ", ".join(str(i) for i in importance.ignored) or "none",
+        "summary": str(importance.summary or ""),
+        "rule": importance.rule,
+    }
+
+
+def group_difference_view(feature: str, block: AttributionGroups) -> dict[str, Any] | None:
+    """One feature's like-for-like group comparison: the caveated sentence and the table."""
+    like = block.like_for_like
+    if like is None:
+        return None
+    rows = []
+    for comparison in like.comparisons:
+        differences = comparison.difference or []
+        intervals = comparison.interval or []
+        evidence = comparison.evidence or []
+        for position, value in enumerate(differences):
+            found = position < len(evidence) and evidence[position] is True
+            rows.append({
+                "group": str(comparison.group),
+                "reference": str(comparison.reference),
+                "position": str(position),
+                "difference": fmt_num(value, 4),
+                "interval": fmt_interval(intervals[position] if position < len(intervals)
+                                         else None, 4) or NA,
+                "verdict": "difference" if found else "no evidence of a difference",
+                "evidence": found,
+            })
+    return {"feature": str(feature), "statement": str(like.statement or ""), "rows": rows,
+            "condition": str(like.condition or "none")}
