@@ -570,13 +570,49 @@ def project(
     json_: JsonOption = False,
     verbose: VerboseOption = False,
     allow_untrained_head: AllowUntrainedHeadOption = False,
+    translate: Annotated[
+        bool,
+        typer.Option("--translate", help="Also search readable words that reproduce the soft "
+                     "prompt's decisions (needs --data; long work, progress is logged)."),
+    ] = False,
+    translate_steps: Annotated[
+        int | None, typer.Option("--translate-steps", help="PEZ steps per seed.")
+    ] = None,
+    translate_restarts: Annotated[
+        int | None, typer.Option("--translate-restarts", help="Runs from seeds (at least 2).")
+    ] = None,
+    translate_seed: Annotated[
+        int | None, typer.Option("--translate-seed", help="First seed (split, restarts).")
+    ] = None,
+    translate_vocabulary: Annotated[
+        str | None,
+        typer.Option("--translate-vocabulary",
+                     help="'words' (whole words, the default) or a word-list file."),
+    ] = None,
 ) -> None:
     """Project each virtual token onto its nearest vocabulary words.
 
     Nearest words need only the embedding matrix; --task (and a trained head) is
-    needed only with --data, where fidelity runs predictions.
+    needed only with --data, where fidelity runs predictions. --translate also
+    searches a plain-text stand-in for the prompt (projection.translation).
     """
     _configure_logging(verbose)
+    translate_settings = None
+    if translate or any(v is not None for v in (translate_steps, translate_restarts,
+                                                translate_seed, translate_vocabulary)):
+        if not translate:
+            raise InputError("--translate-steps/--translate-restarts/--translate-seed/"
+                             "--translate-vocabulary: given without --translate; add --translate")
+        if data is None:
+            raise InputError("--translate: needs --data (the rows the translation is fitted "
+                             "and measured on)")
+        from promptaudit.spec import TranslateSpec
+
+        translate_settings = TranslateSpec.from_options(
+            steps=translate_steps, restarts=translate_restarts, seed=translate_seed,
+            vocabulary=translate_vocabulary,
+        ).settings()
+        logging.getLogger("promptaudit.translation").setLevel(logging.INFO)
     from promptaudit.data import encode_labels
     from promptaudit.projection import format_projection_table, load_for_projection, project_prompt
 
@@ -594,6 +630,12 @@ def project(
     projection = project_prompt(
         prompted, soft_prompt=soft, top_k=top_k, metric=metric, texts=texts, label_ids=label_ids
     )
+    if translate_settings is not None:
+        from promptaudit.translation import translate_prompt
+
+        projection["translation"] = translate_prompt(
+            prompted, texts, label_ids=label_ids, settings=translate_settings
+        )
     if json_:
         typer.echo(json.dumps(projection, indent=2, sort_keys=True))
     else:
