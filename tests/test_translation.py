@@ -265,3 +265,57 @@ def test_cli_translate_json_and_bad_values(tiny_bert_dir, tiny_bert_seqcls_adapt
     assert result.exit_code == 2 and "--translate: needs --data" in result.output
     result = runner.invoke(app, [*base, "--translate-steps", "3"])
     assert result.exit_code == 2 and "add --translate" in result.output
+
+
+# ------------------------------------------------------------------ reports
+def _hand_translation(text: str) -> dict:
+    run = {"seed": 0, "text": text, "token_ids": [5, 6], "words": text.split(),
+           "round_trip_exact": True, "repaired_positions": 0, "agreement": 0.9,
+           "interval": [0.8, 0.95], "accuracy": 0.8, "validation_agreement": 0.9, "steps": 10,
+           "sweeps": 1, "seconds": 1.0}
+    other = {**run, "seed": 1, "text": "great plot", "words": ["great", "plot"],
+             "token_ids": [7, 8], "agreement": 0.88, "interval": [0.78, 0.94]}
+    translation = {
+        "text": text, "token_ids": [5, 6], "words": text.split(), "seed": 0,
+        "fidelity": {"agreement": 0.9, "interval": [0.8, 0.95], "interval_method": "wilson",
+                     "n_heldout": 100, "level": "high"},
+        "accuracy": {"translation": 0.8, "soft_prompt": 0.82}, "round_trip_exact": True,
+        "whole_words": True, "seeds": [0, 1], "steps": 10, "seconds": 2.0,
+        "runs": [run, other], "uniqueness": _uniqueness([run, other]),
+    }
+    from promptaudit.translation import stand_in_sentence, translation_summary
+
+    translation["stand_in"] = stand_in_sentence(translation)
+    translation["summary"] = translation_summary(translation)
+    return translation
+
+
+def test_report_panel_shows_the_translation_first_escaped_with_its_cautions():
+    import html as html_lib
+    import re
+    from pathlib import Path
+
+    from promptaudit.report import render_html, render_markdown
+
+    result = json.loads((Path(__file__).parent / "fixtures" / "sample_result.json").read_text())
+    payload = "<script>alert(1)</script> **bold**"
+    result["projection"]["translation"] = _hand_translation(payload)
+    page = render_html(result)
+    assert "<script>alert(1)</script>" not in page
+    text = " ".join(html_lib.unescape(re.sub(r"<[^>]+>", " ", page)).split())
+    panel = text[text.index("What the prompt reads as"):]
+    stand_in = ("These words are a plain-text stand-in that reproduces 90% (80\u201395%, 95% "
+                "interval) of the soft prompt's decisions on 100 held-out rows \u2014 not the "
+                "prompt's meaning.")
+    assert stand_in in panel
+    assert panel.index(payload) < panel.index("Read as its nearest vocabulary words")
+    assert SEVERAL_READINGS_SENTENCE in panel
+    assert "Accuracy on those rows: 80% with these words, 82% with the soft prompt." in panel
+    markdown = render_markdown(result)
+    assert "**Plain-text stand-in:**" in markdown and "\\*\\*bold\\*\\*" in markdown
+    assert "&lt;script&gt;" in markdown
+    assert markdown.index("Plain-text stand-in") < markdown.index("**Reads as:**")
+    from promptaudit.result_types import ProjectionResult
+
+    section = ProjectionResult.from_dict(result["projection"])
+    assert section.to_dict() == result["projection"]

@@ -657,12 +657,12 @@ class TranslationResult(Section):
     uniqueness: TranslationUniqueness
     stand_in: str
     summary: str
-    nearest_words: dict[str, Any] | None = None
-    repaired_positions: int | None = None
-    vocabulary: dict[str, Any] | None = None
-    rows: dict[str, int] | None = None
-    cpu_seconds: float | None = None
-    settings: dict[str, Any] | None = None
+    nearest_words: dict[str, Any] | None = optional()
+    repaired_positions: int | None = optional()
+    vocabulary: dict[str, Any] | None = optional()
+    rows: dict[str, int] | None = optional()
+    cpu_seconds: float | None = optional()
+    settings: dict[str, Any] | None = optional()
     extra: dict[str, Any] = _extra()
     _absent: frozenset[str] | None = _absent_field()
 

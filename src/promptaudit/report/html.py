@@ -45,6 +45,7 @@ from promptaudit.report._common import (
     gate_name,
     gate_status,
     reading_sentence,
+    translation_view,
     short_text,
     status_counts,
     trust_level,
@@ -318,6 +319,7 @@ def _summary(result: AuditResult, projection: ProjectionResult | None) -> dict[s
         "total": total,
         "gaps": gap_sentences(result),
         "reading": reading_sentence(projection) if projection else None,
+        "translation": translation_view(projection),
         "fidelity": fidelity_sentence(projection) if projection else None,
         "fidelity_detail": " ".join(x for x in (trust_reason(projection),
                                                  fidelity_detail(projection)) if x)

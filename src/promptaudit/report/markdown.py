@@ -23,6 +23,7 @@ from promptaudit.report._common import (
     disparity_label,
     escape_markdown,
     fidelity_sentence,
+    translation_sentence,
     fmt_interval,
     fmt_num,
     fmt_pct,
@@ -169,6 +170,8 @@ def _context(result: AuditResult) -> dict[str, Any]:
         "reading": short_text(projected_text(projection), 300)
         if projection and projected_text(projection) else None,
         "off_manifold": off_manifold_note(projection) if projection else None,
+        "translation": short_text(translation_sentence(projection), 600)
+        if translation_sentence(projection) else None,
         "fidelity": short_text(fidelity_sentence(projection), 400)
         if projection and fidelity_sentence(projection) else None,
         "provenance": " \u00b7 ".join(short_text(p, 120) for p in parts),
