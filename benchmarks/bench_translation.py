@@ -99,6 +99,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=TranslateSettings.learning_rate)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-baselines", action="store_true")
+    parser.add_argument("--no-plain-pez", action="store_true",
+                        help="skip the plain PEZ baseline (keep the nearest words)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -152,6 +154,7 @@ def main() -> None:
         weights = prompted.word_embeddings.detach()
         index = _nearest(prompted.prompt.float(), _normalized(weights[allowed].float()))[:, 0]
         describe("nearest words", [int(allowed[j]) for j in index.tolist()])
+    if not args.no_baselines and not args.no_plain_pez:
         wall, cpu = time.perf_counter(), time.process_time()
         ids = plain_pez(prompted, texts, settings)
         describe("plain PEZ", ids, time.perf_counter() - wall, time.process_time() - cpu)

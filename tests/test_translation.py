@@ -319,3 +319,23 @@ def test_report_panel_shows_the_translation_first_escaped_with_its_cautions():
 
     section = ProjectionResult.from_dict(result["projection"])
     assert section.to_dict() == result["projection"]
+
+
+def test_spec_file_translate_section(tmp_path):
+    from promptaudit.errors import SpecError
+    from promptaudit.spec import load_spec
+
+    base = ("name: t\nmodel: {base: builtin:minilm}\nprompt: {path: p}\n"
+            "data: {path: d.csv, label_column: label}\n")
+    path = tmp_path / "audit.yaml"
+    path.write_text(base + "projection: {translate: {steps: 7, vocabulary: words.txt}}\n",
+                    encoding="utf-8")
+    spec = load_spec(path)
+    assert spec.projection.translate.steps == 7
+    assert spec.projection.translate.vocabulary == str((tmp_path / "words.txt").resolve())
+    path.write_text(base + "projection: {translate: {stepz: 7}}\n", encoding="utf-8")
+    with pytest.raises(SpecError, match="unknown key 'projection.translate.stepz'.*'steps'"):
+        load_spec(path)
+    path.write_text(base + "projection: {translate: {restarts: 1}}\n", encoding="utf-8")
+    with pytest.raises(SpecError, match="projection.translate.restarts"):
+        load_spec(path)

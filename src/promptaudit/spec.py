@@ -925,6 +925,11 @@ def _resolve_paths(spec: AuditSpec, root: Path) -> AuditSpec:
                 "out": resolve(mitigation.out),
             }
         )
+    translate = spec.projection.translate
+    if translate is not None and translate.vocabulary != "words":
+        update["projection"] = spec.projection.model_copy(update={
+            "translate": translate.model_copy(update={"vocabulary": resolve(translate.vocabulary)})
+        })
     return spec.model_copy(update=update)
 
 
