@@ -339,3 +339,34 @@ def test_spec_file_translate_section(tmp_path):
     path.write_text(base + "projection: {translate: {restarts: 1}}\n", encoding="utf-8")
     with pytest.raises(SpecError, match="projection.translate.restarts"):
         load_spec(path)
+
+
+def test_audit_spec_runs_the_translation_into_the_result(tmp_path, tiny_bert_dir):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    import audit_helpers as helpers
+
+    from promptaudit.pipeline import run_audit
+    from promptaudit.result_types import TranslationResult
+    from promptaudit.spec import load_spec
+
+    prompt = helpers.write_prompt(tmp_path / "prompt.safetensors")
+    frame = helpers.eval_frame()
+    helpers.make_seqcls_model(tiny_bert_dir, tmp_path / "model", prompt=prompt,
+                              texts=frame["sentence"].tolist())
+    helpers.write_csv(tmp_path / "eval.csv", frame)
+    spec = helpers.base_spec(model="model", prompt="prompt.safetensors", data="eval.csv")
+    spec["projection"]["translate"] = {"steps": 4, "eval_every": 2, "top_k": 2,
+                                       "search_rows": 8, "seed": 5}
+    spec["attribution"]["enabled"] = False
+    spec["counterfactuals"] = None
+    spec.pop("counterfactuals")
+    spec["gates"] = [g for g in spec["gates"] if g["metric"] != "counterfactual_flip_rate"]
+    result = run_audit(load_spec(helpers.write_spec(tmp_path / "audit.yaml", spec)),
+                       command="pytest")
+    translation = result["projection"]["translation"]
+    assert translation["seeds"] == [5, 6] and translation["rows"]["heldout"] == 7
+    assert translation["round_trip_exact"] and translation["whole_words"]
+    assert TranslationResult.from_dict(translation).to_dict() == translation
