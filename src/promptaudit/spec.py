@@ -236,7 +236,7 @@ class TranslateSpec(_Strict):
     """
 
     enabled: bool = True
-    steps: int = Field(100, ge=1, le=100_000, strict=True)
+    steps: int = Field(20, ge=1, le=100_000, strict=True)
     restarts: int = Field(2, ge=2, le=100, strict=True)
     seed: int = Field(0, ge=0, strict=True)
     #: ``words`` (whole words) or the path of a word-list file (one word per line).
@@ -245,9 +245,9 @@ class TranslateSpec(_Strict):
     batch_size: int = Field(16, ge=1, le=4096, strict=True)
     eval_every: int = Field(20, ge=1, strict=True)
     patience: int = Field(3, ge=1, strict=True)
-    top_k: int = Field(4, ge=1, le=1000, strict=True)
+    top_k: int = Field(3, ge=1, le=1000, strict=True)
     sweeps: int = Field(1, ge=0, le=100, strict=True)
-    search_rows: int = Field(48, ge=1, strict=True)
+    search_rows: int = Field(32, ge=1, strict=True)
     validation_fraction: float = Field(0.2, gt=0, lt=1)
     heldout_fraction: float = Field(0.3, gt=0, lt=1)
 

@@ -162,7 +162,7 @@ class TranslateSettings:
         Shares of the texts kept for validation and for the held-out fidelity.
     """
 
-    steps: int = 100
+    steps: int = 20
     restarts: int = 2
     seed: int = 0
     vocabulary: str = "words"
@@ -170,9 +170,9 @@ class TranslateSettings:
     batch_size: int = 16
     eval_every: int = 20
     patience: int = 3
-    top_k: int = 4
+    top_k: int = 3
     sweeps: int = 1
-    search_rows: int = 48
+    search_rows: int = 32
     validation_fraction: float = 0.2
     heldout_fraction: float = 0.3
 
