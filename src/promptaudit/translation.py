@@ -492,29 +492,21 @@ class _Search:
         return best_index, continuous.detach(), step
 
     # -------------------------------------------------------- coordinate search
-    def _search_rows(self, word_index: torch.Tensor) -> list:
-        """The optimisation rows that score coordinate-search candidates.
+    def _search_rows(self, seed: int) -> list:
+        """A seeded random sample of ``search_rows`` optimisation rows that screens candidates.
 
-        At most ``search_rows`` rows: those where the current words disagree with
-        the soft prompt first, then those with the smallest soft-prompt margin
-        (decisions that a word swap can flip); rows both prompts decide with a
-        wide margin carry almost no KL and change no decision.
+        A random sample keeps the KL an unbiased estimate of the optimisation rows'
+        KL (choosing the hardest rows instead over-fitted them: on the demo prompt the
+        validation agreement fell from 0.80 to 0.58 in one sweep).
 
         Returns
         -------
         list of (index, input_embeds, attention_mask, token_type_ids, readout_index)
-            Batches of at most ``batch_size`` rows.
         """
-        logp = self.opt.log_probs(self._prompt_of(word_index))
-        soft = self.opt_soft
-        top2 = soft.topk(min(2, soft.shape[1]), dim=-1).values
-        margin = top2[:, 0] - top2[:, -1]
-        disagree = (logp.argmax(-1) != soft.argmax(-1)).float()
-        kl_rows = (soft.exp() * (soft - logp)).sum(-1)
-        # disagreements first, then by KL + closeness to the boundary
-        priority = disagree * 1e6 + kl_rows - 0.1 * margin
-        chosen = priority.argsort(descending=True)[: self.settings.search_rows].sort().values
-        return self._gather(chosen.cpu())
+        generator = torch.Generator().manual_seed(seed)
+        n = len(self.opt.texts)
+        chosen = torch.randperm(n, generator=generator)[: self.settings.search_rows].sort().values
+        return self._gather(chosen)
 
     def _gather(self, rows: torch.Tensor) -> list:
         """Batches ``(index, embeds, mask, types, readout)`` of the given optimisation rows."""
@@ -591,10 +583,11 @@ class _Search:
         best_index, best_score = current.clone(), self.validate(current)
         near = _nearest(continuous, self.words_unit, k=s.top_k)  # (n_positions, k)
         sweeps_done = 0
+        every_row = self._gather(torch.arange(len(self.opt.texts)))
+        full_kl = float(self._kl_on(every_row, self._prompt_of(current)[None])[0])
         for sweep in range(1, s.sweeps + 1):
             improved = False
-            batches = self._search_rows(current)
-            current_kl = float(self._kl_on(batches, self._prompt_of(current)[None])[0])
+            batches = self._search_rows(seed * 1000 + sweep)
             grad = self._gradient(batches, current)  # (n_positions, hidden)
             # First-order change of the KL for swapping each word in: (e_w - e_cur) . grad
             linear = grad @ self.words.T - (grad * self.words[current]).sum(-1, keepdim=True)
@@ -606,12 +599,17 @@ class _Search:
                            if o != int(current[position])]
                 if not options:
                     continue
-                trials = current.repeat(len(options), 1)
-                trials[:, position] = torch.tensor(options, device=trials.device)
+                trials = torch.cat([current[None], current.repeat(len(options), 1)])
+                trials[1:, position] = torch.tensor(options, device=trials.device)
+                # screen on the sample (the current words included), confirm on every row
                 kls = self._kl_on(batches, self.words[trials])
-                best = int(kls.argmin())
-                if float(kls[best]) < current_kl - 1e-6:
-                    current, current_kl, improved = trials[best].clone(), float(kls[best]), True
+                best = int(kls[1:].argmin()) + 1
+                if float(kls[best]) >= float(kls[0]) - 1e-6:
+                    continue
+                confirmed = float(self._kl_on(every_row, self.words[trials[best]][None])[0])
+                if confirmed < full_kl - 1e-6:
+                    current, full_kl, improved = trials[best].clone(), confirmed, True
+            current_kl = full_kl
             sweeps_done = sweep
             score = self.validate(current)
             if self._better(score, best_score):
