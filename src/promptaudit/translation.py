@@ -21,8 +21,9 @@ For each seed (at least two: the uniqueness check compares them):
 2. **Coordinate search.** Greedy sweeps over positions: for each position the
    ``top_k`` candidate words are the nearest allowed words of ``P`` at that
    position and the words with the most negative first-order (HotFlip-style)
-   change of the KL, ``(e_w - e_current) . grad``; each candidate is scored
-   exactly (the KL on the optimisation rows) and kept when it lowers it. Sweeps
+   change of the KL, ``(e_w - e_current) . grad``; the candidates are screened
+   exactly on a seeded random sample of ``search_rows`` optimisation rows, and the
+   best one is kept when it also lowers the KL on all optimisation rows. Sweeps
    stop when none improves, or after ``sweeps``; the validation rows pick the
    best state seen.
 
