@@ -38,9 +38,9 @@ from promptaudit.prompted import load_prompted_model
 from promptaudit.translation import (
     TranslateSettings,
     _Search,
-    split_rows,
     readable_vocabulary,
     round_trip_ids,
+    split_rows,
     translate_prompt,
     wilson_interval,
 )

@@ -197,7 +197,8 @@ def test_every_gate_metric_of_the_contract_is_gateable():
      "unknown key 'prompt.train.data.text_colum' (did you mean 'text_column'?); allowed keys "
      "here: path, text_column, label_column"),
     (changed(projection={"xyzzy": 1}),
-     "unknown key 'projection.xyzzy'; allowed keys here: enabled, top_k, metric, fidelity, translate"),
+     "unknown key 'projection.xyzzy'; allowed keys here: enabled, top_k, metric, fidelity, "
+     "translate"),
 ])
 def test_unknown_key_names_it_and_the_nearest_valid_key(tmp_path, spec, expected):
     assert spec_error(tmp_path, spec) == f"{tmp_path / 'audit.yaml'}: {expected}"

@@ -309,7 +309,9 @@ def round_trip_ids(tokenizer, ids: Sequence[int]) -> bool:
     return _encode(tokenizer, _decode(tokenizer, ids)) == list(ids)
 
 
-def _repair_round_trip(tokenizer, ids: list[int], candidates: list[list[int]]) -> tuple[list[int], int]:
+def _repair_round_trip(
+    tokenizer, ids: list[int], candidates: list[list[int]]
+) -> tuple[list[int], int]:
     """Replace positions that break the joint round trip by their next candidate.
 
     Returns the repaired ids and the number of replacements.

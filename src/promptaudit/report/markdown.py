@@ -23,7 +23,6 @@ from promptaudit.report._common import (
     disparity_label,
     escape_markdown,
     fidelity_sentence,
-    translation_sentence,
     fmt_interval,
     fmt_num,
     fmt_pct,
@@ -34,6 +33,7 @@ from promptaudit.report._common import (
     off_manifold_note,
     projected_text,
     short_text,
+    translation_sentence,
     verdict_sentence,
     verdict_word,
 )
