@@ -199,7 +199,7 @@ def test_every_gate_metric_of_the_contract_is_gateable():
     (changed(projection={"xyzzy": 1}),
      "unknown key 'projection.xyzzy'; allowed keys here: enabled, top_k, metric, fidelity, "
      "instructions, departures, departures_max_attributed, position_importance, "
-     "position_importance_max_examples"),
+     "position_importance_max_examples, translate"),
 ])
 def test_unknown_key_names_it_and_the_nearest_valid_key(tmp_path, spec, expected):
     assert spec_error(tmp_path, spec) == f"{tmp_path / 'audit.yaml'}: {expected}"

@@ -6,6 +6,7 @@ The public API, one entry function per stage (contracts in ``docs/``)::
     load_prompted_model             base model + soft prompt -> PromptedModel
     train_prompt                    PEFT prompt tuning
     project_prompt                  nearest vocabulary words and how far to trust them
+    translate_prompt                readable words that reproduce the prompt's decisions
     attribute_prompt                Captum attribution to prompt positions
     compute_group_fairness          fairlearn group metrics and disparities
     compute_counterfactual          counterfactual flip rate
@@ -35,6 +36,8 @@ _EXPORTS = {
     "train_prompt": "promptaudit.training",
     "TrainingConfig": "promptaudit.training",
     "project_prompt": "promptaudit.projection",
+    "translate_prompt": "promptaudit.translation",
+    "TranslateSettings": "promptaudit.translation",
     "attribute_prompt": "promptaudit.attribution",
     "compute_group_fairness": "promptaudit.fairness",
     "compute_counterfactual": "promptaudit.fairness",

@@ -651,6 +651,25 @@ def project(
         int,
         typer.Option("--max-attributed", help="Departure rows to attribute (0: none)."),
     ] = 2,
+    translate: Annotated[
+        bool,
+        typer.Option("--translate", help="Also search readable words that reproduce the soft "
+                     "prompt's decisions (needs --data; long work, progress is logged)."),
+    ] = False,
+    translate_steps: Annotated[
+        int | None, typer.Option("--translate-steps", help="PEZ steps per seed.")
+    ] = None,
+    translate_restarts: Annotated[
+        int | None, typer.Option("--translate-restarts", help="Runs from seeds (at least 2).")
+    ] = None,
+    translate_seed: Annotated[
+        int | None, typer.Option("--translate-seed", help="First seed (split, restarts).")
+    ] = None,
+    translate_vocabulary: Annotated[
+        str | None,
+        typer.Option("--translate-vocabulary",
+                     help="'words' (whole words, the default) or a word-list file."),
+    ] = None,
 ) -> None:
     """Project each virtual token onto its nearest vocabulary words.
 
@@ -658,8 +677,26 @@ def project(
     needed only with --data, where fidelity runs predictions. With --data, the
     init text and every --instruction are ranked by agreement with the soft
     prompt, and the rows where the closest one departs from it are listed.
+    --translate also searches a plain-text stand-in for the prompt
+    (projection.translation), ranked with the instructions.
     """
     _configure_logging(verbose)
+    translate_settings = None
+    if translate or any(v is not None for v in (translate_steps, translate_restarts,
+                                                translate_seed, translate_vocabulary)):
+        if not translate:
+            raise InputError("--translate-steps/--translate-restarts/--translate-seed/"
+                             "--translate-vocabulary: given without --translate; add --translate")
+        if data is None:
+            raise InputError("--translate: needs --data (the rows the translation is fitted "
+                             "and measured on)")
+        from promptaudit.spec import TranslateSpec
+
+        translate_settings = TranslateSpec.from_options(
+            steps=translate_steps, restarts=translate_restarts, seed=translate_seed,
+            vocabulary=translate_vocabulary,
+        ).settings()
+        logging.getLogger("promptaudit.translation").setLevel(logging.INFO)
     from promptaudit.data import encode_labels
     from promptaudit.projection import format_projection_table, load_for_projection, project_prompt
 
@@ -683,6 +720,12 @@ def project(
     projection = project_prompt(
         prompted, soft_prompt=soft, top_k=top_k, metric=metric, texts=texts, label_ids=label_ids
     )
+    if translate_settings is not None:  # before the departures: the translation is ranked too
+        from promptaudit.translation import translate_prompt
+
+        projection["translation"] = translate_prompt(
+            prompted, texts, label_ids=label_ids, settings=translate_settings
+        )
     if texts is not None:
         _explain_projection(prompted, soft, projection, texts, label_ids,
                             instructions=list(instruction or []),

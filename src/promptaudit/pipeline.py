@@ -217,6 +217,13 @@ def run_audit(
             )
             projection["trust"] = projection_trust(projection)
             projection["summary"] = projection_summary(projection)
+        if spec.projection.translate is not None and spec.projection.translate.enabled:
+            from promptaudit.translation import translate_prompt
+
+            logger.info("translating the prompt into readable words (long work)")
+            projection["translation"] = translate_prompt(
+                prompted, texts, label_ids=y_true, settings=spec.projection.translate.settings()
+            )
 
     attribution = None
     if spec.attribution.enabled and soft is not None:

@@ -1222,4 +1222,6 @@ def format_projection_table(projection: dict) -> str:
                  "Fidelity: not measured (no texts given).")
     trust = projection.get("trust") or projection_trust(projection)
     lines.append(f"Trust in this reading: {trust['level']}. {trust['reason']}")
+    if projection.get("translation"):  # promptaudit.translation (--translate)
+        lines.append(f"Plain-text stand-in (translation): {projection['translation']['summary']}")
     return "\n".join(lines)

@@ -69,6 +69,12 @@ __all__ = [
     "GroupComparison",
     "GroupDifference",
     "LikeForLike",
+    "TranslationFidelity",
+    "TranslationAccuracy",
+    "TranslationRun",
+    "TranslationPair",
+    "TranslationUniqueness",
+    "TranslationResult",
     "TopToken",
     "AttributionExample",
     "AttributionGroups",
@@ -721,6 +727,108 @@ class PositionImportance(Section):
 
 
 @dataclass
+class TranslationFidelity(Section):
+    """``projection.translation.fidelity``: agreement with the soft prompt on held-out rows."""
+
+    agreement: float | None
+    #: 95% interval of ``agreement`` (``interval_method``: Wilson score)
+    interval: Interval | None
+    interval_method: str
+    n_heldout: int
+    level: Literal["high", "moderate", "low"] | None = None
+    extra: dict[str, Any] = _extra()
+    _absent: frozenset[str] | None = _absent_field()
+
+
+@dataclass
+class TranslationAccuracy(Section):
+    """``projection.translation.accuracy``: held-out accuracy (``None`` without labels)."""
+
+    translation: float | None
+    soft_prompt: float | None
+    extra: dict[str, Any] = _extra()
+    _absent: frozenset[str] | None = _absent_field()
+
+
+@dataclass
+class TranslationRun(Section):
+    """``projection.translation.runs[i]``: the search from one seed."""
+
+    seed: int
+    text: str
+    token_ids: list[int]
+    words: list[str]
+    round_trip_exact: bool
+    repaired_positions: int
+    agreement: float | None
+    interval: Interval | None
+    accuracy: float | None
+    validation_agreement: float | None
+    steps: int
+    sweeps: int
+    seconds: float | None
+    extra: dict[str, Any] = _extra()
+    _absent: frozenset[str] | None = _absent_field()
+
+
+@dataclass
+class TranslationPair(Section):
+    """``projection.translation.uniqueness.pairs[i]``: word overlap of two runs."""
+
+    seeds: list[int]
+    #: Jaccard overlap of the two runs' sets of words
+    jaccard: float
+    #: share of positions holding the same word
+    positional: float
+    same_text: bool
+    intervals_overlap: bool
+    extra: dict[str, Any] = _extra()
+    _absent: frozenset[str] | None = _absent_field()
+
+
+@dataclass
+class TranslationUniqueness(Section):
+    """``projection.translation.uniqueness``: do different seeds read the prompt alike."""
+
+    pairs: list[TranslationPair]
+    #: two different texts whose fidelity intervals overlap
+    equally_good: bool
+    sentence: str
+    extra: dict[str, Any] = _extra()
+    _absent: frozenset[str] | None = _absent_field()
+
+
+@dataclass
+class TranslationResult(Section):
+    """``projection.translation``: a readable plain-text stand-in for the soft prompt."""
+
+    TITLE: ClassVar[str] = "projection.translation"
+    text: str
+    token_ids: list[int]
+    words: list[str]
+    seed: int
+    fidelity: TranslationFidelity
+    accuracy: TranslationAccuracy
+    round_trip_exact: bool
+    whole_words: bool
+    seeds: list[int]
+    steps: int
+    seconds: float | None
+    runs: list[TranslationRun]
+    uniqueness: TranslationUniqueness
+    stand_in: str
+    summary: str
+    nearest_words: dict[str, Any] | None = optional()
+    repaired_positions: int | None = optional()
+    vocabulary: dict[str, Any] | None = optional()
+    rows: dict[str, int] | None = optional()
+    cpu_seconds: float | None = optional()
+    settings: dict[str, Any] | None = optional()
+    extra: dict[str, Any] = _extra()
+    _absent: frozenset[str] | None = _absent_field()
+
+
+@dataclass
 class ProjectionResult(Section):
     """``projection``: nearest words, typicality and fidelity of the soft prompt."""
 
@@ -742,6 +850,8 @@ class ProjectionResult(Section):
     instructions: list[InstructionResult] | None = optional()
     departures: DeparturesResult | None = optional()
     position_importance: PositionImportance | None = optional()
+    #: the faithful plain-text stand-in (``--translate``, ``projection.translate``)
+    translation: TranslationResult | None = optional(omit_none=True)
     extra: dict[str, Any] = _extra()
     _absent: frozenset[str] | None = _absent_field()
 

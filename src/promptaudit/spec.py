@@ -129,7 +129,7 @@ class ModelSpec(_Strict):
     device: str = "auto"
     dtype: DType = DType.FLOAT32
     max_length: int = Field(128, ge=4, le=8192, strict=True)
-    batch_size: int = Field(32, ge=1, le=4096, strict=True)
+    batch_size: int = Field(16, ge=1, le=4096, strict=True)
     trust_remote_code: bool = False
     #: Use a task head that is in neither the checkpoint nor the adapter (random weights).
     allow_untrained_head: bool = False
@@ -234,6 +234,61 @@ class CounterfactualSpec(_Strict):
         return self
 
 
+class TranslateSpec(_Strict):
+    """``projection.translate``: search readable words that reproduce the soft prompt.
+
+    Defaults are those of :class:`promptaudit.translation.TranslateSettings`
+    (measured in ``benchmarks/bench_translation.py``).
+    """
+
+    enabled: bool = True
+    steps: int = Field(20, ge=1, le=100_000, strict=True)
+    restarts: int = Field(2, ge=2, le=100, strict=True)
+    seed: int = Field(0, ge=0, strict=True)
+    #: ``words`` (whole words) or the path of a word-list file (one word per line).
+    vocabulary: str = Field("words", min_length=1)
+    learning_rate: float = Field(0.05, gt=0, le=10)
+    batch_size: int = Field(16, ge=1, le=4096, strict=True)
+    eval_every: int = Field(20, ge=1, strict=True)
+    patience: int = Field(3, ge=1, strict=True)
+    top_k: int = Field(3, ge=1, le=1000, strict=True)
+    sweeps: int = Field(1, ge=0, le=100, strict=True)
+    search_rows: int = Field(32, ge=1, strict=True)
+    validation_fraction: float = Field(0.2, gt=0, lt=1)
+    heldout_fraction: float = Field(0.3, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _rows_left(self) -> TranslateSpec:
+        if self.validation_fraction + self.heldout_fraction >= 0.9:
+            raise ValueError(
+                "validation_fraction + heldout_fraction must be below 0.9 (rows are needed "
+                "for the optimisation)"
+            )
+        return self
+
+    @classmethod
+    def from_options(cls, **options: Any) -> TranslateSpec:
+        """Build from CLI options (``None`` = default); a bad value raises SpecError."""
+        given = {key: value for key, value in options.items() if value is not None}
+        try:
+            return cls(**given)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            field = ".".join(str(part) for part in error["loc"]) or "translate"
+            value = given.get(field, "")
+            raise SpecError(
+                f"--translate-{field.replace('_', '-')} {value!r}: {error['msg']}"
+            ) from None
+
+    def settings(self):
+        """The :class:`promptaudit.translation.TranslateSettings` of this spec."""
+        from promptaudit.translation import TranslateSettings
+
+        values = self.model_dump()
+        values.pop("enabled")
+        return TranslateSettings(**values)
+
+
 class ProjectionSpec(_Strict):
     enabled: bool = True
     top_k: int = Field(5, ge=1, le=1000, strict=True)
@@ -260,6 +315,8 @@ class ProjectionSpec(_Strict):
             if not text.strip():
                 raise ValueError(f"instructions[{i}] is blank; give a non-empty text")
         return value
+    #: Search a faithful plain-text stand-in (needs data); ``None``: not run.
+    translate: TranslateSpec | None = None
 
 
 class AttributionSpec(_Strict):
@@ -994,6 +1051,11 @@ def _resolve_paths(spec: AuditSpec, root: Path) -> AuditSpec:
                 "out": resolve(mitigation.out),
             }
         )
+    translate = spec.projection.translate
+    if translate is not None and translate.vocabulary != "words":
+        update["projection"] = spec.projection.model_copy(update={
+            "translate": translate.model_copy(update={"vocabulary": resolve(translate.vocabulary)})
+        })
     return spec.model_copy(update=update)
 
 
@@ -1012,6 +1074,7 @@ _MODELS_BY_KEY: dict[str, type[BaseModel]] = {
     "data": DataSpec,
     "counterfactuals": CounterfactualSpec,
     "projection": ProjectionSpec,
+    "projection.translate": TranslateSpec,
     "attribution": AttributionSpec,
     "fairness": FairnessSpec,
     "baselines": BaselineSpec,

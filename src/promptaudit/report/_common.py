@@ -631,6 +631,63 @@ def reading_sentence(projection: ProjectionResult) -> str | None:
     return f"{sentence} {note}" if note else sentence
 
 
+def translation_view(projection: ProjectionResult | None) -> dict[str, Any] | None:
+    """The translation (``projection.translation``) in words, or ``None`` when not run.
+
+    Returns
+    -------
+    dict or None
+        ``{"text", "stand_in", "accuracy", "uniqueness", "runs": [{"seed", "text",
+        "agreement"}], "round_trip"}``; plain strings (escape on output).
+    """
+    translation = projection.translation if projection is not None else None
+    if translation is None or not isinstance(translation.text, str):
+        return None
+    fidelity = translation.fidelity
+    agreement = as_float(fidelity.agreement) if fidelity is not None else None
+    interval = fidelity.interval if fidelity is not None else None
+    n = fidelity.n_heldout if fidelity is not None else None
+    if agreement is None:
+        stand_in = "a plain-text stand-in whose agreement with the soft prompt was not measured"
+    else:
+        span = ""
+        if interval and len(interval) == 2 and None not in interval:
+            span = f" ({100 * interval[0]:.0f}\u2013{100 * interval[1]:.0f}%, 95% interval)"
+        stand_in = (f"a plain-text stand-in that reproduces {100 * agreement:.0f}%{span} of the "
+                    f"soft prompt's decisions on {n if n is not None else NA} held-out rows "
+                    "\u2014 not the prompt's meaning")
+    accuracy = translation.accuracy
+    accuracy_sentence = None
+    if accuracy is not None and as_float(accuracy.translation) is not None \
+            and as_float(accuracy.soft_prompt) is not None:
+        accuracy_sentence = (f"Accuracy on those rows: {100 * accuracy.translation:.0f}% with "
+                             f"these words, {100 * accuracy.soft_prompt:.0f}% with the soft "
+                             "prompt.")
+    uniqueness = translation.uniqueness
+    runs = [{"seed": str(run.seed), "text": str(run.text),
+             "agreement": fmt_num(run.agreement, 2)} for run in translation.runs or []]
+    round_trip = None if translation.round_trip_exact is not False else (
+        "Warning: this text does not tokenize back to the measured tokens.")
+    return {
+        "text": translation.text,
+        "stand_in": stand_in,
+        "accuracy": accuracy_sentence,
+        "uniqueness": uniqueness.sentence if uniqueness is not None else None,
+        "runs": runs,
+        "round_trip": round_trip,
+    }
+
+
+def translation_sentence(projection: ProjectionResult | None) -> str | None:
+    """One line: the translation, what it reproduces, and the uniqueness caution."""
+    view = translation_view(projection)
+    if view is None:
+        return None
+    parts = [f"Translation: \u201c{view['text']}\u201d, {view['stand_in']}."]
+    parts += [x for x in (view["accuracy"], view["uniqueness"], view["round_trip"]) if x]
+    return " ".join(parts)
+
+
 FIDELITY_LEVELS = ("high", "moderate", "low")
 
 

@@ -48,6 +48,7 @@ from promptaudit.report._common import (
     reading_sentence,
     short_text,
     status_counts,
+    translation_view,
     trust_level,
     trust_reason,
     verdict_detail,
@@ -328,6 +329,7 @@ def _summary(result: AuditResult, projection: ProjectionResult | None) -> dict[s
         "total": total,
         "gaps": gap_sentences(result),
         "reading": reading_sentence(projection) if projection else None,
+        "translation": translation_view(projection),
         "fidelity": fidelity_sentence(projection) if projection else None,
         "fidelity_detail": " ".join(x for x in (trust_reason(projection),
                                                  fidelity_detail(projection)) if x)

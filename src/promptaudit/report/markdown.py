@@ -34,6 +34,7 @@ from promptaudit.report._common import (
     off_manifold_note,
     projected_text,
     short_text,
+    translation_sentence,
     verdict_sentence,
     verdict_word,
 )
@@ -175,6 +176,8 @@ def _context(result: AuditResult) -> dict[str, Any]:
         "reading": short_text(projected_text(projection), 300)
         if projection and projected_text(projection) else None,
         "off_manifold": off_manifold_note(projection) if projection else None,
+        "translation": short_text(translation_sentence(projection), 600)
+        if translation_sentence(projection) else None,
         "fidelity": short_text(fidelity_sentence(projection), 400)
         if projection and fidelity_sentence(projection) else None,
         "provenance": " \u00b7 ".join(short_text(p, 120) for p in parts),
