@@ -254,6 +254,8 @@ def _recomputed(result: dict) -> dict:
     """A forger's edit: change a number, then recompute the (public) checksum."""
     body = {k: v for k, v in result.items() if k != "integrity"}
     body["fairness"]["disparities"]["demographic_parity_ratio"] = 0.99
+    for feature in body["fairness"]["by_feature"].values():  # gates read every feature
+        feature["disparities"]["demographic_parity_ratio"] = 0.99
     integrity = {**result["integrity"], "content_sha256": content_sha256(body)}
     return {**body, "integrity": integrity}
 
