@@ -262,6 +262,33 @@ def _inside(child: Path, folder: Path) -> bool:
     return folder in child.parents
 
 
+def _refuse_output_over_inputs(
+    output: Output, target: Path, local_inputs: list[tuple[str, Path, Path]]
+) -> None:
+    """Refuse ``output`` (resolved: ``target``) if it is, lies inside or owns an input.
+
+    ``local_inputs`` are ``(what, path, resolved path)`` from :func:`_resolved_inputs`.
+    """
+    label, shown = output.label, output.path
+    for what, path, source in local_inputs:
+        if target == source or _same_file(output.path, path):
+            raise InputError(
+                f"{label} {shown}: is the {what} of this run ({path}); writing there "
+                "would overwrite an input; choose another output path"
+            )
+        if source.is_dir() and _inside(target, source):
+            raise InputError(
+                f"{label} {shown}: lies inside the {what} folder of this run ({path}); "
+                "writing there would change an input; choose another output folder"
+            )
+        if output.kind is OutputKind.OWNED_FOLDER and _inside(source, target):
+            raise InputError(
+                f"{label} {shown}: contains the {what} of this run ({path}); this "
+                "folder is filled with the command's own files; choose an output "
+                "folder that holds no input"
+            )
+
+
 def check_declared_io(plan: DeclaredIO) -> None:
     """Refuse a plan whose outputs overlap its inputs (see :class:`OutputKind`).
 
@@ -278,24 +305,7 @@ def check_declared_io(plan: DeclaredIO) -> None:
     local_inputs = _resolved_inputs(plan.inputs)
     resolved_outputs = [(output, _resolved(output.path)) for output in plan.outputs]
     for output, target in resolved_outputs:
-        label, shown = output.label, output.path
-        for what, path, source in local_inputs:
-            if target == source or _same_file(output.path, path):
-                raise InputError(
-                    f"{label} {shown}: is the {what} of this run ({path}); writing there "
-                    "would overwrite an input; choose another output path"
-                )
-            if source.is_dir() and _inside(target, source):
-                raise InputError(
-                    f"{label} {shown}: lies inside the {what} folder of this run ({path}); "
-                    "writing there would change an input; choose another output folder"
-                )
-            if output.kind is OutputKind.OWNED_FOLDER and _inside(source, target):
-                raise InputError(
-                    f"{label} {shown}: contains the {what} of this run ({path}); this "
-                    "folder is filled with the command's own files; choose an output "
-                    "folder that holds no input"
-                )
+        _refuse_output_over_inputs(output, target, local_inputs)
     for i, (first, first_target) in enumerate(resolved_outputs):
         for second, second_target in resolved_outputs[i + 1:]:
             owned = OutputKind.OWNED_FOLDER in (first.kind, second.kind)
@@ -359,19 +369,7 @@ def check_outputs_do_not_clobber(
     )
     local_inputs = _resolved_inputs(plan.inputs)
     for output in plan.outputs:  # no output-versus-output rule here (callers pass aliases)
-        target = _resolved(output.path)
-        for what, path, source in local_inputs:
-            if target == source or _same_file(output.path, path):
-                raise InputError(
-                    f"{output.label} {output.path}: is the {what} of this run ({path}); "
-                    "writing there would overwrite an input; choose another output path"
-                )
-            if source.is_dir() and _inside(target, source):
-                raise InputError(
-                    f"{output.label} {output.path}: lies inside the {what} folder of this "
-                    f"run ({path}); writing there would change an input; choose another "
-                    "output folder"
-                )
+        _refuse_output_over_inputs(output, _resolved(output.path), local_inputs)
 
 
 def report_files(out: str | Path, name: str) -> dict[str, Path]:
