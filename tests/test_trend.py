@@ -104,7 +104,7 @@ def test_intervals_equal_statsmodels_wilson_and_katz_by_hand(drifting):
     assert point["impact_ratio_interval"] == pytest.approx(
         [0.6 * math.exp(-Z95 * se), 0.6 * math.exp(Z95 * se)], rel=1e-9)
     assert trend["tables"]["gender"]["male"][2]["impact_ratio_interval"] is None  # reference
-    assert katz_interval(0, 10, 5, 10, Z95) is None and wilson_interval(0, 0, Z95) is None
+    assert katz_interval(0, 10, 5, 10, Z95) is None and wilson_interval(0, 0, z=Z95) is None
 
 
 @pytest.mark.parametrize("case, expected", [

@@ -49,6 +49,7 @@ import pandas as pd
 import torch
 
 from promptaudit.errors import InputError
+from promptaudit.intervals import clopper_pearson_interval, wilson_interval
 
 __all__ = [
     "Candidate",
@@ -218,46 +219,6 @@ def translation_candidate(prompted, projection: Mapping) -> Candidate | None:
         return None
     return token_ids_candidate(prompted, translation["token_ids"],
                                text=translation.get("text"), source="translation")
-
-
-# ---------------------------------------------------------------- intervals
-def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> list[float] | None:
-    """Wilson score interval of a binomial share ``successes / n``.
-
-    Returns
-    -------
-    list of float or None
-        ``[lower, upper]``; None when ``n`` is 0.
-
-    Examples
-    --------
-    >>> [round(v, 4) for v in wilson_interval(8, 10)]
-    [0.4902, 0.9433]
-    """
-    from scipy.stats import norm
-
-    if n <= 0:
-        return None
-    z = float(norm.ppf(0.5 + confidence / 2))
-    p = successes / n
-    denominator = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denominator
-    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
-    return [float(max(0.0, centre - half)), float(min(1.0, centre + half))]
-
-
-def clopper_pearson_interval(successes: int, n: int,
-                             confidence: float = 0.95) -> list[float] | None:
-    """Exact (Clopper-Pearson) binomial interval of ``successes / n``; None when ``n`` is 0."""
-    from scipy.stats import beta
-
-    if n <= 0:
-        return None
-    alpha = 1 - confidence
-    lower = 0.0 if successes == 0 else float(beta.ppf(alpha / 2, successes, n - successes + 1))
-    upper = 1.0 if successes == n else float(beta.ppf(1 - alpha / 2, successes + 1,
-                                                      n - successes))
-    return [lower, upper]
 
 
 # --------------------------------------------------------------- candidates

@@ -74,7 +74,6 @@ overlap, the words are one of several equally good readings (Khashabi et al.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -84,6 +83,7 @@ import numpy as np
 import torch
 
 from promptaudit.errors import InputError
+from promptaudit.intervals import wilson_interval
 from promptaudit.projection import NO_PROMPT_MESSAGE, NO_TEXTS_MESSAGE, vocabulary_mask
 
 __all__ = [
@@ -107,7 +107,6 @@ logger = logging.getLogger(__name__)
 MIN_WORD_LENGTH = 2
 #: How the fidelity interval is computed.
 INTERVAL_METHOD = "wilson"
-_Z95 = 1.959963984540054
 #: Most repair rounds of the joint round trip.
 _MAX_REPAIRS = 50
 
@@ -336,17 +335,6 @@ def _repair_round_trip(
 
 
 # ------------------------------------------------------------------ statistics
-def wilson_interval(successes: int, n: int, z: float = _Z95) -> list[float] | None:
-    """Wilson score interval of a proportion (``None`` for ``n == 0``)."""
-    if n == 0:
-        return None
-    p = successes / n
-    denominator = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denominator
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
-    return [max(0.0, centre - half), min(1.0, centre + half)]
-
-
 def word_overlap(a: Sequence[str], b: Sequence[str]) -> dict:
     """Jaccard overlap of two word sequences' word sets, and the share of equal positions."""
     set_a, set_b = set(a), set(b)

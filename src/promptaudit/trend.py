@@ -33,6 +33,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from promptaudit.errors import InputError
+from promptaudit.intervals import wilson_interval
 
 __all__ = [
     "FLAG_KINDS",
@@ -68,22 +69,6 @@ ERROR_OVERLAP = (
     "period"
 )
 ERROR_ALERT = "--drift-alert: {value!r} is not allowed; allowed: 0 < value < 1 (e.g. 0.05)"
-
-
-def wilson_interval(selected: int, n: int, z: float) -> tuple[float, float] | None:
-    """Wilson score interval of ``selected / n``; ``None`` when ``n`` is 0.
-
-    Examples
-    --------
-    >>> [round(x, 4) for x in wilson_interval(8, 20, 1.959964)]
-    [0.2188, 0.6134]
-    """
-    if n <= 0:
-        return None
-    p = selected / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def katz_interval(x_g: int, n_g: int, x_b: int, n_b: int, z: float
@@ -261,7 +246,7 @@ def _point(row: Mapping[str, Any], table: Mapping[str, Any], z: float) -> dict[s
         "n": int(row["n"]),
         "n_selected": int(row["n_selected"]),
         "rate": row.get("rate"),
-        "rate_interval": _as_list(wilson_interval(int(row["n_selected"]), int(row["n"]), z)),
+        "rate_interval": _as_list(wilson_interval(int(row["n_selected"]), int(row["n"]), z=z)),
         "impact_ratio": row.get("impact_ratio"),
         "impact_ratio_interval": _as_list(ratio_interval),
         "flagged": bool(row.get("flagged")),
