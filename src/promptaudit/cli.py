@@ -743,12 +743,7 @@ def _explain_projection(prompted, soft, projection: dict, texts, label_ids, *,
                         instructions: list[str], with_positions: bool,
                         max_attributed: int) -> None:
     """``project --data``: instructions and departures (and position importance if asked)."""
-    from promptaudit.departures import (
-        explain_departures,
-        init_text_candidate,
-        instruction_candidate,
-        translation_candidate,
-    )
+    from promptaudit.departures import explain_departures, plain_language_candidates
 
     probs = prompted.predict_proba(texts)
     if with_positions:
@@ -756,13 +751,7 @@ def _explain_projection(prompted, soft, projection: dict, texts, label_ids, *,
 
         projection["position_importance"] = position_importance(
             prompted, texts, soft_probs=probs, max_examples=len(texts))
-    candidates = [instruction_candidate(prompted, text) for text in instructions]
-    translation = translation_candidate(prompted, projection)  # with --translate
-    if translation is not None:
-        candidates.append(translation)
-    if soft is not None and soft.init_text:
-        candidates.insert(0, init_text_candidate(prompted, soft.init_text,
-                                                 soft.num_virtual_tokens))
+    candidates = plain_language_candidates(prompted, soft, projection, instructions)
     if candidates:
         labels = prompted.labels
         positive = len(labels) - 1 if len(labels) == 2 else None  # as the audit's default

@@ -54,6 +54,7 @@ from promptaudit.intervals import clopper_pearson_interval, wilson_interval
 __all__ = [
     "Candidate",
     "init_text_candidate",
+    "plain_language_candidates",
     "instruction_candidate",
     "token_ids_candidate",
     "translation_candidate",
@@ -222,6 +223,36 @@ def translation_candidate(prompted, projection: Mapping) -> Candidate | None:
 
 
 # --------------------------------------------------------------- candidates
+def plain_language_candidates(
+    prompted, soft, projection: Mapping, instructions: Sequence[str]
+) -> list[Candidate]:
+    """Every plain-language reading to rank, in order: init text, instructions, translation.
+
+    Parameters
+    ----------
+    prompted : PromptedModel
+    soft : SoftPrompt or None
+        The loaded prompt; its ``init_text`` (a TEXT-initialised prompt) comes first.
+    projection : mapping
+        The projection so far; its ``translation`` (when searched) comes last.
+    instructions : sequence of str
+        Plain-language instructions, each as its own tokens.
+
+    Returns
+    -------
+    list of Candidate
+        Empty when there is nothing to compare with.
+    """
+    candidates = []
+    if soft is not None and soft.init_text:
+        candidates.append(init_text_candidate(prompted, soft.init_text, soft.num_virtual_tokens))
+    candidates += [instruction_candidate(prompted, text) for text in instructions]
+    translation = translation_candidate(prompted, projection)  # when the projection has one
+    if translation is not None:
+        candidates.append(translation)
+    return candidates
+
+
 def _candidate_prompt(prompted, candidate: Candidate) -> torch.Tensor:
     ids = torch.tensor(list(candidate.token_ids), device=prompted.device)
     return prompted.word_embeddings.detach()[ids]

@@ -388,22 +388,12 @@ def _explain_projection(spec, prompted, soft, projection, texts, probs, y_true, 
             confidence=spec.fairness.confidence)
     if not settings.departures:
         return
-    from promptaudit.departures import (
-        explain_departures,
-        init_text_candidate,
-        instruction_candidate,
-        translation_candidate,
-    )
+    from promptaudit.departures import explain_departures, plain_language_candidates
 
-    candidates, known = [], {}
-    if soft is not None and soft.init_text:
-        candidates.append(init_text_candidate(prompted, soft.init_text, soft.num_virtual_tokens))
-        if "init_text" in baseline_predictions:  # the init-text baseline already predicted it
-            known[0] = baseline_predictions["init_text"]
-    candidates += [instruction_candidate(prompted, text) for text in settings.instructions]
-    translation = translation_candidate(prompted, projection)  # when the projection has one
-    if translation is not None:
-        candidates.append(translation)
+    candidates = plain_language_candidates(prompted, soft, projection, settings.instructions)
+    known = {}
+    if candidates and candidates[0].source == "init_text" and "init_text" in baseline_predictions:
+        known[0] = baseline_predictions["init_text"]  # the init-text baseline predicted it
     if not candidates:
         return
     logger.info("comparing %d plain-language instruction(s) with the soft prompt",
