@@ -115,7 +115,15 @@ def fixture_outputs(out: Path) -> None:
     cli("gate", "before.json", "--policy", "policy.yml", cwd=out,
         stdout_to=out / "gate_policy.txt")
 
-    cli("trend", "before.json", "later.json", "--out", "trend", cwd=out,
+    for number, (start, end) in enumerate((("2026-01-01", "2026-06-30"),
+                                           ("2026-07-01", "2026-12-31")), start=1):
+        period = copy.deepcopy(result if number == 1 else changed)
+        period["audit"]["name"] = "sample"
+        for info in (period["audit"]["audit_info"], period["audit"]["spec"]["audit_info"]):
+            info.update(data_start=start, data_end=end)
+        period["integrity"]["content_sha256"] = content_sha256(period)
+        (out / f"period{number}.json").write_text(json.dumps(period, indent=2), encoding="utf-8")
+    cli("trend", "period1.json", "period2.json", "--out", "trend", cwd=out,
         stdout_to=out / "trend.txt")
     adapter = out / "adapter"
     shutil.copytree(ROOT / "src" / "promptaudit" / "demo_prompt_biased", adapter)
