@@ -41,6 +41,7 @@ FIXTURE = ROOT / "tests" / "fixtures" / "sample_result.json"
 _VOLATILE = [
     (re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:\+00:00|Z)"), "<TIME>"),
     (re.compile(r'("content_sha256": ?")[0-9a-f]{64}'), r"\1<HASH>"),
+    (re.compile(r'(content sha256</th><td class="mono">)[0-9a-f]{64}'), r"\1<HASH>"),
     (re.compile(r'("(?:cpu_)?seconds": ?)[0-9.e+-]+'), r"\1<S>"),
     (re.compile(r"\d+(?:\.\d+)? ?s (?:wall|CPU)"), "<S> s"),
     (re.compile(r"/tmp/promptaudit-[A-Za-z0-9_.-]+"), "<TMP>"),
