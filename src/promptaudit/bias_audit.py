@@ -280,11 +280,7 @@ def _intersection_codes(columns: list[list[str | None]]) -> list[str | None]:
 
 
 def _table(
-    feature: str,
-    codes: list[str | None],
-    chosen: np.ndarray,
-    n_rows: int,
-    exclude_below: float,
+    feature: str, codes: list[str | None], chosen: np.ndarray, n_rows: int, exclude_below: float,
     threshold: float,
 ) -> dict:
     """One table: a row per category, its reference, impact ratios, tests and warnings."""
@@ -352,11 +348,8 @@ def _category_rows(
 
 
 def _compare_with_reference(
-    feature: str,
-    compared: list[dict[str, Any]],
-    reference: dict[str, Any] | None,
-    exclude_below: float,
-    threshold: float,
+    feature: str, compared: list[dict[str, Any]], reference: dict[str, Any] | None,
+    exclude_below: float, threshold: float,
 ) -> list[str]:
     """Set each compared row's impact ratio, flag and Fisher p-value; the warnings."""
     if reference is None:
@@ -499,26 +492,19 @@ def _add_significance(rows: list[dict], reference: Mapping[str, Any] | None) -> 
         row["significant_2sd"] = z <= -SIGNIFICANCE_SD
 # ------------------------------------------------------------- uncertainty
 def with_impact_ratio_intervals(
-    audit: Mapping[str, Any],
-    categories: pd.DataFrame,
-    *,
+    audit: Mapping[str, Any], categories: pd.DataFrame, *,
     selected: Sequence[bool] | np.ndarray | None = None,
-    scores: Sequence[float] | np.ndarray | None = None,
-    bootstrap: int,
-    confidence: float,
+    scores: Sequence[float] | np.ndarray | None = None, bootstrap: int, confidence: float,
     seed: int,
 ) -> dict:
     """``audit`` (from :func:`compute_bias_audit`) with bootstrap intervals of its impact ratios.
 
-    The interval is computed the way :mod:`promptaudit.fairness` computes a
-    demographic-parity-ratio interval, so one figure read from the same rates gets one
-    verdict: the resamples of :func:`promptaudit.stats.resample_rows` (the same rows as
-    the fairness bootstrap with the same seed); each pair of compared (non-excluded)
-    categories gets a percentile interval of its signed ratio gap at the Bonferroni
-    level ``1 - (1 - confidence) / K``, folded through the absolute value
-    (:func:`promptaudit.stats.folded_interval`). The excluded categories and the
-    reference are those of the full sample; in ``scoring`` mode the median is
-    recomputed in every resample.
+    Computed as :mod:`promptaudit.fairness` computes a demographic-parity-ratio interval,
+    so one figure read from the same rates gets one verdict: the resamples of
+    :func:`promptaudit.stats.resample_rows` (the fairness bootstrap's rows for the same
+    seed), the signed ratio gaps of the compared (non-excluded) categories folded by
+    :func:`promptaudit.stats.folded_interval`. The excluded categories and the reference
+    are those of the full sample; in ``scoring`` mode each resample has its own median.
 
     Parameters
     ----------
@@ -528,10 +514,8 @@ def with_impact_ratio_intervals(
         ``(n_rows, n_features)``: the same category columns ``audit`` was computed from.
     selected, scores : array-like, optional
         ``(n_rows,)``: as given to :func:`compute_bias_audit` for its mode.
-    bootstrap : int
-        Resamples (0: no interval).
-    confidence : float
-    seed : int
+    bootstrap, confidence, seed : int, float, int
+        Resamples (0: no interval), level and seed.
 
     Returns
     -------
@@ -598,11 +582,8 @@ def _interval_layouts(
 
 
 def _resampled_rates(
-    layouts: Mapping[str, tuple[list[str], np.ndarray]],
-    chosen: np.ndarray,
-    scores: np.ndarray | None,
-    bootstrap: int,
-    seed: int,
+    layouts: Mapping[str, tuple[list[str], np.ndarray]], chosen: np.ndarray,
+    scores: np.ndarray | None, bootstrap: int, seed: int,
 ) -> dict[str, np.ndarray]:
     """Table -> ``(bootstrap, G)`` selection rates of the compared categories per resample.
 
@@ -631,19 +612,9 @@ def _worst_table_interval(
     """``[lowest lower bound over tables, upper bound of the worst table]``, or None when the
     audit has no worst ratio or a table with a ratio lacks an interval."""
     tables = audit["tables"]
-    worst_name, worst_value = None, math.inf
-    for name in layouts:
-        if tables[name]["min_impact_ratio"] < worst_value:
-            worst_name, worst_value = name, tables[name]["min_impact_ratio"]
     intervals = [tables[name]["impact_ratio_interval"] for name in layouts]
-    if (
-        audit.get("min_impact_ratio") is None
-        or len(layouts) != sum(1 for t in tables.values() if t.get("min_impact_ratio") is not None)
-        or any(interval is None for interval in intervals)
-        or worst_name is None
-    ):
+    with_ratio = sum(1 for table in tables.values() if table.get("min_impact_ratio") is not None)
+    if audit.get("min_impact_ratio") is None or len(layouts) != with_ratio or None in intervals:
         return None
-    return [
-        min(interval[0] for interval in intervals),
-        tables[worst_name]["impact_ratio_interval"][1],
-    ]
+    worst = min(layouts, key=lambda name: tables[name]["min_impact_ratio"])  # first if tied
+    return [min(interval[0] for interval in intervals), tables[worst]["impact_ratio_interval"][1]]

@@ -6,10 +6,8 @@ recall over the classes present in the true labels, scikit-learn's
 ``1 / K`` for ``K`` classes, whatever the label imbalance, so it never "works",
 and a real classifier on skewed labels is not called broken.
 
-Uncertainty: resample ``b`` takes rows
-``numpy.random.default_rng(seed).integers(0, n, size=n)`` (drawn in order); the
-prompt and every baseline are scored on the *same* resample (paired), and
-intervals are the percentile ``[(1 - c) / 2, 1 - (1 - c) / 2]`` quantiles.
+Uncertainty: percentile bootstrap intervals (:mod:`promptaudit.stats`); the prompt and
+every baseline are scored on the *same* resamples (paired).
 
 The prompt **works** when
 
@@ -142,9 +140,7 @@ def assess_competence(
 
 
 def _paired_intervals(
-    samples: Mapping[str, np.ndarray],
-    baseline_names: Sequence[str],
-    chance: float,
+    samples: Mapping[str, np.ndarray], baseline_names: Sequence[str], chance: float,
     confidence: float,
 ) -> tuple[list[float], list[float], dict[str, list[float]]]:
     """Intervals of the prompt's balanced accuracy, of it minus the best of chance and the
@@ -163,13 +159,9 @@ def _paired_intervals(
 
 
 def _competence_reason(
-    points: Mapping[str, float],
-    accuracy_interval: list[float] | None,
-    differences: Mapping[str, list[float]],
-    worse: Sequence[str],
-    best_name: str | None,
-    n_classes: int,
-    confidence: float,
+    points: Mapping[str, float], accuracy_interval: list[float] | None,
+    differences: Mapping[str, list[float]], worse: Sequence[str], best_name: str | None,
+    n_classes: int, confidence: float,
 ) -> str:
     """The one sentence that says whether and why the prompt does its task."""
     chance = 1.0 / n_classes
@@ -214,10 +206,7 @@ def _competence_reason(
 
 
 def _bootstrap_balanced_accuracy(
-    true: np.ndarray,
-    predictions: Mapping[str, np.ndarray],
-    classes: np.ndarray,
-    bootstrap: int,
+    true: np.ndarray, predictions: Mapping[str, np.ndarray], classes: np.ndarray, bootstrap: int,
     seed: int,
 ) -> dict[str, np.ndarray]:
     """Name -> ``(bootstrap,)`` balanced accuracy on the same resamples (classes absent skipped).
@@ -241,12 +230,8 @@ def _bootstrap_balanced_accuracy(
 
 
 def classification_reports(
-    y_true: Any,
-    y_pred: Any,
-    *,
-    labels: Sequence[str],
-    sensitive_features: pd.DataFrame | None = None,
-    intersection: bool = True,
+    y_true: Any, y_pred: Any, *, labels: Sequence[str],
+    sensitive_features: pd.DataFrame | None = None, intersection: bool = True,
 ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """scikit-learn's per-label classification report, overall and per group.
 

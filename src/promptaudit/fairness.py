@@ -153,17 +153,6 @@ BETWEEN_GROUPS = "between_groups"
 #: Joins feature names and group names of the intersection ("female & Black").
 INTERSECTION_SEPARATOR = " & "
 
-#: Disparity name -> whether lower or higher values are fairer.
-DISPARITY_DIRECTIONS = {
-    "demographic_parity_difference": "lower_is_better",
-    "demographic_parity_ratio": "higher_is_better",
-    "equalized_odds_difference": "lower_is_better",
-    "equalized_odds_ratio": "higher_is_better",
-    "equal_opportunity_difference": "lower_is_better",
-    "equal_opportunity_ratio": "higher_is_better",
-    "accuracy_difference": "lower_is_better",
-}
-
 ERR_EMPTY = "y_pred is empty; fairness metrics need at least one prediction"
 ERR_SHAPE = "{name} must be one-dimensional with shape (n,); got shape {shape}"
 ERR_LENGTH = "{name} has {got} rows but {reference} has {expected}; they must have one row each"
@@ -199,7 +188,6 @@ ERR_INTERSECTION_NAME = (
 
 # Bootstrap sums per group: resampled weights of these per-row columns.
 _SUMS = ("n", "pred", "true", "tp", "correct", "score")
-# Keep (chunk of resamples) x n weights under this many entries.
 #: The bootstrap is refused before it starts when its estimated memory
 #: (:func:`bootstrap_bytes`) is over this.
 BOOTSTRAP_BUDGET_BYTES = 2 * 1024**3
@@ -229,6 +217,11 @@ _DISPARITIES = {
     "equal_opportunity_ratio": _Disparity("ratio", ("true_positive_rate",), True),
     "accuracy_difference": _Disparity("difference", ("accuracy",), True),
 }
+#: Disparity name -> whether lower or higher values are fairer.
+DISPARITY_DIRECTIONS = {
+    name: "lower_is_better" if spec.kind == "difference" else "higher_is_better"
+    for name, spec in _DISPARITIES.items()
+}
 
 
 @dataclass(frozen=True)
@@ -244,11 +237,10 @@ class _View:
 
 def compute_group_fairness(
     y_pred: Any, *, sensitive_features: pd.DataFrame, y_true: Any | None = None,
-    y_score: Any | None = None, positive_label_index: int = 1,
-    metrics: Sequence[str] = ALL_METRICS, features: Sequence[str] | None = None,
-    reference_group: str | Mapping[str, str] | None = None, bootstrap: int = 1000,
-    confidence: float = 0.95, min_group_size: int = 30, intersection: bool = True,
-    seed: int = 0,
+    y_score: Any | None = None, positive_label_index: int = 1, metrics: Sequence[str] = ALL_METRICS,
+    features: Sequence[str] | None = None, reference_group: str | Mapping[str, str] | None = None,
+    bootstrap: int = 1000, confidence: float = 0.95, min_group_size: int = 30,
+    intersection: bool = True, seed: int = 0,
 ) -> dict[str, Any]:
     """Group metrics, disparities and bootstrap intervals per sensitive feature.
 
@@ -338,12 +330,8 @@ def _predictions(
 
 
 def _checked_views(
-    columns: Mapping[str, np.ndarray],
-    reference_group: str | Mapping[str, str] | None,
-    intersection: bool,
-    labelled: bool,
-    bootstrap: int,
-    confidence: float,
+    columns: Mapping[str, np.ndarray], reference_group: str | Mapping[str, str] | None,
+    intersection: bool, labelled: bool, bootstrap: int, confidence: float,
 ) -> list[_View]:
     """One view per feature, and the intersection's when asked for and there are two or more.
 
@@ -368,17 +356,9 @@ def _checked_views(
 
 
 def _view_entries(
-    views: Sequence[_View],
-    pred_bin: np.ndarray,
-    true_bin: np.ndarray | None,
-    score: np.ndarray | None,
-    *,
-    selected: Sequence[str],
-    disparity_names: Sequence[str],
-    bootstrap: int,
-    confidence: float,
-    min_group_size: int,
-    seed: int,
+    views: Sequence[_View], pred_bin: np.ndarray, true_bin: np.ndarray | None,
+    score: np.ndarray | None, *, selected: Sequence[str], disparity_names: Sequence[str],
+    bootstrap: int, confidence: float, min_group_size: int, seed: int,
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """The entry of every view and the warnings; resampled only when it can hold the level."""
     samples = None
@@ -408,11 +388,7 @@ def _view_entries(
 
 
 def bootstrap_bytes(
-    bootstrap: int,
-    groups: Mapping[str, int],
-    *,
-    confidence: float,
-    has_labels: bool,
+    bootstrap: int, groups: Mapping[str, int], *, confidence: float, has_labels: bool,
     referenced: frozenset[str] | set[str] = frozenset(),
 ) -> int:
     """Estimated peak memory of the group bootstrap, in bytes (a planning figure).
@@ -450,13 +426,8 @@ def bootstrap_bytes(
 
 
 def check_fairness_work(
-    sensitive_features: pd.DataFrame,
-    *,
-    bootstrap: int,
-    confidence: float,
-    has_labels: bool,
-    reference_group: str | Mapping[str, str] | None = None,
-    intersection: bool = True,
+    sensitive_features: pd.DataFrame, *, bootstrap: int, confidence: float, has_labels: bool,
+    reference_group: str | Mapping[str, str] | None = None, intersection: bool = True,
 ) -> None:
     """Refuse, before any work, a sensitive feature that is an identifier or a bootstrap too big.
 
@@ -520,14 +491,8 @@ def check_fairness_work(
 
 
 def compute_counterfactual(
-    tuple_ids: Any,
-    y_pred: Any,
-    y_score: Any | None = None,
-    *,
-    groups: Any | None = None,
-    bootstrap: int = 0,
-    confidence: float = 0.95,
-    seed: int = 0,
+    tuple_ids: Any, y_pred: Any, y_score: Any | None = None, *, groups: Any | None = None,
+    bootstrap: int = 0, confidence: float = 0.95, seed: int = 0,
 ) -> dict[str, Any]:
     """How predictions change across counterfactual tuples (definitions in the module notes).
 
@@ -613,10 +578,7 @@ def _tuple_extremes(
 
 
 def _counterfactual_by_group(
-    codes: np.ndarray,
-    keep: np.ndarray,
-    pred: np.ndarray,
-    score: np.ndarray | None,
+    codes: np.ndarray, keep: np.ndarray, pred: np.ndarray, score: np.ndarray | None,
     group_values: np.ndarray,
 ) -> dict[str, dict[str, Any]]:
     """Per group, over the rows rewritten into it: flips and score moves against the reference.
@@ -956,13 +918,8 @@ def _rates_from_sums(sums: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def _bootstrap_group_metrics(
-    views: Sequence[_View],
-    pred_bin: np.ndarray,
-    true_bin: np.ndarray | None,
-    score: np.ndarray | None,
-    *,
-    bootstrap: int,
-    seed: int,
+    views: Sequence[_View], pred_bin: np.ndarray, true_bin: np.ndarray | None,
+    score: np.ndarray | None, *, bootstrap: int, seed: int,
 ) -> list[dict[str, np.ndarray]]:
     """Per view: metric -> ``(bootstrap, G)`` resampled group metrics.
 
@@ -1045,16 +1002,9 @@ def _disparity_gaps(rates: Mapping[str, np.ndarray], view: _View, spec: _Dispari
 
 
 def _view_entry(
-    view: _View,
-    table: pd.DataFrame,
-    *,
-    selected: Sequence[str],
-    disparity_names: Sequence[str],
-    samples: Mapping[str, np.ndarray] | None,
-    confidence: float,
-    min_group_size: int,
-    bootstrap: int = 0,
-    exact: Mapping[str, list[Fraction | None]] | None = None,
+    view: _View, table: pd.DataFrame, *, selected: Sequence[str], disparity_names: Sequence[str],
+    samples: Mapping[str, np.ndarray] | None, confidence: float, min_group_size: int,
+    bootstrap: int = 0, exact: Mapping[str, list[Fraction | None]] | None = None,
 ) -> tuple[dict[str, Any], list[str]]:
     """The JSON entry of one feature (or the intersection) and its warnings.
 
@@ -1109,12 +1059,8 @@ class _Findings:
 
 
 def _view_disparities(
-    view: _View,
-    point_rates: Mapping[str, np.ndarray],
-    small: np.ndarray,
-    disparity_names: Sequence[str],
-    samples: Mapping[str, np.ndarray] | None,
-    bootstrap: int,
+    view: _View, point_rates: Mapping[str, np.ndarray], small: np.ndarray,
+    disparity_names: Sequence[str], samples: Mapping[str, np.ndarray] | None, bootstrap: int,
     confidence: float,
 ) -> _Findings:
     """Each disparity's value (None when undefined) and, with ``samples``, its interval."""
@@ -1141,29 +1087,20 @@ def _view_disparities(
 
 
 def _disparity_interval(
-    gaps: np.ndarray,
-    samples: Mapping[str, np.ndarray],
-    view: _View,
-    spec: _Disparity,
-    bootstrap: int,
-    confidence: float,
+    gaps: np.ndarray, samples: Mapping[str, np.ndarray], view: _View, spec: _Disparity,
+    bootstrap: int, confidence: float,
 ) -> tuple[list[float | None] | None, int | None]:
     """A defined disparity's folded interval, and the resamples needed when they are too few.
 
     Too few resamples for the number of compared gaps: the gaps are never resampled
-    (a unique-id-like feature would need bootstrap x G^2 / 2 of them).
+    (a unique-id-like feature would need bootstrap x G^2 / 2 of them). Otherwise they are
+    enough for the usable gaps too, which are some of the defined ones.
     """
     defined = int((~np.isnan(gaps)).sum())
     if defined and bootstrap < min_resamples(confidence, defined):
         return None, min_resamples(confidence, defined)
-    sampled = _disparity_gaps(samples, view, spec)
-    interval = folded_interval(gaps, sampled, spec.kind, confidence)
-    if interval is not None:
-        return [finite_or_none(v) for v in interval], None
-    usable = int((~np.isnan(gaps) & ~np.all(np.isnan(sampled), axis=0)).sum())
-    if usable and len(sampled) < min_resamples(confidence, usable):
-        return None, min_resamples(confidence, usable)
-    return None, None
+    interval = folded_interval(gaps, _disparity_gaps(samples, view, spec), spec.kind, confidence)
+    return (None if interval is None else [finite_or_none(v) for v in interval]), None
 
 
 def _disparity_warnings(
@@ -1289,10 +1226,7 @@ def _uses_small_group(
 
 
 def _view_warnings(
-    view: _View,
-    table: pd.DataFrame,
-    small: np.ndarray,
-    dependent: Sequence[str],
+    view: _View, table: pd.DataFrame, small: np.ndarray, dependent: Sequence[str],
     min_group_size: int,
 ) -> list[str]:
     out = []
@@ -1321,7 +1255,7 @@ def _view_warnings(
 
 
 def _worst_over_features(
-    by_feature: Mapping[str, Mapping[str, Any]], disparity_names: Sequence[str], bootstrap: int
+    by_feature: Mapping[str, Mapping[str, Any]], disparity_names: Sequence[str], bootstrap: int,
 ) -> tuple[
     dict[str, float | None],
     dict[str, list[float] | None] | None,

@@ -1,31 +1,15 @@
-"""The statistics every stage shares: one bootstrap, one percentile interval, one of each
+"""The statistics the stages share: one bootstrap, one percentile interval, one of each
 binomial and ratio interval, one "finite float or None" (no torch, no model code).
 
-The bootstrap
--------------
 Resample ``b`` takes the rows ``numpy.random.default_rng(seed).integers(0, n, size=n)``,
-drawn in order ``b = 0, 1, ...`` (:func:`resample_rows`): the same draws as
-``scipy.stats.bootstrap(..., batch=1, rng=numpy.random.default_rng(seed))``. Fairness,
-competence and the impact-ratio intervals all use this stream, so the same seed resamples
-the same rows everywhere. :func:`bootstrap_weights` hands a statistic the row
-multiplicities of a chunk of resamples at once (``(chunk, n)``), so it can be a matrix
-product instead of a loop. :func:`block_resampled_means` draws all resamples in one call
-(``integers(0, m, size=(resamples, m))``, scipy's default ``batch=None``).
-
-Intervals
----------
-:func:`percentile_interval` is the percentile bootstrap interval, the
-``[alpha / 2, 1 - alpha / 2]`` quantiles (``numpy.nanquantile``, linear; resamples where the
-statistic is undefined are skipped) with ``alpha = (1 - confidence) / comparisons``
-(Bonferroni over ``comparisons`` intervals). It holds its level only when at least one
-resample is expected beyond each end: :func:`min_resamples`. A disparity, the worst of
-``K`` signed pairwise gaps (:func:`signed_gaps` over :func:`compared_pairs`), gets the
-Bonferroni intervals of its gaps folded through the absolute value
-(:func:`folded_interval`): if all gaps are covered, so is the disparity.
-
-Binomial shares get the Wilson score interval (:func:`wilson_interval`) or the exact
-Clopper-Pearson interval (:func:`clopper_pearson_interval`, for tiny counts); a ratio of two
-shares gets the Katz log interval (:func:`katz_interval`).
+drawn in order (:func:`resample_rows`), the draws of ``scipy.stats.bootstrap(...,
+batch=1, rng=numpy.random.default_rng(seed))``: fairness, competence and the impact-ratio
+intervals resample the same rows for the same seed. :func:`bootstrap_weights` hands a
+statistic the row multiplicities of a chunk of resamples, so it can be a matrix product.
+A percentile interval (:func:`percentile_interval`) holds its level only with enough
+resamples (:func:`min_resamples`); a disparity, the worst of ``K`` signed pairwise gaps,
+gets the Bonferroni intervals of its gaps folded through the absolute value
+(:func:`folded_interval`).
 """
 
 from __future__ import annotations
@@ -49,6 +33,7 @@ __all__ = [
     "percentile_interval",
     "resample_rows",
     "signed_gaps",
+    "two_sided_z",
     "wilson_interval",
     "worst_gap",
 ]
@@ -86,11 +71,7 @@ def resample_rows(seed: int, n: int, resamples: int) -> Iterator[np.ndarray]:
 
 
 def bootstrap_weights(
-    statistic: Callable[[np.ndarray], np.ndarray],
-    n: int,
-    resamples: int,
-    *,
-    seed: int,
+    statistic: Callable[[np.ndarray], np.ndarray], n: int, resamples: int, *, seed: int,
     chunk_entries: int = CHUNK_ENTRIES,
 ) -> np.ndarray:
     """A statistic of row weights over the resamples of :func:`resample_rows`.
@@ -100,12 +81,8 @@ def bootstrap_weights(
     statistic : callable
         ``(chunk, n)`` float64 row multiplicities (how often each row was drawn in
         each resample) -> ``(chunk, ...)`` values of the statistic.
-    n : int
-        Rows of the sample.
-    resamples : int
-        Number of resamples (>= 1).
-    seed : int
-        Seed of the generator.
+    n, resamples, seed : int
+        Rows of the sample, resamples (>= 1) and seed of the generator.
     chunk_entries : int
         Largest ``chunk * n`` handed to ``statistic`` at once (bounds the memory).
 
@@ -171,22 +148,11 @@ def percentile_interval(
 ) -> tuple[Any, Any]:
     """Percentile bootstrap interval ``(low, high)`` of resampled values.
 
-    Parameters
-    ----------
-    samples : numpy.ndarray
-        ``(resamples, ...)`` values of the statistic; NaN (undefined in a resample) is
-        skipped.
-    confidence : float
-        Coverage in (0, 1), of all ``comparisons`` intervals together (Bonferroni).
-    comparisons : int
-        Number of intervals the coverage is shared by.
-    axis : int, optional
-        Axis of the resamples (``None``: all values).
-
-    Returns
-    -------
-    tuple
-        ``(low, high)``: floats, or arrays of the other axes; NaN where every resample is.
+    The ``[alpha / 2, 1 - alpha / 2]`` quantiles (``numpy.nanquantile``, linear: a NaN,
+    undefined in a resample, is skipped), ``alpha = (1 - confidence) / comparisons``
+    (Bonferroni: ``comparisons`` intervals hold ``confidence`` together). ``axis``: of the
+    resamples (``None``: all values). ``(low, high)`` are floats, or arrays of the other
+    axes (NaN where every resample is).
 
     Examples
     --------
@@ -246,23 +212,13 @@ def folded_interval(
 ) -> list[float] | None:
     """Interval of :func:`worst_gap` from Bonferroni intervals of the ``K`` signed gaps, folded.
 
-    Each usable gap ``k`` gets the :func:`percentile_interval` ``[lo_k, hi_k]`` at level
-    ``1 - (1 - confidence) / K``; then a difference's interval is
-    ``[max_k dist(0, [lo_k, hi_k]), max_k max(|lo_k|, |hi_k|)]`` and a ratio's is one minus
-    that, reversed. It contains 0 (ratio 1) exactly when every gap's interval does.
-
-    Parameters
-    ----------
-    point_gaps : numpy.ndarray
-        ``(K,)`` gaps of the full sample.
-    sampled_gaps : numpy.ndarray
-        ``(resamples, K)`` gaps of each resample.
-
-    Returns
-    -------
-    list of float or None
-        ``None`` when no gap is usable (undefined in the sample or in every resample) or
-        the resamples are too few for the Bonferroni level (:func:`min_resamples`).
+    ``point_gaps (K,)`` and ``sampled_gaps (resamples, K)``. Each usable gap ``k`` gets the
+    :func:`percentile_interval` ``[lo_k, hi_k]`` at level ``1 - (1 - confidence) / K``; a
+    difference's interval is ``[max_k dist(0, [lo_k, hi_k]), max_k max(|lo_k|, |hi_k|)]``, a
+    ratio's one minus that, reversed: it contains 0 (ratio 1) exactly when every gap's
+    interval does, and if all gaps are covered, so is the disparity. ``None`` when no gap is
+    usable (undefined in the sample or in every resample) or the resamples are too few for
+    the Bonferroni level (:func:`min_resamples`).
     """
     usable = ~np.isnan(point_gaps) & ~np.all(np.isnan(sampled_gaps), axis=0)
     if not usable.any():
@@ -285,19 +241,9 @@ def wilson_interval(
 ) -> list[float] | None:
     """Wilson score interval of a binomial share ``successes / n``.
 
-    Parameters
-    ----------
-    successes, n : int
-        ``0 <= successes <= n``.
-    confidence : float
-        Two-sided level (``z`` is the normal quantile ``1 - (1 - confidence) / 2``).
-    z : float, optional
-        The quantile itself, instead of ``confidence``.
-
-    Returns
-    -------
-    list of float or None
-        ``[lower, upper]`` clipped to ``[0, 1]``; None when ``n`` is 0.
+    ``0 <= successes <= n``; ``z``, the normal quantile ``1 - (1 - confidence) / 2``, may
+    be given instead of ``confidence``. ``[lower, upper]`` clipped to ``[0, 1]``; None when
+    ``n`` is 0.
 
     Examples
     --------
@@ -311,14 +257,25 @@ def wilson_interval(
     if n <= 0:
         return None
     if z is None:
-        from scipy.stats import norm
-
-        z = float(norm.ppf(0.5 + confidence / 2))
+        z = two_sided_z(confidence)
     p = successes / n
     denominator = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denominator
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
     return [float(max(0.0, centre - half)), float(min(1.0, centre + half))]
+
+
+def two_sided_z(confidence: float) -> float:
+    """The normal quantile ``1 - (1 - confidence) / 2`` of a two-sided interval.
+
+    Examples
+    --------
+    >>> round(two_sided_z(0.95), 6)
+    1.959964
+    """
+    from scipy.stats import norm
+
+    return float(norm.ppf(0.5 + confidence / 2))
 
 
 def clopper_pearson_interval(

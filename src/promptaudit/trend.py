@@ -32,12 +32,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from promptaudit.errors import InputError
-from promptaudit.stats import katz_interval, wilson_interval
+from promptaudit.stats import katz_interval, two_sided_z, wilson_interval
 
-__all__ = ["FLAG_KINDS", "compute_trend"]
-
-#: Kinds of flag, in the order they are reported.
-FLAG_KINDS = ("crossed_below", "crossed_above", "moved")
+__all__ = ["compute_trend"]
 
 ERROR_FEW = "trend: give at least two result files (one per audit period); got {n}"
 ERROR_NO_BIAS_AUDIT = (
@@ -66,11 +63,8 @@ ERROR_ALERT = "--drift-alert: {value!r} is not allowed; allowed: 0 < value < 1 (
 
 
 def compute_trend(
-    results: Sequence[Mapping[str, Any]],
-    *,
-    sources: Sequence[str] | None = None,
-    drift_alert: float = 0.05,
-    confidence: float = 0.95,
+    results: Sequence[Mapping[str, Any]], *, sources: Sequence[str] | None = None,
+    drift_alert: float = 0.05, confidence: float = 0.95,
 ) -> dict[str, Any]:
     """Rates and impact ratios per category over audit periods, with flags.
 
@@ -102,8 +96,6 @@ def compute_trend(
         Fewer than two results, a result without a bias audit or period, results of
         different audits or measured unlike, overlapping periods, a bad ``drift_alert``.
     """
-    from scipy.stats import norm
-
     if not isinstance(drift_alert, int | float) or not 0 < drift_alert < 1:
         raise InputError(ERROR_ALERT.format(value=drift_alert))
     if len(results) < 2:
@@ -115,7 +107,7 @@ def compute_trend(
     entries.sort(key=lambda entry: entry[0])
     _check_alike(entries)
     _check_no_overlap(entries)
-    z = float(norm.ppf(0.5 + confidence / 2))
+    z = two_sided_z(confidence)
     first = entries[0][2]
     audit = first["bias_audit"]
     threshold = float(audit["threshold"])
