@@ -43,8 +43,8 @@ from promptaudit.fairness import (
     ERR_TUPLE_MISSING,
     compute_counterfactual,
     compute_group_fairness,
-    min_resamples,
 )
+from promptaudit.stats import min_resamples
 
 FAIRLEARN_DISPARITIES = {
     "demographic_parity_difference": demographic_parity_difference,

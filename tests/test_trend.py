@@ -24,7 +24,8 @@ from promptaudit.bias_audit import compute_bias_audit
 from promptaudit.cli import app
 from promptaudit.errors import InputError
 from promptaudit.results import content_sha256
-from promptaudit.trend import compute_trend, katz_interval, wilson_interval
+from promptaudit.stats import katz_interval, wilson_interval
+from promptaudit.trend import compute_trend
 
 FIXTURE = Path(__file__).parent / "fixtures" / "sample_result.json"
 Z95 = 1.959963984540054

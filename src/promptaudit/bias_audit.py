@@ -61,6 +61,7 @@ Q&A 18-24), computed in :func:`standard_deviation_test`, and the *shortfall in p
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -74,6 +75,13 @@ from scipy.stats import fisher_exact
 from promptaudit.errors import DataError
 from promptaudit.ratios import exact_threshold, ratio_at_least
 from promptaudit.spec import BiasAuditMode
+from promptaudit.stats import (
+    compared_pairs,
+    folded_interval,
+    min_resamples,
+    resample_rows,
+    signed_gaps,
+)
 
 __all__ = [
     "BiasAuditMode",
@@ -118,14 +126,10 @@ ERROR_NO_CATEGORIES = "bias_audit.categories: give at least one category column"
 
 
 def compute_bias_audit(
-    categories: pd.DataFrame,
-    *,
-    selected: Sequence[bool] | np.ndarray | None = None,
+    categories: pd.DataFrame, *, selected: Sequence[bool] | np.ndarray | None = None,
     scores: Sequence[float] | np.ndarray | None = None,
-    mode: BiasAuditMode | str = BiasAuditMode.SELECTION,
-    exclude_below: float = 0.02,
-    unknown_values: Sequence[str] = ("unknown",),
-    threshold: float = 0.8,
+    mode: BiasAuditMode | str = BiasAuditMode.SELECTION, exclude_below: float = 0.02,
+    unknown_values: Sequence[str] = ("unknown",), threshold: float = 0.8,
 ) -> dict:
     """Selection rates, impact ratios and Fisher p-values per category and intersection.
 
@@ -178,24 +182,16 @@ def compute_bias_audit(
     n_rows = len(categories)
     chosen, median = _selected(mode, n_rows, selected, scores)
     unknown = {str(value).strip() for value in unknown_values}
-    codes = {
-        str(column): _category_codes(categories[column], unknown) for column in categories.columns
+    tables = {
+        name: _table(name, codes, chosen, n_rows, exclude_below, threshold)
+        for name, codes in _table_codes(categories, unknown).items()
     }
-    tables: dict[str, dict] = {}
-    warnings: list[str] = []
-    for feature, values in codes.items():
-        tables[feature] = _table(feature, values, chosen, n_rows, exclude_below, threshold)
-    if len(codes) >= 2:
-        name = INTERSECTION_SEPARATOR.join(codes)
-        joined = _intersection_codes(list(codes.values()))
-        tables[name] = _table(name, joined, chosen, n_rows, exclude_below, threshold)
-    for table in tables.values():
-        warnings.extend(table.pop("warnings"))
+    warnings = [message for table in tables.values() for message in table.pop("warnings")]
     for message in warnings:
         logger.warning("%s", message)
     return {
         "mode": mode.value,
-        "categories": list(codes),
+        "categories": [str(column) for column in categories.columns],
         "threshold": float(threshold),
         "exclude_below": float(exclude_below),
         "unknown_values": sorted(unknown),
@@ -206,6 +202,16 @@ def compute_bias_audit(
         "min_impact_ratio": min_impact_ratio(tables),
         "warnings": warnings,
     }
+
+
+def _table_codes(categories: pd.DataFrame, unknown: set[str]) -> dict[str, list[str | None]]:
+    """Table name -> category per row (``None``: unknown): each column, then their intersection."""
+    codes = {
+        str(column): _category_codes(categories[column], unknown) for column in categories.columns
+    }
+    if len(codes) >= 2:
+        codes[INTERSECTION_SEPARATOR.join(codes)] = _intersection_codes(list(codes.values()))
+    return codes
 
 
 def min_impact_ratio(tables: Mapping[str, Mapping[str, Any]]) -> float | None:
@@ -274,37 +280,12 @@ def _intersection_codes(columns: list[list[str | None]]) -> list[str | None]:
 
 
 def _table(
-    feature: str,
-    codes: list[str | None],
-    chosen: np.ndarray,
-    n_rows: int,
-    exclude_below: float,
+    feature: str, codes: list[str | None], chosen: np.ndarray, n_rows: int, exclude_below: float,
     threshold: float,
 ) -> dict:
+    """One table: a row per category, its reference, impact ratios, tests and warnings."""
     known = np.array([code is not None for code in codes], dtype=bool)
-    groups = sorted({code for code in codes if code is not None})
-    code_array = np.array([code if code is not None else "" for code in codes], dtype=object)
-    rows = []
-    for group in groups:
-        mask = code_array == group
-        n = int(mask.sum())
-        n_selected = int(chosen[mask].sum())
-        share = n / n_rows
-        rows.append(
-            {
-                "group": group,
-                "n": n,
-                "n_selected": n_selected,
-                "rate": n_selected / n,
-                "share": share,
-                "excluded": Fraction(n, n_rows) < exact_threshold(exclude_below),
-                "impact_ratio": None,
-                "flagged": False,
-                "p_value": None,
-                "note": None,
-            }
-        )
-    warnings: list[str] = []
+    rows = _category_rows(codes, chosen, n_rows, exclude_below)
     compared = [row for row in rows if not row["excluded"]]
     reference = (
         max(
@@ -316,35 +297,7 @@ def _table(
         if compared
         else None
     )
-    for row in rows:
-        if row["excluded"]:
-            row["note"] = (
-                f"left out of impact ratios: {row['n']} of {n_rows} rows "
-                f"({row['share']:.2%}) is under {exclude_below:.2%} of the data"
-            )
-    if reference is None:
-        warnings.append(
-            f"bias audit {feature}: every category is under {exclude_below:.2%} of the data; "
-            "no impact ratio was computed"
-        )
-    elif reference["rate"] == 0:
-        warnings.append(
-            f"bias audit {feature}: no category was selected (the highest rate is 0); "
-            "every impact ratio is undefined"
-        )
-        for row in compared:
-            row["note"] = "impact ratio undefined: no category was selected"
-    for row in compared:
-        if reference is None:
-            break
-        if reference["rate"] > 0:
-            row["impact_ratio"] = row["rate"] / reference["rate"]
-            # decided on the counts, exactly: a ratio of exactly 4/5 is not under 0.8
-            row["flagged"] = not ratio_at_least(
-                row["n_selected"], row["n"], reference["n_selected"], reference["n"], threshold
-            )
-        if row is not reference:
-            row["p_value"] = _fisher_p(row, reference)
+    warnings = _compare_with_reference(feature, compared, reference, exclude_below, threshold)
     defined = [row["impact_ratio"] for row in compared if row["impact_ratio"] is not None]
     table_min = None
     if defined and len(compared) < 2:
@@ -356,9 +309,8 @@ def _table(
     elif defined:
         table_min = float(min(defined))
     _add_significance(rows, reference)
-    unknown_mask = ~known
-    unknown_count = int(unknown_mask.sum())
-    unknown_selected = int(chosen[unknown_mask].sum())
+    unknown_count = int((~known).sum())
+    unknown_selected = int(chosen[~known].sum())
     return {
         "feature": feature,
         "unknown_count": unknown_count,
@@ -370,6 +322,59 @@ def _table(
         "rows": rows,
         "warnings": warnings,
     }
+
+
+def _category_rows(
+    codes: list[str | None], chosen: np.ndarray, n_rows: int, exclude_below: float
+) -> list[dict[str, Any]]:
+    """A row per known category, in name order: counts, rate, share and exclusion."""
+    code_array = np.array([code if code is not None else "" for code in codes], dtype=object)
+    rows = []
+    for group in sorted({code for code in codes if code is not None}):
+        mask = code_array == group
+        n = int(mask.sum())
+        n_selected = int(chosen[mask].sum())
+        excluded = Fraction(n, n_rows) < exact_threshold(exclude_below)
+        rows.append({
+            "group": group, "n": n, "n_selected": n_selected, "rate": n_selected / n,
+            "share": n / n_rows, "excluded": excluded, "impact_ratio": None, "flagged": False,
+            "p_value": None,
+            "note": (
+                f"left out of impact ratios: {n} of {n_rows} rows ({n / n_rows:.2%}) is under "
+                f"{exclude_below:.2%} of the data" if excluded else None
+            ),
+        })
+    return rows
+
+
+def _compare_with_reference(
+    feature: str, compared: list[dict[str, Any]], reference: dict[str, Any] | None,
+    exclude_below: float, threshold: float,
+) -> list[str]:
+    """Set each compared row's impact ratio, flag and Fisher p-value; the warnings."""
+    if reference is None:
+        return [
+            f"bias audit {feature}: every category is under {exclude_below:.2%} of the data; "
+            "no impact ratio was computed"
+        ]
+    warnings = []
+    if reference["rate"] == 0:
+        warnings.append(
+            f"bias audit {feature}: no category was selected (the highest rate is 0); "
+            "every impact ratio is undefined"
+        )
+        for row in compared:
+            row["note"] = "impact ratio undefined: no category was selected"
+    for row in compared:
+        if reference["rate"] > 0:
+            row["impact_ratio"] = row["rate"] / reference["rate"]
+            # decided on the counts, exactly: a ratio of exactly 4/5 is not under 0.8
+            row["flagged"] = not ratio_at_least(
+                row["n_selected"], row["n"], reference["n_selected"], reference["n"], threshold
+            )
+        if row is not reference:
+            row["p_value"] = _fisher_p(row, reference)
+    return warnings
 
 
 def _reverse(text: str) -> tuple[int, ...]:
@@ -487,26 +492,19 @@ def _add_significance(rows: list[dict], reference: Mapping[str, Any] | None) -> 
         row["significant_2sd"] = z <= -SIGNIFICANCE_SD
 # ------------------------------------------------------------- uncertainty
 def with_impact_ratio_intervals(
-    audit: Mapping[str, Any],
-    categories: pd.DataFrame,
-    *,
+    audit: Mapping[str, Any], categories: pd.DataFrame, *,
     selected: Sequence[bool] | np.ndarray | None = None,
-    scores: Sequence[float] | np.ndarray | None = None,
-    bootstrap: int,
-    confidence: float,
+    scores: Sequence[float] | np.ndarray | None = None, bootstrap: int, confidence: float,
     seed: int,
 ) -> dict:
     """``audit`` (from :func:`compute_bias_audit`) with bootstrap intervals of its impact ratios.
 
-    The interval is computed the way :mod:`promptaudit.fairness` computes a
-    demographic-parity-ratio interval, so one figure read from the same rates gets one
-    verdict: resample ``b`` takes rows ``numpy.random.default_rng(seed).integers(0, n,
-    size=n)`` (the same rows as the fairness bootstrap with the same seed); each pair of
-    compared (non-excluded) categories gets a percentile interval of its signed ratio
-    gap at the Bonferroni level ``1 - (1 - confidence) / K``, folded through the absolute
-    value (``fairness._fold_interval``). The excluded categories and the reference are
-    those of the full sample; in ``scoring`` mode the median is recomputed in every
-    resample.
+    Computed as :mod:`promptaudit.fairness` computes a demographic-parity-ratio interval,
+    so one figure read from the same rates gets one verdict: the resamples of
+    :func:`promptaudit.stats.resample_rows` (the fairness bootstrap's rows for the same
+    seed), the signed ratio gaps of the compared (non-excluded) categories folded by
+    :func:`promptaudit.stats.folded_interval`. The excluded categories and the reference
+    are those of the full sample; in ``scoring`` mode each resample has its own median.
 
     Parameters
     ----------
@@ -516,10 +514,8 @@ def with_impact_ratio_intervals(
         ``(n_rows, n_features)``: the same category columns ``audit`` was computed from.
     selected, scores : array-like, optional
         ``(n_rows,)``: as given to :func:`compute_bias_audit` for its mode.
-    bootstrap : int
-        Resamples (0: no interval).
-    confidence : float
-    seed : int
+    bootstrap, confidence, seed : int, float, int
+        Resamples (0: no interval), level and seed.
 
     Returns
     -------
@@ -532,10 +528,6 @@ def with_impact_ratio_intervals(
         as worst-value disparity gates do), ``None`` when any table lacks one;
         ``interval_confidence`` and ``interval_bootstrap``.
     """
-    import copy
-
-    from promptaudit.fairness import _fold_interval, _pairs, _signed_gaps, min_resamples
-
     out = copy.deepcopy(dict(audit))
     out["interval_confidence"] = float(confidence)
     out["interval_bootstrap"] = int(bootstrap)
@@ -550,11 +542,32 @@ def with_impact_ratio_intervals(
     chosen, _ = _selected(mode, n_rows, selected, scores)
     values = None if mode is BiasAuditMode.SELECTION else np.asarray(scores, dtype=float)
     unknown = {str(value).strip() for value in out.get("unknown_values") or ()}
-    codes = {
-        str(column): _category_codes(categories[column], unknown) for column in categories.columns
-    }
-    if len(codes) >= 2:
-        codes[INTERSECTION_SEPARATOR.join(codes)] = _intersection_codes(list(codes.values()))
+    layouts = _interval_layouts(tables, _table_codes(categories, unknown))
+    if not layouts:
+        return out
+    sampled = _resampled_rates(layouts, chosen, values, bootstrap, seed)
+    for name, (groups, _) in layouts.items():
+        rates = {row["group"]: row["rate"] for row in tables[name]["rows"]}
+        point = np.array([rates[group] for group in groups], dtype=float)
+        pairs = compared_pairs(len(groups), None)
+        interval = folded_interval(
+            signed_gaps(point, pairs, "ratio"),
+            signed_gaps(sampled[name], pairs, "ratio"),
+            "ratio",
+            confidence,
+        )
+        tables[name]["impact_ratio_interval"] = (
+            None if interval is None else [float(interval[0]), float(interval[1])]
+        )
+    out["min_impact_ratio_interval"] = _worst_table_interval(out, layouts)
+    return out
+
+
+def _interval_layouts(
+    tables: Mapping[str, Mapping[str, Any]], codes: Mapping[str, list[str | None]]
+) -> dict[str, tuple[list[str], np.ndarray]]:
+    """Tables with an impact ratio to bound -> (compared categories, ``(n_rows,)`` index
+    of each row's category among them, -1 for rows not compared)."""
     layouts = {}
     for name, table in tables.items():
         compared = [row["group"] for row in table.get("rows") or [] if not row.get("excluded")]
@@ -565,15 +578,24 @@ def with_impact_ratio_intervals(
             compared,
             np.array([index.get(code, -1) if code is not None else -1 for code in codes[name]]),
         )
-    if not layouts:
-        return out
-    rng = np.random.default_rng(seed)
+    return layouts
+
+
+def _resampled_rates(
+    layouts: Mapping[str, tuple[list[str], np.ndarray]], chosen: np.ndarray,
+    scores: np.ndarray | None, bootstrap: int, seed: int,
+) -> dict[str, np.ndarray]:
+    """Table -> ``(bootstrap, G)`` selection rates of the compared categories per resample.
+
+    ``scores`` (scoring mode): a row is selected when its score is above the
+    resample's median; else ``chosen (n_rows,)``. A category absent from a resample is NaN.
+    """
+    n_rows = len(chosen)
     sampled = {name: np.full((bootstrap, len(groups)), np.nan) for name, (groups, _) in
                layouts.items()}
-    for b in range(bootstrap):
-        rows = rng.integers(0, n_rows, size=n_rows)
+    for b, rows in enumerate(resample_rows(seed, n_rows, bootstrap)):
         weights = np.bincount(rows, minlength=n_rows).astype(float)
-        picked = chosen if values is None else values > float(np.median(values[rows]))
+        picked = chosen if scores is None else scores > float(np.median(scores[rows]))
         for name, (groups, group_of) in layouts.items():
             member = group_of >= 0
             counts = np.bincount(group_of[member], weights=weights[member], minlength=len(groups))
@@ -581,32 +603,18 @@ def with_impact_ratio_intervals(
                                minlength=len(groups))
             with np.errstate(divide="ignore", invalid="ignore"):
                 sampled[name][b] = np.where(counts > 0, hits / counts, np.nan)
-    worst_name, worst_value = None, math.inf
-    for name, (groups, _) in layouts.items():
-        table = tables[name]
-        rates = {row["group"]: row["rate"] for row in table["rows"]}
-        point = np.array([rates[group] for group in groups], dtype=float)
-        pairs = _pairs(groups, None)
-        interval = _fold_interval(
-            _signed_gaps(point, pairs, "ratio"),
-            _signed_gaps(sampled[name], pairs, "ratio"),
-            "ratio",
-            confidence,
-        )
-        table["impact_ratio_interval"] = (
-            None if interval is None else [float(interval[0]), float(interval[1])]
-        )
-        if table["min_impact_ratio"] < worst_value:
-            worst_name, worst_value = name, table["min_impact_ratio"]
+    return sampled
+
+
+def _worst_table_interval(
+    audit: Mapping[str, Any], layouts: Mapping[str, Any]
+) -> list[float] | None:
+    """``[lowest lower bound over tables, upper bound of the worst table]``, or None when the
+    audit has no worst ratio or a table with a ratio lacks an interval."""
+    tables = audit["tables"]
     intervals = [tables[name]["impact_ratio_interval"] for name in layouts]
-    if (
-        out.get("min_impact_ratio") is not None
-        and len(layouts) == sum(1 for t in tables.values() if t.get("min_impact_ratio") is not None)
-        and all(interval is not None for interval in intervals)
-        and worst_name is not None
-    ):
-        out["min_impact_ratio_interval"] = [
-            min(interval[0] for interval in intervals),
-            tables[worst_name]["impact_ratio_interval"][1],
-        ]
-    return out
+    with_ratio = sum(1 for table in tables.values() if table.get("min_impact_ratio") is not None)
+    if audit.get("min_impact_ratio") is None or len(layouts) != with_ratio or None in intervals:
+        return None
+    worst = min(layouts, key=lambda name: tables[name]["min_impact_ratio"])  # first if tied
+    return [min(interval[0] for interval in intervals), tables[worst]["impact_ratio_interval"][1]]

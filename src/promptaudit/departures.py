@@ -49,7 +49,7 @@ import pandas as pd
 import torch
 
 from promptaudit.errors import InputError
-from promptaudit.intervals import clopper_pearson_interval, wilson_interval
+from promptaudit.stats import clopper_pearson_interval, wilson_interval
 
 __all__ = [
     "Candidate",

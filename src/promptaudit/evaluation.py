@@ -6,10 +6,8 @@ recall over the classes present in the true labels, scikit-learn's
 ``1 / K`` for ``K`` classes, whatever the label imbalance, so it never "works",
 and a real classifier on skewed labels is not called broken.
 
-Uncertainty: resample ``b`` takes rows
-``numpy.random.default_rng(seed).integers(0, n, size=n)`` (drawn in order); the
-prompt and every baseline are scored on the *same* resample (paired), and
-intervals are the percentile ``[(1 - c) / 2, 1 - (1 - c) / 2]`` quantiles.
+Uncertainty: percentile bootstrap intervals (:mod:`promptaudit.stats`); the prompt and
+every baseline are scored on the *same* resamples (paired).
 
 The prompt **works** when
 
@@ -30,7 +28,6 @@ the baselines' balanced accuracies, with its paired interval; a gate on it
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -38,9 +35,10 @@ import numpy as np
 import pandas as pd
 import sklearn.metrics as skm
 
+from promptaudit.stats import bootstrap_weights, finite_or_none, min_resamples, percentile_interval
+
 __all__ = ["assess_competence", "classification_reports", "no_labels_competence"]
 
-_CHUNK_ENTRIES = 4_000_000
 NO_LABELS = (
     "no true labels (data.label_column is not set), so whether the prompt does its task "
     "cannot be judged"
@@ -64,13 +62,8 @@ def no_labels_competence() -> dict[str, Any]:
 
 
 def assess_competence(
-    y_true: Any,
-    y_pred: Any,
-    *,
-    baselines: Mapping[str, Any] | None = None,
-    bootstrap: int = 1000,
-    confidence: float = 0.95,
-    seed: int = 0,
+    y_true: Any, y_pred: Any, *, baselines: Mapping[str, Any] | None = None,
+    bootstrap: int = 1000, confidence: float = 0.95, seed: int = 0,
 ) -> dict[str, Any]:
     """Whether a prompt does its task, judged on balanced accuracy.
 
@@ -82,7 +75,7 @@ def assess_competence(
         Baseline name -> ``(n,)`` predicted label indices of that baseline prompt.
     bootstrap : int
         Paired resamples for the intervals; below
-        :func:`promptaudit.fairness.min_resamples` no interval is given.
+        :func:`promptaudit.stats.min_resamples` no interval is given.
     confidence : float
         Coverage of the intervals.
     seed : int
@@ -104,8 +97,6 @@ def assess_competence(
     >>> out["accuracy"], out["chance_accuracy"], out["works"]
     (0.5, 0.5, False)
     """
-    from promptaudit.fairness import min_resamples
-
     true = np.asarray(y_true, dtype=np.int64)
     predictions = {"prompt": np.asarray(y_pred, dtype=np.int64)}
     for name, pred in (baselines or {}).items():
@@ -117,137 +108,130 @@ def assess_competence(
     }
     baseline_names = [name for name in predictions if name != "prompt"]
     best_name = max(baseline_names, key=lambda k: points[k], default=None)
-    best_value = chance
-    best_label = "chance"
-    if best_name is not None and points[best_name] > chance:
-        best_value, best_label = points[best_name], best_name
-    over = points["prompt"] - best_value
-
-    samples = None
+    beaten = best_name is not None and points[best_name] > chance
+    best_value, best_label = (points[best_name], best_name) if beaten else (chance, "chance")
+    accuracy_interval, over_interval, differences = None, None, {}
     if bootstrap >= min_resamples(confidence):
         samples = _bootstrap_balanced_accuracy(true, predictions, classes, bootstrap, seed)
-    tail = (1.0 - confidence) / 2
-
-    def interval(values: np.ndarray | None) -> list[float] | None:
-        if values is None:
-            return None
-        lo, hi = np.nanquantile(values, [tail, 1 - tail])
-        return [float(lo), float(hi)]
-
-    accuracy_interval = None if samples is None else interval(samples["prompt"])
-    over_interval = None
-    differences: dict[str, list[float] | None] = {}
-    if samples is not None:
-        best_sampled = np.full(bootstrap, chance)
-        for name in baseline_names:
-            best_sampled = np.maximum(best_sampled, samples[name])
-            differences[name] = interval(samples["prompt"] - samples[name])
-        over_interval = interval(samples["prompt"] - best_sampled)
-
+        accuracy_interval, over_interval, differences = _paired_intervals(
+            samples, baseline_names, chance, confidence
+        )
     low = accuracy_interval[0] if accuracy_interval else points["prompt"]
-    above_chance = low > chance
-    worse = [
-        name
-        for name in baseline_names
-        if (differences.get(name) or [None, points["prompt"] - points[name]])[1] < 0
-    ]
-    works = bool(above_chance and not worse)
-    level = f"{round(100 * confidence, 4):g}%"
-    described = (
-        f"balanced accuracy {points['prompt']:.3f}"
-        + (
-            f" ({level} interval {accuracy_interval[0]:.3f}-{accuracy_interval[1]:.3f})"
-            if accuracy_interval
-            else ""
-        )
-    )
-    below_chance = accuracy_interval is not None and accuracy_interval[1] < chance
-    if below_chance:
-        reason = (
-            f"the prompt does not do its task: {described} is below chance "
-            f"({chance:.3f} for {len(classes)} classes), worse than guessing: the labels may "
-            "be in the wrong order (model.labels against the adapter's or the data's)"
-        )
-    elif not above_chance:
-        reason = (
-            f"the prompt does not do its task: {described} cannot be told from chance "
-            f"({chance:.3f} for {len(classes)} classes)"
-        )
-    elif worse:
-        listed = ", ".join(f"{name} ({points[name]:.3f})" for name in worse)
-        reason = f"the prompt does worse than its baseline {listed}: {described}"
-    elif best_name and points["prompt"] < points[best_name]:
-        # Below the best baseline by the point value, but not beyond the uncertainty:
-        # never "not below" about a figure that is below.
-        gap = differences.get(best_name)
-        shown = (
-            f"; {level} interval of the difference {gap[0]:+.3f} to {gap[1]:+.3f}" if gap else ""
-        )
-        reason = (
-            f"the prompt does its task: {described}, above chance ({chance:.3f}); it is below "
-            f"its best baseline {best_name} ({points[best_name]:.3f}), within the "
-            f"uncertainty{shown}"
-        )
-    else:
-        reason = (
-            f"the prompt does its task: {described}, above chance ({chance:.3f})"
-            + (
-                f" and not below its baselines (best: {best_name} {points[best_name]:.3f})"
-                if best_name
-                else ""
-            )
-        )
+    # worse than a baseline beyond doubt: the difference's whole interval (or point) below 0
+    worse = [name for name in baseline_names
+             if (differences.get(name) or [None, points["prompt"] - points[name]])[1] < 0]
     return {
-        "works": works,
+        "works": bool(low > chance and not worse),
         "measure": "balanced_accuracy",
         "accuracy": points["prompt"],
         "accuracy_interval": accuracy_interval,
         "chance_accuracy": chance,
         "baselines": {name: points[name] for name in baseline_names},
         "best_baseline": best_label,
-        "accuracy_over_baseline": over,
+        "accuracy_over_baseline": points["prompt"] - best_value,
         "accuracy_over_baseline_interval": over_interval,
         "baseline_difference_intervals": differences,
         "confidence": float(confidence),
         "bootstrap": int(bootstrap),
-        "reason": reason,
+        "reason": _competence_reason(
+            points, accuracy_interval, differences, worse, best_name, len(classes), confidence
+        ),
     }
 
 
+def _paired_intervals(
+    samples: Mapping[str, np.ndarray], baseline_names: Sequence[str], chance: float,
+    confidence: float,
+) -> tuple[list[float], list[float], dict[str, list[float]]]:
+    """Intervals of the prompt's balanced accuracy, of it minus the best of chance and the
+    baselines, and of it minus each baseline, from ``(bootstrap,)`` paired resamples."""
+
+    def interval(values: np.ndarray) -> list[float]:
+        low, high = percentile_interval(values, confidence)
+        return [float(low), float(high)]
+
+    best_sampled = np.full(len(samples["prompt"]), chance)
+    differences = {}
+    for name in baseline_names:
+        best_sampled = np.maximum(best_sampled, samples[name])
+        differences[name] = interval(samples["prompt"] - samples[name])
+    return interval(samples["prompt"]), interval(samples["prompt"] - best_sampled), differences
+
+
+def _competence_reason(
+    points: Mapping[str, float], accuracy_interval: list[float] | None,
+    differences: Mapping[str, list[float]], worse: Sequence[str], best_name: str | None,
+    n_classes: int, confidence: float,
+) -> str:
+    """The one sentence that says whether and why the prompt does its task."""
+    chance = 1.0 / n_classes
+    level = f"{round(100 * confidence, 4):g}%"
+    described = f"balanced accuracy {points['prompt']:.3f}" + (
+        f" ({level} interval {accuracy_interval[0]:.3f}-{accuracy_interval[1]:.3f})"
+        if accuracy_interval
+        else ""
+    )
+    low = accuracy_interval[0] if accuracy_interval else points["prompt"]
+    if accuracy_interval is not None and accuracy_interval[1] < chance:
+        return (
+            f"the prompt does not do its task: {described} is below chance "
+            f"({chance:.3f} for {n_classes} classes), worse than guessing: the labels may "
+            "be in the wrong order (model.labels against the adapter's or the data's)"
+        )
+    if not low > chance:
+        return (
+            f"the prompt does not do its task: {described} cannot be told from chance "
+            f"({chance:.3f} for {n_classes} classes)"
+        )
+    if worse:
+        listed = ", ".join(f"{name} ({points[name]:.3f})" for name in worse)
+        return f"the prompt does worse than its baseline {listed}: {described}"
+    if best_name and points["prompt"] < points[best_name]:
+        # Below the best baseline by the point value, but not beyond the uncertainty:
+        # never "not below" about a figure that is below.
+        gap = differences.get(best_name)
+        shown = (
+            f"; {level} interval of the difference {gap[0]:+.3f} to {gap[1]:+.3f}" if gap else ""
+        )
+        return (
+            f"the prompt does its task: {described}, above chance ({chance:.3f}); it is below "
+            f"its best baseline {best_name} ({points[best_name]:.3f}), within the "
+            f"uncertainty{shown}"
+        )
+    return f"the prompt does its task: {described}, above chance ({chance:.3f})" + (
+        f" and not below its baselines (best: {best_name} {points[best_name]:.3f})"
+        if best_name
+        else ""
+    )
+
+
 def _bootstrap_balanced_accuracy(
-    true: np.ndarray,
-    predictions: Mapping[str, np.ndarray],
-    classes: np.ndarray,
-    bootstrap: int,
+    true: np.ndarray, predictions: Mapping[str, np.ndarray], classes: np.ndarray, bootstrap: int,
     seed: int,
 ) -> dict[str, np.ndarray]:
-    """Name -> ``(bootstrap,)`` balanced accuracy on the same resamples (classes absent skipped)."""
-    n = len(true)
-    rng = np.random.default_rng(seed)
+    """Name -> ``(bootstrap,)`` balanced accuracy on the same resamples (classes absent skipped).
+
+    The resamples of :func:`promptaudit.stats.bootstrap_weights`: a class's recall in a
+    resample is its weighted hits over its weighted support.
+    """
     member = (true[:, None] == classes[None, :]).astype(float)  # (n, K)
     correct = {name: member * (pred == true)[:, None] for name, pred in predictions.items()}
-    out = {name: np.empty(bootstrap) for name in predictions}
-    chunk = max(1, min(bootstrap, _CHUNK_ENTRIES // max(n, 1)))
-    for start in range(0, bootstrap, chunk):
-        stop = min(bootstrap, start + chunk)
-        weights = np.empty((stop - start, n))
-        for b in range(stop - start):
-            weights[b] = np.bincount(rng.integers(0, n, size=n), minlength=n)
+
+    def mean_recalls(weights: np.ndarray) -> np.ndarray:  # (chunk, n) -> (chunk, names)
         support = weights @ member  # (chunk, K)
         with np.errstate(divide="ignore", invalid="ignore"):
-            for name, hits in correct.items():
-                recall = np.where(support > 0, (weights @ hits) / support, np.nan)
-                out[name][start:stop] = np.nanmean(recall, axis=1)
-    return out
+            return np.stack([
+                np.nanmean(np.where(support > 0, (weights @ hits) / support, np.nan), axis=1)
+                for hits in correct.values()
+            ], axis=1)
+
+    samples = bootstrap_weights(mean_recalls, len(true), bootstrap, seed=seed)
+    return {name: samples[:, k] for k, name in enumerate(correct)}
 
 
 def classification_reports(
-    y_true: Any,
-    y_pred: Any,
-    *,
-    labels: Sequence[str],
-    sensitive_features: pd.DataFrame | None = None,
-    intersection: bool = True,
+    y_true: Any, y_pred: Any, *, labels: Sequence[str],
+    sensitive_features: pd.DataFrame | None = None, intersection: bool = True,
 ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """scikit-learn's per-label classification report, overall and per group.
 
@@ -316,8 +300,7 @@ def _clean(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): _clean(v) for k, v in value.items()}
     if isinstance(value, float | np.floating):
-        number = float(value)
-        return number if math.isfinite(number) else None
+        return finite_or_none(value)
     if isinstance(value, int | np.integer):
         return int(value)
     return value

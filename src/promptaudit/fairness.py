@@ -52,50 +52,51 @@ Display names join the parts with ``" & "``; a part that would make two names
 collide is quoted (``"'a & b' & 'c'"``), and ``group_values`` maps every display
 name back to its parts.
 
-Uncertainty (``bootstrap`` > 0): resample ``b`` takes the rows
-``numpy.random.default_rng(seed).integers(0, n, size=n)`` (drawn in order,
-``b = 0, 1, ...``), the same rows for every feature. Group-metric intervals are the
-``[(1 - confidence) / 2, 1 - (1 - confidence) / 2]`` quantiles
-(``numpy.nanquantile``, linear) of the resampled group metric, the percentile
-bootstrap that fairlearn's ``MetricFrame(n_boot=, ci_quantiles=)`` computes;
-a group absent from a resample is skipped in that resample, as fairlearn does.
-(fairlearn's own bootstrap costs 45-75 ms per resample and feature here, minutes for
-1000 resamples, so the same statistic is computed with vectorised sums.)
-
-A disparity's interval is built from the pairwise *signed* gaps it is the worst of
-(``m_i - m_j`` for differences; for ratios ``m_i / m_j - 1`` if ``m_i <= m_j``, else
-``1 - m_j / m_i``): each of the ``K`` defined gaps gets a percentile interval
-``[lo_k, hi_k]`` at the Bonferroni level ``1 - (1 - confidence) / K``, and the
-intervals are folded through the absolute value::
-
-    difference: [max_k dist(0, [lo_k, hi_k]), max_k max(|lo_k|, |hi_k|)]
-    ratio:      [1 - max_k max(|lo_k|, |hi_k|), 1 - max_k dist(0, [lo_k, hi_k])]
-
-If all gaps are covered (probability >= ``confidence``), so is the disparity.
-
-An interval is reported only when the resamples can hold its level: a percentile
-interval at tail probability ``t`` needs ``bootstrap * t >= 1`` (at least one
-resample expected beyond each end), so a 95% group interval needs 40 resamples and
-a disparity over ``K`` gaps ``40 K``. Otherwise the interval is ``None`` and a
-warning names the number of resamples needed (``bootstrap: 1`` never yields a
-"95%" interval that excludes its own point estimate). A
-plain percentile interval of ``max - min`` would never contain 0 (it is >= 0 in
-every resample and biased upwards), so it could not tell "no evidence of
-disparity" from a real one; this interval contains 0 (ratio 1) exactly when every
-pairwise gap's interval does. With many groups the Bonferroni level makes the
-intervals wide; raise ``bootstrap`` for stable tails.
+Uncertainty (``bootstrap`` > 0), with :mod:`promptaudit.stats`: the rows of every
+resample are the same for every feature. A group-metric interval is the percentile
+interval of the resampled group metric (``numpy.nanquantile``), the percentile bootstrap
+that fairlearn's ``MetricFrame(n_boot=, ci_quantiles=)`` computes; a group absent from a
+resample is skipped in it, as fairlearn does (fairlearn's own bootstrap costs 45-75 ms
+per resample and feature here, so the same statistic is computed with vectorised sums).
+A disparity's interval folds the Bonferroni intervals of the ``K`` signed pairwise gaps
+it is the worst of (:func:`promptaudit.stats.folded_interval`): it contains 0 (ratio 1)
+exactly when every gap's interval does, where a plain percentile interval of
+``max - min`` (>= 0 in every resample) never would. An interval is reported only when
+the resamples can hold its level (:func:`promptaudit.stats.min_resamples`: 40 for a 95%
+group interval, ``40 K`` for a disparity); otherwise it is ``None`` and a warning names
+the number needed. With many groups the Bonferroni level makes the intervals wide.
 
 Small groups (``count < min_group_size``) are flagged, never dropped; each feature
 with a small group adds a warning naming the disparities that depend on it.
+
+Result layout: ``sensitive_features``, ``positive_label_index``, ``reference_group``,
+``confidence``, ``bootstrap``, ``min_group_size``, ``metrics``, ``by_feature`` (feature ->
+entry; the intersection is one of them, keyed ``"gender & race"``), ``intersection`` (the
+same entry, or ``None``), ``disparities`` / ``disparity_intervals`` / ``worst_feature``
+(worst over the features and the intersection: largest difference, smallest ratio;
+``None`` when any is undefined), ``undefined`` (disparity -> reason) and ``warnings``. An
+entry holds ``feature``, ``reference_group``, ``by_group`` (group -> ``count``, ``small``,
+metrics), ``intervals`` (group -> metric -> ``[lo, hi]``), ``disparities``,
+``disparity_intervals``, ``small_groups``, ``undefined``, ``exact_disparities`` (``[num,
+den]``) and, for the intersection, ``group_values`` (group -> feature -> group).
+
+Counterfactual tuples: rows sharing a tuple id are an original text and its variants
+that differ only in identity terms; the first row in input order is the reference
+(:func:`promptaudit.corpora.make_counterfactuals` puts the original first). Over tuples
+of two or more rows: ``flip_rate``, the share of tuples whose predicted labels are not
+all equal; ``mean_abs_delta``, the mean of ``max - min`` of the score in a tuple;
+``flip_rate_interval``, the percentile bootstrap interval of ``flip_rate`` resampling
+*tuples* (the independent unit). ``by_group[g]``, over the non-reference rows rewritten
+into ``g``: ``count``, ``flip_rate`` (prediction differs from the reference row's) and
+``mean_abs_delta`` (mean ``|score - reference score|``).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import partial
 from typing import Any
@@ -116,6 +117,17 @@ from scipy import sparse
 
 from promptaudit.choices import GROUP_METRICS, LABEL_METRICS
 from promptaudit.errors import InputError
+from promptaudit.stats import (
+    bootstrap_weights,
+    compared_pairs,
+    finite_or_none,
+    folded_interval,
+    min_resamples,
+    percentile_interval,
+    resample_rows,
+    signed_gaps,
+    worst_gap,
+)
 
 __all__ = [
     "ALL_METRICS",
@@ -129,7 +141,6 @@ __all__ = [
     "compute_counterfactual",
     "compute_group_fairness",
     "intersection_names",
-    "min_resamples",
 ]
 
 logger = logging.getLogger(__name__)
@@ -141,17 +152,6 @@ ALL_METRICS = GROUP_METRICS
 BETWEEN_GROUPS = "between_groups"
 #: Joins feature names and group names of the intersection ("female & Black").
 INTERSECTION_SEPARATOR = " & "
-
-#: Disparity name -> whether lower or higher values are fairer.
-DISPARITY_DIRECTIONS = {
-    "demographic_parity_difference": "lower_is_better",
-    "demographic_parity_ratio": "higher_is_better",
-    "equalized_odds_difference": "lower_is_better",
-    "equalized_odds_ratio": "higher_is_better",
-    "equal_opportunity_difference": "lower_is_better",
-    "equal_opportunity_ratio": "higher_is_better",
-    "accuracy_difference": "lower_is_better",
-}
 
 ERR_EMPTY = "y_pred is empty; fairness metrics need at least one prediction"
 ERR_SHAPE = "{name} must be one-dimensional with shape (n,); got shape {shape}"
@@ -188,8 +188,6 @@ ERR_INTERSECTION_NAME = (
 
 # Bootstrap sums per group: resampled weights of these per-row columns.
 _SUMS = ("n", "pred", "true", "tp", "correct", "score")
-# Keep (chunk of resamples) x n weights under this many entries.
-_CHUNK_ENTRIES = 4_000_000
 #: The bootstrap is refused before it starts when its estimated memory
 #: (:func:`bootstrap_bytes`) is over this.
 BOOTSTRAP_BUDGET_BYTES = 2 * 1024**3
@@ -219,6 +217,11 @@ _DISPARITIES = {
     "equal_opportunity_ratio": _Disparity("ratio", ("true_positive_rate",), True),
     "accuracy_difference": _Disparity("difference", ("accuracy",), True),
 }
+#: Disparity name -> whether lower or higher values are fairer.
+DISPARITY_DIRECTIONS = {
+    name: "lower_is_better" if spec.kind == "difference" else "higher_is_better"
+    for name, spec in _DISPARITIES.items()
+}
 
 
 @dataclass(frozen=True)
@@ -233,114 +236,113 @@ class _View:
 
 
 def compute_group_fairness(
-    y_pred: Any,
-    *,
-    sensitive_features: pd.DataFrame,
-    y_true: Any | None = None,
-    y_score: Any | None = None,
-    positive_label_index: int = 1,
-    metrics: Sequence[str] = ALL_METRICS,
-    features: Sequence[str] | None = None,
-    reference_group: str | Mapping[str, str] | None = None,
-    bootstrap: int = 1000,
-    confidence: float = 0.95,
-    min_group_size: int = 30,
-    intersection: bool = True,
-    seed: int = 0,
+    y_pred: Any, *, sensitive_features: pd.DataFrame, y_true: Any | None = None,
+    y_score: Any | None = None, positive_label_index: int = 1, metrics: Sequence[str] = ALL_METRICS,
+    features: Sequence[str] | None = None, reference_group: str | Mapping[str, str] | None = None,
+    bootstrap: int = 1000, confidence: float = 0.95, min_group_size: int = 30,
+    intersection: bool = True, seed: int = 0,
 ) -> dict[str, Any]:
     """Group metrics, disparities and bootstrap intervals per sensitive feature.
 
     Parameters
     ----------
-    y_pred : array-like of int
-        ``(n,)`` predicted label indices.
+    y_pred, y_true, y_score : array-like
+        ``(n,)`` predicted and true label indices, and the predicted probability of the
+        positive label (for ``mean_score``). Without ``y_true`` only ``selection_rate``,
+        ``mean_score`` and the demographic-parity disparities exist.
     sensitive_features : pandas.DataFrame
-        ``(n, n_features)`` one column per sensitive feature; values are groups
-        (compared as ``str``). Missing values are an error.
-    y_true : array-like of int, optional
-        ``(n,)`` true label indices. Without it only ``selection_rate`` and
-        ``mean_score`` are computed, and only demographic-parity disparities.
-    y_score : array-like of float, optional
-        ``(n,)`` predicted probability of the positive label (for ``mean_score``).
+        ``(n, n_features)`` one column per feature; values are groups (as ``str``), none missing.
     positive_label_index : int
         Label index of the favourable outcome; other indices count as negative.
     metrics : sequence of str
-        Group metrics to report, from :data:`ALL_METRICS` (``count`` always is).
-        Metrics whose inputs are missing are skipped with a warning. Disparities
-        do not depend on this choice.
+        Group metrics to report, from :data:`ALL_METRICS` (``count`` always is); those
+        whose inputs are missing are skipped with a warning.
     features : sequence of str, optional
         Columns of ``sensitive_features`` to audit; default all, in column order.
     reference_group : str or mapping, optional
-        ``None`` compares all pairs of groups (``"between_groups"``). A string is
-        the reference group of every feature (it must be a group of each); a
-        mapping ``{feature: group}`` sets it per feature (others: between groups).
-        The intersection uses ``" & ".join`` of the per-feature references when
-        every feature has one and that combination occurs, else between groups.
-    bootstrap : int
-        Number of bootstrap resamples; 0 disables intervals (``None``).
-    confidence : float
-        Coverage of the intervals, in (0, 1).
+        ``None``: all pairs of groups; a group of every feature; or ``{feature: group}``
+        (others: between groups). The intersection joins the features' when all have one.
+    bootstrap, confidence, seed : int, float, int
+        Resamples (0: no intervals), coverage in (0, 1) and seed of the intervals.
     min_group_size : int
         Groups with fewer rows are flagged ``small`` and produce warnings.
     intersection : bool
         Also audit the intersection of all features (when there are two or more).
-    seed : int
-        Seed of the bootstrap generator.
 
     Returns
     -------
     dict
-        ``sensitive_features``, ``positive_label_index``, ``reference_group``,
-        ``confidence``, ``bootstrap``, ``min_group_size``, ``metrics``,
-        ``by_feature`` (feature -> entry; the intersection is one of them, keyed
-        ``"gender & race"``), ``intersection`` (the same entry, or ``None``),
-        ``disparities`` / ``disparity_intervals`` / ``worst_feature`` (worst over the
-        features and the intersection: largest difference, smallest ratio; ``None``
-        when any is undefined), ``undefined`` (disparity -> reason, for the worst
-        values that are undefined) and ``warnings``. An entry holds ``feature``,
-        ``reference_group``, ``by_group`` (group -> ``count``, ``small``, metrics),
-        ``intervals`` (group -> metric -> ``[lo, hi]``), ``disparities``,
-        ``disparity_intervals``, ``small_groups``, ``undefined`` (disparity -> reason)
-        and, for the intersection, ``group_values`` (group -> feature -> group).
+        The ``fairness`` section (layout in the module notes).
 
     Raises
     ------
     InputError
-        Empty input, lengths that differ, a missing column, a missing group value,
-        a feature with one group, an unknown metric, or a bad option.
+        Empty input, lengths that differ, a missing column or group value, a feature
+        with one group, an unknown metric, or a bad option.
 
     Examples
     --------
-    >>> import pandas as pd
-    >>> result = compute_group_fairness(
-    ...     [1, 0, 1, 1], sensitive_features=pd.DataFrame({"g": ["a", "a", "b", "b"]}),
-    ...     bootstrap=0, min_group_size=1)
-    >>> result["disparities"]["demographic_parity_difference"]
+    >>> groups = pd.DataFrame({"g": ["a", "a", "b", "b"]})
+    >>> compute_group_fairness([1, 0, 1, 1], sensitive_features=groups, bootstrap=0)[
+    ...     "disparities"]["demographic_parity_difference"]
     0.5
     """
     _check_options(positive_label_index, bootstrap, confidence, min_group_size)
+    pred, true, score = _predictions(y_pred, y_true, y_score)
+    columns = _sensitive_columns(sensitive_features, features, len(pred))
+    labelled = true is not None
+    selected, notes = _select_metrics(metrics, has_labels=labelled, has_scores=score is not None)
+    views = _checked_views(columns, reference_group, intersection, labelled, bootstrap, confidence)
+    pred_bin = (pred == positive_label_index).astype(np.int64)
+    true_bin = None if true is None else (true == positive_label_index).astype(np.int64)
+    names = [n for n, spec in _DISPARITIES.items() if labelled or not spec.needs_labels]
+    entries, view_warnings = _view_entries(
+        views, pred_bin, true_bin, score, selected=selected, disparity_names=names,
+        bootstrap=bootstrap, confidence=confidence, min_group_size=min_group_size, seed=seed,
+    )
+    by_feature = {entry["feature"]: entry for entry in entries}
+    worst, intervals, worst_feature, undefined = _worst_over_features(by_feature, names, bootstrap)
+    warnings_out = [*notes, *view_warnings]
+    for message in warnings_out:
+        logger.info("fairness: %s", message)
+    return {
+        "sensitive_features": list(columns), "positive_label_index": int(positive_label_index),
+        "reference_group": _reference_summary(reference_group), "confidence": float(confidence),
+        "bootstrap": int(bootstrap), "min_group_size": int(min_group_size),
+        "metrics": list(selected), "by_feature": by_feature,
+        "intersection": entries[len(columns)] if len(entries) > len(columns) else None,
+        "disparities": worst, "disparity_intervals": intervals,
+        "worst_feature": worst_feature, "undefined": undefined, "warnings": warnings_out,
+    }
+
+
+def _predictions(
+    y_pred: Any, y_true: Any | None, y_score: Any | None
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """``(n,)`` predicted labels, true labels and scores, checked (``n`` > 0, one length)."""
     pred = _as_labels(y_pred, "y_pred")
     n = len(pred)
     if n == 0:
         raise InputError(ERR_EMPTY)
     true = None if y_true is None else _as_labels(y_true, "y_true", expected=n)
     score = None if y_score is None else _as_scores(y_score, "y_score", expected=n)
-    columns = _sensitive_columns(sensitive_features, features, n)
-    selected, notes = _select_metrics(
-        metrics, has_labels=true is not None, has_scores=score is not None
-    )
+    return pred, true, score
+
+
+def _checked_views(
+    columns: Mapping[str, np.ndarray], reference_group: str | Mapping[str, str] | None,
+    intersection: bool, labelled: bool, bootstrap: int, confidence: float,
+) -> list[_View]:
+    """One view per feature, and the intersection's when asked for and there are two or more.
+
+    Refuses (:func:`check_fairness_work`) an unknown reference group, an identifier-like
+    feature and a bootstrap over the memory budget, before any work.
+    """
     references = _references(reference_group, columns)
     check_fairness_work(
-        pd.DataFrame(columns),
-        bootstrap=bootstrap,
-        confidence=confidence,
-        has_labels=true is not None,
-        reference_group=references,
-        intersection=intersection,
+        pd.DataFrame(columns), bootstrap=bootstrap, confidence=confidence,
+        has_labels=labelled, reference_group=references, intersection=intersection,
     )
-
-    pred_bin = (pred == positive_label_index).astype(np.int64)
-    true_bin = None if true is None else (true == positive_label_index).astype(np.int64)
     views = [_make_view(name, values, references.get(name)) for name, values in columns.items()]
     if intersection and len(columns) > 1:
         label = INTERSECTION_SEPARATOR.join(columns)
@@ -350,12 +352,17 @@ def compute_group_fairness(
         if all(references.get(name) for name in columns):
             joint_reference = tuple(references[name] for name in columns)
         views.append(_intersection_view(label, columns, joint_reference))
+    return views
 
-    disparity_names = [
-        name for name, spec in _DISPARITIES.items() if true_bin is not None or not spec.needs_labels
-    ]
+
+def _view_entries(
+    views: Sequence[_View], pred_bin: np.ndarray, true_bin: np.ndarray | None,
+    score: np.ndarray | None, *, selected: Sequence[str], disparity_names: Sequence[str],
+    bootstrap: int, confidence: float, min_group_size: int, seed: int,
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """The entry of every view and the warnings; resampled only when it can hold the level."""
     samples = None
-    warnings_out = list(notes)
+    warnings_out = []
     if 0 < bootstrap < min_resamples(confidence):
         warnings_out.append(_too_few_resamples(bootstrap, confidence, "intervals"))
     if bootstrap >= min_resamples(confidence):
@@ -364,10 +371,9 @@ def compute_group_fairness(
         )
     entries = []
     for index, view in enumerate(views):
-        table = _group_table(view, pred_bin, true_bin, score)
         entry, view_warnings = _view_entry(
             view,
-            table,
+            _group_table(view, pred_bin, true_bin, score),
             exact=_exact_rates(view, pred_bin, true_bin),
             selected=selected,
             disparity_names=disparity_names,
@@ -378,37 +384,11 @@ def compute_group_fairness(
         )
         entries.append(entry)
         warnings_out.extend(view_warnings)
-
-    by_feature = {entry["feature"]: entry for entry in entries}
-    worst, worst_intervals, worst_feature, undefined = _worst_over_features(
-        by_feature, disparity_names, bootstrap
-    )
-    for message in warnings_out:
-        logger.info("fairness: %s", message)
-    return {
-        "sensitive_features": list(columns),
-        "positive_label_index": int(positive_label_index),
-        "reference_group": _reference_summary(reference_group),
-        "confidence": float(confidence),
-        "bootstrap": int(bootstrap),
-        "min_group_size": int(min_group_size),
-        "metrics": list(selected),
-        "by_feature": by_feature,
-        "intersection": entries[len(columns)] if len(entries) > len(columns) else None,
-        "disparities": worst,
-        "disparity_intervals": worst_intervals,
-        "worst_feature": worst_feature,
-        "undefined": undefined,
-        "warnings": warnings_out,
-    }
+    return entries, warnings_out
 
 
 def bootstrap_bytes(
-    bootstrap: int,
-    groups: Mapping[str, int],
-    *,
-    confidence: float,
-    has_labels: bool,
+    bootstrap: int, groups: Mapping[str, int], *, confidence: float, has_labels: bool,
     referenced: frozenset[str] | set[str] = frozenset(),
 ) -> int:
     """Estimated peak memory of the group bootstrap, in bytes (a planning figure).
@@ -446,13 +426,8 @@ def bootstrap_bytes(
 
 
 def check_fairness_work(
-    sensitive_features: pd.DataFrame,
-    *,
-    bootstrap: int,
-    confidence: float,
-    has_labels: bool,
-    reference_group: str | Mapping[str, str] | None = None,
-    intersection: bool = True,
+    sensitive_features: pd.DataFrame, *, bootstrap: int, confidence: float, has_labels: bool,
+    reference_group: str | Mapping[str, str] | None = None, intersection: bool = True,
 ) -> None:
     """Refuse, before any work, a sensitive feature that is an identifier or a bootstrap too big.
 
@@ -516,43 +491,16 @@ def check_fairness_work(
 
 
 def compute_counterfactual(
-    tuple_ids: Any,
-    y_pred: Any,
-    y_score: Any | None = None,
-    *,
-    groups: Any | None = None,
-    bootstrap: int = 0,
-    confidence: float = 0.95,
-    seed: int = 0,
+    tuple_ids: Any, y_pred: Any, y_score: Any | None = None, *, groups: Any | None = None,
+    bootstrap: int = 0, confidence: float = 0.95, seed: int = 0,
 ) -> dict[str, Any]:
-    """How predictions change across counterfactual tuples.
-
-    Rows sharing a tuple id form one tuple: an original text and its variants
-    that differ only in identity terms. The **first row of each tuple in input
-    order is its reference** (:func:`promptaudit.corpora.make_counterfactuals` puts
-    the original first). Tuples with a single row are ignored.
-
-    Definitions, over tuples with two or more rows:
-
-    - ``flip_rate``: share of tuples whose predicted labels are not all equal.
-    - ``mean_abs_delta``: mean over tuples of ``max - min`` of ``y_score`` in the tuple.
-    - ``n_tuples``: number of such tuples.
-    - ``flip_rate_interval``: percentile bootstrap interval of ``flip_rate`` over
-      *tuples* (the unit that is independent; rows of a tuple are not): resample
-      ``b`` takes tuples ``numpy.random.default_rng(seed).integers(0, T, size=T)``
-      (drawn in order), the interval is the ``[(1 - confidence) / 2,
-      1 - (1 - confidence) / 2]`` quantiles (``numpy.quantile``, linear) of the
-      resampled flip rates. ``None`` when ``bootstrap`` is 0, when there is no
-      tuple, or when ``bootstrap`` is below :func:`min_resamples` (a warning says so).
-    - ``by_group[g]``, over the non-reference rows whose group is ``g`` (text
-      rewritten *into* ``g``): ``count`` rows, ``flip_rate`` = share whose prediction
-      differs from their tuple's reference row, ``mean_abs_delta`` = mean
-      ``|score - reference score|``.
+    """How predictions change across counterfactual tuples (definitions in the module notes).
 
     Parameters
     ----------
     tuple_ids : array-like
-        ``(n,)`` tuple id per row (any hashable values; missing values are an error).
+        ``(n,)`` tuple id per row (any hashable values; missing values are an error). The
+        first row of each tuple in input order is its reference; single rows are ignored.
     y_pred : array-like of int
         ``(n,)`` predicted label indices.
     y_score : array-like of float, optional
@@ -591,53 +539,70 @@ def compute_counterfactual(
         raise InputError(ERR_TUPLE_MISSING.format(row=int(np.flatnonzero(missing)[0])))
 
     codes, _ = pd.factorize(pd.Series(ids, dtype=object), sort=False)
-    sizes = np.bincount(codes)
-    keep = sizes >= 2
-    first = np.full(len(sizes), n, dtype=np.int64)
-    np.minimum.at(first, codes, np.arange(n))
-    in_tuple = keep[codes]
-    n_tuples = int(keep.sum())
-    if n_tuples < len(sizes):
-        logger.info("counterfactual: ignored %d tuple ids with a single row", len(sizes) - n_tuples)
-
-    pred_min = np.full(len(sizes), np.iinfo(np.int64).max)
-    pred_max = np.full(len(sizes), np.iinfo(np.int64).min)
-    np.minimum.at(pred_min, codes, pred)
-    np.maximum.at(pred_max, codes, pred)
+    keep = np.bincount(codes) >= 2
+    if int(keep.sum()) < len(keep):
+        logger.info("counterfactual: ignored %d tuple ids with a single row", int((~keep).sum()))
+    pred_min, pred_max = _tuple_extremes(codes, pred, len(keep))
     flips = (pred_min != pred_max)[keep]
-    flip_rate = _mean_or_none(flips)
     interval, interval_warnings = _flip_rate_interval(flips, bootstrap, confidence, seed)
     mean_abs_delta = None
     if score is not None:
-        score_min = np.full(len(sizes), np.inf)
-        score_max = np.full(len(sizes), -np.inf)
-        np.minimum.at(score_min, codes, score)
-        np.maximum.at(score_max, codes, score)
+        score_min, score_max = _tuple_extremes(codes, score, len(keep))
         mean_abs_delta = _mean_or_none((score_max - score_min)[keep])
-
-    by_group: dict[str, dict[str, Any]] = {}
+    by_group = {}
     if group_values is not None:
-        reference_row = first[codes]
-        variant = in_tuple & (np.arange(n) != reference_row)
-        names = np.array([str(value) for value in group_values], dtype=object)
-        flipped = pred != pred[reference_row]
-        delta = None if score is None else np.abs(score - score[reference_row])
-        for group in sorted(set(names[variant])):
-            rows = variant & (names == group)
-            by_group[group] = {
-                "flip_rate": _mean_or_none(flipped[rows]),
-                "mean_abs_delta": None if delta is None else _mean_or_none(delta[rows]),
-                "count": int(rows.sum()),
-            }
+        by_group = _counterfactual_by_group(codes, keep, pred, score, group_values)
     return {
-        "flip_rate": flip_rate,
+        "flip_rate": _mean_or_none(flips),
         "flip_rate_interval": interval,
         "confidence": float(confidence),
         "mean_abs_delta": mean_abs_delta,
-        "n_tuples": n_tuples,
+        "n_tuples": int(keep.sum()),
         "by_group": by_group,
         "warnings": interval_warnings,
     }
+
+
+def _tuple_extremes(
+    codes: np.ndarray, values: np.ndarray, n_ids: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(n_ids,)`` smallest and largest of ``values (n,)`` per tuple id ``codes (n,)``."""
+    if values.dtype.kind == "f":
+        low, high = np.full(n_ids, np.inf), np.full(n_ids, -np.inf)
+    else:
+        low = np.full(n_ids, np.iinfo(np.int64).max)
+        high = np.full(n_ids, np.iinfo(np.int64).min)
+    np.minimum.at(low, codes, values)
+    np.maximum.at(high, codes, values)
+    return low, high
+
+
+def _counterfactual_by_group(
+    codes: np.ndarray, keep: np.ndarray, pred: np.ndarray, score: np.ndarray | None,
+    group_values: np.ndarray,
+) -> dict[str, dict[str, Any]]:
+    """Per group, over the rows rewritten into it: flips and score moves against the reference.
+
+    ``codes (n,)`` tuple id per row, ``keep (n_ids,)`` tuples of two or more rows; the
+    reference of a tuple is its first row in input order.
+    """
+    n = len(pred)
+    first = np.full(len(keep), n, dtype=np.int64)
+    np.minimum.at(first, codes, np.arange(n))
+    reference_row = first[codes]
+    variant = keep[codes] & (np.arange(n) != reference_row)
+    names = np.array([str(value) for value in group_values], dtype=object)
+    flipped = pred != pred[reference_row]
+    delta = None if score is None else np.abs(score - score[reference_row])
+    by_group: dict[str, dict[str, Any]] = {}
+    for group in sorted(set(names[variant])):
+        rows = variant & (names == group)
+        by_group[group] = {
+            "flip_rate": _mean_or_none(flipped[rows]),
+            "mean_abs_delta": None if delta is None else _mean_or_none(delta[rows]),
+            "count": int(rows.sum()),
+        }
+    return by_group
 
 
 def _flip_rate_interval(
@@ -648,13 +613,9 @@ def _flip_rate_interval(
         return None, []
     if bootstrap < min_resamples(confidence):
         return None, [_too_few_resamples(bootstrap, confidence, "flip-rate intervals")]
-    rng = np.random.default_rng(seed)
     values = flips.astype(float)
-    means = np.empty(bootstrap)
-    for b in range(bootstrap):
-        means[b] = values[rng.integers(0, len(values), size=len(values))].mean()
-    tail = (1.0 - confidence) / 2
-    low, high = np.quantile(means, [tail, 1 - tail])
+    means = np.array([values[rows].mean() for rows in resample_rows(seed, len(values), bootstrap)])
+    low, high = percentile_interval(means, confidence)
     return [float(low), float(high)], []
 
 
@@ -880,21 +841,6 @@ def _make_view(label: str, values: np.ndarray, reference: str | None) -> _View:
     return _View(label=label, groups=groups, codes=codes, reference=reference)
 
 
-def min_resamples(confidence: float, comparisons: int = 1) -> int:
-    """Fewest bootstrap resamples that can hold a percentile interval's level.
-
-    A two-sided interval over ``comparisons`` Bonferroni-adjusted gaps has tail
-    probability ``t = (1 - confidence) / (2 * comparisons)``; it needs
-    ``bootstrap * t >= 1``, i.e. at least one resample expected beyond each end.
-
-    Examples
-    --------
-    >>> min_resamples(0.95), min_resamples(0.9), min_resamples(0.95, 3)
-    (40, 20, 120)
-    """
-    return math.ceil(round(2 * comparisons / (1.0 - confidence), 9))
-
-
 def _too_few_resamples(bootstrap: int, confidence: float, what: str, needed: int = 0) -> str:
     needed = max(needed, min_resamples(confidence))
     return (
@@ -972,19 +918,13 @@ def _rates_from_sums(sums: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def _bootstrap_group_metrics(
-    views: Sequence[_View],
-    pred_bin: np.ndarray,
-    true_bin: np.ndarray | None,
-    score: np.ndarray | None,
-    *,
-    bootstrap: int,
-    seed: int,
+    views: Sequence[_View], pred_bin: np.ndarray, true_bin: np.ndarray | None,
+    score: np.ndarray | None, *, bootstrap: int, seed: int,
 ) -> list[dict[str, np.ndarray]]:
     """Per view: metric -> ``(bootstrap, G)`` resampled group metrics.
 
-    Resample ``b`` uses rows ``rng.integers(0, n, size=n)`` of
-    ``rng = numpy.random.default_rng(seed)``; group sums are the row multiplicities
-    times per-row columns, computed for a chunk of resamples with one sparse product.
+    The resamples of :func:`promptaudit.stats.bootstrap_weights`; group sums are the
+    row multiplicities times per-row columns, one sparse product per chunk of resamples.
     """
     n = len(pred_bin)
     true_col = np.zeros(n) if true_bin is None else true_bin.astype(float)
@@ -1010,16 +950,7 @@ def _bootstrap_group_metrics(
     cols = np.concatenate([b[1] for b in blocks])
     rows = np.tile(np.arange(n), len(blocks))
     design_t = sparse.csr_matrix((data, (cols, rows)), shape=(offset, n))
-
-    rng = np.random.default_rng(seed)
-    totals = np.empty((bootstrap, offset))
-    chunk = max(1, min(bootstrap, _CHUNK_ENTRIES // n))
-    for start in range(0, bootstrap, chunk):
-        stop = min(bootstrap, start + chunk)
-        weights = np.empty((stop - start, n))
-        for b in range(stop - start):
-            weights[b] = np.bincount(rng.integers(0, n, size=n), minlength=n)
-        totals[start:stop] = (design_t @ weights.T).T
+    totals = bootstrap_weights(lambda weights: (design_t @ weights.T).T, n, bootstrap, seed=seed)
 
     out = []
     for view, start in zip(views, offsets, strict=True):
@@ -1035,40 +966,19 @@ def _bootstrap_group_metrics(
 # ------------------------------------------------------------------- disparities
 
 
-def _pairs(groups: Sequence[str], reference: str | None) -> tuple[np.ndarray, np.ndarray]:
-    """Index arrays ``(i, j)`` of the compared pairs: all ``i < j`` or each group vs reference."""
-    if reference is None:
-        first, second = np.triu_indices(len(groups), k=1)
-        return first, second
-    ref = list(groups).index(reference)
-    others = np.array([g for g in range(len(groups)) if g != ref], dtype=np.int64)
-    return others, np.full(len(others), ref, dtype=np.int64)
-
-
-def _signed_gaps(values: np.ndarray, pairs: tuple[np.ndarray, np.ndarray], kind: str) -> np.ndarray:
-    """``(..., K)`` signed gaps of ``values (..., G)`` over pairs; 0 is parity.
-
-    Difference: ``m_i - m_j``. Ratio: ``m_i / m_j - 1`` if ``m_i <= m_j`` else
-    ``1 - m_j / m_i`` (so ``1 - |gap|`` is the ratio, <= 1); both 0 (0/0) is
-    undefined (NaN), not parity.
-    """
-    a = values[..., pairs[0]]
-    b = values[..., pairs[1]]
-    if kind == "difference":
-        return a - b
-    with np.errstate(divide="ignore", invalid="ignore"):
-        gap = np.where(a <= b, a / b - 1.0, 1.0 - b / a)
-    gap = np.where((a == 0) & (b == 0), np.nan, gap)
-    return np.where(np.isnan(a) | np.isnan(b), np.nan, gap)
+def _pairs(view: _View) -> tuple[np.ndarray, np.ndarray]:
+    """Index arrays ``(i, j)`` of the view's compared pairs: all ``i < j`` or each vs reference."""
+    reference = None if view.reference is None else view.groups.index(view.reference)
+    return compared_pairs(len(view.groups), reference)
 
 
 def _undefined_reason(
     rates: Mapping[str, np.ndarray], view: _View, spec: _Disparity
 ) -> str | None:
     """Why a disparity is undefined (a metric with no defined comparison), else None."""
-    pairs = _pairs(view.groups, view.reference)
+    pairs = _pairs(view)
     for metric in spec.metrics:
-        gaps = _signed_gaps(rates[metric], pairs, spec.kind)
+        gaps = signed_gaps(rates[metric], pairs, spec.kind)
         if gaps.size and not np.all(np.isnan(gaps)):
             continue
         values = rates[metric]
@@ -1084,57 +994,17 @@ def _undefined_reason(
 
 def _disparity_gaps(rates: Mapping[str, np.ndarray], view: _View, spec: _Disparity) -> np.ndarray:
     """``(..., K)`` signed gaps of all metrics of a disparity, pairs concatenated."""
-    pairs = _pairs(view.groups, view.reference)
-    return np.concatenate([_signed_gaps(rates[m], pairs, spec.kind) for m in spec.metrics], axis=-1)
-
-
-def _fold(gaps: np.ndarray, kind: str) -> float:
-    """Worst absolute gap as a disparity value (NaN when no gap is defined)."""
-    defined = gaps[~np.isnan(gaps)]
-    if defined.size == 0:
-        return math.nan
-    worst = float(np.max(np.abs(defined)))
-    return worst if kind == "difference" else 1.0 - worst
-
-
-def _fold_interval(
-    point_gaps: np.ndarray, sampled_gaps: np.ndarray, kind: str, confidence: float
-) -> list[float] | None:
-    """Disparity interval from pairwise signed percentile intervals (Bonferroni), folded.
-
-    ``None`` when no gap is usable or when the resamples are too few for the
-    Bonferroni level (:func:`min_resamples`).
-    """
-    usable = ~np.isnan(point_gaps) & ~np.all(np.isnan(sampled_gaps), axis=0)
-    if not usable.any():
-        return None
-    if len(sampled_gaps) < min_resamples(confidence, int(usable.sum())):
-        return None
-    alpha = (1.0 - confidence) / int(usable.sum())
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        low, high = np.nanquantile(sampled_gaps[:, usable], [alpha / 2, 1 - alpha / 2], axis=0)
-    near = np.where((low <= 0) & (high >= 0), 0.0, np.minimum(np.abs(low), np.abs(high)))
-    far = np.maximum(np.abs(low), np.abs(high))
-    if kind == "difference":
-        return [float(np.max(near)), float(np.max(far))]
-    return [1.0 - float(np.max(far)), 1.0 - float(np.max(near))]
+    pairs = _pairs(view)
+    return np.concatenate([signed_gaps(rates[m], pairs, spec.kind) for m in spec.metrics], axis=-1)
 
 
 # ------------------------------------------------------------------- assembling
 
 
 def _view_entry(
-    view: _View,
-    table: pd.DataFrame,
-    *,
-    selected: Sequence[str],
-    disparity_names: Sequence[str],
-    samples: Mapping[str, np.ndarray] | None,
-    confidence: float,
-    min_group_size: int,
-    bootstrap: int = 0,
-    exact: Mapping[str, list[Fraction | None]] | None = None,
+    view: _View, table: pd.DataFrame, *, selected: Sequence[str], disparity_names: Sequence[str],
+    samples: Mapping[str, np.ndarray] | None, confidence: float, min_group_size: int,
+    bootstrap: int = 0, exact: Mapping[str, list[Fraction | None]] | None = None,
 ) -> tuple[dict[str, Any], list[str]]:
     """The JSON entry of one feature (or the intersection) and its warnings.
 
@@ -1146,75 +1016,28 @@ def _view_entry(
     by_group: dict[str, dict[str, Any]] = {}
     for g, group in enumerate(view.groups):
         row: dict[str, Any] = {"count": int(counts[g]), "small": bool(small[g])}
-        row.update({m: _clean(table.at[group, m]) for m in selected})
+        row.update({m: finite_or_none(table.at[group, m]) for m in selected})
         by_group[group] = row
-
     point_rates = {m: table[m].to_numpy(dtype=float) for m in table.columns if m != "count"}
-    disparities: dict[str, float | None] = {}
-    disparity_intervals: dict[str, list[float] | None] | None = None if samples is None else {}
-    dependent: list[str] = []
-    undefined: dict[str, str] = {}
-    short: dict[str, int] = {}
-    for name in disparity_names:
-        spec = _DISPARITIES[name]
-        gaps = _disparity_gaps(point_rates, view, spec)
-        reason = _undefined_reason(point_rates, view, spec)
-        if reason is not None:
-            undefined[name] = reason
-        disparities[name] = None if reason is not None else _clean(_fold(gaps, spec.kind))
-        if disparity_intervals is not None and samples is not None:
-            defined = int((~np.isnan(gaps)).sum())
-            if reason is None and defined and bootstrap < min_resamples(confidence, defined):
-                # too few resamples for this many comparisons: never resample the gaps
-                # (a unique-id-like feature would need bootstrap x G^2 / 2 of them)
-                short[name] = min_resamples(confidence, defined)
-                disparity_intervals[name] = None
-                if _uses_small_group(point_rates, view, spec, small):
-                    dependent.append(name)
-                continue
-            sampled = _disparity_gaps(samples, view, spec)
-            interval = None
-            if reason is None:
-                interval = _fold_interval(gaps, sampled, spec.kind, confidence)
-                usable = int((~np.isnan(gaps) & ~np.all(np.isnan(sampled), axis=0)).sum())
-                if interval is None and usable and len(sampled) < min_resamples(
-                    confidence, usable
-                ):
-                    short[name] = min_resamples(confidence, usable)
-            disparity_intervals[name] = None if interval is None else [_clean(v) for v in interval]
-        if _uses_small_group(point_rates, view, spec, small):
-            dependent.append(name)
-
-    intervals = None
-    if samples is not None:
-        intervals = _group_intervals(view, samples, selected, confidence)
-    warnings_out = _view_warnings(view, table, small, dependent, min_group_size)
-    for name, reason in undefined.items():
-        warnings_out.append(
-            f"{view.label}: {name} is undefined (null): {reason}; it is not parity, and a "
-            "gate on it fails"
-        )
-    if short:
-        listed = ", ".join(short)
-        warnings_out.append(
-            f"{view.label}: no interval for {listed}: "
-            + _too_few_resamples(
-                bootstrap, confidence, "intervals over this many group comparisons",
-                max(short.values()),
-            )
-        )
+    found = _view_disparities(
+        view, point_rates, small, disparity_names, samples, bootstrap, confidence
+    )
+    warnings_out = _view_warnings(view, table, small, found.dependent, min_group_size)
+    warnings_out += _disparity_warnings(view, found, bootstrap, confidence)
     entry = {
         "feature": view.label,
         "reference_group": view.reference or BETWEEN_GROUPS,
         "by_group": by_group,
-        "intervals": intervals,
-        "disparities": disparities,
-        "disparity_intervals": disparity_intervals,
+        "intervals": (
+            None if samples is None else _group_intervals(view, samples, selected, confidence)
+        ),
+        "disparities": found.values,
+        "disparity_intervals": found.intervals,
         "small_groups": [g for g, flag in zip(view.groups, small, strict=True) if flag],
-        "undefined": undefined,
+        "undefined": found.undefined,
         "exact_disparities": {
             name: _exact_disparity(exact, view, _DISPARITIES[name])
-            if exact is not None and disparities[name] is not None
+            if exact is not None and found.values[name] is not None
             else None
             for name in disparity_names
         },
@@ -1222,6 +1045,83 @@ def _view_entry(
     if view.parts is not None:
         entry["group_values"] = {name: dict(parts) for name, parts in view.parts.items()}
     return entry, warnings_out
+
+
+@dataclass
+class _Findings:
+    """The disparities of one view: values, intervals and what the warnings need."""
+
+    values: dict[str, float | None] = field(default_factory=dict)
+    intervals: dict[str, list[float] | None] | None = None
+    undefined: dict[str, str] = field(default_factory=dict)  # disparity -> reason
+    dependent: list[str] = field(default_factory=list)  # disparities using a small group
+    short: dict[str, int] = field(default_factory=dict)  # disparity -> resamples needed
+
+
+def _view_disparities(
+    view: _View, point_rates: Mapping[str, np.ndarray], small: np.ndarray,
+    disparity_names: Sequence[str], samples: Mapping[str, np.ndarray] | None, bootstrap: int,
+    confidence: float,
+) -> _Findings:
+    """Each disparity's value (None when undefined) and, with ``samples``, its interval."""
+    found = _Findings(intervals=None if samples is None else {})
+    for name in disparity_names:
+        spec = _DISPARITIES[name]
+        gaps = _disparity_gaps(point_rates, view, spec)
+        reason = _undefined_reason(point_rates, view, spec)
+        if reason is not None:
+            found.undefined[name] = reason
+        found.values[name] = None if reason is not None else finite_or_none(
+            worst_gap(gaps, spec.kind)
+        )
+        if found.intervals is not None and samples is not None:
+            interval, needed = (None, None) if reason is not None else _disparity_interval(
+                gaps, samples, view, spec, bootstrap, confidence
+            )
+            found.intervals[name] = interval
+            if needed:
+                found.short[name] = needed
+        if _uses_small_group(point_rates, view, spec, small):
+            found.dependent.append(name)
+    return found
+
+
+def _disparity_interval(
+    gaps: np.ndarray, samples: Mapping[str, np.ndarray], view: _View, spec: _Disparity,
+    bootstrap: int, confidence: float,
+) -> tuple[list[float | None] | None, int | None]:
+    """A defined disparity's folded interval, and the resamples needed when they are too few.
+
+    Too few resamples for the number of compared gaps: the gaps are never resampled
+    (a unique-id-like feature would need bootstrap x G^2 / 2 of them). Otherwise they are
+    enough for the usable gaps too, which are some of the defined ones.
+    """
+    defined = int((~np.isnan(gaps)).sum())
+    if defined and bootstrap < min_resamples(confidence, defined):
+        return None, min_resamples(confidence, defined)
+    interval = folded_interval(gaps, _disparity_gaps(samples, view, spec), spec.kind, confidence)
+    return (None if interval is None else [finite_or_none(v) for v in interval]), None
+
+
+def _disparity_warnings(
+    view: _View, found: _Findings, bootstrap: int, confidence: float
+) -> list[str]:
+    """Undefined disparities, and those without an interval for too few resamples."""
+    out = [
+        f"{view.label}: {name} is undefined (null): {reason}; it is not parity, and a "
+        "gate on it fails"
+        for name, reason in found.undefined.items()
+    ]
+    if found.short:
+        listed = ", ".join(found.short)
+        out.append(
+            f"{view.label}: no interval for {listed}: "
+            + _too_few_resamples(
+                bootstrap, confidence, "intervals over this many group comparisons",
+                max(found.short.values()),
+            )
+        )
+    return out
 
 
 def _exact_rates(
@@ -1262,13 +1162,13 @@ def _exact_rates(
 def _exact_disparity(
     exact: Mapping[str, list[Fraction | None]], view: _View, spec: _Disparity
 ) -> list[int] | None:
-    """A disparity's point value as ``[numerator, denominator]``: :func:`_fold` in fractions.
+    """A disparity's point value as ``[numerator, denominator]``: ``worst_gap`` in fractions.
 
     The same pairs as the float value (all pairs, or each group against the
     reference); a ratio pair whose rates are both 0 is undefined and left out.
     None when a metric has no defined pair.
     """
-    first, second = _pairs(view.groups, view.reference) if view.reference else ((), ())
+    first, second = _pairs(view) if view.reference else ((), ())
     worst: Fraction | None = None
     for metric in spec.metrics:
         rates = exact.get(metric)
@@ -1303,14 +1203,11 @@ def _exact_disparity(
 def _group_intervals(
     view: _View, samples: Mapping[str, np.ndarray], selected: Sequence[str], confidence: float
 ) -> dict[str, dict[str, list[float] | None]]:
-    tail = (1.0 - confidence) / 2
     out: dict[str, dict[str, list[float] | None]] = {group: {} for group in view.groups}
     for metric in selected:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            low, high = np.nanquantile(samples[metric], [tail, 1 - tail], axis=0)
+        low, high = percentile_interval(samples[metric], confidence, axis=0)
         for g, group in enumerate(view.groups):
-            pair = [_clean(low[g]), _clean(high[g])]
+            pair = [finite_or_none(low[g]), finite_or_none(high[g])]
             out[group][metric] = None if None in pair else pair
     return out
 
@@ -1319,9 +1216,9 @@ def _uses_small_group(
     rates: Mapping[str, np.ndarray], view: _View, spec: _Disparity, small: np.ndarray
 ) -> bool:
     """Whether a small group enters a defined comparison of the disparity."""
-    first, second = _pairs(view.groups, view.reference)
+    first, second = _pairs(view)
     for metric in spec.metrics:
-        gaps = _signed_gaps(rates[metric], (first, second), spec.kind)
+        gaps = signed_gaps(rates[metric], (first, second), spec.kind)
         defined = ~np.isnan(gaps)
         if np.any(defined & (small[first] | small[second])):
             return True
@@ -1329,10 +1226,7 @@ def _uses_small_group(
 
 
 def _view_warnings(
-    view: _View,
-    table: pd.DataFrame,
-    small: np.ndarray,
-    dependent: Sequence[str],
+    view: _View, table: pd.DataFrame, small: np.ndarray, dependent: Sequence[str],
     min_group_size: int,
 ) -> list[str]:
     out = []
@@ -1361,7 +1255,7 @@ def _view_warnings(
 
 
 def _worst_over_features(
-    by_feature: Mapping[str, Mapping[str, Any]], disparity_names: Sequence[str], bootstrap: int
+    by_feature: Mapping[str, Mapping[str, Any]], disparity_names: Sequence[str], bootstrap: int,
 ) -> tuple[
     dict[str, float | None],
     dict[str, list[float] | None] | None,
@@ -1400,14 +1294,6 @@ def _worst_over_features(
         )
         intervals[name] = None if entry_intervals is None else entry_intervals[name]
     return worst, (intervals if bootstrap > 0 else None), features, undefined
-
-
-def _clean(value: Any) -> float | None:
-    """A JSON-able float; NaN and infinities become None."""
-    if value is None:
-        return None
-    number = float(value)
-    return number if math.isfinite(number) else None
 
 
 def _mean_or_none(values: np.ndarray) -> float | None:

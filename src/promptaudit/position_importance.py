@@ -3,7 +3,7 @@
 For each virtual token ``i``, the soft prompt with row ``i`` alone replaced by a
 **neutral embedding** predicts the same rows again; the position's importance
 is the share of decisions (argmax labels) that change, with a 95% Wilson score
-interval (:func:`promptaudit.intervals.wilson_interval`).
+interval (:func:`promptaudit.stats.wilson_interval`).
 
 The neutral embedding is the **mean word embedding** of the filtered vocabulary
 (:func:`promptaudit.projection.vocabulary_mask`: no special, unused or padding
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from promptaudit.errors import InputError
-from promptaudit.intervals import wilson_interval
+from promptaudit.stats import wilson_interval
 
 __all__ = [
     "neutral_embedding",

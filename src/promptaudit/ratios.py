@@ -20,7 +20,7 @@ import math
 from fractions import Fraction
 from numbers import Rational
 
-__all__ = ["exact_threshold", "rate", "rate_ratio", "ratio_at_least", "meets"]
+__all__ = ["exact_threshold", "rate_ratio", "ratio_at_least"]
 
 
 def exact_threshold(value: float | int | Fraction | str) -> Fraction:
@@ -44,11 +44,6 @@ def exact_threshold(value: float | int | Fraction | str) -> Fraction:
     if not math.isfinite(number):
         raise ValueError(f"threshold {value!r} is not a finite number")
     return Fraction(repr(number))
-
-
-def rate(selected: int, n: int) -> Fraction | None:
-    """``selected / n`` exactly; None when ``n`` is 0 (an empty group has no rate)."""
-    return None if n == 0 else Fraction(int(selected), int(n))
 
 
 def rate_ratio(s1: int, n1: int, s2: int, n2: int) -> Fraction | None:
@@ -79,13 +74,3 @@ def ratio_at_least(s1: int, n1: int, s2: int, n2: int, threshold) -> bool:
         raise ValueError(f"ratio ({s1}/{n1}) / ({s2}/{n2}) is undefined")
     t = exact_threshold(threshold)
     return int(s1) * int(n2) * t.denominator >= t.numerator * int(s2) * int(n1)
-
-
-def meets(value: Fraction, op: str, threshold) -> bool:
-    """``value >= threshold`` (``op`` ``">="``) or ``value <= threshold`` (``"<="``), exactly."""
-    t = exact_threshold(threshold)
-    if op == ">=":
-        return value >= t
-    if op == "<=":
-        return value <= t
-    raise ValueError(f"op {op!r}: allowed: >=, <=")

@@ -83,8 +83,8 @@ import numpy as np
 import torch
 
 from promptaudit.errors import InputError
-from promptaudit.intervals import wilson_interval
 from promptaudit.projection import NO_PROMPT_MESSAGE, NO_TEXTS_MESSAGE, vocabulary_mask
+from promptaudit.stats import wilson_interval
 
 __all__ = [
     "TranslateSettings",

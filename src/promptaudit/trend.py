@@ -19,8 +19,8 @@ Rules:
   periods that do not overlap. Anything else is refused with an
   :class:`~promptaudit.errors.InputError` naming the file.
 - Rate intervals: Wilson score interval. Impact-ratio intervals: Katz log interval of a
-  ratio of two proportions, ``exp(ln IR +- z sqrt(1/x_g - 1/n_g + 1/x_b - 1/n_b))``;
-  ``null`` when either count selected is 0 (the log is undefined) and for the reference.
+  ratio of two proportions (:func:`promptaudit.stats.katz_interval`); ``null`` when
+  either count selected is 0 (the log is undefined) and for the reference.
 - A category absent from a period, excluded there (under ``exclude_below``) or with an
   undefined impact ratio is not compared across that period boundary.
 """
@@ -28,22 +28,13 @@ Rules:
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from promptaudit.errors import InputError
-from promptaudit.intervals import wilson_interval
+from promptaudit.stats import katz_interval, two_sided_z, wilson_interval
 
-__all__ = [
-    "FLAG_KINDS",
-    "compute_trend",
-    "wilson_interval",
-    "katz_interval",
-]
-
-#: Kinds of flag, in the order they are reported.
-FLAG_KINDS = ("crossed_below", "crossed_above", "moved")
+__all__ = ["compute_trend"]
 
 ERROR_FEW = "trend: give at least two result files (one per audit period); got {n}"
 ERROR_NO_BIAS_AUDIT = (
@@ -71,28 +62,9 @@ ERROR_OVERLAP = (
 ERROR_ALERT = "--drift-alert: {value!r} is not allowed; allowed: 0 < value < 1 (e.g. 0.05)"
 
 
-def katz_interval(x_g: int, n_g: int, x_b: int, n_b: int, z: float
-                  ) -> tuple[float, float] | None:
-    """Katz log interval of ``(x_g/n_g) / (x_b/n_b)``; ``None`` when a count selected is 0.
-
-    Examples
-    --------
-    >>> [round(x, 4) for x in katz_interval(20, 100, 40, 100, 1.959964)]
-    [0.3158, 0.7918]
-    """
-    if x_g <= 0 or x_b <= 0 or n_g <= 0 or n_b <= 0:
-        return None
-    ratio = (x_g / n_g) / (x_b / n_b)
-    se = math.sqrt(1 / x_g - 1 / n_g + 1 / x_b - 1 / n_b)
-    return ratio * math.exp(-z * se), ratio * math.exp(z * se)
-
-
 def compute_trend(
-    results: Sequence[Mapping[str, Any]],
-    *,
-    sources: Sequence[str] | None = None,
-    drift_alert: float = 0.05,
-    confidence: float = 0.95,
+    results: Sequence[Mapping[str, Any]], *, sources: Sequence[str] | None = None,
+    drift_alert: float = 0.05, confidence: float = 0.95,
 ) -> dict[str, Any]:
     """Rates and impact ratios per category over audit periods, with flags.
 
@@ -124,9 +96,6 @@ def compute_trend(
         Fewer than two results, a result without a bias audit or period, results of
         different audits or measured unlike, overlapping periods, a bad ``drift_alert``.
     """
-    from scipy.stats import norm
-
-
     if not isinstance(drift_alert, int | float) or not 0 < drift_alert < 1:
         raise InputError(ERROR_ALERT.format(value=drift_alert))
     if len(results) < 2:
@@ -136,38 +105,15 @@ def compute_trend(
     entries = [(_period(result, source), source, result)
                for result, source in zip(results, names, strict=True)]
     entries.sort(key=lambda entry: entry[0])
-    first_period, first_source, first = entries[0]
     _check_alike(entries)
-    for (start, end), source, _ in entries[1:]:
-        for (other_start, other_end), other_source, _ in entries:
-            if other_source is source:
-                break
-            if start <= other_end and other_start <= end:
-                raise InputError(ERROR_OVERLAP.format(
-                    source=source, period=f"{start} to {end}", other_source=other_source,
-                    other=f"{other_start} to {other_end}"))
-    z = float(norm.ppf(0.5 + confidence / 2))
+    _check_no_overlap(entries)
+    z = two_sided_z(confidence)
+    first = entries[0][2]
     audit = first["bias_audit"]
     threshold = float(audit["threshold"])
-    periods = []
-    tables: dict[str, dict[str, list[dict | None]]] = {}
-    for index, ((start, end), source, result) in enumerate(entries):
-        periods.append({
-            "label": f"{start} to {end}",
-            "data_start": start,
-            "data_end": end,
-            "source": source,
-            "n_rows": result["bias_audit"].get("n_rows"),
-            "signed": "hmac_sha256" in (result.get("integrity") or {}),
-        })
-        for name, table in (result["bias_audit"].get("tables") or {}).items():
-            series = tables.setdefault(str(name), {})
-            for row in table.get("rows") or []:
-                points = series.setdefault(str(row["group"]), [None] * len(entries))
-                points[index] = _point(row, table, z)
-    for series in tables.values():
-        for points in series.values():
-            points.extend([None] * (len(entries) - len(points)))
+    periods = [_period_entry(start, end, source, result)
+               for (start, end), source, result in entries]
+    tables = _series(entries, z)
     flags = _flags(tables, periods, threshold=threshold, drift_alert=float(drift_alert))
     return {
         "audit": (first.get("audit") or {}).get("name"),
@@ -180,6 +126,45 @@ def compute_trend(
         "flags": flags,
         "flagged": bool(flags),
     }
+
+
+def _check_no_overlap(entries: list[tuple[tuple[str, str], str, Mapping[str, Any]]]) -> None:
+    """Refuse a period (``entries`` sorted by start) that overlaps an earlier one."""
+    for (start, end), source, _ in entries[1:]:
+        for (other_start, other_end), other_source, _ in entries:
+            if other_source is source:
+                break
+            if start <= other_end and other_start <= end:
+                raise InputError(ERROR_OVERLAP.format(
+                    source=source, period=f"{start} to {end}", other_source=other_source,
+                    other=f"{other_start} to {other_end}"))
+
+
+def _period_entry(start: str, end: str, source: str, result: Mapping[str, Any]) -> dict:
+    return {
+        "label": f"{start} to {end}",
+        "data_start": start,
+        "data_end": end,
+        "source": source,
+        "n_rows": result["bias_audit"].get("n_rows"),
+        "signed": "hmac_sha256" in (result.get("integrity") or {}),
+    }
+
+
+def _series(entries: list[tuple[tuple[str, str], str, Mapping[str, Any]]], z: float
+            ) -> dict[str, dict[str, list[dict | None]]]:
+    """Table -> category -> one point per period (None where the category is absent)."""
+    tables: dict[str, dict[str, list[dict | None]]] = {}
+    for index, (_, _, result) in enumerate(entries):
+        for name, table in (result["bias_audit"].get("tables") or {}).items():
+            series = tables.setdefault(str(name), {})
+            for row in table.get("rows") or []:
+                points = series.setdefault(str(row["group"]), [None] * len(entries))
+                points[index] = _point(row, table, z)
+    for series in tables.values():
+        for points in series.values():
+            points.extend([None] * (len(entries) - len(points)))
+    return tables
 
 
 # ----------------------------------------------------------------------- helpers
