@@ -26,7 +26,6 @@ from promptaudit.report._common import (
     as_float,
     as_result,
     competence_sentence,
-    escape_markdown,
     fidelity_sentence,
     fmt_interval,
     fmt_num,
@@ -37,6 +36,7 @@ from promptaudit.report._common import (
     trust_reason,
     verdict_sentence,
 )
+from promptaudit.report.escape import escape_markdown
 
 __all__ = [
     "BEGIN_MARKER",
