@@ -968,8 +968,9 @@ def mitigate(
     from promptaudit.atomic import check_output_dir
     bars = _configure_progress(quiet)
     from promptaudit.data import encode_labels, infer_labels
-    from promptaudit.mitigation import MitigationSettings, mitigate_prompt, tradeoff_markdown
+    from promptaudit.mitigation import MitigationSettings, mitigate_prompt
     from promptaudit.paths import plan_mitigate
+    from promptaudit.report.comparison import tradeoff_markdown
 
     # Before any work: --out is a folder of its own, holding no input and inside none.
     plan_mitigate(

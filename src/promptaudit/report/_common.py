@@ -30,6 +30,7 @@ from promptaudit.results import AuditResult
 __all__ = [
     "as_result",
     "NA",
+    "BOUND_WORDS",
     "DISPARITY_LABELS",
     "GROUP_METRIC_LABELS",
     "as_float",
@@ -61,6 +62,10 @@ __all__ = [
     "disparity_label",
     "short_text",
 ]
+
+#: A gate's ``bound`` (which number it checked) in words.
+BOUND_WORDS = {"point": "point estimate", "lower": "lower interval bound",
+               "upper": "upper interval bound"}
 
 #: Disparity key -> human label, in display order.
 DISPARITY_LABELS: dict[str, str] = {

@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 from promptaudit.report import figures
 from promptaudit.report._bias_audit import bias_audit_view
 from promptaudit.report._common import (
+    BOUND_WORDS,
     DISPARITY_LABELS,
     GROUP_METRIC_LABELS,
     NA,
@@ -199,12 +200,6 @@ GLOSSARY: dict[str, str] = {
     ),
 }
 
-_GATE_BOUNDS = {
-    "point": "point estimate",
-    "lower": "lower interval bound",
-    "upper": "upper interval bound",
-}
-
 _BASELINE_LABELS = {
     "soft_prompt": "Tuned soft prompt",
     "projected_prompt": "Nearest words as a text prompt",
@@ -377,7 +372,7 @@ def _gates(result: AuditResult) -> list[dict[str, Any]]:
             "op": str(gate.op or NA),
             "threshold": fmt_threshold(gate.threshold),
             "value": fmt_num(gate.value),
-            "bound": _GATE_BOUNDS.get(str(gate.bound), str(gate.bound or NA)),
+            "bound": BOUND_WORDS.get(str(gate.bound), str(gate.bound or NA)),
             "passed": passed,
             "status": gate_status(gate),
             "interval": fmt_interval(gate.interval),

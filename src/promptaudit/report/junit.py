@@ -12,6 +12,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 
 from promptaudit.report._common import (
+    BOUND_WORDS,
     NA,
     as_result,
     fmt_num,
@@ -25,8 +26,6 @@ from promptaudit.results import AuditResult
 
 __all__ = ["render_junit"]
 
-_BOUNDS = {"point": "point estimate", "lower": "lower interval bound",
-           "upper": "upper interval bound"}
 
 
 def render_junit(result: AuditResult | dict) -> str:
@@ -121,7 +120,7 @@ def _properties(suite: ET.Element, result: AuditResult) -> None:
 def _failure_message(gate: GateResult) -> str:
     metric = gate_name(gate).rsplit(" ", 2)[0]
     value = fmt_num(gate.value)
-    bound = _BOUNDS.get(str(gate.bound or "point"), str(gate.bound))
+    bound = BOUND_WORDS.get(str(gate.bound or "point"), str(gate.bound))
     rule = f"{gate.op or '?'} {fmt_threshold(gate.threshold)}"
     if value == NA:
         return f"{metric} is not computable (n/a); the gate requires {rule}"

@@ -1,8 +1,9 @@
 """Render the audit result as a short Markdown summary for a PR comment or CI step summary.
 
-Every value the template prints passes through :func:`escape_markdown` (the
-environment's ``finalize`` hook), so text from the result (names, groups, messages)
-never becomes Markdown or HTML markup; the markup itself lives in ``summary.md``.
+Every value the template prints passes through
+:func:`~promptaudit.report.escape.escape_markdown` (the environment's ``finalize`` hook),
+so text from the result (names, groups, messages) never becomes Markdown or HTML markup;
+the markup itself lives in ``summary.md``.
 """
 
 from __future__ import annotations
