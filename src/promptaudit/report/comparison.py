@@ -26,6 +26,7 @@ __all__ = [
     "fmt_or_undefined",
     "mitigation_view",
     "tradeoff_markdown",
+    "tradeoff_table",
 ]
 
 
