@@ -27,6 +27,13 @@ from promptaudit.report import (
     write_reports,
 )
 from promptaudit.report import html as report_html
+from promptaudit.report.escape import (
+    Verbatim,
+    display_token,
+    escape_controls,
+    markdown_finalize,
+    strip_xml_invalid,
+)
 
 FIXTURE = Path(__file__).parent / "fixtures" / "sample_result.json"
 # An external resource reference: src/href/... pointing at a scheme or a
@@ -481,6 +488,82 @@ def test_escape_markdown():
     assert escape_markdown("<b>&amp;</b>") == "&lt;b&gt;&amp;amp;&lt;/b&gt;"
     assert escape_markdown("$x$ ~~y~~ \\") == "\\$x\\$ \\~\\~y\\~\\~ \\\\"
     assert escape_markdown(None) == "n/a"
+    assert escape_markdown(Verbatim("a_b")) == "a\\_b"  # escaping is the finalize's choice
+    assert markdown_finalize(Verbatim("a_b [x]")) == "a_b [x]"
+    assert markdown_finalize("a_b") == "a\\_b"
+
+
+def test_the_three_control_character_sets():
+    """One C0 core; Markdown drops DEL too, XML surrogates, the terminal C1 and bidi marks."""
+    core = "".join(map(chr, [*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20)]))
+    kept = "\t\n"
+    assert escape_markdown(core + "\x7fa\tb") == "a\tb"
+    assert escape_markdown("a\rb") == "a b"  # a carriage return is a line break there
+    assert strip_xml_invalid(core + "\ud800\ufffe\uffffa" + kept + "\x7f") == "a" + kept + "\x7f"
+    shown = escape_controls("\x1b[31m\r\x85\u202e" + kept)
+    assert shown == "\\x1b[31m\\x0d\\x85\\u202e" + kept
+    assert escape_controls("a\nb\rc", keep_newlines=False) == "a\\nb\\rc"
+    assert all(f"\\x{ord(c):02x}" in escape_controls(c) for c in core)
+
+
+def test_display_token_reads_pieces_markers_and_display_forms():
+    assert display_token("##ing") == "\u2026ing"
+    assert display_token("##") == "##"  # a bare marker is a token of its own
+    assert display_token("\u0120movie") == "movie"
+    assert display_token("\u2581film") == "film"
+    assert display_token("\u0120") == "\u0120"
+    assert display_token("raw", " shown ") == "shown"  # the projection's display form wins
+    assert display_token("##s", "s") == "\u2026s"
+    assert display_token(None) == ""
+
+
+def test_the_tradeoff_table_is_one_table_in_two_lengths():
+    from promptaudit.report.comparison import tradeoff_markdown, tradeoff_table
+
+    rows = [
+        {"weight": None, "accuracy": 0.9, "accuracy_change": 0.0, "dp_ratio": 0.7,
+         "flip_rate": 0.1, "mean_abs_delta": 0.2, "within_budget": True, "pareto": None,
+         "chosen": False},
+        {"weight": 10, "accuracy": 0.88, "accuracy_change": -0.02, "dp_ratio": None,
+         "flip_rate": 0.05, "mean_abs_delta": 0.1, "within_budget": True, "pareto": True,
+         "chosen": True},
+    ]
+    assert tradeoff_markdown(rows, 0.05).splitlines() == [
+        "Validation accuracy budget: at most 0.05 below the original.",
+        "",
+        "| weight | accuracy | change | DP ratio (swapped) | flip rate | mean abs delta "
+        "| within budget | Pareto | chosen |",
+        "|---|---|---|---|---|---|---|---|---|",
+        "| original | 0.9000 | +0.0000 | 0.7000 | 0.1000 | 0.2000 | yes | - |  |",
+        "| 10 | 0.8800 | -0.0200 | undefined | 0.0500 | 0.1000 | yes | yes | yes |",
+    ]
+    short = tradeoff_table(rows, detailed=False)
+    assert short["headers"] == ["weight", "val. accuracy", "DP ratio (swapped)", "flip rate",
+                                "mean abs delta", "within budget", "chosen"]
+    assert short["rows"][1] == ["10", "0.8800", "undefined", "0.0500", "0.1000", "yes", "yes"]
+
+
+def test_comparison_html_escapes_user_text_by_autoescape():
+    from promptaudit.report.comparison import comparison_html, comparison_markdown
+
+    evil = "<script>alert('x')</script> **b** |"
+    comparison = {
+        "before": {"name": evil, "prompt": "p", "passed": True},
+        "after": {"name": "after", "prompt": None, "passed": False},
+        "max_regression": None, "differences": [evil],
+        "metrics": [{"metric": "accuracy_over_baseline", "direction": "higher", "before": 0.5,
+                     "after": 0.25, "after_interval": [0.1, 0.3], "change": -0.25,
+                     "regressed": False, "verdict": "worse", "differences": [evil]}],
+        "gates": {"before": [], "after": []},
+    }
+    page = comparison_html(comparison)
+    assert "<script>" not in page and "&lt;script&gt;" in page
+    assert "title='&lt;script&gt;alert(&#39;x&#39;)" in page  # the attribute stays closed
+    assert "(prompt None), gates failed" in page
+    markdown = comparison_markdown(comparison)
+    assert "&lt;script&gt;alert('x')&lt;/script&gt; \\*\\*b\\*\\* \\|" in markdown
+    assert "| accuracy_over_baseline † | higher | 0.5000 | 0.2500 | [0.1000, 0.3000] |" in markdown
+    assert "(prompt n/a), gates failed" in markdown
 
 
 # -------------------------------------------------------------------------- JUnit

@@ -12,7 +12,6 @@ import importlib
 import json
 import logging
 import os
-import re
 import sys
 import warnings
 from pathlib import Path
@@ -27,6 +26,7 @@ from promptaudit.choices import (
     DEFAULT_PAIRING_WEIGHTS,
 )
 from promptaudit.errors import InputError, PromptAuditError
+from promptaudit.report.escape import escape_controls
 
 # The click that typer runs on (recent typer releases vendor their own copy).
 _click_errors = importlib.import_module(typer.BadParameter.__module__)
@@ -116,29 +116,6 @@ VerboseOption = Annotated[bool, typer.Option("--verbose", "-v", help="Log progre
 LabelColumnOption = Annotated[
     str, typer.Option("--label-column", help="Column holding label names or indices.")
 ]
-
-
-#: Control characters (C0 but tab/newline, DEL, C1) and bidirectional overrides: printed
-#: raw they recolour a terminal, move its cursor or reorder text, so a file that holds
-#: them could forge console output.
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
-
-
-def escape_controls(text: object, *, keep_newlines: bool = True) -> str:
-    """``text`` with every control character shown as an escape (``\\x1b``), never emitted.
-
-    Applied to every console line the CLI builds from file contents (errors, warnings,
-    verdicts, gate messages). Newlines and tabs are kept unless ``keep_newlines`` is False.
-    """
-    text = str(text)
-    if not keep_newlines:
-        text = text.replace("\n", "\\n").replace("\r", "\\r")
-
-    def shown(match: re.Match) -> str:
-        code = ord(match.group())
-        return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
-
-    return _CONTROL.sub(shown, text)
 
 
 def _echo(message: object = "", *, err: bool = False) -> None:
@@ -991,8 +968,9 @@ def mitigate(
     from promptaudit.atomic import check_output_dir
     bars = _configure_progress(quiet)
     from promptaudit.data import encode_labels, infer_labels
-    from promptaudit.mitigation import MitigationSettings, mitigate_prompt, tradeoff_markdown
+    from promptaudit.mitigation import MitigationSettings, mitigate_prompt
     from promptaudit.paths import plan_mitigate
+    from promptaudit.report.comparison import tradeoff_markdown
 
     # Before any work: --out is a folder of its own, holding no input and inside none.
     plan_mitigate(

@@ -52,6 +52,7 @@ from promptaudit.choices import (
     DEFAULT_PAIRING_WEIGHTS,
 )
 from promptaudit.errors import InputError
+from promptaudit.report.comparison import fmt_or_undefined as _fmt
 
 __all__ = [
     "DEFAULT_WEIGHTS",
@@ -65,7 +66,6 @@ __all__ = [
     "logit_margin",
     "mitigate_prompt",
     "select_weight",
-    "tradeoff_markdown",
 ]
 
 logger = logging.getLogger(__name__)
@@ -950,10 +950,6 @@ def _settings_dict(settings: MitigationSettings) -> dict:
     return out
 
 
-def _fmt(value) -> str:
-    return "undefined" if value is None else f"{value:.4f}"
-
-
 def _jsonable(value):
     from promptaudit.results import to_jsonable
 
@@ -974,29 +970,10 @@ _COLUMNS = (
 )
 
 
-def tradeoff_markdown(rows: list[dict], max_accuracy_drop: float) -> str:
-    """The trade-off table as Markdown (the first row is the original prompt)."""
-    lines = [
-        f"Validation accuracy budget: at most {max_accuracy_drop:g} below the original.",
-        "",
-        "| weight | accuracy | change | DP ratio (swapped) | flip rate | mean abs delta "
-        "| within budget | Pareto | chosen |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for row in rows:
-        weight = "original" if row["weight"] is None else f"{row['weight']:g}"
-        lines.append(
-            f"| {weight} | {row['accuracy']:.4f} | {row['accuracy_change']:+.4f} "
-            f"| {_fmt(row['dp_ratio'])} | {_fmt(row['flip_rate'])} "
-            f"| {_fmt(row['mean_abs_delta'])} | {'yes' if row['within_budget'] else 'no'} "
-            f"| {'-' if row['pareto'] is None else ('yes' if row['pareto'] else 'no')} "
-            f"| {'yes' if row['chosen'] else ''} |"
-        )
-    return "\n".join(lines) + "\n"
-
-
 def _write_tables(rows: list[dict], out_dir: Path, max_accuracy_drop: float) -> dict:
     from promptaudit.atomic import atomic_write_bytes, atomic_write_text
+    from promptaudit.report.comparison import tradeoff_markdown
+    from promptaudit.report.figures import pareto_figure
 
     frame = pd.DataFrame([{k: row.get(k) for k in _COLUMNS} for row in rows])
     csv_path = atomic_write_text(out_dir / TABLE_FILES[0], frame.to_csv(index=False))
@@ -1005,61 +982,6 @@ def _write_tables(rows: list[dict], out_dir: Path, max_accuracy_drop: float) -> 
     )
     png_path = atomic_write_bytes(out_dir / TABLE_FILES[2], pareto_figure(rows, max_accuracy_drop))
     return {"table_csv": str(csv_path), "table_md": str(md_path), "figure": str(png_path)}
-
-
-def pareto_figure(rows: list[dict], max_accuracy_drop: float) -> bytes:
-    """PNG bytes: validation accuracy against DP ratio per weight, the budget and the front."""
-    import io
-
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(5.5, 4.0), dpi=110)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    original = rows[0]
-    ax.axhline(
-        original["accuracy"] - max_accuracy_drop,
-        color="#999999",
-        linestyle="--",
-        linewidth=1,
-        label=f"accuracy budget (-{max_accuracy_drop:g})",
-    )
-    ax.axvline(0.8, color="#cc8800", linestyle=":", linewidth=1, label="four-fifths rule (0.8)")
-    front = sorted((r for r in rows[1:] if r.get("pareto")), key=lambda r: r["dp_ratio"])
-    if front:
-        ax.plot(
-            [r["dp_ratio"] for r in front],
-            [r["accuracy"] for r in front],
-            color="#4477aa",
-            linewidth=1,
-            label="Pareto front",
-        )
-    for row in rows:
-        if row["dp_ratio"] is None:
-            continue
-        is_original = row["weight"] is None
-        ax.scatter(
-            [row["dp_ratio"]],
-            [row["accuracy"]],
-            marker="s" if is_original else ("*" if row.get("chosen") else "o"),
-            s=90 if row.get("chosen") else 40,
-            color="#aa3377" if is_original else "#4477aa",
-        )
-        ax.annotate(
-            "original" if is_original else f"w={row['weight']:g}",
-            (row["dp_ratio"], row["accuracy"]),
-            textcoords="offset points",
-            xytext=(5, 4),
-            fontsize=8,
-        )
-    ax.set_xlabel("DP ratio on identity-swapped validation texts")
-    ax.set_ylabel("validation accuracy")
-    ax.set_title("Mitigation trade-off (CLP weight sweep)")
-    ax.legend(fontsize=7, loc="lower left")
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    return buffer.getvalue()
 
 
 def remove_sweep(out_dir: str | Path) -> None:

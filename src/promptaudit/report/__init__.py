@@ -8,26 +8,30 @@
 - :func:`write_reports`: all four files (``.html``, ``.json``, ``.junit.xml``,
   ``.md``) written atomically.
 
-Figures live in :mod:`promptaudit.report.figures`.
+Figures live in :mod:`promptaudit.report.figures`, every escaping rule in
+:mod:`promptaudit.report.escape`, the templates in ``templates/``. The names above are
+loaded on first use, so that the CLI can import the escaping module without the
+plotting and templating stack.
 """
 
 from __future__ import annotations
 
-from promptaudit.report._writer import (
-    REPORT_SUFFIXES,
-    complete_pending_reports,
-    write_reports,
-)
-from promptaudit.report.html import render_html
-from promptaudit.report.junit import render_junit
-from promptaudit.report.markdown import escape_markdown, render_markdown
+import importlib
 
-__all__ = [
-    "REPORT_SUFFIXES",
-    "complete_pending_reports",
-    "escape_markdown",
-    "render_html",
-    "render_junit",
-    "render_markdown",
-    "write_reports",
-]
+_HOMES = {
+    "REPORT_SUFFIXES": "_writer",
+    "complete_pending_reports": "_writer",
+    "write_reports": "_writer",
+    "escape_markdown": "escape",
+    "render_html": "html",
+    "render_junit": "junit",
+    "render_markdown": "markdown",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)

@@ -201,10 +201,37 @@ def bias_audit_view(result: AuditResult | Mapping[str, Any]) -> dict[str, Any] |
         return None
     scoring = audit.mode == "scoring"
     threshold = as_float(audit.threshold)
-    threshold_text = fmt_threshold(threshold)
+    positive = result.task.positive_label if result.task is not None else None
+    unknown_values = [str(v) for v in audit.unknown_values or []]
+    tables = [
+        _table_view(str(name), table, scoring=scoring, unknown_values=unknown_values,
+                    threshold=threshold)
+        for name, table in ordered_tables(audit)
+    ]
+    info, info_missing = _audit_info((result.audit.audit_info if result.audit is not None
+                                      else None) or {})
+    minimum = audit.min_impact_ratio
+    return {
+        "intro": _intro(audit, positive),
+        "info": info,
+        "info_missing": info_missing,
+        "rate_label": "Scoring rate" if scoring else "Selection rate",
+        "count_label": "Number scoring above the median" if scoring else "Number selected",
+        "tables": tables,
+        "warnings": [str(w) for w in audit.warnings or []],
+        "threshold": fmt_threshold(threshold),
+        "min_impact_ratio": fmt_num(minimum, 3) + _uncertainty(audit)
+        if as_float(minimum) is not None
+        else "undefined (no impact ratio can be computed for at least one table)",
+    }
+
+
+def _intro(audit: BiasAuditResult, positive: Any) -> list[str]:
+    """The sentences that explain the rates, impact ratios and tests of the summary."""
+    scoring = audit.mode == "scoring"
+    threshold_text = fmt_threshold(as_float(audit.threshold))
     exclude_below = as_float(audit.exclude_below)
     n_rows = audit.n_rows
-    positive = result.task.positive_label if result.task is not None else None
     intro = [
         f"Impact ratios in the form NYC Local Law 144 bias audits publish "
         f"(6 RCNY 5-300 to 5-303), computed on {n_rows if n_rows is not None else NA} rows.",
@@ -244,13 +271,11 @@ def bias_audit_view(result: AuditResult | Mapping[str, Any]) -> dict[str, Any] |
             f"A category under {fmt_pct(exclude_below, 1)} of the data is listed with its "
             "count and rate but left out of impact ratios."
         )
-    unknown_values = [str(v) for v in audit.unknown_values or []]
-    tables = [
-        _table_view(str(name), table, scoring=scoring, unknown_values=unknown_values,
-                    threshold=threshold)
-        for name, table in ordered_tables(audit)
-    ]
-    info_raw = (result.audit.audit_info if result.audit is not None else None) or {}
+    return intro
+
+
+def _audit_info(info_raw: Mapping[str, Any]) -> tuple[list[dict[str, str]], str | None]:
+    """``audit_info`` as ``[{label, value}]`` and the sentence naming what it leaves out."""
     keys = [k for k in AUDIT_INFO_LABELS if info_raw.get(k) not in (None, "")]
     keys += [k for k in info_raw if k not in AUDIT_INFO_LABELS and info_raw.get(k) is not None]
     info = [{"label": AUDIT_INFO_LABELS.get(k, str(k)), "value": str(info_raw[k])} for k in keys]
@@ -265,20 +290,7 @@ def bias_audit_view(result: AuditResult | Mapping[str, Any]) -> dict[str, Any] |
             "Not stated in this audit's audit_info: " + ", ".join(missing) + ". A published "
             "LL144 summary states them."
         )
-    minimum = audit.min_impact_ratio
-    return {
-        "intro": intro,
-        "info": info,
-        "info_missing": info_missing,
-        "rate_label": "Scoring rate" if scoring else "Selection rate",
-        "count_label": "Number scoring above the median" if scoring else "Number selected",
-        "tables": tables,
-        "warnings": [str(w) for w in audit.warnings or []],
-        "threshold": threshold_text,
-        "min_impact_ratio": fmt_num(minimum, 3) + _uncertainty(audit)
-        if as_float(minimum) is not None
-        else "undefined (no impact ratio can be computed for at least one table)",
-    }
+    return info, info_missing
 
 
 def _uncertainty(audit: BiasAuditResult) -> str:

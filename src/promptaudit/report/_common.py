@@ -9,13 +9,15 @@ sections from :mod:`promptaudit.result_types`); a result dict is read with
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
+from promptaudit.report.escape import NA, display_token
 from promptaudit.result_types import (
     ClassStats,
     Competence,
+    CounterfactualResult,
     FairnessResult,
     FeatureEntry,
     Fidelity,
@@ -27,12 +29,11 @@ from promptaudit.results import AuditResult
 
 __all__ = [
     "as_result",
-    "escape_markdown",
     "NA",
+    "BOUND_WORDS",
     "DISPARITY_LABELS",
     "GROUP_METRIC_LABELS",
     "as_float",
-    "as_mapping",
     "as_list",
     "fmt_num",
     "fmt_pct",
@@ -48,7 +49,6 @@ __all__ = [
     "classification_rows",
     "verdict_sentence",
     "verdict_detail",
-    "display_token",
     "gap_sentences",
     "reading_sentence",
     "projected_text",
@@ -63,8 +63,9 @@ __all__ = [
     "short_text",
 ]
 
-#: What a value that could not be computed reads as.
-NA = "n/a"
+#: A gate's ``bound`` (which number it checked) in words.
+BOUND_WORDS = {"point": "point estimate", "lower": "lower interval bound",
+               "upper": "upper interval bound"}
 
 #: Disparity key -> human label, in display order.
 DISPARITY_LABELS: dict[str, str] = {
@@ -102,11 +103,6 @@ def as_float(value: Any) -> float | None:
         return None
     number = float(value)
     return number if math.isfinite(number) else None
-
-
-def as_mapping(value: Any) -> Mapping[str, Any]:
-    """Return ``value`` if it is a mapping, else an empty one."""
-    return value if isinstance(value, Mapping) else {}
 
 
 def as_list(value: Any) -> list[Any]:
@@ -313,14 +309,6 @@ def verdict_detail(result: AuditResult | Mapping[str, Any]) -> str:
     )
 
 
-def display_token(token: Any) -> str:
-    """A vocabulary token as a reader sees it (no BPE/SentencePiece word-start marker)."""
-    text = str(token)
-    if len(text) > 1 and text[0] in ("\u0120", "\u2581"):
-        text = text[1:]
-    return text
-
-
 def short_text(text: Any, limit: int = 80) -> str:
     """Collapse whitespace and cut ``text`` to ``limit`` characters with an ellipsis."""
     flat = " ".join(str(text).split())
@@ -473,117 +461,137 @@ def gap_sentences(result: AuditResult | Mapping[str, Any], *, limit: int = 6) ->
     """
     result = as_result(result)
     fairness = result.fairness or FairnessResult(sensitive_features=[])
-    gates = result.gates or []
-    worst = fairness.worst_feature or {}
-    confidence = as_float(fairness.confidence)
     positive = result.task.positive_label if result.task is not None else None
-    positive_text = f"'{positive}'" if positive not in (None, "") else "positive"
-    blocks = {key: (label, block) for key, label, block in _feature_blocks(fairness)}
-    used: set[int] = set()
-    sentences: list[str] = []
+    gaps = _GapContext(
+        gates=result.gates or [],
+        worst=fairness.worst_feature or {},
+        confidence=as_float(fairness.confidence),
+        positive=f"'{positive}'" if positive not in (None, "") else "positive",
+        blocks={key: (label, block) for key, label, block in _feature_blocks(fairness)},
+    )
+    sentences = _parity_sentences(gaps) + _odds_sentences(gaps)
+    sentences += _flip_sentences(fairness.counterfactual, gaps)
+    for gate in gaps.gates:  # failed gates not explained above
+        if gate.passed is not True and id(gate) not in gaps.used:
+            message = gate.message or f"value {fmt_num(gate.value)}"
+            verb = "was inconclusive" if gate_status(gate) == "inconclusive" else "failed"
+            sentences.append(f"Gate '{gate_name(gate)}' {verb}: {message}")
+    return sentences[:limit]
 
-    def features_for(metrics: Sequence[str]) -> list[str]:
+
+@dataclass
+class _GapContext:
+    """What the gap sentences read: gates, worst features, blocks; ``used`` gate ids."""
+
+    gates: Sequence[GateResult]
+    worst: Mapping[str, Any]
+    confidence: float | None
+    positive: str
+    blocks: dict[str, tuple[str, FeatureEntry]]
+    used: set[int] = field(default_factory=set)
+
+    def gate(self, metric: str, feature: str) -> GateResult | None:
+        """The gate on ``metric`` reading ``feature``, marked as explained."""
+        gate = _find_gate(self.gates, metric, feature, self.worst)
+        if gate is not None:
+            self.used.add(id(gate))
+        return gate
+
+    def features_for(self, metrics: Sequence[str]) -> list[str]:
+        """Features a gate on ``metrics`` reads, then their worst features, else the first."""
         order: list[str] = []
-        for gate in gates:
-            if gate.metric in metrics:
-                feature = gate.feature or worst.get(str(gate.metric))
-                if isinstance(feature, str) and feature in blocks and feature not in order:
-                    order.append(feature)
-        for metric in metrics:
-            feature = worst.get(metric)
-            if isinstance(feature, str) and feature in blocks and feature not in order:
+        named = [gate.feature or self.worst.get(str(gate.metric))
+                 for gate in self.gates if gate.metric in metrics]
+        for feature in named + [self.worst.get(metric) for metric in metrics]:
+            if isinstance(feature, str) and feature in self.blocks and feature not in order:
                 order.append(feature)
-        if not order and blocks:
-            order.append(next(iter(blocks)))
+        if not order and self.blocks:
+            order.append(next(iter(self.blocks)))
         return order
 
-    # Selection-rate gaps (demographic parity).
+
+def _parity_sentences(gaps: _GapContext) -> list[str]:
+    """Selection-rate gaps (demographic parity), one per feature."""
     parity = ("demographic_parity_ratio", "demographic_parity_difference")
-    for feature in features_for(parity):
-        label, block = blocks[feature]
+    sentences = []
+    for feature in gaps.features_for(parity):
+        label, block = gaps.blocks[feature]
         ends = _extremes(block.by_group or {}, "selection_rate")
         if ends is None:
             continue
         (low_g, low_v), (high_g, high_v) = ends
         disparities = block.disparities or {}
-        gate_ratio = _find_gate(gates, parity[0], feature, worst)
-        gate_diff = _find_gate(gates, parity[1], feature, worst)
-        if gate_ratio is None and gate_diff is not None:
+        has_ratio_gate = _find_gate(gaps.gates, parity[0], feature, gaps.worst) is not None
+        if not has_ratio_gate and _find_gate(gaps.gates, parity[1], feature,
+                                             gaps.worst) is not None:
             value = as_float(disparities.get(parity[1]))
-            phrase = _threshold_phrase("difference", value, gate_diff, confidence)
-            used.add(id(gate_diff))
+            phrase = _threshold_phrase("difference", value, gaps.gate(parity[1], feature),
+                                       gaps.confidence)
         else:
             value = as_float(disparities.get(parity[0]))
             if value is None and high_v > 0:
                 value = low_v / high_v
-            phrase = _threshold_phrase("ratio", value, gate_ratio, confidence)
-            if gate_ratio is not None:
-                used.add(id(gate_ratio))
+            phrase = _threshold_phrase("ratio", value, gaps.gate(parity[0], feature),
+                                       gaps.confidence)
         sentences.append(
-            f"{label}: selection rate (share predicted {positive_text}) for group "
+            f"{label}: selection rate (share predicted {gaps.positive}) for group "
             f"'{low_g}' is {low_v:.2f} vs {high_v:.2f} for '{high_g}' ({phrase})."
             + _small_note(block, (low_g, high_g))
         )
+    return sentences
 
-    # Error-rate gaps (equalized odds / equal opportunity).
+
+def _odds_sentences(gaps: _GapContext) -> list[str]:
+    """Error-rate gaps (equalized odds / equal opportunity): the wider of TPR and FPR."""
     odds = ("equalized_odds_difference", "equal_opportunity_difference", "equalized_odds_ratio")
-    for feature in features_for(odds):
-        label, block = blocks[feature]
-        by_group = block.by_group or {}
+    positive = gaps.positive
+    sentences = []
+    for feature in gaps.features_for(odds):
+        label, block = gaps.blocks[feature]
         candidates = []
         for metric, words in (
-            ("true_positive_rate", f"true positive rate (truly {positive_text} examples "
-             f"predicted {positive_text})"),
+            ("true_positive_rate", f"true positive rate (truly {positive} examples "
+             f"predicted {positive})"),
             ("false_positive_rate", f"false positive rate (other examples predicted "
-             f"{positive_text})"),
+             f"{positive})"),
         ):
-            ends = _extremes(by_group, metric)
+            ends = _extremes(block.by_group or {}, metric)
             if ends is not None:
                 candidates.append((ends[1][1] - ends[0][1], metric, words, ends))
         if not candidates:
             continue
         _, metric, words, ((low_g, low_v), (high_g, high_v)) = max(candidates)
-        disparities = block.disparities or {}
-        gate = None
-        for name in odds:
-            gate = _find_gate(gates, name, feature, worst)
-            if gate is not None:
-                break
-        name = str(gate.metric) if gate is not None else "equalized_odds_difference"
-        if gate is not None:
-            used.add(id(gate))
-        value = as_float(disparities.get(name))
-        label_words = disparity_label(name).lower()
-        phrase = _threshold_phrase(label_words, value, gate, confidence)
+        name = next((n for n in odds
+                     if _find_gate(gaps.gates, n, feature, gaps.worst) is not None), None)
+        gate = gaps.gate(name, feature) if name is not None else None
+        name = name or "equalized_odds_difference"
+        value = as_float((block.disparities or {}).get(name))
+        phrase = _threshold_phrase(disparity_label(name).lower(), value, gate, gaps.confidence)
         sentences.append(
             f"{label}: {words} for group '{low_g}' is {low_v:.2f} vs {high_v:.2f} "
             f"for '{high_g}' ({phrase})." + _small_note(block, (low_g, high_g))
         )
+    return sentences
 
-    # Counterfactual flips.
-    counterfactual = fairness.counterfactual
+
+def _flip_sentences(counterfactual: CounterfactualResult | None,
+                    gaps: _GapContext) -> list[str]:
+    """The counterfactual flip rate in words (none when it was not computed)."""
     flip = as_float(counterfactual.flip_rate) if counterfactual is not None else None
-    if counterfactual is not None and flip is not None:
-        gate = next((g for g in gates if g.metric == "counterfactual_flip_rate"), None)
-        if gate is not None:
-            used.add(id(gate))
-        n = counterfactual.n_tuples
-        of = f" of {n} counterfactual tuples" if as_float(n) is not None else ""
-        interval = fmt_interval(counterfactual.flip_rate_interval)
-        spread = f", interval {interval}" if interval else ""
-        sentences.append(
-            f"{_counterfactual_change(counterfactual.source)} changed the decision for "
-            f"{100 * flip:.1f}%{of}{spread} "
-            f"({_threshold_phrase('flip rate', flip, gate, None, 3)})."
-        )
-
-    # Failed gates not explained above.
-    for gate in gates:
-        if gate.passed is not True and id(gate) not in used:
-            message = gate.message or f"value {fmt_num(gate.value)}"
-            verb = "was inconclusive" if gate_status(gate) == "inconclusive" else "failed"
-            sentences.append(f"Gate '{gate_name(gate)}' {verb}: {message}")
-    return sentences[:limit]
+    if flip is None:
+        return []
+    gate = next((g for g in gaps.gates if g.metric == "counterfactual_flip_rate"), None)
+    if gate is not None:
+        gaps.used.add(id(gate))
+    n = counterfactual.n_tuples
+    of = f" of {n} counterfactual tuples" if as_float(n) is not None else ""
+    interval = fmt_interval(counterfactual.flip_rate_interval)
+    spread = f", interval {interval}" if interval else ""
+    return [
+        f"{_counterfactual_change(counterfactual.source)} changed the decision for "
+        f"{100 * flip:.1f}%{of}{spread} "
+        f"({_threshold_phrase('flip rate', flip, gate, None, 3)})."
+    ]
 
 
 def projected_text(projection: ProjectionResult) -> str | None:
@@ -600,9 +608,7 @@ def projected_text(projection: ProjectionResult) -> str | None:
     for position in projection.positions or []:
         if position.neighbors:
             first = position.neighbors[0]
-            token = str(first.token or "?")
-            words.append("\u2026" + token[2:] if token.startswith("##") and len(token) > 2
-                         else str(first.display or display_token(token)))
+            words.append(display_token(first.token or "?", first.display))
     return " ".join(words) or None
 
 
@@ -745,49 +751,6 @@ def fidelity_sentence(projection: ProjectionResult) -> str | None:
     verdict = trust_level(projection) or fidelity_level(fidelity) or NA
     detail = " ".join(x for x in (trust_reason(projection), fidelity_detail(projection)) if x)
     return f"Trust in this reading: {verdict}." + (f" {detail}" if detail else "")
-
-
-# ------------------------------------------------------------ Markdown escaping
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-_NEWLINES = re.compile(r"[\r\n\u2028\u2029]+")
-_ENTITIES = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
-_BACKSLASHED = set("\\`*_[]|~$")
-
-
-def escape_markdown(value: Any) -> str:
-    """Escape text so that GitHub-flavoured Markdown shows it literally.
-
-    Control characters are dropped, line breaks become spaces (safe inside table
-    cells), ``& < >`` become HTML entities (no raw HTML), and the characters
-    ``\\ ` * _ [ ] | ~ $`` are backslash-escaped (no emphasis, code, links,
-    table cells, strike-through or math).
-
-    Parameters
-    ----------
-    value : object
-        Anything; ``None`` renders as ``"n/a"``.
-
-    Returns
-    -------
-    str
-
-    Examples
-    --------
-    >>> escape_markdown("**bold** | [link](http://x) <b>")
-    '\\\\*\\\\*bold\\\\*\\\\* \\\\| \\\\[link\\\\](http://x) &lt;b&gt;'
-    """
-    if value is None:
-        return NA
-    text = _NEWLINES.sub(" ", _CONTROL.sub("", str(value)))
-    out = []
-    for char in text:
-        if char in _ENTITIES:
-            out.append(_ENTITIES[char])
-        elif char in _BACKSLASHED:
-            out.append("\\" + char)
-        else:
-            out.append(char)
-    return "".join(out)
 
 
 def attribution_budget_sentence(attribution: Any) -> str | None:

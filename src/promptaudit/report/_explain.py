@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from promptaudit.report._common import NA, as_float, fmt_interval, fmt_num, fmt_pct, short_text
+from promptaudit.report.escape import display_token
 from promptaudit.result_types import (
     AttributionGroups,
     DeparturesResult,
@@ -17,9 +18,8 @@ from promptaudit.result_types import (
 )
 
 __all__ = ["departures_view", "position_importance_view", "importance_by_position",
-           "group_difference_view", "neighbor_word", "PIECE_MARK"]
+           "group_difference_view", "neighbor_word"]
 
-PIECE_MARK = "\u2026"
 _SOURCE_WORDS = {"init_text": "init text (before tuning)", "instruction": "your instruction",
                  "translation": "translation (a plain-text stand-in)"}
 #: Departure rows shown per direction in the report (the result lists more).
@@ -31,14 +31,7 @@ def neighbor_word(neighbor) -> str:
     word = getattr(neighbor, "word", None)
     if isinstance(word, str) and word:
         return word
-    token = str(neighbor.token if neighbor.token is not None else "")
-    if token.startswith("##") and len(token) > 2:
-        return PIECE_MARK + token[2:]
-    display = neighbor.display
-    text = str(display) if display not in (None, "") else token
-    if len(text) > 1 and text[0] in ("\u0120", "\u2581"):
-        text = text[1:]
-    return text.strip() or text
+    return display_token(neighbor.token, neighbor.display)
 
 
 def _interval_pct(value: Any) -> str:
@@ -75,42 +68,6 @@ def departures_view(projection: ProjectionResult | None) -> dict[str, Any] | Non
     if departures is None:
         return view
     attribution = departures.attribution
-    directions = []
-    for direction in departures.directions:
-        shown = []
-        for row in direction.rows[:SHOWN_ROWS]:
-            tokens = [{"token": str(t.token), "attribution": fmt_num(t.attribution),
-                       "positive": (as_float(t.attribution) or 0.0) >= 0}
-                      for t in (row.top_tokens or [])[:5]]
-            shown.append({
-                "row": str(row.row),
-                "text": short_text(row.text, 220),
-                "true_label": NA if row.true_label is None else str(row.true_label),
-                "soft_probability": fmt_num(row.soft_probability),
-                "attributed": bool(row.attributed),
-                "top_tokens": tokens,
-            })
-        hidden = direction.count - len(shown)
-        directions.append({
-            "description": direction.description[:1].upper() + direction.description[1:],
-            "count": str(direction.count),
-            "rows": shown,
-            "hidden": str(hidden) if hidden > 0 else "",
-        })
-    groups = []
-    for feature, shares in (departures.groups or {}).items():
-        for share in shares:
-            groups.append({
-                "feature": str(feature),
-                "group": str(share.group),
-                "n_departures": str(share.n_departures),
-                "share_departures": fmt_pct(share.share_departures),
-                "interval": _interval_pct(share.interval),
-                "share_overall": fmt_pct(share.share_overall),
-                "n_overall": str(share.n_overall),
-                "over_represented": bool(share.over_represented),
-                "small": bool(share.small),
-            })
     instruction = departures.instruction or {}
     view["departures"] = {
         "instruction": short_text(str(instruction.get("text") or NA), 300),
@@ -118,8 +75,9 @@ def departures_view(projection: ProjectionResult | None) -> dict[str, Any] | Non
         "n_departures": str(departures.n_departures),
         "n_examples": str(departures.n_examples),
         "share": fmt_pct(departures.share),
-        "directions": directions,
-        "groups": groups,
+        "directions": [_direction_view(direction) for direction in departures.directions],
+        "groups": [_share_view(feature, share)
+                   for feature, shares in (departures.groups or {}).items() for share in shares],
         "group_method": departures.group_interval_method,
         "confidence": fmt_pct(departures.confidence, 0),
         "n_attributed": str(attribution.n_attributed) if attribution is not None else "0",
@@ -132,6 +90,45 @@ def departures_view(projection: ProjectionResult | None) -> dict[str, Any] | Non
         "summary": str(departures.summary or ""),
     }
     return view
+
+
+def _direction_view(direction) -> dict[str, Any]:
+    """One direction of departure: its rows (the first :data:`SHOWN_ROWS`) with top tokens."""
+    shown = []
+    for row in direction.rows[:SHOWN_ROWS]:
+        tokens = [{"token": str(t.token), "attribution": fmt_num(t.attribution),
+                   "positive": (as_float(t.attribution) or 0.0) >= 0}
+                  for t in (row.top_tokens or [])[:5]]
+        shown.append({
+            "row": str(row.row),
+            "text": short_text(row.text, 220),
+            "true_label": NA if row.true_label is None else str(row.true_label),
+            "soft_probability": fmt_num(row.soft_probability),
+            "attributed": bool(row.attributed),
+            "top_tokens": tokens,
+        })
+    hidden = direction.count - len(shown)
+    return {
+        "description": direction.description[:1].upper() + direction.description[1:],
+        "count": str(direction.count),
+        "rows": shown,
+        "hidden": str(hidden) if hidden > 0 else "",
+    }
+
+
+def _share_view(feature: Any, share) -> dict[str, Any]:
+    """One group's share of the departures against its share of the data."""
+    return {
+        "feature": str(feature),
+        "group": str(share.group),
+        "n_departures": str(share.n_departures),
+        "share_departures": fmt_pct(share.share_departures),
+        "interval": _interval_pct(share.interval),
+        "share_overall": fmt_pct(share.share_overall),
+        "n_overall": str(share.n_overall),
+        "over_represented": bool(share.over_represented),
+        "small": bool(share.small),
+    }
 
 
 def importance_by_position(projection: ProjectionResult | None) -> dict[int, bool]:

@@ -162,6 +162,27 @@ def write_reports(
             raise InputError("the result has no audit.name; pass name= to write_reports")
     _check_name(name)
     folder = Path(out_dir)
+    documents = _render_documents(result)
+    declared = report_files(folder, name)  # what `run` checked against its inputs
+    undeclared = sorted(set(documents) - set(declared))
+    if undeclared:  # a new report kind must be declared in promptaudit.paths.report_files
+        raise RuntimeError(f"report kinds {undeclared} are not declared in report_files()")
+    prepare_output_dir(folder)
+    paths = {kind: declared[kind] for kind in documents}
+    try:
+        complete_pending_reports(folder, name)
+        sweep_stale_temp_files(folder)
+        _write_set(folder, name, paths, documents, declared["journal"])
+    except PermissionError as error:
+        raise InputError(ERROR_OUT_DIR.format(path=folder, reason=error.strerror or error)) \
+            from None
+    _fsync_dir(folder)
+    logger.info("wrote reports %s", ", ".join(str(p) for p in paths.values()))
+    return paths
+
+
+def _render_documents(result: Mapping) -> dict[str, str]:
+    """Every report of ``result``, rendered in memory (kind -> text) before any is written."""
     typed = as_result(result)  # read once; the JSON is written from the dict itself
     documents = {
         "html": render_html(typed),
@@ -172,48 +193,38 @@ def write_reports(
     bias_csv = bias_audit_csv(typed)
     if bias_csv is not None:
         documents["bias_audit"] = bias_csv
-    declared = report_files(folder, name)  # what `run` checked against its inputs
-    undeclared = sorted(set(documents) - set(declared))
-    if undeclared:  # a new report kind must be declared in promptaudit.paths.report_files
-        raise RuntimeError(f"report kinds {undeclared} are not declared in report_files()")
-    prepare_output_dir(folder)
-    paths = {kind: declared[kind] for kind in documents}
+    return documents
+
+
+def _write_set(folder: Path, name: str, paths: dict[str, Path], documents: dict[str, str],
+               journal: Path) -> None:
+    """Write the set to temporary files, journal the renames, rename, drop the journal."""
+    temps: dict[str, Path] = {}
     try:
-        complete_pending_reports(folder, name)
-        sweep_stale_temp_files(folder)
-        temps: dict[str, Path] = {}
+        for kind, path in paths.items():
+            temps[kind] = write_temp_file(folder, path.name, documents[kind].encode("utf-8"))
+    except BaseException:
+        for temp in temps.values():
+            temp.unlink(missing_ok=True)
+        raise
+    moves = [[temps[kind].name, paths[kind].name] for kind in paths]
+    try:
+        atomic_write_text(journal, json.dumps({"moves": moves}, indent=1))
+    except BaseException:
+        for temp in temps.values():
+            temp.unlink(missing_ok=True)
+        raise
+    try:
+        for kind, path in paths.items():
+            os.replace(temps[kind], path)
+    except OSError as first:
+        # Roll forward: every new file is whole, so finishing the switch is safe.
         try:
-            for kind, path in paths.items():
-                temps[kind] = write_temp_file(folder, path.name, documents[kind].encode("utf-8"))
-        except BaseException:
-            for temp in temps.values():
-                temp.unlink(missing_ok=True)
-            raise
-        moves = [[temps[kind].name, paths[kind].name] for kind in paths]
-        journal = declared["journal"]
-        try:
-            atomic_write_text(journal, json.dumps({"moves": moves}, indent=1))
-        except BaseException:
-            for temp in temps.values():
-                temp.unlink(missing_ok=True)
-            raise
-        try:
-            for kind, path in paths.items():
-                os.replace(temps[kind], path)
-        except OSError as first:
-            # Roll forward: every new file is whole, so finishing the switch is safe.
-            try:
-                complete_pending_reports(folder, name)
-            except OSError:
-                raise InputError(
-                    f"{folder}: the new report set for {name!r} could not be moved into place "
-                    f"({first.strerror or first}); it stays pending and the next run into this "
-                    "folder completes it"
-                ) from None
-        journal.unlink(missing_ok=True)
-    except PermissionError as error:
-        raise InputError(ERROR_OUT_DIR.format(path=folder, reason=error.strerror or error)) \
-            from None
-    _fsync_dir(folder)
-    logger.info("wrote reports %s", ", ".join(str(p) for p in paths.values()))
-    return paths
+            complete_pending_reports(folder, name)
+        except OSError:
+            raise InputError(
+                f"{folder}: the new report set for {name!r} could not be moved into place "
+                f"({first.strerror or first}); it stays pending and the next run into this "
+                "folder completes it"
+            ) from None
+    journal.unlink(missing_ok=True)

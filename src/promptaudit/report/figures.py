@@ -35,6 +35,7 @@ __all__ = [
     "group_attribution_chart",
     "group_metric_chart",
     "figure_to_data_uri",
+    "pareto_figure",
     "drawable",
 ]
 
@@ -302,6 +303,33 @@ def group_attribution_chart(
     return figure
 
 
+def _feature_block(fairness: FairnessResult, feature: str) -> tuple[FeatureEntry, str]:
+    """The block of ``feature`` (or of the intersection) and its name for a title."""
+    by_feature = fairness.by_feature or {}
+    block, title = None, feature
+    if feature in by_feature:
+        block = by_feature[feature]
+    elif feature == "intersection":
+        block = fairness.intersection
+        title = " \u00d7 ".join(str(f) for f in fairness.sensitive_features or [])
+    if block is None:
+        raise ValueError(f"fairness has no feature {feature!r}")
+    return block, title
+
+
+def _group_rows(block: FeatureEntry, metric: str) -> list[tuple]:
+    """``(group, value, lo, hi, small, count)`` per group, ``None`` where not computed."""
+    rows = []
+    intervals = block.intervals or {}
+    for group, stats in (block.by_group or {}).items():
+        value = as_float((stats.metrics or {}).get(metric))
+        interval = (intervals.get(group) or {}).get(metric) or []
+        lo = as_float(interval[0]) if len(interval) == 2 else None
+        hi = as_float(interval[1]) if len(interval) == 2 else None
+        rows.append((str(group), value, lo, hi, stats.small is True, stats.count))
+    return rows
+
+
 def group_metric_chart(
     fairness: FairnessResult | Mapping[str, Any], feature: str, metric: str = "selection_rate"
 ) -> Figure:
@@ -330,27 +358,8 @@ def group_metric_chart(
     ValueError
         If the feature is unknown or no group has a value for ``metric``.
     """
-    fairness = _fairness(fairness)
-    by_feature = fairness.by_feature or {}
-    block: FeatureEntry | None
-    if feature in by_feature:
-        block = by_feature[feature]
-        title_feature = feature
-    elif feature == "intersection" and fairness.intersection is not None:
-        block = fairness.intersection
-        title_feature = " \u00d7 ".join(str(f) for f in fairness.sensitive_features or [])
-    else:
-        block = None
-    if block is None:
-        raise ValueError(f"fairness has no feature {feature!r}")
-    rows = []
-    intervals = block.intervals or {}
-    for group, stats in (block.by_group or {}).items():
-        value = as_float((stats.metrics or {}).get(metric))
-        interval = (intervals.get(group) or {}).get(metric) or []
-        lo = as_float(interval[0]) if len(interval) == 2 else None
-        hi = as_float(interval[1]) if len(interval) == 2 else None
-        rows.append((str(group), value, lo, hi, stats.small is True, stats.count))
+    block, title_feature = _feature_block(_fairness(fairness), feature)
+    rows = _group_rows(block, metric)
     if not any(value is not None for _, value, *_ in rows):
         raise ValueError(f"fairness feature {feature!r} has no values for {metric!r}")
     label = GROUP_METRIC_LABELS.get(metric, metric)
@@ -386,6 +395,64 @@ def group_metric_chart(
     axes.set_title(short_text(f"{label} by {title_feature}", 80), loc="left", parse_math=False)
     _style_axes(axes)
     return figure
+
+
+def pareto_figure(rows: list[dict], max_accuracy_drop: float) -> bytes:
+    """PNG bytes: validation accuracy against DP ratio per weight, the budget and the front.
+
+    Parameters
+    ----------
+    rows : list of dict
+        The mitigation sweep's trade-off rows, the original prompt first.
+    max_accuracy_drop : float
+        The accuracy budget, drawn as a line below the original's accuracy.
+    """
+    fig = Figure(figsize=(5.5, 4.0), dpi=110)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    original = rows[0]
+    ax.axhline(
+        original["accuracy"] - max_accuracy_drop,
+        color="#999999",
+        linestyle="--",
+        linewidth=1,
+        label=f"accuracy budget (-{max_accuracy_drop:g})",
+    )
+    ax.axvline(0.8, color="#cc8800", linestyle=":", linewidth=1, label="four-fifths rule (0.8)")
+    front = sorted((r for r in rows[1:] if r.get("pareto")), key=lambda r: r["dp_ratio"])
+    if front:
+        ax.plot(
+            [r["dp_ratio"] for r in front],
+            [r["accuracy"] for r in front],
+            color="#4477aa",
+            linewidth=1,
+            label="Pareto front",
+        )
+    for row in rows:
+        if row["dp_ratio"] is None:
+            continue
+        is_original = row["weight"] is None
+        ax.scatter(
+            [row["dp_ratio"]],
+            [row["accuracy"]],
+            marker="s" if is_original else ("*" if row.get("chosen") else "o"),
+            s=90 if row.get("chosen") else 40,
+            color="#aa3377" if is_original else "#4477aa",
+        )
+        ax.annotate(
+            "original" if is_original else f"w={row['weight']:g}",
+            (row["dp_ratio"], row["accuracy"]),
+            textcoords="offset points",
+            xytext=(5, 4),
+            fontsize=8,
+        )
+    ax.set_xlabel("DP ratio on identity-swapped validation texts")
+    ax.set_ylabel("validation accuracy")
+    ax.set_title("Mitigation trade-off (CLP weight sweep)")
+    ax.legend(fontsize=7, loc="lower left")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
 
 
 def figure_to_data_uri(fig: Figure, *, dpi: int = 100) -> str:

@@ -13,15 +13,14 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Mapping
-from functools import lru_cache
 from typing import Any
 
-import jinja2
 from matplotlib.figure import Figure
 
 from promptaudit.report import figures
 from promptaudit.report._bias_audit import bias_audit_view
 from promptaudit.report._common import (
+    BOUND_WORDS,
     DISPARITY_LABELS,
     GROUP_METRIC_LABELS,
     NA,
@@ -32,7 +31,6 @@ from promptaudit.report._common import (
     competence_sentence,
     competence_state,
     disparity_label,
-    display_token,
     fidelity_detail,
     fidelity_level,
     fidelity_message,
@@ -62,7 +60,10 @@ from promptaudit.report._explain import (
     neighbor_word,
     position_importance_view,
 )
+from promptaudit.report.comparison import mitigation_view
+from promptaudit.report.escape import display_token, environment
 from promptaudit.result_types import (
+    AttributionExample,
     AttributionGroups,
     AttributionResult,
     BaselineResult,
@@ -199,30 +200,12 @@ GLOSSARY: dict[str, str] = {
     ),
 }
 
-_GATE_BOUNDS = {
-    "point": "point estimate",
-    "lower": "lower interval bound",
-    "upper": "upper interval bound",
-}
-
 _BASELINE_LABELS = {
     "soft_prompt": "Tuned soft prompt",
     "projected_prompt": "Nearest words as a text prompt",
     "init_text": "Initialisation text",
     "no_prompt": "No prompt",
 }
-
-
-@lru_cache(maxsize=1)
-def _environment() -> jinja2.Environment:
-    return jinja2.Environment(
-        loader=jinja2.PackageLoader("promptaudit.report", "templates"),
-        autoescape=True,
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-    )
 
 
 def render_html(result: AuditResult | dict) -> str:
@@ -247,15 +230,8 @@ def render_html(result: AuditResult | dict) -> str:
     >>> "<script" in page
     False
     """
-    typed = as_result(result)
-    context = build_html_context(typed)
-    page = _environment().get_template("report.html").render(**context)
-    if isinstance(typed.mitigation, dict) and "</main>" in page:
-        from promptaudit.report.comparison import mitigation_html  # before / after
-
-        at = page.rindex("</main>")
-        page = page[:at] + mitigation_html(typed.mitigation) + page[at:]
-    return page
+    return environment("html").get_template("report.html").render(
+        **build_html_context(result))
 
 
 # --------------------------------------------------------------------------- context
@@ -304,6 +280,7 @@ def build_html_context(result: AuditResult | Mapping[str, Any]) -> dict[str, Any
         "schema_version": str(result.schema_version or NA),
         "glossary": [{"term": k, "text": v} for k, v in GLOSSARY.items()],
         "bias_audit": bias_audit_view(result),
+        "mitigation": mitigation_view(result.mitigation),
     }
 
 
@@ -395,7 +372,7 @@ def _gates(result: AuditResult) -> list[dict[str, Any]]:
             "op": str(gate.op or NA),
             "threshold": fmt_threshold(gate.threshold),
             "value": fmt_num(gate.value),
-            "bound": _GATE_BOUNDS.get(str(gate.bound), str(gate.bound or NA)),
+            "bound": BOUND_WORDS.get(str(gate.bound), str(gate.bound or NA)),
             "passed": passed,
             "status": gate_status(gate),
             "interval": fmt_interval(gate.interval),
@@ -668,25 +645,7 @@ def _attribution(
                     "whose predicted labels differ can separate for that reason alone: read the "
                     "like-for-like comparison below before naming a position.",
         ))
-    examples = []
-    for example in examples_in[:5]:
-        tokens = [
-            {"token": str(t.token if t.token is not None else ""),
-             "attribution": fmt_num(t.attribution),
-             "positive": (as_float(t.attribution) or 0.0) >= 0}
-            for t in (example.top_tokens or [])[:6]
-        ]
-        target = example.target_label
-        if target is None:
-            target = example.target
-        examples.append({
-            "text": short_text(example.text if example.text is not None else "", 220),
-            "target": str(target) if target is not None else NA,
-            "top_tokens": tokens,
-            "convergence_delta": fmt_num(example.convergence_delta, 4),
-            "n_steps": _text_or_na(example.n_steps),
-            "not_converged": example.converged is False,
-        })
+    examples = [_attribution_example(example) for example in examples_in[:5]]
     by_group = [_attribution_group(feature, block) for feature, block in by_group_in.items()]
     share = as_float(attribution.prompt_share)
     delta = as_float(attribution.max_convergence_delta)
@@ -705,6 +664,27 @@ def _attribution(
         "charts": charts,
         "examples": examples,
         "by_group": by_group,
+    }
+
+
+def _attribution_example(example: AttributionExample) -> dict[str, Any]:
+    """One attributed example: its text, target, top tokens and convergence."""
+    tokens = [
+        {"token": str(t.token if t.token is not None else ""),
+         "attribution": fmt_num(t.attribution),
+         "positive": (as_float(t.attribution) or 0.0) >= 0}
+        for t in (example.top_tokens or [])[:6]
+    ]
+    target = example.target_label
+    if target is None:
+        target = example.target
+    return {
+        "text": short_text(example.text if example.text is not None else "", 220),
+        "target": str(target) if target is not None else NA,
+        "top_tokens": tokens,
+        "convergence_delta": fmt_num(example.convergence_delta, 4),
+        "n_steps": _text_or_na(example.n_steps),
+        "not_converged": example.converged is False,
     }
 
 

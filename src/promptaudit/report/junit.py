@@ -9,11 +9,10 @@ named like ``demographic_parity_ratio[gender] >= 0.8``; a failed gate carries a
 
 from __future__ import annotations
 
-import re
 import xml.etree.ElementTree as ET
-from typing import Any
 
 from promptaudit.report._common import (
+    BOUND_WORDS,
     NA,
     as_result,
     fmt_num,
@@ -21,18 +20,12 @@ from promptaudit.report._common import (
     gate_name,
     gate_status,
 )
+from promptaudit.report.escape import strip_xml_invalid
 from promptaudit.result_types import GateResult
 from promptaudit.results import AuditResult
 
 __all__ = ["render_junit"]
 
-_INVALID_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
-_BOUNDS = {"point": "point estimate", "lower": "lower interval bound",
-           "upper": "upper interval bound"}
-
-
-def _clean(value: Any) -> str:
-    return _INVALID_XML.sub("", str(value))
 
 
 def render_junit(result: AuditResult | dict) -> str:
@@ -60,7 +53,8 @@ def render_junit(result: AuditResult | dict) -> str:
     """
     result = as_result(result)
     audit = result.audit
-    suite_name = _clean(f"promptaudit.{(audit.name if audit is not None else None) or 'audit'}")
+    name = (audit.name if audit is not None else None) or "audit"
+    suite_name = strip_xml_invalid(f"promptaudit.{name}")
     gates = result.gates or []
     failures = sum(1 for g in gates if g.passed is not True)
     skipped = sum(1 for g in gates if g.passed is True and gate_status(g) == "inconclusive")
@@ -75,7 +69,37 @@ def render_junit(result: AuditResult | dict) -> str:
         "errors": "0", "skipped": str(skipped), "time": "0",
     })
     if provenance is not None and provenance.created_at:
-        suite.set("timestamp", _clean(provenance.created_at))
+        suite.set("timestamp", strip_xml_invalid(provenance.created_at))
+    _properties(suite, result)
+
+    for gate in gates:
+        case = ET.SubElement(suite, "testcase", {
+            "classname": suite_name, "name": strip_xml_invalid(gate_name(gate)), "time": "0",
+        })
+        inconclusive = gate_status(gate) == "inconclusive"
+        if gate.passed is True:
+            if inconclusive:  # counted as passed by gate_policy.inconclusive: pass
+                skipped_case = ET.SubElement(case, "skipped", {
+                    "message": strip_xml_invalid("INCONCLUSIVE (counted as passed): "
+                                                 + _failure_message(gate)),
+                })
+                skipped_case.text = strip_xml_invalid(gate.message or "")
+            continue
+        failure = ET.SubElement(case, "failure", {
+            "message": strip_xml_invalid(
+                ("INCONCLUSIVE (counted as failed): " if inconclusive else "")
+                + _failure_message(gate)),
+            "type": "GateInconclusive" if inconclusive else "GateFailed",
+        })
+        failure.text = strip_xml_invalid(gate.message or _failure_message(gate))
+    ET.indent(root)
+    body = ET.tostring(root, encoding="unicode")
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + body + "\n"
+
+
+def _properties(suite: ET.Element, result: AuditResult) -> None:
+    """The suite's ``<properties>``: model, revision, prompt, data, seed and the verdict."""
+    provenance = result.provenance
     properties = ET.SubElement(suite, "properties")
     model = provenance.model if provenance is not None else None
     prompt = provenance.prompt if provenance is not None else None
@@ -89,37 +113,14 @@ def render_junit(result: AuditResult | dict) -> str:
         ("passed", result.passed is True),
     ):
         if value is not None:
-            ET.SubElement(properties, "property", {"name": key, "value": _clean(
+            ET.SubElement(properties, "property", {"name": key, "value": strip_xml_invalid(
                 str(value).lower() if isinstance(value, bool) else value)})
-
-    for gate in gates:
-        case = ET.SubElement(suite, "testcase", {
-            "classname": suite_name, "name": _clean(gate_name(gate)), "time": "0",
-        })
-        inconclusive = gate_status(gate) == "inconclusive"
-        if gate.passed is True:
-            if inconclusive:  # counted as passed by gate_policy.inconclusive: pass
-                skipped_case = ET.SubElement(case, "skipped", {
-                    "message": _clean("INCONCLUSIVE (counted as passed): "
-                                      + _failure_message(gate)),
-                })
-                skipped_case.text = _clean(gate.message or "")
-            continue
-        failure = ET.SubElement(case, "failure", {
-            "message": _clean(("INCONCLUSIVE (counted as failed): " if inconclusive else "")
-                              + _failure_message(gate)),
-            "type": "GateInconclusive" if inconclusive else "GateFailed",
-        })
-        failure.text = _clean(gate.message or _failure_message(gate))
-    ET.indent(root)
-    body = ET.tostring(root, encoding="unicode")
-    return '<?xml version="1.0" encoding="UTF-8"?>\n' + body + "\n"
 
 
 def _failure_message(gate: GateResult) -> str:
     metric = gate_name(gate).rsplit(" ", 2)[0]
     value = fmt_num(gate.value)
-    bound = _BOUNDS.get(str(gate.bound or "point"), str(gate.bound))
+    bound = BOUND_WORDS.get(str(gate.bound or "point"), str(gate.bound))
     rule = f"{gate.op or '?'} {fmt_threshold(gate.threshold)}"
     if value == NA:
         return f"{metric} is not computable (n/a); the gate requires {rule}"

@@ -1,16 +1,14 @@
 """Render the audit result as a short Markdown summary for a PR comment or CI step summary.
 
-Every value the template prints passes through :func:`escape_markdown` (the
-environment's ``finalize`` hook), so text from the result (names, groups, messages)
-never becomes Markdown or HTML markup; the markup itself lives in ``summary.md``.
+Every value the template prints passes through
+:func:`~promptaudit.report.escape.escape_markdown` (the environment's ``finalize`` hook),
+so text from the result (names, groups, messages) never becomes Markdown or HTML markup;
+the markup itself lives in ``summary.md``.
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Any
-
-import jinja2
 
 from promptaudit.report._bias_audit import bias_audit_view
 from promptaudit.report._common import (
@@ -22,7 +20,6 @@ from promptaudit.report._common import (
     classification_rows,
     competence_sentence,
     disparity_label,
-    escape_markdown,
     fidelity_sentence,
     fmt_interval,
     fmt_num,
@@ -43,23 +40,18 @@ from promptaudit.report._explain import (
     group_difference_view,
     position_importance_view,
 )
-from promptaudit.result_types import AttributionResult, Provenance
+from promptaudit.report.comparison import mitigation_view
+from promptaudit.report.escape import environment
+from promptaudit.result_types import (
+    AttributionResult,
+    FairnessResult,
+    GateResult,
+    Provenance,
+    TaskResult,
+)
 from promptaudit.results import AuditResult
 
-__all__ = ["render_markdown", "escape_markdown"]
-
-@lru_cache(maxsize=1)
-def _environment() -> jinja2.Environment:
-    return jinja2.Environment(
-        loader=jinja2.PackageLoader("promptaudit.report", "templates"),
-        autoescape=False,  # Markdown, not HTML: finalize escapes every printed value
-        finalize=escape_markdown,
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-    )
-
+__all__ = ["render_markdown"]
 
 def render_markdown(result: AuditResult | dict) -> str:
     """Render a Markdown summary of an audit result.
@@ -83,13 +75,8 @@ def render_markdown(result: AuditResult | dict) -> str:
     ...       .splitlines()[0])
     ## ✅ promptaudit PASS: demo
     """
-    typed = as_result(result)
-    text = _environment().get_template("summary.md").render(**_context(typed))
-    if isinstance(typed.mitigation, dict):  # before / after of `run` with mitigation
-        from promptaudit.report.comparison import mitigation_markdown
-
-        text += mitigation_markdown(typed.mitigation)
-    return text
+    return environment("markdown").get_template("summary.md").render(
+        **_context(as_result(result)))
 
 
 def _context(result: AuditResult) -> dict[str, Any]:
@@ -98,42 +85,6 @@ def _context(result: AuditResult) -> dict[str, Any]:
     fairness = result.fairness
     projection = result.projection
     failed, total = gate_counts(result)
-
-    gates = []
-    for gate in result.gates or []:
-        ok = gate.passed is True
-        bound = str(gate.bound or "point")
-        result_text = "\u2705 pass" if ok else "\u274c FAIL"
-        if gate_status(gate) == "inconclusive":
-            rows = gate.rows_to_decide
-            result_text = (
-                f"\u2753 INCONCLUSIVE (counted as {'passed' if ok else 'failed'}"
-                + (f"; ~{rows} {gate.rows_unit or 'rows'} would decide it" if rows else "")
-                + ")"
-            )
-        interval = fmt_interval(gate.interval)
-        gates.append({
-            "name": gate_name(gate),
-            "value": fmt_num(gate.value) + (f" {interval}" if interval else ""),
-            "bound": {"point": "point", "lower": "lower bound", "upper": "upper bound"}.get(
-                bound, bound),
-            "result": result_text,
-        })
-
-    worst = (fairness.disparities if fairness is not None else None) or {}
-    worst_feature = (fairness.worst_feature if fairness is not None else None) or {}
-    intervals = (fairness.disparity_intervals if fairness is not None else None) or {}
-    names = [n for n in DISPARITY_LABELS if n in worst] + [
-        n for n in worst if n not in DISPARITY_LABELS]
-    disparities = [
-        {
-            "name": disparity_label(n),
-            "value": fmt_num(worst.get(n)),
-            "feature": str(worst_feature.get(n)) if worst_feature.get(n) is not None else NA,
-            "interval": fmt_interval(intervals.get(n)) or NA,
-        }
-        for n in names
-    ]
 
     counterfactual = fairness.counterfactual if fairness is not None else None
     flip = None
@@ -149,18 +100,10 @@ def _context(result: AuditResult) -> dict[str, Any]:
     accuracy = as_float(task.accuracy) if task is not None else None
     word = verdict_word(result)
     report = classification_rows(task.classification_report if task is not None else None)
-    group_reports = []
-    by_group = (task.classification_report_by_group if task is not None else None) or {}
-    for feature, groups in by_group.items():
-        for group, stats in (groups or {}).items():
-            for row in classification_rows(stats):
-                if row["label"] in ("macro avg", "weighted avg"):
-                    continue
-                group_reports.append({"feature": str(feature), "group": str(group), **row})
     return {
         "competence": competence_sentence(result),
         "report": report,
-        "group_reports": group_reports,
+        "group_reports": _group_reports(task),
         "name": short_text((audit.name if audit is not None else None) or "unnamed audit", 120),
         "icon": {"PASS": "\u2705", "FAIL": "\u274c"}.get(word, "\u2753"),
         "verdict_word": word,
@@ -169,9 +112,9 @@ def _context(result: AuditResult) -> dict[str, Any]:
         "total": total,
         "n_examples": task.n_examples if task is not None else None,
         "accuracy": fmt_num(accuracy) if accuracy is not None else None,
-        "gates": gates,
+        "gates": [_gate_row(gate) for gate in result.gates or []],
         "gaps": [short_text(s, 400) for s in gap_sentences(result, limit=4)],
-        "disparities": disparities,
+        "disparities": _disparity_rows(fairness),
         "flip": flip,
         "reading": short_text(projected_text(projection), 300)
         if projection and projected_text(projection) else None,
@@ -187,7 +130,61 @@ def _context(result: AuditResult) -> dict[str, Any]:
         "departures": departures_view(projection),
         "position_importance": position_importance_view(projection),
         "group_statements": _group_statements(result.attribution),
+        "mitigation": mitigation_view(result.mitigation),
     }
+
+
+def _gate_row(gate: GateResult) -> dict[str, str]:
+    """One gate's table row: name, value with interval, bound and result."""
+    ok = gate.passed is True
+    bound = str(gate.bound or "point")
+    result_text = "\u2705 pass" if ok else "\u274c FAIL"
+    if gate_status(gate) == "inconclusive":
+        rows = gate.rows_to_decide
+        result_text = (
+            f"\u2753 INCONCLUSIVE (counted as {'passed' if ok else 'failed'}"
+            + (f"; ~{rows} {gate.rows_unit or 'rows'} would decide it" if rows else "")
+            + ")"
+        )
+    interval = fmt_interval(gate.interval)
+    return {
+        "name": gate_name(gate),
+        "value": fmt_num(gate.value) + (f" {interval}" if interval else ""),
+        "bound": {"point": "point", "lower": "lower bound", "upper": "upper bound"}.get(
+            bound, bound),
+        "result": result_text,
+    }
+
+
+def _disparity_rows(fairness: FairnessResult | None) -> list[dict[str, str]]:
+    """The worst value of each disparity, its feature and interval, in display order."""
+    worst = (fairness.disparities if fairness is not None else None) or {}
+    worst_feature = (fairness.worst_feature if fairness is not None else None) or {}
+    intervals = (fairness.disparity_intervals if fairness is not None else None) or {}
+    names = [n for n in DISPARITY_LABELS if n in worst] + [
+        n for n in worst if n not in DISPARITY_LABELS]
+    return [
+        {
+            "name": disparity_label(n),
+            "value": fmt_num(worst.get(n)),
+            "feature": str(worst_feature.get(n)) if worst_feature.get(n) is not None else NA,
+            "interval": fmt_interval(intervals.get(n)) or NA,
+        }
+        for n in names
+    ]
+
+
+def _group_reports(task: TaskResult | None) -> list[dict[str, str]]:
+    """Per-class precision / recall / F1 of each group (averages left out)."""
+    group_reports = []
+    by_group = (task.classification_report_by_group if task is not None else None) or {}
+    for feature, groups in by_group.items():
+        for group, stats in (groups or {}).items():
+            for row in classification_rows(stats):
+                if row["label"] in ("macro avg", "weighted avg"):
+                    continue
+                group_reports.append({"feature": str(feature), "group": str(group), **row})
+    return group_reports
 
 
 def _group_statements(attribution: AttributionResult | None) -> list[dict[str, str]]:

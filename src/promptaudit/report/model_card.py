@@ -10,7 +10,9 @@ the metadata entries promptaudit wrote (``metric_args.source: promptaudit``); ev
 person wrote, text and metadata, stays as it was. :func:`write_model_card` writes it
 atomically. Nothing here touches the network: ``ModelCard`` is built from text.
 
-Every piece of result text in the block goes through :func:`escape_markdown`.
+Every piece of result text in the block goes through
+:func:`~promptaudit.report.escape.escape_markdown` (the ``model_card.md`` template's
+``finalize``).
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ from promptaudit.report._common import (
     as_float,
     as_result,
     competence_sentence,
-    escape_markdown,
     fidelity_sentence,
     fmt_interval,
     fmt_num,
@@ -37,6 +38,7 @@ from promptaudit.report._common import (
     trust_reason,
     verdict_sentence,
 )
+from promptaudit.report.escape import environment, escape_markdown
 
 __all__ = [
     "BEGIN_MARKER",
@@ -259,70 +261,25 @@ def _with_block(body: str, block: str, card_path: str) -> str:
 
 
 def _generated_block(result: Mapping[str, Any]) -> str:
+    """The card's "Bias, risks and limitations" block, markers included (``model_card.md``)."""
     typed = as_result(result)
-    esc = escape_markdown
-    lines = [BEGIN_MARKER, "", "## Bias, risks and limitations", ""]
-    name = typed.audit.name if typed.audit is not None else None
-    created = typed.provenance.created_at if typed.provenance is not None else None
-    lines.append(
-        f"Audited with promptaudit (audit {esc(name)}, run {esc(created)}). "
-        f"**Verdict: {esc(verdict_sentence(typed))}**"
-    )
-    signed = "hmac_sha256" in (result.get("integrity") or {})
-    lines.append("")
-    lines.append("The result file is " + ("signed (HMAC-SHA256)." if signed
-                                          else "not signed (checksum only)."))
-    competence = competence_sentence(typed)
-    if competence:
-        lines += ["", esc(competence)]
-    gates = typed.gates or []
-    if gates:
-        lines += ["", "### Fairness gates", "",
-                  "| Gate | Value | Interval | Verdict |", "| --- | ---: | --- | --- |"]
-        for gate in gates:
-            interval = fmt_interval(gate.interval) if gate.interval else None
-            lines.append(f"| {esc(gate_name(gate))} | {esc(fmt_num(gate.value, 4))} | "
-                         f"{esc(interval or 'n/a')} | {esc(gate_status(gate))} |")
-        lines += ["", "A verdict of *inconclusive* means the interval straddles the threshold: "
-                  "the data cannot tell pass from fail."]
-    lines += _bias_audit_lines(result)
+    gates = [{"name": gate_name(gate), "value": fmt_num(gate.value, 4),
+              "interval": (fmt_interval(gate.interval) if gate.interval else None) or "n/a",
+              "status": gate_status(gate)} for gate in typed.gates or []]
     projection = typed.projection
+    reading = trust = None
     if projection is not None:
-        reading = reading_sentence(projection)
-        lines += ["", "### What the prompt reads as", ""]
-        lines.append(esc(reading) if reading else "No word reading was computed.")
+        reading = reading_sentence(projection) or "No word reading was computed."
         level = trust_level(projection)
         trust = fidelity_sentence(projection) or (
             f"Trust in this reading: {level}. {trust_reason(projection) or ''}".strip()
             if level else "Trust in this reading: not assessed.")
-        lines += ["", esc(trust)]
-    lines += ["", "These figures describe the audited data only; they are evidence for a "
-              "reviewer, not a guarantee of fair behaviour elsewhere.", "", END_MARKER]
-    return "\n".join(lines)
-
-
-def _bias_audit_lines(result: Mapping[str, Any]) -> list[str]:
-    view = bias_audit_view(result)
-    if view is None:
-        return []
-    esc = escape_markdown
-    lines = ["", "### Bias audit (NYC LL144 / EEOC four-fifths form)", "",
-             f"Smallest impact ratio: {esc(view['min_impact_ratio'])}."]
-    for table in view["tables"]:
-        lines += ["", f"**{esc(table['name'])}**", "",
-                  f"| Category | Number | {esc(view['count_label'])} | {esc(view['rate_label'])} "
-                  f"| Impact ratio | Below {esc(view['threshold'])} | Fisher p | z-score "
-                  "| 2 SD below | Small sample | Shortfall (people) |",
-                  "| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | --- | --- | ---: |"]
-        for row in table["rows"]:
-            mark = " (reference)" if row["reference"] else " (excluded)" if row["excluded"] else ""
-            cells = [row["group"] + mark, row["n"], row["n_selected"], row["rate"],
-                     row["impact_ratio"], row["flag"], row["p_value"], row["z_score"],
-                     row["sd2"], row["small_sample"], row["shortfall"]]
-            lines.append("| " + " | ".join(esc(c) for c in cells) + " |")
-        lines.append(f"| Unknown (not benchmarked) | {esc(table['unknown_count'])} | "
-                     f"{esc(table['unknown_selected'])} | {esc(table['unknown_rate'])} "
-                     "| | | | | | | |")
-    for warning in view["warnings"]:
-        lines += ["", f"> Warning: {esc(warning)}"]
-    return lines
+    return environment("markdown").get_template("model_card.md").render(
+        begin=BEGIN_MARKER, end=END_MARKER,
+        name=typed.audit.name if typed.audit is not None else None,
+        created=typed.provenance.created_at if typed.provenance is not None else None,
+        verdict=verdict_sentence(typed),
+        signed="hmac_sha256" in (result.get("integrity") or {}),
+        competence=competence_sentence(typed), gates=gates,
+        bias_audit=bias_audit_view(typed), projection=projection is not None,
+        reading=reading, trust=trust)

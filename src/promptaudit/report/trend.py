@@ -18,47 +18,10 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from promptaudit.paths import TREND_FILES, trend_files  # declared with the command
-from promptaudit.report._common import escape_markdown, fmt_num
+from promptaudit.report._common import fmt_num
+from promptaudit.report.escape import environment
 
 __all__ = ["TREND_FILES", "trend_markdown", "trend_html", "trend_figure", "write_trend"]
-
-_TEMPLATE = """<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<title>promptaudit trend: {{ audit }}</title>
-<style>
-body { font-family: system-ui, sans-serif; max-width: 70rem; margin: 2rem auto;
-       padding: 0 1rem; color: #1b1b1b; }
-table { border-collapse: collapse; margin: .5rem 0 1rem; font-size: .85rem; break-inside: avoid; }
-th, td { border-bottom: 1px solid #ddd; padding: .2rem .5rem; text-align: left;
-         vertical-align: top; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
-.flag { color: #8a1c1c; font-weight: 700; }
-.ok { color: #1b6b2b; font-weight: 700; }
-img { max-width: 100%; }
-figure { margin: 0 0 1.5rem; break-inside: avoid; }
-</style></head><body>
-<h1>Trend of audit {{ audit }}</h1>
-<p class="{{ 'flag' if flagged else 'ok' }}">{{ headline }}</p>
-<p>{{ explanation }}</p>
-<table><caption>Audit periods</caption>
-<thead><tr><th>Period</th><th>Result</th><th class="num">Rows</th><th>Signed</th></tr></thead>
-<tbody>{% for p in periods %}<tr><td>{{ p.label }}</td><td>{{ p.source }}</td>
-<td class="num">{{ p.n_rows }}</td><td>{{ 'yes' if p.signed else 'no' }}</td></tr>
-{% endfor %}</tbody></table>
-{% if flags %}<h2>Flags</h2><ul>{% for f in flags %}
-<li class="flag">{{ f.kind }}: {{ f.message }}</li>{% endfor %}</ul>{% endif %}
-{% for t in tables %}
-<h2>{{ t.name }}</h2>
-<figure><img src="{{ t.figure }}" alt="{{ t.alt }}"></figure>
-<table><caption>{{ rate_label }} and impact ratio by {{ t.name }}
-({{ confidence }} intervals)</caption>
-<thead><tr><th>Category</th>{% for p in periods %}<th>{{ p.label }}</th>{% endfor %}</tr></thead>
-<tbody>{% for row in t.rows %}<tr><th scope="row">{{ row.group }}</th>
-{% for cell in row.cells %}<td>{{ cell }}</td>{% endfor %}</tr>{% endfor %}</tbody></table>
-{% endfor %}
-</body></html>
-"""
-
 
 def _cell(point: Mapping[str, Any] | None) -> str:
     if point is None:
@@ -104,23 +67,8 @@ _EXPLANATION = (
 
 def trend_markdown(trend: Mapping[str, Any]) -> str:
     """The trend as Markdown (every piece of result text escaped)."""
-    e = escape_markdown
-    lines = [f"## Trend of audit {e(trend['audit'])}", "", f"**{e(_headline(trend))}**", "",
-             e(_EXPLANATION), "", "| Period | Result | Rows | Signed |",
-             "| --- | --- | ---: | --- |"]
-    for p in trend["periods"]:
-        lines.append(f"| {e(p['label'])} | {e(p['source'])} | {e(p['n_rows'])} | "
-                     f"{'yes' if p['signed'] else 'no'} |")
-    if trend["flags"]:
-        lines += ["", "### Flags", ""]
-        lines += [f"- {e(f['kind'])}: {e(f['message'])}" for f in trend["flags"]]
-    for name, series in trend["tables"].items():
-        lines += ["", f"### {e(name)}", "",
-                  "| Category | " + " | ".join(e(p["label"]) for p in trend["periods"]) + " |",
-                  "| --- |" + " --- |" * len(trend["periods"])]
-        for group, points in series.items():
-            lines.append(f"| {e(group)} | " + " | ".join(e(_cell(p)) for p in points) + " |")
-    return "\n".join(lines) + "\n"
+    return environment("markdown").get_template("trend.md").render(
+        **_view(trend), audit=trend["audit"])
 
 
 def trend_figure(trend: Mapping[str, Any], table: str) -> Figure:
@@ -169,26 +117,30 @@ def trend_figure(trend: Mapping[str, Any], table: str) -> Figure:
 
 def trend_html(trend: Mapping[str, Any]) -> str:
     """The trend as one self-contained HTML page (figures embedded, no external reference)."""
-    import jinja2
-
     from promptaudit.report.figures import figure_to_data_uri
 
-    environment = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
-    tables = []
-    for name, series in trend["tables"].items():
-        tables.append({
-            "name": name,
-            "figure": figure_to_data_uri(trend_figure(trend, name)),
-            "alt": f"Impact ratio by {name} over {len(trend['periods'])} audit periods",
-            "rows": [{"group": group, "cells": [_cell(p) for p in points]}
-                     for group, points in series.items()],
-        })
+    view = _view(trend)
+    for table in view["tables"]:
+        table["figure"] = figure_to_data_uri(trend_figure(trend, table["name"]))
+        table["alt"] = f"Impact ratio by {table['name']} over {len(trend['periods'])} audit periods"
     rate_label = "Scoring rate" if trend.get("mode") == "scoring" else "Selection rate"
-    return environment.from_string(_TEMPLATE).render(
-        audit=str(trend["audit"]), headline=_headline(trend), explanation=_EXPLANATION,
-        flagged=trend["flagged"], periods=trend["periods"], flags=trend["flags"],
-        tables=tables, rate_label=rate_label, confidence=f"{trend['confidence']:.0%}",
-    )
+    return environment("html").get_template("trend.html").render(
+        **view, audit=str(trend["audit"]), flagged=trend["flagged"], rate_label=rate_label,
+        confidence=f"{trend['confidence']:.0%}")
+
+
+def _view(trend: Mapping[str, Any]) -> dict[str, Any]:
+    """What both pages print: headline, periods, flags and one table per bias-audit table."""
+    return {
+        "headline": _headline(trend),
+        "explanation": _EXPLANATION,
+        "periods": trend["periods"],
+        "flags": trend["flags"],
+        "tables": [{"name": name,
+                    "rows": [{"group": group, "cells": [_cell(p) for p in points]}
+                             for group, points in series.items()]}
+                   for name, series in trend["tables"].items()],
+    }
 
 
 def write_trend(trend: Mapping[str, Any], out_dir: str | Path) -> dict[str, str]:
