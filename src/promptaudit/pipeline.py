@@ -81,18 +81,8 @@ __all__ = ["run_audit", "run_audit_with_mitigation", "AuditContext", "Evaluation
 
 logger = logging.getLogger(__name__)
 
-_VERSIONED = (
-    "promptaudit",
-    "torch",
-    "transformers",
-    "peft",
-    "captum",
-    "fairlearn",
-    "numpy",
-    "pandas",
-    "datasets",
-    "scikit-learn",
-)
+_VERSIONED = ("promptaudit", "torch", "transformers", "peft", "captum", "fairlearn", "numpy",
+              "pandas", "datasets", "scikit-learn")
 
 
 # ------------------------------------------------------------------- context
@@ -102,14 +92,11 @@ class EvaluationData:
 
     Attributes
     ----------
-    frame : pandas.DataFrame
-        ``(n_rows, n_columns)`` the rows audited (after ``data.limit``); missing
-        values of the bias audit's categories are the group ``(missing)``.
-    texts : list of str
-        ``(n_rows,)`` the texts.
+    frame, texts : pandas.DataFrame, list of str
+        ``(n_rows, n_columns)`` the rows audited (after ``data.limit``; missing values of
+        the bias audit's categories are the group ``(missing)``) and their ``(n_rows,)`` texts.
     categories : pandas.DataFrame or None
-        ``(n_rows, n_categories)`` the bias audit's category columns as read
-        (missing values kept); None without a bias audit.
+        ``(n_rows, n_categories)`` the bias audit's columns as read (None without one).
     missing_groups : dict of str to int
         Sensitive feature -> rows whose missing value became ``(missing)``.
     """
@@ -126,27 +113,19 @@ class AuditContext:
 
     Attributes
     ----------
-    spec : AuditSpec
-    data : EvaluationData
     prompted : PromptedModel
         Sharded (:class:`~promptaudit.distributed.ShardedPromptedModel`) under a launcher.
-    soft : SoftPrompt or None
-        The loaded prompt (None for a bare base model).
-    loaded : LoadedModel
-        The base model as loaded (provenance, untrained head keys).
+    soft, loaded : SoftPrompt or None, LoadedModel
+        The prompt (None for a bare base model) and the base model as loaded.
     prompt_source : str
-        Where the prompt came from (a path; the folder a prompt trained here went to).
-    y_true : numpy.ndarray or None
-        ``(n_rows,)`` label indices, None without ``data.label_column``.
-    probs : numpy.ndarray
-        ``(n_rows, n_labels)`` float64 label probabilities of the soft prompt.
-    positive : int
-        Index of the positive label.
-    n_truncated : int
-        Texts longer than ``max_length`` tokens.
+        The prompt's path (the folder a prompt trained in the audit went to).
+    y_true, probs : numpy.ndarray
+        ``(n_rows,)`` label indices (None without labels) and ``(n_rows, n_labels)``
+        float64 probabilities of the soft prompt.
+    positive, n_truncated : int
+        Index of the positive label; texts longer than ``max_length`` tokens.
     rate : Timer
         Seconds per predicted text, for the estimates of later stages.
-    progress : bool
     processes : AuditProcesses or None
         This process's handle on a launched audit.
     """
@@ -257,18 +236,14 @@ def _assemble(context: AuditContext, *, command: str | None,
         "task": task.to_dict(), "fairness": fairness.to_dict(),
         "bias_audit": None if bias_audit is None else bias_audit.to_dict(),
     }, inconclusive=spec.gate_policy.inconclusive.value)
+    audit = {"name": spec.name, "spec": spec.to_dict()}
+    if spec.audit_info is not None:  # dates as ISO text
+        audit["audit_info"] = spec.audit_info.model_dump(mode="json", exclude_none=True)
     return AuditResult(
-        audit=_section(AuditSection, {"name": spec.name, "spec": spec.to_dict(),
-                                      **_audit_info(spec)}),
-        provenance=_provenance(context, command),
-        task=task,
-        projection=projection,
-        attribution=attribution,
-        fairness=fairness,
-        baselines=baselines,
-        bias_audit=bias_audit,
-        gates=gates,
-        passed=all(g["passed"] for g in gates),
+        audit=_section(AuditSection, audit),
+        provenance=_provenance(context, command), task=task, projection=projection,
+        attribution=attribution, fairness=fairness, baselines=baselines, bias_audit=bias_audit,
+        gates=gates, passed=all(g["passed"] for g in gates),
     ).to_dict()
 
 
@@ -696,32 +671,20 @@ def _group_fairness(context: AuditContext, y_pred: np.ndarray, y_score: np.ndarr
     """Group metrics and disparities of ``(n_rows,)`` predictions and positive-label scores."""
     spec, sensitive = context.spec, context.sensitive
     if sensitive is None:
-        return {
-            "sensitive_features": [],
-            "by_feature": {},
-            "intersection": None,
-            "disparities": {},
-            "disparity_intervals": {},
-            "warnings": [
-                "no sensitive features were given (data.sensitive_features); "
-                "group metrics were not computed"
-            ],
-        }
+        return {"sensitive_features": [], "by_feature": {}, "intersection": None,
+                "disparities": {}, "disparity_intervals": {}, "warnings": [
+                    "no sensitive features were given (data.sensitive_features); "
+                    "group metrics were not computed"]}
     from promptaudit.fairness import compute_group_fairness
 
+    settings = spec.fairness
     return compute_group_fairness(
-        y_pred,
-        sensitive_features=sensitive.reset_index(drop=True),
-        y_true=context.y_true,
-        y_score=y_score,
-        positive_label_index=context.positive,
-        metrics=spec.fairness.metrics,
-        reference_group=spec.fairness.reference_group,
-        bootstrap=spec.fairness.bootstrap if bootstrap is None else bootstrap,
-        confidence=spec.fairness.confidence,
-        min_group_size=spec.fairness.min_group_size,
-        intersection=spec.fairness.intersection,
-        seed=spec.seed,
+        y_pred, sensitive_features=sensitive.reset_index(drop=True), y_true=context.y_true,
+        y_score=y_score, positive_label_index=context.positive, metrics=settings.metrics,
+        reference_group=settings.reference_group,
+        bootstrap=settings.bootstrap if bootstrap is None else bootstrap,
+        confidence=settings.confidence, min_group_size=settings.min_group_size,
+        intersection=settings.intersection, seed=spec.seed,
     )
 
 
@@ -799,19 +762,15 @@ def _task_section(context: AuditContext, baseline_predictions: dict[str, np.ndar
     untrained = list(context.loaded.missing_head_keys or ())
     competence = _section(Competence, competence, "task.competence")
     return TaskResult(
-        type=prompted.task.value,
-        labels=labels,
-        positive_label=labels[context.positive],
-        n_examples=len(context.texts),
-        n_truncated=context.n_truncated,
+        type=prompted.task.value, labels=labels, positive_label=labels[context.positive],
+        n_examples=len(context.texts), n_truncated=context.n_truncated,
         max_length=prompted.max_length,
         prediction_counts={label: int(counts[i]) for i, label in enumerate(labels)},
         accuracy=None if y_true is None else float(np.mean(y_pred == y_true)),
         balanced_accuracy=None if y_true is None else float(
             balanced_accuracy_score(y_true, y_pred)),
         positive_rate=float(np.mean(y_pred == context.positive)),
-        untrained_head=untrained or None,
-        competence=competence,
+        untrained_head=untrained or None, competence=competence,
         accuracy_over_baseline=competence.accuracy_over_baseline,
         classification_report=to_jsonable(overall),
         classification_report_by_group=to_jsonable(by_group),
@@ -832,13 +791,9 @@ def library_versions() -> dict[str, str]:
 
 def _model_hashes(resolved: str) -> dict[str, str]:
     path = Path(resolved)
-    if not path.is_dir():
-        return {}
-    names = sorted(
-        p
-        for p in path.iterdir()
-        if p.is_file() and (p.suffix in (".safetensors", ".bin", ".json", ".txt", ".model"))
-    )
+    suffixes = (".safetensors", ".bin", ".json", ".txt", ".model")
+    names = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in suffixes) if (
+        path.is_dir()) else []
     return {p.name: sha256_file(p) for p in names}
 
 
@@ -875,14 +830,6 @@ def _provenance(context: AuditContext, command: str | None) -> Provenance:
     )
 
 
-def _audit_info(spec: AuditSpec) -> dict:
-    """``{"audit_info": {...}}`` when the spec has one (dates as ISO text), else ``{}``."""
-    if spec.audit_info is None:
-        return {}
-    info = spec.audit_info.model_dump(mode="json", exclude_none=True)
-    return {"audit_info": info}
-
-
 # -------------------------------------------------------------- the prompt
 def _prompt_source(spec: AuditSpec, *, progress: bool) -> str:
     """The prompt's path: the spec's, or the folder a prompt trained here was written to."""
@@ -895,61 +842,34 @@ def _prompt_source(spec: AuditSpec, *, progress: bool) -> str:
     table = train.data
     if table.label_column is None:
         raise SpecError("prompt.train.data.label_column: training needs a label column")
-    frame = load_table(
-        table.path, required_columns=[table.text_column, table.label_column], seed=spec.seed
-    )
-    labels = spec.model.labels or infer_labels(
-        frame[table.label_column], source=table.path, column=table.label_column
-    )
-    label_ids = encode_labels(
-        frame[table.label_column], labels, source=table.path, column=table.label_column
-    )
+    frame = load_table(table.path, required_columns=[table.text_column, table.label_column],
+                       seed=spec.seed)
+    where = {"source": table.path, "column": table.label_column}
+    labels = spec.model.labels or infer_labels(frame[table.label_column], **where)
+    label_ids = encode_labels(frame[table.label_column], labels, **where)
     out = Path(train.out) if train.out else private_output_dir("trained", spec.name)
     config = TrainingConfig(
-        num_virtual_tokens=train.num_virtual_tokens,
-        init=InitMethod(train.init),
-        init_text=train.init_text or default_init_text(labels),
-        epochs=train.epochs,
-        learning_rate=train.learning_rate,
-        batch_size=train.batch_size,
-        max_length=train.max_length,
-        seed=spec.seed,
+        num_virtual_tokens=train.num_virtual_tokens, init=InitMethod(train.init),
+        init_text=train.init_text or default_init_text(labels), epochs=train.epochs,
+        learning_rate=train.learning_rate, batch_size=train.batch_size,
+        max_length=train.max_length, seed=spec.seed,
     )
     logger.info("training a prompt on %s into %s", table.path, out)
     stage("training", f"tuning a prompt on {table.path} ({train.epochs} epoch(s))")
-    train_prompt(
-        spec.model.base,
-        frame[table.text_column].astype(str).tolist(),
-        label_ids,
-        labels=labels,
-        out_dir=out,
-        task=spec.model.task,
-        config=config,
-        device=spec.model.device,
-        progress=progress,
-    )
+    train_prompt(spec.model.base, frame[table.text_column].astype(str).tolist(), label_ids,
+                 labels=labels, out_dir=out, task=spec.model.task, config=config,
+                 device=spec.model.device, progress=progress)
     return str(out)
 
 
 def private_output_dir(kind: str, name: str) -> Path:
     """A new folder, readable by this user only, for an output the spec did not place.
 
-    ``tempfile.mkdtemp`` creates it with mode 0700 under a name nobody can
-    guess in advance. A fixed path in the shared temp directory (what this
-    replaced) could be made in advance by another user, as a link or holding a
-    planted adapter that a later run would write through or reuse.
-
-    Parameters
-    ----------
-    kind : str
-        ``"trained"`` or ``"mitigated"``: the start of the folder name.
-    name : str
-        The audit's name; its letters, digits, ``-``, ``_`` and ``.`` (40 at most)
-        go into the folder name so a user can tell the folders apart.
-
-    Returns
-    -------
-    pathlib.Path
+    ``tempfile.mkdtemp`` creates it with mode 0700 under a name nobody can guess in
+    advance (a fixed path in the shared temp directory could be made in advance by another
+    user, as a link or holding a planted adapter). ``kind`` (``"trained"`` or
+    ``"mitigated"``) and the audit's ``name`` (its letters, digits, ``-``, ``_`` and ``.``,
+    40 at most) start the folder name, so a user can tell the folders apart.
     """
     import re
     import tempfile
@@ -1018,38 +938,25 @@ def _mitigate(spec: AuditSpec, prompt: str, labels: list[str], out: Path, *, pro
     frame = load_table(table.path, required_columns=columns, seed=spec.seed)
     if table.limit is not None:
         frame = frame.iloc[: table.limit].reset_index(drop=True)
-    label_ids = encode_labels(
-        frame[table.label_column], labels, source=table.path, column=table.label_column
-    )
+    label_ids = encode_labels(frame[table.label_column], labels, source=table.path,
+                              column=table.label_column)
     cf = spec.counterfactuals
     suite = mitigation.suite or (cf.suite if cf is not None else None) or "builtin:identity"
     features = mitigation.features or (cf.features if cf is not None else None)
     settings = MitigationSettings(
-        weights=tuple(mitigation.weights),
-        max_accuracy_drop=mitigation.max_accuracy_drop,
-        epochs=mitigation.epochs,
-        learning_rate=mitigation.learning_rate,
-        batch_size=mitigation.batch_size,
-        max_length=spec.model.max_length,
-        seed=spec.seed,
+        weights=tuple(mitigation.weights), max_accuracy_drop=mitigation.max_accuracy_drop,
+        epochs=mitigation.epochs, learning_rate=mitigation.learning_rate,
+        batch_size=mitigation.batch_size, max_length=spec.model.max_length, seed=spec.seed,
         validation_fraction=mitigation.validation_fraction,
         suite=None if table.pair_column else suite,
-        features=tuple(features) if features else None,
-        group_weight=mitigation.group_weight,
+        features=tuple(features) if features else None, group_weight=mitigation.group_weight,
     )
     return mitigate_prompt(
-        spec.model.base,
-        prompt,
-        frame[table.text_column].astype(str).tolist(),
-        label_ids,
-        labels=labels,
-        out_dir=out,
-        positive_label=spec.model.positive_label,
-        settings=settings,
+        spec.model.base, prompt, frame[table.text_column].astype(str).tolist(), label_ids,
+        labels=labels, out_dir=out, positive_label=spec.model.positive_label, settings=settings,
         pair_ids=frame[table.pair_column].tolist() if table.pair_column else None,
         group_values=frame[table.group_column].astype(str).tolist() if table.group_column else None,
-        data_source=table.path,
-        device=spec.model.device,
+        data_source=table.path, device=spec.model.device,
         resume=True,  # a re-run reuses finished candidates whose settings match
         progress=progress,
     )
