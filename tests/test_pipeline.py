@@ -406,6 +406,38 @@ def test_counterfactual_group_column_refuses_missing_values(audit, tmp_path, mis
         "needs a group (empty cells are not allowed)")  # data row 5 (0-based) under the header
 
 
+def test_a_missing_pair_id_is_refused_before_the_model_loads(audit, tmp_path, monkeypatch):
+    import promptaudit.pipeline as pipeline
+
+    frame = audit["frame"].astype(object)
+    frame.loc[3, "pair_id"] = None  # a JSON null (an empty CSV cell reads as "")
+    data = tmp_path / "eval.jsonl"
+    frame.to_json(data, orient="records", lines=True)
+
+    def change(spec):
+        spec["data"]["path"] = str(data)
+        spec["counterfactuals"] = {"pair_column": "pair_id"}
+
+    def never(*args, **kwargs):
+        raise AssertionError("the model was loaded before the data was checked")
+    monkeypatch.setattr(pipeline, "load_prompted_model", never)
+    with pytest.raises(DataError) as info:
+        run_audit(load_spec(_spec_with(audit, tmp_path, change)))
+    assert str(info.value) == f"{data}: column 'pair_id' has a missing value at line 4"
+
+
+def test_positive_index_names_the_spec_key_of_a_label_that_is_not_one():
+    from promptaudit.errors import SpecError
+    from promptaudit.spec import positive_index
+
+    assert positive_index(["no", "yes"], None) == 1  # the second of two labels
+    assert positive_index(["a", "b", "c"], None) == 0
+    assert positive_index(("a", "b", "c"), "b") == 1
+    with pytest.raises(SpecError) as info:
+        positive_index(["no", "yes"], "maybe")
+    assert str(info.value) == "model.positive_label: 'maybe' is not one of the labels ['no', 'yes']"
+
+
 def test_term_suite_groups_that_collide_as_text_are_refused(tmp_path):
     from promptaudit.corpora import load_term_suite
 

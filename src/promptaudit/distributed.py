@@ -24,8 +24,9 @@ passes are divided:
   (:meth:`accelerate.PartialState.split_between_processes` over the batch
   indices), computes them, and the pieces are gathered on every process
   (:func:`accelerate.utils.gather_object`) and put back in input order;
-* the main process (rank 0) alone computes fairness metrics, bootstrap
-  intervals and gates, and writes the reports
+* the main process (rank 0) alone assembles the result (fairness metrics,
+  bootstrap intervals, competence and gates: the pipeline's one assembly step,
+  after every forward pass) and writes the reports
   (:func:`promptaudit.runner.run_audit_command`).
 
 Shards are whole batches of the single-process schedule: texts are ordered the

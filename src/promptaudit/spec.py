@@ -1109,3 +1109,97 @@ def _describe(error: dict, raw: dict) -> str:
     if isinstance(value, bool) and kind.startswith(("int", "float")):
         shown += ", a YAML boolean: yes/no/on/off/true/false are not numbers"
     return f"{dotted or 'spec'}: {message} (got {shown})"
+
+
+# ---- checks of a spec against its data (moved from pipeline.py)
+def evaluation_columns(spec: AuditSpec) -> list[str]:
+    """The columns the evaluation data must have (text, sensitive features, label, pairs)."""
+    data, cf = spec.data, spec.counterfactuals
+    required = [data.text_column, *data.sensitive_features]
+    if data.label_column:
+        required.append(data.label_column)
+    if cf is not None and cf.pair_column:
+        required += [cf.pair_column, *([cf.group_column] if cf.group_column else [])]
+    return required
+
+
+def check_evaluation_rows(spec: AuditSpec, frame) -> None:
+    """Refuse evaluation rows the audit cannot use, before any model work.
+
+    A missing text, a sensitive feature with a missing value (outside the bias
+    audit's categories) or a single group, a reference group that is not a group,
+    a missing pair id or counterfactual group, a term suite that does not load.
+
+    Parameters
+    ----------
+    spec : AuditSpec
+    frame : pandas.DataFrame
+        ``(n_rows, n_columns)`` the rows audited, with :func:`evaluation_columns`.
+
+    Raises
+    ------
+    DataError, SpecError
+        One line naming the file, the column and the row.
+    """
+    import numpy as np
+
+    from promptaudit.data import check_group_column, check_sensitive_columns, row_location
+    from promptaudit.errors import DataError
+
+    source, text = spec.data.path, frame[spec.data.text_column]
+    missing = text.isna().to_numpy() | (text.astype(str).str.strip() == "").to_numpy()
+    if missing.any():  # an empty CSV cell reads as "" (keep_default_na=False), not NaN
+        raise DataError(f"{source}: column {spec.data.text_column!r} has a missing text at "
+                        f"{row_location(text, int(np.flatnonzero(missing)[0]))}")
+    check_sensitive_columns(
+        frame, spec.data.sensitive_features, source=source,
+        reference_group=spec.fairness.reference_group,
+        allow_missing=spec.bias_audit.categories if spec.bias_audit is not None else (),
+    )
+    cf = spec.counterfactuals
+    if cf is not None and cf.pair_column:
+        pairs = frame[cf.pair_column].isna().to_numpy()
+        if pairs.any():
+            raise DataError(f"{source}: column {cf.pair_column!r} has a missing value at "
+                            f"{row_location(frame, int(np.flatnonzero(pairs)[0]))}")
+        if cf.group_column:
+            check_group_column(frame, cf.group_column, source=source)
+    if cf is not None and cf.suite is not None:
+        from promptaudit.corpora import make_counterfactuals
+
+        make_counterfactuals([], cf.suite, features=cf.features)  # loads and checks the suite
+
+
+def check_group_work(spec: AuditSpec, frame) -> None:
+    """Refuse a sensitive feature that is an identifier, or a bootstrap too big to run.
+
+    ``frame`` holds the sensitive features with missing groups filled
+    (:func:`promptaudit.data.fill_missing_groups`); see
+    :func:`promptaudit.fairness.check_fairness_work`.
+    """
+    if not spec.data.sensitive_features:
+        return
+    from promptaudit.fairness import check_fairness_work
+
+    check_fairness_work(
+        frame[spec.data.sensitive_features], bootstrap=spec.fairness.bootstrap,
+        confidence=spec.fairness.confidence, has_labels=spec.data.label_column is not None,
+        reference_group=spec.fairness.reference_group, intersection=spec.fairness.intersection,
+    )
+
+
+def positive_index(labels: Sequence[str], positive_label: str | None) -> int:
+    """Index of the positive label: ``model.positive_label``, else the second of two labels.
+
+    Examples
+    --------
+    >>> positive_index(["reject", "accept"], None), positive_index(["a", "b", "c"], "c")
+    (1, 2)
+    """
+    labels = list(labels)
+    if positive_label is None:
+        return len(labels) - 1 if len(labels) == 2 else 0
+    if positive_label not in labels:
+        raise SpecError(
+            f"model.positive_label: {positive_label!r} is not one of the labels {labels}")
+    return labels.index(positive_label)
