@@ -44,7 +44,7 @@ _VOLATILE = [
     (re.compile(r'(content sha256</th><td class="mono">)[0-9a-f]{64}'), r"\1<HASH>"),
     (re.compile(r'("(?:cpu_)?seconds": ?)[0-9.e+-]+'), r"\1<S>"),
     (re.compile(r"\d+(?:\.\d+)? ?s (?:wall|CPU)"), "<S> s"),
-    (re.compile(r"/tmp/promptaudit-[A-Za-z0-9_.-]+"), "<TMP>"),
+    (re.compile(r"/tmp/promptaudit-[A-Za-z0-9_.\\-]+"), "<TMP>"),
 ]
 
 
