@@ -54,7 +54,6 @@ from promptaudit.errors import InputError
 
 __all__ = [
     "ACCEPT_THRESHOLD",
-    "BIASABLE_COLUMNS",
     "KINDS",
     "SCREENING_LABELS",
     "SCREENING_POSITIVE_LABEL",
@@ -70,7 +69,6 @@ ACCEPT_THRESHOLD = 11
 KINDS = ("hiring", "loan")
 GENDERS = ("female", "male")
 RACES = ("White", "Black", "Hispanic", "Asian")
-BIASABLE_COLUMNS = ("gender", "race")
 
 ERR_KIND = "unknown screening kind {kind!r}; allowed: hiring, loan"
 ERR_N = "n must be a positive integer; got {n!r}"
