@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from promptaudit.attribution import attribution_method
 from promptaudit.data import (
     check_group_column,
     check_sensitive_columns,
@@ -241,23 +242,20 @@ def run_audit(
             prompted,
             texts[:k],
             processes=processes,
-            method=spec.attribution.method,
-            n_steps=spec.attribution.n_steps,
-            baseline=spec.attribution.baseline,
-            max_examples=k,
-            n_samples=spec.attribution.n_samples,
-            delta_tolerance=spec.attribution.delta_tolerance,
-            max_gradient_evals=spec.attribution.max_gradient_evals,
-            max_gradient_evals_total=spec.attribution.max_gradient_evals_total,
-            min_group_size=spec.fairness.min_group_size,
-            sensitive_features=None
-            if sensitive is None
-            else sensitive.iloc[:k].reset_index(drop=True),
+            method=attribution_method(
+                spec.attribution.method,
+                n_steps=spec.attribution.n_steps,
+                baseline=spec.attribution.baseline,
+                n_samples=spec.attribution.n_samples,
+                delta_tolerance=spec.attribution.delta_tolerance,
+                max_gradient_evals=spec.attribution.max_gradient_evals,
+                max_gradient_evals_total=spec.attribution.max_gradient_evals_total,
+            ),
             seed=spec.seed,
             progress=progress,
         )
 
-    if attribution is not None and attribution.get("by_group") is not None:
+    if attribution is not None and sensitive is not None:
         attribution["by_group"] = _group_attribution(spec, attribution, sensitive, y_true, labels)
 
     baseline_predictions: dict[str, np.ndarray] = {}
@@ -353,22 +351,14 @@ def _typed(section: type[Section], value: dict | None, where: str | None = None)
 # -------------------------------------------------------------------- stages
 def _group_attribution(spec, attribution: dict, sensitive, y_true, labels) -> dict:
     """Per-group attribution compared like for like, as the spec asks (label, bootstrap)."""
-    from promptaudit.attribution import GROUP_BOOTSTRAP, group_attribution
+    from promptaudit.attribution import GROUP_BOOTSTRAP, summarise_groups
 
-    examples = attribution["examples"]
-    k = len(examples)
-    if spec.attribution.group_condition == "true_label" and y_true is not None:
-        strata, condition = [labels[int(v)] for v in y_true[:k]], "true_label"
-    elif attribution.get("target_policy") == "predicted":
-        strata, condition = [e["target_label"] for e in examples], "predicted_label"
-    else:
-        strata, condition = None, None
-    return group_attribution(
-        np.array([e["prompt_attributions"] for e in examples], dtype=np.float64),
-        sensitive.iloc[:k].reset_index(drop=True),
+    k = attribution["n_examples"]
+    by_true_label = spec.attribution.group_condition == "true_label" and y_true is not None
+    return summarise_groups(
+        attribution, sensitive.iloc[:k],
         min_group_size=spec.fairness.min_group_size,
-        error_scale=attribution.get("max_convergence_delta"),
-        strata=strata, condition=condition,
+        true_labels=[labels[int(v)] for v in y_true[:k]] if by_true_label else None,
         n_bootstrap=spec.fairness.bootstrap or GROUP_BOOTSTRAP,
         confidence=spec.fairness.confidence, seed=spec.seed,
     )
@@ -405,24 +395,26 @@ def _explain_projection(spec, prompted, soft, projection, texts, probs, y_true, 
         min_group_size=spec.fairness.min_group_size,
         max_attributed=settings.departures_max_attributed if attribution.enabled else 0,
         known_predictions=known, progress=progress,
-        attribution_options={
-            "method": attribution.method, "n_steps": attribution.n_steps,
-            "baseline": attribution.baseline, "delta_tolerance": attribution.delta_tolerance,
-            "max_gradient_evals": attribution.max_gradient_evals, "seed": spec.seed,
-        },
+        method=attribution_method(
+            attribution.method, n_steps=attribution.n_steps, baseline=attribution.baseline,
+            delta_tolerance=attribution.delta_tolerance,
+            max_gradient_evals=attribution.max_gradient_evals), seed=spec.seed,
     )
     projection["instructions"] = instructions
     projection["departures"] = departures
 
 
-def _attribute(prompted, texts, *, processes: AuditProcesses | None, **options) -> dict:
+def _attribute(prompted, texts, *, processes: AuditProcesses | None, method, seed: int,
+               progress: bool) -> dict:
     """Attribution in float32 (:func:`~promptaudit.prompted.float32_model`), sharded if launched."""
-    from promptaudit.attribution import attribute_prompt, audit_batch_size
+    from promptaudit.attribution import PromptAttributor
 
-    attribute = attribute_prompt if processes is None else processes.attribute_prompt
-    batch_size = audit_batch_size(options["method"], options["n_steps"])
     with float32_model(prompted) as model:
-        return attribute(model, texts, batch_size=batch_size, **options)
+        if processes is not None:
+            return processes.attribute(model, texts, method, seed=seed,
+                                       batch_size=method.audit_batch_size, progress=progress)
+        return PromptAttributor(model, method, batch_size=method.audit_batch_size, seed=seed,
+                                progress=progress).attribute(texts)
 
 
 def _load_evaluation_data(spec: AuditSpec) -> tuple[pd.DataFrame, list[str]]:
