@@ -66,11 +66,11 @@ import torch
 
 from promptaudit import choices as _choices
 from promptaudit.choices import AttributionMethod, Baseline, ShapleyInput
-from promptaudit.data import MISSING_GROUP as _MISSING_GROUP
+from promptaudit.data import MISSING_GROUP
 from promptaudit.errors import InputError
 from promptaudit.prompted import EncodedBatch, PromptedModel
 
-__all__ = [
+__all__ = [  # and the one-line error messages below (``*_MESSAGE``), which tests assert
     "AttributionMethod",
     "Baseline",
     "ShapleyInput",
@@ -93,24 +93,6 @@ __all__ = [
     "adaptive_path_integral",
     "GROUP_BOOTSTRAP",
     "LIKE_FOR_LIKE_RULE",
-    "UNKNOWN_METHOD_MESSAGE",
-    "UNKNOWN_BASELINE_MESSAGE",
-    "UNKNOWN_SHAPLEY_INPUT_MESSAGE",
-    "N_STEPS_MESSAGE",
-    "N_STEPS_AUTO_MESSAGE",
-    "DELTA_TOLERANCE_MESSAGE",
-    "POSITION_TOLERANCE_MESSAGE",
-    "MAX_GRADIENT_EVALS_MESSAGE",
-    "MIN_GROUP_SIZE_MESSAGE",
-    "N_SAMPLES_MESSAGE",
-    "MAX_EXAMPLES_MESSAGE",
-    "BATCH_SIZE_MESSAGE",
-    "INTERNAL_BATCH_SIZE_MESSAGE",
-    "TARGET_RANGE_MESSAGE",
-    "TARGET_LABEL_MESSAGE",
-    "NO_TEXTS_MESSAGE",
-    "NO_PROMPT_MESSAGE",
-    "SENSITIVE_ROWS_MESSAGE",
 ]
 
 logger = logging.getLogger(__name__)
@@ -129,6 +111,9 @@ POSITION_TOLERANCE_MESSAGE = (
 )
 MAX_GRADIENT_EVALS_MESSAGE = (
     "max_gradient_evals: {value!r}; must be an integer >= 5"
+)
+MAX_GRADIENT_EVALS_TOTAL_MESSAGE = (
+    "max_gradient_evals_total: {value!r}; must be an integer >= 1 or None"
 )
 MIN_GROUP_SIZE_MESSAGE = "min_group_size: {value!r}; must be an integer >= 1"
 N_SAMPLES_MESSAGE = "n_samples: {value!r}; must be an integer >= 1"
@@ -189,8 +174,6 @@ LIKE_FOR_LIKE_RULE = (
 TOP_TOKENS = 5
 #: Virtual-token positions listed per feature in ``by_group[...]["top_positions"]``.
 TOP_POSITIONS = 5
-#: Group name of rows whose sensitive feature is missing (the name group fairness uses).
-MISSING_GROUP = _MISSING_GROUP
 
 
 def baseline_vector(prompted: PromptedModel, baseline: Baseline | str) -> torch.Tensor:
@@ -330,12 +313,8 @@ class IntegratedGradients(_Method):
             raise InputError(POSITION_TOLERANCE_MESSAGE.format(value=value))
         _check_int(self.max_gradient_evals, MAX_GRADIENT_EVALS_MESSAGE,
                    minimum=2 * INITIAL_INTERVALS + 1)
-        if not (self.max_gradient_evals_total is None or (
-                isinstance(self.max_gradient_evals_total, numbers.Integral)
-                and not isinstance(self.max_gradient_evals_total, bool)
-                and self.max_gradient_evals_total >= 1)):
-            raise InputError(f"max_gradient_evals_total must be an integer >= 1; got "
-                             f"{self.max_gradient_evals_total!r}")
+        _check_int(self.max_gradient_evals_total, MAX_GRADIENT_EVALS_TOTAL_MESSAGE,
+                   allow_none=True)
 
     @property
     def adaptive(self) -> bool:
@@ -375,7 +354,7 @@ class FeatureAblation(_Method):
     name = AttributionMethod.FEATURE_ABLATION
 
     def engine(self, prompted: PromptedModel, seed: int) -> _Engine:
-        return _FeatureAblationEngine(prompted, self)
+        return _PerturbationEngine(prompted, self)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -408,7 +387,7 @@ class ShapleySampling(_Method):
         _check_int(self.n_samples, N_SAMPLES_MESSAGE)
 
     def engine(self, prompted: PromptedModel, seed: int) -> _Engine:
-        return _ShapleyEngine(prompted, self, seed=seed)
+        return _PerturbationEngine(prompted, self, seed=seed)
 
     def header(self) -> dict:
         return {**super().header(), "n_samples": int(self.n_samples),
@@ -496,20 +475,6 @@ class _Engine:
         positions = self.prompted.num_virtual_tokens + seq
         return max(examples, DEFAULT_TOKENS_PER_PASS // max(positions, 1))
 
-    def forward(
-        self,
-        prompt_embeds: torch.Tensor,
-        input_embeds: torch.Tensor,
-        attention_mask: torch.Tensor,
-        token_type_ids: torch.Tensor | None,
-        readout_index: torch.Tensor | None,
-    ) -> torch.Tensor:
-        """Label probabilities ``(rows, n_labels)`` from ``(rows, n_virtual, hidden)``
-        prompt and ``(rows, seq, hidden)`` input embeddings (Captum's forward)."""
-        return self.prompted.label_probabilities(
-            prompt_embeds, input_embeds, attention_mask, token_type_ids, readout_index
-        )
-
     def prepare(self, batch: EncodedBatch) -> tuple[tuple, tuple, tuple]:
         """Inputs, baselines and additional forward args of a batch.
 
@@ -560,7 +525,7 @@ class _FixedStepsEngine(_Engine):
         from captum.attr import IntegratedGradients as CaptumIntegratedGradients
 
         super().__init__(prompted, method)
-        self._captum = CaptumIntegratedGradients(self.forward)
+        self._captum = CaptumIntegratedGradients(prompted.label_probabilities)
 
     def attribute(self, batch: EncodedBatch, target: torch.Tensor) -> BatchAttribution:
         inputs, baselines, additional = self.prepare(batch)
@@ -576,25 +541,16 @@ class _FixedStepsEngine(_Engine):
 
 
 class _AdaptiveStepsEngine(_Engine):
-    """Integrated gradients with adaptive steps that meet a completeness tolerance.
+    """Integrated gradients with adaptive steps (:func:`adaptive_path_integral` per example).
 
-    Per example, the straight path from the baseline to the input is
-    integrated by :func:`adaptive_path_integral` (nested Simpson bisection):
-    every example's attributions sum to ``f(x) - f(baseline)`` within
-    ``delta_tolerance`` (more precisely: the sum of the absolute completeness
-    errors of its intervals is at most ``delta_tolerance``) and the estimated
-    absolute errors of its positions add up to at most ``position_tolerance``
-    (so positions are right, not only their sum), or the example is reported
-    as not converged after ``max_gradient_evals`` gradient evaluations. Gradients
-    come from Captum's ``captum._utils.gradient.compute_gradients`` on the same
-    forward function, inputs, baselines and targets as fixed steps; the new
-    points of all open examples of a batch share forward/backward passes
-    (``internal_batch_size`` rows at most).
+    Gradients come from Captum's ``compute_gradients`` on the forward function, inputs,
+    baselines and targets of fixed steps; the new points of all open examples of a batch
+    share forward/backward passes (``internal_batch_size`` rows at most).
     """
 
     def _recorded(self, outputs: list, *args) -> torch.Tensor:
         # the forward function, keeping its output: f at the point comes with the gradient
-        out = self.forward(*args)
+        out = self.prompted.label_probabilities(*args)
         outputs.append(out)
         return out
 
@@ -649,11 +605,20 @@ class _AdaptiveStepsEngine(_Engine):
 
 
 class _PerturbationEngine(_Engine):
-    """Shared set-up of the feature-group (perturbation) methods."""
+    """Feature ablation or Shapley value sampling (Captum) over feature groups: each
+    virtual token, and each input token or (Shapley, ``whole``) the whole input."""
 
-    def perturbations_per_eval(self, examples: int, seq: int) -> int:
-        """Perturbed copies of an ``examples``-row batch per forward pass."""
-        return max(1, self.rows_per_pass(examples, seq) // max(examples, 1))
+    def __init__(self, prompted: PromptedModel, method: FeatureAblation | ShapleySampling, *,
+                 seed: int = 0):
+        from captum import attr as captum_attr
+
+        super().__init__(prompted, method)
+        self.shapley = isinstance(method, ShapleySampling)
+        self.seed = int(seed)
+        self._batches = 0
+        captum_class = (captum_attr.ShapleyValueSampling if self.shapley
+                        else captum_attr.FeatureAblation)
+        self._captum = captum_class(prompted.label_probabilities)
 
     def feature_masks(self, seq: int, *, input_whole: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Feature groups: ``(1, n_virtual, 1)`` ids ``0..n_virtual-1`` for the prompt and
@@ -667,56 +632,27 @@ class _PerturbationEngine(_Engine):
             input_mask = (n_virtual + torch.arange(seq, device=device)).view(1, seq, 1)
         return prompt_mask, input_mask
 
-
-class _FeatureAblationEngine(_PerturbationEngine):
-    def __init__(self, prompted: PromptedModel, method: FeatureAblation):
-        from captum.attr import FeatureAblation as CaptumFeatureAblation
-
-        super().__init__(prompted, method)
-        self._captum = CaptumFeatureAblation(self.forward)
-
     def attribute(self, batch: EncodedBatch, target: torch.Tensor) -> BatchAttribution:
         inputs, baselines, additional = self.prepare(batch)
-        masks = self.feature_masks(inputs[1].shape[1], input_whole=False)
-        with torch.inference_mode():
-            prompt_attr, input_attr = self._captum.attribute(
-                inputs, baselines=baselines, target=target, additional_forward_args=additional,
-                feature_mask=masks,
-                perturbations_per_eval=self.perturbations_per_eval(*inputs[1].shape[:2]),
-            )
-        # every hidden element of a group carries the group's value
-        prompt = prompt_attr[..., 0].clone()
-        tokens = input_attr[..., 0].clone()
-        return BatchAttribution(prompt, tokens, tokens.sum(dim=-1))
-
-
-class _ShapleyEngine(_PerturbationEngine):
-    def __init__(self, prompted: PromptedModel, method: ShapleySampling, *, seed: int):
-        from captum.attr import ShapleyValueSampling
-
-        super().__init__(prompted, method)
-        self.seed = int(seed)
-        self._batches = 0
-        self._captum = ShapleyValueSampling(self.forward)
-
-    def attribute(self, batch: EncodedBatch, target: torch.Tensor) -> BatchAttribution:
-        inputs, baselines, additional = self.prepare(batch)
-        whole = self.method.shapley_input is ShapleyInput.WHOLE
-        masks = self.feature_masks(inputs[1].shape[1], input_whole=whole)
+        examples, seq = inputs[1].shape[:2]
+        whole = self.shapley and self.method.shapley_input is ShapleyInput.WHOLE
+        options = {"n_samples": int(self.method.n_samples)} if self.shapley else {}
+        # Shapley permutations of batch i from seed + i, in a forked RNG
         with torch.random.fork_rng(devices=[]), torch.inference_mode():
             torch.manual_seed(self.seed + self._batches)
             prompt_attr, input_attr = self._captum.attribute(
                 inputs, baselines=baselines, target=target, additional_forward_args=additional,
-                feature_mask=masks, n_samples=int(self.method.n_samples),
-                perturbations_per_eval=self.perturbations_per_eval(*inputs[1].shape[:2]),
-            )
+                feature_mask=self.feature_masks(seq, input_whole=whole),
+                perturbations_per_eval=max(1, self.rows_per_pass(examples, seq)
+                                           // max(examples, 1)), **options)
         self._batches += 1
+        # every hidden element of a group carries the group's value
         prompt = prompt_attr[..., 0].clone()
         if whole:
             return BatchAttribution(prompt, None, input_attr[:, 0, 0].clone())
         tokens = input_attr[..., 0].clone()
-        # padding is a player whose baseline is itself: exactly zero, but keep it clean
-        tokens = tokens * batch.attention_mask.to(tokens.device, tokens.dtype)
+        if self.shapley:  # padding is a player whose baseline is itself: zero, but keep it clean
+            tokens = tokens * batch.attention_mask.to(tokens.device, tokens.dtype)
         return BatchAttribution(prompt, tokens, tokens.sum(dim=-1))
 
 
@@ -1002,21 +938,8 @@ def _budget_batches(lengths: torch.Tensor, batch_size: int, order: torch.Tensor,
 
 @dataclass
 class _Collected:
-    """Per-example results, filled batch by batch (``n`` examples, ``P`` virtual tokens).
-
-    Attributes
-    ----------
-    prompt : numpy.ndarray
-        ``(n, P)`` attribution per virtual token.
-    tokens : list of numpy.ndarray or None
-        Per example ``(T,)`` attribution per real input token (None: one input player).
-    input_total, deltas, position_error, target_probs : numpy.ndarray
-        ``(n,)`` float64 (NaN where a method has none).
-    steps, targets : numpy.ndarray
-        ``(n,)`` int64 gradient evaluations used and explained label.
-    converged : numpy.ndarray
-        ``(n,)`` bool.
-    """
+    """Per-example results, filled batch by batch: ``prompt`` ``(n, P)``, ``tokens`` (per
+    example ``(T,)`` or None), the others ``(n,)`` (NaN where a method has none)."""
 
     prompt: np.ndarray
     tokens: list
