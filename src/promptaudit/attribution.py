@@ -936,54 +936,6 @@ def _budget_batches(lengths: torch.Tensor, batch_size: int, order: torch.Tensor,
     return out
 
 
-@dataclass
-class _Collected:
-    """Per-example results, filled batch by batch: ``prompt`` ``(n, P)``, ``tokens`` (per
-    example ``(T,)`` or None), the others ``(n,)`` (NaN where a method has none)."""
-
-    prompt: np.ndarray
-    tokens: list
-    input_total: np.ndarray
-    deltas: np.ndarray
-    steps: np.ndarray
-    converged: np.ndarray
-    position_error: np.ndarray
-    targets: np.ndarray
-    target_probs: np.ndarray
-
-    @classmethod
-    def empty(cls, n: int, n_virtual: int) -> _Collected:
-        return cls(np.zeros((n, n_virtual), dtype=np.float64), [None] * n,
-                   np.zeros(n, dtype=np.float64), np.full(n, np.nan), np.zeros(n, dtype=np.int64),
-                   np.ones(n, dtype=bool), np.full(n, np.nan), np.zeros(n, dtype=np.int64),
-                   np.zeros(n, dtype=np.float64))
-
-    def head(self, n: int) -> _Collected:
-        """The first ``n`` examples (what a spent budget keeps)."""
-        return _Collected(*(getattr(self, f.name)[:n] for f in dataclasses.fields(self)))
-
-    def store(self, rows: np.ndarray, out: BatchAttribution, target_ids: torch.Tensor,
-              probs: torch.Tensor, lengths: torch.Tensor) -> None:
-        """Put one batch's attributions at its ``rows``."""
-        self.prompt[rows] = out.prompt.double().cpu().numpy()
-        self.input_total[rows] = out.input_total.double().cpu().numpy()
-        self.targets[rows] = target_ids.cpu().numpy()
-        picked = probs[torch.arange(len(rows), device=probs.device), target_ids]
-        self.target_probs[rows] = picked.double().cpu().numpy()
-        if out.delta is not None:
-            self.deltas[rows] = out.delta.double().cpu().numpy()
-        if out.n_steps is not None:
-            self.steps[rows] = out.n_steps.cpu().numpy()
-            self.converged[rows] = out.converged.cpu().numpy()
-        if out.position_error is not None:
-            self.position_error[rows] = out.position_error.double().cpu().numpy()
-        if out.inputs is not None:
-            per_token = out.inputs.double().cpu().numpy()
-            for row, example in enumerate(rows):
-                self.tokens[example] = per_token[row, : int(lengths[example])]
-                self.input_total[example] = self.tokens[example].sum()
-
-
 class PromptAttributor:
     """Attribute the target-label probability to prompt positions and input tokens.
 
@@ -1082,20 +1034,19 @@ class PromptAttributor:
         fixed_target = _resolve_target(target, self.prompted.labels)
         texts = texts[:max_examples]
         started = time.perf_counter()
-        encoded = self.prompted.encode(texts).to(self.prompted.device)
-        lengths = encoded.attention_mask.sum(dim=1)
-        collected = self._attribute_batches(encoded, lengths, fixed_target)
-        result = self._result(texts, encoded, lengths.cpu(), collected, fixed_target)
+        examples = self._attribute_batches(texts, fixed_target)
+        result = self._result(examples, len(texts), fixed_target)
         self._log(result, started)
         return result
 
-    def _attribute_batches(self, encoded: EncodedBatch, lengths: torch.Tensor,
-                           fixed_target: int | None) -> _Collected:
-        """Every batch's attributions; under a budget, the blocks that ran before it was spent."""
+    def _attribute_batches(self, texts: list[str], fixed_target: int | None) -> list[dict]:
+        """Every text's example entry, in order; under a budget, those of the blocks that ran
+        before it was spent."""
         method, prompted = self.method, self.prompted
         engine = method.engine(prompted, self.seed)
         budget = getattr(method, "max_gradient_evals_total", None)
-        fixed_steps = None if budget is None or method.adaptive else int(method.n_steps)
+        encoded = prompted.encode(texts).to(prompted.device)
+        lengths = encoded.attention_mask.sum(dim=1)
         cpu_lengths = lengths.cpu()
         batches = _budget_batches(cpu_lengths, self.batch_size,
                                   torch.argsort(cpu_lengths, stable=True), budget is not None)
@@ -1104,13 +1055,11 @@ class PromptAttributor:
 
             batches = tqdm(batches, desc=f"attribute ({method.name.value})", unit="batch",
                            leave=False)
-        collected = _Collected.empty(len(cpu_lengths), prompted.num_virtual_tokens)
+        examples: list[dict | None] = [None] * len(texts)
         for block_start, index in batches:
-            if budget is not None and block_start > 0:
-                spent = (fixed_steps * block_start if fixed_steps is not None
-                         else int(collected.steps[:block_start].sum()))
-                if spent >= budget:  # the budget is spent: no new block starts
-                    return collected.head(block_start)
+            if budget is not None and block_start > 0 and sum(
+                    examples[i]["n_steps"] for i in range(block_start)) >= budget:
+                return examples[:block_start]  # the budget is spent: no new block starts
             device_index = index.to(prompted.device)
             batch = _slice_batch(encoded, device_index, int(lengths[device_index].max()))
             with torch.inference_mode():
@@ -1120,20 +1069,16 @@ class PromptAttributor:
             else:
                 target_ids = torch.full((len(index),), fixed_target, device=probs.device)
             out = engine.attribute(batch, target_ids.clone())
-            collected.store(index.numpy(), out, target_ids, probs, lengths)
-        return collected
+            picked = probs[torch.arange(len(index), device=probs.device), target_ids]
+            for row, example in zip(index.tolist(), _batch_examples(
+                    self.prompted, method, batch, out, target_ids, picked), strict=True):
+                examples[row] = {"text": texts[row], **example}
+        return examples
 
-    def _result(self, texts: list[str], encoded: EncodedBatch, lengths: torch.Tensor,
-                collected: _Collected, fixed_target: int | None) -> dict:
-        """The ``attribution`` object of the examples ``collected`` holds."""
+    def _result(self, examples: list[dict], n_requested: int, fixed_target: int | None) -> dict:
+        """The ``attribution`` object of ``examples`` (of ``n_requested`` texts)."""
         method = self.method
         integrated = isinstance(method, IntegratedGradients)
-        adaptive = integrated and method.adaptive
-        if integrated and not adaptive:
-            collected.steps[:] = int(method.n_steps)
-            collected.converged = np.abs(collected.deltas) <= float(method.delta_tolerance)
-        examples = _examples(self.prompted, texts, encoded, lengths, collected,
-                             steps=integrated, adaptive=adaptive)
         result = {
             **method.header(),
             "target_policy": "predicted" if fixed_target is None else "fixed",
@@ -1145,19 +1090,20 @@ class PromptAttributor:
             "examples": examples,
             **convergence_summary(
                 examples, delta_tolerance=float(method.delta_tolerance) if integrated else None,
-                max_gradient_evals=int(method.max_gradient_evals) if adaptive else None),
+                max_gradient_evals=int(method.max_gradient_evals)
+                if integrated and method.adaptive else None),
         }
         budget = getattr(method, "max_gradient_evals_total", None)
         if budget is not None:
-            n, requested = len(examples), len(texts)
-            used = int(collected.steps.sum())
+            n = len(examples)
+            used = sum(example["n_steps"] for example in examples)
             result["budget"] = {"max_gradient_evals_total": int(budget), "n_gradient_evals": used,
-                                "n_requested": requested, "n_attributed": n,
-                                "n_left_out": requested - n}
-            if n < requested:
+                                "n_requested": n_requested, "n_attributed": n,
+                                "n_left_out": n_requested - n}
+            if n < n_requested:
                 logger.info("attribution budget of %d gradient evaluations spent after %d of %d "
                             "examples (%d used); the other %d were left out", budget, n,
-                            requested, used, requested - n)
+                            n_requested, used, n_requested - n)
         return result
 
     def _log(self, result: dict, started: float) -> None:
@@ -1177,40 +1123,49 @@ class PromptAttributor:
                            CONVERGENCE_WARNING, method.n_steps)
 
 
-def _examples(prompted: PromptedModel, texts: list[str], encoded: EncodedBatch,
-              lengths: torch.Tensor, collected: _Collected, *, steps: bool,
-              adaptive: bool) -> list[dict]:
-    """The result's per-example entries (``steps``: with integrated gradients' figures)."""
+def _batch_examples(prompted: PromptedModel, method: _Method, batch: EncodedBatch,
+                    out: BatchAttribution, target_ids: torch.Tensor,
+                    probabilities: torch.Tensor) -> list[dict]:
+    """The example entries (less ``text``) of one batch, in its row order.
+
+    ``target_ids`` and ``probabilities`` are ``(batch,)``: the explained label and its
+    probability.
+    """
     tokenizer = prompted.tokenizer
     special = set(getattr(tokenizer, "all_special_ids", []) or [])
-    c = collected
-    has_delta = not np.isnan(c.deltas).all()
+    lengths = batch.attention_mask.sum(dim=1).tolist()
+    prompt = out.prompt.double().cpu().numpy()
+    per_token = None if out.inputs is None else out.inputs.double().cpu().numpy()
+    input_total = out.input_total.double().cpu().numpy()
+    deltas = None if out.delta is None else out.delta.double().cpu().numpy()
+    fixed_steps = isinstance(method, IntegratedGradients) and not method.adaptive
     examples = []
-    for i in range(len(c.targets)):
-        ids = encoded.input_ids[i, : int(lengths[i])].tolist()
+    for row, length in enumerate(lengths):
+        ids = batch.input_ids[row, :length].tolist()
         tokens = tokenizer.convert_ids_to_tokens(ids)
-        top = []
-        if c.tokens[i] is not None:
-            candidates = [j for j, tid in enumerate(ids) if tid not in special]
-            candidates.sort(key=lambda j: -abs(c.tokens[i][j]))
-            top = [{"token": tokens[j], "attribution": float(c.tokens[i][j])}
-                   for j in candidates[:TOP_TOKENS]]
+        values = None if per_token is None else per_token[row, :length]
+        target = int(target_ids[row])
         example = {
-            "text": texts[i],
-            "target": int(c.targets[i]),
-            "target_label": prompted.labels[int(c.targets[i])],
-            "target_probability": float(c.target_probs[i]),
+            "target": target,
+            "target_label": prompted.labels[target],
+            "target_probability": float(probabilities[row].double()),
             "tokens": list(tokens),
-            "prompt_attributions": [float(v) for v in c.prompt[i]],
-            "token_attributions": None if c.tokens[i] is None
-            else [float(v) for v in c.tokens[i]],
-            "input_attribution": float(c.input_total[i]),
-            "convergence_delta": float(c.deltas[i]) if has_delta else None,
-            "top_tokens": top,
+            "prompt_attributions": [float(v) for v in prompt[row]],
+            "token_attributions": None if values is None else [float(v) for v in values],
+            "input_attribution": float(input_total[row] if values is None else values.sum()),
+            "convergence_delta": None if deltas is None else float(deltas[row]),
+            "top_tokens": [] if values is None else [
+                {"token": tokens[j], "attribution": float(values[j])}
+                for j in sorted((j for j, tid in enumerate(ids) if tid not in special),
+                                key=lambda j: -abs(values[j]))[:TOP_TOKENS]],
         }
-        if steps:
-            example.update({"n_steps": int(c.steps[i]), "converged": bool(c.converged[i]),
-                            "position_error": float(c.position_error[i]) if adaptive else None})
+        if fixed_steps:
+            example.update({"n_steps": int(method.n_steps),
+                            "converged": bool(abs(deltas[row]) <= float(method.delta_tolerance)),
+                            "position_error": None})
+        elif out.n_steps is not None:
+            example.update({"n_steps": int(out.n_steps[row]), "converged": bool(out.converged[row]),
+                            "position_error": float(out.position_error[row].double())})
         examples.append(example)
     return examples
 
