@@ -1,5 +1,14 @@
 """Attribute a prompted model's output to prompt positions and input tokens (Captum).
 
+The API is Captum's: a method object holds its options, an attributor applies it::
+
+    attributor = PromptAttributor(prompted, IntegratedGradients(n_steps="auto"))
+    attribution = attributor.attribute(texts)          # the result's ``attribution`` object
+    attribution["by_group"] = summarise_groups(attribution, sensitive_features)
+
+(:class:`IntegratedGradients`, :class:`FeatureAblation`, :class:`ShapleySampling`;
+:func:`attribution_method` builds one from the audit spec's flat options.)
+
 Every method attributes over the concatenated embeddings ``[prompt ; input]``:
 the prompt embeddings ``(batch, num_virtual_tokens, hidden)`` and the input
 word embeddings ``(batch, seq, hidden)`` are handed to Captum as two input
@@ -44,8 +53,8 @@ Speed: texts are encoded once, ordered by length and attributed in batches of
 batched into the same forward pass (``internal_batch_size`` rows at most; by
 default as many rows as fit a budget of 4096 token positions, which bounds memory
 and keeps activations cache-sized);
-predictions run under :func:`torch.inference_mode`; the Captum method and the
-forward function are built once per call, not per example.
+predictions run under :func:`torch.inference_mode`; the Captum method is built once
+per :meth:`PromptAttributor.attribute` call, not per example.
 """
 
 from __future__ import annotations
