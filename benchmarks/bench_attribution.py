@@ -5,7 +5,7 @@ dev sentences over ``[prompt ; input]`` embeddings with the bundled MiniLM
 (``builtin:minilm``), the same baseline (``--baseline``, default zero), in one
 process, on one prompt trained on SST-2:
 
-* adaptive: :func:`promptaudit.attribution.attribute_prompt` with ``n_steps="auto"``
+* adaptive: :class:`promptaudit.attribution.PromptAttributor` with ``n_steps="auto"``
   and ``--tolerance`` (default 0.02; the per-position tolerance is the library's
   default, 2.5 times it): every example within both or reported as not converged;
 * adaptive trade-off: the same with the per-position tolerance at each of
@@ -13,7 +13,7 @@ process, on one prompt trained on SST-2:
   former rule);
 * naive: one example at a time, a new forward closure and a new Captum
   ``IntegratedGradients`` per example at ``--naive-steps`` (default 32);
-* fixed: batched ``attribute_prompt`` with fixed Gauss-Legendre steps 16, 32,
+* fixed: batched ``PromptAttributor`` with fixed Gauss-Legendre steps 16, 32,
   64, ... up to 512, stopping at the smallest N whose every example meets the
   tolerance (or stating that none up to 512 does);
 * reference: batched fixed Gauss-Legendre steps at ``--reference-steps``
@@ -49,7 +49,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from promptaudit.attribution import attribute_prompt, baseline_vector
+from promptaudit.attribution import PromptAttributor, attribution_method, baseline_vector
 from promptaudit.models import quiet_transformers
 from promptaudit.prompted import PromptedModel, load_prompted_model
 
@@ -60,6 +60,12 @@ DATA = next((folder for folder in (ROOT.parent / "shared" / "data" / "sst2",
 LABELS = ["negative", "positive"]
 INIT_TEXT = "classify the sentiment of this movie review as positive or negative"
 
+
+
+def attribute(prompted, texts, *, batch_size: int = 8, **options) -> dict:
+    """Attribute every text with the method built from flat options."""
+    attributor = PromptAttributor(prompted, attribution_method(**options), batch_size=batch_size)
+    return attributor.attribute(texts)
 
 def read_sst2(name: str) -> pd.DataFrame:
     return pd.read_csv(DATA / name, sep="\t", quoting=3)
@@ -211,16 +217,16 @@ def main(argv: list[str] | None = None) -> dict:
     vocab_median = float(prompted.word_embeddings.detach().float().norm(dim=-1).median())
     texts = read_sst2("dev.tsv")["sentence"].head(args.n).tolist()
     tol = args.tolerance
-    common = dict(baseline=args.baseline, batch_size=args.batch_size, max_examples=len(texts),
+    common = dict(baseline=args.baseline, batch_size=args.batch_size,
                   internal_batch_size=args.internal_batch_size, delta_tolerance=tol)
 
     # warm-up (lazy imports, allocator) on one short example, not timed
-    attribute_prompt(prompted, texts[:1], n_steps=2, baseline=args.baseline)
-    attribute_prompt(prompted, texts[:1], n_steps="auto", baseline=args.baseline)
+    attribute(prompted, texts[:1], n_steps=2, baseline=args.baseline)
+    attribute(prompted, texts[:1], n_steps="auto", baseline=args.baseline)
     naive_integrated_gradients(prompted, texts[:1], n_steps=2, baseline=args.baseline)
 
     adaptive_result, wall, cpu = timed(
-        lambda: attribute_prompt(prompted, texts, n_steps="auto", **common))
+        lambda: attribute(prompted, texts, n_steps="auto", **common))
     adaptive = adaptive_result["examples"]
     runs = {"adaptive": summary(adaptive, wall, cpu, tol)}
     runs["adaptive"]["n_not_converged"] = adaptive_result["n_not_converged"]
@@ -229,7 +235,7 @@ def main(argv: list[str] | None = None) -> dict:
     adaptive_runs = {"adaptive": adaptive}
     for factor in [float(f) for f in args.position_factors.split(",") if f.strip()]:
         name = f"adaptive_pos_{factor:g}x"
-        out, wall, cpu = timed(lambda f=factor: attribute_prompt(
+        out, wall, cpu = timed(lambda f=factor: attribute(
             prompted, texts, n_steps="auto", position_tolerance=f * tol, **common))
         runs[name] = summary(out["examples"], wall, cpu, tol)
         runs[name]["n_not_converged"] = out["n_not_converged"]
@@ -246,7 +252,7 @@ def main(argv: list[str] | None = None) -> dict:
     fixed_runs, smallest = {}, None
     steps = 16
     while steps <= args.max_fixed_steps:
-        out, wall, cpu = timed(lambda s=steps: attribute_prompt(prompted, texts, n_steps=s,
+        out, wall, cpu = timed(lambda s=steps: attribute(prompted, texts, n_steps=s,
                                                                 **common)["examples"])
         fixed_runs[steps] = out
         runs[f"fixed_{steps}"] = summary(out, wall, cpu, tol)
@@ -258,9 +264,9 @@ def main(argv: list[str] | None = None) -> dict:
     if args.reference_steps in fixed_runs and len(ref_texts) == len(texts):
         reference = fixed_runs[args.reference_steps]
     else:
-        reference, wall, cpu = timed(lambda: attribute_prompt(
+        reference, wall, cpu = timed(lambda: attribute(
             prompted, ref_texts, n_steps=args.reference_steps,
-            **{**common, "max_examples": len(ref_texts)})["examples"])
+            **common)["examples"])
         runs[f"reference_{args.reference_steps}"] = summary(reference, wall, cpu, tol)
     good = [i for i, e in enumerate(reference) if abs(e["convergence_delta"]) <= tol]
     same_targets = ([e["target"] for e in adaptive[: len(reference)]]

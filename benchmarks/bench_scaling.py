@@ -53,7 +53,7 @@ def child(args: argparse.Namespace) -> None:
     """One measurement; under a launcher, the main process prints the JSON line."""
     import torch
 
-    from promptaudit.attribution import attribute_prompt
+    from promptaudit.attribution import IntegratedGradients, PromptAttributor
     from promptaudit.data import load_table
     from promptaudit.distributed import launch_processes
     from promptaudit.models import quiet_transformers
@@ -65,22 +65,23 @@ def child(args: argparse.Namespace) -> None:
                    max_length=64, batch_size=args.batch_size)
     started = time.perf_counter()
     prompted, _, _ = load_prompted_model("builtin:minilm", str(PROMPT), **options)
-    run_attribution = attribute_prompt
+    def run_attribution(prompted, texts, method):
+        return PromptAttributor(prompted, method).attribute(texts)
+
     if processes is not None:
-        prompted, run_attribution = processes.shard(prompted), processes.attribute_prompt
+        prompted, run_attribution = processes.shard(prompted), processes.attribute
     load_seconds = time.perf_counter() - started
     texts = load_table("builtin:screening")["text"].astype(str).tolist()
     texts = (texts * (args.n // len(texts) + 1))[: args.n]
     # warm-up: lazy imports, allocator, every process's first forward and backward
     prompted.predict_proba(texts[: 2 * args.batch_size])
-    run_attribution(prompted, texts[:16], n_steps=2, max_examples=16)
+    run_attribution(prompted, texts[:16], IntegratedGradients(n_steps=2))
 
     started, cpu_started = time.perf_counter(), time.process_time()
     probs = prompted.predict_proba(texts)
     predict_seconds = time.perf_counter() - started
-    attribution = run_attribution(prompted, texts[: args.attr_n], method="integrated_gradients",
-                                  n_steps=args.n_steps, baseline="pad",
-                                  max_examples=args.attr_n, seed=0)
+    attribution = run_attribution(prompted, texts[: args.attr_n],
+                                  IntegratedGradients(n_steps=args.n_steps, baseline="pad"))
     total = time.perf_counter() - started
     cpu_main = time.process_time() - cpu_started
     if processes is not None:

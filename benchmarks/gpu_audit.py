@@ -87,12 +87,12 @@ def build_tiny_causal_lm(folder: Path, texts: list[str], *, width: int, layers: 
 def bench(name: str, model: str, prompt: str, *, task: str, texts: list[str], device: str,
           dtype: str, size: dict) -> dict:
     """Load in ``dtype`` and time prediction and attribution; compare with float32."""
-    from promptaudit.attribution import attribute_prompt
+    from promptaudit.attribution import IntegratedGradients, PromptAttributor
     from promptaudit.prompted import float32_model, load_prompted_model
 
-    def run_attribution(prompted, texts, **options):  # as the pipeline attributes: in float32
+    def run_attribution(prompted, texts, method):  # as the pipeline attributes: in float32
         with float32_model(prompted) as model:
-            return attribute_prompt(model, texts, **options)
+            return PromptAttributor(model, method).attribute(texts)
 
     options = dict(task=task, labels=LABELS, device=device, max_length=64,
                    batch_size=size["batch_size"])
@@ -103,23 +103,22 @@ def bench(name: str, model: str, prompt: str, *, task: str, texts: list[str], de
     attr_texts = texts[: size["attr_n"]]
     # warm-up: kernels, allocator, autotuning; not timed
     prompted.predict_proba(texts[: size["batch_size"]])
-    run_attribution(prompted, attr_texts[:8], n_steps=2, max_examples=8)
+    run_attribution(prompted, attr_texts[:8], IntegratedGradients(n_steps=2))
 
     started = _clock(torch_device)
     probs = prompted.predict_proba(texts)
     predict_seconds = _clock(torch_device) - started
     started = _clock(torch_device)
-    attribution = run_attribution(prompted, attr_texts, method="integrated_gradients",
-                                  n_steps=size["n_steps"], baseline="pad",
-                                  max_examples=len(attr_texts))
+    attribution = run_attribution(prompted, attr_texts,
+                                  IntegratedGradients(n_steps=size["n_steps"], baseline="pad"))
     attribute_seconds = _clock(torch_device) - started
 
     check = texts[: min(len(texts), 512)]
     half_delta = None
     if prompted.dtype != torch.float32:
         few = attr_texts[:8]
-        half_delta = attribute_prompt(prompted, few, n_steps=size["n_steps"],
-                                      max_examples=len(few))["max_convergence_delta"]
+        half_delta = PromptAttributor(prompted, IntegratedGradients(
+            n_steps=size["n_steps"])).attribute(few)["max_convergence_delta"]
     del prompted, loaded
     reference, _, _ = load_prompted_model(model, prompt, dtype="float32", **options)
     fp32_probs = reference.predict_proba(check)

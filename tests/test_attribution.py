@@ -44,12 +44,17 @@ from promptaudit.attribution import (
     UNKNOWN_BASELINE_MESSAGE,
     UNKNOWN_METHOD_MESSAGE,
     UNKNOWN_SHAPLEY_INPUT_MESSAGE,
+    Baseline,
+    FeatureAblation,
+    IntegratedGradients,
+    PromptAttributor,
+    ShapleySampling,
     adaptive_path_integral,
-    attribute_prompt,
-    audit_batch_size,
+    attribution_method,
     baseline_vector,
     format_attribution_summary,
     group_attribution,
+    summarise_groups,
 )
 from promptaudit.errors import InputError
 from promptaudit.models import load_base_model
@@ -119,6 +124,14 @@ def make_toy(classifier: torch.nn.Module, prompt) -> PromptedModel:
     )
 
 
+def attribute(prompted, texts, *, batch_size=8, seed=0, target=None, max_examples=None,
+              **method_options) -> dict:
+    """Attribute with the method built from flat options (the audit spec's form)."""
+    attributor = PromptAttributor(prompted, attribution_method(**method_options),
+                                  batch_size=batch_size, seed=seed)
+    return attributor.attribute(texts, target=target, max_examples=max_examples)
+
+
 def sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-x))
 
@@ -131,7 +144,7 @@ def toy_scores(text: str) -> list[float]:
 def test_toy_integrated_gradients_match_the_closed_form_by_hand(toy):
     # "good film": z = 1 - 1 + 2 + 1 = 3; zero baseline: z' = 0; label 1 predicted.
     # IG_i = (w . e_i) * (sigmoid(3) - sigmoid(0)) / 3 = (w . e_i) * 0.150858
-    result = attribute_prompt(toy, ["good film"], baseline="zero", n_steps=50)
+    result = attribute(toy, ["good film"], baseline="zero", n_steps=50)
     example = result["examples"][0]
     ratio = (sigmoid(3.0) - 0.5) / 3.0
     assert ratio == pytest.approx(0.150858, abs=1e-6)
@@ -151,7 +164,7 @@ def test_toy_integrated_gradients_match_the_closed_form_by_hand(toy):
 @pytest.mark.parametrize("target", [None, "negative"])
 def test_toy_integrated_gradients_in_a_padded_batch(toy, baseline, target):
     texts = ["good film", "very bad very good film", "bad", "film very"]
-    result = attribute_prompt(
+    result = attribute(
         toy, texts, baseline=baseline, target=target, n_steps=50, batch_size=4
     )
     base = PAD_SCORE if baseline == "pad" else 0.0
@@ -174,7 +187,7 @@ def test_a_coarse_integral_is_reported_and_logged(toy, caplog):
     # "good good good film": z = 7, zero baseline; one Gauss-Legendre step is the
     # midpoint rule: sigmoid'(3.5) * 7 = 0.1997 against sigmoid(7) - 0.5 = 0.4991
     with caplog.at_level("WARNING", logger="promptaudit.attribution"):
-        result = attribute_prompt(toy, ["good good good film"], baseline="zero", n_steps=1)
+        result = attribute(toy, ["good good good film"], baseline="zero", n_steps=1)
     z = 7.0
     midpoint = sigmoid(z / 2) * (1 - sigmoid(z / 2)) * z
     delta = result["examples"][0]["convergence_delta"]
@@ -185,7 +198,7 @@ def test_a_coarse_integral_is_reported_and_logged(toy, caplog):
 
 def test_toy_feature_ablation_matches_the_closed_form(toy):
     texts = ["good film", "very bad very good film"]
-    result = attribute_prompt(
+    result = attribute(
         toy, texts, method="feature_ablation", baseline="pad", batch_size=2, internal_batch_size=5
     )
     for text, example in zip(texts, result["examples"], strict=True):
@@ -208,7 +221,7 @@ def test_toy_shapley_sampling_is_efficient_and_seeded(toy, shapley_input):
         batch_size=2,
         shapley_input=shapley_input,
     )
-    result = attribute_prompt(toy, texts, seed=3, **kwargs)
+    result = attribute(toy, texts, seed=3, **kwargs)
     for text, example in zip(texts, result["examples"], strict=True):
         z = sum(toy_scores(text))
         total = sum(example["prompt_attributions"]) + example["input_attribution"]
@@ -220,14 +233,14 @@ def test_toy_shapley_sampling_is_efficient_and_seeded(toy, shapley_input):
             assert sum(example["token_attributions"]) == pytest.approx(
                 example["input_attribution"], abs=1e-9
             )
-    assert attribute_prompt(toy, texts, seed=3, **kwargs) == result
+    assert attribute(toy, texts, seed=3, **kwargs) == result
     assert result["n_samples"] == 6 and result["shapley_input"] == shapley_input
 
 
 def test_results_do_not_depend_on_batching(toy):
     texts = ["good film", "very bad very good film", "bad", "film very good"]
-    one = attribute_prompt(toy, texts, n_steps=20, batch_size=1)
-    many = attribute_prompt(toy, texts, n_steps=20, batch_size=3, internal_batch_size=7)
+    one = attribute(toy, texts, n_steps=20, batch_size=1)
+    many = attribute(toy, texts, n_steps=20, batch_size=3, internal_batch_size=7)
     for a, b in zip(one["examples"], many["examples"], strict=True):
         np.testing.assert_allclose(
             a["prompt_attributions"] + a["token_attributions"],
@@ -272,7 +285,7 @@ def direct_probability(prompted, text, target, *, prompt=None, fill=None) -> flo
 
 @pytest.mark.parametrize("baseline", ["zero", "pad", "mean"])
 def test_integrated_gradients_completeness_on_tiny_bert(tiny_bert, sentences, baseline):
-    result = attribute_prompt(tiny_bert, sentences, baseline=baseline, n_steps=32, batch_size=3)
+    result = attribute(tiny_bert, sentences, baseline=baseline, n_steps=32, batch_size=3)
     fill = baseline_vector(tiny_bert, baseline)
     deltas = []
     for text, example in zip(sentences, result["examples"], strict=True):
@@ -293,7 +306,7 @@ def test_integrated_gradients_completeness_on_tiny_bert(tiny_bert, sentences, ba
 
 def test_feature_ablation_equals_direct_replacement(tiny_bert, sentences):
     texts = sentences[:4]
-    result = attribute_prompt(
+    result = attribute(
         tiny_bert, texts, method="feature_ablation", baseline="mean", batch_size=4
     )
     fill = baseline_vector(tiny_bert, "mean")
@@ -314,8 +327,8 @@ def test_per_group_attribution_equals_a_groupby_mean(tiny_bert, sentences):
             "age": ["young", "old", "old", "young", "old", "old", "young", "old"],
         }
     )
-    result = attribute_prompt(tiny_bert, sentences, n_steps=8, sensitive_features=features,
-                              min_group_size=1)
+    result = attribute(tiny_bert, sentences, n_steps=8)
+    result["by_group"] = summarise_groups(result, features, min_group_size=1)
     frame = pd.DataFrame([e["prompt_attributions"] for e in result["examples"]])
     for feature in ["gender", "age"]:
         keys = features[feature].fillna("(missing)")  # data.MISSING_GROUP
@@ -333,7 +346,7 @@ def test_per_group_attribution_equals_a_groupby_mean(tiny_bert, sentences):
 
 
 def test_summary_and_prompt_share(tiny_bert, sentences):
-    result = attribute_prompt(tiny_bert, sentences, n_steps=8, max_examples=3, target="b")
+    result = attribute(tiny_bert, sentences, n_steps=8, max_examples=3, target="b")
     assert [e["text"] for e in result["examples"]] == sentences[:3]  # the first K
     assert {e["target_label"] for e in result["examples"]} == {"b"}
     shares = []
@@ -349,7 +362,7 @@ def test_summary_and_prompt_share(tiny_bert, sentences):
     )
     assert f"{100 * result['prompt_share']:.1f}%" in text
     assert "v3" in text
-    assert attribute_prompt(tiny_bert, sentences, n_steps=8, max_examples=3, target="b") == result
+    assert attribute(tiny_bert, sentences, n_steps=8, max_examples=3, target="b") == result
 
 
 @pytest.mark.parametrize(("task", "labels"), [("causal-lm", ["good", "bad"]),
@@ -361,7 +374,7 @@ def test_language_model_tasks_satisfy_completeness(tiny_gpt2_dir, tiny_bert_dir,
     prompt = torch.randn(3, 32, generator=torch.Generator().manual_seed(5))
     prompted = PromptedModel(loaded.model, loaded.tokenizer, prompt, task=task, labels=labels)
     texts = sentences[:4]
-    result = attribute_prompt(prompted, texts, n_steps=16, batch_size=4)
+    result = attribute(prompted, texts, n_steps=16, batch_size=4)
     fill = baseline_vector(prompted, "pad")
     for text, example in zip(texts, result["examples"], strict=True):
         # padding trimmed: one attribution per real token (the masked-lm [MASK] included)
@@ -380,7 +393,7 @@ def test_minilm_matches_a_direct_captum_call(minilm_seqcls_adapter, sentences):
 
     prompted, _, _ = load_prompted_model("builtin:minilm", str(minilm_seqcls_adapter), device="cpu")
     texts = sentences[:3]
-    ours = attribute_prompt(prompted, texts, n_steps=16, baseline="pad", batch_size=3)
+    ours = attribute(prompted, texts, n_steps=16, baseline="pad", batch_size=3)
     pad = prompted.word_embeddings[prompted.tokenizer.pad_token_id].detach()
     got, expected = [], []
     for text, example in zip(texts, ours["examples"], strict=True):
@@ -414,7 +427,8 @@ def test_minilm_matches_a_direct_captum_call(minilm_seqcls_adapter, sentences):
     [
         ({"method": "saliency"}, UNKNOWN_METHOD_MESSAGE.format(value="saliency")),
         ({"baseline": "blur"}, UNKNOWN_BASELINE_MESSAGE.format(value="blur")),
-        ({"shapley_input": "pairs"}, UNKNOWN_SHAPLEY_INPUT_MESSAGE.format(value="pairs")),
+        ({"method": "shapley_sampling", "shapley_input": "pairs"},
+         UNKNOWN_SHAPLEY_INPUT_MESSAGE.format(value="pairs")),
         ({"n_steps": 0}, N_STEPS_MESSAGE.format(value=0)),
         ({"n_steps": 2.5}, N_STEPS_MESSAGE.format(value=2.5)),
         ({"n_steps": "many"}, N_STEPS_AUTO_MESSAGE.format(value="many")),
@@ -424,36 +438,56 @@ def test_minilm_matches_a_direct_captum_call(minilm_seqcls_adapter, sentences):
         ({"max_gradient_evals": 4}, MAX_GRADIENT_EVALS_MESSAGE.format(value=4)),
         ({"position_tolerance": 0}, POSITION_TOLERANCE_MESSAGE.format(value=0)),
         ({"position_tolerance": "loose"}, POSITION_TOLERANCE_MESSAGE.format(value="loose")),
-        ({"min_group_size": 0}, MIN_GROUP_SIZE_MESSAGE.format(value=0)),
-        ({"n_samples": 0}, N_SAMPLES_MESSAGE.format(value=0)),
+        ({"method": "shapley_sampling", "n_samples": 0}, N_SAMPLES_MESSAGE.format(value=0)),
         ({"max_examples": 0}, MAX_EXAMPLES_MESSAGE.format(value=0)),
         ({"batch_size": -1}, BATCH_SIZE_MESSAGE.format(value=-1)),
         ({"internal_batch_size": 0}, INTERNAL_BATCH_SIZE_MESSAGE.format(value=0)),
+        ({"method": "feature_ablation", "internal_batch_size": 0},
+         INTERNAL_BATCH_SIZE_MESSAGE.format(value=0)),
         ({"target": 2}, TARGET_RANGE_MESSAGE.format(value=2, last=1)),
         ({"target": -1}, TARGET_RANGE_MESSAGE.format(value=-1, last=1)),
         (
             {"target": "neutral"},
             TARGET_LABEL_MESSAGE.format(value="neutral", allowed="negative, positive", last=1),
         ),
-        (
-            {"sensitive_features": pd.DataFrame({"g": ["a"]})},
-            SENSITIVE_ROWS_MESSAGE.format(rows=1, texts=2),
-        ),
     ],
 )
 def test_bad_input_raises_one_line_messages(toy, kwargs, message):
     with pytest.raises(InputError) as caught:
-        attribute_prompt(toy, ["good film", "bad"], **kwargs)
+        attribute(toy, ["good film", "bad"], **kwargs)
     assert str(caught.value) == message
     assert "\n" not in message
 
 
+def test_bad_group_summary_input_raises_one_line_messages(toy):
+    result = attribute(toy, ["good film", "bad"], n_steps=4)
+    with pytest.raises(InputError) as caught:
+        summarise_groups(result, pd.DataFrame({"g": ["a"]}))
+    assert str(caught.value) == SENSITIVE_ROWS_MESSAGE.format(rows=1, texts=2)
+    with pytest.raises(InputError) as caught:
+        summarise_groups(result, pd.DataFrame({"g": ["a", "b"]}), min_group_size=0)
+    assert str(caught.value) == MIN_GROUP_SIZE_MESSAGE.format(value=0)
+
+
+def test_method_objects_hold_their_options_and_ignore_the_others():
+    method = attribution_method("integrated_gradients", n_steps="auto", n_samples=3,
+                                delta_tolerance=0.01)
+    assert method == IntegratedGradients(n_steps="auto", delta_tolerance=0.01)
+    assert method.adaptive and method.resolved_position_tolerance == 0.025
+    assert attribution_method("shapley_sampling", n_samples=3, n_steps="auto") == \
+        ShapleySampling(n_samples=3)
+    assert attribution_method("feature_ablation", baseline="zero").header() == {
+        "method": "feature_ablation", "n_steps": None, "position_tolerance": None,
+        "n_samples": None, "shapley_input": None, "baseline": "zero"}
+    assert FeatureAblation(baseline="zero").baseline is Baseline.ZERO
+
+
 def test_no_texts_and_no_prompt_are_refused(toy):
     with pytest.raises(InputError) as caught:
-        attribute_prompt(toy, [])
+        attribute(toy, [])
     assert str(caught.value) == NO_TEXTS_MESSAGE
     with pytest.raises(InputError) as caught:
-        attribute_prompt(toy.with_prompt(None), ["good"])
+        attribute(toy.with_prompt(None), ["good"])
     assert str(caught.value) == NO_PROMPT_MESSAGE
 
 
@@ -491,13 +525,13 @@ def sharp_closed_form(text: str) -> list[float]:
 def test_adaptive_meets_the_tolerance_on_a_sharp_transition_where_fixed_steps_miss(sharp):
     tolerance = 0.02
     for n_steps in (16, 32, 64):  # Gauss-Legendre steps miss the narrow transition
-        fixed = attribute_prompt(sharp, SHARP_TEXTS, n_steps=n_steps, baseline="zero",
+        fixed = attribute(sharp, SHARP_TEXTS, n_steps=n_steps, baseline="zero",
                                  delta_tolerance=tolerance)
         assert fixed["max_convergence_delta"] > tolerance
         assert fixed["n_not_converged"] == len(SHARP_TEXTS)
         assert all(e["converged"] is False and e["n_steps"] == n_steps
                    for e in fixed["examples"])
-    result = attribute_prompt(sharp, SHARP_TEXTS, n_steps="auto", baseline="zero",
+    result = attribute(sharp, SHARP_TEXTS, n_steps="auto", baseline="zero",
                               delta_tolerance=tolerance)
     assert result["n_steps"] == "auto" and result["delta_tolerance"] == tolerance
     assert result["n_not_converged"] == 0 and result["max_gradient_evals"] == 512
@@ -610,9 +644,9 @@ def test_positions_converge_where_the_sum_alone_would_let_their_errors_cancel():
 
 
 def test_audits_batch_more_examples_for_adaptive_steps():
-    assert audit_batch_size("integrated_gradients", "auto") == 32
-    assert audit_batch_size("integrated_gradients", 16) == 8
-    assert audit_batch_size("feature_ablation", "auto") == 8
+    assert IntegratedGradients(n_steps="auto").audit_batch_size == 32
+    assert IntegratedGradients(n_steps=16).audit_batch_size == 8
+    assert FeatureAblation().audit_batch_size == 8
 
 
 def test_a_path_that_hits_the_cap_is_not_converged():
@@ -627,8 +661,8 @@ def test_a_path_that_hits_the_cap_is_not_converged():
 
 def test_a_batch_equals_its_examples_one_at_a_time(tiny_bert, sentences):
     texts = sentences[:5]
-    one = attribute_prompt(tiny_bert, texts, n_steps="auto", batch_size=1, delta_tolerance=0.01)
-    many = attribute_prompt(tiny_bert, texts, n_steps="auto", batch_size=5,
+    one = attribute(tiny_bert, texts, n_steps="auto", batch_size=1, delta_tolerance=0.01)
+    many = attribute(tiny_bert, texts, n_steps="auto", batch_size=5,
                             internal_batch_size=7, delta_tolerance=0.01)
     for a, b in zip(one["examples"], many["examples"], strict=True):
         assert a["n_steps"] == b["n_steps"] and a["converged"] == b["converged"]
@@ -656,12 +690,12 @@ def test_adaptive_passes_carry_no_padding_their_rows_do_not_need(tiny_bert, sent
                     **kwargs)
 
     monkeypatch.setattr(gradient, "compute_gradients", spy)
-    out = attribute_prompt(tiny_bert, texts, n_steps="auto", batch_size=3,
+    out = attribute(tiny_bert, texts, n_steps="auto", batch_size=3,
                            internal_batch_size=4, delta_tolerance=0.01)
     assert passes and all(width == longest for width, longest in passes)
     assert min(width for width, _ in passes) < int(lengths.max())  # short rows went alone
     monkeypatch.undo()
-    alone = [attribute_prompt(tiny_bert, [t], n_steps="auto", delta_tolerance=0.01)
+    alone = [attribute(tiny_bert, [t], n_steps="auto", delta_tolerance=0.01)
              for t in texts]
     for a, b in zip(out["examples"], alone, strict=True):
         np.testing.assert_allclose(a["token_attributions"],
@@ -674,7 +708,7 @@ def test_adaptive_completeness_for_every_example_on_minilm(minilm_seqcls_adapter
     prompted, _, _ = load_prompted_model("builtin:minilm", str(minilm_seqcls_adapter), device="cpu")
     texts = sentences[:4]
     tolerance = 0.01
-    result = attribute_prompt(prompted, texts, n_steps="auto", baseline="zero",
+    result = attribute(prompted, texts, n_steps="auto", baseline="zero",
                               delta_tolerance=tolerance, batch_size=4)
     fill = baseline_vector(prompted, "zero")
     assert result["n_not_converged"] == 0
@@ -694,14 +728,14 @@ def test_adaptive_completeness_for_every_example_on_minilm(minilm_seqcls_adapter
 
 
 def test_fixed_steps_report_convergence_against_the_tolerance(tiny_bert, sentences):
-    result = attribute_prompt(tiny_bert, sentences[:3], n_steps=4, delta_tolerance=1e-6)
+    result = attribute(tiny_bert, sentences[:3], n_steps=4, delta_tolerance=1e-6)
     deltas = [abs(e["convergence_delta"]) for e in result["examples"]]
     assert [e["converged"] for e in result["examples"]] == [d <= 1e-6 for d in deltas]
     assert result["n_not_converged"] == sum(d > 1e-6 for d in deltas)
     assert result["n_gradient_evals"] == 12 and result["max_gradient_evals"] is None
     assert result["position_tolerance"] is None
     assert all(e["position_error"] is None for e in result["examples"])
-    ablation = attribute_prompt(tiny_bert, sentences[:2], method="feature_ablation")
+    ablation = attribute(tiny_bert, sentences[:2], method="feature_ablation")
     assert ablation["delta_tolerance"] is None and ablation["n_not_converged"] is None
     assert "converged" not in ablation["examples"][0]
 
@@ -727,15 +761,15 @@ def test_group_attribution_leaves_small_groups_out_of_gaps():
     assert alone["small_groups"] == ["a", "b", "c"]
 
 
-def test_attribute_prompt_applies_min_group_size(tiny_bert, sentences):
+def test_group_summaries_apply_min_group_size(tiny_bert, sentences):
     features = pd.DataFrame({"g": ["x"] * 5 + ["y"] * 3})
-    result = attribute_prompt(tiny_bert, sentences, n_steps=4, sensitive_features=features,
-                              min_group_size=4)
+    result = attribute(tiny_bert, sentences, n_steps=4)
+    result["by_group"] = summarise_groups(result, features, min_group_size=4)
     info = result["by_group"]["g"]
     assert info["small_groups"] == ["y"] and info["max_difference"] is None
     assert "small groups (n < 4, left out of gaps): y" in format_attribution_summary(result)
-    default = attribute_prompt(tiny_bert, sentences, n_steps=4, sensitive_features=features)
-    assert default["by_group"]["g"]["small_groups"] == ["x", "y"]  # default 30, as fairness
+    default = summarise_groups(result, features)
+    assert default["g"]["small_groups"] == ["x", "y"]  # default 30, as fairness
 
 
 def test_cli_attribute_defaults_to_adaptive_steps(tmp_path, tiny_bert_dir, tiny_bert_seqcls_adapter,

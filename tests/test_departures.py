@@ -14,6 +14,7 @@ import pytest
 import torch
 from scipy.stats import beta, binomtest
 
+from promptaudit.attribution import IntegratedGradients
 from promptaudit.departures import (
     EMPTY_INSTRUCTION_MESSAGE,
     TOKEN_IDS_MESSAGE,
@@ -241,7 +242,7 @@ def test_demo_departures_from_the_init_text_equal_a_direct_peft_computation():
     _, departures = explain_departures(
         prompted, texts, soft_probs=probs, candidates=[candidate], positive=positive,
         sensitive=frame[["gender"]].reset_index(drop=True), max_attributed=2,
-        attribution_options={"n_steps": 8})
+        method=IntegratedGradients(n_steps=8))
     # independent: PEFT's own TEXT init of the same text, in the demo adapter's model
     base_dir = builtin_minilm_dir()
     tokenizer = AutoTokenizer.from_pretrained(base_dir)

@@ -26,7 +26,7 @@ import pytest
 import torch
 from accelerate import PartialState
 
-from promptaudit.attribution import attribute_prompt, merge_attributions
+from promptaudit.attribution import PromptAttributor, attribution_method, merge_attributions
 from promptaudit.distributed import (
     AuditProcesses,
     attribute_batches,
@@ -204,19 +204,16 @@ def test_sharded_predictions_equal_one_process(prompted):
 def test_merged_attribution_equals_one_process(prompted, method):
     frame = _rows(19)
     texts = frame["text"].tolist()
-    options = {"method": method, "n_steps": 8, "n_samples": 3, "baseline": "pad"}
-    sensitive = frame[["gender", "race"]]
-    whole = attribute_prompt(prompted, texts, max_examples=len(texts), seed=5,
-                             sensitive_features=sensitive, **options)
+    chosen = attribution_method(method, n_steps=8, n_samples=3, baseline="pad")
+    whole = PromptAttributor(prompted, chosen, seed=5).attribute(texts)
     lengths = prompted.encode(texts).attention_mask.sum(dim=1)
     batches = attribution_batches(lengths, batch_size=8)
     pieces = []
     for mine in _deal(batches, 2):
         work = [(b, [texts[i] for i in batches[b]]) for b in mine]
-        for index, result in attribute_batches(prompted, work, seed=5, batch_size=8, **options):
+        for index, result in attribute_batches(prompted, work, chosen, seed=5, batch_size=8):
             pieces.append((batches[index], result))
-    merged = merge_attributions(pieces, n_examples=len(texts), seed=5,
-                                sensitive_features=sensitive)
+    merged = merge_attributions(pieces, n_examples=len(texts), seed=5)
     assert merged == whole
 
 
@@ -237,12 +234,12 @@ def test_float32_model_upcasts_for_attribution_and_restores_bit_for_bit(prompted
 
     # attribution of the bf16 model = attribution of its exact float32 upcast
     with float32_model(bf16) as fp32:
-        result = attribute_prompt(fp32, texts, n_steps=16, max_examples=6)
+        result = PromptAttributor(fp32, attribution_method(n_steps=16)).attribute(texts)
     reference_model = copy.deepcopy(model).float()
     reference = PromptedModel(reference_model, prompted.tokenizer, bf16.prompt.float(),
                               task=prompted.task, labels=prompted.labels,
                               max_length=prompted.max_length, batch_size=4)
-    assert result == attribute_prompt(reference, texts, n_steps=16, max_examples=6)
+    assert result == PromptAttributor(reference, attribution_method(n_steps=16)).attribute(texts)
     assert result["max_convergence_delta"] < 0.05
     assert next(model.parameters()).dtype == torch.bfloat16
 
@@ -330,15 +327,11 @@ def test_a_launched_run_keeps_the_rows_one_process_keeps_under_a_budget(prompted
     budget schedule and keeps the rows a single process keeps (same result)."""
     frame = _rows(19)
     texts = frame["text"].tolist()
-    options = {"method": "integrated_gradients", "n_steps": 8, "baseline": "pad"}
-    sensitive = frame[["gender", "race"]]
-    whole = attribute_prompt(prompted, texts, max_examples=len(texts), seed=5, batch_size=4,
-                             sensitive_features=sensitive, max_gradient_evals_total=60,
-                             **options)
+    chosen = attribution_method("integrated_gradients", n_steps=8, baseline="pad",
+                                max_gradient_evals_total=60)
+    whole = PromptAttributor(prompted, chosen, seed=5, batch_size=4).attribute(texts)
     assert whole["budget"]["n_attributed"] == 8  # 4 rows x 8 steps per batch: 64 >= 60
     processes = AuditProcesses(_Rank(0, 1))
     monkeypatch.setattr(processes, "exchange", lambda work: [work()])
-    launched = processes.attribute_prompt(prompted, texts, max_examples=len(texts), seed=5,
-                                          batch_size=4, sensitive_features=sensitive,
-                                          max_gradient_evals_total=60, **options)
+    launched = processes.attribute(prompted, texts, chosen, seed=5, batch_size=4)
     assert launched == whole

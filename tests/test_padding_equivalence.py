@@ -222,7 +222,7 @@ def test_attribution_reads_decoder_classifiers_like_peft(tiny_gpt2_dir, tmp_path
     """The attribution forward (PromptedModel.label_logits under Captum) pools right too."""
     from transformers import AutoModelForSequenceClassification as Auto
 
-    from promptaudit.attribution import attribute_prompt
+    from promptaudit.attribution import IntegratedGradients, PromptAttributor
 
     adapter = _adapter(tiny_gpt2_dir, tmp_path / "a", auto_class=Auto, task_type="SEQ_CLS",
                        n_virtual=4, seed=11, num_labels=2)
@@ -230,7 +230,8 @@ def test_attribution_reads_decoder_classifiers_like_peft(tiny_gpt2_dir, tmp_path
     reference = _peft_one_at_a_time(tiny_gpt2_dir, adapter, MIXED, auto_class=Auto,
                                     read=_classifier_logits, num_labels=2)
     prompted, _, _ = load_prompted_model(str(tiny_gpt2_dir), str(adapter), batch_size=6)
-    result = attribute_prompt(prompted, MIXED, n_steps=4, batch_size=6)
+    attributor = PromptAttributor(prompted, IntegratedGradients(n_steps=4), batch_size=6)
+    result = attributor.attribute(MIXED)
     for example, row in zip(result["examples"], reference, strict=True):
         assert example["target_probability"] == pytest.approx(row[example["target"]], abs=1e-4)
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from promptaudit.attribution import attribute_prompt
+from promptaudit.attribution import IntegratedGradients, PromptAttributor
 from promptaudit.cli import app
 from promptaudit.progress import PROGRESS_LOGGER, Timer, format_duration, stage
 from promptaudit.spec import DEFAULT_GRADIENT_EVAL_BUDGET, AttributionSpec
@@ -128,9 +128,10 @@ def tiny_prompted(tiny_bert_dir, tiny_bert_seqcls_adapter):
 
 def test_budgeted_attribution_is_the_first_examples_of_an_unbudgeted_one(tiny_prompted):
     texts = helpers.eval_frame()["sentence"].tolist()[:20]
-    full = attribute_prompt(tiny_prompted, texts[:8], n_steps=4, batch_size=2, max_examples=20)
-    cut = attribute_prompt(tiny_prompted, texts, n_steps=4, batch_size=2, max_examples=20,
-                           max_gradient_evals_total=30)
+    fixed = IntegratedGradients(n_steps=4)
+    full = PromptAttributor(tiny_prompted, fixed, batch_size=2).attribute(texts[:8])
+    budget = IntegratedGradients(n_steps=4, max_gradient_evals_total=30)
+    cut = PromptAttributor(tiny_prompted, budget, batch_size=2).attribute(texts)
     # batches of 2 texts x 4 steps: after 4 batches 32 >= 30 evaluations are spent
     assert cut["budget"] == {"max_gradient_evals_total": 30, "n_gradient_evals": 32,
                              "n_requested": 20, "n_attributed": 8, "n_left_out": 12}
@@ -138,6 +139,7 @@ def test_budgeted_attribution_is_the_first_examples_of_an_unbudgeted_one(tiny_pr
     assert [e["text"] for e in cut["examples"]] == texts[:8]
     np.testing.assert_allclose([e["prompt_attributions"] for e in cut["examples"]],
                                [e["prompt_attributions"] for e in full["examples"]], atol=1e-6)
-    roomy = attribute_prompt(tiny_prompted, texts, n_steps=4, batch_size=2, max_examples=20,
-                             max_gradient_evals_total=10_000)
+    roomy = PromptAttributor(tiny_prompted,
+                             IntegratedGradients(n_steps=4, max_gradient_evals_total=10_000),
+                             batch_size=2).attribute(texts)
     assert roomy["budget"]["n_left_out"] == 0 and roomy["n_examples"] == 20

@@ -7,7 +7,8 @@ The public API, one entry function per stage (contracts in ``docs/``)::
     train_prompt                    PEFT prompt tuning
     project_prompt                  nearest vocabulary words and how far to trust them
     translate_prompt                readable words that reproduce the prompt's decisions
-    attribute_prompt                Captum attribution to prompt positions
+    PromptAttributor                Captum attribution to prompt positions (IntegratedGradients,
+                                    FeatureAblation, ShapleySampling; summarise_groups)
     compute_group_fairness          fairlearn group metrics and disparities
     compute_counterfactual          counterfactual flip rate
     compute_bias_audit              impact-ratio tables (NYC LL144, EEOC four-fifths rule)
@@ -38,7 +39,11 @@ _EXPORTS = {
     "project_prompt": "promptaudit.projection",
     "translate_prompt": "promptaudit.translation",
     "TranslateSettings": "promptaudit.translation",
-    "attribute_prompt": "promptaudit.attribution",
+    "PromptAttributor": "promptaudit.attribution",
+    "IntegratedGradients": "promptaudit.attribution",
+    "FeatureAblation": "promptaudit.attribution",
+    "ShapleySampling": "promptaudit.attribution",
+    "summarise_groups": "promptaudit.attribution",
     "compute_group_fairness": "promptaudit.fairness",
     "compute_counterfactual": "promptaudit.fairness",
     "compute_bias_audit": "promptaudit.bias_audit",

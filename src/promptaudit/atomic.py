@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 import tempfile
 import time
 from pathlib import Path
@@ -21,7 +20,6 @@ __all__ = [
     "prepare_output_dir",
     "check_output_dir",
     "sweep_stale_temp_files",
-    "temp_name",
     "pending_journal_path",
     "write_temp_file",
 ]
@@ -59,11 +57,6 @@ def pending_journal_path(out_dir: str | Path, name: str) -> Path:
     after them; readers refuse a result while it exists.
     """
     return Path(out_dir) / f".{name}.reports-pending.json"
-
-
-def temp_name(target: str) -> str:
-    """Name of a temporary file for ``target``: hidden, with our process id, ending ``.tmp``."""
-    return f".{target}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
 
 
 def _process_alive(pid: int) -> bool:

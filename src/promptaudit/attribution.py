@@ -1,5 +1,14 @@
 """Attribute a prompted model's output to prompt positions and input tokens (Captum).
 
+The API is Captum's: a method object holds its options, an attributor applies it::
+
+    attributor = PromptAttributor(prompted, IntegratedGradients(n_steps="auto"))
+    attribution = attributor.attribute(texts)          # the result's ``attribution`` object
+    attribution["by_group"] = summarise_groups(attribution, sensitive_features)
+
+(:class:`IntegratedGradients`, :class:`FeatureAblation`, :class:`ShapleySampling`;
+:func:`attribution_method` builds one from the audit spec's flat options.)
+
 Every method attributes over the concatenated embeddings ``[prompt ; input]``:
 the prompt embeddings ``(batch, num_virtual_tokens, hidden)`` and the input
 word embeddings ``(batch, seq, hidden)`` are handed to Captum as two input
@@ -44,19 +53,20 @@ Speed: texts are encoded once, ordered by length and attributed in batches of
 batched into the same forward pass (``internal_batch_size`` rows at most; by
 default as many rows as fit a budget of 4096 token positions, which bounds memory
 and keeps activations cache-sized);
-predictions run under :func:`torch.inference_mode`; the Captum method and the
-forward function are built once per call, not per example.
+predictions run under :func:`torch.inference_mode`; the Captum method is built once
+per :meth:`PromptAttributor.attribute` call, not per example.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import math
 import numbers
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
@@ -65,46 +75,33 @@ import torch
 
 from promptaudit import choices as _choices
 from promptaudit.choices import AttributionMethod, Baseline, ShapleyInput
-from promptaudit.data import MISSING_GROUP as _MISSING_GROUP
+from promptaudit.data import MISSING_GROUP
 from promptaudit.errors import InputError
 from promptaudit.prompted import EncodedBatch, PromptedModel
 
-__all__ = [
+__all__ = [  # and the one-line error messages below (``*_MESSAGE``), which tests assert
     "AttributionMethod",
     "Baseline",
     "ShapleyInput",
+    "IntegratedGradients",
+    "FeatureAblation",
+    "ShapleySampling",
+    "attribution_method",
+    "PromptAttributor",
     "BatchAttribution",
-    "PromptAttribution",
-    "PromptIntegratedGradients",
-    "PromptFeatureAblation",
-    "PromptShapleySampling",
-    "attribute_prompt",
+    "summarise_examples",
+    "summarise_groups",
+    "group_attribution",
+    "like_for_like_differences",
+    "like_for_like_statement",
+    "merge_attributions",
+    "convergence_summary",
     "format_attribution_summary",
     "baseline_vector",
-    "group_attribution",
-    "convergence_summary",
-    "UNKNOWN_METHOD_MESSAGE",
-    "UNKNOWN_BASELINE_MESSAGE",
-    "UNKNOWN_SHAPLEY_INPUT_MESSAGE",
-    "N_STEPS_MESSAGE",
-    "N_STEPS_AUTO_MESSAGE",
-    "DELTA_TOLERANCE_MESSAGE",
-    "POSITION_TOLERANCE_MESSAGE",
-    "MAX_GRADIENT_EVALS_MESSAGE",
-    "MIN_GROUP_SIZE_MESSAGE",
-    "PromptAdaptiveIntegratedGradients",
-    "audit_batch_size",
     "PathIntegral",
     "adaptive_path_integral",
-    "N_SAMPLES_MESSAGE",
-    "MAX_EXAMPLES_MESSAGE",
-    "BATCH_SIZE_MESSAGE",
-    "INTERNAL_BATCH_SIZE_MESSAGE",
-    "TARGET_RANGE_MESSAGE",
-    "TARGET_LABEL_MESSAGE",
-    "NO_TEXTS_MESSAGE",
-    "NO_PROMPT_MESSAGE",
-    "SENSITIVE_ROWS_MESSAGE",
+    "GROUP_BOOTSTRAP",
+    "LIKE_FOR_LIKE_RULE",
 ]
 
 logger = logging.getLogger(__name__)
@@ -123,6 +120,9 @@ POSITION_TOLERANCE_MESSAGE = (
 )
 MAX_GRADIENT_EVALS_MESSAGE = (
     "max_gradient_evals: {value!r}; must be an integer >= 5"
+)
+MAX_GRADIENT_EVALS_TOTAL_MESSAGE = (
+    "max_gradient_evals_total: {value!r}; must be an integer >= 1 or None"
 )
 MIN_GROUP_SIZE_MESSAGE = "min_group_size: {value!r}; must be an integer >= 1"
 N_SAMPLES_MESSAGE = "n_samples: {value!r}; must be an integer >= 1"
@@ -155,11 +155,11 @@ DEFAULT_DELTA_TOLERANCE = 0.02
 #: gradient evaluations of 1.0.
 POSITION_TOLERANCE_FACTOR = 2.5
 #: Examples per batch that audits use for adaptive integrated gradients
-#: (:func:`audit_batch_size`): late rounds add a few points per example, so more examples
-#: per batch fill the forward passes (24 demo examples in one batch instead of three:
-#: about 1.5x less CPU, the same numbers).
+#: (``IntegratedGradients.audit_batch_size``): late rounds add a few points per example,
+#: so more examples per batch fill the forward passes (24 demo examples in one batch instead
+#: of three: about 1.5x less CPU, the same numbers).
 ADAPTIVE_BATCH_SIZE = 32
-#: Examples per batch that audits use for every other method (``attribute_prompt``'s default).
+#: Examples per batch that audits use for every other method (``PromptAttributor``'s default).
 BATCH_SIZE = 8
 #: Default cap on gradient evaluations per example (adaptive integrated gradients).
 DEFAULT_MAX_GRADIENT_EVALS = 512
@@ -183,8 +183,6 @@ LIKE_FOR_LIKE_RULE = (
 TOP_TOKENS = 5
 #: Virtual-token positions listed per feature in ``by_group[...]["top_positions"]``.
 TOP_POSITIONS = 5
-#: Group name of rows whose sensitive feature is missing (the name group fairness uses).
-MISSING_GROUP = _MISSING_GROUP
 
 
 def baseline_vector(prompted: PromptedModel, baseline: Baseline | str) -> torch.Tensor:
@@ -210,6 +208,224 @@ def baseline_vector(prompted: PromptedModel, baseline: Baseline | str) -> torch.
 
 
 # ------------------------------------------------------------------ methods
+def _check_int(value, message: str, *, allow_none: bool = False, minimum: int = 1) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise InputError(message.format(value=value))
+
+
+def _is_auto(n_steps) -> bool:
+    return isinstance(n_steps, str) and n_steps == AUTO_STEPS
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Method:
+    """Options every method shares (Captum-style: a method object holds its options).
+
+    Parameters
+    ----------
+    baseline : {"pad", "zero", "mean"}
+        Reference embedding at every prompt and input position.
+    internal_batch_size : int, optional
+        Most rows per forward pass: examples x interpolation steps for
+        integrated gradients (Captum's ``internal_batch_size``), examples x
+        perturbations for the perturbation methods (sets Captum's
+        ``perturbations_per_eval``). ``None`` picks as many rows as fit
+        :data:`DEFAULT_TOKENS_PER_PASS` token positions. Trades memory for
+        speed; results do not depend on it beyond float rounding.
+    """
+
+    name: ClassVar[AttributionMethod]
+    baseline: Baseline | str = Baseline.PAD
+    internal_batch_size: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "baseline", Baseline.parse(self.baseline))
+        _check_int(self.internal_batch_size, INTERNAL_BATCH_SIZE_MESSAGE, allow_none=True)
+
+    @property
+    def audit_batch_size(self) -> int:
+        """Examples per attribution batch in an audit."""
+        return BATCH_SIZE
+
+    def engine(self, prompted: PromptedModel, seed: int) -> _Engine:
+        """The batch-level attributor of this method on ``prompted``."""
+        raise NotImplementedError
+
+    def header(self) -> dict:
+        """The result's method fields: ``method``, ``n_steps``, ``position_tolerance``,
+        ``n_samples``, ``shapley_input`` (None where the method has none), ``baseline``."""
+        return {"method": self.name.value, "n_steps": None, "position_tolerance": None,
+                "n_samples": None, "shapley_input": None, "baseline": self.baseline.value}
+
+
+@dataclass(frozen=True, kw_only=True)
+class IntegratedGradients(_Method):
+    """Integrated gradients over ``[prompt ; input]`` embeddings.
+
+    Parameters
+    ----------
+    n_steps : int or "auto"
+        Interpolation steps (Gauss-Legendre, Captum ``IntegratedGradients``),
+        or ``"auto"``: adaptive steps per example until its attributions sum
+        to ``f(x) - f(baseline)`` within ``delta_tolerance`` (nested Simpson
+        bisection, :func:`adaptive_path_integral`).
+    delta_tolerance : float
+        The completeness tolerance (probability points). With ``"auto"`` it
+        drives the steps; with fixed steps it only decides ``converged``.
+    max_gradient_evals : int
+        ``"auto"``: most gradient evaluations per example; an example that
+        needs more is reported as not converged.
+    position_tolerance : float, optional
+        ``"auto"``: allowed estimated sum over positions of the absolute
+        attribution error (completeness alone lets position errors cancel);
+        ``None`` is :data:`POSITION_TOLERANCE_FACTOR` times ``delta_tolerance``;
+        ``math.inf`` checks completeness only.
+    max_gradient_evals_total : int, optional
+        Budget of gradient evaluations for the whole run: examples are
+        attributed in blocks of ``batch_size`` in the order given and no new
+        block starts once the budget is spent, so the first ``K`` texts are
+        attributed (the first block always runs). The result then has
+        ``budget``. None: no budget.
+    baseline, internal_batch_size
+        As every method (:class:`_Method`).
+
+    Examples
+    --------
+    >>> method = IntegratedGradients(n_steps="auto", delta_tolerance=0.02)
+    >>> attributor = PromptAttributor(prompted, method)  # doctest: +SKIP
+    >>> attributor.attribute(["a gripping film"])["prompt_share"]  # doctest: +SKIP
+    0.41
+    """
+
+    name = AttributionMethod.INTEGRATED_GRADIENTS
+    n_steps: int | str = 32
+    delta_tolerance: float = DEFAULT_DELTA_TOLERANCE
+    max_gradient_evals: int = DEFAULT_MAX_GRADIENT_EVALS
+    position_tolerance: float | None = None
+    max_gradient_evals_total: int | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.n_steps, str) and not self.adaptive:
+            raise InputError(N_STEPS_AUTO_MESSAGE.format(value=self.n_steps))
+        if not self.adaptive:
+            _check_int(self.n_steps, N_STEPS_MESSAGE)
+        value = self.delta_tolerance
+        if (isinstance(value, bool) or not isinstance(value, numbers.Real)
+                or not math.isfinite(float(value)) or not 0 < float(value) <= 1):
+            raise InputError(DELTA_TOLERANCE_MESSAGE.format(value=value))
+        value = self.position_tolerance
+        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)
+                                  or math.isnan(float(value)) or float(value) <= 0):
+            raise InputError(POSITION_TOLERANCE_MESSAGE.format(value=value))
+        _check_int(self.max_gradient_evals, MAX_GRADIENT_EVALS_MESSAGE,
+                   minimum=2 * INITIAL_INTERVALS + 1)
+        _check_int(self.max_gradient_evals_total, MAX_GRADIENT_EVALS_TOTAL_MESSAGE,
+                   allow_none=True)
+
+    @property
+    def adaptive(self) -> bool:
+        """True for ``n_steps="auto"``."""
+        return _is_auto(self.n_steps)
+
+    @property
+    def audit_batch_size(self) -> int:
+        """:data:`ADAPTIVE_BATCH_SIZE` for adaptive steps, :data:`BATCH_SIZE` otherwise."""
+        return ADAPTIVE_BATCH_SIZE if self.adaptive else BATCH_SIZE
+
+    @property
+    def resolved_position_tolerance(self) -> float:
+        """The per-position tolerance adaptive steps use."""
+        return (POSITION_TOLERANCE_FACTOR * float(self.delta_tolerance)
+                if self.position_tolerance is None else float(self.position_tolerance))
+
+    def engine(self, prompted: PromptedModel, seed: int) -> _Engine:
+        return (_AdaptiveStepsEngine if self.adaptive else _FixedStepsEngine)(prompted, self)
+
+    def header(self) -> dict:
+        position = self.resolved_position_tolerance
+        return {**super().header(), "n_steps": AUTO_STEPS if self.adaptive else int(self.n_steps),
+                "position_tolerance": position
+                if self.adaptive and math.isfinite(position) else None}
+
+
+@dataclass(frozen=True, kw_only=True)
+class FeatureAblation(_Method):
+    """Feature ablation (Captum ``FeatureAblation``): each virtual token and each input
+    token replaced by the baseline embedding, one at a time.
+
+    The attribution of a position is ``f(x) - f(x with that position set to the
+    baseline)``; attributions do not sum to anything in general.
+    """
+
+    name = AttributionMethod.FEATURE_ABLATION
+
+    def engine(self, prompted: PromptedModel, seed: int) -> _Engine:
+        return _PerturbationEngine(prompted, self)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShapleySampling(_Method):
+    """Shapley value sampling (Captum ``ShapleyValueSampling``) over prompt positions.
+
+    Players are the virtual tokens plus the input: by default (``shapley_input=
+    "whole"``) the whole input is one player, so the cost is ``n_samples *
+    (num_virtual_tokens + 1)`` forward passes and no per-token values are
+    reported; ``"tokens"`` makes every input token a player (per-token values,
+    ``n_samples * (num_virtual_tokens + seq)`` passes). Efficiency holds per
+    example: the attributions sum to ``f(x) - f(baseline)``. Permutations of
+    batch ``i`` are drawn from ``torch.manual_seed(seed + i)`` in a forked RNG
+    (the attributor's ``seed``; the global RNG is left as it was).
+
+    Parameters
+    ----------
+    n_samples : int
+        Sampled permutations.
+    shapley_input : {"whole", "tokens"}
+    """
+
+    name = AttributionMethod.SHAPLEY_SAMPLING
+    n_samples: int = 25
+    shapley_input: ShapleyInput | str = ShapleyInput.WHOLE
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "shapley_input", ShapleyInput.parse(self.shapley_input))
+        _check_int(self.n_samples, N_SAMPLES_MESSAGE)
+
+    def engine(self, prompted: PromptedModel, seed: int) -> _Engine:
+        return _PerturbationEngine(prompted, self, seed=seed)
+
+    def header(self) -> dict:
+        return {**super().header(), "n_samples": int(self.n_samples),
+                "shapley_input": self.shapley_input.value}
+
+
+METHODS: dict[AttributionMethod, type[_Method]] = {
+    cls.name: cls for cls in (IntegratedGradients, FeatureAblation, ShapleySampling)}
+
+
+def attribution_method(method: AttributionMethod | str = AttributionMethod.INTEGRATED_GRADIENTS,
+                       **options) -> _Method:
+    """The method object named ``method`` from flat options (the audit spec's and the CLI's form).
+
+    Options the method does not take (``n_samples`` for integrated gradients, ...) are
+    ignored, as the spec carries every method's options.
+
+    Examples
+    --------
+    >>> method = attribution_method("shapley_sampling", n_samples=10, n_steps="auto")
+    >>> type(method).__name__, method.n_samples, method.shapley_input.value
+    ('ShapleySampling', 10, 'whole')
+    """
+    cls = METHODS[AttributionMethod.parse(method)]
+    names = {field.name for field in dataclasses.fields(cls)}
+    return cls(**{key: value for key, value in options.items() if key in names})
+
+
+# ------------------------------------------------------------------ engines
 @dataclass
 class BatchAttribution:
     """Attributions of one padded batch.
@@ -245,50 +461,28 @@ class BatchAttribution:
     position_error: torch.Tensor | None = None
 
 
-class PromptAttribution:
-    """Base class: the target function and baselines shared by all methods.
+class _Engine:
+    """Attributes one encoded batch with one method: the target function and baselines.
 
     Parameters
     ----------
     prompted : PromptedModel
         A model with a soft prompt.
-    baseline : {"zero", "pad", "mean"}
-    internal_batch_size : int, optional
-        Most rows per forward pass; ``None`` picks as many as fit
-        :data:`DEFAULT_TOKENS_PER_PASS` token positions.
+    method : _Method
+        The method object (its options).
     """
 
-    method: ClassVar[AttributionMethod]
-
-    def __init__(self, prompted: PromptedModel, *, baseline: Baseline | str = Baseline.PAD,
-                 internal_batch_size: int | None = None):
-        if prompted.prompt is None:
-            raise InputError(NO_PROMPT_MESSAGE)
+    def __init__(self, prompted: PromptedModel, method: _Method):
         self.prompted = prompted
-        self.baseline = Baseline.parse(baseline)
-        self.baseline_embedding = baseline_vector(prompted, self.baseline)
-        self.internal_batch_size = internal_batch_size
+        self.method = method
+        self.baseline_embedding = baseline_vector(prompted, method.baseline)
 
     def rows_per_pass(self, examples: int, seq: int) -> int:
         """Rows per forward pass for a batch of ``examples`` inputs of ``seq`` tokens."""
-        if self.internal_batch_size is not None:
-            return int(self.internal_batch_size)
+        if self.method.internal_batch_size is not None:
+            return int(self.method.internal_batch_size)
         positions = self.prompted.num_virtual_tokens + seq
         return max(examples, DEFAULT_TOKENS_PER_PASS // max(positions, 1))
-
-    def forward(
-        self,
-        prompt_embeds: torch.Tensor,
-        input_embeds: torch.Tensor,
-        attention_mask: torch.Tensor,
-        token_type_ids: torch.Tensor | None,
-        readout_index: torch.Tensor | None,
-    ) -> torch.Tensor:
-        """Label probabilities ``(rows, n_labels)`` from ``(rows, n_virtual, hidden)``
-        prompt and ``(rows, seq, hidden)`` input embeddings (Captum's forward)."""
-        return self.prompted.label_probabilities(
-            prompt_embeds, input_embeds, attention_mask, token_type_ids, readout_index
-        )
 
     def prepare(self, batch: EncodedBatch) -> tuple[tuple, tuple, tuple]:
         """Inputs, baselines and additional forward args of a batch.
@@ -333,43 +527,20 @@ class PromptAttribution:
         raise NotImplementedError
 
 
-class PromptIntegratedGradients(PromptAttribution):
-    """Integrated gradients (Captum ``IntegratedGradients``, Gauss-Legendre steps).
+class _FixedStepsEngine(_Engine):
+    """Integrated gradients with fixed Gauss-Legendre steps (Captum ``IntegratedGradients``)."""
 
-    Parameters
-    ----------
-    prompted : PromptedModel
-    baseline : {"zero", "pad", "mean"}
-    n_steps : int
-        Interpolation steps.
-    internal_batch_size : int, optional
-        Most rows (examples x steps) per forward pass (Captum's
-        ``internal_batch_size``); ``None`` picks as many as fit
-        :data:`DEFAULT_TOKENS_PER_PASS` token positions.
+    def __init__(self, prompted: PromptedModel, method: IntegratedGradients):
+        from captum.attr import IntegratedGradients as CaptumIntegratedGradients
 
-    Examples
-    --------
-    >>> ig = PromptIntegratedGradients(prompted, baseline="pad", n_steps=32)  # doctest: +SKIP
-    >>> out = ig.attribute(prompted.encode(["a fine film"]), torch.tensor([1]))  # doctest: +SKIP
-    >>> out.prompt.shape, out.delta.shape  # doctest: +SKIP
-    (torch.Size([1, 10]), torch.Size([1]))
-    """
-
-    method = AttributionMethod.INTEGRATED_GRADIENTS
-
-    def __init__(self, prompted: PromptedModel, *, baseline: Baseline | str = Baseline.PAD,
-                 n_steps: int = 32, internal_batch_size: int | None = None):
-        from captum.attr import IntegratedGradients
-
-        super().__init__(prompted, baseline=baseline, internal_batch_size=internal_batch_size)
-        self.n_steps = int(n_steps)
-        self._captum = IntegratedGradients(self.forward)
+        super().__init__(prompted, method)
+        self._captum = CaptumIntegratedGradients(prompted.label_probabilities)
 
     def attribute(self, batch: EncodedBatch, target: torch.Tensor) -> BatchAttribution:
         inputs, baselines, additional = self.prepare(batch)
         (prompt_attr, input_attr), delta = self._captum.attribute(
             inputs, baselines=baselines, target=target, additional_forward_args=additional,
-            n_steps=self.n_steps,
+            n_steps=int(self.method.n_steps),
             internal_batch_size=self.rows_per_pass(*inputs[1].shape[:2]),
             return_convergence_delta=True,
         )
@@ -378,110 +549,85 @@ class PromptIntegratedGradients(PromptAttribution):
         return BatchAttribution(prompt, tokens, tokens.sum(dim=-1), delta.detach().reshape(-1))
 
 
-class PromptAdaptiveIntegratedGradients(PromptAttribution):
-    """Integrated gradients with adaptive steps that meet a completeness tolerance.
+class _AdaptiveStepsEngine(_Engine):
+    """Integrated gradients with adaptive steps (:func:`adaptive_path_integral` per example).
 
-    Per example, the straight path from the baseline to the input is
-    integrated by :func:`adaptive_path_integral` (nested Simpson bisection):
-    every example's attributions sum to ``f(x) - f(baseline)`` within
-    ``delta_tolerance`` (more precisely: the sum of the absolute completeness
-    errors of its intervals is at most ``delta_tolerance``) and the estimated
-    absolute errors of its positions add up to at most ``position_tolerance``
-    (so positions are right, not only their sum), or the example is reported
-    as not converged after ``max_gradient_evals`` gradient evaluations. Gradients come from Captum's
-    ``captum._utils.gradient.compute_gradients`` on the same forward function,
-    inputs, baselines and targets as :class:`PromptIntegratedGradients`; the
-    new points of all open examples of a batch share forward/backward passes
-    (``internal_batch_size`` rows at most).
-
-    Parameters
-    ----------
-    prompted : PromptedModel
-    baseline : {"zero", "pad", "mean"}
-    delta_tolerance : float
-        Allowed completeness error per example (probability points).
-    max_gradient_evals : int
-        Most gradient evaluations per example.
-    internal_batch_size : int, optional
-        Most rows (example, point) per forward pass.
-    position_tolerance : float, optional
-        Allowed estimated sum over positions of the absolute attribution error;
-        ``None``: :data:`POSITION_TOLERANCE_FACTOR` times ``delta_tolerance``;
-        ``math.inf``: completeness only.
+    Gradients come from Captum's ``compute_gradients`` on the forward function, inputs,
+    baselines and targets of fixed steps; the new points of all open examples of a batch
+    share forward/backward passes (``internal_batch_size`` rows at most).
     """
-
-    method = AttributionMethod.INTEGRATED_GRADIENTS
-
-    def __init__(self, prompted: PromptedModel, *, baseline: Baseline | str = Baseline.PAD,
-                 delta_tolerance: float = DEFAULT_DELTA_TOLERANCE,
-                 max_gradient_evals: int = DEFAULT_MAX_GRADIENT_EVALS,
-                 internal_batch_size: int | None = None,
-                 position_tolerance: float | None = None):
-        super().__init__(prompted, baseline=baseline, internal_batch_size=internal_batch_size)
-        self.delta_tolerance = float(delta_tolerance)
-        self.max_gradient_evals = int(max_gradient_evals)
-        self.position_tolerance = (POSITION_TOLERANCE_FACTOR * self.delta_tolerance
-                                   if position_tolerance is None else float(position_tolerance))
 
     def _recorded(self, outputs: list, *args) -> torch.Tensor:
         # the forward function, keeping its output: f at the point comes with the gradient
-        out = self.forward(*args)
+        out = self.prompted.label_probabilities(*args)
         outputs.append(out)
         return out
 
-    def attribute(self, batch: EncodedBatch, target: torch.Tensor) -> BatchAttribution:
+    def _path_points(self, paths, alphas, prepared, target, lengths):
+        """``(f, g)`` at ``alphas`` on the paths of examples ``paths``: ``(k,)`` float64
+        target probabilities and ``(k, n_virtual + seq)`` float64 path gradients."""
         from captum._utils.gradient import compute_gradients
 
-        (prompt, embeds), (prompt0, embeds0), additional = self.prepare(batch)
+        (prompt, embeds), (prompt0, embeds0), additional = prepared
         d_prompt, d_embeds = prompt - prompt0, embeds - embeds0
-        n_virtual = prompt.shape[1]
+        n_virtual, seq, device = prompt.shape[1], embeds.shape[1], prompt.device
         rows_per_pass = self.rows_per_pass(*embeds.shape[:2])
-        device = prompt.device
+        # rows ordered by their example's length, so that each pass can drop the
+        # padding columns none of its rows needs (right padding, masked: exact zeros)
+        order = torch.argsort(lengths[paths], stable=True)
+        # float64 on the CPU, where the quadrature reads them (no float64 on MPS)
+        f = torch.empty(len(paths), dtype=torch.float64)
+        g = torch.zeros(len(paths), n_virtual + seq, dtype=torch.float64)
+        for start in range(0, len(paths), rows_per_pass):
+            chunk = order[start:start + rows_per_pass]
+            ex = paths[chunk].to(device)
+            keep = int(lengths[paths[chunk]].max())
+            a = alphas[chunk].to(device, prompt.dtype).view(-1, 1, 1)
+            scaled = ((prompt0[ex] + a * d_prompt[ex]).requires_grad_(),
+                      (embeds0[ex, :keep] + a * d_embeds[ex, :keep]).requires_grad_())
+            extra = tuple(None if t is None else t[ex] if t.dim() == 1 else t[ex, :keep]
+                          for t in additional)
+            outputs: list[torch.Tensor] = []
+            grads = compute_gradients(functools.partial(self._recorded, outputs), scaled,
+                                      target_ind=target[ex], additional_forward_args=extra)
+            rows = torch.arange(len(ex), device=device)
+            f[chunk] = outputs[0].detach()[rows, target[ex]].cpu().double()
+            g[chunk, :n_virtual + keep] = torch.cat(
+                [(grads[0] * d_prompt[ex]).sum(dim=-1),
+                 (grads[1] * d_embeds[ex, :keep]).sum(dim=-1)], dim=1).cpu().double()
+        return f, g
 
-        seq = embeds.shape[1]
-        lengths = additional[0].sum(dim=1).cpu()  # (batch,) real tokens per example
-
-        def evaluate(paths: torch.Tensor, alphas: torch.Tensor):
-            # rows ordered by their example's length, so that each pass can drop the
-            # padding columns none of its rows needs (right padding, masked: exact zeros)
-            order = torch.argsort(lengths[paths], stable=True)
-            # float64 on the CPU, where the quadrature reads them (no float64 on MPS)
-            f = torch.empty(len(paths), dtype=torch.float64)
-            g = torch.zeros(len(paths), n_virtual + seq, dtype=torch.float64)
-            for start in range(0, len(paths), rows_per_pass):
-                chunk = order[start:start + rows_per_pass]
-                ex = paths[chunk].to(device)
-                keep = int(lengths[paths[chunk]].max())
-                a = alphas[chunk].to(device, prompt.dtype).view(-1, 1, 1)
-                scaled = ((prompt0[ex] + a * d_prompt[ex]).requires_grad_(),
-                          (embeds0[ex, :keep] + a * d_embeds[ex, :keep]).requires_grad_())
-                extra = tuple(None if t is None else t[ex] if t.dim() == 1 else t[ex, :keep]
-                              for t in additional)
-                outputs: list[torch.Tensor] = []
-                grads = compute_gradients(functools.partial(self._recorded, outputs), scaled,
-                                          target_ind=target[ex], additional_forward_args=extra)
-                rows = torch.arange(len(ex), device=device)
-                f[chunk] = outputs[0].detach()[rows, target[ex]].cpu().double()
-                g[chunk, :n_virtual + keep] = torch.cat(
-                    [(grads[0] * d_prompt[ex]).sum(dim=-1),
-                     (grads[1] * d_embeds[ex, :keep]).sum(dim=-1)], dim=1).cpu().double()
-            return f, g
-
-        path = adaptive_path_integral(evaluate, prompt.shape[0], tolerance=self.delta_tolerance,
-                                      max_evals=self.max_gradient_evals,
-                                      position_tolerance=self.position_tolerance)
-        prompt_attr = path.integral[:, :n_virtual]
+    def attribute(self, batch: EncodedBatch, target: torch.Tensor) -> BatchAttribution:
+        prepared = self.prepare(batch)
+        n_paths, n_virtual = prepared[0][0].shape[:2]
+        lengths = prepared[2][0].sum(dim=1).cpu()  # (batch,) real tokens per example
+        method = self.method
+        path = adaptive_path_integral(
+            functools.partial(self._path_points, prepared=prepared, target=target,
+                              lengths=lengths),
+            n_paths, tolerance=float(method.delta_tolerance),
+            max_evals=int(method.max_gradient_evals),
+            position_tolerance=method.resolved_position_tolerance)
         tokens = path.integral[:, n_virtual:]
-        return BatchAttribution(prompt_attr, tokens, tokens.sum(dim=-1), path.delta,
-                                path.n_evals, path.converged, path.position_error)
+        return BatchAttribution(path.integral[:, :n_virtual], tokens, tokens.sum(dim=-1),
+                                path.delta, path.n_evals, path.converged, path.position_error)
 
 
-class _PerturbationAttribution(PromptAttribution):
-    """Shared set-up of the feature-group (perturbation) methods."""
+class _PerturbationEngine(_Engine):
+    """Feature ablation or Shapley value sampling (Captum) over feature groups: each
+    virtual token, and each input token or (Shapley, ``whole``) the whole input."""
 
-    def perturbations_per_eval(self, examples: int, seq: int) -> int:
-        """Perturbed copies of an ``examples``-row batch per forward pass."""
-        return max(1, self.rows_per_pass(examples, seq) // max(examples, 1))
+    def __init__(self, prompted: PromptedModel, method: FeatureAblation | ShapleySampling, *,
+                 seed: int = 0):
+        from captum import attr as captum_attr
+
+        super().__init__(prompted, method)
+        self.shapley = isinstance(method, ShapleySampling)
+        self.seed = int(seed)
+        self._batches = 0
+        captum_class = (captum_attr.ShapleyValueSampling if self.shapley
+                        else captum_attr.FeatureAblation)
+        self._captum = captum_class(prompted.label_probabilities)
 
     def feature_masks(self, seq: int, *, input_whole: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Feature groups: ``(1, n_virtual, 1)`` ids ``0..n_virtual-1`` for the prompt and
@@ -495,102 +641,27 @@ class _PerturbationAttribution(PromptAttribution):
             input_mask = (n_virtual + torch.arange(seq, device=device)).view(1, seq, 1)
         return prompt_mask, input_mask
 
-
-class PromptFeatureAblation(_PerturbationAttribution):
-    """Feature ablation (Captum ``FeatureAblation``): each virtual token and each input
-    token replaced by the baseline embedding, one at a time.
-
-    The attribution of a position is ``f(x) - f(x with that position set to the
-    baseline)``.
-
-    Parameters
-    ----------
-    prompted : PromptedModel
-    baseline : {"zero", "pad", "mean"}
-    internal_batch_size : int, optional
-        Most rows per forward pass (sets Captum's ``perturbations_per_eval``).
-    """
-
-    method = AttributionMethod.FEATURE_ABLATION
-
-    def __init__(self, prompted: PromptedModel, *, baseline: Baseline | str = Baseline.PAD,
-                 internal_batch_size: int | None = None):
-        from captum.attr import FeatureAblation
-
-        super().__init__(prompted, baseline=baseline, internal_batch_size=internal_batch_size)
-        self._captum = FeatureAblation(self.forward)
-
     def attribute(self, batch: EncodedBatch, target: torch.Tensor) -> BatchAttribution:
         inputs, baselines, additional = self.prepare(batch)
-        masks = self.feature_masks(inputs[1].shape[1], input_whole=False)
-        with torch.inference_mode():
-            prompt_attr, input_attr = self._captum.attribute(
-                inputs, baselines=baselines, target=target, additional_forward_args=additional,
-                feature_mask=masks,
-                perturbations_per_eval=self.perturbations_per_eval(*inputs[1].shape[:2]),
-            )
-        # every hidden element of a group carries the group's value
-        prompt = prompt_attr[..., 0].clone()
-        tokens = input_attr[..., 0].clone()
-        return BatchAttribution(prompt, tokens, tokens.sum(dim=-1))
-
-
-class PromptShapleySampling(_PerturbationAttribution):
-    """Shapley value sampling (Captum ``ShapleyValueSampling``) over prompt positions.
-
-    Players are the virtual tokens plus the input: by default (``shapley_input=
-    "whole"``) the whole input is one player, so the cost is ``n_samples *
-    (num_virtual_tokens + 1)`` forward passes and no per-token values are
-    reported; ``"tokens"`` makes every input token a player (per-token values,
-    ``n_samples * (num_virtual_tokens + seq)`` passes). Efficiency holds per
-    example: the attributions sum to ``f(x) - f(baseline)``.
-
-    Parameters
-    ----------
-    prompted : PromptedModel
-    baseline : {"zero", "pad", "mean"}
-    n_samples : int
-        Sampled permutations.
-    shapley_input : {"whole", "tokens"}
-    seed : int
-        Permutations of batch ``i`` are drawn from ``torch.manual_seed(seed + i)``
-        in a forked RNG (the global RNG is left as it was).
-    internal_batch_size : int, optional
-        Most rows per forward pass (sets Captum's ``perturbations_per_eval``).
-    """
-
-    method = AttributionMethod.SHAPLEY_SAMPLING
-
-    def __init__(self, prompted: PromptedModel, *, baseline: Baseline | str = Baseline.PAD,
-                 n_samples: int = 25, shapley_input: ShapleyInput | str = ShapleyInput.WHOLE,
-                 seed: int = 0, internal_batch_size: int | None = None):
-        from captum.attr import ShapleyValueSampling
-
-        super().__init__(prompted, baseline=baseline, internal_batch_size=internal_batch_size)
-        self.n_samples = int(n_samples)
-        self.shapley_input = ShapleyInput.parse(shapley_input)
-        self.seed = int(seed)
-        self._batches = 0
-        self._captum = ShapleyValueSampling(self.forward)
-
-    def attribute(self, batch: EncodedBatch, target: torch.Tensor) -> BatchAttribution:
-        inputs, baselines, additional = self.prepare(batch)
-        whole = self.shapley_input is ShapleyInput.WHOLE
-        masks = self.feature_masks(inputs[1].shape[1], input_whole=whole)
+        examples, seq = inputs[1].shape[:2]
+        whole = self.shapley and self.method.shapley_input is ShapleyInput.WHOLE
+        options = {"n_samples": int(self.method.n_samples)} if self.shapley else {}
+        # Shapley permutations of batch i from seed + i, in a forked RNG
         with torch.random.fork_rng(devices=[]), torch.inference_mode():
             torch.manual_seed(self.seed + self._batches)
             prompt_attr, input_attr = self._captum.attribute(
                 inputs, baselines=baselines, target=target, additional_forward_args=additional,
-                feature_mask=masks, n_samples=self.n_samples,
-                perturbations_per_eval=self.perturbations_per_eval(*inputs[1].shape[:2]),
-            )
+                feature_mask=self.feature_masks(seq, input_whole=whole),
+                perturbations_per_eval=max(1, self.rows_per_pass(examples, seq)
+                                           // max(examples, 1)), **options)
         self._batches += 1
+        # every hidden element of a group carries the group's value
         prompt = prompt_attr[..., 0].clone()
         if whole:
             return BatchAttribution(prompt, None, input_attr[:, 0, 0].clone())
         tokens = input_attr[..., 0].clone()
-        # padding is a player whose baseline is itself: exactly zero, but keep it clean
-        tokens = tokens * batch.attention_mask.to(tokens.device, tokens.dtype)
+        if self.shapley:  # padding is a player whose baseline is itself: zero, but keep it clean
+            tokens = tokens * batch.attention_mask.to(tokens.device, tokens.dtype)
         return BatchAttribution(prompt, tokens, tokens.sum(dim=-1))
 
 
@@ -693,77 +764,108 @@ def adaptive_path_integral(evaluate, n_paths: int, *, tolerance: float, max_eval
     tol_sum = float(tolerance)
     tol_pos = (POSITION_TOLERANCE_FACTOR * tol_sum if position_tolerance is None
                else float(position_tolerance))
-    # per path: alpha -> (f, g); intervals as (a, b) with points a, (a+b)/2, b
-    points: list[dict[float, tuple[float, torch.Tensor]]] = [{} for _ in range(n_paths)]
-    errors: list[dict[tuple[float, float], tuple[float, float]]] = [{} for _ in range(n_paths)]
-    intervals: list[list[tuple[float, float]]] = [
-        [(j / k0, (j + 1) / k0) for j in range(k0)] for _ in range(n_paths)
-    ]
-    pending = [[j / (2 * k0) for j in range(2 * k0 + 1)] for _ in range(n_paths)]
+    paths = [_Path(intervals=[(j / k0, (j + 1) / k0) for j in range(k0)],
+                   pending=[j / (2 * k0) for j in range(2 * k0 + 1)]) for _ in range(n_paths)]
     open_paths = set(range(n_paths))
-    converged = [False] * n_paths
     rounds = 0
-    while True:
-        paths = [p for p in sorted(open_paths) for _ in pending[p]]
-        alphas = [a for p in sorted(open_paths) for a in pending[p]]
-        if paths:
-            f, g = evaluate(torch.tensor(paths, dtype=torch.long),
-                            torch.tensor(alphas, dtype=torch.float64))
+    while open_paths:
+        rows = [(p, a) for p in sorted(open_paths) for a in paths[p].pending]
+        if rows:
+            f, g = evaluate(torch.tensor([p for p, _ in rows], dtype=torch.long),
+                            torch.tensor([a for _, a in rows], dtype=torch.float64))
             f = f.detach().double().cpu()
             g = g.detach().double().cpu()
-            for row, (p, a) in enumerate(zip(paths, alphas, strict=True)):
-                points[p][a] = (float(f[row]), g[row])
+            for row, (p, a) in enumerate(rows):
+                paths[p].points[a] = (float(f[row]), g[row])
         rounds += 1
         for p in sorted(open_paths):
-            pending[p] = []
-            for a, b in intervals[p]:  # each interval's errors once (intervals persist)
-                if (a, b) not in errors[p]:
-                    errors[p][(a, b)] = _interval_errors(points[p], a, b)
-            errs = [errors[p][ab] for ab in intervals[p]]
-            if (sum(abs(e[0]) for e in errs) <= tol_sum
-                    and sum(e[1] for e in errs) <= tol_pos):
-                converged[p] = True
+            if not paths[p].refine(tol_sum, tol_pos, max_evals):
                 open_paths.discard(p)
-                continue
-            budget = (max_evals - len(points[p])) // 2
-            excess = [max(abs(c) / tol_sum, e / tol_pos) / (b - a)
-                      for (c, e), (a, b) in zip(errs, intervals[p], strict=True)]
-            over = sorted((i for i, (a, b) in enumerate(intervals[p])
-                           if excess[i] > 1 and b - a > MIN_INTERVAL),
-                          key=lambda i: -excess[i] * (intervals[p][i][1] - intervals[p][i][0]))
-            if over:  # the worst first: of those over their share, the ones that matter
-                worst = excess[over[0]] * (intervals[p][over[0]][1] - intervals[p][over[0]][0])
-                over = [i for i in over if excess[i] * (intervals[p][i][1] - intervals[p][i][0])
-                        >= REFINE_FRACTION * worst][:budget]
-            if not over:
-                open_paths.discard(p)  # cap reached (or intervals too small): not converged
-                continue
-            split = set(over)
-            refined = []
-            for i, (a, b) in enumerate(intervals[p]):
-                if i in split:
-                    m = (a + b) / 2
-                    refined += [(a, m), (m, b)]
-                    pending[p] += [(a + m) / 2, (m + b) / 2]
-                else:
-                    refined.append((a, b))
-            intervals[p] = refined
-        if not open_paths:
-            break
+    logger.debug("adaptive integrated gradients: %d rounds, %d points", rounds,
+                 sum(len(path.points) for path in paths))
+    return _path_integral(paths)
+
+
+@dataclass
+class _Path:
+    """One path of :func:`adaptive_path_integral`: its points, intervals and their errors.
+
+    Attributes
+    ----------
+    intervals : list of (float, float)
+        The current intervals ``(a, b)``, each with the points ``a``, ``(a+b)/2``, ``b``.
+    pending : list of float
+        Points still to evaluate.
+    points : dict
+        ``alpha -> (f, g)`` with ``g`` ``(d,)`` float64.
+    errors : dict
+        ``(a, b) -> (completeness error, L1 position error)`` of every interval seen.
+    converged : bool
+    """
+
+    intervals: list[tuple[float, float]]
+    pending: list[float]
+    points: dict[float, tuple[float, torch.Tensor]] = field(default_factory=dict)
+    errors: dict[tuple[float, float], tuple[float, float]] = field(default_factory=dict)
+    converged: bool = False
+
+    def refine(self, tol_sum: float, tol_pos: float, max_evals: int) -> bool:
+        """Check the tolerances and bisect the worst intervals; False when the path is done
+        (converged, or the cap or the smallest interval reached)."""
+        self.pending = []
+        for a, b in self.intervals:  # each interval's errors once (intervals persist)
+            if (a, b) not in self.errors:
+                self.errors[(a, b)] = _interval_errors(self.points, a, b)
+        errs = [self.errors[ab] for ab in self.intervals]
+        if sum(abs(e[0]) for e in errs) <= tol_sum and sum(e[1] for e in errs) <= tol_pos:
+            self.converged = True
+            return False
+        split = set(self._worst(errs, tol_sum, tol_pos, (max_evals - len(self.points)) // 2))
+        if not split:
+            return False  # cap reached (or intervals too small): not converged
+        refined = []
+        for i, (a, b) in enumerate(self.intervals):
+            if i in split:
+                m = (a + b) / 2
+                refined += [(a, m), (m, b)]
+                self.pending += [(a + m) / 2, (m + b) / 2]
+            else:
+                refined.append((a, b))
+        self.intervals = refined
+        return True
+
+    def _worst(self, errs: list, tol_sum: float, tol_pos: float, budget: int) -> list[int]:
+        """Intervals to bisect: of those over their share of a tolerance, the ones with at
+        least :data:`REFINE_FRACTION` of the largest excess, largest first, ``budget`` at most."""
+        intervals = self.intervals
+        excess = [max(abs(c) / tol_sum, e / tol_pos) / (b - a)
+                  for (c, e), (a, b) in zip(errs, intervals, strict=True)]
+        over = sorted((i for i, (a, b) in enumerate(intervals)
+                       if excess[i] > 1 and b - a > MIN_INTERVAL),
+                      key=lambda i: -excess[i] * (intervals[i][1] - intervals[i][0]))
+        if not over:
+            return []
+        worst = excess[over[0]] * (intervals[over[0]][1] - intervals[over[0]][0])
+        return [i for i in over if excess[i] * (intervals[i][1] - intervals[i][0])
+                >= REFINE_FRACTION * worst][:budget]
+
+
+def _path_integral(paths: list[_Path]) -> PathIntegral:
+    """The composite Simpson integrals and error figures of finished paths."""
     integral = torch.stack([
-        sum(_simpson(points[p], a, b) for a, b in intervals[p]) for p in range(n_paths)
+        sum(_simpson(path.points, a, b) for a, b in path.intervals) for path in paths
     ])
-    delta = torch.tensor([float(integral[p].sum()) - (points[p][1.0][0] - points[p][0.0][0])
-                          for p in range(n_paths)], dtype=torch.float64)
+    delta = torch.tensor([float(integral[p].sum())
+                          - (path.points[1.0][0] - path.points[0.0][0])
+                          for p, path in enumerate(paths)], dtype=torch.float64)
     # every final interval's errors were computed in the loop (before it was accepted)
-    finals = [[errors[p][ab] for ab in intervals[p]] for p in range(n_paths)]
+    finals = [[path.errors[ab] for ab in path.intervals] for path in paths]
     bound = torch.tensor([sum(abs(e[0]) for e in errs) for errs in finals], dtype=torch.float64)
     position = torch.tensor([sum(e[1] for e in errs) for errs in finals], dtype=torch.float64)
-    logger.debug("adaptive integrated gradients: %d rounds, %d points", rounds,
-                 sum(len(x) for x in points))
     return PathIntegral(integral, delta, bound,
-                        torch.tensor([len(x) for x in points], dtype=torch.long),
-                        torch.tensor(converged, dtype=torch.bool), position)
+                        torch.tensor([len(path.points) for path in paths], dtype=torch.long),
+                        torch.tensor([path.converged for path in paths], dtype=torch.bool),
+                        position)
 
 
 def _simpson(points: dict, a: float, b: float) -> torch.Tensor:
@@ -785,14 +887,7 @@ def _interval_errors(points: dict, a: float, b: float) -> tuple[float, float]:
     return completeness, float(position.abs().sum())
 
 
-# ---------------------------------------------------------------- entry point
-def _check_int(value, message: str, *, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise InputError(message.format(value=value))
-
-
+# ------------------------------------------------------------- the attributor
 def _resolve_target(target, labels: Sequence[str]) -> int | None:
     """``None`` (predicted), a label index or a label name -> index or None."""
     if target is None:
@@ -808,9 +903,7 @@ def _resolve_target(target, labels: Sequence[str]) -> int | None:
     raise InputError(TARGET_LABEL_MESSAGE.format(value=target, allowed=allowed, last=last))
 
 
-def _sensitive_frame(sensitive_features, n_texts: int) -> pd.DataFrame | None:
-    if sensitive_features is None:
-        return None
+def _sensitive_frame(sensitive_features, n_rows: int) -> pd.DataFrame:
     if isinstance(sensitive_features, pd.Series):
         frame = sensitive_features.to_frame(name=sensitive_features.name or "sensitive_feature")
     elif isinstance(sensitive_features, pd.DataFrame):
@@ -819,54 +912,9 @@ def _sensitive_frame(sensitive_features, n_texts: int) -> pd.DataFrame | None:
         frame = pd.DataFrame(dict(sensitive_features))
     else:
         frame = pd.DataFrame(sensitive_features)
-    if len(frame) != n_texts:
-        raise InputError(SENSITIVE_ROWS_MESSAGE.format(rows=len(frame), texts=n_texts))
+    if len(frame) != n_rows:
+        raise InputError(SENSITIVE_ROWS_MESSAGE.format(rows=len(frame), texts=n_rows))
     return frame.reset_index(drop=True)
-
-
-def _check_tolerance(value) -> None:
-    if (isinstance(value, bool) or not isinstance(value, numbers.Real)
-            or not math.isfinite(float(value)) or not 0 < float(value) <= 1):
-        raise InputError(DELTA_TOLERANCE_MESSAGE.format(value=value))
-
-
-def _is_auto(n_steps) -> bool:
-    return isinstance(n_steps, str) and n_steps == AUTO_STEPS
-
-
-def _build_method(method: AttributionMethod, prompted: PromptedModel,
-                  **options) -> PromptAttribution:
-    if method is AttributionMethod.INTEGRATED_GRADIENTS and _is_auto(options["n_steps"]):
-        return PromptAdaptiveIntegratedGradients(
-            prompted, baseline=options["baseline"],
-            delta_tolerance=options["delta_tolerance"],
-            max_gradient_evals=options["max_gradient_evals"],
-            internal_batch_size=options["internal_batch_size"],
-            position_tolerance=options["position_tolerance"],
-        )
-    if method is AttributionMethod.INTEGRATED_GRADIENTS:
-        return PromptIntegratedGradients(
-            prompted, baseline=options["baseline"], n_steps=options["n_steps"],
-            internal_batch_size=options["internal_batch_size"],
-        )
-    if method is AttributionMethod.FEATURE_ABLATION:
-        return PromptFeatureAblation(
-            prompted, baseline=options["baseline"],
-            internal_batch_size=options["internal_batch_size"],
-        )
-    return PromptShapleySampling(
-        prompted, baseline=options["baseline"], n_samples=options["n_samples"],
-        shapley_input=options["shapley_input"], seed=options["seed"],
-        internal_batch_size=options["internal_batch_size"],
-    )
-
-
-def audit_batch_size(method: AttributionMethod | str, n_steps: int | str) -> int:
-    """Examples per attribution batch in an audit: :data:`ADAPTIVE_BATCH_SIZE` for
-    adaptive integrated gradients, :data:`BATCH_SIZE` otherwise."""
-    adaptive = (AttributionMethod.parse(method) is AttributionMethod.INTEGRATED_GRADIENTS
-                and _is_auto(n_steps))
-    return ADAPTIVE_BATCH_SIZE if adaptive else BATCH_SIZE
 
 
 def _slice_batch(encoded: EncodedBatch, index: torch.Tensor, length: int) -> EncodedBatch:
@@ -889,409 +937,252 @@ def _budget_batches(lengths: torch.Tensor, batch_size: int, order: torch.Tensor,
     n = len(lengths)
     if not blocks:
         return [(0, order[start:start + batch_size]) for start in range(0, n, batch_size)]
-    size = batch_size
     out = []
-    for block_start in range(0, n, size):
-        rows = torch.arange(block_start, min(n, block_start + size))
+    for block_start in range(0, n, batch_size):
+        rows = torch.arange(block_start, min(n, block_start + batch_size))
         rows = rows[torch.argsort(lengths[rows], stable=True)]
         out += [(block_start, rows[i:i + batch_size]) for i in range(0, len(rows), batch_size)]
     return out
 
 
-def _evals_used(steps_used: np.ndarray, *, order_done: int, fixed) -> int:
-    """Gradient evaluations spent on the first ``order_done`` texts (blocks run in order)."""
-    if fixed is not None:
-        return int(fixed) * order_done
-    return int(steps_used[:order_done].sum())
-
-
-def attribute_prompt(
-    prompted: PromptedModel,
-    texts: Sequence[str],
-    *,
-    method: AttributionMethod | str = AttributionMethod.INTEGRATED_GRADIENTS,
-    n_steps: int | str = 32,
-    baseline: Baseline | str = Baseline.PAD,
-    target: int | str | None = None,
-    max_examples: int = 200,
-    batch_size: int = 8,
-    internal_batch_size: int | None = None,
-    n_samples: int = 25,
-    sensitive_features: pd.DataFrame | pd.Series | Mapping | None = None,
-    seed: int = 0,
-    progress: bool = False,
-    shapley_input: ShapleyInput | str = ShapleyInput.WHOLE,
-    delta_tolerance: float = DEFAULT_DELTA_TOLERANCE,
-    max_gradient_evals: int = DEFAULT_MAX_GRADIENT_EVALS,
-    min_group_size: int = DEFAULT_MIN_GROUP_SIZE,
-    position_tolerance: float | None = None,
-    max_gradient_evals_total: int | None = None,
-) -> dict:
+class PromptAttributor:
     """Attribute the target-label probability to prompt positions and input tokens.
 
     Parameters
     ----------
     prompted : PromptedModel
         A model with a soft prompt ``(num_virtual_tokens, hidden)``.
-    texts : sequence of str
-        ``(n_texts,)`` inputs; the first ``max_examples`` are attributed.
-    method : {"integrated_gradients", "feature_ablation", "shapley_sampling"}
-    n_steps : int or "auto"
-        Integrated-gradients interpolation steps (Gauss-Legendre, Captum), or
-        ``"auto"``: adaptive steps per example until its attributions sum to
-        ``f(x) - f(baseline)`` within ``delta_tolerance``
-        (:class:`PromptAdaptiveIntegratedGradients`).
-    baseline : {"pad", "zero", "mean"}
-        Reference embedding at every prompt and input position.
-    target : int, str or None
-        Label index or name to attribute; ``None`` attributes each example's
-        predicted label.
-    max_examples : int
-        Attribute the first ``max_examples`` texts (in the order given; no
-        sampling, so results are reproducible and line up with the data file).
+    method : IntegratedGradients, FeatureAblation or ShapleySampling, optional
+        The method and its options (default: ``IntegratedGradients()``);
+        :func:`attribution_method` builds one from flat options.
     batch_size : int
         Examples per attribution batch (texts are ordered by length first).
-        Adaptive integrated gradients run faster with more (audits use
-        :func:`audit_batch_size`: 32); results do not depend on it beyond
-        float rounding.
-    internal_batch_size : int, optional
-        Most rows per forward pass: examples x interpolation steps for
-        integrated gradients (Captum's ``internal_batch_size``), examples x
-        perturbations for the perturbation methods (sets Captum's
-        ``perturbations_per_eval``). ``None`` picks as many rows as fit 4096
-        token positions. Trades memory for speed; results do not depend on it
-        beyond float rounding.
-    n_samples : int
-        Shapley sampling permutations.
-    sensitive_features : pandas.DataFrame, Series or mapping, optional
-        ``(n_texts, n_features)``, one row per text in ``texts`` (all of them,
-        before the ``max_examples`` cut); adds ``by_group``.
+        Audits use ``method.audit_batch_size`` (32 for adaptive steps, which
+        fill their passes better); results do not depend on it beyond float
+        rounding.
     seed : int
-        Seed of Shapley permutations (every other method is deterministic).
+        Recorded in the result; seeds Shapley permutations (batch ``i`` uses
+        ``seed + i``; every other method is deterministic).
     progress : bool
         Show a tqdm progress bar over batches.
-    shapley_input : {"whole", "tokens"}
-        Shapley sampling players for the input: the whole input as one player
-        (default; no per-token values, ``token_attributions`` is None) or every
-        token.
-    delta_tolerance : float
-        Integrated gradients: the completeness tolerance (probability points).
-        With ``n_steps="auto"`` it drives the steps; with fixed steps it only
-        decides ``converged``.
-    max_gradient_evals_total : int, optional
-        Budget of gradient evaluations for the whole run (integrated gradients):
-        examples are attributed in batches of ``batch_size`` in the order given
-        and no new batch starts once the budget is spent, so the first ``K`` texts
-        are attributed (a batch may overrun the budget; the first batch always
-        runs). The result then has ``budget``: ``{max_gradient_evals_total,
-        n_gradient_evals, n_requested, n_attributed, n_left_out}``. None: no budget.
-    max_gradient_evals : int
-        Adaptive integrated gradients: most gradient evaluations per example;
-        an example that needs more is reported as not converged.
-    min_group_size : int
-        Per-group attribution: groups with fewer examples are listed and
-        flagged ``small`` but left out of ``max_difference`` and
-        ``top_positions`` (the rule fairness applies to small groups).
-    position_tolerance : float, optional
-        Adaptive integrated gradients: allowed estimated sum over positions of
-        the absolute attribution error (completeness alone lets position errors
-        cancel); ``None`` (default) is :data:`POSITION_TOLERANCE_FACTOR` times
-        ``delta_tolerance``; ``math.inf`` checks completeness only.
-
-    Returns
-    -------
-    dict
-        The result contract's ``attribution`` object (plain JSON-able values)::
-
-            {"method", "n_steps", "n_samples", "baseline", "target_policy",
-             "target_function": "probability", "seed", "labels",
-             "num_virtual_tokens", "n_examples",
-             "prompt_share", "per_position": [P], "per_position_abs": [P],
-             "max_convergence_delta", "delta_tolerance", "n_not_converged",
-             "n_gradient_evals", "max_gradient_evals", "position_tolerance",
-             "examples": [{"text", "target", "target_label", "target_probability",
-                           "tokens": [T], "prompt_attributions": [P],
-                           "token_attributions": [T] or None, "input_attribution",
-                           "convergence_delta", "n_steps", "converged", "position_error",
-                           "top_tokens": [{"token", "attribution"}]}],
-             "by_group": {feature: {"groups": {g: [P]}, "counts": {g: n},
-                                    "small_groups": [g], "min_group_size",
-                                    "max_difference": [P] or None,
-                                    "within_error": [P] or None, "error_scale",
-                                    "top_positions": [...]}} or None}
-
-        ``prompt_share`` is, per example, ``sum |prompt| / (sum |prompt| + sum
-        |input|)`` (0 when both are 0), averaged over examples; ``per_position``
-        and ``per_position_abs`` are the mean signed and absolute attribution
-        per virtual token. ``top_tokens`` are the example's non-special tokens
-        with the largest absolute attribution (at most 5). ``n_steps`` is None
-        unless the method is integrated gradients, ``n_samples`` unless it is
-        Shapley sampling; ``convergence_delta`` and ``max_convergence_delta``
-        (largest absolute delta) are None except for integrated gradients.
-        ``by_group[f]["groups"][g]`` is the mean attribution per virtual token
-        over the examples of group ``g``; ``max_difference`` the max minus the
-        min of those group means per position; ``top_positions`` the positions
-        with the largest ``max_difference`` (at most 5, largest first).
-        Groups with fewer than ``min_group_size`` examples are listed in
-        ``small_groups`` and left out of ``max_difference`` and
-        ``top_positions``; with fewer than two other groups those are None and
-        []. ``error_scale`` is the largest absolute completeness error of the
-        examples (integrated gradients; None otherwise) and ``within_error[p]``
-        says the gap at ``p`` is no larger than it: such a gap is not told
-        apart from integration error.
-
-        Integrated gradients also report, per example, ``n_steps`` (gradient
-        evaluations used: adaptive points, or the fixed steps) and
-        ``converged`` (``|convergence_delta| <= delta_tolerance``; adaptive:
-        the sum of the absolute interval errors is within it, which bounds
-        ``|convergence_delta|``, and ``position_error`` is within
-        ``position_tolerance``) and ``position_error`` (adaptive: the estimated
-        sum over positions of the absolute attribution error; None with fixed
-        steps); per run ``position_tolerance`` (adaptive and finite; None
-        otherwise),
-        ``delta_tolerance``,
-        ``n_not_converged``, ``n_gradient_evals`` (sum over examples) and
-        ``max_gradient_evals`` (the adaptive cap; None with fixed steps).
-        The top-level ``n_steps`` is ``"auto"`` for adaptive runs. All of
-        these are None for the other methods.
 
     Raises
     ------
     InputError
-        Unknown method, baseline or grouping; ``n_steps``, ``n_samples``,
-        ``max_examples``, ``batch_size`` or ``internal_batch_size`` below 1; a
-        target out of range or not a label; no texts; no prompt; sensitive
-        features whose rows do not match the texts.
+        No prompt; ``batch_size`` below 1.
 
     Examples
     --------
-    >>> result = attribute_prompt(prompted, ["a gripping film"], n_steps=16)  # doctest: +SKIP
+    >>> attributor = PromptAttributor(prompted, IntegratedGradients(n_steps=16))  # doctest: +SKIP
+    >>> result = attributor.attribute(["a gripping film"])  # doctest: +SKIP
     >>> result["prompt_share"], len(result["per_position"])  # doctest: +SKIP
     (0.41, 10)
     """
-    method = AttributionMethod.parse(method)
-    baseline = Baseline.parse(baseline)
-    shapley_input = ShapleyInput.parse(shapley_input)
-    adaptive = method is AttributionMethod.INTEGRATED_GRADIENTS and _is_auto(n_steps)
-    if isinstance(n_steps, str) and not _is_auto(n_steps):
-        raise InputError(N_STEPS_AUTO_MESSAGE.format(value=n_steps))
-    if not _is_auto(n_steps):
-        _check_int(n_steps, N_STEPS_MESSAGE)
-    _check_tolerance(delta_tolerance)
-    if position_tolerance is not None and (
-            isinstance(position_tolerance, bool) or not isinstance(position_tolerance, numbers.Real)
-            or math.isnan(float(position_tolerance)) or float(position_tolerance) <= 0):
-        raise InputError(POSITION_TOLERANCE_MESSAGE.format(value=position_tolerance))
-    if (isinstance(max_gradient_evals, bool) or not isinstance(max_gradient_evals, numbers.Integral)
-            or max_gradient_evals < 2 * INITIAL_INTERVALS + 1):
-        raise InputError(MAX_GRADIENT_EVALS_MESSAGE.format(value=max_gradient_evals))
-    _check_int(min_group_size, MIN_GROUP_SIZE_MESSAGE)
-    _check_int(n_samples, N_SAMPLES_MESSAGE)
-    _check_int(max_examples, MAX_EXAMPLES_MESSAGE)
-    _check_int(batch_size, BATCH_SIZE_MESSAGE)
-    _check_int(internal_batch_size, INTERNAL_BATCH_SIZE_MESSAGE, allow_none=True)
-    texts = [str(t) for t in texts]
-    if not texts:
-        raise InputError(NO_TEXTS_MESSAGE)
-    if prompted.prompt is None:
-        raise InputError(NO_PROMPT_MESSAGE)
-    fixed_target = _resolve_target(target, prompted.labels)
-    groups = _sensitive_frame(sensitive_features, len(texts))
-    texts = texts[:max_examples]
-    if groups is not None:
-        groups = groups.iloc[: len(texts)]
 
-    started = time.perf_counter()
-    attributor = _build_method(
-        method, prompted, baseline=baseline, n_steps=AUTO_STEPS if adaptive
-        else 32 if _is_auto(n_steps) else int(n_steps),
-        internal_batch_size=internal_batch_size, n_samples=int(n_samples),
-        shapley_input=shapley_input, seed=int(seed), delta_tolerance=float(delta_tolerance),
-        max_gradient_evals=int(max_gradient_evals),
-        position_tolerance=None if position_tolerance is None else float(position_tolerance),
-    )
-    encoded = prompted.encode(texts).to(prompted.device)
-    lengths = encoded.attention_mask.sum(dim=1)
-    order = torch.argsort(lengths.cpu(), stable=True)
-    n = len(texts)
-    n_virtual = prompted.num_virtual_tokens
-    prompt_attr = np.zeros((n, n_virtual), dtype=np.float64)
-    token_attr: list[np.ndarray | None] = [None] * n
-    input_total = np.zeros(n, dtype=np.float64)
-    deltas = np.full(n, np.nan)
-    steps_used = np.zeros(n, dtype=np.int64)
-    converged = np.ones(n, dtype=bool)
-    position_error = np.full(n, np.nan)
-    targets = np.zeros(n, dtype=np.int64)
-    target_probs = np.zeros(n, dtype=np.float64)
+    def __init__(self, prompted: PromptedModel, method: _Method | None = None, *,
+                 batch_size: int = BATCH_SIZE, seed: int = 0, progress: bool = False):
+        if prompted.prompt is None:
+            raise InputError(NO_PROMPT_MESSAGE)
+        _check_int(batch_size, BATCH_SIZE_MESSAGE)
+        self.prompted = prompted
+        self.method = IntegratedGradients() if method is None else method
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
+        self.progress = progress
 
-    is_ig = method is AttributionMethod.INTEGRATED_GRADIENTS
-    budget = None
-    if max_gradient_evals_total is not None:
-        if (isinstance(max_gradient_evals_total, bool)
-                or not isinstance(max_gradient_evals_total, numbers.Integral)
-                or max_gradient_evals_total < 1):
-            raise InputError(
-                f"max_gradient_evals_total must be an integer >= 1; got "
-                f"{max_gradient_evals_total!r}"
-            )
-        budget = int(max_gradient_evals_total) if is_ig else None
-    batches = _budget_batches(lengths.cpu(), batch_size, order, budget is not None)
-    if progress:
-        from tqdm.auto import tqdm
+    def attribute(self, texts: Sequence[str], *, target: int | str | None = None,
+                  max_examples: int | None = None) -> dict:
+        """Attribute ``texts`` (the first ``max_examples``, in the order given).
 
-        batches = tqdm(batches, desc=f"attribute ({method.value})", unit="batch", leave=False)
-    n_done = n
-    for block_start, index in batches:
-        if budget is not None and block_start > 0 and _evals_used(
-                steps_used, order_done=block_start, fixed=None if adaptive else n_steps
-        ) >= budget:
-            n_done = block_start  # the budget is spent: no new block starts
-            break
-        device_index = index.to(prompted.device)
-        batch = _slice_batch(encoded, device_index, int(lengths[device_index].max()))
-        with torch.inference_mode():
-            probs = prompted.forward_batch(batch).float()
-        if fixed_target is None:
-            target_ids = probs.argmax(dim=-1)
-        else:
-            target_ids = torch.full((len(index),), fixed_target, device=probs.device)
-        rows = torch.arange(len(index), device=probs.device)
-        out = attributor.attribute(batch, target_ids.clone())
-        rows_np = index.numpy()
-        prompt_attr[rows_np] = out.prompt.double().cpu().numpy()
-        input_total[rows_np] = out.input_total.double().cpu().numpy()
-        targets[rows_np] = target_ids.cpu().numpy()
-        target_probs[rows_np] = probs[rows, target_ids].double().cpu().numpy()
-        if out.delta is not None:
-            deltas[rows_np] = out.delta.double().cpu().numpy()
-        if out.n_steps is not None:
-            steps_used[rows_np] = out.n_steps.cpu().numpy()
-            converged[rows_np] = out.converged.cpu().numpy()
-        if out.position_error is not None:
-            position_error[rows_np] = out.position_error.double().cpu().numpy()
-        if out.inputs is not None:
-            per_token = out.inputs.double().cpu().numpy()
-            for row, example in enumerate(rows_np):
-                token_attr[example] = per_token[row, : int(lengths[example])]
-                input_total[example] = token_attr[example].sum()
+        Parameters
+        ----------
+        texts : sequence of str
+            ``(n_texts,)`` inputs.
+        target : int, str or None
+            Label index or name to attribute; ``None`` attributes each
+            example's predicted label.
+        max_examples : int, optional
+            Attribute the first ``max_examples`` texts (no sampling, so results
+            are reproducible and line up with the data file); None: all.
 
-    n_requested = n
-    if n_done < n:  # the budget was spent: the first n_done texts were attributed
-        keep = slice(0, n_done)
-        texts = texts[:n_done]
-        encoded = _slice_batch(encoded, torch.arange(n_done, device=prompted.device),
-                               int(lengths[:n_done].max()))
-        lengths = lengths[:n_done]
-        prompt_attr, token_attr = prompt_attr[keep], token_attr[keep]
-        input_total = input_total[keep]
-        deltas, steps_used, converged = deltas[keep], steps_used[keep], converged[keep]
-        position_error, targets = position_error[keep], targets[keep]
-        target_probs = target_probs[keep]
-        if groups is not None:
-            groups = groups.iloc[:n_done]
-        n = n_done
-    if is_ig and not adaptive:
-        steps_used[:] = int(n_steps)
-        converged = np.abs(deltas) <= float(delta_tolerance)
-    result = _summarise(
-        prompted, texts, encoded, lengths.cpu(), prompt_attr, token_attr, input_total, deltas,
-        targets, target_probs, groups, min_group_size=int(min_group_size),
-        condition="predicted_label" if fixed_target is None else None, seed=int(seed),
-    )
-    if is_ig:
-        for i, example in enumerate(result["examples"]):
-            example["n_steps"] = int(steps_used[i])
-            example["converged"] = bool(converged[i])
-            example["position_error"] = (float(position_error[i]) if adaptive else None)
-    result.update(convergence_summary(
-        result["examples"], delta_tolerance=float(delta_tolerance) if is_ig else None,
-        max_gradient_evals=int(max_gradient_evals) if adaptive else None,
-    ))
-    if budget is not None:
-        result["budget"] = {
-            "max_gradient_evals_total": budget,
-            "n_gradient_evals": int(steps_used.sum()),
-            "n_requested": n_requested,
-            "n_attributed": n,
-            "n_left_out": n_requested - n,
+        Returns
+        -------
+        dict
+            The result contract's ``attribution`` object (plain JSON-able values)::
+
+                {"method", "n_steps", "position_tolerance", "n_samples", "shapley_input",
+                 "baseline", "target_policy", "target_function": "probability", "seed",
+                 "labels", "num_virtual_tokens", "n_examples", "prompt_share",
+                 "per_position": [P], "per_position_abs": [P], "max_convergence_delta",
+                 "by_group": None, "examples": [...], "delta_tolerance",
+                 "n_not_converged", "n_gradient_evals", "max_gradient_evals"}
+
+            (``budget`` too when integrated gradients have one). Per example:
+            ``{"text", "target", "target_label", "target_probability", "tokens": [T],
+            "prompt_attributions": [P], "token_attributions": [T] or None,
+            "input_attribution", "convergence_delta", "top_tokens": [{"token",
+            "attribution"}]}`` and, for integrated gradients, ``n_steps``,
+            ``converged`` and ``position_error``. ``prompt_share`` is, per
+            example, ``sum |prompt| / (sum |prompt| + sum |input|)`` (0 when
+            both are 0), averaged; ``per_position`` and ``per_position_abs``
+            the mean signed and absolute attribution per virtual token;
+            ``top_tokens`` the example's non-special tokens with the largest
+            absolute attribution (at most 5). Convergence figures are None
+            except for integrated gradients (see :func:`convergence_summary`).
+            ``by_group`` is filled by :func:`summarise_groups`.
+
+        Raises
+        ------
+        InputError
+            ``max_examples`` below 1; no texts; a target out of range or not a label.
+        """
+        _check_int(max_examples, MAX_EXAMPLES_MESSAGE, allow_none=True)
+        texts = [str(t) for t in texts]
+        if not texts:
+            raise InputError(NO_TEXTS_MESSAGE)
+        fixed_target = _resolve_target(target, self.prompted.labels)
+        texts = texts[:max_examples]
+        started = time.perf_counter()
+        examples = self._attribute_batches(texts, fixed_target)
+        result = self._result(examples, len(texts), fixed_target)
+        self._log(result, started)
+        return result
+
+    def _attribute_batches(self, texts: list[str], fixed_target: int | None) -> list[dict]:
+        """Every text's example entry, in order; under a budget, those of the blocks that ran
+        before it was spent."""
+        method, prompted = self.method, self.prompted
+        engine = method.engine(prompted, self.seed)
+        budget = getattr(method, "max_gradient_evals_total", None)
+        encoded = prompted.encode(texts).to(prompted.device)
+        lengths = encoded.attention_mask.sum(dim=1)
+        cpu_lengths = lengths.cpu()
+        batches = _budget_batches(cpu_lengths, self.batch_size,
+                                  torch.argsort(cpu_lengths, stable=True), budget is not None)
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            batches = tqdm(batches, desc=f"attribute ({method.name.value})", unit="batch",
+                           leave=False)
+        examples: list[dict | None] = [None] * len(texts)
+        for block_start, index in batches:
+            if budget is not None and block_start > 0 and sum(
+                    examples[i]["n_steps"] for i in range(block_start)) >= budget:
+                return examples[:block_start]  # the budget is spent: no new block starts
+            device_index = index.to(prompted.device)
+            batch = _slice_batch(encoded, device_index, int(lengths[device_index].max()))
+            with torch.inference_mode():
+                probs = prompted.forward_batch(batch).float()
+            if fixed_target is None:
+                target_ids = probs.argmax(dim=-1)
+            else:
+                target_ids = torch.full((len(index),), fixed_target, device=probs.device)
+            out = engine.attribute(batch, target_ids.clone())
+            picked = probs[torch.arange(len(index), device=probs.device), target_ids]
+            for row, example in zip(index.tolist(), _batch_examples(
+                    self.prompted, method, batch, out, target_ids, picked), strict=True):
+                examples[row] = {"text": texts[row], **example}
+        return examples
+
+    def _result(self, examples: list[dict], n_requested: int, fixed_target: int | None) -> dict:
+        """The ``attribution`` object of ``examples`` (of ``n_requested`` texts)."""
+        method = self.method
+        integrated = isinstance(method, IntegratedGradients)
+        result = {
+            **method.header(),
+            "target_policy": "predicted" if fixed_target is None else "fixed",
+            "target_function": "probability",
+            "seed": self.seed,
+            "labels": list(self.prompted.labels),
+            "num_virtual_tokens": self.prompted.num_virtual_tokens,
+            **summarise_examples(examples),
+            "examples": examples,
+            **convergence_summary(
+                examples, delta_tolerance=float(method.delta_tolerance) if integrated else None,
+                max_gradient_evals=int(method.max_gradient_evals)
+                if integrated and method.adaptive else None),
         }
-        if n < n_requested:
-            logger.info("attribution budget of %d gradient evaluations spent after %d of %d "
-                        "examples (%d used); the other %d were left out", budget, n,
-                        n_requested, int(steps_used.sum()), n_requested - n)
-    result = {
-        "method": method.value,
-        "n_steps": (AUTO_STEPS if adaptive else int(n_steps)) if is_ig else None,
-        "position_tolerance": float(attributor.position_tolerance)
-        if adaptive and math.isfinite(attributor.position_tolerance) else None,
-        "n_samples": int(n_samples) if method is AttributionMethod.SHAPLEY_SAMPLING else None,
-        "shapley_input": shapley_input.value
-        if method is AttributionMethod.SHAPLEY_SAMPLING else None,
-        "baseline": baseline.value,
-        "target_policy": "predicted" if fixed_target is None else "fixed",
-        "target_function": "probability",
-        "seed": int(seed),
-        "labels": list(prompted.labels),
-        "num_virtual_tokens": n_virtual,
-        **result,
-    }
-    logger.info("attributed %d examples with %s in %.1f s (prompt share %.3f)", n, method.value,
-                time.perf_counter() - started, result["prompt_share"])
-    delta = result["max_convergence_delta"]
-    if adaptive and result["n_not_converged"]:
-        logger.warning("integrated gradients: %d of %d examples did not reach the completeness "
-                       "tolerance %.3g within %d gradient evaluations (max |delta| %.3f)",
-                       result["n_not_converged"], n, float(delta_tolerance),
-                       int(max_gradient_evals), delta)
-    elif not adaptive and delta is not None and delta > CONVERGENCE_WARNING:
-        logger.warning("integrated gradients: max |convergence delta| %.3f exceeds %.2f; the "
-                       "integral is coarse, raise n_steps (now %d)", delta, CONVERGENCE_WARNING,
-                       n_steps)
-    return result
+        budget = getattr(method, "max_gradient_evals_total", None)
+        if budget is not None:
+            n = len(examples)
+            used = sum(example["n_steps"] for example in examples)
+            result["budget"] = {"max_gradient_evals_total": int(budget), "n_gradient_evals": used,
+                                "n_requested": n_requested, "n_attributed": n,
+                                "n_left_out": n_requested - n}
+            if n < n_requested:
+                logger.info("attribution budget of %d gradient evaluations spent after %d of %d "
+                            "examples (%d used); the other %d were left out", budget, n,
+                            n_requested, used, n_requested - n)
+        return result
+
+    def _log(self, result: dict, started: float) -> None:
+        method, n = self.method, result["n_examples"]
+        logger.info("attributed %d examples with %s in %.1f s (prompt share %.3f)", n,
+                    method.name.value, time.perf_counter() - started, result["prompt_share"])
+        delta = result["max_convergence_delta"]
+        adaptive = isinstance(method, IntegratedGradients) and method.adaptive
+        if adaptive and result["n_not_converged"]:
+            logger.warning("integrated gradients: %d of %d examples did not reach the "
+                           "completeness tolerance %.3g within %d gradient evaluations (max "
+                           "|delta| %.3f)", result["n_not_converged"], n,
+                           float(method.delta_tolerance), int(method.max_gradient_evals), delta)
+        elif not adaptive and delta is not None and delta > CONVERGENCE_WARNING:
+            logger.warning("integrated gradients: max |convergence delta| %.3f exceeds %.2f; the "
+                           "integral is coarse, raise n_steps (now %d)", delta,
+                           CONVERGENCE_WARNING, method.n_steps)
 
 
-def _summarise(prompted, texts, encoded, lengths, prompt_attr, token_attr, input_total, deltas,
-               targets, target_probs, groups, *, min_group_size=DEFAULT_MIN_GROUP_SIZE,
-               condition="predicted_label", seed=0) -> dict:
-    n = len(texts)
+def _batch_examples(prompted: PromptedModel, method: _Method, batch: EncodedBatch,
+                    out: BatchAttribution, target_ids: torch.Tensor,
+                    probabilities: torch.Tensor) -> list[dict]:
+    """The example entries (less ``text``) of one batch, in its row order.
+
+    ``target_ids`` and ``probabilities`` are ``(batch,)``: the explained label and its
+    probability.
+    """
     tokenizer = prompted.tokenizer
     special = set(getattr(tokenizer, "all_special_ids", []) or [])
-    has_delta = not np.isnan(deltas).all()
+    lengths = batch.attention_mask.sum(dim=1).tolist()
+    prompt = out.prompt.double().cpu().numpy()
+    per_token = None if out.inputs is None else out.inputs.double().cpu().numpy()
+    input_total = out.input_total.double().cpu().numpy()
+    deltas = None if out.delta is None else out.delta.double().cpu().numpy()
+    fixed_steps = isinstance(method, IntegratedGradients) and not method.adaptive
     examples = []
-    for i in range(n):
-        ids = encoded.input_ids[i, : int(lengths[i])].tolist()
+    for row, length in enumerate(lengths):
+        ids = batch.input_ids[row, :length].tolist()
         tokens = tokenizer.convert_ids_to_tokens(ids)
-        top = []
-        if token_attr[i] is not None:
-            candidates = [j for j, tid in enumerate(ids) if tid not in special]
-            candidates.sort(key=lambda j: -abs(token_attr[i][j]))
-            top = [{"token": tokens[j], "attribution": float(token_attr[i][j])}
-                   for j in candidates[:TOP_TOKENS]]
-        examples.append({
-            "text": texts[i],
-            "target": int(targets[i]),
-            "target_label": prompted.labels[int(targets[i])],
-            "target_probability": float(target_probs[i]),
+        values = None if per_token is None else per_token[row, :length]
+        target = int(target_ids[row])
+        example = {
+            "target": target,
+            "target_label": prompted.labels[target],
+            "target_probability": float(probabilities[row].double()),
             "tokens": list(tokens),
-            "prompt_attributions": [float(v) for v in prompt_attr[i]],
-            "token_attributions": None if token_attr[i] is None
-            else [float(v) for v in token_attr[i]],
-            "input_attribution": float(input_total[i]),
-            "convergence_delta": float(deltas[i]) if has_delta else None,
-            "top_tokens": top,
-        })
-    return {**summarise_examples(examples, groups, min_group_size=min_group_size,
-                                 condition=condition, seed=seed),
-            "examples": examples}
+            "prompt_attributions": [float(v) for v in prompt[row]],
+            "token_attributions": None if values is None else [float(v) for v in values],
+            "input_attribution": float(input_total[row] if values is None else values.sum()),
+            "convergence_delta": None if deltas is None else float(deltas[row]),
+            "top_tokens": [] if values is None else [
+                {"token": tokens[j], "attribution": float(values[j])}
+                for j in sorted((j for j, tid in enumerate(ids) if tid not in special),
+                                key=lambda j: -abs(values[j]))[:TOP_TOKENS]],
+        }
+        if fixed_steps:
+            example.update({"n_steps": int(method.n_steps),
+                            "converged": bool(abs(deltas[row]) <= float(method.delta_tolerance)),
+                            "position_error": None})
+        elif out.n_steps is not None:
+            example.update({"n_steps": int(out.n_steps[row]), "converged": bool(out.converged[row]),
+                            "position_error": float(out.position_error[row].double())})
+        examples.append(example)
+    return examples
 
 
-def summarise_examples(examples: Sequence[Mapping], groups: pd.DataFrame | None, *,
-                       min_group_size: int = DEFAULT_MIN_GROUP_SIZE,
-                       condition: str | None = "predicted_label", seed: int = 0) -> dict:
+def summarise_examples(examples: Sequence[Mapping]) -> dict:
     """The run-level summary of per-example attributions (one formula for every caller).
 
-    Used by :func:`attribute_prompt` and by :func:`merge_attributions`, so a result
+    Used by :class:`PromptAttributor` and by :func:`merge_attributions`, so a result
     merged from batches attributed on several processes is summarised exactly as
     the single-process call.
 
@@ -1301,22 +1192,13 @@ def summarise_examples(examples: Sequence[Mapping], groups: pd.DataFrame | None,
         ``attribution.examples`` entries (``prompt_attributions`` of length
         ``num_virtual_tokens``, ``token_attributions`` or ``input_attribution``,
         ``convergence_delta``).
-    groups : pandas.DataFrame or None
-        ``(n_examples, n_features)`` sensitive features in row order; adds ``by_group``.
-    min_group_size : int
-        Per-group attribution's small-group rule.
-    condition : str or None
-        ``"predicted_label"``: each example's ``target`` is its predicted label
-        and groups are compared on examples with the same one; None: no
-        conditioning (a fixed target).
-    seed : int
-        Seed of the group-difference bootstrap.
 
     Returns
     -------
     dict
         ``n_examples``, ``prompt_share``, ``per_position``, ``per_position_abs``,
-        ``max_convergence_delta`` and ``by_group``.
+        ``max_convergence_delta`` and ``by_group`` (None: :func:`summarise_groups`
+        fills it).
     """
     n = len(examples)
     prompt_attr = np.array([e["prompt_attributions"] for e in examples], dtype=np.float64)
@@ -1337,12 +1219,60 @@ def summarise_examples(examples: Sequence[Mapping], groups: pd.DataFrame | None,
         "per_position": [float(v) for v in prompt_attr.mean(axis=0)],
         "per_position_abs": [float(v) for v in np.abs(prompt_attr).mean(axis=0)],
         "max_convergence_delta": max_delta,
-        "by_group": None if groups is None else group_attribution(
-            prompt_attr, groups, min_group_size=min_group_size, error_scale=max_delta,
-            strata=None if condition is None
-            else [e.get("target_label", e["target"]) for e in examples],
-            condition=condition, seed=seed),
+        "by_group": None,
     }
+
+
+# ------------------------------------------------------------ group summaries
+def summarise_groups(attribution: Mapping, sensitive_features, *,
+                     min_group_size: int = DEFAULT_MIN_GROUP_SIZE,
+                     true_labels: Sequence[str] | None = None,
+                     n_bootstrap: int = GROUP_BOOTSTRAP, confidence: float = 0.95,
+                     seed: int = 0) -> dict:
+    """Per-group attribution of an ``attribution`` object, compared like for like.
+
+    Parameters
+    ----------
+    attribution : mapping
+        What :meth:`PromptAttributor.attribute` returns (``n_examples`` examples).
+    sensitive_features : pandas.DataFrame, Series or mapping
+        ``(n_examples, n_features)``, one row per attributed example, in order.
+    min_group_size : int
+        Groups with fewer examples are listed and flagged ``small`` but left
+        out of gaps (the rule fairness applies to small groups).
+    true_labels : sequence of str, optional
+        ``(n_examples,)``: compare groups on rows with the same true label;
+        None: on rows with the same predicted label (the explained one) when
+        the target is predicted, else on all rows.
+    n_bootstrap, confidence, seed
+        The bootstrap of the like-for-like differences.
+
+    Returns
+    -------
+    dict
+        The ``by_group`` object (:func:`group_attribution`).
+
+    Raises
+    ------
+    InputError
+        ``min_group_size`` below 1; sensitive features whose rows do not match
+        the examples.
+    """
+    _check_int(min_group_size, MIN_GROUP_SIZE_MESSAGE)
+    examples = attribution["examples"]
+    groups = _sensitive_frame(sensitive_features, len(examples))
+    if true_labels is not None:
+        strata, condition = list(true_labels), "true_label"
+    elif attribution.get("target_policy") == "predicted":
+        strata = [e.get("target_label", e["target"]) for e in examples]
+        condition = "predicted_label"
+    else:
+        strata, condition = None, None
+    return group_attribution(
+        np.array([e["prompt_attributions"] for e in examples], dtype=np.float64), groups,
+        min_group_size=int(min_group_size), error_scale=attribution.get("max_convergence_delta"),
+        strata=strata, condition=condition, n_bootstrap=n_bootstrap, confidence=confidence,
+        seed=int(seed))
 
 
 def _group_keys(column: pd.Series) -> list[str]:
@@ -1490,57 +1420,72 @@ def like_for_like_differences(prompt_attr: np.ndarray, keys: Sequence, strata: S
         "top_positions": [],
     }
     small = [g for g in names if counts[g] < min_group_size]
-    if len(eligible) < 2 or n_positions == 0:
-        out["statement"] = like_for_like_statement(out, small=small,
-                                                   min_group_size=min_group_size)
-        return out
-    reference = eligible[0]
-    rng = np.random.default_rng(seed)
-    alpha = 1.0 - confidence
-    found = []
-    for group in eligible[1:]:
-        used, weights, diffs, boots = [], [], [], []
-        n_group = n_reference = 0
-        for stratum in sorted(set(labels.tolist())):
-            in_g = (keys == group) & (labels == stratum)
-            in_r = (keys == reference) & (labels == stratum)
-            n_g, n_r = int(in_g.sum()), int(in_r.sum())
-            if n_g < MIN_STRATUM_ROWS or n_r < MIN_STRATUM_ROWS:
-                continue
-            mean_g, boot_g = _cell_means(prompt_attr[in_g], n_bootstrap, rng)
-            mean_r, boot_r = _cell_means(prompt_attr[in_r], n_bootstrap, rng)
-            used.append(str(stratum))
-            weights.append(n_g * n_r / (n_g + n_r))
-            diffs.append(mean_g - mean_r)
-            boots.append(boot_g - boot_r)
-            n_group += n_g
-            n_reference += n_r
-        entry: dict = {"group": group, "reference": reference, "strata": used,
-                       "n_group": n_group, "n_reference": n_reference,
-                       "difference": None, "interval": None, "evidence": None}
-        if used:
-            w = np.asarray(weights) / np.sum(weights)
-            difference = np.tensordot(w, np.stack(diffs), axes=1)
-            boot = np.tensordot(w, np.stack(boots), axes=1)  # (n_bootstrap, P)
-            low = np.quantile(boot, alpha / 2, axis=0)
-            high = np.quantile(boot, 1 - alpha / 2, axis=0)
-            # an interval within rounding of 0 (identical rows) contains 0
-            evidence = (low > _ZERO_TOLERANCE) | (high < -_ZERO_TOLERANCE)
-            if error_scale is not None:
-                evidence &= np.abs(difference) > error_scale
-            entry.update({
-                "difference": [float(v) for v in difference],
-                "interval": [[float(a), float(b)] for a, b in zip(low, high, strict=True)],
-                "evidence": [bool(v) for v in evidence],
-            })
-            found += [(abs(float(difference[p])), p, group, float(difference[p]),
-                       [float(low[p]), float(high[p])]) for p in np.flatnonzero(evidence)]
-        out["comparisons"].append(entry)
-    found.sort(key=lambda t: (-t[0], t[1], t[2]))
-    out["top_positions"] = [{"position": int(p), "group": g, "difference": d, "interval": i}
-                            for _, p, g, d, i in found[:TOP_POSITIONS]]
+    if len(eligible) >= 2 and n_positions > 0:
+        rng = np.random.default_rng(seed)
+        found = []
+        for group in eligible[1:]:
+            entry, evident = _compare_with_reference(
+                prompt_attr, keys == group, keys == eligible[0], labels, rng,
+                n_bootstrap=n_bootstrap, confidence=confidence, error_scale=error_scale)
+            out["comparisons"].append({"group": group, "reference": eligible[0], **entry})
+            found += [(abs(d), p, group, d, i) for p, d, i in evident]
+        found.sort(key=lambda t: (-t[0], t[1], t[2]))
+        out["top_positions"] = [{"position": int(p), "group": g, "difference": d, "interval": i}
+                                for _, p, g, d, i in found[:TOP_POSITIONS]]
     out["statement"] = like_for_like_statement(out, small=small, min_group_size=min_group_size)
     return out
+
+
+def _compare_with_reference(prompt_attr: np.ndarray, in_group: np.ndarray,
+                            in_reference: np.ndarray, labels: np.ndarray,
+                            rng: np.random.Generator, *, n_bootstrap: int, confidence: float,
+                            error_scale: float | None) -> tuple[dict, list]:
+    """One group against the reference, stratum by stratum (:func:`like_for_like_differences`).
+
+    Returns
+    -------
+    entry : dict
+        ``{"strata", "n_group", "n_reference", "difference", "interval", "evidence"}``.
+    evident : list of (int, float, [float, float])
+        ``(position, difference, interval)`` of every position with evidence.
+    """
+    used, weights, diffs, boots = [], [], [], []
+    n_group = n_reference = 0
+    for stratum in sorted(set(labels.tolist())):
+        in_g = in_group & (labels == stratum)
+        in_r = in_reference & (labels == stratum)
+        n_g, n_r = int(in_g.sum()), int(in_r.sum())
+        if n_g < MIN_STRATUM_ROWS or n_r < MIN_STRATUM_ROWS:
+            continue
+        mean_g, boot_g = _cell_means(prompt_attr[in_g], n_bootstrap, rng)
+        mean_r, boot_r = _cell_means(prompt_attr[in_r], n_bootstrap, rng)
+        used.append(str(stratum))
+        weights.append(n_g * n_r / (n_g + n_r))
+        diffs.append(mean_g - mean_r)
+        boots.append(boot_g - boot_r)
+        n_group += n_g
+        n_reference += n_r
+    entry: dict = {"strata": used, "n_group": n_group, "n_reference": n_reference,
+                   "difference": None, "interval": None, "evidence": None}
+    if not used:
+        return entry, []
+    alpha = 1.0 - confidence
+    w = np.asarray(weights) / np.sum(weights)
+    difference = np.tensordot(w, np.stack(diffs), axes=1)
+    boot = np.tensordot(w, np.stack(boots), axes=1)  # (n_bootstrap, P)
+    low = np.quantile(boot, alpha / 2, axis=0)
+    high = np.quantile(boot, 1 - alpha / 2, axis=0)
+    # an interval within rounding of 0 (identical rows) contains 0
+    evidence = (low > _ZERO_TOLERANCE) | (high < -_ZERO_TOLERANCE)
+    if error_scale is not None:
+        evidence &= np.abs(difference) > error_scale
+    entry.update({
+        "difference": [float(v) for v in difference],
+        "interval": [[float(a), float(b)] for a, b in zip(low, high, strict=True)],
+        "evidence": [bool(v) for v in evidence],
+    })
+    return entry, [(int(p), float(difference[p]), [float(low[p]), float(high[p])])
+                   for p in np.flatnonzero(evidence)]
 
 
 _CONDITION_WORDS = {"predicted_label": "the same predicted label",
@@ -1635,7 +1580,7 @@ def format_attribution_summary(attribution: dict) -> str:
     Parameters
     ----------
     attribution : dict
-        What :func:`attribute_prompt` returns (or the result JSON's
+        What :meth:`PromptAttributor.attribute` returns (or the result JSON's
         ``attribution`` object).
 
     Returns
@@ -1702,17 +1647,16 @@ def format_attribution_summary(attribution: dict) -> str:
 
 # ------------------------------------------------------------------- merging
 def merge_attributions(pieces: Sequence[tuple[Sequence[int], dict]], *, n_examples: int,
-                       seed: int = 0,
-                       sensitive_features: pd.DataFrame | pd.Series | Mapping | None = None,
-                       min_group_size: int | None = None) -> dict:
-    """One ``attribution`` object from :func:`attribute_prompt` results over disjoint rows.
+                       seed: int = 0) -> dict:
+    """One ``attribution`` object from :meth:`PromptAttributor.attribute` results over
+    disjoint rows.
 
     Used to put together the batches a multi-process audit attributed on different
     processes. The per-example entries are put at their rows and the summaries
     (``prompt_share``, ``per_position``, ``per_position_abs``,
-    ``max_convergence_delta``, ``by_group``) are recomputed over all rows with the
-    formulas of :func:`attribute_prompt`, so merging the batches of one call's
-    schedule gives that call's result exactly.
+    ``max_convergence_delta``) are recomputed over all rows with the formulas of
+    :func:`summarise_examples`, so merging the batches of one call's schedule gives
+    that call's result exactly.
 
     Parameters
     ----------
@@ -1723,10 +1667,6 @@ def merge_attributions(pieces: Sequence[tuple[Sequence[int], dict]], *, n_exampl
         Rows in all; every row must be covered once.
     seed : int
         Recorded as the result's ``seed``.
-    sensitive_features : pandas.DataFrame, Series or mapping, optional
-        ``(n_examples, n_features)`` in row order; adds ``by_group``.
-    min_group_size : int, optional
-        Per-group attribution's small-group rule (``attribute_prompt``'s default if None).
 
     Returns
     -------
@@ -1740,26 +1680,14 @@ def merge_attributions(pieces: Sequence[tuple[Sequence[int], dict]], *, n_exampl
     missing = [i for i, e in enumerate(examples) if e is None]
     if missing or not pieces:
         raise ValueError(f"merge_attributions: rows {missing[:5]} are in no piece")
-    groups = _sensitive_frame(sensitive_features, n_examples)
-    merged = dict(pieces[0][1])
-    merged.update(summarise_examples(
-        examples, groups,
-        min_group_size=DEFAULT_MIN_GROUP_SIZE if min_group_size is None else int(min_group_size),
-        condition="predicted_label" if merged.get("target_policy") == "predicted" else None,
-        seed=int(seed),
-    ))
-    merged.update({"seed": int(seed), "examples": examples})
-    max_delta = merged["max_convergence_delta"]
     first = pieces[0][1]
-    merged.update(convergence_summary(examples, delta_tolerance=first.get("delta_tolerance"),
-                                      max_gradient_evals=first.get("max_gradient_evals")))
+    merged = {**first, **summarise_examples(examples), "seed": int(seed), "examples": examples,
+              **convergence_summary(examples, delta_tolerance=first.get("delta_tolerance"),
+                                    max_gradient_evals=first.get("max_gradient_evals"))}
+    max_delta = merged["max_convergence_delta"]
     if max_delta is not None and max_delta > CONVERGENCE_WARNING:
         logger.warning("integrated gradients: max |convergence delta| %.3f exceeds %.2f; the "
                        "integral is coarse, raise n_steps (now %s)", max_delta,
                        CONVERGENCE_WARNING, merged.get("n_steps"))
     return merged
 
-
-__all__ += ["merge_attributions", "like_for_like_differences", "like_for_like_statement",
-            "GROUP_BOOTSTRAP",
-            "LIKE_FOR_LIKE_RULE"]  # listed here, beside its definition

@@ -740,7 +740,7 @@ def _explain_projection(prompted, soft, projection: dict, texts, label_ids, *,
 
 
 def _steps_number(value: str) -> int | str:
-    """``--n-steps`` text as an integer where it is one (attribute_prompt names a bad value)."""
+    """``--n-steps`` text as an integer where it is one (the method names a bad value)."""
     try:
         return int(value)
     except ValueError:
@@ -796,25 +796,25 @@ def attribute(
 ) -> None:
     """Attribute predictions to prompt positions and input tokens with Captum."""
     _configure_logging(verbose)
-    from promptaudit.attribution import attribute_prompt, format_attribution_summary
+    from promptaudit.attribution import (
+        PromptAttributor,
+        attribution_method,
+        format_attribution_summary,
+        summarise_groups,
+    )
 
     features = _split_features(sensitive_features)
     frame, texts = _load_texts(data, text_column, features)
     prompted, _, _ = _load_prompted(model, prompt, task, labels, device,
                                     allow_untrained_head=allow_untrained_head)
-    attribution = attribute_prompt(
-        prompted,
-        texts,
-        method=method,
-        n_steps=n_steps if n_steps == "auto" else _steps_number(n_steps),
-        delta_tolerance=delta_tolerance,
-        max_gradient_evals=max_gradient_evals,
-        baseline=baseline,
-        target=target,
-        max_examples=max_examples,
-        sensitive_features=frame[features] if features else None,
-        progress=_show_progress(),
-    )
+    chosen = attribution_method(method, n_steps=n_steps if n_steps == "auto"
+                                else _steps_number(n_steps), delta_tolerance=delta_tolerance,
+                                max_gradient_evals=max_gradient_evals, baseline=baseline)
+    attribution = PromptAttributor(prompted, chosen, progress=_show_progress()).attribute(
+        texts, target=target, max_examples=max_examples)
+    if features:
+        attribution["by_group"] = summarise_groups(
+            attribution, frame[features].iloc[:attribution["n_examples"]])
     if json_:
         typer.echo(json.dumps(attribution, indent=2, sort_keys=True))
     else:

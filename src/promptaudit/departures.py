@@ -379,6 +379,29 @@ def _group_shares(groups: pd.DataFrame, departed: np.ndarray, confidence: float,
     return out
 
 
+def _direction(soft_label: int, other_label: int, rows: list[int], texts: Sequence[str], *,
+               labels: Sequence[str], positive: int | None, label_ids: np.ndarray | None,
+               soft_probs: np.ndarray | None) -> dict:
+    """One direction of :func:`find_departures`: its count and its first listed rows."""
+    listed = [{
+        "row": row,
+        "text": str(texts[row]),
+        "soft_label": labels[soft_label],
+        "instruction_label": labels[other_label],
+        "true_label": None if label_ids is None else labels[int(label_ids[row])],
+        "soft_probability": None if soft_probs is None else float(soft_probs[row, soft_label]),
+        "attributed": False,
+    } for row in rows[:MAX_LISTED_ROWS]]
+    return {
+        "soft_label": labels[soft_label],
+        "instruction_label": labels[other_label],
+        "description": _direction_words(soft_label, other_label, labels, positive),
+        "count": len(rows),
+        "n_listed": len(listed),
+        "rows": listed,
+    }
+
+
 def find_departures(
     texts: Sequence[str],
     soft_pred: np.ndarray,
@@ -435,29 +458,11 @@ def find_departures(
     pairs: dict[tuple[int, int], list[int]] = {}
     for row in np.flatnonzero(departed).tolist():
         pairs.setdefault((int(soft_pred[row]), int(instruction_pred[row])), []).append(row)
-    directions = []
-    for (soft_label, other_label), rows in sorted(pairs.items(),
-                                                  key=lambda kv: (-len(kv[1]), kv[0])):
-        listed = []
-        for row in rows[:MAX_LISTED_ROWS]:
-            listed.append({
-                "row": row,
-                "text": str(texts[row]),
-                "soft_label": labels[soft_label],
-                "instruction_label": labels[other_label],
-                "true_label": None if label_ids is None else labels[int(label_ids[row])],
-                "soft_probability": None if soft_probs is None
-                else float(soft_probs[row, soft_label]),
-                "attributed": False,
-            })
-        directions.append({
-            "soft_label": labels[soft_label],
-            "instruction_label": labels[other_label],
-            "description": _direction_words(soft_label, other_label, labels, positive),
-            "count": len(rows),
-            "n_listed": len(listed),
-            "rows": listed,
-        })
+    directions = [
+        _direction(soft_label, other_label, rows, texts, labels=labels, positive=positive,
+                   label_ids=label_ids, soft_probs=soft_probs)
+        for (soft_label, other_label), rows in sorted(pairs.items(),
+                                                      key=lambda kv: (-len(kv[1]), kv[0]))]
     m = int(departed.sum())
     return {
         "instruction": None if instruction is None else {
@@ -491,13 +496,26 @@ def _rows_to_attribute(directions: Sequence[Mapping], budget: int) -> list[tuple
     return chosen
 
 
+def _no_attribution(departures: Mapping, max_attributed: int, n_attributed: int = 0) -> dict:
+    """``departures.attribution`` before (or without) attribution."""
+    return {
+        "target": "the probability of the soft prompt's decision",
+        "n_attributed": n_attributed,
+        "n_departures": departures["n_departures"],
+        "max_attributed": int(max_attributed),
+        "rule": ATTRIBUTED_ROWS_RULE,
+        "method": None, "baseline": None, "n_steps": None,
+        "max_convergence_delta": None, "n_not_converged": None,
+    }
+
+
 def attribute_departures(prompted, departures: dict, *, max_attributed: int,
-                         **attribution_options) -> dict:
+                         method=None, seed: int = 0) -> dict:
     """Add input-token attributions to at most ``max_attributed`` departure rows (in place).
 
     The attributed output is the probability of the *soft prompt's* decision
-    (its predicted label), with :func:`promptaudit.attribution.attribute_prompt`
-    and the given options (method, n_steps, baseline, delta_tolerance, ...).
+    (its predicted label), with :class:`promptaudit.attribution.PromptAttributor`,
+    ``method`` (default: integrated gradients with its defaults) and ``seed``.
     Rows are chosen by :data:`ATTRIBUTED_ROWS_RULE`.
 
     Returns
@@ -509,23 +527,14 @@ def attribute_departures(prompted, departures: dict, *, max_attributed: int,
         attributed row carrying ``tokens``, ``token_attributions``,
         ``top_tokens`` and ``convergence_delta``.
     """
-    from promptaudit.attribution import attribute_prompt
+    from promptaudit.attribution import PromptAttributor
 
     chosen = _rows_to_attribute(departures["directions"], int(max_attributed))
-    info = {
-        "target": "the probability of the soft prompt's decision",
-        "n_attributed": len(chosen),
-        "n_departures": departures["n_departures"],
-        "max_attributed": int(max_attributed),
-        "rule": ATTRIBUTED_ROWS_RULE,
-        "method": None, "baseline": None, "n_steps": None,
-        "max_convergence_delta": None, "n_not_converged": None,
-    }
+    info = _no_attribution(departures, max_attributed, len(chosen))
     if chosen:
         rows = [departures["directions"][d]["rows"][i] for d, i in chosen]
-        options = {k: v for k, v in attribution_options.items() if v is not None}
-        result = attribute_prompt(prompted, [r["text"] for r in rows],
-                                  max_examples=len(rows), **options)
+        result = PromptAttributor(prompted, method, seed=seed).attribute(
+            [r["text"] for r in rows])
         for row, example in zip(rows, result["examples"], strict=True):
             row.update({
                 "attributed": True,
@@ -583,7 +592,8 @@ def explain_departures(
     min_group_size: int = 30,
     max_attributed: int = DEFAULT_MAX_ATTRIBUTED,
     known_predictions: Mapping[int, np.ndarray] | None = None,
-    attribution_options: Mapping | None = None,
+    method=None,
+    seed: int = 0,
     progress: bool = False,
 ) -> tuple[list[dict], dict | None]:
     """Rank candidates, then describe where the soft prompt departs from the best one.
@@ -600,8 +610,9 @@ def explain_departures(
         The init text, instructions, a translation (:func:`token_ids_candidate`).
     max_attributed : int
         Departure rows to attribute (0: none).
-    attribution_options : mapping, optional
-        Keyword options of :func:`promptaudit.attribution.attribute_prompt`.
+    method : IntegratedGradients, FeatureAblation or ShapleySampling, optional
+        The attribution method of the departure rows (default: integrated
+        gradients with its defaults), with ``seed``.
 
     Returns
     -------
@@ -624,13 +635,8 @@ def explain_departures(
     departures["agreement_interval_method"] = AGREEMENT_INTERVAL_METHOD
     if max_attributed > 0 and departures["n_departures"]:
         attribute_departures(prompted, departures, max_attributed=max_attributed,
-                             **dict(attribution_options or {}))
+                             method=method, seed=seed)
     else:
-        departures["attribution"] = {
-            "target": "the probability of the soft prompt's decision", "n_attributed": 0,
-            "n_departures": departures["n_departures"], "max_attributed": int(max_attributed),
-            "rule": ATTRIBUTED_ROWS_RULE, "method": None, "baseline": None, "n_steps": None,
-            "max_convergence_delta": None, "n_not_converged": None,
-        }
+        departures["attribution"] = _no_attribution(departures, max_attributed)
     departures["summary"] = _summary(ranked, departures)
     return ranked, departures

@@ -19,7 +19,7 @@ passes are divided:
 * :meth:`AuditProcesses.predict_proba` (what :class:`ShardedPromptedModel`
   calls for every prediction: evaluation set, counterfactual variants,
   projected-prompt fidelity, baselines) and
-  :meth:`AuditProcesses.attribute_prompt` cut the texts into the batches of the
+  :meth:`AuditProcesses.attribute` cut the texts into the batches of the
   single-process schedule; each process takes its share of the batches
   (:meth:`accelerate.PartialState.split_between_processes` over the batch
   indices), computes them, and the pieces are gathered on every process
@@ -31,7 +31,7 @@ passes are divided:
 
 Shards are whole batches of the single-process schedule: texts are ordered the
 way a single process orders them (:meth:`PromptedModel.predict_proba` by
-character length, :func:`~promptaudit.attribution.attribute_prompt` by token
+character length, :class:`~promptaudit.attribution.PromptAttributor` by token
 length, both stable) and cut into the same batches; batch ``b`` goes to process
 ``b % N`` (:func:`dealing_order` lays the batch indices out so that Accelerate's
 contiguous split gives exactly that). Every row is therefore computed in exactly
@@ -55,7 +55,7 @@ no process is left waiting, and every process exits with the same code.
 
 from __future__ import annotations
 
-import inspect
+import dataclasses
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -66,7 +66,7 @@ import numpy as np
 import torch
 
 from promptaudit import errors as _errors
-from promptaudit.attribution import attribute_prompt, merge_attributions
+from promptaudit.attribution import BATCH_SIZE, PromptAttributor, merge_attributions
 from promptaudit.errors import InputError
 from promptaudit.prompted import PromptedModel
 
@@ -162,10 +162,10 @@ def prediction_batches(texts: Sequence[str], *, batch_size: int) -> list[np.ndar
 
 def attribution_batches(lengths: Sequence[int] | np.ndarray | torch.Tensor, *,
                         batch_size: int) -> list[np.ndarray]:
-    """Row indices of the batches :func:`~promptaudit.attribution.attribute_prompt` forms.
+    """Row indices of the batches :class:`~promptaudit.attribution.PromptAttributor` forms.
 
     ``lengths`` are the token counts of the texts ``(n,)``; they are ordered
-    (stable) and cut into batches of ``batch_size``, as ``attribute_prompt`` does.
+    (stable) and cut into batches of ``batch_size``, as the attributor does.
     """
     if isinstance(lengths, torch.Tensor):
         lengths = lengths.cpu()
@@ -175,7 +175,7 @@ def attribution_batches(lengths: Sequence[int] | np.ndarray | torch.Tensor, *,
 
 def budget_attribution_batches(lengths: Sequence[int] | np.ndarray | torch.Tensor, *,
                                batch_size: int) -> list[np.ndarray]:
-    """The batches ``attribute_prompt`` forms under ``max_gradient_evals_total``.
+    """The batches the attributor forms under ``max_gradient_evals_total``.
 
     Consecutive rows in the given order, ``batch_size`` at a time, each batch ordered by
     length (stable), so the budget cuts the texts at a batch boundary.
@@ -205,9 +205,9 @@ def dealing_order(n_batches: int, num_processes: int) -> list[int]:
     return [b for rank in range(num_processes) for b in range(rank, n_batches, num_processes)]
 
 
-def attribute_batches(prompted: PromptedModel, batches: Sequence[tuple[int, Sequence[str]]], *,
-                      seed: int = 0, batch_size: int = 8, progress: bool = False,
-                      **options) -> list[tuple[int, dict]]:
+def attribute_batches(prompted: PromptedModel, batches: Sequence[tuple[int, Sequence[str]]],
+                      method, *, seed: int = 0, batch_size: int = BATCH_SIZE,
+                      progress: bool = False) -> list[tuple[int, dict]]:
     """Attribute batches of the single-process schedule, one call per batch.
 
     Parameters
@@ -216,34 +216,31 @@ def attribute_batches(prompted: PromptedModel, batches: Sequence[tuple[int, Sequ
     batches : sequence of (int, sequence of str)
         ``(batch_index, texts)``: the texts of batch ``batch_index`` in the order
         :func:`attribution_batches` gives.
+    method : IntegratedGradients, FeatureAblation or ShapleySampling
+        The attribution method (:mod:`promptaudit.attribution`), without a budget.
     seed : int
         The audit's seed; batch ``b`` is attributed with ``seed + b`` (Shapley
         permutations of batch ``b`` in one process).
     batch_size : int
         The schedule's batch size.
-    **options
-        Passed to :func:`~promptaudit.attribution.attribute_prompt` (``method``,
-        ``n_steps``, ``baseline``, ``target``, ``n_samples``, ...).
 
     Returns
     -------
     list of (int, dict)
-        ``(batch_index, attribute_prompt result of that batch)``.
+        ``(batch_index, PromptAttributor.attribute result of that batch)``.
     """
     items: Sequence[tuple[int, Sequence[str]]] = batches
     if progress and batches:
         from tqdm.auto import tqdm
 
-        items = tqdm(batches, desc=f"attribute ({options.get('method', 'integrated_gradients')})",
-                     unit="batch", leave=False)
+        items = tqdm(batches, desc=f"attribute ({method.name.value})", unit="batch", leave=False)
     # per-batch calls would repeat the convergence warning; the merged result warns once
     attribution_logger = logging.getLogger("promptaudit.attribution")
     level = attribution_logger.level
     attribution_logger.setLevel(logging.ERROR)
     try:
-        return [(int(index), attribute_prompt(prompted, list(texts), seed=int(seed) + int(index),
-                                              max_examples=len(texts), batch_size=batch_size,
-                                              **options))
+        return [(int(index), PromptAttributor(prompted, method, seed=int(seed) + int(index),
+                                              batch_size=batch_size).attribute(list(texts)))
                 for index, texts in items]
     finally:
         attribution_logger.setLevel(level)
@@ -424,47 +421,34 @@ class AuditProcesses:
                 out[rows] = probs
         return out
 
-    def attribute_prompt(self, prompted: PromptedModel, texts: Sequence[str], *,
-                         max_examples: int = 200, seed: int = 0, sensitive_features=None,
-                         batch_size: int | None = None, progress: bool = False,
-                         **options) -> dict:
-        """:func:`~promptaudit.attribution.attribute_prompt` with the batches divided.
+    def attribute(self, prompted: PromptedModel, texts: Sequence[str], method, *,
+                  seed: int = 0, batch_size: int = BATCH_SIZE, progress: bool = False) -> dict:
+        """:meth:`~promptaudit.attribution.PromptAttributor.attribute` with the batches divided.
 
         Each process attributes its batches of the single-process schedule
         (:func:`attribute_batches`); the pieces are gathered and merged
         (:func:`~promptaudit.attribution.merge_attributions`) on every process.
-        The result equals the single-process call. ``batch_size`` is
-        ``attribute_prompt``'s default when None.
+        The result equals the single-process call.
         """
-        if batch_size is None:
-            batch_size = inspect.signature(attribute_prompt).parameters["batch_size"].default
-        budget = options.pop("max_gradient_evals_total", None)
-        from promptaudit.attribution import AttributionMethod
-
-        method = AttributionMethod.parse(options.get("method", "integrated_gradients"))
-        if method is not AttributionMethod.INTEGRATED_GRADIENTS:
-            budget = None
-        texts = [str(t) for t in texts][:max_examples]
-        groups = sensitive_features
-        if groups is not None and hasattr(groups, "iloc"):
-            groups = groups.iloc[: len(texts)]
+        budget = getattr(method, "max_gradient_evals_total", None)
+        if budget is not None:
+            method = dataclasses.replace(method, max_gradient_evals_total=None)
+        texts = [str(t) for t in texts]
 
         def work() -> list[tuple[np.ndarray, dict]]:
-            if not texts:  # attribute_prompt's own one-line error
-                attribute_prompt(prompted, texts, max_examples=max_examples, **options)
+            if not texts:  # the attributor's own one-line error
+                PromptAttributor(prompted, method).attribute(texts)
             lengths = prompted.encode(texts).attention_mask.sum(dim=1)
             batches = (attribution_batches(lengths, batch_size=batch_size) if budget is None
                        else budget_attribution_batches(lengths, batch_size=batch_size))
             mine = [(b, [texts[i] for i in batches[b]]) for b in self.my_batches(len(batches))]
-            done = attribute_batches(prompted, mine, seed=seed, batch_size=batch_size,
-                                     progress=progress and self.is_main, **options)
+            done = attribute_batches(prompted, mine, method, seed=seed, batch_size=batch_size,
+                                     progress=progress and self.is_main)
             return [(batches[index], result) for index, result in done]
 
         pieces = [piece for answer in self.exchange(work) for piece in answer]
         if budget is None:
-            return merge_attributions(pieces, n_examples=len(texts), seed=int(seed),
-                                      sensitive_features=groups,
-                                      min_group_size=options.get("min_group_size"))
+            return merge_attributions(pieces, n_examples=len(texts), seed=int(seed))
         # Every batch was attributed; keep what one process under the budget keeps.
         pieces = sorted(pieces, key=lambda piece: int(min(piece[0])))
         cut, spent = len(texts), 0
@@ -475,11 +459,7 @@ class AuditProcesses:
                 break
             spent += sum(int(example.get("n_steps") or 0) for example in result["examples"])
         kept = [piece for piece in pieces if int(min(piece[0])) < cut]
-        if groups is not None and hasattr(groups, "iloc"):
-            groups = groups.iloc[:cut]
-        merged = merge_attributions(kept, n_examples=cut, seed=int(seed),
-                                    sensitive_features=groups,
-                                    min_group_size=options.get("min_group_size"))
+        merged = merge_attributions(kept, n_examples=cut, seed=int(seed))
         used = sum(int(example.get("n_steps") or 0) for example in merged["examples"])
         merged["budget"] = {
             "max_gradient_evals_total": int(budget),

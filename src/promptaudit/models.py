@@ -174,6 +174,51 @@ def quiet_transformers() -> None:
     transformers.logging.disable_progress_bar()
 
 
+def _from_pretrained(auto_class, reference: str, resolved: str, task: Task, kwargs: dict, *,
+                     cache_only: bool, trust_remote_code: bool, revision: str | None):
+    """``(tokenizer, model, loading_info)`` from transformers, with one-line errors."""
+    import transformers
+
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(
+            resolved,
+            **({"trust_remote_code": True} if trust_remote_code else {}),
+            **({"revision": revision} if revision else {}),
+            **({"local_files_only": True} if cache_only else {}),
+        )
+        model, loading_info = auto_class.from_pretrained(
+            resolved, output_loading_info=True, **kwargs
+        )
+    except pickle.UnpicklingError:  # transformers loads .bin weights with weights_only=True
+        raise ModelError(
+            f"model {reference!r}: refused: a weights file holds pickled objects that are not "
+            "plain tensors (never unpickled); use a model saved with safetensors"
+        ) from None
+    except (OSError, ValueError, KeyError) as exc:
+        if cache_only:
+            raise ModelError(
+                f"model {reference!r}: not a local directory, not in the local Hugging Face "
+                f"cache, and the Hub ({_hub_host()}) cannot be reached; check the name or give "
+                "a local model directory"
+            ) from None
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(
+            f"model {reference!r}: could not be loaded as {task.value}: {message}"
+        ) from exc
+    return tokenizer, model, loading_info
+
+
+def _set_padding(tokenizer, model: torch.nn.Module, reference: str) -> None:
+    """A pad token (eos or unk where the tokenizer has none), also in the model config."""
+    if tokenizer.pad_token is None:
+        fallback = tokenizer.eos_token or tokenizer.unk_token
+        if fallback is None:
+            raise ModelError(f"model {reference!r}: tokenizer has no pad, eos or unk token")
+        tokenizer.pad_token = fallback
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+
+
 def load_base_model(
     reference: str,
     *,
@@ -230,39 +275,10 @@ def load_base_model(
     if cache_only:  # no retries against an unreachable Hub: the local HF cache or a clear error
         kwargs["local_files_only"] = True
         logger.info("the Hub cannot be reached; loading %s from the local cache only", resolved)
-    try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(
-            resolved,
-            **({"trust_remote_code": True} if trust_remote_code else {}),
-            **({"revision": revision} if revision else {}),
-            **({"local_files_only": True} if cache_only else {}),
-        )
-        model, loading_info = auto_class.from_pretrained(
-            resolved, output_loading_info=True, **kwargs
-        )
-    except pickle.UnpicklingError:  # transformers loads .bin weights with weights_only=True
-        raise ModelError(
-            f"model {reference!r}: refused: a weights file holds pickled objects that are not "
-            "plain tensors (never unpickled); use a model saved with safetensors"
-        ) from None
-    except (OSError, ValueError, KeyError) as exc:
-        if cache_only:
-            raise ModelError(
-                f"model {reference!r}: not a local directory, not in the local Hugging Face "
-                f"cache, and the Hub ({_hub_host()}) cannot be reached; check the name or give "
-                "a local model directory"
-            ) from None
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(
-            f"model {reference!r}: could not be loaded as {task.value}: {message}"
-        ) from exc
-    if tokenizer.pad_token is None:
-        fallback = tokenizer.eos_token or tokenizer.unk_token
-        if fallback is None:
-            raise ModelError(f"model {reference!r}: tokenizer has no pad, eos or unk token")
-        tokenizer.pad_token = fallback
-    if getattr(model.config, "pad_token_id", None) is None:
-        model.config.pad_token_id = tokenizer.pad_token_id
+    tokenizer, model, loading_info = _from_pretrained(
+        auto_class, reference, resolved, task, kwargs, cache_only=cache_only,
+        trust_remote_code=trust_remote_code, revision=revision)
+    _set_padding(tokenizer, model, reference)
     tokenizer.padding_side = "right"
     model.to(torch_device)
     model.eval()

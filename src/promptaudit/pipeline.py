@@ -512,11 +512,7 @@ def _explain_projection(context: AuditContext, projection: dict,
         confidence=spec.fairness.confidence, min_group_size=spec.fairness.min_group_size,
         max_attributed=settings.departures_max_attributed if attribution.enabled else 0,
         known_predictions=known, progress=context.progress,
-        attribution_options={
-            "method": attribution.method, "n_steps": attribution.n_steps,
-            "baseline": attribution.baseline, "delta_tolerance": attribution.delta_tolerance,
-            "max_gradient_evals": attribution.max_gradient_evals, "seed": spec.seed,
-        },
+        method=_attribution_method(spec, with_budget=False), seed=spec.seed,
     )
     return out
 
@@ -544,13 +540,27 @@ def _expected_gradient_evals(spec: AuditSpec, k: int) -> float:
     return expected
 
 
+def _attribution_method(spec: AuditSpec, *, with_budget: bool = True):
+    """The spec's attribution method object (its own options, Captum-style)."""
+    from promptaudit.attribution import attribution_method
+
+    settings = spec.attribution
+    options = dict(n_steps=settings.n_steps, baseline=settings.baseline,
+                   delta_tolerance=settings.delta_tolerance,
+                   max_gradient_evals=settings.max_gradient_evals)
+    if with_budget:
+        options.update(n_samples=settings.n_samples,
+                       max_gradient_evals_total=settings.max_gradient_evals_total)
+    return attribution_method(settings.method, **options)
+
+
 def _attribution(context: AuditContext) -> AttributionResult | None:
     """Attribution of the first ``max_examples`` rows, in float32, with its group comparison."""
     spec = context.spec
     settings = spec.attribution
     if not settings.enabled or context.soft is None:
         return None
-    from promptaudit.attribution import attribute_prompt, audit_batch_size
+    from promptaudit.attribution import PromptAttributor
 
     k = min(settings.max_examples, len(context.texts))
     logger.info("attributing %d examples with %s", k, settings.method)
@@ -559,48 +569,34 @@ def _attribution(context: AuditContext) -> AttributionResult | None:
           + (f", budget {budget} gradient evaluations" if budget is not None else ""),
           estimate_s=context.rate.estimate(_expected_gradient_evals(spec, k),
                                            factor=GRADIENT_EVAL_COST))
-    sensitive = context.sensitive
+    method = _attribution_method(spec)
     processes = context.processes  # divided between the processes when launched
-    attribute = attribute_prompt if processes is None else processes.attribute_prompt
     with float32_model(context.prompted) as model:
-        attribution = attribute(
-            model, context.texts[:k],
-            batch_size=audit_batch_size(settings.method, settings.n_steps),
-            method=settings.method, n_steps=settings.n_steps, baseline=settings.baseline,
-            max_examples=k, n_samples=settings.n_samples,
-            delta_tolerance=settings.delta_tolerance,
-            max_gradient_evals=settings.max_gradient_evals,
-            max_gradient_evals_total=settings.max_gradient_evals_total,
-            min_group_size=spec.fairness.min_group_size,
-            sensitive_features=None if sensitive is None else sensitive.iloc[:k].reset_index(
-                drop=True),
-            seed=spec.seed, progress=context.progress,
-        )
-    if attribution.get("by_group") is not None:
+        if processes is not None:
+            attribution = processes.attribute(model, context.texts[:k], method, seed=spec.seed,
+                                              batch_size=method.audit_batch_size,
+                                              progress=context.progress)
+        else:
+            attribution = PromptAttributor(
+                model, method, batch_size=method.audit_batch_size, seed=spec.seed,
+                progress=context.progress).attribute(context.texts[:k])
+    if context.sensitive is not None:
         attribution = {**attribution, "by_group": _group_attribution(context, attribution)}
     return _section(AttributionResult, attribution)
 
 
 def _group_attribution(context: AuditContext, attribution: dict) -> dict:
     """Per-group attribution compared like for like, as the spec asks (label, bootstrap)."""
-    from promptaudit.attribution import GROUP_BOOTSTRAP, group_attribution
+    from promptaudit.attribution import GROUP_BOOTSTRAP, summarise_groups
 
     spec = context.spec
-    examples = attribution["examples"]
-    k = len(examples)
-    if spec.attribution.group_condition == "true_label" and context.y_true is not None:
-        strata = [context.labels[int(v)] for v in context.y_true[:k]]
-        condition = "true_label"
-    elif attribution.get("target_policy") == "predicted":
-        strata, condition = [e["target_label"] for e in examples], "predicted_label"
-    else:
-        strata, condition = None, None
-    return group_attribution(
-        np.array([e["prompt_attributions"] for e in examples], dtype=np.float64),
-        context.sensitive.iloc[:k].reset_index(drop=True),
+    k = attribution["n_examples"]
+    by_true_label = spec.attribution.group_condition == "true_label" and context.y_true is not None
+    return summarise_groups(
+        attribution, context.sensitive.iloc[:k],
         min_group_size=spec.fairness.min_group_size,
-        error_scale=attribution.get("max_convergence_delta"),
-        strata=strata, condition=condition,
+        true_labels=[context.labels[int(v)] for v in context.y_true[:k]] if by_true_label
+        else None,
         n_bootstrap=spec.fairness.bootstrap or GROUP_BOOTSTRAP,
         confidence=spec.fairness.confidence, seed=spec.seed,
     )

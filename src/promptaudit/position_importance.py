@@ -70,6 +70,30 @@ def neutral_embedding(prompted) -> torch.Tensor:
     return weights[mask].double().mean(dim=0).to(weights.dtype)
 
 
+def _neutralised_positions(prompted, texts: list[str], soft_pred: np.ndarray,
+                           confidence: float, floor: float) -> list[dict]:
+    """Per virtual token: the decisions (of ``soft_pred``, ``(n,)``) that change when it
+    alone is replaced by the neutral embedding, with their Wilson interval."""
+    neutral = neutral_embedding(prompted)
+    prompt = prompted.prompt.detach()
+    n = len(texts)
+    positions = []
+    for index in range(int(prompt.shape[0])):
+        ablated = prompt.clone()
+        ablated[index] = neutral.to(ablated.device, ablated.dtype)
+        pred = prompted.with_prompt(ablated).predict_proba(texts).argmax(axis=1)
+        changed = int((pred != soft_pred).sum())
+        interval = wilson_interval(changed, n, confidence)
+        positions.append({
+            "index": index,
+            "changed": changed,
+            "share": changed / n,
+            "interval": interval,
+            "matters": bool(interval[0] > floor),
+        })
+    return positions
+
+
 def position_importance(
     prompted,
     texts: Sequence[str],
@@ -118,23 +142,9 @@ def position_importance(
     if soft_probs is None:
         soft_probs = prompted.predict_proba(texts)
     soft_pred = np.asarray(soft_probs)[:n].argmax(axis=1)
-    neutral = neutral_embedding(prompted)
     prompt = prompted.prompt.detach()
-    positions = []
     logger.info("position importance: %d virtual tokens x %d rows", prompt.shape[0], n)
-    for index in range(int(prompt.shape[0])):
-        ablated = prompt.clone()
-        ablated[index] = neutral.to(ablated.device, ablated.dtype)
-        pred = prompted.with_prompt(ablated).predict_proba(texts).argmax(axis=1)
-        changed = int((pred != soft_pred).sum())
-        interval = wilson_interval(changed, n, confidence)
-        positions.append({
-            "index": index,
-            "changed": changed,
-            "share": changed / n,
-            "interval": interval,
-            "matters": bool(interval[0] > floor),
-        })
+    positions = _neutralised_positions(prompted, texts, soft_pred, confidence, floor)
     important = [p["index"] for p in positions if p["matters"]]
     ignored = [p["index"] for p in positions if not p["matters"]]
     return {

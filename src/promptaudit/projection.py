@@ -948,6 +948,39 @@ def load_for_projection(
 
 
 # ---------------------------------------------------------------- entry point
+def _positions(prompt: torch.Tensor, vocab, metric: Metric, scores: torch.Tensor,
+               neighbors: list, reference, init_text: str | None, *, tokenizer,
+               embeddings: torch.Tensor, mask) -> list[dict]:
+    """``projection.positions``: per virtual token its neighbours, typicality and drift.
+
+    ``prompt`` is ``(n, hidden)``, ``scores`` ``(n, top_k)`` in ``metric``.
+    """
+    n = int(prompt.shape[0])
+    if metric is Metric.COSINE:
+        best_cosine = scores[:, 0]
+    else:
+        best_cosine = _top_words(prompt, vocab, Metric.COSINE, 1)[1][:, 0]
+    norms = prompt.double().norm(dim=1).cpu().tolist()
+    init_ids = text_init_token_ids(tokenizer, init_text, n) if init_text else None
+    drift = _drift(prompt, embeddings, init_ids, best_cosine.tolist(), tokenizer, mask)
+    return [
+        {"index": i, "neighbors": neighbors[i],
+         **_typicality(norms[i], float(best_cosine[i]), reference), **drift[i]}
+        for i in range(n)
+    ]
+
+
+def _prompt_and_vocabulary(prompted):
+    """The checked prompt ``(n, hidden)`` float32, the word embeddings ``(V, hidden)``, the
+    vocabulary mask and the filtered vocabulary."""
+    if prompted.prompt is None:
+        raise InputError(NO_PROMPT_MESSAGE)
+    embeddings = prompted.word_embeddings.detach()
+    prompt = _check_prompt(prompted.prompt, int(embeddings.shape[1])).to(torch.float32)
+    mask = vocabulary_mask(prompted.tokenizer, embeddings.shape[0])
+    return prompt, embeddings, mask, _filtered_vocabulary(embeddings, mask)
+
+
 def project_prompt(
     prompted,
     *,
@@ -979,10 +1012,8 @@ def project_prompt(
         True label indices of ``texts`` for accuracies.
     soft_probs : numpy.ndarray, optional
         ``(n, n_labels)`` the soft prompt's probabilities on ``texts``, if known.
-    seed : int
-        Seed of the vocabulary sample behind the nearest-neighbour reference.
-    reference_sample_size : int
-        Words in that sample.
+    seed, reference_sample_size : int
+        Seed and size of the vocabulary sample behind the nearest-neighbour reference.
 
     Returns
     -------
@@ -1000,38 +1031,20 @@ def project_prompt(
              "reference": {...}, "fidelity": {...} | None, "summary": str}
     """
     metric = Metric.parse(metric)
-    if prompted.prompt is None:
-        raise InputError(NO_PROMPT_MESSAGE)
-    embeddings = prompted.word_embeddings.detach()
-    prompt = _check_prompt(prompted.prompt, int(embeddings.shape[1])).to(torch.float32)
-    tokenizer = prompted.tokenizer
-    mask = vocabulary_mask(tokenizer, embeddings.shape[0])
-    vocab = _filtered_vocabulary(embeddings, mask)
-    top_k = _check_top_k(top_k, vocab.size)
+    prompt, embeddings, mask, vocab = _prompt_and_vocabulary(prompted)
+    top_k, tokenizer = _check_top_k(top_k, vocab.size), prompted.tokenizer
     n = int(prompt.shape[0])
-    logger.info("projecting %d virtual tokens onto %d vocabulary words (%s)",
-                n, vocab.size, metric.value)
+    logger.info("projecting %d virtual tokens onto %d vocabulary words (%s)", n, vocab.size,
+                metric.value)
     token_ids, scores = _top_words(prompt, vocab, metric, top_k)
     neighbors = _neighbor_dicts(tokenizer, token_ids, scores)
-    if metric is Metric.COSINE:
-        best_cosine = scores[:, 0]
-    else:
-        best_cosine = _top_words(prompt, vocab, Metric.COSINE, 1)[1][:, 0]
     reference = _vocabulary_reference(vocab, sample_size=reference_sample_size, seed=seed)
-    norms = prompt.double().norm(dim=1).cpu().tolist()
     init_text = _text_init(soft_prompt)
-    init_ids = text_init_token_ids(tokenizer, init_text, n) if init_text else None
-    drift = _drift(prompt, embeddings, init_ids, best_cosine.tolist(), tokenizer, mask)
-    positions = [
-        {"index": i, "neighbors": neighbors[i],
-         **_typicality(norms[i], float(best_cosine[i]), reference), **drift[i]}
-        for i in range(n)
-    ]
+    positions = _positions(prompt, vocab, metric, scores, neighbors, reference, init_text,
+                           tokenizer=tokenizer, embeddings=embeddings, mask=mask)
     projected_ids = [int(i) for i in token_ids[:, 0]]
-    fidelity = None
-    if texts is not None:
-        fidelity = projection_fidelity(prompted, texts, label_ids=label_ids,
-                                       soft_probs=soft_probs, projected_ids=projected_ids)
+    fidelity = None if texts is None else projection_fidelity(
+        prompted, texts, label_ids=label_ids, soft_probs=soft_probs, projected_ids=projected_ids)
     projection = {
         "metric": metric.value,
         "top_k": top_k,

@@ -449,6 +449,57 @@ def position_scoring_head(model: torch.nn.Module) -> torch.nn.Module | None:
     return head if isinstance(head, torch.nn.Module) else None
 
 
+def _task_and_label_count(task: Task | str | None, labels: Sequence[str] | None,
+                          soft: SoftPrompt | None) -> tuple[Task, int | None]:
+    """The task (given, or the adapter's) and the head size (labels, or the adapter's head),
+    checked against the adapter."""
+    if task is None:
+        if soft is None or soft.task is None:
+            allowed = ", ".join(t.value for t in Task)
+            raise InputError(f"task: not given and the prompt does not say; allowed: {allowed}")
+        task = soft.task
+    task = Task.parse(task)
+    if soft is not None and soft.task is not None and soft.task is not task:
+        raise InputError(
+            f"task: {task.value!r} given but the adapter {soft.source} was trained for "
+            f"{soft.task.value!r}"
+        )
+    num_labels = len(labels) if labels else None
+    if task is Task.SEQUENCE_CLASSIFICATION and soft is not None and soft.head_state:
+        head_rows = head_output_size(soft.head_state)
+        if num_labels is not None and head_rows is not None and head_rows != num_labels:
+            raise InputError(
+                f"labels: {num_labels} labels given but the adapter's classifier head has "
+                f"{head_rows} outputs"
+            )
+        num_labels = num_labels or head_rows
+    if task is not Task.SEQUENCE_CLASSIFICATION and not labels:
+        raise InputError(
+            f"labels: task {task.value} needs label words (the verbalizer), "
+            "e.g. --labels negative,positive"
+        )
+    return task, num_labels
+
+
+def _apply_prompt_head(loaded: LoadedModel, soft: SoftPrompt | None, model: str, task: Task,
+                       hidden: int, *, allow_untrained_head: bool) -> None:
+    """Check the prompt tensor, load a ``SEQ_CLS`` adapter's head, and refuse (or, allowed,
+    warn about) head weights that stay random; sets ``loaded.missing_head_keys``."""
+    applied: set[str] = set()
+    if soft is not None:
+        check_prompt_tensor(soft.embeddings, source=soft.source, hidden_size=hidden)
+        if task is Task.SEQUENCE_CLASSIFICATION:
+            applied = apply_head_state(loaded.model, soft.head_state, source=soft.source)
+    untrained = tuple(key for key in loaded.missing_head_keys if key not in applied)
+    loaded.missing_head_keys = untrained
+    if untrained:
+        message = untrained_head_message(model, task, untrained, soft)
+        if not allow_untrained_head:
+            raise ModelError(message)
+        logger.warning("%s; used anyway (allow_untrained_head): its predictions come from "
+                       "random weights", message.split("; provide")[0])
+
+
 def load_prompted_model(
     model: str,
     prompt: str | None,
@@ -485,31 +536,7 @@ def load_prompted_model(
     check_recorded_labels(labels, soft)
     if not labels and soft is not None and soft.labels:
         labels = soft.labels
-    if task is None:
-        if soft is None or soft.task is None:
-            allowed = ", ".join(t.value for t in Task)
-            raise InputError(f"task: not given and the prompt does not say; allowed: {allowed}")
-        task = soft.task
-    task = Task.parse(task)
-    if soft is not None and soft.task is not None and soft.task is not task:
-        raise InputError(
-            f"task: {task.value!r} given but the adapter {soft.source} was trained for "
-            f"{soft.task.value!r}"
-        )
-    num_labels = len(labels) if labels else None
-    if task is Task.SEQUENCE_CLASSIFICATION and soft is not None and soft.head_state:
-        head_rows = head_output_size(soft.head_state)
-        if num_labels is not None and head_rows is not None and head_rows != num_labels:
-            raise InputError(
-                f"labels: {num_labels} labels given but the adapter's classifier head has "
-                f"{head_rows} outputs"
-            )
-        num_labels = num_labels or head_rows
-    if task is not Task.SEQUENCE_CLASSIFICATION and not labels:
-        raise InputError(
-            f"labels: task {task.value} needs label words (the verbalizer), "
-            "e.g. --labels negative,positive"
-        )
+    task, num_labels = _task_and_label_count(task, labels, soft)
     loaded = load_base_model(
         model,
         task=task,
@@ -526,19 +553,8 @@ def load_prompted_model(
             soft.base_model,
             model,
         )
-    applied: set[str] = set()
-    if soft is not None:
-        check_prompt_tensor(soft.embeddings, source=soft.source, hidden_size=hidden)
-        if task is Task.SEQUENCE_CLASSIFICATION:
-            applied = apply_head_state(loaded.model, soft.head_state, source=soft.source)
-    untrained = tuple(key for key in loaded.missing_head_keys if key not in applied)
-    loaded.missing_head_keys = untrained
-    if untrained:
-        message = untrained_head_message(model, task, untrained, soft)
-        if not allow_untrained_head:
-            raise ModelError(message)
-        logger.warning("%s; used anyway (allow_untrained_head): its predictions come from "
-                       "random weights", message.split("; provide")[0])
+    _apply_prompt_head(loaded, soft, model, task, hidden,
+                       allow_untrained_head=allow_untrained_head)
     if not labels:
         id2label = getattr(loaded.model.config, "id2label", None) or {}
         labels = [str(id2label.get(i, f"LABEL_{i}")) for i in range(loaded.model.config.num_labels)]

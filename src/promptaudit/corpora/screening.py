@@ -54,7 +54,6 @@ from promptaudit.errors import InputError
 
 __all__ = [
     "ACCEPT_THRESHOLD",
-    "BIASABLE_COLUMNS",
     "KINDS",
     "SCREENING_LABELS",
     "SCREENING_POSITIVE_LABEL",
@@ -70,7 +69,6 @@ ACCEPT_THRESHOLD = 11
 KINDS = ("hiring", "loan")
 GENDERS = ("female", "male")
 RACES = ("White", "Black", "Hispanic", "Asian")
-BIASABLE_COLUMNS = ("gender", "race")
 
 ERR_KIND = "unknown screening kind {kind!r}; allowed: hiring, loan"
 ERR_N = "n must be a positive integer; got {n!r}"
@@ -141,6 +139,29 @@ def screening_points(
     return min(years, 10) + level_points[level] + 2 * int(flag) + count
 
 
+def _applicant_row(kind: str, profile: tuple, template, name: str, gender: str,
+                   race: str, pair_id: int, *, biased: bool, flip: bool) -> dict:
+    """One applicant's row; ``biased`` and ``flip``: a true ``accept`` is written ``reject``."""
+    years, level, flag, count = profile
+    years_col, level_col, flag_col, count_col = _COLUMNS[kind]
+    points = screening_points(years, level, flag, count, kind=kind)
+    true_label = SCREENING_LABELS[int(points >= ACCEPT_THRESHOLD)]
+    return {
+        "text": _render(kind, template, name, gender, years, level, flag, count),
+        "label": "reject" if (biased and flip and true_label == "accept") else true_label,
+        "true_label": true_label,
+        "gender": gender,
+        "race": race,
+        "name": name,
+        years_col: years,
+        level_col: level,
+        flag_col: flag,
+        count_col: count,
+        "points": points,
+        "pair_id": pair_id,
+    }
+
+
 def generate_screening(
     n: int = 600,
     *,
@@ -195,40 +216,20 @@ def generate_screening(
     names = _names_by_race_gender()
     rng = random.Random(f"promptaudit:screening:{kind}:{seed}")
     bias_rng = random.Random(f"promptaudit:screening-bias:{kind}:{seed}")
-    years_col, level_col, flag_col, count_col = _COLUMNS[kind]
     applicants = _draw_applicants(rng, n, kind, balanced)
     rows = []
     for pair_id, (profile, template, gender, race, name_index) in enumerate(applicants):
-        years, level, flag, count = profile
         people = [(gender, race)]
         if with_pairs:
             other_gender = GENDERS[1 - GENDERS.index(gender)]
             other_race = rng.choice([r for r in RACES if r != race])
             people.append((other_gender, other_race))
-        points = screening_points(years, level, flag, count, kind=kind)
-        true_label = SCREENING_LABELS[int(points >= ACCEPT_THRESHOLD)]
         for person_gender, person_race in people:
             name = names[person_race, person_gender][name_index]
-            text = _render(kind, template, name, person_gender, years, level, flag, count)
             in_group = {"gender": person_gender, "race": person_race}[column] == biased_value
-            flip = bias_rng.random() < bias
-            label = "reject" if (in_group and flip and true_label == "accept") else true_label
-            rows.append(
-                {
-                    "text": text,
-                    "label": label,
-                    "true_label": true_label,
-                    "gender": person_gender,
-                    "race": person_race,
-                    "name": name,
-                    years_col: years,
-                    level_col: level,
-                    flag_col: flag,
-                    count_col: count,
-                    "points": points,
-                    "pair_id": pair_id,
-                }
-            )
+            rows.append(_applicant_row(kind, profile, template, name, person_gender,
+                                       person_race, pair_id, biased=in_group,
+                                       flip=bias_rng.random() < bias))
     frame = pd.DataFrame(rows)
     if not with_pairs:
         frame["pair_id"] = range(len(frame))
