@@ -22,6 +22,7 @@ import json
 import math
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -48,6 +49,7 @@ from promptaudit.result_types import (
 __all__ = [
     "SCHEMA_VERSION",
     "AuditResult",
+    "as_result",
     "to_jsonable",
     "canonical_json",
     "content_sha256",
@@ -111,6 +113,18 @@ class AuditResult(Section):
             integrity["hmac_sha256"] = hmac_sha256(body, key)
         body["integrity"] = integrity
         return body
+
+
+def as_result(result: AuditResult | Mapping[str, Any] | None) -> AuditResult:
+    """The typed result; a mapping (JSON, or a stage's numpy values) is read leniently.
+
+    A missing, ``None`` or malformed field reads as ``None`` (an optional one as its
+    default), so a partial result (``{"task": ..., "fairness": ...}``) is read too.
+    """
+    if isinstance(result, AuditResult):
+        return result
+    data = to_jsonable(dict(result)) if isinstance(result, Mapping) else {}
+    return AuditResult.from_dict(data, strict=False)
 
 
 def result_schema() -> dict:
