@@ -103,9 +103,7 @@ def compare_results(
     if max_regression is not None and not (max_regression >= 0):
         raise InputError(f"--max-regression {max_regression}: must be a number >= 0")
     old, new = as_result(before), as_result(after)
-    policy = inconclusive or _policy(new)
-    if policy not in ("fail", "pass"):
-        raise InputError(f"--inconclusive {policy!r}: allowed: fail, pass")
+    policy = _policy(new, inconclusive)
     found = differences(old, new)
     if found and not allow_different:
         _refuse_unlike(found)
@@ -118,8 +116,8 @@ def compare_results(
         "after": _side(new),
         "differences": [d.sentence for d in found],
         "metrics": rows,
-        "gates": {"before": [g.to_dict() for g in old.gates or []],
-                  "after": [g.to_dict() for g in new.gates or []]},
+        "gates": {side: [g.to_dict() for g in r.gates or []] for side, r in (("before", old),
+                                                                         ("after", new))},
         "max_regression": max_regression,
         "inconclusive": policy,
         "regressed": regressed,
@@ -128,11 +126,15 @@ def compare_results(
     }
 
 
-def _policy(result: AuditResult) -> str:
-    """The result's ``gate_policy.inconclusive`` (default ``fail``)."""
+def _policy(result: AuditResult, given: str | None) -> str:
+    """``given``, else the result's ``gate_policy.inconclusive`` (default ``fail``)."""
     spec = None if result.audit is None else result.audit.spec
     gate_policy = None if spec is None else spec.gate_policy
-    return str((None if gate_policy is None else gate_policy.inconclusive) or "fail")
+    recorded = None if gate_policy is None else gate_policy.inconclusive
+    policy = given or str(recorded or "fail")
+    if policy not in ("fail", "pass"):
+        raise InputError(f"--inconclusive {policy!r}: allowed: fail, pass")
+    return policy
 
 
 def _refuse_unlike(found: list) -> None:

@@ -47,19 +47,9 @@ from promptaudit.result_types import (
 )
 
 __all__ = [
-    "SCHEMA_VERSION",
-    "AuditResult",
-    "as_result",
-    "to_jsonable",
-    "canonical_json",
-    "content_sha256",
-    "read_result",
-    "read_result_json",
-    "hmac_sha256",
-    "signing_key_from_env",
-    "SIGNING_KEY_ENV",
-    "result_schema",
-    "MAX_RESULT_DEPTH",
+    "SCHEMA_VERSION", "AuditResult", "as_result", "to_jsonable", "canonical_json",
+    "content_sha256", "read_result", "read_result_json", "hmac_sha256", "signing_key_from_env",
+    "SIGNING_KEY_ENV", "result_schema", "MAX_RESULT_DEPTH",
 ]
 
 #: Environment variable holding the signing key (never written to any file or log).
