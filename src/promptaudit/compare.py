@@ -43,14 +43,9 @@ __all__ = [
 ]
 
 
-def compare_results(
-    before: AuditResult | Mapping,
-    after: AuditResult | Mapping,
-    *,
-    max_regression: float | None = None,
-    allow_different: bool = False,
-    inconclusive: str | None = None,
-) -> dict:
+def compare_results(before: AuditResult | Mapping, after: AuditResult | Mapping, *,
+                    max_regression: float | None = None, allow_different: bool = False,
+                    inconclusive: str | None = None) -> dict:
     """Side-by-side gate metrics of two results, like for like, with an interval-aware gate.
 
     Parameters
