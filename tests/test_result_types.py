@@ -255,3 +255,16 @@ def test_reports_fail_closed_on_a_result_without_passed():
     bare = {"audit": {"name": "bare"}, "gates": []}
     assert render_markdown(bare).startswith("## \u274c promptaudit FAIL: bare")
     assert '<property name="passed" value="false" />' in render_junit(bare)
+
+
+def test_numbers_keep_their_json_form_and_a_bool_is_not_a_number():
+    """An int in a number field stays an int (the result writes ``1``, not ``1.0``)."""
+    from promptaudit.result_types import CounterfactualGroup
+
+    row = CounterfactualGroup.from_dict({"flip_rate": 1, "mean_abs_delta": 0.25, "count": 2})
+    assert row.to_dict() == {"flip_rate": 1, "mean_abs_delta": 0.25, "count": 2}
+    assert type(row.to_dict()["flip_rate"]) is int
+    with pytest.raises(InputError, match=r"flip_rate: True is not of type 'number'$"):
+        CounterfactualGroup.from_dict({"flip_rate": True, "mean_abs_delta": None, "count": 2})
+    with pytest.raises(InputError, match=r"count: 2\.0 is not of type 'integer'$"):
+        CounterfactualGroup.from_dict({"flip_rate": 0.5, "mean_abs_delta": None, "count": 2.0})
