@@ -161,6 +161,9 @@ def test_typed_fields_read_the_real_values(sample):
 
 @pytest.mark.parametrize(("edit", "message"), [
     (lambda r: r["task"].pop("labels"), "task: 'labels' is a required property"),
+    # a required key with a Python default (for code) is still required in a result
+    (lambda r: r["task"].pop("accuracy"), "task: 'accuracy' is a required property"),
+    (lambda r: r.pop("projection"), "the top level: 'projection' is a required property"),
     (lambda r: r["task"].__setitem__("accuracy", "high"),
      "task.accuracy: 'high' is not of type 'number'"),
     (lambda r: r["gates"][1].__setitem__("status", "maybe"),

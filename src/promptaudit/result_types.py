@@ -177,15 +177,18 @@ class Section(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _prepare(cls, data: Any, info: ValidationInfo) -> Any:
-        """Made in code: plain JSON values. Read leniently: a missing required key is None."""
+        """Made in code: plain JSON values. Read: a missing required key is refused (strict)
+        or None (lenient); a field's Python default never stands in for a required key."""
         reading = _reading(info)
         if reading is None:
             return to_jsonable(data)
-        if reading == _LENIENT and isinstance(data, dict):
-            missing = [f.alias or name for name, f in cls.model_fields.items()
-                       if _marker(f) is None and (f.alias or name) not in data]
-            return {**data, **dict.fromkeys(missing)} if missing else data
-        return data
+        if not isinstance(data, dict):
+            return data
+        missing = [f.alias or name for name, f in cls.model_fields.items()
+                   if _marker(f) is None and (f.alias or name) not in data]
+        if missing and reading == _STRICT:
+            raise PydanticCustomError("missing_key", f"{missing[0]!r} is a required property")
+        return {**data, **dict.fromkeys(missing)} if missing else data
 
     @field_validator("*", mode="wrap")
     @classmethod
@@ -326,8 +329,8 @@ def describe_error(exc: ValidationError, data: Any, where: str | None = None) ->
     error = exc.errors()[0]
     kind, shown = error["type"], repr(error.get("input"))
     path = ([where] if where else []) + _json_path(data, error["loc"])
-    if kind == "missing":
-        message = f"{error['loc'][-1]!r} is a required property"
+    if kind == "missing_key":
+        message = error["msg"]
     elif kind in _JSON_TYPES:
         message = f"{shown} is not of type '{_JSON_TYPES[kind]}'"
     elif kind in ("enum", "literal_error"):
