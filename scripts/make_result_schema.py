@@ -1,9 +1,9 @@
 """Write docs/result.schema.json: the JSON Schema of a result, generated from its typed sections.
 
-The schema is :func:`promptaudit.results.result_schema` (draft 2020-12, generated
-from the dataclasses of :mod:`promptaudit.result_types`). ``tests/test_result_types.py``
-fails when the published file differs from what this script writes; run it after
-changing a section type.
+The schema is :func:`promptaudit.results.result_schema` (draft 2020-12, pydantic's
+``model_json_schema()`` of the models of :mod:`promptaudit.result_types`).
+``tests/test_result_types.py`` fails when the published file differs from what this
+script writes; run it after changing a section type.
 
 Usage: ``python scripts/make_result_schema.py [--out PATH]``
 """

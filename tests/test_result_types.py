@@ -69,13 +69,16 @@ def test_published_schema_is_the_generated_one():
     assert PUBLISHED.read_text(encoding="utf-8") == module.schema_text(), (
         "docs/result.schema.json is stale; run `python scripts/make_result_schema.py`")
     schema = json.loads(module.schema_text())
-    assert schema["properties"]["schema_version"] == {"const": "1"}
+    assert schema["properties"]["schema_version"]["const"] == "1"
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
 
 
-def test_real_results_validate(validator, sample, early):
-    assert _errors(validator, sample) == []
-    assert _errors(validator, early) == []
+@pytest.mark.parametrize("name", sorted(p.name for p in FIXTURES.glob("*.json")))
+def test_every_result_the_tests_hold_validates_against_the_published_schema(validator, name):
+    """The pydantic-generated schema accepts every older result, and so does the strict reader."""
+    data = _load(name)
+    assert _errors(validator, data) == []
+    assert AuditResult.from_dict(data).schema_version == "1"
 
 
 @pytest.mark.parametrize(("edit", "where"), [
@@ -157,15 +160,19 @@ def test_typed_fields_read_the_real_values(sample):
 
 
 @pytest.mark.parametrize(("edit", "message"), [
-    (lambda r: r["task"].pop("labels"), "result.task.labels: missing (a required key)"),
+    (lambda r: r["task"].pop("labels"), "task: 'labels' is a required property"),
+    # a required key with a Python default (for code) is still required in a result
+    (lambda r: r["task"].pop("accuracy"), "task: 'accuracy' is a required property"),
+    (lambda r: r.pop("projection"), "the top level: 'projection' is a required property"),
     (lambda r: r["task"].__setitem__("accuracy", "high"),
-     "result.task.accuracy: expected number or null, got 'high'"),
+     "task.accuracy: 'high' is not of type 'number'"),
     (lambda r: r["gates"][1].__setitem__("status", "maybe"),
-     "result.gates.1.status: expected one of 'pass', 'fail', 'inconclusive' or null, "
-     "got 'maybe'"),
+     "gates.1.status: 'maybe' is not one of ['pass', 'fail', 'inconclusive']"),
     (lambda r: r["projection"]["positions"][2]["neighbors"][0].__setitem__("token_id", 1.5),
-     "result.projection.positions.2.neighbors.0.token_id: expected integer, got 1.5"),
-    (lambda r: r.__setitem__("passed", "yes"), "result.passed: expected boolean, got 'yes'"),
+     "projection.positions.2.neighbors.0.token_id: 1.5 is not of type 'integer'"),
+    (lambda r: r.__setitem__("passed", "yes"), "passed: 'yes' is not of type 'boolean'"),
+    (lambda r: r["task"]["classification_report"]["accept"].__setitem__("f1-score", "x"),
+     "task.classification_report.accept.f1-score: 'x' is not of type 'number'"),
 ])
 def test_from_dict_refuses_a_malformed_result_in_one_line(sample, edit, message):
     broken = copy.deepcopy(sample)
@@ -191,18 +198,23 @@ def test_lenient_reading_keeps_what_fits(sample):
 
 
 def test_sections_made_in_code_write_what_the_stages_write():
-    """Keys a stage leaves out when None are left out by ``to_dict`` too."""
+    """A section made in code writes the keys it was given and every required key."""
     task = TaskResult(type="sequence-classification", labels=["a", "b"], positive_label="b",
                       n_examples=2, n_truncated=0, max_length=8,
                       prediction_counts={"a": 1, "b": 1})
     written = task.to_dict()
-    assert "untrained_head" not in written and written["competence"] is None
+    # an optional key is written when given; a required one always (its default here)
+    assert "untrained_head" not in written and "competence" not in written
+    assert written["accuracy"] is None and written["prediction_counts"] == {"a": 1, "b": 1}
+    assert TaskResult(**{**task.model_dump(), "competence": None}).to_dict()["competence"] is None
     assert list(written)[:5] == ["type", "labels", "positive_label", "n_examples", "n_truncated"]
     row = GroupRow(count=3, small=True, metrics={"selection_rate": 0.5, "accuracy": None})
     assert row.to_dict() == {"count": 3, "small": True, "selection_rate": 0.5, "accuracy": None}
     gate = GateResult(metric="accuracy", feature=None, op=">=", threshold=0.5, value=0.7,
                       bound="point", status=GateStatus.PASS, passed=True, message="ok")
-    assert gate.to_dict()["status"] == "pass" and gate.to_dict()["rows_to_decide"] is None
+    assert gate.to_dict()["status"] == "pass" and "rows_to_decide" not in gate.to_dict()
+    given = GateResult(**{**gate.model_dump(), "rows_to_decide": None})
+    assert given.to_dict()["rows_to_decide"] is None
 
 
 def test_result_schema_requires_only_keys_every_result_has(early):
@@ -246,3 +258,16 @@ def test_reports_fail_closed_on_a_result_without_passed():
     bare = {"audit": {"name": "bare"}, "gates": []}
     assert render_markdown(bare).startswith("## \u274c promptaudit FAIL: bare")
     assert '<property name="passed" value="false" />' in render_junit(bare)
+
+
+def test_numbers_keep_their_json_form_and_a_bool_is_not_a_number():
+    """An int in a number field stays an int (the result writes ``1``, not ``1.0``)."""
+    from promptaudit.result_types import CounterfactualGroup
+
+    row = CounterfactualGroup.from_dict({"flip_rate": 1, "mean_abs_delta": 0.25, "count": 2})
+    assert row.to_dict() == {"flip_rate": 1, "mean_abs_delta": 0.25, "count": 2}
+    assert type(row.to_dict()["flip_rate"]) is int
+    with pytest.raises(InputError, match=r"flip_rate: True is not of type 'number'$"):
+        CounterfactualGroup.from_dict({"flip_rate": True, "mean_abs_delta": None, "count": 2})
+    with pytest.raises(InputError, match=r"count: 2\.0 is not of type 'integer'$"):
+        CounterfactualGroup.from_dict({"flip_rate": 0.5, "mean_abs_delta": None, "count": 2.0})

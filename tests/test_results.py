@@ -341,3 +341,20 @@ def test_hostile_result_files_exit_2_never_3(runner, tmp_path, make, expected):
     lines = outcome.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {path}: "), outcome.stderr
     assert expected in lines[0]
+
+
+def test_as_result_reads_a_partial_result_with_numpy_values_leniently():
+    from promptaudit.results import as_result
+
+    typed = as_result({
+        "task": {"accuracy": np.float32(0.5), "n_examples": np.int64(3)},
+        "fairness": {"disparities": {"demographic_parity_ratio": float("nan"),
+                                     "demographic_parity_difference": "0.1"},
+                     "disparity_intervals": {"demographic_parity_ratio": (0.25, 0.75)}},
+    })
+    assert typed.task.accuracy == 0.5 and type(typed.task.n_examples) is int
+    assert typed.task.labels is None and typed.audit is None  # missing: None, never a default
+    # NaN is null; a string is not a number and is dropped; a tuple is a list
+    assert typed.fairness.disparities == {"demographic_parity_ratio": None}
+    assert typed.fairness.disparity_intervals == {"demographic_parity_ratio": [0.25, 0.75]}
+    assert as_result(typed) is typed

@@ -19,6 +19,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from promptaudit.metrics import metrics_of
+from promptaudit.results import AuditResult, as_result
+
 __all__ = ["Difference", "result_differences", "differences", "differences_by_metric"]
 
 #: Every gate metric (the rows of a comparison); ``None`` in :attr:`Difference.metrics`.
@@ -37,19 +40,6 @@ class Difference:
     metrics: frozenset[str] | None = ALL
 
 
-def _get(data: Mapping | None, *path: str) -> Any:
-    node: Any = data
-    for key in path:
-        if not isinstance(node, Mapping):
-            return None
-        node = node.get(key)
-    return node
-
-
-def _spec(result: Mapping) -> Mapping:
-    return _get(result, "audit", "spec") or {}
-
-
 def _shown(value: Any) -> str:
     if value is None:
         return "none recorded"
@@ -60,66 +50,157 @@ def _shown(value: Any) -> str:
     return str(value)
 
 
-def _metrics(section: str) -> frozenset[str]:
-    from promptaudit.spec import GATE_METRICS
-
-    return frozenset(name for name, (where, _, _) in GATE_METRICS.items() if where == section)
-
-
-def _data_identity(result: Mapping) -> dict[str, Any]:
-    data = _get(result, "provenance", "data") or {}
-    return {
-        "sha256": data.get("sha256"),
-        "source": data.get("source"),
-        "n": _get(result, "task", "n_examples"),
-    }
+def _differ(what: str, old: Any, new: Any, sentence: str,
+            metrics: frozenset[str] | None = ALL) -> list[Difference]:
+    return [Difference(what, sentence, metrics)] if old != new else []
 
 
-def _features(result: Mapping) -> list[str]:
-    features = _get(result, "fairness", "sensitive_features")
+def _spec(result: AuditResult, section: str, key: str) -> Any:
+    """``audit.spec.<section>.<key>`` as the run recorded it (None where absent)."""
+    spec = None if result.audit is None else result.audit.spec
+    block = None if spec is None else spec.extra.get(section)
+    return block.get(key) if isinstance(block, Mapping) else None
+
+
+def _section(result: AuditResult, *names: str) -> Any:
+    node: Any = result
+    for name in names:
+        node = None if node is None else getattr(node, name)
+    return node
+
+
+def _data_identity(result: AuditResult) -> dict[str, Any]:
+    data = _section(result, "provenance", "data")
+    return {"sha256": None if data is None else data.sha256,
+            "source": None if data is None else data.source,
+            "n": _section(result, "task", "n_examples")}
+
+
+def _features(result: AuditResult) -> list[str]:
+    features = _section(result, "fairness", "sensitive_features")
     if features is None:
-        features = _get(_spec(result), "data", "sensitive_features")
+        features = _spec(result, "data", "sensitive_features")
     return [str(f) for f in features or []]
 
 
-def _groups(result: Mapping, feature: str) -> list[str] | None:
-    block = _get(result, "fairness", "by_feature", feature)
-    if not isinstance(block, Mapping):
-        return None
-    return sorted(str(g) for g in (block.get("by_group") or {}))
+def _groups(result: AuditResult, feature: str) -> list[str] | None:
+    block = (_section(result, "fairness", "by_feature") or {}).get(feature)
+    return None if block is None else sorted(str(g) for g in (block.by_group or {}))
 
 
-def _model(result: Mapping) -> dict[str, Any]:
-    model = _get(result, "provenance", "model") or {}
-    return {"reference": model.get("reference"), "sha256": model.get("sha256") or None}
+def _data_differences(before: AuditResult, after: AuditResult) -> list[Difference]:
+    """The data (hash, else source), its size, the sensitive features and their groups."""
+    old, new = _data_identity(before), _data_identity(after)
+    if old["sha256"] is not None or new["sha256"] is not None:
+        out = _differ("data", old["sha256"], new["sha256"],
+                      f"the evaluation data differ: sha256 {_shown(old['sha256'])} "
+                      f"({_shown(old['source'])}) before, {_shown(new['sha256'])} "
+                      f"({_shown(new['source'])}) after")
+    else:
+        out = _differ("data", old["source"], new["source"],
+                      f"the evaluation data differ: {_shown(old['source'])} before, "
+                      f"{_shown(new['source'])} after")
+    out += _differ("data size", old["n"], new["n"],
+                   f"the evaluation data differ in size: {_shown(old['n'])} rows before, "
+                   f"{_shown(new['n'])} after")
+    old_features, new_features = _features(before), _features(after)
+    fairness_rows = metrics_of("disparities") | metrics_of("bias_audit")
+    out += _differ("features", old_features, new_features,
+                   f"the sensitive features differ: {_shown(old_features)} before, "
+                   f"{_shown(new_features)} after", fairness_rows)
+    # Groups are a property of the data: compared when both sides record their data (a
+    # caller that sets the data aside, as ``trend`` does for its periods, sets them aside too).
+    data_recorded = any(value is not None for value in (*old.values(), *new.values()))
+    for feature in [f for f in old_features if f in new_features and data_recorded]:
+        old_groups, new_groups = _groups(before, feature), _groups(after, feature)
+        if old_groups is not None and new_groups is not None:
+            out += _differ(f"groups of {feature}", old_groups, new_groups,
+                           f"the groups of {feature} differ: {_shown(old_groups)} before, "
+                           f"{_shown(new_groups)} after", fairness_rows)
+    return out
 
 
-def _max_length(result: Mapping) -> Any:
-    value = _get(result, "task", "max_length")
-    return value if value is not None else _get(_spec(result), "model", "max_length")
+def _max_length(result: AuditResult) -> Any:
+    value = _section(result, "task", "max_length")
+    return value if value is not None else _spec(result, "model", "max_length")
 
 
-def _baselines(result: Mapping) -> list[str] | None:
-    competence = _get(result, "task", "competence")
-    if not isinstance(competence, Mapping):
-        return None
-    return sorted(str(name) for name in (competence.get("baselines") or {}))
+def _baselines(result: AuditResult) -> list[str] | None:
+    competence = _section(result, "task", "competence")
+    return None if competence is None else sorted(str(n) for n in (competence.baselines or {}))
 
 
-def _release(result: Mapping) -> str | None:
-    version = _get(result, "provenance", "versions", "promptaudit")
-    if not version:
-        return None
-    return ".".join(str(version).split(".")[:2])
+def _task_differences(before: AuditResult, after: AuditResult) -> list[Difference]:
+    """Labels, positive label, base model, ``max_length``, baselines and competence measure."""
+    labels = [_section(r, "task", "labels") for r in (before, after)]
+    positive = [_section(r, "task", "positive_label") for r in (before, after)]
+    out = _differ("labels", *labels, f"the labels differ: {_shown(labels[0])} before, "
+                  f"{_shown(labels[1])} after")
+    out += _differ("positive label", *positive, f"the positive label differs: "
+                   f"{_shown(positive[0])} before, {_shown(positive[1])} after")
+    old, new = (_section(r, "provenance", "model") for r in (before, after))
+    references = [None if m is None else m.reference for m in (old, new)]
+    if references[0] != references[1]:
+        out += _differ("model", *references, f"the base model differs: {_shown(references[0])} "
+                       f"before, {_shown(references[1])} after")
+    elif old is not None and new is not None and old.sha256 and new.sha256:
+        out += _differ("model", old.sha256, new.sha256, "the base model's files differ "
+                       f"(sha256) under the same reference {_shown(references[0])}")
+    lengths = [_max_length(r) for r in (before, after)]
+    out += _differ("max_length", *lengths, f"max_length differs: {_shown(lengths[0])} before, "
+                   f"{_shown(lengths[1])} after")
+    baselines = [_baselines(r) for r in (before, after)]
+    if None not in baselines:
+        out += _differ("baselines", *baselines, f"the baselines differ: {_shown(baselines[0])} "
+                       f"before, {_shown(baselines[1])} after (accuracy_over_baseline is "
+                       "measured against another prompt)", frozenset({"accuracy_over_baseline"}))
+    measures = [_section(r, "task", "competence", "measure") for r in (before, after)]
+    out += _differ("competence measure", *measures, "the competence measure differs: "
+                   f"{_shown(measures[0])} before, {_shown(measures[1])} after",
+                   frozenset({"accuracy_over_baseline"}))
+    return out
 
 
-def differences(before: Mapping, after: Mapping) -> list[Difference]:
+def _release(result: AuditResult) -> str | None:
+    version = (_section(result, "provenance", "versions") or {}).get("promptaudit")
+    return ".".join(str(version).split(".")[:2]) if version else None
+
+
+def _definition_differences(before: AuditResult, after: AuditResult) -> list[Difference]:
+    """Schema, release, confidence, reference group, bias-audit and counterfactual settings."""
+    schemas = [before.schema_version, after.schema_version]
+    releases = [_release(before), _release(after)]
+    levels = [_section(r, "fairness", "confidence") for r in (before, after)]
+    references = [_spec(r, "fairness", "reference_group") for r in (before, after)]
+    out = _differ("schema", *schemas, f"the result schema differs: {_shown(schemas[0])} before, "
+                  f"{_shown(schemas[1])} after")
+    out += _differ("metric definitions", *releases, "the metric definitions may differ: "
+                   f"promptaudit {_shown(releases[0])} before, {_shown(releases[1])} after")
+    out += _differ("confidence", *levels, f"the confidence level differs: {_shown(levels[0])} "
+                   f"before, {_shown(levels[1])} after (intervals are not alike)")
+    out += _differ("reference group", *references, "the reference group differs: "
+                   f"{_shown(references[0])} before, {_shown(references[1])} after",
+                   metrics_of("disparities"))
+    if before.bias_audit is not None and after.bias_audit is not None:
+        for key in ("mode", "exclude_below", "unknown_values"):
+            old, new = _spec(before, "bias_audit", key), _spec(after, "bias_audit", key)
+            out += _differ(f"bias_audit.{key}", old, new, f"bias_audit.{key} differs: "
+                           f"{_shown(old)} before, {_shown(new)} after", metrics_of("bias_audit"))
+    old, new = (_section(r, "fairness", "counterfactual") for r in (before, after))
+    if old and new:
+        out += _differ("counterfactuals", old.source, new.source, "the counterfactuals differ: "
+                       f"{_shown(old.source)} before, {_shown(new.source)} after",
+                       metrics_of("counterfactual"))
+    return out
+
+
+def differences(before: Mapping | AuditResult, after: Mapping | AuditResult) -> list[Difference]:
     """Every way ``after`` was measured unlike ``before`` (empty when like for like).
 
     Parameters
     ----------
-    before, after : mapping
-        Result JSON objects (``promptaudit run``).
+    before, after : AuditResult or mapping
+        Results (``promptaudit run``); a mapping is read leniently.
 
     Returns
     -------
@@ -127,100 +208,9 @@ def differences(before: Mapping, after: Mapping) -> list[Difference]:
         In a fixed order: data, size, features, groups, labels, positive label, model,
         max_length, baselines, metric definitions.
     """
-    out: list[Difference] = []
-
-    def add(what: str, old: Any, new: Any, sentence: str,
-            metrics: frozenset[str] | None = ALL) -> None:
-        if old != new:
-            out.append(Difference(what, sentence, metrics))
-
-    old_data, new_data = _data_identity(before), _data_identity(after)
-    if old_data["sha256"] is not None or new_data["sha256"] is not None:
-        add("data", old_data["sha256"], new_data["sha256"],
-            f"the evaluation data differ: sha256 {_shown(old_data['sha256'])} "
-            f"({_shown(old_data['source'])}) before, {_shown(new_data['sha256'])} "
-            f"({_shown(new_data['source'])}) after")
-    else:
-        add("data", old_data["source"], new_data["source"],
-            f"the evaluation data differ: {_shown(old_data['source'])} before, "
-            f"{_shown(new_data['source'])} after")
-    add("data size", old_data["n"], new_data["n"],
-        f"the evaluation data differ in size: {_shown(old_data['n'])} rows before, "
-        f"{_shown(new_data['n'])} after")
-    old_features, new_features = _features(before), _features(after)
-    fairness_rows = _metrics("disparities") | _metrics("bias_audit")
-    add("features", old_features, new_features,
-        f"the sensitive features differ: {_shown(old_features)} before, "
-        f"{_shown(new_features)} after", fairness_rows)
-    # Groups are a property of the data: compared when both sides record their data (a
-    # caller that sets the data aside, as ``trend`` does for its periods, sets them aside too).
-    data_recorded = any(value is not None for value in (*old_data.values(), *new_data.values()))
-    for feature in [f for f in old_features if f in new_features and data_recorded]:
-        old_groups, new_groups = _groups(before, feature), _groups(after, feature)
-        if old_groups is None or new_groups is None:
-            continue
-        add(f"groups of {feature}", old_groups, new_groups,
-            f"the groups of {feature} differ: {_shown(old_groups)} before, "
-            f"{_shown(new_groups)} after", fairness_rows)
-    add("labels", _get(before, "task", "labels"), _get(after, "task", "labels"),
-        f"the labels differ: {_shown(_get(before, 'task', 'labels'))} before, "
-        f"{_shown(_get(after, 'task', 'labels'))} after")
-    add("positive label", _get(before, "task", "positive_label"),
-        _get(after, "task", "positive_label"),
-        f"the positive label differs: {_shown(_get(before, 'task', 'positive_label'))} "
-        f"before, {_shown(_get(after, 'task', 'positive_label'))} after")
-    old_model, new_model = _model(before), _model(after)
-    if old_model["reference"] != new_model["reference"]:
-        add("model", old_model["reference"], new_model["reference"],
-            f"the base model differs: {_shown(old_model['reference'])} before, "
-            f"{_shown(new_model['reference'])} after")
-    elif old_model["sha256"] and new_model["sha256"]:
-        add("model", old_model["sha256"], new_model["sha256"],
-            f"the base model's files differ (sha256) under the same reference "
-            f"{_shown(old_model['reference'])}")
-    add("max_length", _max_length(before), _max_length(after),
-        f"max_length differs: {_shown(_max_length(before))} before, "
-        f"{_shown(_max_length(after))} after")
-    old_baselines, new_baselines = _baselines(before), _baselines(after)
-    if old_baselines is not None and new_baselines is not None:
-        add("baselines", old_baselines, new_baselines,
-            f"the baselines differ: {_shown(old_baselines)} before, {_shown(new_baselines)} "
-            "after (accuracy_over_baseline is measured against another prompt)",
-            frozenset({"accuracy_over_baseline"}))
-    add("competence measure", _get(before, "task", "competence", "measure"),
-        _get(after, "task", "competence", "measure"),
-        f"the competence measure differs: {_shown(_get(before, 'task', 'competence', 'measure'))}"
-        f" before, {_shown(_get(after, 'task', 'competence', 'measure'))} after",
-        frozenset({"accuracy_over_baseline"}))
-    add("schema", before.get("schema_version"), after.get("schema_version"),
-        f"the result schema differs: {_shown(before.get('schema_version'))} before, "
-        f"{_shown(after.get('schema_version'))} after")
-    add("metric definitions", _release(before), _release(after),
-        f"the metric definitions may differ: promptaudit {_shown(_release(before))} before, "
-        f"{_shown(_release(after))} after")
-    add("confidence", _get(before, "fairness", "confidence"), _get(after, "fairness", "confidence"),
-        f"the confidence level differs: {_shown(_get(before, 'fairness', 'confidence'))} before, "
-        f"{_shown(_get(after, 'fairness', 'confidence'))} after (intervals are not alike)")
-    old_ref = _get(_spec(before), "fairness", "reference_group")
-    new_ref = _get(_spec(after), "fairness", "reference_group")
-    add("reference group", old_ref, new_ref,
-        f"the reference group differs: {_shown(old_ref)} before, {_shown(new_ref)} after",
-        _metrics("disparities"))
-    for key in ("mode", "exclude_below", "unknown_values"):
-        old = _get(_spec(before), "bias_audit", key)
-        new = _get(_spec(after), "bias_audit", key)
-        if _get(before, "bias_audit") is None or _get(after, "bias_audit") is None:
-            break
-        add(f"bias_audit.{key}", old, new,
-            f"bias_audit.{key} differs: {_shown(old)} before, {_shown(new)} after",
-            _metrics("bias_audit"))
-    old_cf = _get(before, "fairness", "counterfactual", "source")
-    new_cf = _get(after, "fairness", "counterfactual", "source")
-    if _get(before, "fairness", "counterfactual") and _get(after, "fairness", "counterfactual"):
-        add("counterfactuals", old_cf, new_cf,
-            f"the counterfactuals differ: {_shown(old_cf)} before, {_shown(new_cf)} after",
-            _metrics("counterfactual"))
-    return out
+    old, new = as_result(before), as_result(after)
+    return [*_data_differences(old, new), *_task_differences(old, new),
+            *_definition_differences(old, new)]
 
 
 def result_differences(before: Mapping, after: Mapping) -> list[str]:

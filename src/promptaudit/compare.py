@@ -1,6 +1,6 @@
 """Compare two audit results (before / after) metric by metric, with a regression gate.
 
-:func:`compare_results` reads every gate metric of :data:`promptaudit.spec.GATE_METRICS`
+:func:`compare_results` reads every gate metric of :data:`promptaudit.metrics.GATE_METRICS`
 from both results (worst over sensitive features, as gates read them), reports the
 change and whether it is an improvement given the metric's direction, and, with
 ``max_regression``, marks a metric *regressed* when it got worse by more than that
@@ -25,11 +25,13 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from promptaudit.errors import InputError
+from promptaudit.metrics import GATE_METRICS
 from promptaudit.paths import COMPARISON_FILES, comparison_files
 from promptaudit.report.comparison import (
     comparison_html,
     comparison_markdown,
 )
+from promptaudit.results import AuditResult, as_result
 
 __all__ = [
     "compare_results",
@@ -41,20 +43,15 @@ __all__ = [
 ]
 
 
-def compare_results(
-    before: Mapping,
-    after: Mapping,
-    *,
-    max_regression: float | None = None,
-    allow_different: bool = False,
-    inconclusive: str | None = None,
-) -> dict:
+def compare_results(before: AuditResult | Mapping, after: AuditResult | Mapping, *,
+                    max_regression: float | None = None, allow_different: bool = False,
+                    inconclusive: str | None = None) -> dict:
     """Side-by-side gate metrics of two results, like for like, with an interval-aware gate.
 
     Parameters
     ----------
-    before, after : mapping
-        Result JSON objects (``promptaudit run``).
+    before, after : AuditResult or mapping
+        Results (``promptaudit run``); a mapping is read leniently.
     max_regression : float, optional
         Largest accepted worsening of any metric (in its own units, >= 0).
     allow_different : bool
@@ -97,79 +94,96 @@ def compare_results(
     its point value. A metric defined before and undefined after is regressed.
     """
     from promptaudit.comparability import differences, differences_by_metric
-    from promptaudit.gates import metric_value, policy_of
-    from promptaudit.spec import GATE_METRICS
 
     if max_regression is not None and not (max_regression >= 0):
         raise InputError(f"--max-regression {max_regression}: must be a number >= 0")
-    policy = inconclusive or policy_of((after.get("audit") or {}).get("spec"))
-    if policy not in ("fail", "pass"):
-        raise InputError(f"--inconclusive {policy!r}: allowed: fail, pass")
-    found = differences(before, after)
+    old, new = as_result(before), as_result(after)
+    policy = _policy(new, inconclusive)
+    found = differences(old, new)
     if found and not allow_different:
-        more = f" (and {len(found) - 1} more difference{'s' * (len(found) > 2)})" if len(
-            found) > 1 else ""
-        raise InputError(
-            f"the results are not like for like: {found[0].sentence}{more}; compare audits "
-            "of the same data, features, labels, model and baselines, or pass "
-            "--allow-different to compare anyway with every affected row marked"
-        )
+        _refuse_unlike(found)
     affected = differences_by_metric(found, list(GATE_METRICS))
-    rows = []
-    for metric, (_, _, direction) in GATE_METRICS.items():
-        old, _ = metric_value(dict(before), metric)
-        new, interval = metric_value(dict(after), metric)
-        row = {
-            "metric": metric,
-            "direction": direction,
-            "before": old,
-            "after": new,
-            "after_interval": interval,
-            "change": None,
-            "worse_by": None,
-            "regression": None,
-            "regressed": False,
-            "point_only": interval is None,
-            "differences": affected[metric],
-        }
-        if old is None and new is None:
-            row["verdict"] = "not comparable"
-        elif new is None:
-            row["verdict"] = "undefined after"
-            if max_regression is not None:
-                row["regression"], row["regressed"] = "regressed", True
-        elif old is None:
-            row["verdict"] = "new"
-        else:
-            row["change"] = new - old
-            row["worse_by"] = (old - new) if direction == "higher" else (new - old)
-            if abs(row["change"]) < 1e-12:
-                row["verdict"] = "unchanged"
-            else:
-                row["verdict"] = "worse" if row["worse_by"] > 0 else "improved"
-            if max_regression is not None:
-                row["regression"] = regression_status(
-                    old, new, interval, direction=direction, max_regression=max_regression
-                )
-                row["regressed"] = row["regression"] == "regressed"
-        rows.append(row)
+    rows = [_metric_row(name, old, new, affected[name], max_regression) for name in GATE_METRICS]
     regressed = [row["metric"] for row in rows if row["regression"] == "regressed"]
     undecided = [row["metric"] for row in rows if row["regression"] == "inconclusive"]
     return {
-        "before": _side(before),
-        "after": _side(after),
+        "before": _side(old),
+        "after": _side(new),
         "differences": [d.sentence for d in found],
         "metrics": rows,
-        "gates": {
-            "before": list(before.get("gates") or []),
-            "after": list(after.get("gates") or []),
-        },
+        "gates": {side: [g.to_dict() for g in r.gates or []] for side, r in (("before", old),
+                                                                         ("after", new))},
         "max_regression": max_regression,
         "inconclusive": policy,
         "regressed": regressed,
         "inconclusive_metrics": undecided,
         "passed": not regressed and (policy == "pass" or not undecided),
     }
+
+
+def _policy(result: AuditResult, given: str | None) -> str:
+    """``given``, else the result's ``gate_policy.inconclusive`` (default ``fail``)."""
+    spec = None if result.audit is None else result.audit.spec
+    gate_policy = None if spec is None else spec.gate_policy
+    recorded = None if gate_policy is None else gate_policy.inconclusive
+    policy = given or str(recorded or "fail")
+    if policy not in ("fail", "pass"):
+        raise InputError(f"--inconclusive {policy!r}: allowed: fail, pass")
+    return policy
+
+
+def _refuse_unlike(found: list) -> None:
+    more = f" (and {len(found) - 1} more difference{'s' * (len(found) > 2)})" if len(
+        found) > 1 else ""
+    raise InputError(
+        f"the results are not like for like: {found[0].sentence}{more}; compare audits "
+        "of the same data, features, labels, model and baselines, or pass "
+        "--allow-different to compare anyway with every affected row marked"
+    )
+
+
+def _metric_row(metric: str, before: AuditResult, after: AuditResult, affected: list[str],
+                max_regression: float | None) -> dict:
+    """One row of the comparison: both values, the change, its verdict and regression."""
+    from promptaudit.gates import metric_value
+
+    direction = GATE_METRICS[metric].direction
+    old, _ = metric_value(before, metric)
+    new, interval = metric_value(after, metric)
+    row = {
+        "metric": metric,
+        "direction": direction,
+        "before": old,
+        "after": new,
+        "after_interval": interval,
+        "change": None,
+        "worse_by": None,
+        "regression": None,
+        "regressed": False,
+        "point_only": interval is None,
+        "differences": affected,
+    }
+    if old is None and new is None:
+        row["verdict"] = "not comparable"
+    elif new is None:
+        row["verdict"] = "undefined after"
+        if max_regression is not None:
+            row["regression"], row["regressed"] = "regressed", True
+    elif old is None:
+        row["verdict"] = "new"
+    else:
+        row["change"] = new - old
+        row["worse_by"] = (old - new) if direction == "higher" else (new - old)
+        if abs(row["change"]) < 1e-12:
+            row["verdict"] = "unchanged"
+        else:
+            row["verdict"] = "worse" if row["worse_by"] > 0 else "improved"
+        if max_regression is not None:
+            row["regression"] = regression_status(
+                old, new, interval, direction=direction, max_regression=max_regression
+            )
+            row["regressed"] = row["regression"] == "regressed"
+    return row
 
 
 def regression_status(
@@ -207,15 +221,15 @@ def regression_status(
     return "regressed" if beyond else "inconclusive"
 
 
-def _side(result: Mapping) -> dict:
-    audit = result.get("audit") or {}
-    spec = audit.get("spec") or {}
+def _side(result: AuditResult) -> dict:
+    audit, integrity, provenance = result.audit, result.integrity, result.provenance
+    prompt = None if audit is None or audit.spec is None else audit.spec.extra.get("prompt")
     return {
-        "name": audit.get("name"),
-        "prompt": (spec.get("prompt") or {}).get("path"),
-        "passed": result.get("passed"),
-        "content_sha256": (result.get("integrity") or {}).get("content_sha256"),
-        "created_at": (result.get("provenance") or {}).get("created_at"),
+        "name": None if audit is None else audit.name,
+        "prompt": prompt.get("path") if isinstance(prompt, Mapping) else None,
+        "passed": result.passed,
+        "content_sha256": None if integrity is None else integrity.content_sha256,
+        "created_at": None if provenance is None else provenance.created_at,
     }
 
 

@@ -36,6 +36,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from promptaudit.errors import SpecError
+from promptaudit.result_types import SpecRecord
+from promptaudit.results import AuditResult, as_result
 from promptaudit.spec import GateSpec, InconclusivePolicy, safe_load_bounded
 
 __all__ = [
@@ -139,14 +141,79 @@ def _describe_gate(metric: str, feature: str | None, side: str, value: float,
     return f"{metric}{where} {side}: {value:g}{bound}"
 
 
-def run_setting_differences(result: Mapping[str, Any], policy: GatePolicy) -> list[dict]:
+def _weaker_inconclusive(spec: SpecRecord | None, policy: GatePolicy) -> list[dict]:
+    """The run let an inconclusive gate pass where the policy fails it."""
+    gate_policy = None if spec is None else spec.gate_policy
+    run = str((None if gate_policy is None else gate_policy.inconclusive) or "fail")
+    if policy.inconclusive is not InconclusivePolicy.FAIL or run == "fail":
+        return []
+    return [{
+        "kind": "inconclusive",
+        "run": f"gate_policy.inconclusive: {run}",
+        "policy": "inconclusive: fail",
+        "message": (
+            f"the run set gate_policy.inconclusive: {run}; the policy "
+            "requires inconclusive: fail (an uncertain gate must fail)"
+        ),
+    }]
+
+
+def _run_gates(spec: SpecRecord | None) -> list[GateSpec]:
+    """The run's own gates; an unreadable one covers nothing."""
+    out = []
+    for entry in (None if spec is None else spec.gates) or []:
+        try:
+            out.append(GateSpec.model_validate(entry.to_dict()))
+        except ValidationError:
+            continue
+    return out
+
+
+def _weaker_gate(required: GateSpec, side: str, threshold: float,
+                 run_gates: list[GateSpec]) -> dict | None:
+    """How the run's gates on ``required``'s metric, side and feature fall short of it, if so."""
+    wanted = _describe_gate(required.metric, required.feature, side, threshold,
+                            required.use_bound)
+    covering = [
+        (gate, value) for gate in run_gates for s, value in _gate_sides(gate)
+        if gate.metric == required.metric and s == side
+        and (gate.feature is None or gate.feature == required.feature)
+    ]
+    if not covering:
+        return {
+            "kind": "missing",
+            "run": None,
+            "policy": wanted,
+            "message": f"the run has no gate {required.metric}"
+            f"{' for ' + required.feature if required.feature else ''} {side}; "
+            f"the policy requires {wanted}",
+        }
+    sign = 1.0 if side == "min" else -1.0
+    gate, value = max(covering, key=lambda item: (sign * item[1], item[0].use_bound))
+    shown = _describe_gate(gate.metric, gate.feature, side, value, gate.use_bound)
+    if value < threshold if side == "min" else value > threshold:
+        return {"kind": "threshold", "run": shown, "policy": wanted,
+                "message": f"the run's gate {shown} is looser than the policy's {wanted}"}
+    if required.use_bound and not any(
+        g.use_bound and (v >= threshold if side == "min" else v <= threshold)
+        for g, v in covering
+    ):
+        return {"kind": "use_bound", "run": shown, "policy": wanted, "message": (
+            f"the run's gate {shown} reads the point value; the policy's {wanted} "
+            "reads the interval's conservative end"
+        )}
+    return None
+
+
+def run_setting_differences(result: AuditResult | Mapping[str, Any],
+                            policy: GatePolicy) -> list[dict]:
     """Where the run's own gate settings are weaker than the policy's.
 
     Parameters
     ----------
-    result : mapping
-        A result JSON object (its ``audit.spec`` holds the run's gates and
-        ``gate_policy``).
+    result : AuditResult or mapping
+        The result (its ``audit.spec`` holds the run's gates and ``gate_policy``); a
+        mapping is read leniently.
     policy : GatePolicy
 
     Returns
@@ -156,78 +223,21 @@ def run_setting_differences(result: Mapping[str, Any], policy: GatePolicy) -> li
         ``threshold``, ``use_bound``), ``run`` (the run's setting, or None when
         missing), ``policy`` (the policy's setting) and ``message`` naming both.
     """
-    spec = (result.get("audit") or {}).get("spec") or {}
-    out: list[dict] = []
-    run_inconclusive = str(((spec.get("gate_policy") or {}).get("inconclusive")) or "fail")
-    if policy.inconclusive is InconclusivePolicy.FAIL and run_inconclusive != "fail":
-        out.append({
-            "kind": "inconclusive",
-            "run": f"gate_policy.inconclusive: {run_inconclusive}",
-            "policy": "inconclusive: fail",
-            "message": (
-                f"the run set gate_policy.inconclusive: {run_inconclusive}; the policy "
-                "requires inconclusive: fail (an uncertain gate must fail)"
-            ),
-        })
-    run_gates = []
-    for entry in spec.get("gates") or []:
-        try:
-            run_gates.append(GateSpec.model_validate(entry))
-        except ValidationError:
-            continue  # an unreadable run gate covers nothing
-    for required in policy.gates:
-        for side, threshold in _gate_sides(required):
-            wanted = _describe_gate(required.metric, required.feature, side, threshold,
-                                    required.use_bound)
-            covering = [
-                (gate, value) for gate in run_gates for s, value in _gate_sides(gate)
-                if gate.metric == required.metric and s == side
-                and (gate.feature is None or gate.feature == required.feature)
-            ]
-            if not covering:
-                out.append({
-                    "kind": "missing",
-                    "run": None,
-                    "policy": wanted,
-                    "message": f"the run has no gate {required.metric}"
-                    f"{' for ' + required.feature if required.feature else ''} {side}; "
-                    f"the policy requires {wanted}",
-                })
-                continue
-
-            sign = 1.0 if side == "min" else -1.0
-            gate, value = max(covering, key=lambda item: (sign * item[1], item[0].use_bound))
-            shown = _describe_gate(gate.metric, gate.feature, side, value, gate.use_bound)
-            looser = value < threshold if side == "min" else value > threshold
-            if looser:
-                out.append({
-                    "kind": "threshold",
-                    "run": shown,
-                    "policy": wanted,
-                    "message": f"the run's gate {shown} is looser than the policy's {wanted}",
-                })
-            elif required.use_bound and not any(
-                g.use_bound and (v >= threshold if side == "min" else v <= threshold)
-                for g, v in covering
-            ):
-                out.append({
-                    "kind": "use_bound",
-                    "run": shown,
-                    "policy": wanted,
-                    "message": (
-                        f"the run's gate {shown} reads the point value; the policy's {wanted} "
-                        "reads the interval's conservative end"
-                    ),
-                })
-    return out
+    audit = as_result(result).audit
+    spec = None if audit is None else audit.spec
+    run_gates = _run_gates(spec)
+    found = [_weaker_gate(required, side, threshold, run_gates)
+             for required in policy.gates for side, threshold in _gate_sides(required)]
+    return _weaker_inconclusive(spec, policy) + [entry for entry in found if entry is not None]
 
 
-def check_result_against_policy(result: Mapping[str, Any], policy: GatePolicy) -> dict:
+def check_result_against_policy(result: AuditResult | Mapping[str, Any],
+                                policy: GatePolicy) -> dict:
     """Re-evaluate a result against the organisation's policy.
 
     Parameters
     ----------
-    result : mapping
+    result : AuditResult or mapping
         A result JSON object whose checksum (and signature, where the policy asks for
         one) the caller has verified (:func:`promptaudit.results.read_result_json`).
     policy : GatePolicy
@@ -243,7 +253,8 @@ def check_result_against_policy(result: Mapping[str, Any], policy: GatePolicy) -
     """
     from promptaudit.gates import evaluate_gates
 
-    gates = evaluate_gates(policy.gates, dict(result), inconclusive=policy.inconclusive)
+    result = as_result(result)
+    gates = evaluate_gates(policy.gates, result, inconclusive=policy.inconclusive)
     weaker = run_setting_differences(result, policy)
     gates_passed = all(entry["passed"] for entry in gates)
     return {

@@ -49,9 +49,11 @@ from pydantic import ValidationError
 
 from promptaudit.choices import GateStatus
 from promptaudit.errors import SpecError
+from promptaudit.metrics import GATE_METRICS, disparity_block
 from promptaudit.ratios import exact_threshold, rate_ratio
-from promptaudit.result_types import GateResult
-from promptaudit.spec import GATE_METRICS, GateSpec, InconclusivePolicy
+from promptaudit.result_types import BiasAuditResult, FeatureEntry, GateResult
+from promptaudit.results import AuditResult, as_result
+from promptaudit.spec import GateSpec, InconclusivePolicy
 
 __all__ = [
     "GateStatus",
@@ -145,9 +147,17 @@ def combined_status(statuses: Iterable[GateStatus | str]) -> GateStatus:
 
 
 def metric_value(
-    result: dict, metric: str, *, feature: str | None = None
+    result: AuditResult | Mapping[str, Any], metric: str, *, feature: str | None = None
 ) -> tuple[float | None, list | None]:
-    """Point value and bootstrap interval of a gate metric in a result dict.
+    """Point value and bootstrap interval of a gate metric (:mod:`promptaudit.metrics`).
+
+    Parameters
+    ----------
+    result : AuditResult or mapping
+        The typed result, or a result dict (read leniently, :func:`promptaudit.results.as_result`).
+    metric : str
+    feature : str, optional
+        For a disparity: that feature's value instead of the worst over features.
 
     Returns
     -------
@@ -155,34 +165,10 @@ def metric_value(
         ``value`` is None where the metric was not computed or is undefined;
         ``interval`` is ``[lo, hi]`` or None.
     """
-    section, key, _ = GATE_METRICS[metric]
-    fairness = result.get("fairness") or {}
-    if section == "task":
-        task = result.get("task") or {}
-        competence = task.get("competence") or {}
-        interval = None
-        if metric == "balanced_accuracy":
-            interval = competence.get("accuracy_interval")
-        elif metric == "accuracy_over_baseline":
-            interval = competence.get("accuracy_over_baseline_interval")
-        value = task.get(key)
-        if value is None and metric == "accuracy_over_baseline":
-            value = competence.get("accuracy_over_baseline")
-        return _number(value), _pair(interval)
-    if section == "bias_audit":  # None when not computed or any table has no defined ratio
-        bias_audit = result.get("bias_audit") or {}
-        return _number(bias_audit.get(key)), _pair(bias_audit.get(f"{key}_interval"))
-    if section == "counterfactual":
-        counterfactual = fairness.get("counterfactual") or {}
-        interval = counterfactual.get("flip_rate_interval") if key == "flip_rate" else None
-        return _number(counterfactual.get(key)), _pair(interval)
-    if feature is None:
-        block = fairness
-    else:
-        block = ((fairness.get("by_feature") or {}).get(feature)) or {}
-    value = _number((block.get("disparities") or {}).get(key))
-    interval = (block.get("disparity_intervals") or {}).get(key)
-    return value, _pair(interval)
+    result = as_result(result)
+    spec = GATE_METRICS[metric]
+    interval = None if spec.interval is None else spec.interval(result, feature)
+    return _number(spec.value(result, feature)), _pair(interval)
 
 
 def rows_to_decide(
@@ -226,7 +212,7 @@ def policy_of(spec: Mapping[str, Any] | None) -> str:
 
 def evaluate_gates(
     gates: Sequence[GateSpec | dict],
-    result: dict,
+    result: AuditResult | Mapping[str, Any],
     *,
     inconclusive: str | InconclusivePolicy = InconclusivePolicy.FAIL,
 ) -> list[dict]:
@@ -236,9 +222,9 @@ def evaluate_gates(
     ----------
     gates : sequence of GateSpec or dict
         The spec's gates.
-    result : dict
-        A result dict (``task``, ``fairness``; ``fairness.bootstrap`` tells
-        whether intervals were asked for).
+    result : AuditResult or mapping
+        The typed result, or a result dict read leniently (``task``, ``fairness``;
+        ``fairness.bootstrap`` tells whether intervals were asked for).
     inconclusive : {"fail", "pass"}
         What an inconclusive gate's ``passed`` is (``gate_policy.inconclusive``).
 
@@ -265,6 +251,7 @@ def evaluate_gates(
         raise SpecError(
             f"gate_policy.inconclusive: {inconclusive!r} is not allowed; allowed: fail, pass"
         ) from None
+    result = as_result(result)
     out = []
     for index, gate in enumerate(gates):
         if not isinstance(gate, GateSpec):
@@ -289,9 +276,7 @@ def _mark_point_only(entry: dict) -> dict:
     explicit marker (``point_only``), so a reader never mistakes a point verdict for
     one that weighed the uncertainty.
     """
-    from promptaudit.spec import INTERVAL_GATE_METRICS
-
-    if entry["metric"] not in INTERVAL_GATE_METRICS:
+    if GATE_METRICS[entry["metric"]].point_only:
         entry["point_only"] = True
         entry["message"] += " (point-only metric: it has no interval)"
     return entry
@@ -301,9 +286,9 @@ def _mark_point_only(entry: dict) -> dict:
 
 
 def _verdict(
-    gate: GateSpec, op: str, threshold: float, result: dict, policy: InconclusivePolicy
+    gate: GateSpec, op: str, threshold: float, result: AuditResult, policy: InconclusivePolicy
 ) -> dict:
-    section = GATE_METRICS[gate.metric][0]
+    section = GATE_METRICS[gate.metric].family
     point, interval = metric_value(result, gate.metric, feature=gate.feature)
     readings = _readings(result, gate, point, interval)
     expected = _intervals_expected(result, gate.metric)
@@ -368,70 +353,57 @@ def _verdict(
 
 
 def _readings(
-    result: dict, gate: GateSpec, point: float | None, interval: list | None
+    result: AuditResult, gate: GateSpec, point: float | None, interval: list | None
 ) -> list[Reading]:
     """Every figure the gate stands for: each feature's for a worst-value disparity gate."""
-    section, key, _ = GATE_METRICS[gate.metric]
-    fairness = result.get("fairness") or {}
-    by_feature = fairness.get("by_feature") or {}
-    if section == "bias_audit":
-        return [Reading(point, interval, None, _exact_min_impact_ratio(result, point))]
-    if section != "disparities":
+    family, key = GATE_METRICS[gate.metric].family, gate.metric
+    if family == "bias_audit":
+        return [Reading(point, interval, None, _exact_min_impact_ratio(result.bias_audit, point))]
+    if family != "disparities":
         return [Reading(point, interval)]
     if gate.feature is not None:
-        block = by_feature.get(gate.feature) or {}
+        block = disparity_block(result, gate.feature)
         return [Reading(point, interval, None, _exact_disparity(block, key, point))]
     out = []
-    for name, block in by_feature.items():
-        block = block if isinstance(block, Mapping) else {}
-        disparities = block.get("disparities") or {}
-        if key not in disparities:
+    by_feature = None if result.fairness is None else result.fairness.by_feature
+    for name, block in (by_feature or {}).items():
+        if key not in (block.disparities or {}):
             continue
-        value = _number(disparities.get(key))
-        out.append(Reading(
-            value,
-            _pair((block.get("disparity_intervals") or {}).get(key)),
-            str(name),
-            _exact_disparity(block, key, value),
-        ))
+        value = _number(block.disparities[key])
+        out.append(Reading(value, _pair((block.disparity_intervals or {}).get(key)), str(name),
+                           _exact_disparity(block, key, value)))
     return out or [Reading(point, interval)]
 
 
-def _exact_disparity(block: Mapping, key: str, value: float | None) -> Fraction | None:
+def _exact_disparity(block: FeatureEntry | None, key: str, value: float | None) -> Fraction | None:
     """``exact_disparities.<key>`` (``[numerator, denominator]``) of a feature, if recorded.
 
     Used only when it agrees with the float value (a result edited by hand keeps
     its float verdict rather than a stale exact one).
     """
-    pair = (block.get("exact_disparities") or {}).get(key)
+    pair = None if block is None else (block.exact_disparities or {}).get(key)
     return _agreeing_fraction(pair, value)
 
 
-def _exact_min_impact_ratio(result: dict, value: float | None) -> Fraction | None:
+def _exact_min_impact_ratio(audit: BiasAuditResult | None, value: float | None) -> Fraction | None:
     """The smallest impact ratio as a fraction of the tables' counts, if they hold them.
 
     Each table's ratio of a compared (not excluded) category is ``(n_selected / n) /
     (reference's n_selected / n)``; None when a table cannot be read that way.
     """
-    tables = (result.get("bias_audit") or {}).get("tables")
-    if value is None or not isinstance(tables, Mapping) or not tables:
+    if value is None or audit is None or not audit.tables:
         return None
     ratios = []
-    for table in tables.values():
-        if not isinstance(table, Mapping):
-            return None
-        rows = [row for row in table.get("rows") or [] if isinstance(row, Mapping)]
-        reference = next(
-            (row for row in rows if row.get("group") == table.get("reference_group")), None
-        )
+    for table in audit.tables.values():
+        rows = table.rows or []
+        reference = next((row for row in rows if row.group == table.reference_group), None)
         if reference is None:
             return None
         for row in rows:
-            if row.get("excluded") or row.get("impact_ratio") is None:
+            if row.excluded or row.impact_ratio is None:
                 continue
-            counts = [row.get("n_selected"), row.get("n"),
-                      reference.get("n_selected"), reference.get("n")]
-            if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts):
+            counts = [row.n_selected, row.n, reference.n_selected, reference.n]
+            if not all(c is not None and c >= 0 for c in counts):
                 return None
             ratio = rate_ratio(*counts)
             if ratio is None:
@@ -517,29 +489,32 @@ def _rows_for(undecided: list[Reading], op, threshold, n, confidence) -> int | N
     return max(needed) if needed else None
 
 
-def _intervals_expected(result: dict, metric: str) -> bool:
-    """Whether the audit asked for intervals that this metric should have."""
-    from promptaudit.spec import INTERVAL_GATE_METRICS
+def _spec_setting(result: AuditResult, section: str, key: str) -> Any:
+    """``audit.spec.<section>.<key>`` as the run recorded it (None where absent)."""
+    spec = None if result.audit is None else result.audit.spec
+    block = None if spec is None else spec.extra.get(section)
+    return block.get(key) if isinstance(block, Mapping) else None
 
-    if metric not in INTERVAL_GATE_METRICS:
+
+def _intervals_expected(result: AuditResult, metric: str) -> bool:
+    """Whether the audit asked for intervals that this metric should have."""
+    if GATE_METRICS[metric].point_only:
         return False
-    fairness = result.get("fairness") or {}
-    bootstrap = fairness.get("bootstrap")
+    bootstrap = None if result.fairness is None else result.fairness.bootstrap
     if bootstrap is None:
-        spec = (result.get("audit") or {}).get("spec") or {}
-        bootstrap = (spec.get("fairness") or {}).get("bootstrap", 0)
+        bootstrap = _spec_setting(result, "fairness", "bootstrap") or 0
     return isinstance(bootstrap, int) and not isinstance(bootstrap, bool) and bootstrap > 0
 
 
-def _confidence(result: dict, section: str) -> float:
-    fairness = result.get("fairness") or {}
-    sources = [fairness.get("confidence")]
+def _confidence(result: AuditResult, section: str) -> float:
+    fairness = result.fairness
+    sources = [None if fairness is None else fairness.confidence]
     if section == "counterfactual":
-        sources.insert(0, (fairness.get("counterfactual") or {}).get("confidence"))
+        sources.insert(0, _counterfactual(result, "confidence"))
     if section == "task":
-        sources.insert(0, ((result.get("task") or {}).get("competence") or {}).get("confidence"))
-    spec = (result.get("audit") or {}).get("spec") or {}
-    sources.append((spec.get("fairness") or {}).get("confidence"))
+        competence = None if result.task is None else result.task.competence
+        sources.insert(0, None if competence is None else competence.confidence)
+    sources.append(_spec_setting(result, "fairness", "confidence"))
     for value in sources:
         number = _number(value)
         if number is not None and 0 < number < 1:
@@ -547,31 +522,28 @@ def _confidence(result: dict, section: str) -> float:
     return 0.95
 
 
-def _sample_size(result: dict, section: str) -> tuple[int | None, str]:
+def _counterfactual(result: AuditResult, name: str) -> Any:
+    counterfactual = None if result.fairness is None else result.fairness.counterfactual
+    return None if counterfactual is None else getattr(counterfactual, name)
+
+
+def _sample_size(result: AuditResult, section: str) -> tuple[int | None, str]:
     if section == "counterfactual":
-        counterfactual = (result.get("fairness") or {}).get("counterfactual") or {}
-        n = counterfactual.get("n_tuples")
-        return (n if isinstance(n, int) else None), "tuples"
-    n = (result.get("task") or {}).get("n_examples")
-    return (n if isinstance(n, int) else None), "rows"
+        return _counterfactual(result, "n_tuples"), "tuples"
+    return (None if result.task is None else result.task.n_examples), "rows"
 
 
-def _missing_reason(result: dict, gate: GateSpec) -> str:
-    section, key, _ = GATE_METRICS[gate.metric]
-    fairness = result.get("fairness") or {}
-    if section == "disparities":
-        if gate.feature is None:
-            reasons = fairness.get("undefined") or {}
-        else:
-            reasons = ((fairness.get("by_feature") or {}).get(gate.feature) or {}).get(
-                "undefined"
-            ) or {}
-        if key in reasons:
-            return f"undefined: {reasons[key]}"
-    if section == "task" and key == "accuracy_over_baseline":
-        competence = (result.get("task") or {}).get("competence") or {}
-        if competence.get("reason"):
-            return f"not computed: {competence['reason']}"
+def _missing_reason(result: AuditResult, gate: GateSpec) -> str:
+    family = GATE_METRICS[gate.metric].family
+    if family == "disparities":
+        block = disparity_block(result, gate.feature)
+        reasons = (None if block is None else block.undefined) or {}
+        if gate.metric in reasons:
+            return f"undefined: {reasons[gate.metric]}"
+    if gate.metric == "accuracy_over_baseline":
+        competence = None if result.task is None else result.task.competence
+        if competence is not None and competence.reason:
+            return f"not computed: {competence.reason}"
     return "not computed"
 
 
@@ -579,7 +551,7 @@ def _message(
     gate, op, threshold, value, bound, status, passed, reason, interval,
     confidence, rows, unit, policy,
 ) -> str:
-    if GATE_METRICS[gate.metric][0] != "disparities":
+    if GATE_METRICS[gate.metric].family != "disparities":
         where = ""
     else:
         where = f" for {gate.feature}" if gate.feature else " (worst over features)"

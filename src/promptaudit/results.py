@@ -1,8 +1,9 @@
-"""The audit result: a dataclass over the JSON contract (schema_version "1").
+"""The audit result: a pydantic model of the JSON contract (schema_version "1").
 
-Sections are the typed dataclasses of :mod:`promptaudit.result_types`;
-:meth:`AuditResult.to_dict` writes the JSON the reports render from, and
-:func:`result_schema` is its JSON Schema (published as ``docs/result.schema.json``).
+Sections are the typed models of :mod:`promptaudit.result_types`;
+:meth:`AuditResult.to_dict` writes the JSON the reports render from (serialised and
+hashed once, there), :func:`read_result` is the strict reader of a result file and
+:func:`result_schema` the JSON Schema (published as ``docs/result.schema.json``).
 
 ``integrity.content_sha256`` is the sha256 of the canonical JSON of everything
 else: a *checksum* that catches accidental change (a truncated copy, a hand edit
@@ -21,11 +22,11 @@ import json
 import math
 import os
 import sys
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
-import numpy as np
+from pydantic import Field
 
 from promptaudit.errors import InputError
 from promptaudit.result_types import (
@@ -36,29 +37,19 @@ from promptaudit.result_types import (
     FairnessResult,
     GateResult,
     Integrity,
-    Malformed,
     ProjectionResult,
     Provenance,
     Section,
     TaskResult,
-    _parse,
     json_schema,
     optional,
+    to_jsonable,
 )
 
 __all__ = [
-    "SCHEMA_VERSION",
-    "AuditResult",
-    "to_jsonable",
-    "canonical_json",
-    "content_sha256",
-    "read_result_json",
-    "hmac_sha256",
-    "signing_key_from_env",
-    "SIGNING_KEY_ENV",
-    "RESULT_SCHEMA",
-    "result_schema",
-    "MAX_RESULT_DEPTH",
+    "SCHEMA_VERSION", "AuditResult", "as_result", "to_jsonable", "canonical_json",
+    "content_sha256", "read_result", "read_result_json", "hmac_sha256", "signing_key_from_env",
+    "SIGNING_KEY_ENV", "result_schema", "MAX_RESULT_DEPTH",
 ]
 
 #: Environment variable holding the signing key (never written to any file or log).
@@ -72,26 +63,23 @@ SCHEMA_VERSION = "1"
 _REQUIRED = ("schema_version", "audit", "provenance", "task", "fairness", "gates", "passed")
 
 
-@dataclass
 class AuditResult(Section):
     """Everything an audit found and where it came from: the typed result JSON.
 
-    Each section is a typed dataclass of :mod:`promptaudit.result_types`; a
-    section given as a plain dict (numpy scalars, tuples and NaN allowed) is
-    converted and checked, and a malformed one is refused with a one-line
-    :class:`~promptaudit.errors.InputError` naming the field.
+    Each section is a typed model of :mod:`promptaudit.result_types`; a section given
+    as a plain dict (numpy scalars, tuples and NaN allowed) is converted and checked.
+    ``AuditResult.from_dict(data)`` is the strict reader (``gate``, ``compare``),
+    ``from_dict(data, strict=False)`` the lenient one (the reports).
     """
 
-    TITLE: ClassVar[str] = "result"
     audit: AuditSection
     provenance: Provenance
     task: TaskResult
     projection: ProjectionResult | None = None
     attribution: AttributionResult | None = None
-    #: required; None only in a result read with ``strict=False`` that lacks it
-    fairness: FairnessResult = None  # type: ignore[assignment]
+    fairness: FairnessResult
     baselines: dict[str, BaselineResult] | None = None
-    gates: list[GateResult] = field(default_factory=list)
+    gates: list[GateResult] = Field(default_factory=list)
     passed: bool = True
     schema_version: Literal["1"] = SCHEMA_VERSION
     #: only when the spec has ``bias_audit``
@@ -100,22 +88,9 @@ class AuditResult(Section):
     mitigation: dict[str, Any] | None = optional(omit_none=True)
     #: written by :meth:`to_dict`, which computes it afresh
     integrity: Integrity | None = optional(omit_none=True)
-    extra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
-    _absent: frozenset[str] | None = field(default=None, init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        hints = self._hints()
-        for f in self._json_fields():
-            value = getattr(self, f.name)
-            if value is None or _is_typed(value) or not isinstance(value, dict | list | tuple):
-                continue
-            try:
-                setattr(self, f.name, _parse(to_jsonable(value), hints[f.name], f.name))
-            except Malformed as exc:
-                raise InputError(f"not a valid promptaudit result; {exc}") from None
 
     def to_dict(self, *, signing_key: bytes | None = None) -> dict:
-        """The contract's JSON object, with ``integrity`` added.
+        """The contract's JSON object, with ``integrity`` computed afresh.
 
         ``signing_key`` (default: ``PROMPTAUDIT_SIGNING_KEY`` from the environment,
         when set) adds ``integrity.hmac_sha256``.
@@ -130,13 +105,16 @@ class AuditResult(Section):
         return body
 
 
-def _is_typed(value: Any) -> bool:
-    """A section, or a non-empty list or dict of sections (already typed)."""
-    if isinstance(value, Section):
-        return True
-    items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
-    items = list(items)
-    return bool(items) and all(isinstance(item, Section) for item in items)
+def as_result(result: AuditResult | Mapping[str, Any] | None) -> AuditResult:
+    """The typed result; a mapping (JSON, or a stage's numpy values) is read leniently.
+
+    A missing, ``None`` or malformed field reads as ``None`` (an optional one as its
+    default), so a partial result (``{"task": ..., "fairness": ...}``) is read too.
+    """
+    if isinstance(result, AuditResult):
+        return result
+    data = to_jsonable(dict(result)) if isinstance(result, Mapping) else {}
+    return AuditResult.from_dict(data, strict=False)
 
 
 def result_schema() -> dict:
@@ -145,30 +123,7 @@ def result_schema() -> dict:
     ``docs/result.schema.json`` is this schema, published; ``scripts/make_result_schema.py``
     writes it.
     """
-    return json_schema(
-        AuditResult,
-        title=f"promptaudit result (schema_version {SCHEMA_VERSION})",
-    )
-
-
-def to_jsonable(value):
-    """Recursively convert numpy scalars/arrays, tuples and paths; NaN/inf become None."""
-    if isinstance(value, dict):
-        return {str(k): to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [to_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return to_jsonable(value.tolist())
-    if isinstance(value, np.bool_ | bool):
-        return bool(value)
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.floating | float):
-        number = float(value)
-        return None if math.isnan(number) or math.isinf(number) else number
-    if isinstance(value, Path):
-        return str(value)
-    return value
+    return json_schema(AuditResult, title=f"promptaudit result (schema_version {SCHEMA_VERSION})")
 
 
 def canonical_json(data: dict) -> str:
@@ -223,10 +178,6 @@ def hmac_sha256(data: dict, key: bytes) -> str:
     return hmac.new(key, canonical_json(body).encode("utf-8"), hashlib.sha256).hexdigest()
 
 
-#: JSON Schema of a result, generated from the typed sections (see :func:`result_schema`).
-RESULT_SCHEMA: dict = result_schema()
-
-
 def _depth_exceeds(text: str, limit: int) -> bool:
     """Whether JSON text nests deeper than ``limit`` (brackets outside strings, no recursion)."""
     depth, in_string, escaped = 0, False, False
@@ -276,36 +227,8 @@ def _refuse_constant(name: str):
     raise ValueError(f"{name} is not valid JSON (a number must be finite; use null)")
 
 
-def _schema_error_message(error) -> str:
-    where = ".".join(str(part) for part in error.absolute_path) or "the top level"
-    message = error.message
-    if len(message) > 160:
-        message = message[:157] + "..."
-    return f"{where}: {message}"
-
-
-def read_result_json(
-    path: str | Path, *, verify: bool = True, signing_key: bytes | None = None
-) -> dict:
-    """Read a result JSON, check its shape, its checksum and (with a key) its signature.
-
-    Parameters
-    ----------
-    path : str or Path
-    verify : bool
-        Check ``integrity.content_sha256`` (and the signature when a key is known).
-    signing_key : bytes, optional
-        Default: ``PROMPTAUDIT_SIGNING_KEY``. With a key, a result whose
-        ``integrity.hmac_sha256`` is missing or wrong is refused.
-
-    Raises
-    ------
-    InputError
-        One line naming the file and what is wrong with it.
-    """
-    import jsonschema
-
-    path = Path(path)
+def _result_text(path: Path) -> str:
+    """The file's text, refused when it is missing, too large, half-replaced or not UTF-8."""
     if not path.exists():
         raise InputError(f"{path}: result file not found")
     if path.is_dir():
@@ -322,18 +245,20 @@ def read_result_json(
                 "audit to write a whole set"
             )
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise InputError(f"{path}: not valid UTF-8 (byte {exc.start})") from None
+
+
+def _json_object(path: Path, text: str) -> dict:
+    """The JSON object in ``text``: not too deep, no NaN, every number a 64-bit float."""
     if _depth_exceeds(text, MAX_RESULT_DEPTH):
         raise InputError(
             f"{path}: JSON nested deeper than {MAX_RESULT_DEPTH} levels; not a promptaudit result"
         )
     try:
         data = json.loads(text, parse_constant=_refuse_constant)
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{path}: not valid JSON ({exc})".splitlines()[0]) from None
-    except (ValueError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # json.JSONDecodeError is a ValueError
         raise InputError(f"{path}: not valid JSON ({exc})".splitlines()[0]) from None
     if not isinstance(data, dict):
         raise InputError(f"{path}: expected a JSON object")
@@ -343,6 +268,11 @@ def read_result_json(
             f"{path}: {where}: a number out of range (beyond a 64-bit float, e.g. 1e309); "
             "not a promptaudit result"
         )
+    return data
+
+
+def _check_contract(path: Path, data: dict) -> AuditResult:
+    """``data`` read strictly as a result of this schema version; gates never silently lost."""
     missing = [key for key in _REQUIRED if key not in data]
     if missing:
         raise InputError(f"{path}: not a promptaudit result; missing keys: {', '.join(missing)}")
@@ -351,44 +281,86 @@ def read_result_json(
             f"{path}: schema_version {data['schema_version']!r} is not supported; "
             f"allowed: {SCHEMA_VERSION}"
         )
-    error = jsonschema.exceptions.best_match(
-        jsonschema.Draft202012Validator(RESULT_SCHEMA).iter_errors(data)
-    )
-    if error is not None:
-        raise InputError(f"{path}: not a valid promptaudit result; {_schema_error_message(error)}")
-    spec_gates = data["audit"]["spec"].get("gates")
-    if data["gates"] and not (isinstance(spec_gates, list) and spec_gates):
+    try:
+        result = AuditResult.from_dict(data)
+    except InputError as exc:
+        raise InputError(f"{path}: {exc}") from None
+    spec_gates = result.audit.spec.gates
+    if result.gates and not spec_gates:
         # deleted, renamed (a look-alike letter), null or emptied: `gate` would check nothing
         state = "empty" if isinstance(spec_gates, list) else "missing"
         raise InputError(
-            f"{path}: records {len(data['gates'])} gate result(s) but audit.spec.gates is "
+            f"{path}: records {len(result.gates)} gate result(s) but audit.spec.gates is "
             f"{state}; a result whose audit had gates never passes with 0 gates checked"
         )
+    return result
+
+
+def _verify(path: Path, data: dict, signing_key: bytes | None) -> None:
+    """Check the checksum, and the signature when a key is known."""
+    integrity = data.get("integrity") or {}
+    recorded = integrity.get("content_sha256")
+    if recorded is None:
+        raise InputError(f"{path}: has no integrity.content_sha256; cannot verify it")
+    if recorded != content_sha256(data):
+        raise InputError(
+            f"{path}: content does not match its integrity hash, a checksum: the file "
+            "changed after the audit wrote it (re-run the audit instead of editing its JSON; "
+            f"a checksum catches accidental change, a signature with {SIGNING_KEY_ENV} "
+            "catches deliberate edits)"
+        )
+    key = signing_key if signing_key is not None else signing_key_from_env()
+    if key is None:
+        return
+    signature = integrity.get("hmac_sha256")
+    if signature is None:
+        raise InputError(
+            f"{path}: has no integrity.hmac_sha256 signature but {SIGNING_KEY_ENV} is "
+            "set; only a result signed with the team's key is accepted"
+        )
+    expected = hmac_sha256(data, key).encode("ascii")
+    given = str(signature).encode("utf-8", "backslashreplace")  # any text, as bytes
+    if not hmac.compare_digest(given, expected):
+        raise InputError(
+            f"{path}: integrity.hmac_sha256 signature is wrong for {SIGNING_KEY_ENV}; "
+            "the result was changed after it was signed, or signed with another key"
+        )
+
+
+def read_result(
+    path: str | Path, *, verify: bool = True, signing_key: bytes | None = None
+) -> tuple[dict, AuditResult]:
+    """Read a result JSON strictly: its shape, its checksum and (with a key) its signature.
+
+    Parameters
+    ----------
+    path : str or Path
+    verify : bool
+        Check ``integrity.content_sha256`` (and the signature when a key is known).
+    signing_key : bytes, optional
+        Default: ``PROMPTAUDIT_SIGNING_KEY``. With a key, a result whose
+        ``integrity.hmac_sha256`` is missing or wrong is refused.
+
+    Returns
+    -------
+    (dict, AuditResult)
+        The JSON object as written and the typed result read from it.
+
+    Raises
+    ------
+    InputError
+        One line naming the file and what is wrong with it.
+    """
+    path = Path(path)
+    data = _json_object(path, _result_text(path))
+    result = _check_contract(path, data)
     if verify:
-        integrity = data.get("integrity") or {}
-        recorded = integrity.get("content_sha256")
-        if recorded is None:
-            raise InputError(f"{path}: has no integrity.content_sha256; cannot verify it")
-        if recorded != content_sha256(data):
-            raise InputError(
-                f"{path}: content does not match its integrity hash, a checksum: the file "
-                "changed after the audit wrote it (re-run the audit instead of editing its JSON; "
-                f"a checksum catches accidental change, a signature with {SIGNING_KEY_ENV} "
-                "catches deliberate edits)"
-            )
-        key = signing_key if signing_key is not None else signing_key_from_env()
-        if key is not None:
-            signature = integrity.get("hmac_sha256")
-            if signature is None:
-                raise InputError(
-                    f"{path}: has no integrity.hmac_sha256 signature but {SIGNING_KEY_ENV} is "
-                    "set; only a result signed with the team's key is accepted"
-                )
-            expected = hmac_sha256(data, key).encode("ascii")
-            given = str(signature).encode("utf-8", "backslashreplace")  # any text, as bytes
-            if not hmac.compare_digest(given, expected):
-                raise InputError(
-                    f"{path}: integrity.hmac_sha256 signature is wrong for {SIGNING_KEY_ENV}; "
-                    "the result was changed after it was signed, or signed with another key"
-                )
-    return data
+        _verify(path, data, signing_key)
+    return data, result
+
+
+def read_result_json(
+    path: str | Path, *, verify: bool = True, signing_key: bytes | None = None
+) -> dict:
+    """The JSON object of a result file, checked as :func:`read_result` checks it."""
+    return read_result(path, verify=verify, signing_key=signing_key)[0]
