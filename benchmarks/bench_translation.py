@@ -19,6 +19,11 @@ soft prompt's decisions:
 
 Prints agreement with a 95% Wilson interval, accuracy, whole-word share, round trip,
 wall and CPU seconds and the load average, and writes ``--out`` (JSON).
+
+``--ceiling`` measures instead how firmly the soft prompt itself decides the held-out rows
+(borderline rows, agreement after random moves the size of the distance to the nearest
+word, and with ``--other-prompt`` a prompt trained with another seed): the level a
+translation can be expected to reach.
 """
 
 from __future__ import annotations
@@ -97,9 +102,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--sweeps", type=int, default=TranslateSettings.sweeps)
     parser.add_argument("--top-k", type=int, default=TranslateSettings.top_k)
     parser.add_argument("--search-rows", type=int, default=TranslateSettings.search_rows)
-    parser.add_argument("--hinge", type=float, default=TranslateSettings.hinge)
-    parser.add_argument("--share-words", action=argparse.BooleanOptionalAction,
-                        default=TranslateSettings.share_words)
     parser.add_argument("--lr", type=float, default=TranslateSettings.learning_rate)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-baselines", action="store_true")
@@ -174,8 +176,7 @@ def main() -> None:
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
     prompted, texts, labels = load_case(args.case, args.prompt, args.rows)
     settings = TranslateSettings(steps=args.steps, restarts=args.restarts, seed=args.seed,
-                                 sweeps=args.sweeps, top_k=args.top_k, hinge=args.hinge,
-                                 share_words=args.share_words,
+                                 sweeps=args.sweeps, top_k=args.top_k,
                                  search_rows=args.search_rows, learning_rate=args.lr)
     print(f"case {args.case}: {prompted.num_virtual_tokens} virtual tokens, {len(texts)} rows, "
           f"threads {torch.get_num_threads()}, load {os.getloadavg()}")

@@ -13,9 +13,7 @@ from promptaudit.prompted import PromptedModel, load_prompted_model
 from promptaudit.translation import (
     SEVERAL_READINGS_SENTENCE,
     TranslateSettings,
-    _hinge,
     _repair_round_trip,
-    _Search,
     _uniqueness,
     readable_vocabulary,
     round_trip_ids,
@@ -143,68 +141,6 @@ def test_a_prompt_made_of_allowed_words_is_translated_back_to_those_words(tiny):
     assert translation["seeds"] == [0, 1] and len(translation["runs"]) == 2
 
 
-def test_hinge_matches_a_direct_computation():
-    """max(0, min(1, m_soft) - m_hard), m = log p(soft decision) - best other log p."""
-    soft_logits = [[2.0, 0.0, -1.0], [0.1, 0.0, 0.3], [-3.0, 3.0, 0.0]]
-    hard_logits = [[[0.0, 1.0, 0.0], [0.5, 0.0, 0.0], [0.0, 3.5, 0.0]],
-                   [[3.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 1.0]]]
-    soft = torch.log_softmax(torch.tensor(soft_logits), -1)
-    hard = torch.log_softmax(torch.tensor(hard_logits), -1)
-    expected = []
-    for candidate in hard_logits:
-        row_values = []
-        for s_row, h_row in zip(soft_logits, candidate, strict=True):
-            decision = max(range(3), key=lambda j, r=s_row: r[j])
-            # log-softmax differences equal logit differences
-            m_soft = s_row[decision] - max(v for j, v in enumerate(s_row) if j != decision)
-            m_hard = h_row[decision] - max(v for j, v in enumerate(h_row) if j != decision)
-            row_values.append(max(0.0, min(1.0, m_soft) - m_hard))
-        expected.append(row_values)
-    # row 1 of candidate 0: target min(1, 2) = 1, m_hard = 0 - 1 = -1 -> 2
-    assert expected[0][0] == pytest.approx(2.0)
-    assert np.allclose(_hinge(soft, hard).numpy(), expected, atol=1e-5)
-    assert _hinge(soft, hard[0]).tolist() == pytest.approx(expected[0], abs=1e-5)
-
-
-def test_the_hinge_objective_keeps_the_known_best_words(tiny):
-    """The soft prompt's own words have KL 0 and hinge 0: the decision-targeting
-    objective must keep them too."""
-    target = ["great", "movie", "hated", "plot"]
-    translation = translate_prompt(_prompted(tiny, target), _texts(40),
-                                   settings=TranslateSettings(**FAST, hinge=1.0))
-    assert translation["words"] == target
-    assert translation["fidelity"]["agreement"] == 1.0
-    assert translation["settings"]["hinge"] == 1.0
-
-
-def test_the_coordinate_search_tries_an_earlier_runs_words(tiny):
-    """``share_words``: the search from ``the and it was`` also tries, at each position,
-    the words of an earlier run (the soft prompt's own). It must move only to such
-    words, and only where that lowers the KL, computed here from ``predict_proba``."""
-    target = ["great", "movie", "hated", "plot"]
-    prompted = _prompted(tiny, target)
-    allowed, _ = readable_vocabulary(prompted.tokenizer, len(VOCAB))
-    words = [VOCAB[i] for i in allowed.tolist()]
-    texts = _texts(40)
-    search = _Search(prompted, allowed, texts[:24], texts[24:],
-                     TranslateSettings(**{**FAST, "top_k": 1, "sweeps": 3}))
-    start = torch.tensor([words.index(w) for w in ["the", "and", "it", "was"]])
-    earlier = torch.tensor([words.index(w) for w in target])
-    alone = search.coordinate_search(0, start, search.words[start])[0]
-    shared = search.coordinate_search(0, start, search.words[start], [earlier])[0]
-    changed = [p for p in range(4) if shared[p] != alone[p]]
-    assert changed and all(shared[p] == earlier[p] for p in changed)
-
-    soft = prompted.predict_proba(texts[:24])
-
-    def kl(index: torch.Tensor) -> float:
-        hard = prompted.with_prompt(prompted.word_embeddings[allowed[index]]).predict_proba(
-            texts[:24])
-        return float((soft * np.log(soft / hard)).sum(axis=1).mean())
-
-    assert kl(shared) < kl(alone)
-
-
 def test_translation_improves_on_a_prompt_off_the_vocabulary(tiny):
     """A soft prompt between words: the search must reach at least the nearest words'
     agreement on held-out rows (its validation selection never does worse there by much)."""
@@ -277,8 +213,6 @@ def test_bad_settings_are_named():
         TranslateSettings(restarts=1)
     with pytest.raises(InputError, match="translate.steps: 0"):
         TranslateSettings(steps=0)
-    with pytest.raises(InputError, match="translate.hinge: -1"):
-        TranslateSettings(hinge=-1)
 
 
 def test_too_few_texts_are_refused(tiny):

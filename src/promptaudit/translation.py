@@ -158,13 +158,6 @@ class TranslateSettings:
         Most coordinate-search sweeps over all positions.
     search_rows : int
         Optimisation rows that score coordinate-search candidates.
-    hinge : float
-        Weight of a hinge term added to the KL: per row ``max(0, min(1, m_soft) - m_hard)``,
-        ``m`` the log-probability margin of the soft prompt's decision over the next label
-        (0: the KL alone).
-    share_words : bool
-        Whether each seed's coordinate search also tries, at every position, the words the
-        earlier seeds ended with (combining the runs' best positions).
     validation_fraction, heldout_fraction : float
         Shares of the texts kept for validation and for the held-out fidelity.
     """
@@ -180,8 +173,6 @@ class TranslateSettings:
     top_k: int = 3
     sweeps: int = 1
     search_rows: int = 32
-    hinge: float = 0.0
-    share_words: bool = False
     validation_fraction: float = 0.2
     heldout_fraction: float = 0.3
 
@@ -195,11 +186,6 @@ class TranslateSettings:
                 raise InputError(f"translate.{name}: {value!r}; must be an integer >= 1")
         if isinstance(self.sweeps, bool) or not isinstance(self.sweeps, int) or self.sweeps < 0:
             raise InputError(f"translate.sweeps: {self.sweeps!r}; must be an integer >= 0")
-        if not isinstance(self.share_words, bool):
-            raise InputError(f"translate.share_words: {self.share_words!r}; must be true or "
-                             "false")
-        if not 0 <= self.hinge <= 100:
-            raise InputError(f"translate.hinge: {self.hinge!r}; must be in [0, 100]")
         if not 0 < self.learning_rate <= 10:
             raise InputError(f"translate.learning_rate: {self.learning_rate!r}; must be in (0, 10]")
         for name in ("validation_fraction", "heldout_fraction"):
@@ -404,25 +390,6 @@ def _kl(soft_logp: torch.Tensor, hard_logp: torch.Tensor) -> torch.Tensor:
     return (soft_logp.exp() * (soft_logp - hard_logp)).sum(dim=-1).mean()
 
 
-def _hinge(soft_logp: torch.Tensor, hard_logp: torch.Tensor) -> torch.Tensor:
-    """Per-row hinge on the soft prompt's decision ``(..., n_rows)``.
-
-    ``max(0, min(1, m_soft) - m_hard)`` with ``m = log p(decision) - max_other log p``,
-    the decision being the soft prompt's argmax: zero once the hard prompt decides like
-    the soft prompt at least as firmly (up to a margin of 1 nat).
-    ``soft_logp`` is ``(n_rows, n_labels)``, ``hard_logp`` ``(..., n_rows, n_labels)``.
-    """
-    decision = soft_logp.argmax(-1, keepdim=True)
-    target = _margin(soft_logp, decision).clamp(max=1.0)
-    return torch.relu(target - _margin(hard_logp, decision.expand(*hard_logp.shape[:-1], 1)))
-
-
-def _margin(logp: torch.Tensor, decision: torch.Tensor) -> torch.Tensor:
-    """``log p(decision) - max over the other labels of log p``, ``(..., n_rows)``."""
-    chosen = logp.gather(-1, decision).squeeze(-1)
-    return chosen - logp.scatter(-1, decision, float("-inf")).max(-1).values
-
-
 def _normalized(matrix: torch.Tensor) -> torch.Tensor:
     return matrix / matrix.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
@@ -443,7 +410,6 @@ class _Run:
     sweeps: int
     seconds: float
     candidates: list[list[int]] = field(default_factory=list)
-    word_index: torch.Tensor | None = None
 
 
 class _Search:
@@ -504,11 +470,8 @@ class _Search:
                 projected.to(self.dtype), embeds, encoded.attention_mask,
                 encoded.token_type_ids, encoded.readout_index,
             )
-            soft = self.opt_soft[index.to(logits.device)]
-            hard_logp = torch.log_softmax(logits.float(), dim=-1)
-            loss = _kl(soft, hard_logp)
-            if s.hinge > 0:
-                loss = loss + s.hinge * _hinge(soft, hard_logp).mean()
+            loss = _kl(self.opt_soft[index.to(logits.device)],
+                       torch.log_softmax(logits.float(), dim=-1))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -592,8 +555,6 @@ class _Search:
                     )
                     logp = torch.log_softmax(logits.float(), dim=-1).view(k, rows, -1)
                     kl = (soft.exp() * (soft - logp)).sum(-1).sum(-1)
-                    if self.settings.hinge > 0:
-                        kl = kl + self.settings.hinge * _hinge(soft, logp).sum(-1)
                     totals[c0:c0 + k] += kl.double().cpu()
                 count += rows
         return totals / max(count, 1)
@@ -607,21 +568,13 @@ class _Search:
                                                 readout)
             logp = torch.log_softmax(logits.float(), dim=-1)
             soft = self.opt_soft[index.to(logp.device)]
-            loss = (soft.exp() * (soft - logp)).sum()
-            if self.settings.hinge > 0:
-                loss = loss + self.settings.hinge * _hinge(soft, logp).sum()
-            loss.backward()
+            (soft.exp() * (soft - logp)).sum().backward()
             total += len(index)
         return prompt.grad / max(total, 1)
 
-    def coordinate_search(self, seed: int, word_index: torch.Tensor, continuous: torch.Tensor,
-                          shared: Sequence[torch.Tensor] = ()
-                          ) -> tuple[torch.Tensor, int, list[list[int]]]:
-        """Greedy sweeps over positions with exact scoring of ``top_k`` candidates each.
-
-        ``shared``: word indices ``(n_positions,)`` of earlier runs, whose word at each
-        position is tried too.
-        """
+    def coordinate_search(self, seed: int, word_index: torch.Tensor,
+                          continuous: torch.Tensor) -> tuple[torch.Tensor, int, list[list[int]]]:
+        """Greedy sweeps over positions with exact scoring of ``top_k`` candidates each."""
         s = self.settings
         current = word_index.clone()
         best_index, best_score = current.clone(), self.validate(current)
@@ -639,8 +592,7 @@ class _Search:
             generator = torch.Generator().manual_seed(seed * 1000 + sweep)
             for position in torch.randperm(len(current), generator=generator).tolist():
                 options = [o for o in dict.fromkeys(near[position].tolist()
-                                                    + flips[position].tolist()
-                                                    + [int(w[position]) for w in shared])
+                                                    + flips[position].tolist())
                            if o != int(current[position])]
                 if not options:
                     continue
@@ -669,18 +621,16 @@ class _Search:
         candidates = [[int(self.allowed_ids[j]) for j in row] for row in repair.tolist()]
         return best_index, sweeps_done, candidates
 
-    def run(self, seed: int, shared: Sequence[torch.Tensor] = ()) -> _Run:
-        """PEZ, then the coordinate search (trying ``shared`` runs' words too), validated."""
+    def run(self, seed: int) -> _Run:
         start = time.perf_counter()
         torch.manual_seed(seed)
         word_index, continuous, steps = self.pez(seed)
-        word_index, sweeps, candidates = self.coordinate_search(seed, word_index, continuous,
-                                                                shared)
+        word_index, sweeps, candidates = self.coordinate_search(seed, word_index, continuous)
         agreement, kl = self.validate(word_index)
         ids = [int(self.allowed_ids[j]) for j in word_index.tolist()]
         return _Run(seed=seed, ids=ids, validation_agreement=agreement, validation_kl=kl,
                     steps=steps, sweeps=sweeps, seconds=time.perf_counter() - start,
-                    candidates=candidates, word_index=word_index)
+                    candidates=candidates)
 
 
 # ---------------------------------------------------------------- entry point
@@ -768,17 +718,12 @@ def _nearest_words(prompted, allowed: torch.Tensor, held_texts: list[str],
 
 def _search_runs(prompted, allowed: torch.Tensor, rows_opt: list[str], rows_val: list[str],
                  settings: TranslateSettings, seeds: list[int]) -> list[_Run]:
-    """One search run per seed, on a float32 copy of the model (later seeds may try the
-    earlier seeds' words: :attr:`TranslateSettings.share_words`)."""
+    """One search run per seed, on a float32 copy of the model."""
     from promptaudit.prompted import float32_model
 
     with float32_model(prompted) as model32:
         search = _Search(model32, allowed, rows_opt, rows_val, settings)
-        runs: list[_Run] = []
-        for seed in seeds:
-            shared = [run.word_index for run in runs] if settings.share_words else []
-            runs.append(search.run(seed, shared))
-        return runs
+        return [search.run(seed) for seed in seeds]
 
 
 def translate_prompt(
