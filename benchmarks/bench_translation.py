@@ -19,6 +19,11 @@ soft prompt's decisions:
 
 Prints agreement with a 95% Wilson interval, accuracy, whole-word share, round trip,
 wall and CPU seconds and the load average, and writes ``--out`` (JSON).
+
+``--ceiling`` measures instead how firmly the soft prompt itself decides the held-out rows
+(borderline rows, agreement after random moves the size of the distance to the nearest
+word, and with ``--other-prompt`` a prompt trained with another seed): the level a
+translation can be expected to reach.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ import torch
 from promptaudit.prompted import load_prompted_model
 from promptaudit.translation import (
     TranslateSettings,
+    _nearest_words,
     _Search,
     readable_vocabulary,
     round_trip_ids,
@@ -86,7 +92,7 @@ def agreement(prompted, ids, texts, soft_pred, labels):
             "accuracy": None if labels is None else float((pred == labels).mean())}
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--case", choices=["demo", "sst2"], default="demo")
     parser.add_argument("--prompt", default=None)
@@ -101,27 +107,74 @@ def main() -> None:
     parser.add_argument("--no-baselines", action="store_true")
     parser.add_argument("--no-plain-pez", action="store_true",
                         help="skip the plain PEZ baseline (keep the nearest words)")
+    parser.add_argument("--ceiling", action="store_true",
+                        help="only measure how stable the soft prompt's own decisions are")
+    parser.add_argument("--other-prompt", default=None,
+                        help="with --ceiling: a prompt trained with another seed to compare")
     parser.add_argument("--out", default=None)
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def load_case(case: str, prompt: str | None, rows: int):
+    """``(prompted, texts, labels (n,))`` of the demo or the SST-2 case."""
+    default = "src/promptaudit/demo_prompt" if case == "demo" else "benchmarks/results/sst2_prompt"
+    prompted, _, _ = load_prompted_model("builtin:minilm", prompt or str(ROOT / default),
+                                         device="cpu", max_length=64)
+    if case == "sst2":
+        texts, labels = sst2_rows(rows)
+        return prompted, texts, np.asarray(labels)
+    from promptaudit.data import encode_labels, load_table
+
+    frame = load_table("builtin:screening", required_columns=["text", "label"])
+    labels = encode_labels(frame["label"], prompted.labels, source="builtin:screening",
+                           column="label")
+    return prompted, frame["text"].astype(str).tolist(), np.asarray(labels)
+
+
+def ceiling(prompted, held_texts, soft_proba, allowed, other_prompt=None, draws=5) -> dict:
+    """How firmly the soft prompt itself decides the held-out rows.
+
+    * ``borderline_share``: rows whose two top label probabilities differ by < 0.2;
+    * ``perturbed``: agreement with the soft prompt's own decisions after moving each
+      virtual token a random direction (seeded Gaussian, unit norm) times ``scale`` times
+      its Euclidean distance to its nearest allowed word (cosine), ``draws`` draws each;
+    * ``other_seed``: agreement of a prompt trained with another seed (same data).
+    """
+    from promptaudit.translation import _nearest, _normalized
+
+    soft_pred = soft_proba.argmax(1)
+    top_two = np.sort(soft_proba, axis=1)[:, -2:]
+    out = {"borderline_share": float((top_two[:, 1] - top_two[:, 0] < 0.2).mean())}
+    prompt = prompted.prompt.detach().float()
+    words = prompted.word_embeddings.detach()[allowed].float()
+    nearest = words[_nearest(prompt, _normalized(words))[:, 0]]
+    distance = (nearest - prompt).norm(dim=-1, keepdim=True)  # (n_positions, 1)
+    out["distance_to_nearest_word"] = float(distance.mean())
+    out["prompt_norm"] = float(prompt.norm(dim=-1).mean())
+    generator = torch.Generator().manual_seed(0)
+    for scale in (0.25, 0.5, 1.0):
+        agreements = []
+        for _ in range(draws):
+            direction = _normalized(torch.randn(prompt.shape, generator=generator))
+            moved = prompted.with_prompt(prompt + scale * distance * direction)
+            agree = moved.predict_proba(held_texts).argmax(1) == soft_pred
+            agreements.append(float(agree.mean()))
+        out[f"perturbed_{scale:g}"] = {"mean": float(np.mean(agreements)),
+                                       "min": min(agreements), "max": max(agreements)}
+    if other_prompt:
+        other, _, _ = load_prompted_model("builtin:minilm", other_prompt, device="cpu",
+                                          max_length=64)
+        agree = int((other.predict_proba(held_texts).argmax(1) == soft_pred).sum())
+        out["other_seed"] = {"agreement": agree / len(held_texts),
+                             "interval": wilson_interval(agree, len(held_texts))}
+    return out
+
+
+def main() -> None:
+    args = parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
-
-    if args.case == "demo":
-        from promptaudit.data import encode_labels, load_table
-
-        prompt = args.prompt or str(ROOT / "src" / "promptaudit" / "demo_prompt")
-        prompted, _, _ = load_prompted_model("builtin:minilm", prompt, device="cpu",
-                                             max_length=64)
-        frame = load_table("builtin:screening", required_columns=["text", "label"])
-        texts = frame["text"].astype(str).tolist()
-        labels = encode_labels(frame["label"], prompted.labels, source="builtin:screening",
-                               column="label")
-    else:
-        prompt = args.prompt or str(ROOT / "benchmarks" / "results" / "sst2_prompt")
-        prompted, _, _ = load_prompted_model("builtin:minilm", prompt, device="cpu",
-                                             max_length=64)
-        texts, labels = sst2_rows(args.rows)
-    labels = np.asarray(labels)
+    prompted, texts, labels = load_case(args.case, args.prompt, args.rows)
     settings = TranslateSettings(steps=args.steps, restarts=args.restarts, seed=args.seed,
                                  sweeps=args.sweeps, top_k=args.top_k,
                                  search_rows=args.search_rows, learning_rate=args.lr)
@@ -129,8 +182,25 @@ def main() -> None:
           f"threads {torch.get_num_threads()}, load {os.getloadavg()}")
     _, _, held = split_rows(len(texts), settings)
     held_texts = [texts[i] for i in held]
-    soft_pred = prompted.predict_proba(held_texts).argmax(1)
+    soft_proba = prompted.predict_proba(held_texts)
+    soft_pred = soft_proba.argmax(1)
     report = {"case": args.case, "rows": len(texts), "settings": settings.__dict__}
+    allowed, _ = readable_vocabulary(prompted.tokenizer, prompted.word_embeddings.shape[0])
+    if args.ceiling:
+        report["ceiling"] = ceiling(prompted, held_texts, soft_proba, allowed, args.other_prompt)
+        print(json.dumps(report["ceiling"], indent=1))
+    else:
+        translate_and_compare(args, prompted, texts, labels, held, soft_pred, settings, report)
+    report["load_after"] = os.getloadavg()
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
+
+
+def translate_and_compare(args, prompted, texts, labels, held, soft_pred, settings,
+                          report) -> None:
+    """The baselines and the translation on the held-out rows, printed and put in ``report``."""
+    held_texts = [texts[i] for i in held]
     allowed, _ = readable_vocabulary(prompted.tokenizer, prompted.word_embeddings.shape[0])
     allowed_set = set(allowed.tolist())
 
@@ -149,11 +219,8 @@ def main() -> None:
               + (f"wall {seconds:.0f}s cpu {cpu:.0f}s " if seconds else "") + f"| {text}")
 
     if not args.no_baselines:
-        from promptaudit.translation import _nearest, _normalized
-
-        weights = prompted.word_embeddings.detach()
-        index = _nearest(prompted.prompt.float(), _normalized(weights[allowed].float()))[:, 0]
-        describe("nearest words", [int(allowed[j]) for j in index.tolist()])
+        nearest = _nearest_words(prompted, allowed, held_texts, soft_pred, labels[held])
+        describe("nearest words", nearest["token_ids"])
     if not args.no_baselines and not args.no_plain_pez:
         wall, cpu = time.perf_counter(), time.process_time()
         ids = plain_pez(prompted, texts, settings)
@@ -170,10 +237,6 @@ def main() -> None:
     print(f"   soft prompt accuracy {translation['accuracy']['soft_prompt']}; load after "
           f"{os.getloadavg()}")
     report["translation_result"] = translation
-    report["load_after"] = os.getloadavg()
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -219,6 +219,31 @@ def _reference_word_id(tokenizer, candidates: Sequence[int]) -> int:
     return int(candidates[0])
 
 
+def _word_list_ids(tokenizer, path: Path, allowed: set[int]) -> tuple[list[int], list[str]]:
+    """Token ids (ascending) of the words of ``path`` that are one allowed token each.
+
+    Returns the ids and the words dropped (not one allowed token with or without a
+    leading space).
+    """
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(WORD_LIST_MESSAGE.format(path=path, detail=str(exc))) from exc
+    words = list(dict.fromkeys(w.strip() for w in lines if w.strip()))
+    if not words:
+        raise InputError(WORD_LIST_MESSAGE.format(path=path, detail="no words"))
+    wanted: list[int] = []
+    dropped: list[str] = []
+    for word in words:
+        ids = _encode(tokenizer, word)
+        pick = ids if len(ids) == 1 else _encode(tokenizer, " " + word)
+        if len(pick) == 1 and pick[0] in allowed:
+            wanted.append(pick[0])
+        else:
+            dropped.append(word)
+    return sorted(set(wanted)), dropped
+
+
 def readable_vocabulary(
     tokenizer,
     vocab_rows: int,
@@ -245,30 +270,11 @@ def readable_vocabulary(
         ``{"source", "size", "rule", "dropped"}`` (``dropped``: words of the
         list that are not one whole-word token).
     """
-    mask = vocabulary_mask(tokenizer, vocab_rows)
-    candidate_ids = torch.nonzero(mask).flatten().tolist()
+    candidate_ids = torch.nonzero(vocabulary_mask(tokenizer, vocab_rows)).flatten().tolist()
     dropped: list[str] = []
     if word_list is not None:
-        path = Path(word_list)
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise InputError(WORD_LIST_MESSAGE.format(path=path, detail=str(exc))) from exc
-        words = list(dict.fromkeys(w.strip() for w in lines if w.strip()))
-        if not words:
-            raise InputError(WORD_LIST_MESSAGE.format(path=path, detail="no words"))
-        wanted: list[int] = []
-        allowed = set(candidate_ids)
-        for word in words:
-            ids = _encode(tokenizer, word)
-            spaced = _encode(tokenizer, " " + word)
-            pick = ids if len(ids) == 1 else spaced
-            if len(pick) == 1 and pick[0] in allowed:
-                wanted.append(pick[0])
-            else:
-                dropped.append(word)
-        candidate_ids = sorted(set(wanted))
-        source = str(path)
+        candidate_ids, dropped = _word_list_ids(tokenizer, Path(word_list), set(candidate_ids))
+        source = str(Path(word_list))
         rule = "words of the list that are one whole-word, round-trip-safe token"
     else:
         source = "words"
@@ -661,6 +667,65 @@ def _words(tokenizer, ids: Sequence[int]) -> list[str]:
     return [_decode(tokenizer, [i]).strip() for i in ids]
 
 
+def _checked_inputs(prompted, texts: Sequence[str],
+                    label_ids: Sequence[int] | None) -> tuple[list[str], np.ndarray | None]:
+    """The texts as strings and the labels as ``(n,)`` int64, or a one-line InputError."""
+    if prompted.prompt is None:
+        raise InputError(NO_PROMPT_MESSAGE)
+    texts = [str(t) for t in texts]
+    if not texts:
+        raise InputError(NO_TEXTS_MESSAGE)
+    need = 6
+    if len(texts) < need:
+        raise InputError(TOO_FEW_TEXTS_MESSAGE.format(n=len(texts), need=need))
+    if label_ids is None:
+        return texts, None
+    labels = np.asarray(list(label_ids), dtype=np.int64)
+    if labels.shape != (len(texts),):
+        raise InputError(f"label_ids: {labels.shape[0]} labels for {len(texts)} texts; "
+                         "expected one label index per text")
+    return texts, labels
+
+
+def _run_dict(prompted, run: _Run, held_texts: list[str], soft_pred: np.ndarray,
+              held_labels: np.ndarray | None) -> dict:
+    """One run's words after the round-trip repair, measured on the held-out rows."""
+    tokenizer = prompted.tokenizer
+    ids, repaired = _repair_round_trip(tokenizer, run.ids, run.candidates)
+    measured = _measure(prompted, ids, held_texts, soft_pred, held_labels)
+    return {
+        "seed": run.seed, "text": _decode(tokenizer, ids), "token_ids": ids,
+        "words": _words(tokenizer, ids), "round_trip_exact": round_trip_ids(tokenizer, ids),
+        "repaired_positions": repaired,
+        "agreement": measured["agreement"], "interval": measured["agreement_interval"],
+        "accuracy": measured["accuracy"],
+        "validation_agreement": run.validation_agreement, "steps": run.steps,
+        "sweeps": run.sweeps, "seconds": run.seconds,
+    }
+
+
+def _nearest_words(prompted, allowed: torch.Tensor, held_texts: list[str],
+                   soft_pred: np.ndarray, held_labels: np.ndarray | None) -> dict:
+    """The baseline: each virtual token's nearest allowed word (cosine), measured."""
+    words_unit = _normalized(prompted.word_embeddings.detach()[allowed].float().cpu())
+    index = _nearest(prompted.prompt.detach().float().cpu(), words_unit)[:, 0]
+    ids = [int(allowed[j]) for j in index.tolist()]
+    measured = _measure(prompted, ids, held_texts, soft_pred, held_labels)
+    return {"text": _decode(prompted.tokenizer, ids), "token_ids": ids,
+            "agreement": measured["agreement"], "interval": measured["agreement_interval"],
+            "accuracy": measured["accuracy"]}
+
+
+def _search_runs(prompted, allowed: torch.Tensor, rows_opt: list[str], rows_val: list[str],
+                 settings: TranslateSettings, seeds: list[int]) -> list[_Run]:
+    """One search run per seed, on a float32 copy of the model."""
+    from promptaudit.prompted import float32_model
+
+    with float32_model(prompted) as model32:
+        search = _Search(model32, allowed, rows_opt, rows_val, settings)
+        return [search.run(seed) for seed in seeds]
+
+
 def translate_prompt(
     prompted,
     texts: Sequence[str],
@@ -696,20 +761,7 @@ def translate_prompt(
              "sentence"}, "stand_in", "settings": {...}}
     """
     settings = settings or TranslateSettings()
-    if prompted.prompt is None:
-        raise InputError(NO_PROMPT_MESSAGE)
-    texts = [str(t) for t in texts]
-    if not texts:
-        raise InputError(NO_TEXTS_MESSAGE)
-    need = 6
-    if len(texts) < need:
-        raise InputError(TOO_FEW_TEXTS_MESSAGE.format(n=len(texts), need=need))
-    labels = None
-    if label_ids is not None:
-        labels = np.asarray(list(label_ids), dtype=np.int64)
-        if labels.shape != (len(texts),):
-            raise InputError(f"label_ids: {labels.shape[0]} labels for {len(texts)} texts; "
-                             "expected one label index per text")
+    texts, labels = _checked_inputs(prompted, texts, label_ids)
     start = time.perf_counter()
     cpu_start = time.process_time()
     tokenizer = prompted.tokenizer
@@ -719,69 +771,35 @@ def translate_prompt(
     opt, val, held = split_rows(len(texts), settings)
     logger.info("translate: %d allowed words; %d optimisation, %d validation, %d held-out rows",
                 len(allowed), len(opt), len(val), len(held))
-    from promptaudit.prompted import float32_model
-
-    with float32_model(prompted) as model32:
-        search = _Search(model32, allowed, [texts[i] for i in opt], [texts[i] for i in val],
-                         settings)
-        seeds = [settings.seed + r for r in range(settings.restarts)]
-        runs = [search.run(seed) for seed in seeds]
+    seeds = [settings.seed + r for r in range(settings.restarts)]
+    runs = _search_runs(prompted, allowed, [texts[i] for i in opt], [texts[i] for i in val],
+                        settings, seeds)
     held_texts = [texts[i] for i in held]
     held_labels = None if labels is None else labels[held]
     soft_pred = prompted.predict_proba(held_texts).argmax(axis=1)
-    run_dicts = []
-    for run in runs:
-        ids, repaired = _repair_round_trip(tokenizer, run.ids, run.candidates)
-        measured = _measure(prompted, ids, held_texts, soft_pred, held_labels)
-        run_dicts.append({
-            "seed": run.seed, "text": _decode(tokenizer, ids), "token_ids": ids,
-            "words": _words(tokenizer, ids), "round_trip_exact": round_trip_ids(tokenizer, ids),
-            "repaired_positions": repaired,
-            "agreement": measured["agreement"], "interval": measured["agreement_interval"],
-            "accuracy": measured["accuracy"],
-            "validation_agreement": run.validation_agreement, "steps": run.steps,
-            "sweeps": run.sweeps, "seconds": run.seconds,
-        })
+    run_dicts = [_run_dict(prompted, run, held_texts, soft_pred, held_labels) for run in runs]
     # The translation is the run best on validation (never on held-out rows).
     best = min(range(len(runs)), key=lambda i: (-runs[i].validation_agreement,
                                                 runs[i].validation_kl, i))
     chosen = run_dicts[best]
-    nearest_ids = [int(allowed[j]) for j in
-                   _nearest(prompted.prompt.detach().float().cpu(),
-                            _normalized(prompted.word_embeddings.detach()[allowed].float().cpu())
-                            )[:, 0].tolist()]
-    nearest = _measure(prompted, nearest_ids, held_texts, soft_pred, held_labels)
     soft_accuracy = None if held_labels is None else float((soft_pred == held_labels).mean())
-    uniqueness = _uniqueness(run_dicts)
-    fidelity = {
-        "agreement": chosen["agreement"], "interval": chosen["interval"],
-        "interval_method": INTERVAL_METHOD, "n_heldout": len(held),
-        "level": _level(chosen["agreement"]),
-    }
+    fidelity = {"agreement": chosen["agreement"], "interval": chosen["interval"],
+                "interval_method": INTERVAL_METHOD, "n_heldout": len(held),
+                "level": _level(chosen["agreement"])}
     allowed_set = set(allowed.tolist())
     translation = {
-        "text": chosen["text"],
-        "token_ids": chosen["token_ids"],
-        "words": chosen["words"],
-        "seed": chosen["seed"],
-        "fidelity": fidelity,
+        "text": chosen["text"], "token_ids": chosen["token_ids"], "words": chosen["words"],
+        "seed": chosen["seed"], "fidelity": fidelity,
         "accuracy": {"translation": chosen["accuracy"], "soft_prompt": soft_accuracy},
-        "nearest_words": {"text": _decode(tokenizer, nearest_ids), "token_ids": nearest_ids,
-                          "agreement": nearest["agreement"],
-                          "interval": nearest["agreement_interval"],
-                          "accuracy": nearest["accuracy"]},
+        "nearest_words": _nearest_words(prompted, allowed, held_texts, soft_pred, held_labels),
         "round_trip_exact": chosen["round_trip_exact"],
         "repaired_positions": chosen["repaired_positions"],
         "whole_words": all(i in allowed_set for i in chosen["token_ids"]),
         "vocabulary": vocabulary,
         "rows": {"optimisation": len(opt), "validation": len(val), "heldout": len(held)},
-        "seeds": seeds,
-        "steps": settings.steps,
-        "seconds": time.perf_counter() - start,
-        "cpu_seconds": time.process_time() - cpu_start,
-        "runs": run_dicts,
-        "uniqueness": uniqueness,
-        "settings": asdict(settings),
+        "seeds": seeds, "steps": settings.steps,
+        "seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu_start,
+        "runs": run_dicts, "uniqueness": _uniqueness(run_dicts), "settings": asdict(settings),
     }
     translation["stand_in"] = stand_in_sentence(translation)
     translation["summary"] = translation_summary(translation)
