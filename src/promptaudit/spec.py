@@ -18,22 +18,14 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from promptaudit.choices import GROUP_METRICS as FAIRNESS_METRICS
+
 # The stages' closed choices come from their torch-free module: checking a spec
 # (``promptaudit validate``) never imports torch, transformers or fairlearn.
-from promptaudit.choices import (
-    DEFAULT_MITIGATION_EPOCHS,
-    DEFAULT_MITIGATION_LEARNING_RATE,
-    DEFAULT_PAIRING_WEIGHTS,
-    TRAINING_BOUNDS,
-    AttributionMethod,
-    Baseline,
-    DType,
-    InitMethod,
-    Task,
-)
-from promptaudit.choices import GROUP_METRICS as FAIRNESS_METRICS
+from promptaudit.choices import AttributionMethod, Baseline, DType, Task
 from promptaudit.choices import ProjectionMetric as Metric
 from promptaudit.errors import SpecError
+from promptaudit.settings import MaxLength, MitigationSweep, PromptTuning, Seed
 
 __all__ = [
     "AuditSpec",
@@ -128,7 +120,7 @@ class ModelSpec(_Strict):
     positive_label: str | None = None
     device: str = "auto"
     dtype: DType = DType.FLOAT32
-    max_length: int = Field(128, ge=4, le=8192, strict=True)
+    max_length: MaxLength
     batch_size: int = Field(16, ge=1, le=4096, strict=True)
     trust_remote_code: bool = False
     #: Use a task head that is in neither the checkpoint nor the adapter (random weights).
@@ -169,22 +161,10 @@ def _values(choice: type[enum.StrEnum]) -> tuple[str, ...]:
     return tuple(member.value for member in choice)
 
 
-def _bounds(name: str) -> dict[str, int]:
-    lowest, highest = TRAINING_BOUNDS[name]
-    return {"ge": lowest} if highest is None else {"ge": lowest, "le": highest}
-
-
-class TrainSpec(_Strict):
-    """Train the prompt as part of the audit (PEFT prompt tuning)."""
+class TrainSpec(PromptTuning, _Strict):
+    """Train the prompt as part of the audit: the settings of :class:`PromptTuning`."""
 
     data: TableSpec
-    num_virtual_tokens: int = Field(20, **_bounds("num_virtual_tokens"), strict=True)
-    init: Literal[_values(InitMethod)] = "text"  # type: ignore[valid-type]
-    init_text: str | None = None
-    epochs: int = Field(2, **_bounds("epochs"), strict=True)
-    learning_rate: float = Field(0.03, gt=0, strict=True)
-    batch_size: int = Field(32, **_bounds("batch_size"), strict=True)
-    max_length: int = Field(128, **_bounds("max_length"), strict=True)
     out: str | None = None
 
 
@@ -244,7 +224,7 @@ class TranslateSpec(_Strict):
     enabled: bool = True
     steps: int = Field(20, ge=1, le=100_000, strict=True)
     restarts: int = Field(2, ge=2, le=100, strict=True)
-    seed: int = Field(0, ge=0, strict=True)
+    seed: Seed
     #: ``words`` (whole words) or the path of a word-list file (one word per line).
     vocabulary: str = Field("words", min_length=1)
     learning_rate: float = Field(0.05, gt=0, le=10)
@@ -596,37 +576,23 @@ class MitigationDataSpec(_Strict):
     limit: int | None = Field(None, ge=10, strict=True)  # first rows only
 
 
-class MitigationSpec(_Strict):
+class MitigationSpec(MitigationSweep, _Strict):
     """Re-tune the audited prompt (``method: clp``) and audit it again beside the original."""
 
     method: Literal["clp"] = "clp"
     data: MitigationDataSpec
-    max_accuracy_drop: float = Field(0.02, ge=0, le=1)
-    weights: list[float] = Field(default_factory=lambda: list(DEFAULT_PAIRING_WEIGHTS),
-                                 min_length=1)
-    epochs: int = Field(DEFAULT_MITIGATION_EPOCHS, ge=1, le=1000, strict=True)
-    learning_rate: float = Field(DEFAULT_MITIGATION_LEARNING_RATE, gt=0)
-    batch_size: int = Field(32, ge=1, strict=True)
-    validation_fraction: float = Field(0.2, gt=0, lt=1)
-    suite: str | None = None  # default: counterfactuals.suite, else builtin:identity
-    features: list[str] | None = None  # default: counterfactuals.features, else all
-    group_weight: float = Field(0.0, ge=0)
+    suite: str | None = Field(
+        None, description="Term suite for swaps (default: counterfactuals.suite, else "
+        "builtin:identity)."
+    )
     out: str | None = None
-
-    @field_validator("weights")
-    @classmethod
-    def _non_negative(cls, value: list[float]) -> list[float]:
-        for weight in value:
-            if weight < 0:
-                raise ValueError(f"weight {weight} is not allowed; each weight must be >= 0")
-        return value
 
 
 class AuditSpec(_Strict):
     """A whole audit."""
 
     name: str
-    seed: int = Field(0, ge=0, le=2**32 - 1, strict=True)  # numpy and torch seeds
+    seed: Seed
     model: ModelSpec = Field(default_factory=ModelSpec)
     prompt: PromptSpec
     data: DataSpec
@@ -695,6 +661,9 @@ class AuditSpec(_Strict):
                 raise ValueError(
                     f"{where}: use_bound needs bootstrap intervals, but fairness.bootstrap is 0"
                 )
+        train = self.prompt.train
+        if train is not None and train.data.label_column is None:
+            raise ValueError("prompt.train.data.label_column: training needs a label column")
         if self.model.task is not Task.SEQUENCE_CLASSIFICATION and not self.model.labels:
             raise ValueError(f"model.labels: task {self.model.task.value} needs label words")
         if self.attribution.group_condition == "true_label" and self.data.label_column is None:
