@@ -503,11 +503,10 @@ def validate(
 ) -> None:
     """Check an audit spec and its inputs (paths, formats, columns) without loading a model."""
     _configure_logging(False)
-    from promptaudit.preflight import check_spec_inputs
-    from promptaudit.spec import load_spec
+    from promptaudit.spec import check_inputs, load_spec
 
     spec = load_spec(audit, set_ or [])
-    notes = check_spec_inputs(spec, spec_path=audit, out=out)
+    notes = check_inputs(spec, spec_path=audit, out=out)
     for note in notes:
         _echo(f"note: {note}")
     _echo(f"{audit}: valid audit spec {spec.name!r} ({len(spec.gates)} gates)")
