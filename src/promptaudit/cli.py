@@ -16,6 +16,8 @@ import logging
 import os
 import re
 import sys
+import types
+import typing
 import warnings
 from pathlib import Path
 from typing import Annotated
@@ -385,24 +387,28 @@ def _settings_options(model: type, names: list[str], **option_names: str):
 def _option_parameter(name: str, field, option: str) -> inspect.Parameter:
     """The typer parameter of one settings field (lists as comma-separated text)."""
     default = field.get_default(call_default_factory=True)
-    kind = field.annotation
+    kind = _plain_type(field.annotation)
     if isinstance(default, list):
         default = ",".join(f"{value:g}" if isinstance(value, float) else str(value)
                            for value in default)
-    if kind in (bool, int, float, str):
-        shown = kind
-    else:  # an enum, a list or an optional value: text on the command line
-        shown = str | None if default is None else str
-        default = default.value if isinstance(default, enum.Enum) else default
+    shown = kind if kind in (bool, int, float, str) else str  # enums, lists: text
+    shown = shown | None if default is None else shown
+    default = default.value if isinstance(default, enum.Enum) else default
     return inspect.Parameter(
         name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default,
         annotation=Annotated[shown, typer.Option(option, help=field.description)],
     )
 
 
+def _plain_type(kind):
+    """``X`` of ``X | None``; any other annotation as it is."""
+    given = [arg for arg in typing.get_args(kind) if arg is not type(None)]
+    return given[0] if isinstance(kind, types.UnionType) and len(given) == 1 else kind
+
+
 def _option_value(field, value, option: str):
     """A command-line value as the settings field takes it (a bad one: a one-line error)."""
-    kind = field.annotation
+    kind = _plain_type(field.annotation)
     if value is None or kind in (bool, int, float, str):
         return value
     if isinstance(kind, type) and issubclass(kind, enum.Enum):
@@ -719,7 +725,7 @@ def project(
         model, prompt, task=task, labels=_split_labels(labels), device=device,
         needs_predictions=data is not None, allow_untrained_head=allow_untrained_head,
     )
-    texts, label_ids = _labelled_texts(data, text_column, label_column, prompted.labels)
+    texts, label_ids = _labelled_texts(data, text_column, label_column, prompted)
     projection = project_prompt(
         prompted, soft_prompt=soft, top_k=top_k, metric=metric, texts=texts, label_ids=label_ids
     )
@@ -743,7 +749,7 @@ def project(
 
 
 def _labelled_texts(data: Path | None, text_column: str, label_column: str | None,
-                    labels: list[str]) -> tuple[list[str] | None, object]:
+                    prompted) -> tuple[list[str] | None, object]:
     """``project --data``: the texts and (with ``--label-column``) their ``(n,)`` label ids."""
     if data is None:
         return None, None
@@ -752,7 +758,7 @@ def _labelled_texts(data: Path | None, text_column: str, label_column: str | Non
     frame, texts = _load_texts(data, text_column, [label_column] if label_column else [])
     if not label_column:
         return texts, None
-    return texts, encode_labels(frame[label_column], labels, source=str(data),
+    return texts, encode_labels(frame[label_column], prompted.labels, source=str(data),
                                 column=label_column)
 
 
@@ -914,20 +920,26 @@ def gate(
     for entry in gates:
         _echo(_gate_word(entry) + entry["message"])
     passed = all(entry["passed"] for entry in gates)
+    _echo_signature_note(data)
+    _echo(f"{result}: {'all gates pass' if passed else 'a gate failed'} ({len(gates)} checked)")
+    raise typer.Exit(EXIT_OK if passed else EXIT_GATE_FAILED)
+
+
+def _echo_signature_note(data: dict, *, unchecked: bool = True) -> None:
+    """Say whether the signature was checked (and, if ``unchecked``, when it was not)."""
+    from promptaudit.results import SIGNING_KEY_ENV
+
     if os.environ.get(SIGNING_KEY_ENV) is not None:
         _echo("note: checksum and signature verified")
-    elif "hmac_sha256" in (data.get("integrity") or {}):
+    elif unchecked and "hmac_sha256" in (data.get("integrity") or {}):
         _echo(
             f"note: the result is signed, but {SIGNING_KEY_ENV} is not set: signature not checked"
         )
-    _echo(f"{result}: {'all gates pass' if passed else 'a gate failed'} ({len(gates)} checked)")
-    raise typer.Exit(EXIT_OK if passed else EXIT_GATE_FAILED)
 
 
 def _gate_with_policy(result: Path, data: dict, policy: Path, policy_spec) -> None:
     """``gate --policy``: the policy's gates on the recorded figures, and weaker run settings."""
     from promptaudit.gate_policy import check_result_against_policy
-    from promptaudit.results import SIGNING_KEY_ENV
 
     check = check_result_against_policy(data, policy_spec)
     _echo(f"policy {policy}: {len(check['gates'])} gate(s), inconclusive: "
@@ -941,12 +953,7 @@ def _gate_with_policy(result: Path, data: dict, policy: Path, policy_spec) -> No
     for entry in check["weaker"]:
         word = "MISSING  " if entry["kind"] == "missing" else "WEAKER  "
         _echo(word + entry["message"])
-    if os.environ.get(SIGNING_KEY_ENV) is not None:
-        _echo("note: checksum and signature verified")
-    elif policy_spec.require_signature is False and "hmac_sha256" in (data.get("integrity") or {}):
-        _echo(
-            f"note: the result is signed, but {SIGNING_KEY_ENV} is not set: signature not checked"
-        )
+    _echo_signature_note(data, unchecked=policy_spec.require_signature is False)
     if check["passed"]:
         verdict = "all policy gates pass"
     elif not check["gates_passed"]:

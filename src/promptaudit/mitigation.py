@@ -578,21 +578,18 @@ def mitigate_from_table(
     -------
     MitigationResult
     """
-    from promptaudit.data import encode_labels, infer_labels, load_table
+    from promptaudit.data import load_table
+    from promptaudit.training import labelled_table
 
-    columns = [text_column, label_column, *(c for c in (pair_column, group_column) if c)]
-    frame = load_table(data, required_columns=columns, seed=settings.seed)
-    if limit is not None:
-        frame = frame.iloc[:limit].reset_index(drop=True)
-    labels = list(labels or infer_labels(frame[label_column], source=data, column=label_column))
+    frame, texts, label_ids, labels = labelled_table(
+        data, text_column=text_column, label_column=label_column, labels=labels,
+        seed=settings.seed, limit=limit, columns=[c for c in (pair_column, group_column) if c])
     unlabelled = None
     if unlabelled_data is not None:
         unlabelled = load_table(unlabelled_data, required_columns=[text_column],
                                 seed=settings.seed)[text_column].astype(str).tolist()
     return mitigate_prompt(
-        model, prompt, frame[text_column].astype(str).tolist(),
-        encode_labels(frame[label_column], labels, source=data, column=label_column),
-        labels=labels, out_dir=out_dir,
+        model, prompt, texts, label_ids, labels=labels, out_dir=out_dir,
         settings=settings.model_copy(update={"suite": None}) if pair_column else settings,
         pair_ids=frame[pair_column].tolist() if pair_column else None,
         group_values=frame[group_column].astype(str).tolist() if group_column else None,

@@ -1,23 +1,15 @@
 """The settings of each stage that trains: one pydantic model each, every default, bound and
 help text written once (as PEFT's ``PromptTuningConfig`` is one dataclass with its help).
 
-=====================  ===========================================================
-model                  used by
-=====================  ===========================================================
-:class:`TrainingConfig`      :func:`promptaudit.training.train_prompt`; the spec's
-                             ``prompt.train`` (:class:`PromptTuning` fields) and the
-                             options of ``promptaudit train`` are built from its fields
-:class:`MitigationSettings`  :func:`promptaudit.mitigation.mitigate_prompt`; the spec's
-                             ``mitigation:`` (:class:`MitigationSweep` fields) and the
-                             options of ``promptaudit mitigate``
-:data:`MaxLength`, :data:`Seed`  ``model.max_length`` and ``seed`` of the spec, and the
-                             same setting of every stage above
-=====================  ===========================================================
+:class:`TrainingConfig` is what :func:`promptaudit.training.train_prompt` takes; the
+spec's ``prompt.train`` inherits its :class:`PromptTuning` fields and ``promptaudit
+train``'s options are generated from them. :class:`MitigationSettings` and
+:class:`MitigationSweep` are the same for mitigation. :data:`MaxLength` and :data:`Seed`
+are ``model.max_length`` and ``seed`` wherever a stage takes them.
 
-Like :mod:`promptaudit.choices`, this module imports neither torch nor transformers:
-checking a spec (``promptaudit validate``) must not load them. A settings model built
-directly (``TrainingConfig(epochs=0)``) raises a one-line :class:`InputError`
-(``epochs: 0; must be >= 1``); inside a spec, pydantic's error is reported by the spec.
+Like :mod:`promptaudit.choices`, this module imports neither torch nor transformers
+(``promptaudit validate`` must not load them). A library settings model built with a bad
+value raises a one-line :class:`InputError` (``epochs: 0; must be >= 1``).
 """
 
 from __future__ import annotations

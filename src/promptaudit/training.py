@@ -118,27 +118,40 @@ def train_from_table(
     -------
     TrainingResult
     """
-    from promptaudit.data import encode_labels, infer_labels, load_table
-
-    def read(source: str):
-        frame = load_table(source, required_columns=[text_column, label_column],
-                           seed=config.seed)
-        return frame.iloc[:limit] if source == data and limit is not None else frame
-
-    frame = read(data)
-    labels = list(labels or infer_labels(frame[label_column], source=data, column=label_column))
-
-    def label_ids_of(table, source: str):
-        return encode_labels(table[label_column], labels, source=source, column=label_column)
-
+    frame, texts, label_ids, labels = labelled_table(
+        data, text_column=text_column, label_column=label_column, labels=labels,
+        seed=config.seed, limit=limit)
     validation = {}
     if validation_data is not None:
-        val_frame = read(validation_data)
-        validation = {"validation_texts": val_frame[text_column].astype(str).tolist(),
-                      "validation_label_ids": label_ids_of(val_frame, validation_data)}
-    return train_prompt(model, frame[text_column].astype(str).tolist(),
-                        label_ids_of(frame, data), labels=labels, out_dir=out_dir,
-                        config=config, **validation, **train_options)
+        _, val_texts, val_ids, _ = labelled_table(
+            validation_data, text_column=text_column, label_column=label_column, labels=labels,
+            seed=config.seed)
+        validation = {"validation_texts": val_texts, "validation_label_ids": val_ids}
+    return train_prompt(model, texts, label_ids, labels=labels, out_dir=out_dir, config=config,
+                        **validation, **train_options)
+
+
+def labelled_table(source: str, *, text_column: str, label_column: str,
+                   labels: Sequence[str] | None = None, seed: int = 0, limit: int | None = None,
+                   columns: Sequence[str] = ()) -> tuple:
+    """A labelled table (:func:`promptaudit.data.load_table`, its first ``limit`` rows).
+
+    Returns
+    -------
+    tuple
+        The frame, its ``(n,)`` texts, ``(n,)`` int64 label ids, and the label names
+        (``labels``, or inferred from the label column).
+    """
+    from promptaudit.data import encode_labels, infer_labels, load_table
+
+    frame = load_table(source, required_columns=[text_column, label_column, *columns],
+                       seed=seed)
+    if limit is not None:
+        frame = frame.iloc[:limit].reset_index(drop=True)
+    labels = list(labels or infer_labels(frame[label_column], source=source,
+                                         column=label_column))
+    label_ids = encode_labels(frame[label_column], labels, source=source, column=label_column)
+    return frame, frame[text_column].astype(str).tolist(), label_ids, labels
 
 
 def train_prompt(
