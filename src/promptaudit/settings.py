@@ -31,6 +31,7 @@ from promptaudit.errors import InputError
 __all__ = [
     "MaxLength",
     "Seed",
+    "TrainBatchSize",
     "DEFAULT_MAX_LENGTH",
     "PromptTuning",
     "TrainingConfig",
