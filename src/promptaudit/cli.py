@@ -416,7 +416,7 @@ def _option_value(field, value, option: str):
             raise InputError(f"{option} {value!r}: allowed: {', '.join(kind)}")
         return kind(value)
     parts = [part.strip() for part in str(value).split(",") if part.strip()]
-    if "float" not in str(kind):
+    if typing.get_args(kind) != (float,):  # list[str]
         return parts
     try:
         return [float(part) for part in parts]
