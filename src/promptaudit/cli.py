@@ -576,20 +576,13 @@ def train(
         training_logger.removeFilter(said_by_cli)
     n_val = result.n_validation
     for entry in result.history:
-        acc = (
-            "n/a"
-            if entry["val_accuracy"] is None
-            else f"{entry['val_accuracy']:.4f} on {n_val} example{'s' * (n_val != 1)}"
-        )
-        _echo(
-            f"epoch {entry['epoch']}: train loss {entry['train_loss']:.4f}, "
-            f"validation accuracy {acc}"
-        )
+        acc = ("n/a" if entry["val_accuracy"] is None
+               else f"{entry['val_accuracy']:.4f} on {n_val} example{'s' * (n_val != 1)}")
+        _echo(f"epoch {entry['epoch']}: train loss {entry['train_loss']:.4f}, "
+              f"validation accuracy {acc}")
     if result.init_special_tokens:
-        _echo(
-            "note: the text init copied special tokens into the prompt: "
-            + ", ".join(result.init_special_tokens)
-        )
+        _echo("note: the text init copied special tokens into the prompt: "
+              + ", ".join(result.init_special_tokens))
     _echo(f"saved PEFT adapter to {out}")
 
 

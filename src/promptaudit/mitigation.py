@@ -532,22 +532,12 @@ def _warm_start(prompt: str | Path, labels: list[str]):
     return soft
 
 
-def mitigate_from_table(
-    model: str,
-    prompt: str | Path,
-    data: str,
-    *,
-    text_column: str,
-    label_column: str,
-    out_dir: str | Path,
-    settings: MitigationSettings,
-    labels: Sequence[str] | None = None,
-    pair_column: str | None = None,
-    group_column: str | None = None,
-    limit: int | None = None,
-    unlabelled_data: str | None = None,
-    **mitigate_options,
-) -> MitigationResult:
+def mitigate_from_table(model: str, prompt: str | Path, data: str, *, text_column: str,
+                        label_column: str, out_dir: str | Path, settings: MitigationSettings,
+                        labels: Sequence[str] | None = None, pair_column: str | None = None,
+                        group_column: str | None = None, limit: int | None = None,
+                        unlabelled_data: str | None = None,
+                        **mitigate_options) -> MitigationResult:
     """Mitigate a prompt on a data table: what ``promptaudit mitigate`` and a spec's
     ``mitigation:`` both run.
 
@@ -682,13 +672,10 @@ class _Sweep:
         from promptaudit.training import TrainingConfig
 
         init_method, init_text = original_init(self.soft)
-        settings = self.settings
-        return TrainingConfig(
-            num_virtual_tokens=self.soft.num_virtual_tokens, init=init_method,
-            init_text=init_text, epochs=settings.epochs, learning_rate=settings.learning_rate,
-            batch_size=settings.batch_size, max_length=settings.max_length, seed=settings.seed,
-            validation_fraction=0.0,
-        )
+        shared = self.settings.model_dump(
+            include={"epochs", "learning_rate", "batch_size", "max_length", "seed"})
+        return TrainingConfig(num_virtual_tokens=self.soft.num_virtual_tokens, init=init_method,
+                              init_text=init_text, validation_fraction=0.0, **shared)
 
     def info(self, weight: float) -> dict:
         """The mitigation record of one candidate (``training_info.json``, resume check)."""

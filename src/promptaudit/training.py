@@ -78,19 +78,10 @@ class TrainingResult:
     train_examples_per_second: float = 0.0
 
 
-def train_from_table(
-    model: str,
-    data: str,
-    *,
-    text_column: str,
-    label_column: str,
-    out_dir: str | Path,
-    config: TrainingConfig,
-    labels: Sequence[str] | None = None,
-    limit: int | None = None,
-    validation_data: str | None = None,
-    **train_options,
-) -> TrainingResult:
+def train_from_table(model: str, data: str, *, text_column: str, label_column: str,
+                     out_dir: str | Path, config: TrainingConfig,
+                     labels: Sequence[str] | None = None, limit: int | None = None,
+                     validation_data: str | None = None, **train_options) -> TrainingResult:
     """Train a soft prompt on a data table: what ``promptaudit train`` and a spec's
     ``prompt.train`` both run.
 
