@@ -1015,7 +1015,7 @@ def test_validate_code_imports_no_torch():
     import subprocess
     import sys
 
-    code = ("import sys, promptaudit.preflight, promptaudit.paths, promptaudit.data; "
+    code = ("import sys, promptaudit.spec, promptaudit.paths, promptaudit.data; "
             "bad = [m for m in ('torch', 'transformers') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)

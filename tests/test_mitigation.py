@@ -202,18 +202,20 @@ def test_select_weight_none_when_nothing_meets_the_budget():
 
 
 @pytest.mark.parametrize(
-    "settings, message",
+    "values, message",
     [
-        (MitigationSettings(weights=()), "at least one"),
-        (MitigationSettings(weights=(-1.0,)), "must be >= 0"),
-        (MitigationSettings(weights=(1.0, 1.0)), "twice"),
-        (MitigationSettings(max_accuracy_drop=2.0), "max_accuracy_drop"),
-        (MitigationSettings(validation_fraction=0.0), "validation_fraction"),
+        ({"weights": ()}, "at least one"),
+        ({"weights": (-1.0,)}, "must be >= 0"),
+        ({"weights": (float("nan"),)}, "must be >= 0"),
+        ({"weights": (1.0, 1.0)}, "twice"),
+        ({"max_accuracy_drop": 2.0}, "max_accuracy_drop: 2.0; must be <= 1"),
+        ({"validation_fraction": 0.0}, "validation_fraction: 0.0; must be > 0"),
+        ({"max_pairs_per_batch": 0}, "max_pairs_per_batch: 0; must be >= 1"),
     ],
 )
-def test_bad_settings_are_named(settings, message):
+def test_bad_settings_are_named(values, message):
     with pytest.raises(InputError, match=message):
-        settings.check()
+        MitigationSettings(**values)
 
 
 # ------------------------------------------------------- the sweep (tiny BERT)

@@ -137,7 +137,7 @@ def test_the_spec_allows_exactly_the_stages_choices():
 
     assert allowed(spec.AttributionSpec, "method") == tuple(choices.AttributionMethod)
     assert allowed(spec.AttributionSpec, "baseline") == tuple(choices.Baseline)
-    assert allowed(spec.TrainSpec, "init") == tuple(choices.InitMethod)
+    assert spec.TrainSpec.model_fields["init"].annotation is choices.InitMethod
 
 
 def test_attribution_methods_and_baselines_are_the_choices_module_s():
@@ -151,27 +151,105 @@ def test_attribution_methods_and_baselines_are_the_choices_module_s():
                                 "integrated_gradients, feature_ablation, shapley_sampling")
 
 
-@pytest.mark.parametrize(("field", "value", "message"), [
-    ("num_virtual_tokens", 0, "num_virtual_tokens: 0; must be >= 1"),
-    ("num_virtual_tokens", 513, "num_virtual_tokens: 513; must be <= 512"),
-    ("epochs", 1001, "epochs: 1001; must be <= 1000"),
-    ("max_length", 3, "max_length: 3; must be >= 4"),
-])
-def test_training_bounds_are_the_same_in_the_spec_and_the_trainer(field, value, message):
-    from promptaudit.errors import InputError, SpecError
-    from promptaudit.spec import parse_spec
-    from promptaudit.training import TrainingConfig
+# ---------------------------------------------------------------- settings
+#: The stages' settings models, each with the spec section that embeds it.
+_FAMILIES = {"training": ("PromptTuning", "TrainingConfig", "TrainSpec"),
+             "mitigation": ("MitigationSweep", "MitigationSettings", "MitigationSpec")}
+#: Settings that several stages share: declared once, as an annotated type.
+_SHARED = {"max_length": "MaxLength", "seed": "Seed"}
 
-    with pytest.raises(InputError, match=f"^{message}$"):
-        TrainingConfig(init_text="x", **{field: value}).check()
-    raw = {"name": "a", "data": {"path": "d.csv"},
-           "prompt": {"train": {"data": {"path": "t.csv"}, field: value}}}
-    with pytest.raises(SpecError, match=f"prompt.train.{field}"):
-        parse_spec(raw)
-    lowest, highest = choices.TRAINING_BOUNDS[field]
-    inside = max(lowest, min(value, highest or value))
-    TrainingConfig(init_text="x", **{field: inside}).check()
-    parse_spec({**raw, "prompt": {"train": {"data": {"path": "t.csv"}, field: inside}}})
+
+def _class_fields(module) -> dict[str, list[str]]:
+    """Class name -> the fields its own body declares (``name: type`` lines)."""
+    tree = ast.parse(Path(module.__file__).read_text(encoding="utf-8"))
+    return {node.name: [stmt.target.id for stmt in node.body
+                        if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)]
+            for node in tree.body if isinstance(node, ast.ClassDef)}
+
+
+def test_each_setting_is_declared_once_for_the_spec_and_the_library():
+    from promptaudit import settings, spec
+
+    assert issubclass(spec.TrainSpec, settings.PromptTuning)
+    assert issubclass(settings.TrainingConfig, settings.PromptTuning)
+    assert issubclass(spec.MitigationSpec, settings.MitigationSweep)
+    assert issubclass(settings.MitigationSettings, settings.MitigationSweep)
+    declared = {**_class_fields(settings), **_class_fields(spec)}
+    for family, classes in _FAMILIES.items():
+        names = [name for cls in classes for name in declared[cls]]
+        twice = {name for name in names if names.count(name) > 1}
+        # the spec's suite is "counterfactuals.suite, else the settings' default": a
+        # default of its own, not the same one written again
+        assert twice <= {"suite"}, (family, twice)
+    assert spec.MitigationSpec.model_fields["suite"].default is None
+    assert settings.MitigationSettings.model_fields["suite"].default == "builtin:identity"
+    models = [spec.ModelSpec, spec.AuditSpec, settings.TrainingConfig, spec.TrainSpec,
+              settings.MitigationSettings]
+    for name in _SHARED:
+        fields = [model.model_fields[name] for model in models if name in model.model_fields]
+        assert len(fields) >= 3
+        assert all((f.default, f.metadata, f.description) ==
+                   (fields[0].default, fields[0].metadata, fields[0].description)
+                   for f in fields)
+
+
+def test_no_module_writes_a_shared_setting_s_default_or_bound_itself():
+    """``max_length`` and ``seed`` fields use their annotated type; no function default
+    ``max_length=128`` (the number was written in 11 places)."""
+    for path in sorted(PACKAGE.rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) \
+                    and node.target.id in _SHARED and path.name in ("settings.py", "spec.py"):
+                assert ast.unparse(node.annotation) == _SHARED[node.target.id], path
+                assert node.value is None, (path, node.lineno)
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                arguments = node.args.args + node.args.kwonlyargs
+                defaults = dict(zip([a.arg for a in node.args.args][::-1],
+                                    node.args.defaults[::-1], strict=False))
+                defaults.update({a.arg: d for a, d in zip(node.args.kwonlyargs,
+                                                            node.args.kw_defaults, strict=True)})
+                for argument in arguments:
+                    default = defaults.get(argument.arg)
+                    assert not (argument.arg == "max_length" and isinstance(default, ast.Constant)
+                                and default.value is not None), (path.name, node.name)
+
+
+@pytest.mark.parametrize(("command", "model"), [
+    ("train", "TrainingConfig"), ("mitigate", "MitigationSettings"), ("predict", "ModelSpec")])
+def test_the_cli_options_are_generated_from_the_settings(command, model):
+    """Every option of a settings field has the field's default and help, and the command's
+    own source declares none of them."""
+    import typer.main
+
+    from promptaudit import cli, settings, spec
+
+    fields = getattr(settings, model, None) or getattr(spec, model)
+    source_model, generated = getattr(cli, command).settings_options
+    assert source_model is fields and generated
+    click_command = typer.main.get_command(cli.app).commands[command]
+    options = {param.name: param for param in click_command.params}
+    for name in generated:
+        field = fields.model_fields[name]
+        default = field.get_default(call_default_factory=True)
+        if isinstance(default, list):
+            default = ",".join(f"{value:g}" for value in default)
+        assert options[name].default == getattr(default, "value", default), name
+        assert options[name].help == field.description and field.description, name
+    source = ast.parse(Path(cli.__file__).read_text(encoding="utf-8"))
+    function = next(node for node in source.body
+                    if isinstance(node, ast.FunctionDef) and node.name == command)
+    assert not {a.arg for a in function.args.args} & set(generated)
+
+
+def test_a_settings_model_refuses_a_bad_value_in_one_line():
+    from promptaudit.settings import TrainingConfig
+
+    with pytest.raises(InputError, match=r"^num_virtual_tokens: 513; must be <= 512$"):
+        TrainingConfig(num_virtual_tokens=513)
+    with pytest.raises(InputError, match=r"^max_length: 3; must be >= 4$"):
+        TrainingConfig(max_length=3)
+    assert TrainingConfig(num_virtual_tokens=512, max_length=4).max_length == 4
 
 
 def test_default_init_text():

@@ -174,12 +174,12 @@ def test_causal_lm_training_on_tiny_gpt2(tiny_gpt2_dir, tmp_path, peft_probs):
         ({"learning_rate": 0.0}, "learning_rate: 0.0; must be > 0"),
         ({"batch_size": 0}, "batch_size: 0; must be >= 1"),
         ({"init_text": " "}, "init_text: required when init is 'text'"),
-        ({"validation_fraction": 1.0}, "validation_fraction: 1.0; must be in"),
+        ({"validation_fraction": 1.0}, "validation_fraction: 1.0; must be < 1"),
     ],
 )
 def test_bad_training_config(overrides, message):
     with pytest.raises(InputError, match=message):
-        _config(**overrides).check()
+        _config(**overrides)
 
 
 def test_bad_training_inputs(tiny_bert_dir, tmp_path):

@@ -1,4 +1,7 @@
-"""The closed choices and bounds of the audit stages, defined once, in one light module.
+"""The closed choices of the audit stages, defined once, in one light module.
+
+Defaults and bounds of the stages' settings live in their settings models
+(:mod:`promptaudit.settings`).
 
 Each choice below belongs to one stage and is re-exported by that stage's module
 (``promptaudit.models.Task`` *is* :class:`Task`); the audit spec
@@ -13,8 +16,7 @@ function that needs it (:attr:`DType.torch_dtype`).
 stage          choices
 =============  ==================================================
 models         :class:`Task`, :class:`DType`
-training       :class:`InitMethod`, :data:`TRAINING_BOUNDS`,
-               :func:`default_init_text`
+training       :class:`InitMethod`, :func:`default_init_text`
 projection     :class:`ProjectionMetric` (``projection.Metric``)
 attribution    :class:`AttributionMethod`, :class:`Baseline`
 fairness       :data:`GROUP_METRICS` (``fairness.ALL_METRICS``),
@@ -39,10 +41,6 @@ __all__ = [
     "Task",
     "DType",
     "InitMethod",
-    "TRAINING_BOUNDS",
-    "DEFAULT_PAIRING_WEIGHTS",
-    "DEFAULT_MITIGATION_EPOCHS",
-    "DEFAULT_MITIGATION_LEARNING_RATE",
     "default_init_text",
     "ProjectionMetric",
     "UNKNOWN_PROJECTION_METRIC_MESSAGE",
@@ -102,29 +100,6 @@ class InitMethod(enum.StrEnum):
     @property
     def peft_name(self) -> str:
         return {"text": "TEXT", "random": "RANDOM", "vocab": "SAMPLE_VOCAB"}[self.value]
-
-
-#: Allowed range of the integer settings of prompt tuning: name -> (lowest, highest or None).
-#: ``TrainSpec`` (the ``prompt.train`` section) and ``TrainingConfig.check`` both use it.
-TRAINING_BOUNDS: dict[str, tuple[int, int | None]] = {
-    "num_virtual_tokens": (1, 512),
-    "epochs": (1, 1000),
-    "batch_size": (1, None),
-    "max_length": (4, None),
-}
-
-
-# ---------------------------------------------------------------- mitigation
-#: Pairing weights swept by ``mitigate`` and a spec's ``mitigation:`` section when none
-#: are given. On the biased demo prompt every one of them met the demo's gates after
-#: two epochs at learning rate 0.003 (README, "Mitigation"); 1, 3 and 10 after one
-#: epoch did not (flip rate 0.058 > 0.05).
-DEFAULT_PAIRING_WEIGHTS: tuple[float, ...] = (10.0, 30.0, 100.0)
-#: Epochs of each mitigation candidate when none are given.
-DEFAULT_MITIGATION_EPOCHS = 2
-#: Learning rate of each mitigation candidate when none is given (0.01 and above lost
-#: 2-5 accuracy points on the demo's evaluation set).
-DEFAULT_MITIGATION_LEARNING_RATE = 0.003
 
 
 def default_init_text(labels: Sequence[str]) -> str:

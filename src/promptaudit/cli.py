@@ -7,12 +7,16 @@ and exit code 2; a failed gate is exit code 1; success is 0.
 
 from __future__ import annotations
 
+import enum
 import functools
 import importlib
+import inspect
 import json
 import logging
 import os
 import sys
+import types
+import typing
 import warnings
 from pathlib import Path
 from typing import Annotated
@@ -20,13 +24,10 @@ from typing import Annotated
 import typer
 from typer.core import TyperGroup
 
-from promptaudit.choices import (
-    DEFAULT_MITIGATION_EPOCHS,
-    DEFAULT_MITIGATION_LEARNING_RATE,
-    DEFAULT_PAIRING_WEIGHTS,
-)
 from promptaudit.errors import InputError, PromptAuditError
 from promptaudit.report.escape import escape_controls
+from promptaudit.settings import DEFAULT_MAX_LENGTH, MitigationSettings, TrainingConfig
+from promptaudit.spec import ModelSpec
 
 # The click that typer runs on (recent typer releases vendor their own copy).
 _click_errors = importlib.import_module(typer.BadParameter.__module__)
@@ -299,8 +300,8 @@ def _load_texts(data: Path | str, text_column: str, extra: list[str] | None = No
     return frame, frame[text_column].astype(str).tolist()
 
 
-def _load_prompted(model, prompt, task, labels, device, max_length=128, batch_size=32,
-                   allow_untrained_head=False):
+def _load_prompted(model, prompt, task, labels, device, max_length=DEFAULT_MAX_LENGTH,
+                   batch_size=32, allow_untrained_head=False):
     from promptaudit.prompted import load_prompted_model
 
     return load_prompted_model(
@@ -323,6 +324,83 @@ AllowUntrainedHeadOption = Annotated[
         "(random weights); refused by default.",
     ),
 ]
+
+
+def _settings_options(model: type, names: list[str], **option_names: str):
+    """Give a command one ``--option`` per settings field: default, type and help from the field.
+
+    The options are added to the command's signature (typer reads it) before ``device``;
+    the command receives their values, parsed (comma-separated lists, enum names checked),
+    as one dict ``settings_values``. Option names are ``--field-name`` unless
+    ``option_names`` renames one (``suite="--counterfactuals"``).
+    """
+
+    def option_name(name: str) -> str:
+        return option_names.get(name, "--" + name.replace("_", "-"))
+
+    def decorate(command):
+        signature = inspect.signature(command, eval_str=True)
+        params = [p for p in signature.parameters.values() if p.name != "settings_values"]
+        at = next((i for i, p in enumerate(params) if p.name == "device"), len(params))
+        added = [_option_parameter(name, model.model_fields[name], option_name(name))
+                 for name in names]
+
+        @functools.wraps(command)
+        def wrapper(**kwargs):
+            values = {name: _option_value(model.model_fields[name], kwargs.pop(name),
+                                          option_name(name)) for name in names}
+            return command(**kwargs, settings_values=values)
+
+        wrapper.__signature__ = signature.replace(parameters=[*params[:at], *added, *params[at:]])
+        wrapper.__annotations__ = {p.name: p.annotation
+                                   for p in wrapper.__signature__.parameters.values()}
+        del wrapper.__wrapped__  # typer reads the new signature, not the command's
+        wrapper.settings_options = (model, tuple(names))
+        return wrapper
+
+    return decorate
+
+
+def _option_parameter(name: str, field, option: str) -> inspect.Parameter:
+    """The typer parameter of one settings field (lists as comma-separated text)."""
+    default = field.get_default(call_default_factory=True)
+    kind = _plain_type(field.annotation)
+    if isinstance(default, list):
+        default = ",".join(f"{value:g}" if isinstance(value, float) else str(value)
+                           for value in default)
+    shown = kind if kind in (bool, int, float, str) else str  # enums, lists: text
+    shown = shown | None if default is None else shown
+    default = default.value if isinstance(default, enum.Enum) else default
+    return inspect.Parameter(
+        name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default,
+        annotation=Annotated[shown, typer.Option(option, help=field.description)],
+    )
+
+
+def _plain_type(kind):
+    """``X`` of ``X | None``; any other annotation as it is."""
+    given = [arg for arg in typing.get_args(kind) if arg is not type(None)]
+    return given[0] if isinstance(kind, types.UnionType) and len(given) == 1 else kind
+
+
+def _option_value(field, value, option: str):
+    """A command-line value as the settings field takes it (a bad one: a one-line error)."""
+    kind = _plain_type(field.annotation)
+    if value is None or kind in (bool, int, float, str):
+        return value
+    if isinstance(kind, type) and issubclass(kind, enum.Enum):
+        if value not in {member.value for member in kind}:
+            raise InputError(f"{option} {value!r}: allowed: {', '.join(kind)}")
+        return kind(value)
+    parts = [part.strip() for part in str(value).split(",") if part.strip()]
+    if typing.get_args(kind) != (float,):  # list[str]
+        return parts
+    try:
+        return [float(part) for part in parts]
+    except ValueError:
+        raise InputError(
+            f"{option} {value!r}: give comma-separated numbers, e.g. 10,30,100"
+        ) from None
 
 
 # ------------------------------------------------------------------ commands
@@ -408,11 +486,10 @@ def validate(
 ) -> None:
     """Check an audit spec and its inputs (paths, formats, columns) without loading a model."""
     _configure_logging(False)
-    from promptaudit.preflight import check_spec_inputs
-    from promptaudit.spec import load_spec
+    from promptaudit.spec import check_inputs, load_spec
 
     spec = load_spec(audit, set_ or [])
-    notes = check_spec_inputs(spec, spec_path=audit, out=out)
+    notes = check_inputs(spec, spec_path=audit, out=out)
     for note in notes:
         _echo(f"note: {note}")
     _echo(f"{audit}: valid audit spec {spec.name!r} ({len(spec.gates)} gates)")
@@ -420,6 +497,8 @@ def validate(
 
 @app.command()
 @handle_errors
+@_settings_options(TrainingConfig, ["num_virtual_tokens", "init", "init_text", "epochs",
+                                    "learning_rate", "batch_size", "max_length", "seed"])
 def train(
     model: ModelOption,
     data: DataOption,
@@ -430,19 +509,6 @@ def train(
     task: Annotated[
         str, typer.Option("--task", help="sequence-classification or causal-lm.")
     ] = "sequence-classification",
-    num_virtual_tokens: Annotated[int, typer.Option("--num-virtual-tokens")] = 20,
-    init: Annotated[str, typer.Option("--init", help="text, random or vocab.")] = "text",
-    init_text: Annotated[
-        str | None,
-        typer.Option(
-            "--init-text", help="Text whose token embeddings start the prompt (init text)."
-        ),
-    ] = None,
-    epochs: Annotated[int, typer.Option("--epochs")] = 2,
-    learning_rate: Annotated[float, typer.Option("--learning-rate")] = 0.03,
-    batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
-    max_length: Annotated[int, typer.Option("--max-length")] = 128,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
     validation_data: Annotated[
         Path | None,
         typer.Option(
@@ -459,92 +525,47 @@ def train(
     ] = None,
     device: DeviceOption = "auto",
     verbose: VerboseOption = False,
+    settings_values: dict | None = None,
 ) -> None:
     """Train a soft prompt with PEFT prompt tuning and save a PEFT adapter."""
     _configure_logging(verbose)
     from promptaudit.atomic import check_output_dir
-    from promptaudit.data import encode_labels, infer_labels
     from promptaudit.paths import plan_train
-    from promptaudit.training import InitMethod, TrainingConfig, default_init_text, train_prompt
+    from promptaudit.training import train_from_table
 
     # Before any work: --out must be creatable as a folder and must not be an input.
     plan_train(out, data=data, model=model, validation_data=validation_data).check()
     check_output_dir(out)
-    frame, texts = _load_texts(data, text_column, [label_column])
-    if limit is not None:
-        frame = frame.iloc[:limit]
-        texts = texts[:limit]
-    label_names = _split_labels(labels) or infer_labels(
-        frame[label_column], source=str(data), column=label_column
-    )
-    label_ids = encode_labels(
-        frame[label_column], label_names, source=str(data), column=label_column
-    )
-    val_texts = val_ids = None
-    if validation_data is not None:
-        val_frame, val_texts = _load_texts(validation_data, text_column, [label_column])
-        val_ids = encode_labels(
-            val_frame[label_column], label_names, source=str(validation_data), column=label_column
-        )
-    try:
-        init_method = InitMethod(init)
-    except ValueError:
-        raise InputError(f"--init {init!r}: allowed: {', '.join(InitMethod)}") from None
-    if init_method is InitMethod.TEXT and not init_text:
-        init_text = default_init_text(label_names)
-    config = TrainingConfig(
-        num_virtual_tokens=num_virtual_tokens,
-        init=init_method,
-        init_text=init_text,
-        epochs=epochs,
-        learning_rate=learning_rate,
-        batch_size=batch_size,
-        max_length=max_length,
-        seed=seed,
-    )
+    config = TrainingConfig(**settings_values)
     # The CLI prints the special-token note itself (below): keep the library's copy of it
     # off the console so it is said once.
     training_logger = logging.getLogger("promptaudit.training")
     said_by_cli = _DropMessages("text init copies special tokens")
     training_logger.addFilter(said_by_cli)
     try:
-        result = train_prompt(
-            model,
-            texts,
-            label_ids,
-            labels=label_names,
-            out_dir=out,
-            task=task,
-            config=config,
-            validation_texts=val_texts,
-            validation_label_ids=val_ids,
-            device=device,
-            resume=resume,
-            progress=_show_progress(),
+        result = train_from_table(
+            model, str(data), text_column=text_column, label_column=label_column, out_dir=out,
+            config=config, labels=_split_labels(labels), limit=limit,
+            validation_data=None if validation_data is None else str(validation_data),
+            task=task, device=device, resume=resume, progress=_show_progress(),
         )
     finally:
         training_logger.removeFilter(said_by_cli)
     n_val = result.n_validation
     for entry in result.history:
-        acc = (
-            "n/a"
-            if entry["val_accuracy"] is None
-            else f"{entry['val_accuracy']:.4f} on {n_val} example{'s' * (n_val != 1)}"
-        )
-        _echo(
-            f"epoch {entry['epoch']}: train loss {entry['train_loss']:.4f}, "
-            f"validation accuracy {acc}"
-        )
+        acc = ("n/a" if entry["val_accuracy"] is None
+               else f"{entry['val_accuracy']:.4f} on {n_val} example{'s' * (n_val != 1)}")
+        _echo(f"epoch {entry['epoch']}: train loss {entry['train_loss']:.4f}, "
+              f"validation accuracy {acc}")
     if result.init_special_tokens:
-        _echo(
-            "note: the text init copied special tokens into the prompt: "
-            + ", ".join(result.init_special_tokens)
-        )
+        _echo("note: the text init copied special tokens into the prompt: "
+              + ", ".join(result.init_special_tokens))
     _echo(f"saved PEFT adapter to {out}")
 
 
 @app.command()
 @handle_errors
+@_settings_options(ModelSpec, ["max_length"])
 def predict(
     model: ModelOption,
     prompt: PromptOption,
@@ -556,10 +577,10 @@ def predict(
     task: TaskOption = None,
     labels: LabelsOption = None,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
-    max_length: Annotated[int, typer.Option("--max-length")] = 128,
     device: DeviceOption = "auto",
     verbose: VerboseOption = False,
     allow_untrained_head: AllowUntrainedHeadOption = False,
+    settings_values: dict | None = None,
 ) -> None:
     """Predict label probabilities: one row per input with p_<label> and prediction."""
     _configure_logging(verbose)
@@ -574,7 +595,8 @@ def predict(
             raise InputError(f"--out {out}: is a directory; give the path of a CSV file to write")
         prepare_output_dir(out.parent if str(out.parent) else ".")
     _, texts = _load_texts(data, text_column)
-    prompted, _, _ = _load_prompted(model, prompt, task, labels, device, max_length, batch_size,
+    prompted, _, _ = _load_prompted(model, prompt, task, labels, device,
+                                    settings_values["max_length"], batch_size,
                                     allow_untrained_head)
     probs = prompted.predict_proba(texts, progress=_show_progress())
     n_truncated = prompted.count_truncated(texts)
@@ -658,23 +680,10 @@ def project(
     (projection.translation), ranked with the instructions.
     """
     _configure_logging(verbose)
-    translate_settings = None
-    if translate or any(v is not None for v in (translate_steps, translate_restarts,
-                                                translate_seed, translate_vocabulary)):
-        if not translate:
-            raise InputError("--translate-steps/--translate-restarts/--translate-seed/"
-                             "--translate-vocabulary: given without --translate; add --translate")
-        if data is None:
-            raise InputError("--translate: needs --data (the rows the translation is fitted "
-                             "and measured on)")
-        from promptaudit.spec import TranslateSpec
-
-        translate_settings = TranslateSpec.from_options(
-            steps=translate_steps, restarts=translate_restarts, seed=translate_seed,
-            vocabulary=translate_vocabulary,
-        ).settings()
-        logging.getLogger("promptaudit.translation").setLevel(logging.INFO)
-    from promptaudit.data import encode_labels
+    translate_settings = _translate_settings(
+        translate, has_data=data is not None, steps=translate_steps,
+        restarts=translate_restarts, seed=translate_seed, vocabulary=translate_vocabulary,
+    )
     from promptaudit.projection import format_projection_table, load_for_projection, project_prompt
 
     if (instruction or position_importance) and data is None:
@@ -682,18 +691,11 @@ def project(
         raise InputError(f"{option}: needs --data (the rows the soft prompt is compared on)")
     if max_attributed < 0:
         raise InputError(f"--max-attributed: {max_attributed}; must be an integer >= 0")
-
     prompted, soft = load_for_projection(
         model, prompt, task=task, labels=_split_labels(labels), device=device,
         needs_predictions=data is not None, allow_untrained_head=allow_untrained_head,
     )
-    texts = label_ids = None
-    if data is not None:
-        frame, texts = _load_texts(data, text_column, [label_column] if label_column else [])
-        if label_column:
-            label_ids = encode_labels(
-                frame[label_column], prompted.labels, source=str(data), column=label_column
-            )
+    texts, label_ids = _labelled_texts(data, text_column, label_column, prompted)
     projection = project_prompt(
         prompted, soft_prompt=soft, top_k=top_k, metric=metric, texts=texts, label_ids=label_ids
     )
@@ -714,6 +716,37 @@ def project(
         for key in ("position_importance", "departures"):
             if projection.get(key):
                 typer.echo(projection[key]["summary"])
+
+
+def _labelled_texts(data: Path | None, text_column: str, label_column: str | None,
+                    prompted) -> tuple[list[str] | None, object]:
+    """``project --data``: the texts and (with ``--label-column``) their ``(n,)`` label ids."""
+    if data is None:
+        return None, None
+    from promptaudit.data import encode_labels
+
+    frame, texts = _load_texts(data, text_column, [label_column] if label_column else [])
+    if not label_column:
+        return texts, None
+    return texts, encode_labels(frame[label_column], prompted.labels, source=str(data),
+                                column=label_column)
+
+
+def _translate_settings(translate: bool, *, has_data: bool, **options):
+    """``project --translate``: the translation settings of the options, or None without it."""
+    if not translate and all(value is None for value in options.values()):
+        return None
+    if not translate:
+        raise InputError("--translate-steps/--translate-restarts/--translate-seed/"
+                         "--translate-vocabulary: given without --translate; add --translate")
+    if not has_data:
+        raise InputError("--translate: needs --data (the rows the translation is fitted "
+                         "and measured on)")
+    from promptaudit.spec import TranslateSpec
+
+    settings = TranslateSpec.from_options(**options).settings()
+    logging.getLogger("promptaudit.translation").setLevel(logging.INFO)
+    return settings
 
 
 def _explain_projection(prompted, soft, projection: dict, texts, label_ids, *,
@@ -857,20 +890,26 @@ def gate(
     for entry in gates:
         _echo(_gate_word(entry) + entry["message"])
     passed = all(entry["passed"] for entry in gates)
+    _echo_signature_note(data)
+    _echo(f"{result}: {'all gates pass' if passed else 'a gate failed'} ({len(gates)} checked)")
+    raise typer.Exit(EXIT_OK if passed else EXIT_GATE_FAILED)
+
+
+def _echo_signature_note(data: dict, *, unchecked: bool = True) -> None:
+    """Say whether the signature was checked (and, if ``unchecked``, when it was not)."""
+    from promptaudit.results import SIGNING_KEY_ENV
+
     if os.environ.get(SIGNING_KEY_ENV) is not None:
         _echo("note: checksum and signature verified")
-    elif "hmac_sha256" in (data.get("integrity") or {}):
+    elif unchecked and "hmac_sha256" in (data.get("integrity") or {}):
         _echo(
             f"note: the result is signed, but {SIGNING_KEY_ENV} is not set: signature not checked"
         )
-    _echo(f"{result}: {'all gates pass' if passed else 'a gate failed'} ({len(gates)} checked)")
-    raise typer.Exit(EXIT_OK if passed else EXIT_GATE_FAILED)
 
 
 def _gate_with_policy(result: Path, data: dict, policy: Path, policy_spec) -> None:
     """``gate --policy``: the policy's gates on the recorded figures, and weaker run settings."""
     from promptaudit.gate_policy import check_result_against_policy
-    from promptaudit.results import SIGNING_KEY_ENV
 
     check = check_result_against_policy(data, policy_spec)
     _echo(f"policy {policy}: {len(check['gates'])} gate(s), inconclusive: "
@@ -884,12 +923,7 @@ def _gate_with_policy(result: Path, data: dict, policy: Path, policy_spec) -> No
     for entry in check["weaker"]:
         word = "MISSING  " if entry["kind"] == "missing" else "WEAKER  "
         _echo(word + entry["message"])
-    if os.environ.get(SIGNING_KEY_ENV) is not None:
-        _echo("note: checksum and signature verified")
-    elif policy_spec.require_signature is False and "hmac_sha256" in (data.get("integrity") or {}):
-        _echo(
-            f"note: the result is signed, but {SIGNING_KEY_ENV} is not set: signature not checked"
-        )
+    _echo_signature_note(data, unchecked=policy_spec.require_signature is False)
     if check["passed"]:
         verdict = "all policy gates pass"
     elif not check["gates_passed"]:
@@ -904,6 +938,10 @@ def _gate_with_policy(result: Path, data: dict, policy: Path, policy_spec) -> No
 
 @app.command()
 @handle_errors
+@_settings_options(MitigationSettings, ["suite", "features", "weights", "max_accuracy_drop",
+                                        "group_weight", "epochs", "learning_rate", "batch_size",
+                                        "max_length", "validation_fraction", "seed"],
+                   suite="--counterfactuals")
 def mitigate(
     model: ModelOption,
     prompt: PromptOption,
@@ -915,32 +953,14 @@ def mitigate(
     positive_label: Annotated[
         str | None, typer.Option("--positive-label", help="Default: the last of two labels.")
     ] = None,
-    counterfactuals: Annotated[
-        str,
-        typer.Option("--counterfactuals", help="Term suite for swaps: builtin:identity or a file."),
-    ] = "builtin:identity",
-    features: Annotated[
-        str | None,
-        typer.Option("--features", help="Comma-separated suite features (default: all)."),
-    ] = None,
     pair_column: Annotated[
         str | None,
         typer.Option("--pair-column", help="Rows sharing this id are variants (replaces a suite)."),
     ] = None,
-    weights: Annotated[
-        str, typer.Option("--weights", help="Comma-separated pairing weights to sweep.")
-    ] = ",".join(f"{w:g}" for w in DEFAULT_PAIRING_WEIGHTS),
-    max_accuracy_drop: Annotated[
-        float,
-        typer.Option("--max-accuracy-drop", help="Largest accepted validation accuracy drop."),
-    ] = 0.02,
     group_column: Annotated[
         str | None,
         typer.Option("--group-column", help="Group column for the optional group penalty."),
     ] = None,
-    group_weight: Annotated[
-        float, typer.Option("--group-weight", help="Weight of the group penalty (fairret).")
-    ] = 0.0,
     unlabelled_data: Annotated[
         Path | None,
         typer.Option(
@@ -948,81 +968,37 @@ def mitigate(
             help="Texts without labels (same text column) added to the pairing loss only.",
         ),
     ] = None,
-    epochs: Annotated[int, typer.Option("--epochs")] = DEFAULT_MITIGATION_EPOCHS,
-    learning_rate: Annotated[
-        float, typer.Option("--learning-rate")
-    ] = DEFAULT_MITIGATION_LEARNING_RATE,
-    batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
-    max_length: Annotated[int, typer.Option("--max-length")] = 128,
-    validation_fraction: Annotated[float, typer.Option("--validation-fraction")] = 0.2,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
     resume: Annotated[
         bool, typer.Option("--resume", help="Reuse finished candidates and checkpoints in --out.")
     ] = False,
     device: DeviceOption = "auto",
     verbose: VerboseOption = False,
     quiet: QuietOption = False,
+    settings_values: dict | None = None,
 ) -> None:
     """Re-tune a prompt with counterfactual logit pairing; exit 1 if no weight meets the budget."""
     _configure_logging(verbose)
     from promptaudit.atomic import check_output_dir
     bars = _configure_progress(quiet)
-    from promptaudit.data import encode_labels, infer_labels
-    from promptaudit.mitigation import MitigationSettings, mitigate_prompt
+    from promptaudit.mitigation import mitigate_from_table
     from promptaudit.paths import plan_mitigate
     from promptaudit.report.comparison import tradeoff_markdown
 
+    settings = MitigationSettings(**settings_values)
     # Before any work: --out is a folder of its own, holding no input and inside none.
     plan_mitigate(
         out, data=data, prompt=prompt, model=model, unlabelled_data=unlabelled_data,
-        suite=None if pair_column else counterfactuals,
+        suite=None if pair_column else settings.suite,
     ).check()
     check_output_dir(out)
-    extra = [c for c in (label_column, pair_column, group_column) if c]
-    frame, texts = _load_texts(data, text_column, extra)
-    label_names = _split_labels(labels) or infer_labels(
-        frame[label_column], source=str(data), column=label_column
+    result = mitigate_from_table(
+        model, prompt, str(data), text_column=text_column, label_column=label_column,
+        out_dir=out, settings=settings, labels=_split_labels(labels), pair_column=pair_column,
+        group_column=group_column,
+        unlabelled_data=None if unlabelled_data is None else str(unlabelled_data),
+        positive_label=positive_label, device=device, resume=resume, progress=bars,
     )
-    label_ids = encode_labels(
-        frame[label_column], label_names, source=str(data), column=label_column
-    )
-    try:
-        weight_values = tuple(float(w) for w in weights.split(",") if w.strip())
-    except ValueError:
-        raise InputError(
-            f"--weights {weights!r}: give comma-separated numbers, e.g. 10,30,100"
-        ) from None
-    settings = MitigationSettings(
-        weights=weight_values,
-        max_accuracy_drop=max_accuracy_drop,
-        epochs=epochs,
-        learning_rate=learning_rate,
-        batch_size=batch_size,
-        max_length=max_length,
-        seed=seed,
-        validation_fraction=validation_fraction,
-        suite=None if pair_column else counterfactuals,
-        features=tuple(f.strip() for f in features.split(",") if f.strip()) if features else None,
-        group_weight=group_weight,
-    )
-    result = mitigate_prompt(
-        model,
-        prompt,
-        texts,
-        label_ids,
-        labels=label_names,
-        out_dir=out,
-        positive_label=positive_label,
-        settings=settings,
-        pair_ids=frame[pair_column].tolist() if pair_column else None,
-        group_values=frame[group_column].astype(str).tolist() if group_column else None,
-        unlabelled_texts=_load_texts(unlabelled_data, text_column)[1] if unlabelled_data else None,
-        data_source=str(data),
-        device=device,
-        resume=resume,
-        progress=bars,
-    )
-    typer.echo(tradeoff_markdown(result.table, max_accuracy_drop), nl=False)
+    typer.echo(tradeoff_markdown(result.table, settings.max_accuracy_drop), nl=False)
     typer.echo(result.message)
     for kind, path in sorted(result.paths.items()):
         typer.echo(f"  {kind}: {path}")

@@ -36,7 +36,6 @@ import hashlib
 import json
 import logging
 import math
-import shutil
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -46,16 +45,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from promptaudit.choices import (
-    DEFAULT_MITIGATION_EPOCHS,
-    DEFAULT_MITIGATION_LEARNING_RATE,
-    DEFAULT_PAIRING_WEIGHTS,
-)
 from promptaudit.errors import InputError
 from promptaudit.report.comparison import fmt_or_undefined as _fmt
+from promptaudit.settings import MitigationSettings
 
 __all__ = [
-    "DEFAULT_WEIGHTS",
     "MitigationMethod",
     "MitigationSettings",
     "MitigationResult",
@@ -65,13 +59,12 @@ __all__ = [
     "evaluate_prompt",
     "logit_margin",
     "mitigate_prompt",
+    "mitigate_from_table",
     "select_weight",
 ]
 
 logger = logging.getLogger(__name__)
 
-#: Pairing weights tried when none are given (defined in :mod:`promptaudit.choices`).
-DEFAULT_WEIGHTS = DEFAULT_PAIRING_WEIGHTS
 #: Files of a PEFT adapter copied from the chosen candidate into the output folder.
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "training_info.json")
 RECORD_FILE = "mitigation.json"
@@ -83,72 +76,6 @@ class MitigationMethod(enum.StrEnum):
     """Mitigation methods (closed choice)."""
 
     CLP = "clp"
-
-
-@dataclass(frozen=True)
-class MitigationSettings:
-    """How to mitigate.
-
-    Attributes
-    ----------
-    weights : tuple of float
-        Pairing weights swept (each >= 0; 0 re-tunes on the task loss alone).
-    max_accuracy_drop : float
-        Largest accepted drop in validation accuracy versus the original prompt.
-    epochs, learning_rate, batch_size, max_length, seed :
-        Training settings of each candidate (see :class:`TrainingConfig`).
-    validation_fraction : float
-        Seeded share of the data held out to choose the weight.
-    suite : str or None
-        Term suite for swaps (``builtin:identity`` or a file); None with a pair column.
-    features : list of str or None
-        Features of the suite to swap (default: all).
-    max_pairs_per_batch : int or None
-        Cap on pairs per batch (default: the batch size), bounding the extra cost.
-    group_weight : float
-        Weight of the fairret group penalty (0: off; needs group columns).
-    keep_dropout : bool
-        Keep the base model's dropout active while re-tuning (default False: it is
-        switched off, because the pairing term compares two forward passes, and with
-        dropout their difference holds dropout noise as large as the identity effect
-        on MiniLM, which the penalty can only "reduce" by shrinking every margin).
-    """
-
-    weights: tuple[float, ...] = DEFAULT_WEIGHTS
-    max_accuracy_drop: float = 0.02
-    epochs: int = DEFAULT_MITIGATION_EPOCHS
-    learning_rate: float = DEFAULT_MITIGATION_LEARNING_RATE
-    batch_size: int = 32
-    max_length: int = 128
-    seed: int = 0
-    validation_fraction: float = 0.2
-    suite: str | None = "builtin:identity"
-    features: tuple[str, ...] | None = None
-    max_pairs_per_batch: int | None = None
-    group_weight: float = 0.0
-    keep_dropout: bool = False
-
-    def check(self) -> None:
-        """Raise :class:`InputError` naming the first out-of-range field."""
-        if not self.weights:
-            raise InputError("weights: give at least one pairing weight")
-        for weight in self.weights:
-            if not (isinstance(weight, int | float) and math.isfinite(weight) and weight >= 0):
-                raise InputError(f"weights: {weight!r} is not allowed; each weight must be >= 0")
-        if len(set(self.weights)) != len(self.weights):
-            raise InputError(f"weights: {list(self.weights)} lists a weight twice")
-        if not 0 <= self.max_accuracy_drop <= 1:
-            raise InputError(
-                f"max_accuracy_drop: {self.max_accuracy_drop}; must be between 0 and 1"
-            )
-        if not 0 < self.validation_fraction < 1:
-            raise InputError(
-                f"validation_fraction: {self.validation_fraction}; must be strictly between 0 and 1"
-            )
-        if self.max_pairs_per_batch is not None and self.max_pairs_per_batch < 1:
-            raise InputError(f"max_pairs_per_batch: {self.max_pairs_per_batch}; must be >= 1")
-        if not (math.isfinite(self.group_weight) and self.group_weight >= 0):
-            raise InputError(f"group_weight: {self.group_weight}; must be >= 0")
 
 
 @dataclass
@@ -550,253 +477,353 @@ def mitigate_prompt(
     -------
     MitigationResult
     """
-    from promptaudit.atomic import atomic_write_text
-    from promptaudit.prompted import load_prompted_model
-    from promptaudit.prompts import check_recorded_labels, load_prompt
-    from promptaudit.training import CHECKPOINT_DIR, TrainingConfig, train_prompt
-
     settings = settings or MitigationSettings()
-    settings.check()
+    texts, label_ids = _checked_rows(texts, label_ids)
+    labels = list(labels)
+    positive = _positive_index(labels, positive_label)
+    soft = _warm_start(prompt, labels)
+    pairs = _Pairs.build(texts, settings, pair_ids=pair_ids, group_values=group_values,
+                         unlabelled_texts=unlabelled_texts)
+    sweep = _Sweep(model=model, prompt=prompt, soft=soft, labels=labels, positive=positive,
+                   settings=settings, pairs=pairs, label_ids=label_ids, device=device,
+                   hashes=_data_hashes(texts, label_ids, data_source),
+                   from_pair_column=pair_ids is not None)
+    logger.info("evaluating the original prompt on %d validation texts", len(pairs.val_texts))
+    before = {"weight": None, **sweep.evaluate(prompt)}
+    table = sweep.run(Path(out_dir), resume=resume, progress=progress)
+    chosen = select_weight(table, before=before, max_accuracy_drop=settings.max_accuracy_drop)
+    for i, row in enumerate(table):
+        row["chosen"] = i == chosen
+    before.update({"accuracy_change": 0.0, "within_budget": True, "pareto": None,
+                   "chosen": False, "n_pairs": 0})
+    record = sweep.record(before, table, chosen)
+    paths = _write_outputs(Path(out_dir), record, chosen=None if chosen is None else table[chosen])
+    return MitigationResult(
+        mitigated=chosen is not None, adapter_dir=Path(out_dir) if chosen is not None else None,
+        chosen_weight=record["chosen_weight"], table=record["table"], record=record,
+        paths=paths, message=record["message"],
+    )
+
+
+def _checked_rows(texts, label_ids) -> tuple[list[str], np.ndarray]:
+    """The texts and ``(n,)`` int64 label ids: as many of each, at least 10."""
     texts = [str(t) for t in texts]
     label_ids = np.asarray(label_ids, dtype=np.int64)
     if len(texts) != len(label_ids):
         raise InputError(f"data: {len(texts)} texts but {len(label_ids)} labels")
     if len(texts) < 10:
         raise InputError(f"data: {len(texts)} rows; mitigation needs at least 10")
-    labels = list(labels)
-    positive = _positive_index(labels, positive_label)
+    return texts, label_ids
+
+
+def _warm_start(prompt: str | Path, labels: list[str]):
+    """The audited prompt (a PEFT prompt-tuning adapter that records its task and labels)."""
+    from promptaudit.prompts import check_recorded_labels, load_prompt
+
     soft = load_prompt(prompt)
     if soft.peft_type != "PROMPT_TUNING":
         raise InputError(
             f"{prompt}: mitigation re-tunes PEFT prompt-tuning adapters; got "
             f"{soft.peft_type or 'a bare tensor file'}"
         )
-    task = soft.task
-    if task is None:
+    if soft.task is None:
         raise InputError(f"{prompt}: the adapter does not record its task_type")
     check_recorded_labels(labels, soft)
-    out_dir = Path(out_dir)
+    return soft
 
-    train_idx, val_idx = _split(len(texts), settings.validation_fraction, settings.seed, pair_ids)
-    train_texts = [texts[i] for i in train_idx]
-    val_texts = [texts[i] for i in val_idx]
-    features = list(settings.features) if settings.features else None
-    if pair_ids is not None:
-        pairs = list(pair_ids)
-        variants = build_variants(train_texts, pair_ids=[pairs[i] for i in train_idx])
-        val_tuples = _tuples_from_pairs(val_texts, [pairs[i] for i in val_idx])
-    else:
-        from promptaudit.corpora import make_counterfactuals
 
-        variants = build_variants(train_texts, suite=settings.suite, features=features)
-        val_tuples = make_counterfactuals(val_texts, settings.suite, features=features)
-    if not variants:
-        raise InputError(
-            "counterfactuals: no training text has an identity-swapped variant "
-            f"({'pair column' if pair_ids is not None else settings.suite}); nothing to pair"
-        )
-    unlabelled = {}
-    if unlabelled_texts:
-        unlabelled = (
-            build_variants(list(unlabelled_texts), suite=settings.suite, features=features)
-            if pair_ids is None
-            else {}
-        )
-    groups = None
-    if settings.group_weight > 0:
-        if group_values is None:
-            raise InputError("group_weight: the group penalty needs a group column")
-        values = list(group_values)
-        groups = {texts[i]: str(values[i]) for i in train_idx}
+def mitigate_from_table(model: str, prompt: str | Path, data: str, *, text_column: str,
+                        label_column: str, out_dir: str | Path, settings: MitigationSettings,
+                        labels: Sequence[str] | None = None, pair_column: str | None = None,
+                        group_column: str | None = None, limit: int | None = None,
+                        unlabelled_data: str | None = None,
+                        **mitigate_options) -> MitigationResult:
+    """Mitigate a prompt on a data table: what ``promptaudit mitigate`` and a spec's
+    ``mitigation:`` both run.
 
-    def build(adapter) -> dict:
-        prompted, _, _ = load_prompted_model(
-            model,
-            str(adapter),
-            task=task,
-            labels=labels,
-            device=device,
-            max_length=settings.max_length,
-            batch_size=max(settings.batch_size, 64),
-        )
-        return evaluate_prompt(
-            prompted, val_texts, label_ids[val_idx], val_tuples, positive=positive
-        )
+    Parameters
+    ----------
+    model : str
+    prompt : str or Path
+        The audited PEFT prompt-tuning adapter.
+    data : str
+        Labelled table, read with :func:`promptaudit.data.load_table` (seeded by
+        ``settings.seed``).
+    text_column, label_column : str
+    out_dir : str or Path
+    settings : MitigationSettings
+        ``suite`` is ignored (None) with a ``pair_column``.
+    labels : sequence of str, optional
+        Label names in index order (default: inferred from the label column).
+    pair_column, group_column : str, optional
+        Rows sharing a pair id are variants of each other; groups of the group penalty.
+    limit : int, optional
+        Use the first ``limit`` rows only.
+    unlabelled_data : str, optional
+        A table of texts (same text column) added to the pairing loss only.
+    **mitigate_options
+        ``positive_label``, ``device``, ``resume``, ``progress`` of :func:`mitigate_prompt`.
 
-    logger.info("evaluating the original prompt on %d validation texts", len(val_texts))
-    before = {"weight": None, **build(prompt)}
-    initial_state = {"prompt_embeddings": soft.embeddings}
-    initial_state.update({f"base_model.{k}": v for k, v in soft.head_state.items()})
-    init_method, init_text = original_init(soft)
-    config = TrainingConfig(
-        num_virtual_tokens=soft.num_virtual_tokens,
-        init=init_method,
-        init_text=init_text,
-        epochs=settings.epochs,
-        learning_rate=settings.learning_rate,
-        batch_size=settings.batch_size,
-        max_length=settings.max_length,
-        seed=settings.seed,
-        validation_fraction=0.0,
+    Returns
+    -------
+    MitigationResult
+    """
+    from promptaudit.data import load_table
+    from promptaudit.training import labelled_table
+
+    frame, texts, label_ids, labels = labelled_table(
+        data, text_column=text_column, label_column=label_column, labels=labels,
+        seed=settings.seed, limit=limit, columns=[c for c in (pair_column, group_column) if c])
+    unlabelled = None
+    if unlabelled_data is not None:
+        unlabelled = load_table(unlabelled_data, required_columns=[text_column],
+                                seed=settings.seed)[text_column].astype(str).tolist()
+    return mitigate_prompt(
+        model, prompt, texts, label_ids, labels=labels, out_dir=out_dir,
+        settings=settings.model_copy(update={"suite": None}) if pair_column else settings,
+        pair_ids=frame[pair_column].tolist() if pair_column else None,
+        group_values=frame[group_column].astype(str).tolist() if group_column else None,
+        unlabelled_texts=unlabelled, data_source=data, **mitigate_options,
     )
-    hashes = _data_hashes(texts, label_ids, data_source)
-    max_pairs = settings.max_pairs_per_batch or settings.batch_size
-    table: list[dict] = []
-    from promptaudit.progress import stage
 
-    n_weights = len(settings.weights)
-    stage("mitigation sweep", f"{n_weights} pairing weight(s) x {settings.epochs} epoch(s) on "
-          f"{len(train_texts)} texts and {len(variants)} variant texts")
-    durations: list[float] = []
-    for number, weight in enumerate(settings.weights, start=1):
-        remaining = None
-        if durations:  # measured on the candidates already trained
-            remaining = sum(durations) / len(durations) * (n_weights - number + 1)
-        stage(f"mitigation weight {weight:g} ({number} of {n_weights})",
-              "re-tuning with counterfactual logit pairing"
-              + (", time left for the sweep" if remaining is not None else ""),
-              estimate_s=remaining)
-        started = time.perf_counter()
-        candidate = out_dir / SWEEP_DIR / f"clp-w{weight:g}"
-        info = {
+
+@dataclass
+class _Pairs:
+    """The seeded train/validation split and the pairs drawn from it."""
+
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    train_texts: list[str]
+    val_texts: list[str]
+    variants: dict[str, list[str]]
+    val_tuples: pd.DataFrame
+    unlabelled: dict[str, list[str]]
+    groups: dict[str, str] | None
+    features: list[str] | None
+
+    @classmethod
+    def build(cls, texts: list[str], settings: MitigationSettings, *, pair_ids, group_values,
+              unlabelled_texts) -> _Pairs:
+        """Split ``texts``, find the training variants and the validation tuples."""
+        train_idx, val_idx = _split(len(texts), settings.validation_fraction, settings.seed,
+                                    pair_ids)
+        train_texts = [texts[i] for i in train_idx]
+        val_texts = [texts[i] for i in val_idx]
+        features = list(settings.features) if settings.features else None
+        if pair_ids is not None:
+            ids = list(pair_ids)
+            variants = build_variants(train_texts, pair_ids=[ids[i] for i in train_idx])
+            val_tuples = _tuples_from_pairs(val_texts, [ids[i] for i in val_idx])
+        else:
+            from promptaudit.corpora import make_counterfactuals
+
+            variants = build_variants(train_texts, suite=settings.suite, features=features)
+            val_tuples = make_counterfactuals(val_texts, settings.suite, features=features)
+        if not variants:
+            raise InputError(
+                "counterfactuals: no training text has an identity-swapped variant "
+                f"({'pair column' if pair_ids is not None else settings.suite}); nothing to pair"
+            )
+        unlabelled = {}
+        if unlabelled_texts and pair_ids is None:
+            unlabelled = build_variants(list(unlabelled_texts), suite=settings.suite,
+                                        features=features)
+        groups = None
+        if settings.group_weight > 0:
+            if group_values is None:
+                raise InputError("group_weight: the group penalty needs a group column")
+            values = list(group_values)
+            groups = {texts[i]: str(values[i]) for i in train_idx}
+        return cls(train_idx, val_idx, train_texts, val_texts, variants, val_tuples,
+                   unlabelled, groups, features)
+
+
+@dataclass
+class _Sweep:
+    """The candidates of one mitigation: one re-tuned prompt per pairing weight."""
+
+    model: str
+    prompt: str | Path
+    soft: object
+    labels: list[str]
+    positive: int
+    settings: MitigationSettings
+    pairs: _Pairs
+    label_ids: np.ndarray
+    device: str
+    hashes: dict
+    from_pair_column: bool
+
+    def evaluate(self, adapter) -> dict:
+        """:func:`evaluate_prompt` of an adapter on the validation split."""
+        from promptaudit.prompted import load_prompted_model
+
+        prompted, _, _ = load_prompted_model(
+            self.model, str(adapter), task=self.soft.task, labels=self.labels,
+            device=self.device, max_length=self.settings.max_length,
+            batch_size=max(self.settings.batch_size, 64),
+        )
+        return evaluate_prompt(prompted, self.pairs.val_texts,
+                               self.label_ids[self.pairs.val_idx], self.pairs.val_tuples,
+                               positive=self.positive)
+
+    def config(self):
+        """The :class:`TrainingConfig` of every candidate (the audited prompt's init)."""
+        from promptaudit.training import TrainingConfig
+
+        init_method, init_text = original_init(self.soft)
+        shared = self.settings.model_dump(
+            include={"epochs", "learning_rate", "batch_size", "max_length", "seed"})
+        return TrainingConfig(num_virtual_tokens=self.soft.num_virtual_tokens, init=init_method,
+                              init_text=init_text, validation_fraction=0.0, **shared)
+
+    def info(self, weight: float) -> dict:
+        """The mitigation record of one candidate (``training_info.json``, resume check)."""
+        settings = self.settings
+        return {
             "method": MitigationMethod.CLP.value,
             "weight": float(weight),
             "group_weight": settings.group_weight,
-            "warm_start": str(prompt),
-            "data_sha256": hashes["content_sha256"],
-            "pairs_from": "pair_column" if pair_ids is not None else settings.suite,
-            "features": features,
+            "warm_start": str(self.prompt),
+            "data_sha256": self.hashes["content_sha256"],
+            "pairs_from": "pair_column" if self.from_pair_column else settings.suite,
+            "features": self.pairs.features,
             "dropout": settings.keep_dropout,
         }
-        done = _finished_candidate(candidate, info, config)
-        if resume and done is not None:
-            logger.info("weight %g: reusing the finished candidate in %s", weight, candidate)
-            n_pairs = done
-        else:
-            loss = PairingLoss(
-                variants,
-                positive=positive,
-                weight=weight,
-                max_pairs=max_pairs,
-                seed=settings.seed,
-                unlabelled=unlabelled,
-                groups=groups,
-                group_weight=settings.group_weight,
-            )
-            has_checkpoint = (candidate / CHECKPOINT_DIR).is_dir() and any(
-                (candidate / CHECKPOINT_DIR).glob("epoch-*/trainer_state.json")
-            )
-            logger.info("weight %g: training into %s", weight, candidate)
-            train_prompt(
-                model,
-                train_texts,
-                label_ids[train_idx],
-                labels=labels,
-                out_dir=candidate,
-                task=task,
-                config=config,
-                validation_texts=val_texts,
-                validation_label_ids=label_ids[val_idx],
-                device=device,
-                resume=resume and has_checkpoint,
-                progress=progress,
-                initial_state=initial_state,
-                extra_loss=loss,
-                extra_info={"mitigation": {**info, "n_pairs": loss.n_pairs}},
-                loaded=None
-                if settings.keep_dropout
-                else _base_without_dropout(model, task, len(labels), device),
-            )
-            n_pairs = loss.n_pairs
-            _record_pairs(candidate, n_pairs)
-        table.append({"weight": float(weight), **build(candidate), "n_pairs": n_pairs})
-        durations.append(time.perf_counter() - started)
 
-    chosen = select_weight(table, before=before, max_accuracy_drop=settings.max_accuracy_drop)
-    for i, row in enumerate(table):
-        row["chosen"] = i == chosen
-    before.update(
-        {
-            "accuracy_change": 0.0,
-            "within_budget": True,
-            "pareto": None,
-            "chosen": False,
-            "n_pairs": 0,
-        }
-    )
-    rows = [before, *table]
-    record = {
-        "method": MitigationMethod.CLP.value,
-        "reference": "Garg et al. (2019), counterfactual logit pairing",
-        "base_model": model,
-        "original_prompt": str(prompt),
-        "labels": labels,
-        "positive_label": labels[positive],
-        "weights": [float(w) for w in settings.weights],
-        "group_weight": settings.group_weight,
-        "max_accuracy_drop": settings.max_accuracy_drop,
-        "settings": _settings_dict(settings),
-        "data": {
-            **hashes,
-            "n_train": len(train_idx),
-            "n_validation": len(val_idx),
-            "n_train_texts_with_variants": sum(t in variants for t in train_texts),
-            "n_unlabelled_with_variants": len(unlabelled),
-            "n_validation_tuples": before["n_tuples"],
-        },
-        "table": rows,
-        "chosen_weight": None if chosen is None else table[chosen]["weight"],
-        "mitigated": chosen is not None,
-    }
-    if chosen is None:
-        record["n_pairs"] = 0
-        message = (
-            f"no weight kept validation accuracy within {settings.max_accuracy_drop:g} of the "
-            f"original ({before['accuracy']:.4f}); nothing is claimed as mitigated and no "
-            "adapter was written"
+    def run(self, out_dir: Path, *, resume: bool, progress: bool) -> list[dict]:
+        """Train (or reuse) each candidate and evaluate it: one table row per weight."""
+        from promptaudit.progress import stage
+
+        config, weights = self.config(), self.settings.weights
+        stage("mitigation sweep", f"{len(weights)} pairing weight(s) x {self.settings.epochs} "
+              f"epoch(s) on {len(self.pairs.train_texts)} texts and "
+              f"{len(self.pairs.variants)} variant texts")
+        table: list[dict] = []
+        durations: list[float] = []
+        for number, weight in enumerate(weights, start=1):
+            remaining = None
+            if durations:  # measured on the candidates already trained
+                remaining = sum(durations) / len(durations) * (len(weights) - number + 1)
+            stage(f"mitigation weight {weight:g} ({number} of {len(weights)})",
+                  "re-tuning with counterfactual logit pairing"
+                  + (", time left for the sweep" if remaining is not None else ""),
+                  estimate_s=remaining)
+            started = time.perf_counter()
+            candidate = out_dir / SWEEP_DIR / f"clp-w{weight:g}"
+            n_pairs = _finished_candidate(candidate, self.info(weight), config)
+            if resume and n_pairs is not None:
+                logger.info("weight %g: reusing the finished candidate in %s", weight, candidate)
+            else:
+                n_pairs = self.train(candidate, weight, config, resume=resume, progress=progress)
+            table.append({"weight": float(weight), **self.evaluate(candidate),
+                          "n_pairs": n_pairs})
+            durations.append(time.perf_counter() - started)
+        return table
+
+    def train(self, candidate: Path, weight: float, config, *, resume: bool,
+              progress: bool) -> int:
+        """Re-tune one candidate from the audited prompt; the number of pairs it used."""
+        from promptaudit.training import CHECKPOINT_DIR, train_prompt
+
+        settings, pairs = self.settings, self.pairs
+        loss = PairingLoss(
+            pairs.variants, positive=self.positive, weight=weight,
+            max_pairs=settings.max_pairs_per_batch or settings.batch_size, seed=settings.seed,
+            unlabelled=pairs.unlabelled, groups=pairs.groups, group_weight=settings.group_weight,
         )
-    else:
+        has_checkpoint = (candidate / CHECKPOINT_DIR).is_dir() and any(
+            (candidate / CHECKPOINT_DIR).glob("epoch-*/trainer_state.json")
+        )
+        logger.info("weight %g: training into %s", weight, candidate)
+        initial_state = {"prompt_embeddings": self.soft.embeddings}
+        initial_state.update({f"base_model.{k}": v for k, v in self.soft.head_state.items()})
+        n_labels = len(self.labels)
+        train_prompt(
+            self.model, pairs.train_texts, self.label_ids[pairs.train_idx], labels=self.labels,
+            out_dir=candidate, task=self.soft.task, config=config,
+            validation_texts=pairs.val_texts,
+            validation_label_ids=self.label_ids[pairs.val_idx], device=self.device,
+            resume=resume and has_checkpoint, progress=progress, initial_state=initial_state,
+            extra_loss=loss, extra_info={"mitigation": {**self.info(weight),
+                                                         "n_pairs": loss.n_pairs}},
+            loaded=None if settings.keep_dropout
+            else _base_without_dropout(self.model, self.soft.task, n_labels, self.device),
+        )
+        _record_pairs(candidate, loss.n_pairs)
+        return loss.n_pairs
+
+    def record(self, before: dict, table: list[dict], chosen: int | None) -> dict:
+        """The JSON of ``mitigation.json``: settings, data, the table, the choice, a message."""
+        settings, pairs = self.settings, self.pairs
+        record = {
+            "method": MitigationMethod.CLP.value,
+            "reference": "Garg et al. (2019), counterfactual logit pairing",
+            "base_model": self.model,
+            "original_prompt": str(self.prompt),
+            "labels": self.labels,
+            "positive_label": self.labels[self.positive],
+            "weights": [float(w) for w in settings.weights],
+            "group_weight": settings.group_weight,
+            "max_accuracy_drop": settings.max_accuracy_drop,
+            "settings": settings.model_dump(mode="json"),
+            "data": {
+                **self.hashes,
+                "n_train": len(pairs.train_idx),
+                "n_validation": len(pairs.val_idx),
+                "n_train_texts_with_variants": sum(t in pairs.variants for t in pairs.train_texts),
+                "n_unlabelled_with_variants": len(pairs.unlabelled),
+                "n_validation_tuples": before["n_tuples"],
+            },
+            "table": [before, *table],
+            "chosen_weight": None if chosen is None else table[chosen]["weight"],
+            "mitigated": chosen is not None,
+        }
+        if chosen is None:
+            record["n_pairs"] = 0
+            record["message"] = (
+                f"no weight kept validation accuracy within {settings.max_accuracy_drop:g} of "
+                f"the original ({before['accuracy']:.4f}); nothing is claimed as mitigated and "
+                "no adapter was written"
+            )
+            return record
         best = table[chosen]
         record["n_pairs"] = best["n_pairs"]
         improved = before["mean_abs_delta"] is None or (
             best["mean_abs_delta"] < before["mean_abs_delta"]
         )
         record["improved"] = bool(improved)
-        message = (
+        record["message"] = (
             f"chose weight {best['weight']:g}: validation accuracy {before['accuracy']:.4f} -> "
             f"{best['accuracy']:.4f}, DP ratio on swapped texts {_fmt(before['dp_ratio'])} -> "
             f"{_fmt(best['dp_ratio'])}, flip rate {_fmt(before['flip_rate'])} -> "
             f"{_fmt(best['flip_rate'])}, mean |change| {_fmt(before['mean_abs_delta'])} -> "
             f"{_fmt(best['mean_abs_delta'])}"
-        )
-        if not improved:
-            message += "; note: this is no improvement on the original prompt"
-    record["message"] = message
+        ) + ("" if improved else "; note: this is no improvement on the original prompt")
+        return record
+
+
+def _write_outputs(out_dir: Path, record: dict, *, chosen: dict | None) -> dict:
+    """Copy the chosen candidate's adapter into ``out_dir``; write the tables and the record."""
+    from promptaudit.atomic import atomic_write_text
+
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {}
     if chosen is not None:
-        source = out_dir / SWEEP_DIR / f"clp-w{table[chosen]['weight']:g}"
+        source = out_dir / SWEEP_DIR / f"clp-w{chosen['weight']:g}"
         for name in ADAPTER_FILES:
             data = (source / name).read_bytes()
             tmp = out_dir / f".{name}.tmp"
             tmp.write_bytes(data)
             tmp.replace(out_dir / name)
         paths["adapter"] = str(out_dir)
-    paths.update(_write_tables(rows, out_dir, settings.max_accuracy_drop))
+    paths.update(_write_tables(record["table"], out_dir, record["max_accuracy_drop"]))
     paths["record"] = str(
         atomic_write_text(
             out_dir / RECORD_FILE, json.dumps(_jsonable(record), indent=2, sort_keys=True)
         )
     )
-    return MitigationResult(
-        mitigated=chosen is not None,
-        adapter_dir=out_dir if chosen is not None else None,
-        chosen_weight=record["chosen_weight"],
-        table=rows,
-        record=record,
-        paths=paths,
-        message=message,
-    )
+    return paths
 
 
 # ------------------------------------------------------------------ helpers
@@ -941,13 +968,6 @@ def _record_pairs(candidate: Path, n_pairs: int) -> None:
     atomic_write_text(path, json.dumps(info, sort_keys=True, indent=2))
 
 
-def _settings_dict(settings: MitigationSettings) -> dict:
-    from dataclasses import asdict
-
-    out = asdict(settings)
-    out["weights"] = list(settings.weights)
-    out["features"] = None if settings.features is None else list(settings.features)
-    return out
 
 
 def _jsonable(value):
@@ -984,6 +1004,3 @@ def _write_tables(rows: list[dict], out_dir: Path, max_accuracy_drop: float) -> 
     return {"table_csv": str(csv_path), "table_md": str(md_path), "figure": str(png_path)}
 
 
-def remove_sweep(out_dir: str | Path) -> None:
-    """Delete the candidates folder of a finished sweep (keeps the chosen adapter)."""
-    shutil.rmtree(Path(out_dir) / SWEEP_DIR, ignore_errors=True)

@@ -831,30 +831,19 @@ def _prompt_source(spec: AuditSpec, *, progress: bool) -> str:
     """The prompt's path: the spec's, or the folder a prompt trained here was written to."""
     if spec.prompt.path is not None:
         return spec.prompt.path
-    from promptaudit.data import infer_labels
-    from promptaudit.training import InitMethod, TrainingConfig, default_init_text, train_prompt
+    from promptaudit.settings import PromptTuning, TrainingConfig
+    from promptaudit.training import train_from_table
 
     train = spec.prompt.train
-    table = train.data
-    if table.label_column is None:
-        raise SpecError("prompt.train.data.label_column: training needs a label column")
-    frame = load_table(table.path, required_columns=[table.text_column, table.label_column],
-                       seed=spec.seed)
-    where = {"source": table.path, "column": table.label_column}
-    labels = spec.model.labels or infer_labels(frame[table.label_column], **where)
-    label_ids = encode_labels(frame[table.label_column], labels, **where)
     out = Path(train.out) if train.out else private_output_dir("trained", spec.name)
-    config = TrainingConfig(
-        num_virtual_tokens=train.num_virtual_tokens, init=InitMethod(train.init),
-        init_text=train.init_text or default_init_text(labels), epochs=train.epochs,
-        learning_rate=train.learning_rate, batch_size=train.batch_size,
-        max_length=train.max_length, seed=spec.seed,
-    )
-    logger.info("training a prompt on %s into %s", table.path, out)
-    stage("training", f"tuning a prompt on {table.path} ({train.epochs} epoch(s))")
-    train_prompt(spec.model.base, frame[table.text_column].astype(str).tolist(), label_ids,
-                 labels=labels, out_dir=out, task=spec.model.task, config=config,
-                 device=spec.model.device, progress=progress)
+    config = TrainingConfig(**train.model_dump(include=set(PromptTuning.model_fields)),
+                            seed=spec.seed)
+    logger.info("training a prompt on %s into %s", train.data.path, out)
+    stage("training", f"tuning a prompt on {train.data.path} ({train.epochs} epoch(s))")
+    train_from_table(spec.model.base, train.data.path, text_column=train.data.text_column,
+                     label_column=train.data.label_column, out_dir=out, config=config,
+                     labels=spec.model.labels, task=spec.model.task, device=spec.model.device,
+                     progress=progress)
     return str(out)
 
 
@@ -924,35 +913,22 @@ def run_audit_with_mitigation(
 
 
 def _mitigate(spec: AuditSpec, prompt: str, labels: list[str], out: Path, *, progress: bool):
-    """Re-tune ``prompt`` on ``spec.mitigation.data`` into ``out`` (a ``MitigationOutcome``)."""
-    from promptaudit.mitigation import MitigationSettings, mitigate_prompt
+    """Re-tune ``prompt`` on ``spec.mitigation.data`` into ``out`` (a ``MitigationResult``)."""
+    from promptaudit.mitigation import mitigate_from_table
+    from promptaudit.settings import MitigationSettings, MitigationSweep
 
-    mitigation = spec.mitigation
+    mitigation, cf = spec.mitigation, spec.counterfactuals
+    values = mitigation.model_dump(include=set(MitigationSweep.model_fields))
+    values["suite"] = mitigation.suite or (cf.suite if cf is not None else None)
+    values["features"] = mitigation.features or (cf.features if cf is not None else None)
+    settings = MitigationSettings(**{k: v for k, v in values.items() if v is not None},
+                                  max_length=spec.model.max_length, seed=spec.seed)
     table = mitigation.data
-    columns = [table.text_column, table.label_column]
-    columns += [c for c in (table.pair_column, table.group_column) if c]
-    frame = load_table(table.path, required_columns=columns, seed=spec.seed)
-    if table.limit is not None:
-        frame = frame.iloc[: table.limit].reset_index(drop=True)
-    label_ids = encode_labels(frame[table.label_column], labels, source=table.path,
-                              column=table.label_column)
-    cf = spec.counterfactuals
-    suite = mitigation.suite or (cf.suite if cf is not None else None) or "builtin:identity"
-    features = mitigation.features or (cf.features if cf is not None else None)
-    settings = MitigationSettings(
-        weights=tuple(mitigation.weights), max_accuracy_drop=mitigation.max_accuracy_drop,
-        epochs=mitigation.epochs, learning_rate=mitigation.learning_rate,
-        batch_size=mitigation.batch_size, max_length=spec.model.max_length, seed=spec.seed,
-        validation_fraction=mitigation.validation_fraction,
-        suite=None if table.pair_column else suite,
-        features=tuple(features) if features else None, group_weight=mitigation.group_weight,
-    )
-    return mitigate_prompt(
-        spec.model.base, prompt, frame[table.text_column].astype(str).tolist(), label_ids,
-        labels=labels, out_dir=out, positive_label=spec.model.positive_label, settings=settings,
-        pair_ids=frame[table.pair_column].tolist() if table.pair_column else None,
-        group_values=frame[table.group_column].astype(str).tolist() if table.group_column else None,
-        data_source=table.path, device=spec.model.device,
+    return mitigate_from_table(
+        spec.model.base, prompt, table.path, text_column=table.text_column,
+        label_column=table.label_column, pair_column=table.pair_column,
+        group_column=table.group_column, limit=table.limit, labels=labels, out_dir=out,
+        settings=settings, positive_label=spec.model.positive_label, device=spec.model.device,
         resume=True,  # a re-run reuses finished candidates whose settings match
         progress=progress,
     )

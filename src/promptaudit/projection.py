@@ -59,6 +59,7 @@ from promptaudit.choices import UNKNOWN_PROJECTION_METRIC_MESSAGE, ProjectionMet
 from promptaudit.errors import InputError
 from promptaudit.prompts import text_init_token_ids
 from promptaudit.result_types import Fidelity, Trust
+from promptaudit.settings import DEFAULT_MAX_LENGTH
 
 __all__ = [
     "Metric",
@@ -907,7 +908,7 @@ def load_for_projection(
     device: str = "auto",
     needs_predictions: bool = False,
     allow_untrained_head: bool = False,
-    max_length: int = 128,
+    max_length: int = DEFAULT_MAX_LENGTH,
     batch_size: int = 32,
 ):
     """Load what a projection needs: the embedding matrix, and a task model for fidelity.

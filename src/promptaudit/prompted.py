@@ -30,6 +30,7 @@ from promptaudit.prompts import (
     check_recorded_labels,
     load_prompt,
 )
+from promptaudit.settings import DEFAULT_MAX_LENGTH
 
 __all__ = [
     "PromptedModel",
@@ -132,7 +133,7 @@ class PromptedModel:
         *,
         task: Task | str,
         labels: Sequence[str],
-        max_length: int = 128,
+        max_length: int = DEFAULT_MAX_LENGTH,
         batch_size: int = 32,
     ) -> None:
         self.model = model
@@ -508,7 +509,7 @@ def load_prompted_model(
     labels: Sequence[str] | None = None,
     device: str = "auto",
     dtype: str = "float32",
-    max_length: int = 128,
+    max_length: int = DEFAULT_MAX_LENGTH,
     batch_size: int = 32,
     trust_remote_code: bool = False,
     allow_untrained_head: bool = False,

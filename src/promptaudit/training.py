@@ -18,29 +18,27 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from promptaudit.choices import (  # this stage's choices (torch-free module)
-    TRAINING_BOUNDS,
-    InitMethod,
-    default_init_text,
-)
+from promptaudit.atomic import _umask
+from promptaudit.choices import InitMethod, default_init_text  # torch-free choices
 from promptaudit.errors import InputError
 from promptaudit.models import LoadedModel, Task, load_base_model
 from promptaudit.prompted import verbalizer_token_ids
 from promptaudit.prompts import text_init_token_ids
+from promptaudit.settings import TrainingConfig
 
 __all__ = [
     "InitMethod",
     "TrainingConfig",
     "TrainingResult",
     "train_prompt",
+    "train_from_table",
     "default_init_text",
-    "TRAINING_BOUNDS",
     "CHECKPOINT_DIR",
 ]
 
@@ -50,38 +48,6 @@ CHECKPOINT_DIR = ".checkpoints"
 #: Fewer held-out examples than this make the per-epoch validation accuracy a warning.
 MIN_VALIDATION_EXAMPLES = 30
 _TASK_TYPES = {Task.SEQUENCE_CLASSIFICATION: "SEQ_CLS", Task.CAUSAL_LM: "CAUSAL_LM"}
-
-
-@dataclass(frozen=True)
-class TrainingConfig:
-    """Hyper-parameters of prompt tuning (PEFT ``PromptTuningConfig`` plus the loop)."""
-
-    num_virtual_tokens: int = 20
-    init: InitMethod = InitMethod.TEXT
-    init_text: str | None = None
-    epochs: int = 2
-    learning_rate: float = 0.03
-    batch_size: int = 32
-    max_length: int = 128
-    seed: int = 0
-    validation_fraction: float = 0.1
-
-    def check(self) -> None:
-        """Raise :class:`InputError` naming the first out-of-range field."""
-        for name, (lowest, highest) in TRAINING_BOUNDS.items():
-            value = getattr(self, name)
-            if value < lowest:
-                raise InputError(f"{name}: {value}; must be >= {lowest}")
-            if highest is not None and value > highest:
-                raise InputError(f"{name}: {value}; must be <= {highest}")
-        if not self.learning_rate > 0:
-            raise InputError(f"learning_rate: {self.learning_rate}; must be > 0")
-        if not 0 <= self.seed < 2**32:
-            raise InputError(f"seed: {self.seed}; must be an integer in 0..{2**32 - 1}")
-        if not 0 <= self.validation_fraction < 1:
-            raise InputError(f"validation_fraction: {self.validation_fraction}; must be in [0, 1)")
-        if self.init is InitMethod.TEXT and not (self.init_text or "").strip():
-            raise InputError("init_text: required when init is 'text'")
 
 
 @dataclass
@@ -110,6 +76,73 @@ class TrainingResult:
     n_train: int = 0
     n_validation: int = 0
     train_examples_per_second: float = 0.0
+
+
+def train_from_table(model: str, data: str, *, text_column: str, label_column: str,
+                     out_dir: str | Path, config: TrainingConfig,
+                     labels: Sequence[str] | None = None, limit: int | None = None,
+                     validation_data: str | None = None, **train_options) -> TrainingResult:
+    """Train a soft prompt on a data table: what ``promptaudit train`` and a spec's
+    ``prompt.train`` both run.
+
+    Parameters
+    ----------
+    model : str
+        Base model reference.
+    data : str
+        Table (file, ``builtin:``, ``hf:``) read with :func:`promptaudit.data.load_table`
+        (seeded by ``config.seed``).
+    text_column, label_column : str
+    out_dir : str or Path
+    config : TrainingConfig
+        ``init_text`` None with a text init: :func:`default_init_text` of the labels.
+    labels : sequence of str, optional
+        Label names in index order (default: inferred from the label column).
+    limit : int, optional
+        Train on the first ``limit`` rows only.
+    validation_data : str, optional
+        Held-out table with the same columns.
+    **train_options
+        ``task``, ``device``, ``resume``, ``progress`` of :func:`train_prompt`.
+
+    Returns
+    -------
+    TrainingResult
+    """
+    frame, texts, label_ids, labels = labelled_table(
+        data, text_column=text_column, label_column=label_column, labels=labels,
+        seed=config.seed, limit=limit)
+    validation = {}
+    if validation_data is not None:
+        _, val_texts, val_ids, _ = labelled_table(
+            validation_data, text_column=text_column, label_column=label_column, labels=labels,
+            seed=config.seed)
+        validation = {"validation_texts": val_texts, "validation_label_ids": val_ids}
+    return train_prompt(model, texts, label_ids, labels=labels, out_dir=out_dir, config=config,
+                        **validation, **train_options)
+
+
+def labelled_table(source: str, *, text_column: str, label_column: str,
+                   labels: Sequence[str] | None = None, seed: int = 0, limit: int | None = None,
+                   columns: Sequence[str] = ()) -> tuple:
+    """A labelled table (:func:`promptaudit.data.load_table`, its first ``limit`` rows).
+
+    Returns
+    -------
+    tuple
+        The frame, its ``(n,)`` texts, ``(n,)`` int64 label ids, and the label names
+        (``labels``, or inferred from the label column).
+    """
+    from promptaudit.data import encode_labels, infer_labels, load_table
+
+    frame = load_table(source, required_columns=[text_column, label_column, *columns],
+                       seed=seed)
+    if limit is not None:
+        frame = frame.iloc[:limit].reset_index(drop=True)
+    labels = list(labels or infer_labels(frame[label_column], source=source,
+                                         column=label_column))
+    label_ids = encode_labels(frame[label_column], labels, source=source, column=label_column)
+    return frame, frame[text_column].astype(str).tolist(), label_ids, labels
 
 
 def train_prompt(
@@ -147,6 +180,7 @@ def train_prompt(
         Where the adapter is written (atomically: a crash leaves the old one).
     task : {"sequence-classification", "causal-lm"}
     config : TrainingConfig
+        ``init_text`` None with a text init: :func:`default_init_text` of ``labels``.
     validation_texts, validation_label_ids : optional
         Held-out data for per-epoch accuracy; without them a seeded
         ``config.validation_fraction`` of the training data is held out.
@@ -172,10 +206,65 @@ def train_prompt(
     -------
     TrainingResult
     """
-    from peft import PromptTuningConfig, get_peft_model, set_peft_model_state_dict
+    config = _with_init_text(config or TrainingConfig(), labels)
+    task, texts, label_ids = _checked_inputs(task, texts, label_ids)
+    if validation_texts is None and config.validation_fraction > 0 and len(texts) >= 10:
+        texts, label_ids, validation_texts, validation_label_ids = _hold_out(
+            texts, label_ids, config.validation_fraction, config.seed
+        )
+    tuner = _Tuner.build(model, task, labels, config, device=device, loaded=loaded)
+    result = tuner.new_result(Path(out_dir), len(texts), validation_texts)
+    if initial_state is not None:
+        _load_initial_state(tuner.peft_model, initial_state, config.num_virtual_tokens)
+    tuner.make_optimizer()
+    start_epoch = tuner.resume(result.adapter_dir / CHECKPOINT_DIR, result) if resume else 0
+    _train_epochs(tuner, texts, label_ids, (validation_texts, validation_label_ids), result,
+                  first=start_epoch, extra_loss=extra_loss, progress=progress)
+    tuner.peft_model.eval()
+    info = {"config": _config_dict(config), "labels": list(labels), "task": task.value,
+            "base_model": model, **_result_info(result), **(extra_info or {})}
+    _save_adapter_atomically(tuner.peft_model, Path(out_dir), training_info=info)
+    return result
 
-    config = config or TrainingConfig()
-    config.check()
+
+def _with_init_text(config: TrainingConfig, labels: Sequence[str]) -> TrainingConfig:
+    """``config`` with :func:`default_init_text` of ``labels`` where a text init has none."""
+    if config.init is InitMethod.TEXT and not config.init_text:
+        return config.model_copy(update={"init_text": default_init_text(labels)})
+    return config
+
+
+def _result_info(result: TrainingResult) -> dict:
+    """The keys of ``training_info.json`` that the run produced."""
+    return {"history": result.history, "init_tokens": result.init_tokens,
+            "init_special_tokens": result.init_special_tokens, "n_train": result.n_train,
+            "n_validation": result.n_validation}
+
+
+def _train_epochs(tuner: _Tuner, texts: list[str], label_ids: np.ndarray, validation: tuple,
+                  result: TrainingResult, *, first: int, extra_loss: ExtraLoss | None,
+                  progress: bool) -> None:
+    """Epochs ``first`` to ``config.epochs``: history, a checkpoint after each, the speed."""
+    config, checkpoints = tuner.config, result.adapter_dir / CHECKPOINT_DIR
+    examples_seen, train_seconds = 0, 0.0
+    for epoch in range(first, config.epochs):
+        entry = tuner.epoch(epoch, texts, label_ids, extra_loss=extra_loss, progress=progress)
+        examples_seen += len(texts)
+        train_seconds += entry["seconds"]
+        if validation[0] is not None and len(validation[0]):
+            entry["val_accuracy"] = tuner.accuracy(*validation)
+        result.history.append(entry)
+        logger.info("epoch %d: loss %.4f, validation accuracy %s", epoch + 1,
+                    entry["train_loss"], "n/a" if entry["val_accuracy"] is None
+                    else f"{entry['val_accuracy']:.4f}")
+        _write_checkpoint(checkpoints / f"epoch-{epoch + 1:04d}", tuner.peft_model,
+                          tuner.optimizer, {"epoch": epoch + 1, "history": result.history,
+                                            "config": _config_dict(config)})
+    result.train_examples_per_second = examples_seen / train_seconds if train_seconds else 0.0
+
+
+def _checked_inputs(task, texts, label_ids) -> tuple[Task, list[str], np.ndarray]:
+    """The task, texts and ``(n,)`` int64 label ids, or a one-line :class:`InputError`."""
     task = Task.parse(task)
     if task not in _TASK_TYPES:
         raise InputError(
@@ -187,63 +276,79 @@ def train_prompt(
         raise InputError("data: no training examples")
     if len(texts) != len(label_ids):
         raise InputError(f"data: {len(texts)} texts but {len(label_ids)} labels")
-    if validation_texts is None and config.validation_fraction > 0 and len(texts) >= 10:
-        texts, label_ids, validation_texts, validation_label_ids = _hold_out(
-            texts, label_ids, config.validation_fraction, config.seed
+    return task, texts, label_ids
+
+
+@dataclass
+class _Tuner:
+    """A PEFT prompt-tuning model, its tokenizer and optimizer, and one epoch of training."""
+
+    peft_model: torch.nn.Module
+    tokenizer: object
+    optimizer: torch.optim.Optimizer
+    config: TrainingConfig
+    device: torch.device
+    batch_kwargs: dict
+
+    @classmethod
+    def build(cls, model: str, task: Task, labels: Sequence[str], config: TrainingConfig, *,
+              device: str, loaded: LoadedModel | None) -> _Tuner:
+        """Load the base model (seeded head) and wrap it in a seeded ``PromptTuningConfig``."""
+        from peft import PromptTuningConfig, get_peft_model
+
+        torch.manual_seed(config.seed)  # the classifier head's initial weights
+        if loaded is None:
+            loaded = load_base_model(model, task=task, num_labels=len(labels), device=device)
+        loaded.model.requires_grad_(False)
+        text_init = config.init is InitMethod.TEXT
+        peft_config = PromptTuningConfig(
+            task_type=_TASK_TYPES[task],
+            num_virtual_tokens=config.num_virtual_tokens,
+            prompt_tuning_init=config.init.peft_name,
+            prompt_tuning_init_text=config.init_text if text_init else None,
+            tokenizer_name_or_path=loaded.resolved if text_init else None,
         )
-    out_dir = Path(out_dir)
-
-    torch.manual_seed(config.seed)  # the classifier head's initial weights
-    if loaded is None:
-        loaded = load_base_model(model, task=task, num_labels=len(labels), device=device)
-    base, tokenizer = loaded.model, loaded.tokenizer
-    base.requires_grad_(False)
-    peft_config = PromptTuningConfig(
-        task_type=_TASK_TYPES[task],
-        num_virtual_tokens=config.num_virtual_tokens,
-        prompt_tuning_init=config.init.peft_name,
-        prompt_tuning_init_text=config.init_text if config.init is InitMethod.TEXT else None,
-        tokenizer_name_or_path=loaded.resolved if config.init is InitMethod.TEXT else None,
-    )
-    torch.manual_seed(config.seed)  # random / sampled-vocabulary init
-    peft_model = get_peft_model(base, peft_config)
-    verbalizer = (
-        None
-        if task is Task.SEQUENCE_CLASSIFICATION
-        else torch.tensor(verbalizer_token_ids(tokenizer, labels), device=loaded.device)
-    )
-
-    init_tokens, init_special = _describe_init(tokenizer, config)
-    if init_special:
-        logger.warning(
-            "text init copies special tokens into the prompt: %s", ", ".join(init_special)
+        torch.manual_seed(config.seed)  # random / sampled-vocabulary init
+        peft_model = get_peft_model(loaded.model, peft_config)
+        verbalizer = (
+            None
+            if task is Task.SEQUENCE_CLASSIFICATION
+            else torch.tensor(verbalizer_token_ids(loaded.tokenizer, labels), device=loaded.device)
         )
-    n_validation = 0 if validation_texts is None else len(validation_texts)
-    if 0 < n_validation < MIN_VALIDATION_EXAMPLES:
-        logger.warning(
-            "the validation set has only %d example%s: its accuracy says little (give "
-            "--validation-data or more training rows; %d or more held-out examples are "
-            "advised)",
-            n_validation,
-            "" if n_validation == 1 else "s",
-            MIN_VALIDATION_EXAMPLES,
+        batch_kwargs = {"task": task, "verbalizer": verbalizer, "max_length": config.max_length,
+                        "n_virtual": config.num_virtual_tokens}
+        return cls(peft_model, loaded.tokenizer, None, config, loaded.device, batch_kwargs)
+
+    def new_result(self, out_dir: Path, n_train: int, validation_texts) -> TrainingResult:
+        """The result to fill, after the warnings on the init text and the validation size."""
+        init_tokens, init_special = _describe_init(self.tokenizer, self.config)
+        if init_special:
+            logger.warning(
+                "text init copies special tokens into the prompt: %s", ", ".join(init_special)
+            )
+        n_validation = 0 if validation_texts is None else len(validation_texts)
+        if 0 < n_validation < MIN_VALIDATION_EXAMPLES:
+            logger.warning(
+                "the validation set has only %d example%s: its accuracy says little (give "
+                "--validation-data or more training rows; %d or more held-out examples are "
+                "advised)", n_validation, "" if n_validation == 1 else "s",
+                MIN_VALIDATION_EXAMPLES,
+            )
+        return TrainingResult(adapter_dir=out_dir, init_tokens=init_tokens,
+                              init_special_tokens=init_special, n_train=n_train,
+                              n_validation=n_validation)
+
+    def make_optimizer(self) -> None:
+        """AdamW over the trainable parameters (the prompt and, for SEQ_CLS, the head)."""
+        trainable = [p for p in self.peft_model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(
+            trainable, lr=self.config.learning_rate, weight_decay=0.0
         )
 
-    if initial_state is not None:
-        _load_initial_state(peft_model, initial_state, config.num_virtual_tokens)
+    def resume(self, checkpoints: Path, result: TrainingResult) -> int:
+        """Load the last checkpoint into the model, optimizer and history; its epoch."""
+        from peft import set_peft_model_state_dict
 
-    trainable = [p for p in peft_model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=0.0)
-    result = TrainingResult(
-        adapter_dir=out_dir,
-        init_tokens=init_tokens,
-        init_special_tokens=init_special,
-        n_train=len(texts),
-        n_validation=0 if validation_texts is None else len(validation_texts),
-    )
-    start_epoch = 0
-    checkpoints = out_dir / CHECKPOINT_DIR
-    if resume:
         last = _last_checkpoint(checkpoints)
         if last is None:
             raise InputError(
@@ -251,113 +356,56 @@ def train_prompt(
             )
         state = _read_checkpoint(last)
         saved = {k: v for k, v in (state["trainer"].get("config") or {}).items() if k != "epochs"}
-        wanted = {k: v for k, v in _config_dict(config).items() if k != "epochs"}
+        wanted = {k: v for k, v in _config_dict(self.config).items() if k != "epochs"}
         changed = sorted(k for k in wanted if k in saved and saved[k] != wanted[k])
         if changed:
             raise InputError(
                 f"{last}: --resume with other settings than the checkpoint's ({changed[0]}: "
                 f"{saved[changed[0]]!r} there, {wanted[changed[0]]!r} now); only epochs may change"
             )
-        set_peft_model_state_dict(peft_model, state["adapter"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch = state["trainer"]["epoch"]
+        set_peft_model_state_dict(self.peft_model, state["adapter"])
+        self.optimizer.load_state_dict(state["optimizer"])
         result.history = state["trainer"]["history"]
-        logger.info("resuming from %s (epoch %d done)", last, start_epoch)
+        logger.info("resuming from %s (epoch %d done)", last, state["trainer"]["epoch"])
+        return state["trainer"]["epoch"]
 
-    batch_kwargs = {
-        "task": task,
-        "verbalizer": verbalizer,
-        "max_length": config.max_length,
-        "n_virtual": config.num_virtual_tokens,
-    }
+    def logits(self, texts: Sequence[str]) -> torch.Tensor:
+        """``(len(texts), n_labels)`` label logits, with gradients."""
+        return _label_logits(self.peft_model, self.tokenizer, list(texts), **self.batch_kwargs)
 
-    def logits_of(more: Sequence[str]) -> torch.Tensor:
-        return _label_logits(peft_model, tokenizer, list(more), **batch_kwargs)
-
-    examples_seen, train_seconds = 0, 0.0
-    for epoch in range(start_epoch, config.epochs):
+    def epoch(self, epoch: int, texts: list[str], label_ids: np.ndarray, *,
+              extra_loss: ExtraLoss | None, progress: bool) -> dict:
+        """One seeded pass over the data; the history entry (``val_accuracy`` None)."""
         started = time.perf_counter()
-        peft_model.train()
-        torch.manual_seed(config.seed * 1000 + epoch)  # dropout masks
-        order = torch.randperm(
-            len(texts), generator=torch.Generator().manual_seed(config.seed + epoch)
-        )
-        batches = range(0, len(texts), config.batch_size)
+        self.peft_model.train()
+        seed, batch_size = self.config.seed, self.config.batch_size
+        torch.manual_seed(seed * 1000 + epoch)  # dropout masks
+        order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(seed + epoch))
+        batches = range(0, len(texts), batch_size)
         if progress:
             from tqdm.auto import tqdm
 
-            batches = tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch")
+            batches = tqdm(batches, desc=f"epoch {epoch + 1}/{self.config.epochs}", unit="batch")
         total_loss = 0.0
         for start in batches:
-            index = order[start : start + config.batch_size].tolist()
-            targets = torch.as_tensor(label_ids[index], device=loaded.device)
-            if extra_loss is None:
-                loss = _batch_loss(
-                    peft_model, tokenizer, [texts[i] for i in index], targets, **batch_kwargs
-                )
-            else:
-                batch_texts = [texts[i] for i in index]
-                logits = _label_logits(peft_model, tokenizer, batch_texts, **batch_kwargs)
-                task_loss = torch.nn.functional.cross_entropy(logits, targets)
-                loss = task_loss + extra_loss(logits_of, batch_texts, logits)
-            optimizer.zero_grad(set_to_none=True)
+            index = order[start : start + batch_size].tolist()
+            targets = torch.as_tensor(label_ids[index], device=self.device)
+            batch_texts = [texts[i] for i in index]
+            logits = self.logits(batch_texts)
+            loss = torch.nn.functional.cross_entropy(logits, targets)
+            if extra_loss is not None:
+                loss = loss + extra_loss(self.logits, batch_texts, logits)
+            self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
+            self.optimizer.step()
             total_loss += float(loss.detach()) * len(index)
-        epoch_seconds = time.perf_counter() - started
-        examples_seen += len(texts)
-        train_seconds += epoch_seconds
-        val_accuracy = None
-        if validation_texts is not None and len(validation_texts):
-            val_accuracy = _accuracy(
-                peft_model,
-                tokenizer,
-                validation_texts,
-                validation_label_ids,
-                task=task,
-                verbalizer=verbalizer,
-                max_length=config.max_length,
-                n_virtual=config.num_virtual_tokens,
-                batch_size=max(config.batch_size, 64),
-            )
-        entry = {
-            "epoch": epoch + 1,
-            "train_loss": total_loss / len(texts),
-            "val_accuracy": val_accuracy,
-            "seconds": epoch_seconds,
-        }
-        result.history.append(entry)
-        logger.info(
-            "epoch %d: loss %.4f, validation accuracy %s",
-            epoch + 1,
-            entry["train_loss"],
-            "n/a" if val_accuracy is None else f"{val_accuracy:.4f}",
-        )
-        _write_checkpoint(
-            checkpoints / f"epoch-{epoch + 1:04d}",
-            peft_model,
-            optimizer,
-            {"epoch": epoch + 1, "history": result.history, "config": _config_dict(config)},
-        )
-    result.train_examples_per_second = examples_seen / train_seconds if train_seconds else 0.0
-    peft_model.eval()
-    _save_adapter_atomically(
-        peft_model,
-        out_dir,
-        training_info={
-            "config": _config_dict(config),
-            "history": result.history,
-            "labels": list(labels),
-            "task": task.value,
-            "base_model": model,
-            "init_tokens": init_tokens,
-            "init_special_tokens": init_special,
-            "n_train": result.n_train,
-            "n_validation": result.n_validation,
-            **(extra_info or {}),
-        },
-    )
-    return result
+        return {"epoch": epoch + 1, "train_loss": total_loss / len(texts), "val_accuracy": None,
+                "seconds": time.perf_counter() - started}
+
+    def accuracy(self, texts, label_ids) -> float:
+        """Accuracy on held-out texts (evaluation mode, no gradients)."""
+        return _accuracy(self.peft_model, self.tokenizer, texts, label_ids,
+                         batch_size=max(self.config.batch_size, 64), **self.batch_kwargs)
 
 
 #: ``extra_loss(logits_of, batch_texts, batch_logits) -> scalar Tensor`` (see train_prompt).
@@ -431,11 +479,6 @@ def _label_logits(peft_model, tokenizer, texts, *, task, verbalizer, max_length,
     return logits[rows, last][:, verbalizer].float()
 
 
-def _batch_loss(peft_model, tokenizer, texts, targets, **kwargs) -> torch.Tensor:
-    logits = _label_logits(peft_model, tokenizer, texts, **kwargs)
-    return torch.nn.functional.cross_entropy(logits, targets)
-
-
 def _accuracy(peft_model, tokenizer, texts, label_ids, *, batch_size, **kwargs) -> float:
     peft_model.eval()
     correct = 0
@@ -450,9 +493,7 @@ def _accuracy(peft_model, tokenizer, texts, label_ids, *, batch_size, **kwargs) 
 
 
 def _config_dict(config: TrainingConfig) -> dict:
-    out = asdict(config)
-    out["init"] = config.init.value
-    return out
+    return config.model_dump(mode="json")
 
 
 def _write_checkpoint(path: Path, peft_model, optimizer, trainer_state: dict) -> None:
@@ -527,14 +568,6 @@ def _save_adapter_atomically(peft_model, out_dir: Path, *, training_info: dict) 
             stale.unlink()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _umask() -> int:
-    import os
-
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _tidy_adapter_config(config_path: Path, model: str) -> None:

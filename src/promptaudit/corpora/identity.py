@@ -547,7 +547,7 @@ def _load_suite_file(path: Path) -> TermSuite:
     else:
         import yaml
 
-        from promptaudit.spec import safe_load_bounded  # dates stay text, duplicates refused
+        from promptaudit.safe_yaml import safe_load_bounded  # dates stay text, duplicates refused
 
         try:
             raw = safe_load_bounded(text)
