@@ -170,10 +170,10 @@ def test_every_gate_metric_of_the_contract_is_gateable():
     from promptaudit.fairness import DISPARITY_DIRECTIONS
 
     assert set(DISPARITY_DIRECTIONS) <= set(GATE_METRICS)
-    for metric, (section, key, direction) in GATE_METRICS.items():
-        if section == "disparities":
-            assert key == metric
-            assert direction == DISPARITY_DIRECTIONS[metric].removesuffix("_is_better")
+    for metric, gate_metric in GATE_METRICS.items():
+        assert gate_metric.name == metric
+        if gate_metric.family == "disparities":
+            assert gate_metric.direction == DISPARITY_DIRECTIONS[metric].removesuffix("_is_better")
 
 
 # ------------------------------------------------------------ unknown keys

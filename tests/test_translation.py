@@ -209,7 +209,7 @@ def test_same_seed_same_translation(tiny):
 
 
 def test_bad_settings_are_named():
-    with pytest.raises(InputError, match="translate.restarts: 1"):
+    with pytest.raises(InputError, match="translate.restarts: 1; must be >= 2"):
         TranslateSettings(restarts=1)
     with pytest.raises(InputError, match="translate.steps: 0"):
         TranslateSettings(steps=0)

@@ -14,7 +14,7 @@ value raises a one-line :class:`InputError` (``epochs: 0; must be >= 1``).
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 from pydantic import (
     BaseModel,
@@ -37,6 +37,8 @@ __all__ = [
     "TrainingConfig",
     "MitigationSweep",
     "MitigationSettings",
+    "TranslationSearch",
+    "TranslateSettings",
     "describe_error",
 ]
 
@@ -79,11 +81,14 @@ class _OneLineErrors:
     :class:`InputError`. (Not on the spec's sections: pydantic validates a nested model
     through its ``__init__``, and the spec reports its own errors.)"""
 
+    #: Put before the field name in the message (``translate.`` gives ``translate.steps: 0``).
+    error_prefix: ClassVar[str] = ""
+
     def __init__(self, **values: Any) -> None:
         try:
             super().__init__(**values)
         except ValidationError as exc:
-            raise InputError(describe_error(exc.errors()[0])) from None
+            raise InputError(self.error_prefix + describe_error(exc.errors()[0])) from None
 
 
 # ------------------------------------------------------------------ training
@@ -182,6 +187,52 @@ class MitigationSettings(_OneLineErrors, MitigationSweep):
         None, ge=1, description="Most pairs per batch (default: the batch size)."
     )
     keep_dropout: bool = Field(False, description="Keep dropout active while re-tuning.")
+
+
+# --------------------------------------------------------------- translation
+class TranslationSearch(Settings):
+    """The settings ``projection.translate`` and :func:`promptaudit.translate_prompt` share
+    (defaults measured in ``benchmarks/bench_translation.py``)."""
+
+    steps: int = Field(20, ge=1, le=100_000, strict=True, description="Most PEZ steps per seed.")
+    restarts: int = Field(2, ge=2, le=100, strict=True, description=(
+        "Runs, each from its own seed (seed, seed + 1, ...); at least 2: the uniqueness check "
+        "compares runs from different seeds."))
+    seed: Seed
+    vocabulary: str = Field("words", min_length=1, description=(
+        "words (whole words) or the path of a word-list file (one word per line)."))
+    learning_rate: float = Field(0.05, gt=0, le=10,
+                                 description="Adam learning rate of the continuous copy.")
+    batch_size: int = Field(16, ge=1, le=4096, strict=True,
+                            description="Optimisation rows per PEZ step.")
+    eval_every: int = Field(20, ge=1, strict=True,
+                            description="PEZ steps between validation checks.")
+    patience: int = Field(3, ge=1, strict=True, description=(
+        "Validation checks without improvement before the PEZ phase stops."))
+    top_k: int = Field(3, ge=1, le=1000, strict=True,
+                       description="Candidate words per position in the coordinate search.")
+    sweeps: int = Field(1, ge=0, le=100, strict=True,
+                        description="Most coordinate-search sweeps over all positions.")
+    search_rows: int = Field(32, ge=1, strict=True, description=(
+        "Optimisation rows that score coordinate-search candidates."))
+    validation_fraction: float = Field(0.2, gt=0, lt=1,
+                                       description="Share of the texts kept for validation.")
+    heldout_fraction: float = Field(0.3, gt=0, lt=1, description=(
+        "Share of the texts kept for the held-out fidelity."))
+
+    @model_validator(mode="after")
+    def _rows_left(self) -> TranslationSearch:
+        if self.validation_fraction + self.heldout_fraction >= 0.9:
+            raise ValueError("validation_fraction + heldout_fraction must be below 0.9 (rows "
+                             "are needed for the optimisation)")
+        return self
+
+
+class TranslateSettings(_OneLineErrors, TranslationSearch):
+    """Knobs of :func:`promptaudit.translate_prompt`; a bad value raises a one-line
+    :class:`InputError` (``translate.restarts: 1; must be >= 2``)."""
+
+    error_prefix: ClassVar[str] = "translate."
 
 
 #: ``model.max_length`` when none is given (every stage that tokenizes uses it).

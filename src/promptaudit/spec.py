@@ -25,8 +25,17 @@ from promptaudit.choices import GROUP_METRICS as FAIRNESS_METRICS
 from promptaudit.choices import AttributionMethod, Baseline, DType, Task
 from promptaudit.choices import ProjectionMetric as Metric
 from promptaudit.errors import SpecError
+from promptaudit.metrics import GATE_METRICS
 from promptaudit.safe_yaml import BoundedYamlError, safe_load_bounded
-from promptaudit.settings import MaxLength, MitigationSweep, PromptTuning, Seed, Settings
+from promptaudit.settings import (
+    MaxLength,
+    MitigationSweep,
+    PromptTuning,
+    Seed,
+    Settings,
+    TranslateSettings,
+    TranslationSearch,
+)
 
 __all__ = [
     "AuditSpec",
@@ -60,50 +69,11 @@ __all__ = [
     "FAIRNESS_METRICS",
 ]
 
-#: Gate metric -> (where it lives in the result, key there, direction).
-GATE_METRICS: dict[str, tuple[str, str, str]] = {
-    "demographic_parity_difference": ("disparities", "demographic_parity_difference", "lower"),
-    "demographic_parity_ratio": ("disparities", "demographic_parity_ratio", "higher"),
-    "equalized_odds_difference": ("disparities", "equalized_odds_difference", "lower"),
-    "equalized_odds_ratio": ("disparities", "equalized_odds_ratio", "higher"),
-    "equal_opportunity_difference": ("disparities", "equal_opportunity_difference", "lower"),
-    "equal_opportunity_ratio": ("disparities", "equal_opportunity_ratio", "higher"),
-    "accuracy_difference": ("disparities", "accuracy_difference", "lower"),
-    "counterfactual_flip_rate": ("counterfactual", "flip_rate", "lower"),
-    "counterfactual_mean_abs_delta": ("counterfactual", "mean_abs_delta", "lower"),
-    "accuracy": ("task", "accuracy", "higher"),
-    "balanced_accuracy": ("task", "balanced_accuracy", "higher"),
-    "min_impact_ratio": ("bias_audit", "min_impact_ratio", "higher"),
-    # Balanced accuracy minus the best of chance (1/K) and the baseline prompts' balanced
-    # accuracies (task.competence); in [-1, 1].
-    "accuracy_over_baseline": ("task", "accuracy_over_baseline", "higher"),
-}
-
-#: Gate metrics whose value may be negative (a difference of two accuracies): [-1, 1].
-SIGNED_GATE_METRICS = frozenset({"accuracy_over_baseline"})
-
-#: Gate metrics with a bootstrap interval (``use_bound`` and inconclusive verdicts).
-INTERVAL_GATE_METRICS = frozenset(
-    {
-        name for name, (section, _, _) in GATE_METRICS.items() if section == "disparities"
-    }
-    | {"counterfactual_flip_rate", "balanced_accuracy", "accuracy_over_baseline",
-       "min_impact_ratio"}
-)
-
-#: Gate metrics that need true labels (``data.label_column``).
-LABEL_GATE_METRICS = frozenset(
-    {
-        "equalized_odds_difference",
-        "equalized_odds_ratio",
-        "equal_opportunity_difference",
-        "equal_opportunity_ratio",
-        "accuracy_difference",
-        "accuracy",
-        "balanced_accuracy",
-        "accuracy_over_baseline",
-    }
-)
+#: Gate metrics whose value may be negative, that have a bootstrap interval, and that need
+#: true labels: read from the one registry (:data:`promptaudit.metrics.GATE_METRICS`).
+SIGNED_GATE_METRICS = frozenset(name for name, m in GATE_METRICS.items() if m.signed)
+INTERVAL_GATE_METRICS = frozenset(name for name, m in GATE_METRICS.items() if not m.point_only)
+LABEL_GATE_METRICS = frozenset(name for name, m in GATE_METRICS.items() if m.needs_labels)
 
 #: Default ``attribution.max_gradient_evals_total``: a few minutes of MiniLM gradients on a
 #: two-core laptop CPU (benchmarks/attribution_budget.md).
@@ -217,37 +187,11 @@ class CounterfactualSpec(_Strict):
         return self
 
 
-class TranslateSpec(_Strict):
-    """``projection.translate``: search readable words that reproduce the soft prompt.
-
-    Defaults are those of :class:`promptaudit.translation.TranslateSettings`
-    (measured in ``benchmarks/bench_translation.py``).
-    """
+class TranslateSpec(TranslationSearch):
+    """``projection.translate``: search readable words that reproduce the soft prompt
+    (the fields of :class:`promptaudit.settings.TranslationSearch`)."""
 
     enabled: bool = True
-    steps: int = Field(20, ge=1, le=100_000, strict=True)
-    restarts: int = Field(2, ge=2, le=100, strict=True)
-    seed: Seed
-    #: ``words`` (whole words) or the path of a word-list file (one word per line).
-    vocabulary: str = Field("words", min_length=1)
-    learning_rate: float = Field(0.05, gt=0, le=10)
-    batch_size: int = Field(16, ge=1, le=4096, strict=True)
-    eval_every: int = Field(20, ge=1, strict=True)
-    patience: int = Field(3, ge=1, strict=True)
-    top_k: int = Field(3, ge=1, le=1000, strict=True)
-    sweeps: int = Field(1, ge=0, le=100, strict=True)
-    search_rows: int = Field(32, ge=1, strict=True)
-    validation_fraction: float = Field(0.2, gt=0, lt=1)
-    heldout_fraction: float = Field(0.3, gt=0, lt=1)
-
-    @model_validator(mode="after")
-    def _rows_left(self) -> TranslateSpec:
-        if self.validation_fraction + self.heldout_fraction >= 0.9:
-            raise ValueError(
-                "validation_fraction + heldout_fraction must be below 0.9 (rows are needed "
-                "for the optimisation)"
-            )
-        return self
 
     @classmethod
     def from_options(cls, **options: Any) -> TranslateSpec:
@@ -264,9 +208,7 @@ class TranslateSpec(_Strict):
             ) from None
 
     def settings(self):
-        """The :class:`promptaudit.translation.TranslateSettings` of this spec."""
-        from promptaudit.translation import TranslateSettings
-
+        """The :class:`promptaudit.settings.TranslateSettings` of this spec."""
         values = self.model_dump()
         values.pop("enabled")
         return TranslateSettings(**values)
@@ -416,7 +358,7 @@ class GateSpec(_Strict):
                     f"{self.metric} is always in [{low:g}, 1], so the gate could never "
                     f"{'pass' if (key == 'min') == (threshold > 1) else 'fail'}"
                 )
-        section = GATE_METRICS[self.metric][0]
+        section = GATE_METRICS[self.metric].family
         if self.feature is not None and section != "disparities":
             raise ValueError(
                 f"gate on {self.metric}: 'feature' applies only to group disparities; "
@@ -655,7 +597,8 @@ class AuditSpec(_Strict):
                     f"{where}: {gate.metric} needs true labels; set data.label_column "
                     "or gate on a label-free metric (demographic_parity_*, counterfactual_*)"
                 )
-            if GATE_METRICS[gate.metric][0] == "counterfactual" and self.counterfactuals is None:
+            family = GATE_METRICS[gate.metric].family
+            if family == "counterfactual" and self.counterfactuals is None:
                 raise ValueError(
                     f"{where}: {gate.metric} needs counterfactuals; add a 'counterfactuals' "
                     "section (suite: builtin:identity, or pair_column: ...)"
@@ -688,7 +631,7 @@ class AuditSpec(_Strict):
                         f"{', '.join(features) or 'none listed in data.sensitive_features'}"
                     )
         for index, gate in enumerate(self.gates):
-            if GATE_METRICS[gate.metric][0] == "bias_audit" and self.bias_audit is None:
+            if GATE_METRICS[gate.metric].family == "bias_audit" and self.bias_audit is None:
                 raise ValueError(
                     f"gates.{index}: {gate.metric} needs a 'bias_audit' section "
                     "(bias_audit: {categories: [gender, race]})"

@@ -76,7 +76,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +84,7 @@ import torch
 
 from promptaudit.errors import InputError
 from promptaudit.projection import NO_PROMPT_MESSAGE, NO_TEXTS_MESSAGE, vocabulary_mask
+from promptaudit.settings import TranslateSettings
 from promptaudit.stats import wilson_interval
 
 __all__ = [
@@ -129,75 +130,6 @@ WORD_LIST_MESSAGE = (
     "(words that are a single whole-word token of the model's tokenizer)"
 )
 
-
-@dataclass(frozen=True)
-class TranslateSettings:
-    """Knobs of :func:`translate_prompt` (defaults measured in benchmarks/bench_translation.py).
-
-    Attributes
-    ----------
-    steps : int
-        Most PEZ steps per seed.
-    restarts : int
-        Runs, each from its own seed (``seed``, ``seed + 1``, ...); at least 2.
-    seed : int
-        First seed: row split, minibatches, restarts.
-    vocabulary : str
-        ``"words"`` (whole words) or the path of a word-list file.
-    learning_rate : float
-        Adam learning rate of the continuous copy.
-    batch_size : int
-        Optimisation rows per PEZ step.
-    eval_every : int
-        PEZ steps between validation checks.
-    patience : int
-        Validation checks without improvement before the PEZ phase stops.
-    top_k : int
-        Candidate words per position in the coordinate search.
-    sweeps : int
-        Most coordinate-search sweeps over all positions.
-    search_rows : int
-        Optimisation rows that score coordinate-search candidates.
-    validation_fraction, heldout_fraction : float
-        Shares of the texts kept for validation and for the held-out fidelity.
-    """
-
-    steps: int = 20
-    restarts: int = 2
-    seed: int = 0
-    vocabulary: str = "words"
-    learning_rate: float = 0.05
-    batch_size: int = 16
-    eval_every: int = 20
-    patience: int = 3
-    top_k: int = 3
-    sweeps: int = 1
-    search_rows: int = 32
-    validation_fraction: float = 0.2
-    heldout_fraction: float = 0.3
-
-    def __post_init__(self) -> None:
-        if self.restarts < 2:
-            raise InputError(f"translate.restarts: {self.restarts!r}; must be at least 2 "
-                             "(the uniqueness check compares runs from different seeds)")
-        for name in ("steps", "batch_size", "eval_every", "patience", "top_k", "search_rows"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise InputError(f"translate.{name}: {value!r}; must be an integer >= 1")
-        if isinstance(self.sweeps, bool) or not isinstance(self.sweeps, int) or self.sweeps < 0:
-            raise InputError(f"translate.sweeps: {self.sweeps!r}; must be an integer >= 0")
-        if not 0 < self.learning_rate <= 10:
-            raise InputError(f"translate.learning_rate: {self.learning_rate!r}; must be in (0, 10]")
-        for name in ("validation_fraction", "heldout_fraction"):
-            value = getattr(self, name)
-            if not 0 < value < 1:
-                raise InputError(f"translate.{name}: {value!r}; must be between 0 and 1")
-        if self.validation_fraction + self.heldout_fraction >= 0.9:
-            raise InputError(
-                "translate: validation_fraction + heldout_fraction = "
-                f"{self.validation_fraction + self.heldout_fraction:g}; must be below 0.9 "
-                "(rows are needed for the optimisation)"
-            )
 
 
 # ----------------------------------------------------------------- vocabulary
@@ -799,7 +731,7 @@ def translate_prompt(
         "rows": {"optimisation": len(opt), "validation": len(val), "heldout": len(held)},
         "seeds": seeds, "steps": settings.steps,
         "seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu_start,
-        "runs": run_dicts, "uniqueness": _uniqueness(run_dicts), "settings": asdict(settings),
+        "runs": run_dicts, "uniqueness": _uniqueness(run_dicts), "settings": settings.model_dump(),
     }
     translation["stand_in"] = stand_in_sentence(translation)
     translation["summary"] = translation_summary(translation)
