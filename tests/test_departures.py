@@ -18,17 +18,16 @@ from promptaudit.attribution import IntegratedGradients
 from promptaudit.departures import (
     EMPTY_INSTRUCTION_MESSAGE,
     TOKEN_IDS_MESSAGE,
-    clopper_pearson_interval,
     compare_instructions,
     explain_departures,
     find_departures,
     instruction_candidate,
     token_ids_candidate,
-    wilson_interval,
 )
 from promptaudit.errors import InputError
 from promptaudit.position_importance import position_importance
 from promptaudit.prompted import load_prompted_model
+from promptaudit.stats import clopper_pearson_interval, wilson_interval
 
 TEXTS = [
     "the movie was good", "a boring film", "i hated the plot and the acting was awful",

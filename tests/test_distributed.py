@@ -26,11 +26,15 @@ import pytest
 import torch
 from accelerate import PartialState
 
-from promptaudit.attribution import PromptAttributor, attribution_method, merge_attributions
+from promptaudit.attribution import (
+    PromptAttributor,
+    attribution_batches,
+    attribution_method,
+    merge_attributions,
+)
 from promptaudit.distributed import (
     AuditProcesses,
     attribute_batches,
-    attribution_batches,
     dealing_order,
     launched_num_processes,
     prediction_batches,

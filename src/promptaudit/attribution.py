@@ -7,54 +7,25 @@ The API is Captum's: a method object holds its options, an attributor applies it
     attribution["by_group"] = summarise_groups(attribution, sensitive_features)
 
 (:class:`IntegratedGradients`, :class:`FeatureAblation`, :class:`ShapleySampling`;
-:func:`attribution_method` builds one from the audit spec's flat options.)
+:func:`attribution_method` builds one from the audit spec's flat options.) Every method
+attributes over the concatenated embeddings ``[prompt ; input]``, handed to Captum as two
+inputs ``(batch, num_virtual_tokens, hidden)`` and ``(batch, seq, hidden)``; per position,
+the attribution is the sum over the hidden dimension (integrated gradients) or the value of
+the position's feature group (the perturbation methods).
 
-Every method attributes over the concatenated embeddings ``[prompt ; input]``:
-the prompt embeddings ``(batch, num_virtual_tokens, hidden)`` and the input
-word embeddings ``(batch, seq, hidden)`` are handed to Captum as two input
-tensors, so attributions come back per part.
+The attributed output is the **softmax probability of the target label** (the predicted
+label unless the caller fixes one), so every method's attributions are in probability
+points and satisfy completeness as the method promises: integrated gradients ``sum ≈ f(x) -
+f(baseline)`` (Captum's convergence delta reported per example), Shapley sampling exactly,
+feature ablation not at all (``f(x) - f(x with the position at the baseline)``).
 
-Target function
----------------
-The attributed output is the **softmax probability of the target label**,
-``f(x) = softmax(label_logits(x))[target]``. The target is the predicted label
-of each example unless the caller fixes one (an index or a label name). With
-this single, bounded target function the attributions of every method are on
-one scale (probability points) and satisfy completeness the way each method
-promises:
-
-* integrated gradients: ``sum(attributions) ≈ f(x) - f(baseline)``, with
-  Captum's convergence delta (``sum - (f(x) - f(baseline))``) reported per
-  example;
-* Shapley value sampling: ``sum(attributions) = f(x) - f(baseline)`` exactly
-  (efficiency holds for every sampled permutation);
-* feature ablation: the attribution of a position is ``f(x) - f(x with that
-  position replaced by the baseline)``; these do not sum to anything in
-  general (no completeness).
-
-Baselines
----------
-``zero`` (the zero vector), ``pad`` (the pad-token embedding; EOS where a causal
-LM has no pad token) and ``mean`` (the mean vocabulary embedding) are used at
-*every* position, prompt positions included. Padding added to batch examples
-of different lengths gets the input itself as its baseline, so its attribution
-is exactly zero, it never changes ``f(baseline)``, and it is trimmed from the
-results: each example reports only its real tokens. Special tokens ([CLS],
-[SEP], the [MASK] a masked LM reads from) are input positions like any other:
-attributed and listed in ``tokens``; only ``top_tokens`` skips them.
-
-Per position, the attribution is the sum over the hidden dimension (integrated
-gradients) or the value of the position's feature group (feature ablation,
-Shapley sampling: Captum gives every hidden element of a group the group's
-value).
-
-Speed: texts are encoded once, ordered by length and attributed in batches of
-``batch_size`` (padding kept short), with interpolation steps or perturbations
-batched into the same forward pass (``internal_batch_size`` rows at most; by
-default as many rows as fit a budget of 4096 token positions, which bounds memory
-and keeps activations cache-sized);
-predictions run under :func:`torch.inference_mode`; the Captum method is built once
-per :meth:`PromptAttributor.attribute` call, not per example.
+Baselines (``zero``, ``pad``: the pad embedding, EOS where a causal LM has none, ``mean``:
+the mean vocabulary embedding) are used at every position, prompt positions included.
+Batch padding gets the input itself as baseline: its attribution is exactly zero and it is
+trimmed from the results. Special tokens are attributed like any other; only
+``top_tokens`` skips them. Texts are encoded once, ordered by length and attributed in
+batches (:func:`attribution_batches`), steps or perturbations batched into the same forward
+pass (``internal_batch_size`` rows, by default :data:`DEFAULT_TOKENS_PER_PASS` positions).
 """
 
 from __future__ import annotations
@@ -78,29 +49,15 @@ from promptaudit.choices import AttributionMethod, Baseline, ShapleyInput
 from promptaudit.data import MISSING_GROUP
 from promptaudit.errors import InputError
 from promptaudit.prompted import EncodedBatch, PromptedModel
+from promptaudit.stats import block_resampled_means, percentile_interval
 
 __all__ = [  # and the one-line error messages below (``*_MESSAGE``), which tests assert
-    "AttributionMethod",
-    "Baseline",
-    "ShapleyInput",
-    "IntegratedGradients",
-    "FeatureAblation",
-    "ShapleySampling",
-    "attribution_method",
-    "PromptAttributor",
-    "BatchAttribution",
-    "summarise_examples",
-    "summarise_groups",
-    "group_attribution",
-    "like_for_like_differences",
-    "like_for_like_statement",
-    "merge_attributions",
-    "convergence_summary",
-    "format_attribution_summary",
-    "baseline_vector",
-    "PathIntegral",
-    "adaptive_path_integral",
-    "GROUP_BOOTSTRAP",
+    "AttributionMethod", "Baseline", "ShapleyInput", "IntegratedGradients", "FeatureAblation",
+    "ShapleySampling", "attribution_method", "PromptAttributor", "BatchAttribution",
+    "attribution_batches", "budget_summary", "summarise_examples", "summarise_groups",
+    "group_attribution", "like_for_like_differences", "like_for_like_statement",
+    "merge_attributions", "convergence_summary", "format_attribution_summary",
+    "baseline_vector", "PathIntegral", "adaptive_path_integral", "GROUP_BOOTSTRAP",
     "LIKE_FOR_LIKE_RULE",
 ]
 
@@ -116,14 +73,10 @@ N_STEPS_MESSAGE = "n_steps: {value!r}; must be an integer >= 1"
 N_STEPS_AUTO_MESSAGE = "n_steps: {value!r}; must be an integer >= 1 or 'auto'"
 DELTA_TOLERANCE_MESSAGE = "delta_tolerance: {value!r}; must be a number > 0 and <= 1"
 POSITION_TOLERANCE_MESSAGE = (
-    "position_tolerance: {value!r}; must be a number > 0 (inf: completeness only) or None"
-)
-MAX_GRADIENT_EVALS_MESSAGE = (
-    "max_gradient_evals: {value!r}; must be an integer >= 5"
-)
+    "position_tolerance: {value!r}; must be a number > 0 (inf: completeness only) or None")
+MAX_GRADIENT_EVALS_MESSAGE = "max_gradient_evals: {value!r}; must be an integer >= 5"
 MAX_GRADIENT_EVALS_TOTAL_MESSAGE = (
-    "max_gradient_evals_total: {value!r}; must be an integer >= 1 or None"
-)
+    "max_gradient_evals_total: {value!r}; must be an integer >= 1 or None")
 MIN_GROUP_SIZE_MESSAGE = "min_group_size: {value!r}; must be an integer >= 1"
 N_SAMPLES_MESSAGE = "n_samples: {value!r}; must be an integer >= 1"
 MAX_EXAMPLES_MESSAGE = "max_examples: {value!r}; must be an integer >= 1"
@@ -133,11 +86,9 @@ TARGET_RANGE_MESSAGE = "target: label index {value!r} is out of range; allowed: 
 TARGET_LABEL_MESSAGE = "target: unknown label {value!r}; allowed: {allowed} or an index 0 to {last}"
 NO_TEXTS_MESSAGE = "texts: no examples to attribute; give at least one text"
 NO_PROMPT_MESSAGE = (
-    "prompt: the model carries no soft prompt; attribution to prompt positions needs one"
-)
+    "prompt: the model carries no soft prompt; attribution to prompt positions needs one")
 SENSITIVE_ROWS_MESSAGE = (
-    "sensitive_features: {rows} rows but {texts} texts; give one row per text, in order"
-)
+    "sensitive_features: {rows} rows but {texts} texts; give one row per text, in order")
 
 #: Token positions (rows x (num_virtual_tokens + seq)) per forward pass when
 #: ``internal_batch_size`` is None (never fewer rows than the batch's examples).
@@ -148,16 +99,11 @@ CONVERGENCE_WARNING = 0.05
 AUTO_STEPS = "auto"
 #: Default completeness tolerance of adaptive integrated gradients (probability points).
 DEFAULT_DELTA_TOLERANCE = 0.02
-#: Adaptive integrated gradients: the per-position tolerance (estimated sum over positions
-#: of the absolute attribution error) is this multiple of ``delta_tolerance`` unless given.
-#: Chosen by measurement (benchmarks/README.md): at 2.5 the attributions agree with an
-#: accurate reference to Pearson r >= 0.998 on the SST-2 and demo prompts, at about half the
-#: gradient evaluations of 1.0.
+#: Adaptive integrated gradients: the per-position tolerance is this multiple of
+#: ``delta_tolerance`` unless given (chosen by measurement: benchmarks/README.md).
 POSITION_TOLERANCE_FACTOR = 2.5
-#: Examples per batch that audits use for adaptive integrated gradients
-#: (``IntegratedGradients.audit_batch_size``): late rounds add a few points per example,
-#: so more examples per batch fill the forward passes (24 demo examples in one batch instead
-#: of three: about 1.5x less CPU, the same numbers).
+#: Examples per batch that audits use for adaptive integrated gradients: late rounds add a
+#: few points per example, so more examples per batch fill the forward passes.
 ADAPTIVE_BATCH_SIZE = 32
 #: Examples per batch that audits use for every other method (``PromptAttributor``'s default).
 BATCH_SIZE = 8
@@ -177,8 +123,7 @@ LIKE_FOR_LIKE_RULE = (
     "each group against the largest group, within rows of the same label (weighted by "
     "n_g*n_r/(n_g+n_r)); percentile bootstrap interval over examples of each (group, label) "
     "cell; evidence of a difference only where the interval excludes 0 and the difference "
-    "exceeds the integration error; groups under min_group_size are not compared"
-)
+    "exceeds the integration error; groups under min_group_size are not compared")
 #: Input tokens listed per example in ``top_tokens``.
 TOP_TOKENS = 5
 #: Virtual-token positions listed per feature in ``by_group[...]["top_positions"]``.
@@ -215,10 +160,6 @@ def _check_int(value, message: str, *, allow_none: bool = False, minimum: int = 
         raise InputError(message.format(value=value))
 
 
-def _is_auto(n_steps) -> bool:
-    return isinstance(n_steps, str) and n_steps == AUTO_STEPS
-
-
 @dataclass(frozen=True, kw_only=True)
 class _Method:
     """Options every method shares (Captum-style: a method object holds its options).
@@ -228,12 +169,9 @@ class _Method:
     baseline : {"pad", "zero", "mean"}
         Reference embedding at every prompt and input position.
     internal_batch_size : int, optional
-        Most rows per forward pass: examples x interpolation steps for
-        integrated gradients (Captum's ``internal_batch_size``), examples x
-        perturbations for the perturbation methods (sets Captum's
-        ``perturbations_per_eval``). ``None`` picks as many rows as fit
-        :data:`DEFAULT_TOKENS_PER_PASS` token positions. Trades memory for
-        speed; results do not depend on it beyond float rounding.
+        Most rows (examples x steps or perturbations) per forward pass; ``None``: as many
+        as fit :data:`DEFAULT_TOKENS_PER_PASS` token positions. Trades memory for speed;
+        results do not depend on it beyond float rounding.
     """
 
     name: ClassVar[AttributionMethod]
@@ -267,27 +205,20 @@ class IntegratedGradients(_Method):
     Parameters
     ----------
     n_steps : int or "auto"
-        Interpolation steps (Gauss-Legendre, Captum ``IntegratedGradients``),
-        or ``"auto"``: adaptive steps per example until its attributions sum
-        to ``f(x) - f(baseline)`` within ``delta_tolerance`` (nested Simpson
-        bisection, :func:`adaptive_path_integral`).
+        Gauss-Legendre steps (Captum), or ``"auto"``: adaptive steps per example until its
+        attributions sum to ``f(x) - f(baseline)`` within ``delta_tolerance``
+        (:func:`adaptive_path_integral`).
     delta_tolerance : float
-        The completeness tolerance (probability points). With ``"auto"`` it
-        drives the steps; with fixed steps it only decides ``converged``.
+        The completeness tolerance (probability points); with fixed steps it only
+        decides ``converged``.
     max_gradient_evals : int
-        ``"auto"``: most gradient evaluations per example; an example that
-        needs more is reported as not converged.
+        ``"auto"``: most gradient evaluations per example (then not converged).
     position_tolerance : float, optional
-        ``"auto"``: allowed estimated sum over positions of the absolute
-        attribution error (completeness alone lets position errors cancel);
-        ``None`` is :data:`POSITION_TOLERANCE_FACTOR` times ``delta_tolerance``;
-        ``math.inf`` checks completeness only.
+        ``"auto"``: allowed estimated sum of absolute position errors; ``None``:
+        :data:`POSITION_TOLERANCE_FACTOR` x ``delta_tolerance``; ``inf``: completeness only.
     max_gradient_evals_total : int, optional
-        Budget of gradient evaluations for the whole run: examples are
-        attributed in blocks of ``batch_size`` in the order given and no new
-        block starts once the budget is spent, so the first ``K`` texts are
-        attributed (the first block always runs). The result then has
-        ``budget``. None: no budget.
+        Budget for the whole run: texts are attributed in blocks of ``batch_size`` in the
+        order given and no new block starts once it is spent (the result has ``budget``).
     baseline, internal_batch_size
         As every method (:class:`_Method`).
 
@@ -328,7 +259,7 @@ class IntegratedGradients(_Method):
     @property
     def adaptive(self) -> bool:
         """True for ``n_steps="auto"``."""
-        return _is_auto(self.n_steps)
+        return isinstance(self.n_steps, str) and self.n_steps == AUTO_STEPS
 
     @property
     def audit_batch_size(self) -> int:
@@ -370,14 +301,10 @@ class FeatureAblation(_Method):
 class ShapleySampling(_Method):
     """Shapley value sampling (Captum ``ShapleyValueSampling``) over prompt positions.
 
-    Players are the virtual tokens plus the input: by default (``shapley_input=
-    "whole"``) the whole input is one player, so the cost is ``n_samples *
-    (num_virtual_tokens + 1)`` forward passes and no per-token values are
-    reported; ``"tokens"`` makes every input token a player (per-token values,
-    ``n_samples * (num_virtual_tokens + seq)`` passes). Efficiency holds per
-    example: the attributions sum to ``f(x) - f(baseline)``. Permutations of
-    batch ``i`` are drawn from ``torch.manual_seed(seed + i)`` in a forked RNG
-    (the attributor's ``seed``; the global RNG is left as it was).
+    Players are the virtual tokens plus the whole input (``shapley_input="whole"``:
+    ``n_samples * (num_virtual_tokens + 1)`` passes, no per-token values) or every input
+    token (``"tokens"``). The attributions sum to ``f(x) - f(baseline)``. Permutations of
+    batch ``i`` come from ``seed + i`` in a forked RNG (the global RNG is left as it was).
 
     Parameters
     ----------
@@ -441,15 +368,9 @@ class BatchAttribution:
         ``(batch,)`` attribution of the whole input (the sum of ``inputs``).
     delta : torch.Tensor or None
         ``(batch,)`` Captum's convergence delta (integrated gradients only).
-    n_steps : torch.Tensor or None
-        ``(batch,)`` gradient evaluations used per example (adaptive
-        integrated gradients only).
-    converged : torch.Tensor or None
-        ``(batch,)`` bool: the example met the completeness and the
-        per-position tolerance (adaptive integrated gradients only).
-    position_error : torch.Tensor or None
-        ``(batch,)`` estimated sum over positions of the absolute attribution
-        error (adaptive integrated gradients only).
+    n_steps, converged, position_error : torch.Tensor or None
+        ``(batch,)`` adaptive integrated gradients only: gradient evaluations used, whether
+        both tolerances were met, the estimated sum of absolute position errors.
     """
 
     prompt: torch.Tensor
@@ -550,11 +471,8 @@ class _FixedStepsEngine(_Engine):
 
 
 class _AdaptiveStepsEngine(_Engine):
-    """Integrated gradients with adaptive steps (:func:`adaptive_path_integral` per example).
-
-    Gradients come from Captum's ``compute_gradients`` on the forward function, inputs,
-    baselines and targets of fixed steps; the new points of all open examples of a batch
-    share forward/backward passes (``internal_batch_size`` rows at most).
+    """Integrated gradients with adaptive steps (:func:`adaptive_path_integral` per example):
+    Captum's ``compute_gradients``, the new points of a batch's open examples sharing passes.
     """
 
     def _recorded(self, outputs: list, *args) -> torch.Tensor:
@@ -673,23 +591,18 @@ class PathIntegral:
     Attributes
     ----------
     integral : torch.Tensor
-        ``(n_paths, d)`` float64: ``int_0^1 g(alpha) d alpha`` per path
-        (composite Simpson over the accepted intervals).
+        ``(n_paths, d)`` float64: composite Simpson ``int_0^1 g(alpha) d alpha`` per path.
     delta : torch.Tensor
-        ``(n_paths,)`` float64: ``sum(integral) - (f(1) - f(0))`` (the
-        completeness error; the sum of the interval errors).
+        ``(n_paths,)`` float64: ``sum(integral) - (f(1) - f(0))``.
     error_bound : torch.Tensor
-        ``(n_paths,)`` float64: sum of the absolute interval completeness
-        errors (``>= |delta|``; exact, from ``f`` at the interval ends).
+        ``(n_paths,)`` float64: sum of the absolute interval completeness errors.
     n_evals : torch.Tensor
         ``(n_paths,)`` int64: points at which ``g`` was evaluated (each once).
     converged : torch.Tensor
-        ``(n_paths,)`` bool: ``error_bound <= tolerance`` and
-        ``position_error <= position_tolerance``.
+        ``(n_paths,)`` bool: both tolerances met.
     position_error : torch.Tensor
-        ``(n_paths,)`` float64: estimated error of the components, summed over
-        components and intervals without cancellation (an estimate of ``sum_j
-        |integral[:, j] - exact_j|``); see :func:`adaptive_path_integral`.
+        ``(n_paths,)`` float64: estimated ``sum_j |integral[:, j] - exact_j|`` (no
+        cancellation; :func:`adaptive_path_integral`).
     """
 
     integral: torch.Tensor
@@ -712,30 +625,16 @@ def adaptive_path_integral(evaluate, n_paths: int, *, tolerance: float, max_eval
                            position_tolerance: float | None = None) -> PathIntegral:
     """Integrate ``g`` along ``n_paths`` paths until each meets its tolerances.
 
-    Each path has a scalar ``f`` and a vector ``g`` with ``sum(g(alpha)) =
-    d f / d alpha`` (for integrated gradients: ``g`` is ``(x - x') * grad f``
-    summed over the hidden size, per position). ``[0, 1]`` is split into
-    intervals, each integrated with Simpson's rule on its ends and midpoint.
-    Every interval has two errors:
-
-    * its completeness error ``err = sum(Simpson estimate) - (f(b) - f(a))``,
-      exact because ``f`` is known at the ends (it comes with the gradient at
-      the same point);
-    * a per-component error estimate ``e = Simpson - trapezoid`` on the same
-      three points (``(b - a) / 12 * (2 g(m) - g(a) - g(b))``, free), whose L1
-      norm ``|e|_1`` bounds how far the components can be off even where their
-      errors cancel in the sum. It is the error of the 3-point trapezoid, which
-      Simpson's rule improves on, so it errs on the safe side.
-
-    A path is done when ``sum |err| <= tolerance`` and ``sum |e|_1 <=
-    position_tolerance`` (both summed over its intervals). Otherwise, of its
-    intervals over their share of either tolerance (``|err| > tolerance * (b -
-    a)`` or ``|e|_1 > position_tolerance * (b - a)``), those with at least
-    :data:`REFINE_FRACTION` of the largest such excess are bisected, largest
-    first. Bisection is nested: the two halves reuse the three points of the
-    parent and add two midpoints, so no point is ever evaluated twice. The new
-    points of all open paths are evaluated together (one ``evaluate`` call per
-    round). A path that would exceed ``max_evals`` points stops, not converged.
+    Each path has a scalar ``f`` and a vector ``g`` with ``sum(g(alpha)) = d f / d alpha``
+    (integrated gradients: ``(x - x') * grad f`` summed over the hidden size, per position).
+    ``[0, 1]`` is split into intervals, each integrated with Simpson's rule; each has an
+    exact completeness error ``err = sum(Simpson) - (f(b) - f(a))`` and a per-component
+    estimate ``e = Simpson - trapezoid`` (:func:`_interval_errors`), whose L1 norm bounds
+    errors that cancel in the sum. A path is done when ``sum |err| <= tolerance`` and ``sum
+    |e|_1 <= position_tolerance``; otherwise its intervals over their share of either, with at
+    least :data:`REFINE_FRACTION` of the largest excess, are bisected (nested: no point is
+    evaluated twice). The new points of all open paths go to one ``evaluate`` call per round;
+    a path that would exceed ``max_evals`` points stops, not converged.
 
     Parameters
     ----------
@@ -930,19 +829,39 @@ def _slice_batch(encoded: EncodedBatch, index: torch.Tensor, length: int) -> Enc
     )
 
 
-def _budget_batches(lengths: torch.Tensor, batch_size: int, order: torch.Tensor,
-                    blocks: bool) -> list[tuple[int, torch.Tensor]]:
-    """``(block start, row indices)`` per batch: one length-sorted block, or (with a budget)
-    blocks of ``batch_size`` texts in the given order, each sorted by length."""
-    n = len(lengths)
-    if not blocks:
-        return [(0, order[start:start + batch_size]) for start in range(0, n, batch_size)]
-    out = []
-    for block_start in range(0, n, batch_size):
-        rows = torch.arange(block_start, min(n, block_start + batch_size))
-        rows = rows[torch.argsort(lengths[rows], stable=True)]
-        out += [(block_start, rows[i:i + batch_size]) for i in range(0, len(rows), batch_size)]
-    return out
+def attribution_batches(lengths: Sequence[int] | torch.Tensor, *, batch_size: int,
+                        blocks: bool = False) -> list[torch.Tensor]:
+    """Row indices of the batches :class:`PromptAttributor` forms (the one schedule).
+
+    Parameters
+    ----------
+    lengths : sequence of int or torch.Tensor
+        ``(n,)`` token counts of the texts.
+    batch_size : int
+    blocks : bool
+        False: the texts ordered by length (stable), cut into batches. True (a budget):
+        blocks of ``batch_size`` consecutive texts, each ordered by length.
+
+    Returns
+    -------
+    list of torch.Tensor
+        ``(at most batch_size,)`` int64 row indices per batch; every row once.
+    """
+    lengths = torch.as_tensor(lengths.cpu() if isinstance(lengths, torch.Tensor) else lengths)
+    starts = range(0, len(lengths), int(batch_size))
+    if blocks:
+        return [start + torch.argsort(lengths[start:start + batch_size], stable=True)
+                for start in starts]
+    order = torch.argsort(lengths, stable=True)
+    return [order[start:start + batch_size] for start in starts]
+
+
+def budget_summary(budget: int, examples: Sequence[Mapping], n_requested: int) -> dict:
+    """The result's ``budget``: ``examples`` attributed of ``n_requested`` under ``budget``."""
+    used = sum(int(example.get("n_steps") or 0) for example in examples)
+    return {"max_gradient_evals_total": int(budget), "n_gradient_evals": used,
+            "n_requested": n_requested, "n_attributed": len(examples),
+            "n_left_out": n_requested - len(examples)}
 
 
 class PromptAttributor:
@@ -956,13 +875,10 @@ class PromptAttributor:
         The method and its options (default: ``IntegratedGradients()``);
         :func:`attribution_method` builds one from flat options.
     batch_size : int
-        Examples per attribution batch (texts are ordered by length first).
-        Audits use ``method.audit_batch_size`` (32 for adaptive steps, which
-        fill their passes better); results do not depend on it beyond float
-        rounding.
+        Examples per attribution batch (audits use ``method.audit_batch_size``); results
+        do not depend on it beyond float rounding.
     seed : int
-        Recorded in the result; seeds Shapley permutations (batch ``i`` uses
-        ``seed + i``; every other method is deterministic).
+        Recorded in the result; seeds Shapley permutations (batch ``i``: ``seed + i``).
     progress : bool
         Show a tqdm progress bar over batches.
 
@@ -999,37 +915,15 @@ class PromptAttributor:
         texts : sequence of str
             ``(n_texts,)`` inputs.
         target : int, str or None
-            Label index or name to attribute; ``None`` attributes each
-            example's predicted label.
+            Label index or name to attribute; ``None``: each example's predicted label.
         max_examples : int, optional
-            Attribute the first ``max_examples`` texts (no sampling, so results
-            are reproducible and line up with the data file); None: all.
+            Attribute the first ``max_examples`` texts (no sampling); None: all.
 
         Returns
         -------
         dict
-            The result contract's ``attribution`` object (plain JSON-able values)::
-
-                {"method", "n_steps", "position_tolerance", "n_samples", "shapley_input",
-                 "baseline", "target_policy", "target_function": "probability", "seed",
-                 "labels", "num_virtual_tokens", "n_examples", "prompt_share",
-                 "per_position": [P], "per_position_abs": [P], "max_convergence_delta",
-                 "by_group": None, "examples": [...], "delta_tolerance",
-                 "n_not_converged", "n_gradient_evals", "max_gradient_evals"}
-
-            (``budget`` too when integrated gradients have one). Per example:
-            ``{"text", "target", "target_label", "target_probability", "tokens": [T],
-            "prompt_attributions": [P], "token_attributions": [T] or None,
-            "input_attribution", "convergence_delta", "top_tokens": [{"token",
-            "attribution"}]}`` and, for integrated gradients, ``n_steps``,
-            ``converged`` and ``position_error``. ``prompt_share`` is, per
-            example, ``sum |prompt| / (sum |prompt| + sum |input|)`` (0 when
-            both are 0), averaged; ``per_position`` and ``per_position_abs``
-            the mean signed and absolute attribution per virtual token;
-            ``top_tokens`` the example's non-special tokens with the largest
-            absolute attribution (at most 5). Convergence figures are None
-            except for integrated gradients (see :func:`convergence_summary`).
-            ``by_group`` is filled by :func:`summarise_groups`.
+            The result's ``attribution`` object (docs/result-json.md#attribution), plain
+            JSON-able values; ``by_group`` is None (:func:`summarise_groups` fills it).
 
         Raises
         ------
@@ -1056,16 +950,16 @@ class PromptAttributor:
         budget = getattr(method, "max_gradient_evals_total", None)
         encoded = prompted.encode(texts).to(prompted.device)
         lengths = encoded.attention_mask.sum(dim=1)
-        cpu_lengths = lengths.cpu()
-        batches = _budget_batches(cpu_lengths, self.batch_size,
-                                  torch.argsort(cpu_lengths, stable=True), budget is not None)
+        batches = attribution_batches(lengths, batch_size=self.batch_size,
+                                      blocks=budget is not None)
         if self.progress:
             from tqdm.auto import tqdm
 
             batches = tqdm(batches, desc=f"attribute ({method.name.value})", unit="batch",
                            leave=False)
         examples: list[dict | None] = [None] * len(texts)
-        for block_start, index in batches:
+        for index in batches:
+            block_start = int(index.min())
             if budget is not None and block_start > 0 and sum(
                     examples[i]["n_steps"] for i in range(block_start)) >= budget:
                 return examples[:block_start]  # the budget is spent: no new block starts
@@ -1104,15 +998,12 @@ class PromptAttributor:
         }
         budget = getattr(method, "max_gradient_evals_total", None)
         if budget is not None:
-            n = len(examples)
-            used = sum(example["n_steps"] for example in examples)
-            result["budget"] = {"max_gradient_evals_total": int(budget), "n_gradient_evals": used,
-                                "n_requested": n_requested, "n_attributed": n,
-                                "n_left_out": n_requested - n}
-            if n < n_requested:
+            result["budget"] = budget_summary(budget, examples, n_requested)
+            if len(examples) < n_requested:
                 logger.info("attribution budget of %d gradient evaluations spent after %d of %d "
-                            "examples (%d used); the other %d were left out", budget, n,
-                            n_requested, used, n_requested - n)
+                            "examples (%d used); the other %d were left out", budget,
+                            len(examples), n_requested, result["budget"]["n_gradient_evals"],
+                            n_requested - len(examples))
         return result
 
     def _log(self, result: dict, started: float) -> None:
@@ -1126,10 +1017,16 @@ class PromptAttributor:
                            "completeness tolerance %.3g within %d gradient evaluations (max "
                            "|delta| %.3f)", result["n_not_converged"], n,
                            float(method.delta_tolerance), int(method.max_gradient_evals), delta)
-        elif not adaptive and delta is not None and delta > CONVERGENCE_WARNING:
-            logger.warning("integrated gradients: max |convergence delta| %.3f exceeds %.2f; the "
-                           "integral is coarse, raise n_steps (now %d)", delta,
-                           CONVERGENCE_WARNING, method.n_steps)
+        elif not adaptive and delta is not None:  # fixed-step integrated gradients
+            _warn_if_coarse(delta, method.n_steps)
+
+
+def _warn_if_coarse(max_delta: float | None, n_steps) -> None:
+    """Log a warning when the max |convergence delta| exceeds :data:`CONVERGENCE_WARNING`."""
+    if max_delta is not None and max_delta > CONVERGENCE_WARNING:
+        logger.warning("integrated gradients: max |convergence delta| %.3f exceeds %.2f; the "
+                       "integral is coarse, raise n_steps (now %s)", max_delta,
+                       CONVERGENCE_WARNING, n_steps)
 
 
 def _batch_examples(prompted: PromptedModel, method: _Method, batch: EncodedBatch,
@@ -1180,25 +1077,19 @@ def _batch_examples(prompted: PromptedModel, method: _Method, batch: EncodedBatc
 
 
 def summarise_examples(examples: Sequence[Mapping]) -> dict:
-    """The run-level summary of per-example attributions (one formula for every caller).
-
-    Used by :class:`PromptAttributor` and by :func:`merge_attributions`, so a result
-    merged from batches attributed on several processes is summarised exactly as
-    the single-process call.
+    """The run-level summary of per-example attributions (:class:`PromptAttributor` and
+    :func:`merge_attributions` alike).
 
     Parameters
     ----------
     examples : sequence of mapping
-        ``attribution.examples`` entries (``prompt_attributions`` of length
-        ``num_virtual_tokens``, ``token_attributions`` or ``input_attribution``,
-        ``convergence_delta``).
+        ``attribution.examples`` entries (``prompt_attributions`` ``(P,)``).
 
     Returns
     -------
     dict
         ``n_examples``, ``prompt_share``, ``per_position``, ``per_position_abs``,
-        ``max_convergence_delta`` and ``by_group`` (None: :func:`summarise_groups`
-        fills it).
+        ``max_convergence_delta`` and ``by_group`` (None).
     """
     n = len(examples)
     prompt_attr = np.array([e["prompt_attributions"] for e in examples], dtype=np.float64)
@@ -1238,12 +1129,10 @@ def summarise_groups(attribution: Mapping, sensitive_features, *,
     sensitive_features : pandas.DataFrame, Series or mapping
         ``(n_examples, n_features)``, one row per attributed example, in order.
     min_group_size : int
-        Groups with fewer examples are listed and flagged ``small`` but left
-        out of gaps (the rule fairness applies to small groups).
+        Smaller groups are listed but left out of gaps (as in fairness).
     true_labels : sequence of str, optional
-        ``(n_examples,)``: compare groups on rows with the same true label;
-        None: on rows with the same predicted label (the explained one) when
-        the target is predicted, else on all rows.
+        ``(n_examples,)``: compare groups within the same true label; None: within the
+        same predicted label when the target is predicted, else on all rows.
     n_bootstrap, confidence, seed
         The bootstrap of the like-for-like differences.
 
@@ -1255,8 +1144,7 @@ def summarise_groups(attribution: Mapping, sensitive_features, *,
     Raises
     ------
     InputError
-        ``min_group_size`` below 1; sensitive features whose rows do not match
-        the examples.
+        ``min_group_size`` below 1; sensitive features whose rows do not match.
     """
     _check_int(min_group_size, MIN_GROUP_SIZE_MESSAGE)
     examples = attribution["examples"]
@@ -1296,18 +1184,13 @@ def group_attribution(prompt_attr: np.ndarray, groups: pd.DataFrame, *,
     groups : pandas.DataFrame
         ``(n_examples, n_features)``.
     min_group_size : int
-        Groups with fewer examples are listed (``groups``, ``counts``) and named
-        in ``small_groups``, but left out of ``max_difference`` and
-        ``top_positions`` (with fewer than two groups left those are None and
-        []), as fairness flags small groups.
+        Smaller groups are listed but left out of ``max_difference`` and ``top_positions``.
     error_scale : float, optional
-        The largest absolute completeness error of the examples (integrated
-        gradients); ``within_error[p]`` is True where ``max_difference[p]`` is
-        no larger, i.e. the gap is not told apart from integration error.
+        The largest absolute completeness error (integrated gradients): gaps no larger
+        are ``within_error``.
     strata : sequence, optional
-        ``(n_examples,)`` the label each example is compared on (its predicted
-        or true label); groups are compared like for like within each
-        (:func:`like_for_like_differences`). None: one stratum.
+        ``(n_examples,)`` the label each example is compared on
+        (:func:`like_for_like_differences`); None: one stratum.
     condition : str, optional
         What ``strata`` holds, recorded (``"predicted_label"``, ``"true_label"``).
     n_bootstrap, confidence, seed
@@ -1316,9 +1199,7 @@ def group_attribution(prompt_attr: np.ndarray, groups: pd.DataFrame, *,
     Returns
     -------
     dict
-        ``{feature: {"groups", "counts", "small_groups", "min_group_size",
-        "max_difference", "within_error", "error_scale", "top_positions",
-        "like_for_like"}}``.
+        ``{feature: by_group entry}`` (docs/result-json.md#attribution).
     """
     out = {}
     for feature in groups.columns:
@@ -1353,14 +1234,6 @@ def group_attribution(prompt_attr: np.ndarray, groups: pd.DataFrame, *,
     return out
 
 
-def _cell_means(values: np.ndarray, n_bootstrap: int,
-                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Mean of ``(m, P)`` rows and ``(n_bootstrap, P)`` means of resampled rows."""
-    m = values.shape[0]
-    draws = rng.integers(0, m, size=(n_bootstrap, m))
-    return values.mean(axis=0), values[draws].mean(axis=1)
-
-
 def like_for_like_differences(prompt_attr: np.ndarray, keys: Sequence, strata: Sequence | None,
                               *, min_group_size: int = DEFAULT_MIN_GROUP_SIZE,
                               error_scale: float | None = None, condition: str | None = None,
@@ -1368,19 +1241,9 @@ def like_for_like_differences(prompt_attr: np.ndarray, keys: Sequence, strata: S
                               seed: int = 0) -> dict:
     """Per-position attribution difference of each group from the reference group, like for like.
 
-    Attributions change sign with the explained label, so groups whose rows
-    have different labels differ for that reason alone. Each group is compared
-    with the **reference** (the largest group with at least ``min_group_size``
-    examples; ties by name) *within* each stratum (the same predicted or true
-    label) where both have at least :data:`MIN_STRATUM_ROWS` examples; the
-    difference is the average over those strata of ``mean(group) -
-    mean(reference)``, weighted by ``n_g * n_r / (n_g + n_r)`` (the stratum's
-    precision). Its interval is the percentile interval of a bootstrap that
-    resamples the examples of every (group, stratum) cell (seeded). A position
-    shows **evidence of a difference** only where the interval excludes 0 *and*
-    the difference is larger than ``error_scale`` (the integration error);
-    otherwise "no evidence of a difference". Groups below ``min_group_size``
-    are not compared.
+    Attributions change sign with the explained label, so each group is compared with the
+    reference (the largest eligible group; ties by name) within each stratum (label) where
+    both have :data:`MIN_STRATUM_ROWS` examples, as :data:`LIKE_FOR_LIKE_RULE` says.
 
     Parameters
     ----------
@@ -1394,11 +1257,8 @@ def like_for_like_differences(prompt_attr: np.ndarray, keys: Sequence, strata: S
     Returns
     -------
     dict
-        ``{"condition", "reference_group", "n_bootstrap", "confidence", "seed",
-        "error_scale", "rule", "comparisons": [{"group", "reference", "strata",
-        "n_group", "n_reference", "difference": [P], "interval": [[lo, hi]] * P,
-        "evidence": [P]}], "top_positions": [{"position", "group", "difference",
-        "interval"}], "n_positions_without_evidence"}``.
+        ``by_group[feature].like_for_like`` (docs/result-json.md#attribution), with
+        ``comparisons[i].difference`` ``(P,)`` and ``interval`` ``(P, 2)``.
     """
     keys = np.asarray(keys, dtype=object)
     n, n_positions = prompt_attr.shape if prompt_attr.ndim == 2 else (len(keys), 0)
@@ -1457,8 +1317,8 @@ def _compare_with_reference(prompt_attr: np.ndarray, in_group: np.ndarray,
         n_g, n_r = int(in_g.sum()), int(in_r.sum())
         if n_g < MIN_STRATUM_ROWS or n_r < MIN_STRATUM_ROWS:
             continue
-        mean_g, boot_g = _cell_means(prompt_attr[in_g], n_bootstrap, rng)
-        mean_r, boot_r = _cell_means(prompt_attr[in_r], n_bootstrap, rng)
+        mean_g, boot_g = block_resampled_means(prompt_attr[in_g], n_bootstrap, rng)
+        mean_r, boot_r = block_resampled_means(prompt_attr[in_r], n_bootstrap, rng)
         used.append(str(stratum))
         weights.append(n_g * n_r / (n_g + n_r))
         diffs.append(mean_g - mean_r)
@@ -1469,12 +1329,10 @@ def _compare_with_reference(prompt_attr: np.ndarray, in_group: np.ndarray,
                    "difference": None, "interval": None, "evidence": None}
     if not used:
         return entry, []
-    alpha = 1.0 - confidence
     w = np.asarray(weights) / np.sum(weights)
     difference = np.tensordot(w, np.stack(diffs), axes=1)
     boot = np.tensordot(w, np.stack(boots), axes=1)  # (n_bootstrap, P)
-    low = np.quantile(boot, alpha / 2, axis=0)
-    high = np.quantile(boot, 1 - alpha / 2, axis=0)
+    low, high = percentile_interval(boot, confidence, axis=0)
     # an interval within rounding of 0 (identical rows) contains 0
     evidence = (low > _ZERO_TOLERANCE) | (high < -_ZERO_TOLERANCE)
     if error_scale is not None:
@@ -1552,9 +1410,7 @@ def convergence_summary(examples: Sequence[Mapping], *, delta_tolerance: float |
     Returns
     -------
     dict
-        ``{"delta_tolerance", "n_not_converged", "n_gradient_evals",
-        "max_gradient_evals"}``. Merging results over disjoint rows: call it
-        again on the merged examples.
+        ``{"delta_tolerance", "n_not_converged", "n_gradient_evals", "max_gradient_evals"}``.
     """
     if delta_tolerance is None:
         return {"delta_tolerance": None, "n_not_converged": None, "n_gradient_evals": None,
@@ -1580,8 +1436,7 @@ def format_attribution_summary(attribution: dict) -> str:
     Parameters
     ----------
     attribution : dict
-        What :meth:`PromptAttributor.attribute` returns (or the result JSON's
-        ``attribution`` object).
+        What :meth:`PromptAttributor.attribute` returns (or the result's ``attribution``).
 
     Returns
     -------
@@ -1649,14 +1504,9 @@ def format_attribution_summary(attribution: dict) -> str:
 def merge_attributions(pieces: Sequence[tuple[Sequence[int], dict]], *, n_examples: int,
                        seed: int = 0) -> dict:
     """One ``attribution`` object from :meth:`PromptAttributor.attribute` results over
-    disjoint rows.
-
-    Used to put together the batches a multi-process audit attributed on different
-    processes. The per-example entries are put at their rows and the summaries
-    (``prompt_share``, ``per_position``, ``per_position_abs``,
-    ``max_convergence_delta``) are recomputed over all rows with the formulas of
-    :func:`summarise_examples`, so merging the batches of one call's schedule gives
-    that call's result exactly.
+    disjoint rows (a multi-process audit's batches): the examples put at their rows and the
+    summaries recomputed (:func:`summarise_examples`), so merging the batches of one call's
+    schedule gives that call's result exactly.
 
     Parameters
     ----------
@@ -1684,10 +1534,6 @@ def merge_attributions(pieces: Sequence[tuple[Sequence[int], dict]], *, n_exampl
     merged = {**first, **summarise_examples(examples), "seed": int(seed), "examples": examples,
               **convergence_summary(examples, delta_tolerance=first.get("delta_tolerance"),
                                     max_gradient_evals=first.get("max_gradient_evals"))}
-    max_delta = merged["max_convergence_delta"]
-    if max_delta is not None and max_delta > CONVERGENCE_WARNING:
-        logger.warning("integrated gradients: max |convergence delta| %.3f exceeds %.2f; the "
-                       "integral is coarse, raise n_steps (now %s)", max_delta,
-                       CONVERGENCE_WARNING, merged.get("n_steps"))
+    _warn_if_coarse(merged["max_convergence_delta"], merged.get("n_steps"))
     return merged
 

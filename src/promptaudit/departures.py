@@ -1,41 +1,15 @@
 """Where the soft prompt departs from plain language.
 
-Stakeholders read instructions, not tensors. This stage puts plain-language
-*candidates* in place of the soft prompt and measures how closely each one
-reproduces the soft prompt's decisions:
-
-* the **init text** of a PEFT ``TEXT``-initialised prompt, exactly as PEFT
-  initialised it (the text's token ids, special tokens included, repeated or
-  cut to ``num_virtual_tokens``): what the prompt was before tuning;
-* every **instruction** the user lists (``projection.instructions`` in the
-  spec, ``--instruction`` on ``promptaudit project``): the text's token ids
-  without special tokens, at their own length, as if the instruction were
-  typed in front of every input;
-* any candidate given as **token ids** (:func:`token_ids_candidate`), such as
-  the translation ``projection.translation`` (``text``, ``token_ids``).
-
-A candidate's prompt is the rows of the input embedding matrix for its token
-ids, put where the soft prompt sits (``PromptedModel.with_prompt``), so every
-candidate reads exactly the same inputs as the soft prompt.
-
-Per candidate (:func:`compare_instructions`): **agreement**, the share of
-examples on which its decision (argmax label) equals the soft prompt's, and
-**accuracy** when labels are known, each with a 95% **Wilson score interval**
-(a binomial interval for a share of ``n`` independent rows; unlike the normal
-approximation it stays inside [0, 1] and is not degenerate at 0 or n).
-Candidates are ranked by agreement (ties: the order given).
-
-Then, against the best candidate (:func:`find_departures`): the rows where the
-two disagree, grouped by *direction* (the soft prompt's label, the
-instruction's label), each worded with ``positive_label`` ("the tuned prompt
-rejects where the instruction accepts"); each row's input-token attributions
-for the soft prompt's decision (integrated gradients, :mod:`promptaudit.attribution`)
-on at most ``max_attributed`` rows, taken in turn from each direction in row
-order (the result says how many were attributed); and, per sensitive feature,
-each group's share among the departures against its share of all rows, with a
-95% **Clopper-Pearson** (exact binomial) interval on the departure share. A
-group is flagged *over-represented* only where the whole interval lies above
-its overall share.
+Plain-language *candidates* are put in place of the soft prompt (the rows of the input
+embedding matrix for their token ids, where the soft prompt sits): the **init text** of a
+PEFT ``TEXT``-initialised prompt as PEFT copied it, every **instruction** listed (its tokens
+without special tokens), and any candidate given as **token ids** such as the translation.
+:func:`compare_instructions` ranks them by **agreement** with the soft prompt's decisions
+(and accuracy), each with a Wilson score interval. :func:`find_departures` lists the rows
+where the best candidate disagrees, by direction, with each sensitive group's share among
+them against its share of all rows (Clopper-Pearson interval; over-represented only where
+the whole interval lies above); :func:`attribute_departures` attributes a few of those rows.
+Fields: docs/result-json.md#projection (``instructions``, ``departures``).
 """
 
 from __future__ import annotations
@@ -48,29 +22,16 @@ import numpy as np
 import pandas as pd
 import torch
 
+from promptaudit.data import MISSING_GROUP
 from promptaudit.errors import InputError
 from promptaudit.stats import clopper_pearson_interval, wilson_interval
 
 __all__ = [
-    "Candidate",
-    "init_text_candidate",
-    "plain_language_candidates",
-    "instruction_candidate",
-    "token_ids_candidate",
-    "translation_candidate",
-    "wilson_interval",
-    "clopper_pearson_interval",
-    "compare_instructions",
-    "find_departures",
-    "attribute_departures",
-    "explain_departures",
-    "DEFAULT_MAX_ATTRIBUTED",
-    "EMPTY_INSTRUCTION_MESSAGE",
-    "LONG_INSTRUCTION_MESSAGE",
-    "TOKEN_IDS_MESSAGE",
-    "AGREEMENT_INTERVAL_METHOD",
-    "GROUP_INTERVAL_METHOD",
-    "ATTRIBUTED_ROWS_RULE",
+    "Candidate", "init_text_candidate", "plain_language_candidates", "instruction_candidate",
+    "token_ids_candidate", "translation_candidate", "compare_instructions", "find_departures",
+    "attribute_departures", "explain_departures", "DEFAULT_MAX_ATTRIBUTED",
+    "EMPTY_INSTRUCTION_MESSAGE", "LONG_INSTRUCTION_MESSAGE", "TOKEN_IDS_MESSAGE",
+    "AGREEMENT_INTERVAL_METHOD", "GROUP_INTERVAL_METHOD", "ATTRIBUTED_ROWS_RULE",
 ]
 
 logger = logging.getLogger(__name__)
@@ -78,26 +39,20 @@ logger = logging.getLogger(__name__)
 EMPTY_INSTRUCTION_MESSAGE = "instructions: {text!r} tokenizes to nothing; give a non-empty text"
 LONG_INSTRUCTION_MESSAGE = (
     "instructions: {text!r} is {n_tokens} tokens; at most {limit} fit in front of the "
-    "{max_length} input tokens within the model's {positions} positions"
-)
+    "{max_length} input tokens within the model's {positions} positions")
 TOKEN_IDS_MESSAGE = (
     "{source}: token ids {ids!r} are not ids of the embedding matrix; allowed: a non-empty "
-    "list of integers 0..{max_id}"
-)
+    "list of integers 0..{max_id}")
 #: How agreement and accuracy intervals are computed (recorded in the result).
-AGREEMENT_INTERVAL_METHOD = (
-    "Wilson score interval for a binomial share of n independent rows"
-)
+AGREEMENT_INTERVAL_METHOD = "Wilson score interval for a binomial share of n independent rows"
 #: How a group's share among the departures is bounded (recorded in the result).
 GROUP_INTERVAL_METHOD = (
     "Clopper-Pearson exact binomial interval on the group's share of the departures; "
-    "over-represented when its lower end is above the group's share of all rows"
-)
+    "over-represented when its lower end is above the group's share of all rows")
 #: Which departure rows get input-token attributions when they are more than the budget.
 ATTRIBUTED_ROWS_RULE = (
     "at most max_attributed rows, taken in turn from each direction (largest first), "
-    "in row order within a direction"
-)
+    "in row order within a direction")
 #: Departure rows attributed by default (each costs an integrated-gradients run).
 DEFAULT_MAX_ATTRIBUTED = 2
 #: Most departure rows listed per direction in the result (all are counted).
@@ -112,8 +67,7 @@ class Candidate:
     Attributes
     ----------
     source : str
-        ``"init_text"``, ``"instruction"`` or ``"translation"`` (or another
-        name a caller chooses).
+        ``"init_text"``, ``"instruction"``, ``"translation"`` or a caller's name.
     text : str
         What a reader sees.
     token_ids : tuple of int
@@ -291,10 +245,8 @@ def compare_instructions(
     Returns
     -------
     (list of dict, list of numpy.ndarray)
-        The ranked entries ``{"rank", "source", "text", "token_ids",
-        "n_tokens", "note", "n_examples", "agreement", "agreement_interval",
-        "disagreements", "accuracy", "accuracy_interval"}`` (best first), and
-        each entry's ``(n,)`` predictions in the same order.
+        ``projection.instructions`` (docs/result-json.md#projection), best first, and each
+        entry's ``(n,)`` predictions in the same order.
     """
     soft_pred = np.asarray(soft_pred)
     n = int(soft_pred.shape[0])
@@ -328,9 +280,7 @@ def compare_instructions(
         predictions.append(pred)
     order = sorted(range(len(entries)), key=lambda i: (
         -(entries[i]["agreement"] or 0.0), _SOURCE_ORDER.get(entries[i]["source"], 3), i))
-    ranked = []
-    for rank, i in enumerate(order, start=1):
-        ranked.append({"rank": rank, **entries[i]})
+    ranked = [{"rank": rank, **entries[i]} for rank, i in enumerate(order, start=1)]
     return ranked, [predictions[i] for i in order]
 
 
@@ -352,8 +302,6 @@ def _group_shares(groups: pd.DataFrame, departed: np.ndarray, confidence: float,
     out = {}
     n, m = len(departed), int(departed.sum())
     for feature in groups.columns:
-        from promptaudit.data import MISSING_GROUP
-
         keys = np.array([MISSING_GROUP if pd.isna(v) else str(v) for v in groups[feature]],
                         dtype=object)
         rows = []
@@ -445,11 +393,7 @@ def find_departures(
     Returns
     -------
     dict
-        ``{"instruction", "n_examples", "n_departures", "share", "directions":
-        [{"soft_label", "instruction_label", "description", "count", "rows":
-        [{"row", "text", "soft_label", "instruction_label", "true_label",
-        "soft_probability", "attributed"}]}], "groups" | None,
-        "group_interval_method", "confidence", "attribution": None}``.
+        ``projection.departures`` (docs/result-json.md#projection), ``attribution`` None.
     """
     soft_pred = np.asarray(soft_pred)
     instruction_pred = np.asarray(instruction_pred)
@@ -482,18 +426,9 @@ def find_departures(
 
 def _rows_to_attribute(directions: Sequence[Mapping], budget: int) -> list[tuple[int, int]]:
     """``(direction index, listed row index)`` pairs, in turn from each direction."""
-    chosen: list[tuple[int, int]] = []
-    depth = 0
-    while len(chosen) < budget:
-        added = False
-        for d, direction in enumerate(directions):
-            if depth < len(direction["rows"]) and len(chosen) < budget:
-                chosen.append((d, depth))
-                added = True
-        if not added:
-            break
-        depth += 1
-    return chosen
+    depth = max((len(direction["rows"]) for direction in directions), default=0)
+    return [(d, i) for i in range(depth) for d, direction in enumerate(directions)
+            if i < len(direction["rows"])][:max(budget, 0)]
 
 
 def _no_attribution(departures: Mapping, max_attributed: int, n_attributed: int = 0) -> dict:
@@ -521,11 +456,8 @@ def attribute_departures(prompted, departures: dict, *, max_attributed: int,
     Returns
     -------
     dict
-        ``departures`` with ``attribution`` set to ``{"method", "baseline",
-        "n_steps", "target", "n_attributed", "n_departures", "max_attributed",
-        "rule", "max_convergence_delta", "n_not_converged"}`` and every
-        attributed row carrying ``tokens``, ``token_attributions``,
-        ``top_tokens`` and ``convergence_delta``.
+        ``departures`` with ``attribution`` set and every attributed row carrying
+        ``tokens``, ``token_attributions``, ``top_tokens`` and ``convergence_delta``.
     """
     from promptaudit.attribution import PromptAttributor
 
@@ -611,14 +543,12 @@ def explain_departures(
     max_attributed : int
         Departure rows to attribute (0: none).
     method : IntegratedGradients, FeatureAblation or ShapleySampling, optional
-        The attribution method of the departure rows (default: integrated
-        gradients with its defaults), with ``seed``.
+        The attribution method of the departure rows (default: integrated gradients).
 
     Returns
     -------
     (list of dict, dict or None)
-        ``projection.instructions`` (ranked, best first) and
-        ``projection.departures`` (None without candidates).
+        ``projection.instructions`` and ``projection.departures`` (None without candidates).
     """
     if not candidates:
         return [], None

@@ -1,56 +1,22 @@
 """Data-parallel audits across processes (Hugging Face Accelerate, SPMD).
 
-One process
------------
-A plain ``promptaudit run`` (no launcher) never imports Accelerate or
-``torch.distributed``: :func:`launch_processes` returns ``None`` and the
-pipeline runs on its own.
+A plain ``promptaudit run`` never imports Accelerate: :func:`launch_processes` returns
+``None``. Under ``accelerate launch --num_processes N -m promptaudit run AUDIT.yaml`` (or
+``torchrun``) every process joins (:class:`accelerate.PartialState`: NCCL between GPUs,
+gloo on CPUs) and runs the same pipeline on the same data with its own model copy. Only
+the forward passes are divided: :meth:`AuditProcesses.predict_proba` (every prediction of a
+:class:`ShardedPromptedModel`) and :meth:`AuditProcesses.attribute` cut the texts into the
+batches of the single-process schedule (:func:`prediction_batches`,
+:func:`promptaudit.attribution.attribution_batches`), deal batch ``b`` to process ``b % N``
+(:func:`dealing_order`), and gather the pieces on every process in input order. Every row
+is thus computed in the very batch (same padding, same shapes, Shapley seed ``seed + b``)
+it would be in one process, so the result equals the single-process one number for number.
+The main process alone assembles the result and writes the reports.
 
-Several processes
------------------
-``accelerate launch --multi_gpu --num_processes N -m promptaudit run AUDIT.yaml``
-(or ``torchrun --nproc_per_node N -m promptaudit run AUDIT.yaml``) starts N
-copies of the command. :func:`launch_processes` joins them
-(:class:`accelerate.PartialState`: NCCL between GPUs, gloo on CPUs) and every
-process runs the same pipeline (:func:`promptaudit.pipeline.run_audit`) on the
-same data, with its own copy of the model on its own device. Only the forward
-passes are divided:
-
-* :meth:`AuditProcesses.predict_proba` (what :class:`ShardedPromptedModel`
-  calls for every prediction: evaluation set, counterfactual variants,
-  projected-prompt fidelity, baselines) and
-  :meth:`AuditProcesses.attribute` cut the texts into the batches of the
-  single-process schedule; each process takes its share of the batches
-  (:meth:`accelerate.PartialState.split_between_processes` over the batch
-  indices), computes them, and the pieces are gathered on every process
-  (:func:`accelerate.utils.gather_object`) and put back in input order;
-* the main process (rank 0) alone assembles the result (fairness metrics,
-  bootstrap intervals, competence and gates: the pipeline's one assembly step,
-  after every forward pass) and writes the reports
-  (:func:`promptaudit.runner.run_audit_command`).
-
-Shards are whole batches of the single-process schedule: texts are ordered the
-way a single process orders them (:meth:`PromptedModel.predict_proba` by
-character length, :class:`~promptaudit.attribution.PromptAttributor` by token
-length, both stable) and cut into the same batches; batch ``b`` goes to process
-``b % N`` (:func:`dealing_order` lays the batch indices out so that Accelerate's
-contiguous split gives exactly that). Every row is therefore computed in exactly
-the batch (same padding, same shapes) it would be in one process, and the
-result equals the single-process result number for number (same hardware and
-threads; ``provenance.num_processes`` records N). Interleaving batches keeps
-the shards balanced although the batches grow longer along the order. Shapley
-sampling draws the permutations of batch ``b`` from ``seed + b`` in one
-process, and so it does here.
-
-Errors
-------
-Every exchange between the processes carries a status. An error in a process's
-share of the work is sent to the others in that exchange; an error between
-exchanges (bad data, a model that does not load, a report that cannot be
-written) is sent in the next exchange the others reach
-(:meth:`AuditProcesses.report_failure`). Either way every process raises (its
-own error, or the first failing process's error rebuilt with the same class),
-no process is left waiting, and every process exits with the same code.
+Every exchange carries a status: an error in one process (in its share of the work, or
+between exchanges: :meth:`AuditProcesses.report_failure`) is sent to the others, every
+process raises (its own error or the first one, rebuilt with the same class) and all exit
+with the same code; no process is left waiting.
 """
 
 from __future__ import annotations
@@ -66,20 +32,19 @@ import numpy as np
 import torch
 
 from promptaudit import errors as _errors
-from promptaudit.attribution import BATCH_SIZE, PromptAttributor, merge_attributions
+from promptaudit.attribution import (
+    BATCH_SIZE,
+    PromptAttributor,
+    attribution_batches,
+    budget_summary,
+    merge_attributions,
+)
 from promptaudit.errors import InputError
 from promptaudit.prompted import PromptedModel
 
 __all__ = [
-    "AuditProcesses",
-    "ShardedPromptedModel",
-    "launch_processes",
-    "launched_num_processes",
-    "process_device",
-    "prediction_batches",
-    "attribution_batches",
-    "dealing_order",
-    "attribute_batches",
+    "AuditProcesses", "ShardedPromptedModel", "launch_processes", "launched_num_processes",
+    "process_device", "prediction_batches", "dealing_order", "attribute_batches",
 ]
 
 logger = logging.getLogger(__name__)
@@ -114,10 +79,9 @@ def process_device(requested: str, accelerator_device: torch.device | str) -> st
     Returns
     -------
     str
-        ``cpu`` when asked for or when the process has no GPU; otherwise this
-        process's own GPU (a ``cuda:N`` in the spec is replaced by it: each process
-        holds one GPU). ``cuda`` on a process without a GPU is returned as is, so
-        the model loader reports it.
+        ``cpu`` when asked for or without a GPU; otherwise this process's own GPU (it
+        replaces a ``cuda:N`` of the spec). ``cuda`` without a GPU is returned for the
+        model loader to report.
 
     Examples
     --------
@@ -135,16 +99,9 @@ def process_device(requested: str, accelerator_device: torch.device | str) -> st
     return "cpu" if requested == "auto" else requested
 
 
-def _batches(order: np.ndarray, batch_size: int) -> list[np.ndarray]:
-    return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
-
-
 def prediction_batches(texts: Sequence[str], *, batch_size: int) -> list[np.ndarray]:
-    """Row indices of the batches :meth:`PromptedModel.predict_proba` forms in one process.
-
-    The texts are ordered by character length (stable) and cut into batches of
-    ``batch_size``. Predicting the rows of a batch, in this order, forms exactly
-    that batch again.
+    """Row indices of the batches :meth:`PromptedModel.predict_proba` forms in one process:
+    the texts ordered by character length (stable), cut into batches of ``batch_size``.
 
     Returns
     -------
@@ -157,45 +114,15 @@ def prediction_batches(texts: Sequence[str], *, batch_size: int) -> list[np.ndar
     [[1, 2, 0], [3]]
     """
     order = np.argsort([len(str(t)) for t in texts], kind="stable")
-    return _batches(order, int(batch_size))
-
-
-def attribution_batches(lengths: Sequence[int] | np.ndarray | torch.Tensor, *,
-                        batch_size: int) -> list[np.ndarray]:
-    """Row indices of the batches :class:`~promptaudit.attribution.PromptAttributor` forms.
-
-    ``lengths`` are the token counts of the texts ``(n,)``; they are ordered
-    (stable) and cut into batches of ``batch_size``, as the attributor does.
-    """
-    if isinstance(lengths, torch.Tensor):
-        lengths = lengths.cpu()
-    order = torch.argsort(torch.as_tensor(lengths), stable=True).numpy()
-    return _batches(order, int(batch_size))
-
-
-def budget_attribution_batches(lengths: Sequence[int] | np.ndarray | torch.Tensor, *,
-                               batch_size: int) -> list[np.ndarray]:
-    """The batches the attributor forms under ``max_gradient_evals_total``.
-
-    Consecutive rows in the given order, ``batch_size`` at a time, each batch ordered by
-    length (stable), so the budget cuts the texts at a batch boundary.
-    """
-    lengths = torch.as_tensor(lengths.cpu() if isinstance(lengths, torch.Tensor) else lengths)
-    out = []
-    for start in range(0, len(lengths), int(batch_size)):
-        rows = torch.arange(start, min(len(lengths), start + int(batch_size)))
-        out.append(rows[torch.argsort(lengths[rows], stable=True)].numpy())
-    return out
+    return [order[start:start + batch_size] for start in range(0, len(order), int(batch_size))]
 
 
 def dealing_order(n_batches: int, num_processes: int) -> list[int]:
     """Batch indices laid out so that a contiguous split deals batch ``b`` to ``b % N``.
 
-    :meth:`accelerate.PartialState.split_between_processes` gives process ``r``
-    a contiguous slice, ``ceil(n / N)`` items to the first ``n % N`` processes and
-    ``floor(n / N)`` to the others; process ``r``'s round-robin share
-    ``r, r + N, r + 2N, ...`` has exactly that many batches, so concatenating
-    the shares in process order makes the split a round-robin deal.
+    :meth:`accelerate.PartialState.split_between_processes` gives the first ``n % N``
+    processes ``ceil(n / N)`` items and the others ``floor(n / N)``: exactly the sizes of the
+    round-robin shares, so concatenating those shares makes the split a round-robin deal.
 
     Examples
     --------
@@ -214,13 +141,11 @@ def attribute_batches(prompted: PromptedModel, batches: Sequence[tuple[int, Sequ
     ----------
     prompted : PromptedModel
     batches : sequence of (int, sequence of str)
-        ``(batch_index, texts)``: the texts of batch ``batch_index`` in the order
-        :func:`attribution_batches` gives.
+        ``(batch_index, texts)`` of :func:`~promptaudit.attribution.attribution_batches`.
     method : IntegratedGradients, FeatureAblation or ShapleySampling
-        The attribution method (:mod:`promptaudit.attribution`), without a budget.
+        The attribution method, without a budget.
     seed : int
-        The audit's seed; batch ``b`` is attributed with ``seed + b`` (Shapley
-        permutations of batch ``b`` in one process).
+        The audit's seed; batch ``b`` is attributed with ``seed + b`` (as in one process).
     batch_size : int
         The schedule's batch size.
 
@@ -439,9 +364,10 @@ class AuditProcesses:
             if not texts:  # the attributor's own one-line error
                 PromptAttributor(prompted, method).attribute(texts)
             lengths = prompted.encode(texts).attention_mask.sum(dim=1)
-            batches = (attribution_batches(lengths, batch_size=batch_size) if budget is None
-                       else budget_attribution_batches(lengths, batch_size=batch_size))
-            mine = [(b, [texts[i] for i in batches[b]]) for b in self.my_batches(len(batches))]
+            batches = attribution_batches(lengths, batch_size=batch_size,
+                                          blocks=budget is not None)
+            mine = [(b, [texts[i] for i in batches[b].tolist()])
+                    for b in self.my_batches(len(batches))]
             done = attribute_batches(prompted, mine, method, seed=seed, batch_size=batch_size,
                                      progress=progress and self.is_main)
             return [(batches[index], result) for index, result in done]
@@ -449,25 +375,16 @@ class AuditProcesses:
         pieces = [piece for answer in self.exchange(work) for piece in answer]
         if budget is None:
             return merge_attributions(pieces, n_examples=len(texts), seed=int(seed))
-        # Every batch was attributed; keep what one process under the budget keeps.
-        pieces = sorted(pieces, key=lambda piece: int(min(piece[0])))
-        cut, spent = len(texts), 0
-        for rows, result in pieces:
-            start = int(min(rows))
-            if start > 0 and spent >= int(budget):
-                cut = start
+        # Every block was attributed; keep the blocks one process under the budget runs.
+        kept, spent = [], 0
+        for rows, result in sorted(pieces, key=lambda piece: int(piece[0].min())):
+            if kept and spent >= int(budget):
                 break
+            kept.append((rows, result))
             spent += sum(int(example.get("n_steps") or 0) for example in result["examples"])
-        kept = [piece for piece in pieces if int(min(piece[0])) < cut]
-        merged = merge_attributions(kept, n_examples=cut, seed=int(seed))
-        used = sum(int(example.get("n_steps") or 0) for example in merged["examples"])
-        merged["budget"] = {
-            "max_gradient_evals_total": int(budget),
-            "n_gradient_evals": used,
-            "n_requested": len(texts),
-            "n_attributed": cut,
-            "n_left_out": len(texts) - cut,
-        }
+        merged = merge_attributions(kept, n_examples=sum(len(rows) for rows, _ in kept),
+                                    seed=int(seed))
+        merged["budget"] = budget_summary(budget, merged["examples"], len(texts))
         return merged
 
     def shard(self, prompted: PromptedModel) -> ShardedPromptedModel:

@@ -1,23 +1,11 @@
 """Which virtual tokens matter: ablate one position at a time.
 
-For each virtual token ``i``, the soft prompt with row ``i`` alone replaced by a
-**neutral embedding** predicts the same rows again; the position's importance
-is the share of decisions (argmax labels) that change, with a 95% Wilson score
-interval (:func:`promptaudit.stats.wilson_interval`).
-
-The neutral embedding is the **mean word embedding** of the filtered vocabulary
-(:func:`promptaudit.projection.vocabulary_mask`: no special, unused or padding
-rows): the centre of the words, a vector that stands for no word in particular
-(the pad embedding is often a trained, non-neutral special token). It is
-recorded in the result as ``neutral: "mean_word_embedding"``.
-
-A position **matters** when the lower end of its interval is above
-:data:`IMPORTANCE_FLOOR` (1% of decisions): its decisions change more often
-than that floor with 95% confidence. The others are listed as ignored: on these
-rows, the model's decisions do not depend on them beyond the floor.
-
-Cost: ``num_virtual_tokens`` predictions of ``max_examples`` rows (the first
-rows of the data, in order).
+For each virtual token, the soft prompt with that row alone replaced by a **neutral
+embedding** (the mean word embedding of the filtered vocabulary,
+:func:`promptaudit.projection.vocabulary_mask`: a vector that stands for no word, unlike the
+often trained pad embedding) predicts the first ``max_examples`` rows again. The position
+**matters** when the 95% Wilson interval of its share of changed decisions lies above
+:data:`IMPORTANCE_FLOOR`; the others are ignored on these rows.
 """
 
 from __future__ import annotations
@@ -31,14 +19,8 @@ import torch
 from promptaudit.errors import InputError
 from promptaudit.stats import wilson_interval
 
-__all__ = [
-    "neutral_embedding",
-    "position_importance",
-    "IMPORTANCE_FLOOR",
-    "DEFAULT_MAX_EXAMPLES",
-    "NEUTRAL",
-    "IMPORTANCE_RULE",
-]
+__all__ = ["neutral_embedding", "position_importance", "IMPORTANCE_FLOOR", "DEFAULT_MAX_EXAMPLES",
+           "NEUTRAL", "IMPORTANCE_RULE"]
 
 logger = logging.getLogger(__name__)
 
@@ -125,10 +107,7 @@ def position_importance(
     Returns
     -------
     dict
-        ``projection.position_importance``: ``{"neutral", "n_examples",
-        "max_examples", "confidence", "floor", "interval_method", "rule",
-        "positions": [{"index", "changed", "share", "interval", "matters"}],
-        "important": [int], "ignored": [int], "summary"}``.
+        ``projection.position_importance`` (docs/result-json.md#projection).
     """
     if prompted.prompt is None:
         raise InputError("prompt: the model has no soft prompt; position importance needs one")

@@ -1,51 +1,28 @@
 """Read a soft prompt: nearest vocabulary words, and how far to trust them.
 
-A tuned virtual token is a point in the input-embedding space; its nearest
-vocabulary words are the usual way to "read" it. That reading is only as good as
-three checks this module reports beside it:
+A tuned virtual token is a point in the input-embedding space; its nearest vocabulary words
+are the usual way to "read" it. Beside the words this module reports (fields and rules in
+docs/result-json.md#projection):
 
-* **typicality** — is the virtual token any closer to a real word than chance?
-  Its best cosine similarity to any word is compared with the best cosine of
-  *random vectors* drawn (seeded) from a Gaussian with the vocabulary's
-  per-dimension mean and spread: vectors that merely look like embeddings
-  but mean nothing. A token no closer to any word than the 99th percentile of
-  those random vectors is flagged ``off_manifold`` ("at chance"): its nearest
-  words say nothing about it. Its norm is compared with the vocabulary's
-  norms (``unusual_norm`` outside the 1st-99th percentile), and its best
-  cosine with the nearest-neighbour cosine between real words, for context.
-* **drift** — for a prompt initialised from text (PEFT ``TEXT`` init), how far
-  each position moved from the token it started as. Drift is read against the
-  same filtered vocabulary as the nearest words: a position initialised from a
-  special token (``[CLS]``, ``[SEP]``) has no init word in that vocabulary, so
-  ``still_init`` is ``None`` there.
-* **fidelity** — does the *projected hard prompt* (the embeddings of the top-1
-  words) make the same predictions as the soft prompt?
-* **trust** — one level for the reading, from fidelity and typicality
-  (:func:`projection_trust`): ``high`` when fidelity agreement is at least 0.9
-  and at least 80% of the virtual tokens are readable (not off-manifold);
-  ``low`` when fewer than 50% are readable or agreement is below 0.7;
-  ``moderate`` otherwise. Without a fidelity check it is at most ``moderate``.
+* **typicality**: is the virtual token closer to a real word than chance? Its best cosine
+  to any word is compared with that of seeded random vectors with the vocabulary's
+  per-dimension mean and spread (``off_manifold`` at or below their 99th percentile), its
+  norm with the vocabulary's norms (``unusual_norm``);
+* **drift**: for a PEFT ``TEXT``-initialised prompt, how far each position moved from its
+  init token (``still_init`` is None where that token is outside the filtered vocabulary);
+* **fidelity**: whether the projected hard prompt (the top-1 words) makes the soft
+  prompt's predictions;
+* **trust**: one level from fidelity and typicality (:func:`projection_trust`).
 
-Metrics and scores
-------------------
-Every neighbour carries a ``score`` where higher is always closer:
-
-* ``cosine`` (default): cosine similarity, in ``[-1, 1]``;
-* ``dot``: the inner product ``prompt_row @ word_row``;
-* ``l2``: the *negative* Euclidean distance ``-||prompt_row - word_row||``.
-
-Neighbours are searched with one batched matmul over the filtered vocabulary,
-then the few best candidates are re-scored exactly in float64 and sorted best
-first, ties broken by the lower token id, so scores and order are deterministic.
-
-The filtered vocabulary (:func:`vocabulary_mask`) leaves out special tokens,
-unused/reserved slots (BERT's ``[unused7]``, ``<|reserved_special_token_3|>``,
-Gemma's ``<unused5>``, T5's ``<extra_id_0>``, fairseq's ``madeupword0``), empty
-tokens, and embedding rows past ``len(tokenizer)`` (padding of the matrix).
+Neighbour scores are higher-is-closer: ``cosine``, ``dot`` or ``l2`` (the negative
+Euclidean distance). One batched matmul over the filtered vocabulary
+(:func:`vocabulary_mask`: no special, unused/reserved, empty or padding rows) finds
+candidates, re-scored exactly in float64 and sorted best first, ties to the lower token id.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import re
@@ -62,40 +39,18 @@ from promptaudit.result_types import Fidelity, Trust
 from promptaudit.settings import DEFAULT_MAX_LENGTH
 
 __all__ = [
-    "Metric",
-    "vocabulary_mask",
-    "display_token",
-    "readable_word",
-    "readable_text",
-    "marks_word_starts",
-    "PIECE_MARK",
-    "nearest_words",
-    "projection_fidelity",
-    "project_prompt",
-    "load_for_projection",
-    "PromptInEmbeddingSpace",
-    "format_projection_table",
-    "projection_summary",
-    "UNKNOWN_METRIC_MESSAGE",
-    "TOP_K_MESSAGE",
-    "PROMPT_SHAPE_MESSAGE",
-    "NO_PROMPT_MESSAGE",
-    "VOCAB_TOO_SMALL_MESSAGE",
-    "NO_TEXTS_MESSAGE",
-    "SOFT_PROBS_SHAPE_MESSAGE",
-    "LABEL_IDS_LENGTH_MESSAGE",
-    "LABEL_IDS_RANGE_MESSAGE",
-    "PROJECTED_IDS_LENGTH_MESSAGE",
+    "Metric", "vocabulary_mask", "display_token", "readable_word", "marks_word_starts",
+    "PIECE_MARK", "nearest_words", "projection_fidelity", "project_prompt",
+    "load_for_projection", "PromptInEmbeddingSpace", "format_projection_table",
+    "projection_summary", "projection_trust", "TRUST_RULE",
+    # one-line error messages, which tests assert
+    "UNKNOWN_METRIC_MESSAGE", "TOP_K_MESSAGE", "PROMPT_SHAPE_MESSAGE", "NO_PROMPT_MESSAGE",
+    "VOCAB_TOO_SMALL_MESSAGE", "NO_TEXTS_MESSAGE", "SOFT_PROBS_SHAPE_MESSAGE",
+    "LABEL_IDS_LENGTH_MESSAGE", "LABEL_IDS_RANGE_MESSAGE", "PROJECTED_IDS_LENGTH_MESSAGE",
     "PROJECTED_IDS_RANGE_MESSAGE",
-    "REFERENCE_SAMPLE_SIZE",
-    "OFF_MANIFOLD_SIMILARITY_PERCENTILE",
-    "OFF_MANIFOLD_NORM_PERCENTILES",
-    "HIGH_AGREEMENT",
-    "MODERATE_AGREEMENT",
-    "CHANCE_SAMPLE_SIZE",
-    "CHANCE_PERCENTILE",
-    "projection_trust",
-    "TRUST_RULE",
+    # documented knobs
+    "REFERENCE_SAMPLE_SIZE", "OFF_MANIFOLD_NORM_PERCENTILES", "HIGH_AGREEMENT",
+    "MODERATE_AGREEMENT", "CHANCE_SAMPLE_SIZE", "CHANCE_PERCENTILE",
 ]
 
 logger = logging.getLogger(__name__)
@@ -104,37 +59,27 @@ logger = logging.getLogger(__name__)
 UNKNOWN_METRIC_MESSAGE = UNKNOWN_PROJECTION_METRIC_MESSAGE
 TOP_K_MESSAGE = (
     "top_k: {top_k!r}; must be an integer between 1 and {vocab_size} "
-    "(the filtered vocabulary size)"
-)
+    "(the filtered vocabulary size)")
 PROMPT_SHAPE_MESSAGE = (
-    "prompt: shape {shape}; expected (num_virtual_tokens, {hidden}) to match the word embeddings"
-)
+    "prompt: shape {shape}; expected (num_virtual_tokens, {hidden}) to match the word embeddings")
 NO_PROMPT_MESSAGE = "prompt: the model has no soft prompt to project; load or train one first"
 VOCAB_TOO_SMALL_MESSAGE = (
     "vocabulary: only {vocab_size} usable word(s) after filtering special and unused tokens; "
-    "need at least 2"
-)
+    "need at least 2")
 NO_TEXTS_MESSAGE = "texts: no examples to measure fidelity on; give at least one text"
 SOFT_PROBS_SHAPE_MESSAGE = (
-    "soft_probs: shape {shape}; expected ({n}, {n_labels}) for {n} texts and {n_labels} labels"
-)
+    "soft_probs: shape {shape}; expected ({n}, {n_labels}) for {n} texts and {n_labels} labels")
 LABEL_IDS_LENGTH_MESSAGE = (
-    "label_ids: {got} labels for {n} texts; expected one label index per text"
-)
+    "label_ids: {got} labels for {n} texts; expected one label index per text")
 LABEL_IDS_RANGE_MESSAGE = "label_ids: value {value!r} is not a label index; allowed: 0..{max_id}"
 PROJECTED_IDS_LENGTH_MESSAGE = (
-    "projected_ids: {got} token ids for {n} virtual tokens; expected one id per virtual token"
-)
+    "projected_ids: {got} token ids for {n} virtual tokens; expected one id per virtual token")
 PROJECTED_IDS_RANGE_MESSAGE = (
-    "projected_ids: id {value!r} is outside the embedding matrix; allowed: 0..{max_id}"
-)
+    "projected_ids: id {value!r} is outside the embedding matrix; allowed: 0..{max_id}")
 
 # ------------------------------------------------------------ documented knobs
 #: Vocabulary rows sampled (seeded) for the word-to-word nearest-neighbour reference.
 REFERENCE_SAMPLE_SIZE = 2000
-#: Kept for the contract: the percentile of the word-to-word nearest-neighbour cosine
-#: shown as context (no longer a flag: trained prompts sit below it almost always).
-OFF_MANIFOLD_SIMILARITY_PERCENTILE = 5.0
 #: ``unusual_norm`` when the norm percentile among word norms falls outside this range.
 OFF_MANIFOLD_NORM_PERCENTILES = (1.0, 99.0)
 #: Random word-like vectors (vocabulary mean and spread) whose best cosine to any word
@@ -166,11 +111,8 @@ _UNUSED_TOKEN = re.compile(
     r"^(\[unused\d+\]|<\|?(reserved|unused)[^<>]*\|?>|<extra_id_\d+>|madeupword\d+)$",
     re.IGNORECASE,
 )
-_METRIC_WORDS = {
-    "cosine": "cosine similarity",
-    "dot": "dot product",
-    "l2": "negative Euclidean distance",
-}
+_METRIC_WORDS = {"cosine": "cosine similarity", "dot": "dot product",
+                 "l2": "negative Euclidean distance"}
 
 
 #: How closeness is scored; defined with the other closed choices (torch-free module).
@@ -190,9 +132,8 @@ def vocabulary_mask(tokenizer, vocab_rows: int) -> torch.Tensor:
     Returns
     -------
     torch.BoolTensor
-        ``(vocab_rows,)``; ``False`` for special tokens (named and added
-        special tokens), unused/reserved slots, empty tokens and rows at or past
-        ``len(tokenizer)``.
+        ``(vocab_rows,)``; ``False`` for special tokens, unused/reserved slots, empty
+        tokens and rows at or past ``len(tokenizer)``.
 
     Examples
     --------
@@ -251,13 +192,22 @@ def display_token(tokenizer, token: str) -> str:
     except Exception:  # tokenizer-specific failures: fall back to the raw token
         return token
     if "\ufffd" in text and "\ufffd" not in token:
-        if all(ch in _BYTE_DECODER for ch in token):
-            return "".join(f"<0x{_BYTE_DECODER[ch]:02X}>" for ch in token)
+        byte_of = _byte_decoder()
+        if all(ch in byte_of for ch in token):
+            return "".join(f"<0x{byte_of[ch]:02X}>" for ch in token)
         return token
     return text or token
 
 
 PIECE_MARK = "\u2026"
+
+
+@functools.cache
+def _byte_decoder() -> dict[str, int]:
+    """Byte-level BPE: printable character -> byte (GPT-2's table, inverted)."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    return {char: byte for byte, char in bytes_to_unicode().items()}
 
 
 def marks_word_starts(tokenizer) -> bool:
@@ -275,10 +225,8 @@ def marks_word_starts(tokenizer) -> bool:
 
 
 def readable_word(tokenizer, token: str, *, word_starts: bool | None = None) -> tuple[str, bool]:
-    """A token as a reader should see it: a whole word, or a marked word piece.
-
-    Word pieces are never glued to a neighbour: ``##lved`` reads ``…lved``, and
-    so does a byte-level BPE or SentencePiece token without its word-start mark.
+    """A token as a reader should see it: a whole word, or a marked word piece (``##lved``
+    reads ``…lved``, and so does a BPE/SentencePiece token without its word-start mark).
 
     Parameters
     ----------
@@ -312,31 +260,6 @@ def readable_word(tokenizer, token: str, *, word_starts: bool | None = None) -> 
     return shown.strip() or shown, False
 
 
-def readable_text(words: Sequence[str]) -> str:
-    """Words joined by single spaces (pieces stay marked, never glued)."""
-    return " ".join(str(w) for w in words)
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's byte -> printable character table (byte-level BPE alphabet)."""
-    printable = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
-    )
-    chars = printable[:]
-    extra = 0
-    for byte in range(256):
-        if byte not in printable:
-            printable.append(byte)
-            chars.append(256 + extra)
-            extra += 1
-    return {byte: chr(char) for byte, char in zip(printable, chars, strict=True)}
-
-
-_BYTE_DECODER = {char: byte for byte, char in _bytes_to_unicode().items()}
-
-
 @dataclass(frozen=True)
 class _Vocabulary:
     """The filtered vocabulary as float32 unit rows plus norms (one copy of the matrix).
@@ -350,8 +273,7 @@ class _Vocabulary:
     norms : torch.Tensor
         ``(vocab_size,)`` float32 L2 norms of the rows.
     weights : torch.Tensor
-        ``(vocab_rows, hidden)`` the full embedding matrix (not copied), for
-        exact re-scoring.
+        ``(vocab_rows, hidden)`` the full embedding matrix (not copied), for re-scoring.
     """
 
     ids: torch.Tensor
@@ -463,26 +385,18 @@ def _top_words(
     return np.take_along_axis(token_ids, order, 1), np.take_along_axis(scores, order, 1)
 
 
-def _neighbor_dicts(
-    tokenizer, token_ids: np.ndarray, scores: np.ndarray
-) -> list[list[dict]]:
-    result = []
+def _neighbor_dicts(tokenizer, token_ids: np.ndarray, scores: np.ndarray) -> list[list[dict]]:
+    """Per virtual token, the neighbour entries of ``(n, k)`` ids and scores."""
     word_starts = marks_word_starts(tokenizer)
-    for row_ids, row_scores in zip(token_ids, scores, strict=True):
-        row = []
-        for token_id, score in zip(row_ids.tolist(), row_scores.tolist(), strict=True):
-            token = tokenizer.convert_ids_to_tokens(int(token_id))
-            word, piece = readable_word(tokenizer, token, word_starts=word_starts)
-            row.append({
-                "token": token,
-                "token_id": int(token_id),
-                "score": float(score),
-                "display": display_token(tokenizer, token),
-                "word": word,
-                "piece": piece,
-            })
-        result.append(row)
-    return result
+
+    def entry(token_id: int, score: float) -> dict:
+        token = tokenizer.convert_ids_to_tokens(int(token_id))
+        word, piece = readable_word(tokenizer, token, word_starts=word_starts)
+        return {"token": token, "token_id": int(token_id), "score": float(score),
+                "display": display_token(tokenizer, token), "word": word, "piece": piece}
+
+    return [[entry(i, v) for i, v in zip(row_ids.tolist(), row_scores.tolist(), strict=True)]
+            for row_ids, row_scores in zip(token_ids, scores, strict=True)]
 
 
 def nearest_words(
@@ -513,14 +427,13 @@ def nearest_words(
     Returns
     -------
     list of list of dict
-        Per virtual token, best first: ``{"token", "token_id", "score",
-        "display"}``.
+        Per virtual token, best first: ``{"token", "token_id", "score", "display", "word",
+        "piece"}``.
 
     Raises
     ------
     InputError
-        An unknown metric, a ``top_k`` out of range, or a prompt whose width
-        differs from the embeddings'.
+        An unknown metric, a ``top_k`` out of range, or a prompt of another width.
 
     Examples
     --------
@@ -572,10 +485,6 @@ class _Reference:
     @property
     def median_norm(self) -> float:
         return float(np.median(self.norms))
-
-    @property
-    def similarity_floor(self) -> float:
-        return float(np.percentile(self.nn_similarity, OFF_MANIFOLD_SIMILARITY_PERCENTILE))
 
     def to_dict(self) -> dict:
         low, high = OFF_MANIFOLD_NORM_PERCENTILES
@@ -806,11 +715,8 @@ def projection_fidelity(
     projected_ids: Sequence[int],
     projected_probs: np.ndarray | None = None,
 ) -> dict:
-    """How the projected hard prompt performs against the soft one.
-
-    The projected prompt is the embedding rows of ``projected_ids`` (real token
-    embeddings, ``prompted.word_embeddings[projected_ids]``) put in place of the
-    soft prompt.
+    """How the projected hard prompt (the embedding rows of ``projected_ids`` in place of
+    the soft prompt) performs against the soft one.
 
     Parameters
     ----------
@@ -831,12 +737,7 @@ def projection_fidelity(
     Returns
     -------
     dict
-        ``{"projected_text", "projected_token_ids", "n_examples", "agreement",
-        "changed", "mean_prob_shift", "soft_accuracy", "projected_accuracy",
-        "level", "verdict"}``; ``agreement`` is the share of identical argmax
-        predictions, ``mean_prob_shift`` the mean total-variation distance
-        between the two probability vectors, ``level`` one of ``high`` (agreement
-        >= 0.9), ``moderate`` (>= 0.7), ``low``, and ``verdict`` a sentence.
+        ``projection.fidelity`` (docs/result-json.md#projection).
     """
     texts = [str(t) for t in texts]
     n = len(texts)
@@ -913,10 +814,8 @@ def load_for_projection(
 ):
     """Load what a projection needs: the embedding matrix, and a task model for fidelity.
 
-    Nearest words, typicality and drift need only the input embedding matrix, so
-    without ``needs_predictions`` no task (and no trained head) is asked for.
-    Fidelity runs predictions, so with ``needs_predictions`` the task must be
-    known (``task`` or the adapter's ``task_type``).
+    Without ``needs_predictions`` no task (and no trained head) is asked for; with it the
+    task must be known (``task`` or the adapter's ``task_type``).
 
     Returns
     -------
@@ -1019,17 +918,7 @@ def project_prompt(
     Returns
     -------
     dict
-        The ``projection`` object of the result contract (plain Python)::
-
-            {"metric", "top_k", "num_virtual_tokens", "vocab_size",
-             "init": {"method", "text"} | None, "projected_text",
-             "positions": [{"index", "neighbors": [{"token", "token_id",
-                            "score", "display"}], "norm", "norm_ratio",
-                            "norm_percentile", "best_similarity",
-                            "similarity_percentile", "off_manifold",
-                            "off_manifold_reasons", "init_token",
-                            "init_token_id", "init_similarity", "still_init"}],
-             "reference": {...}, "fidelity": {...} | None, "summary": str}
+        The result's ``projection`` object (docs/result-json.md#projection), plain Python.
     """
     metric = Metric.parse(metric)
     prompt, embeddings, mask, vocab = _prompt_and_vocabulary(prompted)
@@ -1053,7 +942,7 @@ def project_prompt(
         "vocab_size": vocab.size,
         "init": None if init_text is None else {"method": "TEXT", "text": init_text},
         "projected_text": tokenizer.decode(projected_ids),
-        "projected_words": readable_text(nb[0]["word"] for nb in neighbors),
+        "projected_words": " ".join(nb[0]["word"] for nb in neighbors),
         "positions": positions,
         "reference": reference.to_dict(),
         "fidelity": fidelity,

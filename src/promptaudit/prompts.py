@@ -33,13 +33,8 @@ from promptaudit.errors import PromptError
 from promptaudit.models import PEFT_TASK_TYPES, Task
 
 __all__ = [
-    "SoftPrompt",
-    "load_prompt",
-    "check_prompt_tensor",
-    "check_recorded_labels",
-    "text_init_token_ids",
-    "SUPPORTED_PEFT_TYPES",
-    "PREFIX_TUNING_MESSAGE",
+    "SoftPrompt", "load_prompt", "check_prompt_tensor", "check_recorded_labels",
+    "text_init_token_ids", "SUPPORTED_PEFT_TYPES", "PREFIX_TUNING_MESSAGE",
 ]
 
 logger = logging.getLogger(__name__)
@@ -65,19 +60,11 @@ class SoftPrompt:
         What the user passed (directory, file or Hub id).
     files : list of Path
         The files read, for provenance hashes.
-    peft_type : str or None
-        ``PROMPT_TUNING`` / ``P_TUNING`` for adapters, ``None`` for tensor files.
-    task : Task or None
-        Inferred from the adapter's ``task_type`` where it maps to a task.
-    base_model : str or None
-        The adapter's ``base_model_name_or_path``.
-    init_method : str or None
-        ``TEXT``, ``RANDOM`` or ``SAMPLE_VOCAB`` for prompt-tuning adapters.
-    init_text : str or None
-        PEFT's ``prompt_tuning_init_text`` when ``init_method == "TEXT"``.
+    peft_type, task, base_model, init_method, init_text : str, Task or None
+        From the adapter config (``task`` from its ``task_type``; ``init_text`` only for a
+        ``TEXT`` init); None for tensor files.
     head_state : dict
-        Classifier-head weights from ``modules_to_save`` keyed as in the base
-        model (``classifier.weight``), empty when the adapter has none.
+        Classifier-head weights from ``modules_to_save`` keyed as in the base model.
     config : dict
         The raw adapter config (empty for tensor files).
     labels : list of str or None
