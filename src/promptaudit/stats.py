@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 
 __all__ = [
-    "block_resampled_means",
     "bootstrap_weights",
     "clopper_pearson_interval",
     "compared_pairs",
@@ -111,20 +110,6 @@ def bootstrap_weights(
         out[start:stop] = values
     assert out is not None, "resamples must be at least 1"
     return out
-
-
-def block_resampled_means(
-    values: np.ndarray, resamples: int, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """Mean of the rows of ``values (m, P)`` and ``(resamples, P)`` means of resampled rows.
-
-    All resamples are drawn in one call, ``rng.integers(0, m, size=(resamples, m))``
-    (the draws of ``scipy.stats.bootstrap`` with its default ``batch``), so several
-    cells can share one generator.
-    """
-    m = values.shape[0]
-    draws = rng.integers(0, m, size=(resamples, m))
-    return values.mean(axis=0), values[draws].mean(axis=1)
 
 
 # ------------------------------------------------------------------------ intervals

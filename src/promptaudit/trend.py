@@ -1,28 +1,12 @@
 """Bias-audit figures across audit periods (``promptaudit trend R1.json R2.json ...``).
 
-LL144 audits are annual and boards ask whether things got better. :func:`compute_trend`
-reads the results of the *same* audit run on the data of successive periods
-(``audit.audit_info.data_start`` / ``data_end``) and gives, per bias-audit table and
-category, the selection (or scoring) rate and the impact ratio in every period with
-their intervals, and flags:
-
-- ``crossed_below`` / ``crossed_above``: the category's impact ratio went from at or
-  above the four-fifths line (the audit's ``threshold``) to below it, or back;
-- ``moved``: its impact ratio changed by more than ``drift_alert`` between two
-  consecutive periods (point values; the intervals are shown beside them).
-
-Rules:
-
-- Results must be alike (:func:`promptaudit.comparability.result_differences`, with the
-  data identity set aside, since each period has its own data), have the same audit
-  name, a ``bias_audit`` section with the same categories, mode and threshold, and
-  periods that do not overlap. Anything else is refused with an
-  :class:`~promptaudit.errors.InputError` naming the file.
-- Rate intervals: Wilson score interval. Impact-ratio intervals: Katz log interval of a
-  ratio of two proportions (:func:`promptaudit.stats.katz_interval`); ``null`` when
-  either count selected is 0 (the log is undefined) and for the reference.
-- A category absent from a period, excluded there (under ``exclude_below``) or with an
-  undefined impact ratio is not compared across that period boundary.
+:func:`compute_trend` reads the results of the *same* audit run on the data of successive
+periods and gives, per bias-audit table and category, the rate and impact ratio of every
+period with their intervals (Wilson; Katz log, :func:`promptaudit.stats.katz_interval`)
+and the ``crossed_below`` / ``crossed_above`` / ``moved`` flags. The rules (which results
+are alike, non-overlapping periods, which categories are compared) are in
+docs/bias-audit.md (Audit periods); anything else is refused with an
+:class:`~promptaudit.errors.InputError` naming the file.
 """
 
 from __future__ import annotations
