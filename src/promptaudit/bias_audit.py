@@ -365,11 +365,9 @@ def standard_deviation_test(
 def selections_to_four_fifths(x_g: int, n_g: int, x_b: int, n_b: int) -> int:
     """Extra selections the category needed for its rate to reach 4/5 of the reference's.
 
-    Integer arithmetic: the category is below the line iff ``5*x_g*n_b < 4*x_b*n_g``,
-    and the answer is the smallest ``x >= 0`` with ``5*(x_g + x)*n_b >= 4*x_b*n_g``,
-    i.e. ``ceil(4*x_b*n_g / (5*n_b)) - x_g``. Floating point is off by one for counts
-    such as ``x_b=3, n_b=4, n_g=5``. The answer is at most ``n_g - x_g``, since
-    ``4*x_b*n_g <= 4*n_b*n_g < 5*n_b*n_g``: selecting everyone always reaches the line.
+    The smallest ``x >= 0`` with ``5*(x_g + x)*n_b >= 4*x_b*n_g``, in integer arithmetic
+    (floating point is off by one for counts such as ``x_b=3, n_b=4, n_g=5``); at most
+    ``n_g - x_g``.
 
     Parameters
     ----------
@@ -390,10 +388,8 @@ def selections_to_four_fifths(x_g: int, n_g: int, x_b: int, n_b: int) -> int:
     >>> selections_to_four_fifths(1, 10, 9, 10)
     7
     """
-    if 5 * x_g * n_b >= 4 * x_b * n_g:
-        return 0
-    needed = -(-4 * x_b * n_g // (5 * n_b))
-    return needed - x_g
+    needed = -(-4 * x_b * n_g // (5 * n_b))  # ceil(4 x_b n_g / (5 n_b))
+    return max(0, needed - x_g)
 
 
 def _add_significance(rows: list[dict], reference: Mapping[str, Any] | None) -> None:

@@ -226,11 +226,8 @@ def classification_reports(
     Returns
     -------
     (overall, by_feature)
-        ``overall`` is ``sklearn.metrics.classification_report(..., output_dict=True,
-        zero_division=nan)`` with every label listed (precision, recall, f1-score,
-        support per label, plus accuracy and averages); undefined values (a label
-        never predicted or absent) are ``None``. ``by_feature[feature][group]`` is
-        the same on that group's rows.
+        ``classification_report(output_dict=True)`` with every label listed, undefined
+        values ``None``; ``by_feature[feature][group]``: the same on that group's rows.
     """
     from promptaudit.fairness import INTERSECTION_SEPARATOR, intersection_names
 
@@ -261,15 +258,10 @@ def classification_reports(
 
 
 def _report(true: np.ndarray, pred: np.ndarray, labels: Sequence[str]) -> dict[str, Any]:
-    report = skm.classification_report(
-        true,
-        pred,
-        labels=list(range(len(labels))),
-        target_names=[str(label) for label in labels],
-        output_dict=True,
-        zero_division=np.nan,
-    )
-    return _clean(report)
+    return _clean(skm.classification_report(
+        true, pred, labels=list(range(len(labels))), target_names=[str(lb) for lb in labels],
+        output_dict=True, zero_division=np.nan,
+    ))
 
 
 def _clean(value: Any) -> Any:

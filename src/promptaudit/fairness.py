@@ -121,15 +121,12 @@ class _Disparity:
     needs_labels: bool
 
 
+_ODDS = ("true_positive_rate", "false_positive_rate")
 _DISPARITIES = {
     "demographic_parity_difference": _Disparity("difference", ("selection_rate",), False),
     "demographic_parity_ratio": _Disparity("ratio", ("selection_rate",), False),
-    "equalized_odds_difference": _Disparity(
-        "difference", ("true_positive_rate", "false_positive_rate"), True
-    ),
-    "equalized_odds_ratio": _Disparity(
-        "ratio", ("true_positive_rate", "false_positive_rate"), True
-    ),
+    "equalized_odds_difference": _Disparity("difference", _ODDS, True),
+    "equalized_odds_ratio": _Disparity("ratio", _ODDS, True),
     "equal_opportunity_difference": _Disparity("difference", ("true_positive_rate",), True),
     "equal_opportunity_ratio": _Disparity("ratio", ("true_positive_rate",), True),
     "accuracy_difference": _Disparity("difference", ("accuracy",), True),
@@ -279,14 +276,13 @@ def _view_entries(
     bootstrap: int, confidence: float, min_group_size: int, seed: int,
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """The entry of every view and the warnings; resampled only when it can hold the level."""
-    samples = None
-    warnings_out = []
-    if 0 < bootstrap < min_resamples(confidence):
-        warnings_out.append(_too_few_resamples(bootstrap, confidence, "intervals"))
+    samples, warnings_out = None, []
     if bootstrap >= min_resamples(confidence):
         samples = _bootstrap_group_metrics(
             views, pred_bin, true_bin, score, bootstrap=bootstrap, seed=seed
         )
+    elif bootstrap > 0:
+        warnings_out.append(_too_few_resamples(bootstrap, confidence, "intervals"))
     entries = []
     for index, view in enumerate(views):
         entry, view_warnings = _view_entry(
@@ -306,12 +302,9 @@ def bootstrap_bytes(
 ) -> int:
     """Estimated peak memory of the group bootstrap, in bytes (a planning figure).
 
-    ``8 * bootstrap * (13 * sum_v G_v + 6 * K)``: per view ``v`` (feature or
-    intersection) with ``G_v`` groups the resampled sums and rates are 13 float64
-    arrays of ``(bootstrap, G_v)``; ``K`` is the largest number of pairwise gaps
-    (pairs times the metrics of a disparity: 2 for equalized odds with labels) of a
-    view whose disparity interval can be reported at all (``bootstrap >=
-    min_resamples(confidence, K)``); gaps of one that cannot are never resampled.
+    ``8 * bootstrap * (13 * sum_v G_v + 6 * K)``: 13 float64 ``(bootstrap, G_v)`` arrays per
+    view ``v``, and ``K`` the most pairwise gaps (pairs times 2 metrics with labels) of a
+    view whose disparity interval can be reported (the others are never resampled).
 
     Parameters
     ----------
@@ -344,12 +337,9 @@ def check_fairness_work(
 ) -> None:
     """Refuse, before any work, a sensitive feature that is an identifier or a bootstrap too big.
 
-    A feature with more than half as many groups as rows (most groups a single
-    row) is almost certainly an identifier, not a group: its disparities compare
-    single rows, and its bootstrap compares every pair of them. And the estimated
-    bootstrap memory (:func:`bootstrap_bytes`) must stay under
-    :data:`BOOTSTRAP_BUDGET_BYTES`; the message says how far to lower
-    ``fairness.bootstrap``. Missing values count as one group here.
+    A feature with more than half as many groups as rows is almost certainly an
+    identifier; the estimated bootstrap memory (:func:`bootstrap_bytes`) must stay under
+    :data:`BOOTSTRAP_BUDGET_BYTES`. Missing values count as one group here.
 
     Raises
     ------
@@ -358,8 +348,7 @@ def check_fairness_work(
         the most resamples that fit.
     """
     frame = sensitive_features
-    if isinstance(frame, pd.Series):
-        frame = frame.to_frame()
+    frame = frame.to_frame() if isinstance(frame, pd.Series) else frame
     n = len(frame)
     if n == 0 or frame.shape[1] == 0:
         return
@@ -430,9 +419,7 @@ def compute_counterfactual(
     Returns
     -------
     dict
-        ``{"flip_rate", "flip_rate_interval", "confidence", "mean_abs_delta",
-        "n_tuples", "by_group": {g: {"flip_rate", "mean_abs_delta", "count"}},
-        "warnings"}``; rates are ``None`` when there is no tuple.
+        The ``fairness.counterfactual`` figures; rates are ``None`` when there is no tuple.
 
     Examples
     --------
@@ -442,11 +429,9 @@ def compute_counterfactual(
     _check_options(0, bootstrap, confidence, 0)
     pred = _as_labels(y_pred, "y_pred")
     n = len(pred)
-    ids = _as_1d(tuple_ids, "tuple_ids", expected=n, reference="y_pred")
+    ids = _as_1d(tuple_ids, "tuple_ids", expected=n)
     score = None if y_score is None else _as_scores(y_score, "y_score", expected=n)
-    group_values = (
-        None if groups is None else _as_1d(groups, "groups", expected=n, reference="y_pred")
-    )
+    group_values = None if groups is None else _as_1d(groups, "groups", expected=n)
     missing = pd.isna(pd.Series(ids, dtype=object)).to_numpy()
     if missing.any():
         raise InputError(ERR_TUPLE_MISSING.format(row=int(np.flatnonzero(missing)[0])))
@@ -534,10 +519,8 @@ def _check_options(
         raise InputError(ERR_POSITIVE_INDEX.format(value=positive_label_index))
     if not _is_int(bootstrap) or bootstrap < 0:
         raise InputError(ERR_BOOTSTRAP.format(value=bootstrap))
-    if (
-        isinstance(confidence, bool)
-        or not isinstance(confidence, int | float)
-        or not 0 < confidence < 1
+    if isinstance(confidence, bool) or not isinstance(confidence, int | float) or not (
+        0 < confidence < 1
     ):
         raise InputError(ERR_CONFIDENCE.format(value=confidence))
     if not _is_int(min_group_size) or min_group_size < 0:
@@ -548,15 +531,14 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int | np.integer) and not isinstance(value, bool)
 
 
-def _as_1d(
-    values: Any, name: str, *, expected: int | None = None, reference: str = "y_pred"
-) -> np.ndarray:
+def _as_1d(values: Any, name: str, *, expected: int | None = None) -> np.ndarray:
+    """``(n,)`` array of ``values``; ``expected``: the length of ``y_pred``."""
     array = np.asarray(values.to_numpy() if isinstance(values, pd.Series | pd.Index) else values)
     if array.ndim != 1:
         raise InputError(ERR_SHAPE.format(name=name, shape=array.shape))
     if expected is not None and len(array) != expected:
         raise InputError(
-            ERR_LENGTH.format(name=name, got=len(array), reference=reference, expected=expected)
+            ERR_LENGTH.format(name=name, got=len(array), reference="y_pred", expected=expected)
         )
     return array
 
@@ -620,9 +602,8 @@ def _sensitive_columns(
         raw = frame[available[name]].tolist()
         values = np.empty(n, dtype=object)
         for row, value in enumerate(raw):
-            if value is None or (pd.api.types.is_scalar(value) and bool(pd.isna(value))):
-                raise InputError(ERR_MISSING.format(column=name, row=row))
-            text = str(value).strip()
+            missing = value is None or (pd.api.types.is_scalar(value) and bool(pd.isna(value)))
+            text = "" if missing else str(value).strip()
             if not text:
                 raise InputError(ERR_MISSING.format(column=name, row=row))
             values[row] = text
@@ -685,11 +666,9 @@ def _references(
 
 
 def _reference_summary(reference_group: str | Mapping[str, str] | None) -> str | dict[str, str]:
-    if reference_group is None:
-        return BETWEEN_GROUPS
     if isinstance(reference_group, Mapping):
         return {str(k): str(v) for k, v in reference_group.items()}
-    return str(reference_group)
+    return BETWEEN_GROUPS if reference_group is None else str(reference_group)
 
 
 def intersection_names(keys: Sequence[tuple[str, ...]]) -> dict[tuple[str, ...], str]:
@@ -903,7 +882,7 @@ def _disparity_gaps(rates: Mapping[str, np.ndarray], view: _View, spec: _Dispari
 def _view_entry(
     view: _View, table: pd.DataFrame, *, selected: Sequence[str], disparity_names: Sequence[str],
     samples: Mapping[str, np.ndarray] | None, confidence: float, min_group_size: int,
-    bootstrap: int = 0, exact: Mapping[str, list[Fraction | None]] | None = None,
+    bootstrap: int, exact: Mapping[str, list[Fraction | None]],
 ) -> tuple[dict[str, Any], list[str]]:
     """The JSON entry of one feature (or the intersection) and its warnings.
 
@@ -935,9 +914,8 @@ def _view_entry(
         "small_groups": [g for g, flag in zip(view.groups, small, strict=True) if flag],
         "undefined": found.undefined,
         "exact_disparities": {
-            name: _exact_disparity(exact, view, _DISPARITIES[name])
-            if exact is not None and found.values[name] is not None
-            else None
+            name: None if found.values[name] is None
+            else _exact_disparity(exact, view, _DISPARITIES[name])
             for name in disparity_names
         },
     }
@@ -964,6 +942,7 @@ def _view_disparities(
 ) -> _Findings:
     """Each disparity's value (None when undefined) and, with ``samples``, its interval."""
     found = _Findings(intervals=None if samples is None else {})
+    first, second = _pairs(view)
     for name in disparity_names:
         spec = _DISPARITIES[name]
         gaps = _disparity_gaps(point_rates, view, spec)
@@ -980,7 +959,8 @@ def _view_disparities(
             found.intervals[name] = interval
             if needed:
                 found.short[name] = needed
-        if _uses_small_group(point_rates, view, spec, small):
+        small_pair = np.tile(small[first] | small[second], len(spec.metrics))
+        if np.any(~np.isnan(gaps) & small_pair):  # a small group in a defined comparison
             found.dependent.append(name)
     return found
 
@@ -1012,14 +992,9 @@ def _disparity_warnings(
         for name, reason in found.undefined.items()
     ]
     if found.short:
-        listed = ", ".join(found.short)
-        out.append(
-            f"{view.label}: no interval for {listed}: "
-            + _too_few_resamples(
-                bootstrap, confidence, "intervals over this many group comparisons",
-                max(found.short.values()),
-            )
-        )
+        what = "intervals over this many group comparisons"
+        needed = _too_few_resamples(bootstrap, confidence, what, max(found.short.values()))
+        out.append(f"{view.label}: no interval for {', '.join(found.short)}: {needed}")
     return out
 
 
@@ -1058,34 +1033,27 @@ def _exact_disparity(
     None when a metric has no defined pair.
     """
     first, second = _pairs(view) if view.reference else ((), ())
-    worst: Fraction | None = None
+    gaps: list[Fraction] = []
     for metric in spec.metrics:
         rates = exact.get(metric)
         if rates is None:
             return None
-        gaps = []
         if view.reference is None:  # all pairs: the extremes decide (O(G), not O(G^2))
             defined = [r for r in rates if r is not None]
-            low, high = (min(defined), max(defined)) if len(defined) >= 2 else (None, None)
-            if low is not None and spec.kind == "difference":
-                gaps.append(high - low)
-            elif low is not None and high:
-                gaps.append(1 - low / high)
+            pairs = [(min(defined), max(defined))] if len(defined) >= 2 else []
         else:
-            for i, j in zip(list(first), list(second), strict=True):
-                a, b = rates[int(i)], rates[int(j)]
-                if a is None or b is None:
-                    continue
-                if spec.kind == "difference":
-                    gaps.append(abs(a - b))
-                elif a or b:
-                    gaps.append(1 - min(a, b) / max(a, b))
-        if not gaps:
+            pairs = [(rates[int(i)], rates[int(j)]) for i, j in zip(first, second, strict=True)]
+        defined_pairs = [
+            (a, b) for a, b in pairs
+            if a is not None and b is not None and (spec.kind == "difference" or a or b)
+        ]
+        if not defined_pairs:
             return None
-        worst = max(gaps) if worst is None else max(worst, max(gaps))
-    if worst is None:
-        return None
-    value = worst if spec.kind == "difference" else 1 - worst
+        gaps += [
+            abs(a - b) if spec.kind == "difference" else 1 - min(a, b) / max(a, b)
+            for a, b in defined_pairs
+        ]
+    value = max(gaps) if spec.kind == "difference" else 1 - max(gaps)
     return [value.numerator, value.denominator]
 
 
@@ -1099,19 +1067,6 @@ def _group_intervals(
             pair = [finite_or_none(low[g]), finite_or_none(high[g])]
             out[group][metric] = None if None in pair else pair
     return out
-
-
-def _uses_small_group(
-    rates: Mapping[str, np.ndarray], view: _View, spec: _Disparity, small: np.ndarray
-) -> bool:
-    """Whether a small group enters a defined comparison of the disparity."""
-    first, second = _pairs(view)
-    for metric in spec.metrics:
-        gaps = signed_gaps(rates[metric], (first, second), spec.kind)
-        defined = ~np.isnan(gaps)
-        if np.any(defined & (small[first] | small[second])):
-            return True
-    return False
 
 
 def _view_warnings(

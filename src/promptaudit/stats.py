@@ -1,15 +1,8 @@
 """The statistics the stages share: one bootstrap, one percentile interval, one of each
 binomial and ratio interval, one "finite float or None" (no torch, no model code).
 
-Resample ``b`` takes the rows ``numpy.random.default_rng(seed).integers(0, n, size=n)``,
-drawn in order (:func:`resample_rows`), the draws of ``scipy.stats.bootstrap(...,
-batch=1, rng=numpy.random.default_rng(seed))``: fairness, competence and the impact-ratio
-intervals resample the same rows for the same seed. :func:`bootstrap_weights` hands a
-statistic the row multiplicities of a chunk of resamples, so it can be a matrix product.
-A percentile interval (:func:`percentile_interval`) holds its level only with enough
-resamples (:func:`min_resamples`); a disparity, the worst of ``K`` signed pairwise gaps,
-gets the Bonferroni intervals of its gaps folded through the absolute value
-(:func:`folded_interval`).
+Fairness, competence and the impact-ratio intervals resample the same rows for the same
+seed (:func:`resample_rows`, the draws of ``scipy.stats.bootstrap(..., batch=1)``).
 """
 
 from __future__ import annotations
@@ -241,8 +234,7 @@ def wilson_interval(
     """
     if n <= 0:
         return None
-    if z is None:
-        z = two_sided_z(confidence)
+    z = two_sided_z(confidence) if z is None else z
     p = successes / n
     denominator = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denominator

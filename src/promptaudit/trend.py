@@ -91,13 +91,12 @@ def compute_trend(
     entries.sort(key=lambda entry: entry[0])
     _check_alike(entries)
     _check_no_overlap(entries)
-    z = two_sided_z(confidence)
     first = entries[0][2]
     audit = first["bias_audit"]
     threshold = float(audit["threshold"])
     periods = [_period_entry(start, end, source, result)
                for (start, end), source, result in entries]
-    tables = _series(entries, z)
+    tables = _series(entries, two_sided_z(confidence))
     flags = _flags(tables, periods, threshold=threshold, drift_alert=float(drift_alert))
     return {
         "audit": (first.get("audit") or {}).get("name"),
@@ -145,9 +144,6 @@ def _series(entries: list[tuple[tuple[str, str], str, Mapping[str, Any]]], z: fl
             for row in table.get("rows") or []:
                 points = series.setdefault(str(row["group"]), [None] * len(entries))
                 points[index] = _point(row, table, z)
-    for series in tables.values():
-        for points in series.values():
-            points.extend([None] * (len(entries) - len(points)))
     return tables
 
 
@@ -194,12 +190,8 @@ def _check_alike(entries: list[tuple[tuple[str, str], str, Mapping[str, Any]]]) 
 def _without_data(result: Mapping[str, Any]) -> dict[str, Any]:
     """A copy with the data identity set aside: every period has its own data."""
     out = copy.deepcopy(dict(result))
-    provenance = dict(out.get("provenance") or {})
-    provenance["data"] = None
-    out["provenance"] = provenance
-    task = dict(out.get("task") or {})
-    task["n_examples"] = None
-    out["task"] = task
+    out["provenance"] = {**(out.get("provenance") or {}), "data": None}
+    out["task"] = {**(out.get("task") or {}), "n_examples": None}
     return out
 
 
