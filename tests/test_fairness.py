@@ -26,7 +26,6 @@ from fairlearn.metrics import (
 
 from promptaudit.errors import InputError
 from promptaudit.fairness import (
-    ALL_METRICS,
     DISPARITY_DIRECTIONS,
     ERR_BOOTSTRAP,
     ERR_COLUMN,
@@ -41,6 +40,7 @@ from promptaudit.fairness import (
     ERR_REFERENCE_FEATURE,
     ERR_SCORE_VALUE,
     ERR_TUPLE_MISSING,
+    GROUP_METRICS,
     compute_counterfactual,
     compute_group_fairness,
 )
@@ -218,7 +218,7 @@ def test_result_shape_and_json(result):
     }
     assert result["reference_group"] == "between_groups"
     assert result["sensitive_features"] == ["gender", "race"]
-    assert result["metrics"] == list(ALL_METRICS)
+    assert result["metrics"] == list(GROUP_METRICS)
     assert result["warnings"] == []
 
 
@@ -575,7 +575,7 @@ def test_metric_selection(data):
         ),
         (
             {"metrics": ["selection_rate", "recall"]},
-            ERR_METRIC.format(name="recall", allowed=", ".join(ALL_METRICS)),
+            ERR_METRIC.format(name="recall", allowed=", ".join(GROUP_METRICS)),
         ),
         ({"confidence": 1.0}, ERR_CONFIDENCE.format(value=1.0)),
         ({"bootstrap": -1}, ERR_BOOTSTRAP.format(value=-1)),

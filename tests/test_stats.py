@@ -1,8 +1,7 @@
 """promptaudit.stats against independent implementations.
 
 The bootstrap is checked against ``scipy.stats.bootstrap`` (whose ``batch=1`` draws are
-the resamples of :func:`resample_rows`, and whose default batch draws those of
-:func:`block_resampled_means`) and against fairlearn's own ``MetricFrame(n_boot=,
+the resamples of :func:`resample_rows`) and against fairlearn's own ``MetricFrame(n_boot=,
 ci_quantiles=)`` fed the very rows it resamples; the binomial and ratio intervals
 against scipy's ``binomtest`` and ``relative_risk``.
 """
@@ -22,7 +21,6 @@ from promptaudit import stats
 from promptaudit.evaluation import assess_competence
 from promptaudit.fairness import compute_counterfactual, compute_group_fairness
 from promptaudit.stats import (
-    block_resampled_means,
     bootstrap_weights,
     clopper_pearson_interval,
     finite_or_none,
@@ -60,16 +58,6 @@ def test_bootstrap_weights_gives_a_statistic_the_same_resamples_in_any_chunk():
     chunked = bootstrap_weights(weighted_mean, len(x), 250, seed=3, chunk_entries=7 * len(x))
     np.testing.assert_allclose(whole, chunked, rtol=1e-13)  # the BLAS sums by block
     np.testing.assert_allclose(whole, reference.bootstrap_distribution, rtol=1e-12)
-
-
-def test_block_resampled_means_are_scipy_default_batch_draws():
-    values = np.random.default_rng(4).normal(size=(23, 3))
-    point, means = block_resampled_means(values, 200, np.random.default_rng(9))
-    reference = scipy_stats.bootstrap(
-        (values,), np.mean, axis=0, n_resamples=200, method="percentile",
-        rng=np.random.default_rng(9))
-    np.testing.assert_allclose(point, values.mean(axis=0))
-    np.testing.assert_allclose(means.T, reference.bootstrap_distribution, rtol=1e-12)
 
 
 # ------------------------------------------------------------------ the stages' bootstraps

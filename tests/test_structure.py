@@ -124,7 +124,7 @@ def test_each_stage_re_exports_its_choices_from_one_place():
     assert training.default_init_text is choices.default_init_text
     assert projection.Metric is choices.ProjectionMetric
     assert spec.Metric is choices.ProjectionMetric
-    assert fairness.ALL_METRICS is choices.GROUP_METRICS
+    assert fairness.GROUP_METRICS is choices.GROUP_METRICS
     assert fairness.LABEL_METRICS is choices.LABEL_METRICS
     assert spec.FAIRNESS_METRICS is choices.GROUP_METRICS
 

@@ -1,62 +1,12 @@
 """Impact-ratio tables in the form NYC Local Law 144 and the EEOC four-fifths rule use.
 
-For each category column (a sensitive feature) and for their intersection, every
-category gets its number of people ``n``, the number selected ``n_selected``, the
-selection (or scoring) ``rate``, its ``impact_ratio`` (its rate divided by the rate of
-the most-selected category, the *reference*), whether the ratio is under the
-``threshold`` (0.8: the four-fifths rule) and the two-sided Fisher exact test p-value
-of its selected / not-selected counts against the reference's. The ratio, the flag,
-the counts and the p-value are reported side by side and never merged into a verdict:
-29 CFR 1607.4(D) lets a small gap count when it is statistically and practically
-significant and a large one not count on small numbers.
-
-Rules (6 RCNY 5-300 to 5-303 and the choices documented in README.md):
-
-- ``selection`` mode: a row is selected when the model predicts the favourable label.
-  ``scoring`` mode: a row is selected when its favourable-label probability is
-  **strictly above** the median of the full sample (all rows, unknown ones included);
-  a score equal to the median is not above it.
-- Missing values (NaN, None, empty or blank text) and the ``unknown_values`` (compared
-  after stripping spaces, case-sensitively) are counted in ``unknown_count`` and left
-  out of the table's rows. In the intersection a row is unknown when any of its
-  categories is.
-- A category whose ``n`` is under ``exclude_below`` of *all* rows (unknown ones
-  included) is listed with its counts and rate but ``excluded`` from impact ratios.
-- The reference is the non-excluded category with the highest rate (ties: the larger
-  ``n``, then the name; rates compared exactly as fractions of the counts).
-- ``flagged``: the impact ratio is strictly below ``threshold``, decided on the integer
-  counts in exact rational arithmetic (``s * n_ref * q < p * s_ref * n`` for the
-  threshold ``p / q`` as written, :mod:`promptaudit.ratios`): 20/30 against 25/30 is
-  exactly 4/5 and is not flagged at 0.8, although its float ratio prints as
-  ``0.7999999999999999``. When its rate is 0 nobody was selected and every impact ratio
-  is undefined (``null``, with a warning). A table whose ratios are all undefined, or
-  with fewer than two non-excluded categories, has no ``min_impact_ratio``: the gate
-  on it fails.
-
-Beside the four-fifths rule every compared category also gets the *standard-deviation
-analysis* courts and agencies use (Castaneda v. Partida, 430 U.S. 482 (1977);
-Hazelwood School District v. United States, 433 U.S. 299 (1977); Uniform Guidelines
-Q&A 18-24), computed in :func:`standard_deviation_test`, and the *shortfall in people*
-(:func:`selections_to_four_fifths`). Neither changes ``flagged``:
-
-- ``z_score``: pooled two-proportion z of the category against the reference, without
-  continuity correction; negative when the category is selected less often.
-  ``z_p_value``: its two-sided normal p-value. ``significant_2sd``: ``z_score <= -2``.
-  When the pooled rate is 0 or 1 (nobody, or everybody, selected in both) the
-  variance is zero and the three are ``null`` with the reason in ``z_note``.
-- ``small_sample``: the category and the reference hold fewer than 30 people
-  together, where the normal approximation is unreliable (read the Fisher p-value).
-- ``selections_to_four_fifths``: the smallest number of extra selections ``x`` for
-  which ``5*(x_g + x)*n_b >= 4*x_b*n_g`` (integer arithmetic, always the 4/5 line
-  whatever ``threshold`` is); 0 when the category meets it. It never exceeds
-  ``n_g - x_g``: the line is at most four fifths of the category, so selecting
-  everyone always reaches it.
-- The reference row has ``z_score``, ``z_p_value``, ``significant_2sd`` and
-  ``small_sample`` ``null`` (it is not compared with itself) and a shortfall of 0;
-  excluded rows and tables without a reference have all five ``null``.
-- The unknown category (missing or ``unknown_values``) is disclosed as
-  ``unknown_count``, ``unknown_selected`` and ``unknown_rate`` (``null`` when
-  nobody is unknown); it is never benchmarked and never the reference.
+Per category column and their intersection: each category's counts, selection rate,
+impact ratio against the most-selected category, the exact-arithmetic ``flagged``
+(:mod:`promptaudit.ratios`), the Fisher p-value, the standard-deviation analysis
+(:func:`standard_deviation_test`) and the shortfall (:func:`selections_to_four_fifths`),
+side by side and never merged into a verdict. The rules (selection vs scoring mode,
+unknown values, the 2% rule, the reference, which rows get which figure) and the result
+layout are defined in docs/bias-audit.md.
 """
 
 from __future__ import annotations
@@ -155,14 +105,7 @@ def compute_bias_audit(
     Returns
     -------
     dict
-        ``mode``, ``categories`` (the feature names, in table order), ``threshold``,
-        ``exclude_below``, ``unknown_values``, ``n_rows``,
-        ``n_selected``, ``median_score`` (scoring mode, else ``None``), ``tables``
-        (feature name, and the features joined by ``" & "`` when there are two or
-        more, -> table), ``min_impact_ratio`` and ``warnings``. A table holds
-        ``feature``, ``unknown_count``, ``unknown_selected``, ``reference_group``,
-        ``reference_rate``, ``min_impact_ratio`` and ``rows`` of ``{group, n,
-        n_selected, rate, share, impact_ratio, excluded, flagged, p_value, note}``.
+        The ``bias_audit`` section without intervals (layout in docs/bias-audit.md).
 
     Raises
     ------
@@ -209,8 +152,11 @@ def _table_codes(categories: pd.DataFrame, unknown: set[str]) -> dict[str, list[
     codes = {
         str(column): _category_codes(categories[column], unknown) for column in categories.columns
     }
-    if len(codes) >= 2:
-        codes[INTERSECTION_SEPARATOR.join(codes)] = _intersection_codes(list(codes.values()))
+    if len(codes) >= 2:  # the intersection: unknown where any part is
+        codes[INTERSECTION_SEPARATOR.join(codes)] = [
+            None if None in parts else INTERSECTION_SEPARATOR.join(parts)
+            for parts in zip(*codes.values(), strict=True)
+        ]
     return codes
 
 
@@ -272,13 +218,6 @@ def _category_codes(values: pd.Series, unknown: set[str]) -> list[str | None]:
     return out
 
 
-def _intersection_codes(columns: list[list[str | None]]) -> list[str | None]:
-    return [
-        None if any(part is None for part in parts) else INTERSECTION_SEPARATOR.join(parts)
-        for parts in zip(*columns, strict=True)
-    ]
-
-
 def _table(
     feature: str, codes: list[str | None], chosen: np.ndarray, n_rows: int, exclude_below: float,
     threshold: float,
@@ -287,15 +226,9 @@ def _table(
     known = np.array([code is not None for code in codes], dtype=bool)
     rows = _category_rows(codes, chosen, n_rows, exclude_below)
     compared = [row for row in rows if not row["excluded"]]
-    reference = (
-        max(
-            compared,
-            key=lambda row: (
-                Fraction(row["n_selected"], row["n"]), row["n"], _reverse(row["group"])
-            ),
-        )
-        if compared
-        else None
+    reference = max(
+        compared, default=None,
+        key=lambda row: (Fraction(row["n_selected"], row["n"]), row["n"], _reverse(row["group"])),
     )
     warnings = _compare_with_reference(feature, compared, reference, exclude_below, threshold)
     defined = [row["impact_ratio"] for row in compared if row["impact_ratio"] is not None]
@@ -432,11 +365,9 @@ def standard_deviation_test(
 def selections_to_four_fifths(x_g: int, n_g: int, x_b: int, n_b: int) -> int:
     """Extra selections the category needed for its rate to reach 4/5 of the reference's.
 
-    Integer arithmetic: the category is below the line iff ``5*x_g*n_b < 4*x_b*n_g``,
-    and the answer is the smallest ``x >= 0`` with ``5*(x_g + x)*n_b >= 4*x_b*n_g``,
-    i.e. ``ceil(4*x_b*n_g / (5*n_b)) - x_g``. Floating point is off by one for counts
-    such as ``x_b=3, n_b=4, n_g=5``. The answer is at most ``n_g - x_g``, since
-    ``4*x_b*n_g <= 4*n_b*n_g < 5*n_b*n_g``: selecting everyone always reaches the line.
+    The smallest ``x >= 0`` with ``5*(x_g + x)*n_b >= 4*x_b*n_g``, in integer arithmetic
+    (floating point is off by one for counts such as ``x_b=3, n_b=4, n_g=5``); at most
+    ``n_g - x_g``.
 
     Parameters
     ----------
@@ -457,15 +388,13 @@ def selections_to_four_fifths(x_g: int, n_g: int, x_b: int, n_b: int) -> int:
     >>> selections_to_four_fifths(1, 10, 9, 10)
     7
     """
-    if 5 * x_g * n_b >= 4 * x_b * n_g:
-        return 0
-    needed = -(-4 * x_b * n_g // (5 * n_b))
-    return needed - x_g
+    needed = -(-4 * x_b * n_g // (5 * n_b))  # ceil(4 x_b n_g / (5 n_b))
+    return max(0, needed - x_g)
 
 
 def _add_significance(rows: list[dict], reference: Mapping[str, Any] | None) -> None:
     """Set ``z_score``, ``z_p_value``, ``significant_2sd``, ``small_sample``,
-    ``selections_to_four_fifths`` and ``z_note`` on every row (see the module notes)."""
+    ``selections_to_four_fifths`` and ``z_note`` on every row (docs/bias-audit.md)."""
     for row in rows:
         row.update(
             z_score=None, z_p_value=None, significant_2sd=None, small_sample=None,
@@ -499,12 +428,9 @@ def with_impact_ratio_intervals(
 ) -> dict:
     """``audit`` (from :func:`compute_bias_audit`) with bootstrap intervals of its impact ratios.
 
-    Computed as :mod:`promptaudit.fairness` computes a demographic-parity-ratio interval,
-    so one figure read from the same rates gets one verdict: the resamples of
-    :func:`promptaudit.stats.resample_rows` (the fairness bootstrap's rows for the same
-    seed), the signed ratio gaps of the compared (non-excluded) categories folded by
-    :func:`promptaudit.stats.folded_interval`. The excluded categories and the reference
-    are those of the full sample; in ``scoring`` mode each resample has its own median.
+    Computed as :mod:`promptaudit.fairness` computes a demographic-parity-ratio interval
+    (same resamples, :func:`promptaudit.stats.folded_interval`), so one figure read from the
+    same rates gets one verdict; docs/bias-audit.md ("Its interval") has the details.
 
     Parameters
     ----------
@@ -520,13 +446,8 @@ def with_impact_ratio_intervals(
     Returns
     -------
     dict
-        A copy of ``audit`` whose tables carry ``impact_ratio_interval`` (``[lo, hi]``
-        of the table's ``min_impact_ratio``, or None) and which carries
-        ``min_impact_ratio_interval``: ``[lowest lower bound over tables, upper bound of
-        the table with the smallest ratio]`` (a gate on the worst value passes when
-        every table's interval clears it and fails when the worst table's does not,
-        as worst-value disparity gates do), ``None`` when any table lacks one;
-        ``interval_confidence`` and ``interval_bootstrap``.
+        A copy of ``audit`` with ``impact_ratio_interval`` per table (``[lo, hi]`` or None),
+        ``min_impact_ratio_interval``, ``interval_confidence`` and ``interval_bootstrap``.
     """
     out = copy.deepcopy(dict(audit))
     out["interval_confidence"] = float(confidence)
@@ -551,10 +472,8 @@ def with_impact_ratio_intervals(
         point = np.array([rates[group] for group in groups], dtype=float)
         pairs = compared_pairs(len(groups), None)
         interval = folded_interval(
-            signed_gaps(point, pairs, "ratio"),
-            signed_gaps(sampled[name], pairs, "ratio"),
-            "ratio",
-            confidence,
+            signed_gaps(point, pairs, "ratio"), signed_gaps(sampled[name], pairs, "ratio"),
+            "ratio", confidence,
         )
         tables[name]["impact_ratio_interval"] = (
             None if interval is None else [float(interval[0]), float(interval[1])]

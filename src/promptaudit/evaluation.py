@@ -1,29 +1,10 @@
 """Does the prompt do its task at all? Competence and per-label classification reports.
 
-:func:`assess_competence` judges a prompt on **balanced accuracy** (the mean
-recall over the classes present in the true labels, scikit-learn's
-``balanced_accuracy_score``): a constant predictor scores exactly chance,
-``1 / K`` for ``K`` classes, whatever the label imbalance, so it never "works",
-and a real classifier on skewed labels is not called broken.
-
-Uncertainty: percentile bootstrap intervals (:mod:`promptaudit.stats`); the prompt and
-every baseline are scored on the *same* resamples (paired).
-
-The prompt **works** when
-
-- its balanced accuracy is above chance with confidence (the interval's lower
-  end is above ``1 / K``; the point value when there is no interval), and
-- it is not worse than any baseline (the init-text prompt or no prompt, the
-  projected prompt) beyond doubt: no paired difference has its whole interval
-  below 0.
-
-A balanced accuracy whose whole interval is *below* chance is not "cannot be told
-from chance": the reason says it is below chance and that the labels may be in the
-wrong order (a prompt that is reliably wrong has its outcomes swapped).
-
-``accuracy_over_baseline`` is the balanced accuracy minus the best of chance and
-the baselines' balanced accuracies, with its paired interval; a gate on it
-(``min: 0``) makes competence change the exit code.
+:func:`assess_competence` judges a prompt on **balanced accuracy** (a constant predictor
+scores exactly chance, ``1 / K``, whatever the label imbalance), with paired percentile
+bootstrap intervals (:mod:`promptaudit.stats`: the prompt and every baseline are scored on
+the same resamples). When it **works**, the reasons it gives and
+``accuracy_over_baseline`` are defined in docs/result-json.md (``task.competence``).
 """
 
 from __future__ import annotations
@@ -84,12 +65,7 @@ def assess_competence(
     Returns
     -------
     dict
-        ``works`` (bool), ``measure`` (``"balanced_accuracy"``), ``accuracy`` (the
-        balanced accuracy) and ``accuracy_interval``, ``chance_accuracy`` (1/K),
-        ``baselines`` (name -> balanced accuracy), ``best_baseline``,
-        ``accuracy_over_baseline`` and its ``_interval``,
-        ``baseline_difference_intervals`` (name -> interval of prompt minus
-        baseline), ``confidence``, ``bootstrap`` and ``reason`` (one sentence).
+        The ``task.competence`` section (layout in docs/result-json.md).
 
     Examples
     --------
@@ -250,11 +226,8 @@ def classification_reports(
     Returns
     -------
     (overall, by_feature)
-        ``overall`` is ``sklearn.metrics.classification_report(..., output_dict=True,
-        zero_division=nan)`` with every label listed (precision, recall, f1-score,
-        support per label, plus accuracy and averages); undefined values (a label
-        never predicted or absent) are ``None``. ``by_feature[feature][group]`` is
-        the same on that group's rows.
+        ``classification_report(output_dict=True)`` with every label listed, undefined
+        values ``None``; ``by_feature[feature][group]``: the same on that group's rows.
     """
     from promptaudit.fairness import INTERSECTION_SEPARATOR, intersection_names
 
@@ -285,15 +258,10 @@ def classification_reports(
 
 
 def _report(true: np.ndarray, pred: np.ndarray, labels: Sequence[str]) -> dict[str, Any]:
-    report = skm.classification_report(
-        true,
-        pred,
-        labels=list(range(len(labels))),
-        target_names=[str(label) for label in labels],
-        output_dict=True,
-        zero_division=np.nan,
-    )
-    return _clean(report)
+    return _clean(skm.classification_report(
+        true, pred, labels=list(range(len(labels))), target_names=[str(lb) for lb in labels],
+        output_dict=True, zero_division=np.nan,
+    ))
 
 
 def _clean(value: Any) -> Any:

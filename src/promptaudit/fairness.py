@@ -1,94 +1,14 @@
 """Group fairness and counterfactual metrics over predictions (no model code).
 
-:func:`compute_group_fairness` disaggregates predictions by each sensitive feature
-(and their intersection) with fairlearn's :class:`~fairlearn.metrics.MetricFrame`,
-derives disparities, and attaches bootstrap intervals.
-:func:`compute_counterfactual` scores how predictions move when only the identity
-terms of a text change. Both return plain JSON-able dicts (floats, ``None`` for
-undefined values) for the ``fairness`` section of the result JSON.
-
-Definitions
------------
-Labels are binarised: ``1`` where the label index equals ``positive_label_index``
-(the favourable outcome), else ``0`` (multi-class: positive vs rest).
-
-Group metrics (per group ``g``): ``count``; ``selection_rate`` P(ŷ=1);
-``accuracy``; ``true_positive_rate`` P(ŷ=1 | y=1); ``false_positive_rate``
-P(ŷ=1 | y=0); ``true_negative_rate``; ``false_negative_rate``; ``mean_score``, the
-mean predicted probability of the positive label. Point values come from fairlearn
-metric functions in a MetricFrame, with one correction: a rate whose denominator
-is empty (TPR/FNR of a group without positive labels, FPR/TNR of a group without
-negative labels) is undefined (``None``), where fairlearn would report ``0``. Such
-groups are left out of the disparities that use the rate, and a warning says so.
-
-Disparities (:data:`DISPARITY_DIRECTIONS`), per feature:
-
-- ``between_groups`` (default): a difference is ``max_g m_g - min_g m_g`` and a
-  ratio ``min_g m_g / max_g m_g``, exactly fairlearn's
-  ``demographic_parity_difference`` / ``_ratio`` (selection rate),
-  ``equal_opportunity_difference`` / ``_ratio`` (TPR), ``equalized_odds_difference``
-  (the larger of the TPR and FPR differences) / ``_ratio`` (the smaller ratio) with
-  ``method="between_groups"``; plus ``accuracy_difference``.
-- a named reference group ``r`` (Aequitas style): a difference is
-  ``max_{g != r} |m_g - m_r|`` and a ratio ``min_{g != r} min(m_g / m_r, m_r / m_g)``
-  (always <= 1). This is not fairlearn's ``method="to_overall"``, which compares
-  against the whole population.
-
-Both are the worst comparison over a set of *pairs* of groups (all pairs, or each
-group against ``r``). **Undefined is not parity**: a ratio whose two rates are both 0
-(0/0) is undefined, as fairlearn's NaN says, and that pair is left out. A disparity
-is undefined (``None``, with the reason in ``warnings`` and in the entry's
-``undefined``) when one of its metrics has no defined comparison at all: e.g. a
-model that selects nobody has no demographic parity ratio (fairlearn: NaN), and
-an equalized odds ratio is undefined when every group's FPR (or TPR) is 0. A gate
-on an undefined disparity fails. The worst value over features is undefined when
-any feature's value is.
-
-The intersection of the features (two or more) is a feature like the others: its
-entry is ``by_feature["gender & race"]`` (feature names joined by ``" & "``), it
-counts for the worst value, and gates may name it. Its groups are the *tuples* of
-the features' groups: ``("a & b", "c")`` and ``("a", "b & c")`` stay two groups.
-Display names join the parts with ``" & "``; a part that would make two names
-collide is quoted (``"'a & b' & 'c'"``), and ``group_values`` maps every display
-name back to its parts.
-
-Uncertainty (``bootstrap`` > 0), with :mod:`promptaudit.stats`: the rows of every
-resample are the same for every feature. A group-metric interval is the percentile
-interval of the resampled group metric (``numpy.nanquantile``), the percentile bootstrap
-that fairlearn's ``MetricFrame(n_boot=, ci_quantiles=)`` computes; a group absent from a
-resample is skipped in it, as fairlearn does (fairlearn's own bootstrap costs 45-75 ms
-per resample and feature here, so the same statistic is computed with vectorised sums).
-A disparity's interval folds the Bonferroni intervals of the ``K`` signed pairwise gaps
-it is the worst of (:func:`promptaudit.stats.folded_interval`): it contains 0 (ratio 1)
-exactly when every gap's interval does, where a plain percentile interval of
-``max - min`` (>= 0 in every resample) never would. An interval is reported only when
-the resamples can hold its level (:func:`promptaudit.stats.min_resamples`: 40 for a 95%
-group interval, ``40 K`` for a disparity); otherwise it is ``None`` and a warning names
-the number needed. With many groups the Bonferroni level makes the intervals wide.
-
-Small groups (``count < min_group_size``) are flagged, never dropped; each feature
-with a small group adds a warning naming the disparities that depend on it.
-
-Result layout: ``sensitive_features``, ``positive_label_index``, ``reference_group``,
-``confidence``, ``bootstrap``, ``min_group_size``, ``metrics``, ``by_feature`` (feature ->
-entry; the intersection is one of them, keyed ``"gender & race"``), ``intersection`` (the
-same entry, or ``None``), ``disparities`` / ``disparity_intervals`` / ``worst_feature``
-(worst over the features and the intersection: largest difference, smallest ratio;
-``None`` when any is undefined), ``undefined`` (disparity -> reason) and ``warnings``. An
-entry holds ``feature``, ``reference_group``, ``by_group`` (group -> ``count``, ``small``,
-metrics), ``intervals`` (group -> metric -> ``[lo, hi]``), ``disparities``,
-``disparity_intervals``, ``small_groups``, ``undefined``, ``exact_disparities`` (``[num,
-den]``) and, for the intersection, ``group_values`` (group -> feature -> group).
-
-Counterfactual tuples: rows sharing a tuple id are an original text and its variants
-that differ only in identity terms; the first row in input order is the reference
-(:func:`promptaudit.corpora.make_counterfactuals` puts the original first). Over tuples
-of two or more rows: ``flip_rate``, the share of tuples whose predicted labels are not
-all equal; ``mean_abs_delta``, the mean of ``max - min`` of the score in a tuple;
-``flip_rate_interval``, the percentile bootstrap interval of ``flip_rate`` resampling
-*tuples* (the independent unit). ``by_group[g]``, over the non-reference rows rewritten
-into ``g``: ``count``, ``flip_rate`` (prediction differs from the reference row's) and
-``mean_abs_delta`` (mean ``|score - reference score|``).
+:func:`compute_group_fairness` disaggregates binarised predictions (the favourable label vs
+the rest) by each sensitive feature and their intersection with fairlearn's
+:class:`~fairlearn.metrics.MetricFrame`, derives disparities (between groups, or against a
+reference group) and attaches bootstrap intervals from :mod:`promptaudit.stats`;
+:func:`compute_counterfactual` scores how predictions move when only identity terms change.
+The metrics, the disparities, when a figure is undefined (``None``: undefined is not
+parity), the intervals and the layout of both results are defined in docs/result-json.md
+(``fairness``). The group bootstrap computes fairlearn's percentile statistic with
+vectorised sums (fairlearn's own costs 45-75 ms per resample and feature).
 """
 
 from __future__ import annotations
@@ -96,7 +16,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from functools import partial
 from typing import Any
@@ -130,9 +50,9 @@ from promptaudit.stats import (
 )
 
 __all__ = [
-    "ALL_METRICS",
     "BETWEEN_GROUPS",
     "DISPARITY_DIRECTIONS",
+    "GROUP_METRICS",
     "INTERSECTION_SEPARATOR",
     "LABEL_METRICS",
     "BOOTSTRAP_BUDGET_BYTES",
@@ -145,9 +65,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Group metrics that can be selected with ``metrics=`` (``count`` is always reported), and
-#: those that need true labels: defined with the other closed choices (torch-free module).
-ALL_METRICS = GROUP_METRICS
 #: ``reference_group`` value meaning "compare every pair of groups".
 BETWEEN_GROUPS = "between_groups"
 #: Joins feature names and group names of the intersection ("female & Black").
@@ -204,15 +121,12 @@ class _Disparity:
     needs_labels: bool
 
 
+_ODDS = ("true_positive_rate", "false_positive_rate")
 _DISPARITIES = {
     "demographic_parity_difference": _Disparity("difference", ("selection_rate",), False),
     "demographic_parity_ratio": _Disparity("ratio", ("selection_rate",), False),
-    "equalized_odds_difference": _Disparity(
-        "difference", ("true_positive_rate", "false_positive_rate"), True
-    ),
-    "equalized_odds_ratio": _Disparity(
-        "ratio", ("true_positive_rate", "false_positive_rate"), True
-    ),
+    "equalized_odds_difference": _Disparity("difference", _ODDS, True),
+    "equalized_odds_ratio": _Disparity("ratio", _ODDS, True),
     "equal_opportunity_difference": _Disparity("difference", ("true_positive_rate",), True),
     "equal_opportunity_ratio": _Disparity("ratio", ("true_positive_rate",), True),
     "accuracy_difference": _Disparity("difference", ("accuracy",), True),
@@ -237,8 +151,9 @@ class _View:
 
 def compute_group_fairness(
     y_pred: Any, *, sensitive_features: pd.DataFrame, y_true: Any | None = None,
-    y_score: Any | None = None, positive_label_index: int = 1, metrics: Sequence[str] = ALL_METRICS,
-    features: Sequence[str] | None = None, reference_group: str | Mapping[str, str] | None = None,
+    y_score: Any | None = None, positive_label_index: int = 1,
+    metrics: Sequence[str] = GROUP_METRICS, features: Sequence[str] | None = None,
+    reference_group: str | Mapping[str, str] | None = None,
     bootstrap: int = 1000, confidence: float = 0.95, min_group_size: int = 30,
     intersection: bool = True, seed: int = 0,
 ) -> dict[str, Any]:
@@ -255,7 +170,7 @@ def compute_group_fairness(
     positive_label_index : int
         Label index of the favourable outcome; other indices count as negative.
     metrics : sequence of str
-        Group metrics to report, from :data:`ALL_METRICS` (``count`` always is); those
+        Group metrics to report, from :data:`GROUP_METRICS` (``count`` always is); those
         whose inputs are missing are skipped with a warning.
     features : sequence of str, optional
         Columns of ``sensitive_features`` to audit; default all, in column order.
@@ -272,7 +187,7 @@ def compute_group_fairness(
     Returns
     -------
     dict
-        The ``fairness`` section (layout in the module notes).
+        The ``fairness`` section (layout in docs/result-json.md).
 
     Raises
     ------
@@ -361,26 +276,20 @@ def _view_entries(
     bootstrap: int, confidence: float, min_group_size: int, seed: int,
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """The entry of every view and the warnings; resampled only when it can hold the level."""
-    samples = None
-    warnings_out = []
-    if 0 < bootstrap < min_resamples(confidence):
-        warnings_out.append(_too_few_resamples(bootstrap, confidence, "intervals"))
+    samples, warnings_out = None, []
     if bootstrap >= min_resamples(confidence):
         samples = _bootstrap_group_metrics(
             views, pred_bin, true_bin, score, bootstrap=bootstrap, seed=seed
         )
+    elif bootstrap > 0:
+        warnings_out.append(_too_few_resamples(bootstrap, confidence, "intervals"))
     entries = []
     for index, view in enumerate(views):
         entry, view_warnings = _view_entry(
-            view,
-            _group_table(view, pred_bin, true_bin, score),
-            exact=_exact_rates(view, pred_bin, true_bin),
-            selected=selected,
-            disparity_names=disparity_names,
-            samples=None if samples is None else samples[index],
-            confidence=confidence,
-            min_group_size=min_group_size,
-            bootstrap=bootstrap,
+            view, _group_table(view, pred_bin, true_bin, score),
+            exact=_exact_rates(view, pred_bin, true_bin), selected=selected,
+            disparity_names=disparity_names, samples=None if samples is None else samples[index],
+            confidence=confidence, min_group_size=min_group_size, bootstrap=bootstrap,
         )
         entries.append(entry)
         warnings_out.extend(view_warnings)
@@ -393,12 +302,9 @@ def bootstrap_bytes(
 ) -> int:
     """Estimated peak memory of the group bootstrap, in bytes (a planning figure).
 
-    ``8 * bootstrap * (13 * sum_v G_v + 6 * K)``: per view ``v`` (feature or
-    intersection) with ``G_v`` groups the resampled sums and rates are 13 float64
-    arrays of ``(bootstrap, G_v)``; ``K`` is the largest number of pairwise gaps
-    (pairs times the metrics of a disparity: 2 for equalized odds with labels) of a
-    view whose disparity interval can be reported at all (``bootstrap >=
-    min_resamples(confidence, K)``); gaps of one that cannot are never resampled.
+    ``8 * bootstrap * (13 * sum_v G_v + 6 * K)``: 13 float64 ``(bootstrap, G_v)`` arrays per
+    view ``v``, and ``K`` the most pairwise gaps (pairs times 2 metrics with labels) of a
+    view whose disparity interval can be reported (the others are never resampled).
 
     Parameters
     ----------
@@ -431,12 +337,9 @@ def check_fairness_work(
 ) -> None:
     """Refuse, before any work, a sensitive feature that is an identifier or a bootstrap too big.
 
-    A feature with more than half as many groups as rows (most groups a single
-    row) is almost certainly an identifier, not a group: its disparities compare
-    single rows, and its bootstrap compares every pair of them. And the estimated
-    bootstrap memory (:func:`bootstrap_bytes`) must stay under
-    :data:`BOOTSTRAP_BUDGET_BYTES`; the message says how far to lower
-    ``fairness.bootstrap``. Missing values count as one group here.
+    A feature with more than half as many groups as rows is almost certainly an
+    identifier; the estimated bootstrap memory (:func:`bootstrap_bytes`) must stay under
+    :data:`BOOTSTRAP_BUDGET_BYTES`. Missing values count as one group here.
 
     Raises
     ------
@@ -445,8 +348,7 @@ def check_fairness_work(
         the most resamples that fit.
     """
     frame = sensitive_features
-    if isinstance(frame, pd.Series):
-        frame = frame.to_frame()
+    frame = frame.to_frame() if isinstance(frame, pd.Series) else frame
     n = len(frame)
     if n == 0 or frame.shape[1] == 0:
         return
@@ -494,7 +396,7 @@ def compute_counterfactual(
     tuple_ids: Any, y_pred: Any, y_score: Any | None = None, *, groups: Any | None = None,
     bootstrap: int = 0, confidence: float = 0.95, seed: int = 0,
 ) -> dict[str, Any]:
-    """How predictions change across counterfactual tuples (definitions in the module notes).
+    """How predictions change across counterfactual tuples (defined in docs/result-json.md).
 
     Parameters
     ----------
@@ -517,9 +419,7 @@ def compute_counterfactual(
     Returns
     -------
     dict
-        ``{"flip_rate", "flip_rate_interval", "confidence", "mean_abs_delta",
-        "n_tuples", "by_group": {g: {"flip_rate", "mean_abs_delta", "count"}},
-        "warnings"}``; rates are ``None`` when there is no tuple.
+        The ``fairness.counterfactual`` figures; rates are ``None`` when there is no tuple.
 
     Examples
     --------
@@ -529,11 +429,9 @@ def compute_counterfactual(
     _check_options(0, bootstrap, confidence, 0)
     pred = _as_labels(y_pred, "y_pred")
     n = len(pred)
-    ids = _as_1d(tuple_ids, "tuple_ids", expected=n, reference="y_pred")
+    ids = _as_1d(tuple_ids, "tuple_ids", expected=n)
     score = None if y_score is None else _as_scores(y_score, "y_score", expected=n)
-    group_values = (
-        None if groups is None else _as_1d(groups, "groups", expected=n, reference="y_pred")
-    )
+    group_values = None if groups is None else _as_1d(groups, "groups", expected=n)
     missing = pd.isna(pd.Series(ids, dtype=object)).to_numpy()
     if missing.any():
         raise InputError(ERR_TUPLE_MISSING.format(row=int(np.flatnonzero(missing)[0])))
@@ -542,12 +440,12 @@ def compute_counterfactual(
     keep = np.bincount(codes) >= 2
     if int(keep.sum()) < len(keep):
         logger.info("counterfactual: ignored %d tuple ids with a single row", int((~keep).sum()))
-    pred_min, pred_max = _tuple_extremes(codes, pred, len(keep))
+    pred_min, pred_max = _tuple_extremes(codes, pred)
     flips = (pred_min != pred_max)[keep]
     interval, interval_warnings = _flip_rate_interval(flips, bootstrap, confidence, seed)
     mean_abs_delta = None
     if score is not None:
-        score_min, score_max = _tuple_extremes(codes, score, len(keep))
+        score_min, score_max = _tuple_extremes(codes, score)
         mean_abs_delta = _mean_or_none((score_max - score_min)[keep])
     by_group = {}
     if group_values is not None:
@@ -563,18 +461,10 @@ def compute_counterfactual(
     }
 
 
-def _tuple_extremes(
-    codes: np.ndarray, values: np.ndarray, n_ids: int
-) -> tuple[np.ndarray, np.ndarray]:
+def _tuple_extremes(codes: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(n_ids,)`` smallest and largest of ``values (n,)`` per tuple id ``codes (n,)``."""
-    if values.dtype.kind == "f":
-        low, high = np.full(n_ids, np.inf), np.full(n_ids, -np.inf)
-    else:
-        low = np.full(n_ids, np.iinfo(np.int64).max)
-        high = np.full(n_ids, np.iinfo(np.int64).min)
-    np.minimum.at(low, codes, values)
-    np.maximum.at(high, codes, values)
-    return low, high
+    extremes = pd.Series(values).groupby(codes).agg(["min", "max"])
+    return extremes["min"].to_numpy(), extremes["max"].to_numpy()
 
 
 def _counterfactual_by_group(
@@ -629,10 +519,8 @@ def _check_options(
         raise InputError(ERR_POSITIVE_INDEX.format(value=positive_label_index))
     if not _is_int(bootstrap) or bootstrap < 0:
         raise InputError(ERR_BOOTSTRAP.format(value=bootstrap))
-    if (
-        isinstance(confidence, bool)
-        or not isinstance(confidence, int | float)
-        or not 0 < confidence < 1
+    if isinstance(confidence, bool) or not isinstance(confidence, int | float) or not (
+        0 < confidence < 1
     ):
         raise InputError(ERR_CONFIDENCE.format(value=confidence))
     if not _is_int(min_group_size) or min_group_size < 0:
@@ -643,15 +531,14 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int | np.integer) and not isinstance(value, bool)
 
 
-def _as_1d(
-    values: Any, name: str, *, expected: int | None = None, reference: str = "y_pred"
-) -> np.ndarray:
+def _as_1d(values: Any, name: str, *, expected: int | None = None) -> np.ndarray:
+    """``(n,)`` array of ``values``; ``expected``: the length of ``y_pred``."""
     array = np.asarray(values.to_numpy() if isinstance(values, pd.Series | pd.Index) else values)
     if array.ndim != 1:
         raise InputError(ERR_SHAPE.format(name=name, shape=array.shape))
     if expected is not None and len(array) != expected:
         raise InputError(
-            ERR_LENGTH.format(name=name, got=len(array), reference=reference, expected=expected)
+            ERR_LENGTH.format(name=name, got=len(array), reference="y_pred", expected=expected)
         )
     return array
 
@@ -715,9 +602,8 @@ def _sensitive_columns(
         raw = frame[available[name]].tolist()
         values = np.empty(n, dtype=object)
         for row, value in enumerate(raw):
-            if value is None or (pd.api.types.is_scalar(value) and bool(pd.isna(value))):
-                raise InputError(ERR_MISSING.format(column=name, row=row))
-            text = str(value).strip()
+            missing = value is None or (pd.api.types.is_scalar(value) and bool(pd.isna(value)))
+            text = "" if missing else str(value).strip()
             if not text:
                 raise InputError(ERR_MISSING.format(column=name, row=row))
             values[row] = text
@@ -735,8 +621,8 @@ def _select_metrics(
     if isinstance(metrics, str):
         metrics = [metrics]
     for name in metrics:
-        if name not in ALL_METRICS:
-            raise InputError(ERR_METRIC.format(name=name, allowed=", ".join(ALL_METRICS)))
+        if name not in GROUP_METRICS:
+            raise InputError(ERR_METRIC.format(name=name, allowed=", ".join(GROUP_METRICS)))
     chosen = list(dict.fromkeys(metrics))
     notes = []
     unlabelled = [m for m in chosen if m in LABEL_METRICS and not has_labels]
@@ -780,11 +666,9 @@ def _references(
 
 
 def _reference_summary(reference_group: str | Mapping[str, str] | None) -> str | dict[str, str]:
-    if reference_group is None:
-        return BETWEEN_GROUPS
     if isinstance(reference_group, Mapping):
         return {str(k): str(v) for k, v in reference_group.items()}
-    return str(reference_group)
+    return BETWEEN_GROUPS if reference_group is None else str(reference_group)
 
 
 def intersection_names(keys: Sequence[tuple[str, ...]]) -> dict[tuple[str, ...], str]:
@@ -818,23 +702,17 @@ def intersection_names(keys: Sequence[tuple[str, ...]]) -> dict[tuple[str, ...],
 def _intersection_view(
     label: str, columns: Mapping[str, np.ndarray], reference: tuple[str, ...] | None
 ) -> _View:
-    """The intersection view: groups are tuples of the features' groups."""
-    keys = list(zip(*columns.values(), strict=True))
-    unique = sorted(set(keys))
-    names = intersection_names(unique)
-    index = {key: i for i, key in enumerate(unique)}
-    codes = np.fromiter((index[k] for k in keys), dtype=np.int64, count=len(keys))
-    joint = names.get(reference) if reference is not None else None
-    return _View(
-        label=label,
-        groups=tuple(names[k] for k in unique),
-        codes=codes,
-        reference=joint,
-        parts={names[k]: dict(zip(columns, k, strict=True)) for k in unique},
+    """The intersection view: groups are tuples of the features' groups, shown by name."""
+    view = _make_view(label, list(zip(*columns.values(), strict=True)), None)
+    names = intersection_names(view.groups)
+    return replace(
+        view, groups=tuple(names[k] for k in view.groups),
+        reference=names.get(reference) if reference is not None else None,
+        parts={names[k]: dict(zip(columns, k, strict=True)) for k in view.groups},
     )
 
 
-def _make_view(label: str, values: np.ndarray, reference: str | None) -> _View:
+def _make_view(label: str, values: Sequence[Any], reference: str | None) -> _View:
     groups = tuple(sorted(set(values)))
     index = {group: i for i, group in enumerate(groups)}
     codes = np.fromiter((index[v] for v in values), dtype=np.int64, count=len(values))
@@ -1004,7 +882,7 @@ def _disparity_gaps(rates: Mapping[str, np.ndarray], view: _View, spec: _Dispari
 def _view_entry(
     view: _View, table: pd.DataFrame, *, selected: Sequence[str], disparity_names: Sequence[str],
     samples: Mapping[str, np.ndarray] | None, confidence: float, min_group_size: int,
-    bootstrap: int = 0, exact: Mapping[str, list[Fraction | None]] | None = None,
+    bootstrap: int, exact: Mapping[str, list[Fraction | None]],
 ) -> tuple[dict[str, Any], list[str]]:
     """The JSON entry of one feature (or the intersection) and its warnings.
 
@@ -1036,9 +914,8 @@ def _view_entry(
         "small_groups": [g for g, flag in zip(view.groups, small, strict=True) if flag],
         "undefined": found.undefined,
         "exact_disparities": {
-            name: _exact_disparity(exact, view, _DISPARITIES[name])
-            if exact is not None and found.values[name] is not None
-            else None
+            name: None if found.values[name] is None
+            else _exact_disparity(exact, view, _DISPARITIES[name])
             for name in disparity_names
         },
     }
@@ -1065,6 +942,7 @@ def _view_disparities(
 ) -> _Findings:
     """Each disparity's value (None when undefined) and, with ``samples``, its interval."""
     found = _Findings(intervals=None if samples is None else {})
+    first, second = _pairs(view)
     for name in disparity_names:
         spec = _DISPARITIES[name]
         gaps = _disparity_gaps(point_rates, view, spec)
@@ -1081,7 +959,8 @@ def _view_disparities(
             found.intervals[name] = interval
             if needed:
                 found.short[name] = needed
-        if _uses_small_group(point_rates, view, spec, small):
+        small_pair = np.tile(small[first] | small[second], len(spec.metrics))
+        if np.any(~np.isnan(gaps) & small_pair):  # a small group in a defined comparison
             found.dependent.append(name)
     return found
 
@@ -1113,14 +992,9 @@ def _disparity_warnings(
         for name, reason in found.undefined.items()
     ]
     if found.short:
-        listed = ", ".join(found.short)
-        out.append(
-            f"{view.label}: no interval for {listed}: "
-            + _too_few_resamples(
-                bootstrap, confidence, "intervals over this many group comparisons",
-                max(found.short.values()),
-            )
-        )
+        what = "intervals over this many group comparisons"
+        needed = _too_few_resamples(bootstrap, confidence, what, max(found.short.values()))
+        out.append(f"{view.label}: no interval for {', '.join(found.short)}: {needed}")
     return out
 
 
@@ -1132,30 +1006,20 @@ def _exact_rates(
     ``selection_rate`` (and with labels ``accuracy``, ``true_positive_rate``,
     ``false_positive_rate``); an empty denominator is None, as the float rates' NaN.
     """
-    n_groups = len(view.groups)
-
     def counts(mask: np.ndarray) -> list[int]:
-        return [int(c) for c in np.bincount(view.codes[mask], minlength=n_groups)]
+        return [int(c) for c in np.bincount(view.codes[mask], minlength=len(view.groups))]
 
-    every = np.ones(len(view.codes), dtype=bool)
-    n = counts(every)
-    chosen = counts(pred_bin == 1)
-    out: dict[str, list[Fraction | None]] = {
-        "selection_rate": [Fraction(s, t) if t else None for s, t in zip(chosen, n, strict=True)]
-    }
+    def shares(parts: list[int], wholes: list[int]) -> list[Fraction | None]:
+        return [Fraction(a, b) if b else None for a, b in zip(parts, wholes, strict=True)]
+
+    n = counts(np.ones(len(view.codes), dtype=bool))
+    out = {"selection_rate": shares(counts(pred_bin == 1), n)}
     if true_bin is not None:
         positives = counts(true_bin == 1)
-        tp = counts((pred_bin == 1) & (true_bin == 1))
-        fp = counts((pred_bin == 1) & (true_bin == 0))
-        correct = counts(pred_bin == true_bin)
-        out["accuracy"] = [Fraction(c, t) if t else None for c, t in zip(correct, n, strict=True)]
-        out["true_positive_rate"] = [
-            Fraction(a, b) if b else None for a, b in zip(tp, positives, strict=True)
-        ]
-        out["false_positive_rate"] = [
-            Fraction(a, t - b) if t - b else None
-            for a, t, b in zip(fp, n, positives, strict=True)
-        ]
+        out["accuracy"] = shares(counts(pred_bin == true_bin), n)
+        out["true_positive_rate"] = shares(counts((pred_bin == 1) & (true_bin == 1)), positives)
+        negatives = [t - p for t, p in zip(n, positives, strict=True)]
+        out["false_positive_rate"] = shares(counts((pred_bin == 1) & (true_bin == 0)), negatives)
     return out
 
 
@@ -1169,34 +1033,27 @@ def _exact_disparity(
     None when a metric has no defined pair.
     """
     first, second = _pairs(view) if view.reference else ((), ())
-    worst: Fraction | None = None
+    gaps: list[Fraction] = []
     for metric in spec.metrics:
         rates = exact.get(metric)
         if rates is None:
             return None
-        gaps = []
         if view.reference is None:  # all pairs: the extremes decide (O(G), not O(G^2))
             defined = [r for r in rates if r is not None]
-            low, high = (min(defined), max(defined)) if len(defined) >= 2 else (None, None)
-            if low is not None and spec.kind == "difference":
-                gaps.append(high - low)
-            elif low is not None and high:
-                gaps.append(1 - low / high)
+            pairs = [(min(defined), max(defined))] if len(defined) >= 2 else []
         else:
-            for i, j in zip(list(first), list(second), strict=True):
-                a, b = rates[int(i)], rates[int(j)]
-                if a is None or b is None:
-                    continue
-                if spec.kind == "difference":
-                    gaps.append(abs(a - b))
-                elif a or b:
-                    gaps.append(1 - min(a, b) / max(a, b))
-        if not gaps:
+            pairs = [(rates[int(i)], rates[int(j)]) for i, j in zip(first, second, strict=True)]
+        defined_pairs = [
+            (a, b) for a, b in pairs
+            if a is not None and b is not None and (spec.kind == "difference" or a or b)
+        ]
+        if not defined_pairs:
             return None
-        worst = max(gaps) if worst is None else max(worst, max(gaps))
-    if worst is None:
-        return None
-    value = worst if spec.kind == "difference" else 1 - worst
+        gaps += [
+            abs(a - b) if spec.kind == "difference" else 1 - min(a, b) / max(a, b)
+            for a, b in defined_pairs
+        ]
+    value = max(gaps) if spec.kind == "difference" else 1 - max(gaps)
     return [value.numerator, value.denominator]
 
 
@@ -1210,19 +1067,6 @@ def _group_intervals(
             pair = [finite_or_none(low[g]), finite_or_none(high[g])]
             out[group][metric] = None if None in pair else pair
     return out
-
-
-def _uses_small_group(
-    rates: Mapping[str, np.ndarray], view: _View, spec: _Disparity, small: np.ndarray
-) -> bool:
-    """Whether a small group enters a defined comparison of the disparity."""
-    first, second = _pairs(view)
-    for metric in spec.metrics:
-        gaps = signed_gaps(rates[metric], (first, second), spec.kind)
-        defined = ~np.isnan(gaps)
-        if np.any(defined & (small[first] | small[second])):
-            return True
-    return False
 
 
 def _view_warnings(
@@ -1265,33 +1109,24 @@ def _worst_over_features(
     """Largest difference / smallest ratio over features, its interval, feature, reasons.
 
     A disparity undefined for any feature has no worst value (``None``): the
-    undefined feature could be the worst one.
+    undefined feature could be the worst one. Ties go to the first feature.
     """
     worst: dict[str, float | None] = {}
     intervals: dict[str, list[float] | None] = {}
     features: dict[str, str | None] = {}
     undefined: dict[str, str] = {}
     for name in disparity_names:
-        higher_is_better = DISPARITY_DIRECTIONS[name] == "higher_is_better"
-        best_feature, best_value = None, None
-        missing = [f for f, e in by_feature.items() if name in e.get("undefined", {})]
+        missing = [f for f, e in by_feature.items() if name in e["undefined"]]
         if missing:
             worst[name], features[name], intervals[name] = None, missing[0], None
             undefined[name] = f"{missing[0]}: {by_feature[missing[0]]['undefined'][name]}"
             continue
-        for feature, entry in by_feature.items():
-            value = entry["disparities"][name]
-            if value is None:
-                continue
-            if best_value is None or (
-                value < best_value if higher_is_better else value > best_value
-            ):
-                best_feature, best_value = feature, value
-        worst[name] = best_value
-        features[name] = best_feature
-        entry_intervals = (
-            None if best_feature is None else by_feature[best_feature]["disparity_intervals"]
-        )
+        pick = min if DISPARITY_DIRECTIONS[name] == "higher_is_better" else max
+        candidates = [f for f, e in by_feature.items() if e["disparities"][name] is not None]
+        feature = pick(candidates, key=lambda f: by_feature[f]["disparities"][name], default=None)
+        worst[name] = None if feature is None else by_feature[feature]["disparities"][name]
+        features[name] = feature
+        entry_intervals = None if feature is None else by_feature[feature]["disparity_intervals"]
         intervals[name] = None if entry_intervals is None else entry_intervals[name]
     return worst, (intervals if bootstrap > 0 else None), features, undefined
 

@@ -1,20 +1,18 @@
 """Stage progress of long commands, reported through :mod:`logging` (the CLI prints it).
 
-Library code calls :func:`stage` when a stage starts; the record goes to the
-``promptaudit.progress`` logger at INFO level with ``stage``, ``detail`` and
-``estimate_s`` attributes. The CLI attaches a handler that writes one line per stage
-to stderr (``--quiet`` attaches none), so a run redirected to a file or under CI says
-what it is doing; on a terminal the long stages also show tqdm bars.
-
-:class:`Timer` measures a stage's rate (seconds per text) so the long stages that follow
-(attribution, counterfactuals, a mitigation sweep) can state a time estimate.
+Library code calls :func:`stage` when a stage starts: an INFO record on the
+``promptaudit.progress`` logger with ``stage``, ``detail`` and ``estimate_s`` attributes,
+which the CLI writes to stderr one line per stage. :class:`Timer` measures seconds per
+item so the long stages that follow can state a time estimate.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
+from collections.abc import Iterator
 
 __all__ = ["PROGRESS_LOGGER", "stage", "format_duration", "Timer"]
 
@@ -49,8 +47,7 @@ def stage(name: str, detail: str = "", *, estimate_s: float | None = None) -> No
     name : str
         Short stage name.
     detail : str
-        What is being done (``"attributing up to 200 examples, budget 2048 gradient
-        evaluations"``).
+        What is being done (``"attributing up to 200 examples"``).
     estimate_s : float, optional
         Expected duration in seconds (long stages).
     """
@@ -74,8 +71,13 @@ class Timer:
     def __init__(self) -> None:
         self.per_item: float | None = None
 
-    def measure(self, n_items: int) -> _Block:
-        return _Block(self, n_items)
+    @contextlib.contextmanager
+    def measure(self, n_items: int) -> Iterator[None]:
+        """Time the block; ``per_item`` is set when it ends without an error."""
+        started = time.perf_counter()
+        yield
+        if n_items > 0:
+            self.per_item = (time.perf_counter() - started) / n_items
 
     def estimate(self, n_items: float, *, factor: float = 1.0) -> float | None:
         """Seconds for ``n_items`` items, each ``factor`` times a measured one (None if unknown)."""
@@ -83,15 +85,3 @@ class Timer:
             return None
         return self.per_item * n_items * factor
 
-
-class _Block:
-    def __init__(self, timer: Timer, n_items: int) -> None:
-        self.timer, self.n_items = timer, n_items
-
-    def __enter__(self) -> _Block:
-        self.started = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.n_items > 0 and exc[0] is None:
-            self.timer.per_item = (time.perf_counter() - self.started) / self.n_items

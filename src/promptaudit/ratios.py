@@ -1,17 +1,10 @@
 """Exact comparisons of rates and rate ratios with thresholds (pure; no numpy).
 
-A rate is a count over a count (``s / n``), a rate ratio ``(s1 / n1) / (s2 / n2)``.
-In floating point, ``(20 / 30) / (25 / 30)`` is ``0.7999999999999999``, so a ratio
-that is exactly the four-fifths line would be flagged as under it. Wherever a rate
-or a ratio of rates meets a threshold, promptaudit decides on the integer counts
-with exact rational arithmetic instead:
-
-    (s1 / n1) / (s2 / n2) >= t   <=>   s1 * n2 * q >= p * s2 * n1     (t = p / q)
-
-The threshold is read as the decimal it was written as: :func:`exact_threshold`
-turns the float ``0.8`` (as YAML gives it) into ``Fraction(4, 5)``, not into the
-binary float's ``Fraction(3602879701896397, 4503599627370496)``. The float ratio
-is still what results show; only the decision is exact.
+In floating point ``(20 / 30) / (25 / 30)`` is ``0.7999999999999999``, so a ratio of
+exactly 4/5 would be flagged as under the four-fifths line. Wherever a rate or a ratio of
+rates meets a threshold ``t = p / q`` (read as the decimal it was written as,
+:func:`exact_threshold`), promptaudit decides on the integer counts instead:
+``s1 * n2 * q >= p * s2 * n1``. Results still show the float ratio.
 """
 
 from __future__ import annotations

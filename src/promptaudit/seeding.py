@@ -26,22 +26,11 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-    deterministic_kernels()
-
-
-def deterministic_kernels() -> None:
-    """Ask torch for deterministic kernels (a warning where an op has none).
-
-    ``torch.use_deterministic_algorithms`` also imports ``torch._inductor`` (1.5 s
-    of the demo's start-up with torch 2.13) to set the compiler's flag; audits
-    never compile, so the eager flag is set directly when torch offers the
-    setter, and the public call is the fallback. Either way
-    ``torch.are_deterministic_algorithms_enabled()`` is then True.
-    """
-    import torch
-
+    # torch.use_deterministic_algorithms also imports torch._inductor (1.5 s of the demo's
+    # start-up) to set the compiler's flag; audits never compile, so the eager flag is set
+    # directly where torch offers the setter. Either way the flag is then True.
     setter = getattr(torch._C, "_set_deterministic_algorithms", None)
     if setter is None:
         torch.use_deterministic_algorithms(True, warn_only=True)
-        return
-    setter(True, warn_only=True)
+    else:
+        setter(True, warn_only=True)

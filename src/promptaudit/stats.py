@@ -1,15 +1,8 @@
 """The statistics the stages share: one bootstrap, one percentile interval, one of each
 binomial and ratio interval, one "finite float or None" (no torch, no model code).
 
-Resample ``b`` takes the rows ``numpy.random.default_rng(seed).integers(0, n, size=n)``,
-drawn in order (:func:`resample_rows`), the draws of ``scipy.stats.bootstrap(...,
-batch=1, rng=numpy.random.default_rng(seed))``: fairness, competence and the impact-ratio
-intervals resample the same rows for the same seed. :func:`bootstrap_weights` hands a
-statistic the row multiplicities of a chunk of resamples, so it can be a matrix product.
-A percentile interval (:func:`percentile_interval`) holds its level only with enough
-resamples (:func:`min_resamples`); a disparity, the worst of ``K`` signed pairwise gaps,
-gets the Bonferroni intervals of its gaps folded through the absolute value
-(:func:`folded_interval`).
+Fairness, competence and the impact-ratio intervals resample the same rows for the same
+seed (:func:`resample_rows`, the draws of ``scipy.stats.bootstrap(..., batch=1)``).
 """
 
 from __future__ import annotations
@@ -22,7 +15,6 @@ from typing import Any
 import numpy as np
 
 __all__ = [
-    "block_resampled_means",
     "bootstrap_weights",
     "clopper_pearson_interval",
     "compared_pairs",
@@ -111,20 +103,6 @@ def bootstrap_weights(
         out[start:stop] = values
     assert out is not None, "resamples must be at least 1"
     return out
-
-
-def block_resampled_means(
-    values: np.ndarray, resamples: int, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """Mean of the rows of ``values (m, P)`` and ``(resamples, P)`` means of resampled rows.
-
-    All resamples are drawn in one call, ``rng.integers(0, m, size=(resamples, m))``
-    (the draws of ``scipy.stats.bootstrap`` with its default ``batch``), so several
-    cells can share one generator.
-    """
-    m = values.shape[0]
-    draws = rng.integers(0, m, size=(resamples, m))
-    return values.mean(axis=0), values[draws].mean(axis=1)
 
 
 # ------------------------------------------------------------------------ intervals
@@ -256,8 +234,7 @@ def wilson_interval(
     """
     if n <= 0:
         return None
-    if z is None:
-        z = two_sided_z(confidence)
+    z = two_sided_z(confidence) if z is None else z
     p = successes / n
     denominator = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denominator

@@ -1,28 +1,12 @@
 """Bias-audit figures across audit periods (``promptaudit trend R1.json R2.json ...``).
 
-LL144 audits are annual and boards ask whether things got better. :func:`compute_trend`
-reads the results of the *same* audit run on the data of successive periods
-(``audit.audit_info.data_start`` / ``data_end``) and gives, per bias-audit table and
-category, the selection (or scoring) rate and the impact ratio in every period with
-their intervals, and flags:
-
-- ``crossed_below`` / ``crossed_above``: the category's impact ratio went from at or
-  above the four-fifths line (the audit's ``threshold``) to below it, or back;
-- ``moved``: its impact ratio changed by more than ``drift_alert`` between two
-  consecutive periods (point values; the intervals are shown beside them).
-
-Rules:
-
-- Results must be alike (:func:`promptaudit.comparability.result_differences`, with the
-  data identity set aside, since each period has its own data), have the same audit
-  name, a ``bias_audit`` section with the same categories, mode and threshold, and
-  periods that do not overlap. Anything else is refused with an
-  :class:`~promptaudit.errors.InputError` naming the file.
-- Rate intervals: Wilson score interval. Impact-ratio intervals: Katz log interval of a
-  ratio of two proportions (:func:`promptaudit.stats.katz_interval`); ``null`` when
-  either count selected is 0 (the log is undefined) and for the reference.
-- A category absent from a period, excluded there (under ``exclude_below``) or with an
-  undefined impact ratio is not compared across that period boundary.
+:func:`compute_trend` reads the results of the *same* audit run on the data of successive
+periods and gives, per bias-audit table and category, the rate and impact ratio of every
+period with their intervals (Wilson; Katz log, :func:`promptaudit.stats.katz_interval`)
+and the ``crossed_below`` / ``crossed_above`` / ``moved`` flags. The rules (which results
+are alike, non-overlapping periods, which categories are compared) are in
+docs/bias-audit.md (Audit periods); anything else is refused with an
+:class:`~promptaudit.errors.InputError` naming the file.
 """
 
 from __future__ import annotations
@@ -107,13 +91,12 @@ def compute_trend(
     entries.sort(key=lambda entry: entry[0])
     _check_alike(entries)
     _check_no_overlap(entries)
-    z = two_sided_z(confidence)
     first = entries[0][2]
     audit = first["bias_audit"]
     threshold = float(audit["threshold"])
     periods = [_period_entry(start, end, source, result)
                for (start, end), source, result in entries]
-    tables = _series(entries, z)
+    tables = _series(entries, two_sided_z(confidence))
     flags = _flags(tables, periods, threshold=threshold, drift_alert=float(drift_alert))
     return {
         "audit": (first.get("audit") or {}).get("name"),
@@ -161,9 +144,6 @@ def _series(entries: list[tuple[tuple[str, str], str, Mapping[str, Any]]], z: fl
             for row in table.get("rows") or []:
                 points = series.setdefault(str(row["group"]), [None] * len(entries))
                 points[index] = _point(row, table, z)
-    for series in tables.values():
-        for points in series.values():
-            points.extend([None] * (len(entries) - len(points)))
     return tables
 
 
@@ -210,12 +190,8 @@ def _check_alike(entries: list[tuple[tuple[str, str], str, Mapping[str, Any]]]) 
 def _without_data(result: Mapping[str, Any]) -> dict[str, Any]:
     """A copy with the data identity set aside: every period has its own data."""
     out = copy.deepcopy(dict(result))
-    provenance = dict(out.get("provenance") or {})
-    provenance["data"] = None
-    out["provenance"] = provenance
-    task = dict(out.get("task") or {})
-    task["n_examples"] = None
-    out["task"] = task
+    out["provenance"] = {**(out.get("provenance") or {}), "data": None}
+    out["task"] = {**(out.get("task") or {}), "n_examples": None}
     return out
 
 
