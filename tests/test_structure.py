@@ -126,7 +126,7 @@ def test_each_stage_re_exports_its_choices_from_one_place():
     assert spec.Metric is choices.ProjectionMetric
     assert fairness.GROUP_METRICS is choices.GROUP_METRICS
     assert fairness.LABEL_METRICS is choices.LABEL_METRICS
-    assert spec.FAIRNESS_METRICS is choices.GROUP_METRICS
+    assert spec.GROUP_METRICS is choices.GROUP_METRICS
 
 
 def test_the_spec_allows_exactly_the_stages_choices():

@@ -19,7 +19,7 @@ models         :class:`Task`, :class:`DType`
 training       :class:`InitMethod`, :func:`default_init_text`
 projection     :class:`ProjectionMetric` (``projection.Metric``)
 attribution    :class:`AttributionMethod`, :class:`Baseline`
-fairness       :data:`GROUP_METRICS` (``fairness.ALL_METRICS``),
+fairness       :data:`GROUP_METRICS` (``fairness.GROUP_METRICS``),
                :data:`LABEL_METRICS`
 gates          :class:`GateStatus` (``gates.GateStatus``,
                ``result_types.GateStatus``)

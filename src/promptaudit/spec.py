@@ -18,11 +18,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from promptaudit.choices import GROUP_METRICS as FAIRNESS_METRICS
-
 # The stages' closed choices come from their torch-free module: checking a spec
 # (``promptaudit validate``) never imports torch, transformers or fairlearn.
-from promptaudit.choices import AttributionMethod, Baseline, DType, Task
+from promptaudit.choices import GROUP_METRICS, AttributionMethod, Baseline, DType, Task
 from promptaudit.choices import ProjectionMetric as Metric
 from promptaudit.errors import SpecError
 from promptaudit.metrics import GATE_METRICS
@@ -66,7 +64,7 @@ __all__ = [
     "check_process_count",
     "GATE_METRICS",
     "LABEL_GATE_METRICS",
-    "FAIRNESS_METRICS",
+    "GROUP_METRICS",
 ]
 
 #: Gate metrics whose value may be negative, that have a bootstrap interval, and that need
@@ -301,10 +299,10 @@ class FairnessSpec(_Strict):
     @classmethod
     def _known_metrics(cls, value: list[str]) -> list[str]:
         for name in value:
-            if name not in FAIRNESS_METRICS:
+            if name not in GROUP_METRICS:
                 raise ValueError(
-                    f"metric {name!r} is not known{_did_you_mean(name, FAIRNESS_METRICS)}; "
-                    f"allowed: {', '.join(FAIRNESS_METRICS)}"
+                    f"metric {name!r} is not known{_did_you_mean(name, GROUP_METRICS)}; "
+                    f"allowed: {', '.join(GROUP_METRICS)}"
                 )
         return value
 
