@@ -21,6 +21,7 @@ from promptaudit import stats
 from promptaudit.evaluation import assess_competence
 from promptaudit.fairness import compute_counterfactual, compute_group_fairness
 from promptaudit.stats import (
+    block_resampled_means,
     bootstrap_weights,
     clopper_pearson_interval,
     finite_or_none,
@@ -163,3 +164,13 @@ def test_katz_interval_equals_scipys_relative_risk():
 def test_finite_or_none():
     assert finite_or_none(np.float32(0.25)) == 0.25 and finite_or_none(3) == 3.0
     assert [finite_or_none(v) for v in (None, np.nan, np.inf, -np.inf)] == [None] * 4
+
+
+def test_block_resampled_means_are_scipy_default_batch_draws():
+    values = np.random.default_rng(4).normal(size=(23, 3))
+    point, means = block_resampled_means(values, 200, np.random.default_rng(9))
+    reference = scipy_stats.bootstrap(
+        (values,), np.mean, axis=0, n_resamples=200, method="percentile",
+        rng=np.random.default_rng(9))
+    np.testing.assert_allclose(point, values.mean(axis=0))
+    np.testing.assert_allclose(means.T, reference.bootstrap_distribution, rtol=1e-12)

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "block_resampled_means",
     "bootstrap_weights",
     "clopper_pearson_interval",
     "compared_pairs",
@@ -49,6 +50,20 @@ def finite_or_none(value: Any) -> float | None:
 
 
 # ------------------------------------------------------------------------ bootstrap
+def block_resampled_means(
+    values: np.ndarray, resamples: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean of the rows of ``values (m, P)`` and ``(resamples, P)`` means of resampled rows.
+
+    All resamples are drawn in one call, ``rng.integers(0, m, size=(resamples, m))``
+    (the draws of ``scipy.stats.bootstrap`` with its default ``batch``), so several
+    cells can share one generator.
+    """
+    m = values.shape[0]
+    draws = rng.integers(0, m, size=(resamples, m))
+    return values.mean(axis=0), values[draws].mean(axis=1)
+
+
 def resample_rows(seed: int, n: int, resamples: int) -> Iterator[np.ndarray]:
     """Row indices of each resample, ``(n,)`` int64: ``rng.integers(0, n, size=n)`` in order.
 
