@@ -66,8 +66,8 @@ def _process_alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except (PermissionError, OSError):
-        return True  # exists, owned by someone else
+    except OSError:  # exists, owned by someone else
+        pass
     return True
 
 
@@ -105,13 +105,7 @@ def sweep_stale_temp_files(folder: str | Path, *, now: float | None = None) -> l
 
 def prepare_output_dir(path: str | Path) -> Path:
     """Create ``path`` if needed and check it is a writable folder (before any long work)."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise InputError(f"{path}: output path exists and is not a directory")
-    blocker = _file_in_the_way(path)
-    if blocker is not None:
-        raise InputError(f"{path}: cannot create the output directory; {blocker} is a file, "
-                         "not a directory")
+    path = check_output_dir(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -13,6 +13,7 @@ where each row starts, by index label, so messages can say "line N".
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -87,7 +88,7 @@ def load_table(
     else:
         frame = _load_file(Path(text))
     if len(frame) == 0:
-        raise DataError(f"{text}: the data is empty (no rows); an audit needs at least one example")
+        raise _empty_data(text)
     require_columns(frame, required_columns, source=text)
     refuse_nested_values(frame, required_columns, source=text)
     return _integers_stay_integers(frame)
@@ -181,11 +182,9 @@ def encode_labels(
         if as_float.is_integer() and 0 <= int(as_float) < len(labels):
             out[row] = int(as_float)
             continue
-        allowed = ", ".join(labels)
         raise DataError(
             f"{source}: column {column!r} {row_location(values, row)} has label {value!r}; "
-            "allowed: "
-            f"{allowed} or an index 0..{len(labels) - 1}"
+            f"allowed: {', '.join(labels)} or an index 0..{len(labels) - 1}"
         )
     return out
 
@@ -200,13 +199,10 @@ def check_sensitive_columns(
 ) -> None:
     """Refuse a sensitive feature column with a missing value or a single group.
 
-    Checked when the data is read, before any model work, so the message names
-    the file. ``reference_group`` (a group name, or ``between_groups``) must be
-    a group of every column; a mapping ``{feature: group}`` names one group per
-    feature, each of which must exist in its column. Columns in ``allow_missing``
-    (the bias audit's categories, which count missing values as unknown) may hold
-    missing values; the caller must then give them a group of their own
-    (:func:`fill_missing_groups`) before group fairness metrics.
+    ``reference_group`` (a group name, or ``between_groups``) must be a group of every
+    column; a mapping ``{feature: group}`` names one group per feature. Columns in
+    ``allow_missing`` (bias-audit categories) may hold missing values; the caller then
+    fills them with :func:`fill_missing_groups` before group fairness metrics.
     """
     if isinstance(reference_group, Mapping):
         for feature in reference_group:
@@ -218,7 +214,7 @@ def check_sensitive_columns(
     for column in columns:
         values = frame[column]
         text = values.astype(str).str.strip()
-        missing = values.isna().to_numpy() | (text == "").to_numpy()
+        missing = _missing(values)
         if column in allow_missing and missing.any():
             if (text[~missing] == MISSING_GROUP).any():
                 raise DataError(
@@ -277,11 +273,16 @@ def fill_missing_groups(
     counts = {}
     for column in columns:
         values = out[column]
-        missing = values.isna() | (values.astype(str).str.strip() == "")
+        missing = _missing(values)
         if missing.any():
             counts[column] = int(missing.sum())
             out[column] = values.astype(object).where(~missing, MISSING_GROUP)
     return out, counts
+
+
+def _missing(values: pd.Series) -> np.ndarray:
+    """``(n,)`` bool: the value is NaN/None, empty or blank text."""
+    return values.isna().to_numpy() | (values.astype(str).str.strip() == "").to_numpy()
 
 
 def row_location(values: pd.Series | pd.DataFrame, row: int) -> str:
@@ -305,7 +306,7 @@ def check_group_column(frame: pd.DataFrame, column: str, *, source: str) -> None
     A missing value would otherwise become a group named ``"nan"`` or ``""``.
     """
     values = frame[column]
-    missing = values.isna().to_numpy() | (values.astype(str).str.strip() == "").to_numpy()
+    missing = _missing(values)
     if missing.any():
         row = int(np.flatnonzero(missing)[0])
         raise DataError(
@@ -335,7 +336,7 @@ def _load_file(path: Path) -> pd.DataFrame:
     if suffix != ".parquet":
         no_rows = _check_utf8(path) <= (1 if builder == "csv" else 0)
     if no_rows:
-        raise DataError(f"{path}: the data is empty (no rows); an audit needs at least one example")
+        raise _empty_data(path)
     if builder == "csv":
         frame = _read_csv(path, tsv=suffix == ".tsv")
     elif builder == "json":
@@ -363,15 +364,10 @@ def read_columns(source: str | Path) -> list[str] | None:
     path = Path(text)
     suffix = _check_path(path)
     if path.stat().st_size == 0:
-        raise DataError(f"{path}: the data is empty (no rows); an audit needs at least one example")
+        raise _empty_data(path)
     builder = SUPPORTED_SUFFIXES[suffix]
     if builder == "parquet":
-        import pyarrow.parquet as pq
-
-        try:
-            names = list(pq.read_schema(path).names)
-        except Exception as exc:  # pyarrow raises several types for a broken file
-            raise DataError(f"{path}: could not be read as parquet: {_root_cause(exc)}") from None
+        names = list(_parquet(path, "read_schema").names)
     elif builder == "csv":
         names = _csv_header(path, tsv=suffix == ".tsv")
     else:  # JSON has no header: the union of the keys, in order of first appearance
@@ -390,14 +386,13 @@ def _refuse_duplicate_columns(path: Path, names: Sequence[str]) -> None:
         )
 
 
-def _csv_header(path: Path, *, tsv: bool) -> list[str]:
-    import csv
+def _csv_reader(handle, *, tsv: bool):
+    return csv.reader(handle, delimiter="\t" if tsv else ",", quoting=csv.QUOTE_NONE if tsv else 0)
 
+
+def _csv_header(path: Path, *, tsv: bool) -> list[str]:
     with path.open(encoding="utf-8", newline="") as handle:
-        reader = csv.reader(
-            handle, delimiter="\t" if tsv else ",", quoting=csv.QUOTE_NONE if tsv else 0
-        )
-        for record in reader:
+        for record in _csv_reader(handle, tsv=tsv):
             if record:
                 return [name.strip() for name in record]
     return []
@@ -405,13 +400,9 @@ def _csv_header(path: Path, *, tsv: bool) -> list[str]:
 
 def _csv_line_numbers(path: Path, *, tsv: bool) -> list[int]:
     """The file line where each data record starts (blank lines skipped, like pandas)."""
-    import csv
-
     starts: list[int] = []
     with path.open(encoding="utf-8", newline="") as handle:
-        reader = csv.reader(
-            handle, delimiter="\t" if tsv else ",", quoting=csv.QUOTE_NONE if tsv else 0
-        )
+        reader = _csv_reader(handle, tsv=tsv)
         try:
             while True:
                 before = reader.line_num
@@ -444,18 +435,6 @@ def _read_csv(path: Path, *, tsv: bool) -> pd.DataFrame:
     return frame
 
 
-def _json_lines(path: Path, *, limit: int | None = None):
-    """``(line_number, text)`` of the non-blank lines of a text file."""
-    count = 0
-    with path.open(encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if line.strip():
-                yield line_number, line
-                count += 1
-                if limit is not None and count >= limit:
-                    return
-
-
 def _json_record(path: Path, line_number: int, line: str) -> dict:
     try:
         record = json.loads(line, parse_constant=_refuse_json_constant)
@@ -470,12 +449,7 @@ def _json_record(path: Path, line_number: int, line: str) -> dict:
             f"{path}: line {line_number} holds a JSON {type(record).__name__}; each line must "
             "be one JSON object such as {\"text\": \"...\", \"label\": \"...\"}"
         )
-    surrogate = _lone_surrogate(record)
-    if surrogate is not None:
-        raise DataError(
-            f"{path}: line {line_number} holds a lone surrogate escape \\u{ord(surrogate):04x} "
-            "(half of a UTF-16 pair, not a character); fix the text or remove the escape"
-        )
+    _refuse_lone_surrogate(record, f"{path}: line {line_number}")
     return record
 
 
@@ -483,20 +457,23 @@ def _refuse_json_constant(name: str):
     raise ValueError(f"{name} is not valid JSON (use null for a missing value)")
 
 
-def _lone_surrogate(value) -> str | None:
+def _refuse_lone_surrogate(value, where: str) -> None:
+    """Refuse a string (key or value, at any depth) holding half of a UTF-16 pair."""
     stack = [value]
     while stack:
         item = stack.pop()
         if isinstance(item, str):
             for char in item:
                 if "\ud800" <= char <= "\udfff":
-                    return char
+                    raise DataError(
+                        f"{where} holds a lone surrogate escape \\u{ord(char):04x} (half of a "
+                        "UTF-16 pair, not a character); fix the text or remove the escape"
+                    )
         elif isinstance(item, dict):
             stack.extend(item.keys())
             stack.extend(item.values())
         elif isinstance(item, list):
             stack.extend(item)
-    return None
 
 
 def _read_json(path: Path) -> pd.DataFrame:
@@ -507,9 +484,11 @@ def _read_json(path: Path) -> pd.DataFrame:
         lines = None
     else:  # JSON lines: one object per line
         records, lines = [], []
-        for line_number, line in _json_lines(path):
-            records.append(_json_record(path, line_number, line))
-            lines.append(line_number)
+        with path.open(encoding="utf-8") as handle:
+            for line_number, line in enumerate(handle, start=1):
+                if line.strip():
+                    records.append(_json_record(path, line_number, line))
+                    lines.append(line_number)
     frame = pd.DataFrame.from_records(records)
     if lines is not None:
         frame.attrs["line_numbers"] = lines
@@ -529,22 +508,22 @@ def _json_record_list(path: Path) -> list[dict]:
     if not all(isinstance(item, dict) for item in data):
         raise DataError(f"{path}: a JSON array of data must hold one object per example")
     for index, item in enumerate(data):
-        surrogate = _lone_surrogate(item)
-        if surrogate is not None:
-            raise DataError(
-                f"{path}: example {index + 1} holds a lone surrogate escape "
-                f"\\u{ord(surrogate):04x} (half of a UTF-16 pair, not a character)"
-            )
+        _refuse_lone_surrogate(item, f"{path}: example {index + 1}")
     return data
 
 
-def _read_parquet(path: Path) -> pd.DataFrame:
+def _parquet(path: Path, reader: str):
+    """``pyarrow.parquet.<reader>(path)`` (``read_table``, ``read_schema``), one-line errors."""
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(path)
+        return getattr(pq, reader)(path)
     except Exception as exc:  # pyarrow raises several types for a broken file
         raise DataError(f"{path}: could not be read as parquet: {_root_cause(exc)}") from None
+
+
+def _read_parquet(path: Path) -> pd.DataFrame:
+    table = _parquet(path, "read_table")
     _refuse_duplicate_columns(path, list(table.schema.names))
     return table.to_pandas()
 
@@ -601,6 +580,10 @@ def _check_utf8(path: Path) -> int:
                 ) from None
             non_blank += bool(line.strip())
     return non_blank
+
+
+def _empty_data(source: str | Path) -> DataError:
+    return DataError(f"{source}: the data is empty (no rows); an audit needs at least one example")
 
 
 def _suffix_list() -> str:

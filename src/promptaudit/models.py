@@ -8,6 +8,7 @@ A model reference is a Hugging Face Hub id, a local model directory, or
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import pickle
 from dataclasses import dataclass
@@ -64,10 +65,7 @@ class LoadedModel:
     revision : str | None
         The Hub commit hash where known.
     missing_head_keys : tuple of str
-        Weights of the task head (outside the backbone) that the checkpoint does
-        not hold, as transformers reports them on load: transformers initialised
-        them at random (e.g. ``classifier.weight`` of a sentence encoder loaded
-        as a classifier). Empty when the head was in the checkpoint.
+        Task-head weights initialised at random (:func:`missing_head_keys`).
     """
 
     model: torch.nn.Module
@@ -174,21 +172,11 @@ def quiet_transformers() -> None:
     transformers.logging.disable_progress_bar()
 
 
-def _from_pretrained(auto_class, reference: str, resolved: str, task: Task, kwargs: dict, *,
-                     cache_only: bool, trust_remote_code: bool, revision: str | None):
-    """``(tokenizer, model, loading_info)`` from transformers, with one-line errors."""
-    import transformers
-
+@contextlib.contextmanager
+def _one_line_load_errors(reference: str, as_what: str = "", *, cache_only: bool = False):
+    """Turn a failed ``from_pretrained`` into a one-line :class:`ModelError`."""
     try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(
-            resolved,
-            **({"trust_remote_code": True} if trust_remote_code else {}),
-            **({"revision": revision} if revision else {}),
-            **({"local_files_only": True} if cache_only else {}),
-        )
-        model, loading_info = auto_class.from_pretrained(
-            resolved, output_loading_info=True, **kwargs
-        )
+        yield
     except pickle.UnpicklingError:  # transformers loads .bin weights with weights_only=True
         raise ModelError(
             f"model {reference!r}: refused: a weights file holds pickled objects that are not "
@@ -202,14 +190,12 @@ def _from_pretrained(auto_class, reference: str, resolved: str, task: Task, kwar
                 "a local model directory"
             ) from None
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(
-            f"model {reference!r}: could not be loaded as {task.value}: {message}"
-        ) from exc
-    return tokenizer, model, loading_info
+        raise ModelError(f"model {reference!r}: could not be loaded{as_what}: {message}") from exc
 
 
 def _set_padding(tokenizer, model: torch.nn.Module, reference: str) -> None:
-    """A pad token (eos or unk where the tokenizer has none), also in the model config."""
+    """A pad token (eos or unk where the tokenizer has none, also in the model config),
+    padding on the right."""
     if tokenizer.pad_token is None:
         fallback = tokenizer.eos_token or tokenizer.unk_token
         if fallback is None:
@@ -217,6 +203,7 @@ def _set_padding(tokenizer, model: torch.nn.Module, reference: str) -> None:
         tokenizer.pad_token = fallback
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
+    tokenizer.padding_side = "right"
 
 
 def load_base_model(
@@ -256,7 +243,7 @@ def load_base_model(
 
     quiet_transformers()
     task = Task.parse(task)
-    dtype = DType(dtype) if not isinstance(dtype, DType) else dtype
+    dtype = DType(dtype)
     resolved = resolve_model_reference(reference)
     torch_device = resolve_device(device)
     auto_class = {
@@ -275,29 +262,23 @@ def load_base_model(
     if cache_only:  # no retries against an unreachable Hub: the local HF cache or a clear error
         kwargs["local_files_only"] = True
         logger.info("the Hub cannot be reached; loading %s from the local cache only", resolved)
-    tokenizer, model, loading_info = _from_pretrained(
-        auto_class, reference, resolved, task, kwargs, cache_only=cache_only,
-        trust_remote_code=trust_remote_code, revision=revision)
+    tokenizer_options = {key: kwargs[key] for key in
+                         ("trust_remote_code", "revision", "local_files_only") if key in kwargs}
+    with _one_line_load_errors(reference, f" as {task.value}", cache_only=cache_only):
+        tokenizer = transformers.AutoTokenizer.from_pretrained(resolved, **tokenizer_options)
+        model, loading_info = auto_class.from_pretrained(
+            resolved, output_loading_info=True, **kwargs
+        )
     _set_padding(tokenizer, model, reference)
-    tokenizer.padding_side = "right"
-    model.to(torch_device)
-    model.eval()
-    model.requires_grad_(False)
-    commit = getattr(model.config, "_commit_hash", None)
+    model.to(torch_device).eval().requires_grad_(False)
     logger.info("loaded %s (%s) as %s on %s", reference, resolved, task.value, torch_device)
     missing = missing_head_keys(model, loading_info)
     if missing:
         logger.info("model %s: task head weights not in the checkpoint: %s",
                     reference, ", ".join(missing))
-    return LoadedModel(
-        model=model,
-        tokenizer=tokenizer,
-        reference=reference,
-        resolved=resolved,
-        task=task,
-        revision=commit,
-        missing_head_keys=missing,
-    )
+    return LoadedModel(model=model, tokenizer=tokenizer, reference=reference, resolved=resolved,
+                       task=task, revision=getattr(model.config, "_commit_hash", None),
+                       missing_head_keys=missing)
 
 
 def missing_head_keys(model: torch.nn.Module, loading_info: dict | None) -> tuple[str, ...]:
@@ -346,19 +327,11 @@ def load_input_embeddings(
     resolved = resolve_model_reference(reference)
     torch_device = resolve_device(device)
     remote = {"trust_remote_code": True} if trust_remote_code else {}
-    try:
+    with _one_line_load_errors(reference):
         tokenizer = transformers.AutoTokenizer.from_pretrained(resolved, **remote)
         model = transformers.AutoModel.from_pretrained(
             resolved, dtype=torch.float32, low_cpu_mem_usage=True, **remote
         )
-    except pickle.UnpicklingError:
-        raise ModelError(
-            f"model {reference!r}: refused: a weights file holds pickled objects that are not "
-            "plain tensors (never unpickled); use a model saved with safetensors"
-        ) from None
-    except (OSError, ValueError, KeyError) as exc:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"model {reference!r}: could not be loaded: {message}") from exc
     weights = model.get_input_embeddings().weight.detach().to(torch_device)
     weights.requires_grad_(False)
     return weights, tokenizer, resolved

@@ -1,23 +1,13 @@
 """Where files come from and where they go: pure path rules shared by every command.
 
-Three things live here:
-
 * **Declared inputs and outputs.** Every command that writes files declares, in one
-  :class:`DeclaredIO`, what it reads and *every* file or folder it will write
-  (:func:`plan_run`, :func:`plan_demo`, :func:`plan_train`, :func:`plan_predict`,
-  :func:`plan_mitigate`, :func:`plan_compare`, :func:`plan_pdf`, :func:`plan_trend`,
-  :func:`plan_card`). :meth:`DeclaredIO.check` refuses any
-  overlap before work starts, and the writers take their file names from the same
-  declarations (:func:`report_files`, :func:`comparison_files`), so a new output
-  cannot be written without being declared (and therefore checked). See "Adding a
-  command that writes files" below.
-* :func:`check_outputs_do_not_clobber` refuses, before anything is written, an output
-  path that is (after resolving symlinks) an input of the same run, or lies inside an
-  input folder (a model or adapter directory), or (for a folder the command fills
-  with files of its own choosing) contains an input.
+  :class:`DeclaredIO` (``plan_<command>``), what it reads and *every* file or folder it
+  will write. :meth:`DeclaredIO.check` refuses any overlap before work starts, and the
+  writers take their file names from the same declarations (:func:`report_files`,
+  :func:`comparison_files`), so a new output cannot be written without being declared
+  (and therefore checked).
 * :func:`looks_like_local_path` decides whether a model or prompt reference that does
-  not exist is a mistyped local path (fail at once) or a Hugging Face Hub id
-  (``name`` or ``org/name``).
+  not exist is a mistyped local path (fail at once) or a Hugging Face Hub id.
 
 Nothing here imports torch or transformers.
 
@@ -73,7 +63,6 @@ __all__ = [
     "plan_pdf",
     "plan_trend",
     "plan_card",
-    "check_outputs_do_not_clobber",
     "check_audit_outputs",
     "audit_inputs",
     "local_input",
@@ -95,11 +84,8 @@ def is_hub_id(reference: str) -> bool:
 def looks_like_local_path(reference: str, root: str | Path | None = None) -> bool:
     """Whether a reference that is not an existing path was meant as a local path.
 
-    The rule (documented in ``docs/cli.md``): a reference is local when it starts with
-    ``.``, ``/`` or ``~``, holds a backslash or more than one ``/``, is not of the Hub id
-    form (``name`` or ``org/name`` with letters, digits, ``-``, ``_`` and ``.``), or when
-    its first component (``org`` of ``org/name``) exists as a local folder (relative to
-    ``root``, default the working directory). Everything else is a Hub id.
+    The rule is documented in ``docs/cli.md`` (model and prompt references): anything
+    not of the Hub id form, or whose ``org`` folder exists under ``root``, is local.
 
     Parameters
     ----------
@@ -119,9 +105,7 @@ def looks_like_local_path(reference: str, root: str | Path | None = None) -> boo
 
 def local_input(reference: str | Path | None) -> Path | None:
     """The local path of an input reference, or None (``builtin:``, ``hf:``, a Hub id)."""
-    if reference is None:
-        return None
-    text = str(reference)
+    text = "" if reference is None else str(reference)
     if not text or text.startswith(("builtin:", "hf:")):
         return None
     path = Path(text).expanduser()
@@ -143,12 +127,7 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 #: Report kind -> file suffix after ``<name>`` (the four reports of an audit).
-REPORT_SUFFIXES: dict[str, str] = {
-    "html": ".html",
-    "json": ".json",
-    "junit": ".junit.xml",
-    "markdown": ".md",
-}
+REPORT_SUFFIXES = {"html": ".html", "json": ".json", "junit": ".junit.xml", "markdown": ".md"}
 
 #: Suffix of the bias-audit CSV, written beside the four reports when the result has
 #: a ``bias_audit`` section (report kind ``"bias_audit"``).
@@ -158,17 +137,11 @@ BIAS_AUDIT_SUFFIX = ".bias_audit.csv"
 PDF_SUFFIX = ".pdf"
 
 #: Trend kind -> file name (``promptaudit trend --out DIR``).
-TREND_FILES: dict[str, str] = {
-    "html": "trend.html",
-    "markdown": "trend.md",
-    "json": "trend.json",
-}
+TREND_FILES = {"html": "trend.html", "markdown": "trend.md", "json": "trend.json"}
 
 #: Comparison kind -> file name (``promptaudit compare --out DIR``).
-COMPARISON_FILES: dict[str, str] = {
-    "html": "comparison.html",
-    "markdown": "comparison.md",
-    "json": "comparison.json",
+COMPARISON_FILES = {
+    "html": "comparison.html", "markdown": "comparison.md", "json": "comparison.json"
 }
 
 
@@ -228,13 +201,7 @@ class DeclaredIO:
     outputs: tuple[Output, ...] = ()
 
     def check(self) -> None:
-        """Refuse any overlap of outputs with inputs (and of owned folders with outputs).
-
-        Raises
-        ------
-        InputError
-            One line naming the output, the input (or other output) and what to do.
-        """
+        """Refuse any overlap of outputs with inputs or each other (:func:`check_declared_io`)."""
         check_declared_io(self)
 
     def path(self, label: str) -> Path:
@@ -243,10 +210,6 @@ class DeclaredIO:
             if output.label == label:
                 return output.path
         raise KeyError(f"output {label!r} is not declared for {self.command}")
-
-    def with_outputs(self, *outputs: Output) -> DeclaredIO:
-        """This plan with more outputs (a command that writes one more thing)."""
-        return DeclaredIO(self.command, dict(self.inputs), (*self.outputs, *outputs))
 
 
 def _resolved_inputs(inputs: Mapping[str, str | Path | None]) -> list[tuple[str, Path, Path]]:
@@ -314,63 +277,22 @@ def check_declared_io(plan: DeclaredIO) -> None:
                     f"{second.label} {second.path}: is also {first.label} ({first.path}); "
                     "give each output its own path"
                 )
-            for outer, outer_target, inner, inner_target in (
-                (first, first_target, second, second_target),
-                (second, second_target, first, first_target),
+            for (outer, outer_target), (inner, inner_target) in (
+                ((first, first_target), (second, second_target)),
+                ((second, second_target), (first, first_target)),
             ):
-                if outer.kind is OutputKind.OWNED_FOLDER and _inside(inner_target, outer_target):
-                    raise InputError(
-                        f"{inner.label} {inner.path}: lies inside {outer.label} "
-                        f"({outer.path}), a folder the command fills with its own files; "
-                        "give each output its own path"
-                    )
-                if inner.kind is OutputKind.OWNED_FOLDER and _inside(inner_target, outer_target) \
-                        and outer.kind is OutputKind.FILE:
-                    raise InputError(
-                        f"{inner.label} {inner.path}: lies inside {outer.label} "
-                        f"({outer.path}), which is written as a file; give each output its "
-                        "own path"
-                    )
-
-
-def check_outputs_do_not_clobber(
-    outputs: Mapping[str, str | Path] | Iterable[str | Path],
-    inputs: Mapping[str, str | Path | None],
-) -> None:
-    """Refuse an output path that would overwrite or write into an input of the run.
-
-    Symlinks are resolved on both sides (an output inside a symlink to an input folder
-    is caught) and hard links are compared by inode. Each output is taken as a file
-    or a folder of declared files (:data:`OutputKind.FILE`); commands declare their
-    outputs with a :class:`DeclaredIO` instead.
-
-    Parameters
-    ----------
-    outputs : mapping of str to path, or iterable of paths
-        Files or folders the command will write, optionally named by what they are
-        (``{"--out": ..., "report": ...}``).
-    inputs : mapping of str to path or None
-        What each input is (``"data file"``, ``"prompt"``, ``"model"``, ``"audit spec"``,
-        ``"term suite"``) -> its local path. ``None``, ``builtin:``/``hf:`` references
-        and paths that do not exist (Hub ids) are skipped.
-
-    Raises
-    ------
-    InputError
-        One line naming the output, the input it would clobber and what to do.
-    """
-    named_outputs = (
-        list(outputs.items())
-        if isinstance(outputs, Mapping)
-        else [(str(path), path) for path in outputs]
-    )
-    plan = DeclaredIO(
-        "command", dict(inputs), tuple(output_file(label, path) for label, path in named_outputs)
-    )
-    local_inputs = _resolved_inputs(plan.inputs)
-    for output in plan.outputs:  # no output-versus-output rule here (callers pass aliases)
-        _refuse_output_over_inputs(output, _resolved(output.path), local_inputs)
-
+                if not _inside(inner_target, outer_target):
+                    continue
+                if outer.kind is OutputKind.OWNED_FOLDER:
+                    why = "a folder the command fills with its own files"
+                elif inner.kind is OutputKind.OWNED_FOLDER and outer.kind is OutputKind.FILE:
+                    why = "which is written as a file"
+                else:
+                    continue
+                raise InputError(
+                    f"{inner.label} {inner.path}: lies inside {outer.label} ({outer.path}), "
+                    f"{why}; give each output its own path"
+                )
 
 def report_files(out: str | Path, name: str) -> dict[str, Path]:
     """Every file an audit's report set may write into ``out``, by kind.
@@ -393,6 +315,19 @@ def report_files(out: str | Path, name: str) -> dict[str, Path]:
 def comparison_files(out: str | Path) -> dict[str, Path]:
     """Every file ``compare --out`` writes into ``out``, by kind (its writer reads them here)."""
     return {kind: Path(out) / file_name for kind, file_name in COMPARISON_FILES.items()}
+
+
+def trend_files(out: str | Path) -> dict[str, Path]:
+    """Every file ``trend --out`` writes into ``out``, by kind (its writer reads them here)."""
+    return {kind: Path(out) / file_name for kind, file_name in TREND_FILES.items()}
+
+
+def _folder_outputs(out: str | Path | None, files: Mapping[str, Path], what: str) -> list[Output]:
+    """``--out`` and its ``files`` (labelled ``"<what> <kind>"``), or nothing without it."""
+    if out is None:
+        return []
+    return [output_folder("--out", out),
+            *(output_file(f"{what} {kind}", path) for kind, path in files.items())]
 
 
 def _report_outputs(out: str | Path, name: str, *, prefix: str = "") -> list[Output]:
@@ -466,27 +401,15 @@ def plan_predict(out: str | Path | None, *, data, prompt, model) -> DeclaredIO:
 def plan_mitigate(out: str | Path, *, data, prompt, model, unlabelled_data=None,
                   suite=None) -> DeclaredIO:
     """``promptaudit mitigate``: the folder ``--out`` (adapter, record, tables, sweep)."""
-    return DeclaredIO(
-        "mitigate",
-        {
-            "data file": data,
-            "prompt": prompt,
-            "model": model,
-            "unlabelled data": unlabelled_data,
-            "term suite": suite,
-        },
-        (owned_folder("--out", out),),
-    )
+    inputs = {"data file": data, "prompt": prompt, "model": model,
+              "unlabelled data": unlabelled_data, "term suite": suite}
+    return DeclaredIO("mitigate", inputs, (owned_folder("--out", out),))
 
 
 def plan_compare(before, after, out: str | Path | None) -> DeclaredIO:
     """``promptaudit compare``: the folder ``--out`` and its comparison files."""
-    outputs: list[Output] = []
-    if out is not None:
-        outputs.append(output_folder("--out", out))
-        outputs += [
-            output_file(f"comparison {kind}", path) for kind, path in comparison_files(out).items()
-        ]
+    files = {} if out is None else comparison_files(out)
+    outputs = _folder_outputs(out, files, "comparison")
     return DeclaredIO("compare", {"before result": before, "after result": after}, tuple(outputs))
 
 
@@ -496,17 +419,9 @@ def plan_pdf(result: str | Path, out: str | Path | None) -> DeclaredIO:
     return DeclaredIO("pdf", {"result JSON": result}, (output_file("--out", target),))
 
 
-def trend_files(out: str | Path) -> dict[str, Path]:
-    """Every file ``trend --out`` writes into ``out``, by kind (its writer reads them here)."""
-    return {kind: Path(out) / file_name for kind, file_name in TREND_FILES.items()}
-
-
 def plan_trend(results: Iterable[str | Path], out: str | Path | None) -> DeclaredIO:
     """``promptaudit trend R1.json R2.json ... [--out DIR]``: the folder and its trend files."""
-    outputs: list[Output] = []
-    if out is not None:
-        outputs.append(output_folder("--out", out))
-        outputs += [output_file(f"trend {kind}", path) for kind, path in trend_files(out).items()]
+    outputs = _folder_outputs(out, {} if out is None else trend_files(out), "trend")
     inputs = {f"result {i + 1}": path for i, path in enumerate(results)}
     return DeclaredIO("trend", inputs, tuple(outputs))
 

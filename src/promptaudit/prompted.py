@@ -39,6 +39,7 @@ __all__ = [
     "load_prompted_model",
     "apply_head_state",
     "predictions_frame",
+    "float32_model",
 ]
 
 logger = logging.getLogger(__name__)
@@ -67,15 +68,8 @@ class EncodedBatch:
     readout_index: torch.Tensor | None
 
     def to(self, device: torch.device) -> EncodedBatch:
-        def move(t):
-            return None if t is None else t.to(device)
-
-        return EncodedBatch(
-            move(self.input_ids),
-            move(self.attention_mask),
-            move(self.token_type_ids),
-            move(self.readout_index),
-        )
+        fields = (self.input_ids, self.attention_mask, self.token_type_ids, self.readout_index)
+        return EncodedBatch(*(None if t is None else t.to(device) for t in fields))
 
 
 def verbalizer_token_ids(tokenizer, labels: Sequence[str]) -> list[int]:
@@ -208,38 +202,20 @@ class PromptedModel:
         (soft prompt, projected hard prompt, init text, no prompt) reads exactly
         the same input tokens.
         """
-        return PromptedModel(
-            self.model,
-            self.tokenizer,
-            prompt,
-            task=self.task,
-            labels=self.labels,
-            max_length=self.max_length,
-            batch_size=self.batch_size,
-        )
+        return PromptedModel(self.model, self.tokenizer, prompt, task=self.task,
+                             labels=self.labels, max_length=self.max_length,
+                             batch_size=self.batch_size)
 
     # ---------------------------------------------------------------- encoding
     def encode(self, texts: Sequence[str]) -> EncodedBatch:
         """Tokenize ``texts`` (right-padded, truncated to :attr:`max_length`)."""
-        texts = [str(t) for t in texts]
-        if self.task is Task.MASKED_LM:
-            seconds = [self.tokenizer.mask_token] * len(texts)
-            encoded = self.tokenizer(
-                texts,
-                seconds,
-                padding=True,
-                truncation="only_first",
-                max_length=self.max_length,
-                return_tensors="pt",
-            )
-        else:
-            encoded = self.tokenizer(
-                texts,
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-                return_tensors="pt",
-            )
+        encoded = self._tokenize(
+            [str(t) for t in texts],
+            padding=True,
+            truncation="only_first" if self.task is Task.MASKED_LM else True,
+            max_length=self.max_length,
+            return_tensors="pt",
+        )
         input_ids = encoded["input_ids"]
         attention_mask = encoded["attention_mask"]
         token_type_ids = encoded.get("token_type_ids") if self.uses_token_types else None
@@ -251,6 +227,12 @@ class PromptedModel:
             is_mask = (input_ids == self.tokenizer.mask_token_id) & attention_mask.bool()
             readout = last_true_index(is_mask)
         return EncodedBatch(input_ids, attention_mask, token_type_ids, readout)
+
+    def _tokenize(self, texts: list[str], **options):
+        """The tokenizer on ``texts``; masked LMs get a ``[MASK]`` second segment each."""
+        if self.task is Task.MASKED_LM:
+            return self.tokenizer(texts, [self.tokenizer.mask_token] * len(texts), **options)
+        return self.tokenizer(texts, **options)
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """``(batch, seq)`` ids -> ``(batch, seq, hidden)`` input embeddings."""
@@ -307,29 +289,15 @@ class PromptedModel:
         if token_type_ids is not None:
             kwargs["token_type_ids"] = token_type_ids
         if self.task is Task.SEQUENCE_CLASSIFICATION:
-            return self._classifier_logits(kwargs, mask)
+            return last_token_classifier_logits(
+                lambda: self.model(**kwargs), self._position_head, mask
+            )
         logits = self.model(**kwargs).logits
         if readout_index is None:
             raise ValueError("readout_index is required for language-model tasks")
         rows = torch.arange(batch, device=logits.device)
         at_readout = logits[rows, readout_index.to(logits.device) + n_virtual]
         return at_readout[:, self.label_token_ids].float()
-
-    def _classifier_logits(self, kwargs: dict, mask: torch.Tensor) -> torch.Tensor:
-        """Classifier logits ``(batch, n_labels)``, pooled at the last real token where
-        the head scores every position.
-
-        Decoder classifiers (``GPT2ForSequenceClassification``, Llama, Qwen,
-        Mistral, ...) score every position with their ``score`` layer and pool the
-        last non-pad token, which they find from ``input_ids``; called with
-        ``inputs_embeds`` they pool the final position, a pad token for every
-        text shorter than the longest in its batch. Here the per-position scores
-        are captured from the head and read at the last position the attention
-        mask keeps, as one unpadded text would be read.
-        """
-        return last_token_classifier_logits(
-            lambda: self.model(**kwargs), self._position_head, mask
-        )
 
     def label_probabilities(self, *args, **kwargs) -> torch.Tensor:
         """Softmax of :meth:`label_logits`: ``(batch, n_labels)``."""
@@ -341,13 +309,8 @@ class PromptedModel:
         """Label probabilities ``(batch, n_labels)`` of an encoded batch."""
         batch = batch.to(self.device)
         prompt = self.prompt if prompt is None else prompt
-        return self.label_probabilities(
-            prompt,
-            self.embed(batch.input_ids),
-            batch.attention_mask,
-            batch.token_type_ids,
-            batch.readout_index,
-        )
+        return self.label_probabilities(prompt, self.embed(batch.input_ids), batch.attention_mask,
+                                        batch.token_type_ids, batch.readout_index)
 
     # -------------------------------------------------------------- inference
     def predict_proba(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray:
@@ -384,11 +347,7 @@ class PromptedModel:
         """How many of ``texts`` exceed :attr:`max_length` tokens and get cut."""
         total = 0
         for start in range(0, len(texts), 256):
-            chunk = [str(t) for t in texts[start : start + 256]]
-            if self.task is Task.MASKED_LM:
-                ids = self.tokenizer(chunk, [self.tokenizer.mask_token] * len(chunk))["input_ids"]
-            else:
-                ids = self.tokenizer(chunk)["input_ids"]
+            ids = self._tokenize([str(t) for t in texts[start : start + 256]])["input_ids"]
             total += sum(len(x) > self.max_length for x in ids)
         return total
 
@@ -406,6 +365,12 @@ def last_token_classifier_logits(
     forward, head: torch.nn.Module | None, mask: torch.Tensor
 ) -> torch.Tensor:
     """Run ``forward()`` and read a decoder classifier at the last position ``mask`` keeps.
+
+    Decoder classifiers (GPT-2, Llama, Qwen, ...) score every position with their
+    ``score`` layer and pool the last non-pad token, found from ``input_ids``; called
+    with ``inputs_embeds`` they pool the final position, a pad token for every text
+    shorter than the longest in its batch. The per-position scores are captured from
+    the head and read where the mask ends, as one unpadded text would be read.
 
     Parameters
     ----------
@@ -439,12 +404,9 @@ def last_token_classifier_logits(
 
 
 def position_scoring_head(model: torch.nn.Module) -> torch.nn.Module | None:
-    """The ``score`` layer of a decoder classifier that pools the last non-pad token.
+    """The ``score`` layer of a decoder classifier (applied to every position), else None.
 
-    Hugging Face's decoder sequence classifiers (GPT-2, GPT-Neo, GPT-J, Llama,
-    Mistral, Qwen, Gemma, Phi, OPT, Bloom, Falcon, ...) name that layer
-    ``score`` and apply it to every position; encoder classifiers pool first
-    (``classifier``). ``None`` where the model has no such layer.
+    Encoder classifiers pool first and name their head ``classifier``.
     """
     head = getattr(model, "score", None)
     return head if isinstance(head, torch.nn.Module) else None
@@ -517,17 +479,11 @@ def load_prompted_model(
     """Load a base model and a soft prompt and wire them into a :class:`PromptedModel`.
 
     The task comes from ``task`` or else the adapter's ``task_type``; ``model``
-    overrides the adapter's ``base_model_name_or_path`` (a differing one is
-    logged as a warning). A ``SEQ_CLS`` adapter's trained classifier head is
-    loaded into the model. Labels default to the head's size (``LABEL_i``
-    names from the model config) for classification and are required for LM
-    tasks.
-
-    A task head that is neither in the model's checkpoint nor in the adapter
-    (transformers reports it missing and initialises it at random) is refused
-    with a :class:`ModelError` unless ``allow_untrained_head`` is true; then it
-    is used with a warning and ``loaded.missing_head_keys`` says which weights
-    are random.
+    overrides the adapter's base model (with a warning). A ``SEQ_CLS`` adapter's
+    trained head is loaded into the model. Labels default to the head's names for
+    classification and are required for LM tasks. A task head left random (in
+    neither checkpoint nor adapter) is a :class:`ModelError` unless
+    ``allow_untrained_head`` (then ``loaded.missing_head_keys`` names it).
 
     Returns
     -------
@@ -538,36 +494,20 @@ def load_prompted_model(
     if not labels and soft is not None and soft.labels:
         labels = soft.labels
     task, num_labels = _task_and_label_count(task, labels, soft)
-    loaded = load_base_model(
-        model,
-        task=task,
-        num_labels=num_labels,
-        device=device,
-        dtype=dtype,
-        trust_remote_code=trust_remote_code,
-    )
+    loaded = load_base_model(model, task=task, num_labels=num_labels, device=device,
+                             dtype=dtype, trust_remote_code=trust_remote_code)
     hidden = int(loaded.model.get_input_embeddings().weight.shape[1])
     if soft is not None and soft.base_model and soft.base_model not in (model, loaded.resolved):
-        logger.warning(
-            "prompt %s was trained on base model %s; auditing it on %s as asked",
-            soft.source,
-            soft.base_model,
-            model,
-        )
+        logger.warning("prompt %s was trained on base model %s; auditing it on %s as asked",
+                       soft.source, soft.base_model, model)
     _apply_prompt_head(loaded, soft, model, task, hidden,
                        allow_untrained_head=allow_untrained_head)
     if not labels:
         id2label = getattr(loaded.model.config, "id2label", None) or {}
         labels = [str(id2label.get(i, f"LABEL_{i}")) for i in range(loaded.model.config.num_labels)]
-    prompted = PromptedModel(
-        loaded.model,
-        loaded.tokenizer,
-        None if soft is None else soft.embeddings,
-        task=task,
-        labels=labels,
-        max_length=max_length,
-        batch_size=batch_size,
-    )
+    prompted = PromptedModel(loaded.model, loaded.tokenizer,
+                             None if soft is None else soft.embeddings, task=task,
+                             labels=labels, max_length=max_length, batch_size=batch_size)
     return prompted, soft, loaded
 
 
@@ -665,15 +605,10 @@ def _floating_tensors(model: torch.nn.Module):
 def float32_model(prompted: PromptedModel) -> Iterator[PromptedModel]:
     """The prompted model computing in float32, for attribution.
 
-    Integrated gradients in half precision do not converge (the convergence delta
-    is of the order of the attributions themselves), so attribution runs in
-    float32 whatever the model was loaded in. A float32 model is yielded as it is.
-    A half-precision one is upcast in place (parameters and buffers; tied weights
-    stay tied) and a float32 view of it with the same prompt values is yielded; on
-    exit every tensor gets its original dtype back. Half-precision values are
-    exact in float32, so the float32 model computes the same function with float32
-    arithmetic and the round trip leaves the model bit for bit as it was; this
-    needs memory for the float32 weights while the block runs.
+    Integrated gradients in half precision do not converge, so attribution runs in
+    float32. A half-precision model is upcast in place (parameters and buffers; tied
+    weights stay tied) and restored on exit; half-precision values are exact in
+    float32, so the round trip leaves the model bit for bit as it was.
 
     Parameters
     ----------
@@ -696,15 +631,10 @@ def float32_model(prompted: PromptedModel) -> Iterator[PromptedModel]:
             tensor.data = tensor.data.to(torch.float32)
     logger.info("attribution: model upcast from %s to float32", prompted.dtype)
     try:
-        yield PromptedModel(
-            model, prompted.tokenizer,
-            None if prompted.prompt is None else prompted.prompt.to(torch.float32),
-            task=prompted.task, labels=prompted.labels, max_length=prompted.max_length,
-            batch_size=prompted.batch_size,
+        yield prompted.with_prompt(
+            None if prompted.prompt is None else prompted.prompt.to(torch.float32)
         )
     finally:
         for tensor, dtype in restore:
             tensor.data = tensor.data.to(dtype)
 
-
-__all__ += ["float32_model"]  # listed here, beside its definition

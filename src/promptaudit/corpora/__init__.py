@@ -1,26 +1,13 @@
 """Built-in corpora: the demo screening tables and the identity term suite.
 
-``builtin:NAME`` tables (:func:`load_builtin_table`); all use labels
-``reject``/``accept`` (positive ``accept``) in column ``label``, text in ``text``
-and sensitive features ``gender`` and ``race``:
+``builtin:NAME`` tables (:func:`load_builtin_table`, names in :data:`BUILTIN_TABLES`) use
+labels ``reject``/``accept`` (positive ``accept``) in column ``label``, text in ``text`` and
+sensitive features ``gender`` and ``race`` (columns: :mod:`promptaudit.corpora.screening`).
+For ``seed=s`` evaluation tables use generator seed ``2s+1`` and training tables ``2s``, so
+training and evaluation rows never share a generator stream.
 
-=========================  =====  ===================================================
-name                       rows   content
-=========================  =====  ===================================================
-``screening``              600    clean evaluation set, balanced: 75 qualification
-                                  profiles x 8 gender-race cells, shuffled
-                                  (``generate_screening(seed=2s+1, balanced=True)``)
-``screening-train``        2000   clean training set, ``generate_screening(seed=2s)``
-``screening-train-biased`` 2000   the same rows, ``bias=0.3`` against women
-``screening-pairs``        600    300 applicants each followed by a gender+race twin
-                                  (``pair_id``); clean labels
-=========================  =====  ===================================================
-
-``s`` is the ``seed`` argument, so training and evaluation rows never share a
-generator stream. Column details are in :mod:`promptaudit.corpora.screening`.
-
-Counterfactual term suites: :func:`load_term_suite` (``builtin:identity`` or a
-user file) and :func:`make_counterfactuals`; see :mod:`promptaudit.corpora.identity`.
+Counterfactual term suites: :func:`load_term_suite` and :func:`make_counterfactuals`
+(:mod:`promptaudit.corpora.identity`).
 """
 
 from __future__ import annotations
@@ -83,7 +70,7 @@ def load_builtin_table(name: str, *, seed: int = 0) -> pd.DataFrame:
     Returns
     -------
     pandas.DataFrame
-        ``(n_rows, n_columns)``, see the module docstring.
+        ``(n_rows, n_columns)``, see :func:`generate_screening`.
 
     Raises
     ------

@@ -7,25 +7,17 @@ terms of one group in a text and writes one variant per other group by swapping
 aligned terms, whole-word and case-preserving (``"He said his"`` ->
 ``"She said her"``).
 
-The built-in suite ``builtin:identity`` (``identity.json`` in this package) holds
-
-- ``gender``: male / female / nonbinary pronouns, nouns, titles and first names;
-  ``nonbinary`` is *target-only*: texts are rewritten into it but never read as
-  expressing it, because "they", "people" or "child" rarely mark gender.
-- ``race``: White-, Black-, Hispanic- and Asian-associated first names (eight
-  female then eight male names per group; White and Black names follow Bertrand &
-  Mullainathan, 2004). Names are associations, not identities.
-- ``age`` (young / old), ``religion`` (Christian, Muslim, Jewish, Hindu, Buddhist,
-  atheist), ``nationality`` (seven nationalities) and ``disability``
-  (disabled / non-disabled phrases).
+The built-in suite ``builtin:identity`` (``identity.json`` here) holds ``gender``
+(pronouns, nouns, titles, first names; ``nonbinary`` is *target-only*: written into,
+never detected, as "they" or "people" rarely mark gender), ``race`` (associated first
+names, eight female then eight male per group; White and Black names after Bertrand &
+Mullainathan, 2004), ``age``, ``religion``, ``nationality`` and ``disability``.
 
 Grammar rules applied while swapping:
 
-- ``her`` is both object (*him*) and determiner (*his*); ``his`` is both determiner
-  (*her*) and independent possessive (*hers*). A suite may give each index a *role*;
-  when a source term sits at several indices, the determiner is chosen if the next
-  word is a content word, the object / independent form if punctuation or a
-  function word follows, and the first listed reading if the text ends there
+- A term at several indices (``her``: object *him* or determiner *his*) is resolved by
+  the suite's *roles*: the determiner before a content word, the object / independent
+  form before punctuation or a function word, the first listed reading at the end
   (``"He said his"`` -> ``"She said her"``, ``"I saw her"`` -> ``"I saw him"``).
 - ``a`` / ``an`` right before a swapped term is re-chosen for the new term.
 - A subject pronoun rewritten to ``they`` takes plural agreement for the verb right
@@ -120,58 +112,15 @@ _FUNCTION_WORDS = frozenset(
 
 #: Third-person singular verb -> plural, applied after a rewritten ``they``.
 _PLURAL_AGREEMENT = {
-    "is": "are",
-    "was": "were",
-    "has": "have",
-    "does": "do",
-    "isn't": "aren't",
-    "wasn't": "weren't",
-    "hasn't": "haven't",
-    "doesn't": "don't",
-    "goes": "go",
-    "says": "say",
-    "works": "work",
-    "wants": "want",
-    "needs": "need",
-    "likes": "like",
-    "lives": "live",
-    "knows": "know",
-    "thinks": "think",
-    "makes": "make",
-    "takes": "take",
-    "gets": "get",
-    "holds": "hold",
-    "leads": "lead",
-    "manages": "manage",
-    "plans": "plan",
-    "speaks": "speak",
-    "writes": "write",
-    "reads": "read",
-    "runs": "run",
-    "seems": "seem",
-    "feels": "feel",
-    "looks": "look",
-    "brings": "bring",
-    "comes": "come",
-    "gives": "give",
-    "keeps": "keep",
-    "loves": "love",
-    "hates": "hate",
-    "tries": "try",
-    "studies": "study",
-    "applies": "apply",
-    "teaches": "teach",
+    "is": "are", "was": "were", "has": "have", "does": "do", "goes": "go",
+    "isn't": "aren't", "wasn't": "weren't", "hasn't": "haven't", "doesn't": "don't",
+    "tries": "try", "studies": "study", "applies": "apply", "teaches": "teach",
     "watches": "watch",
-    "wins": "win",
-    "believes": "believe",
-    "prefers": "prefer",
-    "enjoys": "enjoy",
-    "helps": "help",
-    "plays": "play",
-    "uses": "use",
-    "owns": "own",
-    "earns": "earn",
-    "drives": "drive",
+    **{verb + "s": verb for verb in (
+        "say work want need like live know think make take get hold lead manage plan speak "
+        "write read run seem feel look bring come give keep love hate win believe prefer "
+        "enjoy help play use own earn drive"
+    ).split()},
 }
 _PLURAL_SUBJECTS = frozenset({"they"})
 _THEYRE_AS_HAVE = frozenset({"been", "got", "gotten", "had"})
@@ -236,16 +185,9 @@ class TermSuite:
         return self.features[feature].groups
 
     def matcher(self, feature: str) -> tuple[re.Pattern[str], dict[str, list[tuple[str, int]]]]:
-        """A compiled regex of a feature's detectable terms and its lookup table.
-
-        Returns
-        -------
-        pattern : re.Pattern
-            Matches any detectable term whole-word, case-insensitively; a trailing
-            possessive ``'s`` is allowed (``Emily's``).
-        lookup : dict[str, list[tuple[str, int]]]
-            Normalised term -> ``(group, index)`` entries.
-        """
+        """``(pattern, lookup)``: a whole-word, case-insensitive regex of a feature's
+        detectable terms (a possessive ``'s`` allowed) and normalised term ->
+        ``[(group, index), ...]``."""
         if feature not in self._patterns:
             self._patterns[feature] = _compile_feature(self.features[feature])
         return self._patterns[feature]
@@ -566,11 +508,8 @@ def _suite_from_raw(raw: Any, *, name: str, path: str) -> TermSuite:
     features_raw = raw["features"]
     _require_mapping(features_raw, "features", path)
     if not features_raw:
-        raise DataError(
-            ERR_SUITE_TYPE.format(
-                path=path, key="features", expected="a non-empty mapping", got="an empty one"
-            )
-        )
+        raise DataError(ERR_SUITE_TYPE.format(
+            path=path, key="features", expected="a non-empty mapping", got="an empty one"))
     features = {}
     for feature, value in features_raw.items():
         if str(feature) in features:
@@ -599,40 +538,26 @@ def _feature_from_raw(feature: str, raw: Any, path: str) -> TermFeature:
         if str(group) in groups:
             raise DataError(ERR_SUITE_DUPLICATE.format(path=path, key=f"{key}.groups",
                                                        name=str(group)))
-        groups[str(group)] = _string_list(terms, group_key, path)
-        if first is None:
-            first = group_key
-        elif len(groups[str(group)]) != len(next(iter(groups.values()))):
-            raise DataError(
-                ERR_SUITE_ALIGN.format(
-                    path=path,
-                    key=group_key,
-                    got=len(groups[str(group)]),
-                    first=first,
-                    expected=len(next(iter(groups.values()))),
-                )
-            )
-    n_terms = len(next(iter(groups.values())))
+        aligned = groups[str(group)] = _string_list(terms, group_key, path)
+        first = first or group_key
+        n_terms = len(next(iter(groups.values())))
+        if len(aligned) != n_terms:
+            raise DataError(ERR_SUITE_ALIGN.format(
+                path=path, key=group_key, got=len(aligned), first=first, expected=n_terms))
     roles = None
     if raw.get("roles") is not None:
         roles = _string_list(raw["roles"], f"{key}.roles", path)
         if len(roles) != n_terms:
-            raise DataError(
-                ERR_SUITE_ALIGN.format(
-                    path=path, key=f"{key}.roles", got=len(roles), first=first, expected=n_terms
-                )
-            )
+            raise DataError(ERR_SUITE_ALIGN.format(
+                path=path, key=f"{key}.roles", got=len(roles), first=first, expected=n_terms))
     target_only: tuple[str, ...] = ()
     if raw.get("target_only") is not None:
         target_key = f"{key}.target_only"
         target_only = _string_list(raw["target_only"], target_key, path, allow_empty=True)
         for group in target_only:
             if group not in groups:
-                raise DataError(
-                    ERR_SUITE_TARGET_ONLY.format(
-                        path=path, key=target_key, group=group, groups=", ".join(groups)
-                    )
-                )
+                raise DataError(ERR_SUITE_TARGET_ONLY.format(
+                    path=path, key=target_key, group=group, groups=", ".join(groups)))
         if set(target_only) >= set(groups):
             raise DataError(ERR_SUITE_ALL_TARGET_ONLY.format(path=path, key=target_key))
     return TermFeature(
@@ -650,11 +575,8 @@ def _require_mapping(value: Any, key: str, path: str) -> None:
 def _reject_unknown(raw: Mapping, allowed: Sequence[str], *, prefix: str, path: str) -> None:
     for key in raw:
         if key not in allowed:
-            raise DataError(
-                ERR_SUITE_UNKNOWN_KEY.format(
-                    path=path, key=f"{prefix}{key}", allowed=", ".join(allowed)
-                )
-            )
+            raise DataError(ERR_SUITE_UNKNOWN_KEY.format(
+                path=path, key=f"{prefix}{key}", allowed=", ".join(allowed)))
 
 
 def _string_list(value: Any, key: str, path: str, *, allow_empty: bool = False) -> tuple[str, ...]:

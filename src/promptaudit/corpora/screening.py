@@ -25,19 +25,7 @@ rule's label), ``gender`` (``female``/``male``), ``race``
 (``White``/``Black``/``Hispanic``/``Asian``), ``name``, the four qualification
 columns of the kind, ``points``, ``pair_id``.
 
-``bias`` flips ``accept`` to ``reject`` in ``label`` for rows of ``biased_group``
-(default ``("gender", "female")``) with that probability, from a random stream of
-its own: for one seed, texts and ``true_label`` are identical whatever ``bias`` is.
-
-With ``balanced=True`` each qualification profile is given to all eight gender x
-race cells (rows shuffled; template and name drawn per row), so the true accept
-rate is identical across genders, races and their intersection: a selection-rate
-gap on such a set comes from the model, not from the sample.
-
-With ``with_pairs=True`` every applicant is followed by a counterfactual twin with
-the same qualifications and template but the other gender and another race (name
-and pronouns change); a row and its twin share ``pair_id``. Without pairs,
-``pair_id`` is the row number.
+``bias``, ``balanced`` and ``with_pairs`` are described in :func:`generate_screening`.
 
 Generation is pure Python and deterministic for a seed (about 5 ms per 1000 rows).
 """
@@ -182,17 +170,20 @@ def generate_screening(
         Seed of the generator; the same seed gives the same frame.
     bias : float
         Probability that a true ``accept`` of ``biased_group`` is written as
-        ``reject`` in ``label``.
+        ``reject`` in ``label``, drawn from a random stream of its own: for one seed,
+        texts and ``true_label`` are identical whatever ``bias`` is.
     biased_group : (str, str)
         ``(column, group)``, e.g. ``("gender", "female")`` or ``("race", "Black")``.
     kind : {"hiring", "loan"}
         The scenario and its qualification columns.
     with_pairs : bool
-        Follow each applicant by a counterfactual twin sharing ``pair_id``.
+        Follow each applicant by a twin with the same qualifications and template but
+        the other gender and another race, sharing ``pair_id`` (else the row number).
     balanced : bool
         Give every qualification profile to all eight gender x race cells (rows
-        shuffled), so the true accept rate is exactly equal across genders, races
-        and their intersection. ``n`` must be a multiple of 8.
+        shuffled; template and name drawn per row), so the true accept rate is equal
+        across genders, races and their intersection: a selection-rate gap on such a
+        set comes from the model. ``n`` must be a multiple of 8.
 
     Returns
     -------

@@ -158,14 +158,14 @@ def write_model_card(
         the existing card cannot be updated (see :func:`model_card_text`).
     """
     from promptaudit.atomic import atomic_write_text
-    from promptaudit.paths import check_outputs_do_not_clobber
+    from promptaudit.paths import plan_card
 
     folder = Path(adapter_dir)
     if not folder.is_dir():
         raise InputError(f"--adapter {folder}: not a folder; give the adapter's directory")
     target = folder / CARD_FILE
     if result_path is not None:
-        check_outputs_do_not_clobber({"model card": target}, {"result JSON": result_path})
+        plan_card(result_path, folder).check()
     existing = None
     if target.exists():
         if not target.is_file():
