@@ -63,7 +63,6 @@ __all__ = [
     "plan_pdf",
     "plan_trend",
     "plan_card",
-    "check_audit_outputs",
     "audit_inputs",
     "local_input",
     "looks_like_local_path",
@@ -431,11 +430,6 @@ def plan_card(result: str | Path, adapter: str | Path) -> DeclaredIO:
     return DeclaredIO(
         "card", {"result JSON": result}, (output_file("model card", Path(adapter) / "README.md"),)
     )
-
-
-def check_audit_outputs(spec, out: str | Path, *, spec_path: str | Path | None = None) -> None:
-    """Refuse an audit whose outputs (:func:`plan_run`) would clobber an input."""
-    plan_run(spec, out, spec_path=spec_path).check()
 
 
 def sha256_file(path: str | Path, *, chunk: int = 1 << 20) -> str:

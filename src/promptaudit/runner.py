@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from promptaudit.atomic import prepare_output_dir
-from promptaudit.paths import check_audit_outputs
+from promptaudit.paths import plan_run
 from promptaudit.spec import AuditSpec, check_process_count, load_spec
 
 if TYPE_CHECKING:
@@ -73,7 +73,7 @@ def run_audit_command(audit: str | Path, out: str | Path, overrides: Sequence[st
 
     signing_key_from_env()  # a key that cannot sign fails now, not after the whole audit
     spec = load_spec(audit, overrides)
-    check_audit_outputs(spec, out, spec_path=audit)  # before any work: never overwrite an input
+    plan_run(spec, out, spec_path=audit).check()  # before any work: never overwrite an input
     from promptaudit.distributed import launch_processes, launched_num_processes
 
     check_process_count(spec, launched_num_processes())  # before joining the others
