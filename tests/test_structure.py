@@ -309,3 +309,37 @@ def test_the_result_types_and_schema_load_without_torch():
                           timeout=120, env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin"})
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout.strip().splitlines()[-1]) == []
+
+
+# ------------------------------------------------------------ function size
+#: The longest a function may be, in lines from ``def`` to its last line. The CLI's
+#: commands declare their options in the signature (one ``Annotated`` per option), so
+#: for them the body alone is measured.
+MAX_FUNCTION_LINES = 80
+
+
+def _function_sizes(path: Path):
+    """``(name, lines)`` of every function and method in one source file."""
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            first = node.body[0].lineno if path.name == "cli.py" else node.lineno
+            yield node.name, node.end_lineno - first + 1
+
+
+def test_the_size_rule_measures_what_it_says(tmp_path):
+    source = tmp_path / "module.py"
+    source.write_text("def f(\n    a,\n):\n" + "    a += 1\n" * 80 + "    return a\n")
+    assert dict(_function_sizes(source)) == {"f": 84}
+    cli = tmp_path / "cli.py"
+    cli.write_text(source.read_text())
+    assert dict(_function_sizes(cli)) == {"f": 81}
+
+
+def test_no_function_is_over_80_lines():
+    too_long = [
+        f"{path.relative_to(SRC)}:{name} ({lines} lines)"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        for name, lines in _function_sizes(path)
+        if lines > MAX_FUNCTION_LINES
+    ]
+    assert not too_long, too_long
