@@ -51,7 +51,7 @@ import torch
 
 from promptaudit.attribution import PromptAttributor, attribution_method, baseline_vector
 from promptaudit.models import quiet_transformers
-from promptaudit.prompted import PromptedModel, load_prompted_model
+from promptaudit.prompted_model import PromptedModel, load_prompted_model
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = next((folder for folder in (ROOT.parent / "shared" / "data" / "sst2",

@@ -1,6 +1,6 @@
 """Peak memory of prediction at two row counts: it must not grow beyond the stored predictions.
 
-:meth:`promptaudit.prompted.PromptedModel.predict_proba` streams the texts through the
+:meth:`promptaudit.prompted_model.PromptedModel.predict_proba` streams the texts through the
 model in batches (tokenized per batch, sorted by length); what it keeps for the whole
 evaluation set is the ``(n_rows, n_labels)`` float64 output, ``(n_rows,)`` int64
 lengths and order, and its list of the texts as ``str`` (one 8-byte reference a row; the
@@ -172,7 +172,7 @@ def child(args: argparse.Namespace) -> dict:
 
     from promptaudit.demo import demo_prompt_dir
     from promptaudit.models import quiet_transformers
-    from promptaudit.prompted import load_prompted_model
+    from promptaudit.prompted_model import load_prompted_model
 
     quiet_transformers()
     torch.manual_seed(0)

@@ -42,7 +42,7 @@ def main() -> None:
     from promptaudit.demo import DEMO_TRAINING, demo_prompt_dir
     from promptaudit.mitigation import PairingLoss, build_variants
     from promptaudit.models import load_base_model
-    from promptaudit.prompts import load_prompt
+    from promptaudit.soft_prompts import load_prompt
     from promptaudit.training import InitMethod, TrainingConfig, train_prompt
 
     frame = load_builtin_table("screening-train-biased", seed=0).iloc[: args.n_train]

@@ -27,7 +27,7 @@ from promptaudit.projection import (
     project_prompt,
     vocabulary_mask,
 )
-from promptaudit.prompted import PromptedModel
+from promptaudit.prompted_model import PromptedModel
 
 SST2_DEV = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "sst2" / "dev.tsv"
 

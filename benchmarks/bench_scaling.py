@@ -57,7 +57,7 @@ def child(args: argparse.Namespace) -> None:
     from promptaudit.data import load_table
     from promptaudit.distributed import launch_processes
     from promptaudit.models import quiet_transformers
-    from promptaudit.prompted import load_prompted_model
+    from promptaudit.prompted_model import load_prompted_model
 
     quiet_transformers()
     processes = launch_processes(device="cpu")  # every process runs this function (SPMD)

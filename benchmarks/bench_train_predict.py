@@ -6,7 +6,7 @@ On SST-2 (``../shared/data/sst2``) with the bundled MiniLM (``builtin:minilm``):
   ``AdamW`` over the same sentences, in the same shuffled batches, with the same
   batch size, virtual tokens, init, learning rate and max length (both include
   wrapping the model and saving the adapter; neither includes loading the model);
-* predict: :meth:`promptaudit.prompted.PromptedModel.predict_proba` against a
+* predict: :meth:`promptaudit.prompted_model.PromptedModel.predict_proba` against a
   batched ``PeftModel.from_pretrained`` forward loop on the same dev sentences and
   the same adapter (the one the plain loop trained).
 
@@ -121,7 +121,7 @@ def predict_plain_peft(args, adapter: Path, texts) -> tuple[float, np.ndarray]:
 
 
 def predict_ours(args, adapter: Path, texts) -> tuple[float, np.ndarray]:
-    from promptaudit.prompted import load_prompted_model
+    from promptaudit.prompted_model import load_prompted_model
 
     prompted, _, _ = load_prompted_model("builtin:minilm", str(adapter), device="cpu",
                                          max_length=args.max_length, batch_size=args.batch_size)

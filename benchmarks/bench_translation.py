@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from promptaudit.prompted import load_prompted_model
+from promptaudit.prompted_model import load_prompted_model
 from promptaudit.translation import (
     TranslateSettings,
     _nearest_words,

@@ -147,7 +147,7 @@ def print_rows(rows: list[tuple[str, dict]], eval_name: str, corpus_name: str) -
 
 def two_prompts(args) -> None:
     from promptaudit.data import load_table
-    from promptaudit.prompted import load_prompted_model
+    from promptaudit.prompted_model import load_prompted_model
 
     frame = load_table(args.eval, required_columns=["text", "label"])
     tuples = identity_corpus(args)
@@ -167,7 +167,7 @@ def two_prompts(args) -> None:
 
 def sst2_prompt(args) -> None:
     from promptaudit.mitigation import MitigationSettings, mitigate_prompt
-    from promptaudit.prompted import load_prompted_model
+    from promptaudit.prompted_model import load_prompted_model
 
     train = read_sst2(args.sst2 / "train.tsv")
     dev = read_sst2(args.sst2 / "dev.tsv")

@@ -10,7 +10,7 @@ models loaded in ``--dtype`` (default ``bfloat16``) on one device:
   from the next-token logits) with a random 10-token prompt.
 
 For each it prints examples per second for prediction (``predict_proba``) and
-for integrated gradients (:func:`promptaudit.prompted.float32_model`, which
+for integrated gradients (:func:`promptaudit.prompted_model.float32_model`, which
 upcasts the model to float32 for attribution), the largest convergence delta,
 and, as a precision check, how far the half-precision predictions are from the
 same model's float32 predictions and what the convergence delta is when
@@ -88,7 +88,7 @@ def bench(name: str, model: str, prompt: str, *, task: str, texts: list[str], de
           dtype: str, size: dict) -> dict:
     """Load in ``dtype`` and time prediction and attribution; compare with float32."""
     from promptaudit.attribution import IntegratedGradients, PromptAttributor
-    from promptaudit.prompted import float32_model, load_prompted_model
+    from promptaudit.prompted_model import float32_model, load_prompted_model
 
     def run_attribution(prompted, texts, method):  # as the pipeline attributes: in float32
         with float32_model(prompted) as model:
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    for name in ("promptaudit.attribution", "promptaudit.prompted"):
+    for name in ("promptaudit.attribution", "promptaudit.prompted_model"):
         logging.getLogger(name).setLevel(logging.ERROR)  # deltas are printed below
     from promptaudit.data import load_table
     from promptaudit.models import quiet_transformers, resolve_device

@@ -95,7 +95,7 @@ def fixture_outputs(out: Path) -> None:
     """Every report format rendered from the committed sample fixture."""
     sys.path.insert(0, str(ROOT / "src"))
     from promptaudit.report import write_reports
-    from promptaudit.results import content_sha256
+    from promptaudit.result import content_sha256
 
     out.mkdir(parents=True)
     result = json.loads(FIXTURE.read_text(encoding="utf-8"))

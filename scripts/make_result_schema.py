@@ -1,8 +1,8 @@
 """Write docs/result.schema.json: the JSON Schema of a result, generated from its typed sections.
 
-The schema is :func:`promptaudit.results.result_schema` (draft 2020-12, pydantic's
-``model_json_schema()`` of the models of :mod:`promptaudit.result_types`).
-``tests/test_result_types.py`` fails when the published file differs from what this
+The schema is :func:`promptaudit.result.result_schema` (draft 2020-12, pydantic's
+``model_json_schema()`` of the models of :mod:`promptaudit.result_sections`).
+``tests/test_result_sections.py`` fails when the published file differs from what this
 script writes; run it after changing a section type.
 
 Usage: ``python scripts/make_result_schema.py [--out PATH]``
@@ -20,7 +20,7 @@ PUBLISHED = ROOT / "docs" / "result.schema.json"
 
 def schema_text() -> str:
     """The published file's exact text: the schema as indented JSON and a final newline."""
-    from promptaudit.results import result_schema
+    from promptaudit.result import result_schema
 
     return json.dumps(result_schema(), indent=2, ensure_ascii=True) + "\n"
 

@@ -88,7 +88,7 @@ def make_seqcls_model(tiny_bert_dir: str | Path, out: Path, *, prompt: Path,
     """
     from transformers import AutoTokenizer, BertForSequenceClassification
 
-    from promptaudit.prompted import load_prompted_model
+    from promptaudit.prompted_model import load_prompted_model
 
     torch.manual_seed(seed)
     model = BertForSequenceClassification.from_pretrained(tiny_bert_dir, num_labels=2)
@@ -207,7 +207,7 @@ def recompute(result: dict, *, frame: pd.DataFrame | None = None) -> dict:
         true_positive_rate,
     )
 
-    from promptaudit.prompted import load_prompted_model
+    from promptaudit.prompted_model import load_prompted_model
 
     spec = result["audit"]["spec"]
     frame = frame if frame is not None else pd.read_csv(spec["data"]["path"])

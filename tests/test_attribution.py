@@ -58,7 +58,7 @@ from promptaudit.attribution import (
 )
 from promptaudit.errors import InputError
 from promptaudit.models import load_base_model
-from promptaudit.prompted import PromptedModel
+from promptaudit.prompted_model import PromptedModel
 
 LABELS = ["negative", "positive"]
 
@@ -389,7 +389,7 @@ def test_language_model_tasks_satisfy_completeness(tiny_gpt2_dir, tiny_bert_dir,
 def test_minilm_matches_a_direct_captum_call(minilm_seqcls_adapter, sentences):
     from captum.attr import IntegratedGradients
 
-    from promptaudit.prompted import load_prompted_model
+    from promptaudit.prompted_model import load_prompted_model
 
     prompted, _, _ = load_prompted_model("builtin:minilm", str(minilm_seqcls_adapter), device="cpu")
     texts = sentences[:3]
@@ -703,7 +703,7 @@ def test_adaptive_passes_carry_no_padding_their_rows_do_not_need(tiny_bert, sent
 
 
 def test_adaptive_completeness_for_every_example_on_minilm(minilm_seqcls_adapter, sentences):
-    from promptaudit.prompted import load_prompted_model
+    from promptaudit.prompted_model import load_prompted_model
 
     prompted, _, _ = load_prompted_model("builtin:minilm", str(minilm_seqcls_adapter), device="cpu")
     texts = sentences[:4]

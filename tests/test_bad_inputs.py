@@ -313,7 +313,7 @@ def _gate_nan_literal(c: Ctx):
 
 
 def _gate_audit_is_a_string(c: Ctx):
-    from promptaudit.results import content_sha256
+    from promptaudit.result import content_sha256
 
     fixture = Path(__file__).resolve().parent / "fixtures" / "sample_result.json"
     body = json.loads(fixture.read_text(encoding="utf-8"))  # a real result, but for one key
@@ -779,7 +779,7 @@ def _compare_over_its_before_result(c: Ctx):
 # ------------------------------------- issue 22: crashes that must be exit 2 (items 9-13)
 def _sealed_result(c: Ctx, edit: Callable[[dict], object], *, text_edit=None) -> Path:
     """The sample result edited by ``edit`` and resealed (checksum recomputed)."""
-    from promptaudit.results import content_sha256
+    from promptaudit.result import content_sha256
 
     fixture = Path(__file__).resolve().parent / "fixtures" / "sample_result.json"
     body = json.loads(fixture.read_text(encoding="utf-8"))
@@ -824,7 +824,7 @@ def _huge_integer(c: Ctx):
 
 
 def _signature_not_ascii(c: Ctx):
-    from promptaudit.results import SIGNING_KEY_ENV
+    from promptaudit.result import SIGNING_KEY_ENV
 
     c.request.getfixturevalue("monkeypatch").setenv(SIGNING_KEY_ENV, "team-secret")
 
@@ -839,7 +839,7 @@ def _signature_not_ascii(c: Ctx):
 
 
 def _signing_key_not_utf8(c: Ctx):
-    from promptaudit.results import SIGNING_KEY_ENV
+    from promptaudit.result import SIGNING_KEY_ENV
 
     c.request.getfixturevalue("monkeypatch").setenv(SIGNING_KEY_ENV, "key-\udcff")
     return c.run(), [SIGNING_KEY_ENV, "not valid UTF-8"]

@@ -20,7 +20,7 @@ import pytest
 from typer.testing import CliRunner
 
 from promptaudit.cli import app
-from promptaudit.results import read_result_json
+from promptaudit.result import read_result_json
 
 GROUP_PAYLOAD = "**asian** | [a](http://x) <script>alert(2)</script>"
 SUFFIXES = (".html", ".json", ".junit.xml", ".md")

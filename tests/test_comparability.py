@@ -14,7 +14,7 @@ from promptaudit.cli import app
 from promptaudit.comparability import result_differences
 from promptaudit.compare import compare_results, comparison_markdown, regression_status
 from promptaudit.errors import InputError
-from promptaudit.results import AuditResult
+from promptaudit.result import AuditResult
 
 runner = CliRunner()
 

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from promptaudit.cli import app
 from promptaudit.compare import compare_results, comparison_html, comparison_markdown
 from promptaudit.errors import InputError
-from promptaudit.results import AuditResult
+from promptaudit.result import AuditResult
 
 
 def _result(*, accuracy, dp_ratio, eod, flip, name="a", prompt="p", passed=True) -> dict:

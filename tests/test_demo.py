@@ -31,7 +31,7 @@ from typer.testing import CliRunner
 from promptaudit.cli import app
 from promptaudit.demo import demo_prompt_dir, demo_spec
 from promptaudit.pipeline import run_audit
-from promptaudit.results import read_result_json
+from promptaudit.result import read_result_json
 
 AUDITS = Path(__file__).resolve().parent.parent / "audits"
 SUFFIXES = (".html", ".json", ".junit.xml", ".md")

@@ -26,7 +26,7 @@ from promptaudit.departures import (
 )
 from promptaudit.errors import InputError
 from promptaudit.position_importance import position_importance
-from promptaudit.prompted import load_prompted_model
+from promptaudit.prompted_model import load_prompted_model
 from promptaudit.stats import clopper_pearson_interval, wilson_interval
 
 TEXTS = [

@@ -40,7 +40,7 @@ from promptaudit.distributed import (
     prediction_batches,
     process_device,
 )
-from promptaudit.prompted import PromptedModel, float32_model, load_prompted_model
+from promptaudit.prompted_model import PromptedModel, float32_model, load_prompted_model
 
 WORDS = ("the a candidate applicant engineer nurse teacher manager is was has with strong weak "
          "good great poor excellent experience skills record team leader reliable late "

@@ -17,7 +17,7 @@ from promptaudit.gate_policy import (
     parse_gate_policy,
     run_setting_differences,
 )
-from promptaudit.results import AuditResult
+from promptaudit.result import AuditResult
 
 runner = CliRunner()
 

@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from promptaudit.cli import app
-from promptaudit.prompted import PromptedModel, load_prompted_model
+from promptaudit.prompted_model import PromptedModel, load_prompted_model
 
 LONG = " ".join(["the movie was really very good and the acting was great"] * 8)  # ~90 tokens
 

@@ -296,7 +296,7 @@ def test_pairing_shrinks_the_counterfactual_gap(toy_mitigation):
 
 
 def test_mitigated_adapter_reloads_in_plain_peft(toy_mitigation, sensitive_bert_dir, peft_probs):
-    from promptaudit.prompted import load_prompted_model
+    from promptaudit.prompted_model import load_prompted_model
 
     _, out = toy_mitigation
     texts = TOY_TEXTS[:8]
@@ -307,7 +307,7 @@ def test_mitigated_adapter_reloads_in_plain_peft(toy_mitigation, sensitive_bert_
 
 def test_warm_start_is_the_audited_prompt(tiny_bert_dir, tiny_bert_seqcls_adapter, tmp_path):
     """With weight 0 and a vanishing learning rate the re-tuned prompt equals the original."""
-    from promptaudit.prompted import load_prompted_model
+    from promptaudit.prompted_model import load_prompted_model
 
     settings = MitigationSettings(
         weights=(0.0,), epochs=1, learning_rate=1e-12, batch_size=8, max_length=16,
@@ -534,7 +534,7 @@ def test_run_with_mitigation_section_reports_before_and_after(
     from typer.testing import CliRunner
 
     from promptaudit.cli import app
-    from promptaudit.results import read_result_json
+    from promptaudit.result import read_result_json
 
     spec_path = _toy_mitigated_spec(tmp_path, sensitive_bert_dir, planted_prompt, toy_suite,
                                     str(tmp_path / "adapter"))
@@ -631,7 +631,7 @@ def test_mitigation_refuses_a_bare_tensor_prompt(tiny_bert_dir, tmp_path):
 def test_mitigated_adapter_keeps_the_originals_init_text(tiny_bert_dir, tmp_path):
     """The re-tuned adapter records the original's TEXT init, so its audit measures the same
     init_text baseline (a RANDOM init made it no_prompt and accuracy_over_baseline unlike)."""
-    from promptaudit.prompts import load_prompt
+    from promptaudit.soft_prompts import load_prompt
     from promptaudit.training import InitMethod, TrainingConfig, train_prompt
 
     original = tmp_path / "original"

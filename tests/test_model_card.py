@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from promptaudit.cli import app
 from promptaudit.report.model_card import BEGIN_MARKER, END_MARKER
-from promptaudit.results import content_sha256
+from promptaudit.result import content_sha256
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "sample_result.json"
 HAND_WRITTEN = """---

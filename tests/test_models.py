@@ -138,7 +138,7 @@ def test_missing_head_keys_are_what_transformers_reports(tiny_bert_dir, minilm_d
 def test_untrained_classifier_head_is_refused_unless_allowed(tmp_path, sentences):
     from safetensors.torch import save_file
 
-    from promptaudit.prompted import load_prompted_model
+    from promptaudit.prompted_model import load_prompted_model
 
     prompt = tmp_path / "bare.safetensors"
     save_file({"p": torch.randn(4, 384, generator=torch.Generator().manual_seed(0))}, str(prompt))
@@ -159,7 +159,7 @@ def test_untrained_classifier_head_is_refused_unless_allowed(tmp_path, sentences
 
 
 def test_adapter_head_counts_as_trained(minilm_seqcls_adapter):
-    from promptaudit.prompted import load_prompted_model
+    from promptaudit.prompted_model import load_prompted_model
 
     _, soft, loaded = load_prompted_model(BUILTIN_MINILM, str(minilm_seqcls_adapter),
                                           device="cpu")

@@ -102,7 +102,7 @@ def test_without_bootstrap_the_impact_ratio_is_point_only_and_says_so():
     from audit_helpers import HAND_MADE_FAIRNESS, HAND_MADE_PROVENANCE, HAND_MADE_TASK
 
     from promptaudit.report._bias_audit import bias_audit_view
-    from promptaudit.results import AuditResult
+    from promptaudit.result import AuditResult
 
     result = AuditResult(audit={"name": "x", "spec": {}}, provenance=HAND_MADE_PROVENANCE,
                          task=HAND_MADE_TASK, fairness=HAND_MADE_FAIRNESS, gates=[],

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from promptaudit.prompted import load_prompted_model
+from promptaudit.prompted_model import load_prompted_model
 
 TOLERANCE = 1e-4
 #: Texts of very different lengths: in a batch most of them are padded.

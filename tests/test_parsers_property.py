@@ -26,7 +26,7 @@ from typer.testing import CliRunner
 
 from promptaudit.cli import app
 from promptaudit.errors import PromptAuditError
-from promptaudit.results import SIGNING_KEY_ENV, content_sha256
+from promptaudit.result import SIGNING_KEY_ENV, content_sha256
 from promptaudit.spec import load_spec
 
 FIXTURE = Path(__file__).parent / "fixtures" / "sample_result.json"

@@ -117,7 +117,7 @@ def _assert_schema_and_types(result: dict) -> None:
 
     import jsonschema
 
-    from promptaudit.results import AuditResult
+    from promptaudit.result import AuditResult
 
     schema_path = Path(__file__).resolve().parent.parent / "docs" / "result.schema.json"
     schema = json.loads(schema_path.read_text(encoding="utf-8"))
@@ -273,7 +273,7 @@ def test_limit_and_seed_change_what_they_should(audit, tmp_path):
 
 
 def test_competence_equals_sklearn_on_independent_predictions(result, reference, audit):
-    from promptaudit.prompted import load_prompted_model
+    from promptaudit.prompted_model import load_prompted_model
 
     task = result["task"]
     competence = task["competence"]

@@ -119,7 +119,7 @@ def test_default_attribution_is_a_budget():
 
 @pytest.fixture(scope="module")
 def tiny_prompted(tiny_bert_dir, tiny_bert_seqcls_adapter):
-    from promptaudit.prompted import load_prompted_model
+    from promptaudit.prompted_model import load_prompted_model
 
     prompted, _, _ = load_prompted_model(str(tiny_bert_dir), str(tiny_bert_seqcls_adapter),
                                          max_length=32)

@@ -29,8 +29,8 @@ from promptaudit.projection import (
     projection_trust,
     vocabulary_mask,
 )
-from promptaudit.prompted import PromptedModel, load_prompted_model
-from promptaudit.prompts import SoftPrompt, text_init_token_ids
+from promptaudit.prompted_model import PromptedModel, load_prompted_model
+from promptaudit.soft_prompts import SoftPrompt, text_init_token_ids
 
 LABELS = ["negative", "positive"]
 TEXTS = [

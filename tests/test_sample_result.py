@@ -99,6 +99,6 @@ def _close(a, b, tol: float = 1e-6) -> bool:
 def test_the_fixture_passes_the_result_schema(fixture):
     import jsonschema
 
-    from promptaudit.results import result_schema
+    from promptaudit.result import result_schema
 
     jsonschema.validate(fixture, result_schema())

@@ -106,7 +106,7 @@ def test_the_cycle_finder_finds_a_cycle():
 def test_the_import_graph_sees_the_package():
     graph = import_graph()
     assert {"promptaudit.pipeline", "promptaudit.spec"} <= graph["promptaudit.runner"]
-    assert "promptaudit.prompted" in graph["promptaudit.attribution"]
+    assert "promptaudit.prompted_model" in graph["promptaudit.attribution"]
     assert "promptaudit.choices" in graph["promptaudit.spec"]
 
 
@@ -295,12 +295,12 @@ def test_validate_does_not_import_torch(tmp_path):
     assert "valid audit spec 'light'" in done.stdout
 
 
-def test_the_result_types_and_schema_load_without_torch():
+def test_the_result_sections_and_schema_load_without_torch():
     """The typed result sections, their schema and ``gate``'s reader import no heavy stack."""
     code = (
         "import json, sys\n"
-        "from promptaudit.results import result_schema, read_result_json\n"
-        "import promptaudit.result_types\n"
+        "from promptaudit.result import result_schema, read_result_json\n"
+        "import promptaudit.result_sections\n"
         "result_schema()\n"
         "heavy = ('torch', 'transformers', 'fairlearn', 'peft', 'captum')\n"
         "print(json.dumps([m for m in heavy if m in sys.modules]))\n"

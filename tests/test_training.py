@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from promptaudit.errors import InputError
-from promptaudit.prompted import load_prompted_model
+from promptaudit.prompted_model import load_prompted_model
 from promptaudit.training import CHECKPOINT_DIR, InitMethod, TrainingConfig, train_prompt
 
 LABELS = ["negative", "positive"]

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from promptaudit.errors import InputError
-from promptaudit.prompted import PromptedModel, load_prompted_model
+from promptaudit.prompted_model import PromptedModel, load_prompted_model
 from promptaudit.translation import (
     SEVERAL_READINGS_SENTENCE,
     TranslateSettings,
@@ -256,7 +256,7 @@ def test_cli_translate_json_and_bad_values(tiny_bert_dir, tiny_bert_seqcls_adapt
     translation = json.loads(result.stdout)["translation"]
     assert translation["seeds"] == [2, 3] and translation["steps"] == 4
     assert translation["fidelity"]["n_heldout"] == 7 and translation["round_trip_exact"]
-    from promptaudit.result_types import TranslationResult
+    from promptaudit.result_sections import TranslationResult
 
     assert TranslationResult.from_dict(translation).to_dict() == translation
     result = runner.invoke(app, [*base, "--translate", "--translate-restarts", "1"])
@@ -315,7 +315,7 @@ def test_report_panel_shows_the_translation_first_escaped_with_its_cautions():
     assert "**Plain-text stand-in:**" in markdown and "\\*\\*bold\\*\\*" in markdown
     assert "&lt;script&gt;" in markdown
     assert markdown.index("Plain-text stand-in") < markdown.index("**Reads as:**")
-    from promptaudit.result_types import ProjectionResult
+    from promptaudit.result_sections import ProjectionResult
 
     section = ProjectionResult.from_dict(result["projection"])
     assert section.to_dict() == result["projection"]
@@ -349,7 +349,7 @@ def test_audit_spec_runs_the_translation_into_the_result(tmp_path, tiny_bert_dir
     import audit_helpers as helpers
 
     from promptaudit.pipeline import run_audit
-    from promptaudit.result_types import TranslationResult
+    from promptaudit.result_sections import TranslationResult
     from promptaudit.spec import load_spec
 
     prompt = helpers.write_prompt(tmp_path / "prompt.safetensors")

@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 from promptaudit.bias_audit import compute_bias_audit
 from promptaudit.cli import app
 from promptaudit.errors import InputError
-from promptaudit.results import content_sha256
+from promptaudit.result import content_sha256
 from promptaudit.stats import katz_interval, wilson_interval
 from promptaudit.trend import compute_trend
 

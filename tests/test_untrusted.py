@@ -452,7 +452,7 @@ def test_the_signing_key_reaches_no_file_log_or_report(offline_signed_audit):
 
 def test_gate_with_the_key_accepts_the_signed_result_and_refuses_a_rehashed_edit(
         runner, offline_signed_audit, tmp_path, monkeypatch):
-    from promptaudit.results import content_sha256
+    from promptaudit.result import content_sha256
 
     path = offline_signed_audit["out"] / "untrusted.json"
     monkeypatch.setenv("PROMPTAUDIT_SIGNING_KEY", SIGNING_KEY)

@@ -48,7 +48,7 @@ from promptaudit import choices as _choices
 from promptaudit.choices import AttributionMethod, Baseline, ShapleyInput
 from promptaudit.data import MISSING_GROUP
 from promptaudit.errors import InputError
-from promptaudit.prompted import EncodedBatch, PromptedModel
+from promptaudit.prompted_model import EncodedBatch, PromptedModel
 from promptaudit.stats import block_resampled_means, percentile_interval
 
 __all__ = [  # and the one-line error messages below (``*_MESSAGE``), which tests assert

@@ -22,7 +22,7 @@ attribution    :class:`AttributionMethod`, :class:`Baseline`
 fairness       :data:`GROUP_METRICS` (``fairness.GROUP_METRICS``),
                :data:`LABEL_METRICS`
 gates          :class:`GateStatus` (``gates.GateStatus``,
-               ``result_types.GateStatus``)
+               ``result_sections.GateStatus``)
 =============  ==================================================
 """
 

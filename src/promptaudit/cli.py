@@ -302,7 +302,7 @@ def _load_texts(data: Path | str, text_column: str, extra: list[str] | None = No
 
 def _load_prompted(model, prompt, task, labels, device, max_length=DEFAULT_MAX_LENGTH,
                    batch_size=32, allow_untrained_head=False):
-    from promptaudit.prompted import load_prompted_model
+    from promptaudit.prompted_model import load_prompted_model
 
     return load_prompted_model(
         model,
@@ -422,7 +422,7 @@ def demo(
     bars = _configure_progress(quiet)
     from promptaudit.demo import demo_prompt_dir, run_demo
     from promptaudit.paths import plan_demo
-    from promptaudit.results import signing_key_from_env
+    from promptaudit.result import signing_key_from_env
 
     signing_key_from_env()  # a key that cannot sign fails before the audit
     plan_demo(out, prompt=demo_prompt_dir("clean"), retrain=retrain).check()
@@ -585,7 +585,7 @@ def predict(
     """Predict label probabilities: one row per input with p_<label> and prediction."""
     _configure_logging(verbose)
     from promptaudit.atomic import atomic_write_text, prepare_output_dir
-    from promptaudit.prompted import predictions_frame
+    from promptaudit.prompted_model import predictions_frame
 
     if out is not None:  # refuse an unwritable --out before the long work
         from promptaudit.paths import plan_predict
@@ -870,7 +870,7 @@ def gate(
     """Re-check a result's gates: exit 0 if all pass, 1 if one fails, 2 on bad input."""
     _configure_logging(False)
     from promptaudit.gates import evaluate_gates, policy_of
-    from promptaudit.results import SIGNING_KEY_ENV, read_result_json, signing_key_from_env
+    from promptaudit.result import SIGNING_KEY_ENV, read_result_json, signing_key_from_env
 
     if policy is not None:
         from promptaudit.gate_policy import load_gate_policy
@@ -897,7 +897,7 @@ def gate(
 
 def _echo_signature_note(data: dict, *, unchecked: bool = True) -> None:
     """Say whether the signature was checked (and, if ``unchecked``, when it was not)."""
-    from promptaudit.results import SIGNING_KEY_ENV
+    from promptaudit.result import SIGNING_KEY_ENV
 
     if os.environ.get(SIGNING_KEY_ENV) is not None:
         _echo("note: checksum and signature verified")
@@ -1042,7 +1042,7 @@ def compare(
     _configure_logging(False)
     from promptaudit.compare import compare_results, comparison_markdown, write_comparison
     from promptaudit.paths import plan_compare
-    from promptaudit.results import read_result_json
+    from promptaudit.result import read_result_json
 
     plan_compare(before, after, out).check()  # before reading: never overwrite an input
     comparison = compare_results(
@@ -1079,7 +1079,7 @@ def trend(
     _configure_logging(False)
     from promptaudit.paths import plan_trend
     from promptaudit.report.trend import trend_markdown, write_trend
-    from promptaudit.results import read_result_json
+    from promptaudit.result import read_result_json
     from promptaudit.trend import compute_trend
 
     plan_trend(results, out).check()
@@ -1105,7 +1105,7 @@ def pdf_command(
     _configure_logging(False)
     from promptaudit.paths import plan_pdf
     from promptaudit.report.pdf import require_pdf_engine, write_pdf
-    from promptaudit.results import read_result_json
+    from promptaudit.result import read_result_json
 
     plan = plan_pdf(result, out)
     plan.check()
@@ -1126,7 +1126,7 @@ def card(
     _configure_logging(False)
     from promptaudit.paths import plan_card
     from promptaudit.report.model_card import write_model_card
-    from promptaudit.results import read_result_json
+    from promptaudit.result import read_result_json
 
     plan_card(result, adapter).check()
     path = write_model_card(read_result_json(result), adapter, result_path=result)

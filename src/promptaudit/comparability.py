@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from promptaudit.metrics import metrics_of
-from promptaudit.results import AuditResult, as_result
+from promptaudit.result import AuditResult, as_result
 
 __all__ = ["Difference", "result_differences", "differences", "differences_by_metric"]
 

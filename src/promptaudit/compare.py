@@ -31,7 +31,7 @@ from promptaudit.report.comparison import (
     comparison_html,
     comparison_markdown,
 )
-from promptaudit.results import AuditResult, as_result
+from promptaudit.result import AuditResult, as_result
 
 __all__ = [
     "compare_results",
@@ -236,7 +236,7 @@ def _side(result: AuditResult) -> dict:
 def write_comparison(comparison: Mapping, out_dir: str | Path) -> dict[str, str]:
     """Write ``comparison.html``, ``.md`` and ``.json`` into ``out_dir`` (atomically)."""
     from promptaudit.atomic import atomic_write_text, prepare_output_dir
-    from promptaudit.results import to_jsonable
+    from promptaudit.result import to_jsonable
 
     documents = {
         "html": comparison_html(comparison),

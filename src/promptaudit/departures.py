@@ -119,7 +119,7 @@ def instruction_candidate(prompted, text: str) -> Candidate:
 
 def init_text_candidate(prompted, init_text: str, num_virtual_tokens: int) -> Candidate:
     """The init text as PEFT initialised the prompt (special tokens, repeated or cut)."""
-    from promptaudit.prompts import text_init_token_ids
+    from promptaudit.soft_prompts import text_init_token_ids
 
     ids = text_init_token_ids(prompted.tokenizer, str(init_text), int(num_virtual_tokens))
     if not ids:

@@ -40,7 +40,7 @@ from promptaudit.attribution import (
     merge_attributions,
 )
 from promptaudit.errors import InputError
-from promptaudit.prompted import PromptedModel
+from promptaudit.prompted_model import PromptedModel
 
 __all__ = [
     "AuditProcesses", "ShardedPromptedModel", "launch_processes", "launched_num_processes",

@@ -36,8 +36,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from promptaudit.errors import SpecError
-from promptaudit.result_types import SpecRecord
-from promptaudit.results import AuditResult, as_result
+from promptaudit.result import AuditResult, as_result
+from promptaudit.result_sections import SpecRecord
 from promptaudit.spec import GateSpec, InconclusivePolicy, safe_load_bounded
 
 __all__ = [
@@ -239,7 +239,7 @@ def check_result_against_policy(result: AuditResult | Mapping[str, Any],
     ----------
     result : AuditResult or mapping
         A result JSON object whose checksum (and signature, where the policy asks for
-        one) the caller has verified (:func:`promptaudit.results.read_result_json`).
+        one) the caller has verified (:func:`promptaudit.result.read_result_json`).
     policy : GatePolicy
 
     Returns

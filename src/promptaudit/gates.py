@@ -51,8 +51,8 @@ from promptaudit.choices import GateStatus
 from promptaudit.errors import SpecError
 from promptaudit.metrics import GATE_METRICS, disparity_block
 from promptaudit.ratios import exact_threshold, rate_ratio
-from promptaudit.result_types import BiasAuditResult, FeatureEntry, GateResult
-from promptaudit.results import AuditResult, as_result
+from promptaudit.result import AuditResult, as_result
+from promptaudit.result_sections import BiasAuditResult, FeatureEntry, GateResult
 from promptaudit.spec import GateSpec, InconclusivePolicy
 
 __all__ = [
@@ -154,7 +154,7 @@ def metric_value(
     Parameters
     ----------
     result : AuditResult or mapping
-        The typed result, or a result dict (read leniently, :func:`promptaudit.results.as_result`).
+        The typed result, or a result dict (read leniently, :func:`promptaudit.result.as_result`).
     metric : str
     feature : str, optional
         For a disparity: that feature's value instead of the worst over features.

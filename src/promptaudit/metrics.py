@@ -3,7 +3,7 @@
 :data:`GATE_METRICS` maps a metric's name to a :class:`GateMetric`: its family (where
 it lives: ``disparities``, ``counterfactual``, ``task`` or ``bias_audit``), whether
 higher or lower is better, the accessor of its point value and of its bootstrap
-interval on the typed result (:class:`promptaudit.results.AuditResult`), whether it
+interval on the typed result (:class:`promptaudit.result.AuditResult`), whether it
 needs true labels and whether it may be negative. ``gate``, ``compare`` and the gate
 policy read it; a metric without an interval accessor is *point-only*.
 """

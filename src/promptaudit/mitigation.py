@@ -518,7 +518,7 @@ def _checked_rows(texts, label_ids) -> tuple[list[str], np.ndarray]:
 
 def _warm_start(prompt: str | Path, labels: list[str]):
     """The audited prompt (a PEFT prompt-tuning adapter that records its task and labels)."""
-    from promptaudit.prompts import check_recorded_labels, load_prompt
+    from promptaudit.soft_prompts import check_recorded_labels, load_prompt
 
     soft = load_prompt(prompt)
     if soft.peft_type != "PROMPT_TUNING":
@@ -656,7 +656,7 @@ class _Sweep:
 
     def evaluate(self, adapter) -> dict:
         """:func:`evaluate_prompt` of an adapter on the validation split."""
-        from promptaudit.prompted import load_prompted_model
+        from promptaudit.prompted_model import load_prompted_model
 
         prompted, _, _ = load_prompted_model(
             self.model, str(adapter), task=self.soft.task, labels=self.labels,
@@ -971,7 +971,7 @@ def _record_pairs(candidate: Path, n_pairs: int) -> None:
 
 
 def _jsonable(value):
-    from promptaudit.results import to_jsonable
+    from promptaudit.result import to_jsonable
 
     return to_jsonable(value)
 

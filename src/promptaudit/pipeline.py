@@ -45,9 +45,9 @@ from promptaudit.errors import InputError, SpecError
 from promptaudit.models import LoadedModel
 from promptaudit.paths import sha256_file
 from promptaudit.progress import Timer, stage
-from promptaudit.prompted import PromptedModel, float32_model, load_prompted_model
-from promptaudit.prompts import SoftPrompt, text_init_token_ids
-from promptaudit.result_types import (
+from promptaudit.prompted_model import PromptedModel, float32_model, load_prompted_model
+from promptaudit.result import AuditResult, to_jsonable
+from promptaudit.result_sections import (
     AttributionResult,
     AuditSection,
     BaselineResult,
@@ -63,8 +63,8 @@ from promptaudit.result_types import (
     Section,
     TaskResult,
 )
-from promptaudit.results import AuditResult, to_jsonable
 from promptaudit.seeding import seed_everything
+from promptaudit.soft_prompts import SoftPrompt, text_init_token_ids
 from promptaudit.spec import (
     AuditSpec,
     check_evaluation_rows,

@@ -34,9 +34,9 @@ import torch
 
 from promptaudit.choices import UNKNOWN_PROJECTION_METRIC_MESSAGE, ProjectionMetric
 from promptaudit.errors import InputError
-from promptaudit.prompts import text_init_token_ids
-from promptaudit.result_types import Fidelity, Trust
+from promptaudit.result_sections import Fidelity, Trust
 from promptaudit.settings import DEFAULT_MAX_LENGTH
+from promptaudit.soft_prompts import text_init_token_ids
 
 __all__ = [
     "Metric", "vocabulary_mask", "display_token", "readable_word", "marks_word_starts",
@@ -822,8 +822,8 @@ def load_for_projection(
     (PromptedModel or PromptInEmbeddingSpace, SoftPrompt)
     """
     from promptaudit.models import Task, load_input_embeddings
-    from promptaudit.prompted import load_prompted_model
-    from promptaudit.prompts import check_prompt_tensor, load_prompt
+    from promptaudit.prompted_model import load_prompted_model
+    from promptaudit.soft_prompts import check_prompt_tensor, load_prompt
 
     if needs_predictions:
         soft = load_prompt(prompt)

@@ -69,7 +69,7 @@ def run_audit_command(audit: str | Path, out: str | Path, overrides: Sequence[st
     -------
     AuditRun
     """
-    from promptaudit.results import signing_key_from_env
+    from promptaudit.result import signing_key_from_env
 
     signing_key_from_env()  # a key that cannot sign fails now, not after the whole audit
     spec = load_spec(audit, overrides)

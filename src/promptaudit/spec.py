@@ -681,7 +681,7 @@ def check_process_count(spec: AuditSpec, n_processes: int) -> None:
 # its inputs. What cannot be checked offline (``hf:`` datasets, Hub model and prompt
 # ids) is returned as a note rather than guessed. No torch import happens here.
 
-#: Tensor files a prompt may be (as :data:`promptaudit.prompts.TENSOR_SUFFIXES`).
+#: Tensor files a prompt may be (as :data:`promptaudit.soft_prompts.TENSOR_SUFFIXES`).
 PROMPT_FILE_SUFFIXES = (".safetensors", ".pt", ".bin", ".pth")
 
 

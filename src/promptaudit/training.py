@@ -28,9 +28,9 @@ from promptaudit.atomic import _umask
 from promptaudit.choices import InitMethod, default_init_text  # torch-free choices
 from promptaudit.errors import InputError
 from promptaudit.models import LoadedModel, Task, load_base_model
-from promptaudit.prompted import verbalizer_token_ids
-from promptaudit.prompts import text_init_token_ids
+from promptaudit.prompted_model import verbalizer_token_ids
 from promptaudit.settings import TrainingConfig
+from promptaudit.soft_prompts import text_init_token_ids
 
 __all__ = [
     "InitMethod",
@@ -466,7 +466,7 @@ def _label_logits(peft_model, tokenizer, texts, *, task, verbalizer, max_length,
     device = next(peft_model.parameters()).device
     encoded = _encode(tokenizer, texts, max_length, device)
     if task is Task.SEQUENCE_CLASSIFICATION:  # decoder classifiers: the last real token
-        from promptaudit.prompted import last_token_classifier_logits, position_scoring_head
+        from promptaudit.prompted_model import last_token_classifier_logits, position_scoring_head
 
         mask = encoded["attention_mask"]
         full = torch.cat([mask.new_ones(mask.shape[0], n_virtual), mask], dim=1)

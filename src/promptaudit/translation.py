@@ -651,7 +651,7 @@ def _nearest_words(prompted, allowed: torch.Tensor, held_texts: list[str],
 def _search_runs(prompted, allowed: torch.Tensor, rows_opt: list[str], rows_val: list[str],
                  settings: TranslateSettings, seeds: list[int]) -> list[_Run]:
     """One search run per seed, on a float32 copy of the model."""
-    from promptaudit.prompted import float32_model
+    from promptaudit.prompted_model import float32_model
 
     with float32_model(prompted) as model32:
         search = _Search(model32, allowed, rows_opt, rows_val, settings)

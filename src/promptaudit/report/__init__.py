@@ -1,5 +1,5 @@
 """Reports rendered from the audit result alone (a JSON dict is read into the typed
-:class:`~promptaudit.results.AuditResult` once, leniently, and rendered from its fields).
+:class:`~promptaudit.result.AuditResult` once, leniently, and rendered from its fields).
 
 - :func:`render_html`: one self-contained HTML page (inline CSS, embedded figures,
   no script, no external reference).

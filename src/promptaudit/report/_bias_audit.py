@@ -23,8 +23,8 @@ from promptaudit.report._common import (
     fmt_pct,
     fmt_threshold,
 )
-from promptaudit.result_types import BiasAuditResult, BiasAuditTable
-from promptaudit.results import AuditResult
+from promptaudit.result import AuditResult
+from promptaudit.result_sections import BiasAuditResult, BiasAuditTable
 
 __all__ = [
     "bias_audit_view",

@@ -1,7 +1,7 @@
 """Formatting and plain-language summary shared by the HTML, Markdown and JUnit writers.
 
-Everything here reads the typed result (:class:`promptaudit.results.AuditResult`,
-sections from :mod:`promptaudit.result_types`); a result dict is read with
+Everything here reads the typed result (:class:`promptaudit.result.AuditResult`,
+sections from :mod:`promptaudit.result_sections`); a result dict is read with
 :func:`as_result`, leniently, so a missing key, ``None`` or a non-finite number is
 "not computed" and formats as ``"n/a"``; nothing raises on a partial result.
 """
@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from promptaudit.report.escape import NA, display_token
-from promptaudit.result_types import (
+from promptaudit.result import AuditResult
+from promptaudit.result_sections import (
     ClassStats,
     Competence,
     CounterfactualResult,
@@ -25,7 +26,6 @@ from promptaudit.result_types import (
     GroupRow,
     ProjectionResult,
 )
-from promptaudit.results import AuditResult
 
 __all__ = [
     "as_result",

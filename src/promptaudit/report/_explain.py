@@ -10,7 +10,7 @@ from typing import Any
 
 from promptaudit.report._common import NA, as_float, fmt_interval, fmt_num, fmt_pct, short_text
 from promptaudit.report.escape import display_token
-from promptaudit.result_types import (
+from promptaudit.result_sections import (
     AttributionGroups,
     DeparturesResult,
     PositionImportance,

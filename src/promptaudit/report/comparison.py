@@ -17,7 +17,7 @@ from typing import Any
 
 from promptaudit.choices import GateStatus
 from promptaudit.report.escape import Verbatim, environment
-from promptaudit.result_types import GateResult
+from promptaudit.result_sections import GateResult
 
 __all__ = [
     "comparison_html",

@@ -1,7 +1,7 @@
 """Report figures: functions that take typed sections of the result and return Figures.
 
-Each function reads a typed section (:class:`~promptaudit.result_types.AttributionResult`
-or :class:`~promptaudit.result_types.FairnessResult`); a section given as its JSON
+Each function reads a typed section (:class:`~promptaudit.result_sections.AttributionResult`
+or :class:`~promptaudit.result_sections.FairnessResult`); a section given as its JSON
 object is read leniently first (:func:`_attribution`, :func:`_fairness`).
 
 Every function builds a :class:`matplotlib.figure.Figure` directly (Agg canvas, no
@@ -27,7 +27,7 @@ from matplotlib.figure import Figure
 
 from promptaudit.report._common import GROUP_METRIC_LABELS, as_float, as_list
 from promptaudit.report._common import short_text as _short_text
-from promptaudit.result_types import AttributionResult, FairnessResult, FeatureEntry
+from promptaudit.result_sections import AttributionResult, FairnessResult, FeatureEntry
 
 __all__ = [
     "per_position_bars",

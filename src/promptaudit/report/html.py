@@ -1,7 +1,7 @@
 """Render the audit result as one self-contained HTML page.
 
 The page is built from the result alone, read into its typed sections
-(:class:`promptaudit.results.AuditResult`): :func:`build_html_context` turns it into
+(:class:`promptaudit.result.AuditResult`): :func:`build_html_context` turns it into
 plain dicts of display strings, and the ``report.html`` jinja2 template (autoescape and
 ``StrictUndefined`` on, no ``|safe`` anywhere) lays them out. Styles are inline, figures
 are PNG ``data:`` URIs, and there is no script and no external URL, so the file reads
@@ -62,7 +62,8 @@ from promptaudit.report._explain import (
 )
 from promptaudit.report.comparison import mitigation_view
 from promptaudit.report.escape import display_token, environment
-from promptaudit.result_types import (
+from promptaudit.result import AuditResult
+from promptaudit.result_sections import (
     AttributionExample,
     AttributionGroups,
     AttributionResult,
@@ -76,7 +77,6 @@ from promptaudit.result_types import (
     SpecRecord,
     TaskResult,
 )
-from promptaudit.results import AuditResult
 
 __all__ = ["render_html", "build_html_context", "GLOSSARY"]
 

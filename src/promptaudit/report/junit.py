@@ -21,8 +21,8 @@ from promptaudit.report._common import (
     gate_status,
 )
 from promptaudit.report.escape import strip_xml_invalid
-from promptaudit.result_types import GateResult
-from promptaudit.results import AuditResult
+from promptaudit.result import AuditResult
+from promptaudit.result_sections import GateResult
 
 __all__ = ["render_junit"]
 

@@ -42,14 +42,14 @@ from promptaudit.report._explain import (
 )
 from promptaudit.report.comparison import mitigation_view
 from promptaudit.report.escape import environment
-from promptaudit.result_types import (
+from promptaudit.result import AuditResult
+from promptaudit.result_sections import (
     AttributionResult,
     FairnessResult,
     GateResult,
     Provenance,
     TaskResult,
 )
-from promptaudit.results import AuditResult
 
 __all__ = ["render_markdown"]
 

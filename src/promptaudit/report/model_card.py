@@ -85,7 +85,7 @@ def model_card_text(
     Parameters
     ----------
     result : mapping
-        A result JSON (as read by :func:`promptaudit.results.read_result_json`).
+        A result JSON (as read by :func:`promptaudit.result.read_result_json`).
     existing : str, optional
         The current ``README.md`` of the adapter; its text and metadata are kept, except
         the promptaudit block and the ``model-index`` metrics with ``metric_args.source:

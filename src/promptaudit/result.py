@@ -1,6 +1,6 @@
 """The audit result: a pydantic model of the JSON contract (schema_version "1").
 
-Sections are the typed models of :mod:`promptaudit.result_types`;
+Sections are the typed models of :mod:`promptaudit.result_sections`;
 :meth:`AuditResult.to_dict` writes the JSON the reports render from (serialised and
 hashed once, there), :func:`read_result` is the strict reader of a result file and
 :func:`result_schema` the JSON Schema (published as ``docs/result.schema.json``).
@@ -29,7 +29,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from promptaudit.errors import InputError
-from promptaudit.result_types import (
+from promptaudit.result_sections import (
     AttributionResult,
     AuditSection,
     BaselineResult,
@@ -66,7 +66,7 @@ _REQUIRED = ("schema_version", "audit", "provenance", "task", "fairness", "gates
 class AuditResult(Section):
     """Everything an audit found and where it came from: the typed result JSON.
 
-    Each section is a typed model of :mod:`promptaudit.result_types`; a section given
+    Each section is a typed model of :mod:`promptaudit.result_sections`; a section given
     as a plain dict (numpy scalars, tuples and NaN allowed) is converted and checked.
     ``AuditResult.from_dict(data)`` is the strict reader (``gate``, ``compare``),
     ``from_dict(data, strict=False)`` the lenient one (the reports).

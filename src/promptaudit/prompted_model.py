@@ -24,13 +24,13 @@ import torch
 
 from promptaudit.errors import InputError, ModelError, PromptError
 from promptaudit.models import LoadedModel, Task, load_base_model
-from promptaudit.prompts import (
+from promptaudit.settings import DEFAULT_MAX_LENGTH
+from promptaudit.soft_prompts import (
     SoftPrompt,
     check_prompt_tensor,
     check_recorded_labels,
     load_prompt,
 )
-from promptaudit.settings import DEFAULT_MAX_LENGTH
 
 __all__ = [
     "PromptedModel",

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from promptaudit.cli import app
 from promptaudit.errors import InputError
 from promptaudit.report import write_reports
-from promptaudit.results import (
+from promptaudit.result import (
     SCHEMA_VERSION,
     AuditResult,
     canonical_json,
@@ -344,7 +344,7 @@ def test_hostile_result_files_exit_2_never_3(runner, tmp_path, make, expected):
 
 
 def test_as_result_reads_a_partial_result_with_numpy_values_leniently():
-    from promptaudit.results import as_result
+    from promptaudit.result import as_result
 
     typed = as_result({
         "task": {"accuracy": np.float32(0.5), "n_examples": np.int64(3)},

@@ -10,7 +10,7 @@ from safetensors.torch import load_file, save_file
 
 from promptaudit.errors import PromptError
 from promptaudit.models import Task
-from promptaudit.prompts import (
+from promptaudit.soft_prompts import (
     PREFIX_TUNING_MESSAGE,
     check_prompt_tensor,
     load_prompt,

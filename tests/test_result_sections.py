@@ -19,7 +19,8 @@ import jsonschema
 import pytest
 
 from promptaudit.errors import InputError
-from promptaudit.result_types import (
+from promptaudit.result import AuditResult, content_sha256, read_result_json, result_schema
+from promptaudit.result_sections import (
     Fidelity,
     GateResult,
     GateStatus,
@@ -27,7 +28,6 @@ from promptaudit.result_types import (
     TaskResult,
     Trust,
 )
-from promptaudit.results import AuditResult, content_sha256, read_result_json, result_schema
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -262,7 +262,7 @@ def test_reports_fail_closed_on_a_result_without_passed():
 
 def test_numbers_keep_their_json_form_and_a_bool_is_not_a_number():
     """An int in a number field stays an int (the result writes ``1``, not ``1.0``)."""
-    from promptaudit.result_types import CounterfactualGroup
+    from promptaudit.result_sections import CounterfactualGroup
 
     row = CounterfactualGroup.from_dict({"flip_rate": 1, "mean_abs_delta": 0.25, "count": 2})
     assert row.to_dict() == {"flip_rate": 1, "mean_abs_delta": 0.25, "count": 2}

@@ -4,7 +4,7 @@ Each section of the result JSON is a :class:`Section` (a pydantic model) here:
 :class:`TaskResult`, :class:`ProjectionResult`, :class:`AttributionResult`,
 :class:`FairnessResult` (with :class:`CounterfactualResult`), :class:`BaselineResult`,
 :class:`GateResult`, :class:`Provenance`, :class:`Integrity` and :class:`BiasAuditResult`.
-The whole result, :class:`promptaudit.results.AuditResult`, is built from them. Two parts
+The whole result, :class:`promptaudit.result.AuditResult`, is built from them. Two parts
 stay open mappings, documented elsewhere: ``audit.spec`` (the validated spec,
 docs/audit-spec.md; only its ``gates`` and ``gate_policy`` are typed here) and
 ``mitigation`` (docs/mitigation.md).
@@ -1059,7 +1059,7 @@ class SpecRecord(Section):
     Only its gates and gate policy are typed here; every other key is the spec's own.
     A spec always records ``gates`` (its list, empty or not): a result file whose
     ``gates`` key was deleted or renamed is refused by
-    :func:`promptaudit.results.read_result_json` rather than passing with 0 gates.
+    :func:`promptaudit.result.read_result_json` rather than passing with 0 gates.
     """
 
     gates: list[SpecGate] | None = optional()

@@ -13,13 +13,13 @@ from safetensors.torch import save_file
 
 from promptaudit.errors import InputError
 from promptaudit.models import Task, load_base_model
-from promptaudit.prompted import (
+from promptaudit.prompted_model import (
     PromptedModel,
     load_prompted_model,
     predictions_frame,
     verbalizer_token_ids,
 )
-from promptaudit.prompts import load_prompt
+from promptaudit.soft_prompts import load_prompt
 
 TOLERANCE = 1e-4
 
