@@ -48,6 +48,7 @@ import torch
 from promptaudit.errors import InputError
 from promptaudit.report.comparison import fmt_or_undefined as _fmt
 from promptaudit.settings import MitigationSettings
+from promptaudit.spec import positive_index
 
 __all__ = [
     "MitigationMethod",
@@ -480,7 +481,7 @@ def mitigate_prompt(
     settings = settings or MitigationSettings()
     texts, label_ids = _checked_rows(texts, label_ids)
     labels = list(labels)
-    positive = _positive_index(labels, positive_label)
+    positive = positive_index(labels, positive_label, field="positive label")
     soft = _warm_start(prompt, labels)
     pairs = _Pairs.build(texts, settings, pair_ids=pair_ids, group_values=group_values,
                          unlabelled_texts=unlabelled_texts)
@@ -844,14 +845,6 @@ def original_init(soft) -> tuple:
     if method == "SAMPLE_VOCAB":
         return InitMethod.VOCAB, None
     return InitMethod.RANDOM, None
-
-
-def _positive_index(labels: list[str], positive_label: str | None) -> int:
-    if positive_label is None:
-        return len(labels) - 1 if len(labels) == 2 else 0
-    if positive_label not in labels:
-        raise InputError(f"positive label {positive_label!r} is not one of the labels {labels}")
-    return labels.index(positive_label)
 
 
 def _base_without_dropout(model: str, task, n_labels: int, device: str):

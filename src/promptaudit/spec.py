@@ -1149,8 +1149,11 @@ def check_group_work(spec: AuditSpec, frame) -> None:
     )
 
 
-def positive_index(labels: Sequence[str], positive_label: str | None) -> int:
+def positive_index(labels: Sequence[str], positive_label: str | None, *,
+                   field: str = "model.positive_label") -> int:
     """Index of the positive label: ``model.positive_label``, else the second of two labels.
+
+    ``field`` names the setting in the error (``--positive-label`` for a command option).
 
     Examples
     --------
@@ -1161,6 +1164,5 @@ def positive_index(labels: Sequence[str], positive_label: str | None) -> int:
     if positive_label is None:
         return len(labels) - 1 if len(labels) == 2 else 0
     if positive_label not in labels:
-        raise SpecError(
-            f"model.positive_label: {positive_label!r} is not one of the labels {labels}")
+        raise SpecError(f"{field}: {positive_label!r} is not one of the labels {labels}")
     return labels.index(positive_label)
