@@ -1,15 +1,13 @@
-"""Formatting and plain-language summary shared by the HTML, Markdown and JUnit writers.
+"""Formatting and plain-language sentences shared by every report format.
 
-Everything here reads the typed result (:class:`promptaudit.results.AuditResult`,
-sections from :mod:`promptaudit.result_types`); a result dict is read with
-:func:`as_result`, leniently, so a missing key, ``None`` or a non-finite number is
-"not computed" and formats as ``"n/a"``; nothing raises on a partial result.
+All of it reads the typed result (:func:`as_result`); a missing or non-finite value
+formats as ``"n/a"``, so nothing raises on a partial result.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,42 +24,6 @@ from promptaudit.result_types import (
     ProjectionResult,
 )
 from promptaudit.results import AuditResult
-
-__all__ = [
-    "as_result",
-    "NA",
-    "BOUND_WORDS",
-    "DISPARITY_LABELS",
-    "GROUP_METRIC_LABELS",
-    "as_float",
-    "as_list",
-    "fmt_num",
-    "fmt_pct",
-    "fmt_interval",
-    "fmt_threshold",
-    "gate_name",
-    "gate_counts",
-    "gate_status",
-    "status_counts",
-    "verdict_word",
-    "competence_sentence",
-    "competence_state",
-    "classification_rows",
-    "verdict_sentence",
-    "verdict_detail",
-    "gap_sentences",
-    "reading_sentence",
-    "projected_text",
-    "off_manifold_note",
-    "fidelity_sentence",
-    "fidelity_detail",
-    "fidelity_level",
-    "trust_level",
-    "trust_reason",
-    "fidelity_message",
-    "disparity_label",
-    "short_text",
-]
 
 #: A gate's ``bound`` (which number it checked) in words.
 BOUND_WORDS = {"point": "point estimate", "lower": "lower interval bound",
@@ -86,6 +48,13 @@ GROUP_METRIC_LABELS: dict[str, str] = {
     "false_negative_rate": "False negative rate",
     "mean_score": "Mean score",
 }
+
+
+def disparity_order(names: Iterable[Any]) -> list[str]:
+    """Disparity keys in display order: those of :data:`DISPARITY_LABELS`, then the rest."""
+    found = list(dict.fromkeys(str(name) for name in names))
+    return [n for n in DISPARITY_LABELS if n in found] + [
+        n for n in found if n not in DISPARITY_LABELS]
 
 
 def disparity_label(name: Any) -> str:
@@ -408,16 +377,22 @@ def _small_note(block: FeatureEntry, groups: Sequence[str]) -> str:
     return " Treat this gap with caution: " + " and ".join(notes) + "."
 
 
-def _feature_blocks(fairness: FairnessResult) -> list[tuple[str, str, FeatureEntry]]:
-    """``(key, label, block)`` for each feature and the intersection."""
+def feature_blocks(fairness: FairnessResult, *, titled: bool = False
+                   ) -> list[tuple[str, str, FeatureEntry]]:
+    """``(key, label, block)`` for each feature and the intersection (unless listed already).
+
+    ``titled`` labels the intersection ``"gender \u00d7 age (intersection)"`` (a table
+    heading) rather than ``"gender \u00d7 age"`` (in a sentence).
+    """
     blocks = [(str(feature), str(feature), block)
               for feature, block in (fairness.by_feature or {}).items()]
     intersection = fairness.intersection
     listed = intersection is not None and str(intersection.feature) in (fairness.by_feature or {})
     if intersection is not None and not listed:
-        names = [str(f) for f in fairness.sensitive_features or []]
-        label = " \u00d7 ".join(names) if names else "intersection"
-        blocks.append(("intersection", label, intersection))
+        label = " \u00d7 ".join(str(f) for f in fairness.sensitive_features or [])
+        if titled:
+            label = label + " (intersection)" if label else "Intersection"
+        blocks.append(("intersection", label or "intersection", intersection))
     return blocks
 
 
@@ -467,7 +442,7 @@ def gap_sentences(result: AuditResult | Mapping[str, Any], *, limit: int = 6) ->
         worst=fairness.worst_feature or {},
         confidence=as_float(fairness.confidence),
         positive=f"'{positive}'" if positive not in (None, "") else "positive",
-        blocks={key: (label, block) for key, label, block in _feature_blocks(fairness)},
+        blocks={key: (label, block) for key, label, block in feature_blocks(fairness)},
     )
     sentences = _parity_sentences(gaps) + _odds_sentences(gaps)
     sentences += _flip_sentences(fairness.counterfactual, gaps)

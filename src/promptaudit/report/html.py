@@ -31,6 +31,8 @@ from promptaudit.report._common import (
     competence_sentence,
     competence_state,
     disparity_label,
+    disparity_order,
+    feature_blocks,
     fidelity_detail,
     fidelity_level,
     fidelity_message,
@@ -78,127 +80,9 @@ from promptaudit.result_types import (
 )
 from promptaudit.results import AuditResult
 
-__all__ = ["render_html", "build_html_context", "GLOSSARY"]
+__all__ = ["render_html", "build_html_context"]
 
 logger = logging.getLogger(__name__)
-
-#: Term -> plain-language explanation, shown at the end of every report.
-GLOSSARY: dict[str, str] = {
-    "Soft prompt": (
-        "A short sequence of learned vectors placed in front of every input. It steers a "
-        "frozen model like a written instruction would, but it is made of numbers, not words."
-    ),
-    "Virtual token": (
-        "One position (one vector) of the soft prompt. It occupies the place a word would, "
-        "but need not correspond to any real word."
-    ),
-    "Nearest words": (
-        "The vocabulary words whose embeddings are most similar to a virtual token. They are "
-        "a rough translation of the prompt into words, not what the model actually reads."
-    ),
-    "Norm ratio": (
-        "How long a virtual token's vector is compared with a typical word embedding. Far "
-        "above 1 means the token is unlike any word."
-    ),
-    "Off-manifold": (
-        "A virtual token that is no closer to any real word than random vectors are: its best "
-        "cosine similarity to a word does not exceed the 99th percentile reached by 1,000 "
-        "random vectors drawn with the vocabulary's mean and spread (about 0.26 for the "
-        "bundled MiniLM, against 1.0 for a word itself). Its nearest words say nothing "
-        "about it. A norm far outside the words' range is reported separately."
-    ),
-    "Trust in the reading": (
-        "One level from fidelity and typicality together. High: the words give the soft "
-        "prompt's decision on at least 90% of examples and at least 80% of virtual tokens are "
-        "closer to a word than chance. Low: fewer than 50% are, or the words agree on fewer "
-        "than 70% of examples. Moderate: otherwise, and at most moderate when fidelity was "
-        "not measured."
-    ),
-    "Drift": (
-        "How far a virtual token moved from the word it was initialised with during tuning."
-    ),
-    "Fidelity": (
-        "How well the nearest-word reading stands in for the soft prompt: the share of "
-        "examples on which the words, used as an ordinary text prompt, give the same decision."
-    ),
-    "Selection rate": "The share of a group that receives the favourable outcome.",
-    "Demographic parity": (
-        "Groups receive the favourable outcome at similar rates. The ratio is the lowest "
-        "group rate divided by the highest (1 is equal; below 0.8 fails the common "
-        "four-fifths rule); the difference is highest minus lowest (0 is equal)."
-    ),
-    "Equalized odds": (
-        "Groups have similar error rates: both the true positive rate and the false positive "
-        "rate match across groups. The difference reports the larger of the two gaps."
-    ),
-    "Equal opportunity": (
-        "Qualified members of each group (true label positive) are selected at similar rates, "
-        "i.e. the true positive rates match."
-    ),
-    "Flip rate": (
-        "The share of counterfactual examples whose decision changes when only identity terms "
-        "(names, pronouns, group words) are swapped. 0 means identity words never change the "
-        "decision."
-    ),
-    "Integrated gradients": (
-        "An attribution method: it measures how much each input position (prompt positions "
-        "and input words) contributes to the score of the predicted label, by accumulating "
-        "gradients along a path from a neutral baseline to the real input."
-    ),
-    "Convergence delta": (
-        "A self-check of integrated gradients: how far the attributions fail to add up to the "
-        "actual change in score. Small values (near 0) mean the attributions are reliable."
-    ),
-    "Bootstrap interval": (
-        "A range of plausible values for a metric, found by recomputing it on many resamples "
-        "of the evaluation data. Wide intervals mean the data cannot pin the value down."
-    ),
-    "Impact ratio": (
-        "A category's selection (or scoring) rate divided by the rate of the most-selected "
-        "category. NYC Local Law 144 bias audits publish it per sex, race/ethnicity and their "
-        "intersection; under the EEOC four-fifths rule a ratio below 0.8 is generally "
-        "regarded as evidence of adverse impact."
-    ),
-    "Fisher exact test": (
-        "A test of whether a category's selected / not-selected counts could differ from "
-        "the reference category's by chance. A small p-value (e.g. below 0.05) means chance "
-        "alone is an unlikely explanation; it says nothing about the size of the gap."
-    ),
-    "Verdict states": (
-        "Every gate ends in one of three states. Pass: the threshold is met and, where the "
-        "metric has a bootstrap interval, the whole interval meets it. Fail: the threshold is "
-        "missed beyond doubt, or the metric is undefined or missing. Inconclusive: the "
-        "interval straddles the threshold, so this data cannot say which side the true value "
-        "is on. The audit's gate_policy decides whether an inconclusive gate counts as passed "
-        "or failed (default: failed)."
-    ),
-    "Rows to decide": (
-        "For an inconclusive gate: about how many evaluation rows (tuples, for the flip rate) "
-        "would give an interval that clears the threshold with 80% probability, if the "
-        "observed value is the true one. The interval's half-width on the threshold's side is "
-        "scaled by 1/sqrt(n): n' = n ((z + 0.84) h / (z |value - threshold|))^2. A planning "
-        "figure, not a guarantee."
-    ),
-    "Competence": (
-        "Whether the prompt does its task at all: its balanced accuracy is above chance (1/K "
-        "for K classes) with confidence, and not clearly below the baseline prompts (the "
-        "initialisation text or no prompt, the nearest-word prompt). Fairness figures of a "
-        "prompt that does not work describe a useless classifier."
-    ),
-    "Balanced accuracy": (
-        "The mean over classes of the share of each class predicted correctly (recall). A "
-        "constant prediction scores exactly 1/K however skewed the labels are, so label "
-        "imbalance cannot make a useless model look good."
-    ),
-    "Undefined": (
-        "A ratio whose two rates are both 0 (for example when nobody is selected) has no "
-        "value: it is reported as n/a, not as parity, and a gate on it fails."
-    ),
-    "Small group": (
-        "A group with fewer examples than the audit's minimum group size; its rates are "
-        "uncertain and gaps involving it should be read with caution."
-    ),
-}
 
 _BASELINE_LABELS = {
     "soft_prompt": "Tuned soft prompt",
@@ -250,7 +134,7 @@ def build_html_context(result: AuditResult | Mapping[str, Any]) -> dict[str, Any
     dict
         Keys ``title``, ``summary``, ``task``, ``gates``, ``fairness``,
         ``counterfactual``, ``projection``, ``attribution``, ``baselines``,
-        ``provenance``, ``glossary``, ``bias_audit``; a section that was not computed is
+        ``provenance``, ``bias_audit``; a section that was not computed is
         ``None``.
     """
     result = as_result(result)
@@ -278,7 +162,6 @@ def build_html_context(result: AuditResult | Mapping[str, Any]) -> dict[str, Any
                                   audit.spec if audit is not None else None,
                                   result.integrity),
         "schema_version": str(result.schema_version or NA),
-        "glossary": [{"term": k, "text": v} for k, v in GLOSSARY.items()],
         "bias_audit": bias_audit_view(result),
         "mitigation": mitigation_view(result.mitigation),
     }
@@ -415,15 +298,7 @@ def _fairness(
 ) -> dict[str, Any] | None:
     if fairness is None:
         return None
-    by_feature = fairness.by_feature or {}
-    blocks = [(str(feature), str(feature), block) for feature, block in by_feature.items()]
-    intersection = fairness.intersection
-    if intersection is not None and str(intersection.feature) in by_feature:
-        intersection = None  # already listed: the intersection is a feature like the others
-    if intersection is not None:
-        names = [str(f) for f in fairness.sensitive_features or []]
-        label = " \u00d7 ".join(names) + " (intersection)" if names else "Intersection"
-        blocks.append(("intersection", label, intersection))
+    blocks = feature_blocks(fairness, titled=True)
     features = []
     for key, label, block in blocks:
         chart = _figure(
@@ -439,18 +314,7 @@ def _fairness(
 
     # Disparities: one row per metric, one column per feature, plus the worst value.
     worst = fairness.disparities or {}
-    disparity_names: list[str] = list(DISPARITY_LABELS)
-    for _key, _label, block in blocks:
-        for name in block.disparities or {}:
-            if name not in disparity_names:
-                disparity_names.append(str(name))
-    for name in worst:
-        if name not in disparity_names:
-            disparity_names.append(str(name))
-    present = [
-        n for n in disparity_names
-        if any(n in (b.disparities or {}) for _, _, b in blocks) or n in worst
-    ]
+    present = disparity_order([n for _, _, b in blocks for n in b.disparities or {}] + list(worst))
     worst_intervals = fairness.disparity_intervals or {}
     worst_feature = fairness.worst_feature or {}
     disparity_rows = []
@@ -695,23 +559,17 @@ def _attribution_convergence(attribution: AttributionResult) -> dict[str, Any] |
     if tolerance is None or failed is None:
         return None
     n = attribution.n_examples
-    evals = attribution.n_gradient_evals
+    position = as_float(attribution.position_tolerance)
     return {
         "tolerance": f"{tolerance:g}",
         "adaptive": attribution.n_steps == "auto",
         "n_not_converged": str(failed),
         "n_converged": str(n - failed) if n is not None else NA,
         "all_converged": failed == 0,
-        "n_gradient_evals": _text_or_na(evals),
+        "n_gradient_evals": _text_or_na(attribution.n_gradient_evals),
         "cap": _text_or_na(attribution.max_gradient_evals),
-        "position_tolerance": _position_tolerance(attribution),
+        "position_tolerance": f"{position:g}" if position is not None else None,
     }
-
-
-def _position_tolerance(attribution: AttributionResult) -> str | None:
-    """The allowed summed per-position error (adaptive integrated gradients), or None."""
-    value = as_float(attribution.position_tolerance)
-    return f"{value:g}" if value is not None else None
 
 
 def _attribution_group(feature: str, block: AttributionGroups) -> dict[str, Any]:
@@ -721,22 +579,12 @@ def _attribution_group(feature: str, block: AttributionGroups) -> dict[str, Any]
     per-position table replace the bare list of positions.
     """
     like = group_difference_view(feature, block)
-    if like is not None:
-        small = [str(g) for g in block.small_groups or []]
-        return {"feature": str(feature), "top_positions": "", "like": like,
-                "small_groups": ", ".join(small),
-                "min_group_size": str(block.min_group_size if block.has("min_group_size")
-                                      else NA)}
     within = block.within_error or []
-    top = []
-    for p in block.top_positions or []:
-        label = str(p)
-        if 0 <= p < len(within) and within[p] is True:
-            label += " (within the integration error)"
-        top.append(label)
-    small = [str(g) for g in block.small_groups or []]
-    return {"feature": str(feature), "top_positions": ", ".join(top) or NA, "like": None,
-            "small_groups": ", ".join(small),
+    top = [f"{p} (within the integration error)" if 0 <= p < len(within) and within[p] is True
+           else str(p) for p in block.top_positions or []]
+    return {"feature": str(feature), "like": like,
+            "top_positions": "" if like is not None else ", ".join(top) or NA,
+            "small_groups": ", ".join(str(g) for g in block.small_groups or []),
             "min_group_size": str(block.min_group_size if block.has("min_group_size") else NA)}
 
 
@@ -749,13 +597,7 @@ def _baselines(baselines: Mapping[str, BaselineResult] | None) -> dict[str, Any]
         ((str(k), v) for k, v in baselines.items()),
         key=lambda kv: (order.index(kv[0]) if kv[0] in order else len(order), kv[0]),
     )
-    names: list[str] = []
-    for _key, row in prompts:
-        for name in row.disparities or {}:
-            if name not in names:
-                names.append(str(name))
-    ordered = [n for n in DISPARITY_LABELS if n in names] + [
-        n for n in names if n not in DISPARITY_LABELS]
+    ordered = disparity_order(name for _, row in prompts for name in row.disparities or {})
     columns = []
     for key, row in prompts:
         label = _BASELINE_LABELS.get(key, key)

@@ -12,7 +12,6 @@ from typing import Any
 
 from promptaudit.report._bias_audit import bias_audit_view
 from promptaudit.report._common import (
-    DISPARITY_LABELS,
     NA,
     as_float,
     as_result,
@@ -20,6 +19,7 @@ from promptaudit.report._common import (
     classification_rows,
     competence_sentence,
     disparity_label,
+    disparity_order,
     fidelity_sentence,
     fmt_interval,
     fmt_num,
@@ -161,8 +161,6 @@ def _disparity_rows(fairness: FairnessResult | None) -> list[dict[str, str]]:
     worst = (fairness.disparities if fairness is not None else None) or {}
     worst_feature = (fairness.worst_feature if fairness is not None else None) or {}
     intervals = (fairness.disparity_intervals if fairness is not None else None) or {}
-    names = [n for n in DISPARITY_LABELS if n in worst] + [
-        n for n in worst if n not in DISPARITY_LABELS]
     return [
         {
             "name": disparity_label(n),
@@ -170,7 +168,7 @@ def _disparity_rows(fairness: FairnessResult | None) -> list[dict[str, str]]:
             "feature": str(worst_feature.get(n)) if worst_feature.get(n) is not None else NA,
             "interval": fmt_interval(intervals.get(n)) or NA,
         }
-        for n in names
+        for n in disparity_order(worst)
     ]
 
 
