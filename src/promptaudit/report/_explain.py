@@ -59,7 +59,6 @@ def departures_view(projection: ProjectionResult | None) -> dict[str, Any] | Non
         "accuracy_interval": _interval_pct(entry.accuracy_interval),
         "disagreements": str(entry.disagreements),
         "n_examples": str(entry.n_examples),
-        "n_tokens": str(entry.n_tokens),
     } for entry in instructions]
     view: dict[str, Any] = {"instructions": rows, "departures": None,
                             "method": (departures.agreement_interval_method
@@ -163,7 +162,6 @@ def position_importance_view(projection: ProjectionResult | None) -> dict[str, A
         "neutral": "the mean word embedding" if importance.neutral == "mean_word_embedding"
         else str(importance.neutral),
         "floor": fmt_pct(importance.floor, 0),
-        "important": ", ".join(str(i) for i in importance.important) or "none",
         "ignored": ", ".join(str(i) for i in importance.ignored) or "none",
         "summary": str(importance.summary or ""),
         "rule": importance.rule,
@@ -192,5 +190,4 @@ def group_difference_view(feature: str, block: AttributionGroups) -> dict[str, A
                 "verdict": "difference" if found else "no evidence of a difference",
                 "evidence": found,
             })
-    return {"feature": str(feature), "statement": str(like.statement or ""), "rows": rows,
-            "condition": str(like.condition or "none")}
+    return {"feature": str(feature), "statement": str(like.statement or ""), "rows": rows}

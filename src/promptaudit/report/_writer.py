@@ -38,13 +38,8 @@ from promptaudit.report.html import render_html
 from promptaudit.report.junit import render_junit
 from promptaudit.report.markdown import render_markdown
 
-__all__ = [
-    "write_reports",
-    "REPORT_SUFFIXES",
-    "BIAS_AUDIT_SUFFIX",
-    "complete_pending_reports",
-    "pending_journal_path",
-]
+__all__ = ["write_reports", "REPORT_SUFFIXES", "BIAS_AUDIT_SUFFIX", "complete_pending_reports",
+           "pending_journal_path"]
 
 logger = logging.getLogger(__name__)
 

@@ -19,15 +19,8 @@ from promptaudit.choices import GateStatus
 from promptaudit.report.escape import Verbatim, environment
 from promptaudit.result_types import GateResult
 
-__all__ = [
-    "comparison_html",
-    "comparison_markdown",
-    "comparison_view",
-    "fmt_or_undefined",
-    "mitigation_view",
-    "tradeoff_markdown",
-    "tradeoff_table",
-]
+__all__ = ["comparison_html", "comparison_markdown", "comparison_view", "fmt_or_undefined",
+           "mitigation_view", "tradeoff_markdown", "tradeoff_table"]
 
 
 def fmt_or_undefined(value: Any) -> str:

@@ -15,17 +15,8 @@ import re
 from functools import lru_cache
 from typing import Any
 
-__all__ = [
-    "NA",
-    "PIECE_MARK",
-    "Verbatim",
-    "display_token",
-    "environment",
-    "escape_controls",
-    "escape_markdown",
-    "markdown_finalize",
-    "strip_xml_invalid",
-]
+__all__ = ["NA", "PIECE_MARK", "Verbatim", "display_token", "environment", "escape_controls",
+           "escape_markdown", "markdown_finalize", "strip_xml_invalid"]
 
 #: What a value that could not be computed reads as.
 NA = "n/a"

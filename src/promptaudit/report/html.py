@@ -43,7 +43,6 @@ from promptaudit.report._common import (
     fmt_threshold,
     gap_sentences,
     gate_counts,
-    gate_name,
     gate_status,
     reading_sentence,
     short_text,
@@ -248,7 +247,6 @@ def _gates(result: AuditResult) -> list[dict[str, Any]]:
         passed = gate.passed is True
         feature = gate.feature
         rows.append({
-            "name": gate_name(gate),
             "metric": str(gate.metric or NA),
             "feature": str(feature) if feature not in (None, "")
             else "worst feature" if gate.metric in per_feature else "\u2014",
@@ -288,7 +286,6 @@ def _group_table(block: FeatureEntry) -> dict[str, Any]:
     return {
         "metrics": [GROUP_METRIC_LABELS.get(m, m) for m in metrics],
         "rows": rows,
-        "small_groups": [str(g) for g in block.small_groups or []],
     }
 
 
@@ -307,7 +304,7 @@ def _fairness(
                 "intervals.",
         )
         group_reports = (reports or {}).get(key) or {}
-        features.append({"key": key, "label": label, "table": _group_table(block),
+        features.append({"label": label, "table": _group_table(block),
                          "chart": chart,
                          "reports": [{"group": str(g), "rows": classification_rows(r)}
                                      for g, r in group_reports.items()]})
@@ -328,7 +325,6 @@ def _fairness(
         feature = worst_feature.get(name)
         disparity_rows.append({
             "name": disparity_label(name),
-            "key": name,
             "direction": "higher is fairer (1 = equal)" if name.endswith("_ratio")
             else "lower is fairer (0 = equal)",
             "cells": cells,
@@ -344,15 +340,7 @@ def _fairness(
         "confidence": f"{100 * confidence:.0f}%" if confidence is not None else NA,
         "bootstrap": _text_or_na(fairness.bootstrap),
         "min_group_size": _text_or_na(fairness.min_group_size),
-        "reference_group": _reference_text(fairness.reference_group),
-        "warnings": [str(w) for w in fairness.warnings or []],
     }
-
-
-def _reference_text(reference: str | Mapping[str, str] | None) -> str:
-    if isinstance(reference, Mapping):
-        return ", ".join(f"{k}: {v}" for k, v in reference.items()) or NA
-    return str(reference or NA)
 
 
 def _counterfactual(counterfactual: CounterfactualResult | None) -> dict[str, Any] | None:
@@ -460,7 +448,6 @@ def _projection(projection: ProjectionResult | None) -> dict[str, Any] | None:
         "num_virtual_tokens": str(n_virtual if projection.has("num_virtual_tokens")
                                   else len(rows)),
         "positions": rows,
-        "n_off_manifold": sum(1 for r in rows if r["off_manifold"]),
         "fidelity": fidelity_view,
         "summary": str(projection.summary or ""),
     }

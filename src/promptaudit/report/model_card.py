@@ -40,14 +40,8 @@ from promptaudit.report._common import (
 )
 from promptaudit.report.escape import environment, escape_markdown
 
-__all__ = [
-    "BEGIN_MARKER",
-    "END_MARKER",
-    "SOURCE_NAME",
-    "CARD_FILE",
-    "model_card_text",
-    "write_model_card",
-]
+__all__ = ["BEGIN_MARKER", "END_MARKER", "SOURCE_NAME", "CARD_FILE", "model_card_text",
+           "write_model_card"]
 
 #: Opens the generated block of the card.
 BEGIN_MARKER = (

@@ -23,15 +23,8 @@ from typing import Any
 
 from promptaudit.errors import InputError, PromptAuditError
 
-__all__ = [
-    "ENGINE_ENV",
-    "PDF_CSS",
-    "ERROR_NO_ENGINE",
-    "find_pdf_engine",
-    "require_pdf_engine",
-    "render_pdf",
-    "write_pdf",
-]
+__all__ = ["ENGINE_ENV", "PDF_CSS", "ERROR_NO_ENGINE", "find_pdf_engine", "require_pdf_engine",
+           "render_pdf", "write_pdf"]
 
 #: Environment variable naming the Chromium (or Chrome) executable to print with.
 ENGINE_ENV = "PROMPTAUDIT_CHROMIUM"
