@@ -1,11 +1,7 @@
 """The bias-audit summary (NYC LL144 / EEOC four-fifths form) as display text and CSV.
 
-:func:`bias_audit_view` turns ``result["bias_audit"]`` and ``result["audit"]
-["audit_info"]`` into plain, *unescaped* strings that the HTML and Markdown
-renderers escape (autoescape and ``escape_markdown``). :func:`bias_audit_csv` writes
-``<name>.bias_audit.csv``: one row per category of every table plus one ``unknown``
-row per table, every cell that starts with ``= + - @``, a tab or a carriage return
-prefixed with ``'`` so a spreadsheet never evaluates it as a formula.
+:func:`bias_audit_view` gives unescaped display strings (the templates escape them);
+:func:`bias_audit_csv` writes ``<name>.bias_audit.csv`` safe from formula injection.
 """
 
 from __future__ import annotations
@@ -266,12 +262,8 @@ def _table_view(
             ratio_text = _fmt_ratio(ratio, threshold) if ratio is not None else "undefined"
             flag_text = (f"yes (below {threshold_text})" if row.flagged is True
                          else "no" if ratio is not None else "\u2014")
-        if is_reference:
-            p_text = "reference"
-        elif excluded or as_float(row.p_value) is None:
-            p_text = "\u2014"
-        else:
-            p_text = _fmt_p(float(row.p_value))
+        p_text = ("reference" if is_reference else "\u2014"
+                  if excluded or as_float(row.p_value) is None else _fmt_p(float(row.p_value)))
         rows.append({
             "group": group,
             "n": _count(row.n),
@@ -362,6 +354,4 @@ def _fmt_ratio(value: float, threshold: float | None) -> str:
 
 
 def _fmt_p(value: float) -> str:
-    if value < 0.001:
-        return "< 0.001"
-    return f"{value:.3f}"
+    return "< 0.001" if value < 0.001 else f"{value:.3f}"

@@ -97,6 +97,14 @@ def fmt_pct(value: Any, digits: int = 1) -> str:
     return NA if number is None else f"{100 * number:.{digits}f}%"
 
 
+def fmt_pct_interval(value: Any) -> str:
+    """Format ``[lo, hi]`` as percentages, ``"[35.0%, 49.0%]"``; ``""`` when not computable."""
+    pair = as_list(value)
+    if len(pair) != 2 or as_float(pair[0]) is None or as_float(pair[1]) is None:
+        return ""
+    return f"[{fmt_pct(pair[0])}, {fmt_pct(pair[1])}]"
+
+
 def fmt_interval(value: Any, digits: int = 3) -> str | None:
     """Format ``[lo, hi]`` as ``"[0.350, 0.490]"``; ``None`` when absent or not computable."""
     pair = as_list(value)
@@ -726,6 +734,47 @@ def fidelity_sentence(projection: ProjectionResult) -> str | None:
     verdict = trust_level(projection) or fidelity_level(fidelity) or NA
     detail = " ".join(x for x in (trust_reason(projection), fidelity_detail(projection)) if x)
     return f"Trust in this reading: {verdict}." + (f" {detail}" if detail else "")
+
+
+def summary_view(result: AuditResult) -> dict[str, Any]:
+    """The HTML page's summary box: verdict, competence, gaps and the prompt's reading."""
+    projection = result.projection
+    failed, total = gate_counts(result)
+    passed = result.passed is True
+    fairness = result.fairness
+    verdict = trust_level(projection) or fidelity_level(
+        projection.fidelity if projection is not None else None)
+    word = verdict_word(result)
+    counts = status_counts(result)
+    return {
+        "passed": passed,
+        "verdict_word": word,
+        "status_class": {"PASS": "pass", "FAIL": "fail"}.get(word, "inconclusive"),
+        "inconclusive": counts["inconclusive"],
+        "competence": competence_sentence(result),
+        "competence_class": {"works": "pass", "broken": "fail"}.get(
+            competence_state(result), "inconclusive"),
+        "verdict": verdict_sentence(result),
+        "verdict_detail": verdict_detail(result),
+        "failed": counts["fail"] if counts["inconclusive"] else failed,
+        "total": total,
+        "gaps": gap_sentences(result),
+        "reading": reading_sentence(projection) if projection else None,
+        "translation": translation_view(projection),
+        "fidelity": fidelity_sentence(projection) if projection else None,
+        "fidelity_detail": " ".join(x for x in (trust_reason(projection),
+                                                 fidelity_detail(projection)) if x)
+        if projection else None,
+        "fidelity_verdict": str(verdict or NA),
+        "fidelity_class": verdict_class(verdict),
+        "warnings": [str(w) for w in (fairness.warnings if fairness is not None else None) or []],
+    }
+
+
+def verdict_class(verdict: Any) -> str:
+    """CSS class word for a fidelity verdict: ``high``, ``moderate``, ``low`` or ``na``."""
+    word = str(verdict or "").lower()
+    return word if word in ("high", "moderate", "low") else "na"
 
 
 def attribution_budget_sentence(attribution: Any) -> str | None:

@@ -34,13 +34,6 @@ def neighbor_word(neighbor) -> str:
     return display_token(neighbor.token, neighbor.display)
 
 
-def _interval_pct(value: Any) -> str:
-    pair = value if isinstance(value, list | tuple) else []
-    if len(pair) != 2 or as_float(pair[0]) is None or as_float(pair[1]) is None:
-        return ""
-    return f"[{fmt_pct(pair[0])}, {fmt_pct(pair[1])}]"
-
-
 def departures_view(projection: ProjectionResult | None) -> dict[str, Any] | None:
     """The "Where the prompt departs from plain language" section, or None."""
     if projection is None:
@@ -49,18 +42,8 @@ def departures_view(projection: ProjectionResult | None) -> dict[str, Any] | Non
     departures: DeparturesResult | None = projection.departures
     if not instructions and departures is None:
         return None
-    rows = [{
-        "rank": str(entry.rank),
-        "source": _SOURCE_WORDS.get(entry.source, entry.source),
-        "text": short_text(entry.text, 300),
-        "agreement": fmt_pct(entry.agreement),
-        "agreement_interval": _interval_pct(entry.agreement_interval),
-        "accuracy": fmt_pct(entry.accuracy) if entry.accuracy is not None else NA,
-        "accuracy_interval": _interval_pct(entry.accuracy_interval),
-        "disagreements": str(entry.disagreements),
-        "n_examples": str(entry.n_examples),
-    } for entry in instructions]
-    view: dict[str, Any] = {"instructions": rows, "departures": None,
+    view: dict[str, Any] = {"instructions": instructions, "sources": _SOURCE_WORDS,
+                            "departures": None,
                             "method": (departures.agreement_interval_method
                                        if departures is not None else None) or
                             "Wilson score interval"}
@@ -75,7 +58,7 @@ def departures_view(projection: ProjectionResult | None) -> dict[str, Any] | Non
         "n_examples": str(departures.n_examples),
         "share": fmt_pct(departures.share),
         "directions": [_direction_view(direction) for direction in departures.directions],
-        "groups": [_share_view(feature, share)
+        "groups": [(str(feature), share)
                    for feature, shares in (departures.groups or {}).items() for share in shares],
         "group_method": departures.group_interval_method,
         "confidence": fmt_pct(departures.confidence, 0),
@@ -93,40 +76,16 @@ def departures_view(projection: ProjectionResult | None) -> dict[str, Any] | Non
 
 def _direction_view(direction) -> dict[str, Any]:
     """One direction of departure: its rows (the first :data:`SHOWN_ROWS`) with top tokens."""
-    shown = []
-    for row in direction.rows[:SHOWN_ROWS]:
-        tokens = [{"token": str(t.token), "attribution": fmt_num(t.attribution),
-                   "positive": (as_float(t.attribution) or 0.0) >= 0}
-                  for t in (row.top_tokens or [])[:5]]
-        shown.append({
-            "row": str(row.row),
-            "text": short_text(row.text, 220),
-            "true_label": NA if row.true_label is None else str(row.true_label),
-            "soft_probability": fmt_num(row.soft_probability),
-            "attributed": bool(row.attributed),
-            "top_tokens": tokens,
-        })
+    shown = [(row, [{"token": str(t.token), "attribution": fmt_num(t.attribution),
+                     "positive": (as_float(t.attribution) or 0.0) >= 0}
+                    for t in (row.top_tokens or [])[:5]])
+             for row in direction.rows[:SHOWN_ROWS]]
     hidden = direction.count - len(shown)
     return {
         "description": direction.description[:1].upper() + direction.description[1:],
         "count": str(direction.count),
         "rows": shown,
         "hidden": str(hidden) if hidden > 0 else "",
-    }
-
-
-def _share_view(feature: Any, share) -> dict[str, Any]:
-    """One group's share of the departures against its share of the data."""
-    return {
-        "feature": str(feature),
-        "group": str(share.group),
-        "n_departures": str(share.n_departures),
-        "share_departures": fmt_pct(share.share_departures),
-        "interval": _interval_pct(share.interval),
-        "share_overall": fmt_pct(share.share_overall),
-        "n_overall": str(share.n_overall),
-        "over_represented": bool(share.over_represented),
-        "small": bool(share.small),
     }
 
 
@@ -148,16 +107,8 @@ def position_importance_view(projection: ProjectionResult | None) -> dict[str, A
     for position in projection.positions or []:
         if position.neighbors and position.index is not None:
             words[int(position.index)] = neighbor_word(position.neighbors[0])
-    rows = [{
-        "index": str(p.index),
-        "word": words.get(int(p.index), ""),
-        "share": fmt_pct(p.share),
-        "changed": str(p.changed),
-        "interval": _interval_pct(p.interval),
-        "matters": bool(p.matters),
-    } for p in importance.positions]
     return {
-        "rows": rows,
+        "rows": [(p, words.get(int(p.index), "")) for p in importance.positions],
         "n_examples": str(importance.n_examples),
         "neutral": "the mean word embedding" if importance.neutral == "mean_word_embedding"
         else str(importance.neutral),

@@ -1,13 +1,8 @@
 """Render a before / after comparison, a run's mitigation block and the mitigation trade-off.
 
-The numbers come from :func:`promptaudit.compare.compare_results`, from the
-``mitigation`` key that ``run`` adds to a result and from the weight sweep of
-:func:`promptaudit.mitigation.mitigate_prompt`; here they only become views (plain
-dicts of display strings) that the templates ``comparison.html`` / ``comparison.md``,
-``_mitigation.html`` / ``mitigation.md`` and ``tradeoff.md`` lay out, with escaping on
-by default (:func:`promptaudit.report.escape.environment`). The report package owns
-this so that rendering never imports the comparison logic (and through it the spec
-and gates).
+The numbers come from :func:`promptaudit.compare.compare_results` and the mitigation
+sweep; here they only become views (dicts of display strings) for the ``comparison``,
+``mitigation`` and ``tradeoff`` templates, so rendering never imports the comparison logic.
 """
 
 from __future__ import annotations

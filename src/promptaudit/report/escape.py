@@ -164,6 +164,8 @@ def environment(kind: str):
     jinja2.Environment
         Templates from ``promptaudit/report/templates``, ``StrictUndefined``; a template
         that starts with :data:`ONE_LINE_MARK` loses its line breaks and indentation.
+        Filters ``num``, ``pct``, ``interval``, ``pct_interval`` and ``short`` format values
+        (:mod:`promptaudit.report._common`).
     """
     import jinja2
     from jinja2.ext import Extension
@@ -185,5 +187,9 @@ def environment(kind: str):
         keep_trailing_newline=True,
         extensions=[OneLine],
     )
-    env.filters["verbatim"] = Verbatim
+    from promptaudit.report import _common
+
+    env.filters.update(verbatim=Verbatim, num=_common.fmt_num, pct=_common.fmt_pct,
+                       interval=_common.fmt_interval, pct_interval=_common.fmt_pct_interval,
+                       short=_common.short_text)
     return env

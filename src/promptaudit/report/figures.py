@@ -1,16 +1,8 @@
 """Report figures: functions that take typed sections of the result and return Figures.
 
-Each function reads a typed section (:class:`~promptaudit.result_types.AttributionResult`
-or :class:`~promptaudit.result_types.FairnessResult`); a section given as its JSON
-object is read leniently first (:func:`_attribution`, :func:`_fairness`).
-
-Every function builds a :class:`matplotlib.figure.Figure` directly (Agg canvas, no
-``pyplot``), so nothing touches global figure state and figures are garbage
-collected like any object. Text drawn from data (group names, example texts, words)
-is drawn with ``parse_math=False``: a ``$`` in user text never turns into mathtext.
-
-:func:`figure_to_data_uri` turns a figure into a PNG ``data:`` URI with stable
-bytes (no software/date metadata) for embedding in a self-contained HTML report.
+A section given as its JSON object is read leniently first. Figures are built directly
+(Agg canvas, no ``pyplot`` global state); text from data is drawn with
+``parse_math=False``. :func:`figure_to_data_uri` gives a PNG ``data:`` URI with stable bytes.
 """
 
 from __future__ import annotations

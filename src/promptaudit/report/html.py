@@ -1,11 +1,8 @@
 """Render the audit result as one self-contained HTML page.
 
-The page is built from the result alone, read into its typed sections
-(:class:`promptaudit.results.AuditResult`): :func:`build_html_context` turns it into
-plain dicts of display strings, and the ``report.html`` jinja2 template (autoescape and
-``StrictUndefined`` on, no ``|safe`` anywhere) lays them out. Styles are inline, figures
-are PNG ``data:`` URIs, and there is no script and no external URL, so the file reads
-the same offline, in a mail attachment or printed.
+:func:`build_html_context` turns the typed result into dicts of display strings that the
+``report.html`` template (autoescape, ``StrictUndefined``, no ``|safe``) lays out. Styles
+are inline, figures are PNG ``data:`` URIs; no script, no external URL.
 """
 
 from __future__ import annotations
@@ -28,31 +25,19 @@ from promptaudit.report._common import (
     as_result,
     attribution_budget_sentence,
     classification_rows,
-    competence_sentence,
-    competence_state,
     disparity_label,
     disparity_order,
     feature_blocks,
-    fidelity_detail,
     fidelity_level,
     fidelity_message,
-    fidelity_sentence,
     fmt_interval,
     fmt_num,
     fmt_pct,
     fmt_threshold,
-    gap_sentences,
-    gate_counts,
     gate_status,
-    reading_sentence,
     short_text,
-    status_counts,
-    translation_view,
-    trust_level,
-    trust_reason,
-    verdict_detail,
-    verdict_sentence,
-    verdict_word,
+    summary_view,
+    verdict_class,
 )
 from promptaudit.report._explain import (
     departures_view,
@@ -145,7 +130,7 @@ def build_html_context(result: AuditResult | Mapping[str, Any]) -> dict[str, Any
     fairness = result.fairness
     return {
         "title": name,
-        "summary": _summary(result, projection),
+        "summary": summary_view(result),
         "task": _task(task),
         "gates": _gates(result),
         "fairness": _fairness(fairness,
@@ -166,45 +151,6 @@ def build_html_context(result: AuditResult | Mapping[str, Any]) -> dict[str, Any
     }
 
 
-def _summary(result: AuditResult, projection: ProjectionResult | None) -> dict[str, Any]:
-    failed, total = gate_counts(result)
-    passed = result.passed is True
-    fairness = result.fairness
-    verdict = trust_level(projection) or fidelity_level(
-        projection.fidelity if projection is not None else None)
-    word = verdict_word(result)
-    counts = status_counts(result)
-    return {
-        "passed": passed,
-        "verdict_word": word,
-        "status_class": {"PASS": "pass", "FAIL": "fail"}.get(word, "inconclusive"),
-        "inconclusive": counts["inconclusive"],
-        "competence": competence_sentence(result),
-        "competence_class": {"works": "pass", "broken": "fail"}.get(
-            competence_state(result), "inconclusive"),
-        "verdict": verdict_sentence(result),
-        "verdict_detail": verdict_detail(result),
-        "failed": counts["fail"] if counts["inconclusive"] else failed,
-        "total": total,
-        "gaps": gap_sentences(result),
-        "reading": reading_sentence(projection) if projection else None,
-        "translation": translation_view(projection),
-        "fidelity": fidelity_sentence(projection) if projection else None,
-        "fidelity_detail": " ".join(x for x in (trust_reason(projection),
-                                                 fidelity_detail(projection)) if x)
-        if projection else None,
-        "fidelity_verdict": str(verdict or NA),
-        "fidelity_class": _verdict_class(verdict),
-        "warnings": [str(w) for w in (fairness.warnings if fairness is not None else None) or []],
-    }
-
-
-def _verdict_class(verdict: Any) -> str:
-    """CSS class word for a fidelity verdict: ``high``, ``moderate``, ``low`` or ``na``."""
-    word = str(verdict or "").lower()
-    return word if word in ("high", "moderate", "low") else "na"
-
-
 def _text_or_na(value: Any) -> str:
     return str(value) if value is not None else NA
 
@@ -214,19 +160,10 @@ def _task(task: TaskResult | None) -> dict[str, Any] | None:
         return None
     counts = task.prediction_counts or {}
     competence = task.competence
-    baselines = [
-        {"name": _BASELINE_LABELS.get(str(k), str(k)), "accuracy": fmt_num(v)}
-        for k, v in ((competence.baselines if competence is not None else None) or {}).items()
-    ]
     return {
-        "competence": {
-            "balanced_accuracy": fmt_num(competence.accuracy),
-            "interval": fmt_interval(competence.accuracy_interval),
-            "chance": fmt_num(competence.chance_accuracy),
-            "over_baseline": fmt_num(competence.accuracy_over_baseline),
-            "over_interval": fmt_interval(competence.accuracy_over_baseline_interval),
-            "baselines": baselines,
-        } if competence is not None else None,
+        "competence": competence,
+        "baselines": [(_BASELINE_LABELS.get(str(k), str(k)), v) for k, v in
+                      ((competence.baselines if competence is not None else None) or {}).items()],
         "report": classification_rows(task.classification_report),
         "type": str(task.type or NA),
         "labels": ", ".join(str(label) for label in task.labels or []) or NA,
@@ -351,14 +288,6 @@ def _counterfactual(counterfactual: CounterfactualResult | None) -> dict[str, An
         "pair_column": "pairs given in the data (rows that differ only in identity)",
         "builtin:identity": "the built-in identity term lists (names, pronouns, group words)",
     }.get(source, source)
-    groups = []
-    for group, row in (counterfactual.by_group or {}).items():
-        groups.append({
-            "group": str(group),
-            "flip_rate": fmt_pct(row.flip_rate),
-            "mean_abs_delta": fmt_num(row.mean_abs_delta),
-            "count": _text_or_na(row.count),
-        })
     return {
         "flip_rate_interval": fmt_interval(counterfactual.flip_rate_interval),
         "flip_rate": fmt_pct(counterfactual.flip_rate),
@@ -366,7 +295,7 @@ def _counterfactual(counterfactual: CounterfactualResult | None) -> dict[str, An
         "mean_abs_delta": fmt_num(counterfactual.mean_abs_delta),
         "n_tuples": _text_or_na(counterfactual.n_tuples),
         "source": source_text,
-        "groups": groups,
+        "groups": list((counterfactual.by_group or {}).items()),
     }
 
 
@@ -436,7 +365,7 @@ def _projection(projection: ProjectionResult | None) -> dict[str, Any] | None:
             "projected_accuracy": fmt_num(fidelity.projected_accuracy),
             "n_examples": _text_or_na(fidelity.n_examples),
             "verdict": level or NA,
-            "verdict_class": _verdict_class(level),
+            "verdict_class": verdict_class(level),
             "message": fidelity_message(fidelity) or "",
         }
     else:
@@ -471,31 +400,28 @@ def _attribution(
         if group not in (block.small_groups or [])  # groups under min_group_size: never drawn
         for v in values or []
     )
-    charts = []
-    if has_positions:
-        charts.append(_figure(
-            lambda: figures.per_position_bars(attribution, position_labels=position_labels),
-            alt="Bar chart of the mean attribution of each prompt position.",
-            caption="Mean attribution per virtual token over the attributed examples. Blue bars "
-                    "push towards the predicted label, red bars away from it; diamonds show "
-                    "the mean absolute attribution.",
-        ))
-    if has_examples:
-        charts.append(_figure(
-            lambda: figures.attribution_heatmap(attribution, 20, position_labels=position_labels),
-            alt="Heat map of attribution per example (rows) and prompt position (columns).",
-            caption="Per example (rows, first 20) and prompt position (columns). Rows that look "
-                    "alike mean the prompt acts the same way on every input.",
-        ))
-    if has_groups:
-        charts.append(_figure(
-            lambda: figures.group_attribution_chart(attribution, position_labels=position_labels),
-            alt="Line chart of the mean attribution per prompt position for each group.",
-            caption="Mean attribution per prompt position for each group with at least "
-                    "min_group_size attributed examples (smaller groups are not drawn). Groups "
-                    "whose predicted labels differ can separate for that reason alone: read the "
-                    "like-for-like comparison below before naming a position.",
-        ))
+    drawn = [  # (whether there is data, how to draw it, alt text, caption); drawn lazily
+        (has_positions,
+         lambda: figures.per_position_bars(attribution, position_labels=position_labels),
+         "Bar chart of the mean attribution of each prompt position.",
+         "Mean attribution per virtual token over the attributed examples. Blue bars push "
+         "towards the predicted label, red bars away from it; diamonds show the mean absolute "
+         "attribution."),
+        (has_examples,
+         lambda: figures.attribution_heatmap(attribution, 20, position_labels=position_labels),
+         "Heat map of attribution per example (rows) and prompt position (columns).",
+         "Per example (rows, first 20) and prompt position (columns). Rows that look alike "
+         "mean the prompt acts the same way on every input."),
+        (has_groups,
+         lambda: figures.group_attribution_chart(attribution, position_labels=position_labels),
+         "Line chart of the mean attribution per prompt position for each group.",
+         "Mean attribution per prompt position for each group with at least min_group_size "
+         "attributed examples (smaller groups are not drawn). Groups whose predicted labels "
+         "differ can separate for that reason alone: read the like-for-like comparison below "
+         "before naming a position."),
+    ]
+    charts = [_figure(draw, alt=alt, caption=caption) for wanted, draw, alt, caption in drawn
+              if wanted]
     examples = [_attribution_example(example) for example in examples_in[:5]]
     by_group = [_attribution_group(feature, block) for feature, block in by_group_in.items()]
     share = as_float(attribution.prompt_share)
@@ -526,9 +452,7 @@ def _attribution_example(example: AttributionExample) -> dict[str, Any]:
          "positive": (as_float(t.attribution) or 0.0) >= 0}
         for t in (example.top_tokens or [])[:6]
     ]
-    target = example.target_label
-    if target is None:
-        target = example.target
+    target = example.target_label if example.target_label is not None else example.target
     return {
         "text": short_text(example.text if example.text is not None else "", 220),
         "target": str(target) if target is not None else NA,

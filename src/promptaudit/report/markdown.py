@@ -23,9 +23,7 @@ from promptaudit.report._common import (
     fidelity_sentence,
     fmt_interval,
     fmt_num,
-    fmt_pct,
     gap_sentences,
-    gate_counts,
     gate_name,
     gate_status,
     off_manifold_note,
@@ -84,18 +82,6 @@ def _context(result: AuditResult) -> dict[str, Any]:
     task = result.task
     fairness = result.fairness
     projection = result.projection
-    failed, total = gate_counts(result)
-
-    counterfactual = fairness.counterfactual if fairness is not None else None
-    flip = None
-    if counterfactual is not None:
-        flip = {
-            "interval": fmt_interval(counterfactual.flip_rate_interval),
-            "pct": fmt_pct(counterfactual.flip_rate),
-            "n": str(counterfactual.n_tuples if counterfactual.n_tuples is not None else NA),
-            "delta": fmt_num(counterfactual.mean_abs_delta),
-        }
-
     parts = _provenance_parts(result.provenance)
     accuracy = as_float(task.accuracy) if task is not None else None
     word = verdict_word(result)
@@ -108,14 +94,12 @@ def _context(result: AuditResult) -> dict[str, Any]:
         "icon": {"PASS": "\u2705", "FAIL": "\u274c"}.get(word, "\u2753"),
         "verdict_word": word,
         "verdict": verdict_sentence(result),
-        "failed": failed,
-        "total": total,
         "n_examples": task.n_examples if task is not None else None,
         "accuracy": fmt_num(accuracy) if accuracy is not None else None,
         "gates": [_gate_row(gate) for gate in result.gates or []],
         "gaps": [short_text(s, 400) for s in gap_sentences(result, limit=4)],
         "disparities": _disparity_rows(fairness),
-        "flip": flip,
+        "flip": fairness.counterfactual if fairness is not None else None,
         "reading": short_text(projected_text(projection), 300)
         if projection and projected_text(projection) else None,
         "off_manifold": off_manifold_note(projection) if projection else None,

@@ -1,11 +1,8 @@
 """The trend across audit periods as Markdown, a self-contained HTML page and JSON.
 
-:func:`trend_markdown` (printed by ``promptaudit trend`` and written as ``trend.md``),
-:func:`trend_html` (``trend.html``: the tables and one matplotlib chart per bias-audit
-table, embedded as PNG ``data:`` URIs; jinja2 autoescape on every piece of user text)
-and :func:`write_trend` (the three files, atomically). :func:`trend_figure` returns the
-chart: per category its impact ratio over the periods with its interval, and the
-four-fifths line.
+``trend.md`` (:func:`trend_markdown`, also printed by ``promptaudit trend``), ``trend.html``
+(:func:`trend_html`, with one :func:`trend_figure` chart per bias-audit table) and
+:func:`write_trend`, which writes the three files atomically.
 """
 
 from __future__ import annotations
