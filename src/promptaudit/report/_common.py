@@ -79,6 +79,11 @@ def as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, list | tuple) else []
 
 
+def text_or_na(value: Any) -> str:
+    """``str(value)``, or ``"n/a"`` for ``None``."""
+    return NA if value is None else str(value)
+
+
 def fmt_num(value: Any, digits: int = 3) -> str:
     """Format a number with ``digits`` decimals; ``"n/a"`` when not computable.
 

@@ -8,17 +8,25 @@ from __future__ import annotations
 
 from typing import Any
 
-from promptaudit.report._common import NA, as_float, fmt_interval, fmt_num, fmt_pct, short_text
+from promptaudit.report._common import (
+    NA,
+    as_float,
+    fmt_interval,
+    fmt_num,
+    fmt_pct,
+    short_text,
+    text_or_na,
+)
 from promptaudit.report.escape import display_token
 from promptaudit.result_types import (
     AttributionGroups,
+    AttributionResult,
     DeparturesResult,
-    PositionImportance,
     ProjectionResult,
 )
 
-__all__ = ["departures_view", "position_importance_view", "importance_by_position",
-           "group_difference_view", "neighbor_word"]
+__all__ = ["convergence_view", "departures_view", "position_importance_view",
+           "importance_by_position", "group_difference_view", "neighbor_word"]
 
 _SOURCE_WORDS = {"init_text": "init text (before tuning)", "instruction": "your instruction",
                  "translation": "translation (a plain-text stand-in)"}
@@ -89,13 +97,30 @@ def _direction_view(direction) -> dict[str, Any]:
     }
 
 
+def convergence_view(attribution: AttributionResult) -> dict[str, Any] | None:
+    """Completeness against the run's tolerance (integrated gradients), or None."""
+    tolerance = as_float(attribution.delta_tolerance)
+    failed = attribution.n_not_converged
+    if tolerance is None or failed is None:
+        return None
+    n = attribution.n_examples
+    position = as_float(attribution.position_tolerance)
+    return {
+        "tolerance": f"{tolerance:g}",
+        "adaptive": attribution.n_steps == "auto",
+        "n_not_converged": str(failed),
+        "n_converged": str(n - failed) if n is not None else NA,
+        "all_converged": failed == 0,
+        "n_gradient_evals": text_or_na(attribution.n_gradient_evals),
+        "cap": text_or_na(attribution.max_gradient_evals),
+        "position_tolerance": f"{position:g}" if position is not None else None,
+    }
+
+
 def importance_by_position(projection: ProjectionResult | None) -> dict[int, bool]:
     """``{position: matters}`` from ``projection.position_importance`` ({} when absent)."""
-    importance: PositionImportance | None = (projection.position_importance
-                                             if projection is not None else None)
-    if importance is None:
-        return {}
-    return {int(p.index): bool(p.matters) for p in importance.positions}
+    importance = projection.position_importance if projection is not None else None
+    return {int(p.index): bool(p.matters) for p in (importance.positions if importance else [])}
 
 
 def position_importance_view(projection: ProjectionResult | None) -> dict[str, Any] | None:

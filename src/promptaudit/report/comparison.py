@@ -27,10 +27,6 @@ def fmt_or_undefined(value: Any) -> str:
     return "undefined" if value is None else f"{value:.4f}"
 
 
-def _signed(value: Any) -> str:
-    return "" if value is None else f"{value:+.4f}"
-
-
 # ------------------------------------------------------------------ the comparison
 def comparison_html(comparison: Mapping) -> str:
     """The comparison as a self-contained HTML page (user text escaped)."""
@@ -85,7 +81,7 @@ def _metric_row(row: Mapping) -> dict[str, Any]:
         "before": fmt_or_undefined(row["before"]),
         "after": fmt_or_undefined(row["after"]),
         "interval": Verbatim(_interval(row)),
-        "change": _signed(row["change"]),
+        "change": "" if row["change"] is None else f"{row['change']:+.4f}",
         "verdict": Verbatim(row["verdict"]),
         "flag": Verbatim(_flag(row)),
         "css": "regressed" if row["regressed"] else row["verdict"].split()[0],
@@ -127,10 +123,6 @@ def _regression_verdict(comparison: Mapping) -> str:
     return "; ".join(parts)
 
 
-def _gate_key(gate: GateResult) -> tuple:
-    return (gate.metric, gate.feature, gate.op, gate.threshold)
-
-
 def _gate_pairs(before: list, after: list
                 ) -> list[tuple[str, GateResult | None, GateResult | None]]:
     """(name, before gate, after gate) matched on metric, feature, operator and threshold.
@@ -143,7 +135,8 @@ def _gate_pairs(before: list, after: list
         for entry in gates:
             if isinstance(entry, Mapping):
                 gate = GateResult.from_dict(dict(entry), strict=False)
-                keys.setdefault(_gate_key(gate), [None, None])[side] = gate
+                key = (gate.metric, gate.feature, gate.op, gate.threshold)
+                keys.setdefault(key, [None, None])[side] = gate
     out = []
     for (metric, feature, op, threshold), (old, new) in keys.items():
         name = f"{metric}{'' if feature is None else f' ({feature})'} {op or ''} {threshold}"

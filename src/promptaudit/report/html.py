@@ -37,9 +37,11 @@ from promptaudit.report._common import (
     gate_status,
     short_text,
     summary_view,
+    text_or_na,
     verdict_class,
 )
 from promptaudit.report._explain import (
+    convergence_view,
     departures_view,
     group_difference_view,
     importance_by_position,
@@ -151,10 +153,6 @@ def build_html_context(result: AuditResult | Mapping[str, Any]) -> dict[str, Any
     }
 
 
-def _text_or_na(value: Any) -> str:
-    return str(value) if value is not None else NA
-
-
 def _task(task: TaskResult | None) -> dict[str, Any] | None:
     if task is None:
         return None
@@ -168,9 +166,9 @@ def _task(task: TaskResult | None) -> dict[str, Any] | None:
         "type": str(task.type or NA),
         "labels": ", ".join(str(label) for label in task.labels or []) or NA,
         "positive_label": str(task.positive_label or NA),
-        "n_examples": _text_or_na(task.n_examples),
+        "n_examples": text_or_na(task.n_examples),
         "accuracy": fmt_num(task.accuracy),
-        "n_truncated": _text_or_na(task.n_truncated),
+        "n_truncated": text_or_na(task.n_truncated),
         "prediction_counts": [{"label": str(k), "count": str(v)} for k, v in counts.items()],
     }
 
@@ -212,7 +210,7 @@ def _group_table(block: FeatureEntry) -> dict[str, Any]:
         group_intervals = intervals.get(group) or {}
         rows.append({
             "group": str(group),
-            "count": _text_or_na(row.count),
+            "count": text_or_na(row.count),
             "small": row.small is True,
             "cells": [
                 {"value": fmt_num(row.metrics.get(m)),
@@ -275,8 +273,8 @@ def _fairness(
         "columns": [label for _, label, _ in blocks],
         "disparities": disparity_rows,
         "confidence": f"{100 * confidence:.0f}%" if confidence is not None else NA,
-        "bootstrap": _text_or_na(fairness.bootstrap),
-        "min_group_size": _text_or_na(fairness.min_group_size),
+        "bootstrap": text_or_na(fairness.bootstrap),
+        "min_group_size": text_or_na(fairness.min_group_size),
     }
 
 
@@ -293,7 +291,7 @@ def _counterfactual(counterfactual: CounterfactualResult | None) -> dict[str, An
         "flip_rate": fmt_pct(counterfactual.flip_rate),
         "flip_rate_raw": fmt_num(counterfactual.flip_rate),
         "mean_abs_delta": fmt_num(counterfactual.mean_abs_delta),
-        "n_tuples": _text_or_na(counterfactual.n_tuples),
+        "n_tuples": text_or_na(counterfactual.n_tuples),
         "source": source_text,
         "groups": list((counterfactual.by_group or {}).items()),
     }
@@ -337,16 +335,13 @@ def _projection(projection: ProjectionResult | None) -> dict[str, Any] | None:
             drift = "moved away"
         else:
             drift = NA
-        percentile = as_float(position.norm_percentile)
-        sim_percentile = as_float(position.similarity_percentile)
         rows.append({
             "index": str(position.index if position.index is not None else len(rows)),
             "neighbors": neighbors,
             "norm_ratio": fmt_num(position.norm_ratio, 2),
-            "norm_percentile": f"{percentile:.0f}th pct." if percentile is not None else "",
+            "norm_percentile": _percentile(position.norm_percentile),
             "best_similarity": fmt_num(position.best_similarity),
-            "similarity_percentile": f"{sim_percentile:.0f}th pct."
-            if sim_percentile is not None else "",
+            "similarity_percentile": _percentile(position.similarity_percentile),
             "off_manifold": position.off_manifold is True,
             "init_token": display_token(init) if init is not None else "",
             "init_similarity": fmt_num(position.init_similarity),
@@ -363,7 +358,7 @@ def _projection(projection: ProjectionResult | None) -> dict[str, Any] | None:
             "agreement": fmt_pct(fidelity.agreement, 0),
             "soft_accuracy": fmt_num(fidelity.soft_accuracy),
             "projected_accuracy": fmt_num(fidelity.projected_accuracy),
-            "n_examples": _text_or_na(fidelity.n_examples),
+            "n_examples": text_or_na(fidelity.n_examples),
             "verdict": level or NA,
             "verdict_class": verdict_class(level),
             "message": fidelity_message(fidelity) or "",
@@ -373,13 +368,19 @@ def _projection(projection: ProjectionResult | None) -> dict[str, Any] | None:
     n_virtual = projection.num_virtual_tokens
     return {
         "metric": str(projection.metric or NA),
-        "top_k": _text_or_na(projection.top_k),
+        "top_k": text_or_na(projection.top_k),
         "num_virtual_tokens": str(n_virtual if projection.has("num_virtual_tokens")
                                   else len(rows)),
         "positions": rows,
         "fidelity": fidelity_view,
         "summary": str(projection.summary or ""),
     }
+
+
+def _percentile(value: Any) -> str:
+    """``"97th pct."``, or ``""`` when not computed."""
+    number = as_float(value)
+    return f"{number:.0f}th pct." if number is not None else ""
 
 
 def _attribution(
@@ -426,12 +427,12 @@ def _attribution(
     by_group = [_attribution_group(feature, block) for feature, block in by_group_in.items()]
     share = as_float(attribution.prompt_share)
     delta = as_float(attribution.max_convergence_delta)
-    convergence = _attribution_convergence(attribution)
+    convergence = convergence_view(attribution)
     return {
         "method": str(attribution.method or NA).replace("_", " "),
-        "n_steps": _text_or_na(attribution.n_steps),
+        "n_steps": text_or_na(attribution.n_steps),
         "baseline": str(attribution.baseline or NA),
-        "n_examples": _text_or_na(attribution.n_examples),
+        "n_examples": text_or_na(attribution.n_examples),
         "budget": attribution_budget_sentence(attribution),
         "prompt_share": fmt_pct(share),
         "max_convergence_delta": fmt_num(delta, 4),
@@ -458,28 +459,8 @@ def _attribution_example(example: AttributionExample) -> dict[str, Any]:
         "target": str(target) if target is not None else NA,
         "top_tokens": tokens,
         "convergence_delta": fmt_num(example.convergence_delta, 4),
-        "n_steps": _text_or_na(example.n_steps),
+        "n_steps": text_or_na(example.n_steps),
         "not_converged": example.converged is False,
-    }
-
-
-def _attribution_convergence(attribution: AttributionResult) -> dict[str, Any] | None:
-    """Completeness against the run's tolerance (integrated gradients), or None."""
-    tolerance = as_float(attribution.delta_tolerance)
-    failed = attribution.n_not_converged
-    if tolerance is None or failed is None:
-        return None
-    n = attribution.n_examples
-    position = as_float(attribution.position_tolerance)
-    return {
-        "tolerance": f"{tolerance:g}",
-        "adaptive": attribution.n_steps == "auto",
-        "n_not_converged": str(failed),
-        "n_converged": str(n - failed) if n is not None else NA,
-        "all_converged": failed == 0,
-        "n_gradient_evals": _text_or_na(attribution.n_gradient_evals),
-        "cap": _text_or_na(attribution.max_gradient_evals),
-        "position_tolerance": f"{position:g}" if position is not None else None,
     }
 
 

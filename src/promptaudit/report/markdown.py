@@ -34,14 +34,13 @@ from promptaudit.report._common import (
     verdict_word,
 )
 from promptaudit.report._explain import (
+    convergence_view,
     departures_view,
-    group_difference_view,
     position_importance_view,
 )
 from promptaudit.report.comparison import mitigation_view
 from promptaudit.report.escape import environment
 from promptaudit.result_types import (
-    AttributionResult,
     FairnessResult,
     GateResult,
     Provenance,
@@ -109,11 +108,11 @@ def _context(result: AuditResult) -> dict[str, Any]:
         if projection and fidelity_sentence(projection) else None,
         "provenance": " \u00b7 ".join(short_text(p, 120) for p in parts),
         "bias_audit": bias_audit_view(result),
-        "attribution_note": _attribution_note(result.attribution),
+        "attribution": result.attribution,
+        "convergence": convergence_view(result.attribution) if result.attribution else None,
         "attribution_budget": attribution_budget_sentence(result.attribution),
         "departures": departures_view(projection),
         "position_importance": position_importance_view(projection),
-        "group_statements": _group_statements(result.attribution),
         "mitigation": mitigation_view(result.mitigation),
     }
 
@@ -169,18 +168,6 @@ def _group_reports(task: TaskResult | None) -> list[dict[str, str]]:
     return group_reports
 
 
-def _group_statements(attribution: AttributionResult | None) -> list[dict[str, str]]:
-    """Per feature, the like-for-like sentence on attribution differences between groups."""
-    if attribution is None:
-        return []
-    out = []
-    for feature, block in (attribution.by_group or {}).items():
-        view = group_difference_view(feature, block)
-        if view is not None and view["statement"]:
-            out.append({"feature": str(feature), "statement": view["statement"]})
-    return out
-
-
 def _provenance_parts(provenance: Provenance | None) -> list[str]:
     """The provenance line's parts: model, hashes, seed, version, time."""
     if provenance is None:
@@ -203,24 +190,3 @@ def _provenance_parts(provenance: Provenance | None) -> list[str]:
     if provenance.created_at:
         parts.append(str(provenance.created_at))
     return parts
-
-
-def _attribution_note(attribution: AttributionResult | None) -> str | None:
-    """One sentence on integrated gradients' completeness, or None when not measured."""
-    if attribution is None:
-        return None
-    tolerance = as_float(attribution.delta_tolerance)
-    failed = attribution.n_not_converged
-    n = attribution.n_examples
-    if tolerance is None or failed is None or n is None:
-        return None
-    position = as_float(attribution.position_tolerance)
-    if failed == 0:
-        positions = (f", and the estimated errors of its positions add up to at most "
-                     f"{position:g}" if position is not None else "")
-        return (f"every one of {n} examples' attributions adds up to its change in score "
-                f"within {tolerance:g}{positions}")
-    positions = (f", or the estimated errors of their positions add up to more than "
-                 f"{position:g}" if position is not None else "")
-    return (f"{failed} of {n} examples did NOT converge: their attributions do not add up "
-            f"to their change in score within {tolerance:g}{positions}; read them with caution")

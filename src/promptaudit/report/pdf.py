@@ -52,13 +52,8 @@ def find_pdf_engine() -> str | None:
     """Path of the Chromium executable to print with (``$PROMPTAUDIT_CHROMIUM`` first)."""
     named = os.environ.get(ENGINE_ENV)
     if named:
-        found = shutil.which(named)
-        return found
-    for name in _ENGINE_NAMES:
-        found = shutil.which(name)
-        if found:
-            return found
-    return None
+        return shutil.which(named)
+    return next((found for found in map(shutil.which, _ENGINE_NAMES) if found), None)
 
 
 def require_pdf_engine() -> str:

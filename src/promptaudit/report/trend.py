@@ -15,7 +15,7 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from promptaudit.paths import TREND_FILES, trend_files  # declared with the command
-from promptaudit.report._common import fmt_num
+from promptaudit.report._common import fmt_interval, fmt_num
 from promptaudit.report.escape import environment
 
 __all__ = ["TREND_FILES", "trend_markdown", "trend_html", "trend_figure", "write_trend"]
@@ -25,8 +25,7 @@ def _cell(point: Mapping[str, Any] | None) -> str:
         return "absent"
     rate = f"rate {fmt_num(point['rate'], 3)}"
     if point["rate_interval"]:
-        low, high = point["rate_interval"]
-        rate += f" [{low:.3f}, {high:.3f}]"
+        rate += f" {fmt_interval(point['rate_interval'], 3)}"
     if point["excluded"]:
         ratio = "excluded"
     elif point["reference"]:
@@ -36,8 +35,7 @@ def _cell(point: Mapping[str, Any] | None) -> str:
     else:
         ratio = f"IR {point['impact_ratio']:.3f}"
         if point["impact_ratio_interval"]:
-            low, high = point["impact_ratio_interval"]
-            ratio += f" [{low:.3f}, {high:.3f}]"
+            ratio += f" {fmt_interval(point['impact_ratio_interval'], 3)}"
         if point["flagged"]:
             ratio += " below the line"
     return f"{rate}; {ratio} (n {point['n']})"
