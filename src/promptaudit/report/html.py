@@ -302,10 +302,7 @@ def _position_labels(projection: ProjectionResult | None) -> list[str] | None:
         return None
     labels = []
     for position in projection.positions or []:
-        word = ""
-        if position.neighbors:
-            first = position.neighbors[0]
-            word = neighbor_word(first)
+        word = neighbor_word(position.neighbors[0]) if position.neighbors else ""
         index = position.index if position.index is not None else len(labels)
         labels.append(f"{index} {word}".strip())
     return labels or None
