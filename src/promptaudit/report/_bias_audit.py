@@ -1,11 +1,7 @@
 """The bias-audit summary (NYC LL144 / EEOC four-fifths form) as display text and CSV.
 
-:func:`bias_audit_view` turns ``result["bias_audit"]`` and ``result["audit"]
-["audit_info"]`` into plain, *unescaped* strings that the HTML and Markdown
-renderers escape (autoescape and ``escape_markdown``). :func:`bias_audit_csv` writes
-``<name>.bias_audit.csv``: one row per category of every table plus one ``unknown``
-row per table, every cell that starts with ``= + - @``, a tab or a carriage return
-prefixed with ``'`` so a spreadsheet never evaluates it as a formula.
+:func:`bias_audit_view` gives unescaped display strings (the templates escape them);
+:func:`bias_audit_csv` writes ``<name>.bias_audit.csv`` safe from formula injection.
 """
 
 from __future__ import annotations
@@ -26,14 +22,8 @@ from promptaudit.report._common import (
 from promptaudit.result import AuditResult
 from promptaudit.result_sections import BiasAuditResult, BiasAuditTable
 
-__all__ = [
-    "bias_audit_view",
-    "bias_audit_csv",
-    "csv_cell",
-    "ordered_tables",
-    "AUDIT_INFO_LABELS",
-    "CSV_COLUMNS",
-]
+__all__ = ["bias_audit_view", "bias_audit_csv", "csv_cell", "ordered_tables",
+           "AUDIT_INFO_LABELS", "CSV_COLUMNS"]
 
 #: ``audit_info`` key -> label, in display order (other keys follow, labelled by key).
 AUDIT_INFO_LABELS: dict[str, str] = {
@@ -48,26 +38,9 @@ AUDIT_INFO_LABELS: dict[str, str] = {
 }
 
 CSV_COLUMNS = (
-    "table",
-    "kind",
-    "group",
-    "n",
-    "n_selected",
-    "rate",
-    "impact_ratio",
-    "excluded",
-    "flagged",
-    "p_value",
-    "reference_group",
-    "mode",
-    "threshold",
-    "note",
-    "z_score",
-    "z_p_value",
-    "significant_2sd",
-    "small_sample",
-    "selections_to_four_fifths",
-    "z_note",
+    "table", "kind", "group", "n", "n_selected", "rate", "impact_ratio", "excluded", "flagged",
+    "p_value", "reference_group", "mode", "threshold", "note", "z_score", "z_p_value",
+    "significant_2sd", "small_sample", "selections_to_four_fifths", "z_note",
 )
 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -109,58 +82,21 @@ def bias_audit_csv(result: AuditResult | Mapping[str, Any]) -> str | None:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
-    mode = audit.mode
-    threshold = audit.threshold
     for name, table in ordered_tables(audit):
-        reference = table.reference_group
+        shared = {"table": name, "reference_group": table.reference_group, "mode": audit.mode,
+                  "threshold": audit.threshold}
         for row in table.rows or []:
-            values = {
-                "table": name,
-                "kind": "category",
-                "group": row.group,
-                "n": row.n,
-                "n_selected": row.n_selected,
-                "rate": row.rate,
-                "impact_ratio": row.impact_ratio,
-                "excluded": row.excluded,
-                "flagged": row.flagged,
-                "p_value": row.p_value,
-                "reference_group": reference,
-                "mode": mode,
-                "threshold": threshold,
-                "note": row.note,
-                "z_score": row.z_score,
-                "z_p_value": row.z_p_value,
-                "significant_2sd": row.significant_2sd,
-                "small_sample": row.small_sample,
-                "selections_to_four_fifths": row.selections_to_four_fifths,
-                "z_note": row.z_note,
-            }
+            values = {column: getattr(row, column, None) for column in CSV_COLUMNS}
+            values |= shared | {"kind": "category"}
             writer.writerow([csv_cell(values[column]) for column in CSV_COLUMNS])
-        unknown = table.unknown_count
-        unknown_selected = table.unknown_selected
-        values = {
-            "table": name,
-            "kind": "unknown",
-            "group": "",
-            "n": unknown,
-            "n_selected": unknown_selected,
+        unknown, unknown_selected = table.unknown_count, table.unknown_selected
+        values = dict.fromkeys(CSV_COLUMNS) | shared | {
+            "kind": "unknown", "group": "", "n": unknown, "n_selected": unknown_selected,
             "rate": unknown_selected / unknown
             if isinstance(unknown, int) and unknown and isinstance(unknown_selected, int)
             else None,
-            "impact_ratio": None,
-            "excluded": True,
-            "flagged": False,
-            "p_value": None,
-            "reference_group": reference,
-            "mode": mode,
-            "threshold": threshold,
+            "excluded": True, "flagged": False,
             "note": "unknown or missing category: counted, left out of impact ratios",
-            "z_score": None,
-            "z_p_value": None,
-            "significant_2sd": None,
-            "small_sample": None,
-            "selections_to_four_fifths": None,
             "z_note": "not benchmarked",
         }
         writer.writerow([csv_cell(values[column]) for column in CSV_COLUMNS])
@@ -326,12 +262,8 @@ def _table_view(
             ratio_text = _fmt_ratio(ratio, threshold) if ratio is not None else "undefined"
             flag_text = (f"yes (below {threshold_text})" if row.flagged is True
                          else "no" if ratio is not None else "\u2014")
-        if is_reference:
-            p_text = "reference"
-        elif excluded or as_float(row.p_value) is None:
-            p_text = "\u2014"
-        else:
-            p_text = _fmt_p(float(row.p_value))
+        p_text = ("reference" if is_reference else "\u2014"
+                  if excluded or as_float(row.p_value) is None else _fmt_p(float(row.p_value)))
         rows.append({
             "group": group,
             "n": _count(row.n),
@@ -388,12 +320,9 @@ def _table_view(
 def _significance_view(row: Any, *, is_reference: bool, excluded: bool) -> dict[str, str]:
     """Display strings ``z_score``, ``z_p_value``, ``sd2``, ``small_sample``, ``shortfall``."""
     dash = "\u2014"
-    if is_reference:
-        return {"z_score": dash, "z_p_value": dash, "sd2": dash, "small_sample": dash,
-                "shortfall": _count(row.selections_to_four_fifths)}
-    if excluded:
-        return {"z_score": dash, "z_p_value": dash, "sd2": dash, "small_sample": dash,
-                "shortfall": dash}
+    if is_reference or excluded:
+        return dict.fromkeys(("z_score", "z_p_value", "sd2", "small_sample"), dash) | {
+            "shortfall": _count(row.selections_to_four_fifths) if is_reference else dash}
     z = as_float(row.z_score)
     small = row.small_sample
     return {
@@ -425,6 +354,4 @@ def _fmt_ratio(value: float, threshold: float | None) -> str:
 
 
 def _fmt_p(value: float) -> str:
-    if value < 0.001:
-        return "< 0.001"
-    return f"{value:.3f}"
+    return "< 0.001" if value < 0.001 else f"{value:.3f}"

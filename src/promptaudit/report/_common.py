@@ -1,15 +1,13 @@
-"""Formatting and plain-language summary shared by the HTML, Markdown and JUnit writers.
+"""Formatting and plain-language sentences shared by every report format.
 
-Everything here reads the typed result (:class:`promptaudit.result.AuditResult`,
-sections from :mod:`promptaudit.result_sections`); a result dict is read with
-:func:`as_result`, leniently, so a missing key, ``None`` or a non-finite number is
-"not computed" and formats as ``"n/a"``; nothing raises on a partial result.
+All of it reads the typed result (:func:`as_result`); a missing or non-finite value
+formats as ``"n/a"``, so nothing raises on a partial result.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,42 +24,6 @@ from promptaudit.result_sections import (
     GroupRow,
     ProjectionResult,
 )
-
-__all__ = [
-    "as_result",
-    "NA",
-    "BOUND_WORDS",
-    "DISPARITY_LABELS",
-    "GROUP_METRIC_LABELS",
-    "as_float",
-    "as_list",
-    "fmt_num",
-    "fmt_pct",
-    "fmt_interval",
-    "fmt_threshold",
-    "gate_name",
-    "gate_counts",
-    "gate_status",
-    "status_counts",
-    "verdict_word",
-    "competence_sentence",
-    "competence_state",
-    "classification_rows",
-    "verdict_sentence",
-    "verdict_detail",
-    "gap_sentences",
-    "reading_sentence",
-    "projected_text",
-    "off_manifold_note",
-    "fidelity_sentence",
-    "fidelity_detail",
-    "fidelity_level",
-    "trust_level",
-    "trust_reason",
-    "fidelity_message",
-    "disparity_label",
-    "short_text",
-]
 
 #: A gate's ``bound`` (which number it checked) in words.
 BOUND_WORDS = {"point": "point estimate", "lower": "lower interval bound",
@@ -88,6 +50,13 @@ GROUP_METRIC_LABELS: dict[str, str] = {
 }
 
 
+def disparity_order(names: Iterable[Any]) -> list[str]:
+    """Disparity keys in display order: those of :data:`DISPARITY_LABELS`, then the rest."""
+    found = list(dict.fromkeys(str(name) for name in names))
+    return [n for n in DISPARITY_LABELS if n in found] + [
+        n for n in found if n not in DISPARITY_LABELS]
+
+
 def disparity_label(name: Any) -> str:
     """Human label of a metric key: ``"accuracy_difference"`` -> ``"Accuracy difference"``."""
     key = str(name)
@@ -110,6 +79,11 @@ def as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, list | tuple) else []
 
 
+def text_or_na(value: Any) -> str:
+    """``str(value)``, or ``"n/a"`` for ``None``."""
+    return NA if value is None else str(value)
+
+
 def fmt_num(value: Any, digits: int = 3) -> str:
     """Format a number with ``digits`` decimals; ``"n/a"`` when not computable.
 
@@ -126,6 +100,14 @@ def fmt_pct(value: Any, digits: int = 1) -> str:
     """Format a proportion in ``[0, 1]`` as a percentage (``0.075`` -> ``"7.5%"``)."""
     number = as_float(value)
     return NA if number is None else f"{100 * number:.{digits}f}%"
+
+
+def fmt_pct_interval(value: Any) -> str:
+    """Format ``[lo, hi]`` as percentages, ``"[35.0%, 49.0%]"``; ``""`` when not computable."""
+    pair = as_list(value)
+    if len(pair) != 2 or as_float(pair[0]) is None or as_float(pair[1]) is None:
+        return ""
+    return f"[{fmt_pct(pair[0])}, {fmt_pct(pair[1])}]"
 
 
 def fmt_interval(value: Any, digits: int = 3) -> str | None:
@@ -408,16 +390,22 @@ def _small_note(block: FeatureEntry, groups: Sequence[str]) -> str:
     return " Treat this gap with caution: " + " and ".join(notes) + "."
 
 
-def _feature_blocks(fairness: FairnessResult) -> list[tuple[str, str, FeatureEntry]]:
-    """``(key, label, block)`` for each feature and the intersection."""
+def feature_blocks(fairness: FairnessResult, *, titled: bool = False
+                   ) -> list[tuple[str, str, FeatureEntry]]:
+    """``(key, label, block)`` for each feature and the intersection (unless listed already).
+
+    ``titled`` labels the intersection ``"gender \u00d7 age (intersection)"`` (a table
+    heading) rather than ``"gender \u00d7 age"`` (in a sentence).
+    """
     blocks = [(str(feature), str(feature), block)
               for feature, block in (fairness.by_feature or {}).items()]
     intersection = fairness.intersection
     listed = intersection is not None and str(intersection.feature) in (fairness.by_feature or {})
     if intersection is not None and not listed:
-        names = [str(f) for f in fairness.sensitive_features or []]
-        label = " \u00d7 ".join(names) if names else "intersection"
-        blocks.append(("intersection", label, intersection))
+        label = " \u00d7 ".join(str(f) for f in fairness.sensitive_features or [])
+        if titled:
+            label = label + " (intersection)" if label else "Intersection"
+        blocks.append(("intersection", label or "intersection", intersection))
     return blocks
 
 
@@ -467,7 +455,7 @@ def gap_sentences(result: AuditResult | Mapping[str, Any], *, limit: int = 6) ->
         worst=fairness.worst_feature or {},
         confidence=as_float(fairness.confidence),
         positive=f"'{positive}'" if positive not in (None, "") else "positive",
-        blocks={key: (label, block) for key, label, block in _feature_blocks(fairness)},
+        blocks={key: (label, block) for key, label, block in feature_blocks(fairness)},
     )
     sentences = _parity_sentences(gaps) + _odds_sentences(gaps)
     sentences += _flip_sentences(fairness.counterfactual, gaps)
@@ -751,6 +739,47 @@ def fidelity_sentence(projection: ProjectionResult) -> str | None:
     verdict = trust_level(projection) or fidelity_level(fidelity) or NA
     detail = " ".join(x for x in (trust_reason(projection), fidelity_detail(projection)) if x)
     return f"Trust in this reading: {verdict}." + (f" {detail}" if detail else "")
+
+
+def summary_view(result: AuditResult) -> dict[str, Any]:
+    """The HTML page's summary box: verdict, competence, gaps and the prompt's reading."""
+    projection = result.projection
+    failed, total = gate_counts(result)
+    passed = result.passed is True
+    fairness = result.fairness
+    verdict = trust_level(projection) or fidelity_level(
+        projection.fidelity if projection is not None else None)
+    word = verdict_word(result)
+    counts = status_counts(result)
+    return {
+        "passed": passed,
+        "verdict_word": word,
+        "status_class": {"PASS": "pass", "FAIL": "fail"}.get(word, "inconclusive"),
+        "inconclusive": counts["inconclusive"],
+        "competence": competence_sentence(result),
+        "competence_class": {"works": "pass", "broken": "fail"}.get(
+            competence_state(result), "inconclusive"),
+        "verdict": verdict_sentence(result),
+        "verdict_detail": verdict_detail(result),
+        "failed": counts["fail"] if counts["inconclusive"] else failed,
+        "total": total,
+        "gaps": gap_sentences(result),
+        "reading": reading_sentence(projection) if projection else None,
+        "translation": translation_view(projection),
+        "fidelity": fidelity_sentence(projection) if projection else None,
+        "fidelity_detail": " ".join(x for x in (trust_reason(projection),
+                                                 fidelity_detail(projection)) if x)
+        if projection else None,
+        "fidelity_verdict": str(verdict or NA),
+        "fidelity_class": verdict_class(verdict),
+        "warnings": [str(w) for w in (fairness.warnings if fairness is not None else None) or []],
+    }
+
+
+def verdict_class(verdict: Any) -> str:
+    """CSS class word for a fidelity verdict: ``high``, ``moderate``, ``low`` or ``na``."""
+    word = str(verdict or "").lower()
+    return word if word in ("high", "moderate", "low") else "na"
 
 
 def attribution_budget_sentence(attribution: Any) -> str | None:

@@ -8,17 +8,25 @@ from __future__ import annotations
 
 from typing import Any
 
-from promptaudit.report._common import NA, as_float, fmt_interval, fmt_num, fmt_pct, short_text
+from promptaudit.report._common import (
+    NA,
+    as_float,
+    fmt_interval,
+    fmt_num,
+    fmt_pct,
+    short_text,
+    text_or_na,
+)
 from promptaudit.report.escape import display_token
 from promptaudit.result_sections import (
     AttributionGroups,
+    AttributionResult,
     DeparturesResult,
-    PositionImportance,
     ProjectionResult,
 )
 
-__all__ = ["departures_view", "position_importance_view", "importance_by_position",
-           "group_difference_view", "neighbor_word"]
+__all__ = ["convergence_view", "departures_view", "position_importance_view",
+           "importance_by_position", "group_difference_view", "neighbor_word"]
 
 _SOURCE_WORDS = {"init_text": "init text (before tuning)", "instruction": "your instruction",
                  "translation": "translation (a plain-text stand-in)"}
@@ -34,13 +42,6 @@ def neighbor_word(neighbor) -> str:
     return display_token(neighbor.token, neighbor.display)
 
 
-def _interval_pct(value: Any) -> str:
-    pair = value if isinstance(value, list | tuple) else []
-    if len(pair) != 2 or as_float(pair[0]) is None or as_float(pair[1]) is None:
-        return ""
-    return f"[{fmt_pct(pair[0])}, {fmt_pct(pair[1])}]"
-
-
 def departures_view(projection: ProjectionResult | None) -> dict[str, Any] | None:
     """The "Where the prompt departs from plain language" section, or None."""
     if projection is None:
@@ -49,19 +50,8 @@ def departures_view(projection: ProjectionResult | None) -> dict[str, Any] | Non
     departures: DeparturesResult | None = projection.departures
     if not instructions and departures is None:
         return None
-    rows = [{
-        "rank": str(entry.rank),
-        "source": _SOURCE_WORDS.get(entry.source, entry.source),
-        "text": short_text(entry.text, 300),
-        "agreement": fmt_pct(entry.agreement),
-        "agreement_interval": _interval_pct(entry.agreement_interval),
-        "accuracy": fmt_pct(entry.accuracy) if entry.accuracy is not None else NA,
-        "accuracy_interval": _interval_pct(entry.accuracy_interval),
-        "disagreements": str(entry.disagreements),
-        "n_examples": str(entry.n_examples),
-        "n_tokens": str(entry.n_tokens),
-    } for entry in instructions]
-    view: dict[str, Any] = {"instructions": rows, "departures": None,
+    view: dict[str, Any] = {"instructions": instructions, "sources": _SOURCE_WORDS,
+                            "departures": None,
                             "method": (departures.agreement_interval_method
                                        if departures is not None else None) or
                             "Wilson score interval"}
@@ -76,7 +66,7 @@ def departures_view(projection: ProjectionResult | None) -> dict[str, Any] | Non
         "n_examples": str(departures.n_examples),
         "share": fmt_pct(departures.share),
         "directions": [_direction_view(direction) for direction in departures.directions],
-        "groups": [_share_view(feature, share)
+        "groups": [(str(feature), share)
                    for feature, shares in (departures.groups or {}).items() for share in shares],
         "group_method": departures.group_interval_method,
         "confidence": fmt_pct(departures.confidence, 0),
@@ -94,19 +84,10 @@ def departures_view(projection: ProjectionResult | None) -> dict[str, Any] | Non
 
 def _direction_view(direction) -> dict[str, Any]:
     """One direction of departure: its rows (the first :data:`SHOWN_ROWS`) with top tokens."""
-    shown = []
-    for row in direction.rows[:SHOWN_ROWS]:
-        tokens = [{"token": str(t.token), "attribution": fmt_num(t.attribution),
-                   "positive": (as_float(t.attribution) or 0.0) >= 0}
-                  for t in (row.top_tokens or [])[:5]]
-        shown.append({
-            "row": str(row.row),
-            "text": short_text(row.text, 220),
-            "true_label": NA if row.true_label is None else str(row.true_label),
-            "soft_probability": fmt_num(row.soft_probability),
-            "attributed": bool(row.attributed),
-            "top_tokens": tokens,
-        })
+    shown = [(row, [{"token": str(t.token), "attribution": fmt_num(t.attribution),
+                     "positive": (as_float(t.attribution) or 0.0) >= 0}
+                    for t in (row.top_tokens or [])[:5]])
+             for row in direction.rows[:SHOWN_ROWS]]
     hidden = direction.count - len(shown)
     return {
         "description": direction.description[:1].upper() + direction.description[1:],
@@ -116,28 +97,30 @@ def _direction_view(direction) -> dict[str, Any]:
     }
 
 
-def _share_view(feature: Any, share) -> dict[str, Any]:
-    """One group's share of the departures against its share of the data."""
+def convergence_view(attribution: AttributionResult) -> dict[str, Any] | None:
+    """Completeness against the run's tolerance (integrated gradients), or None."""
+    tolerance = as_float(attribution.delta_tolerance)
+    failed = attribution.n_not_converged
+    if tolerance is None or failed is None:
+        return None
+    n = attribution.n_examples
+    position = as_float(attribution.position_tolerance)
     return {
-        "feature": str(feature),
-        "group": str(share.group),
-        "n_departures": str(share.n_departures),
-        "share_departures": fmt_pct(share.share_departures),
-        "interval": _interval_pct(share.interval),
-        "share_overall": fmt_pct(share.share_overall),
-        "n_overall": str(share.n_overall),
-        "over_represented": bool(share.over_represented),
-        "small": bool(share.small),
+        "tolerance": f"{tolerance:g}",
+        "adaptive": attribution.n_steps == "auto",
+        "n_not_converged": str(failed),
+        "n_converged": str(n - failed) if n is not None else NA,
+        "all_converged": failed == 0,
+        "n_gradient_evals": text_or_na(attribution.n_gradient_evals),
+        "cap": text_or_na(attribution.max_gradient_evals),
+        "position_tolerance": f"{position:g}" if position is not None else None,
     }
 
 
 def importance_by_position(projection: ProjectionResult | None) -> dict[int, bool]:
     """``{position: matters}`` from ``projection.position_importance`` ({} when absent)."""
-    importance: PositionImportance | None = (projection.position_importance
-                                             if projection is not None else None)
-    if importance is None:
-        return {}
-    return {int(p.index): bool(p.matters) for p in importance.positions}
+    importance = projection.position_importance if projection is not None else None
+    return {int(p.index): bool(p.matters) for p in (importance.positions if importance else [])}
 
 
 def position_importance_view(projection: ProjectionResult | None) -> dict[str, Any] | None:
@@ -149,21 +132,12 @@ def position_importance_view(projection: ProjectionResult | None) -> dict[str, A
     for position in projection.positions or []:
         if position.neighbors and position.index is not None:
             words[int(position.index)] = neighbor_word(position.neighbors[0])
-    rows = [{
-        "index": str(p.index),
-        "word": words.get(int(p.index), ""),
-        "share": fmt_pct(p.share),
-        "changed": str(p.changed),
-        "interval": _interval_pct(p.interval),
-        "matters": bool(p.matters),
-    } for p in importance.positions]
     return {
-        "rows": rows,
+        "rows": [(p, words.get(int(p.index), "")) for p in importance.positions],
         "n_examples": str(importance.n_examples),
         "neutral": "the mean word embedding" if importance.neutral == "mean_word_embedding"
         else str(importance.neutral),
         "floor": fmt_pct(importance.floor, 0),
-        "important": ", ".join(str(i) for i in importance.important) or "none",
         "ignored": ", ".join(str(i) for i in importance.ignored) or "none",
         "summary": str(importance.summary or ""),
         "rule": importance.rule,
@@ -192,5 +166,4 @@ def group_difference_view(feature: str, block: AttributionGroups) -> dict[str, A
                 "verdict": "difference" if found else "no evidence of a difference",
                 "evidence": found,
             })
-    return {"feature": str(feature), "statement": str(like.statement or ""), "rows": rows,
-            "condition": str(like.condition or "none")}
+    return {"feature": str(feature), "statement": str(like.statement or ""), "rows": rows}

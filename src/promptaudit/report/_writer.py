@@ -1,18 +1,8 @@
-"""Write the four report files of an audit as one set.
+"""Write the four report files of an audit as one set (the journal is described in docs/cli.md).
 
-Each file is rendered first, then written to a temporary file of ours beside its
-target (``.<name>.html.<pid>-<random>.tmp``) and flushed to disk. Only then is a
-small journal, ``.<name>.reports-pending.json``, written (atomically) naming the
-four temporary files and their targets; the four renames follow and the journal is
-removed. The journal is the commit record of the set:
-
-* a crash before the journal exists leaves the previous four reports untouched (the
-  orphaned temporary files are swept by the next write);
-* a crash after it leaves complete new files to move in: the next
-  :func:`write_reports` (or :func:`complete_pending_reports`) finishes the switch, and
-  ``promptaudit gate`` refuses a result whose set is still pending.
-
-A reader therefore never takes a mix of old and new reports for one audit.
+Each file is rendered, written to a temporary file beside its target and flushed; then
+the journal ``.<name>.reports-pending.json`` names the set, the renames follow and the
+journal is removed. A reader never takes a mix of old and new reports for one audit.
 """
 
 from __future__ import annotations
@@ -38,13 +28,8 @@ from promptaudit.report.html import render_html
 from promptaudit.report.junit import render_junit
 from promptaudit.report.markdown import render_markdown
 
-__all__ = [
-    "write_reports",
-    "REPORT_SUFFIXES",
-    "BIAS_AUDIT_SUFFIX",
-    "complete_pending_reports",
-    "pending_journal_path",
-]
+__all__ = ["write_reports", "REPORT_SUFFIXES", "BIAS_AUDIT_SUFFIX", "complete_pending_reports",
+           "pending_journal_path"]
 
 logger = logging.getLogger(__name__)
 
@@ -203,12 +188,7 @@ def _write_set(folder: Path, name: str, paths: dict[str, Path], documents: dict[
     try:
         for kind, path in paths.items():
             temps[kind] = write_temp_file(folder, path.name, documents[kind].encode("utf-8"))
-    except BaseException:
-        for temp in temps.values():
-            temp.unlink(missing_ok=True)
-        raise
-    moves = [[temps[kind].name, paths[kind].name] for kind in paths]
-    try:
+        moves = [[temps[kind].name, paths[kind].name] for kind in paths]
         atomic_write_text(journal, json.dumps({"moves": moves}, indent=1))
     except BaseException:
         for temp in temps.values():

@@ -1,13 +1,8 @@
 """Render a before / after comparison, a run's mitigation block and the mitigation trade-off.
 
-The numbers come from :func:`promptaudit.compare.compare_results`, from the
-``mitigation`` key that ``run`` adds to a result and from the weight sweep of
-:func:`promptaudit.mitigation.mitigate_prompt`; here they only become views (plain
-dicts of display strings) that the templates ``comparison.html`` / ``comparison.md``,
-``_mitigation.html`` / ``mitigation.md`` and ``tradeoff.md`` lay out, with escaping on
-by default (:func:`promptaudit.report.escape.environment`). The report package owns
-this so that rendering never imports the comparison logic (and through it the spec
-and gates).
+The numbers come from :func:`promptaudit.compare.compare_results` and the mitigation
+sweep; here they only become views (dicts of display strings) for the ``comparison``,
+``mitigation`` and ``tradeoff`` templates, so rendering never imports the comparison logic.
 """
 
 from __future__ import annotations
@@ -19,15 +14,8 @@ from promptaudit.choices import GateStatus
 from promptaudit.report.escape import Verbatim, environment
 from promptaudit.result_sections import GateResult
 
-__all__ = [
-    "comparison_html",
-    "comparison_markdown",
-    "comparison_view",
-    "fmt_or_undefined",
-    "mitigation_view",
-    "tradeoff_markdown",
-    "tradeoff_table",
-]
+__all__ = ["comparison_html", "comparison_markdown", "comparison_view", "fmt_or_undefined",
+           "mitigation_view", "tradeoff_markdown", "tradeoff_table"]
 
 
 def fmt_or_undefined(value: Any) -> str:
@@ -37,10 +25,6 @@ def fmt_or_undefined(value: Any) -> str:
     ('0.5000', 'undefined')
     """
     return "undefined" if value is None else f"{value:.4f}"
-
-
-def _signed(value: Any) -> str:
-    return "" if value is None else f"{value:+.4f}"
 
 
 # ------------------------------------------------------------------ the comparison
@@ -97,7 +81,7 @@ def _metric_row(row: Mapping) -> dict[str, Any]:
         "before": fmt_or_undefined(row["before"]),
         "after": fmt_or_undefined(row["after"]),
         "interval": Verbatim(_interval(row)),
-        "change": _signed(row["change"]),
+        "change": "" if row["change"] is None else f"{row['change']:+.4f}",
         "verdict": Verbatim(row["verdict"]),
         "flag": Verbatim(_flag(row)),
         "css": "regressed" if row["regressed"] else row["verdict"].split()[0],
@@ -139,10 +123,6 @@ def _regression_verdict(comparison: Mapping) -> str:
     return "; ".join(parts)
 
 
-def _gate_key(gate: GateResult) -> tuple:
-    return (gate.metric, gate.feature, gate.op, gate.threshold)
-
-
 def _gate_pairs(before: list, after: list
                 ) -> list[tuple[str, GateResult | None, GateResult | None]]:
     """(name, before gate, after gate) matched on metric, feature, operator and threshold.
@@ -155,7 +135,8 @@ def _gate_pairs(before: list, after: list
         for entry in gates:
             if isinstance(entry, Mapping):
                 gate = GateResult.from_dict(dict(entry), strict=False)
-                keys.setdefault(_gate_key(gate), [None, None])[side] = gate
+                key = (gate.metric, gate.feature, gate.op, gate.threshold)
+                keys.setdefault(key, [None, None])[side] = gate
     out = []
     for (metric, feature, op, threshold), (old, new) in keys.items():
         name = f"{metric}{'' if feature is None else f' ({feature})'} {op or ''} {threshold}"

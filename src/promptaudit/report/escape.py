@@ -15,17 +15,8 @@ import re
 from functools import lru_cache
 from typing import Any
 
-__all__ = [
-    "NA",
-    "PIECE_MARK",
-    "Verbatim",
-    "display_token",
-    "environment",
-    "escape_controls",
-    "escape_markdown",
-    "markdown_finalize",
-    "strip_xml_invalid",
-]
+__all__ = ["NA", "PIECE_MARK", "Verbatim", "display_token", "environment", "escape_controls",
+           "escape_markdown", "markdown_finalize", "strip_xml_invalid"]
 
 #: What a value that could not be computed reads as.
 NA = "n/a"
@@ -173,6 +164,8 @@ def environment(kind: str):
     jinja2.Environment
         Templates from ``promptaudit/report/templates``, ``StrictUndefined``; a template
         that starts with :data:`ONE_LINE_MARK` loses its line breaks and indentation.
+        Filters ``num``, ``pct``, ``interval``, ``pct_interval`` and ``short`` format values
+        (:mod:`promptaudit.report._common`).
     """
     import jinja2
     from jinja2.ext import Extension
@@ -194,5 +187,9 @@ def environment(kind: str):
         keep_trailing_newline=True,
         extensions=[OneLine],
     )
-    env.filters["verbatim"] = Verbatim
+    from promptaudit.report import _common
+
+    env.filters.update(verbatim=Verbatim, num=_common.fmt_num, pct=_common.fmt_pct,
+                       interval=_common.fmt_interval, pct_interval=_common.fmt_pct_interval,
+                       short=_common.short_text)
     return env

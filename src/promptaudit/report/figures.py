@@ -1,16 +1,8 @@
 """Report figures: functions that take typed sections of the result and return Figures.
 
-Each function reads a typed section (:class:`~promptaudit.result_sections.AttributionResult`
-or :class:`~promptaudit.result_sections.FairnessResult`); a section given as its JSON
-object is read leniently first (:func:`_attribution`, :func:`_fairness`).
-
-Every function builds a :class:`matplotlib.figure.Figure` directly (Agg canvas, no
-``pyplot``), so nothing touches global figure state and figures are garbage
-collected like any object. Text drawn from data (group names, example texts, words)
-is drawn with ``parse_math=False``: a ``$`` in user text never turns into mathtext.
-
-:func:`figure_to_data_uri` turns a figure into a PNG ``data:`` URI with stable
-bytes (no software/date metadata) for embedding in a self-contained HTML report.
+A section given as its JSON object is read leniently first. Figures are built directly
+(Agg canvas, no ``pyplot`` global state); text from data is drawn with
+``parse_math=False``. :func:`figure_to_data_uri` gives a PNG ``data:`` URI with stable bytes.
 """
 
 from __future__ import annotations
@@ -29,15 +21,8 @@ from promptaudit.report._common import GROUP_METRIC_LABELS, as_float, as_list
 from promptaudit.report._common import short_text as _short_text
 from promptaudit.result_sections import AttributionResult, FairnessResult, FeatureEntry
 
-__all__ = [
-    "per_position_bars",
-    "attribution_heatmap",
-    "group_attribution_chart",
-    "group_metric_chart",
-    "figure_to_data_uri",
-    "pareto_figure",
-    "drawable",
-]
+__all__ = ["per_position_bars", "attribution_heatmap", "group_attribution_chart",
+           "group_metric_chart", "figure_to_data_uri", "pareto_figure", "drawable"]
 
 #: Colour-blind safe pair for positive / negative contributions (blue / orange).
 _POSITIVE = "#2166ac"
@@ -97,18 +82,15 @@ def _style_axes(axes: Any) -> None:
     axes.tick_params(labelsize=8)
 
 
-def _attribution(section: AttributionResult | Mapping[str, Any]) -> AttributionResult:
-    """The typed ``attribution`` section (its JSON object is read leniently)."""
-    if isinstance(section, AttributionResult):
-        return section
-    return AttributionResult.from_dict(dict(section), strict=False)
+def _typed(section: Any, kind: type) -> Any:
+    """The typed section ``kind`` (its JSON object is read leniently)."""
+    return section if isinstance(section, kind) else kind.from_dict(dict(section), strict=False)
 
 
-def _fairness(section: FairnessResult | Mapping[str, Any]) -> FairnessResult:
-    """The typed ``fairness`` section (its JSON object is read leniently)."""
-    if isinstance(section, FairnessResult):
-        return section
-    return FairnessResult.from_dict(dict(section), strict=False)
+def _position_ticks(axes: Any, n: int, labels: Sequence[str] | None) -> None:
+    """Label the ``n`` prompt positions of the x axis (slanted when they carry words)."""
+    axes.set_xticks(np.arange(n), _position_labels(n, labels), rotation=45 if labels else 0,
+                    ha="right" if labels else "center", parse_math=False)
 
 
 def per_position_bars(
@@ -142,7 +124,7 @@ def per_position_bars(
     >>> fig.axes[0].get_xlabel()
     'Virtual token (prompt position)'
     """
-    attribution = _attribution(attribution)
+    attribution = _typed(attribution, AttributionResult)
     values = _numbers(attribution.per_position)
     if not np.isfinite(values).any():
         raise ValueError("attribution.per_position is empty; nothing to plot")
@@ -159,8 +141,7 @@ def per_position_bars(
                   label="mean |attribution|")
         axes.legend(fontsize=8, frameon=False, loc="best")
     axes.axhline(0, color="#666666", linewidth=0.8)
-    axes.set_xticks(x, _position_labels(n, position_labels), rotation=45 if position_labels else 0,
-                    ha="right" if position_labels else "center", parse_math=False)
+    _position_ticks(axes, n, position_labels)
     axes.set_xlabel("Virtual token (prompt position)")
     axes.set_ylabel("Attribution")
     axes.set_title("How much each prompt position pushes the predicted label", loc="left")
@@ -198,7 +179,7 @@ def attribution_heatmap(
         If no example has prompt attributions.
     """
     rows, labels = [], []
-    for example in (_attribution(attribution).examples or [])[: max(max_examples, 0)]:
+    for example in (_typed(attribution, AttributionResult).examples or [])[: max(max_examples, 0)]:
         values = _numbers(example.prompt_attributions)
         if np.isfinite(values).any():
             rows.append(values)
@@ -218,9 +199,7 @@ def attribution_heatmap(
     axes = figure.add_subplot()
     image = axes.imshow(np.ma.masked_invalid(matrix), cmap="RdBu", vmin=-limit, vmax=limit,
                         aspect="auto", interpolation="nearest")
-    axes.set_xticks(np.arange(width), _position_labels(width, position_labels),
-                    rotation=45 if position_labels else 0,
-                    ha="right" if position_labels else "center", parse_math=False)
+    _position_ticks(axes, width, position_labels)
     axes.set_yticks(np.arange(len(rows)), labels, parse_math=False)
     axes.tick_params(labelsize=7)
     axes.set_xlabel("Virtual token (prompt position)")
@@ -260,7 +239,7 @@ def group_attribution_chart(
         If ``by_group`` is missing or has no group with values and at least
         ``min_group_size`` examples (smaller groups are never drawn).
     """
-    by_group = _attribution(attribution).by_group or {}
+    by_group = _typed(attribution, AttributionResult).by_group or {}
     features = [feature] if feature is not None else list(by_group)
     panels = []
     for name in features:
@@ -280,7 +259,6 @@ def group_attribution_chart(
     n = max(v.size for _, groups, _ in panels for v in groups.values())
     figure = _new_figure(max(6.0, min(11.0, 0.45 * n + 3.5)), 0.4 + 2.3 * len(panels))
     axes_list = figure.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
-    x = np.arange(n)
     for axes, (name, groups, counts) in zip(axes_list, panels, strict=True):
         for i, (group, values) in enumerate(groups.items()):
             count = counts.get(group)
@@ -295,11 +273,8 @@ def group_attribution_chart(
         for text in legend.get_texts():
             text.set_parse_math(False)
         _style_axes(axes)
-    last = axes_list[-1]
-    last.set_xticks(x, _position_labels(n, position_labels),
-                    rotation=45 if position_labels else 0,
-                    ha="right" if position_labels else "center", parse_math=False)
-    last.set_xlabel("Virtual token (prompt position)")
+    _position_ticks(axes_list[-1], n, position_labels)
+    axes_list[-1].set_xlabel("Virtual token (prompt position)")
     return figure
 
 
@@ -358,7 +333,7 @@ def group_metric_chart(
     ValueError
         If the feature is unknown or no group has a value for ``metric``.
     """
-    block, title_feature = _feature_block(_fairness(fairness), feature)
+    block, title_feature = _feature_block(_typed(fairness, FairnessResult), feature)
     rows = _group_rows(block, metric)
     if not any(value is not None for _, value, *_ in rows):
         raise ValueError(f"fairness feature {feature!r} has no values for {metric!r}")
@@ -411,41 +386,24 @@ def pareto_figure(rows: list[dict], max_accuracy_drop: float) -> bytes:
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     original = rows[0]
-    ax.axhline(
-        original["accuracy"] - max_accuracy_drop,
-        color="#999999",
-        linestyle="--",
-        linewidth=1,
-        label=f"accuracy budget (-{max_accuracy_drop:g})",
-    )
+    ax.axhline(original["accuracy"] - max_accuracy_drop, color="#999999", linestyle="--",
+               linewidth=1, label=f"accuracy budget (-{max_accuracy_drop:g})")
     ax.axvline(0.8, color="#cc8800", linestyle=":", linewidth=1, label="four-fifths rule (0.8)")
     front = sorted((r for r in rows[1:] if r.get("pareto")), key=lambda r: r["dp_ratio"])
     if front:
-        ax.plot(
-            [r["dp_ratio"] for r in front],
-            [r["accuracy"] for r in front],
-            color="#4477aa",
-            linewidth=1,
-            label="Pareto front",
-        )
+        ax.plot([r["dp_ratio"] for r in front], [r["accuracy"] for r in front], color="#4477aa",
+                linewidth=1, label="Pareto front")
     for row in rows:
         if row["dp_ratio"] is None:
             continue
         is_original = row["weight"] is None
-        ax.scatter(
-            [row["dp_ratio"]],
-            [row["accuracy"]],
-            marker="s" if is_original else ("*" if row.get("chosen") else "o"),
-            s=90 if row.get("chosen") else 40,
-            color="#aa3377" if is_original else "#4477aa",
-        )
-        ax.annotate(
-            "original" if is_original else f"w={row['weight']:g}",
-            (row["dp_ratio"], row["accuracy"]),
-            textcoords="offset points",
-            xytext=(5, 4),
-            fontsize=8,
-        )
+        ax.scatter([row["dp_ratio"]], [row["accuracy"]],
+                   marker="s" if is_original else ("*" if row.get("chosen") else "o"),
+                   s=90 if row.get("chosen") else 40,
+                   color="#aa3377" if is_original else "#4477aa")
+        ax.annotate("original" if is_original else f"w={row['weight']:g}",
+                    (row["dp_ratio"], row["accuracy"]), textcoords="offset points",
+                    xytext=(5, 4), fontsize=8)
     ax.set_xlabel("DP ratio on identity-swapped validation texts")
     ax.set_ylabel("validation accuracy")
     ax.set_title("Mitigation trade-off (CLP weight sweep)")

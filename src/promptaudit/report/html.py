@@ -1,11 +1,8 @@
 """Render the audit result as one self-contained HTML page.
 
-The page is built from the result alone, read into its typed sections
-(:class:`promptaudit.result.AuditResult`): :func:`build_html_context` turns it into
-plain dicts of display strings, and the ``report.html`` jinja2 template (autoescape and
-``StrictUndefined`` on, no ``|safe`` anywhere) lays them out. Styles are inline, figures
-are PNG ``data:`` URIs, and there is no script and no external URL, so the file reads
-the same offline, in a mail attachment or printed.
+:func:`build_html_context` turns the typed result into dicts of display strings that the
+``report.html`` template (autoescape, ``StrictUndefined``, no ``|safe``) lays out. Styles
+are inline, figures are PNG ``data:`` URIs; no script, no external URL.
 """
 
 from __future__ import annotations
@@ -28,32 +25,23 @@ from promptaudit.report._common import (
     as_result,
     attribution_budget_sentence,
     classification_rows,
-    competence_sentence,
-    competence_state,
     disparity_label,
-    fidelity_detail,
+    disparity_order,
+    feature_blocks,
     fidelity_level,
     fidelity_message,
-    fidelity_sentence,
     fmt_interval,
     fmt_num,
     fmt_pct,
     fmt_threshold,
-    gap_sentences,
-    gate_counts,
-    gate_name,
     gate_status,
-    reading_sentence,
     short_text,
-    status_counts,
-    translation_view,
-    trust_level,
-    trust_reason,
-    verdict_detail,
-    verdict_sentence,
-    verdict_word,
+    summary_view,
+    text_or_na,
+    verdict_class,
 )
 from promptaudit.report._explain import (
+    convergence_view,
     departures_view,
     group_difference_view,
     importance_by_position,
@@ -78,127 +66,9 @@ from promptaudit.result_sections import (
     TaskResult,
 )
 
-__all__ = ["render_html", "build_html_context", "GLOSSARY"]
+__all__ = ["render_html", "build_html_context"]
 
 logger = logging.getLogger(__name__)
-
-#: Term -> plain-language explanation, shown at the end of every report.
-GLOSSARY: dict[str, str] = {
-    "Soft prompt": (
-        "A short sequence of learned vectors placed in front of every input. It steers a "
-        "frozen model like a written instruction would, but it is made of numbers, not words."
-    ),
-    "Virtual token": (
-        "One position (one vector) of the soft prompt. It occupies the place a word would, "
-        "but need not correspond to any real word."
-    ),
-    "Nearest words": (
-        "The vocabulary words whose embeddings are most similar to a virtual token. They are "
-        "a rough translation of the prompt into words, not what the model actually reads."
-    ),
-    "Norm ratio": (
-        "How long a virtual token's vector is compared with a typical word embedding. Far "
-        "above 1 means the token is unlike any word."
-    ),
-    "Off-manifold": (
-        "A virtual token that is no closer to any real word than random vectors are: its best "
-        "cosine similarity to a word does not exceed the 99th percentile reached by 1,000 "
-        "random vectors drawn with the vocabulary's mean and spread (about 0.26 for the "
-        "bundled MiniLM, against 1.0 for a word itself). Its nearest words say nothing "
-        "about it. A norm far outside the words' range is reported separately."
-    ),
-    "Trust in the reading": (
-        "One level from fidelity and typicality together. High: the words give the soft "
-        "prompt's decision on at least 90% of examples and at least 80% of virtual tokens are "
-        "closer to a word than chance. Low: fewer than 50% are, or the words agree on fewer "
-        "than 70% of examples. Moderate: otherwise, and at most moderate when fidelity was "
-        "not measured."
-    ),
-    "Drift": (
-        "How far a virtual token moved from the word it was initialised with during tuning."
-    ),
-    "Fidelity": (
-        "How well the nearest-word reading stands in for the soft prompt: the share of "
-        "examples on which the words, used as an ordinary text prompt, give the same decision."
-    ),
-    "Selection rate": "The share of a group that receives the favourable outcome.",
-    "Demographic parity": (
-        "Groups receive the favourable outcome at similar rates. The ratio is the lowest "
-        "group rate divided by the highest (1 is equal; below 0.8 fails the common "
-        "four-fifths rule); the difference is highest minus lowest (0 is equal)."
-    ),
-    "Equalized odds": (
-        "Groups have similar error rates: both the true positive rate and the false positive "
-        "rate match across groups. The difference reports the larger of the two gaps."
-    ),
-    "Equal opportunity": (
-        "Qualified members of each group (true label positive) are selected at similar rates, "
-        "i.e. the true positive rates match."
-    ),
-    "Flip rate": (
-        "The share of counterfactual examples whose decision changes when only identity terms "
-        "(names, pronouns, group words) are swapped. 0 means identity words never change the "
-        "decision."
-    ),
-    "Integrated gradients": (
-        "An attribution method: it measures how much each input position (prompt positions "
-        "and input words) contributes to the score of the predicted label, by accumulating "
-        "gradients along a path from a neutral baseline to the real input."
-    ),
-    "Convergence delta": (
-        "A self-check of integrated gradients: how far the attributions fail to add up to the "
-        "actual change in score. Small values (near 0) mean the attributions are reliable."
-    ),
-    "Bootstrap interval": (
-        "A range of plausible values for a metric, found by recomputing it on many resamples "
-        "of the evaluation data. Wide intervals mean the data cannot pin the value down."
-    ),
-    "Impact ratio": (
-        "A category's selection (or scoring) rate divided by the rate of the most-selected "
-        "category. NYC Local Law 144 bias audits publish it per sex, race/ethnicity and their "
-        "intersection; under the EEOC four-fifths rule a ratio below 0.8 is generally "
-        "regarded as evidence of adverse impact."
-    ),
-    "Fisher exact test": (
-        "A test of whether a category's selected / not-selected counts could differ from "
-        "the reference category's by chance. A small p-value (e.g. below 0.05) means chance "
-        "alone is an unlikely explanation; it says nothing about the size of the gap."
-    ),
-    "Verdict states": (
-        "Every gate ends in one of three states. Pass: the threshold is met and, where the "
-        "metric has a bootstrap interval, the whole interval meets it. Fail: the threshold is "
-        "missed beyond doubt, or the metric is undefined or missing. Inconclusive: the "
-        "interval straddles the threshold, so this data cannot say which side the true value "
-        "is on. The audit's gate_policy decides whether an inconclusive gate counts as passed "
-        "or failed (default: failed)."
-    ),
-    "Rows to decide": (
-        "For an inconclusive gate: about how many evaluation rows (tuples, for the flip rate) "
-        "would give an interval that clears the threshold with 80% probability, if the "
-        "observed value is the true one. The interval's half-width on the threshold's side is "
-        "scaled by 1/sqrt(n): n' = n ((z + 0.84) h / (z |value - threshold|))^2. A planning "
-        "figure, not a guarantee."
-    ),
-    "Competence": (
-        "Whether the prompt does its task at all: its balanced accuracy is above chance (1/K "
-        "for K classes) with confidence, and not clearly below the baseline prompts (the "
-        "initialisation text or no prompt, the nearest-word prompt). Fairness figures of a "
-        "prompt that does not work describe a useless classifier."
-    ),
-    "Balanced accuracy": (
-        "The mean over classes of the share of each class predicted correctly (recall). A "
-        "constant prediction scores exactly 1/K however skewed the labels are, so label "
-        "imbalance cannot make a useless model look good."
-    ),
-    "Undefined": (
-        "A ratio whose two rates are both 0 (for example when nobody is selected) has no "
-        "value: it is reported as n/a, not as parity, and a gate on it fails."
-    ),
-    "Small group": (
-        "A group with fewer examples than the audit's minimum group size; its rates are "
-        "uncertain and gaps involving it should be read with caution."
-    ),
-}
 
 _BASELINE_LABELS = {
     "soft_prompt": "Tuned soft prompt",
@@ -250,7 +120,7 @@ def build_html_context(result: AuditResult | Mapping[str, Any]) -> dict[str, Any
     dict
         Keys ``title``, ``summary``, ``task``, ``gates``, ``fairness``,
         ``counterfactual``, ``projection``, ``attribution``, ``baselines``,
-        ``provenance``, ``glossary``, ``bias_audit``; a section that was not computed is
+        ``provenance``, ``bias_audit``; a section that was not computed is
         ``None``.
     """
     result = as_result(result)
@@ -262,7 +132,7 @@ def build_html_context(result: AuditResult | Mapping[str, Any]) -> dict[str, Any
     fairness = result.fairness
     return {
         "title": name,
-        "summary": _summary(result, projection),
+        "summary": summary_view(result),
         "task": _task(task),
         "gates": _gates(result),
         "fairness": _fairness(fairness,
@@ -278,53 +148,9 @@ def build_html_context(result: AuditResult | Mapping[str, Any]) -> dict[str, Any
                                   audit.spec if audit is not None else None,
                                   result.integrity),
         "schema_version": str(result.schema_version or NA),
-        "glossary": [{"term": k, "text": v} for k, v in GLOSSARY.items()],
         "bias_audit": bias_audit_view(result),
         "mitigation": mitigation_view(result.mitigation),
     }
-
-
-def _summary(result: AuditResult, projection: ProjectionResult | None) -> dict[str, Any]:
-    failed, total = gate_counts(result)
-    passed = result.passed is True
-    fairness = result.fairness
-    verdict = trust_level(projection) or fidelity_level(
-        projection.fidelity if projection is not None else None)
-    word = verdict_word(result)
-    counts = status_counts(result)
-    return {
-        "passed": passed,
-        "verdict_word": word,
-        "status_class": {"PASS": "pass", "FAIL": "fail"}.get(word, "inconclusive"),
-        "inconclusive": counts["inconclusive"],
-        "competence": competence_sentence(result),
-        "competence_class": {"works": "pass", "broken": "fail"}.get(
-            competence_state(result), "inconclusive"),
-        "verdict": verdict_sentence(result),
-        "verdict_detail": verdict_detail(result),
-        "failed": counts["fail"] if counts["inconclusive"] else failed,
-        "total": total,
-        "gaps": gap_sentences(result),
-        "reading": reading_sentence(projection) if projection else None,
-        "translation": translation_view(projection),
-        "fidelity": fidelity_sentence(projection) if projection else None,
-        "fidelity_detail": " ".join(x for x in (trust_reason(projection),
-                                                 fidelity_detail(projection)) if x)
-        if projection else None,
-        "fidelity_verdict": str(verdict or NA),
-        "fidelity_class": _verdict_class(verdict),
-        "warnings": [str(w) for w in (fairness.warnings if fairness is not None else None) or []],
-    }
-
-
-def _verdict_class(verdict: Any) -> str:
-    """CSS class word for a fidelity verdict: ``high``, ``moderate``, ``low`` or ``na``."""
-    word = str(verdict or "").lower()
-    return word if word in ("high", "moderate", "low") else "na"
-
-
-def _text_or_na(value: Any) -> str:
-    return str(value) if value is not None else NA
 
 
 def _task(task: TaskResult | None) -> dict[str, Any] | None:
@@ -332,26 +158,17 @@ def _task(task: TaskResult | None) -> dict[str, Any] | None:
         return None
     counts = task.prediction_counts or {}
     competence = task.competence
-    baselines = [
-        {"name": _BASELINE_LABELS.get(str(k), str(k)), "accuracy": fmt_num(v)}
-        for k, v in ((competence.baselines if competence is not None else None) or {}).items()
-    ]
     return {
-        "competence": {
-            "balanced_accuracy": fmt_num(competence.accuracy),
-            "interval": fmt_interval(competence.accuracy_interval),
-            "chance": fmt_num(competence.chance_accuracy),
-            "over_baseline": fmt_num(competence.accuracy_over_baseline),
-            "over_interval": fmt_interval(competence.accuracy_over_baseline_interval),
-            "baselines": baselines,
-        } if competence is not None else None,
+        "competence": competence,
+        "baselines": [(_BASELINE_LABELS.get(str(k), str(k)), v) for k, v in
+                      ((competence.baselines if competence is not None else None) or {}).items()],
         "report": classification_rows(task.classification_report),
         "type": str(task.type or NA),
         "labels": ", ".join(str(label) for label in task.labels or []) or NA,
         "positive_label": str(task.positive_label or NA),
-        "n_examples": _text_or_na(task.n_examples),
+        "n_examples": text_or_na(task.n_examples),
         "accuracy": fmt_num(task.accuracy),
-        "n_truncated": _text_or_na(task.n_truncated),
+        "n_truncated": text_or_na(task.n_truncated),
         "prediction_counts": [{"label": str(k), "count": str(v)} for k, v in counts.items()],
     }
 
@@ -365,7 +182,6 @@ def _gates(result: AuditResult) -> list[dict[str, Any]]:
         passed = gate.passed is True
         feature = gate.feature
         rows.append({
-            "name": gate_name(gate),
             "metric": str(gate.metric or NA),
             "feature": str(feature) if feature not in (None, "")
             else "worst feature" if gate.metric in per_feature else "\u2014",
@@ -394,7 +210,7 @@ def _group_table(block: FeatureEntry) -> dict[str, Any]:
         group_intervals = intervals.get(group) or {}
         rows.append({
             "group": str(group),
-            "count": _text_or_na(row.count),
+            "count": text_or_na(row.count),
             "small": row.small is True,
             "cells": [
                 {"value": fmt_num(row.metrics.get(m)),
@@ -405,7 +221,6 @@ def _group_table(block: FeatureEntry) -> dict[str, Any]:
     return {
         "metrics": [GROUP_METRIC_LABELS.get(m, m) for m in metrics],
         "rows": rows,
-        "small_groups": [str(g) for g in block.small_groups or []],
     }
 
 
@@ -415,15 +230,7 @@ def _fairness(
 ) -> dict[str, Any] | None:
     if fairness is None:
         return None
-    by_feature = fairness.by_feature or {}
-    blocks = [(str(feature), str(feature), block) for feature, block in by_feature.items()]
-    intersection = fairness.intersection
-    if intersection is not None and str(intersection.feature) in by_feature:
-        intersection = None  # already listed: the intersection is a feature like the others
-    if intersection is not None:
-        names = [str(f) for f in fairness.sensitive_features or []]
-        label = " \u00d7 ".join(names) + " (intersection)" if names else "Intersection"
-        blocks.append(("intersection", label, intersection))
+    blocks = feature_blocks(fairness, titled=True)
     features = []
     for key, label, block in blocks:
         chart = _figure(
@@ -432,25 +239,14 @@ def _fairness(
                 "intervals.",
         )
         group_reports = (reports or {}).get(key) or {}
-        features.append({"key": key, "label": label, "table": _group_table(block),
+        features.append({"label": label, "table": _group_table(block),
                          "chart": chart,
                          "reports": [{"group": str(g), "rows": classification_rows(r)}
                                      for g, r in group_reports.items()]})
 
     # Disparities: one row per metric, one column per feature, plus the worst value.
     worst = fairness.disparities or {}
-    disparity_names: list[str] = list(DISPARITY_LABELS)
-    for _key, _label, block in blocks:
-        for name in block.disparities or {}:
-            if name not in disparity_names:
-                disparity_names.append(str(name))
-    for name in worst:
-        if name not in disparity_names:
-            disparity_names.append(str(name))
-    present = [
-        n for n in disparity_names
-        if any(n in (b.disparities or {}) for _, _, b in blocks) or n in worst
-    ]
+    present = disparity_order([n for _, _, b in blocks for n in b.disparities or {}] + list(worst))
     worst_intervals = fairness.disparity_intervals or {}
     worst_feature = fairness.worst_feature or {}
     disparity_rows = []
@@ -464,7 +260,6 @@ def _fairness(
         feature = worst_feature.get(name)
         disparity_rows.append({
             "name": disparity_label(name),
-            "key": name,
             "direction": "higher is fairer (1 = equal)" if name.endswith("_ratio")
             else "lower is fairer (0 = equal)",
             "cells": cells,
@@ -478,17 +273,9 @@ def _fairness(
         "columns": [label for _, label, _ in blocks],
         "disparities": disparity_rows,
         "confidence": f"{100 * confidence:.0f}%" if confidence is not None else NA,
-        "bootstrap": _text_or_na(fairness.bootstrap),
-        "min_group_size": _text_or_na(fairness.min_group_size),
-        "reference_group": _reference_text(fairness.reference_group),
-        "warnings": [str(w) for w in fairness.warnings or []],
+        "bootstrap": text_or_na(fairness.bootstrap),
+        "min_group_size": text_or_na(fairness.min_group_size),
     }
-
-
-def _reference_text(reference: str | Mapping[str, str] | None) -> str:
-    if isinstance(reference, Mapping):
-        return ", ".join(f"{k}: {v}" for k, v in reference.items()) or NA
-    return str(reference or NA)
 
 
 def _counterfactual(counterfactual: CounterfactualResult | None) -> dict[str, Any] | None:
@@ -499,22 +286,14 @@ def _counterfactual(counterfactual: CounterfactualResult | None) -> dict[str, An
         "pair_column": "pairs given in the data (rows that differ only in identity)",
         "builtin:identity": "the built-in identity term lists (names, pronouns, group words)",
     }.get(source, source)
-    groups = []
-    for group, row in (counterfactual.by_group or {}).items():
-        groups.append({
-            "group": str(group),
-            "flip_rate": fmt_pct(row.flip_rate),
-            "mean_abs_delta": fmt_num(row.mean_abs_delta),
-            "count": _text_or_na(row.count),
-        })
     return {
         "flip_rate_interval": fmt_interval(counterfactual.flip_rate_interval),
         "flip_rate": fmt_pct(counterfactual.flip_rate),
         "flip_rate_raw": fmt_num(counterfactual.flip_rate),
         "mean_abs_delta": fmt_num(counterfactual.mean_abs_delta),
-        "n_tuples": _text_or_na(counterfactual.n_tuples),
+        "n_tuples": text_or_na(counterfactual.n_tuples),
         "source": source_text,
-        "groups": groups,
+        "groups": list((counterfactual.by_group or {}).items()),
     }
 
 
@@ -523,10 +302,7 @@ def _position_labels(projection: ProjectionResult | None) -> list[str] | None:
         return None
     labels = []
     for position in projection.positions or []:
-        word = ""
-        if position.neighbors:
-            first = position.neighbors[0]
-            word = neighbor_word(first)
+        word = neighbor_word(position.neighbors[0]) if position.neighbors else ""
         index = position.index if position.index is not None else len(labels)
         labels.append(f"{index} {word}".strip())
     return labels or None
@@ -556,16 +332,13 @@ def _projection(projection: ProjectionResult | None) -> dict[str, Any] | None:
             drift = "moved away"
         else:
             drift = NA
-        percentile = as_float(position.norm_percentile)
-        sim_percentile = as_float(position.similarity_percentile)
         rows.append({
             "index": str(position.index if position.index is not None else len(rows)),
             "neighbors": neighbors,
             "norm_ratio": fmt_num(position.norm_ratio, 2),
-            "norm_percentile": f"{percentile:.0f}th pct." if percentile is not None else "",
+            "norm_percentile": _percentile(position.norm_percentile),
             "best_similarity": fmt_num(position.best_similarity),
-            "similarity_percentile": f"{sim_percentile:.0f}th pct."
-            if sim_percentile is not None else "",
+            "similarity_percentile": _percentile(position.similarity_percentile),
             "off_manifold": position.off_manifold is True,
             "init_token": display_token(init) if init is not None else "",
             "init_similarity": fmt_num(position.init_similarity),
@@ -582,9 +355,9 @@ def _projection(projection: ProjectionResult | None) -> dict[str, Any] | None:
             "agreement": fmt_pct(fidelity.agreement, 0),
             "soft_accuracy": fmt_num(fidelity.soft_accuracy),
             "projected_accuracy": fmt_num(fidelity.projected_accuracy),
-            "n_examples": _text_or_na(fidelity.n_examples),
+            "n_examples": text_or_na(fidelity.n_examples),
             "verdict": level or NA,
-            "verdict_class": _verdict_class(level),
+            "verdict_class": verdict_class(level),
             "message": fidelity_message(fidelity) or "",
         }
     else:
@@ -592,14 +365,19 @@ def _projection(projection: ProjectionResult | None) -> dict[str, Any] | None:
     n_virtual = projection.num_virtual_tokens
     return {
         "metric": str(projection.metric or NA),
-        "top_k": _text_or_na(projection.top_k),
+        "top_k": text_or_na(projection.top_k),
         "num_virtual_tokens": str(n_virtual if projection.has("num_virtual_tokens")
                                   else len(rows)),
         "positions": rows,
-        "n_off_manifold": sum(1 for r in rows if r["off_manifold"]),
         "fidelity": fidelity_view,
         "summary": str(projection.summary or ""),
     }
+
+
+def _percentile(value: Any) -> str:
+    """``"97th pct."``, or ``""`` when not computed."""
+    number = as_float(value)
+    return f"{number:.0f}th pct." if number is not None else ""
 
 
 def _attribution(
@@ -620,41 +398,38 @@ def _attribution(
         if group not in (block.small_groups or [])  # groups under min_group_size: never drawn
         for v in values or []
     )
-    charts = []
-    if has_positions:
-        charts.append(_figure(
-            lambda: figures.per_position_bars(attribution, position_labels=position_labels),
-            alt="Bar chart of the mean attribution of each prompt position.",
-            caption="Mean attribution per virtual token over the attributed examples. Blue bars "
-                    "push towards the predicted label, red bars away from it; diamonds show "
-                    "the mean absolute attribution.",
-        ))
-    if has_examples:
-        charts.append(_figure(
-            lambda: figures.attribution_heatmap(attribution, 20, position_labels=position_labels),
-            alt="Heat map of attribution per example (rows) and prompt position (columns).",
-            caption="Per example (rows, first 20) and prompt position (columns). Rows that look "
-                    "alike mean the prompt acts the same way on every input.",
-        ))
-    if has_groups:
-        charts.append(_figure(
-            lambda: figures.group_attribution_chart(attribution, position_labels=position_labels),
-            alt="Line chart of the mean attribution per prompt position for each group.",
-            caption="Mean attribution per prompt position for each group with at least "
-                    "min_group_size attributed examples (smaller groups are not drawn). Groups "
-                    "whose predicted labels differ can separate for that reason alone: read the "
-                    "like-for-like comparison below before naming a position.",
-        ))
+    drawn = [  # (whether there is data, how to draw it, alt text, caption); drawn lazily
+        (has_positions,
+         lambda: figures.per_position_bars(attribution, position_labels=position_labels),
+         "Bar chart of the mean attribution of each prompt position.",
+         "Mean attribution per virtual token over the attributed examples. Blue bars push "
+         "towards the predicted label, red bars away from it; diamonds show the mean absolute "
+         "attribution."),
+        (has_examples,
+         lambda: figures.attribution_heatmap(attribution, 20, position_labels=position_labels),
+         "Heat map of attribution per example (rows) and prompt position (columns).",
+         "Per example (rows, first 20) and prompt position (columns). Rows that look alike "
+         "mean the prompt acts the same way on every input."),
+        (has_groups,
+         lambda: figures.group_attribution_chart(attribution, position_labels=position_labels),
+         "Line chart of the mean attribution per prompt position for each group.",
+         "Mean attribution per prompt position for each group with at least min_group_size "
+         "attributed examples (smaller groups are not drawn). Groups whose predicted labels "
+         "differ can separate for that reason alone: read the like-for-like comparison below "
+         "before naming a position."),
+    ]
+    charts = [_figure(draw, alt=alt, caption=caption) for wanted, draw, alt, caption in drawn
+              if wanted]
     examples = [_attribution_example(example) for example in examples_in[:5]]
     by_group = [_attribution_group(feature, block) for feature, block in by_group_in.items()]
     share = as_float(attribution.prompt_share)
     delta = as_float(attribution.max_convergence_delta)
-    convergence = _attribution_convergence(attribution)
+    convergence = convergence_view(attribution)
     return {
         "method": str(attribution.method or NA).replace("_", " "),
-        "n_steps": _text_or_na(attribution.n_steps),
+        "n_steps": text_or_na(attribution.n_steps),
         "baseline": str(attribution.baseline or NA),
-        "n_examples": _text_or_na(attribution.n_examples),
+        "n_examples": text_or_na(attribution.n_examples),
         "budget": attribution_budget_sentence(attribution),
         "prompt_share": fmt_pct(share),
         "max_convergence_delta": fmt_num(delta, 4),
@@ -675,43 +450,15 @@ def _attribution_example(example: AttributionExample) -> dict[str, Any]:
          "positive": (as_float(t.attribution) or 0.0) >= 0}
         for t in (example.top_tokens or [])[:6]
     ]
-    target = example.target_label
-    if target is None:
-        target = example.target
+    target = example.target_label if example.target_label is not None else example.target
     return {
         "text": short_text(example.text if example.text is not None else "", 220),
         "target": str(target) if target is not None else NA,
         "top_tokens": tokens,
         "convergence_delta": fmt_num(example.convergence_delta, 4),
-        "n_steps": _text_or_na(example.n_steps),
+        "n_steps": text_or_na(example.n_steps),
         "not_converged": example.converged is False,
     }
-
-
-def _attribution_convergence(attribution: AttributionResult) -> dict[str, Any] | None:
-    """Completeness against the run's tolerance (integrated gradients), or None."""
-    tolerance = as_float(attribution.delta_tolerance)
-    failed = attribution.n_not_converged
-    if tolerance is None or failed is None:
-        return None
-    n = attribution.n_examples
-    evals = attribution.n_gradient_evals
-    return {
-        "tolerance": f"{tolerance:g}",
-        "adaptive": attribution.n_steps == "auto",
-        "n_not_converged": str(failed),
-        "n_converged": str(n - failed) if n is not None else NA,
-        "all_converged": failed == 0,
-        "n_gradient_evals": _text_or_na(evals),
-        "cap": _text_or_na(attribution.max_gradient_evals),
-        "position_tolerance": _position_tolerance(attribution),
-    }
-
-
-def _position_tolerance(attribution: AttributionResult) -> str | None:
-    """The allowed summed per-position error (adaptive integrated gradients), or None."""
-    value = as_float(attribution.position_tolerance)
-    return f"{value:g}" if value is not None else None
 
 
 def _attribution_group(feature: str, block: AttributionGroups) -> dict[str, Any]:
@@ -721,22 +468,12 @@ def _attribution_group(feature: str, block: AttributionGroups) -> dict[str, Any]
     per-position table replace the bare list of positions.
     """
     like = group_difference_view(feature, block)
-    if like is not None:
-        small = [str(g) for g in block.small_groups or []]
-        return {"feature": str(feature), "top_positions": "", "like": like,
-                "small_groups": ", ".join(small),
-                "min_group_size": str(block.min_group_size if block.has("min_group_size")
-                                      else NA)}
     within = block.within_error or []
-    top = []
-    for p in block.top_positions or []:
-        label = str(p)
-        if 0 <= p < len(within) and within[p] is True:
-            label += " (within the integration error)"
-        top.append(label)
-    small = [str(g) for g in block.small_groups or []]
-    return {"feature": str(feature), "top_positions": ", ".join(top) or NA, "like": None,
-            "small_groups": ", ".join(small),
+    top = [f"{p} (within the integration error)" if 0 <= p < len(within) and within[p] is True
+           else str(p) for p in block.top_positions or []]
+    return {"feature": str(feature), "like": like,
+            "top_positions": "" if like is not None else ", ".join(top) or NA,
+            "small_groups": ", ".join(str(g) for g in block.small_groups or []),
             "min_group_size": str(block.min_group_size if block.has("min_group_size") else NA)}
 
 
@@ -749,13 +486,7 @@ def _baselines(baselines: Mapping[str, BaselineResult] | None) -> dict[str, Any]
         ((str(k), v) for k, v in baselines.items()),
         key=lambda kv: (order.index(kv[0]) if kv[0] in order else len(order), kv[0]),
     )
-    names: list[str] = []
-    for _key, row in prompts:
-        for name in row.disparities or {}:
-            if name not in names:
-                names.append(str(name))
-    ordered = [n for n in DISPARITY_LABELS if n in names] + [
-        n for n in names if n not in DISPARITY_LABELS]
+    ordered = disparity_order(name for _, row in prompts for name in row.disparities or {})
     columns = []
     for key, row in prompts:
         label = _BASELINE_LABELS.get(key, key)

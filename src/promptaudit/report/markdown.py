@@ -12,7 +12,6 @@ from typing import Any
 
 from promptaudit.report._bias_audit import bias_audit_view
 from promptaudit.report._common import (
-    DISPARITY_LABELS,
     NA,
     as_float,
     as_result,
@@ -20,12 +19,11 @@ from promptaudit.report._common import (
     classification_rows,
     competence_sentence,
     disparity_label,
+    disparity_order,
     fidelity_sentence,
     fmt_interval,
     fmt_num,
-    fmt_pct,
     gap_sentences,
-    gate_counts,
     gate_name,
     gate_status,
     off_manifold_note,
@@ -36,15 +34,14 @@ from promptaudit.report._common import (
     verdict_word,
 )
 from promptaudit.report._explain import (
+    convergence_view,
     departures_view,
-    group_difference_view,
     position_importance_view,
 )
 from promptaudit.report.comparison import mitigation_view
 from promptaudit.report.escape import environment
 from promptaudit.result import AuditResult
 from promptaudit.result_sections import (
-    AttributionResult,
     FairnessResult,
     GateResult,
     Provenance,
@@ -84,18 +81,6 @@ def _context(result: AuditResult) -> dict[str, Any]:
     task = result.task
     fairness = result.fairness
     projection = result.projection
-    failed, total = gate_counts(result)
-
-    counterfactual = fairness.counterfactual if fairness is not None else None
-    flip = None
-    if counterfactual is not None:
-        flip = {
-            "interval": fmt_interval(counterfactual.flip_rate_interval),
-            "pct": fmt_pct(counterfactual.flip_rate),
-            "n": str(counterfactual.n_tuples if counterfactual.n_tuples is not None else NA),
-            "delta": fmt_num(counterfactual.mean_abs_delta),
-        }
-
     parts = _provenance_parts(result.provenance)
     accuracy = as_float(task.accuracy) if task is not None else None
     word = verdict_word(result)
@@ -108,14 +93,12 @@ def _context(result: AuditResult) -> dict[str, Any]:
         "icon": {"PASS": "\u2705", "FAIL": "\u274c"}.get(word, "\u2753"),
         "verdict_word": word,
         "verdict": verdict_sentence(result),
-        "failed": failed,
-        "total": total,
         "n_examples": task.n_examples if task is not None else None,
         "accuracy": fmt_num(accuracy) if accuracy is not None else None,
         "gates": [_gate_row(gate) for gate in result.gates or []],
         "gaps": [short_text(s, 400) for s in gap_sentences(result, limit=4)],
         "disparities": _disparity_rows(fairness),
-        "flip": flip,
+        "flip": fairness.counterfactual if fairness is not None else None,
         "reading": short_text(projected_text(projection), 300)
         if projection and projected_text(projection) else None,
         "off_manifold": off_manifold_note(projection) if projection else None,
@@ -125,11 +108,11 @@ def _context(result: AuditResult) -> dict[str, Any]:
         if projection and fidelity_sentence(projection) else None,
         "provenance": " \u00b7 ".join(short_text(p, 120) for p in parts),
         "bias_audit": bias_audit_view(result),
-        "attribution_note": _attribution_note(result.attribution),
+        "attribution": result.attribution,
+        "convergence": convergence_view(result.attribution) if result.attribution else None,
         "attribution_budget": attribution_budget_sentence(result.attribution),
         "departures": departures_view(projection),
         "position_importance": position_importance_view(projection),
-        "group_statements": _group_statements(result.attribution),
         "mitigation": mitigation_view(result.mitigation),
     }
 
@@ -161,8 +144,6 @@ def _disparity_rows(fairness: FairnessResult | None) -> list[dict[str, str]]:
     worst = (fairness.disparities if fairness is not None else None) or {}
     worst_feature = (fairness.worst_feature if fairness is not None else None) or {}
     intervals = (fairness.disparity_intervals if fairness is not None else None) or {}
-    names = [n for n in DISPARITY_LABELS if n in worst] + [
-        n for n in worst if n not in DISPARITY_LABELS]
     return [
         {
             "name": disparity_label(n),
@@ -170,7 +151,7 @@ def _disparity_rows(fairness: FairnessResult | None) -> list[dict[str, str]]:
             "feature": str(worst_feature.get(n)) if worst_feature.get(n) is not None else NA,
             "interval": fmt_interval(intervals.get(n)) or NA,
         }
-        for n in names
+        for n in disparity_order(worst)
     ]
 
 
@@ -185,18 +166,6 @@ def _group_reports(task: TaskResult | None) -> list[dict[str, str]]:
                     continue
                 group_reports.append({"feature": str(feature), "group": str(group), **row})
     return group_reports
-
-
-def _group_statements(attribution: AttributionResult | None) -> list[dict[str, str]]:
-    """Per feature, the like-for-like sentence on attribution differences between groups."""
-    if attribution is None:
-        return []
-    out = []
-    for feature, block in (attribution.by_group or {}).items():
-        view = group_difference_view(feature, block)
-        if view is not None and view["statement"]:
-            out.append({"feature": str(feature), "statement": view["statement"]})
-    return out
 
 
 def _provenance_parts(provenance: Provenance | None) -> list[str]:
@@ -221,24 +190,3 @@ def _provenance_parts(provenance: Provenance | None) -> list[str]:
     if provenance.created_at:
         parts.append(str(provenance.created_at))
     return parts
-
-
-def _attribution_note(attribution: AttributionResult | None) -> str | None:
-    """One sentence on integrated gradients' completeness, or None when not measured."""
-    if attribution is None:
-        return None
-    tolerance = as_float(attribution.delta_tolerance)
-    failed = attribution.n_not_converged
-    n = attribution.n_examples
-    if tolerance is None or failed is None or n is None:
-        return None
-    position = as_float(attribution.position_tolerance)
-    if failed == 0:
-        positions = (f", and the estimated errors of its positions add up to at most "
-                     f"{position:g}" if position is not None else "")
-        return (f"every one of {n} examples' attributions adds up to its change in score "
-                f"within {tolerance:g}{positions}")
-    positions = (f", or the estimated errors of their positions add up to more than "
-                 f"{position:g}" if position is not None else "")
-    return (f"{failed} of {n} examples did NOT converge: their attributions do not add up "
-            f"to their change in score within {tolerance:g}{positions}; read them with caution")

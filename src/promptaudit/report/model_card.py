@@ -1,18 +1,10 @@
 """The audit in a Hugging Face model card (``promptaudit card RESULT.json --adapter DIR``).
 
-:func:`model_card_text` turns a result (and the adapter's existing ``README.md``, if any)
-into the card text: ``huggingface_hub``'s :class:`~huggingface_hub.ModelCardData` metadata
-with a ``model-index`` of :class:`~huggingface_hub.EvalResult` entries (accuracy and every
-gated fairness metric, on the dataset named from the result), and a "Bias, risks and
-limitations" section generated from the audit between two HTML comment markers
-(:data:`BEGIN_MARKER`, :data:`END_MARKER`). Updating a card replaces only that block and
-the metadata entries promptaudit wrote (``metric_args.source: promptaudit``); everything else a
-person wrote, text and metadata, stays as it was. :func:`write_model_card` writes it
-atomically. Nothing here touches the network: ``ModelCard`` is built from text.
-
-Every piece of result text in the block goes through
-:func:`~promptaudit.report.escape.escape_markdown` (the ``model_card.md`` template's
-``finalize``).
+:func:`model_card_text` writes the ``model-index`` metadata and a "Bias, risks and
+limitations" block between :data:`BEGIN_MARKER` and :data:`END_MARKER`; updating a card
+replaces only that block and the metrics promptaudit wrote (``metric_args.source:
+promptaudit``), keeping everything a person wrote. Result text is escaped by the
+``model_card.md`` template's ``finalize``. Nothing here touches the network.
 """
 
 from __future__ import annotations
@@ -40,14 +32,8 @@ from promptaudit.report._common import (
 )
 from promptaudit.report.escape import environment, escape_markdown
 
-__all__ = [
-    "BEGIN_MARKER",
-    "END_MARKER",
-    "SOURCE_NAME",
-    "CARD_FILE",
-    "model_card_text",
-    "write_model_card",
-]
+__all__ = ["BEGIN_MARKER", "END_MARKER", "SOURCE_NAME", "CARD_FILE", "model_card_text",
+           "write_model_card"]
 
 #: Opens the generated block of the card.
 BEGIN_MARKER = (

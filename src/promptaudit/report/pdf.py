@@ -1,14 +1,8 @@
 """The HTML report as one PDF an auditor can sign and archive (``run --pdf``, ``pdf``).
 
-The PDF is the same report as ``<name>.html`` (:func:`~promptaudit.report.render_html`),
-printed by a real browser engine: headless Chromium's print-to-PDF, run offline (every
-host name resolves to nothing; the page is self-contained anyway). A print stylesheet
-(:data:`PDF_CSS`, added to the report's own ``@media print`` rules) keeps tables, figures
-and the verdict box whole on a page (``break-inside: avoid``), keeps headings with what
-follows them and shrinks wide tables to the page width.
-
-Without an engine the PDF commands stop before any work with a one-line
-:class:`~promptaudit.errors.InputError` (exit 2) saying what to install.
+The same page as ``<name>.html``, printed offline by headless Chromium; :data:`PDF_CSS`
+keeps tables, figures and the verdict whole on a page. Without an engine the PDF commands
+stop before any work with a one-line :class:`~promptaudit.errors.InputError` (exit 2).
 """
 
 from __future__ import annotations
@@ -23,15 +17,8 @@ from typing import Any
 
 from promptaudit.errors import InputError, PromptAuditError
 
-__all__ = [
-    "ENGINE_ENV",
-    "PDF_CSS",
-    "ERROR_NO_ENGINE",
-    "find_pdf_engine",
-    "require_pdf_engine",
-    "render_pdf",
-    "write_pdf",
-]
+__all__ = ["ENGINE_ENV", "PDF_CSS", "ERROR_NO_ENGINE", "find_pdf_engine", "require_pdf_engine",
+           "render_pdf", "write_pdf"]
 
 #: Environment variable naming the Chromium (or Chrome) executable to print with.
 ENGINE_ENV = "PROMPTAUDIT_CHROMIUM"
@@ -65,13 +52,8 @@ def find_pdf_engine() -> str | None:
     """Path of the Chromium executable to print with (``$PROMPTAUDIT_CHROMIUM`` first)."""
     named = os.environ.get(ENGINE_ENV)
     if named:
-        found = shutil.which(named)
-        return found
-    for name in _ENGINE_NAMES:
-        found = shutil.which(name)
-        if found:
-            return found
-    return None
+        return shutil.which(named)
+    return next((found for found in map(shutil.which, _ENGINE_NAMES) if found), None)
 
 
 def require_pdf_engine() -> str:

@@ -1,11 +1,8 @@
 """The trend across audit periods as Markdown, a self-contained HTML page and JSON.
 
-:func:`trend_markdown` (printed by ``promptaudit trend`` and written as ``trend.md``),
-:func:`trend_html` (``trend.html``: the tables and one matplotlib chart per bias-audit
-table, embedded as PNG ``data:`` URIs; jinja2 autoescape on every piece of user text)
-and :func:`write_trend` (the three files, atomically). :func:`trend_figure` returns the
-chart: per category its impact ratio over the periods with its interval, and the
-four-fifths line.
+``trend.md`` (:func:`trend_markdown`, also printed by ``promptaudit trend``), ``trend.html``
+(:func:`trend_html`, with one :func:`trend_figure` chart per bias-audit table) and
+:func:`write_trend`, which writes the three files atomically.
 """
 
 from __future__ import annotations
@@ -18,7 +15,7 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from promptaudit.paths import TREND_FILES, trend_files  # declared with the command
-from promptaudit.report._common import fmt_num
+from promptaudit.report._common import fmt_interval, fmt_num
 from promptaudit.report.escape import environment
 
 __all__ = ["TREND_FILES", "trend_markdown", "trend_html", "trend_figure", "write_trend"]
@@ -28,8 +25,7 @@ def _cell(point: Mapping[str, Any] | None) -> str:
         return "absent"
     rate = f"rate {fmt_num(point['rate'], 3)}"
     if point["rate_interval"]:
-        low, high = point["rate_interval"]
-        rate += f" [{low:.3f}, {high:.3f}]"
+        rate += f" {fmt_interval(point['rate_interval'], 3)}"
     if point["excluded"]:
         ratio = "excluded"
     elif point["reference"]:
@@ -39,8 +35,7 @@ def _cell(point: Mapping[str, Any] | None) -> str:
     else:
         ratio = f"IR {point['impact_ratio']:.3f}"
         if point["impact_ratio_interval"]:
-            low, high = point["impact_ratio_interval"]
-            ratio += f" [{low:.3f}, {high:.3f}]"
+            ratio += f" {fmt_interval(point['impact_ratio_interval'], 3)}"
         if point["flagged"]:
             ratio += " below the line"
     return f"{rate}; {ratio} (n {point['n']})"
