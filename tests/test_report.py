@@ -518,7 +518,7 @@ def test_display_token_reads_pieces_markers_and_display_forms():
 
 
 def test_the_tradeoff_table_is_one_table_in_two_lengths():
-    from promptaudit.report.comparison import tradeoff_markdown, tradeoff_table
+    from promptaudit.report.before_after import tradeoff_markdown, tradeoff_table
 
     rows = [
         {"weight": None, "accuracy": 0.9, "accuracy_change": 0.0, "dp_ratio": 0.7,
@@ -544,7 +544,7 @@ def test_the_tradeoff_table_is_one_table_in_two_lengths():
 
 
 def test_comparison_html_escapes_user_text_by_autoescape():
-    from promptaudit.report.comparison import comparison_html, comparison_markdown
+    from promptaudit.report.before_after import comparison_html, comparison_markdown
 
     evil = "<script>alert('x')</script> **b** |"
     comparison = {

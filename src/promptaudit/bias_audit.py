@@ -62,17 +62,19 @@ NOTE_Z_UNDEFINED = (
 INTERSECTION_SEPARATOR = " & "
 
 
-ERROR_NO_SCORES = (
+NO_SCORES_MESSAGE = (
     "bias_audit.mode: scoring needs a favourable-outcome score for every row, but no "
     "scores were given; use mode: selection or pass scores"
 )
-ERROR_LENGTH = "bias_audit: {what} has {got} rows but the categories have {n}"
-ERROR_BAD_SCORE = "bias_audit: score at row {row} is {value!r}; every score must be a finite number"
-ERROR_EXCLUDE_BELOW = (
+LENGTH_MESSAGE = "bias_audit: {what} has {got} rows but the categories have {n}"
+BAD_SCORE_MESSAGE = (
+    "bias_audit: score at row {row} is {value!r}; every score must be a finite number"
+)
+EXCLUDE_BELOW_MESSAGE = (
     "bias_audit.exclude_below: {value!r} is not allowed; allowed: 0 <= value < 0.5"
 )
-ERROR_THRESHOLD = "bias_audit.threshold: {value!r} is not allowed; allowed: 0 < value <= 1"
-ERROR_NO_CATEGORIES = "bias_audit.categories: give at least one category column"
+THRESHOLD_MESSAGE = "bias_audit.threshold: {value!r} is not allowed; allowed: 0 < value <= 1"
+NO_CATEGORIES_MESSAGE = "bias_audit.categories: give at least one category column"
 
 
 def compute_bias_audit(
@@ -175,11 +177,11 @@ def min_impact_ratio(tables: Mapping[str, Mapping[str, Any]]) -> float | None:
 # ----------------------------------------------------------------------- helpers
 def _check_settings(categories: pd.DataFrame, exclude_below: float, threshold: float) -> None:
     if categories.shape[1] == 0:
-        raise DataError(ERROR_NO_CATEGORIES)
+        raise DataError(NO_CATEGORIES_MESSAGE)
     if not isinstance(exclude_below, int | float) or not 0 <= exclude_below < 0.5:
-        raise DataError(ERROR_EXCLUDE_BELOW.format(value=exclude_below))
+        raise DataError(EXCLUDE_BELOW_MESSAGE.format(value=exclude_below))
     if not isinstance(threshold, int | float) or not 0 < threshold <= 1:
-        raise DataError(ERROR_THRESHOLD.format(value=threshold))
+        raise DataError(THRESHOLD_MESSAGE.format(value=threshold))
 
 
 def _selected(
@@ -191,17 +193,17 @@ def _selected(
             raise DataError("bias_audit.mode: selection needs the selected rows; none were given")
         chosen = np.asarray(selected, dtype=bool).reshape(-1)
         if len(chosen) != n_rows:
-            raise DataError(ERROR_LENGTH.format(what="selected", got=len(chosen), n=n_rows))
+            raise DataError(LENGTH_MESSAGE.format(what="selected", got=len(chosen), n=n_rows))
         return chosen, None
     if scores is None:
-        raise DataError(ERROR_NO_SCORES)
+        raise DataError(NO_SCORES_MESSAGE)
     values = np.asarray(scores, dtype=float).reshape(-1)
     if len(values) != n_rows:
-        raise DataError(ERROR_LENGTH.format(what="scores", got=len(values), n=n_rows))
+        raise DataError(LENGTH_MESSAGE.format(what="scores", got=len(values), n=n_rows))
     bad = ~np.isfinite(values)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
-        raise DataError(ERROR_BAD_SCORE.format(row=row, value=float(values[row])))
+        raise DataError(BAD_SCORE_MESSAGE.format(row=row, value=float(values[row])))
     median = float(np.median(values))
     return values > median, median  # strictly above: a score equal to the median is not
 

@@ -982,7 +982,7 @@ def mitigate(
     bars = _configure_progress(quiet)
     from promptaudit.mitigation import mitigate_from_table
     from promptaudit.paths import plan_mitigate
-    from promptaudit.report.comparison import tradeoff_markdown
+    from promptaudit.report.before_after import tradeoff_markdown
 
     settings = MitigationSettings(**settings_values)
     # Before any work: --out is a folder of its own, holding no input and inside none.

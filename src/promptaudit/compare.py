@@ -13,7 +13,7 @@ unlike (other data, features, labels, model, baselines, metric definitions:
 then every affected row is marked.
 
 :func:`comparison_markdown` and :func:`comparison_html` (in
-:mod:`promptaudit.report.comparison`, re-exported here) render the comparison (all
+:mod:`promptaudit.report.before_after`, re-exported here) render the comparison (all
 user text escaped); :func:`write_comparison` writes ``comparison.md``,
 ``comparison.html`` and ``comparison.json`` atomically.
 """
@@ -27,7 +27,7 @@ from pathlib import Path
 from promptaudit.errors import InputError
 from promptaudit.metrics import GATE_METRICS
 from promptaudit.paths import COMPARISON_FILES, comparison_files
-from promptaudit.report.comparison import (
+from promptaudit.report.before_after import (
     comparison_html,
     comparison_markdown,
 )

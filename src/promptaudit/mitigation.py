@@ -46,7 +46,7 @@ import pandas as pd
 import torch
 
 from promptaudit.errors import InputError
-from promptaudit.report.comparison import fmt_or_undefined as _fmt
+from promptaudit.report.before_after import fmt_or_undefined as _fmt
 from promptaudit.settings import MitigationSettings
 from promptaudit.spec import positive_index
 
@@ -985,7 +985,7 @@ _COLUMNS = (
 
 def _write_tables(rows: list[dict], out_dir: Path, max_accuracy_drop: float) -> dict:
     from promptaudit.atomic import atomic_write_bytes, atomic_write_text
-    from promptaudit.report.comparison import tradeoff_markdown
+    from promptaudit.report.before_after import tradeoff_markdown
     from promptaudit.report.figures import pareto_figure
 
     frame = pd.DataFrame([{k: row.get(k) for k in _COLUMNS} for row in rows])

@@ -20,30 +20,30 @@ from promptaudit.stats import katz_interval, two_sided_z, wilson_interval
 
 __all__ = ["compute_trend"]
 
-ERROR_FEW = "trend: give at least two result files (one per audit period); got {n}"
-ERROR_NO_BIAS_AUDIT = (
+FEW_MESSAGE = "trend: give at least two result files (one per audit period); got {n}"
+NO_BIAS_AUDIT_MESSAGE = (
     "{source}: has no bias_audit section; trend compares bias-audit tables "
     "(add bias_audit: {{categories: [...]}} to the spec)"
 )
-ERROR_NO_PERIOD = (
+NO_PERIOD_MESSAGE = (
     "{source}: audit.audit_info.{key} is missing; trend orders audits by their period "
     "(add audit_info: {{data_start: YYYY-MM-DD, data_end: YYYY-MM-DD}} to the spec)"
 )
-ERROR_BAD_DATE = "{source}: audit.audit_info.{key} is {value!r}; allowed: an ISO date YYYY-MM-DD"
-ERROR_NAME = (
+BAD_DATE_MESSAGE = "{source}: audit.audit_info.{key} is {value!r}; allowed: an ISO date YYYY-MM-DD"
+NAME_MESSAGE = (
     "{source}: is audit {name!r}, but {first_source} is audit {first!r}; trend compares "
     "periods of one audit"
 )
-ERROR_UNLIKE = "{source}: not measured like {first_source}: {difference}"
-ERROR_SETTING = (
+UNLIKE_MESSAGE = "{source}: not measured like {first_source}: {difference}"
+SETTING_MESSAGE = (
     "{source}: bias_audit.{key} is {value!r}, but {first_source} has {first!r}; the "
     "periods are not measured alike"
 )
-ERROR_OVERLAP = (
+OVERLAP_MESSAGE = (
     "{source}: its period {period} overlaps {other_source} ({other}); give one result per "
     "period"
 )
-ERROR_ALERT = "--drift-alert: {value!r} is not allowed; allowed: 0 < value < 1 (e.g. 0.05)"
+ALERT_MESSAGE = "--drift-alert: {value!r} is not allowed; allowed: 0 < value < 1 (e.g. 0.05)"
 
 
 def compute_trend(
@@ -81,9 +81,9 @@ def compute_trend(
         different audits or measured unlike, overlapping periods, a bad ``drift_alert``.
     """
     if not isinstance(drift_alert, int | float) or not 0 < drift_alert < 1:
-        raise InputError(ERROR_ALERT.format(value=drift_alert))
+        raise InputError(ALERT_MESSAGE.format(value=drift_alert))
     if len(results) < 2:
-        raise InputError(ERROR_FEW.format(n=len(results)))
+        raise InputError(FEW_MESSAGE.format(n=len(results)))
     names = list(sources) if sources is not None else [
         f"result {i + 1}" for i in range(len(results))]
     entries = [(_period(result, source), source, result)
@@ -118,7 +118,7 @@ def _check_no_overlap(entries: list[tuple[tuple[str, str], str, Mapping[str, Any
             if other_source is source:
                 break
             if start <= other_end and other_start <= end:
-                raise InputError(ERROR_OVERLAP.format(
+                raise InputError(OVERLAP_MESSAGE.format(
                     source=source, period=f"{start} to {end}", other_source=other_source,
                     other=f"{other_start} to {other_end}"))
 
@@ -152,17 +152,17 @@ def _period(result: Mapping[str, Any], source: str) -> tuple[str, str]:
     import datetime as _dt
 
     if not isinstance(result.get("bias_audit"), Mapping):
-        raise InputError(ERROR_NO_BIAS_AUDIT.format(source=source))
+        raise InputError(NO_BIAS_AUDIT_MESSAGE.format(source=source))
     info = ((result.get("audit") or {}).get("audit_info") or {})
     dates = []
     for key in ("data_start", "data_end"):
         value = info.get(key)
         if value in (None, ""):
-            raise InputError(ERROR_NO_PERIOD.format(source=source, key=key))
+            raise InputError(NO_PERIOD_MESSAGE.format(source=source, key=key))
         try:
             dates.append(_dt.date.fromisoformat(str(value)).isoformat())
         except ValueError:
-            raise InputError(ERROR_BAD_DATE.format(source=source, key=key, value=value)) from None
+            raise InputError(BAD_DATE_MESSAGE.format(source=source, key=key, value=value)) from None
     return dates[0], dates[1]
 
 
@@ -174,16 +174,16 @@ def _check_alike(entries: list[tuple[tuple[str, str], str, Mapping[str, Any]]]) 
     for _, source, result in entries[1:]:
         other = (result.get("audit") or {}).get("name")
         if other != name:
-            raise InputError(ERROR_NAME.format(source=source, name=other,
+            raise InputError(NAME_MESSAGE.format(source=source, name=other,
                                                first_source=first_source, first=name))
         differences = result_differences(_without_data(first), _without_data(result))
         if differences:
-            raise InputError(ERROR_UNLIKE.format(source=source, first_source=first_source,
+            raise InputError(UNLIKE_MESSAGE.format(source=source, first_source=first_source,
                                                  difference="; ".join(differences)))
         for key in ("categories", "mode", "threshold", "exclude_below", "unknown_values"):
             old, new = first["bias_audit"].get(key), result["bias_audit"].get(key)
             if old != new:
-                raise InputError(ERROR_SETTING.format(source=source, key=key, value=new,
+                raise InputError(SETTING_MESSAGE.format(source=source, key=key, value=new,
                                                       first_source=first_source, first=old))
 
 

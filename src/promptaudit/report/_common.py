@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from promptaudit.report.escape import NA, display_token
-from promptaudit.result import AuditResult
+from promptaudit.result import AuditResult, as_result
 from promptaudit.result_sections import (
     ClassStats,
     Competence,
@@ -135,18 +135,6 @@ def _fmt_against(value: float, threshold: float | None, digits: int = 2) -> str:
             digits += 1
         text = f"{value:.{digits}f}"
     return text
-
-
-def as_result(result: AuditResult | Mapping[str, Any] | None) -> AuditResult:
-    """The typed result: a result dict is read leniently (a partial result still renders).
-
-    Every report entry point calls this once; the rest of the report reads typed
-    fields. A missing, ``None`` or malformed field reads as its default (``None``).
-    """
-    if isinstance(result, AuditResult):
-        return result
-    return AuditResult.from_dict(dict(result) if isinstance(result, Mapping) else {},
-                                 strict=False)
 
 
 def gate_name(gate: GateResult) -> str:

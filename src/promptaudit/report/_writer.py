@@ -36,20 +36,20 @@ logger = logging.getLogger(__name__)
 # The file names live with the output declarations (promptaudit.paths): the
 # output-versus-input check and this writer read the same list.
 
-ERROR_NAME_EMPTY = "report name is empty; give a file stem such as 'sst2-identity'"
-ERROR_NAME_INVALID = (
+NAME_EMPTY_MESSAGE = "report name is empty; give a file stem such as 'sst2-identity'"
+NAME_INVALID_MESSAGE = (
     "report name {name!r} is not a plain file stem; it must not contain a path "
     "separator or be '.' or '..'"
 )
-ERROR_OUT_DIR = "{path}: report folder is not writable ({reason})"
+OUT_DIR_MESSAGE = "{path}: report folder is not writable ({reason})"
 
 
 def _check_name(name: str) -> None:
     if not isinstance(name, str) or not name.strip():
-        raise InputError(ERROR_NAME_EMPTY)
+        raise InputError(NAME_EMPTY_MESSAGE)
     separators = {"/", "\\", os.sep} | ({os.altsep} if os.altsep else set())
     if any(sep in name for sep in separators) or name in (".", "..") or "\x00" in name:
-        raise InputError(ERROR_NAME_INVALID.format(name=name))
+        raise InputError(NAME_INVALID_MESSAGE.format(name=name))
 
 
 def _render_json(result: Mapping) -> str:
@@ -159,7 +159,7 @@ def write_reports(
         sweep_stale_temp_files(folder)
         _write_set(folder, name, paths, documents, declared["journal"])
     except PermissionError as error:
-        raise InputError(ERROR_OUT_DIR.format(path=folder, reason=error.strerror or error)) \
+        raise InputError(OUT_DIR_MESSAGE.format(path=folder, reason=error.strerror or error)) \
             from None
     _fsync_dir(folder)
     logger.info("wrote reports %s", ", ".join(str(p) for p in paths.values()))

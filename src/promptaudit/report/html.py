@@ -48,7 +48,7 @@ from promptaudit.report._explain import (
     neighbor_word,
     position_importance_view,
 )
-from promptaudit.report.comparison import mitigation_view
+from promptaudit.report.before_after import mitigation_view
 from promptaudit.report.escape import display_token, environment
 from promptaudit.result import AuditResult
 from promptaudit.result_sections import (

@@ -38,7 +38,7 @@ from promptaudit.report._explain import (
     departures_view,
     position_importance_view,
 )
-from promptaudit.report.comparison import mitigation_view
+from promptaudit.report.before_after import mitigation_view
 from promptaudit.report.escape import environment
 from promptaudit.result import AuditResult
 from promptaudit.result_sections import (

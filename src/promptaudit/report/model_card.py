@@ -53,11 +53,11 @@ _BLOCK = re.compile(
 _TASK_TYPES = {"sequence-classification": "text-classification",
                "causal-lm": "text-classification", "masked-lm": "text-classification"}
 
-ERROR_TWO_BLOCKS = (
+TWO_BLOCKS_MESSAGE = (
     "{path}: holds {count} promptaudit blocks ({begin} ... {end}); keep one and run "
     "`promptaudit card` again"
 )
-ERROR_HALF_BLOCK = (
+HALF_BLOCK_MESSAGE = (
     "{path}: has a promptaudit begin marker without its end marker (or the reverse); "
     "restore the pair or remove both and run `promptaudit card` again"
 )
@@ -237,9 +237,9 @@ def _with_block(body: str, block: str, card_path: str) -> str:
     begins = body.count(BEGIN_MARKER.split(" (")[0])
     ends = body.count(END_MARKER)
     if begins != ends:
-        raise InputError(ERROR_HALF_BLOCK.format(path=card_path))
+        raise InputError(HALF_BLOCK_MESSAGE.format(path=card_path))
     if begins > 1:
-        raise InputError(ERROR_TWO_BLOCKS.format(path=card_path, count=begins,
+        raise InputError(TWO_BLOCKS_MESSAGE.format(path=card_path, count=begins,
                                                  begin=BEGIN_MARKER, end=END_MARKER))
     if begins == 1:
         return _BLOCK.sub(lambda _: block, body, count=1)

@@ -17,14 +17,14 @@ from typing import Any
 
 from promptaudit.errors import InputError, PromptAuditError
 
-__all__ = ["ENGINE_ENV", "PDF_CSS", "ERROR_NO_ENGINE", "find_pdf_engine", "require_pdf_engine",
+__all__ = ["ENGINE_ENV", "PDF_CSS", "NO_ENGINE_MESSAGE", "find_pdf_engine", "require_pdf_engine",
            "render_pdf", "write_pdf"]
 
 #: Environment variable naming the Chromium (or Chrome) executable to print with.
 ENGINE_ENV = "PROMPTAUDIT_CHROMIUM"
 _ENGINE_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 
-ERROR_NO_ENGINE = (
+NO_ENGINE_MESSAGE = (
     "PDF: no PDF engine found (looked for {names} on PATH and ${env}); install Chromium "
     "(Debian/Ubuntu: apt-get install chromium) or set {env} to its executable"
 )
@@ -60,7 +60,7 @@ def require_pdf_engine() -> str:
     """:func:`find_pdf_engine`, or a one-line :class:`InputError` saying what to install."""
     engine = find_pdf_engine()
     if engine is None:
-        raise InputError(ERROR_NO_ENGINE.format(names=", ".join(_ENGINE_NAMES), env=ENGINE_ENV))
+        raise InputError(NO_ENGINE_MESSAGE.format(names=", ".join(_ENGINE_NAMES), env=ENGINE_ENV))
     return engine
 
 
