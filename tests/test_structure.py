@@ -10,6 +10,7 @@ import typing
 from pathlib import Path
 
 import pytest
+from pydantic_core import PydanticUndefined
 
 import promptaudit
 from promptaudit import choices
@@ -240,6 +241,41 @@ def test_the_cli_options_are_generated_from_the_settings(command, model):
     function = next(node for node in source.body
                     if isinstance(node, ast.FunctionDef) and node.name == command)
     assert not {a.arg for a in function.args.args} & set(generated)
+
+
+#: Command options that are spec settings under another name.
+_OPTION_ALIASES = {"max_attributed": "departures_max_attributed"}
+
+
+def test_command_options_that_are_spec_settings_take_the_spec_s_default():
+    """An option named like a spec setting with a default (``--top-k``, ``--n-steps``,
+    ``--batch-size``, ...) has that default, and cli.py writes no literal default for it."""
+    import typer.main
+
+    from promptaudit import cli, spec
+
+    sections = (spec.ModelSpec, spec.ProjectionSpec, spec.AttributionSpec)
+    settings = {name: section.model_fields[name] for section in sections
+                for name in section.model_fields
+                if section.model_fields[name].default not in (None, PydanticUndefined)}
+    source = ast.parse(Path(cli.__file__).read_text(encoding="utf-8"))
+    checked = 0
+    for command in typer.main.get_command(cli.app).commands.values():
+        function = next(node for node in source.body if isinstance(node, ast.FunctionDef)
+                        and node.name == command.callback.__name__.rstrip("_"))
+        literal = {a.arg for a, d in zip(function.args.args[::-1], function.args.defaults[::-1],
+                                         strict=False) if isinstance(d, ast.Constant)}
+        source_model, generated = getattr(command.callback, "settings_options", (None, ()))
+        for param in command.params:
+            if param.name in generated and source_model not in sections:
+                continue  # a training option (settings.py, checked above), not the spec's
+            field = settings.get(_OPTION_ALIASES.get(param.name, param.name))
+            if field is None or isinstance(field.default, bool) or param.default is None:
+                continue  # None: not given, read from the adapter or the data instead
+            checked += 1
+            assert param.default == getattr(field.default, "value", field.default), param.name
+            assert param.name not in literal, (command.name, param.name)
+    assert checked >= 10
 
 
 def test_a_settings_model_refuses_a_bad_value_in_one_line():

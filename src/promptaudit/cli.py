@@ -27,7 +27,14 @@ from typer.core import TyperGroup
 from promptaudit.errors import InputError, PromptAuditError
 from promptaudit.report.escape import escape_controls
 from promptaudit.settings import DEFAULT_MAX_LENGTH, MitigationSettings, TrainingConfig
-from promptaudit.spec import ModelSpec
+from promptaudit.spec import AttributionSpec, ModelSpec, ProjectionSpec
+
+
+def _spec_default(section: type, field: str):
+    """The default of a spec field (an enum as its value): a command option that is also a
+    spec setting takes its default from the spec, never writes one of its own."""
+    default = section.model_fields[field].default
+    return getattr(default, "value", default)
 
 # The click that typer runs on (recent typer releases vendor their own copy).
 _click_errors = importlib.import_module(typer.BadParameter.__module__)
@@ -301,7 +308,7 @@ def _load_texts(data: Path | str, text_column: str, extra: list[str] | None = No
 
 
 def _load_prompted(model, prompt, task, labels, device, max_length=DEFAULT_MAX_LENGTH,
-                   batch_size=32, allow_untrained_head=False):
+                   batch_size=_spec_default(ModelSpec, "batch_size"), allow_untrained_head=False):
     from promptaudit.prompted_model import load_prompted_model
 
     return load_prompted_model(
@@ -508,7 +515,7 @@ def train(
     labels: LabelsOption = None,
     task: Annotated[
         str, typer.Option("--task", help="sequence-classification or causal-lm.")
-    ] = "sequence-classification",
+    ] = _spec_default(ModelSpec, "task"),
     validation_data: Annotated[
         Path | None,
         typer.Option(
@@ -523,7 +530,7 @@ def train(
         int | None,
         typer.Option("--limit", min=1, help="Train on the first N rows of --data only."),
     ] = None,
-    device: DeviceOption = "auto",
+    device: DeviceOption = _spec_default(ModelSpec, "device"),
     verbose: VerboseOption = False,
     settings_values: dict | None = None,
 ) -> None:
@@ -576,8 +583,10 @@ def predict(
     ] = None,
     task: TaskOption = None,
     labels: LabelsOption = None,
-    batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
-    device: DeviceOption = "auto",
+    batch_size: Annotated[
+        int, typer.Option("--batch-size")
+    ] = _spec_default(ModelSpec, "batch_size"),
+    device: DeviceOption = _spec_default(ModelSpec, "device"),
     verbose: VerboseOption = False,
     allow_untrained_head: AllowUntrainedHeadOption = False,
     settings_values: dict | None = None,
@@ -622,8 +631,10 @@ def predict(
 def project(
     model: ModelOption,
     prompt: PromptOption,
-    top_k: Annotated[int, typer.Option("--top-k")] = 5,
-    metric: Annotated[str, typer.Option("--metric", help="cosine, dot or l2.")] = "cosine",
+    top_k: Annotated[int, typer.Option("--top-k")] = _spec_default(ProjectionSpec, "top_k"),
+    metric: Annotated[
+        str, typer.Option("--metric", help="cosine, dot or l2.")
+    ] = _spec_default(ProjectionSpec, "metric"),
     data: Annotated[
         Path | None,
         typer.Option("--data", help="Optional data to measure the fidelity of the reading."),
@@ -632,7 +643,7 @@ def project(
     label_column: Annotated[str | None, typer.Option("--label-column")] = None,
     task: TaskOption = None,
     labels: LabelsOption = None,
-    device: DeviceOption = "auto",
+    device: DeviceOption = _spec_default(ModelSpec, "device"),
     json_: JsonOption = False,
     verbose: VerboseOption = False,
     allow_untrained_head: AllowUntrainedHeadOption = False,
@@ -649,7 +660,7 @@ def project(
     max_attributed: Annotated[
         int,
         typer.Option("--max-attributed", help="Departure rows to attribute (0: none)."),
-    ] = 2,
+    ] = _spec_default(ProjectionSpec, "departures_max_attributed"),
     translate: Annotated[
         bool,
         typer.Option("--translate", help="Also search readable words that reproduce the soft "
@@ -792,25 +803,29 @@ def attribute(
         typer.Option(
             "--method", help="integrated_gradients, feature_ablation or shapley_sampling."
         ),
-    ] = "integrated_gradients",
+    ] = _spec_default(AttributionSpec, "method"),
     n_steps: Annotated[
         str,
         typer.Option("--n-steps", help="'auto' (adaptive, within --delta-tolerance) or a "
                      "fixed number of integrated-gradients steps."),
-    ] = "auto",
+    ] = _spec_default(AttributionSpec, "n_steps"),
     delta_tolerance: Annotated[
         float,
         typer.Option("--delta-tolerance", help="Completeness tolerance per example "
                      "(probability points) for --n-steps auto."),
-    ] = 0.02,
+    ] = _spec_default(AttributionSpec, "delta_tolerance"),
     max_gradient_evals: Annotated[
         int,
         typer.Option("--max-gradient-evals", help="Most gradient evaluations per example "
                      "with --n-steps auto; an example that needs more is reported as not "
                      "converged."),
-    ] = 512,
-    baseline: Annotated[str, typer.Option("--baseline", help="pad, zero or mean.")] = "pad",
-    max_examples: Annotated[int, typer.Option("--max-examples")] = 200,
+    ] = _spec_default(AttributionSpec, "max_gradient_evals"),
+    baseline: Annotated[
+        str, typer.Option("--baseline", help="pad, zero or mean.")
+    ] = _spec_default(AttributionSpec, "baseline"),
+    max_examples: Annotated[
+        int, typer.Option("--max-examples")
+    ] = _spec_default(AttributionSpec, "max_examples"),
     target: Annotated[
         str | None, typer.Option("--target", help="Label to explain (default: the predicted one).")
     ] = None,
@@ -822,7 +837,7 @@ def attribute(
     ] = None,
     task: TaskOption = None,
     labels: LabelsOption = None,
-    device: DeviceOption = "auto",
+    device: DeviceOption = _spec_default(ModelSpec, "device"),
     json_: JsonOption = False,
     verbose: VerboseOption = False,
     allow_untrained_head: AllowUntrainedHeadOption = False,
@@ -971,7 +986,7 @@ def mitigate(
     resume: Annotated[
         bool, typer.Option("--resume", help="Reuse finished candidates and checkpoints in --out.")
     ] = False,
-    device: DeviceOption = "auto",
+    device: DeviceOption = _spec_default(ModelSpec, "device"),
     verbose: VerboseOption = False,
     quiet: QuietOption = False,
     settings_values: dict | None = None,

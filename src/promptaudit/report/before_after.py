@@ -11,7 +11,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from promptaudit.choices import GateStatus
-from promptaudit.report.escape import Verbatim, environment
+from promptaudit.report.escape import Verbatim
+from promptaudit.report.rendering import environment
 from promptaudit.result_sections import GateResult
 
 __all__ = ["comparison_html", "comparison_markdown", "comparison_view", "fmt_or_undefined",

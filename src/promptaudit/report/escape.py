@@ -12,10 +12,9 @@ controls and shows a carriage return as an escape.
 from __future__ import annotations
 
 import re
-from functools import lru_cache
 from typing import Any
 
-__all__ = ["NA", "PIECE_MARK", "Verbatim", "display_token", "environment", "escape_controls",
+__all__ = ["NA", "PIECE_MARK", "Verbatim", "display_token", "escape_controls",
            "escape_markdown", "markdown_finalize", "strip_xml_invalid"]
 
 #: What a value that could not be computed reads as.
@@ -142,54 +141,3 @@ def display_token(token: Any, display: Any = None) -> str:
     if len(text) > 1 and text[0] in _WORD_START:
         text = text[1:]
     return text.strip() or text
-
-
-#: First line of a template written on many lines for reading whose output is one line.
-ONE_LINE_MARK = "{# one line: line breaks and indentation here are layout, not output #}"
-
-
-@lru_cache(maxsize=2)
-def environment(kind: str):
-    """The jinja2 environment of one output kind, with its escaping on by default.
-
-    Parameters
-    ----------
-    kind : {"html", "markdown"}
-        ``"html"``: autoescape (no ``|safe`` anywhere); ``"markdown"``: every printed
-        value passes through :func:`markdown_finalize` (``|verbatim`` marks text that
-        is Markdown already).
-
-    Returns
-    -------
-    jinja2.Environment
-        Templates from ``promptaudit/report/templates``, ``StrictUndefined``; a template
-        that starts with :data:`ONE_LINE_MARK` loses its line breaks and indentation.
-        Filters ``num``, ``pct``, ``interval``, ``pct_interval`` and ``short`` format values
-        (:mod:`promptaudit.report._common`).
-    """
-    import jinja2
-    from jinja2.ext import Extension
-
-    class OneLine(Extension):
-        def preprocess(self, source: str, name: str | None, filename: str | None = None) -> str:
-            if not source.startswith(ONE_LINE_MARK):
-                return source
-            return re.sub(r"\n[ \t]*", "", source[len(ONE_LINE_MARK):])
-
-    html = kind == "html"
-    env = jinja2.Environment(
-        loader=jinja2.PackageLoader("promptaudit.report", "templates"),
-        autoescape=html,
-        finalize=None if html else markdown_finalize,
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-        extensions=[OneLine],
-    )
-    from promptaudit.report import _common
-
-    env.filters.update(verbatim=Verbatim, num=_common.fmt_num, pct=_common.fmt_pct,
-                       interval=_common.fmt_interval, pct_interval=_common.fmt_pct_interval,
-                       short=_common.short_text)
-    return env

@@ -49,7 +49,8 @@ from promptaudit.report._explain import (
     position_importance_view,
 )
 from promptaudit.report.before_after import mitigation_view
-from promptaudit.report.escape import display_token, environment
+from promptaudit.report.escape import display_token
+from promptaudit.report.rendering import environment
 from promptaudit.result import AuditResult
 from promptaudit.result_sections import (
     AttributionExample,

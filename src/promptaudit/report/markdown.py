@@ -39,7 +39,7 @@ from promptaudit.report._explain import (
     position_importance_view,
 )
 from promptaudit.report.before_after import mitigation_view
-from promptaudit.report.escape import environment
+from promptaudit.report.rendering import environment
 from promptaudit.result import AuditResult
 from promptaudit.result_sections import (
     FairnessResult,

@@ -30,7 +30,8 @@ from promptaudit.report._common import (
     trust_reason,
     verdict_sentence,
 )
-from promptaudit.report.escape import environment, escape_markdown
+from promptaudit.report.escape import escape_markdown
+from promptaudit.report.rendering import environment
 
 __all__ = ["BEGIN_MARKER", "END_MARKER", "SOURCE_NAME", "CARD_FILE", "model_card_text",
            "write_model_card"]

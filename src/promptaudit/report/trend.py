@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 
 from promptaudit.paths import TREND_FILES, trend_files  # declared with the command
 from promptaudit.report._common import fmt_interval, fmt_num
-from promptaudit.report.escape import environment
+from promptaudit.report.rendering import environment
 
 __all__ = ["TREND_FILES", "trend_markdown", "trend_html", "trend_figure", "write_trend"]
 
