@@ -193,7 +193,7 @@ def sst2_prompt(args) -> None:
     print(f"mitigation: {time.perf_counter() - started:.0f} s, "
           f"{outcome.record['data']['n_train_texts_with_variants']} training sentences with "
           f"swaps, {outcome.record['n_pairs']} pairs used; {outcome.message}")
-    from promptaudit.mitigation import tradeoff_markdown
+    from promptaudit.report.before_after import tradeoff_markdown
 
     print(tradeoff_markdown(outcome.table, settings.max_accuracy_drop))
     candidates = [("before", args.sst2_prompt)]
