@@ -21,7 +21,7 @@ from promptaudit.projection import (
     SOFT_PROBS_SHAPE_MESSAGE,
     TOP_K_MESSAGE,
     UNKNOWN_METRIC_MESSAGE,
-    display_token,
+    decoded_token,
     format_projection_table,
     nearest_words,
     project_prompt,
@@ -217,8 +217,8 @@ def test_padded_rows_never_appear_even_when_closest(tiny, metric):
 # ------------------------------------------------------------------- display
 def test_display_keeps_wordpiece_continuations(minilm):
     tokenizer = minilm.tokenizer
-    assert display_token(tokenizer, "##ing") == "##ing"
-    assert display_token(tokenizer, "movie") == "movie"
+    assert decoded_token(tokenizer, "##ing") == "##ing"
+    assert decoded_token(tokenizer, "movie") == "movie"
 
 
 def test_display_of_byte_level_and_sentencepiece_tokens():
@@ -240,11 +240,11 @@ def test_display_of_byte_level_and_sentencepiece_tokens():
     tokenizer = transformers.PreTrainedTokenizerFast(
         tokenizer_object=backend, eos_token="<|endoftext|>"
     )
-    assert display_token(tokenizer, "Ġmovie") == " movie"
-    assert display_token(tokenizer, "ing") == "ing"
-    assert display_token(tokenizer, "Ċ") == "\n"
-    assert display_token(tokenizer, "Ã") == "<0xC3>"
-    assert display_token(tokenizer, "▁film") == " film"
+    assert decoded_token(tokenizer, "Ġmovie") == " movie"
+    assert decoded_token(tokenizer, "ing") == "ing"
+    assert decoded_token(tokenizer, "Ċ") == "\n"
+    assert decoded_token(tokenizer, "Ã") == "<0xC3>"
+    assert decoded_token(tokenizer, "▁film") == " film"
     assert vocabulary_mask(tokenizer, 10).tolist() == (
         [False] + [True] * 5 + [False] + [True] + [False] * 2
     )

@@ -39,7 +39,7 @@ from promptaudit.settings import DEFAULT_MAX_LENGTH
 from promptaudit.soft_prompts import text_init_token_ids
 
 __all__ = [
-    "Metric", "vocabulary_mask", "display_token", "readable_word", "marks_word_starts",
+    "Metric", "vocabulary_mask", "decoded_token", "readable_word", "marks_word_starts",
     "PIECE_MARK", "nearest_words", "projection_fidelity", "project_prompt",
     "load_for_projection", "PromptInEmbeddingSpace", "format_projection_table",
     "projection_summary", "projection_trust", "TRUST_RULE",
@@ -176,8 +176,9 @@ def _special_ids(tokenizer) -> set[int]:
     return special
 
 
-def display_token(tokenizer, token: str) -> str:
-    """A readable form of one raw token.
+def decoded_token(tokenizer, token: str) -> str:
+    """A raw vocabulary token decoded with its tokenizer (stored as the neighbour's ``display``;
+    the report shows it through :func:`promptaudit.report.escape.display_token`).
 
     WordPiece continuations keep their ``##`` (``##ing``), SentencePiece ``▁``
     and byte-level BPE ``Ġ`` become a leading space, ``Ċ`` a newline; a lone
@@ -250,7 +251,7 @@ def readable_word(tokenizer, token: str, *, word_starts: bool | None = None) -> 
     """
     if token.startswith("##") and len(token) > 2:
         return PIECE_MARK + token[2:], True
-    shown = display_token(tokenizer, token)
+    shown = decoded_token(tokenizer, token)
     if word_starts is None:
         word_starts = marks_word_starts(tokenizer)
     if shown.startswith("<0x"):
@@ -393,7 +394,7 @@ def _neighbor_dicts(tokenizer, token_ids: np.ndarray, scores: np.ndarray) -> lis
         token = tokenizer.convert_ids_to_tokens(int(token_id))
         word, piece = readable_word(tokenizer, token, word_starts=word_starts)
         return {"token": token, "token_id": int(token_id), "score": float(score),
-                "display": display_token(tokenizer, token), "word": word, "piece": piece}
+                "display": decoded_token(tokenizer, token), "word": word, "piece": piece}
 
     return [[entry(i, v) for i, v in zip(row_ids.tolist(), row_scores.tolist(), strict=True)]
             for row_ids, row_scores in zip(token_ids, scores, strict=True)]
