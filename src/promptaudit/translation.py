@@ -1,74 +1,18 @@
 """Translate a soft prompt into a faithful, readable hard prompt (plain words).
 
-The nearest-word reading of a soft prompt (:mod:`promptaudit.projection`) often
-behaves unlike the prompt. This module *searches* for a sequence of readable
-words that makes the model decide like the soft prompt, and measures how well it
-does on rows the search never saw.
-
-Algorithm
----------
-For each seed (at least two: the uniqueness check compares them):
-
-1. **PEZ phase** (Wen et al. 2023, "Hard Prompts Made Easy"). A continuous copy
-   ``P`` of the prompt (``(num_virtual_tokens, hidden)``, started from the soft
-   prompt itself) is projected onto its nearest *allowed* word embeddings
-   (cosine); the model runs with those word embeddings and the gradient of
-   ``KL(soft prompt's label distribution || hard prompt's)`` with respect to
-   them is applied to ``P`` (straight-through), with Adam. Minibatches come from
-   the optimisation rows; every ``eval_every`` steps the current words are
-   scored on the validation rows and the best kept (early stopping after
-   ``patience`` evaluations without improvement).
-2. **Coordinate search.** Greedy sweeps over positions: for each position the
-   ``top_k`` candidate words are the nearest allowed words of ``P`` at that
-   position and the words with the most negative first-order (HotFlip-style)
-   change of the KL, ``(e_w - e_current) . grad``; the candidates are screened
-   exactly on a seeded random sample of ``search_rows`` optimisation rows, and the
-   best one is kept when it also lowers the KL on all optimisation rows. Sweeps
-   stop when none improves, or after ``sweeps``; the validation rows pick the
-   best state seen.
-
-The run with the best validation agreement (KL breaks ties) is *the*
-translation. Its fidelity is then measured once, on held-out rows that neither
-the optimisation nor any selection saw.
-
-Rows
-----
-The given texts are shuffled with ``seed`` and split into optimisation,
-validation and held-out rows (:attr:`TranslateSettings.validation_fraction`,
-:attr:`TranslateSettings.heldout_fraction`).
-
-Vocabulary
-----------
-By default (``vocabulary="words"``) only *whole words*: tokens that are not
-special or unused (:func:`promptaudit.projection.vocabulary_mask`), whose text is
-ASCII letters only, at least :data:`MIN_WORD_LENGTH` long, that start a word
-(decoded after another word they are separated by a space: no ``##ing`` or
-non-initial BPE piece) and whose decode -> tokenize round trip gives back the
-token itself. A word-list file (one word per line) restricts the vocabulary to
-those words that pass the same checks.
-
-Round trip
-----------
-The final token ids are decoded to text and that text tokenized again (no
-special tokens); it must give the same ids. Offending positions are replaced by
-their next candidate and the check repeated; the result records
-``round_trip_exact``. The printed text is exactly what was measured.
-
-Fidelity and intervals
-----------------------
-Fidelity is the share of held-out rows on which the translation's decision
-(argmax label) equals the soft prompt's, with a 95% **Wilson score** interval.
-The hard prompt is measured the way the soft prompt acts: its word embeddings
-fill the virtual-token slots (PEFT prompt tuning), so it is directly comparable
-with the nearest-word fidelity of :func:`promptaudit.projection.projection_fidelity`.
-
-Uniqueness
-----------
-Each seed's text and held-out fidelity are reported, with the word overlap
-between runs (Jaccard over the sets of words, and the share of positions holding
-the same word). When two runs give different texts whose fidelity intervals
-overlap, the words are one of several equally good readings (Khashabi et al.
-2022, "Prompt Waywardness"): no single word should be over-read.
+:func:`translate_prompt` searches readable words that make the model decide like the
+soft prompt, per seed (at least two): a PEZ phase (Wen et al. 2023: a continuous copy of
+the prompt runs through its nearest allowed word embeddings and the gradient of
+``KL(soft prompt's label distribution || the words')`` updates the copy, with
+validation early stopping), then a coordinate search (each position's nearest words and
+best first-order HotFlip-style candidates, screened on ``search_rows`` optimisation rows
+and kept when they lower the KL on all of them). The run best on validation is the
+translation; its fidelity (agreement of decisions with the soft prompt, 95% Wilson
+interval) is measured once, on held-out rows no search or selection saw. The vocabulary
+is whole words (:func:`readable_vocabulary`) or a word list; the text must round-trip
+through the tokenizer (``round_trip_exact``); runs from different seeds are compared for
+uniqueness (Khashabi et al. 2022). The README section "A faithful plain-text stand-in"
+describes the method for users; ``benchmarks/bench_translation.py`` measures it.
 """
 
 from __future__ import annotations
@@ -184,6 +128,11 @@ def readable_vocabulary(
     min_length: int = MIN_WORD_LENGTH,
 ) -> tuple[torch.Tensor, dict]:
     """Token ids of whole, readable, round-trip-safe words.
+
+    A word is a token that is not special or unused
+    (:func:`promptaudit.projection.vocabulary_mask`), is ASCII letters only, at least
+    ``min_length`` long, starts a word (no ``##ing`` or non-initial BPE piece), and
+    tokenizes back to itself after decoding.
 
     Parameters
     ----------
