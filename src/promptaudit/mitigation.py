@@ -1,32 +1,14 @@
 """Mitigation: re-tune an audited soft prompt with counterfactual logit pairing.
 
-Counterfactual logit pairing (CLP; Garg et al., 2019, "Counterfactual Fairness in
-Text Classification through Robustness") adds to the task loss
-
-    weight * mean_i | m(x_i) - m(x'_i) |
-
-where ``x'_i`` is an identity-swapped variant of ``x_i`` (``"He is a nurse"`` ->
-``"She is a nurse"``) and ``m`` is the logit *margin* of the positive label: the
-positive logit minus the log-sum-exp of the other labels' logits (for two labels,
-``logit_pos - logit_neg``, whose sigmoid is the positive probability). Pairs need
-no labels.
-
-Swaps come from a term suite (``builtin:identity``, all features or those named,
-or a user suite; :func:`promptaudit.corpora.make_counterfactuals`) or from a pair
-column (rows with the same id are variants of each other). With group columns an
-optional group penalty adds ``group_weight`` times fairret's ``NormLoss`` over
-``PositiveRate`` (the L1 distance of each group's positive rate, relative to the
-overall rate, from parity) in each batch.
-
-:func:`mitigate_prompt` warm-starts from the audited prompt (and, for
-``SEQ_CLS``, the classifier head it came with) through
-:func:`promptaudit.training.train_prompt`, so seeding, checkpoints, ``resume``
-and progress bars are those of ``promptaudit train``. It sweeps a few weights,
-evaluates each on a held-out validation split (accuracy, demographic-parity
-ratio over the identity-swapped validation texts, flip rate) and keeps the
-strongest mitigation whose accuracy is within ``max_accuracy_drop`` of the
-original's. When no weight meets that budget nothing is claimed as mitigated:
-no adapter is written and the result says so.
+Counterfactual logit pairing (CLP; Garg et al., 2019) adds
+``weight * mean_i |m(x_i) - m(x'_i)|`` to the task loss, where ``x'_i`` is an
+identity-swapped variant of ``x_i`` (a term suite or a pair column) and ``m`` the logit
+margin of the positive label; an optional group penalty adds fairret's
+``NormLoss(PositiveRate())``. :func:`mitigate_prompt` warm-starts from the audited prompt
+through :func:`promptaudit.training.train_prompt`, sweeps the weights, evaluates each on a
+held-out split and keeps the strongest within ``max_accuracy_drop``; when none meets the
+budget nothing is claimed as mitigated. The method, outputs and measured figures:
+``docs/mitigation.md``.
 """
 
 from __future__ import annotations
