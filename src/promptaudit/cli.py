@@ -885,7 +885,7 @@ def gate(
     """Re-check a result's gates: exit 0 if all pass, 1 if one fails, 2 on bad input."""
     _configure_logging(False)
     from promptaudit.gates import evaluate_gates, policy_of
-    from promptaudit.result import SIGNING_KEY_ENV, read_result_json, signing_key_from_env
+    from promptaudit.result import SIGNING_KEY_ENV, read_result, signing_key_from_env
 
     if policy is not None:
         from promptaudit.gate_policy import load_gate_policy
@@ -896,12 +896,12 @@ def gate(
                 f"{policy}: require_signature: true, but {SIGNING_KEY_ENV} is not set; set it "
                 "to the team's signing secret so the result's signature can be checked"
             )
-    data = read_result_json(result)
+    data, typed = read_result(result)  # the typed result is read once, strictly, here
     if policy is not None:
-        _gate_with_policy(result, data, policy, policy_spec)
+        _gate_with_policy(result, data, typed, policy, policy_spec)
         return
     spec = (data.get("audit") or {}).get("spec", {})
-    gates = evaluate_gates(spec.get("gates", []), data, inconclusive=policy_of(spec))
+    gates = evaluate_gates(spec.get("gates", []), typed, inconclusive=policy_of(spec))
     for entry in gates:
         _echo(_gate_word(entry) + entry["message"])
     passed = all(entry["passed"] for entry in gates)
@@ -922,11 +922,12 @@ def _echo_signature_note(data: dict, *, unchecked: bool = True) -> None:
         )
 
 
-def _gate_with_policy(result: Path, data: dict, policy: Path, policy_spec) -> None:
-    """``gate --policy``: the policy's gates on the recorded figures, and weaker run settings."""
+def _gate_with_policy(result: Path, data: dict, typed, policy: Path, policy_spec) -> None:
+    """``gate --policy``: the policy's gates on the recorded figures, and weaker run settings
+    (``data`` the result's JSON object, ``typed`` the :class:`AuditResult` read from it)."""
     from promptaudit.gate_policy import check_result_against_policy
 
-    check = check_result_against_policy(data, policy_spec)
+    check = check_result_against_policy(typed, policy_spec)
     _echo(f"policy {policy}: {len(check['gates'])} gate(s), inconclusive: "
           f"{policy_spec.inconclusive.value}, require_signature: "
           f"{str(policy_spec.require_signature).lower()}")

@@ -541,7 +541,12 @@ def _expected_gradient_evals(spec: AuditSpec, k: int) -> float:
 
 
 def _attribution_method(spec: AuditSpec, *, with_budget: bool = True):
-    """The spec's attribution method object (its own options, Captum-style)."""
+    """The spec's attribution method object (its own options, Captum-style).
+
+    ``with_budget`` False (the departures' few rows): the per-example options only, with
+    no total gradient budget and the sampling methods' own default sample count, as the
+    departures have always been attributed.
+    """
     from promptaudit.attribution import attribution_method
 
     settings = spec.attribution
